@@ -1,0 +1,80 @@
+"""qmpcore: fast, dependable QMP (QEMU Machine Protocol) for Python.
+
+The framer comes in two implementations with identical behaviour: the
+compiled one (``qmpcore._framer``) and a pure-Python twin.  Setting
+``QMPCORE_NO_EXTENSIONS=1`` before import selects the pure one;
+:data:`implementation` tells which is live.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+from ._wire import SYNC, encode
+from .errors import (
+    CommandError,
+    ConnectionLost,
+    FrameError,
+    ProtocolError,
+    QMPError,
+    StateError,
+    TimeoutError,
+)
+
+implementation: str
+if _os.environ.get("QMPCORE_NO_EXTENSIONS", "") not in ("", "0"):
+    from ._framer_py import Framer
+
+    implementation = "python"
+else:
+    try:
+        from ._framer import Framer  # type: ignore[no-redef]
+
+        implementation = "cython"
+    except ImportError:  # no compiler at install time: the twin serves
+        from ._framer_py import Framer  # type: ignore[no-redef]
+
+        implementation = "python"
+
+__version__ = "0.1.0"
+
+# Higher layers load on first use, so ``import qmpcore`` stays cheap for
+# code that only frames bytes.
+_LAZY = {
+    "connect": "aio",
+    "QMPClient": "aio",
+    "connect_guest_agent": "aio",
+    "GuestAgentClient": "aio",
+    "connect_sync": "sync",
+    "SyncQMPClient": "sync",
+    "connect_guest_agent_sync": "sync",
+    "SyncGuestAgentClient": "sync",
+    "Fleet": "fleet",
+}
+
+
+def __getattr__(name: str):  # PEP 562
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qmpcore' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "Framer",
+    "SYNC",
+    "encode",
+    "implementation",
+    "QMPError",
+    "FrameError",
+    "ProtocolError",
+    "CommandError",
+    "ConnectionLost",
+    "TimeoutError",
+    "StateError",
+    *_LAZY,
+]

@@ -1,0 +1,428 @@
+"""Pure-Python framer: the readable specification of qmpcore's framing.
+
+The compiled framer (``src/_framer.pyx``) implements exactly this algorithm
+in C and must produce the same items for any input, however it is split.
+
+Framing follows QEMU 7.2's JSON lexer and message splitter
+(``qobject/json-lexer.c``, ``json-streamer.c``):
+
+* Tokens: whitespace (space, tab, CR, LF) separates them; ``{ } [ ] : ,``
+  are one byte each; strings are double- or single-quoted, any byte
+  0x20-0xFD is literal inside them and ``\\`` takes any such byte after it;
+  numbers are ``-?(0|[1-9][0-9]*)(\\.[0-9]+)?([eE][-+]?[0-9]+)?``; keywords
+  are ``[a-z]+`` (qmpcore also takes ``-`` before a keyword, so QEMU's
+  ``-inf`` and ``-nan`` frame).  A number or keyword ends at the first byte
+  that cannot continue it, which is then lexed afresh.
+* Any other byte, a byte below 0x20 in a string, or 0xFE/0xFF is a lexical
+  error: the partial frame is dropped, one ``FrameError`` (``stray '...'``)
+  is produced, and bytes are skipped (quotes are *not* honoured) up to the
+  next ``{ } [ ] : ,``, control byte other than tab, or 0xFE/0xFF.
+  A 0xFF yields :data:`SYNC` instead of the error (``strict`` framers yield
+  both, so a server can answer it exactly as QEMU does).
+* ``{``/``}`` and ``[``/``]`` are counted separately; after each token, when
+  both counts are zero or either is negative, the tokens since the frame
+  started are one frame.  A scalar at top level is a frame of its own.
+* Limits are checked while scanning.  A frame over ``max_frame_size`` bytes,
+  deeper than ``max_depth`` or longer than ``max_tokens`` tokens yields one
+  ``FrameError``; the rest of it is lexed but not kept, so memory stays
+  bounded, and framing resumes where the frame ends.  A lexical error ends
+  such a discarded frame silently.
+
+Complete frames are decoded by :func:`qmpcore._wire.decode_frame` (orjson,
+with QEMU's dialect as the fallback) unless ``raw`` is set.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, List
+
+import orjson
+
+from ._qemu_json import display
+from ._wire import SYNC, ParseError, _LONG_DIGITS, _entries, decode_frame
+from .errors import FrameError
+
+__all__ = ["Framer"]
+
+# Lexer states.
+START = 0
+DQ = 1
+DQ_ESC = 2
+SQ = 3
+SQ_ESC = 4
+ZERO = 5
+DIGITS = 6
+SIGN = 7
+MANT = 8
+MANT_DIGITS = 9
+EXP_E = 10
+EXP_SIGN = 11
+EXP_DIGITS = 12
+KEYWORD = 13
+RECOVERY = 14
+
+_WS = re.compile(rb"[ \t\r\n]*")
+_DQ_RUN = re.compile(rb'[^"\\\x00-\x1f\xfe\xff]*')
+_SQ_RUN = re.compile(rb"[^'\\\x00-\x1f\xfe\xff]*")
+_DIGIT_RUN = re.compile(rb"[0-9]*")
+_KEYWORD_RUN = re.compile(rb"[a-z]*")
+# Bytes skipped in recovery: everything but structural characters, control
+# bytes other than tab, and 0xFE/0xFF.
+_RECOVERY_RUN = re.compile(rb"[^\x00-\x08\x0a-\x1f\xfe\xff\[\]{}:,]*")
+
+_OPEN = frozenset(b"{[")
+_STRUCTURAL = frozenset(b"{}[]:,")
+_WHITESPACE = frozenset(b" \t\r\n")
+_DIGIT = frozenset(b"0123456789")
+_LOWER = frozenset(b"abcdefghijklmnopqrstuvwxyz")
+_VALUE_STATES = frozenset(range(DQ, KEYWORD + 1))
+
+_TOO_BIG = "JSON token size limit exceeded"
+_TOO_DEEP = "JSON nesting depth limit exceeded"
+_TOO_MANY = "JSON token count limit exceeded"
+_MISS = object()
+
+
+def _stray(token: bytes) -> str:
+    return "JSON parse error, stray '%s'" % display(token)
+
+
+class Framer:
+    """Split a byte stream into QMP frames and decode them.
+
+    ``feed(data)`` takes ``bytes``, ``bytearray`` or ``memoryview`` and returns
+    the list of items completed so far: decoded values, :data:`SYNC` for a
+    0xFF byte, or :class:`FrameError` instances (returned, never raised).
+    """
+
+    __slots__ = (
+        "max_frame_size",
+        "max_depth",
+        "max_tokens",
+        "raw",
+        "strict",
+        "_buf",
+        "_base",
+        "_pos",
+        "_state",
+        "_in_frame",
+        "_start",
+        "_tok",
+        "_brace",
+        "_bracket",
+        "_ntok",
+        "_skip",
+        "_nofast",
+    )
+
+    def __init__(
+        self,
+        max_frame_size: int = 64 << 20,
+        max_depth: int = 1024,
+        *,
+        max_tokens: int = 2 << 20,
+        raw: bool = False,
+        strict: bool = False,
+    ) -> None:
+        if max_frame_size < 1 or max_depth < 1 or max_tokens < 1:
+            raise ValueError("limits must be positive")
+        self.max_frame_size = int(max_frame_size)
+        self.max_depth = int(max_depth)
+        self.max_tokens = int(max_tokens)
+        self.raw = bool(raw)
+        self.strict = bool(strict)
+        self._buf = bytearray()
+        self._base = 0
+        self._pos = 0
+        self._nofast = -1
+        self._clear(START)
+
+    # -- public ---------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an unfinished frame."""
+        return len(self._buf)
+
+    def reset(self) -> None:
+        """Forget any partial frame and start afresh (offsets keep counting)."""
+        self._base += len(self._buf)
+        self._buf = bytearray()
+        self._pos = 0
+        self._nofast = -1
+        self._clear(START)
+
+    def feed(self, data: Any) -> List[Any]:
+        """Add bytes from the stream; return the items they complete."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"Framer.feed() takes bytes, bytearray or memoryview, not {type(data).__name__}"
+            )
+        out: List[Any] = []
+        buf = self._buf
+        buf += data
+        n = len(buf)
+        pos = self._pos
+        while pos < n:
+            state = self._state
+            c = buf[pos]
+            if state == START:
+                if c in _WHITESPACE:
+                    pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+                    continue
+                if not self._in_frame and pos > self._nofast and not self.raw:
+                    nxt = self._fast_line(buf, pos, out)
+                    if nxt:
+                        pos = nxt
+                        continue
+                if c in _STRUCTURAL:
+                    self._begin(pos)
+                    self._token_done(pos + 1, c, out)
+                    pos += 1
+                elif c == 0x22:  # "
+                    self._begin(pos)
+                    self._state = DQ
+                    pos += 1
+                elif c == 0x27:  # '
+                    self._begin(pos)
+                    self._state = SQ
+                    pos += 1
+                elif c == 0x30:  # 0
+                    self._begin(pos)
+                    self._state = ZERO
+                    pos += 1
+                elif c in _DIGIT:
+                    self._begin(pos)
+                    self._state = DIGITS
+                    pos += 1
+                elif c == 0x2D:  # -
+                    self._begin(pos)
+                    self._state = SIGN
+                    pos += 1
+                elif c in _LOWER:
+                    self._begin(pos)
+                    self._state = KEYWORD
+                    pos += 1
+                else:
+                    self._error(pos, out)
+                    pos += 1
+            elif state == DQ or state == SQ:
+                pos = (_DQ_RUN if state == DQ else _SQ_RUN).match(buf, pos).end()  # type: ignore[union-attr]
+                if pos >= n:
+                    break
+                c = buf[pos]
+                if c == 0x5C:  # backslash
+                    self._state = state + 1  # DQ_ESC / SQ_ESC
+                    pos += 1
+                elif c == (0x22 if state == DQ else 0x27):
+                    self._state = START
+                    self._token_done(pos + 1, c, out)
+                    pos += 1
+                else:  # control byte, 0xFE or 0xFF
+                    self._error(pos, out)
+                    pos += 1
+            elif state == DQ_ESC or state == SQ_ESC:
+                if 0x20 <= c <= 0xFD:
+                    self._state = state - 1
+                    pos += 1
+                else:
+                    self._error(pos, out)
+                    pos += 1
+            elif state == RECOVERY:
+                pos = _RECOVERY_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+                if pos < n:
+                    self._state = START
+            else:
+                pos = self._number_or_keyword(buf, pos, n, state, out)
+        self._pos = pos
+        self._compact(out)
+        return out
+
+    # -- scanning -------------------------------------------------------
+
+    def _number_or_keyword(self, buf: bytearray, pos: int, n: int, state: int, out: List[Any]) -> int:
+        c = buf[pos]
+        if state == KEYWORD:
+            pos = _KEYWORD_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos < n:
+                self._end_value(pos, out)
+            return pos
+        if state in (DIGITS, MANT_DIGITS, EXP_DIGITS):
+            pos = _DIGIT_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            if pos >= n:
+                return pos
+            c = buf[pos]
+            if state != EXP_DIGITS and c in b"eE":
+                self._state = EXP_E
+            elif state == DIGITS and c == 0x2E:  # .
+                self._state = MANT
+            else:
+                self._end_value(pos, out)
+                return pos
+            return pos + 1
+        if state == ZERO:
+            if c == 0x2E:
+                self._state = MANT
+            elif c in _DIGIT:
+                self._error(pos, out)
+            else:
+                self._end_value(pos, out)
+                return pos
+            return pos + 1
+        if state == SIGN:
+            if c == 0x30:
+                self._state = ZERO
+            elif c in _DIGIT:
+                self._state = DIGITS
+            elif c in _LOWER:
+                self._state = KEYWORD
+            else:
+                self._error(pos, out)
+            return pos + 1
+        if state == MANT or state == EXP_SIGN:
+            if c in _DIGIT:
+                self._state = MANT_DIGITS if state == MANT else EXP_DIGITS
+            else:
+                self._error(pos, out)
+            return pos + 1
+        # EXP_E
+        if c in b"+-":
+            self._state = EXP_SIGN
+        elif c in _DIGIT:
+            self._state = EXP_DIGITS
+        else:
+            self._error(pos, out)
+        return pos + 1
+
+    def _fast_line(self, buf: bytearray, pos: int, out: List[Any]) -> int:
+        """Decode a whole line at once when it holds exactly one frame.
+
+        This is only a shortcut: it accepts a line only when orjson decodes
+        it as one value that the lexer would frame identically (within the
+        limits, nothing for the exact path).  Returns the position after
+        the line, or 0.
+        """
+        nl = buf.find(b"\n", pos)
+        if nl < 0:
+            return 0
+        self._nofast = nl  # whatever happens, do not try this line again
+        seg = bytes(buf[pos : nl + 1])
+        if (
+            len(seg) > self.max_frame_size
+            or len(seg) > self.max_tokens
+            or seg.count(b"[") + seg.count(b"{") > self.max_depth
+        ):
+            return 0
+        try:
+            value = orjson.loads(seg)
+        except orjson.JSONDecodeError:
+            return 0
+        if _LONG_DIGITS.search(seg):
+            return 0
+        if self.strict and (not seg.isascii() or b"\\" in seg or seg.count(b":") != _entries(value)):
+            return 0
+        out.append(value)
+        return nl + 1
+
+    # -- tokens and frames ----------------------------------------------
+
+    def _clear(self, state: int) -> None:
+        self._state = state
+        self._in_frame = False
+        self._skip = False
+        self._start = 0
+        self._tok = 0
+        self._brace = 0
+        self._bracket = 0
+        self._ntok = 0
+
+    def _begin(self, pos: int) -> None:
+        self._tok = pos
+        if not self._in_frame:
+            self._in_frame = True
+            self._start = pos
+
+    def _end_value(self, end: int, out: List[Any]) -> None:
+        """A number or keyword ended at ``end`` (that byte is lexed again)."""
+        self._state = START
+        self._token_done(end, 0, out)
+
+    def _limit(self, reason: str, offset: int, out: List[Any]) -> None:
+        out.append(FrameError(reason, offset))
+        self._skip = True
+
+    def _token_done(self, end: int, c: int, out: List[Any]) -> None:
+        """A token ended at ``end``; ``c`` is its byte if structural."""
+        if not self._skip and end - self._start > self.max_frame_size:
+            self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
+        if c == 0x7B:
+            self._brace += 1
+        elif c == 0x7D:
+            self._brace -= 1
+        elif c == 0x5B:
+            self._bracket += 1
+        elif c == 0x5D:
+            self._bracket -= 1
+        if not self._skip:
+            if c in _OPEN and self._brace + self._bracket > self.max_depth:
+                self._limit(_TOO_DEEP, self._base + end - 1, out)
+            else:
+                self._ntok += 1
+                if self._ntok > self.max_tokens:
+                    self._limit(_TOO_MANY, self._base + self._tok, out)
+        brace, bracket = self._brace, self._bracket
+        if brace < 0 or bracket < 0 or (brace == 0 and bracket == 0):
+            if not self._skip:
+                self._emit(self._buf[self._start : end], out)
+            self._clear(START)
+
+    def _emit(self, frame: bytearray, out: List[Any]) -> None:
+        if self.raw:
+            out.append(bytes(frame))
+            return
+        try:
+            out.append(decode_frame(bytes(frame), self.strict))
+        except ParseError as exc:
+            out.append(FrameError(exc.args[0], self._base + self._start))
+
+    def _error(self, pos: int, out: List[Any]) -> None:
+        """Lexical error at ``pos`` (that byte is consumed)."""
+        buf = self._buf
+        if self._in_frame and not self._skip and pos + 1 - self._start > self.max_frame_size:
+            self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
+        if self._skip:
+            token = buf[pos : pos + 1]
+        elif self._state in _VALUE_STATES:
+            token = buf[self._tok : pos + 1]
+        else:
+            token = buf[pos : pos + 1]
+        if buf[pos] == 0xFF:
+            if self.strict:
+                out.append(FrameError(_stray(token), self._base + pos, sync=True))
+            out.append(SYNC)
+        elif not self._skip:
+            out.append(FrameError(_stray(token), self._base + pos))
+        self._clear(RECOVERY)
+
+    def _compact(self, out: List[Any]) -> None:
+        """Drop bytes no unfinished frame needs; check the size limit."""
+        buf = self._buf
+        n = len(buf)
+        if self._in_frame and not self._skip:
+            if n - self._start > self.max_frame_size:
+                # The frame outgrew the limit inside this chunk: report it at
+                # the same offset as if the whole stream had come at once.
+                self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
+                keep = n
+            else:
+                keep = self._start
+        else:
+            keep = n
+        if keep:
+            del buf[:keep]
+            self._base += keep
+            self._pos -= keep
+            self._start -= keep
+            self._tok -= keep
+            self._nofast -= keep

@@ -1,0 +1,89 @@
+"""Wire-level pieces shared by both framers: SYNC, encode, frame decoding."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from ._qemu_json import ParseError, parse, transcode
+
+__all__ = ["SYNC", "encode", "decode_frame", "ParseError"]
+
+
+class _Sync:
+    """Type of :data:`SYNC`; there is exactly one instance."""
+
+    __slots__ = ()
+    _instance = None
+
+    def __new__(cls) -> "_Sync":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "SYNC"
+
+    def __reduce__(self) -> str:
+        return "SYNC"
+
+
+#: Item a framer yields for a 0xFF byte on the stream (QGA's resync marker).
+SYNC = _Sync()
+
+_loads = orjson.loads
+_dumps = orjson.dumps
+_CRLF = b"\r\n"
+# orjson turns integers outside [-2**63, 2**64) into floats; any run of 19
+# digits might be one, so such frames take the exact path.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def encode(obj: Any) -> bytes:
+    """Encode ``obj`` as one compact JSON frame ending in CRLF."""
+    return _dumps(obj) + _CRLF
+
+
+def _entries(value: Any) -> int:
+    """Number of object members in ``value``, at any depth."""
+    count = 0
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            count += len(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return count
+
+
+def decode_frame(frame: Any, strict: bool = False, hint_slow: bool = False) -> Any:
+    """Decode one complete frame; raise :class:`ParseError` with QEMU's words.
+
+    orjson decodes everything it can; the exact QEMU-dialect parser takes
+    the rest (single quotes, ``inf``/``nan``, huge integers, modified UTF-8,
+    errors).  Every path gives the same value for the same frame, so callers
+    may route frames by cheap hints (``hint_slow``) without changing results.
+    """
+    if hint_slow or b"'" in frame:
+        frame = bytes(frame)
+        try:
+            value = _loads(transcode(frame))
+        except orjson.JSONDecodeError:
+            return parse(frame, strict)
+    else:
+        try:
+            value = _loads(frame)
+        except orjson.JSONDecodeError:
+            return parse(bytes(frame), strict)
+    if _LONG_DIGITS.search(frame):
+        return parse(bytes(frame), strict)
+    if strict:
+        frame = bytes(frame)
+        # QEMU rejects noncharacters and duplicate keys, orjson does not.
+        if not frame.isascii() or b"\\" in frame or frame.count(b":") != _entries(value):
+            return parse(frame, strict)
+    return value

@@ -1,0 +1,116 @@
+"""Every exception qmpcore raises, shared by both framer implementations.
+
+The hierarchy says who broke what:
+
+* :class:`FrameError` -- bytes on the wire that do not form a valid frame.
+  The framer *returns* these as items (it never raises on stream content).
+* :class:`ProtocolError` -- the peer broke QMP itself (bad greeting, reply
+  for an unknown id, a parse error reported by the server, ...).
+* :class:`CommandError` -- the server answered a command with ``error``.
+* :class:`ConnectionLost` -- the connection went away; every pending command
+  fails with it at once.
+* :class:`TimeoutError` -- a wait ran out of time.  It is also the builtin
+  :class:`TimeoutError` (and so :class:`asyncio.TimeoutError`).
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, Optional
+
+__all__ = [
+    "QMPError",
+    "FrameError",
+    "ProtocolError",
+    "CommandError",
+    "ConnectionLost",
+    "TimeoutError",
+    "StateError",
+]
+
+
+class QMPError(Exception):
+    """Base class of every qmpcore error."""
+
+
+class FrameError(QMPError):
+    """A malformed, oversized or undecodable frame.
+
+    ``reason`` uses QEMU's own wording (``"JSON parse error, expecting
+    value"``, ``"JSON nesting depth limit exceeded"``, ...), so a server can
+    answer exactly as QEMU does.  ``offset`` is the byte offset in the stream
+    where the problem was found.  ``sync`` is true when the error is the one
+    a 0xFF byte produces (only reported by a framer in ``strict`` mode).
+    """
+
+    __slots__ = ("reason", "offset", "sync")
+
+    def __init__(self, reason: str, offset: int = 0, sync: bool = False) -> None:
+        super().__init__(reason, offset)
+        self.reason = reason
+        self.offset = offset
+        self.sync = sync
+
+    def __str__(self) -> str:
+        return f"{self.reason} (at byte {self.offset})"
+
+    def __repr__(self) -> str:
+        extra = ", sync=True" if self.sync else ""
+        return f"FrameError({self.reason!r}, {self.offset}{extra})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FrameError):
+            return NotImplemented
+        return (self.reason, self.offset, self.sync) == (
+            other.reason,
+            other.offset,
+            other.sync,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.reason, self.offset, self.sync))
+
+    def __reduce__(self) -> Any:
+        return (FrameError, (self.reason, self.offset, self.sync))
+
+
+class ProtocolError(QMPError):
+    """The peer did not follow the protocol (the remote side is to blame)."""
+
+
+class StateError(QMPError):
+    """An operation was attempted in a state that does not allow it
+    (the local side is to blame, e.g. ``execute`` before connecting)."""
+
+
+class CommandError(QMPError):
+    """The server answered a command with an ``error`` reply.
+
+    ``error_class`` and ``desc`` are QEMU's ``class`` and ``desc``;
+    ``command`` is the command that failed and ``reply`` the whole reply.
+    """
+
+    def __init__(
+        self,
+        error_class: str,
+        desc: str,
+        command: Optional[str] = None,
+        reply: Optional[dict] = None,
+    ) -> None:
+        super().__init__(error_class, desc)
+        self.error_class = error_class
+        self.desc = desc
+        self.command = command
+        self.reply = reply
+
+    def __str__(self) -> str:
+        where = f"{self.command}: " if self.command else ""
+        return f"{where}{self.error_class}: {self.desc}"
+
+
+class ConnectionLost(QMPError, ConnectionError):
+    """The connection closed or broke; pending commands fail with this."""
+
+
+class TimeoutError(QMPError, builtins.TimeoutError):  # noqa: A001
+    """A wait exceeded its timeout (also a builtin ``TimeoutError``)."""

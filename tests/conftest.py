@@ -1,0 +1,50 @@
+"""Shared fixtures: both framer implementations, corpus location, CI rules."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+import qmpcore
+from qmpcore import _framer_py
+
+try:
+    from qmpcore import _framer as _framer_c
+except ImportError:  # the guard test in test_implementation.py reports it
+    _framer_c = None
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+#: ../shared/corpus next to the repository (CI lays it out the same way).
+CORPUS = (REPO.parent / "shared" / "corpus").resolve()
+QEMU_CORPUS = CORPUS / "qemu-7.2"
+LIBVIRT_CORPUS = CORPUS / "libvirt"
+
+#: In CI, tests that need QEMU, the corpus or the compiled framer must run.
+IN_CI = bool(os.environ.get("CI"))
+
+IMPLEMENTATIONS = {"python": _framer_py.Framer}
+if _framer_c is not None:
+    IMPLEMENTATIONS["cython"] = _framer_c.Framer
+
+
+@pytest.fixture(params=["cython", "python"])
+def Framer(request):
+    """Each framer test runs once per implementation."""
+    cls = IMPLEMENTATIONS.get(request.param)
+    if cls is None:
+        if IN_CI and not os.environ.get("QMPCORE_NO_EXTENSIONS"):
+            pytest.fail("compiled framer did not load")
+        pytest.skip("compiled framer not built")
+    return cls
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> pathlib.Path:
+    if not QEMU_CORPUS.is_dir():
+        if IN_CI:
+            pytest.fail(f"corpus missing at {CORPUS}")
+        pytest.skip(f"corpus missing at {CORPUS}")
+    return CORPUS
