@@ -1,0 +1,74 @@
+"""Framer speed beside its baselines (issue "Speed"), one group per workload.
+
+Each group holds qmpcore's framers (compiled and pure, decoding and raw)
+and, from the same run, the orjson floor on pre-split frames, ``json.loads``,
+line splitting + ``json.loads``, and qemu.qmp's receive path.  Compare the
+rows of a group; pytest-benchmark's relative column gives the ratios.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+
+from qmpcore import _bench_framing as contenders
+from qmpcore._bench_workloads import Workload, framing_workloads
+
+WORKLOAD_NAMES = [
+    "small-reply",
+    "event",
+    "schema",
+    "events-1000",
+    "libvirt-2.6.0",
+    "libvirt-7.2.0",
+    "libvirt-7.2.0-compact",
+    "big-64KiB",
+    "big-1B",
+]
+FRAMERS = ["cython", "python"]
+#: A prepared run slower than this gets a few pedantic rounds instead of
+#: pytest-benchmark's calibration (the 10 MiB frame fed byte by byte).
+SLOW_RUN = 0.2
+
+
+@functools.lru_cache(maxsize=None)
+def workload(name: str) -> Workload:
+    found = framing_workloads(names=[name])
+    if not found or found[0].name != name:
+        pytest.skip(f"workload {name} unavailable (corpus not found)")
+    return found[0]
+
+
+def measure(benchmark, name: str, factory, *args, **kw) -> None:
+    wl = workload(name)
+    benchmark.group = wl.title
+    benchmark.extra_info.update(bytes=wl.nbytes, frames=wl.nframes, reads=len(wl.chunks))
+    try:
+        t0 = time.perf_counter()
+        run = contenders.prepare(factory, wl, *args, **kw)
+        slow = time.perf_counter() - t0 > SLOW_RUN
+    except contenders.NotApplicable as why:
+        pytest.skip(str(why))
+    if slow:
+        count = benchmark.pedantic(run, rounds=3, iterations=1)
+    else:
+        count = benchmark(run)
+    assert count == wl.nframes
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["decode", "raw"])
+@pytest.mark.parametrize("impl", FRAMERS)
+@pytest.mark.parametrize("name", WORKLOAD_NAMES)
+def test_qmpcore(benchmark, name, impl, raw):
+    cls = contenders.framer_classes().get(impl)
+    if cls is None:
+        pytest.skip("compiled framer not built")
+    measure(benchmark, name, contenders.framer, cls, raw=raw)
+
+
+@pytest.mark.parametrize("baseline", list(contenders.BASELINES))
+@pytest.mark.parametrize("name", WORKLOAD_NAMES)
+def test_baseline(benchmark, name, baseline):
+    measure(benchmark, name, contenders.BASELINES[baseline])

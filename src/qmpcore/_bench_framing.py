@@ -1,0 +1,211 @@
+"""The framing contenders: qmpcore's framers and the baselines they face.
+
+Each factory takes a :class:`~qmpcore._bench_workloads.Workload` and returns
+a zero-argument function that processes the whole workload once and returns
+the number of messages it produced; everything that is not the work being
+measured (building inputs, an event loop) happens in the factory.  A
+contender that cannot process a workload raises :class:`NotApplicable` with
+the reason, which reports print in its place.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Dict, List, Optional
+
+import orjson
+
+from ._bench_workloads import Workload
+
+__all__ = [
+    "Run",
+    "NotApplicable",
+    "framer",
+    "orjson_floor",
+    "json_presplit",
+    "lines_json",
+    "qemu_qmp_recv",
+    "framer_classes",
+    "BASELINES",
+    "prepare",
+]
+
+Run = Callable[[], int]
+
+#: qemu.qmp's reader limit (``QMPClient._limit``): longer lines fail.
+QEMU_QMP_LIMIT = 10 << 20
+
+
+class NotApplicable(Exception):
+    """This contender cannot process this workload; the message says why."""
+
+
+def framer_classes() -> Dict[str, type]:
+    """Framer implementations importable here: ``cython`` and/or ``python``."""
+    from . import _framer_py
+
+    classes: Dict[str, type] = {}
+    try:
+        from . import _framer  # type: ignore[attr-defined]
+
+        classes["cython"] = _framer.Framer
+    except ImportError:
+        pass
+    classes["python"] = _framer_py.Framer
+    return classes
+
+
+def framer(workload: Workload, cls: type, *, raw: bool = False) -> Run:
+    """qmpcore: feed every chunk to one fresh framer."""
+    chunks = workload.chunks
+
+    def run() -> int:
+        feed = cls(raw=raw).feed
+        count = 0
+        for chunk in chunks:
+            count += len(feed(chunk))
+        return count
+
+    return run
+
+
+def orjson_floor(workload: Workload) -> Run:
+    """The floor: ``orjson.loads`` on frames someone else already split."""
+    frames = workload.frames
+    loads = orjson.loads
+
+    def run() -> int:
+        return len([loads(f) for f in frames])
+
+    return run
+
+
+def json_presplit(workload: Workload) -> Run:
+    """``json.loads`` on pre-split frames (the standard library's decode cost)."""
+    frames = workload.frames
+    loads = json.loads
+
+    def run() -> int:
+        return len([loads(f) for f in frames])
+
+    return run
+
+
+def _require_lines(workload: Workload, who: str) -> None:
+    if not workload.line_framed:
+        raise NotApplicable(f"{who} cannot frame multi-line messages")
+
+
+def lines_json(workload: Workload) -> Run:
+    """What line-based clients do: split on LF as bytes arrive, ``json.loads`` each line.
+
+    The search resumes where the last one stopped, so this baseline is
+    linear in the bytes received, like a well-written ``readline``.
+    """
+    _require_lines(workload, "line splitting")
+    chunks = workload.chunks
+    loads = json.loads
+
+    def run() -> int:
+        buf = bytearray()
+        out: List[Any] = []
+        scanned = 0
+        for chunk in chunks:
+            buf += chunk
+            start = 0
+            end = buf.find(b"\n", scanned)
+            while end >= 0:
+                out.append(loads(buf[start : end + 1]))
+                start = end + 1
+                end = buf.find(b"\n", start)
+            if start:
+                del buf[:start]
+            scanned = len(buf)
+        return len(out)
+
+    return run
+
+
+def qemu_qmp_recv(workload: Workload) -> Run:
+    """qemu.qmp's receive path: ``StreamReader.readline`` then ``Message(eager=True)``.
+
+    The bytes are fed to a real :class:`asyncio.StreamReader` with
+    qemu.qmp's limit, then read line by line exactly as ``QMPClient`` does.
+    All data is present, so no read ever waits and the coroutine is driven
+    directly, without the cost of an event loop turn being counted.
+    """
+    try:
+        from qemu.qmp.message import Message
+    except ImportError:
+        raise NotApplicable("qemu.qmp is not installed (pip install qmpcore[bench])") from None
+    _require_lines(workload, "qemu.qmp")
+    if max(len(f) for f in workload.frames) > QEMU_QMP_LIMIT:
+        raise NotApplicable("over qemu.qmp's 10 MiB message limit")
+    import asyncio
+
+    chunks = workload.chunks
+    loop = asyncio.new_event_loop()  # only to construct readers; never run
+
+    async def drain(reader: asyncio.StreamReader) -> int:
+        count = 0
+        while True:
+            line = await reader.readline()
+            if not line:
+                return count
+            Message(line, eager=True)
+            count += 1
+
+    def run() -> int:
+        reader = asyncio.StreamReader(limit=QEMU_QMP_LIMIT, loop=loop)
+        for chunk in chunks:
+            reader.feed_data(chunk)
+        reader.feed_eof()
+        coro = drain(reader)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return int(done.value)
+        coro.close()
+        raise RuntimeError("StreamReader waited although all data was present")
+
+    return run
+
+
+#: Baselines of the framing section, floor first: (name, factory).
+BASELINES: Dict[str, Callable[[Workload], Run]] = {
+    "orjson": orjson_floor,
+    "json": json_presplit,
+    "lines+json": lines_json,
+    "qemu.qmp": qemu_qmp_recv,
+}
+
+
+def prepare(factory: Callable[..., Run], workload: Workload, *args: Any, **kw: Any) -> Run:
+    """Build a contender and run it once: a warm-up that also checks it works.
+
+    Raises :class:`NotApplicable` when the factory declines or the run
+    produces a different number of messages than the workload holds.
+    """
+    run = factory(workload, *args, **kw)
+    try:
+        count = run()
+    except NotApplicable:
+        raise
+    except Exception as exc:  # a baseline that breaks is reported, not fatal
+        raise NotApplicable(f"fails: {type(exc).__name__}: {exc}") from exc
+    if count != workload.nframes:
+        raise NotApplicable(f"produced {count} messages, expected {workload.nframes}")
+    return run
+
+
+def contender_runs(
+    workload: Workload, variants: Dict[str, Callable[[Workload], Run]]
+) -> Dict[str, Optional[Run] | str]:
+    """Prepare several contenders: each a ready run, or the reason it cannot run."""
+    out: Dict[str, Optional[Run] | str] = {}
+    for name, factory in variants.items():
+        try:
+            out[name] = prepare(factory, workload)
+        except NotApplicable as why:
+            out[name] = str(why)
+    return out
