@@ -11,7 +11,7 @@ the reason, which reports print in its place.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Union
 
 import orjson
 
@@ -28,6 +28,7 @@ __all__ = [
     "framer_classes",
     "BASELINES",
     "prepare",
+    "contender_runs",
 ]
 
 Run = Callable[[], int]
@@ -200,9 +201,9 @@ def prepare(factory: Callable[..., Run], workload: Workload, *args: Any, **kw: A
 
 def contender_runs(
     workload: Workload, variants: Dict[str, Callable[[Workload], Run]]
-) -> Dict[str, Optional[Run] | str]:
+) -> Dict[str, Union[Run, str]]:
     """Prepare several contenders: each a ready run, or the reason it cannot run."""
-    out: Dict[str, Optional[Run] | str] = {}
+    out: Dict[str, Union[Run, str]] = {}
     for name, factory in variants.items():
         try:
             out[name] = prepare(factory, workload)

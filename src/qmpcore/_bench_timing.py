@@ -1,0 +1,77 @@
+"""Timing for ``python -m qmpcore bench``: interleaved repeats, median per run.
+
+Contenders of one row are timed in turn within each repeat (A B C, A B C,
+...), so a slow phase of a noisy machine hits them all alike and the ratios
+stay meaningful even when the absolute figures wobble.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List
+
+__all__ = ["Timing", "time_runs", "gc_paused", "percentile"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per run of one contender."""
+
+    median: float
+    best: float
+    runs: int
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Keep the cyclic collector out of timed loops (as :mod:`timeit` does)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _once(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def time_runs(
+    runs: Dict[str, Callable[[], object]], *, min_time: float = 0.05, repeats: int = 5
+) -> Dict[str, Timing]:
+    """Time each zero-argument ``run``; every repeat lasts about ``min_time``.
+
+    The runs should be warmed up already (the contenders' ``prepare`` does).
+    """
+    loops = {name: max(1, math.ceil(min_time / max(_once(run), 1e-9))) for name, run in runs.items()}
+    samples: Dict[str, List[float]] = {name: [] for name in runs}
+    with gc_paused():
+        for _ in range(repeats):
+            for name, run in runs.items():
+                n = loops[name]
+                start = time.perf_counter()
+                for _ in range(n):
+                    run()
+                samples[name].append((time.perf_counter() - start) / n)
+            gc.collect()
+    return {
+        name: Timing(statistics.median(s), min(s), loops[name] * repeats)
+        for name, s in samples.items()
+    }
+
+
+def percentile(sorted_values: List[float], fraction: float) -> float:
+    """The ``fraction`` quantile (nearest rank) of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    index = min(len(sorted_values) - 1, max(0, math.ceil(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]

@@ -1,0 +1,182 @@
+"""``python -m qmpcore bench``: qmpcore beside its baselines, measured in one run.
+
+With no arguments it needs nothing but qmpcore: the socket and fleet
+sections start simulated VMs from the embedded server in a child process.
+qemu.qmp is compared against when installed (``pip install qmpcore[bench]``).
+
+Sections: ``framing`` (framing + decode of recorded and synthetic streams),
+``socket`` (round trip, 100 pipelined commands, event flood on one
+connection), ``fleet`` (many VMs polled with ``query-status``) and
+``real-qemu`` (with ``--real-qemu N``: N real QEMU processes polled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Dict, List, Optional
+
+from . import _bench_framing as framing
+from ._bench_report import Figure, Progress, Row, machine, render, to_json
+from ._bench_timing import time_runs
+from ._bench_workloads import Workload, framing_workloads
+
+__all__ = ["add_arguments", "run", "main", "SECTIONS"]
+
+
+class Options(argparse.Namespace):
+    quick: bool
+    json: Optional[str]
+    only: Optional[List[str]]
+    vms: Optional[int]
+    rounds: Optional[int]
+    target: Optional[str]
+    real_qemu: int
+
+
+def _timing_budget(opts: Options) -> Dict[str, float]:
+    return {"min_time": 0.01, "repeats": 3} if opts.quick else {"min_time": 0.1, "repeats": 5}
+
+
+def framing_section(opts: Options, progress: Callable[[str], None]) -> List[Row]:
+    """Every framing workload, for each qmpcore variant, beside the baselines."""
+    classes = framing.framer_classes()
+    live = next(iter(classes))  # the compiled one when it is importable
+    variants: Dict[str, Callable[[Workload], framing.Run]] = {
+        live: lambda w: framing.framer(w, classes[live]),
+    }
+    if live != "python":
+        variants["python"] = lambda w: framing.framer(w, classes["python"])
+    variants[f"{live} raw"] = lambda w: framing.framer(w, classes[live], raw=True)
+
+    rows: List[Row] = []
+    for workload in framing_workloads(quick=opts.quick):
+        progress(f"framing: {workload.title}")
+        prepared = framing.contender_runs(workload, {**variants, **framing.BASELINES})
+        ready = {name: run for name, run in prepared.items() if not isinstance(run, str)}
+        timings = time_runs(ready, **_timing_budget(opts))
+        per = workload.nframes if workload.per_message else 1
+        scale = 1e6 / per if workload.per_message else 1e3
+
+        def figure(name: str) -> Figure:
+            found = prepared[name]
+            return found if isinstance(found, str) else timings[name].median * scale
+
+        baselines = {name: figure(name) for name in framing.BASELINES}
+        for variant in variants:
+            value = figure(variant)
+            extra = {}
+            if not workload.per_message and not isinstance(value, str):
+                extra["MB/s"] = workload.nbytes / (value / scale * per) / 1e6
+            rows.append(
+                Row(
+                    "framing",
+                    workload.title,
+                    "µs/msg" if workload.per_message else "ms",
+                    True,
+                    value,
+                    baselines,
+                    variant=variant,
+                    extra=extra,
+                )
+            )
+    return rows
+
+
+Section = Callable[[Options, Callable[[str], None]], List[Row]]
+
+
+def _socket_section(opts: Options, progress: Callable[[str], None]) -> List[Row]:
+    from ._bench_socket import socket_section
+
+    return socket_section(opts, progress)
+
+
+def _fleet_section(opts: Options, progress: Callable[[str], None]) -> List[Row]:
+    from ._bench_fleet import fleet_section
+
+    return fleet_section(opts, progress)
+
+
+def _real_qemu_section(opts: Options, progress: Callable[[str], None]) -> List[Row]:
+    from ._bench_fleet import real_qemu_section
+
+    return real_qemu_section(opts, progress)
+
+
+SECTIONS: Dict[str, Section] = {
+    "framing": framing_section,
+    "socket": _socket_section,
+    "fleet": _fleet_section,
+    "real-qemu": _real_qemu_section,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``bench`` subcommand's options."""
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, fewer repeats (under 30 s)")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure and ratio as JSON to FILE ('-' for stdout)")
+    parser.add_argument(
+        "--only",
+        metavar="SECTION",
+        action="append",
+        choices=list(SECTIONS),
+        help="run only this section (repeatable): " + ", ".join(SECTIONS),
+    )
+    parser.add_argument("--vms", type=int, metavar="N", help="simulated VMs in the fleet section (default 1000, --quick 200)")
+    parser.add_argument("--rounds", type=int, metavar="N", help="polling rounds in the fleet sections")
+    parser.add_argument("--target", metavar="PATH", help="run the socket section against this QMP socket (a real QEMU)")
+    parser.add_argument(
+        "--real-qemu", type=int, default=0, metavar="N", help="also start N real QEMUs (-M none) and poll them"
+    )
+
+
+def _selected(opts: Options) -> List[str]:
+    if opts.only:
+        return list(dict.fromkeys(opts.only))
+    names = ["framing", "socket", "fleet"]
+    if opts.real_qemu:
+        names.append("real-qemu")
+    return names
+
+
+def run(opts: Options) -> int:
+    """Run the selected sections, print the table, write JSON if asked."""
+    for name in ("vms", "rounds", "real_qemu"):
+        value = getattr(opts, name, None)
+        if value is not None and value < 0:
+            print(f"qmpcore bench: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
+            return 2
+    progress = Progress()
+    rows: List[Row] = []
+    skipped: List[str] = []
+    for name in _selected(opts):
+        try:
+            rows += SECTIONS[name](opts, progress)
+        except SectionUnavailable as why:
+            skipped.append(f"{name}: skipped, {why}")
+        finally:
+            progress.done()
+    info = machine()
+    report = render(rows, info) + "".join(f"\n{line}" for line in skipped)
+    if opts.json == "-":
+        json.dump(to_json(rows, info), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(report + ("\n" if skipped else ""))
+        if opts.json:
+            with open(opts.json, "w", encoding="utf-8") as f:
+                json.dump(to_json(rows, info), f, indent=2)
+                f.write("\n")
+    return 0
+
+
+class SectionUnavailable(Exception):
+    """A section cannot run here (no QEMU, no target); the text says why."""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qmpcore bench", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv, namespace=Options()))
