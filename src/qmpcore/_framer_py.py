@@ -39,8 +39,8 @@ from typing import Any, List
 
 import orjson
 
-from ._qemu_json import display
-from ._wire import SYNC, ParseError, _LONG_DIGITS, _entries, decode_frame
+from ._wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, _LONG_DIGITS, _entries, decode_frame
+from ._wire import stray_reason as _stray
 from .errors import FrameError
 
 __all__ = ["Framer"]
@@ -78,14 +78,24 @@ _DIGIT = frozenset(b"0123456789")
 _LOWER = frozenset(b"abcdefghijklmnopqrstuvwxyz")
 _VALUE_STATES = frozenset(range(DQ, KEYWORD + 1))
 
-_TOO_BIG = "JSON token size limit exceeded"
-_TOO_DEEP = "JSON nesting depth limit exceeded"
-_TOO_MANY = "JSON token count limit exceeded"
-_MISS = object()
 
 
-def _stray(token: bytes) -> str:
-    return "JSON parse error, stray '%s'" % display(token)
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def _too_deep(doc: bytes, max_depth: int) -> bool:
+    """For valid JSON ``doc``: is it nested deeper than ``max_depth``?"""
+    if doc.count(b"[") + doc.count(b"{") <= max_depth:
+        return False
+    brackets = _STRINGS.sub(b"", doc).translate(None, _NOT_BRACKETS)
+    # Each pass removes the innermost level; valid JSON is balanced.
+    for _ in range(max_depth):
+        brackets = _INNERMOST.sub(b"", brackets)
+        if not brackets:
+            return False
+    return True
 
 
 class Framer:
@@ -308,17 +318,13 @@ class Framer:
             return 0
         self._nofast = nl  # whatever happens, do not try this line again
         seg = bytes(buf[pos : nl + 1])
-        if (
-            len(seg) > self.max_frame_size
-            or len(seg) > self.max_tokens
-            or seg.count(b"[") + seg.count(b"{") > self.max_depth
-        ):
+        if len(seg) > self.max_frame_size or len(seg) > self.max_tokens:
             return 0
         try:
             value = orjson.loads(seg)
         except orjson.JSONDecodeError:
             return 0
-        if _LONG_DIGITS.search(seg):
+        if _LONG_DIGITS.search(seg) or _too_deep(seg, self.max_depth):
             return 0
         if self.strict and (not seg.isascii() or b"\\" in seg or seg.count(b":") != _entries(value)):
             return 0
@@ -355,7 +361,7 @@ class Framer:
     def _token_done(self, end: int, c: int, out: List[Any]) -> None:
         """A token ended at ``end``; ``c`` is its byte if structural."""
         if not self._skip and end - self._start > self.max_frame_size:
-            self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
+            self._limit(TOO_BIG, self._base + self._start + self.max_frame_size, out)
         if c == 0x7B:
             self._brace += 1
         elif c == 0x7D:
@@ -366,11 +372,11 @@ class Framer:
             self._bracket -= 1
         if not self._skip:
             if c in _OPEN and self._brace + self._bracket > self.max_depth:
-                self._limit(_TOO_DEEP, self._base + end - 1, out)
+                self._limit(TOO_DEEP, self._base + end - 1, out)
             else:
                 self._ntok += 1
                 if self._ntok > self.max_tokens:
-                    self._limit(_TOO_MANY, self._base + self._tok, out)
+                    self._limit(TOO_MANY, self._base + self._tok, out)
         brace, bracket = self._brace, self._bracket
         if brace < 0 or bracket < 0 or (brace == 0 and bracket == 0):
             if not self._skip:
@@ -390,7 +396,7 @@ class Framer:
         """Lexical error at ``pos`` (that byte is consumed)."""
         buf = self._buf
         if self._in_frame and not self._skip and pos + 1 - self._start > self.max_frame_size:
-            self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
+            self._limit(TOO_BIG, self._base + self._start + self.max_frame_size, out)
         if self._skip:
             token = buf[pos : pos + 1]
         elif self._state in _VALUE_STATES:
@@ -413,7 +419,7 @@ class Framer:
             if n - self._start > self.max_frame_size:
                 # The frame outgrew the limit inside this chunk: report it at
                 # the same offset as if the whole stream had come at once.
-                self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
+                self._limit(TOO_BIG, self._base + self._start + self.max_frame_size, out)
                 keep = n
             else:
                 keep = self._start

@@ -7,9 +7,14 @@ from typing import Any
 
 import orjson
 
-from ._qemu_json import ParseError, parse, transcode
+from ._qemu_json import ParseError, display, parse, transcode
 
-__all__ = ["SYNC", "encode", "decode_frame", "ParseError"]
+__all__ = ["SYNC", "encode", "decode_frame", "stray_reason", "ParseError"]
+
+#: FrameError reasons for the limits, in QEMU's words.
+TOO_BIG = "JSON token size limit exceeded"
+TOO_DEEP = "JSON nesting depth limit exceeded"
+TOO_MANY = "JSON token count limit exceeded"
 
 
 class _Sync:
@@ -44,6 +49,11 @@ _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 def encode(obj: Any) -> bytes:
     """Encode ``obj`` as one compact JSON frame ending in CRLF."""
     return _dumps(obj) + _CRLF
+
+
+def stray_reason(token: bytes) -> str:
+    """QEMU's message for a lexical error; ``token`` ends with the bad byte."""
+    return "JSON parse error, stray '%s'" % display(token)
 
 
 def _entries(value: Any) -> int:

@@ -1,0 +1,607 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled framer: the hot loop of qmpcore.
+
+This is the algorithm of ``qmpcore/_framer_py.py`` (read that file for the
+rules) as a byte-level C state machine.  Both produce the same items for any
+input, however it is split.  Differences are in the machinery only:
+
+* When no partial frame is held, a chunk is scanned where it lies; only the
+  tail of an unfinished frame is copied into the framer's own buffer, which
+  is compacted in place and grown geometrically.
+* Frames reach ``orjson.loads`` as a memoryview over the bytes already in
+  memory (or the chunk object itself when it holds exactly one frame), so
+  decoding does not copy them first.
+* The scan knows exactly which frames need the exact (slow) decoder: those
+  with single-quoted strings or integers of 19 or more characters.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject
+from libc.string cimport memchr, memcpy, memmove
+
+import orjson
+
+from qmpcore._wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, stray_reason
+from qmpcore.errors import FrameError
+
+cdef extern from "Python.h":
+    object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
+    int PyBUF_READ
+
+cdef object _loads = orjson.loads
+cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef object _SYNC = SYNC
+cdef object _FrameError = FrameError
+cdef object _ParseError = ParseError
+cdef object _decode_frame = decode_frame
+cdef object _stray_reason = stray_reason
+cdef object _TOO_BIG = TOO_BIG
+cdef object _TOO_DEEP = TOO_DEEP
+cdef object _TOO_MANY = TOO_MANY
+
+# Lexer states (same numbering as the pure framer).
+DEF START = 0
+DEF DQ = 1
+DEF DQ_ESC = 2
+DEF SQ = 3
+DEF SQ_ESC = 4
+DEF ZERO = 5
+DEF DIGITS = 6
+DEF SIGN = 7
+DEF MANT = 8
+DEF MANT_DIGITS = 9
+DEF EXP_E = 10
+DEF EXP_SIGN = 11
+DEF EXP_DIGITS = 12
+DEF KEYWORD = 13
+DEF RECOVERY = 14
+
+# Byte classes.
+DEF C_OTHER = 0
+DEF C_WS = 1
+DEF C_STRUCT = 2
+DEF C_DQUOTE = 3
+DEF C_SQUOTE = 4
+DEF C_ZERO = 5
+DEF C_DIGIT = 6
+DEF C_MINUS = 7
+DEF C_LOWER = 8
+
+# Integers this long may be outside what orjson keeps exact.
+DEF LONG_INT = 19
+# Whitespace around a lone frame that still lets the chunk go to orjson whole.
+DEF WHOLE_SLACK = 8
+
+cdef unsigned char CLASS[256]
+cdef unsigned char DQ_PLAIN[256]    # bytes that continue a "..." string
+cdef unsigned char SQ_PLAIN[256]    # bytes that continue a '...' string
+cdef unsigned char RECOVER_SKIP[256]  # bytes skipped after a lexical error
+cdef unsigned char PLAIN_KIND[256]    # for _plain(): what a byte of valid JSON starts
+
+DEF K_BORING = 0
+DEF K_DIGIT = 1
+DEF K_QUOTE = 2
+DEF K_OPEN = 3
+DEF K_CLOSE = 4
+
+
+cdef void _init_tables():
+    cdef int i
+    for i in range(256):
+        CLASS[i] = C_OTHER
+        DQ_PLAIN[i] = 1 if 0x20 <= i <= 0xFD else 0
+        SQ_PLAIN[i] = DQ_PLAIN[i]
+        RECOVER_SKIP[i] = 1 if (0x20 <= i <= 0xFD or i == 0x09) else 0
+    for i in b" \t\r\n":
+        CLASS[i] = C_WS
+    for i in b"{}[]:,":
+        CLASS[i] = C_STRUCT
+        RECOVER_SKIP[i] = 0
+    CLASS[ord('"')] = C_DQUOTE
+    CLASS[ord("'")] = C_SQUOTE
+    CLASS[ord("0")] = C_ZERO
+    for i in range(ord("1"), ord("9") + 1):
+        CLASS[i] = C_DIGIT
+    CLASS[ord("-")] = C_MINUS
+    for i in range(ord("a"), ord("z") + 1):
+        CLASS[i] = C_LOWER
+    for i in range(256):
+        PLAIN_KIND[i] = K_BORING
+    for i in range(ord("0"), ord("9") + 1):
+        PLAIN_KIND[i] = K_DIGIT
+    PLAIN_KIND[ord('"')] = K_QUOTE
+    PLAIN_KIND[ord("{")] = K_OPEN
+    PLAIN_KIND[ord("[")] = K_OPEN
+    PLAIN_KIND[ord("}")] = K_CLOSE
+    PLAIN_KIND[ord("]")] = K_CLOSE
+    DQ_PLAIN[ord('"')] = 0
+    DQ_PLAIN[ord("\\")] = 0
+    SQ_PLAIN[ord("'")] = 0
+    SQ_PLAIN[ord("\\")] = 0
+
+
+_init_tables()
+
+
+cdef inline bint _is_digit(unsigned char c):
+    return 0x30 <= c <= 0x39
+
+
+@cython.final
+cdef class Framer:
+    """Split a byte stream into QMP frames and decode them (compiled).
+
+    See :class:`qmpcore._framer_py.Framer`; the two behave identically.
+    """
+
+    cdef readonly Py_ssize_t max_frame_size
+    cdef readonly Py_ssize_t max_depth
+    cdef readonly Py_ssize_t max_tokens
+    cdef readonly bint raw
+    cdef readonly bint strict
+
+    # Held bytes of an unfinished frame.
+    cdef char *_buf
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _cap
+    cdef long long _base       # stream offset of index 0 of the scanned buffer
+
+    # Lexer and frame state; indices are into the buffer being scanned.
+    cdef int _state
+    cdef bint _in_frame
+    cdef bint _skip
+    cdef bint _slow            # frame needs the exact decoder
+    cdef Py_ssize_t _start
+    cdef Py_ssize_t _tok
+    cdef Py_ssize_t _brace
+    cdef Py_ssize_t _bracket
+    cdef Py_ssize_t _ntok
+    cdef Py_ssize_t _nofast    # a line already known not to be one plain frame
+
+    # The buffer of the feed() in progress.
+    cdef const unsigned char *_p
+    cdef Py_ssize_t _n
+    cdef object _chunk         # the caller's object when scanned in place
+
+    def __cinit__(self):
+        self._buf = NULL
+        self._len = 0
+        self._cap = 0
+
+    def __init__(self, max_frame_size=64 << 20, max_depth=1024, *, max_tokens=2 << 20,
+                 raw=False, strict=False):
+        if max_frame_size < 1 or max_depth < 1 or max_tokens < 1:
+            raise ValueError("limits must be positive")
+        self.max_frame_size = max_frame_size
+        self.max_depth = max_depth
+        self.max_tokens = max_tokens
+        self.raw = bool(raw)
+        self.strict = bool(strict)
+        self._base = 0
+        self._len = 0
+        self._nofast = -1
+        self._clear(START)
+
+    def __dealloc__(self):
+        PyMem_Free(self._buf)
+
+    @property
+    def buffered(self):
+        """Bytes held for an unfinished frame."""
+        return self._len
+
+    def reset(self):
+        """Forget any partial frame and start afresh (offsets keep counting)."""
+        self._base += self._len
+        self._len = 0
+        self._nofast = -1
+        self._clear(START)
+
+    cdef inline void _clear(self, int state) noexcept:
+        self._state = state
+        self._in_frame = False
+        self._skip = False
+        self._slow = False
+        self._start = 0
+        self._tok = 0
+        self._brace = 0
+        self._bracket = 0
+        self._ntok = 0
+
+    cdef int _reserve(self, Py_ssize_t size) except -1:
+        cdef Py_ssize_t cap
+        cdef char *mem
+        if size <= self._cap:
+            return 0
+        cap = self._cap * 2 if self._cap else 4096
+        while cap < size:
+            cap *= 2
+        mem = <char *>PyMem_Realloc(self._buf, cap)
+        if mem == NULL:
+            raise MemoryError()
+        self._buf = mem
+        self._cap = cap
+        return 0
+
+    def feed(self, data):
+        """Add bytes from the stream; return the items they complete."""
+        cdef Py_buffer view
+        cdef list out = []
+        cdef Py_ssize_t keep, pos
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"Framer.feed() takes bytes, bytearray or memoryview, not {type(data).__name__}")
+        if (type(data) is bytes and self._len == 0 and self._state == START
+                and not self.raw and not self.strict):
+            # The usual case: one whole reply or event in one read.
+            if self._one_line(<const unsigned char *>PyBytes_AS_STRING(data),
+                              PyBytes_GET_SIZE(data), data, out):
+                return out
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if self._len == 0:
+                # Nothing held: scan the chunk where it lies.
+                self._p = <const unsigned char *>view.buf
+                self._n = view.len
+                self._chunk = data
+                pos = 0
+            else:
+                self._reserve(self._len + view.len)
+                memcpy(self._buf + self._len, view.buf, view.len)
+                pos = self._len
+                self._len += view.len
+                self._p = <const unsigned char *>self._buf
+                self._n = self._len
+                self._chunk = None
+            self._scan(pos, out)
+            # Keep only what an unfinished frame needs.
+            if self._in_frame and not self._skip:
+                if self._n - self._start > self.max_frame_size:
+                    self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
+                    keep = self._n
+                else:
+                    keep = self._start
+            else:
+                keep = self._n
+            if self._chunk is not None:
+                self._reserve(self._n - keep)
+                memcpy(self._buf, self._p + keep, self._n - keep)
+            elif keep:
+                memmove(self._buf, self._buf + keep, self._n - keep)
+            self._len = self._n - keep
+            self._base += keep
+            self._start -= keep
+            self._tok -= keep
+            self._nofast -= keep
+        finally:
+            self._chunk = None
+            self._p = NULL
+            PyBuffer_Release(&view)
+        return out
+
+    cdef int _scan(self, Py_ssize_t pos, list out) except -1:
+        cdef const unsigned char *p = self._p
+        cdef Py_ssize_t n = self._n
+        cdef unsigned char c, cls
+        cdef int state
+        cdef Py_ssize_t nxt
+        while pos < n:
+            state = self._state
+            c = p[pos]
+            if state == START:
+                cls = CLASS[c]
+                if cls == C_WS:
+                    pos += 1
+                    while pos < n and CLASS[p[pos]] == C_WS:
+                        pos += 1
+                    continue
+                if not self._in_frame and pos > self._nofast and not self.raw and not self.strict:
+                    nxt = self._fast_line(pos, out)
+                    if nxt:
+                        pos = nxt
+                        continue
+                if cls == C_STRUCT:
+                    self._begin(pos)
+                    self._token_done(pos + 1, c, out)
+                    pos += 1
+                    continue
+                if cls == C_DQUOTE:
+                    self._begin(pos)
+                    self._state = DQ
+                elif cls == C_SQUOTE:
+                    self._begin(pos)
+                    self._slow = True
+                    self._state = SQ
+                elif cls == C_ZERO:
+                    self._begin(pos)
+                    self._state = ZERO
+                elif cls == C_DIGIT:
+                    self._begin(pos)
+                    self._state = DIGITS
+                elif cls == C_MINUS:
+                    self._begin(pos)
+                    self._state = SIGN
+                elif cls == C_LOWER:
+                    self._begin(pos)
+                    self._state = KEYWORD
+                else:
+                    self._error(pos, out)
+                pos += 1
+            elif state == DQ:
+                while pos < n and DQ_PLAIN[p[pos]]:
+                    pos += 1
+                if pos >= n:
+                    break
+                c = p[pos]
+                if c == 0x22:
+                    self._state = START
+                    self._token_done(pos + 1, 0, out)
+                elif c == 0x5C:
+                    self._state = DQ_ESC
+                else:
+                    self._error(pos, out)
+                pos += 1
+            elif state == SQ:
+                while pos < n and SQ_PLAIN[p[pos]]:
+                    pos += 1
+                if pos >= n:
+                    break
+                c = p[pos]
+                if c == 0x27:
+                    self._state = START
+                    self._token_done(pos + 1, 0, out)
+                elif c == 0x5C:
+                    self._state = SQ_ESC
+                else:
+                    self._error(pos, out)
+                pos += 1
+            elif state == DQ_ESC or state == SQ_ESC:
+                if 0x20 <= c <= 0xFD:
+                    self._state = state - 1
+                else:
+                    self._error(pos, out)
+                pos += 1
+            elif state == RECOVERY:
+                while pos < n and RECOVER_SKIP[p[pos]]:
+                    pos += 1
+                if pos < n:
+                    self._state = START
+            elif state == KEYWORD:
+                while pos < n and CLASS[p[pos]] == C_LOWER:
+                    pos += 1
+                if pos < n:
+                    self._state = START
+                    self._token_done(pos, 0, out)
+            elif state == DIGITS or state == MANT_DIGITS or state == EXP_DIGITS:
+                while pos < n and _is_digit(p[pos]):
+                    pos += 1
+                if pos >= n:
+                    break
+                c = p[pos]
+                if state != EXP_DIGITS and (c == 0x65 or c == 0x45):  # e E
+                    self._state = EXP_E
+                    pos += 1
+                elif state == DIGITS and c == 0x2E:  # .
+                    self._state = MANT
+                    pos += 1
+                else:
+                    if state == DIGITS and pos - self._tok >= LONG_INT:
+                        self._slow = True
+                    self._state = START
+                    self._token_done(pos, 0, out)
+            elif state == ZERO:
+                if c == 0x2E:
+                    self._state = MANT
+                elif _is_digit(c):
+                    self._error(pos, out)
+                else:
+                    self._state = START
+                    self._token_done(pos, 0, out)
+                    continue
+                pos += 1
+            elif state == SIGN:
+                if c == 0x30:
+                    self._state = ZERO
+                elif _is_digit(c):
+                    self._state = DIGITS
+                elif CLASS[c] == C_LOWER:
+                    self._state = KEYWORD
+                else:
+                    self._error(pos, out)
+                pos += 1
+            elif state == MANT or state == EXP_SIGN:
+                if _is_digit(c):
+                    self._state = MANT_DIGITS if state == MANT else EXP_DIGITS
+                else:
+                    self._error(pos, out)
+                pos += 1
+            else:  # EXP_E
+                if c == 0x2B or c == 0x2D:
+                    self._state = EXP_SIGN
+                elif _is_digit(c):
+                    self._state = EXP_DIGITS
+                else:
+                    self._error(pos, out)
+                pos += 1
+        return 0
+
+    cdef bint _one_line(self, const unsigned char *p, Py_ssize_t n, object data,
+                        list out) except -1:
+        """Take ``data`` whole when it is exactly one line holding one plain frame."""
+        if n == 0 or p[n - 1] != 0x0A or memchr(p, 0x0A, n - 1) != NULL:
+            return False
+        if n > self.max_frame_size or n > self.max_tokens or CLASS[p[0]] == C_WS:
+            return False
+        try:
+            value = _loads(data)
+        except _JSONDecodeError:
+            return False
+        if not self._plain(p, n):
+            return False
+        out.append(value)
+        self._base += n
+        self._nofast = -1
+        return True
+
+    cdef Py_ssize_t _fast_line(self, Py_ssize_t pos, list out) except -1:
+        """Decode a whole line at once when it holds exactly one plain frame.
+
+        A shortcut only: orjson must accept the line as one value, and the
+        scan in _plain() must find nothing the lexer would treat specially.
+        Returns the position after the line, or 0.
+        """
+        cdef const unsigned char *p = self._p
+        cdef const unsigned char *nl = <const unsigned char *>memchr(p + pos, 0x0A, self._n - pos)
+        cdef Py_ssize_t end
+        cdef object frame
+        if nl == NULL:
+            return 0
+        end = nl - p + 1
+        self._nofast = end - 1  # whatever happens, do not try this line again
+        if end - pos > self.max_frame_size or end - pos > self.max_tokens:
+            return 0
+        if pos == 0 and end == self._n and self._chunk is not None:
+            frame = self._chunk
+        else:
+            frame = self._view(pos, end)
+        try:
+            value = _loads(frame)
+        except _JSONDecodeError:
+            return 0
+        if not self._plain(p + pos, end - pos):
+            return 0
+        out.append(value)
+        return end
+
+    cdef inline object _view(self, Py_ssize_t start, Py_ssize_t end):
+        """The bytes of a frame for orjson: copied when small (orjson reads
+        bytes faster than a memoryview), viewed in place when large."""
+        if end - start < 4096:
+            return PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
+        return PyMemoryView_FromMemory(<char *>self._p + start, end - start, PyBUF_READ)
+
+    cdef bint _plain(self, const unsigned char *p, Py_ssize_t n) noexcept:
+        """``p[:n]`` is valid JSON: is it within max_depth, with no integer
+        orjson might round (19 or more digits)?"""
+        cdef Py_ssize_t i = 0, depth = 0, run = 0
+        cdef unsigned char k
+        while i < n:
+            k = PLAIN_KIND[p[i]]
+            i += 1
+            if k == K_BORING:
+                run = 0
+            elif k == K_DIGIT:
+                run += 1
+                if run >= LONG_INT:
+                    return False
+            elif k == K_QUOTE:
+                run = 0
+                while True:
+                    k = p[i]
+                    if k == 0x5C:
+                        i += 2
+                    else:
+                        i += 1
+                        if k == 0x22:
+                            break
+            elif k == K_OPEN:
+                run = 0
+                depth += 1
+                if depth > self.max_depth:
+                    return False
+            else:
+                run = 0
+                depth -= 1
+        return True
+
+    cdef inline void _begin(self, Py_ssize_t pos) noexcept:
+        self._tok = pos
+        if not self._in_frame:
+            self._in_frame = True
+            self._start = pos
+
+    cdef int _limit(self, object reason, long long offset, list out) except -1:
+        out.append(_FrameError(reason, offset))
+        self._skip = True
+        return 0
+
+    cdef inline int _token_done(self, Py_ssize_t end, unsigned char c, list out) except -1:
+        if not self._skip and end - self._start > self.max_frame_size:
+            self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
+        if c == 0x7B:
+            self._brace += 1
+        elif c == 0x7D:
+            self._brace -= 1
+        elif c == 0x5B:
+            self._bracket += 1
+        elif c == 0x5D:
+            self._bracket -= 1
+        if not self._skip:
+            if (c == 0x7B or c == 0x5B) and self._brace + self._bracket > self.max_depth:
+                self._limit(_TOO_DEEP, self._base + end - 1, out)
+            else:
+                self._ntok += 1
+                if self._ntok > self.max_tokens:
+                    self._limit(_TOO_MANY, self._base + self._tok, out)
+        if self._brace < 0 or self._bracket < 0 or (self._brace == 0 and self._bracket == 0):
+            if not self._skip:
+                self._emit(end, out)
+            self._clear(START)
+        return 0
+
+    cdef int _emit(self, Py_ssize_t end, list out) except -1:
+        cdef Py_ssize_t start = self._start
+        cdef Py_ssize_t i
+        cdef bint whole
+        cdef object frame
+        if self.raw:
+            out.append(PyBytes_FromStringAndSize(<const char *>self._p + start, end - start))
+            return 0
+        if not self._slow and not self.strict:
+            # A chunk that holds just this frame goes to orjson as it is.
+            whole = False
+            if self._chunk is not None and start + (self._n - end) <= WHOLE_SLACK:
+                whole = True
+                for i in range(start):
+                    if CLASS[self._p[i]] != C_WS:
+                        whole = False
+                for i in range(end, self._n):
+                    if CLASS[self._p[i]] != C_WS:
+                        whole = False
+            if whole:
+                frame = self._chunk
+            else:
+                frame = self._view(start, end)
+            try:
+                out.append(_loads(frame))
+                return 0
+            except _JSONDecodeError:
+                pass
+        frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
+        try:
+            out.append(_decode_frame(frame, self.strict, self._slow))
+        except _ParseError as exc:
+            out.append(_FrameError(exc.args[0], self._base + start))
+        return 0
+
+    cdef int _error(self, Py_ssize_t pos, list out) except -1:
+        """Lexical error at ``pos`` (that byte is consumed)."""
+        cdef object token
+        cdef Py_ssize_t first = pos
+        if self._in_frame and not self._skip and pos + 1 - self._start > self.max_frame_size:
+            self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
+        if not self._skip and DQ <= self._state <= KEYWORD:
+            first = self._tok
+        if self._p[pos] == 0xFF:
+            if self.strict:
+                token = PyBytes_FromStringAndSize(<const char *>self._p + first, pos + 1 - first)
+                out.append(_FrameError(_stray_reason(token), self._base + pos, True))
+            out.append(_SYNC)
+        elif not self._skip:
+            token = PyBytes_FromStringAndSize(<const char *>self._p + first, pos + 1 - first)
+            out.append(_FrameError(_stray_reason(token), self._base + pos))
+        self._clear(RECOVERY)
+        return 0
