@@ -1,0 +1,209 @@
+"""What the asyncio and blocking clients share: routing protocol events.
+
+A client owns one sans-IO protocol object and moves bytes between it and a
+socket.  This module turns the protocol's events into results: replies
+complete their waiters (futures, or slots in the blocking client), events go
+to the :class:`~qmpcore._eventqueue.EventRouter`, faults are counted and
+logged, and the end of the stream fails whatever still waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional, Tuple
+
+from ._address import Address
+from ._eventqueue import EventRouter
+from .errors import ConnectionLost, ProtocolError, StateError, TimeoutError
+from .protocol.events import (
+    ConnectionClosed,
+    ErrorReply,
+    Event,
+    Greeting,
+    ProtocolFault,
+    Return,
+    VersionInfo,
+)
+
+__all__ = ["ClientCore", "QMPInfo", "log"]
+
+log = logging.getLogger("qmpcore")
+
+#: Default size of each event queue.
+EVENT_QUEUE_SIZE = 1000
+
+
+class ClientCore:
+    """Waiters, timers, events and close state around one protocol object.
+
+    Waiters are keyed by command id, or by an event class (``Greeting``,
+    ``Synced``) for the handshake steps; each has ``done()``,
+    ``set_result()`` and ``set_exception()``.
+    """
+
+    def __init__(self, proto: Any, address: Address, event_queue: int) -> None:
+        self._proto = proto
+        #: Where this client is connected.
+        self.address = address
+        self._waiters: Dict[Any, Any] = {}
+        self._timers: Dict[Any, Any] = {}  # id -> timer handle (asyncio only)
+        self._router = EventRouter(event_queue)
+        self._closing = False  # close() was called
+        self._closed = False
+        #: Why the connection ended: None while open or after a clean close
+        #: (local close, ``quit``, ``SHUTDOWN``), else :class:`ConnectionLost`.
+        self.connection_error: Optional[ConnectionLost] = None
+        #: The last :class:`ProtocolError` the server caused (it did not
+        #: close the connection).
+        self.last_protocol_error: Optional[ProtocolError] = None
+        self._protocol_errors = 0
+        self._timeouts = 0
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection has ended."""
+        return self._closed
+
+    @property
+    def counters(self) -> Dict[str, int]:
+        """A snapshot of this connection's counters."""
+        proto = self._proto
+        router = self._router
+        return {
+            "commands": proto._next_id,
+            "in_flight": proto.in_flight,
+            "held": proto.held,
+            "timeouts": self._timeouts,
+            "late_replies": proto.late_replies,
+            "events_received": router.received,
+            "events_dropped": router.dropped,
+            "events_queued": len(router.unclaimed),
+            "protocol_errors": self._protocol_errors,
+        }
+
+    def _check_fds(self) -> None:
+        if not self.address.is_unix:
+            raise StateError("file descriptors can only be passed over a unix socket")
+
+    # -- protocol events ----------------------------------------------------
+
+    def _process(self, events: list) -> None:
+        """Act on the events one chunk of received bytes produced."""
+        waiters = self._waiters
+        for ev in events:
+            t = type(ev)
+            if t is Return or t is ErrorReply:
+                waiter = waiters.pop(ev.id, None)
+                if self._timers:
+                    timer = self._timers.pop(ev.id, None)
+                    if timer is not None:
+                        timer.cancel()
+                if waiter is None or waiter.done():
+                    continue
+                if t is Return:
+                    waiter.set_result(ev.value)
+                else:
+                    waiter.set_exception(ev.exception())
+            elif t is Event:
+                self._router.deliver(ev)
+            elif t is ProtocolFault:
+                self._fault(ev)
+            elif t is not ConnectionClosed:  # Greeting, Negotiated, Synced
+                waiter = waiters.pop(t, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(ev)
+
+    def _fault(self, ev: ProtocolFault) -> None:
+        self._protocol_errors += 1
+        self.last_protocol_error = ev.error
+        log.warning("%s: %s", self.address, ev.error)
+        waiter = self._waiters.pop(Greeting, None)  # garbage instead of a greeting
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ProtocolError(f"expected a QMP greeting: {ev.error}"))
+
+    def _expire(self, cid: Any, command: str, timeout: float) -> bytes:
+        """A command's time is up: fail its waiter; return bytes to write."""
+        waiter = self._waiters.pop(cid, None)
+        self._timers.pop(cid, None)
+        self._proto.abandon(cid)
+        self._timeouts += 1
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError(f"{command}: no reply within {timeout:g} s"))
+        return self._proto.data_to_send()
+
+    def _abandon(self, cid: Any) -> bytes:
+        """The caller stopped waiting (cancelled): forget the command."""
+        self._waiters.pop(cid, None)
+        timer = self._timers.pop(cid, None)
+        if timer is not None:
+            timer.cancel()
+        self._proto.abandon(cid)
+        return self._proto.data_to_send()
+
+    def _shutdown(self, exc: Optional[BaseException] = None) -> None:
+        """The socket is gone (end of stream, error or local close)."""
+        if self._closed:
+            return
+        self._closed = True
+        ended = self._proto.receive_data(b"")
+        truncated = ended[0].truncated if ended else 0
+        expected = self._closing or bool(ended and ended[0].expected)
+        if truncated and not self._closing:
+            expected = False
+            reason = f"the server closed the connection in the middle of a frame ({truncated} bytes unread)"
+        elif exc is not None and not self._closing:
+            reason = f"connection lost: {exc}"
+        elif self._closing:
+            reason = "the connection was closed"
+        else:
+            reason = "the server closed the connection"
+        error = ConnectionLost(reason)
+        if not expected:
+            self.connection_error = error
+        proto = self._proto
+        for key, waiter in self._waiters.items():
+            if waiter.done():
+                continue
+            if expected and not self._closing and proto._pending.get(key) == "quit":
+                waiter.set_result(None)  # QEMU quit as asked; the reply got lost
+            else:
+                waiter.set_exception(error)
+        self._waiters.clear()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._router.close(None if expected else error)
+
+
+class QMPInfo:
+    """Greeting-derived attributes of a QMP client."""
+
+    _proto: Any
+
+    @property
+    def greeting(self) -> Optional[dict]:
+        """The server's greeting message as received (``{"QMP": {...}}``)."""
+        g = self._proto.greeting
+        return g.raw if g is not None else None
+
+    @property
+    def version(self) -> Optional[VersionInfo]:
+        """QEMU's version: ``(major, minor, micro, package)``."""
+        g = self._proto.greeting
+        return g.version if g is not None else None
+
+    @property
+    def capabilities(self) -> Tuple[str, ...]:
+        """Capabilities the server offered in its greeting."""
+        g = self._proto.greeting
+        return g.capabilities if g is not None else ()
+
+    @property
+    def enabled_capabilities(self) -> Tuple[str, ...]:
+        """Capabilities enabled by negotiation."""
+        return self._proto.enabled
+
+    @property
+    def oob(self) -> bool:
+        """True when out-of-band execution (``execute_oob``) is available."""
+        return self._proto.oob

@@ -1,0 +1,281 @@
+"""Bounded event queues with an explicit overflow policy, and their router.
+
+Shared by the asyncio and blocking clients; nothing here does I/O.  Every
+event goes to each subscription whose filter accepts it; an event no
+subscription claimed waits in the *unclaimed* queue, where
+``wait_event``/``pull_event`` and new subscriptions find it later (so an
+event that arrived before a command's reply is not lost).
+
+Overflow policies, for a consumer that falls behind:
+
+* ``"drop_oldest"`` (default): the oldest queued event makes room and is
+  counted in ``dropped``.
+* ``"block"``: nothing is dropped; the client stops reading the socket
+  until the consumer catches up (the queue may exceed ``maxsize`` by the
+  events of one received chunk).  Replies then wait too.
+* ``"raise"``: the new event is dropped and counted, and the consumer's
+  next read raises :class:`EventOverflow`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Deque, Iterable, List, Mapping, Optional, Union
+
+from .errors import QMPError
+from .protocol.events import Event
+
+__all__ = [
+    "DROP_OLDEST",
+    "BLOCK",
+    "RAISE",
+    "EventOverflow",
+    "EventQueue",
+    "EventRouter",
+    "make_filter",
+]
+
+DROP_OLDEST = "drop_oldest"
+BLOCK = "block"
+RAISE = "raise"
+_POLICIES = (DROP_OLDEST, BLOCK, RAISE)
+
+Match = Union[None, Mapping[str, Any], Callable[[Event], bool]]
+
+
+class EventOverflow(QMPError):
+    """Events were dropped because the consumer fell behind (policy "raise")."""
+
+    def __init__(self, dropped: int) -> None:
+        super().__init__(f"event queue overflowed: {dropped} event(s) dropped")
+        self.dropped = dropped
+
+
+def make_filter(names: Iterable[str], match: Match = None) -> Optional[Callable[[Event], bool]]:
+    """A predicate for events named in ``names`` (any if empty) that satisfy ``match``.
+
+    ``match`` is a dict of ``data`` members that must be equal, or a callable
+    taking the :class:`Event`.  Returns None when every event is accepted.
+    """
+    wanted = frozenset(names)
+    for name in wanted:
+        if not isinstance(name, str):
+            raise TypeError(f"event names must be str, not {type(name).__name__}")
+    if match is not None and not callable(match):
+        if not isinstance(match, Mapping):
+            raise TypeError("match must be a dict of data members or a callable")
+        expected = dict(match)
+
+        def match(ev: Event) -> bool:  # noqa: F811 -- the dict becomes a predicate
+            data = ev.data
+            return all(k in data and data[k] == v for k, v in expected.items())
+
+    if not wanted:
+        return match
+    if match is None:
+        return lambda ev: ev.name in wanted
+    test = match
+    return lambda ev: ev.name in wanted and bool(test(ev))
+
+
+class EventQueue:
+    """One bounded queue of events with an overflow policy.
+
+    ``waiter`` may hold a future-like object (``done()``/``set_result()``)
+    that is completed when an event arrives or the queue closes; the
+    asyncio client uses it, the blocking client uses a condition instead.
+    """
+
+    __slots__ = ("accepts", "maxsize", "policy", "once", "dropped", "waiter", "_items", "_overflow", "_closed", "_error")
+
+    def __init__(
+        self,
+        accepts: Optional[Callable[[Event], bool]] = None,
+        maxsize: int = 1000,
+        policy: str = DROP_OLDEST,
+        once: bool = False,
+    ) -> None:
+        if policy not in _POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(_POLICIES)}, not {policy!r}")
+        if maxsize < 0 or (maxsize == 0 and policy != DROP_OLDEST):
+            raise ValueError("maxsize must be positive (0 is allowed only with drop_oldest)")
+        self.accepts = accepts
+        self.maxsize = maxsize
+        self.policy = policy
+        self.once = once
+        self.dropped = 0
+        self.waiter: Any = None
+        self._items: Deque[Event] = deque()
+        self._overflow = 0
+        self._closed = False
+        self._error: Optional[BaseException] = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def full(self) -> bool:
+        """True when a ``block`` queue wants the reader to pause."""
+        return len(self._items) >= self.maxsize
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, ev: Event) -> None:
+        items = self._items
+        if len(items) >= self.maxsize:
+            policy = self.policy
+            if policy == DROP_OLDEST:
+                self.dropped += 1
+                if not items:
+                    return  # maxsize 0: keep nothing
+                items.popleft()
+            elif policy == RAISE:
+                self.dropped += 1
+                self._overflow += 1
+                self._wake()
+                return
+        items.append(ev)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def ready(self) -> bool:
+        """True when :meth:`get_nowait` would not block."""
+        return bool(self._items) or bool(self._overflow) or self._closed
+
+    def get_nowait(self) -> Optional[Event]:
+        """The oldest event; None once closed and drained; raises :class:`EventOverflow`.
+
+        Raises IndexError when empty and still open.
+        """
+        if self._overflow:
+            dropped, self._overflow = self._overflow, 0
+            raise EventOverflow(dropped)
+        if self._items:
+            return self._items.popleft()
+        if self._closed:
+            if self._error is not None:
+                raise self._error
+            return None
+        raise IndexError("no event queued")
+
+    def take(self, accepts: Optional[Callable[[Event], bool]]) -> Optional[Event]:
+        """Remove and return the oldest queued event ``accepts`` takes, if any."""
+        items = self._items
+        for i, ev in enumerate(items):
+            if accepts is None or accepts(ev):
+                del items[i]
+                return ev
+        return None
+
+    def take_all(self, accepts: Optional[Callable[[Event], bool]]) -> List[Event]:
+        """Remove and return every queued event ``accepts`` takes, in order."""
+        if accepts is None:
+            taken = list(self._items)
+            self._items.clear()
+            return taken
+        kept: Deque[Event] = deque()
+        taken = []
+        for ev in self._items:
+            (taken if accepts(ev) else kept).append(ev)
+        self._items = kept
+        return taken
+
+    def close(self, error: Optional[BaseException] = None) -> None:
+        """No more events will come; ``error`` is raised once drained."""
+        self._closed = True
+        self._error = error
+        self._wake()
+
+
+class EventRouter:
+    """Delivers each event to the subscriptions that want it."""
+
+    def __init__(self, unclaimed_maxsize: int = 1000) -> None:
+        #: Events no subscription claimed (always drop-oldest).
+        self.unclaimed = EventQueue(None, unclaimed_maxsize)
+        self._subs: List[EventQueue] = []
+        self._dropped_gone = 0
+        self._error: Optional[BaseException] = None
+        self._closed = False
+        #: Events received in total.
+        self.received = 0
+
+    @property
+    def dropped(self) -> int:
+        """Events dropped by every queue, past and present."""
+        return self._dropped_gone + self.unclaimed.dropped + sum(q.dropped for q in self._subs)
+
+    @property
+    def blocked(self) -> bool:
+        """True when a ``block`` subscription is full: stop reading."""
+        for q in self._subs:
+            if q.policy == BLOCK and len(q._items) >= q.maxsize:
+                return True
+        return False
+
+    def subscribe(
+        self,
+        accepts: Optional[Callable[[Event], bool]],
+        maxsize: int,
+        policy: str = DROP_OLDEST,
+        once: bool = False,
+    ) -> EventQueue:
+        """A new queue; matching unclaimed events move into it first."""
+        q = EventQueue(accepts, maxsize, policy, once)
+        if once:
+            ev = self.unclaimed.take(accepts)
+            if ev is not None:
+                q.put(ev)
+                q.close()
+                return q
+        else:
+            for ev in self.unclaimed.take_all(accepts):
+                q.put(ev)
+        if self._closed:
+            q.close(self._error)
+        else:
+            self._subs.append(q)
+        return q
+
+    def unsubscribe(self, q: EventQueue) -> None:
+        try:
+            self._subs.remove(q)
+        except ValueError:
+            return
+        self._dropped_gone += q.dropped
+
+    def deliver(self, ev: Event) -> None:
+        self.received += 1
+        claimed = False
+        subs = self._subs
+        if subs:
+            finished = None
+            for q in subs:
+                accepts = q.accepts
+                if accepts is None or accepts(ev):
+                    claimed = True
+                    q.put(ev)
+                    if q.once:
+                        finished = [q] if finished is None else finished + [q]
+            if finished is not None:  # one-shot waiters are served
+                for q in finished:
+                    self.unsubscribe(q)
+                    q.close()
+        if not claimed:
+            self.unclaimed.put(ev)
+
+    def close(self, error: Optional[BaseException] = None) -> None:
+        """The connection ended: every queue ends once drained."""
+        self._closed = True
+        self._error = error
+        self.unclaimed.close(error)
+        for q in self._subs:
+            q.close(error)

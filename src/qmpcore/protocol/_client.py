@@ -1,0 +1,203 @@
+"""Command bookkeeping shared by the QMP and QGA client protocols.
+
+Ids are small integers allocated here; every command sent is remembered
+until its reply arrives.  A command whose caller gave up is *abandoned*: its
+reply, if it ever comes, is dropped without a word.  Commands beyond the
+server's in-band queue length are *held* here and released, in order, as
+replies free slots.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Tuple
+
+from .. import Framer
+from .._wire import SYNC
+from ..errors import FrameError, ProtocolError, StateError
+from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return
+
+__all__ = ["ClientProtocolBase", "check_command"]
+
+_MISS = object()
+#: QEMU refuses messages over 64 MiB; such a command could never be answered.
+MAX_COMMAND_SIZE = 64 << 20
+#: Abandoned ids kept (oldest forgotten first): bounds memory when a server
+#: never answers out-of-band commands.
+MAX_ABANDONED = 4096
+
+
+def check_command(command: Any, arguments: Any) -> None:
+    """Reject what no server could accept, before anything is allocated."""
+    if not isinstance(command, str):
+        raise TypeError(f"command name must be a str, not {type(command).__name__}")
+    if arguments is not None and not isinstance(arguments, dict):
+        raise TypeError(f"arguments must be a dict or None, not {type(arguments).__name__}")
+
+
+def describe(item: Any) -> str:
+    """Short printable form of a frame for error messages."""
+    text = repr(item)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class ClientProtocolBase:
+    """Ids, pending/held/abandoned commands and reply routing."""
+
+    #: In-band commands the server accepts before it stops reading.
+    max_in_flight = 8
+
+    def __init__(self, *, max_frame_size: int = 64 << 20, max_depth: int = 1024) -> None:
+        self._framer = Framer(max_frame_size, max_depth)
+        self._next_id = 0
+        self._pending: Dict[Any, str] = {}  # sent in-band, awaiting reply
+        self._pending_oob: Dict[Any, str] = {}  # sent out-of-band
+        self._held: Dict[Any, Tuple[str, bytes]] = {}  # FIFO, waiting for a slot
+        self._abandoned: Dict[Any, bool] = {}  # id -> holds an in-band slot
+        self._in_flight = 0  # in-band slots in use, abandoned ones included
+        self._out: List[bytes] = []  # frames released from _held
+        self._eof = False
+        #: Replies dropped because their caller had given up.
+        self.late_replies = 0
+
+    # -- introspection ----------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """In-band commands sent and not yet answered."""
+        return self._in_flight
+
+    @property
+    def held(self) -> int:
+        """Commands waiting client-side for a free server slot."""
+        return len(self._held)
+
+    @property
+    def closed(self) -> bool:
+        """True once the end of the stream was received."""
+        return self._eof
+
+    # -- sending ----------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Frames released since the last call (held commands whose turn came)."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return b"".join(out)
+
+    def abandon(self, cid: Any) -> None:
+        """Forget command ``cid``; a reply that comes later is dropped silently.
+
+        A held command is simply never sent.  Unknown ids are ignored, so a
+        caller may abandon a command that was answered in the meantime.
+        """
+        if self._held.pop(cid, None) is not None:
+            return
+        if self._pending.pop(cid, _MISS) is not _MISS:
+            self._abandoned[cid] = True
+        elif self._pending_oob.pop(cid, _MISS) is not _MISS:
+            self._abandoned[cid] = False
+        else:
+            return
+        if len(self._abandoned) > MAX_ABANDONED:
+            if self._abandoned.pop(next(iter(self._abandoned))):
+                self._slot_freed()
+
+    def _allocate(self) -> int:
+        if self._eof:
+            raise StateError("the connection is closed")
+        self._next_id += 1
+        return self._next_id
+
+    @staticmethod
+    def _check_size(command: str, frame: bytes) -> None:
+        if len(frame) > MAX_COMMAND_SIZE:
+            raise ValueError(f"{command}: command is {len(frame)} bytes, over QEMU's 64 MiB limit")
+
+    def _submit(self, cid: int, command: str, frame: bytes, hold: bool) -> bytes:
+        """Send now if a slot is free (or ``hold`` is false), else hold."""
+        self._check_size(command, frame)
+        if not hold or self._in_flight < self.max_in_flight:
+            self._in_flight += 1
+            self._pending[cid] = command
+            return frame
+        self._held[cid] = (command, frame)
+        return b""
+
+    def _slot_freed(self) -> None:
+        self._in_flight -= 1
+        held = self._held
+        while held and self._in_flight < self.max_in_flight:
+            cid = next(iter(held))
+            command, frame = held.pop(cid)
+            self._in_flight += 1
+            self._pending[cid] = command
+            self._out.append(frame)
+
+    # -- receiving --------------------------------------------------------
+
+    def _reply(self, msg: dict, out: list) -> None:
+        """Route a ``return``/``error`` message to the command it answers."""
+        mid = msg.get("id", _MISS)
+        if mid is _MISS:
+            error = msg.get("error")
+            if isinstance(error, dict):
+                text = f"server reported an error for no command: {error.get('class')}: {error.get('desc')}"
+            else:
+                text = "reply without id"
+            out.append(ProtocolFault(ProtocolError(text), msg))
+            return
+        try:
+            command = self._pending.pop(mid, _MISS)
+            if command is _MISS:
+                command = self._pending_oob.pop(mid, _MISS)
+                if command is _MISS:
+                    self._unmatched(mid, msg, out)
+                    return
+            else:
+                self._slot_freed()
+        except TypeError:  # an unhashable id: certainly not one of ours
+            self._unmatched(mid, msg, out)
+            return
+        if "return" in msg:
+            out.append(Return(mid, command, msg["return"]))
+        else:
+            out.append(self._error_reply(mid, command, msg))
+
+    @staticmethod
+    def _error_reply(mid: Any, command: str, msg: dict) -> ErrorReply:
+        error = msg.get("error")
+        if isinstance(error, dict):
+            return ErrorReply(mid, command, str(error.get("class", "")), str(error.get("desc", "")), msg)
+        return ErrorReply(mid, command, "", str(error), msg)
+
+    def _unmatched(self, mid: Any, msg: dict, out: list) -> None:
+        try:
+            in_band = self._abandoned.pop(mid, _MISS)
+        except TypeError:
+            in_band = _MISS
+        if in_band is _MISS:
+            out.append(ProtocolFault(ProtocolError(f"reply for unknown id {describe(mid)}"), msg))
+            return
+        self.late_replies += 1
+        if in_band:
+            self._slot_freed()
+
+    @staticmethod
+    def _fault_for(item: Any) -> ProtocolFault:
+        """The fault for a frame that is not a message at all."""
+        if isinstance(item, FrameError):
+            text = f"malformed frame from server: {item}"
+        elif item is SYNC:
+            text = "unexpected 0xFF byte from server"
+        else:
+            text = f"unexpected message from server: {describe(item)}"
+        return ProtocolFault(ProtocolError(text), item)
+
+    def _end(self, expected: bool) -> list:
+        """The stream ended: report it once."""
+        if self._eof:
+            return []
+        self._eof = True
+        return [ConnectionClosed(self._framer.buffered, expected)]

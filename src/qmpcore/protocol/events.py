@@ -1,0 +1,123 @@
+"""What the sans-IO client protocols report, one class per thing on the wire.
+
+Every class is a small immutable named tuple: cheap to create on the hot
+path (one per reply or event), comparable, printable and picklable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional, Tuple
+
+from ..errors import CommandError, ProtocolError
+
+__all__ = [
+    "VersionInfo",
+    "Greeting",
+    "Negotiated",
+    "Return",
+    "ErrorReply",
+    "Event",
+    "Synced",
+    "ProtocolFault",
+    "ConnectionClosed",
+]
+
+
+class VersionInfo(NamedTuple):
+    """QEMU's version from the greeting; compares like ``(major, minor, micro)``."""
+
+    major: int
+    minor: int
+    micro: int
+    package: str = ""
+
+    @classmethod
+    def from_qmp(cls, version: Any) -> "VersionInfo":
+        """Build from the greeting's ``version`` member (lenient about gaps)."""
+        qemu = version.get("qemu", {}) if isinstance(version, dict) else {}
+        if not isinstance(qemu, dict):
+            qemu = {}
+        package = version.get("package", "") if isinstance(version, dict) else ""
+        return cls(
+            int(qemu.get("major", 0)),
+            int(qemu.get("minor", 0)),
+            int(qemu.get("micro", 0)),
+            package if isinstance(package, str) else str(package),
+        )
+
+
+class Greeting(NamedTuple):
+    """The server's ``{"QMP": ...}`` greeting: negotiation mode begins."""
+
+    version: VersionInfo
+    #: Capabilities the server offers (``("oob",)`` for QEMU 7.2).
+    capabilities: Tuple[str, ...]
+    raw: dict
+
+
+class Negotiated(NamedTuple):
+    """``qmp_capabilities`` succeeded: command mode begins."""
+
+    #: Capabilities now enabled.
+    capabilities: Tuple[str, ...]
+
+
+class Return(NamedTuple):
+    """A successful reply to the command with this ``id``."""
+
+    id: Any
+    command: str
+    value: Any
+
+
+class ErrorReply(NamedTuple):
+    """An ``error`` reply to the command with this ``id``."""
+
+    id: Any
+    command: str
+    error_class: str
+    desc: str
+    raw: dict
+
+    def exception(self) -> CommandError:
+        """The :class:`~qmpcore.CommandError` a client raises for this reply."""
+        return CommandError(self.error_class, self.desc, self.command, self.raw)
+
+
+class Event(NamedTuple):
+    """An asynchronous QMP event such as ``STOP`` or ``SHUTDOWN``."""
+
+    name: str
+    data: dict
+    #: Seconds since the epoch (QEMU's ``seconds`` + ``microseconds``), or
+    #: None when the server sent no usable timestamp.
+    timestamp: Optional[float]
+    raw: dict
+
+
+class Synced(NamedTuple):
+    """The guest agent answered ``guest-sync-delimited`` with this id."""
+
+    id: int
+
+
+class ProtocolFault(NamedTuple):
+    """The server sent something that breaks the protocol.
+
+    The connection stays usable; ``error`` says what was wrong and ``item``
+    is the offending frame (a value, a :class:`~qmpcore.FrameError` or
+    :data:`~qmpcore.SYNC`).
+    """
+
+    error: ProtocolError
+    item: Any
+
+
+class ConnectionClosed(NamedTuple):
+    """The byte stream ended."""
+
+    #: Bytes of an unfinished frame left when the stream ended (0 if none).
+    truncated: int
+    #: True when the end was announced (``quit`` sent or ``SHUTDOWN`` seen),
+    #: so a close, even a reset, is no error.
+    expected: bool

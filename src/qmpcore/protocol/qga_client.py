@@ -1,0 +1,222 @@
+"""Sans-IO guest agent (QGA) client protocol.
+
+qemu-ga sends no greeting and keeps whatever a previous client left in its
+input buffer, so a session starts with a *resync*: a 0xFF byte (which resets
+qemu-ga's parser and earns one stray-byte error reply) followed by
+``guest-sync-delimited`` with a random id.  qemu-ga answers that with a 0xFF
+byte and then ``{"return": <id>}``; everything before that 0xFF is stale
+and skipped.
+
+::
+
+    proto = QGAClientProtocol()
+    sid, data = proto.sync()                        # b"\\xff{...sync...}"
+    sock.sendall(data)
+    proto.receive_data(sock.recv(4096))             # [Synced(sid)]
+    cid, data = proto.send_command("guest-ping")
+    sock.sendall(data)                              # [Return(cid, ...)]
+
+qemu-ga runs one command at a time, so commands are serialised: one is in
+flight, the rest are held until its reply arrives.  A command given up by
+its caller leaves the channel in an unknown state, so the next command is
+preceded by a fresh resync automatically.  States: ``UNSYNCED`` ->
+``SYNCING`` -> ``READY`` -> ``CLOSED``.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from typing import Any, List, Optional, Set, Tuple
+
+from .. import encode
+from .._wire import SYNC
+from ..errors import StateError
+from ._client import ClientProtocolBase, check_command
+from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return, Synced
+
+__all__ = [
+    "State",
+    "QGAClientProtocol",
+    "NO_REPLY_COMMANDS",
+    "Synced",
+    "Return",
+    "ErrorReply",
+    "ProtocolFault",
+    "ConnectionClosed",
+]
+
+#: Commands qemu-ga does not answer when they succeed (``success-response``
+#: false in its schema); an error is still answered.
+NO_REPLY_COMMANDS = frozenset(
+    {"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid"}
+)
+
+
+class State(enum.Enum):
+    UNSYNCED = "unsynced"
+    SYNCING = "syncing"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+def _sync_frame(sync_id: int) -> bytes:
+    return b"\xff" + encode({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}})
+
+
+class QGAClientProtocol(ClientProtocolBase):
+    """The client side of one guest agent channel, without I/O."""
+
+    max_in_flight = 1
+
+    def __init__(self, *, max_frame_size: int = 64 << 20, max_depth: int = 1024) -> None:
+        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
+        self.state = State.UNSYNCED
+        #: The id of the resync in progress (or last completed).
+        self.sync_id: Optional[int] = None
+        self._sync_wanted = False  # an explicit resync waits for the slot
+        self._saw_sync = False  # a 0xFF arrived since the last item
+        self._no_reply: Set[int] = set()
+        self._shutdown_sent = False
+
+    # -- sending ----------------------------------------------------------
+
+    def sync(self, sync_id: Optional[int] = None) -> Tuple[int, bytes]:
+        """Start a resync; return its id and the bytes to write now.
+
+        A resync already in progress is restarted with a new id (its answer,
+        should it still come, is skipped).  Otherwise the resync waits for
+        the command in flight, if any, to be answered.
+        """
+        if self._eof:
+            raise StateError("the connection is closed")
+        sid = random.getrandbits(53) if sync_id is None else int(sync_id)
+        if self.state is State.SYNCING:
+            self._start_sync(sid)
+        else:
+            self.state = State.UNSYNCED
+            self.sync_id = sid
+            self._sync_wanted = True
+            self._pump()
+        return sid, self.data_to_send()
+
+    def send_command(
+        self,
+        command: str,
+        arguments: Optional[dict] = None,
+        *,
+        expect_reply: Optional[bool] = None,
+    ) -> Tuple[int, bytes]:
+        """Queue a command; return its id and the bytes to write now.
+
+        ``expect_reply=False`` (the default for :data:`NO_REPLY_COMMANDS`)
+        sends it without waiting for an answer: a later error reply is
+        dropped.
+        """
+        check_command(command, arguments)
+        cid = self._allocate()
+        if arguments is None:
+            msg = {"execute": command, "id": cid}
+        else:
+            msg = {"execute": command, "arguments": arguments, "id": cid}
+        frame = encode(msg)
+        self._check_size(command, frame)
+        if expect_reply is None:
+            expect_reply = command not in NO_REPLY_COMMANDS
+        if not expect_reply:
+            self._no_reply.add(cid)
+        if command == "guest-shutdown":
+            self._shutdown_sent = True
+        self._held[cid] = (command, frame)
+        self._pump()
+        return cid, self.data_to_send()
+
+    def abandon(self, cid: Any) -> None:
+        """Give up on a command or on the resync with this id.
+
+        The channel is then in an unknown state (qemu-ga may answer late or
+        have lost input), so the next command is preceded by a resync.
+        """
+        if self.state is State.SYNCING and cid == self.sync_id:
+            self._unsync()
+        elif cid in self._pending:
+            del self._pending[cid]
+            self._abandoned[cid] = False  # its slot is freed right here
+            self._unsync()
+        else:
+            self._no_reply.discard(cid)
+            super().abandon(cid)
+
+    def _unsync(self) -> None:
+        self.state = State.UNSYNCED
+        self._in_flight = 0
+        self._pump()
+
+    def _start_sync(self, sid: int) -> None:
+        self.state = State.SYNCING
+        self.sync_id = sid
+        self._sync_wanted = False
+        self._saw_sync = False
+        self._in_flight = 1
+        self._abandoned.clear()  # their late replies precede the sync reply
+        self._out.append(_sync_frame(sid))
+
+    def _pump(self) -> None:
+        """Send what may go now: a resync first when one is needed."""
+        held = self._held
+        while self._in_flight == 0 and not self._eof:
+            if self.state is State.UNSYNCED:
+                if held or self._sync_wanted:
+                    self._start_sync(self.sync_id if self._sync_wanted else random.getrandbits(53))
+                return
+            if not held:
+                return
+            cid = next(iter(held))
+            command, frame = held.pop(cid)
+            self._out.append(frame)
+            if cid in self._no_reply:
+                self._no_reply.discard(cid)
+                self._abandoned[cid] = False
+            else:
+                self._pending[cid] = command
+                self._in_flight = 1
+
+    def _slot_freed(self) -> None:
+        self._in_flight -= 1
+        self._pump()
+
+    # -- receiving --------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> List[Any]:
+        """Feed bytes from the agent; return the events they complete.
+
+        ``b""`` means the stream ended: the result is then
+        ``[ConnectionClosed(...)]`` (once).
+        """
+        if not data:
+            self.state = State.CLOSED
+            return self._end(self._shutdown_sent)
+        out: List[Any] = []
+        for item in self._framer.feed(data):
+            if self.state is State.SYNCING:
+                self._syncing(item, out)
+            elif type(item) is dict and ("return" in item or "error" in item):
+                self._reply(item, out)
+            elif item is not SYNC:  # 0xFF also precedes a user's guest-sync-delimited reply
+                out.append(self._fault_for(item))
+        return out
+
+    def _syncing(self, item: Any, out: list) -> None:
+        """Skip everything up to the 0xFF that precedes our sync reply."""
+        if item is SYNC:
+            self._saw_sync = True
+            return
+        if self._saw_sync and type(item) is dict:
+            value = item.get("return")
+            if type(value) is int and value == self.sync_id:
+                self.state = State.READY
+                self._in_flight = 0
+                out.append(Synced(value))
+                self._pump()
+                return
+        self._saw_sync = False

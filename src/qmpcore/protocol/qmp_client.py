@@ -1,0 +1,212 @@
+"""Sans-IO QMP client protocol: bytes in, events out, commands to bytes.
+
+::
+
+    proto = QMPClientProtocol()
+    for ev in proto.receive_data(sock.recv(65536)):   # [Greeting(...)]
+        ...
+    cid, data = proto.negotiate(oob=True)               # qmp_capabilities
+    sock.sendall(data)
+    ...                                                 # [Negotiated, Return]
+    cid, data = proto.send_command("query-status")
+    sock.sendall(data)                                  # [Return(cid, ...)]
+    sock.sendall(proto.data_to_send())                  # held commands, if any
+
+States: ``AWAITING_GREETING`` -> ``NEGOTIATION`` (greeting received; QEMU
+answers everything but ``qmp_capabilities`` with ``CommandNotFound``) ->
+``READY`` (command mode) -> ``CLOSED`` (end of stream).
+
+QEMU reads at most 8 in-band commands ahead of their replies; later ones
+are held here until replies free a slot, so ``exec-oob`` commands are never
+stuck behind a full queue.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Dict, List, Optional, Tuple
+
+from .. import encode
+from ..errors import ProtocolError, StateError
+from ._client import ClientProtocolBase, check_command, describe
+from .events import (
+    ConnectionClosed,
+    ErrorReply,
+    Event,
+    Greeting,
+    Negotiated,
+    ProtocolFault,
+    Return,
+    VersionInfo,
+)
+
+__all__ = [
+    "State",
+    "QMPClientProtocol",
+    "VersionInfo",
+    "Greeting",
+    "Negotiated",
+    "Return",
+    "ErrorReply",
+    "Event",
+    "ProtocolFault",
+    "ConnectionClosed",
+]
+
+
+class State(enum.Enum):
+    AWAITING_GREETING = "awaiting-greeting"
+    NEGOTIATION = "negotiation"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class QMPClientProtocol(ClientProtocolBase):
+    """The client side of one QMP connection, without I/O.
+
+    ``max_frame_size`` and ``max_depth`` bound what the server may send
+    (QEMU's own limits by default).
+    """
+
+    def __init__(self, *, max_frame_size: int = 64 << 20, max_depth: int = 1024) -> None:
+        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
+        self.state = State.AWAITING_GREETING
+        #: The :class:`Greeting`, once received.
+        self.greeting: Optional[Greeting] = None
+        #: Capabilities enabled by negotiation.
+        self.enabled: Tuple[str, ...] = ()
+        self._caps_requests: Dict[int, Tuple[str, ...]] = {}  # id -> enable
+        self._quit_sent = False
+        self._shutdown_seen = False
+
+    @property
+    def oob(self) -> bool:
+        """True when out-of-band execution was negotiated."""
+        return "oob" in self.enabled
+
+    # -- sending ----------------------------------------------------------
+
+    def send_command(
+        self,
+        command: str,
+        arguments: Optional[dict] = None,
+        *,
+        oob: bool = False,
+        hold: bool = True,
+    ) -> Tuple[int, bytes]:
+        """Encode a command; return its id and the bytes to write now.
+
+        The bytes are empty when the command is held for a free slot; it is
+        then released through :meth:`data_to_send`.  ``oob=True`` sends
+        ``exec-oob`` (only after ``oob`` was negotiated); ``hold=False`` sends
+        even when the server's queue is full (for a frame that must go out
+        together with file descriptors).
+        """
+        check_command(command, arguments)
+        state = self.state
+        if state is not State.READY and state is not State.NEGOTIATION:
+            if state is State.CLOSED:
+                raise StateError("the connection is closed")
+            raise StateError("no greeting received yet")
+        if oob and "oob" not in self.enabled:
+            raise StateError("out-of-band execution was not negotiated")
+        cid = self._allocate()
+        if arguments is None:
+            msg = {"exec-oob" if oob else "execute": command, "id": cid}
+        else:
+            msg = {"exec-oob" if oob else "execute": command, "arguments": arguments, "id": cid}
+        frame = encode(msg)
+        if command == "qmp_capabilities" and state is State.NEGOTIATION:
+            enable = (arguments or {}).get("enable") or ()
+            self._caps_requests[cid] = tuple(enable) if isinstance(enable, (list, tuple)) else ()
+        elif command == "quit":
+            self._quit_sent = True
+        if oob:
+            self._check_size(command, frame)
+            self._pending_oob[cid] = command
+            return cid, frame
+        return cid, self._submit(cid, command, frame, hold)
+
+    def negotiate(self, oob: bool = False) -> Tuple[int, bytes]:
+        """Send ``qmp_capabilities``, enabling ``oob`` if wanted and offered."""
+        if self.state is not State.NEGOTIATION:
+            raise StateError(f"cannot negotiate in state {self.state.value}")
+        assert self.greeting is not None
+        if oob and "oob" in self.greeting.capabilities:
+            return self.send_command("qmp_capabilities", {"enable": ["oob"]})
+        return self.send_command("qmp_capabilities")
+
+    # -- receiving --------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> List[Any]:
+        """Feed bytes from the server; return the events they complete.
+
+        ``b""`` means the stream ended: the result is then
+        ``[ConnectionClosed(...)]`` (once).
+        """
+        if not data:
+            self.state = State.CLOSED
+            return self._end(self._quit_sent or self._shutdown_seen)
+        out: List[Any] = []
+        for item in self._framer.feed(data):
+            if type(item) is dict:
+                if "return" in item or "error" in item:
+                    if not self._caps_requests:
+                        self._reply(item, out)
+                    else:
+                        self._negotiation_reply(item, out)
+                elif "event" in item:
+                    out.append(self._event(item))
+                elif "QMP" in item:
+                    self._greeting(item, out)
+                else:
+                    out.append(self._fault_for(item))
+            else:
+                out.append(self._fault_for(item))
+        return out
+
+    def _event(self, msg: dict) -> Any:
+        name = msg["event"]
+        if self.state is State.AWAITING_GREETING or not isinstance(name, str):
+            return self._fault_for(msg)
+        data = msg.get("data")
+        ts = msg.get("timestamp")
+        try:
+            timestamp: Optional[float] = ts["seconds"] + ts["microseconds"] / 1e6  # type: ignore[index]
+        except (TypeError, KeyError):
+            timestamp = None
+        if name == "SHUTDOWN":
+            self._shutdown_seen = True
+        return Event(name, data if isinstance(data, dict) else {}, timestamp, msg)
+
+    def _greeting(self, msg: dict, out: list) -> None:
+        body = msg["QMP"]
+        if self.state is not State.AWAITING_GREETING or not isinstance(body, dict):
+            out.append(self._fault_for(msg))
+            return
+        caps = body.get("capabilities")
+        try:
+            version = VersionInfo.from_qmp(body.get("version"))
+        except (TypeError, ValueError):
+            out.append(ProtocolFault(ProtocolError(f"bad greeting: {describe(msg)}"), msg))
+            return
+        greeting = Greeting(version, tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else (), msg)
+        self.greeting = greeting
+        self.state = State.NEGOTIATION
+        out.append(greeting)
+
+    def _negotiation_reply(self, msg: dict, out: list) -> None:
+        """A reply while ``qmp_capabilities`` is outstanding."""
+        before = len(out)
+        self._reply(msg, out)
+        if len(out) == before:
+            return
+        reply = out[-1]
+        if type(reply) is not Return and type(reply) is not ErrorReply:
+            return
+        enable = self._caps_requests.pop(reply.id, None)
+        if enable is not None and type(reply) is Return:
+            self._caps_requests.clear()
+            self.state = State.READY
+            self.enabled = enable
+            out.insert(before, Negotiated(enable))

@@ -1,0 +1,540 @@
+"""Blocking clients for QMP and the guest agent, for plain threads.
+
+::
+
+    with qmpcore.connect_sync("/run/vm1/qmp.sock") as qmp:
+        qmp.execute("stop")
+        ev = qmp.pull_event(timeout=5)
+
+No event loop and no helper thread: a client is a non-blocking socket, the
+same sans-IO protocol objects as the asyncio client, and a condition
+variable.  Any number of threads may share one client; whichever thread
+needs data reads the socket for everyone (the others wait on the
+condition), so replies and events reach the right thread in any order.
+"""
+
+from __future__ import annotations
+
+import builtins
+import select
+import socket
+import threading
+import time
+from array import array
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from ._address import Address, AddressLike, parse_address
+from ._clientcore import EVENT_QUEUE_SIZE, ClientCore, QMPInfo
+from ._eventqueue import BLOCK, DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
+from .errors import ConnectionLost, StateError, TimeoutError
+from .protocol.events import Event, Greeting, Synced, VersionInfo
+from .protocol.qga_client import NO_REPLY_COMMANDS, QGAClientProtocol
+from .protocol.qmp_client import QMPClientProtocol
+
+__all__ = [
+    "connect_sync",
+    "SyncQMPClient",
+    "connect_guest_agent_sync",
+    "SyncGuestAgentClient",
+    "Event",
+    "EventOverflow",
+    "VersionInfo",
+]
+
+CONNECT_TIMEOUT = 10.0
+_RECV_SIZE = 1 << 16
+_monotonic = time.monotonic
+
+
+class _Slot:
+    """Where the reader thread leaves one command's outcome."""
+
+    __slots__ = ("_done", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self._done = True
+        self._value = value
+
+    def set_exception(self, error: BaseException) -> None:
+        self._done = True
+        self._error = error
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    return None if timeout is None else _monotonic() + timeout
+
+
+class _Poller:
+    """Waits for one socket to become readable or writable (poll where available)."""
+
+    __slots__ = ("_poll", "_sock", "_events")
+
+    def __init__(self, sock: socket.socket, write: bool) -> None:
+        self._sock = sock
+        if hasattr(select, "poll"):
+            self._events = select.POLLOUT if write else select.POLLIN
+            self._poll: Any = select.poll()
+            self._poll.register(sock, self._events)
+        else:  # pragma: no cover - Windows
+            self._poll = None
+            self._events = write
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        if self._poll is not None:
+            return bool(self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000.0))
+        ready = select.select([], [self._sock], [], timeout) if self._events else select.select([self._sock], [], [], timeout)
+        return any(ready)
+
+
+class _SyncClient(ClientCore):
+    """Socket plumbing shared by the blocking QMP and guest agent clients."""
+
+    def __init__(
+        self,
+        proto: Any,
+        address: Address,
+        sock: socket.socket,
+        event_queue: int,
+        command_timeout: Optional[float],
+    ) -> None:
+        super().__init__(proto, address, event_queue)
+        sock.setblocking(False)
+        self._sock = sock
+        self._event_queue_size = event_queue or EVENT_QUEUE_SIZE
+        #: Default timeout of each command (None: wait as long as it takes).
+        self.command_timeout = command_timeout
+        self._cond = threading.Condition(threading.RLock())
+        self._wlock = threading.Lock()
+        self._reading = False  # a thread is reading the socket
+        self._rpoll = _Poller(sock, write=False)
+        self._wpoll = _Poller(sock, write=True)
+        self._rbuf = bytearray(_RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self._sock_closed = False
+
+    # -- reading --------------------------------------------------------------
+
+    def _wait_until(self, done: Callable[[], bool], deadline: Optional[float]) -> bool:
+        """Read (or let another thread read) until ``done()`` or the connection ends.
+
+        Call with ``_cond`` held.  Returns False if the deadline passed first.
+        """
+        cond = self._cond
+        while not done() and not self._closed:
+            remaining = None if deadline is None else deadline - _monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            if self._reading or self._router.blocked:
+                cond.wait(remaining)
+            else:
+                self._read_once(remaining)
+        return True
+
+    def _read_once(self, timeout: Optional[float]) -> None:
+        cond = self._cond
+        self._reading = True
+        cond.release()
+        error: Optional[BaseException] = None
+        n = -1
+        try:
+            if self._rpoll.wait(timeout):
+                n = self._sock.recv_into(self._rbuf)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            error, n = exc, 0
+        finally:
+            cond.acquire()
+            self._reading = False
+        try:
+            if n > 0:
+                proto = self._proto
+                self._process(proto.receive_data(self._rview[:n]))
+                out = proto.data_to_send()
+                if out:
+                    self._send(out)
+            elif n == 0:
+                self._shutdown(error)
+        finally:
+            cond.notify_all()
+
+    # -- writing --------------------------------------------------------------
+
+    def _send(self, data: bytes, fds: Optional[Sequence[int]] = None, deadline: Optional[float] = None) -> None:
+        """Write all of ``data`` (with ``fds`` attached to its first byte).
+
+        A write that cannot finish leaves a partial frame on the wire, so the
+        connection is given up (ConnectionLost) rather than left corrupt.
+        """
+        error = None
+        with self._wlock:
+            try:
+                self._send_locked(data, fds, deadline)
+            except OSError as exc:
+                error = exc
+        if error is not None:
+            with self._cond:
+                self._shutdown(error)
+                self._cond.notify_all()
+            raise self.connection_error or ConnectionLost(f"connection lost: {error}") from error
+
+    def _send_locked(self, data: bytes, fds: Optional[Sequence[int]], deadline: Optional[float]) -> None:
+        sock = self._sock
+        view = memoryview(data)
+        ancillary = None
+        if fds:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [int(fd) for fd in fds]))]
+        while view:
+            try:
+                if ancillary is not None:
+                    sent = sock.sendmsg([view], ancillary)
+                    ancillary = None
+                else:
+                    sent = sock.send(view)
+                view = view[sent:]
+            except (BlockingIOError, InterruptedError):
+                remaining = None if deadline is None else deadline - _monotonic()
+                if (remaining is not None and remaining <= 0) or not self._wpoll.wait(remaining):
+                    raise BrokenPipeError("the server stopped reading: write timed out")
+
+    # -- commands -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing:
+            if self.connection_error is not None:
+                raise self.connection_error
+            raise StateError("the client is closed")
+
+    def _run(
+        self,
+        issue: Callable[[], Any],
+        command: str,
+        timeout: Optional[float],
+        fds: Optional[Sequence[int]] = None,
+    ) -> Any:
+        """Issue a command (``issue() -> (id, bytes)``) and wait for its reply."""
+        if timeout is None:
+            timeout = self.command_timeout
+        deadline = _deadline(timeout)
+        slot = _Slot()
+        if fds:
+            self._check_fds()
+        with self._cond:
+            self._check_open()
+            cid, data = issue()
+            self._waiters[cid] = slot
+        if data:
+            self._send(data, fds, deadline)
+        with self._cond:
+            if not self._wait_until(slot.done, deadline):
+                out = self._expire(cid, command, timeout)  # type: ignore[arg-type]
+                if out:
+                    self._send(out)
+        return slot.result()
+
+    def send_fd(self, fd: int) -> None:
+        """Pass ``fd`` to the server (SCM_RIGHTS) for a following ``getfd``/``add-fd``."""
+        self._check_open()
+        self._check_fds()
+        self._send(b" ", [fd])
+
+    # -- events ---------------------------------------------------------------
+
+    def _next_event(self, queue: EventQueue, timeout: Optional[float], what: str) -> Optional[Event]:
+        """The next event of ``queue``; None once it ends cleanly."""
+        with self._cond:
+            if not self._wait_until(queue.ready, _deadline(timeout)):
+                raise TimeoutError(f"{what} within {timeout:g} s")
+            try:
+                return queue.get_nowait()
+            except IndexError:  # the connection ended while nothing was queued
+                return None
+            finally:
+                if queue.policy == BLOCK:
+                    self._cond.notify_all()  # the reader may go on
+
+    def pull_event(self, timeout: Optional[float] = None) -> Event:
+        """The oldest event no subscription claimed, waiting up to ``timeout`` s.
+
+        Raises :class:`~qmpcore.TimeoutError` when none comes in time and
+        :class:`~qmpcore.ConnectionLost` when none can come any more.
+        """
+        ev = self._next_event(self._router.unclaimed, timeout, "no event")
+        if ev is None:
+            raise self.connection_error or ConnectionLost("the connection was closed")
+        return ev
+
+    def wait_event(self, name: Optional[str] = None, match: Match = None, timeout: Optional[float] = None) -> Event:
+        """Wait for one event called ``name`` (any if None) matching ``match``.
+
+        ``match`` is a dict of ``data`` members that must be equal, or a
+        callable taking the :class:`Event`.  An unclaimed event that already
+        arrived counts.
+        """
+        queue = self._router.subscribe(make_filter(() if name is None else (name,), match), 1, once=True)
+        try:
+            ev = self._next_event(queue, timeout, f"no {name or 'event'}")
+        finally:
+            with self._cond:
+                self._router.unsubscribe(queue)
+        if ev is None:
+            raise self.connection_error or ConnectionLost("the connection was closed")
+        return ev
+
+    def events(
+        self,
+        *names: str,
+        match: Match = None,
+        maxsize: Optional[int] = None,
+        policy: str = DROP_OLDEST,
+        timeout: Optional[float] = None,
+    ) -> Iterator[Event]:
+        """Subscribe to events (all if no names given); iterate over them.
+
+        The subscription starts now, with matching unclaimed events first.
+        ``maxsize`` and ``policy`` as for the asyncio client; ``timeout``
+        bounds each wait (:class:`~qmpcore.TimeoutError`).  Iteration ends
+        when the connection closes cleanly, raises ConnectionLost when it
+        breaks; closing the generator unsubscribes.
+        """
+        with self._cond:
+            queue = self._router.subscribe(make_filter(names, match), maxsize or self._event_queue_size, policy)
+        return self._iterate(queue, timeout)
+
+    def _iterate(self, queue: EventQueue, timeout: Optional[float]) -> Iterator[Event]:
+        try:
+            while True:
+                ev = self._next_event(queue, timeout, "no event")
+                if ev is None:
+                    return
+                yield ev
+        finally:
+            with self._cond:
+                self._router.unsubscribe(queue)
+                self._cond.notify_all()
+
+    # -- closing --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection; commands still waiting fail with ConnectionLost."""
+        with self._cond:
+            if self._sock_closed:
+                return
+            self._closing = True
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in poll
+            except OSError:
+                pass
+            while self._reading:
+                self._cond.wait(1.0)
+            self._shutdown(None)
+            self._sock_closed = True
+            self._sock.close()
+            self._cond.notify_all()
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None and not getattr(self, "_sock_closed", True):
+            sock.close()
+
+
+def _open_socket(addr: Address, timeout: Optional[float]) -> socket.socket:
+    if addr.is_unix:
+        sock = socket.socket(addr.family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(addr.sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection(addr.sockaddr, timeout)  # type: ignore[arg-type]
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _connect(
+    address: AddressLike,
+    timeout: Optional[float],
+    make: Callable[[Address, socket.socket], _SyncClient],
+    handshake: Callable[[Any, Optional[float]], None],
+) -> Any:
+    """Open the socket, build the client and run its handshake within ``timeout``."""
+    addr = parse_address(address)
+    deadline = _deadline(timeout)
+    client = None
+    try:
+        client = make(addr, _open_socket(addr, timeout))
+        handshake(client, deadline)
+    except builtins.TimeoutError:  # socket.timeout too
+        if client is not None:
+            client.close()
+        raise TimeoutError(f"{addr}: connection not ready within {timeout:g} s") from None
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
+    return client
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - _monotonic())
+
+
+class SyncQMPClient(QMPInfo, _SyncClient):
+    """One QMP connection, blocking (see :func:`connect_sync`)."""
+
+    _proto: QMPClientProtocol
+
+    def execute(
+        self,
+        command: str,
+        arguments: Optional[dict] = None,
+        *,
+        timeout: Optional[float] = None,
+        fds: Optional[Sequence[int]] = None,
+    ) -> Any:
+        """Run ``command``; return its ``return`` value.
+
+        Raises :class:`~qmpcore.CommandError`, :class:`~qmpcore.TimeoutError`
+        (the late reply is dropped) or :class:`~qmpcore.ConnectionLost`, as
+        the asyncio client does.  ``fds`` go with the command (SCM_RIGHTS).
+        """
+        hold = not fds
+        return self._run(lambda: self._proto.send_command(command, arguments, hold=hold), command, timeout, fds)
+
+    def execute_oob(self, command: str, arguments: Optional[dict] = None, *, timeout: Optional[float] = None) -> Any:
+        """Run ``command`` out-of-band (``exec-oob``); needs ``oob`` negotiated."""
+        return self._run(lambda: self._proto.send_command(command, arguments, oob=True), command, timeout)
+
+    def negotiate(self, oob: bool = False, *, timeout: Optional[float] = None) -> None:
+        """Leave negotiation mode (``qmp_capabilities``), with ``oob`` if offered."""
+        self._run(lambda: self._proto.negotiate(oob), "qmp_capabilities", timeout)
+
+    def _greeted(self, deadline: Optional[float], negotiate: bool, oob: bool) -> None:
+        slot = _Slot()
+        with self._cond:
+            self._waiters[Greeting] = slot
+            if not self._wait_until(slot.done, deadline):
+                raise TimeoutError("no greeting")
+        slot.result()
+        if negotiate:
+            self.negotiate(oob, timeout=_remaining(deadline))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._proto.state.value
+        return f"<SyncQMPClient {self.address} {state}>"
+
+
+def connect_sync(
+    address: AddressLike,
+    *,
+    timeout: Optional[float] = CONNECT_TIMEOUT,
+    negotiate: bool = True,
+    oob: bool = False,
+    event_queue: int = EVENT_QUEUE_SIZE,
+    command_timeout: Optional[float] = None,
+    max_frame_size: int = 64 << 20,
+) -> SyncQMPClient:
+    """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`."""
+    return _connect(
+        address,
+        timeout,
+        lambda addr, sock: SyncQMPClient(
+            QMPClientProtocol(max_frame_size=max_frame_size), addr, sock, event_queue, command_timeout
+        ),
+        lambda client, deadline: client._greeted(deadline, negotiate, oob),
+    )
+
+
+class SyncGuestAgentClient(_SyncClient):
+    """One guest agent channel, blocking (see :func:`connect_guest_agent_sync`)."""
+
+    _proto: QGAClientProtocol
+
+    def execute(
+        self,
+        command: str,
+        arguments: Optional[dict] = None,
+        *,
+        timeout: Optional[float] = None,
+        expect_reply: Optional[bool] = None,
+    ) -> Any:
+        """Run a guest agent command; see :meth:`GuestAgentClient.execute`."""
+        if expect_reply is None:
+            expect_reply = command not in NO_REPLY_COMMANDS
+        if not expect_reply:
+            with self._cond:
+                self._check_open()
+                _, data = self._proto.send_command(command, arguments, expect_reply=False)
+            if data:
+                self._send(data)
+            return None
+        return self._run(lambda: self._proto.send_command(command, arguments), command, timeout)
+
+    def sync(self, timeout: Optional[float] = None) -> int:
+        """Resynchronise the channel (0xFF + ``guest-sync-delimited``); return the id."""
+        if timeout is None:
+            timeout = self.command_timeout
+        deadline = _deadline(timeout)
+        with self._cond:
+            self._check_open()
+            slot = self._waiters.get(Synced)
+            if slot is None:  # else share the resync another thread started
+                sid, data = self._proto.sync()
+                slot = self._waiters[Synced] = _Slot()
+            else:
+                sid, data = self._proto.sync_id, b""
+        if data:
+            self._send(data, None, deadline)
+        with self._cond:
+            if not self._wait_until(slot.done, deadline):
+                if self._waiters.get(Synced) is slot:
+                    del self._waiters[Synced]
+                    out = self._abandon(sid)
+                    if out:
+                        self._send(out)
+                raise TimeoutError(f"no guest-sync-delimited reply within {timeout:g} s")
+        slot.result()
+        return sid
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._proto.state.value
+        return f"<SyncGuestAgentClient {self.address} {state}>"
+
+
+def connect_guest_agent_sync(
+    path: AddressLike,
+    *,
+    timeout: Optional[float] = CONNECT_TIMEOUT,
+    command_timeout: Optional[float] = None,
+    max_frame_size: int = 64 << 20,
+) -> SyncGuestAgentClient:
+    """Connect to a guest agent socket and resynchronise, blocking."""
+    return _connect(
+        path,
+        timeout,
+        lambda addr, sock: SyncGuestAgentClient(
+            QGAClientProtocol(max_frame_size=max_frame_size), addr, sock, 0, command_timeout
+        ),
+        lambda client, deadline: client.sync(_remaining(deadline)),
+    )
