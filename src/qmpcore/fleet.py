@@ -1,0 +1,604 @@
+"""Many VMs, one event loop: :class:`Fleet`.
+
+A fleet manager watches and commands thousands of QEMU monitors from one
+process.  :class:`Fleet` keeps one connection per VM, each looked after by
+its own supervisor coroutine that connects (a few at a time), notices when
+the connection dies and reconnects with exponential backoff and jitter, so
+a VM that restarts on the same socket comes back without the caller doing
+anything.  Commands to many VMs run concurrently, each with its own
+timeout, so a frozen, dead or slow VM costs the others nothing.
+
+::
+
+    async with qmpcore.Fleet(paths, command_timeout=2) as fleet:
+        results = await fleet.execute_all("query-status")
+        for vm, result in results.items():
+            if isinstance(result, Exception):
+                ...                        # ConnectionLost, TimeoutError, CommandError
+        async for vm, event in fleet.events("SHUTDOWN"):
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import functools
+import os
+import random
+from dataclasses import dataclass, field
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
+
+from .errors import ConnectionLost, QMPError, StateError
+from .errors import TimeoutError as QMPTimeoutError
+
+__all__ = [
+    "Fleet",
+    "Backoff",
+    "FleetStats",
+    "FleetEvents",
+    "ensure_fd_limit",
+]
+
+Address = Union[str, "os.PathLike[str]", Tuple[str, int]]
+Result = Any
+"""A command's return value, or the exception object it failed with."""
+
+#: File descriptors kept free for everything that is not a VM connection.
+FD_RESERVE = 64
+#: Bound of each connection's internal event queue (drained as events come).
+LISTENER_QUEUE = 64
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between connection attempts: exponential, capped, jittered.
+
+    Attempt ``n`` (from 0) waits ``min(maximum, initial * factor**n)``,
+    shortened by a random fraction of up to ``jitter`` so that VMs that
+    failed together do not retry together.
+    """
+
+    initial: float = 0.05
+    maximum: float = 5.0
+    factor: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.initial < 0 or self.maximum < self.initial or self.factor < 1:
+            raise ValueError("Backoff needs 0 <= initial <= maximum and factor >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("Backoff jitter must be between 0 and 1")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before retry number ``attempt`` (0 for the first)."""
+        base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
+        return base * (1.0 - self.jitter * random.random())
+
+
+@dataclass(frozen=True)
+class FleetStats:
+    """A snapshot of a fleet's counters (:meth:`Fleet.stats`)."""
+
+    vms: int
+    connected: int
+    """VMs with a live connection."""
+    reconnecting: int
+    """VMs without one that are being retried."""
+    in_flight: int
+    """Commands sent and not yet answered or timed out."""
+    commands: int
+    """Commands finished (answered, failed, or timed out)."""
+    timeouts: int
+    reconnects: int
+    """Connections re-established after one was lost."""
+    events_received: int
+    events_dropped: int
+    """Events discarded because a consumer of :meth:`Fleet.events` fell behind."""
+    last_errors: Dict[str, BaseException] = field(default_factory=dict)
+    """Per VM, the last connection or command error (cleared on success)."""
+
+
+def ensure_fd_limit(needed: int) -> int:
+    """Raise ``RLIMIT_NOFILE`` so ``needed`` more descriptors can be opened.
+
+    Raises the soft limit, and the hard limit too where the process may;
+    returns the resulting soft limit.  Raises :class:`OSError` (``EMFILE``)
+    with the numbers and the remedy when the limit cannot go high enough.
+    """
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to manage
+        return needed
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = FD_RESERVE
+    want = needed + in_use + FD_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinite = resource.RLIM_INFINITY
+    if soft == infinite or soft >= want:
+        return soft if soft != infinite else want
+    if hard != infinite and hard < want:
+        try:  # privileged processes may raise the hard limit as well
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):
+            pass
+    target = want if hard == infinite else min(want, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target < want:
+        raise OSError(
+            errno.EMFILE,
+            f"{needed} connections need about {want} open files, but the limit is "
+            f"{target} (hard limit {hard}) and cannot be raised further; "
+            f"raise it (ulimit -n, LimitNOFILE=, /etc/security/limits.conf) "
+            f"or use fewer VMs per process",
+        )
+    return target
+
+
+class FleetEvents:
+    """A merged, bounded stream of ``(vm, event)`` from every VM of a fleet.
+
+    When the consumer falls behind, the oldest queued events are dropped
+    and counted (:attr:`dropped`, and the fleet's ``events_dropped``); memory
+    never grows past ``maxsize`` events.  Iteration ends when the fleet
+    closes or :meth:`close` is called.
+    """
+
+    def __init__(self, fleet: "Fleet", names: Iterable[str], maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self._fleet = fleet
+        self._names = frozenset(names)
+        self._queue: Deque[Tuple[str, Any]] = collections.deque()
+        self._maxsize = maxsize
+        self._waiter: Optional[asyncio.Future] = None
+        self._closed = False
+        #: Events dropped from this stream because it was full.
+        self.dropped = 0
+
+    def _offer(self, vm: str, event: Any) -> bool:
+        """Queue one event if it matches; return True when one was dropped."""
+        if self._names and event.name not in self._names:
+            return False
+        dropped = len(self._queue) >= self._maxsize
+        if dropped:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append((vm, event))
+        self._wake()
+        return dropped
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        """Stop the stream; queued events are still delivered first."""
+        if not self._closed:
+            self._closed = True
+            self._fleet._subscribers.discard(self)
+            self._wake()
+
+    def __aiter__(self) -> "FleetEvents":
+        return self
+
+    async def __anext__(self) -> Tuple[str, Any]:
+        while not self._queue:
+            if self._closed:
+                raise StopAsyncIteration
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
+
+    async def get(self, timeout: Optional[float] = None) -> Tuple[str, Any]:
+        """The next ``(vm, event)``; :class:`~qmpcore.TimeoutError` after ``timeout``."""
+        try:
+            return await asyncio.wait_for(self.__anext__(), timeout)
+        except asyncio.TimeoutError:
+            raise QMPTimeoutError(f"no event within {timeout} s") from None
+
+
+class _Member:
+    """One VM of the fleet: its address, connection and supervisor."""
+
+    __slots__ = ("name", "address", "client", "task", "last_error", "connected", "tried")
+
+    def __init__(self, name: str, address: Address) -> None:
+        self.name = name
+        self.address = address
+        self.client: Any = None
+        self.task: Optional[asyncio.Task] = None
+        self.last_error: Optional[BaseException] = None
+        #: Set while a connection is up.
+        self.connected = asyncio.Event()
+        #: Set once the first attempt finished, whatever its outcome.
+        self.tried = asyncio.Event()
+
+
+def _vm_name(address: Address) -> str:
+    if isinstance(address, tuple):
+        host, port = address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return os.fspath(address)
+
+
+class Fleet:
+    """Connections to many VMs in one event loop.
+
+    ``addresses`` is a mapping of VM name to address, or an iterable of
+    addresses (each then named by its path or ``host:port``).  An address is
+    a unix socket path or a ``(host, port)`` tuple.
+
+    ``connect_timeout`` bounds each connection attempt (connect, greeting and
+    negotiation); ``command_timeout`` is the default per-VM timeout of
+    commands; ``max_concurrency`` caps simultaneous connection attempts.
+    ``reconnect`` is True (default :class:`Backoff`), a :class:`Backoff`, or
+    False to try each VM once and never reconnect.  ``guest_agent=True``
+    talks to guest agents instead of QMP monitors.  ``event_maxsize`` is the
+    default bound of each :meth:`events` stream.
+    """
+
+    def __init__(
+        self,
+        addresses: Union[Mapping[str, Address], Iterable[Address]],
+        *,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 10.0,
+        max_concurrency: int = 64,
+        reconnect: Union[bool, Backoff] = True,
+        guest_agent: bool = False,
+        event_maxsize: int = 10_000,
+    ) -> None:
+        if isinstance(addresses, Mapping):
+            pairs = [(str(name), addr) for name, addr in addresses.items()]
+        else:
+            pairs = [(_vm_name(addr), addr) for addr in addresses]
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError("two VMs of the fleet have the same name")
+        if connect_timeout <= 0 or command_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self._pairs = pairs
+        self._members: Dict[str, _Member] = {}
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.max_concurrency = max_concurrency
+        self.backoff: Optional[Backoff] = (
+            Backoff() if reconnect is True else (reconnect or None)  # type: ignore[assignment]
+        )
+        self.guest_agent = guest_agent
+        self.event_maxsize = event_maxsize
+        self._subscribers: Set[FleetEvents] = set()
+        self._slots: Optional[asyncio.Semaphore] = None
+        self._started = False
+        self._closing = False
+        self._in_flight = 0
+        self._commands = 0
+        self._timeouts = 0
+        self._reconnects = 0
+        self._events_received = 0
+        self._events_dropped = 0
+
+    # -- lifecycle --------------------------------------------------------
+
+    @property
+    def vms(self) -> List[str]:
+        """Names of every VM, in the order given."""
+        return [name for name, _ in self._pairs]
+
+    async def start(self, *, wait: bool = True) -> None:
+        """Begin connecting to every VM, ``max_concurrency`` at a time.
+
+        With ``wait`` (default) return once every VM has been tried once:
+        connected, or failed and now retried in the background (see
+        :meth:`wait_connected`).  Raises :class:`OSError` when the open-file
+        limit cannot hold this many connections.
+        """
+        if self._started:
+            raise StateError("the fleet was already started")
+        ensure_fd_limit(len(self._pairs))
+        self._started = True
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+        for name, address in self._pairs:
+            member = _Member(name, address)
+            self._members[name] = member
+            member.task = asyncio.create_task(self._supervise(member), name=f"qmpcore-fleet:{name}")
+        if wait:
+            await asyncio.gather(*(m.tried.wait() for m in self._members.values()))
+
+    async def wait_connected(
+        self, vms: Optional[Iterable[str]] = None, *, timeout: Optional[float] = None
+    ) -> bool:
+        """Wait until the given VMs (default: all) are connected.
+
+        Returns False when ``timeout`` ran out first.
+        """
+        members = [self._member(vm) for vm in (self.vms if vms is None else vms)]
+        waits = [m.connected.wait() for m in members if not m.connected.is_set()]
+        if not waits:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop reconnecting, close every connection and end event streams."""
+        if self._closing:
+            return
+        self._closing = True
+        tasks = [m.task for m in self._members.values() if m.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # let the aborted transports report their end
+        for subscriber in list(self._subscribers):
+            subscriber.close()
+
+    async def __aenter__(self) -> "Fleet":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # -- connections ------------------------------------------------------
+
+    def _member(self, vm: str) -> _Member:
+        try:
+            return self._members[vm]
+        except KeyError:
+            if not self._started:
+                raise StateError("the fleet is not started") from None
+            raise KeyError(f"no VM named {vm!r} in this fleet") from None
+
+    async def _connect(self, member: _Member) -> Any:
+        """One connection attempt, within the cap on simultaneous attempts."""
+        from . import aio
+
+        assert self._slots is not None
+        async with self._slots:
+            if self.guest_agent:
+                return await aio.connect_guest_agent(member.address, timeout=self.connect_timeout)
+            # Every event is claimed by the fleet's listener: keep no unclaimed ones.
+            client = await aio.connect(member.address, timeout=self.connect_timeout, event_queue=0)
+        _listen(client, functools.partial(self._deliver, member.name))
+        return client
+
+    async def _supervise(self, member: _Member) -> None:
+        """Keep one VM connected for the life of the fleet."""
+        attempt = 0
+        ever_connected = False
+        client = None
+        try:
+            while True:
+                try:
+                    client = await self._connect(member)
+                except (OSError, ValueError, QMPError, asyncio.TimeoutError) as exc:
+                    member.last_error = exc
+                finally:
+                    member.tried.set()
+                if client is not None:
+                    if ever_connected:
+                        self._reconnects += 1
+                    ever_connected = True
+                    attempt = 0
+                    member.client = client
+                    member.last_error = None
+                    member.connected.set()
+                    try:
+                        await client.wait_closed()
+                    finally:
+                        member.connected.clear()
+                        member.client = None
+                    member.last_error = client.connection_error or ConnectionLost(
+                        f"{member.name}: the server closed the connection"
+                    )
+                    client = None
+                if self.backoff is None:
+                    return
+                await asyncio.sleep(self.backoff.delay(attempt))
+                attempt += 1
+        finally:
+            if client is not None:
+                client.abort()
+
+    # -- commands ---------------------------------------------------------
+
+    async def execute(
+        self, vm: str, command: str, args: Optional[dict] = None, *, timeout: Optional[float] = None
+    ) -> Any:
+        """Run ``command`` on one VM and return its ``"return"`` value.
+
+        Raises :class:`~qmpcore.CommandError`, :class:`~qmpcore.TimeoutError`
+        after ``timeout`` (default ``command_timeout``), or
+        :class:`~qmpcore.ConnectionLost` when the VM is not connected.
+        """
+        return await self._execute(self._member(vm), command, args, timeout or self.command_timeout)
+
+    async def _execute(self, member: _Member, command: str, args: Optional[dict], timeout: float) -> Any:
+        client = member.client
+        if client is None or client.closed:
+            raise ConnectionLost(f"{member.name}: not connected ({member.last_error})")
+        self._in_flight += 1
+        try:
+            result = await client.execute(command, args, timeout=timeout)
+        except QMPTimeoutError as exc:
+            self._timeouts += 1
+            member.last_error = exc
+            raise
+        except Exception as exc:
+            member.last_error = exc
+            raise
+        finally:
+            self._in_flight -= 1
+            self._commands += 1
+        member.last_error = None
+        return result
+
+    async def execute_all(
+        self,
+        command: str,
+        args: Optional[dict] = None,
+        *,
+        timeout: Optional[float] = None,
+        vms: Optional[Iterable[str]] = None,
+    ) -> Dict[str, Result]:
+        """Run ``command`` on every VM (or on ``vms``) at once.
+
+        Returns ``{vm: value or exception}`` in fleet order.  A VM that is
+        not connected fails at once with :class:`~qmpcore.ConnectionLost`;
+        one that does not answer within ``timeout`` with
+        :class:`~qmpcore.TimeoutError`; neither delays the others.
+        """
+        if not self._started:
+            raise StateError("the fleet is not started")
+        limit = timeout or self.command_timeout
+        members = [self._member(vm) for vm in (self.vms if vms is None else vms)]
+        results = await asyncio.gather(
+            *(self._execute(m, command, args, limit) for m in members), return_exceptions=True
+        )
+        return {m.name: r for m, r in zip(members, results)}
+
+    async def poll(
+        self,
+        command: str,
+        args: Optional[dict] = None,
+        *,
+        every: float,
+        timeout: Optional[float] = None,
+        rounds: Optional[int] = None,
+    ) -> AsyncIterator[Dict[str, Result]]:
+        """Yield the results of ``execute_all(command)`` every ``every`` seconds.
+
+        Rounds never overlap: when one takes longer than ``every`` (slow VMs
+        wait out their timeout) the next starts as soon as it ends, and the
+        ticks it missed are skipped rather than run in a burst.  ``timeout``
+        defaults to the smaller of ``every`` and ``command_timeout``.
+        ``rounds`` stops after that many.
+        """
+        if every <= 0:
+            raise ValueError("every must be positive")
+        limit = timeout or min(every, self.command_timeout)
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        done = 0
+        while rounds is None or done < rounds:
+            yield await self.execute_all(command, args, timeout=limit)
+            done += 1
+            next_at += every
+            now = loop.time()
+            if next_at < now:  # the round overran: skip the ticks it missed
+                next_at = now
+            await asyncio.sleep(next_at - now)
+
+    # -- events -----------------------------------------------------------
+
+    def events(self, *names: str, maxsize: Optional[int] = None) -> FleetEvents:
+        """A merged stream of ``(vm, event)`` from every VM (only ``names`` if given).
+
+        Bounded by ``maxsize`` (default ``event_maxsize``): when the consumer
+        falls behind, the oldest events are dropped and counted.
+        """
+        stream = FleetEvents(self, names, maxsize or self.event_maxsize)
+        if self._closing:
+            stream._closed = True
+        else:
+            self._subscribers.add(stream)
+        return stream
+
+    def _deliver(self, vm: str, event: Any) -> None:
+        self._events_received += 1
+        for subscriber in self._subscribers:
+            if subscriber._offer(vm, event):
+                self._events_dropped += 1
+
+    # -- introspection ----------------------------------------------------
+
+    def stats(self) -> FleetStats:
+        """Counters and per-VM errors, as of now."""
+        members = self._members.values()
+        connected = sum(1 for m in members if m.client is not None)
+        retrying = 0 if self.backoff is None else len(self._members) - connected
+        return FleetStats(
+            vms=len(self._pairs),
+            connected=connected,
+            reconnecting=retrying if not self._closing else 0,
+            in_flight=self._in_flight,
+            commands=self._commands,
+            timeouts=self._timeouts,
+            reconnects=self._reconnects,
+            events_received=self._events_received,
+            events_dropped=self._events_dropped,
+            last_errors={m.name: m.last_error for m in members if m.last_error is not None},
+        )
+
+    def is_connected(self, vm: str) -> bool:
+        return self._member(vm).client is not None
+
+    def client(self, vm: str) -> Any:
+        """The live client of one VM (for calls the fleet does not wrap), or None."""
+        return self._member(vm).client
+
+
+class _Listener:
+    """Hands every event of one client to a callback, as it arrives.
+
+    It sits as the waiter of a catch-all subscription on the client's event
+    router: the router completes its waiter right after queuing an event, so
+    events are forwarded synchronously, with no task per connection.
+    """
+
+    __slots__ = ("_queue", "_callback")
+
+    def __init__(self, queue: Any, callback: Callable[[Any], None]) -> None:
+        self._queue = queue
+        self._callback = callback
+        queue.waiter = self
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, _: Any) -> None:
+        queue = self._queue
+        while queue.ready():
+            try:
+                event = queue.get_nowait()
+            except Exception:  # noqa: BLE001 - the connection ended with an error
+                return
+            if event is None:  # ended cleanly
+                return
+            self._callback(event)
+        queue.waiter = self
+
+
+def _listen(client: Any, callback: Callable[[Any], None]) -> None:
+    """Call ``callback(event)`` for each event ``client`` receives from now on."""
+    _Listener(client._router.subscribe(None, LISTENER_QUEUE), callback)
