@@ -132,7 +132,7 @@ def describe_error(exc: BaseException, api: Optional[ModuleType] = None) -> dict
         info["received"] = normalize(exc.received)
         info["error.error.class_"] = exc.error.error.class_
         info["error.error.desc"] = exc.error.error.desc
-        info["error.id"] = normalize({"id": exc.error.id})["id"]
+        info["error.id"] = normalize({"return": None, "id": exc.error.id})["id"]
     if hasattr(exc, "reply"):
         info["reply"] = normalize(exc.reply)
     return info

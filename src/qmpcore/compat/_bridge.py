@@ -1,0 +1,146 @@
+"""Translations between qmpcore's clients and the compat APIs.
+
+Shared by every adapter: command messages, error replies, raw messages
+with caller-chosen ids, and the greeting model.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+from ..errors import CommandError
+from ._errors import BadReplyError, ExecuteError
+from ._message import Message
+from ._models import ErrorResponse, Greeting
+
+__all__ = [
+    "MAX_FRAME_SIZE",
+    "command_message",
+    "execute_error",
+    "RawCommand",
+    "raw_reply",
+    "greeting_model",
+    "listen_socket",
+]
+
+#: Largest frame the adapters accept (QEMU's own input limit).
+MAX_FRAME_SIZE = 64 << 20
+
+#: Prefix of the ids qemu.qmp assigns itself (callers may not use it).
+RESERVED_ID_PREFIX = "__qmp#"
+
+
+def command_message(command: str, arguments: Optional[Mapping[str, object]], oob: bool,
+                    wire_id: Any = None) -> Message:
+    """The message qemu.qmp would have sent: ``execute``/``exec-oob``,
+    ``arguments`` when given, then ``id``."""
+    msg: Dict[str, object] = {"exec-oob" if oob else "execute": command}
+    if arguments is not None:
+        msg["arguments"] = arguments
+    if wire_id is not None:
+        msg["id"] = wire_id
+    return Message._from_dict(msg)
+
+
+def execute_error(err: CommandError, command: str, arguments: Optional[Mapping[str, object]],
+                  oob: bool) -> Union[ExecuteError, BadReplyError]:
+    """The qemu.qmp exception for a qmpcore :class:`CommandError`."""
+    raw = err.reply if isinstance(err.reply, dict) else {"error": {"class": err.error_class, "desc": err.desc}}
+    received = Message._from_dict(raw)
+    sent = command_message(command, arguments, oob, raw.get("id"))
+    try:
+        response = ErrorResponse(received)
+    except (KeyError, TypeError):
+        return BadReplyError("QMP error reply is malformed", received, sent)
+    return ExecuteError(response, sent, received)
+
+
+class RawCommand:
+    """A whole command message from the caller, as the legacy APIs take it.
+
+    qmpcore assigns the id on the wire; the caller's ``id`` (or its absence)
+    is put back into the reply, so the caller sees what it would have seen.
+    """
+
+    __slots__ = ("command", "arguments", "oob", "has_id", "id")
+
+    def __init__(self, msg: Mapping[str, Any], *, check_id: bool = True) -> None:
+        self.has_id = "id" in msg
+        self.id = msg.get("id")
+        if check_id and self.has_id:
+            if not isinstance(self.id, str):
+                raise TypeError(f"ID ('{self.id}') must be a string.")
+            if self.id.startswith(RESERVED_ID_PREFIX):
+                raise ValueError(f"ID ('{self.id}') must not start with '{RESERVED_ID_PREFIX}'.")
+        unknown = set(msg) - {"execute", "exec-oob", "arguments", "id"}
+        if unknown or ("execute" in msg) == ("exec-oob" in msg):
+            raise ValueError(
+                "a command message needs exactly one of 'execute' and 'exec-oob' and may "
+                f"only add 'arguments' and 'id'; got members {sorted(msg)}")
+        self.oob = "exec-oob" in msg
+        self.command = msg["exec-oob" if self.oob else "execute"]
+        arguments = msg.get("arguments")
+        self.arguments = dict(arguments) if isinstance(arguments, Mapping) else arguments
+
+    def reply(self, value: Any = None, error: Optional[CommandError] = None) -> Dict[str, Any]:
+        """The reply dict with the caller's id, in QEMU's member order."""
+        if error is None:
+            out: Dict[str, Any] = {"return": value}
+            if self.has_id:
+                out["id"] = self.id
+            return out
+        raw = error.reply if isinstance(error.reply, dict) else {
+            "error": {"class": error.error_class, "desc": error.desc}}
+        out = {}
+        for key, item in raw.items():
+            if key != "id":
+                out[key] = item
+            elif self.has_id:
+                out[key] = self.id
+        if self.has_id and "id" not in out:
+            out["id"] = self.id
+        return out
+
+
+def raw_reply(raw: RawCommand, run: Any) -> Dict[str, Any]:
+    """Run ``run()`` (which executes ``raw``) and return the reply dict;
+    an error reply is returned, not raised."""
+    try:
+        return raw.reply(run())
+    except CommandError as err:
+        return raw.reply(error=err)
+
+
+def greeting_model(raw: dict) -> Greeting:
+    """qemu.qmp's :class:`Greeting` view of a greeting qmpcore received."""
+    return Greeting(Message._from_dict(raw))
+
+
+def listen_socket(address: Union[str, Tuple[str, int]], backlog: int = 1) -> socket.socket:
+    """A socket listening on a unix path (a stale socket file there is
+    replaced) or on ``(host, port)``."""
+    if isinstance(address, tuple):
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        target: Any = (host, port)
+    else:
+        path = os.fspath(address)
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target = path
+    try:
+        sock.bind(target)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
