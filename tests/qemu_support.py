@@ -1,0 +1,249 @@
+"""Start and stop real qemu-system-x86_64 and qemu-ga for tests.
+
+Tests that need them are marked ``qemu``; when a binary is missing they
+skip locally and fail in CI (``conftest.IN_CI``).  Every process started
+here is killed at fixture teardown, and its sockets and state files live in
+pytest's temporary directories.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import orjson
+import pytest
+
+from conftest import IN_CI
+
+QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
+QEMU_GA = shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
+START_TIMEOUT = 20.0
+
+#: Agent commands that would act on the machine running the tests.
+QGA_BLOCKED = (
+    "guest-shutdown,guest-suspend-disk,guest-suspend-ram,guest-suspend-hybrid,"
+    "guest-exec,guest-exec-status,guest-file-open,guest-file-write,guest-set-time,"
+    "guest-set-user-password,guest-set-vcpus,guest-set-memory-blocks,guest-fsfreeze-freeze,"
+    "guest-fsfreeze-freeze-list,guest-fstrim,guest-ssh-add-authorized-keys,"
+    "guest-ssh-remove-authorized-keys"
+)
+
+
+def require(binary: str) -> None:
+    """Skip (locally) or fail (in CI) when ``binary`` is not installed."""
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        message = f"{binary} is not installed"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _wait_for_socket(path: pathlib.Path, proc: subprocess.Popen, log: pathlib.Path) -> None:
+    """Wait until ``path`` accepts connections (checking without connecting)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        if path.exists():
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"{path} did not appear within {START_TIMEOUT} s")
+
+
+class Process:
+    """One running QEMU or qemu-ga, with its socket path."""
+
+    def __init__(self, argv: List[str], path: pathlib.Path, log: pathlib.Path) -> None:
+        self.argv = argv
+        self.path = path
+        self.log = log
+        self.proc: Optional[subprocess.Popen] = None
+        self.start()
+
+    def start(self) -> None:
+        if self.path.exists():
+            self.path.unlink()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        _wait_for_socket(self.path, self.proc, self.log)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """Kill the process (it may be stopped) and reap it."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def qemu_argv(path: pathlib.Path, pretty: bool = False) -> List[str]:
+    argv = [QEMU, "-M", "none", "-nodefaults", "-display", "none"]
+    if pretty:
+        argv += [
+            "-chardev", f"socket,id=mon0,path={path},server=on,wait=off",
+            "-mon", "chardev=mon0,mode=control,pretty=on",
+        ]
+    else:
+        argv += ["-qmp", f"unix:{path},server=on,wait=off"]
+    return argv
+
+
+def qga_argv(directory: pathlib.Path, path: pathlib.Path) -> List[str]:
+    state = directory / "state"
+    state.mkdir(exist_ok=True)
+    return [
+        QEMU_GA, "-m", "unix-listen", "-p", str(path),
+        "-t", str(state), "-f", str(directory / "qemu-ga.pid"),
+        "-b", QGA_BLOCKED,
+    ]
+
+
+class Launcher:
+    """Starts processes in one directory and kills them all at the end."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self.directory = directory
+        self.processes: List[Process] = []
+        self._count = 0
+
+    def _new(self, argv_for: Callable[[pathlib.Path], List[str]], name: str) -> Process:
+        self._count += 1
+        path = self.directory / f"{name}{self._count}.sock"
+        proc = Process(argv_for(path), path, self.directory / f"{name}{self._count}.log")
+        self.processes.append(proc)
+        return proc
+
+    def qemu(self, pretty: bool = False) -> Process:
+        require(QEMU)
+        return self._new(lambda p: qemu_argv(p, pretty), "qmp")
+
+    def qga(self) -> Process:
+        require(QEMU_GA)
+        return self._new(lambda p: qga_argv(self.directory, p), "qga")
+
+    def stop_all(self) -> None:
+        for proc in self.processes:
+            proc.stop()
+
+
+def _launcher(directory: pathlib.Path) -> Iterator[Launcher]:
+    launcher = Launcher(directory)
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture
+def launcher(tmp_path: pathlib.Path) -> Iterator[Launcher]:
+    """Processes for one test (for scenarios that kill, stop or quit them)."""
+    yield from _launcher(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
+    """Processes shared by a test module."""
+    yield from _launcher(tmp_path_factory.mktemp("vm"))
+
+
+@pytest.fixture(scope="module")
+def shared_qemu(module_launcher: Launcher) -> Process:
+    """One QEMU for the scenarios that leave it as they found it."""
+    return module_launcher.qemu()
+
+
+@pytest.fixture(scope="module")
+def shared_qga(module_launcher: Launcher) -> Process:
+    """One qemu-ga for the scenarios that leave it as they found it."""
+    return module_launcher.qga()
+
+
+def leave_half_command(path: pathlib.Path, data: bytes) -> None:
+    """Connect, write ``data`` and disconnect, like a client that died mid-command."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(data)
+
+
+# -- recorded sessions (../shared/corpus/qemu-7.2) ----------------------------
+
+# A reply's own id: first member (before "error") or last, compact or pretty.
+_REPLY_ID = re.compile(rb'(,\s*"id": |\{\s*"id": )("(?:[^"\\]|\\.)*"|-?[0-9]+)(\s*\}|,\s*"error")')
+
+
+def session(corpus_dir: pathlib.Path, name: str, body_only: bool = False) -> List[Tuple[str, Optional[bytes]]]:
+    """The ``C:``/``S:`` steps of a recorded session as ``(side, bytes)``.
+
+    Steps that are not bytes (``<nothing ...>``, resets, abbreviated lines)
+    have None.  ``body_only`` starts after the ``# ---- test body ----``
+    marker (the handshake before it is left out).
+    """
+    steps: List[Tuple[str, Optional[bytes]]] = []
+    for line in (corpus_dir / "qemu-7.2" / name).read_text(encoding="utf-8").splitlines():
+        if line.startswith("# ---- test body"):
+            if body_only:
+                steps.clear()
+            continue
+        side, sep, rest = line.partition(": ")
+        if not sep or side not in ("C", "S"):
+            continue
+        literal = rest.startswith(("b'", 'b"')) and "bytes omitted>" not in rest
+        steps.append((side, ast.literal_eval(rest) if literal else None))
+    return steps
+
+
+def renumber(data: bytes, ids: Dict[bytes, int]) -> bytes:
+    """Rewrite the reply ids QEMU recorded into the ids a client allocated.
+
+    ``ids`` maps a recorded id as QEMU printed it (``b'"stop"'``, ``b'6'``)
+    to the new id.  Recorded integer ids with no new id become strings, so
+    they can never be mistaken for an allocated one.
+    """
+
+    def sub(m: "re.Match[bytes]") -> bytes:
+        old = m.group(2)
+        if old in ids:
+            new = str(ids[old]).encode()
+        elif old.startswith(b'"'):
+            new = old
+        else:
+            new = b'"unmapped ' + old + b'"'
+        return m.group(1) + new + m.group(3)
+
+    return _REPLY_ID.sub(sub, data)
+
+
+def recorded_id(value: object) -> bytes:
+    """An id as QEMU prints it in a reply."""
+    return orjson.dumps(value)
