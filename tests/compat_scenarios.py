@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import os
 import pathlib
@@ -25,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -825,9 +827,15 @@ def legacy_server_mode(api: ModuleType, lab: Lab) -> dict:
         rec["cmd"] = outcome(lambda: mon.cmd("query-status"), api)
     finally:
         mon.close()
-    with socket.socket(socket.AF_UNIX) as s:
-        rec["server_with_socket"] = outcome(
-            lambda: api.QEMUMonitorProtocol(s, server=True), api)
+    # qemu.qmp's __del__ trips over the half-built object: keep that quiet.
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            rec["server_with_socket"] = outcome(
+                lambda: api.QEMUMonitorProtocol(s, server=True), api)
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
     return rec
 
 

@@ -78,6 +78,7 @@ async def qemu_qmp_pretty(api, lab: Lab) -> Any:
     async with session(api.QMPClient("pretty"), vm.address) as q:
         with q.listener("STOP") as stop:
             status = await within(q.execute("query-status"))
+            await within(q.execute("cont"))  # QEMU runs with -S
             await within(q.execute("stop"))
             event = await within(stop.get())
         return [q.greeting._asdict()["QMP"]["capabilities"], status, normalize(event)]
@@ -95,6 +96,8 @@ def legacy_pretty(api, lab: Lab) -> Any:
     vm = lab.qemu(pretty=True)
     with monitor(api, vm.address) as mon:
         status = mon.cmd("query-status")
+        mon.cmd("cont")  # QEMU runs with -S
+        mon.clear_events()
         mon.cmd("stop")
         return [status, normalize(mon.pull_event(wait=TIMEOUT))]
 
@@ -111,6 +114,8 @@ def old_pretty(api, lab: Lab) -> Any:
     vm = lab.qemu(pretty=True)
     with monitor(api, vm.address) as mon:
         status = mon.command("query-status")
+        mon.cmd("cont")  # QEMU runs with -S
+        mon.clear_events()
         mon.cmd("stop")
         return [status, normalize(mon.pull_event(wait=TIMEOUT))]
 

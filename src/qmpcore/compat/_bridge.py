@@ -11,8 +11,16 @@ import socket
 import stat
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-from ..errors import CommandError
-from ._errors import BadReplyError, ExecuteError
+from ..errors import CommandError, ConnectionLost
+from ..errors import ProtocolError as _CoreProtocolError
+from ..errors import TimeoutError as _CoreTimeoutError
+from ._errors import (
+    BadReplyError,
+    ConnectError,
+    ExecuteError,
+    GreetingError,
+    NegotiationError,
+)
 from ._message import Message
 from ._models import ErrorResponse, Greeting
 
@@ -21,8 +29,8 @@ __all__ = [
     "command_message",
     "execute_error",
     "RawCommand",
-    "raw_reply",
-    "greeting_model",
+    "greeting_or_error",
+    "connect_error",
     "listen_socket",
 ]
 
@@ -105,18 +113,30 @@ class RawCommand:
         return out
 
 
-def raw_reply(raw: RawCommand, run: Any) -> Dict[str, Any]:
-    """Run ``run()`` (which executes ``raw``) and return the reply dict;
-    an error reply is returned, not raised."""
+def greeting_or_error(raw: Optional[dict]) -> Greeting:
+    """qemu.qmp's :class:`Greeting` view of a greeting qmpcore received;
+    :class:`GreetingError` if it lacks what qemu.qmp requires."""
     try:
-        return raw.reply(run())
-    except CommandError as err:
-        return raw.reply(error=err)
+        return Greeting(Message._from_dict(raw or {}))
+    except (KeyError, TypeError) as exc:
+        raise GreetingError("Did not understand Greeting", exc) from exc
 
 
-def greeting_model(raw: dict) -> Greeting:
-    """qemu.qmp's :class:`Greeting` view of a greeting qmpcore received."""
-    return Greeting(Message._from_dict(raw))
+def connect_error(exc: Exception) -> ConnectError:
+    """qemu.qmp's error for a failed connect: the socket could not be opened
+    ("connection"), or the greeting or negotiation failed ("session")."""
+    if isinstance(exc, CommandError):
+        cause: Exception = NegotiationError("Negotiation failed", exc)
+    elif isinstance(exc, _CoreProtocolError):
+        cause = GreetingError("Did not understand Greeting", exc)
+    elif isinstance(exc, ConnectionLost):
+        cause = EOFError()  # the server hung up instead of greeting
+        cause.__cause__ = exc
+    elif isinstance(exc, _CoreTimeoutError):
+        cause = exc
+    else:
+        return ConnectError("Failed to establish connection", exc)
+    return ConnectError("Failed to establish session", cause)
 
 
 def listen_socket(address: Union[str, Tuple[str, int]], backlog: int = 1) -> socket.socket:

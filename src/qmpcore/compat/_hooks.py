@@ -46,21 +46,21 @@ class _AdoptedClient(aio.QMPClient):
             self._transport, _ = await loop.create_connection(lambda: aio._Transport(self), sock=sock)
 
 
-async def adopt_async(sock: socket.socket, *, negotiate: bool, oob: bool,
-                      timeout: Optional[float], max_frame_size: int) -> aio.QMPClient:
+async def adopt_async(sock: socket.socket, *, negotiate: bool, oob: bool, timeout: Optional[float],
+                      max_frame_size: int, event_queue: int = aio.EVENT_QUEUE_SIZE) -> aio.QMPClient:
     """``qmpcore.connect`` over ``sock``: greeting, then negotiation."""
     client = _AdoptedClient(QMPClientProtocol(max_frame_size=max_frame_size), _address_of(sock),
-                            aio.EVENT_QUEUE_SIZE, None)
+                            event_queue, None)
     client._adopted = sock
     await client._handshake(timeout, lambda: client._greeted(negotiate, oob))
     return client
 
 
-def adopt_sync(sock: socket.socket, *, negotiate: bool, oob: bool,
-               timeout: Optional[float], max_frame_size: int) -> sync.SyncQMPClient:
+def adopt_sync(sock: socket.socket, *, negotiate: bool, oob: bool, timeout: Optional[float],
+               max_frame_size: int, event_queue: int = sync.EVENT_QUEUE_SIZE) -> sync.SyncQMPClient:
     """``qmpcore.connect_sync`` over ``sock``: greeting, then negotiation."""
     client = sync.SyncQMPClient(QMPClientProtocol(max_frame_size=max_frame_size),
-                                _address_of(sock), sock, sync.EVENT_QUEUE_SIZE, None)
+                                _address_of(sock), sock, event_queue, None)
     try:
         client._greeted(None if timeout is None else time.monotonic() + timeout, negotiate, oob)
     except BaseException:

@@ -28,11 +28,17 @@ from ssl import SSLContext
 from typing import Any, AsyncIterator, Mapping, Optional, Union
 
 from .. import aio
-from ..errors import CommandError, ConnectionLost, ProtocolError as _CoreProtocolError
+from ..errors import CommandError, ConnectionLost
 from ..errors import StateError as _CoreStateError
-from ..errors import TimeoutError as _CoreTimeoutError
 from . import _hooks
-from ._bridge import MAX_FRAME_SIZE, command_message, execute_error, greeting_model, listen_socket
+from ._bridge import (
+    MAX_FRAME_SIZE,
+    command_message,
+    connect_error,
+    execute_error,
+    greeting_or_error,
+    listen_socket,
+)
 from ._errors import (
     BadReplyError,
     ConnectError,
@@ -227,19 +233,15 @@ class QMPClient(Events):
 
     async def _open_session(self, opener: Any) -> None:
         negotiate = self.negotiate
-        async with self._guard("Failed to establish connection"):
+        async with self._guard("Failed to establish session"):
             try:
                 client = await opener(negotiate=negotiate, oob=negotiate, timeout=CONNECT_TIMEOUT,
                                       max_frame_size=max(self.readbuflen, MAX_FRAME_SIZE))
-            except (CommandError, _CoreProtocolError, ConnectionLost, _CoreTimeoutError) as exc:
-                raise _SessionFailed(exc) from exc
-        self._client = client
-        async with self._guard("Failed to establish session"):
+            except Exception as exc:
+                raise connect_error(exc) from exc
+            self._client = client
             if self.await_greeting or negotiate:
-                try:
-                    self._greeting = greeting_model(client.greeting or {})
-                except (KeyError, TypeError) as exc:
-                    raise GreetingError("Did not understand Greeting", exc) from exc
+                self._greeting = greeting_or_error(client.greeting)
             self._stream = client.events(maxsize=self.events.maxsize)
         self._pump = asyncio.ensure_future(self._pump_events(client, self._stream))
         self._set_state(Runstate.RUNNING)
@@ -251,13 +253,11 @@ class QMPClient(Events):
         try:
             yield
         except BaseException as err:
-            if isinstance(err, _SessionFailed):
-                emsg, err = "Failed to establish session", _session_error(err.exc)
             self.logger.error("%s: %s", emsg, err)
             await self.disconnect()
-            if isinstance(err, Exception):
-                raise ConnectError(emsg, err) from err
-            raise
+            if isinstance(err, ConnectError) or not isinstance(err, Exception):
+                raise
+            raise ConnectError(emsg, err) from err
 
     # -- disconnecting --------------------------------------------------------
 
@@ -363,25 +363,6 @@ class QMPClient(Events):
         if sock is None:
             raise QMPError("Sending file descriptors requires a UNIX socket.")
         sock.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("@i", fd))])
-
-
-class _SessionFailed(Exception):
-    """Internal: the socket opened but the greeting or negotiation failed."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(exc)
-        self.exc = exc
-
-
-def _session_error(exc: BaseException) -> BaseException:
-    """qemu.qmp's wording for a failed greeting or negotiation."""
-    if isinstance(exc, CommandError):
-        return NegotiationError("Negotiation failed", exc)
-    if isinstance(exc, _CoreProtocolError):
-        return GreetingError("Did not understand Greeting", exc)
-    if isinstance(exc, ConnectionLost):
-        return EOFError()
-    return exc
 
 
 def _interrupted(client: Any, err: BaseException) -> QMPError:
