@@ -1,0 +1,283 @@
+"""Encode Python values exactly as QEMU 7.2 prints JSON.
+
+QEMU's output differs from every stock JSON encoder in small ways, and a
+server that wants to be byte-identical to QEMU has to copy all of them:
+
+* separators are ``", "`` and ``": "``;
+* strings are pure ASCII: ``\\b \\f \\n \\r \\t \\" \\\\`` use the short form,
+  every other control character, 0x7F and everything above it becomes
+  ``\\uXXXX`` with *uppercase* hex (astral characters as surrogate pairs);
+  ``/`` is not escaped;
+* doubles print with ``%.17g`` (``0.1`` is ``0.10000000000000001``, ``1.0``
+  is ``1``, infinities and NaN print as the bare words ``inf``/``nan``);
+  integers print as integers when they fit int64 or uint64 and as doubles
+  otherwise (QEMU's parser stores bigger ones as doubles);
+* object members come out in the iteration order of QEMU's ``QDict`` hash
+  table (512 buckets of ``tdb_hash``, newest entry first within a bucket),
+  not in insertion order: that is why a reply reads ``{"return": ..., "id":
+  ...}`` but an error ``{"id": ..., "error": ...}``;
+* ``pretty=on`` monitors indent by four spaces and put every member on its
+  own line, even closing an empty object on a new line.
+
+:func:`to_json` gives QEMU's text; :func:`encode_qmp` and :func:`encode_qga`
+add each monitor's line ending.  Plain values (ASCII strings without ``,``
+or ``:``, integers in range) take an orjson fast path; everything else goes
+through the exact encoder below, which gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from json.encoder import encode_basestring_ascii as _json_string
+from typing import Any, Dict, List, Tuple
+
+import orjson
+
+__all__ = [
+    "Encoded",
+    "to_json",
+    "encode_qmp",
+    "encode_qga",
+    "qdict_order",
+    "format_float",
+]
+
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1
+_BUCKETS = 512
+# orjson gives up at 255 levels; deeper values take the exact encoder.
+_FAST_DEPTH = 200
+# Printable ASCII except ',' and ':', so that orjson's compact output can be
+# turned into QEMU's separators with two byte replacements.
+_NOT_PLAIN = re.compile(r"[^ -+\--9;-~]")
+# An escaped backslash, or a \u escape whose hex QEMU prints in uppercase.
+_ESCAPE = re.compile(r"\\\\|\\u[0-9a-f]{4}")
+# Printable ASCII except '"' and '\': such a string is its own JSON body.
+_NEEDS_ESCAPE = re.compile(r'[^ !#-\[\]-~]')
+
+
+class Encoded(bytes):
+    """Already encoded compact JSON text, spliced into the output as is.
+
+    Lets a server keep a large canned reply (such as ``query-qmp-schema``)
+    as bytes instead of re-encoding it for every request.  The text must be
+    in QEMU's compact format; pretty output re-encodes it.
+    """
+
+    __slots__ = ()
+
+
+class _Slow(Exception):
+    """Raised by the fast path when the value needs the exact encoder."""
+
+
+def _tdb_hash(key: str) -> int:
+    """QEMU's ``tdb_hash`` of ``key`` (qobject/qdict.c), as unsigned 32-bit."""
+    data = key.encode("utf-8", "surrogatepass")
+    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
+    for i, byte in enumerate(data):
+        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
+    return (1103515243 * value + 12345) & 0xFFFFFFFF
+
+
+_ORDER_CACHE: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
+_ORDER_CACHE_MAX = 8192
+
+
+def qdict_order(keys: Tuple[str, ...]) -> Tuple[str, ...]:
+    """The order in which QEMU iterates a QDict whose keys were inserted in
+    the order ``keys``: by hash bucket, newest first within a bucket."""
+    order = _ORDER_CACHE.get(keys)
+    if order is None:
+        if len(keys) < 2:
+            order = keys
+        else:
+            ranked = sorted(
+                range(len(keys)), key=lambda i: (_tdb_hash(keys[i]) % _BUCKETS, -i)
+            )
+            order = tuple(keys[i] for i in ranked)
+        if len(_ORDER_CACHE) >= _ORDER_CACHE_MAX:
+            _ORDER_CACHE.clear()
+        _ORDER_CACHE[keys] = order
+    return order
+
+
+def format_float(value: float) -> str:
+    """``%.17g`` as glibc prints it (``inf``, ``-inf``, ``nan``, ``-nan``)."""
+    if value != value:
+        return "-nan" if math.copysign(1.0, value) < 0 else "nan"
+    return "%.17g" % value
+
+
+def _format_int(value: int) -> str:
+    if _INT_MIN <= value <= _INT_MAX:
+        return str(value)
+    try:
+        return format_float(float(value))
+    except OverflowError:  # strtod() saturates to infinity
+        return "inf" if value > 0 else "-inf"
+
+
+def _upper_hex(match: "re.Match[str]") -> str:
+    text = match.group(0)
+    return text if text == "\\\\" else "\\u" + text[2:].upper()
+
+
+def _string(text: str) -> str:
+    out = _json_string(text)
+    if "\\u" in out:
+        out = _ESCAPE.sub(_upper_hex, out)
+    return out
+
+
+# -- fast path ---------------------------------------------------------------
+
+
+def _prepare(value: Any, depth: int) -> Any:
+    """Copy of ``value`` with dicts in QDict order; raise :class:`_Slow` for
+    anything orjson would not print like QEMU."""
+    kind = type(value)
+    if kind is str:
+        if _NOT_PLAIN.search(value):
+            raise _Slow
+        return value
+    if kind is dict:
+        if depth > _FAST_DEPTH:
+            raise _Slow
+        keys = tuple(value)
+        out = {}
+        for key in qdict_order(keys):
+            if type(key) is not str or _NOT_PLAIN.search(key):
+                raise _Slow
+            out[key] = _prepare(value[key], depth + 1)
+        return out
+    if kind is list or kind is tuple:
+        if depth > _FAST_DEPTH:
+            raise _Slow
+        return [_prepare(item, depth + 1) for item in value]
+    if kind is int:
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+        raise _Slow
+    if kind is bool or value is None:
+        return value
+    raise _Slow  # floats, Encoded, subclasses, unknown types
+
+
+def _fast(value: Any) -> bytes:
+    text = orjson.dumps(_prepare(value, 0))
+    # No string holds ',' or ':', so every one of them is a separator.
+    return text.replace(b",", b", ").replace(b":", b": ")
+
+
+# -- exact encoder -----------------------------------------------------------
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return _string(value)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return _format_int(value)
+    if isinstance(value, float):
+        return format_float(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
+
+
+def _members(value: dict) -> List[Tuple[str, Any]]:
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"QMP object keys must be str, not {type(key).__name__}")
+    keys = tuple(value)
+    return [(key, value[key]) for key in qdict_order(keys)]
+
+
+def _exact(value: Any, pretty: bool) -> str:
+    """QEMU's json-writer, iteratively (values may nest thousands deep)."""
+    out: List[str] = []
+    write = out.append
+    comma = "," if pretty else ", "
+    # One frame per open container: [closing bracket, iterator over
+    # (key, value) pairs (key None in arrays), is_object, members written].
+    stack: List[list] = []
+    key: Any = None
+    item = value
+    while True:
+        if stack:
+            frame = stack[-1]
+            if frame[3]:
+                write(comma)
+            if pretty:
+                write("\n" + "    " * len(stack))
+            frame[3] += 1
+            if frame[2]:
+                write(_string(key))
+                write(": ")
+        if pretty and isinstance(item, Encoded):
+            item = orjson.loads(bytes(item))
+        if isinstance(item, Encoded):
+            write(item.decode("ascii"))
+        elif isinstance(item, dict):
+            write("{")
+            stack.append(["}", iter(_members(item)), True, 0])
+        elif isinstance(item, (list, tuple)):
+            write("[")
+            stack.append(["]", ((None, v) for v in item), False, 0])
+        else:
+            write(_scalar(item))
+        while stack:
+            frame = stack[-1]
+            nxt = next(frame[1], None)
+            if nxt is not None:
+                key, item = nxt
+                break
+            stack.pop()
+            if pretty:
+                write("\n" + "    " * len(stack))
+            write(frame[0])
+        else:
+            return "".join(out)
+
+
+# -- public ------------------------------------------------------------------
+
+
+def to_json(value: Any, *, pretty: bool = False) -> bytes:
+    """``value`` as QEMU's ``qobject_to_json`` (or ``..._pretty``) prints it.
+
+    Pretty output uses bare ``\\n`` line breaks, as QEMU's writer does; the
+    monitor turns them into CRLF (:func:`encode_qmp`).
+    """
+    if not pretty:
+        kind = type(value)
+        if kind is str and not _NEEDS_ESCAPE.search(value):
+            return b'"' + value.encode("ascii") + b'"'
+        if kind is int and _INT_MIN <= value <= _INT_MAX:
+            return b"%d" % value
+        if kind is Encoded:
+            return bytes(value)
+        try:
+            return _fast(value)
+        except (_Slow, orjson.JSONEncodeError, RecursionError):
+            pass
+    return _exact(value, pretty).encode("ascii")
+
+
+def encode_qmp(value: Any, *, pretty: bool = False) -> bytes:
+    """One QMP monitor message: QEMU's JSON, then CRLF (every ``\\n`` of
+    pretty output becomes CRLF too, as the monitor writes them)."""
+    text = to_json(value, pretty=pretty)
+    if pretty:
+        text = text.replace(b"\n", b"\r\n")
+    return text + b"\r\n"
+
+
+def encode_qga(value: Any) -> bytes:
+    """One guest agent message: QEMU's compact JSON and a bare ``\\n``."""
+    return to_json(value) + b"\n"

@@ -1,0 +1,323 @@
+"""Non-blocking server sockets on the asyncio loop, with SCM_RIGHTS.
+
+asyncio's own transports read with ``recv()``, which silently closes file
+descriptors passed with SCM_RIGHTS; a QMP server needs them for ``getfd``
+and ``add-fd``.  :class:`Connection` is a small transport that reads unix
+sockets with ``recvmsg()`` and hands received descriptors to its protocol
+(``fds_received``) before the bytes they came with.  It drives an
+:class:`asyncio.Protocol` (``connection_made``, ``data_received``,
+``connection_lost``, ``pause_writing``/``resume_writing``) straight from the
+selector, one call per burst of bytes, like asyncio's transports do.
+
+:class:`Listener` accepts one client at a time when asked to: QEMU stops
+watching a chardev's listening socket while a client is connected, so a
+second client waits in the kernel backlog and sees nothing until the first
+one leaves (corpus 27).
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import errno
+import os
+import socket
+import stat
+import struct
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+__all__ = ["Connection", "Listener", "bind_socket", "Address"]
+
+Address = Union[str, "os.PathLike[str]", Tuple[str, int]]
+
+_READ_SIZE = 256 * 1024
+_MAX_FDS = 16  # QEMU's TCP_MAX_FDS: more in one message are closed
+_ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+_RETRY = (BlockingIOError, InterruptedError)
+
+
+def _close_fds(fds: List[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _fds_from(ancdata: List[Tuple[int, int, bytes]]) -> List[int]:
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % fds.itemsize
+            fds.frombytes(data[:usable])
+    return list(fds)
+
+
+class Connection:
+    """One accepted client socket driving one protocol object."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Any) -> None:
+        sock.setblocking(False)
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._unix = sock.family == socket.AF_UNIX
+        self._buffer = bytearray()
+        self._reading = True
+        self._writer = False
+        self._closing = False
+        self._closed = False
+        self._paused_protocol = False
+        loop.add_reader(self._fd, self._on_readable)
+        protocol.connection_made(self)
+
+    # -- transport interface ----------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self._sock
+        if name == "peername":
+            try:
+                return self._sock.getpeername()
+            except OSError:
+                return default
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing or self._closed
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._buffer)
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` now if the socket takes it, else buffer it."""
+        if self._closing or self._closed or not data:
+            return
+        if not self._buffer:
+            try:
+                sent = self._sock.send(data)
+            except _RETRY:
+                sent = 0
+            except OSError as exc:
+                self._abort(exc)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            self._loop.add_writer(self._fd, self._on_writable)
+            self._writer = True
+        self._buffer += data
+        if not self._paused_protocol and len(self._buffer) > _HIGH_WATER:
+            self._paused_protocol = True
+            self._protocol.pause_writing()
+
+    def pause_reading(self) -> None:
+        if self._reading and not self._closed:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closing and not self._closed:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def close(self) -> None:
+        """Stop reading; close once everything written has been sent."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self.pause_reading()
+        if not self._buffer:
+            self._finish(None)
+
+    def abort(self, *, reset: bool = False) -> None:
+        """Close now, dropping unsent bytes; ``reset`` sends a TCP-style RST
+        (the peer reads ECONNRESET instead of EOF)."""
+        if self._closed:
+            return
+        if reset:
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self._finish(None)
+
+    # -- selector callbacks -------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            if self._unix:
+                data, ancdata, flags, _ = self._sock.recvmsg(_READ_SIZE, _ANC_SIZE)
+                if ancdata:
+                    fds = _fds_from(ancdata)
+                    if fds:
+                        self._deliver_fds(fds)
+            else:
+                data = self._sock.recv(_READ_SIZE)
+        except _RETRY:
+            return
+        except OSError as exc:
+            self._abort(exc)
+            return
+        if not data:
+            self.close()  # QEMU closes the session at EOF
+            return
+        self._protocol.data_received(data)
+
+    def _deliver_fds(self, fds: List[int]) -> None:
+        handler: Optional[Callable[[List[int]], None]] = getattr(self._protocol, "fds_received", None)
+        if handler is None or self._closed:
+            _close_fds(fds)
+        else:
+            handler(fds)
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self._sock.send(self._buffer)
+        except _RETRY:
+            return
+        except OSError as exc:
+            self._abort(exc)
+            return
+        del self._buffer[:sent]
+        if self._paused_protocol and len(self._buffer) <= _LOW_WATER:
+            self._paused_protocol = False
+            self._protocol.resume_writing()
+        if not self._buffer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
+            if self._closing:
+                self._finish(None)
+
+    def _abort(self, exc: Optional[BaseException]) -> None:
+        if exc is not None and getattr(exc, "errno", None) in (errno.EPIPE, errno.ECONNRESET):
+            exc = None  # the client went away: an ordinary end
+        self._finish(exc)
+
+    def _finish(self, exc: Optional[BaseException]) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._writer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
+        self._buffer = bytearray()
+        try:
+            self._sock.close()
+        finally:
+            self._loop.call_soon(self._protocol.connection_lost, exc)
+
+
+def bind_socket(address: Address, *, mode: int = 0o600, backlog: int = 16) -> socket.socket:
+    """A listening socket for ``address``: a unix path (created with
+    ``mode``; a stale socket file is replaced, as QEMU does) or a
+    ``(host, port)`` pair (port 0 picks a free one)."""
+    if isinstance(address, tuple):
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        path = os.fspath(address)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            # Nobody can connect before listen(), so this leaves no window.
+            os.chmod(path, mode)
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+    sock.setblocking(False)
+    return sock
+
+
+class Listener:
+    """Accept clients on a listening socket and hand each to ``on_accept``.
+
+    While :meth:`pause` is in effect nothing is accepted; clients that
+    connect meanwhile wait in the kernel backlog.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        on_accept: Callable[[socket.socket], None],
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._on_accept = on_accept
+        self._watching = False
+        self._closed = False
+        self._path: Optional[str] = None
+        self._inode: Optional[Tuple[int, int]] = None
+        if sock.family == socket.AF_UNIX:
+            self._path = sock.getsockname()
+            try:
+                info = os.stat(self._path)
+                self._inode = (info.st_dev, info.st_ino)
+            except OSError:
+                pass
+        self.resume()
+
+    @property
+    def address(self) -> Any:
+        return self._path if self._path is not None else self._sock.getsockname()[:2]
+
+    def pause(self) -> None:
+        if self._watching:
+            self._loop.remove_reader(self._sock.fileno())
+            self._watching = False
+
+    def resume(self) -> None:
+        if not self._watching and not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+            self._watching = True
+
+    def _accept(self) -> None:
+        try:
+            client, _ = self._sock.accept()
+        except _RETRY:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                # Out of descriptors: leave the client in the backlog for a while.
+                self.pause()
+                self._loop.call_later(0.1, self.resume)
+                return
+            raise
+        self._on_accept(client)
+
+    def close(self) -> None:
+        """Stop listening and remove the socket file (if it is still ours)."""
+        if self._closed:
+            return
+        self.pause()
+        self._closed = True
+        self._sock.close()
+        if self._path and self._inode:
+            try:
+                info = os.stat(self._path)
+                if (info.st_dev, info.st_ino) == self._inode:
+                    os.unlink(self._path)
+            except OSError:
+                pass

@@ -1,0 +1,484 @@
+"""Sans-IO QMP server: QEMU 7.2's monitor and dispatcher, minus the commands.
+
+Bytes from the client go in with :meth:`~QMPServerProtocol.receive_data`;
+commands that the application must run come out of
+:meth:`~QMPServerProtocol.next_event` as :class:`Request` objects; the
+application answers each with :meth:`~QMPServerProtocol.send_return` or
+:meth:`~QMPServerProtocol.send_error` and takes the bytes to write from
+:meth:`~QMPServerProtocol.data_to_send`.  Everything QEMU answers without
+running a command is answered here, in QEMU's words and order:
+
+* the greeting, capabilities negotiation (``qmp_capabilities`` is handled
+  here) and negotiation mode, where every other command is
+  ``CommandNotFound`` and no events are delivered;
+* JSON errors (one ``GenericError`` per :class:`~qmpcore.FrameError`),
+  ``QMP input must be a JSON object`` and the other envelope checks, in the
+  order QEMU iterates the request's members;
+* unknown and disabled commands, ``exec-oob`` rules, and argument errors
+  from the command's :class:`~qmpcore._qapi.CommandInfo`.
+
+In-band commands run one at a time, as in QEMU: the next one is released
+only when the previous one has been answered, and errors queued behind it
+wait their turn.  ``exec-oob`` commands skip the queue.  ``reading_paused``
+tells the I/O layer to stop reading while the queue is full (QEMU suspends
+the monitor the same way), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Union
+
+from .. import Framer
+from .._qapi import CommandInfo, Schema
+from .._qemu_output import encode_qmp, qdict_order, to_json
+from .._wire import SYNC
+from ..errors import FrameError, StateError
+
+__all__ = [
+    "NO_ID",
+    "Request",
+    "ServerProtocolBase",
+    "QMPServerProtocol",
+    "DEFAULT_VERSION",
+    "event_bytes",
+    "timestamp_now",
+]
+
+
+class _NoId:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_ID"
+
+    def __reduce__(self) -> str:
+        return "NO_ID"
+
+
+#: ``Request.id`` of a request that had no ``id`` member (``null`` is an id).
+NO_ID: Any = _NoId()
+
+#: ``query-version``'s value for a QEMU 7.2 without a distribution package.
+DEFAULT_VERSION: Dict[str, Any] = {
+    "qemu": {"major": 7, "minor": 2, "micro": 0},
+    "package": "",
+}
+
+# How many in-band requests QEMU queues before it stops reading (monitor/qmp.c).
+_QUEUE_OOB = 8
+_QUEUE_PLAIN = 1
+
+# qmp_capabilities as QEMU's schema declares it, for its argument checks.
+_NEGOTIATION_SCHEMA = Schema(
+    [
+        {"name": "qmp_capabilities", "meta-type": "command", "arg-type": "args"},
+        {
+            "name": "args",
+            "meta-type": "object",
+            "members": [{"name": "enable", "default": None, "type": "[cap]"}],
+        },
+        {"name": "[cap]", "meta-type": "array", "element-type": "cap"},
+        {"name": "cap", "meta-type": "enum", "values": ["oob"]},
+    ]
+)
+_CAPABILITIES_INFO = _NEGOTIATION_SCHEMA.command_info("qmp_capabilities")
+
+
+class Request:
+    """A command the application must answer (exactly once).
+
+    ``id`` is the client's id (any JSON value), or :data:`NO_ID`.  ``oob`` is
+    true for ``exec-oob`` requests, which may be answered in any order.
+    """
+
+    __slots__ = ("command", "arguments", "id", "oob", "info", "_open")
+
+    def __init__(
+        self,
+        command: str,
+        arguments: Dict[str, Any],
+        id: Any = NO_ID,
+        oob: bool = False,
+        info: Optional[CommandInfo] = None,
+    ) -> None:
+        self.command = command
+        self.arguments = arguments
+        self.id = id
+        self.oob = oob
+        self.info = info
+        self._open = True
+
+    @property
+    def has_id(self) -> bool:
+        return self.id is not NO_ID
+
+    def __repr__(self) -> str:
+        extra = "" if self.id is NO_ID else f", id={self.id!r}"
+        if self.oob:
+            extra += ", oob=True"
+        return f"Request({self.command!r}, {self.arguments!r}{extra})"
+
+
+class ServerProtocolBase:
+    """What QMP monitors and the guest agent share: QEMU's ``qmp_dispatch``.
+
+    Subclasses set the line ending, say whether ``exec-oob`` is allowed, and
+    may answer some commands themselves (:meth:`_handle_locally`).
+    """
+
+    _terminator = b"\r\n"
+
+    def __init__(
+        self,
+        commands: Optional[Mapping[str, CommandInfo]] = None,
+        *,
+        max_frame_size: int = 64 << 20,
+        max_depth: int = 1024,
+        max_tokens: int = 2 << 20,
+    ) -> None:
+        self.commands: Mapping[str, CommandInfo] = commands if commands is not None else {}
+        self._framer = Framer(max_frame_size, max_depth, max_tokens=max_tokens, strict=True)
+        self._out: List[bytes] = []
+        self._queue: Deque[Any] = deque()
+        self._ready: Deque[Request] = deque()
+        self._current: Optional[Request] = None
+        self._oob_open: Set[Request] = set()
+
+    # -- input ------------------------------------------------------------
+
+    def receive_data(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Feed bytes from the client; answers and requests become available."""
+        for item in self._framer.feed(data):
+            if item is SYNC:
+                continue  # the strict framer already reported 0xFF as an error
+            if type(item) is dict and self._skips_queue(item):
+                request = self._dispatch(item)
+                if request is not None:
+                    self._oob_open.add(request)
+                    self._ready.append(request)
+            else:
+                self._queue.append(item)
+        self._pump()
+
+    def next_event(self) -> Optional[Request]:
+        """The next :class:`Request` to run, or ``None``."""
+        ready = self._ready
+        return ready.popleft() if ready else None
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the in-band queue is full: stop reading until it drains."""
+        return len(self._queue) >= self._queue_limit()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished frame held by the parser."""
+        return self._framer.buffered
+
+    # -- answers ----------------------------------------------------------
+
+    def send_return(self, request: Request, value: Any = None) -> None:
+        """Answer ``request`` with ``{"return": value}`` (``None`` is ``{}``)."""
+        self._close(request)
+        info = request.info
+        if info is None or info.success_response:
+            self._out.append(self._reply_prefix(request))
+            self._write_return(request.id, {} if value is None else value)
+        self._pump()
+
+    def send_error(self, request: Request, error_class: str, desc: str) -> None:
+        """Answer ``request`` with ``{"error": {"class": ..., "desc": ...}}``."""
+        self._close(request)
+        self._write_error(request.id, error_class, desc)
+        self._pump()
+
+    def send_raw(self, data: bytes) -> None:
+        """Queue bytes verbatim (for tests that need malformed output)."""
+        self._out.append(bytes(data))
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the client since the last call."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    @property
+    def pending(self) -> int:
+        """Requests handed out and not yet answered."""
+        return len(self._oob_open) + (self._current is not None)
+
+    # -- QEMU's dispatcher ------------------------------------------------
+
+    def _pump(self) -> None:
+        """Release queued in-band items until one needs the application."""
+        queue = self._queue
+        while self._current is None and queue:
+            item = queue.popleft()
+            if isinstance(item, FrameError):
+                self._write_error(NO_ID, "GenericError", item.reason)
+                continue
+            request = self._dispatch(item)
+            if request is not None:
+                self._current = request
+                self._ready.append(request)
+
+    def _dispatch(self, message: Any) -> Optional[Request]:
+        """QEMU's ``qmp_dispatch`` up to the command's own code."""
+        if type(message) is not dict:
+            self._write_error(NO_ID, "GenericError", "QMP input must be a JSON object")
+            return None
+        request_id = message.get("id", NO_ID)
+        oob_allowed = self._oob_allowed()
+        exec_key = None
+        for key in _member_order(message):
+            value = message[key]
+            if key == "execute" or (key == "exec-oob" and oob_allowed):
+                if type(value) is not str:
+                    return self._fail(request_id, f"QMP input member '{key}' must be a string")
+                if exec_key is not None:
+                    return self._fail(request_id, f"QMP input member '{key}' clashes with '{exec_key}'")
+                exec_key = key
+            elif key == "arguments":
+                if type(value) is not dict:
+                    return self._fail(request_id, "QMP input member 'arguments' must be an object")
+            elif key != "id":
+                return self._fail(request_id, f"QMP input member '{key}' is unexpected")
+        if exec_key is None:
+            return self._fail(request_id, "QMP input lacks member 'execute'")
+        name = message[exec_key]
+        oob = exec_key == "exec-oob"
+        info = self._lookup(name)
+        if info is None:
+            return self._fail(request_id, f"The command {name} has not been found", "CommandNotFound")
+        if not info.enabled:
+            return self._fail(request_id, f"Command {name} has been disabled", "CommandNotFound")
+        if oob and not info.allow_oob:
+            return self._fail(request_id, f"The command {name} does not support OOB")
+        arguments = message.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if info.check_arguments is not None:
+            problem = info.check_arguments(arguments)
+            if problem is not None:
+                return self._fail(request_id, problem)
+        request = Request(name, arguments, request_id, oob, info)
+        if self._handle_locally(request):
+            return None
+        return request
+
+    def _fail(self, request_id: Any, desc: str, error_class: str = "GenericError") -> None:
+        self._write_error(request_id, error_class, desc)
+        return None
+
+    def _close(self, request: Request) -> None:
+        if not request._open:
+            raise StateError(f"{request!r} was already answered")
+        request._open = False
+        if request is self._current:
+            self._current = None
+        elif request in self._oob_open:
+            self._oob_open.discard(request)
+        else:
+            raise StateError(f"{request!r} does not belong to this connection")
+
+    def _drop_requests(self) -> None:
+        """Forget queued and unanswered requests (the client went away)."""
+        for request in (self._current, *self._oob_open):
+            if request is not None:
+                request._open = False
+        self._current = None
+        self._oob_open.clear()
+        self._queue.clear()
+        self._ready.clear()
+        self._out.clear()
+
+    # -- hooks for subclasses ----------------------------------------------
+
+    def _skips_queue(self, message: dict) -> bool:
+        """QEMU runs ``exec-oob`` messages at once, even without ``oob``."""
+        return "exec-oob" in message and "execute" not in message
+
+    def _oob_allowed(self) -> bool:
+        return False
+
+    def _queue_limit(self) -> int:
+        return _QUEUE_PLAIN
+
+    def _lookup(self, name: str) -> Optional[CommandInfo]:
+        return self.commands.get(name)
+
+    def _handle_locally(self, request: Request) -> bool:
+        """Answer ``request`` here instead of handing it out; True if done."""
+        return False
+
+    def _reply_prefix(self, request: Request) -> bytes:
+        """Bytes written just before the successful reply to ``request``."""
+        return b""
+
+    # -- output -----------------------------------------------------------
+
+    def _write_return(self, request_id: Any, value: Any) -> None:
+        # QDict order puts "return" before "id" (and "id" before "error").
+        if request_id is NO_ID:
+            self._out.append(b'{"return": ' + to_json(value) + b"}" + self._terminator)
+        else:
+            self._out.append(
+                b'{"return": ' + to_json(value) + b', "id": ' + to_json(request_id) + b"}" + self._terminator
+            )
+
+    def _write_error(self, request_id: Any, error_class: str, desc: str) -> None:
+        error = b'{"class": ' + to_json(error_class) + b', "desc": ' + to_json(desc) + b"}}"
+        if request_id is NO_ID:
+            self._out.append(b'{"error": ' + error + self._terminator)
+        else:
+            self._out.append(b'{"id": ' + to_json(request_id) + b', "error": ' + error + self._terminator)
+
+
+def _member_order(message: dict) -> Sequence[str]:
+    """QEMU checks the members of a request in QDict order."""
+    keys = tuple(message)
+    return keys if len(keys) < 2 else qdict_order(keys)
+
+
+class QMPServerProtocol(ServerProtocolBase):
+    """One QMP client connection, from the server's side.
+
+    ``commands`` maps command names to :class:`~qmpcore._qapi.CommandInfo`
+    (a live mapping: commands registered later are found).  ``version`` is
+    ``query-version``'s value, ``capabilities`` what the greeting offers.
+    The greeting is queued as soon as the object exists.
+    """
+
+    def __init__(
+        self,
+        commands: Optional[Mapping[str, CommandInfo]] = None,
+        *,
+        version: Optional[Mapping[str, Any]] = None,
+        capabilities: Sequence[str] = ("oob",),
+        pretty: bool = False,
+        max_frame_size: int = 64 << 20,
+        max_depth: int = 1024,
+        max_tokens: int = 2 << 20,
+    ) -> None:
+        super().__init__(commands, max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
+        self.pretty = bool(pretty)
+        self.version = dict(version if version is not None else DEFAULT_VERSION)
+        self.offered = tuple(capabilities)
+        self.enabled: Sequence[str] = ()
+        self.negotiated = False
+        self._send({"QMP": {"version": self.version, "capabilities": list(self.offered)}})
+
+    @property
+    def oob_enabled(self) -> bool:
+        return "oob" in self.enabled
+
+    def send_event(
+        self, name: str, data: Optional[Mapping[str, Any]] = None, *, timestamp: Optional[float] = None
+    ) -> bool:
+        """Queue an event; False (and nothing sent) before negotiation."""
+        if not self.negotiated:
+            return False
+        self._out.append(event_bytes(name, data, timestamp, pretty=self.pretty))
+        return True
+
+    # -- negotiation mode ---------------------------------------------------
+
+    def _oob_allowed(self) -> bool:
+        return self.oob_enabled
+
+    def _queue_limit(self) -> int:
+        return _QUEUE_OOB if self.oob_enabled else _QUEUE_PLAIN
+
+    def _lookup(self, name: str) -> Optional[CommandInfo]:
+        if name == "qmp_capabilities":
+            return _CAPABILITIES_INFO
+        if not self.negotiated:
+            return None
+        return self.commands.get(name)
+
+    def _fail(self, request_id: Any, desc: str, error_class: str = "GenericError") -> None:
+        if not self.negotiated and error_class == "CommandNotFound":
+            desc = "Expecting capabilities negotiation with 'qmp_capabilities'"
+        self._write_error(request_id, error_class, desc)
+        return None
+
+    def _handle_locally(self, request: Request) -> bool:
+        if request.command != "qmp_capabilities":
+            return False
+        if self.negotiated:
+            self._write_error(
+                request.id, "CommandNotFound", "Capabilities negotiation is already complete, command ignored"
+            )
+            return True
+        wanted = list(request.arguments.get("enable") or ())
+        missing = [cap for cap in wanted if cap not in self.offered]
+        if missing:
+            self._write_error(request.id, "GenericError", f"Capability {', '.join(missing)} not available")
+            return True
+        self.enabled = tuple(dict.fromkeys(wanted))
+        self.negotiated = True
+        self._write_return(request.id, {})
+        return True
+
+    # -- output -------------------------------------------------------------
+
+    def _send(self, message: Any) -> None:
+        self._out.append(encode_qmp(message, pretty=self.pretty))
+
+    def _write_return(self, request_id: Any, value: Any) -> None:
+        if not self.pretty:
+            return super()._write_return(request_id, value)
+        message = {"return": value}
+        if request_id is not NO_ID:
+            message["id"] = request_id
+        self._send(message)
+
+    def _write_error(self, request_id: Any, error_class: str, desc: str) -> None:
+        if not self.pretty:
+            return super()._write_error(request_id, error_class, desc)
+        message: Dict[str, Any] = {"error": {"class": error_class, "desc": desc}}
+        if request_id is not NO_ID:
+            message["id"] = request_id
+        self._send(message)
+
+
+def timestamp_now() -> Dict[str, int]:
+    """QEMU's event timestamp for the current wall-clock time."""
+    now = time.time_ns() // 1000
+    return {"seconds": now // 1_000_000, "microseconds": now % 1_000_000}
+
+
+def event_bytes(
+    name: str,
+    data: Optional[Mapping[str, Any]] = None,
+    timestamp: Optional[float] = None,
+    *,
+    pretty: bool = False,
+) -> bytes:
+    """One event message as a QEMU monitor writes it.
+
+    ``timestamp`` is seconds since the epoch (default: now).  Events without
+    data have no ``data`` member, as in QEMU.
+    """
+    if timestamp is None:
+        stamp = timestamp_now()
+    else:
+        micros = int(round(timestamp * 1_000_000))
+        stamp = {"seconds": micros // 1_000_000, "microseconds": micros % 1_000_000}
+    if pretty:
+        message: Dict[str, Any] = {"event": name, "timestamp": stamp}
+        if data is not None:
+            message["data"] = data
+        return encode_qmp(message, pretty=True)
+    head = b'{"timestamp": {"seconds": %d, "microseconds": %d}, "event": ' % (
+        stamp["seconds"],
+        stamp["microseconds"],
+    )
+    if data is None:
+        return head + to_json(name) + b"}\r\n"
+    return head + to_json(name) + b', "data": ' + to_json(data) + b"}\r\n"

@@ -1,0 +1,574 @@
+"""An embedded QEMU-like QMP server and guest agent, for tests and benchmarks.
+
+It answers like QEMU 7.2 and qemu-ga 7.2 byte for byte (greeting,
+negotiation mode, JSON errors, envelope checks, argument checks, reply
+member order, events with timestamps, ``pretty=on``, 0xFF handling, one
+client at a time per socket), with pluggable command handlers and test
+faults.  One process can simulate a thousand VMs.
+
+One VM on one socket::
+
+    async with serve_vm("/tmp/vm.qmp") as vm:
+        vm.register("my-command", lambda call: {"ok": True})
+        vm.emit_event("MY_EVENT", {"x": 1})
+        vm.delay_command("query-status", 2.0)   # faults for tests
+
+Many VMs (one socket each, optionally with a guest agent socket)::
+
+    async with serve_vms(directory, 1000, agents=True) as vms:
+        vms.qmp_paths, vms.qga_paths, vms[0].emit_event("STOP")
+
+The same in a child process (the fleet benchmark keeps the server off the
+client's CPU): :func:`start_in_subprocess` returns a :class:`ServerProcess`
+whose ``vm(i)`` proxies the hooks.
+
+Building blocks: :class:`SimulatedVM` and :class:`SimulatedGuestAgent` hold
+commands, state and faults; :class:`QMPServer` and :class:`GuestAgentServer`
+serve them on a unix path (mode 0600) or a ``(host, port)`` pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import resource
+from typing import Any, AsyncIterator, List, Optional, Set, Union
+
+from ._qemu_output import to_json
+from ._server_transport import Address, Connection, Listener, bind_socket, _close_fds
+from ._simulated import Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
+from .errors import CommandError
+from .protocol.qga_server import QGAServerProtocol
+from .protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, timestamp_now
+
+__all__ = [
+    "QMPServer",
+    "GuestAgentServer",
+    "SimulatedVM",
+    "SimulatedGuestAgent",
+    "SimulatedVMs",
+    "Call",
+    "Handler",
+    "CommandError",
+    "serve_vm",
+    "serve_vms",
+    "start_in_subprocess",
+    "ServerProcess",
+]
+
+logger = logging.getLogger("qmpcore.server")
+
+_FLOOD_BATCH = 1024
+_CLOSE_TIMEOUT = 1.0
+
+
+class _Session:
+    """One client connection: bytes to the protocol object, requests to
+    the simulator's handlers, answers back (an :class:`asyncio.Protocol`)."""
+
+    def __init__(self, endpoint: "_Endpoint", protocol: ServerProtocolBase) -> None:
+        self.endpoint = endpoint
+        self.target: Simulator = endpoint.target
+        self.protocol = protocol
+        self.transport: Any = None
+        self.closed = False
+        self._fds: List[int] = []
+        self._tasks: Set["asyncio.Future[Any]"] = set()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._lost = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        self._serve()
+
+    def fds_received(self, fds: List[int]) -> None:
+        # As in QEMU's chardev: new descriptors replace unclaimed ones.
+        _close_fds(self._fds)
+        self._fds = fds
+
+    def take_fd(self) -> Optional[int]:
+        if not self._fds:
+            return None
+        fd, rest = self._fds[0], self._fds[1:]
+        _close_fds(rest)
+        self._fds = []
+        return fd
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.closed = True
+        self._writable.set()
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        _close_fds(self._fds)
+        self._fds = []
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self.endpoint._session_gone(self)
+
+    # -- requests -----------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Run every request the protocol has released, then write."""
+        protocol = self.protocol
+        while not self.closed and not self.transport.is_closing():
+            request = protocol.next_event()
+            if request is None:
+                break
+            self._run(request)
+        self._flush()
+        if self.transport is not None and not self.closed:
+            if protocol.reading_paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def _run(self, request: Request, faults: bool = True) -> None:
+        if faults:
+            fault = self.target.take_fault(request.command)
+            if fault is not None:
+                self._apply(fault, request)
+                return
+        call = Call(request.command, request.arguments, request.id, request.oob, self.target, self)
+        try:
+            result = self.target.handler(request.command)(call)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+            self._fail(request, exc)
+            return
+        if inspect.isawaitable(result):
+            self._spawn(self._finish_later(request, call, result))
+        else:
+            self._answer(request, call, result)
+
+    def _apply(self, fault: _Fault, request: Request) -> None:
+        if fault.kind == "delay":
+            self._spawn(self._delayed(request, fault.seconds))
+        elif fault.kind == "drop":
+            partial = b""
+            if fault.mid_frame:
+                frame = self._reply_frame(request)
+                partial = frame[: max(1, len(frame) // 2)]
+            self.drop(partial=partial, reset=fault.reset)
+        # "hang": the request is simply never answered.
+
+    @staticmethod
+    def _reply_frame(request: Request) -> bytes:
+        if request.id is NO_ID:
+            return b'{"return": {}}\r\n'
+        return b'{"return": {}, "id": ' + to_json(request.id) + b"}\r\n"
+
+    async def _delayed(self, request: Request, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if not self.closed:
+            self._run(request, faults=False)
+            self._serve()
+
+    async def _finish_later(self, request: Request, call: Call, awaitable: Any) -> None:
+        try:
+            value = await awaitable
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._fail(request, exc)
+        else:
+            self._answer(request, call, value)
+        self._serve()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _answer(self, request: Request, call: Call, value: Any) -> None:
+        if self.closed:
+            return
+        try:
+            self.protocol.send_return(request, value)
+        except TypeError as exc:  # the handler returned something JSON cannot hold
+            logger.error("bad return value from %s handler: %s", request.command, exc)
+            self.protocol.send_error(request, "GenericError", f"internal error: {exc}")
+        self._flush()
+        if call._after is not None:
+            call._after()
+
+    def _fail(self, request: Request, exc: Exception) -> None:
+        if self.closed:
+            return
+        if isinstance(exc, CommandError):
+            self.protocol.send_error(request, exc.error_class, exc.desc)
+        else:
+            logger.exception("handler for %s failed", request.command, exc_info=exc)
+            self.protocol.send_error(request, "GenericError", str(exc) or type(exc).__name__)
+        self._flush()
+
+    # -- output and hooks ---------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self.protocol.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def send_event(self, name: str, data: Any, stamp: float) -> None:
+        send = getattr(self.protocol, "send_event", None)
+        if send is not None and not self.closed and send(name, data, timestamp=stamp):
+            self._flush()
+
+    def send_raw(self, data: bytes) -> None:
+        if not self.closed:
+            self._flush()
+            self.transport.write(data)
+
+    def drop(self, *, partial: bytes = b"", reset: bool = False) -> None:
+        """Close now; ``partial`` is written first (a frame cut short)."""
+        if self.closed or self.transport is None:
+            return
+        self._flush()
+        if partial:
+            self.transport.write(partial)
+        if reset:
+            self.transport.abort(reset=True)
+        else:
+            self.transport.close()
+
+    def close(self) -> None:
+        """Close once the pending output is written (QEMU exiting)."""
+        if self.transport is not None and not self.closed:
+            self._flush()
+            self.transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._lost
+
+    async def flood(self, count: int, name: str, data: Any) -> int:
+        """Write ``count`` events as fast as the client reads them."""
+        protocol = self.protocol
+        if not isinstance(protocol, QMPServerProtocol) or not protocol.negotiated:
+            return 0
+        sent = 0
+        name_json = to_json(name)
+        tail = None if data is None else b', "data": ' + to_json(data) + b"}\r\n"
+        while sent < count and not self.closed:
+            if not self._writable.is_set():
+                await self._writable.wait()
+                continue
+            batch = min(_FLOOD_BATCH, count - sent)
+            if protocol.pretty:
+                chunk = b"".join(
+                    event_bytes(name, data if data is not None else {"seq": seq}, pretty=True) for seq in range(sent, sent + batch)
+                )
+            else:
+                stamp = timestamp_now()
+                head = b'{"timestamp": {"seconds": %d, "microseconds": %d}, "event": %s' % (
+                    stamp["seconds"],
+                    stamp["microseconds"],
+                    name_json,
+                )
+                if tail is None:
+                    template = head + b', "data": {"seq": %d}}\r\n'
+                    chunk = b"".join([template % seq for seq in range(sent, sent + batch)])
+                else:
+                    chunk = (head + tail) * batch
+            self._flush()
+            self.transport.write(chunk)
+            sent += batch
+            await asyncio.sleep(0)  # let replies and other clients through
+        return sent
+
+
+class _Endpoint:
+    """A listening socket serving one simulator, one client at a time."""
+
+    def __init__(self, target: Simulator, address: Address, *, mode: int = 0o600) -> None:
+        self.target = target
+        self._requested = address
+        self._mode = mode
+        self._listener: Optional[Listener] = None
+        self._session: Optional[_Session] = None
+        self._address: Any = None
+        self.accepted = 0
+        if self not in target.endpoints:
+            target.endpoints.append(self)
+
+    @property
+    def address(self) -> Any:
+        """The unix path, or ``(host, port)`` with the port actually bound."""
+        return self._address if self._address is not None else self._requested
+
+    @property
+    def serving(self) -> bool:
+        return self._listener is not None
+
+    @property
+    def connected(self) -> bool:
+        """True while a client is connected."""
+        return self._session is not None and not self._session.closed
+
+    async def start(self) -> "_Endpoint":
+        """Bind and listen (again, after :meth:`close` or ``quit``)."""
+        if self._listener is None:
+            loop = asyncio.get_running_loop()
+            sock = bind_socket(self._requested, mode=self._mode)
+            self._listener = Listener(loop, sock, self._accept)
+            self._address = self._listener.address
+        return self
+
+    def stop_soon(self) -> None:
+        """Stop listening now; close the client once its output is written."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._session is not None:
+            self._session.close()
+
+    async def close(self) -> None:
+        """Stop listening, disconnect the client and wait until it is gone."""
+        self.stop_soon()
+        session = self._session
+        if session is not None:
+            try:
+                await asyncio.wait_for(session.wait_closed(), _CLOSE_TIMEOUT)
+            except asyncio.TimeoutError:
+                session.drop()
+
+    async def __aenter__(self) -> Any:
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # -- sessions -------------------------------------------------------------
+
+    def _accept(self, sock: Any) -> None:
+        assert self._listener is not None
+        self._listener.pause()  # like QEMU: the next client waits in the backlog
+        self.accepted += 1
+        session = _Session(self, self._new_protocol())
+        self._session = session
+        Connection(asyncio.get_running_loop(), sock, session)
+
+    def _session_gone(self, session: _Session) -> None:
+        if self._session is session:
+            self._session = None
+        if self._listener is not None:
+            self._listener.resume()
+
+    def _new_protocol(self) -> ServerProtocolBase:
+        raise NotImplementedError
+
+    # -- hooks ------------------------------------------------------------------
+
+    def send_event(self, name: str, data: Any, stamp: float) -> None:
+        if self._session is not None:
+            self._session.send_event(name, data, stamp)
+
+    def send_raw(self, data: bytes) -> None:
+        """Write ``data`` verbatim to the connected client, if any."""
+        if self._session is not None:
+            self._session.send_raw(data)
+
+    def drop(self, *, mid_frame: bool = False, reset: bool = False) -> None:
+        """Disconnect the client now (``mid_frame``: after half a frame)."""
+        if self._session is not None:
+            partial = b'{"timestamp": {"seconds": ' if mid_frame else b""
+            self._session.drop(partial=partial, reset=reset)
+
+    def flood(self, count: int, name: str, data: Any) -> Optional["asyncio.Future[int]"]:
+        if self._session is None or self._session.closed:
+            return None
+        return asyncio.ensure_future(self._session.flood(count, name, data))
+
+    async def wait_connected(self, timeout: float = 5.0) -> None:
+        """Wait until a client is connected (for tests)."""
+
+        async def poll() -> None:
+            while not self.connected:
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(poll(), timeout)
+
+
+class QMPServer(_Endpoint):
+    """A QMP monitor socket of a :class:`SimulatedVM`.
+
+    ``pretty`` gives QEMU's ``pretty=on`` output; ``oob`` whether the
+    greeting offers the ``oob`` capability.  Several servers may serve the
+    same VM (QEMU with several monitors): events go to all of them.
+    """
+
+    def __init__(
+        self,
+        vm: SimulatedVM,
+        address: Address,
+        *,
+        pretty: bool = False,
+        oob: bool = True,
+        mode: int = 0o600,
+    ) -> None:
+        super().__init__(vm, address, mode=mode)
+        self.vm = vm
+        self.pretty = pretty
+        self.oob = oob
+
+    def _new_protocol(self) -> ServerProtocolBase:
+        return QMPServerProtocol(
+            self.vm.commands,
+            version=self.vm.version,
+            capabilities=("oob",) if self.oob else (),
+            pretty=self.pretty,
+        )
+
+
+class GuestAgentServer(_Endpoint):
+    """A guest agent socket (``qemu-ga -m unix-listen``) of a
+    :class:`SimulatedGuestAgent`.  Like qemu-ga, one parser serves every
+    client in turn, so a client's unfinished input outlives it."""
+
+    def __init__(self, agent: SimulatedGuestAgent, address: Address, *, mode: int = 0o600) -> None:
+        super().__init__(agent, address, mode=mode)
+        self.agent = agent
+        self._protocol = QGAServerProtocol(agent.commands)
+
+    def _new_protocol(self) -> ServerProtocolBase:
+        self._protocol.connection_made()
+        return self._protocol
+
+
+# -- many VMs -------------------------------------------------------------------
+
+
+class SimulatedVMs(List[SimulatedVM]):
+    """The VMs of :func:`serve_vms`, in order, with their socket paths."""
+
+    @property
+    def qmp_paths(self) -> List[str]:
+        return [vm.endpoints[0].address for vm in self]
+
+    @property
+    def qga_paths(self) -> List[str]:
+        return [vm.agent.endpoints[0].address for vm in self if vm.agent is not None]
+
+
+def _raise_fd_limit(needed: int) -> None:
+    """Make room for ``needed`` more descriptors if the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+async def _start_vms(
+    directory: Union[str, "os.PathLike[str]"],
+    count: int,
+    *,
+    agents: bool = False,
+    prefix: str = "vm",
+    pretty: bool = False,
+    **vm_options: Any,
+) -> SimulatedVMs:
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    _raise_fd_limit(count * (4 if agents else 2))
+    vms = SimulatedVMs()
+    try:
+        for index in range(count):
+            vm = SimulatedVM(f"{prefix}{index}", **vm_options)
+            vms.append(vm)
+            await QMPServer(vm, os.path.join(directory, f"{prefix}{index}.qmp"), pretty=pretty).start()
+            if agents:
+                vm.agent = SimulatedGuestAgent(hostname=f"{prefix}{index}")
+                await GuestAgentServer(vm.agent, os.path.join(directory, f"{prefix}{index}.qga")).start()
+    except BaseException:
+        await _close_vms(vms)
+        raise
+    return vms
+
+
+async def _close_vms(vms: List[SimulatedVM]) -> None:
+    closing = []
+    for vm in vms:
+        targets: List[Simulator] = [vm]
+        if vm.agent is not None:
+            targets.append(vm.agent)
+        for target in targets:
+            closing.extend(endpoint.close() for endpoint in target.endpoints)
+            target.close_fds()
+    await asyncio.gather(*closing, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def serve_vms(
+    directory: Union[str, "os.PathLike[str]"],
+    count: int,
+    *,
+    agents: bool = False,
+    prefix: str = "vm",
+    pretty: bool = False,
+    **vm_options: Any,
+) -> AsyncIterator[SimulatedVMs]:
+    """Serve ``count`` simulated VMs, one QMP socket each, in this process.
+
+    Sockets are ``{directory}/{prefix}{i}.qmp`` (and ``.qga`` for a guest
+    agent per VM when ``agents``); VM ``i`` is named ``{prefix}{i}``.
+    Other keyword arguments go to :class:`SimulatedVM`.
+    """
+    vms = await _start_vms(directory, count, agents=agents, prefix=prefix, pretty=pretty, **vm_options)
+    try:
+        yield vms
+    finally:
+        await _close_vms(vms)
+
+
+@contextlib.asynccontextmanager
+async def serve_vm(
+    address: Address,
+    vm: Optional[SimulatedVM] = None,
+    *,
+    pretty: bool = False,
+    oob: bool = True,
+    **vm_options: Any,
+) -> AsyncIterator[SimulatedVM]:
+    """Serve one simulated VM's QMP monitor on ``address`` (a unix path or
+    ``(host, port)``); yields the :class:`SimulatedVM` (its first
+    endpoint's ``address`` has the bound port for TCP)."""
+    if vm is None:
+        vm = SimulatedVM(**vm_options)
+    server = QMPServer(vm, address, pretty=pretty, oob=oob)
+    await server.start()
+    try:
+        yield vm
+    finally:
+        await server.close()
+        vm.close_fds()
+
+
+def start_in_subprocess(*args: Any, **kwargs: Any) -> "ServerProcess":
+    """Run :func:`serve_vms` in a child process; see :class:`ServerProcess`."""
+    from ._server_process import start_in_subprocess as start
+
+    return start(*args, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ServerProcess":
+        from ._server_process import ServerProcess
+
+        return ServerProcess
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
