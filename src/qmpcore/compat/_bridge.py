@@ -32,6 +32,7 @@ __all__ = [
     "greeting_or_error",
     "connect_error",
     "listen_socket",
+    "split_address",
 ]
 
 #: Largest frame the adapters accept (QEMU's own input limit).
@@ -164,3 +165,16 @@ def listen_socket(address: Union[str, Tuple[str, int]], backlog: int = 1) -> soc
         sock.close()
         raise
     return sock
+
+
+def split_address(address: str, bad_port: type) -> Union[str, Tuple[str, int]]:
+    """``"host:port"`` becomes ``(host, port)``; anything else is a path.
+    A non-numeric port raises ``bad_port`` with qemu.qmp's message."""
+    parts = address.split(":")
+    if len(parts) != 2:
+        return address
+    host, port = parts
+    try:
+        return (host, int(port))
+    except ValueError:
+        raise bad_port(f"Bad port: '{port}' in '{address}'.") from None

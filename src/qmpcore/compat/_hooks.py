@@ -17,7 +17,7 @@ from .. import aio, sync
 from .._address import Address
 from ..protocol.qmp_client import QMPClientProtocol
 
-__all__ = ["adopt_async", "adopt_sync", "unix_socket", "poll_sync"]
+__all__ = ["adopt_async", "adopt_sync", "raw_socket", "unix_socket", "poll_sync"]
 
 
 def _address_of(sock: socket.socket) -> Address:
@@ -69,9 +69,14 @@ def adopt_sync(sock: socket.socket, *, negotiate: bool, oob: bool, timeout: Opti
     return client
 
 
+def raw_socket(client: Any) -> Optional[socket.socket]:
+    """The client's socket (the asyncio client keeps it for unix only)."""
+    return getattr(client, "_sock", None)
+
+
 def unix_socket(client: Any) -> Optional[socket.socket]:
     """The client's socket if it is a unix socket (for SCM_RIGHTS), else None."""
-    sock = getattr(client, "_sock", None)
+    sock = raw_socket(client)
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     return sock

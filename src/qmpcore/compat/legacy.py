@@ -35,6 +35,7 @@ from ._bridge import (
     execute_error,
     greeting_or_error,
     listen_socket,
+    split_address,
 )
 from ._errors import ConnectError, ExecInterruptedError, QMPError
 from ._events import DEFAULT_MAXSIZE
@@ -105,15 +106,11 @@ class QEMUMonitorProtocol:
 
     @classmethod
     def parse_address(cls, address: str) -> SocketAddrT:
-        """``"host:port"`` becomes ``(host, port)``; anything else is a path."""
-        parts = address.split(":")
-        if len(parts) != 2:
-            return address
-        host, port = parts
-        try:
-            return (host, int(port))
-        except ValueError:
-            raise QMPBadPortError(f"Bad port: '{port}' in '{address}'.") from None
+        """``"host:port"`` becomes ``(host, port)``; anything else is a path.
+
+        :raise QMPBadPortError: when the port is not a number.
+        """
+        return split_address(address, QMPBadPortError)
 
     # -- connecting -----------------------------------------------------------
 

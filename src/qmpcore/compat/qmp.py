@@ -1,0 +1,303 @@
+"""Drop-in replacement for the standalone ``qmp.py`` (PyPI ``qmp`` 1.1.0 and
+QEMU's ``python/qemu/qmp.py`` before qemu.qmp).
+
+Change ``import qmp`` to ``from qmpcore.compat import qmp``.  Replies are
+read by JSON structure instead of line by line, commands take the
+:meth:`~QEMUMonitorProtocol.settimeout` time, and a connection stays usable
+after a timeout.
+
+::
+
+    mon = QEMUMonitorProtocol("/run/vm1/qmp.sock")
+    mon.connect()
+    mon.cmd("query-status")        # {"return": {...}}
+    mon.command("query-status")    # {...}, or QMPResponseError
+    mon.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from types import TracebackType
+from typing import Any, Dict, List, Optional, Type, TypeVar, Union
+
+from .. import errors as _core
+from .. import sync
+from ..errors import CommandError, ConnectionLost
+from ..errors import StateError as _CoreStateError
+from ..errors import TimeoutError as _CoreTimeoutError
+from . import _hooks
+from ._bridge import MAX_FRAME_SIZE, RawCommand, listen_socket, split_address
+from ._events import DEFAULT_MAXSIZE
+
+__all__ = [
+    "QEMUMonitorProtocol",
+    "QMPError",
+    "QMPConnectError",
+    "QMPCapabilitiesError",
+    "QMPTimeoutError",
+    "QMPProtocolError",
+    "QMPResponseError",
+    "QMPBadPortError",
+    "QMPMessage",
+    "QMPReturnValue",
+]
+
+#: A whole QMP message of any kind.
+QMPMessage = Dict[str, Any]
+#: The ``return`` value of a command.
+QMPReturnValue = object
+
+_T = TypeVar("_T")
+
+
+class QMPError(_core.QMPError):
+    """Base class of this module's errors."""
+
+
+class QMPConnectError(QMPError):
+    """No usable greeting, or the connection broke while waiting for events."""
+
+
+class QMPCapabilitiesError(QMPError):
+    """``qmp_capabilities`` failed."""
+
+
+class QMPTimeoutError(QMPError):
+    """No event within the time given to :meth:`~QEMUMonitorProtocol.pull_event`."""
+
+
+class QMPProtocolError(QMPError):
+    """A reply with neither ``return`` nor ``error``."""
+
+
+class QMPResponseError(QMPError):
+    """:meth:`~QEMUMonitorProtocol.command` got an error reply (``reply``);
+    ``str()`` is its ``desc``."""
+
+    def __init__(self, reply: QMPMessage) -> None:
+        try:
+            desc = reply["error"]["desc"]
+        except (KeyError, TypeError):
+            desc = reply
+        super().__init__(desc)
+        self.reply = reply
+
+
+class QMPBadPortError(QMPError):
+    """:meth:`~QEMUMonitorProtocol.parse_address` found a non-numeric port."""
+
+
+class QEMUMonitorProtocol:
+    """A blocking QMP connection with the old ``qmp.py`` interface.
+
+    :param address: unix socket path or ``(host, port)``.
+    :param server: listen on ``address`` now; :meth:`accept` waits for QEMU.
+    :param nickname: name used in log messages.
+    """
+
+    #: Logger for this class (``nickname`` makes a child).
+    logger = logging.getLogger("QMP")
+
+    def __init__(self, address: Any, server: bool = False, nickname: Optional[str] = None) -> None:
+        self._events: List[QMPMessage] = []
+        self._address = address
+        self._timeout: Optional[float] = None
+        self._client: Optional[sync.SyncQMPClient] = None
+        self._listener: Optional[socket.socket] = None
+        self._nickname = nickname
+        if nickname:
+            self.logger = logging.getLogger("QMP").getChild(nickname)
+        if server:
+            self._listener = listen_socket(address)
+
+    def __enter__(self: _T) -> _T:
+        return self
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc_value: Optional[BaseException],
+                 exc_traceback: Optional[TracebackType]) -> bool:
+        self.close()
+        return False
+
+    @classmethod
+    def parse_address(cls, address: str) -> Any:
+        """``"host:port"`` becomes ``(host, port)``; anything else is a path.
+
+        :raise QMPBadPortError: when the port is not a number.
+        """
+        return split_address(address, QMPBadPortError)
+
+    # -- connecting -----------------------------------------------------------
+
+    def connect(self, negotiate: bool = True) -> Optional[QMPMessage]:
+        """Connect and read the greeting; with ``negotiate``, also run
+        ``qmp_capabilities`` and return the greeting.
+
+        :raise OSError: when the socket cannot connect.
+        :raise QMPConnectError: when no greeting comes.
+        :raise QMPCapabilitiesError: when negotiation fails.
+        """
+        try:
+            client = sync.connect_sync(self._address, negotiate=False, timeout=self._connect_timeout(),
+                                       max_frame_size=MAX_FRAME_SIZE, event_queue=DEFAULT_MAXSIZE)
+        except (_core.ProtocolError, ConnectionLost) as exc:
+            raise QMPConnectError(str(exc)) from exc
+        return self._start(client, negotiate)
+
+    def accept(self, timeout: Optional[float] = 15.0) -> Optional[QMPMessage]:
+        """Wait up to ``timeout`` seconds (None: forever) for QEMU to connect
+        to the listening socket, then negotiate.
+
+        :raise TimeoutError: (``socket.timeout``) when nobody connects in time.
+        """
+        listener = self._listener
+        if listener is None:
+            raise QMPConnectError("accept() needs a QEMUMonitorProtocol made with server=True")
+        listener.settimeout(timeout)
+        sock, _ = listener.accept()
+        self._listener = None
+        listener.close()
+        try:
+            client = _hooks.adopt_sync(sock, negotiate=False, oob=False, timeout=self._connect_timeout(),
+                                       max_frame_size=MAX_FRAME_SIZE, event_queue=DEFAULT_MAXSIZE)
+        except (_core.ProtocolError, ConnectionLost) as exc:
+            raise QMPConnectError(str(exc)) from exc
+        return self._start(client, True)
+
+    def _connect_timeout(self) -> Optional[float]:
+        return self._timeout if self._timeout is not None else sync.CONNECT_TIMEOUT
+
+    def _start(self, client: sync.SyncQMPClient, negotiate: bool) -> Optional[QMPMessage]:
+        self._client = client
+        if not negotiate:
+            return None
+        try:
+            client.negotiate(timeout=self._timeout)
+        except (CommandError, ConnectionLost) as exc:
+            raise QMPCapabilitiesError(str(exc)) from exc
+        return client.greeting
+
+    # -- commands -------------------------------------------------------------
+
+    def cmd_obj(self, qmp_cmd: QMPMessage) -> Optional[QMPMessage]:
+        """Send a whole command message; return the whole reply, or None if
+        the connection is gone.  Any JSON value may serve as ``id``."""
+        client = self._connected()
+        raw = RawCommand(qmp_cmd, check_id=False)
+        self.logger.debug(">>> %s", qmp_cmd)
+        try:
+            if raw.oob:
+                value = client.execute_oob(raw.command, raw.arguments, timeout=self._timeout)
+            else:
+                value = client.execute(raw.command, raw.arguments, timeout=self._timeout)
+            resp = raw.reply(value)
+        except CommandError as err:
+            resp = raw.reply(error=err)
+        except (ConnectionLost, _CoreStateError):
+            return None
+        self.logger.debug("<<< %s", resp)
+        return resp
+
+    def cmd(self, name: str, args: Optional[Dict[str, Any]] = None, cmd_id: Any = None) -> Optional[QMPMessage]:
+        """:meth:`cmd_obj` for command ``name`` with ``args`` and ``cmd_id``
+        (each only if given)."""
+        qmp_cmd: QMPMessage = {"execute": name}
+        if args:
+            qmp_cmd["arguments"] = args
+        if cmd_id:
+            qmp_cmd["id"] = cmd_id
+        return self.cmd_obj(qmp_cmd)
+
+    def command(self, cmd: str, **kwds: Any) -> QMPReturnValue:
+        """Run ``cmd`` with ``kwds`` as arguments; return its value.
+
+        :raise QMPResponseError: for an error reply.
+        """
+        ret = self.cmd(cmd, kwds)
+        if ret is None:
+            raise QMPConnectError("Unexpected empty reply from server")
+        if "error" in ret:
+            raise QMPResponseError(ret)
+        if "return" not in ret:
+            raise QMPProtocolError(f"'return' key not found in QMP response '{ret}'")
+        return ret["return"]
+
+    # -- events ---------------------------------------------------------------
+
+    def _get_events(self, wait: Union[bool, float] = False) -> None:
+        """Move received events into the cache; wait for one if asked."""
+        client = self._client
+        if client is None:
+            return
+        _hooks.poll_sync(client)
+        while True:
+            try:
+                self._events.append(client.pull_event(0).raw)
+            except (_CoreTimeoutError, ConnectionLost):
+                break
+        if len(self._events) > DEFAULT_MAXSIZE:
+            del self._events[:-DEFAULT_MAXSIZE]  # bounded, oldest dropped
+        if self._events or not wait:
+            return
+        timeout = None if wait is True else float(wait)
+        try:
+            self._events.append(client.pull_event(timeout).raw)
+        except _CoreTimeoutError:
+            raise QMPTimeoutError("Timeout waiting for event") from None
+        except ConnectionLost as exc:
+            raise QMPConnectError("Error while reading from socket") from exc
+
+    def pull_event(self, wait: Union[bool, float] = False) -> Optional[QMPMessage]:
+        """The oldest event not yet pulled, or None.
+
+        :param wait: False: do not wait; True: wait as long as it takes; a
+            number: wait up to that many seconds.
+        :raise QMPTimeoutError: when a timed wait runs out.
+        :raise QMPConnectError: when the connection ends while waiting.
+        """
+        self._get_events(wait)
+        return self._events.pop(0) if self._events else None
+
+    def get_events(self, wait: Union[bool, float] = False) -> List[QMPMessage]:
+        """The list of events received so far (the cache itself: it is not
+        emptied; see :meth:`clear_events`)."""
+        self._get_events(wait)
+        return self._events
+
+    def clear_events(self) -> None:
+        """Forget every event received so far."""
+        self._get_events()
+        self._events = []
+
+    # -- the socket -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection (and the listening socket)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        if self._client is not None:
+            self._client.close()
+
+    def settimeout(self, timeout: Optional[float]) -> None:
+        """Timeout of each command and of connecting (seconds, None for none)."""
+        self._timeout = timeout
+
+    def get_sock_fd(self) -> int:
+        """The socket's file descriptor (-1 before connecting)."""
+        if self._client is not None:
+            sock = _hooks.raw_socket(self._client)
+            return sock.fileno()
+        return self._listener.fileno() if self._listener is not None else -1
+
+    def is_scm_available(self) -> bool:
+        """True when file descriptors can be passed (a unix socket)."""
+        if self._client is not None:
+            return self._client.address.is_unix
+        return not isinstance(self._address, tuple)
+
+    def _connected(self) -> sync.SyncQMPClient:
+        if self._client is None:
+            raise QMPConnectError("not connected: call connect() or accept() first")
+        return self._client
