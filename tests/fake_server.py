@@ -129,8 +129,9 @@ class Peer:
 class FakeServer:
     """Accepts one client and runs ``script(peer)`` in a thread.
 
-    Use as a context manager: leaving it joins the thread (with a timeout)
-    and re-raises any assertion the script made.
+    Use as a context manager (``async with`` under asyncio, so the loop
+    keeps running): leaving it joins the thread (with a timeout) and
+    re-raises any assertion the script made.
     """
 
     def __init__(self, directory: Any, script: Callable[[Peer], None], tcp: bool = False) -> None:
@@ -170,6 +171,16 @@ class FakeServer:
     def __enter__(self) -> "FakeServer":
         self.thread.start()
         return self
+
+    async def __aenter__(self) -> "FakeServer":
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        """Join without blocking the event loop (the client may still need it)."""
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join, IO_TIMEOUT * 2)
+        self.__exit__(*exc_info)
 
     def __exit__(self, *exc_info: Any) -> None:
         self.thread.join(IO_TIMEOUT * 2)

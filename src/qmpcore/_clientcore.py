@@ -77,7 +77,8 @@ class ClientCore:
             "late_replies": proto.late_replies,
             "events_received": router.received,
             "events_dropped": router.dropped,
-            "events_queued": len(router.unclaimed),
+            "events_queued": len(router.backlog),
+            "backlog_dropped": router.backlog.dropped,
             "protocol_errors": self._protocol_errors,
         }
 

@@ -1,10 +1,7 @@
 """Bounded event queues with an explicit overflow policy, and their router.
 
-Shared by the asyncio and blocking clients; nothing here does I/O.  Every
-event goes to each subscription whose filter accepts it; an event no
-subscription claimed waits in the *unclaimed* queue, where
-``wait_event``/``pull_event`` and new subscriptions find it later (so an
-event that arrived before a command's reply is not lost).
+Shared by the asyncio and blocking clients; nothing here does I/O.  See
+:class:`EventRouter` for who gets which event.
 
 Overflow policies, for a consumer that falls behind:
 
@@ -175,19 +172,6 @@ class EventQueue:
                 return ev
         return None
 
-    def take_all(self, accepts: Optional[Callable[[Event], bool]]) -> List[Event]:
-        """Remove and return every queued event ``accepts`` takes, in order."""
-        if accepts is None:
-            taken = list(self._items)
-            self._items.clear()
-            return taken
-        kept: Deque[Event] = deque()
-        taken = []
-        for ev in self._items:
-            (taken if accepts(ev) else kept).append(ev)
-        self._items = kept
-        return taken
-
     def close(self, error: Optional[BaseException] = None) -> None:
         """No more events will come; ``error`` is raised once drained."""
         self._closed = True
@@ -196,12 +180,21 @@ class EventQueue:
 
 
 class EventRouter:
-    """Delivers each event to the subscriptions that want it."""
+    """Delivers each event to the subscriptions and waiters that want it.
 
-    def __init__(self, unclaimed_maxsize: int = 1000) -> None:
-        #: Events no subscription claimed (always drop-oldest).
-        self.unclaimed = EventQueue(None, unclaimed_maxsize)
+    Subscriptions (``events()``) each get a copy of every event they
+    accept, from the moment they subscribe.  One-shot waiters
+    (``wait_event``) take the first event they accept; an event no waiter
+    took goes to the *backlog*, a bounded drop-oldest queue that
+    ``wait_event`` searches first and ``pull_event`` pops, so an event that
+    arrived before a command's reply is still found after it.
+    """
+
+    def __init__(self, backlog_maxsize: int = 1000) -> None:
+        #: Recent events no waiter took (oldest dropped first).
+        self.backlog = EventQueue(None, backlog_maxsize)
         self._subs: List[EventQueue] = []
+        self._waiters: List[EventQueue] = []
         self._dropped_gone = 0
         self._error: Optional[BaseException] = None
         self._closed = False
@@ -210,8 +203,8 @@ class EventRouter:
 
     @property
     def dropped(self) -> int:
-        """Events dropped by every queue, past and present."""
-        return self._dropped_gone + self.unclaimed.dropped + sum(q.dropped for q in self._subs)
+        """Events subscriptions dropped because their consumer fell behind."""
+        return self._dropped_gone + sum(q.dropped for q in self._subs)
 
     @property
     def blocked(self) -> bool:
@@ -221,31 +214,34 @@ class EventRouter:
                 return True
         return False
 
-    def subscribe(
-        self,
-        accepts: Optional[Callable[[Event], bool]],
-        maxsize: int,
-        policy: str = DROP_OLDEST,
-        once: bool = False,
-    ) -> EventQueue:
-        """A new queue; matching unclaimed events move into it first."""
-        q = EventQueue(accepts, maxsize, policy, once)
-        if once:
-            ev = self.unclaimed.take(accepts)
-            if ev is not None:
-                q.put(ev)
-                q.close()
-                return q
-        else:
-            for ev in self.unclaimed.take_all(accepts):
-                q.put(ev)
+    def subscribe(self, accepts: Optional[Callable[[Event], bool]], maxsize: int, policy: str = DROP_OLDEST) -> EventQueue:
+        """A new queue receiving every event ``accepts`` takes from now on."""
+        q = EventQueue(accepts, maxsize, policy)
         if self._closed:
             q.close(self._error)
         else:
             self._subs.append(q)
         return q
 
+    def wait_for(self, accepts: Optional[Callable[[Event], bool]]) -> EventQueue:
+        """A one-shot queue for the oldest backlog event ``accepts`` takes, or the next one."""
+        q = EventQueue(accepts, 1, once=True)
+        ev = self.backlog.take(accepts)
+        if ev is not None:
+            q.put(ev)
+            q.close()
+        elif self._closed:
+            q.close(self._error)
+        else:
+            self._waiters.append(q)
+        return q
+
     def unsubscribe(self, q: EventQueue) -> None:
+        """Stop delivering to ``q`` (a subscription or a waiter)."""
+        if q.once:
+            if q in self._waiters:
+                self._waiters.remove(q)
+            return
         try:
             self._subs.remove(q)
         except ValueError:
@@ -254,28 +250,28 @@ class EventRouter:
 
     def deliver(self, ev: Event) -> None:
         self.received += 1
-        claimed = False
-        subs = self._subs
-        if subs:
-            finished = None
-            for q in subs:
-                accepts = q.accepts
-                if accepts is None or accepts(ev):
-                    claimed = True
+        for q in self._subs:
+            accepts = q.accepts
+            if accepts is None or accepts(ev):
+                q.put(ev)
+        waiters = self._waiters
+        if waiters:
+            taken = [q for q in waiters if q.accepts is None or q.accepts(ev)]
+            if taken:
+                for q in taken:
+                    waiters.remove(q)
                     q.put(ev)
-                    if q.once:
-                        finished = [q] if finished is None else finished + [q]
-            if finished is not None:  # one-shot waiters are served
-                for q in finished:
-                    self.unsubscribe(q)
                     q.close()
-        if not claimed:
-            self.unclaimed.put(ev)
+                return
+        self.backlog.put(ev)
 
     def close(self, error: Optional[BaseException] = None) -> None:
         """The connection ended: every queue ends once drained."""
         self._closed = True
         self._error = error
-        self.unclaimed.close(error)
+        self.backlog.close(error)
         for q in self._subs:
             q.close(error)
+        for q in self._waiters:
+            q.close(error)
+        self._waiters.clear()

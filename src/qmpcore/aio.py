@@ -295,8 +295,8 @@ class _AsyncClient(ClientCore):
     ) -> "EventStream":
         """Subscribe to events (all of them if no names are given).
 
-        The subscription starts now: events already received and not yet
-        claimed by anyone come first.  ``maxsize`` bounds the queue
+        The subscription gets every matching event from now on (each
+        subscription its own copy).  ``maxsize`` bounds the queue
         (default: the client's ``event_queue``); ``policy`` says what
         happens when the consumer falls behind: ``"drop_oldest"`` (counted
         in ``dropped``), ``"block"`` (stop reading the socket until it
@@ -317,11 +317,12 @@ class _AsyncClient(ClientCore):
         """Wait for one event called ``name`` (any if None) matching ``match``.
 
         ``match`` is a dict of ``data`` members that must be equal, or a
-        callable taking the :class:`Event`.  An unclaimed event that already
-        arrived counts (so ``STOP`` is found after ``execute("stop")``).
+        callable taking the :class:`Event`.  The oldest matching event in the
+        backlog (events no earlier wait took) counts, so ``STOP`` is found
+        after ``execute("stop")`` returned; the event is consumed.
         """
         accepts = make_filter(() if name is None else (name,), match)
-        queue = self._router.subscribe(accepts, 1, once=True)
+        queue = self._router.wait_for(accepts)
         try:
             return await EventStream(self, queue).get(timeout, _what=f"no {name or 'event'}")
         finally:
@@ -515,8 +516,9 @@ async def connect(
     ``timeout`` bounds the whole handshake; ``negotiate=False`` stays in
     negotiation mode (call :meth:`QMPClient.negotiate` later); ``oob=True``
     enables out-of-band execution when the server offers it.
-    ``event_queue`` is the size of the queue of events nobody subscribed
-    to (oldest dropped first; 0 keeps none).
+    ``event_queue`` is the size of the backlog :meth:`QMPClient.wait_event`
+    searches (oldest dropped first; 0 keeps none) and the default size of
+    each :meth:`QMPClient.events` subscription.
     """
     proto = QMPClientProtocol(max_frame_size=max_frame_size)
     client = QMPClient(proto, parse_address(address), event_queue, command_timeout)

@@ -267,12 +267,12 @@ class _SyncClient(ClientCore):
                     self._cond.notify_all()  # the reader may go on
 
     def pull_event(self, timeout: Optional[float] = None) -> Event:
-        """The oldest event no subscription claimed, waiting up to ``timeout`` s.
+        """The oldest event in the backlog, waiting up to ``timeout`` s.
 
         Raises :class:`~qmpcore.TimeoutError` when none comes in time and
         :class:`~qmpcore.ConnectionLost` when none can come any more.
         """
-        ev = self._next_event(self._router.unclaimed, timeout, "no event")
+        ev = self._next_event(self._router.backlog, timeout, "no event")
         if ev is None:
             raise self.connection_error or ConnectionLost("the connection was closed")
         return ev
@@ -281,10 +281,11 @@ class _SyncClient(ClientCore):
         """Wait for one event called ``name`` (any if None) matching ``match``.
 
         ``match`` is a dict of ``data`` members that must be equal, or a
-        callable taking the :class:`Event`.  An unclaimed event that already
-        arrived counts.
+        callable taking the :class:`Event`.  The oldest matching event in the
+        backlog counts (and is consumed), as for the asyncio client.
         """
-        queue = self._router.subscribe(make_filter(() if name is None else (name,), match), 1, once=True)
+        with self._cond:
+            queue = self._router.wait_for(make_filter(() if name is None else (name,), match))
         try:
             ev = self._next_event(queue, timeout, f"no {name or 'event'}")
         finally:
@@ -304,7 +305,7 @@ class _SyncClient(ClientCore):
     ) -> Iterator[Event]:
         """Subscribe to events (all if no names given); iterate over them.
 
-        The subscription starts now, with matching unclaimed events first.
+        The subscription gets every matching event from now on.
         ``maxsize`` and ``policy`` as for the asyncio client; ``timeout``
         bounds each wait (:class:`~qmpcore.TimeoutError`).  Iteration ends
         when the connection closes cleanly, raises ConnectionLost when it
