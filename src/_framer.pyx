@@ -407,7 +407,7 @@ cdef class Framer:
                     self._state = ZERO
                 elif _is_digit(c):
                     self._state = DIGITS
-                elif CLASS[c] == C_LOWER:
+                elif CLASS[c] == C_LOWER and not self.strict:  # QEMU's -inf, -nan
                     self._state = KEYWORD
                 else:
                     self._error(pos, out)

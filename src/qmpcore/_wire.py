@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
@@ -43,7 +42,14 @@ _dumps = orjson.dumps
 _CRLF = b"\r\n"
 # orjson turns integers outside [-2**63, 2**64) into floats; any run of 19
 # digits might be one, so such frames take the exact path.
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_DIGITS_ONLY = bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
+_NINETEEN = b"0" * 19
+
+
+def long_digits(frame: Any) -> bool:
+    """True if ``frame`` holds a run of 19 or more digits."""
+    return _NINETEEN in bytes(frame).translate(_DIGITS_ONLY)
+
 
 
 def encode(obj: Any) -> bytes:
@@ -89,7 +95,7 @@ def decode_frame(frame: Any, strict: bool = False, hint_slow: bool = False) -> A
             value = _loads(frame)
         except orjson.JSONDecodeError:
             return parse(bytes(frame), strict)
-    if _LONG_DIGITS.search(frame):
+    if long_digits(frame):
         return parse(bytes(frame), strict)
     if strict:
         frame = bytes(frame)

@@ -1,0 +1,31 @@
+"""Type stub for the compiled framer ``qmpcore._framer`` (see ``_framer_py``)."""
+
+from typing import Any, List, Union
+
+_Bytes = Union[bytes, bytearray, memoryview]
+
+class Framer:
+    """Split a byte stream into QMP frames and decode them (compiled)."""
+
+    max_frame_size: int
+    max_depth: int
+    max_tokens: int
+    raw: bool
+    strict: bool
+    def __init__(
+        self,
+        max_frame_size: int = ...,
+        max_depth: int = ...,
+        *,
+        max_tokens: int = ...,
+        raw: bool = ...,
+        strict: bool = ...,
+    ) -> None: ...
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an unfinished frame."""
+    def reset(self) -> None:
+        """Forget any partial frame and start afresh."""
+    def feed(self, data: _Bytes) -> List[Any]:
+        """Add bytes from the stream; return the items they complete:
+        decoded values, ``SYNC``, or ``FrameError`` instances."""
