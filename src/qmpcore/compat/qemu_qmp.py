@@ -56,7 +56,7 @@ from ._errors import (
 )
 from ._events import EventFilter, EventListener, EventNames, Events
 from ._message import Message
-from ._models import Greeting
+from ._models import ErrorInfo, ErrorResponse, Greeting, QMPGreeting
 from ._state import InternetAddrT, Runstate, SocketAddrT, UnixAddrT, check_state
 
 __all__ = (
@@ -81,6 +81,9 @@ __all__ = (
     "ServerParseError",
     "BadReplyError",
     "Greeting",
+    "QMPGreeting",
+    "ErrorResponse",
+    "ErrorInfo",
     "EventNames",
     "EventFilter",
     "InternetAddrT",
