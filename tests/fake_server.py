@@ -141,6 +141,8 @@ class FakeServer:
             self.address: Any = self.listener.getsockname()
         else:
             path = os.path.join(str(directory), "fake.sock")
+            if os.path.exists(path):
+                os.unlink(path)
             self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.listener.bind(path)
             self.address = path

@@ -143,9 +143,24 @@ class Launcher:
         self.processes.append(proc)
         return proc
 
-    def qemu(self, pretty: bool = False) -> Process:
+    def qemu(self, pretty: bool = False, extra: Optional[List[str]] = None) -> Process:
         require(QEMU)
-        return self._new(lambda p: qemu_argv(p, pretty), "qmp")
+        return self._new(lambda p: qemu_argv(p, pretty) + list(extra or ()), "qmp")
+
+    def qemu_with_agent_channel(self, channel: pathlib.Path) -> Process:
+        """A paused q35 VM (no guest) whose virtio-serial agent port is ``channel``.
+
+        (The later ``-M q35`` overrides ``-M none``.)
+        """
+        vm = self.qemu(extra=[
+            "-M", "q35", "-m", "64", "-S",
+            "-chardev", f"socket,id=qga0,path={channel},server=on,wait=off",
+            "-device", "virtio-serial",
+            "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ])
+        assert vm.proc is not None
+        _wait_for_socket(channel, vm.proc, vm.log)
+        return vm
 
     def qga(self) -> Process:
         require(QEMU_GA)

@@ -1,0 +1,419 @@
+"""The blocking clients against scripted fake servers, from plain threads."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import qmpcore
+from qmpcore import sync
+from fake_server import FakeServer, Peer, event_frame
+
+WAIT = 10.0
+
+
+def serve_plain(peer: Peer) -> None:
+    peer.handshake()
+    peer.serve()
+
+
+def test_execute_and_attributes(tmp_path):
+    with FakeServer(tmp_path, serve_plain) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            assert isinstance(qmp, qmpcore.SyncQMPClient)
+            assert qmp.version == (7, 2, 22, "fake") and qmp.capabilities == ("oob",)
+            assert qmp.execute("query-status") == {}
+            assert qmp.execute("echo", {"x": [1, 2]}) == {"echo": {"x": [1, 2]}}
+        assert qmp.closed and qmp.connection_error is None
+        with pytest.raises(qmpcore.StateError):
+            qmp.execute("after")
+        qmp.close()  # idempotent
+
+
+def test_tcp(tmp_path):
+    with FakeServer(tmp_path, serve_plain, tcp=True) as server:
+        with qmpcore.connect_sync(tuple(server.address)) as qmp:
+            assert qmp.execute("x") == {}
+            with pytest.raises(qmpcore.StateError):
+                qmp.send_fd(0)
+            assert qmp.execute("y") == {}
+
+
+def test_oob(tmp_path):
+    def script(peer: Peer) -> None:
+        assert peer.handshake()["arguments"] == {"enable": ["oob"]}
+        cmd = peer.recv_command()
+        assert cmd["exec-oob"] == "query-yank"
+        peer.reply(cmd, ["y"])
+        peer.serve()
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address, oob=True) as qmp:
+            assert qmp.oob and qmp.execute_oob("query-yank") == ["y"]
+    with FakeServer(tmp_path, serve_plain) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            with pytest.raises(qmpcore.StateError):
+                qmp.execute_oob("query-yank")
+
+
+def test_negotiation_mode(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.greet()
+        cmd = peer.recv_command()
+        peer.error(cmd, "CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'")
+        peer.reply(peer.recv_command())
+        peer.serve()
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address, negotiate=False) as qmp:
+            with pytest.raises(qmpcore.CommandError) as info:
+                qmp.execute("stop")
+            assert info.value.error_class == "CommandNotFound" and info.value.command == "stop"
+            qmp.negotiate()
+            assert qmp.execute("stop") == {}
+
+
+def test_no_greeting_times_out(tmp_path):
+    with FakeServer(tmp_path, lambda peer: peer.recv()) as server:
+        with pytest.raises(qmpcore.TimeoutError, match="not ready"):
+            qmpcore.connect_sync(server.address, timeout=0.3)
+
+
+def test_garbage_instead_of_greeting(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.send(b"SSH-2.0-OpenSSH\r\n")
+        peer.recv()
+
+    with FakeServer(tmp_path, script) as server:
+        with pytest.raises(qmpcore.ProtocolError, match="greeting"):
+            qmpcore.connect_sync(server.address, timeout=WAIT)
+
+
+def test_missing_socket(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        qmpcore.connect_sync(tmp_path / "none.sock")
+
+
+def test_threads_share_one_client(tmp_path):
+    """Replies reach the right thread, whichever thread read them."""
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+
+        def answer(peer: Peer, cmd: dict) -> bool:
+            peer.reply(cmd, cmd["arguments"])
+            return True
+
+        peer.serve(answer)
+
+    results = {}
+
+    def worker(n: int) -> None:
+        results[n] = [qmp.execute("echo", {"t": n, "i": i}) for i in range(50)]
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(WAIT * 3)
+            assert not any(t.is_alive() for t in threads)
+    assert results == {n: [{"t": n, "i": i} for i in range(50)] for n in range(6)}
+
+
+def test_timeout_then_late_reply_is_dropped(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        slow = peer.recv_command()
+        fast = peer.recv_command()
+        peer.reply(slow, "late")
+        peer.reply(fast, "fast")
+        peer.serve()
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            with pytest.raises(qmpcore.TimeoutError):
+                qmp.execute("slow", timeout=0.2)
+            assert qmp.execute("fast", timeout=WAIT) == "fast"
+            assert qmp.counters["late_replies"] == 1 and qmp.counters["timeouts"] == 1
+
+
+def test_events(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.send(event_frame("STOP") + event_frame("JOB", {"id": "a"}) + event_frame("JOB", {"id": "b"}))
+        peer.reply(cmd)
+        cmd = peer.recv_command()
+        peer.send(event_frame("RESUME"))
+        peer.reply(cmd)
+        peer.serve()
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            stream = qmp.events("JOB", "RESUME", timeout=WAIT)
+            qmp.execute("stop")
+            assert qmp.wait_event("JOB", match={"id": "b"}, timeout=WAIT).data == {"id": "b"}
+            assert qmp.pull_event(timeout=WAIT).name == "STOP"
+            assert qmp.pull_event(timeout=WAIT).data == {"id": "a"}
+            with pytest.raises(qmpcore.TimeoutError):
+                qmp.pull_event(timeout=0.05)
+            with pytest.raises(qmpcore.TimeoutError):
+                qmp.wait_event("SHUTDOWN", timeout=0.05)
+            qmp.execute("cont")
+            assert [next(stream).name for _ in range(3)] == ["JOB", "JOB", "RESUME"]
+            stream.close()
+            assert qmp.counters["events_received"] == 4
+
+
+def test_event_waits_read_the_socket_themselves(tmp_path):
+    """With no command running, waiting for an event reads what arrives."""
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.reply(cmd)
+        peer.send(event_frame("LATER"))
+        peer.serve()
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            qmp.execute("go")
+            assert qmp.wait_event("LATER", timeout=WAIT).name == "LATER"
+
+
+def test_event_flood_is_bounded(tmp_path):
+    total = 200_000
+    frame = event_frame("E", {"n": 1})
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        for _ in range(total // 10_000):
+            peer.send(frame * 10_000)
+        peer.reply(cmd)
+        peer.serve()
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address, event_queue=100) as qmp:
+            stream = qmp.events(maxsize=10)
+            qmp.execute("flood", timeout=60)
+            counters = qmp.counters
+            assert counters["events_received"] == total
+            assert counters["events_dropped"] == total - 10 and counters["events_queued"] == 100
+            assert next(stream).data == {"n": 1}
+
+
+def test_block_policy_with_a_consumer_thread(tmp_path):
+    total = 3000
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(total)))
+        peer.reply(cmd)
+        peer.serve()
+
+    seen = []
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            stream = qmp.events(maxsize=5, policy="block", timeout=WAIT)
+
+            def consume() -> None:
+                for ev in stream:
+                    seen.append(ev.data["n"])
+                    if len(seen) == total:
+                        return
+
+            consumer = threading.Thread(target=consume)
+            consumer.start()
+            assert qmp.execute("flood", timeout=WAIT * 3) == {}
+            consumer.join(WAIT)
+            assert not consumer.is_alive()
+    assert seen == list(range(total))
+
+
+def test_raise_policy(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(25)))
+        peer.reply(cmd)
+        peer.serve()
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            stream = qmp.events(maxsize=5, policy="raise")
+            qmp.execute("flood")
+            with pytest.raises(sync.EventOverflow) as info:
+                next(stream)
+            assert info.value.dropped == 20
+
+
+def test_garbage_and_unknown_id_are_reported(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.send(b'garbage\r\n{"return": 1, "id": 999}\r\n')
+        peer.reply(cmd, "ok")
+        peer.serve()
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            assert qmp.execute("x", timeout=WAIT) == "ok"
+            assert qmp.counters["protocol_errors"] == 2
+            assert "unknown id 999" in str(qmp.last_protocol_error)
+
+
+def test_close_mid_frame(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.recv_command()
+        peer.send(b'{"return": {"sta')
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            with pytest.raises(qmpcore.ConnectionLost, match="middle of a frame"):
+                qmp.execute("x", timeout=WAIT)
+            with pytest.raises(qmpcore.ConnectionLost):
+                qmp.pull_event(timeout=WAIT)
+            assert qmp.closed and qmp.connection_error is not None
+
+
+def test_connection_loss_fails_waiters_in_every_thread(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        for _ in range(3):
+            peer.recv_command()
+        peer.reset()
+
+    errors = []
+
+    def worker() -> None:
+        try:
+            qmp.execute("x", timeout=WAIT)
+        except qmpcore.ConnectionLost as exc:
+            errors.append(exc)
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            threads = [threading.Thread(target=worker) for _ in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(WAIT)
+    assert len(errors) == 3
+
+
+def test_quit_then_reset_is_clean(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.send(event_frame("SHUTDOWN", {"guest": False, "reason": "host-qmp-quit"}))
+        peer.reply(cmd)
+        peer.reset()
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            assert qmp.execute("quit", timeout=WAIT) == {}
+            assert qmp.pull_event(timeout=WAIT).name == "SHUTDOWN"
+            with pytest.raises(qmpcore.ConnectionLost):
+                qmp.pull_event(timeout=WAIT)  # nothing more can come
+            assert qmp.closed and qmp.connection_error is None
+            assert list(qmp.events()) == []
+
+
+def test_close_from_another_thread_wakes_a_reader(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.recv_command()
+        peer.recv()
+
+    outcome = []
+    with FakeServer(tmp_path, script) as server:
+        qmp = qmpcore.connect_sync(server.address)
+
+        def worker() -> None:
+            try:
+                qmp.execute("never", timeout=WAIT * 2)
+            except qmpcore.QMPError as exc:
+                outcome.append(exc)
+
+        t = threading.Thread(target=worker)
+        t.start()
+        while not qmp.counters["in_flight"]:
+            threading.Event().wait(0.01)
+        qmp.close()
+        t.join(WAIT)
+        assert not t.is_alive()
+    assert isinstance(outcome[0], qmpcore.ConnectionLost)
+
+
+def test_fd_passing(tmp_path):
+    got = []
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        got.append(len(peer.fds))
+        peer.reply(cmd)
+        cmd = peer.recv_command()
+        got.append(len(peer.fds))
+        peer.reply(cmd)
+        for fd in peer.fds:
+            os.close(fd)
+        peer.serve()
+
+    r, w = os.pipe()
+    try:
+        with FakeServer(tmp_path, script) as server:
+            with qmpcore.connect_sync(server.address) as qmp:
+                qmp.send_fd(r)
+                qmp.execute("getfd", {"fdname": "r"})
+                qmp.execute("add-fd", fds=[w])
+    finally:
+        os.close(r)
+        os.close(w)
+    assert got == [1, 2]
+
+
+# -- guest agent ------------------------------------------------------------------
+
+
+def qga_script(peer: Peer) -> None:
+    """A minimal qemu-ga: answers the resync as qemu-ga 7.2 does, then echoes."""
+    item = peer.recv()
+    assert item is qmpcore.SYNC
+    peer.send(b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\uFFFD\'"}}\n')
+    cmd = peer.recv_command()
+    assert cmd["execute"] == "guest-sync-delimited"
+    peer.send(b'\xff{"return": %d}\n' % cmd["arguments"]["id"])
+    while True:
+        cmd = peer.recv()
+        if cmd is None:
+            return
+        if cmd["execute"] == "guest-nope":
+            peer.error(cmd, "CommandNotFound", "The command guest-nope has not been found")
+        elif cmd["execute"] != "guest-shutdown":
+            peer.reply(cmd, {"pong": cmd["execute"]})
+
+
+def test_guest_agent(tmp_path):
+    with FakeServer(tmp_path, qga_script) as server:
+        with qmpcore.connect_guest_agent_sync(server.address, timeout=WAIT) as ga:
+            assert isinstance(ga, qmpcore.SyncGuestAgentClient)
+            assert ga.execute("guest-ping") == {"pong": "guest-ping"}
+            with pytest.raises(qmpcore.CommandError) as info:
+                ga.execute("guest-nope")
+            assert info.value.error_class == "CommandNotFound"
+            assert ga.execute("guest-shutdown") is None
+            assert ga.execute("guest-info") == {"pong": "guest-info"}
+
+
+def test_guest_agent_that_never_answers(tmp_path):
+    with FakeServer(tmp_path, lambda peer: peer.serve(lambda p, cmd: True)) as server:
+        with pytest.raises(qmpcore.TimeoutError):
+            qmpcore.connect_guest_agent_sync(server.address, timeout=0.3)
