@@ -67,6 +67,9 @@ def execute_error(err: CommandError, command: str, arguments: Optional[Mapping[s
     return ExecuteError(response, sent, received)
 
 
+_COMMAND_MEMBERS = frozenset(("execute", "exec-oob", "arguments", "id"))
+
+
 class RawCommand:
     """A whole command message from the caller, as the legacy APIs take it.
 
@@ -76,34 +79,44 @@ class RawCommand:
 
     __slots__ = ("command", "arguments", "oob", "has_id", "id")
 
-    def __init__(self, msg: Mapping[str, Any], *, check_id: bool = True) -> None:
-        self.has_id = "id" in msg
-        self.id = msg.get("id")
-        if check_id and self.has_id:
-            if not isinstance(self.id, str):
-                raise TypeError(f"ID ('{self.id}') must be a string.")
-            if self.id.startswith(RESERVED_ID_PREFIX):
-                raise ValueError(f"ID ('{self.id}') must not start with '{RESERVED_ID_PREFIX}'.")
-        unknown = set(msg) - {"execute", "exec-oob", "arguments", "id"}
-        if unknown or ("execute" in msg) == ("exec-oob" in msg):
+    def __init__(self, command: str, arguments: Optional[dict] = None, oob: bool = False,
+                 has_id: bool = False, id: Any = None) -> None:  # noqa: A002
+        self.command = command
+        self.arguments = arguments
+        self.oob = oob
+        self.has_id = has_id
+        self.id = id
+
+    @classmethod
+    def parse(cls, msg: Mapping[str, Any], *, check_id: bool = True) -> "RawCommand":
+        """Check ``msg``; ``check_id`` applies qemu.qmp's rules (a string, not
+        starting with ``__qmp#``)."""
+        has_id = "id" in msg
+        mid = msg.get("id")
+        if check_id and has_id:
+            if not isinstance(mid, str):
+                raise TypeError(f"ID ('{mid}') must be a string.")
+            if mid.startswith(RESERVED_ID_PREFIX):
+                raise ValueError(f"ID ('{mid}') must not start with '{RESERVED_ID_PREFIX}'.")
+        oob = "exec-oob" in msg
+        if msg.keys() - _COMMAND_MEMBERS or ("execute" in msg) == oob:
             raise ValueError(
                 "a command message needs exactly one of 'execute' and 'exec-oob' and may "
                 f"only add 'arguments' and 'id'; got members {sorted(msg)}")
-        self.oob = "exec-oob" in msg
-        self.command = msg["exec-oob" if self.oob else "execute"]
         arguments = msg.get("arguments")
-        self.arguments = dict(arguments) if isinstance(arguments, Mapping) else arguments
+        if isinstance(arguments, Mapping) and type(arguments) is not dict:
+            arguments = dict(arguments)
+        return cls(msg["exec-oob" if oob else "execute"], arguments, oob, has_id, mid)
 
     def reply(self, value: Any = None, error: Optional[CommandError] = None) -> Dict[str, Any]:
         """The reply dict with the caller's id, in QEMU's member order."""
         if error is None:
-            out: Dict[str, Any] = {"return": value}
             if self.has_id:
-                out["id"] = self.id
-            return out
+                return {"return": value, "id": self.id}
+            return {"return": value}
         raw = error.reply if isinstance(error.reply, dict) else {
             "error": {"class": error.error_class, "desc": error.desc}}
-        out = {}
+        out: Dict[str, Any] = {}
         for key, item in raw.items():
             if key != "id":
                 out[key] = item

@@ -179,7 +179,7 @@ class QEMUMonitorProtocol:
         the reply; the message may hold ``execute`` or ``exec-oob``,
         ``arguments`` and ``id``."""
         client = self._running()
-        raw = RawCommand(qmp_cmd)
+        raw = RawCommand.parse(qmp_cmd)
         try:
             if raw.oob:
                 value = client.execute_oob(raw.command, raw.arguments, timeout=self._timeout)
@@ -239,7 +239,10 @@ class QEMUMonitorProtocol:
                 return None
             check_state("QMPClient", self._state, Runstate.RUNNING)
         assert client is not None
-        _hooks.poll_sync(client)
+        event = _take_event(client)
+        if event is not None:
+            return event
+        _hooks.poll_sync(client)  # what arrived since the last read
         if not wait:
             return _take_event(client)
         timeout = None if wait is True else float(wait)

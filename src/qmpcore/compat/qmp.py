@@ -183,9 +183,17 @@ class QEMUMonitorProtocol:
     def cmd_obj(self, qmp_cmd: QMPMessage) -> Optional[QMPMessage]:
         """Send a whole command message; return the whole reply, or None if
         the connection is gone.  Any JSON value may serve as ``id``."""
+        return self._request(RawCommand.parse(qmp_cmd, check_id=False), qmp_cmd)
+
+    def cmd(self, name: str, args: Optional[Dict[str, Any]] = None, cmd_id: Any = None) -> Optional[QMPMessage]:
+        """Run command ``name`` with ``args`` and ``cmd_id`` (each only if
+        given); return the whole reply as :meth:`cmd_obj` does."""
+        raw = RawCommand(name, args or None, False, bool(cmd_id), cmd_id or None)
+        return self._request(raw, raw)
+
+    def _request(self, raw: RawCommand, shown: Any) -> Optional[QMPMessage]:
         client = self._connected()
-        raw = RawCommand(qmp_cmd, check_id=False)
-        self.logger.debug(">>> %s", qmp_cmd)
+        self.logger.debug(">>> %s", shown)
         try:
             if raw.oob:
                 value = client.execute_oob(raw.command, raw.arguments, timeout=self._timeout)
@@ -198,16 +206,6 @@ class QEMUMonitorProtocol:
             return None
         self.logger.debug("<<< %s", resp)
         return resp
-
-    def cmd(self, name: str, args: Optional[Dict[str, Any]] = None, cmd_id: Any = None) -> Optional[QMPMessage]:
-        """:meth:`cmd_obj` for command ``name`` with ``args`` and ``cmd_id``
-        (each only if given)."""
-        qmp_cmd: QMPMessage = {"execute": name}
-        if args:
-            qmp_cmd["arguments"] = args
-        if cmd_id:
-            qmp_cmd["id"] = cmd_id
-        return self.cmd_obj(qmp_cmd)
 
     def command(self, cmd: str, **kwds: Any) -> QMPReturnValue:
         """Run ``cmd`` with ``kwds`` as arguments; return its value.
@@ -225,21 +223,27 @@ class QEMUMonitorProtocol:
 
     # -- events ---------------------------------------------------------------
 
-    def _get_events(self, wait: Union[bool, float] = False) -> None:
-        """Move received events into the cache; wait for one if asked."""
+    def _collect(self) -> None:
+        """Move every event received so far into the cache (bounded: the
+        oldest are dropped beyond ``DEFAULT_MAXSIZE``)."""
         client = self._client
         if client is None:
             return
         _hooks.poll_sync(client)
+        events = self._events
         while True:
-            try:
-                self._events.append(client.pull_event(0).raw)
-            except (_CoreTimeoutError, ConnectionLost):
+            event = _take_event(client)
+            if event is None:
                 break
-        if len(self._events) > DEFAULT_MAXSIZE:
-            del self._events[:-DEFAULT_MAXSIZE]  # bounded, oldest dropped
-        if self._events or not wait:
-            return
+            events.append(event)
+        if len(events) > DEFAULT_MAXSIZE:
+            del events[:-DEFAULT_MAXSIZE]
+
+    def _wait_event(self, wait: Union[bool, float]) -> None:
+        """Wait for one event (``wait`` as for :meth:`pull_event`) and cache it."""
+        client = self._client
+        if client is None:
+            raise QMPConnectError("Error while reading from socket")
         timeout = None if wait is True else float(wait)
         try:
             self._events.append(client.pull_event(timeout).raw)
@@ -256,18 +260,30 @@ class QEMUMonitorProtocol:
         :raise QMPTimeoutError: when a timed wait runs out.
         :raise QMPConnectError: when the connection ends while waiting.
         """
-        self._get_events(wait)
-        return self._events.pop(0) if self._events else None
+        if not self._events:
+            client = self._client
+            event = None if client is None else _take_event(client)
+            if event is None:
+                self._collect()
+                if not self._events and wait:
+                    self._wait_event(wait)
+                if not self._events:
+                    return None
+                return self._events.pop(0)
+            return event
+        return self._events.pop(0)
 
     def get_events(self, wait: Union[bool, float] = False) -> List[QMPMessage]:
         """The list of events received so far (the cache itself: it is not
         emptied; see :meth:`clear_events`)."""
-        self._get_events(wait)
+        self._collect()
+        if not self._events and wait:
+            self._wait_event(wait)
         return self._events
 
     def clear_events(self) -> None:
         """Forget every event received so far."""
-        self._get_events()
+        self._collect()
         self._events = []
 
     # -- the socket -----------------------------------------------------------
@@ -301,3 +317,11 @@ class QEMUMonitorProtocol:
         if self._client is None:
             raise QMPConnectError("not connected: call connect() or accept() first")
         return self._client
+
+
+def _take_event(client: sync.SyncQMPClient) -> Optional[QMPMessage]:
+    """The oldest event the client holds, without waiting; None if none."""
+    try:
+        return client.pull_event(0).raw
+    except (_CoreTimeoutError, ConnectionLost):
+        return None
