@@ -234,6 +234,9 @@ class Qemu:
         """SIGSTOP: QEMU stays connected but stops answering."""
         os.kill(self.pid, signal.SIGSTOP)
 
+    def resume_process(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()  # also ends a SIGSTOPped process
