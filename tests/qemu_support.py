@@ -3,7 +3,8 @@
 Tests that need them are marked ``qemu``; when a binary is missing they
 skip locally and fail in CI (``conftest.IN_CI``).  Every process started
 here is killed at fixture teardown, and its sockets and state files live in
-pytest's temporary directories.
+pytest's temporary directories.  The same scenarios also run against
+qmpcore's embedded server (:class:`Embedded`), which must answer alike.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import orjson
 import pytest
+
+from qmpcore.server import ServerProcess, start_in_subprocess
 
 from conftest import IN_CI
 
@@ -61,6 +64,8 @@ def _wait_for_socket(path: pathlib.Path, proc: subprocess.Popen, log: pathlib.Pa
 
 class Process:
     """One running QEMU or qemu-ga, with its socket path."""
+
+    kind = "qemu"
 
     def __init__(self, argv: List[str], path: pathlib.Path, log: pathlib.Path) -> None:
         self.argv = argv
@@ -128,12 +133,56 @@ def qga_argv(directory: pathlib.Path, path: pathlib.Path) -> List[str]:
     ]
 
 
+class Embedded:
+    """qmpcore's embedded QEMU-like server in a child process, used like :class:`Process`.
+
+    ``path`` is the QMP socket, or the guest agent socket when ``agent``.
+    Signals go to the child process, so SIGSTOP/SIGKILL scenarios work too.
+    """
+
+    kind = "embedded"
+
+    def __init__(self, directory: pathlib.Path, pretty: bool = False, agent: bool = False) -> None:
+        self.directory = directory
+        self.pretty = pretty
+        self.agent = agent
+        self.server: Optional[ServerProcess] = None
+        self.start()
+
+    def start(self) -> None:
+        self.server = start_in_subprocess(self.directory, 1, agents=self.agent, pretty=self.pretty)
+        self.path = pathlib.Path(self.server.qga_paths[0] if self.agent else self.server.qmp_paths[0])
+        if self.agent:  # as qemu-ga -b does for the real agent
+            for command in QGA_BLOCKED.split(","):
+                self.server.agent(0).enable(command, False)
+
+    @property
+    def pid(self) -> int:
+        assert self.server is not None
+        return self.server.pid
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            try:
+                os.kill(self.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            self.server.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
 class Launcher:
     """Starts processes in one directory and kills them all at the end."""
 
     def __init__(self, directory: pathlib.Path) -> None:
         self.directory = directory
-        self.processes: List[Process] = []
+        self.processes: List[Any] = []
         self._count = 0
 
     def _new(self, argv_for: Callable[[pathlib.Path], List[str]], name: str) -> Process:
@@ -166,6 +215,22 @@ class Launcher:
         require(QEMU_GA)
         return self._new(lambda p: qga_argv(self.directory, p), "qga")
 
+    def embedded(self, pretty: bool = False, agent: bool = False) -> Embedded:
+        self._count += 1
+        directory = self.directory / f"embedded{self._count}"
+        directory.mkdir()
+        server = Embedded(directory, pretty=pretty, agent=agent)
+        self.processes.append(server)
+        return server
+
+    def vm(self, kind: str, pretty: bool = False) -> Any:
+        """A QMP target: real QEMU (``"qemu"``) or the embedded server."""
+        return self.qemu(pretty=pretty) if kind == "qemu" else self.embedded(pretty=pretty)
+
+    def agent(self, kind: str) -> Any:
+        """A guest agent target: real qemu-ga (``"qemu-ga"``) or the embedded one."""
+        return self.qga() if kind == "qemu-ga" else self.embedded(agent=True)
+
     def stop_all(self) -> None:
         for proc in self.processes:
             proc.stop()
@@ -191,16 +256,32 @@ def module_launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch
     yield from _launcher(tmp_path_factory.mktemp("vm"))
 
 
-@pytest.fixture(scope="module")
-def shared_qemu(module_launcher: Launcher) -> Process:
-    """One QEMU for the scenarios that leave it as they found it."""
-    return module_launcher.qemu()
+VM_KINDS = ["qemu", "embedded"]
+AGENT_KINDS = ["qemu-ga", "embedded"]
 
 
-@pytest.fixture(scope="module")
-def shared_qga(module_launcher: Launcher) -> Process:
-    """One qemu-ga for the scenarios that leave it as they found it."""
-    return module_launcher.qga()
+@pytest.fixture(scope="module", params=VM_KINDS)
+def shared_vm(request: pytest.FixtureRequest, module_launcher: Launcher) -> Any:
+    """One QMP target per module, for scenarios that leave it as they found it."""
+    return module_launcher.vm(request.param)
+
+
+@pytest.fixture(params=VM_KINDS)
+def fresh_vm(request: pytest.FixtureRequest, launcher: Launcher) -> Any:
+    """A QMP target of its own, for scenarios that stop, kill or quit it."""
+    return launcher.vm(request.param)
+
+
+@pytest.fixture(scope="module", params=AGENT_KINDS)
+def shared_agent(request: pytest.FixtureRequest, module_launcher: Launcher) -> Any:
+    """One guest agent per module, for scenarios that leave it as they found it."""
+    return module_launcher.agent(request.param)
+
+
+@pytest.fixture(params=AGENT_KINDS)
+def fresh_agent(request: pytest.FixtureRequest, launcher: Launcher) -> Any:
+    """A guest agent of its own, for scenarios that stop or kill it."""
+    return launcher.agent(request.param)
 
 
 def leave_half_command(path: pathlib.Path, data: bytes) -> None:
