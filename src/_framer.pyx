@@ -292,6 +292,11 @@ cdef class Framer:
             state = self._state
             c = p[pos]
             if state == START:
+                if self._in_frame and not self._skip:
+                    pos = self._inside(pos)
+                    if pos >= n:
+                        break
+                    c = p[pos]
                 cls = CLASS[c]
                 if cls == C_WS:
                     pos += 1
@@ -309,8 +314,18 @@ cdef class Framer:
                     pos += 1
                     continue
                 if cls == C_DQUOTE:
+                    # Most strings end in the same chunk with no escape:
+                    # finish them here without a trip through the DQ state.
                     self._begin(pos)
-                    self._state = DQ
+                    pos += 1
+                    while pos < n and DQ_PLAIN[p[pos]]:
+                        pos += 1
+                    if pos < n and p[pos] == 0x22:
+                        pos += 1
+                        self._token_done(pos, 0, out)
+                    else:
+                        self._state = DQ
+                    continue
                 elif cls == C_SQUOTE:
                     self._begin(pos)
                     self._slow = True
@@ -445,6 +460,78 @@ cdef class Framer:
         self._base += n
         self._nofast = -1
         return True
+
+    cdef inline Py_ssize_t _inside(self, Py_ssize_t pos) noexcept:
+        """Scan the plain middle of a frame: whitespace, brackets, commas,
+        colons, strings without escapes, integers and keywords.
+
+        Counters live in locals here; anything else (a frame that may end,
+        a limit, an escape, a float, the end of the chunk) stops the loop
+        and the general state machine takes over at that byte.
+        """
+        cdef const unsigned char *p = self._p
+        cdef Py_ssize_t n = self._n
+        cdef Py_ssize_t brace = self._brace, bracket = self._bracket, ntok = self._ntok
+        cdef Py_ssize_t last = self._start + self.max_frame_size  # last allowed token end
+        cdef Py_ssize_t max_depth = self.max_depth, max_tokens = self.max_tokens
+        cdef Py_ssize_t q
+        cdef unsigned char c, k
+        while pos < n:
+            c = p[pos]
+            k = CLASS[c]
+            if k == C_WS:
+                pos += 1
+                continue
+            if ntok >= max_tokens:
+                break
+            if k == C_DQUOTE:
+                q = pos + 1
+                while q < n and DQ_PLAIN[p[q]]:
+                    q += 1
+                if q >= n or p[q] != 0x22 or q >= last:
+                    break
+                pos = q + 1
+            elif k == C_STRUCT:
+                if pos >= last:
+                    break
+                if c == 0x7B or c == 0x5B:  # { [
+                    if brace + bracket >= max_depth:
+                        break
+                    if c == 0x7B:
+                        brace += 1
+                    else:
+                        bracket += 1
+                elif c == 0x7D:  # }
+                    if brace <= 1 and (brace <= 0 or bracket <= 0):
+                        break  # the frame may end here
+                    brace -= 1
+                elif c == 0x5D:  # ]
+                    if bracket <= 1 and (bracket <= 0 or brace <= 0):
+                        break
+                    bracket -= 1
+                pos += 1
+            elif k == C_LOWER or k == C_DIGIT:
+                q = pos + 1
+                if k == C_LOWER:
+                    while q < n and CLASS[p[q]] == C_LOWER:
+                        q += 1
+                else:
+                    while q < n and 0x30 <= p[q] <= 0x39:
+                        q += 1
+                    if q < n and (p[q] == 0x2E or p[q] == 0x65 or p[q] == 0x45):
+                        break  # a float: the general path
+                    if q - pos >= LONG_INT:
+                        self._slow = True
+                if q >= n or q > last:
+                    break
+                pos = q
+            else:
+                break
+            ntok += 1
+        self._brace = brace
+        self._bracket = bracket
+        self._ntok = ntok
+        return pos
 
     cdef Py_ssize_t _fast_line(self, Py_ssize_t pos, list out) except -1:
         """Decode a whole line at once when it holds exactly one plain frame.
