@@ -190,12 +190,13 @@ def _scalar(value: Any) -> str:
     raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
 
 
-def _members(value: dict) -> List[Tuple[str, Any]]:
+def _members(value: dict, keep_order: bool) -> List[Tuple[str, Any]]:
     for key in value:
         if not isinstance(key, str):
             raise TypeError(f"QMP object keys must be str, not {type(key).__name__}")
-    keys = tuple(value)
-    return [(key, value[key]) for key in qdict_order(keys)]
+    if keep_order:
+        return list(value.items())
+    return [(key, value[key]) for key in qdict_order(tuple(value))]
 
 
 def _exact(value: Any, pretty: bool) -> str:
@@ -204,10 +205,12 @@ def _exact(value: Any, pretty: bool) -> str:
     write = out.append
     comma = "," if pretty else ", "
     # One frame per open container: [closing bracket, iterator over
-    # (key, value) pairs (key None in arrays), is_object, members written].
+    # (key, value) pairs (key None in arrays), is_object, members written,
+    # keep_order].  Text decoded from Encoded is already in QEMU's order.
     stack: List[list] = []
     key: Any = None
     item = value
+    keep_order = False
     while True:
         if stack:
             frame = stack[-1]
@@ -219,16 +222,18 @@ def _exact(value: Any, pretty: bool) -> str:
             if frame[2]:
                 write(_string(key))
                 write(": ")
+            keep_order = frame[4]
         if pretty and isinstance(item, Encoded):
             item = orjson.loads(bytes(item))
+            keep_order = True
         if isinstance(item, Encoded):
             write(item.decode("ascii"))
         elif isinstance(item, dict):
             write("{")
-            stack.append(["}", iter(_members(item)), True, 0])
+            stack.append(["}", iter(_members(item, keep_order)), True, 0, keep_order])
         elif isinstance(item, (list, tuple)):
             write("[")
-            stack.append(["]", ((None, v) for v in item), False, 0])
+            stack.append(["]", ((None, v) for v in item), False, 0, keep_order])
         else:
             write(_scalar(item))
         while stack:

@@ -298,7 +298,9 @@ class SimulatedVM(Simulator):
     ``quit`` (SHUTDOWN, the reply, then every monitor closes),
     ``getfd``/``closefd``, ``add-fd``/``remove-fd``/``query-fdsets``,
     ``human-monitor-command`` (``info status|version|name``, ``stop``,
-    ``cont``) and ``x-query-ramblock``.  Every other command of the schema
+    ``cont``), ``x-query-ramblock`` and ``migrate-pause`` (always failing:
+    no migration runs).  ``clock`` gives event timestamps
+    (tests pin it to compare output byte for byte).  Every other command of the schema
     passes QEMU's argument checks and then fails with ``GenericError``
     unless a handler is registered for it.
     """
@@ -313,6 +315,7 @@ class SimulatedVM(Simulator):
         schema: Optional[Schema] = None,
         chardevs: Sequence[str] = ("compat_monitor0",),
         kvm: Tuple[bool, bool] = (False, True),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.schema = schema if schema is not None else Schema.qemu_7_2()
         super().__init__(_schema_table(self.schema))
@@ -321,6 +324,8 @@ class SimulatedVM(Simulator):
         self.status = status
         self.chardevs = list(chardevs)
         self.kvm = {"enabled": bool(kvm[0]), "present": bool(kvm[1])}
+        #: Source of event timestamps (seconds since the epoch).
+        self.clock = clock
         self.has_quit = False
         #: The VM's guest agent, when one is simulated (see ``serve_vms``).
         self.agent: Optional["SimulatedGuestAgent"] = None
@@ -351,7 +356,13 @@ class SimulatedVM(Simulator):
             "query-fdsets": self._query_fdsets,
             "human-monitor-command": self._hmp,
             "x-query-ramblock": lambda call: {"human-readable-text": _RAMBLOCK_NONE},
+            "migrate-pause": self._migrate_pause,
         }
+
+    @staticmethod
+    def _migrate_pause(call: Call) -> None:
+        # An oob command that fails when no postcopy migration runs (corpus 18).
+        raise CommandError("GenericError", "migrate-pause is currently only supported during postcopy-active state")
 
     # -- state ----------------------------------------------------------------
 
@@ -373,7 +384,7 @@ class SimulatedVM(Simulator):
 
     def emit_event(self, name: str, data: Optional[Mapping[str, Any]] = None) -> None:
         """Send an event now to every negotiated client of every monitor."""
-        stamp = time.time()
+        stamp = self.clock()
         for endpoint in self.endpoints:
             endpoint.send_event(name, data, stamp)
 

@@ -42,7 +42,7 @@ from ._server_transport import Address, Connection, Listener, bind_socket, _clos
 from ._simulated import Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
 from .errors import CommandError
 from .protocol.qga_server import QGAServerProtocol
-from .protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, timestamp_now
+from .protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes
 
 __all__ = [
     "QMPServer",
@@ -270,13 +270,13 @@ class _Session:
             batch = min(_FLOOD_BATCH, count - sent)
             if protocol.pretty:
                 chunk = b"".join(
-                    event_bytes(name, data if data is not None else {"seq": seq}, pretty=True) for seq in range(sent, sent + batch)
+                    event_bytes(name, data if data is not None else {"seq": seq}, self.target.clock(), pretty=True) for seq in range(sent, sent + batch)
                 )
             else:
-                stamp = timestamp_now()
+                micros = int(round(self.target.clock() * 1_000_000))
                 head = b'{"timestamp": {"seconds": %d, "microseconds": %d}, "event": %s' % (
-                    stamp["seconds"],
-                    stamp["microseconds"],
+                    micros // 1_000_000,
+                    micros % 1_000_000,
                     name_json,
                 )
                 if tail is None:
