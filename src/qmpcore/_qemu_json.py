@@ -18,7 +18,6 @@ compiled and the pure framer, so both produce identical items.
 from __future__ import annotations
 
 import re
-import sys
 from typing import Any, List, Tuple
 
 __all__ = ["ParseError", "parse", "transcode", "display", "has_nonchars"]
@@ -159,94 +158,99 @@ def _parse_string(tok: bytes, strict: bool) -> str:
     return "".join(out)
 
 
-class _Parser:
-    """Recursive descent over a token list, with QEMU's messages."""
+_OPEN_OBJECT = ("p", b"{")
+_OPEN_ARRAY = ("p", b"[")
+_CLOSE_OBJECT = ("p", b"}")
+_CLOSE_ARRAY = ("p", b"]")
+_COLON = ("p", b":")
+_COMMA = ("p", b",")
 
-    __slots__ = ("tokens", "pos", "strict")
 
-    def __init__(self, tokens: List[Tuple[str, bytes]], strict: bool) -> None:
-        self.tokens = tokens
-        self.pos = 0
-        self.strict = strict
+def _literal(kind: str, text: bytes, strict: bool) -> Any:
+    if kind == "s":
+        return _parse_string(text, strict)
+    if kind == "n":
+        return int(text)
+    if kind == "f":
+        return float(text)
+    if text == b"true":
+        return True
+    if text == b"false":
+        return False
+    if text == b"null":
+        return None
+    if not strict and text in _SPECIAL_FLOATS:
+        return _SPECIAL_FLOATS[text]
+    raise ParseError("JSON parse error, invalid keyword '%s'" % text.decode("ascii"))
 
-    def _pop(self) -> Tuple[str, bytes]:
-        if self.pos >= len(self.tokens):
+
+def _parse_tokens(tokens: List[Tuple[str, bytes]], strict: bool) -> Any:
+    """QEMU's recursive descent, unrolled onto an explicit stack so that
+    nesting depth costs no Python recursion.  Errors are raised at the same
+    point, with the same words, as ``qobject/json-parser.c``."""
+    pos = 0
+    end = len(tokens)
+
+    def pop() -> Tuple[str, bytes]:
+        nonlocal pos
+        if pos >= end:
             raise ParseError("JSON parse error, premature EOI")
-        tok = self.tokens[self.pos]
-        self.pos += 1
-        return tok
+        pos += 1
+        return tokens[pos - 1]
 
-    def _peek(self) -> Tuple[str, bytes]:
-        if self.pos >= len(self.tokens):
-            raise ParseError("JSON parse error, premature EOI")
-        return self.tokens[self.pos]
-
-    def value(self) -> Any:
-        kind, text = self._peek()
-        if kind == "p":
-            if text == b"{":
-                return self._object()
-            if text == b"[":
-                return self._array()
+    # Each open container: [container, key-or-None, expecting_key]
+    stack: List[list] = []
+    while True:
+        # Parse one value (or open a container and go parse its first one).
+        tok = pop()
+        if tok == _OPEN_OBJECT or tok == _OPEN_ARRAY:
+            is_object = tok == _OPEN_OBJECT
+            if pos >= end:
+                raise ParseError("JSON parse error, premature EOI")
+            if tokens[pos] == (_CLOSE_OBJECT if is_object else _CLOSE_ARRAY):
+                pos += 1
+                value: Any = {} if is_object else []
+            else:
+                stack.append([{} if is_object else [], None, is_object])
+                continue
+        elif tok[0] == "p":
             raise ParseError("JSON parse error, expecting value")
-        self.pos += 1
-        if kind == "s":
-            return _parse_string(text, self.strict)
-        if kind == "n":
-            return int(text)
-        if kind == "f":
-            return float(text)
-        if text == b"true":
-            return True
-        if text == b"false":
-            return False
-        if text == b"null":
-            return None
-        if not self.strict and text in _SPECIAL_FLOATS:
-            return _SPECIAL_FLOATS[text]
-        raise ParseError("JSON parse error, invalid keyword '%s'" % text.decode("ascii"))
-
-    def _pair(self, result: dict) -> None:
-        self._peek()
-        key = self.value()
-        if not isinstance(key, str):
-            raise ParseError("JSON parse error, key is not a string in object")
-        if self._pop() != ("p", b":"):
-            raise ParseError("JSON parse error, missing : in object pair")
-        value = self.value()
-        if self.strict and key in result:
-            raise ParseError("JSON parse error, duplicate key")
-        result[key] = value
-
-    def _object(self) -> dict:
-        self.pos += 1
-        result: dict = {}
-        if self._peek() == ("p", b"}"):
-            self.pos += 1
-            return result
-        self._pair(result)
-        tok = self._pop()
-        while tok != ("p", b"}"):
-            if tok != ("p", b","):
+        else:
+            value = _literal(tok[0], tok[1], strict)
+        # Hand the value to the containers it completes.
+        while True:
+            if not stack:
+                return value
+            top = stack[-1]
+            container = top[0]
+            if isinstance(container, list):
+                container.append(value)
+                tok = pop()
+                if tok == _CLOSE_ARRAY:
+                    value = stack.pop()[0]
+                    continue
+                if tok != _COMMA:
+                    raise ParseError("JSON parse error, expected separator in list")
+                break
+            if top[2]:  # that value was a key
+                if not isinstance(value, str):
+                    raise ParseError("JSON parse error, key is not a string in object")
+                if pop() != _COLON:
+                    raise ParseError("JSON parse error, missing : in object pair")
+                top[1] = value
+                top[2] = False
+                break
+            if strict and top[1] in container:
+                raise ParseError("JSON parse error, duplicate key")
+            container[top[1]] = value
+            tok = pop()
+            if tok == _CLOSE_OBJECT:
+                value = stack.pop()[0]
+                continue
+            if tok != _COMMA:
                 raise ParseError("JSON parse error, expected separator in dict")
-            self._pair(result)
-            tok = self._pop()
-        return result
-
-    def _array(self) -> list:
-        self.pos += 1
-        result: list = []
-        if self._peek() == ("p", b"]"):
-            self.pos += 1
-            return result
-        result.append(self.value())
-        tok = self._pop()
-        while tok != ("p", b"]"):
-            if tok != ("p", b","):
-                raise ParseError("JSON parse error, expected separator in list")
-            result.append(self.value())
-            tok = self._pop()
-        return result
+            top[2] = True
+            break
 
 
 def parse(frame: bytes, strict: bool = False) -> Any:
@@ -258,13 +262,7 @@ def parse(frame: bytes, strict: bool = False) -> Any:
     decoder accepts what orjson accepts (the last duplicate key wins) plus
     QEMU's output extensions.
     """
-    tokens = _tokenize(bytes(frame))
-    # Nesting is bounded by the framer's max_depth; each level costs two
-    # Python frames here.
-    need = 2 * sum(1 for k, t in tokens if k == "p" and t in b"[{") + 100
-    if need > sys.getrecursionlimit():
-        sys.setrecursionlimit(need)
-    return _Parser(tokens, strict).value()
+    return _parse_tokens(_tokenize(bytes(frame)), strict)
 
 
 _STRING_PART = re.compile(rb'\\(.)|"', re.DOTALL)
