@@ -154,13 +154,14 @@ class ServerProtocolBase:
             if item is SYNC:
                 continue  # the strict framer already reported 0xFF as an error
             if type(item) is dict and self._skips_queue(item):
+                # Out-of-band: dispatched now, even while an in-band command runs.
                 request = self._dispatch(item)
                 if request is not None:
                     self._oob_open.add(request)
                     self._ready.append(request)
             else:
                 self._queue.append(item)
-        self._pump()
+                self._pump()
 
     def next_event(self) -> Optional[Request]:
         """The next :class:`Request` to run, or ``None``."""
