@@ -496,7 +496,7 @@ async def test_frame_over_the_limit(tmp_path):
 
     async with FakeServer(tmp_path, script) as server:
         async with await qmpcore.connect(server.address, max_frame_size=64 * 1024) as qmp:
-            big = asyncio.ensure_future(qmp.execute("big", timeout=2))
+            big = asyncio.ensure_future(qmp.execute("big", timeout=0.5))
             assert await until(qmp.execute("small")) == "small"
             assert "size limit" in str(qmp.last_protocol_error)
             with pytest.raises(qmpcore.TimeoutError):

@@ -44,6 +44,9 @@ __all__ = [
 CONNECT_TIMEOUT = 10.0
 _RECV_SIZE = 1 << 16
 _monotonic = time.monotonic
+# Where sockets take a per-call non-blocking flag, the socket stays in
+# blocking mode: an untimed wait is then one plain recv (no poll first).
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class _Slot:
@@ -111,7 +114,7 @@ class _SyncClient(ClientCore):
         command_timeout: Optional[float],
     ) -> None:
         super().__init__(proto, address, event_queue)
-        sock.setblocking(False)
+        sock.setblocking(bool(_DONTWAIT))
         self._sock = sock
         self._event_queue_size = event_queue or EVENT_QUEUE_SIZE
         #: Default timeout of each command (None: wait as long as it takes).
@@ -119,6 +122,7 @@ class _SyncClient(ClientCore):
         self._cond = threading.Condition(threading.RLock())
         self._wlock = threading.Lock()
         self._reading = False  # a thread is reading the socket
+        self._sleepers = 0  # threads waiting for the reader
         self._rpoll = _Poller(sock, write=False)
         self._wpoll = _Poller(sock, write=True)
         self._rbuf = bytearray(_RECV_SIZE)
@@ -138,7 +142,11 @@ class _SyncClient(ClientCore):
             if remaining is not None and remaining <= 0:
                 return False
             if self._reading or self._router.blocked:
-                cond.wait(remaining)
+                self._sleepers += 1
+                try:
+                    cond.wait(remaining)
+                finally:
+                    self._sleepers -= 1
             else:
                 self._read_once(remaining)
         return True
@@ -150,8 +158,10 @@ class _SyncClient(ClientCore):
         error: Optional[BaseException] = None
         n = -1
         try:
-            if self._rpoll.wait(timeout):
+            if timeout is None and _DONTWAIT:
                 n = self._sock.recv_into(self._rbuf)
+            elif self._rpoll.wait(timeout):
+                n = self._sock.recv_into(self._rbuf, 0, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
@@ -169,7 +179,8 @@ class _SyncClient(ClientCore):
             elif n == 0:
                 self._shutdown(error)
         finally:
-            cond.notify_all()
+            if self._sleepers:
+                cond.notify_all()
 
     # -- writing --------------------------------------------------------------
 
@@ -200,10 +211,10 @@ class _SyncClient(ClientCore):
         while view:
             try:
                 if ancillary is not None:
-                    sent = sock.sendmsg([view], ancillary)
+                    sent = sock.sendmsg([view], ancillary, _DONTWAIT)
                     ancillary = None
                 else:
-                    sent = sock.send(view)
+                    sent = sock.send(view, _DONTWAIT)
                 view = view[sent:]
             except (BlockingIOError, InterruptedError):
                 remaining = None if deadline is None else deadline - _monotonic()
