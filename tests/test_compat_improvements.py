@@ -12,6 +12,7 @@ import contextlib
 import pytest
 
 from compat_scenarios import TIMEOUT, lab_for, load_api, require_qemu, within
+from qmpcore import ConnectionLost
 from qmpcore.compat import legacy, qemu_qmp
 from qmpcore.compat import qmp as old_qmp
 
@@ -113,3 +114,18 @@ async def test_commands_from_many_tasks(vm) -> None:
     finally:
         with contextlib.suppress(EOFError):
             await within(q.disconnect())
+
+
+@pytest.mark.qemu
+def test_legacy_wait_on_a_closed_connection_raises(vm) -> None:
+    """Waiting for an event that can no longer come raises instead of hanging."""
+    mon = legacy.QEMUMonitorProtocol(vm.address)
+    mon.connect()
+    assert mon.cmd("quit") == {}
+    assert mon.pull_event(wait=TIMEOUT)["event"] == "SHUTDOWN"
+    vm.wait_exit()
+    with pytest.raises(ConnectionLost):
+        mon.pull_event(wait=True)
+    with pytest.raises(EOFError):  # the server hung up first, as qemu.qmp reports
+        mon.close()
+    mon.close()  # once is enough
