@@ -129,3 +129,14 @@ def test_legacy_wait_on_a_closed_connection_raises(vm) -> None:
     with pytest.raises(EOFError):  # the server hung up first, as qemu.qmp reports
         mon.close()
     mon.close()  # once is enough
+
+
+def test_failing_filter_does_not_stop_other_listeners() -> None:
+    client = qemu_qmp.QMPClient()
+    broken = qemu_qmp.EventListener(event_filter=lambda event: 1 / 0)
+    after = qemu_qmp.EventListener()
+    client.register_listener(broken)
+    client.register_listener(after)
+    client._dispatch(qemu_qmp.Message({"event": "STOP"}))
+    assert [e["event"] for e in after.clear()] == ["STOP"]
+    assert broken.empty()

@@ -157,7 +157,10 @@ class Events:
 
     def _dispatch(self, event: Message) -> None:
         for listener in self._listeners:
-            listener._deliver(event)
+            try:
+                listener._deliver(event)
+            except Exception:  # a failing filter must not cost the others
+                self.logger.exception("%s failed to accept %s", listener, event.get("event"))
 
     def register_listener(self, listener: EventListener) -> None:
         """Start delivering events to ``listener``."""
