@@ -1,0 +1,140 @@
+"""Differential check of the two framers on one fuzz input.
+
+An input is a small header followed by the stream bytes::
+
+    byte 0      flags: bit0 strict, bit1 raw, bit2 small limits,
+                bits 3-4 how chunks are passed (bytes/bytearray/memoryview/mixed),
+                bit5 reset both framers half-way through
+    bytes 1-3   small limits (used with bit2): frame size, depth, tokens
+    byte 4      number of chunk lengths that follow (mod 16)
+    ...         that many chunk lengths (0-255; reused cyclically)
+    rest        the stream
+
+Both implementations are fed the same chunks.  The check fails on any
+exception, any difference in the items or in ``buffered``, ``buffered``
+above ``max_frame_size`` plus the current chunk, or (without a reset)
+items that depend on how the stream was split.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, List, NamedTuple, Sequence, Tuple
+
+from qmpcore import _framer, _framer_py
+from qmpcore._wire import SYNC
+from qmpcore.errors import FrameError
+
+__all__ = ["Config", "parse_input", "make_input", "check", "canonical"]
+
+HEADER = 5
+STRICT, RAW, SMALL, RESET = 0x01, 0x02, 0x04, 0x20
+_VIEWS = (bytes, bytearray, memoryview)
+
+
+class Config(NamedTuple):
+    """What one fuzz input asks for."""
+
+    kwargs: dict
+    views: int  # 0-2: one type for every chunk, 3: rotate
+    reset: bool
+    splits: Tuple[int, ...]
+    stream: bytes
+
+    def chunks(self) -> Iterator[Any]:
+        """The stream, cut by the chunk lengths (cyclically), in the chosen types."""
+        data = self.stream
+        sizes = self.splits if any(self.splits) else (*self.splits, len(data) or 1)
+        pos = i = 0
+        while pos < len(data) or i == 0:
+            size = sizes[i % len(sizes)]
+            kind = _VIEWS[i % 3 if self.views == 3 else self.views]
+            yield kind(data[pos : pos + size])
+            pos += size
+            i += 1
+
+
+def parse_input(data: bytes) -> Config:
+    """Decode the header of a fuzz input (short inputs get zero padding)."""
+    head = data[:HEADER].ljust(HEADER, b"\0")
+    flags = head[0]
+    kwargs: dict = {"strict": bool(flags & STRICT), "raw": bool(flags & RAW)}
+    if flags & SMALL:
+        kwargs.update(max_frame_size=1 + head[1] * 4, max_depth=1 + head[2] % 16, max_tokens=1 + head[3])
+    count = head[4] % 16
+    splits = tuple(data[HEADER : HEADER + count])
+    return Config(kwargs, (flags >> 3) & 3, bool(flags & RESET), splits, data[HEADER + count :])
+
+
+def make_input(stream: bytes, *, flags: int = 0, limits: Sequence[int] = (0, 0, 0), splits: Sequence[int] = ()) -> bytes:
+    """Build a fuzz input (used for seeds and regression files)."""
+    return bytes([flags, *limits, len(splits)]) + bytes(splits) + stream
+
+
+def canonical(items: List[Any]) -> List[Any]:
+    """A flat, exactly comparable form of framer output.
+
+    Unlike ``==`` it tells 1 from 1.0 and True, matches NaN with NaN, and
+    unlike ``repr`` it copes with deep nesting and huge integers.
+    """
+    out: List[Any] = []
+    stack: List[Any] = list(reversed(items))
+    while stack:
+        x = stack.pop()
+        t = type(x)
+        if t is dict:
+            out.append(("dict", len(x)))
+            for k, v in reversed(list(x.items())):
+                stack.append(v)
+                stack.append(k)
+        elif t is list:
+            out.append(("list", len(x)))
+            stack.extend(reversed(x))
+        elif t is float:
+            out.append(("float", "nan" if math.isnan(x) else x.hex()))
+        elif t is int:
+            out.append(("int", hex(x)))
+        elif t is FrameError:
+            out.append(("error", x.reason, x.offset, x.sync))
+        elif x is SYNC:
+            out.append(("sync",))
+        elif t in (str, bytes, bool) or x is None:
+            out.append((t.__name__, x))
+        else:
+            raise AssertionError(f"unexpected item type {t.__name__}")
+    return out
+
+
+def _describe(cfg: Config) -> str:
+    return f"kwargs={cfg.kwargs} splits={cfg.splits} views={cfg.views} reset={cfg.reset} stream={cfg.stream[:200]!r}"
+
+
+def check(data: bytes) -> None:
+    """Run one fuzz input; raise AssertionError when the framers misbehave."""
+    cfg = parse_input(data)
+    framers = (_framer.Framer(**cfg.kwargs), _framer_py.Framer(**cfg.kwargs))
+    limit = framers[0].max_frame_size
+    chunks = list(cfg.chunks())
+    reset_at = len(chunks) // 2 if cfg.reset else -1
+    total: List[Any] = []
+    for index, chunk in enumerate(chunks):
+        c_items = framers[0].feed(chunk)
+        py_items = framers[1].feed(chunk)
+        got_c, got_py = canonical(c_items), canonical(py_items)
+        if got_c != got_py:
+            raise AssertionError(f"items differ at chunk {index}:\n  cython {c_items!r:.2000}\n  python {py_items!r:.2000}\n{_describe(cfg)}")
+        sizes = [f.buffered for f in framers]
+        if sizes[0] != sizes[1]:
+            raise AssertionError(f"buffered differs at chunk {index}: cython {sizes[0]}, python {sizes[1]}\n{_describe(cfg)}")
+        if sizes[0] > limit + len(chunk):
+            raise AssertionError(f"buffered {sizes[0]} > limit {limit} + chunk {len(chunk)}\n{_describe(cfg)}")
+        total += got_c
+        if index == reset_at:
+            for f in framers:
+                f.reset()
+                if f.buffered:
+                    raise AssertionError("buffered is not 0 after reset()")
+    if reset_at < 0 and len(chunks) > 1:
+        whole = canonical(_framer_py.Framer(**cfg.kwargs).feed(cfg.stream))
+        if whole != total:
+            raise AssertionError(f"items depend on how the stream is split\n{_describe(cfg)}")
