@@ -182,17 +182,23 @@ class ServerProtocolBase:
 
     def send_return(self, request: Request, value: Any = None) -> None:
         """Answer ``request`` with ``{"return": value}`` (``None`` is ``{}``)."""
-        self._close(request)
+        self._check(request)
         info = request.info
+        reply = b""
         if info is None or info.success_response:
-            self._out.append(self._reply_prefix(request))
-            self._write_return(request.id, {} if value is None else value)
+            # Encode first: a value JSON cannot hold raises with the request
+            # still open, so the caller can answer with an error instead.
+            reply = self._reply_prefix(request) + self._return_bytes(request.id, {} if value is None else value)
+        self._close(request)
+        self._out.append(reply)
         self._pump()
 
     def send_error(self, request: Request, error_class: str, desc: str) -> None:
         """Answer ``request`` with ``{"error": {"class": ..., "desc": ...}}``."""
+        self._check(request)
+        reply = self._error_bytes(request.id, error_class, desc)
         self._close(request)
-        self._write_error(request.id, error_class, desc)
+        self._out.append(reply)
         self._pump()
 
     def send_raw(self, data: bytes) -> None:
@@ -276,16 +282,18 @@ class ServerProtocolBase:
         self._write_error(request_id, error_class, desc)
         return None
 
-    def _close(self, request: Request) -> None:
+    def _check(self, request: Request) -> None:
         if not request._open:
             raise StateError(f"{request!r} was already answered")
+        if request is not self._current and request not in self._oob_open:
+            raise StateError(f"{request!r} does not belong to this connection")
+
+    def _close(self, request: Request) -> None:
         request._open = False
         if request is self._current:
             self._current = None
-        elif request in self._oob_open:
-            self._oob_open.discard(request)
         else:
-            raise StateError(f"{request!r} does not belong to this connection")
+            self._oob_open.discard(request)
 
     def _drop_requests(self) -> None:
         """Forget queued and unanswered requests (the client went away)."""
@@ -324,20 +332,22 @@ class ServerProtocolBase:
     # -- output -----------------------------------------------------------
 
     def _write_return(self, request_id: Any, value: Any) -> None:
-        # QDict order puts "return" before "id" (and "id" before "error").
-        if request_id is NO_ID:
-            self._out.append(b'{"return": ' + to_json(value) + b"}" + self._terminator)
-        else:
-            self._out.append(
-                b'{"return": ' + to_json(value) + b', "id": ' + to_json(request_id) + b"}" + self._terminator
-            )
+        self._out.append(self._return_bytes(request_id, value))
 
     def _write_error(self, request_id: Any, error_class: str, desc: str) -> None:
+        self._out.append(self._error_bytes(request_id, error_class, desc))
+
+    def _return_bytes(self, request_id: Any, value: Any) -> bytes:
+        # QDict order puts "return" before "id" (and "id" before "error").
+        if request_id is NO_ID:
+            return b'{"return": ' + to_json(value) + b"}" + self._terminator
+        return b'{"return": ' + to_json(value) + b', "id": ' + to_json(request_id) + b"}" + self._terminator
+
+    def _error_bytes(self, request_id: Any, error_class: str, desc: str) -> bytes:
         error = b'{"class": ' + to_json(error_class) + b', "desc": ' + to_json(desc) + b"}}"
         if request_id is NO_ID:
-            self._out.append(b'{"error": ' + error + self._terminator)
-        else:
-            self._out.append(b'{"id": ' + to_json(request_id) + b', "error": ' + error + self._terminator)
+            return b'{"error": ' + error + self._terminator
+        return b'{"id": ' + to_json(request_id) + b', "error": ' + error + self._terminator
 
 
 def _member_order(message: dict) -> Sequence[str]:
@@ -431,21 +441,21 @@ class QMPServerProtocol(ServerProtocolBase):
     def _send(self, message: Any) -> None:
         self._out.append(encode_qmp(message, pretty=self.pretty))
 
-    def _write_return(self, request_id: Any, value: Any) -> None:
+    def _return_bytes(self, request_id: Any, value: Any) -> bytes:
         if not self.pretty:
-            return super()._write_return(request_id, value)
+            return super()._return_bytes(request_id, value)
         message = {"return": value}
         if request_id is not NO_ID:
             message["id"] = request_id
-        self._send(message)
+        return encode_qmp(message, pretty=True)
 
-    def _write_error(self, request_id: Any, error_class: str, desc: str) -> None:
+    def _error_bytes(self, request_id: Any, error_class: str, desc: str) -> bytes:
         if not self.pretty:
-            return super()._write_error(request_id, error_class, desc)
+            return super()._error_bytes(request_id, error_class, desc)
         message: Dict[str, Any] = {"error": {"class": error_class, "desc": desc}}
         if request_id is not NO_ID:
             message["id"] = request_id
-        self._send(message)
+        return encode_qmp(message, pretty=True)
 
 
 def timestamp_now() -> Dict[str, int]:
