@@ -7,9 +7,9 @@
         await qmp.execute("stop")
         ev = await qmp.wait_event("STOP", timeout=5)
 
-The client is an :class:`asyncio.Protocol`-driven loop around the sans-IO
-protocol objects: bytes from ``data_received`` go straight into the protocol
-and replies resolve their futures right there (no task per command, no
+The client is an :class:`asyncio.BufferedProtocol`-driven loop around the
+sans-IO protocol objects: each read goes straight into the protocol and
+replies resolve their futures right there (no task per command, no
 ``wait_for`` around each one; per-command timeouts are timer handles).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from array import array
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -48,16 +49,34 @@ def _expire_future(fut: "asyncio.Future[Any]", what: str) -> None:
         fut.set_exception(TimeoutError(what))
 
 
-class _Transport(asyncio.Protocol):
+# The loop reads into one buffer per thread (not a fresh 256 KiB bytes
+# object per read): the framer consumes each read before the next one, so
+# every connection of a loop can share it.
+_READ_SIZE = 1 << 18
+_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    view = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(_READ_SIZE))
+    return view
+
+
+class _Transport(asyncio.BufferedProtocol):
     """Feeds the client from the event loop's callbacks."""
 
-    __slots__ = ("_client",)
+    __slots__ = ("_client", "_view")
 
     def __init__(self, client: "_AsyncClient") -> None:
         self._client = client
+        self._view = _read_buffer()
 
-    def data_received(self, data: bytes) -> None:
-        self._client._received(data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._client._received(self._view[:nbytes])
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
@@ -130,7 +149,7 @@ class _AsyncClient(ClientCore):
         await self._open()
         await steps()
 
-    def _received(self, data: bytes) -> None:
+    def _received(self, data: memoryview) -> None:
         proto = self._proto
         self._process(proto.receive_data(data))
         out = proto.data_to_send()
