@@ -10,8 +10,8 @@ per-run values (timestamps, automatically assigned ids, fd numbers) do not
 matter.  The tests compare the records of both backends value by value.
 
 Also here: :class:`Lab`, which starts and always stops QEMU processes, and
-:class:`FakeServer`, a tiny QMP server in a thread for replies QEMU does not
-send on request (20 MiB, two messages on one line).
+:class:`EmbeddedServer`, qmpcore's QEMU-like server in a thread, for replies
+QEMU does not send on request (20 MiB, two messages on one line).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 import pytest
 
-import qmpcore
 from conftest import IN_CI
 
 #: Upper bound for every wait in this suite; reaching it is a failure.
@@ -257,9 +256,9 @@ class Lab:
         self._stoppers.append(vm.stop)
         return vm
 
-    def fake_server(self, handlers: Dict[str, "Handler"], **kwargs: Any) -> "FakeServer":
+    def embedded_server(self, handlers: Dict[str, "Handler"]) -> "EmbeddedServer":
         self._count += 1
-        server = FakeServer(str(self.workdir / f"fake{self._count}.sock"), handlers, **kwargs)
+        server = EmbeddedServer(str(self.workdir / f"embedded{self._count}.sock"), handlers)
         self._stoppers.append(server.stop)
         return server
 
@@ -288,88 +287,53 @@ def lab_for(workdir: pathlib.Path):
 
 
 # --------------------------------------------------------------------------
-# A tiny QMP server for replies QEMU will not produce on request
+# qmpcore's embedded server, for replies QEMU will not produce on request
 # --------------------------------------------------------------------------
 
-#: A command handler gets the command dict and returns the bytes to send.
-Handler = Callable[[dict], bytes]
-
-GREETING = (b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, '
-            b'"package": "fake"}, "capabilities": []}}\r\n')
+#: A command handler gets the simulated VM and the call; returns the value.
+Handler = Callable[[Any, Any], Any]
 
 
-def reply(cmd: dict, value: Any) -> bytes:
-    """One compact reply frame for ``cmd`` carrying ``value``."""
-    msg = {"return": value}
-    if "id" in cmd:
-        msg["id"] = cmd["id"]
-    return qmpcore.encode(msg)
-
-
-class FakeServer:
-    """Greets, accepts ``qmp_capabilities``, answers commands from
-    ``handlers`` (others with ``CommandNotFound``); one thread per client."""
+class EmbeddedServer:
+    """``qmpcore.server.serve_vm`` on a unix socket, with extra command
+    handlers, in a thread with its own event loop (so that blocking
+    clients can talk to it too)."""
 
     def __init__(self, path: str, handlers: Dict[str, Handler]) -> None:
         self.address = path
-        self.handlers = handlers
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(path)
-        self._listener.listen(4)
-        self._threads: List[threading.Thread] = []
-        self._conns: List[socket.socket] = []
-        self._closing = False
-        self._accepter = threading.Thread(target=self._accept_loop, daemon=True)
-        self._accepter.start()
+        self._handlers = handlers
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stopping: Optional[asyncio.Event] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),),
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(TIMEOUT):
+            raise RuntimeError("embedded server did not start")
+        if self._error is not None:
+            raise self._error
 
-    def _accept_loop(self) -> None:
-        while not self._closing:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(t)
-            t.start()
+    async def _serve(self) -> None:
+        from qmpcore.server import serve_vm
 
-    def _serve(self, conn: socket.socket) -> None:
-        framer = qmpcore.Framer()
+        self._stopping = asyncio.Event()
         try:
-            conn.sendall(GREETING)
-            while True:
-                data = conn.recv(1 << 16)
-                if not data:
-                    return
-                for cmd in framer.feed(data):
-                    if not isinstance(cmd, dict):
-                        continue
-                    name = cmd.get("execute") or cmd.get("exec-oob")
-                    if name == "qmp_capabilities":
-                        conn.sendall(reply(cmd, {}))
-                    elif name in self.handlers:
-                        conn.sendall(self.handlers[name](cmd))
-                    else:
-                        err = {"error": {"class": "CommandNotFound",
-                                         "desc": f"The command {name} has not been found"}}
-                        if "id" in cmd:
-                            err["id"] = cmd["id"]
-                        conn.sendall(qmpcore.encode(err))
-        except OSError:
-            return
-        finally:
-            conn.close()
+            async with serve_vm(self.address) as vm:
+                for name, handler in self._handlers.items():
+                    vm.register(name, lambda call, handler=handler: handler(vm, call))
+                self._ready.set()
+                await self._stopping.wait()
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._ready.set()
 
     def stop(self) -> None:
-        self._closing = True
-        # shutdown() wakes a thread blocked in accept() or recv().
-        for sock in [self._listener, *self._conns]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        self._accepter.join(TIMEOUT)
-        for t in self._threads:
-            t.join(TIMEOUT)
+        if self._thread.is_alive() and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(TIMEOUT)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 # --------------------------------------------------------------------------

@@ -16,14 +16,12 @@ from typing import Any, Dict
 
 import pytest
 
-import qmpcore
 from compat_scenarios import (
     TIMEOUT,
     Lab,
     lab_for,
     load_api,
     normalize,
-    reply,
     require_qemu,
     within,
 )
@@ -31,16 +29,17 @@ from compat_scenarios import (
 BIG = 20 << 20  # over qemu.qmp's 10 MiB line limit
 
 
-def big_reply(cmd: dict) -> bytes:
-    return reply(cmd, "x" * BIG)
+def big_reply(vm, call) -> str:
+    return "x" * BIG
 
 
-def reply_and_event_on_one_line(cmd: dict) -> bytes:
-    event = {"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}
-    return reply(cmd, {"ok": True}).rstrip(b"\r\n") + qmpcore.encode(event)
+def event_and_reply_on_one_line(vm, call) -> dict:
+    """The event goes out without a line end, so the reply follows on its line."""
+    vm.send_raw(b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}')
+    return {"ok": True}
 
 
-HANDLERS = {"x-big": big_reply, "x-two": reply_and_event_on_one_line}
+HANDLERS = {"x-big": big_reply, "x-two": event_and_reply_on_one_line}
 
 
 # -- one function per (API, case); each returns what the caller observed --
@@ -84,9 +83,9 @@ async def qemu_qmp_pretty(api, lab: Lab) -> Any:
         return [q.greeting._asdict()["QMP"]["capabilities"], status, normalize(event)]
 
 
-async def qemu_qmp_fake(api, lab: Lab, command: str) -> Any:
-    server = lab.fake_server(HANDLERS)
-    async with session(api.QMPClient("fake"), server.address) as q:
+async def qemu_qmp_embedded(api, lab: Lab, command: str) -> Any:
+    server = lab.embedded_server(HANDLERS)
+    async with session(api.QMPClient("embedded"), server.address) as q:
         value = await within(q.execute(command))
         return [len(value) if isinstance(value, str) else value,
                 normalize(q.events.clear())]
@@ -102,8 +101,8 @@ def legacy_pretty(api, lab: Lab) -> Any:
         return [status, normalize(mon.pull_event(wait=TIMEOUT))]
 
 
-def legacy_fake(api, lab: Lab, command: str) -> Any:
-    server = lab.fake_server(HANDLERS)
+def legacy_embedded(api, lab: Lab, command: str) -> Any:
+    server = lab.embedded_server(HANDLERS)
     with monitor(api, server.address) as mon:
         value = mon.cmd(command)
         return [len(value) if isinstance(value, str) else value,
@@ -120,8 +119,8 @@ def old_pretty(api, lab: Lab) -> Any:
         return [status, normalize(mon.pull_event(wait=TIMEOUT))]
 
 
-def old_fake(api, lab: Lab, command: str) -> Any:
-    server = lab.fake_server(HANDLERS)
+def old_embedded(api, lab: Lab, command: str) -> Any:
+    server = lab.embedded_server(HANDLERS)
     with monitor(api, server.address) as mon:
         value = mon.command(command)
         return [len(value) if isinstance(value, str) else value,
@@ -136,18 +135,18 @@ TWO = [{"ok": True}, [STOP]]
 #:          exception the reference raises, or None when it copes)
 CASES: Dict[str, tuple] = {
     "qemu_qmp-pretty": ("qemu_qmp", qemu_qmp_pretty, True, [["oob"], STATUS, STOP], "ConnectError"),
-    "qemu_qmp-20MiB": ("qemu_qmp", lambda a, l: qemu_qmp_fake(a, l, "x-big"), False, [BIG, []],
+    "qemu_qmp-20MiB": ("qemu_qmp", lambda a, l: qemu_qmp_embedded(a, l, "x-big"), False, [BIG, []],
                        "ExecInterruptedError"),
-    "qemu_qmp-two-on-a-line": ("qemu_qmp", lambda a, l: qemu_qmp_fake(a, l, "x-two"), False, TWO,
+    "qemu_qmp-two-on-a-line": ("qemu_qmp", lambda a, l: qemu_qmp_embedded(a, l, "x-two"), False, TWO,
                                "ExecInterruptedError"),
     "legacy-pretty": ("legacy", legacy_pretty, True, [STATUS, STOP], "ConnectError"),
-    "legacy-20MiB": ("legacy", lambda a, l: legacy_fake(a, l, "x-big"), False, [BIG, []],
+    "legacy-20MiB": ("legacy", lambda a, l: legacy_embedded(a, l, "x-big"), False, [BIG, []],
                      "ExecInterruptedError"),
-    "legacy-two-on-a-line": ("legacy", lambda a, l: legacy_fake(a, l, "x-two"), False, TWO,
+    "legacy-two-on-a-line": ("legacy", lambda a, l: legacy_embedded(a, l, "x-two"), False, TWO,
                              "ExecInterruptedError"),
     "qmp-pretty": ("qmp", old_pretty, True, [STATUS, STOP], "JSONDecodeError"),
-    "qmp-20MiB": ("qmp", lambda a, l: old_fake(a, l, "x-big"), False, [BIG, []], None),
-    "qmp-two-on-a-line": ("qmp", lambda a, l: old_fake(a, l, "x-two"), False, TWO,
+    "qmp-20MiB": ("qmp", lambda a, l: old_embedded(a, l, "x-big"), False, [BIG, []], None),
+    "qmp-two-on-a-line": ("qmp", lambda a, l: old_embedded(a, l, "x-two"), False, TWO,
                           "JSONDecodeError"),
 }
 
