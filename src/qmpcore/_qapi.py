@@ -142,6 +142,7 @@ class Schema:
             elif meta == "event":
                 self.events[entry["name"]] = entry
         self._alternate_names = dict(alternate_names or {})
+        self._accepts_none: Dict[str, bool] = {}
         self.reply: Optional[Encoded] = None
 
     @classmethod
@@ -169,6 +170,17 @@ class Schema:
 
     def check_arguments(self, command: str, arguments: Mapping[str, Any]) -> Optional[str]:
         """QEMU's error text for ``arguments`` of ``command``, or ``None``."""
+        if not arguments:
+            # Most requests carry no arguments; whether a command accepts
+            # none is worked out once.
+            accepted = self._accepts_none.get(command)
+            if accepted is None:
+                accepted = self._accepts_none[command] = self._check(command, {}) is None
+            if accepted:
+                return None
+        return self._check(command, arguments)
+
+    def _check(self, command: str, arguments: Mapping[str, Any]) -> Optional[str]:
         entry = self.commands.get(command)
         if entry is None:
             return None

@@ -79,6 +79,7 @@ class _Session:
         self._tasks: Set["asyncio.Future[Any]"] = set()
         self._writable = asyncio.Event()
         self._writable.set()
+        self._batching = False
         self._lost = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------
@@ -125,13 +126,18 @@ class _Session:
     # -- requests -----------------------------------------------------------
 
     def _serve(self) -> None:
-        """Run every request the protocol has released, then write."""
+        """Run every request the protocol has released, then write (all
+        replies to one burst of requests leave in one write)."""
         protocol = self.protocol
-        while not self.closed and not self.transport.is_closing():
-            request = protocol.next_event()
-            if request is None:
-                break
-            self._run(request)
+        self._batching = True
+        try:
+            while not self.closed and not self.transport.is_closing():
+                request = protocol.next_event()
+                if request is None:
+                    break
+                self._run(request)
+        finally:
+            self._batching = False
         self._flush()
         if self.transport is not None and not self.closed:
             if protocol.reading_paused:
@@ -203,8 +209,8 @@ class _Session:
         except TypeError as exc:  # the handler returned something JSON cannot hold
             logger.error("bad return value from %s handler: %s", request.command, exc)
             self.protocol.send_error(request, "GenericError", f"internal error: {exc}")
-        self._flush()
         if call._after is not None:
+            self._flush()
             call._after()
 
     def _fail(self, request: Request, exc: Exception) -> None:
@@ -215,7 +221,6 @@ class _Session:
         else:
             logger.exception("handler for %s failed", request.command, exc_info=exc)
             self.protocol.send_error(request, "GenericError", str(exc) or type(exc).__name__)
-        self._flush()
 
     # -- output and hooks ---------------------------------------------------
 
@@ -227,7 +232,8 @@ class _Session:
     def send_event(self, name: str, data: Any, stamp: float) -> None:
         send = getattr(self.protocol, "send_event", None)
         if send is not None and not self.closed and send(name, data, timestamp=stamp):
-            self._flush()
+            if not self._batching:  # inside _serve, the reply's write takes it along
+                self._flush()
 
     def send_raw(self, data: bytes) -> None:
         if not self.closed:
