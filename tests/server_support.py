@@ -15,8 +15,6 @@ from typing import Any, List, Optional, Tuple, Union
 
 import orjson
 
-import qmpcore
-
 TIMEOUT = 10.0
 QUIET = 0.2  # how long "nothing arrives" is watched
 
@@ -153,10 +151,3 @@ class Peer:
 
     async def __aexit__(self, *exc: Any) -> None:
         self.close()
-
-
-def frames(data: bytes) -> List[Any]:
-    """Decode a run of messages with qmpcore's framer (any layout)."""
-    items = qmpcore.Framer().feed(data)
-    assert not any(isinstance(item, qmpcore.FrameError) for item in items), items
-    return items

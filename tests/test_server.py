@@ -21,7 +21,7 @@ from qmpcore.server import (
     serve_vms,
     start_in_subprocess,
 )
-from server_support import Peer, frames
+from server_support import Peer
 
 STATUS = {"status": "running", "singlestep": False, "running": True}
 

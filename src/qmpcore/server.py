@@ -38,11 +38,12 @@ import resource
 from typing import Any, AsyncIterator, List, Optional, Set, Union
 
 from ._qemu_output import to_json
-from ._server_transport import Address, Connection, Listener, bind_socket, _close_fds
+from ._server_process import ServerProcess, start_in_subprocess
+from ._server_transport import Address, Connection, Listener, _close_fds, bind_socket
 from ._simulated import Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
 from .errors import CommandError
 from .protocol.qga_server import QGAServerProtocol
-from .protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes
+from .protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, event_head
 
 __all__ = [
     "QMPServer",
@@ -267,29 +268,23 @@ class _Session:
         if not isinstance(protocol, QMPServerProtocol) or not protocol.negotiated:
             return 0
         sent = 0
-        name_json = to_json(name)
         tail = None if data is None else b', "data": ' + to_json(data) + b"}\r\n"
         while sent < count and not self.closed:
             if not self._writable.is_set():
                 await self._writable.wait()
                 continue
             batch = min(_FLOOD_BATCH, count - sent)
+            stamp = self.target.clock()  # one timestamp per batch
             if protocol.pretty:
                 chunk = b"".join(
-                    event_bytes(name, data if data is not None else {"seq": seq}, self.target.clock(), pretty=True) for seq in range(sent, sent + batch)
+                    event_bytes(name, data if data is not None else {"seq": seq}, stamp, pretty=True)
+                    for seq in range(sent, sent + batch)
                 )
+            elif tail is None:
+                template = event_head(name, stamp) + b', "data": {"seq": %d}}\r\n'
+                chunk = b"".join([template % seq for seq in range(sent, sent + batch)])
             else:
-                micros = int(round(self.target.clock() * 1_000_000))
-                head = b'{"timestamp": {"seconds": %d, "microseconds": %d}, "event": %s' % (
-                    micros // 1_000_000,
-                    micros % 1_000_000,
-                    name_json,
-                )
-                if tail is None:
-                    template = head + b', "data": {"seq": %d}}\r\n'
-                    chunk = b"".join([template % seq for seq in range(sent, sent + batch)])
-                else:
-                    chunk = (head + tail) * batch
+                chunk = (event_head(name, stamp) + tail) * batch
             self._flush()
             self.transport.write(chunk)
             sent += batch
@@ -563,18 +558,3 @@ async def serve_vm(
     finally:
         await server.close()
         vm.close_fds()
-
-
-def start_in_subprocess(*args: Any, **kwargs: Any) -> "ServerProcess":
-    """Run :func:`serve_vms` in a child process; see :class:`ServerProcess`."""
-    from ._server_process import start_in_subprocess as start
-
-    return start(*args, **kwargs)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ServerProcess":
-        from ._server_process import ServerProcess
-
-        return ServerProcess
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Union
+from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .. import Framer
 from .._qapi import CommandInfo, Schema
@@ -43,7 +43,7 @@ __all__ = [
     "QMPServerProtocol",
     "DEFAULT_VERSION",
     "event_bytes",
-    "timestamp_now",
+    "event_head",
 ]
 
 
@@ -458,10 +458,17 @@ class QMPServerProtocol(ServerProtocolBase):
         return encode_qmp(message, pretty=True)
 
 
-def timestamp_now() -> Dict[str, int]:
-    """QEMU's event timestamp for the current wall-clock time."""
-    now = time.time_ns() // 1000
-    return {"seconds": now // 1_000_000, "microseconds": now % 1_000_000}
+def _split_timestamp(timestamp: Optional[float]) -> Tuple[int, int]:
+    """(seconds, microseconds) of ``timestamp`` (default: now)."""
+    micros = time.time_ns() // 1000 if timestamp is None else int(round(timestamp * 1_000_000))
+    return divmod(micros, 1_000_000)
+
+
+def event_head(name: str, timestamp: Optional[float] = None) -> bytes:
+    """The start of a compact event message, up to and including the name
+    (the caller adds ``, "data": ...`` and ``}\r\n``)."""
+    seconds, micros = _split_timestamp(timestamp)
+    return b'{"timestamp": {"seconds": %d, "microseconds": %d}, "event": %s' % (seconds, micros, to_json(name))
 
 
 def event_bytes(
@@ -476,20 +483,12 @@ def event_bytes(
     ``timestamp`` is seconds since the epoch (default: now).  Events without
     data have no ``data`` member, as in QEMU.
     """
-    if timestamp is None:
-        stamp = timestamp_now()
-    else:
-        micros = int(round(timestamp * 1_000_000))
-        stamp = {"seconds": micros // 1_000_000, "microseconds": micros % 1_000_000}
     if pretty:
-        message: Dict[str, Any] = {"event": name, "timestamp": stamp}
+        seconds, micros = _split_timestamp(timestamp)
+        message: Dict[str, Any] = {"event": name, "timestamp": {"seconds": seconds, "microseconds": micros}}
         if data is not None:
             message["data"] = data
         return encode_qmp(message, pretty=True)
-    head = b'{"timestamp": {"seconds": %d, "microseconds": %d}, "event": ' % (
-        stamp["seconds"],
-        stamp["microseconds"],
-    )
     if data is None:
-        return head + to_json(name) + b"}\r\n"
-    return head + to_json(name) + b', "data": ' + to_json(data) + b"}\r\n"
+        return event_head(name, timestamp) + b"}\r\n"
+    return event_head(name, timestamp) + b', "data": ' + to_json(data) + b"}\r\n"
