@@ -443,6 +443,16 @@ def test_reply_for_unknown_id_is_reported():
     assert events[1] == Return(cid, "query-status", {})
 
 
+@pytest.mark.parametrize("foreign", [b"1.0", b"true", b'"1"', b"[1]"])
+def test_id_equal_to_ours_but_not_an_int_is_reported(foreign):
+    proto = ready()
+    cid, _ = proto.send_command("query-status")
+    assert cid == 2
+    (fault,) = proto.receive_data(b'{"return": {}, "id": %s}\r\n' % foreign.replace(b"1", b"2"))
+    assert type(fault) is ProtocolFault and "unknown id" in str(fault.error)
+    assert proto.in_flight == 1
+
+
 def test_unhashable_reply_id_is_reported():
     proto = ready()
     (fault,) = proto.receive_data(b'{"return": {}, "id": {"nested": [1]}}\r\n')

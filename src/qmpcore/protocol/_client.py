@@ -9,6 +9,7 @@ replies free slots.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, Dict, List, Tuple
 
 from .. import Framer
@@ -16,7 +17,7 @@ from .._wire import SYNC
 from ..errors import FrameError, ProtocolError, StateError
 from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return
 
-__all__ = ["ClientProtocolBase", "check_command"]
+__all__ = ["ClientProtocolBase", "check_command", "describe", "text_of"]
 
 _MISS = object()
 #: QEMU refuses messages over 64 MiB; such a command could never be answered.
@@ -34,10 +35,23 @@ def check_command(command: Any, arguments: Any) -> None:
         raise TypeError(f"arguments must be a dict or None, not {type(arguments).__name__}")
 
 
+_short = reprlib.Repr()
+_short.maxlevel = 4
+_short.maxstring = _short.maxother = 80
+
+
 def describe(item: Any) -> str:
-    """Short printable form of a frame for error messages."""
-    text = repr(item)
-    return text if len(text) <= 200 else text[:197] + "..."
+    """Short printable form of a frame for error messages (bounded work,
+    however large or deeply nested the frame)."""
+    try:
+        return _short.repr(item)
+    except ValueError:  # an integer too long to print
+        return f"<unprintable {type(item).__name__}>"
+
+
+def text_of(value: Any) -> str:
+    """A message member as text: itself if a string, else its short form."""
+    return value if isinstance(value, str) else describe(value)
 
 
 class ClientProtocolBase:
@@ -143,23 +157,25 @@ class ClientProtocolBase:
         if mid is _MISS:
             error = msg.get("error")
             if isinstance(error, dict):
-                text = f"server reported an error for no command: {error.get('class')}: {error.get('desc')}"
+                text = "server reported an error for no command: %s: %s" % (
+                    text_of(error.get("class")),
+                    text_of(error.get("desc")),
+                )
             else:
                 text = "reply without id"
             out.append(ProtocolFault(ProtocolError(text), msg))
             return
-        try:
-            command = self._pending.pop(mid, _MISS)
-            if command is _MISS:
-                command = self._pending_oob.pop(mid, _MISS)
-                if command is _MISS:
-                    self._unmatched(mid, msg, out)
-                    return
-            else:
-                self._slot_freed()
-        except TypeError:  # an unhashable id: certainly not one of ours
-            self._unmatched(mid, msg, out)
+        if type(mid) is not int:  # 1.0 and true equal 1 but are not our ids
+            out.append(self._unknown(mid, msg))
             return
+        command = self._pending.pop(mid, _MISS)
+        if command is _MISS:
+            command = self._pending_oob.pop(mid, _MISS)
+            if command is _MISS:
+                self._unmatched(mid, msg, out)
+                return
+        else:
+            self._slot_freed()
         if "return" in msg:
             out.append(Return(mid, command, msg["return"]))
         else:
@@ -169,16 +185,17 @@ class ClientProtocolBase:
     def _error_reply(mid: Any, command: str, msg: dict) -> ErrorReply:
         error = msg.get("error")
         if isinstance(error, dict):
-            return ErrorReply(mid, command, str(error.get("class", "")), str(error.get("desc", "")), msg)
-        return ErrorReply(mid, command, "", str(error), msg)
+            return ErrorReply(mid, command, text_of(error.get("class", "")), text_of(error.get("desc", "")), msg)
+        return ErrorReply(mid, command, "", text_of(error), msg)
 
-    def _unmatched(self, mid: Any, msg: dict, out: list) -> None:
-        try:
-            in_band = self._abandoned.pop(mid, _MISS)
-        except TypeError:
-            in_band = _MISS
+    @staticmethod
+    def _unknown(mid: Any, msg: dict) -> ProtocolFault:
+        return ProtocolFault(ProtocolError(f"reply for unknown id {describe(mid)}"), msg)
+
+    def _unmatched(self, mid: int, msg: dict, out: list) -> None:
+        in_band = self._abandoned.pop(mid, _MISS)
         if in_band is _MISS:
-            out.append(ProtocolFault(ProtocolError(f"reply for unknown id {describe(mid)}"), msg))
+            out.append(self._unknown(mid, msg))
             return
         self.late_replies += 1
         if in_band:

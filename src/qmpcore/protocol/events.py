@@ -33,17 +33,18 @@ class VersionInfo(NamedTuple):
 
     @classmethod
     def from_qmp(cls, version: Any) -> "VersionInfo":
-        """Build from the greeting's ``version`` member (lenient about gaps)."""
+        """Build from the greeting's ``version`` member (missing or odd
+        members read as 0 and "")."""
         qemu = version.get("qemu", {}) if isinstance(version, dict) else {}
         if not isinstance(qemu, dict):
             qemu = {}
         package = version.get("package", "") if isinstance(version, dict) else ""
-        return cls(
-            int(qemu.get("major", 0)),
-            int(qemu.get("minor", 0)),
-            int(qemu.get("micro", 0)),
-            package if isinstance(package, str) else str(package),
-        )
+
+        def number(key: str) -> int:
+            value = qemu.get(key, 0)
+            return value if type(value) is int else 0
+
+        return cls(number("major"), number("minor"), number("micro"), package if isinstance(package, str) else "")
 
 
 class Greeting(NamedTuple):

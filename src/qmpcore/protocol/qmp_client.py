@@ -27,8 +27,8 @@ import enum
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import encode
-from ..errors import ProtocolError, StateError
-from ._client import ClientProtocolBase, check_command, describe
+from ..errors import StateError
+from ._client import ClientProtocolBase, check_command
 from .events import (
     ConnectionClosed,
     ErrorReply,
@@ -173,7 +173,7 @@ class QMPClientProtocol(ClientProtocolBase):
         ts = msg.get("timestamp")
         try:
             timestamp: Optional[float] = ts["seconds"] + ts["microseconds"] / 1e6  # type: ignore[index]
-        except (TypeError, KeyError):
+        except (TypeError, KeyError, OverflowError):
             timestamp = None
         if name == "SHUTDOWN":
             self._shutdown_seen = True
@@ -185,11 +185,7 @@ class QMPClientProtocol(ClientProtocolBase):
             out.append(self._fault_for(msg))
             return
         caps = body.get("capabilities")
-        try:
-            version = VersionInfo.from_qmp(body.get("version"))
-        except (TypeError, ValueError):
-            out.append(ProtocolFault(ProtocolError(f"bad greeting: {describe(msg)}"), msg))
-            return
+        version = VersionInfo.from_qmp(body.get("version"))
         greeting = Greeting(version, tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else (), msg)
         self.greeting = greeting
         self.state = State.NEGOTIATION
