@@ -498,3 +498,17 @@ def test_child_process_exits_with_its_parent_pipe(tmp_path):
     assert server._process.wait(10) == 0
     server.stop()
     assert os.listdir(tmp_path) == []
+
+
+async def test_client_hanging_up_while_its_input_waits(sock_path):
+    """Input stops being read behind a stuck command (bounded memory), yet a
+    client that hangs up is noticed and the next one is served."""
+    async with serve_vm(sock_path) as vm:
+        vm.hang_command("query-name", times=1)
+        async with await connected(sock_path) as peer:
+            await peer.send(b'{"execute":"query-name"}' + b'{"execute":"query-status"}' * 5000)
+            await peer.expect_nothing()
+            session = vm.endpoints[0]._session
+            assert session.protocol.reading_paused
+        async with await connected(sock_path) as peer:
+            assert await peer.execute("query-status") == {"return": STATUS}

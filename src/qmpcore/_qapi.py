@@ -143,6 +143,7 @@ class Schema:
                 self.events[entry["name"]] = entry
         self._alternate_names = dict(alternate_names or {})
         self._accepts_none: Dict[str, bool] = {}
+        self._infos: Optional[Dict[str, CommandInfo]] = None
         self.reply: Optional[Encoded] = None
 
     @classmethod
@@ -167,6 +168,13 @@ class Schema:
             allow_oob=bool(entry.get("allow-oob")),
             check_arguments=functools.partial(self.check_arguments, name),
         )
+
+    def command_infos(self) -> Dict[str, CommandInfo]:
+        """:class:`CommandInfo` of every command, in schema order (built once
+        and shared: treat it as read-only)."""
+        if self._infos is None:
+            self._infos = {name: self.command_info(name) for name in self.commands}  # type: ignore[misc]
+        return self._infos
 
     def check_arguments(self, command: str, arguments: Mapping[str, Any]) -> Optional[str]:
         """QEMU's error text for ``arguments`` of ``command``, or ``None``."""

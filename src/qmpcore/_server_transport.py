@@ -21,6 +21,7 @@ import array
 import asyncio
 import errno
 import os
+import select
 import socket
 import stat
 import struct
@@ -40,6 +41,8 @@ _ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 _HIGH_WATER = 256 * 1024
 _LOW_WATER = 64 * 1024
 _RETRY = (BlockingIOError, InterruptedError)
+_HANGUP_POLL = 0.1
+_HANGUP_EVENTS = select.POLLHUP | getattr(select, "POLLRDHUP", 0)
 
 
 def _close_fds(fds: List[int]) -> None:
@@ -75,6 +78,7 @@ class Connection:
         self._closing = False
         self._closed = False
         self._paused_protocol = False
+        self._hangup_timer: Optional[asyncio.TimerHandle] = None
         loop.add_reader(self._fd, self._on_readable)
         protocol.connection_made(self)
 
@@ -122,11 +126,35 @@ class Connection:
         if self._reading and not self._closed:
             self._reading = False
             self._loop.remove_reader(self._fd)
+            if not self._closing:
+                self._watch_hangup()
 
     def resume_reading(self) -> None:
         if not self._reading and not self._closing and not self._closed:
             self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
+            self._stop_hangup_watch()
+
+    def _watch_hangup(self) -> None:
+        """While not reading, still notice a client that hangs up (QEMU
+        watches G_IO_HUP separately): poll the socket now and then."""
+        self._hangup_timer = self._loop.call_later(_HANGUP_POLL, self._check_hangup)
+
+    def _stop_hangup_watch(self) -> None:
+        if self._hangup_timer is not None:
+            self._hangup_timer.cancel()
+            self._hangup_timer = None
+
+    def _check_hangup(self) -> None:
+        self._hangup_timer = None
+        if self._reading or self._closing or self._closed:
+            return
+        poller = select.poll()
+        poller.register(self._fd, _HANGUP_EVENTS)
+        if poller.poll(0):
+            self.close()
+        else:
+            self._watch_hangup()
 
     def close(self) -> None:
         """Stop reading; close once everything written has been sent."""
@@ -209,6 +237,7 @@ class Connection:
             return
         self._closed = True
         self._closing = True
+        self._stop_hangup_watch()
         if self._reading:
             self._loop.remove_reader(self._fd)
             self._reading = False

@@ -14,9 +14,10 @@ answers with that error class and text.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import orjson
@@ -107,17 +108,6 @@ class _CommandTable(Mapping[str, CommandInfo]):
         return len(self.base) + sum(1 for name in self.own if name not in self.base)
 
 
-_SCHEMA_TABLES: Dict[int, Dict[str, CommandInfo]] = {}
-
-
-def _schema_table(schema: Schema) -> Dict[str, CommandInfo]:
-    table = _SCHEMA_TABLES.get(id(schema))
-    if table is None:
-        table = {name: schema.command_info(name) for name in schema.commands}  # type: ignore[misc]
-        _SCHEMA_TABLES[id(schema)] = table
-    return table
-
-
 class Simulator:
     """Commands, handlers, faults and attached endpoints (VM or agent)."""
 
@@ -148,14 +138,13 @@ class Simulator:
         flag unless overridden here; a new command takes any arguments.
         """
         known = self.commands.get(name)
-        if known is None or allow_oob is not None or check_arguments is not None:
-            self._own[name] = CommandInfo(
-                name,
-                allow_oob=bool(allow_oob if allow_oob is not None else known and known.allow_oob),
-                enabled=known.enabled if known is not None else True,
-                success_response=known.success_response if known is not None else True,
-                check_arguments=check_arguments if check_arguments is not None else known and known.check_arguments,
-            )
+        info = known if known is not None else CommandInfo(name)
+        if allow_oob is not None:
+            info = replace(info, allow_oob=allow_oob)
+        if check_arguments is not None:
+            info = replace(info, check_arguments=check_arguments)
+        if info is not known:
+            self._own[name] = info
         self._handlers[name] = handler
         self._commands_changed()
 
@@ -203,8 +192,9 @@ class Simulator:
         self, command: str, *, mid_frame: bool = False, reset: bool = False, times: Optional[int] = 1
     ) -> None:
         """Close the connection instead of answering ``command``; with
-        ``mid_frame`` after writing half of the reply; ``reset`` makes the
-        client see ECONNRESET."""
+        ``mid_frame`` after writing half of the reply.  ``reset`` makes a
+        TCP client see ECONNRESET (a unix socket reports a reset only when
+        input was left unread, as after QEMU's ``quit`` in corpus 99)."""
         self._add_fault(command, _Fault("drop", mid_frame=mid_frame, reset=reset, times=times))
 
     def clear_faults(self, command: Optional[str] = None) -> None:
@@ -318,7 +308,7 @@ class SimulatedVM(Simulator):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.schema = schema if schema is not None else Schema.qemu_7_2()
-        super().__init__(_schema_table(self.schema))
+        super().__init__(self.schema.command_infos())
         self.name = name
         self.version = _version_dict(version, package)
         self.status = status
@@ -557,8 +547,22 @@ _QGA_SCHEMA = Schema(
 )
 
 
-def _guest_info_72() -> Dict[str, Any]:
-    return orjson.loads((DATA_DIR / _GUEST_INFO_72).read_bytes())["return"]
+@functools.lru_cache(maxsize=None)
+def _qemu_ga_72_commands() -> Dict[str, CommandInfo]:
+    """qemu-ga 7.2's commands as its recorded ``guest-info`` lists them
+    (shared by every simulated agent; treat as read-only)."""
+    info = orjson.loads((DATA_DIR / _GUEST_INFO_72).read_bytes())["return"]
+    table: Dict[str, CommandInfo] = {}
+    for entry in info["supported_commands"]:
+        name = entry["name"]
+        checks = _QGA_SCHEMA.command_info(name)
+        table[name] = CommandInfo(
+            name,
+            enabled=entry["enabled"],
+            success_response=entry["success-response"],
+            check_arguments=checks.check_arguments if checks is not None else None,
+        )
+    return table
 
 
 class SimulatedGuestAgent(Simulator):
@@ -572,18 +576,7 @@ class SimulatedGuestAgent(Simulator):
     """
 
     def __init__(self, *, version: str = "7.2.0", hostname: str = "simulated-guest") -> None:
-        info = _guest_info_72()
-        base: Dict[str, CommandInfo] = {}
-        for entry in info["supported_commands"]:
-            name = entry["name"]
-            checks = _QGA_SCHEMA.command_info(name)
-            base[name] = CommandInfo(
-                name,
-                enabled=entry["enabled"],
-                success_response=entry["success-response"],
-                check_arguments=checks.check_arguments if checks is not None else None,
-            )
-        super().__init__(base)
+        super().__init__(_qemu_ga_72_commands())
         self.version = version
         self.hostname = hostname
         self._info_reply: Optional[Encoded] = None
@@ -605,13 +598,7 @@ class SimulatedGuestAgent(Simulator):
         current = self.commands.get(name)
         if current is None:
             raise KeyError(name)
-        self._own[name] = CommandInfo(
-            name,
-            allow_oob=current.allow_oob,
-            enabled=enabled,
-            success_response=current.success_response,
-            check_arguments=current.check_arguments,
-        )
+        self._own[name] = replace(current, enabled=enabled)
         self._commands_changed()
 
     def _commands_changed(self) -> None:
