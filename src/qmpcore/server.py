@@ -66,9 +66,9 @@ _FLOOD_BATCH = 1024
 _CLOSE_TIMEOUT = 1.0
 
 
-class _Session:
+class _Session(asyncio.Protocol):
     """One client connection: bytes to the protocol object, requests to
-    the simulator's handlers, answers back (an :class:`asyncio.Protocol`)."""
+    the simulator's handlers, answers back."""
 
     def __init__(self, endpoint: "_Endpoint", protocol: ServerProtocolBase) -> None:
         self.endpoint = endpoint
