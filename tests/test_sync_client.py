@@ -327,9 +327,12 @@ def test_quit_then_reset_is_clean(tmp_path):
 
 
 def test_close_from_another_thread_wakes_a_reader(tmp_path):
+    received = threading.Event()
+
     def script(peer: Peer) -> None:
         peer.handshake()
         peer.recv_command()
+        received.set()
         peer.recv()
 
     outcome = []
@@ -344,8 +347,7 @@ def test_close_from_another_thread_wakes_a_reader(tmp_path):
 
         t = threading.Thread(target=worker)
         t.start()
-        while not qmp.counters["in_flight"]:
-            threading.Event().wait(0.01)
+        assert received.wait(WAIT)
         qmp.close()
         t.join(WAIT)
         assert not t.is_alive()

@@ -142,14 +142,18 @@ class _SyncClient(ClientCore):
             if remaining is not None and remaining <= 0:
                 return False
             if self._reading or self._router.blocked:
-                self._sleepers += 1
-                try:
-                    cond.wait(remaining)
-                finally:
-                    self._sleepers -= 1
+                self._sleep(remaining)
             else:
                 self._read_once(remaining)
         return True
+
+    def _sleep(self, timeout: Optional[float]) -> None:
+        """Wait (``_cond`` held) for the reading thread to report progress."""
+        self._sleepers += 1
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._sleepers -= 1
 
     def _read_once(self, timeout: Optional[float]) -> None:
         cond = self._cond
@@ -351,7 +355,7 @@ class _SyncClient(ClientCore):
             except OSError:
                 pass
             while self._reading:
-                self._cond.wait(1.0)
+                self._sleep(1.0)
             self._shutdown(None)
             self._sock_closed = True
             self._sock.close()
