@@ -512,3 +512,26 @@ async def test_client_hanging_up_while_its_input_waits(sock_path):
             assert session.protocol.reading_paused
         async with await connected(sock_path) as peer:
             assert await peer.execute("query-status") == {"return": STATUS}
+
+
+async def test_output_to_a_client_that_never_reads_is_capped(sock_path):
+    """Every '}' earns an error reply; a client that sends megabytes of them
+    and reads nothing stops being read once its unread output is large."""
+    async with serve_vm(sock_path) as vm:
+        async with await connected(sock_path) as peer:
+            garbage = b"}" * (1 << 20)
+            sent = 0
+
+            async def flood_input():
+                nonlocal sent
+                while sent < 64 << 20:
+                    await peer.loop.sock_sendall(peer.sock, garbage)
+                    sent += len(garbage)
+
+            writer = asyncio.ensure_future(flood_input())
+            transport = vm.endpoints[0]._session.transport
+            await wait_until(lambda: transport.get_write_buffer_size() > 16 << 20, timeout=60)
+            await wait_until(lambda: not transport.is_reading())
+            assert not writer.done()
+            assert transport.get_write_buffer_size() < 32 << 20
+            writer.cancel()

@@ -32,7 +32,9 @@ __all__ = ["Connection", "Listener", "bind_socket", "Address"]
 
 Address = Union[str, "os.PathLike[str]", Tuple[str, int]]
 
-_READ_SIZE = 256 * 1024
+# Small enough that one read of garbage (an error reply per byte) cannot
+# produce much output before the output cap is checked again.
+_READ_SIZE = 64 * 1024
 # recv() of a fresh 256 KiB bytes object per read costs more than the
 # syscall itself; reads land in one reused buffer per thread instead.
 _buffers = threading.local()
@@ -121,6 +123,9 @@ class Connection:
         if not self._paused_protocol and len(self._buffer) > _HIGH_WATER:
             self._paused_protocol = True
             self._protocol.pause_writing()
+
+    def is_reading(self) -> bool:
+        return self._reading
 
     def pause_reading(self) -> None:
         if self._reading and not self._closed:

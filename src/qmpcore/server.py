@@ -64,6 +64,8 @@ logger = logging.getLogger("qmpcore.server")
 
 _FLOOD_BATCH = 1024
 _CLOSE_TIMEOUT = 1.0
+# Unread output beyond which a client's input is no longer read.
+_OUTPUT_CAP = 16 << 20
 
 
 class _Session(asyncio.Protocol):
@@ -111,6 +113,7 @@ class _Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
+        self._update_reading()
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self.closed = True
@@ -140,11 +143,19 @@ class _Session(asyncio.Protocol):
         finally:
             self._batching = False
         self._flush()
-        if self.transport is not None and not self.closed:
-            if protocol.reading_paused:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read while the request queue has room and the client keeps up
+        with the output; like QEMU, a client that stops reading is not cut
+        off at once, but its unread output is capped (bounded memory)."""
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if self.protocol.reading_paused or transport.get_write_buffer_size() > _OUTPUT_CAP:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def _run(self, request: Request, faults: bool = True) -> None:
         if faults:

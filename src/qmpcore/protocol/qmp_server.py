@@ -190,7 +190,8 @@ class ServerProtocolBase:
             # still open, so the caller can answer with an error instead.
             reply = self._reply_prefix(request) + self._return_bytes(request.id, {} if value is None else value)
         self._close(request)
-        self._out.append(reply)
+        if reply:
+            self._out.append(reply)
         self._pump()
 
     def send_error(self, request: Request, error_class: str, desc: str) -> None:
