@@ -15,7 +15,8 @@ class Address(NamedTuple):
     """A parsed address; ``sockaddr`` is what ``socket.connect`` takes."""
 
     family: int
-    sockaddr: Union[str, bytes, Tuple[str, int]]
+    #: A path (``str``/``bytes``) for unix sockets, ``(host, port)`` for TCP.
+    sockaddr: Any
 
     @property
     def is_unix(self) -> bool:
@@ -23,8 +24,8 @@ class Address(NamedTuple):
 
     def __str__(self) -> str:
         if self.is_unix:
-            return os.fsdecode(self.sockaddr)  # type: ignore[arg-type]
-        host, port = self.sockaddr  # type: ignore[misc]
+            return os.fsdecode(self.sockaddr)
+        host, port = self.sockaddr
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 

@@ -131,7 +131,7 @@ class _AsyncClient(ClientCore):
                 raise
             self._sock = sock
         else:
-            host, port = addr.sockaddr  # type: ignore[misc]
+            host, port = addr.sockaddr
             self._transport, _ = await loop.create_connection(lambda: _Transport(self), host, port)
 
     async def _handshake(self, timeout: Optional[float], steps: Callable[[], Any]) -> None:
@@ -549,6 +549,7 @@ class GuestAgentClient(_AsyncClient):
     """One guest agent channel (see :func:`connect_guest_agent`)."""
 
     _proto: QGAClientProtocol
+    _sync_id = 0  # the resync in progress
 
     async def execute(
         self,
@@ -581,11 +582,12 @@ class GuestAgentClient(_AsyncClient):
         fut = self._waiters.get(Synced)
         if fut is None or fut.done():
             sid, data = self._proto.sync()
+            self._sync_id = sid
             fut = self._waiters[Synced] = self._loop.create_future()
             if data:
                 self._write(data)
-        else:
-            sid = self._proto.sync_id  # type: ignore[assignment]
+        else:  # share the resync in progress
+            sid = self._sync_id
         try:
             await self._wait(fut, timeout if timeout is not None else self.command_timeout, "no guest-sync-delimited reply")
         except TimeoutError:

@@ -136,7 +136,6 @@ class _SyncClient(ClientCore):
 
         Call with ``_cond`` held.  Returns False if the deadline passed first.
         """
-        cond = self._cond
         while not done() and not self._closed:
             remaining = None if deadline is None else deadline - _monotonic()
             if remaining is not None and remaining <= 0:
@@ -486,6 +485,7 @@ class SyncGuestAgentClient(_SyncClient):
     """One guest agent channel, blocking (see :func:`connect_guest_agent_sync`)."""
 
     _proto: QGAClientProtocol
+    _sync_id = 0  # the resync in progress
 
     def execute(
         self,
@@ -515,11 +515,12 @@ class SyncGuestAgentClient(_SyncClient):
         with self._cond:
             self._check_open()
             slot = self._waiters.get(Synced)
-            if slot is None:  # else share the resync another thread started
+            if slot is None:
                 sid, data = self._proto.sync()
+                self._sync_id = sid
                 slot = self._waiters[Synced] = _Slot()
-            else:
-                sid, data = self._proto.sync_id, b""
+            else:  # share the resync another thread started
+                sid, data = self._sync_id, b""
         if data:
             self._send(data, None, deadline)
         with self._cond:

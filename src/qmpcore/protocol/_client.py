@@ -19,7 +19,7 @@ from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return
 
 __all__ = ["ClientProtocolBase", "check_command", "describe", "text_of"]
 
-_MISS = object()
+_MISS: Any = object()
 #: QEMU refuses messages over 64 MiB; such a command could never be answered.
 MAX_COMMAND_SIZE = 64 << 20
 #: Abandoned ids kept (oldest forgotten first): bounds memory when a server

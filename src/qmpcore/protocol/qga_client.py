@@ -74,7 +74,7 @@ class QGAClientProtocol(ClientProtocolBase):
         self.state = State.UNSYNCED
         #: The id of the resync in progress (or last completed).
         self.sync_id: Optional[int] = None
-        self._sync_wanted = False  # an explicit resync waits for the slot
+        self._sync_wanted: Optional[int] = None  # id of a resync waiting for the slot
         self._saw_sync = False  # a 0xFF arrived since the last item
         self._no_reply: Set[int] = set()
         self._shutdown_sent = False
@@ -95,8 +95,7 @@ class QGAClientProtocol(ClientProtocolBase):
             self._start_sync(sid)
         else:
             self.state = State.UNSYNCED
-            self.sync_id = sid
-            self._sync_wanted = True
+            self._sync_wanted = sid
             self._pump()
         return sid, self.data_to_send()
 
@@ -139,6 +138,9 @@ class QGAClientProtocol(ClientProtocolBase):
         """
         if self.state is State.SYNCING and cid == self.sync_id:
             self._unsync()
+        elif cid == self._sync_wanted:
+            self._sync_wanted = None
+            self._pump()
         elif cid in self._pending:
             del self._pending[cid]
             self._abandoned[cid] = False  # its slot is freed right here
@@ -155,7 +157,7 @@ class QGAClientProtocol(ClientProtocolBase):
     def _start_sync(self, sid: int) -> None:
         self.state = State.SYNCING
         self.sync_id = sid
-        self._sync_wanted = False
+        self._sync_wanted = None
         self._saw_sync = False
         self._in_flight = 1
         self._abandoned.clear()  # their late replies precede the sync reply
@@ -166,8 +168,10 @@ class QGAClientProtocol(ClientProtocolBase):
         held = self._held
         while self._in_flight == 0 and not self._eof:
             if self.state is State.UNSYNCED:
-                if held or self._sync_wanted:
-                    self._start_sync(self.sync_id if self._sync_wanted else random.getrandbits(53))
+                if self._sync_wanted is not None:
+                    self._start_sync(self._sync_wanted)
+                elif held:
+                    self._start_sync(random.getrandbits(53))
                 return
             if not held:
                 return
