@@ -251,3 +251,13 @@ def test_garbage_while_ready_is_a_fault():
     events = proto.receive_data(b'oops\n{"return": {}, "id": %d}\n' % cid)
     assert type(events[0]) is ProtocolFault and isinstance(events[0].item, qmpcore.FrameError)
     assert events[1] == Return(cid, "guest-ping", {})
+
+
+def test_abandoned_queued_resync_is_not_sent():
+    proto = synced()
+    cid, _ = proto.send_command("guest-info")
+    sid, data = proto.sync()
+    assert data == b""
+    proto.abandon(sid)
+    proto.receive_data(b'{"return": {}, "id": %d}\n' % cid)
+    assert proto.data_to_send() == b"" and proto.state is State.UNSYNCED
