@@ -41,10 +41,13 @@ class ClientCore:
     ``set_result()`` and ``set_exception()``.
     """
 
-    def __init__(self, proto: Any, address: Address, event_queue: int) -> None:
+    def __init__(self, proto: Any, address: Address, event_queue: int, command_timeout: Optional[float]) -> None:
         self._proto = proto
         #: Where this client is connected.
         self.address = address
+        #: Default timeout of each command (None: wait as long as it takes).
+        self.command_timeout = command_timeout
+        self._event_queue_size = event_queue or EVENT_QUEUE_SIZE  # default subscription size
         self._waiters: Dict[Any, Any] = {}
         self._timers: Dict[Any, Any] = {}  # id -> timer handle (asyncio only)
         self._router = EventRouter(event_queue)
@@ -81,6 +84,16 @@ class ClientCore:
             "backlog_dropped": router.backlog.dropped,
             "protocol_errors": self._protocol_errors,
         }
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._proto.state.value
+        return f"<{type(self).__name__} {self.address} {state}>"
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing:
+            if self.connection_error is not None:
+                raise self.connection_error
+            raise StateError("the client is closed")
 
     def _check_fds(self) -> None:
         if not self.address.is_unix:

@@ -24,9 +24,9 @@ from typing import Any, Callable, List, Optional, Sequence
 from ._address import Address, AddressLike, parse_address
 from ._clientcore import EVENT_QUEUE_SIZE, ClientCore, QMPInfo
 from ._eventqueue import BLOCK, DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
-from .errors import ConnectionLost, StateError, TimeoutError
+from .errors import ConnectionLost, TimeoutError
 from .protocol.events import Event, Greeting, Synced, VersionInfo
-from .protocol.qga_client import NO_REPLY_COMMANDS, QGAClientProtocol
+from .protocol.qga_client import QGAClientProtocol, expects_reply
 from .protocol.qmp_client import QMPClientProtocol
 
 __all__ = [
@@ -84,11 +84,8 @@ class _Transport(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._client._lost(exc)
 
-    def pause_writing(self) -> None:
-        self._client._write_paused = True
-
     def resume_writing(self) -> None:
-        self._client._resume_writing()
+        self._client._wake_drainers(None)
 
 
 class _AsyncClient(ClientCore):
@@ -101,16 +98,12 @@ class _AsyncClient(ClientCore):
         event_queue: int,
         command_timeout: Optional[float],
     ) -> None:
-        super().__init__(proto, address, event_queue)
+        super().__init__(proto, address, event_queue, command_timeout)
         self._loop = asyncio.get_running_loop()
-        self._event_queue_size = event_queue or EVENT_QUEUE_SIZE
-        #: Default timeout of each command (None: wait as long as it takes).
-        self.command_timeout = command_timeout
         self._transport: Optional[asyncio.Transport] = None
         self._sock: Optional[socket.socket] = None  # unix only, for SCM_RIGHTS
         self._batch: Optional[List[bytes]] = None
         self._batch_hold = 0  # >0 while an fd send owns the socket
-        self._write_paused = False
         self._drain_waiters: List["asyncio.Future[None]"] = []
         self._read_paused = False
         self._closed_fut: "asyncio.Future[None]" = self._loop.create_future()
@@ -155,7 +148,7 @@ class _AsyncClient(ClientCore):
         out = proto.data_to_send()
         if out:
             self._write(out)
-        if self._router._subs and self._router.blocked and not self._read_paused:
+        if self._router.blocked and not self._read_paused:
             self._read_paused = True
             self._transport.pause_reading()  # type: ignore[union-attr]
 
@@ -172,12 +165,6 @@ class _AsyncClient(ClientCore):
             self._read_paused = False
             if self._transport is not None:
                 self._transport.resume_reading()
-
-    def _check_open(self) -> None:
-        if self._closed or self._closing:
-            if self.connection_error is not None:
-                raise self.connection_error
-            raise StateError("the client is closed")
 
     # -- writing ------------------------------------------------------------
 
@@ -197,10 +184,6 @@ class _AsyncClient(ClientCore):
         batch, self._batch = self._batch, None
         if batch and self._transport is not None:
             self._transport.write(b"".join(batch) if len(batch) > 1 else batch[0])
-
-    def _resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_drainers(None)
 
     def _wake_drainers(self, exc: Optional[BaseException]) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -514,10 +497,6 @@ class QMPClient(QMPInfo, _AsyncClient):
         if negotiate:
             await self.negotiate(oob)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else self._proto.state.value
-        return f"<QMPClient {self.address} {state}>"
-
 
 async def connect(
     address: AddressLike,
@@ -567,8 +546,7 @@ class GuestAgentClient(_AsyncClient):
         timeout the channel is resynchronised before the next command.
         """
         self._check_open()
-        if expect_reply is None:
-            expect_reply = command not in NO_REPLY_COMMANDS
+        expect_reply = expects_reply(command, expect_reply)
         cid, data = self._proto.send_command(command, arguments, expect_reply=expect_reply)
         if not expect_reply:
             if data:
@@ -597,10 +575,6 @@ class GuestAgentClient(_AsyncClient):
                 self._write(out)
             raise
         return sid
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else self._proto.state.value
-        return f"<GuestAgentClient {self.address} {state}>"
 
 
 async def connect_guest_agent(

@@ -26,9 +26,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 from ._address import Address, AddressLike, parse_address
 from ._clientcore import EVENT_QUEUE_SIZE, ClientCore, QMPInfo
 from ._eventqueue import BLOCK, DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
-from .errors import ConnectionLost, StateError, TimeoutError
+from .errors import ConnectionLost, TimeoutError
 from .protocol.events import Event, Greeting, Synced, VersionInfo
-from .protocol.qga_client import NO_REPLY_COMMANDS, QGAClientProtocol
+from .protocol.qga_client import QGAClientProtocol, expects_reply
 from .protocol.qmp_client import QMPClientProtocol
 
 __all__ = [
@@ -113,12 +113,9 @@ class _SyncClient(ClientCore):
         event_queue: int,
         command_timeout: Optional[float],
     ) -> None:
-        super().__init__(proto, address, event_queue)
+        super().__init__(proto, address, event_queue, command_timeout)
         sock.setblocking(bool(_DONTWAIT))
         self._sock = sock
-        self._event_queue_size = event_queue or EVENT_QUEUE_SIZE
-        #: Default timeout of each command (None: wait as long as it takes).
-        self.command_timeout = command_timeout
         self._cond = threading.Condition(threading.RLock())
         self._wlock = threading.Lock()
         self._reading = False  # a thread is reading the socket
@@ -225,12 +222,6 @@ class _SyncClient(ClientCore):
                     raise BrokenPipeError("the server stopped reading: write timed out")
 
     # -- commands -------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed or self._closing:
-            if self.connection_error is not None:
-                raise self.connection_error
-            raise StateError("the client is closed")
 
     def _run(
         self,
@@ -455,10 +446,6 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         if negotiate:
             self.negotiate(oob, timeout=_remaining(deadline))
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else self._proto.state.value
-        return f"<SyncQMPClient {self.address} {state}>"
-
 
 def connect_sync(
     address: AddressLike,
@@ -496,16 +483,14 @@ class SyncGuestAgentClient(_SyncClient):
         expect_reply: Optional[bool] = None,
     ) -> Any:
         """Run a guest agent command; see :meth:`GuestAgentClient.execute`."""
-        if expect_reply is None:
-            expect_reply = command not in NO_REPLY_COMMANDS
-        if not expect_reply:
+        if not expects_reply(command, expect_reply):
             with self._cond:
                 self._check_open()
                 _, data = self._proto.send_command(command, arguments, expect_reply=False)
             if data:
                 self._send(data)
             return None
-        return self._run(lambda: self._proto.send_command(command, arguments), command, timeout)
+        return self._run(lambda: self._proto.send_command(command, arguments, expect_reply=True), command, timeout)
 
     def sync(self, timeout: Optional[float] = None) -> int:
         """Resynchronise the channel (0xFF + ``guest-sync-delimited``); return the id."""
@@ -533,10 +518,6 @@ class SyncGuestAgentClient(_SyncClient):
                 raise TimeoutError(f"no guest-sync-delimited reply within {timeout:g} s")
         slot.result()
         return sid
-
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else self._proto.state.value
-        return f"<SyncGuestAgentClient {self.address} {state}>"
 
 
 def connect_guest_agent_sync(

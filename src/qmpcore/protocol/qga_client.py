@@ -39,6 +39,7 @@ __all__ = [
     "State",
     "QGAClientProtocol",
     "NO_REPLY_COMMANDS",
+    "expects_reply",
     "Synced",
     "Return",
     "ErrorReply",
@@ -51,6 +52,11 @@ __all__ = [
 NO_REPLY_COMMANDS = frozenset(
     {"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid"}
 )
+
+
+def expects_reply(command: str, expect_reply: Optional[bool] = None) -> bool:
+    """Whether ``command`` is answered on success (``expect_reply`` overrides)."""
+    return command not in NO_REPLY_COMMANDS if expect_reply is None else bool(expect_reply)
 
 
 class State(enum.Enum):
@@ -120,9 +126,7 @@ class QGAClientProtocol(ClientProtocolBase):
             msg = {"execute": command, "arguments": arguments, "id": cid}
         frame = encode(msg)
         self._check_size(command, frame)
-        if expect_reply is None:
-            expect_reply = command not in NO_REPLY_COMMANDS
-        if not expect_reply:
+        if not expects_reply(command, expect_reply):
             self._no_reply.add(cid)
         if command == "guest-shutdown":
             self._shutdown_sent = True
