@@ -535,3 +535,18 @@ async def test_output_to_a_client_that_never_reads_is_capped(sock_path):
             assert not writer.done()
             assert transport.get_write_buffer_size() < 32 << 20
             writer.cancel()
+
+
+async def test_internal_parser_failure_closes_the_connection(sock_path, monkeypatch):
+    async with serve_vm(sock_path) as vm:
+        async with await connected(sock_path) as peer:
+            protocol = vm.endpoints[0]._session.protocol
+
+            def broken(data):
+                raise RuntimeError("parser bug")
+
+            monkeypatch.setattr(protocol, "receive_data", broken)
+            await peer.send(b'{"execute":"query-status"}')
+            assert await peer.read_until_closed() == b""
+        async with await connected(sock_path) as peer:
+            assert await peer.execute("query-status") == {"return": STATUS}

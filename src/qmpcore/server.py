@@ -92,7 +92,12 @@ class _Session(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        self.protocol.receive_data(data)
+        try:
+            self.protocol.receive_data(data)
+        except Exception:  # noqa: BLE001 - a parser bug must not wedge the session
+            logger.exception("internal error while parsing client input; closing the connection")
+            self.drop()
+            return
         self._serve()
 
     def fds_received(self, fds: List[int]) -> None:
