@@ -351,6 +351,12 @@ def test_integers_of_any_size_are_exact(Framer):
     assert Framer().feed(b"123456789012345678901234567890 ") == [123456789012345678901234567890]
 
 
+def test_integers_beyond_pythons_text_limit(Framer):
+    digits = b"9" * 5000
+    (item,) = Framer().feed(b'{"n": ' + digits + b"}\n")
+    assert item == {"n": math.inf}  # QEMU reads such a number as a double too
+
+
 def test_qemu_non_json_numbers(Framer):
     (item,) = Framer().feed(b'{"return": [inf, -inf, nan, 1e400, -1e400, 0.10000000000000001]}\r\n')
     values = item["return"]

@@ -170,7 +170,10 @@ def _literal(kind: str, text: bytes, strict: bool) -> Any:
     if kind == "s":
         return _parse_string(text, strict)
     if kind == "n":
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:  # over Python's int-from-text digit limit
+            return float(text)  # what QEMU makes of any out-of-range integer
     if kind == "f":
         return float(text)
     if text == b"true":
