@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
-import functools
 import os
 import random
 from dataclasses import dataclass, field
@@ -223,20 +222,25 @@ class FleetEvents:
 
 
 class _Member:
-    """One VM of the fleet: its address, connection and supervisor."""
+    """One VM of the fleet: its address, its connection, and retry state.
 
-    __slots__ = ("name", "address", "client", "task", "last_error", "connected", "tried")
+    No task or event object per VM while it is connected: the connection's
+    end is noticed through its event listener, and retries are timer
+    handles, so an idle VM costs little more than its client.
+    """
+
+    __slots__ = ("name", "address", "client", "last_error", "tried", "ever_connected", "attempt", "task", "timer")
 
     def __init__(self, name: str, address: Address) -> None:
         self.name = name
         self.address = address
         self.client: Any = None
-        self.task: Optional[asyncio.Task] = None
         self.last_error: Optional[BaseException] = None
-        #: Set while a connection is up.
-        self.connected = asyncio.Event()
-        #: Set once the first attempt finished, whatever its outcome.
-        self.tried = asyncio.Event()
+        self.tried = False  # the first attempt has finished
+        self.ever_connected = False
+        self.attempt = 0  # failed attempts since the last success
+        self.task: Optional[asyncio.Task] = None  # a connection attempt under way
+        self.timer: Optional[asyncio.TimerHandle] = None  # the next attempt
 
 
 def _vm_name(address: Address) -> str:
@@ -296,6 +300,9 @@ class Fleet:
         self.event_maxsize = event_maxsize
         self._subscribers: Set[FleetEvents] = set()
         self._slots: Optional[asyncio.Semaphore] = None
+        self._changed: Any = None  # asyncio.Event, pulsed on every VM state change
+        self._untried = len(pairs)
+        self._connected = 0
         self._started = False
         self._closing = False
         self._in_flight = 0
@@ -325,12 +332,12 @@ class Fleet:
         ensure_fd_limit(len(self._pairs))
         self._started = True
         self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._changed = asyncio.Event()
         for name, address in self._pairs:
-            member = _Member(name, address)
-            self._members[name] = member
-            member.task = asyncio.create_task(self._supervise(member), name=f"qmpcore-fleet:{name}")
+            member = self._members[name] = _Member(name, address)
+            self._launch(member)
         if wait:
-            await asyncio.gather(*(m.tried.wait() for m in self._members.values()))
+            await self._wait_until(lambda: self._untried == 0, None)
 
     async def wait_connected(
         self, vms: Optional[Iterable[str]] = None, *, timeout: Optional[float] = None
@@ -339,28 +346,54 @@ class Fleet:
 
         Returns False when ``timeout`` ran out first.
         """
-        members = [self._member(vm) for vm in (self.vms if vms is None else vms)]
-        waits = [m.connected.wait() for m in members if not m.connected.is_set()]
-        if not waits:
-            return True
-        try:
-            await asyncio.wait_for(asyncio.gather(*waits), timeout)
-        except asyncio.TimeoutError:
-            return False
+        if vms is None:
+            return await self._wait_until(lambda: self._connected == len(self._members), timeout)
+        members = [self._member(vm) for vm in vms]
+        return await self._wait_until(lambda: all(m.client is not None for m in members), timeout)
+
+    async def _wait_until(self, ready: Callable[[], bool], timeout: Optional[float]) -> bool:
+        """Wait for ``ready()`` to hold, rechecking whenever a VM's state changes."""
+        if not self._started:
+            raise StateError("the fleet is not started")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not ready():
+            if self._closing:
+                return False
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                return False
         return True
+
+    def _pulse(self) -> None:
+        """Wake everyone in :meth:`_wait_until` to recheck."""
+        self._changed.set()
+        self._changed.clear()
 
     async def close(self) -> None:
         """Stop reconnecting, close every connection and end event streams."""
         if self._closing:
             return
         self._closing = True
-        tasks = [m.task for m in self._members.values() if m.task is not None]
-        for task in tasks:
-            task.cancel()
+        tasks = []
+        for member in self._members.values():
+            if member.timer is not None:
+                member.timer.cancel()
+            if member.task is not None:
+                member.task.cancel()
+                tasks.append(member.task)
+            if member.client is not None:
+                member.client.abort()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0)  # let the aborted transports report their end
         for subscriber in list(self._subscribers):
             subscriber.close()
+        if self._changed is not None:
+            self._pulse()
 
     async def __aenter__(self) -> "Fleet":
         await self.start()
@@ -379,56 +412,73 @@ class Fleet:
                 raise StateError("the fleet is not started") from None
             raise KeyError(f"no VM named {vm!r} in this fleet") from None
 
+    def _launch(self, member: _Member) -> None:
+        """Start one connection attempt now."""
+        member.timer = None
+        if not self._closing:
+            member.task = asyncio.get_running_loop().create_task(self._attempt(member))
+
     async def _connect(self, member: _Member) -> Any:
-        """One connection attempt, within the cap on simultaneous attempts."""
+        """Connect, within the cap on simultaneous attempts."""
         from . import aio
 
         assert self._slots is not None
         async with self._slots:
             if self.guest_agent:
                 return await aio.connect_guest_agent(member.address, timeout=self.connect_timeout)
-            # Every event is claimed by the fleet's listener: keep no unclaimed ones.
-            client = await aio.connect(member.address, timeout=self.connect_timeout, event_queue=0)
-        _listen(client, functools.partial(self._deliver, member.name))
-        return client
+            # The fleet's listener claims every event: keep no unclaimed ones.
+            return await aio.connect(member.address, timeout=self.connect_timeout, event_queue=0)
 
-    async def _supervise(self, member: _Member) -> None:
-        """Keep one VM connected for the life of the fleet."""
-        attempt = 0
-        ever_connected = False
-        client = None
+    async def _attempt(self, member: _Member) -> None:
         try:
-            while True:
-                try:
-                    client = await self._connect(member)
-                except (OSError, ValueError, QMPError, asyncio.TimeoutError) as exc:
-                    member.last_error = exc
-                finally:
-                    member.tried.set()
-                if client is not None:
-                    if ever_connected:
-                        self._reconnects += 1
-                    ever_connected = True
-                    attempt = 0
-                    member.client = client
-                    member.last_error = None
-                    member.connected.set()
-                    try:
-                        await client.wait_closed()
-                    finally:
-                        member.connected.clear()
-                        member.client = None
-                    member.last_error = client.connection_error or ConnectionLost(
-                        f"{member.name}: the server closed the connection"
-                    )
-                    client = None
-                if self.backoff is None:
-                    return
-                await asyncio.sleep(self.backoff.delay(attempt))
-                attempt += 1
-        finally:
-            if client is not None:
-                client.abort()
+            client = await self._connect(member)
+        except (OSError, ValueError, QMPError, asyncio.TimeoutError) as exc:
+            member.task = None
+            member.last_error = exc
+            self._tried(member)
+            self._retry(member)
+            return
+        except BaseException:
+            member.task = None
+            raise
+        member.task = None
+        if self._closing:
+            client.abort()
+            return
+        if member.ever_connected:
+            self._reconnects += 1
+        member.ever_connected = True
+        member.attempt = 0
+        member.client = client
+        member.last_error = None
+        self._connected += 1
+        self._tried(member)
+        _Listener(self, member, client)
+
+    def _tried(self, member: _Member) -> None:
+        if not member.tried:
+            member.tried = True
+            self._untried -= 1
+        self._pulse()
+
+    def _lost(self, member: _Member, client: Any) -> None:
+        """``client``'s connection ended: note why, and reconnect."""
+        if member.client is client:
+            member.client = None
+            self._connected -= 1
+            member.last_error = client.connection_error or ConnectionLost(
+                f"{member.name}: the server closed the connection"
+            )
+            self._pulse()
+            if not self._closing:
+                self._retry(member)
+
+    def _retry(self, member: _Member) -> None:
+        if self.backoff is None or self._closing:
+            return
+        delay = self.backoff.delay(member.attempt)
+        member.attempt += 1
+        member.timer = asyncio.get_running_loop().call_later(delay, self._launch, member)
 
     # -- commands ---------------------------------------------------------
 
@@ -545,12 +595,11 @@ class Fleet:
     def stats(self) -> FleetStats:
         """Counters and per-VM errors, as of now."""
         members = self._members.values()
-        connected = sum(1 for m in members if m.client is not None)
-        retrying = 0 if self.backoff is None else len(self._members) - connected
+        retrying = 0 if self.backoff is None or self._closing else len(self._members) - self._connected
         return FleetStats(
             vms=len(self._pairs),
-            connected=connected,
-            reconnecting=retrying if not self._closing else 0,
+            connected=self._connected,
+            reconnecting=retrying,
             in_flight=self._in_flight,
             commands=self._commands,
             timeouts=self._timeouts,
@@ -569,19 +618,25 @@ class Fleet:
 
 
 class _Listener:
-    """Hands every event of one client to a callback, as it arrives.
+    """Hands one VM's events to the fleet as they arrive, and the end of its connection.
 
     It sits as the waiter of a catch-all subscription on the client's event
-    router: the router completes its waiter right after queuing an event, so
-    events are forwarded synchronously, with no task per connection.
+    router: the router completes its waiter right after queuing an event,
+    and again when the connection ends and it closes every queue.  So
+    events are forwarded synchronously and the end is noticed at once,
+    with no task per connection.
     """
 
-    __slots__ = ("_queue", "_callback")
+    __slots__ = ("_queue", "_fleet", "_member", "_client")
 
-    def __init__(self, queue: Any, callback: Callable[[Any], None]) -> None:
-        self._queue = queue
-        self._callback = callback
-        queue.waiter = self
+    def __init__(self, fleet: Fleet, member: _Member, client: Any) -> None:
+        self._fleet = fleet
+        self._member = member
+        self._client = client
+        self._queue = client._router.subscribe(None, LISTENER_QUEUE)
+        self._queue.waiter = self
+        if self._queue.ready():  # it ended, or events came, before we subscribed
+            self.set_result(None)
 
     def done(self) -> bool:
         return False
@@ -592,13 +647,9 @@ class _Listener:
             try:
                 event = queue.get_nowait()
             except Exception:  # noqa: BLE001 - the connection ended with an error
+                event = None
+            if event is None:
+                self._fleet._lost(self._member, self._client)
                 return
-            if event is None:  # ended cleanly
-                return
-            self._callback(event)
+            self._fleet._deliver(self._member.name, event)
         queue.waiter = self
-
-
-def _listen(client: Any, callback: Callable[[Any], None]) -> None:
-    """Call ``callback(event)`` for each event ``client`` receives from now on."""
-    _Listener(client._router.subscribe(None, LISTENER_QUEUE), callback)

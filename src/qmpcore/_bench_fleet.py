@@ -1,0 +1,308 @@
+"""The fleet sections of ``python -m qmpcore bench``.
+
+Many VMs are polled with ``query-status``, round after round, by
+:class:`qmpcore.Fleet` and by qemu.qmp (one ``QMPClient`` per VM in one
+event loop, each command under ``asyncio.wait_for`` for its timeout).  Each
+client runs in a fresh child process of its own (``python -m
+qmpcore._bench_fleet`` reading its job from stdin), so the resident memory
+it adds per connection is measured without the other's leftovers.
+
+The VMs are simulated by the embedded server in another child process
+(``fleet``), or are real QEMUs (``real-qemu``).  A second pass makes 1% of
+the simulated VMs hang and reports the latency of the healthy ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence
+
+from ._bench_report import Row
+from ._bench_timing import percentile
+
+__all__ = ["fleet_section", "real_qemu_section", "run_job", "CLIENTS"]
+
+#: Per-command timeout while polling.
+POLL_TIMEOUT = 2.0
+#: Bound on one measuring child's whole run.
+CHILD_TIMEOUT = 600.0
+CLIENTS = ("qmpcore", "qemu.qmp")
+
+
+# -- child side: one client polling every VM ---------------------------------------
+
+
+def _rss() -> int:
+    """Resident memory of this process in bytes (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _cpu() -> float:
+    """CPU seconds this process has used (user + system)."""
+    times = os.times()
+    return times.user + times.system
+
+
+class _Poller:
+    """What the measurement needs from a client: connect all, one command to one VM."""
+
+    count: int
+
+    async def connect(self) -> None:
+        raise NotImplementedError
+
+    def command(self, index: int) -> Awaitable[Any]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class _QmpcorePoller(_Poller):
+    def __init__(self, paths: Sequence[str], timeout: float) -> None:
+        from .fleet import Fleet
+
+        self.count = len(paths)
+        self.fleet = Fleet(paths, command_timeout=timeout, connect_timeout=30)
+        self.vms = self.fleet.vms
+
+    async def connect(self) -> None:
+        await self.fleet.start()
+        if not await self.fleet.wait_connected(timeout=60):
+            raise RuntimeError(f"only {self.fleet.stats().connected} of {self.count} VMs connected")
+
+    def command(self, index: int) -> Awaitable[Any]:
+        return self.fleet.execute(self.vms[index], "query-status")
+
+    async def close(self) -> None:
+        await self.fleet.close()
+
+
+class _QemuQmpPoller(_Poller):
+    def __init__(self, paths: Sequence[str], timeout: float) -> None:
+        from qemu.qmp import QMPClient
+
+        self.count = len(paths)
+        self.paths = list(paths)
+        self.timeout = timeout
+        self.clients = [QMPClient(f"vm{i}") for i in range(len(paths))]
+
+    async def connect(self) -> None:
+        slots = asyncio.Semaphore(64)  # the same cap as Fleet's default
+
+        async def one(client: Any, path: str) -> None:
+            async with slots:
+                await client.connect(path)
+
+        await asyncio.gather(*(one(c, p) for c, p in zip(self.clients, self.paths)))
+
+    def command(self, index: int) -> Awaitable[Any]:
+        return asyncio.wait_for(self.clients[index].execute("query-status"), self.timeout)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.disconnect() for c in self.clients), return_exceptions=True)
+
+
+async def _poll_rounds(poller: _Poller, rounds: int) -> Dict[str, Any]:
+    """Poll every VM ``rounds`` times; per-command latency from the round's start."""
+    latencies: List[float] = []
+    failures = 0
+    clock = time.perf_counter
+
+    async def timed(index: int, start: float) -> None:
+        nonlocal failures
+        try:
+            await poller.command(index)
+        except Exception:  # noqa: BLE001 - timeouts and errors are counted
+            failures += 1
+        else:
+            latencies.append(clock() - start)
+
+    cpu = _cpu()
+    began = clock()
+    for _ in range(rounds):
+        start = clock()
+        await asyncio.gather(*(timed(i, start) for i in range(poller.count)))
+    elapsed = clock() - began
+    cpu = _cpu() - cpu
+    latencies.sort()
+    return {
+        "elapsed": elapsed,
+        "ok": len(latencies),
+        "failed": failures,
+        "per_second": len(latencies) / elapsed if elapsed else 0.0,
+        "p50_ms": percentile(latencies, 0.50) * 1e3,
+        "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "round_ms": elapsed / max(rounds, 1) * 1e3,
+        "cpu_us": cpu / max(len(latencies) + failures, 1) * 1e6,
+    }
+
+
+async def run_job(job: Dict[str, Any]) -> Dict[str, Any]:
+    """Connect one client to every VM of ``job["paths"]`` and poll them."""
+    make = _QmpcorePoller if job["client"] == "qmpcore" else _QemuQmpPoller
+    gc.collect()
+    base = _rss()
+    poller = make(job["paths"], float(job.get("timeout", POLL_TIMEOUT)))
+    began = time.perf_counter()
+    await poller.connect()
+    connect_s = time.perf_counter() - began
+    try:
+        await _poll_rounds(poller, 1)  # warm-up: every connection has done one command
+        gc.collect()
+        per_connection = (_rss() - base) / poller.count
+        result = await _poll_rounds(poller, int(job["rounds"]))
+    finally:
+        await poller.close()
+    result.update(connect_s=connect_s, rss_per_connection=per_connection)
+    return result
+
+
+def _child_main() -> None:
+    job = json.loads(sys.stdin.read())
+    try:
+        from qmpcore import fleet as _  # noqa: F401 - imported before the memory baseline
+
+        if job["client"] != "qmpcore":
+            import qemu.qmp  # noqa: F401
+        result = asyncio.run(run_job(job))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+# -- parent side --------------------------------------------------------------------
+
+
+def _measure(client: str, paths: Sequence[str], rounds: int) -> Dict[str, Any]:
+    """Run one client's job in a fresh child process; its result or an ``error``."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    job = json.dumps({"client": client, "paths": list(paths), "rounds": rounds})
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "qmpcore._bench_fleet"],
+            input=job.encode(),
+            capture_output=True,
+            env=env,
+            timeout=CHILD_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {CHILD_TIMEOUT:g} s"}
+    try:
+        return json.loads(done.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exited with status {done.returncode}: {tail[0]}"}
+
+
+def _have_qemu_qmp() -> Optional[str]:
+    """None when qemu.qmp can be imported, else the reason."""
+    try:
+        import qemu.qmp  # noqa: F401
+    except ImportError:
+        return "qemu.qmp is not installed (pip install qmpcore[bench])"
+    return None
+
+
+def _measure_all(paths: Sequence[str], rounds: int, progress: Callable[[str], None], label: str) -> Dict[str, Any]:
+    results: Dict[str, Any] = {}
+    for client in CLIENTS:
+        missing = _have_qemu_qmp() if client != "qmpcore" else None
+        if missing:
+            results[client] = {"error": missing}
+            continue
+        progress(f"{label}: {client} polling {len(paths)} VMs")
+        results[client] = _measure(client, paths, rounds)
+    return results
+
+
+# (key, label, unit, lower is better, scale)
+_FIGURES = (
+    ("per_second", "commands/s", "cmd/s", False, 1.0),
+    ("p50_ms", "p50 latency", "ms", True, 1.0),
+    ("p99_ms", "p99 latency", "ms", True, 1.0),
+    ("cpu_us", "client CPU per command", "µs", True, 1.0),
+    ("rss_per_connection", "RSS per connection", "KiB", True, 1 / 1024),
+    ("connect_s", "connect all", "s", True, 1.0),
+)
+
+
+def _rows(section: str, title: str, results: Dict[str, Any], figures: Sequence[tuple] = _FIGURES) -> List[Row]:
+    ours = results["qmpcore"]
+    rows = []
+    for key, label, unit, lower, scale in figures:
+        value: Any = ours.get("error") or ours[key] * scale
+        baselines: Dict[str, Any] = {}
+        for peer, found in results.items():
+            if peer != "qmpcore":
+                baselines[peer] = found.get("error") or found[key] * scale
+        rows.append(Row(section, f"{title}: {label}", unit, lower, value, baselines))
+    failed = {c: r.get("failed") for c, r in results.items() if r.get("failed")}
+    if failed and rows:
+        rows[0].note = "commands that failed or timed out: " + ", ".join(f"{c} {n}" for c, n in failed.items())
+    return rows
+
+
+def fleet_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
+    """Simulated VMs in a child process, polled by each client; then 1% hung."""
+    from .server import start_in_subprocess
+
+    count = opts.vms if opts.vms is not None else (200 if opts.quick else 1000)
+    rounds = opts.rounds if opts.rounds is not None else (5 if opts.quick else 20)
+    if count < 1:
+        return []
+    with tempfile.TemporaryDirectory(prefix="qmpcore-bench-") as directory:
+        progress(f"fleet: starting {count} simulated VMs")
+        with start_in_subprocess(directory, count) as server:
+            title = f"{count} VMs × {rounds} rounds"
+            rows = _rows("fleet", title, _measure_all(server.qmp_paths, rounds, progress, "fleet"))
+            hung = list(range(0, count, 100)) if count >= 100 else [0]
+            for index in hung:
+                server.vm(index).hang_command("query-status")
+            hung_rounds = max(2, rounds // 5)
+            results = _measure_all(server.qmp_paths, hung_rounds, progress, "fleet, 1% hung")
+            rows += _rows(
+                "fleet",
+                f"{len(hung)} of {count} hung (timeout {POLL_TIMEOUT:g} s)",
+                results,
+                [f for f in _FIGURES if f[0] in ("p50_ms", "p99_ms")],
+            )
+    return rows
+
+
+def real_qemu_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
+    """``--real-qemu N``: N real QEMU processes polled by each client."""
+    from ._bench_qemu import QemuGroup, QemuMissing, find_qemu
+
+    from .bench import SectionUnavailable
+
+    count = opts.real_qemu or 0
+    if count < 1:
+        raise SectionUnavailable("give the number of QEMUs with --real-qemu N")
+    try:
+        find_qemu()
+    except QemuMissing as exc:
+        raise SectionUnavailable(str(exc)) from None
+    rounds = opts.rounds if opts.rounds is not None else (5 if opts.quick else 20)
+    progress(f"real-qemu: starting {count} QEMUs")
+    with QemuGroup(count) as group:
+        group.start()
+        results = _measure_all(group.paths, rounds, progress, "real-qemu")
+    return _rows("real-qemu", f"{count} QEMUs × {rounds} rounds", results)
+
+
+if __name__ == "__main__":
+    _child_main()
