@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Coverage-guided fuzzing of qmpcore with atheris (libFuzzer for Python).
 
 Targets:

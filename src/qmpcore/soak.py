@@ -1,0 +1,562 @@
+"""Soak test: clients against the embedded server while it injects faults.
+
+``python -m qmpcore soak --minutes N`` serves simulated VMs in this process
+and runs, for N minutes, a single :class:`~qmpcore.QMPClient` and a
+:class:`~qmpcore.Fleet` against them, while a fault injector hits random VMs
+with what a broken QEMU or network does: connections dropped (cleanly, with
+a reset, mid-frame, instead of a reply), garbage and 0xFF bursts on the
+stream, replies delayed past their timeout or never sent, event floods and
+server restarts.  It checks throughout that
+
+* every command completes or fails with a qmpcore exception
+  (:class:`~qmpcore.CommandError`, :class:`~qmpcore.TimeoutError`,
+  :class:`~qmpcore.ConnectionLost`) within its timeout -- one that outlives
+  it is *lost*;
+* each reply reaches its caller: commands carry a unique token that the
+  server echoes with the VM's name -- any other answer is *misrouted*;
+* events are delivered or counted as dropped (exactly, on quiet floods);
+* memory (RSS) stays bounded and no descriptor outlives the run,
+
+then prints a summary.  The exit status is 0 when every invariant held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import random
+import sys
+import tempfile
+import time
+import tracemalloc
+from typing import Any, Awaitable, Callable, Counter, Dict, List, Optional
+
+from .errors import CommandError, ConnectionLost, QMPError
+from .errors import TimeoutError as QMPTimeoutError
+
+__all__ = ["Usage", "SoakReport", "soak", "add_arguments", "run", "main"]
+
+#: The command every load generator sends; the server echoes it.
+ECHO = "x-soak-echo"
+#: How much later than its timeout a command may end before it counts as lost
+#: (the event loop is shared with the server and the injector).
+GRACE = 2.0
+#: Memory growth after warm-up above which the run fails.
+RSS_BOUND = 64 << 20
+#: Descriptors that may stay open after the run (asyncio internals).
+FD_SLACK = 2
+
+_GARBAGE = (
+    b"}\r\n",
+    b"]]]\r\n",
+    b"this is not json\r\n",
+    b'{"return": 5}\r\n',
+    b'{"return": {}, "id": 4000000000}\r\n',
+    b'{"return": {}, "id": "x"}\r\n',
+    b'{"error": {"class": "GenericError", "desc": "no id"}}\r\n',
+    b'{"event": 7}\r\n',
+    b'{"QMP": {"version": {}, "capabilities": []}}\r\n',
+    b"\x00\x01\x02\r\n",
+    b'{"a": 01}\r\n',
+    b"{" * 2000 + b"}" * 2000 + b"\r\n",
+)
+
+
+# -- resources --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """A snapshot of this process's resources; subtract two for the growth."""
+
+    #: Resident set size in bytes.
+    rss: int
+    #: Bytes traced by :mod:`tracemalloc` (0 when it is not tracing).
+    traced: int
+    #: Open file descriptors.
+    fds: int
+
+    @classmethod
+    def now(cls) -> "Usage":
+        return cls(_rss(), tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0, _fds())
+
+    def __sub__(self, other: "Usage") -> "Usage":
+        return Usage(self.rss - other.rss, self.traced - other.traced, self.fds - other.fds)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: the peak is the best there is
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _fds() -> int:
+    for path in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError):
+            return len(os.listdir(path)) - 1  # minus the listing's own descriptor
+    return 0
+
+
+# -- the report -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SoakReport:
+    """What a soak run did and whether every invariant held."""
+
+    seconds: float
+    vms: int
+    seed: int
+    commands: int = 0
+    ok: int = 0
+    failed: Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    faults: Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    #: Commands still unresolved ``GRACE`` seconds after their timeout.
+    lost: int = 0
+    #: Replies that reached the wrong caller (wrong token or VM).
+    misrouted: int = 0
+    events_received: int = 0
+    events_dropped: int = 0
+    #: Floods checked exactly: received + dropped == sent.
+    flood_checks: int = 0
+    reconnects: int = 0
+    #: Warnings logged by qmpcore (protocol faults the clients saw and survived).
+    warnings: int = 0
+    #: Times the client reconnected because its connection stopped answering.
+    stall_recoveries: int = 0
+    rss_growth: int = 0
+    fds_leaked: int = 0
+    #: Everything else that went wrong, in words.
+    problems: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not (self.lost or self.misrouted or self.problems)
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < 50:
+            self.problems.append(text)
+
+    def as_dict(self) -> Dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["passed"] = self.passed
+        return out
+
+    def summary(self) -> str:
+        """The human-readable summary ``qmpcore soak`` prints."""
+
+        def parts(counter: Counter[str]) -> str:
+            return ", ".join(f"{name} {n}" for name, n in counter.most_common()) or "none"
+
+        lines = [
+            f"qmpcore soak: {self.seconds:.0f} s, {self.vms} fleet VMs + 1 client, seed {self.seed}",
+            f"  commands   {self.commands}: ok {self.ok}; failed: {parts(self.failed)}",
+            f"  faults     {sum(self.faults.values())}: {parts(self.faults)}",
+            f"  events     {self.events_received} received, {self.events_dropped} dropped and counted;"
+            f" {self.flood_checks} floods accounted exactly",
+            f"  reconnects {self.reconnects} (client reconnects after a stall: {self.stall_recoveries});"
+            f" protocol faults survived {self.warnings}",
+            f"  memory     RSS growth after warm-up {self.rss_growth / (1 << 20):.1f} MiB;"
+            f" descriptors left open {self.fds_leaked}",
+            f"  lost {self.lost}, misrouted {self.misrouted}, other problems {len(self.problems)}"
+            f" -> {'PASS' if self.passed else 'FAIL'}",
+        ]
+        lines += [f"  ! {text}" for text in self.problems]
+        return "\n".join(lines)
+
+
+# -- one soak run -------------------------------------------------------------------
+
+
+class _Soak:
+    """The servers, the load generators, the fault injector and the checks."""
+
+    def __init__(self, seconds: float, vms: int, seed: int, timeout: float, directory: str) -> None:
+        self.report = SoakReport(seconds, vms, seed)
+        self.rnd = random.Random(seed)
+        self.timeout = timeout
+        self.directory = directory
+        self.deadline = 0.0
+        self.vms: List[Any] = []
+        self.solo: Any = None  # the VM the single client talks to
+        self.quiet = False  # the single client is accounting a flood
+        self.tokens = 0
+        self.tasks: List["asyncio.Task[Any]"] = []
+
+    # -- commands ----------------------------------------------------------------
+
+    def token(self) -> int:
+        self.tokens += 1
+        return self.tokens
+
+    async def guarded(self, call: Awaitable[Any], timeout: float) -> Any:
+        """Await one command; return its result or its (clear) exception."""
+        report = self.report
+        try:
+            return await asyncio.wait_for(call, timeout + GRACE)
+        except QMPError as exc:
+            return exc
+        except asyncio.TimeoutError:
+            report.lost += 1
+            report.problem(f"a command was unresolved {GRACE} s after its {timeout} s timeout")
+            return ConnectionLost("lost")
+        except Exception as exc:  # noqa: BLE001 - anything else is a finding
+            report.problem(f"unclear failure {type(exc).__name__}: {exc}")
+            return exc
+
+    def tally(self, result: Any, token: int, vm: str) -> None:
+        """Count one command's outcome; check the reply was meant for us."""
+        report = self.report
+        report.commands += 1
+        if isinstance(result, BaseException):
+            report.failed[type(result).__name__] += 1
+            if not isinstance(result, (CommandError, QMPTimeoutError, ConnectionLost)):
+                report.problem(f"{vm}: failed with {type(result).__name__}: {result}")
+        elif result == {"token": token, "vm": vm}:
+            report.ok += 1
+        else:
+            report.misrouted += 1
+            report.problem(f"{vm}: token {token} answered with {result!r:.200}")
+
+    # -- servers -----------------------------------------------------------------
+
+    async def start_servers(self, count: int) -> None:
+        from .server import QMPServer, SimulatedVM
+
+        for index in range(count + 1):
+            vm = SimulatedVM(f"vm{index}")
+            vm.register(ECHO, _echo)
+            self.vms.append(vm)
+            await QMPServer(vm, os.path.join(self.directory, f"vm{index}.qmp")).start()
+        self.solo = self.vms.pop()
+
+    async def stop_servers(self) -> None:
+        for vm in [*self.vms, self.solo]:
+            for endpoint in vm.endpoints:
+                await endpoint.close()
+            vm.close_fds()
+
+    # -- faults ------------------------------------------------------------------
+
+    async def inject(self) -> None:
+        """Hit a random VM with a random fault, several times a second."""
+        rnd = self.rnd
+        kinds = [
+            ("drop", 3),
+            ("drop-reset", 1),
+            ("drop-mid-frame", 2),
+            ("drop-instead-of-reply", 2),
+            ("garbage", 3),
+            ("random-bytes", 1),
+            ("ff-burst", 2),
+            ("delay", 4),
+            ("hang", 1),
+            ("flood", 2),
+            ("restart", 2),
+        ]
+        names = [k for k, _ in kinds]
+        weights = [w for _, w in kinds]
+        interval = 1.0 / (2 + len(self.vms))
+        while self.running():
+            await asyncio.sleep(rnd.expovariate(1 / interval))
+            vm = rnd.choice([*self.vms, self.solo])
+            if vm is self.solo and self.quiet:
+                continue
+            kind = rnd.choices(names, weights)[0]
+            self.report.faults[kind] += 1
+            self.apply(vm, kind)
+
+    def apply(self, vm: Any, kind: str) -> None:
+        rnd = self.rnd
+        if kind == "drop":
+            vm.drop_connections()
+        elif kind == "drop-reset":
+            vm.drop_connections(reset=True)
+        elif kind == "drop-mid-frame":
+            vm.drop_connections(mid_frame=True)
+        elif kind == "drop-instead-of-reply":
+            vm.drop_on_command(ECHO, mid_frame=rnd.random() < 0.5, times=1)
+        elif kind == "garbage":
+            vm.send_raw(rnd.choice(_GARBAGE))
+        elif kind == "random-bytes":
+            vm.send_raw(rnd.randbytes(rnd.randrange(1, 512)))
+        elif kind == "ff-burst":
+            vm.send_raw(b"\xff" * rnd.randrange(1, 64))
+        elif kind == "delay":
+            vm.delay_command(ECHO, rnd.uniform(0.01, 1.5 * self.timeout), times=1)
+        elif kind == "hang":
+            vm.hang_command(ECHO, times=1)
+            # A stuck command blocks the monitor, as in QEMU; the VM recovers
+            # when its connection is dropped later.
+            self.later(2 * self.timeout, vm.drop_connections)
+        elif kind == "flood":
+            vm.flood_events(rnd.randrange(100, 5000))
+        elif kind == "restart":
+            self.spawn(self.restart(vm, rnd.uniform(0.0, 0.5)))
+
+    async def restart(self, vm: Any, pause: float) -> None:
+        """Stop listening and drop the client, then come back on the same path."""
+        endpoint = vm.endpoints[0]
+        await endpoint.close()
+        await asyncio.sleep(pause)
+        await endpoint.start()
+
+    def later(self, delay: float, action: Callable[[], Any]) -> None:
+        asyncio.get_running_loop().call_later(delay, action)
+
+    def spawn(self, coro: Any) -> None:
+        self.tasks.append(asyncio.ensure_future(coro))
+
+    def running(self) -> bool:
+        return time.monotonic() < self.deadline
+
+    # -- the single client ----------------------------------------------------------
+
+    async def client_loop(self) -> None:
+        """One QMPClient: bursts of concurrent commands, a slow event
+        consumer, exact accounting of floods, reconnects when needed."""
+        from . import aio
+
+        path = self.solo.address
+        rnd = self.rnd
+        while self.running():
+            try:
+                client = await aio.connect(path, timeout=self.timeout)
+            except (OSError, QMPError, asyncio.TimeoutError):
+                await asyncio.sleep(0.02)
+                continue
+            self.report.reconnects += 1
+            try:
+                await self.client_session(client, rnd)
+            finally:
+                await client.close()
+
+    async def client_session(self, client: Any, rnd: random.Random) -> None:
+        stream = client.events(maxsize=64)
+        base = client.counters["events_received"]
+        seen = [0]
+        consumer = asyncio.ensure_future(_consume(stream, seen, 0.0005))
+        timeouts = 0
+        try:
+            while self.running() and not client.closed:
+                if rnd.random() < 0.02:
+                    await self.flood_check(client, stream, seen)
+                    continue
+                calls = []
+                for _ in range(rnd.randrange(1, 13)):  # more than QEMU's 8 in flight
+                    token = self.token()
+                    calls.append((token, self.guarded(client.execute(ECHO, {"token": token}, timeout=self.timeout), self.timeout)))
+                results = await asyncio.gather(*(call for _, call in calls))
+                for (token, _), result in zip(calls, results):
+                    self.tally(result, token, self.solo.name)
+                timeouts = timeouts + 1 if all(isinstance(r, QMPTimeoutError) for r in results) else 0
+                if timeouts >= 3:  # garbage left the stream mid-frame: start afresh
+                    self.report.stall_recoveries += 1
+                    break
+        finally:
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+            received = client.counters["events_received"] - base
+            self.account(received, seen[0] + stream.dropped + len(stream), "client")
+            stream.close()
+
+    async def flood_check(self, client: Any, stream: Any, seen: List[int]) -> None:
+        """Flood on a quiet, healthy connection: every event arrives or is counted."""
+        self.quiet = True
+        try:
+            await asyncio.sleep(0.05)  # faults already in flight land first
+            probe = await self.guarded(client.execute("query-status", timeout=self.timeout), self.timeout)
+            if isinstance(probe, BaseException):
+                return
+            received = client.counters["events_received"]
+            accounted = seen[0] + stream.dropped + len(stream)
+            sent = await self.solo.flood_events(self.rnd.randrange(1000, 20000))
+            probe = await self.guarded(client.execute("query-status", timeout=self.timeout), self.timeout)
+            if isinstance(probe, BaseException) or client.closed:
+                return
+            got = client.counters["events_received"] - received
+            counted = seen[0] + stream.dropped + len(stream) - accounted
+            if got != sent or counted != sent:
+                self.report.problem(f"flood of {sent} events: {got} received, {counted} delivered or dropped")
+            self.report.flood_checks += 1
+        finally:
+            self.quiet = False
+
+    def account(self, received: int, accounted: int, who: str) -> None:
+        self.report.events_received += received
+        if received != accounted:
+            self.report.problem(f"{who}: {received} events received but {accounted} delivered, dropped or queued")
+
+    # -- the fleet ------------------------------------------------------------------
+
+    async def fleet_loop(self) -> None:
+        """A Fleet: execute_all rounds and per-VM commands, a slow event consumer."""
+        from .fleet import Backoff, Fleet
+
+        addresses = {vm.name: vm.address for vm in self.vms}
+        fleet = Fleet(
+            addresses,
+            connect_timeout=self.timeout,
+            command_timeout=self.timeout,
+            reconnect=Backoff(initial=0.01, maximum=0.5),
+            event_maxsize=256,
+        )
+        await fleet.start()
+        stream = fleet.events()
+        seen = [0]
+        consumer = asyncio.ensure_future(_consume(stream, seen, 0.0002))
+        try:
+            singles = [asyncio.ensure_future(self.fleet_singles(fleet, name)) for name in addresses]
+            while self.running():
+                token = self.token()
+                results = await self.guarded(fleet.execute_all(ECHO, {"token": token}), self.timeout)
+                if isinstance(results, BaseException):
+                    continue
+                for name, result in results.items():
+                    self.tally(result, token, name)
+            await asyncio.gather(*singles)
+        finally:
+            stats = fleet.stats()
+            await fleet.close()
+            consumer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+            self.report.reconnects += stats.reconnects
+            self.report.events_dropped += stream.dropped
+            self.account(stats.events_received, seen[0] + stream.dropped + len(stream._queue), "fleet")
+
+    async def fleet_singles(self, fleet: Any, name: str) -> None:
+        """Commands to one VM of the fleet, beside the execute_all rounds."""
+        while self.running():
+            token = self.token()
+            result = await self.guarded(fleet.execute(name, ECHO, {"token": token}), self.timeout)
+            self.tally(result, token, name)
+            if isinstance(result, ConnectionLost):
+                await asyncio.sleep(0.01)  # not connected: do not spin
+
+    # -- memory ----------------------------------------------------------------------
+
+    async def watch_memory(self, warmup: float) -> None:
+        await asyncio.sleep(warmup)
+        base = Usage.now().rss
+        while self.running():
+            await asyncio.sleep(0.25)
+            self.report.rss_growth = max(self.report.rss_growth, Usage.now().rss - base)
+        if self.report.rss_growth > RSS_BOUND:
+            self.report.problem(f"RSS grew by {self.report.rss_growth >> 20} MiB after warm-up")
+
+    # -- all together ----------------------------------------------------------------
+
+    async def run(self, seconds: float) -> SoakReport:
+        before = Usage.now()
+        await self.start_servers(self.report.vms)
+        counter = _CountingHandler()
+        logger = logging.getLogger("qmpcore")
+        propagate, logger.propagate = logger.propagate, False
+        logger.addHandler(counter)
+        try:
+            self.deadline = time.monotonic() + seconds
+            jobs = [self.inject(), self.client_loop(), self.fleet_loop(), self.watch_memory(min(10.0, seconds / 5))]
+            await asyncio.gather(*jobs)
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        finally:
+            await self.stop_servers()
+            logger.removeHandler(counter)
+            logger.propagate = propagate
+            self.report.warnings = counter.count
+        await asyncio.sleep(0.1)  # transports report their end
+        self.report.fds_leaked = max(0, (Usage.now() - before).fds)
+        if self.report.fds_leaked > FD_SLACK:
+            self.report.problem(f"{self.report.fds_leaked} descriptors left open")
+        return self.report
+
+
+class _CountingHandler(logging.Handler):
+    """Counts qmpcore's warnings instead of printing thousands of them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if record.levelno >= logging.ERROR:
+            sys.stderr.write(self.format(record) + "\n")
+
+
+def _echo(call: Any) -> Dict[str, Any]:
+    return {"token": call.arguments.get("token"), "vm": call.target.name}
+
+
+async def _consume(stream: Any, seen: List[int], pause: float) -> None:
+    """A slow event consumer (so that queues fill and drop)."""
+    with contextlib.suppress(ConnectionLost):  # how a stream ends when the connection breaks
+        async for _ in stream:
+            seen[0] += 1
+            await asyncio.sleep(pause)
+
+
+async def soak(
+    seconds: float,
+    *,
+    vms: int = 8,
+    seed: Optional[int] = None,
+    timeout: float = 1.0,
+    directory: Optional[str] = None,
+) -> SoakReport:
+    """Run the soak for ``seconds`` against ``vms`` simulated VMs (plus one
+    for the single client), in the running event loop; return the report.
+
+    Sockets go in ``directory`` (a fresh temporary one by default);
+    ``timeout`` is every command's timeout.
+    """
+    if seed is None:
+        seed = random.randrange(1 << 32)
+    with contextlib.ExitStack() as stack:
+        if directory is None:
+            directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="qmpcore-soak-"))
+        return await _Soak(seconds, vms, seed, timeout, directory).run(seconds)
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``qmpcore soak``."""
+    parser.add_argument("--minutes", type=float, default=1.0, help="how long to run (default 1)")
+    parser.add_argument("--vms", type=int, default=8, help="simulated VMs in the fleet (default 8)")
+    parser.add_argument("--seed", type=int, help="random seed (default: a new one, printed)")
+    parser.add_argument("--timeout", type=float, default=1.0, help="each command's timeout in seconds (default 1)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``qmpcore soak`` with parsed ``args``; 0 when every invariant held."""
+    if args.minutes <= 0 or args.vms < 1 or args.timeout <= 0:
+        print("qmpcore soak: --minutes, --vms and --timeout must be positive", file=sys.stderr)
+        return 2
+    report = asyncio.run(soak(args.minutes * 60, vms=args.vms, seed=args.seed, timeout=args.timeout))
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.summary())
+    return 0 if report.passed else 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m qmpcore.soak``: the same as ``python -m qmpcore soak``."""
+    parser = argparse.ArgumentParser(prog="qmpcore soak", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
