@@ -491,7 +491,14 @@ class Fleet:
         after ``timeout`` (default ``command_timeout``), or
         :class:`~qmpcore.ConnectionLost` when the VM is not connected.
         """
-        return await self._execute(self._member(vm), command, args, timeout or self.command_timeout)
+        return await self._execute(self._member(vm), command, args, self._timeout(timeout))
+
+    def _timeout(self, timeout: Optional[float]) -> float:
+        if timeout is None:
+            return self.command_timeout
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        return timeout
 
     async def _execute(self, member: _Member, command: str, args: Optional[dict], timeout: float) -> Any:
         client = member.client
@@ -530,7 +537,7 @@ class Fleet:
         """
         if not self._started:
             raise StateError("the fleet is not started")
-        limit = timeout or self.command_timeout
+        limit = self._timeout(timeout)
         members = [self._member(vm) for vm in (self.vms if vms is None else vms)]
         results = await asyncio.gather(
             *(self._execute(m, command, args, limit) for m in members), return_exceptions=True
@@ -551,12 +558,12 @@ class Fleet:
         Rounds never overlap: when one takes longer than ``every`` (slow VMs
         wait out their timeout) the next starts as soon as it ends, and the
         ticks it missed are skipped rather than run in a burst.  ``timeout``
-        defaults to the smaller of ``every`` and ``command_timeout``.
+        is each VM's limit per round (default ``command_timeout``).
         ``rounds`` stops after that many.
         """
         if every <= 0:
             raise ValueError("every must be positive")
-        limit = timeout or min(every, self.command_timeout)
+        limit = self._timeout(timeout)
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         done = 0
@@ -577,7 +584,7 @@ class Fleet:
         Bounded by ``maxsize`` (default ``event_maxsize``): when the consumer
         falls behind, the oldest events are dropped and counted.
         """
-        stream = FleetEvents(self, names, maxsize or self.event_maxsize)
+        stream = FleetEvents(self, names, self.event_maxsize if maxsize is None else maxsize)
         if self._closing:
             stream._closed = True
         else:
