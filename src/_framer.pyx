@@ -267,8 +267,9 @@ cdef class Framer:
             else:
                 keep = self._n
             if self._chunk is not None:
-                self._reserve(self._n - keep)
-                memcpy(self._buf, self._p + keep, self._n - keep)
+                if keep < self._n:
+                    self._reserve(self._n - keep)
+                    memcpy(self._buf, self._p + keep, self._n - keep)
             elif keep:
                 memmove(self._buf, self._buf + keep, self._n - keep)
             self._len = self._n - keep
