@@ -179,7 +179,7 @@ async def test_pipelined_commands_out_of_order(tmp_path):
         peer.serve()
 
     async with FakeServer(tmp_path, script) as server:
-        async with await qmpcore.connect(server.address) as qmp:
+        async with await qmpcore.connect(server.address, oob=True) as qmp:
             tasks = [asyncio.ensure_future(qmp.execute("echo", {"n": i})) for i in range(20)]
             await asyncio.sleep(0)
             assert qmp.counters["held"] == 12

@@ -334,8 +334,15 @@ def test_pretty_monitor_session(corpus_dir):
 # -- the in-band queue limit ----------------------------------------------------------
 
 
-def test_commands_beyond_eight_are_held():
+def test_without_oob_nothing_is_held():
+    """QEMU runs one command at a time then: nothing to overtake, nothing held."""
     proto = ready()
+    sent = [proto.send_command("query-status") for _ in range(20)]
+    assert all(data for _, data in sent) and proto.held == 0 and proto.in_flight == 20
+
+
+def test_commands_beyond_eight_are_held_once_oob_is_enabled():
+    proto = ready(oob=True)
     sent = [proto.send_command("query-status", {"n": i}) for i in range(20)]
     assert all(data for _, data in sent[:8]) and not any(data for _, data in sent[8:])
     assert proto.in_flight == 8 and proto.held == 12
@@ -355,7 +362,7 @@ def test_commands_beyond_eight_are_held():
 
 
 def test_unheld_command_may_exceed_the_limit():
-    proto = ready()
+    proto = ready(oob=True)
     for _ in range(8):
         proto.send_command("query-status")
     cid, data = proto.send_command("getfd", {"fdname": "x"}, hold=False)
@@ -406,7 +413,7 @@ def test_abandoned_command_reply_is_dropped_silently():
 
 
 def test_abandoned_command_keeps_its_slot_until_answered():
-    proto = ready()
+    proto = ready(oob=True)
     ids = [proto.send_command("query-status")[0] for _ in range(9)]
     proto.abandon(ids[0])
     assert proto.in_flight == 8 and proto.held == 1  # QEMU still has it queued
@@ -415,7 +422,7 @@ def test_abandoned_command_keeps_its_slot_until_answered():
 
 
 def test_abandoned_held_command_is_never_sent():
-    proto = ready()
+    proto = ready(oob=True)
     ids = [proto.send_command("query-status")[0] for _ in range(10)]
     proto.abandon(ids[8])
     proto.abandon(12345)  # unknown: ignored

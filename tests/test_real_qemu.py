@@ -117,12 +117,14 @@ async def test_stop_cont_events_arrive_before_the_reply(shared_vm):  # noqa: F81
 KEYED = [("query-status", "status"), ("query-version", "qemu"), ("query-kvm", "present"), ("query-yank", None)]
 
 
-async def test_pipelined_commands_complete_with_their_own_replies(shared_vm):  # noqa: F811
-    async with await qmpcore.connect(shared_vm.path) as qmp:
+@pytest.mark.parametrize("oob", [False, True])
+async def test_pipelined_commands_complete_with_their_own_replies(shared_vm, oob):  # noqa: F811
+    async with await qmpcore.connect(shared_vm.path, oob=oob) as qmp:
         commands = [KEYED[i % len(KEYED)] for i in range(24)]
         tasks = [asyncio.ensure_future(qmp.execute(name)) for name, _ in commands]
         await asyncio.sleep(0)
-        assert qmp.counters["in_flight"] == 8 and qmp.counters["held"] == 16
+        # With oob, QEMU would stop reading after 8: the client holds the rest.
+        assert qmp.counters["held"] == (16 if oob else 0)
         results = await until(asyncio.gather(*tasks))
         for (name, key), result in zip(commands, results):
             assert (key in result) if key else isinstance(result, list), (name, result)

@@ -57,7 +57,7 @@ def text_of(value: Any) -> str:
 class ClientProtocolBase:
     """Ids, pending/held/abandoned commands and reply routing."""
 
-    #: In-band commands the server accepts before it stops reading.
+    #: In-band commands sent ahead of their replies; the rest are held.
     max_in_flight = 8
 
     def __init__(self, *, max_frame_size: int = 64 << 20, max_depth: int = 1024) -> None:

@@ -16,9 +16,12 @@ States: ``AWAITING_GREETING`` -> ``NEGOTIATION`` (greeting received; QEMU
 answers everything but ``qmp_capabilities`` with ``CommandNotFound``) ->
 ``READY`` (command mode) -> ``CLOSED`` (end of stream).
 
-QEMU reads at most 8 in-band commands ahead of their replies; later ones
-are held here until replies free a slot, so ``exec-oob`` commands are never
-stuck behind a full queue.
+With ``oob`` enabled, QEMU queues at most 8 in-band commands and then stops
+reading its socket, which would leave an ``exec-oob`` command stuck behind
+the rest; so from then on later in-band commands are held here until
+replies free a slot.  Without ``oob``, QEMU runs one command at a time and
+nothing can overtake, so commands go out at once (holding them would only
+cost a write per reply).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from .events import (
     Return,
     VersionInfo,
 )
+
+#: QEMU's QMP_REQ_QUEUE_LEN_MAX: in-band commands queued with oob enabled.
+OOB_QUEUE_LENGTH = 8
 
 __all__ = [
     "State",
@@ -78,6 +84,7 @@ class QMPClientProtocol(ClientProtocolBase):
         self._caps_requests: Dict[int, Tuple[str, ...]] = {}  # id -> enable
         self._quit_sent = False
         self._shutdown_seen = False
+        self.max_in_flight = 1 << 62  # no limit until oob is enabled
 
     @property
     def oob(self) -> bool:
@@ -205,4 +212,6 @@ class QMPClientProtocol(ClientProtocolBase):
             self._caps_requests.clear()
             self.state = State.READY
             self.enabled = enable
+            if "oob" in enable:
+                self.max_in_flight = OOB_QUEUE_LENGTH
             out.insert(before, Negotiated(enable))
