@@ -341,6 +341,17 @@ def test_without_oob_nothing_is_held():
     assert all(data for _, data in sent) and proto.held == 0 and proto.in_flight == 20
 
 
+def test_commands_held_during_negotiation_go_out_without_oob():
+    proto = QMPClientProtocol()
+    proto.receive_data(GREETING)
+    caps, _ = proto.negotiate()
+    sent = [proto.send_command("query-status") for _ in range(10)]
+    assert proto.held == 3
+    proto.receive_data(b'{"return": {}, "id": %d}\r\n' % caps)
+    released = [orjson.loads(line)["id"] for line in proto.data_to_send().splitlines()]
+    assert released == [cid for cid, _ in sent[7:]] and proto.held == 0
+
+
 def test_commands_beyond_eight_are_held_once_oob_is_enabled():
     proto = ready(oob=True)
     sent = [proto.send_command("query-status", {"n": i}) for i in range(20)]

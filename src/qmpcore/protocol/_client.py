@@ -141,6 +141,10 @@ class ClientProtocolBase:
 
     def _slot_freed(self) -> None:
         self._in_flight -= 1
+        self._release()
+
+    def _release(self) -> None:
+        """Send held commands while slots are free."""
         held = self._held
         while held and self._in_flight < self.max_in_flight:
             cid = next(iter(held))

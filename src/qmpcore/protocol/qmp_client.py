@@ -18,10 +18,10 @@ answers everything but ``qmp_capabilities`` with ``CommandNotFound``) ->
 
 With ``oob`` enabled, QEMU queues at most 8 in-band commands and then stops
 reading its socket, which would leave an ``exec-oob`` command stuck behind
-the rest; so from then on later in-band commands are held here until
-replies free a slot.  Without ``oob``, QEMU runs one command at a time and
-nothing can overtake, so commands go out at once (holding them would only
-cost a write per reply).
+the rest; so in-band commands beyond 8 are held here until replies free a
+slot.  Once negotiation ended without ``oob``, QEMU runs one command at a
+time and nothing can overtake, so commands go out at once (holding them
+would only cost a write per reply).
 """
 
 from __future__ import annotations
@@ -42,9 +42,6 @@ from .events import (
     Return,
     VersionInfo,
 )
-
-#: QEMU's QMP_REQ_QUEUE_LEN_MAX: in-band commands queued with oob enabled.
-OOB_QUEUE_LENGTH = 8
 
 __all__ = [
     "State",
@@ -84,7 +81,6 @@ class QMPClientProtocol(ClientProtocolBase):
         self._caps_requests: Dict[int, Tuple[str, ...]] = {}  # id -> enable
         self._quit_sent = False
         self._shutdown_seen = False
-        self.max_in_flight = 1 << 62  # no limit until oob is enabled
 
     @property
     def oob(self) -> bool:
@@ -212,6 +208,7 @@ class QMPClientProtocol(ClientProtocolBase):
             self._caps_requests.clear()
             self.state = State.READY
             self.enabled = enable
-            if "oob" in enable:
-                self.max_in_flight = OOB_QUEUE_LENGTH
+            if "oob" not in enable:
+                self.max_in_flight = 1 << 62  # nothing to hold back
+                self._release()
             out.insert(before, Negotiated(enable))
