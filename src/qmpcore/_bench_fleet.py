@@ -29,8 +29,8 @@ from ._bench_timing import percentile
 
 __all__ = ["fleet_section", "real_qemu_section", "run_job", "CLIENTS"]
 
-#: Per-command timeout while polling.
-POLL_TIMEOUT = 2.0
+#: Per-command timeout while polling (--quick, full run).
+POLL_TIMEOUT = {True: 0.5, False: 2.0}
 #: Bound on one measuring child's whole run.
 CHILD_TIMEOUT = 600.0
 CLIENTS = ("qmpcore", "qemu.qmp")
@@ -46,12 +46,6 @@ def _rss() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def _cpu() -> float:
-    """CPU seconds this process has used (user + system)."""
-    times = os.times()
-    return times.user + times.system
 
 
 class _Poller:
@@ -129,13 +123,13 @@ async def _poll_rounds(poller: _Poller, rounds: int) -> Dict[str, Any]:
         else:
             latencies.append(clock() - start)
 
-    cpu = _cpu()
+    cpu = time.process_time()
     began = clock()
     for _ in range(rounds):
         start = clock()
         await asyncio.gather(*(timed(i, start) for i in range(poller.count)))
     elapsed = clock() - began
-    cpu = _cpu() - cpu
+    cpu = time.process_time() - cpu
     latencies.sort()
     return {
         "elapsed": elapsed,
@@ -154,7 +148,7 @@ async def run_job(job: Dict[str, Any]) -> Dict[str, Any]:
     make = _QmpcorePoller if job["client"] == "qmpcore" else _QemuQmpPoller
     gc.collect()
     base = _rss()
-    poller = make(job["paths"], float(job.get("timeout", POLL_TIMEOUT)))
+    poller = make(job["paths"], float(job["timeout"]))
     began = time.perf_counter()
     await poller.connect()
     connect_s = time.perf_counter() - began
@@ -185,12 +179,12 @@ def _child_main() -> None:
 # -- parent side --------------------------------------------------------------------
 
 
-def _measure(client: str, paths: Sequence[str], rounds: int) -> Dict[str, Any]:
+def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> Dict[str, Any]:
     """Run one client's job in a fresh child process; its result or an ``error``."""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    job = json.dumps({"client": client, "paths": list(paths), "rounds": rounds})
+    job = json.dumps({"client": client, "paths": list(paths), "rounds": rounds, "timeout": timeout})
     try:
         done = subprocess.run(
             [sys.executable, "-m", "qmpcore._bench_fleet"],
@@ -217,7 +211,9 @@ def _have_qemu_qmp() -> Optional[str]:
     return None
 
 
-def _measure_all(paths: Sequence[str], rounds: int, progress: Callable[[str], None], label: str) -> Dict[str, Any]:
+def _measure_all(
+    paths: Sequence[str], rounds: int, timeout: float, progress: Callable[[str], None], label: str
+) -> Dict[str, Any]:
     results: Dict[str, Any] = {}
     for client in CLIENTS:
         missing = _have_qemu_qmp() if client != "qmpcore" else None
@@ -225,7 +221,7 @@ def _measure_all(paths: Sequence[str], rounds: int, progress: Callable[[str], No
             results[client] = {"error": missing}
             continue
         progress(f"{label}: {client} polling {len(paths)} VMs")
-        results[client] = _measure(client, paths, rounds)
+        results[client] = _measure(client, paths, rounds, timeout)
     return results
 
 
@@ -240,10 +236,18 @@ _FIGURES = (
 )
 
 
-def _rows(section: str, title: str, results: Dict[str, Any], figures: Sequence[tuple] = _FIGURES) -> List[Row]:
+#: Below this many connections, memory per connection is mostly noise.
+MIN_VMS_FOR_RSS = 100
+
+
+def _rows(
+    section: str, title: str, results: Dict[str, Any], count: int, figures: Sequence[tuple] = _FIGURES
+) -> List[Row]:
     ours = results["qmpcore"]
     rows = []
     for key, label, unit, lower, scale in figures:
+        if key == "rss_per_connection" and count < MIN_VMS_FOR_RSS:
+            continue
         value: Any = ours.get("error") or ours[key] * scale
         baselines: Dict[str, Any] = {}
         for peer, found in results.items():
@@ -264,20 +268,22 @@ def fleet_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
     rounds = opts.rounds if opts.rounds is not None else (5 if opts.quick else 20)
     if count < 1:
         return []
+    timeout = POLL_TIMEOUT[bool(opts.quick)]
     with tempfile.TemporaryDirectory(prefix="qmpcore-bench-") as directory:
         progress(f"fleet: starting {count} simulated VMs")
         with start_in_subprocess(directory, count) as server:
             title = f"{count} VMs × {rounds} rounds"
-            rows = _rows("fleet", title, _measure_all(server.qmp_paths, rounds, progress, "fleet"))
+            rows = _rows("fleet", title, _measure_all(server.qmp_paths, rounds, timeout, progress, "fleet"), count)
             hung = list(range(0, count, 100)) if count >= 100 else [0]
             for index in hung:
                 server.vm(index).hang_command("query-status")
             hung_rounds = max(2, rounds // 5)
-            results = _measure_all(server.qmp_paths, hung_rounds, progress, "fleet, 1% hung")
+            results = _measure_all(server.qmp_paths, hung_rounds, timeout, progress, "fleet, 1% hung")
             rows += _rows(
                 "fleet",
-                f"{len(hung)} of {count} hung (timeout {POLL_TIMEOUT:g} s)",
+                f"{len(hung)} of {count} hung (timeout {timeout:g} s)",
                 results,
+                count,
                 [f for f in _FIGURES if f[0] in ("p50_ms", "p99_ms")],
             )
     return rows
@@ -300,8 +306,8 @@ def real_qemu_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
     progress(f"real-qemu: starting {count} QEMUs")
     with QemuGroup(count) as group:
         group.start()
-        results = _measure_all(group.paths, rounds, progress, "real-qemu")
-    return _rows("real-qemu", f"{count} QEMUs × {rounds} rounds", results)
+        results = _measure_all(group.paths, rounds, POLL_TIMEOUT[bool(opts.quick)], progress, "real-qemu")
+    return _rows("real-qemu", f"{count} QEMUs × {rounds} rounds", results, count)
 
 
 if __name__ == "__main__":
