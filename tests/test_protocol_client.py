@@ -299,7 +299,8 @@ def test_event_fields():
     (ev,) = proto.receive_data(
         b'{"timestamp": {"seconds": 10, "microseconds": 5}, "event": "SHUTDOWN", "data": {"guest": false}}\r\n'
     )
-    assert ev == Event("SHUTDOWN", {"guest": False}, 10.000005, ev.raw)
+    assert ev == Event("SHUTDOWN", ev.raw)
+    assert (ev.data, ev.timestamp) == ({"guest": False}, 10.000005)
     (ev,) = proto.receive_data(b'{"event": "X"}\r\n')
     assert ev.timestamp is None and ev.data == {}
     (fault,) = proto.receive_data(b'{"event": 5}\r\n')

@@ -94,7 +94,8 @@ class EventQueue:
     ) -> None:
         if policy not in _POLICIES:
             raise ValueError(f"policy must be one of {', '.join(_POLICIES)}, not {policy!r}")
-        if maxsize < 0 or (maxsize == 0 and policy != DROP_OLDEST):
+        policy = _POLICIES[_POLICIES.index(policy)]  # the constant itself: compared with "is"
+        if maxsize < 0 or (maxsize == 0 and policy is not DROP_OLDEST):
             raise ValueError("maxsize must be positive (0 is allowed only with drop_oldest)")
         self.accepts = accepts
         self.maxsize = maxsize
@@ -102,18 +103,14 @@ class EventQueue:
         self.once = once
         self.dropped = 0
         self.waiter: Any = None
-        self._items: Deque[Event] = deque()
+        # A bounded deque drops its oldest item by itself on append.
+        self._items: Deque[Event] = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
         self._overflow = 0
         self._closed = False
         self._error: Optional[BaseException] = None
 
     def __len__(self) -> int:
         return len(self._items)
-
-    @property
-    def full(self) -> bool:
-        """True when a ``block`` queue wants the reader to pause."""
-        return len(self._items) >= self.maxsize
 
     @property
     def closed(self) -> bool:
@@ -123,18 +120,33 @@ class EventQueue:
         items = self._items
         if len(items) >= self.maxsize:
             policy = self.policy
-            if policy == DROP_OLDEST:
-                self.dropped += 1
-                if not items:
-                    return  # maxsize 0: keep nothing
-                items.popleft()
-            elif policy == RAISE:
+            if policy is DROP_OLDEST:
+                self.dropped += 1  # the append below pushes the oldest out
+            elif policy is RAISE:
                 self.dropped += 1
                 self._overflow += 1
-                self._wake()
+                if self.waiter is not None:
+                    self._wake()
                 return
         items.append(ev)
-        self._wake()
+        if self.waiter is not None:
+            self._wake()
+
+    def put_all(self, events: List[Event]) -> None:
+        """:meth:`put` each of ``events``, in one go."""
+        items = self._items
+        excess = len(items) + len(events) - self.maxsize
+        if excess > 0:
+            policy = self.policy
+            if policy is DROP_OLDEST:
+                self.dropped += min(excess, len(items) + len(events))  # extend pushes them out
+            elif policy is RAISE:
+                self.dropped += excess
+                self._overflow += excess
+                events = events[: len(events) - excess]
+        items.extend(events)
+        if self.waiter is not None:
+            self._wake()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -210,7 +222,7 @@ class EventRouter:
     def blocked(self) -> bool:
         """True when a ``block`` subscription is full: stop reading."""
         for q in self._subs:
-            if q.policy == BLOCK and len(q._items) >= q.maxsize:
+            if q.policy is BLOCK and len(q._items) >= q.maxsize:
                 return True
         return False
 
@@ -264,6 +276,18 @@ class EventRouter:
                     q.close()
                 return
         self.backlog.put(ev)
+
+    def deliver_all(self, events: List[Event]) -> None:
+        """:meth:`deliver` each of ``events``, in order."""
+        if self._waiters:
+            for ev in events:
+                self.deliver(ev)
+            return
+        self.received += len(events)
+        for q in self._subs:
+            accepts = q.accepts
+            q.put_all(events if accepts is None else [ev for ev in events if accepts(ev)])
+        self.backlog.put_all(events)
 
     def close(self, error: Optional[BaseException] = None) -> None:
         """The connection ended: every queue ends once drained."""

@@ -23,7 +23,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from ._address import Address, AddressLike, parse_address
 from ._clientcore import EVENT_QUEUE_SIZE, ClientCore, QMPInfo
-from ._eventqueue import BLOCK, DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
+from ._eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
 from .errors import ConnectionLost, TimeoutError
 from .protocol.events import Event, Greeting, Synced, VersionInfo
 from .protocol.qga_client import QGAClientProtocol, expects_reply
@@ -395,8 +395,15 @@ class EventStream:
         return self
 
     async def __anext__(self) -> Event:
-        ev = await self.get(None, _end=True)
+        try:
+            ev = self._queue.get_nowait()  # the usual case under load: no waiting
+        except IndexError:
+            ev = await self.get(None, _end=True)
+        else:
+            if self._client._read_paused:
+                self._client._resume_reading()
         if ev is None:
+            self.close()
             raise StopAsyncIteration
         return ev
 
@@ -412,7 +419,7 @@ class EventStream:
             finally:
                 queue.waiter = None
         ev = queue.get_nowait()
-        if queue.policy == BLOCK:
+        if client._read_paused:
             client._resume_reading()
         if ev is None:
             self.close()

@@ -261,14 +261,14 @@ class _SyncClient(ClientCore):
     def _next_event(self, queue: EventQueue, timeout: Optional[float], what: str) -> Optional[Event]:
         """The next event of ``queue``; None once it ends cleanly."""
         with self._cond:
-            if not self._wait_until(queue.ready, _deadline(timeout)):
+            if not queue.ready() and not self._wait_until(queue.ready, _deadline(timeout)):
                 raise TimeoutError(f"{what} within {timeout:g} s")
             try:
                 return queue.get_nowait()
             except IndexError:  # the connection ended while nothing was queued
                 return None
             finally:
-                if queue.policy == BLOCK:
+                if queue.policy is BLOCK and self._sleepers:
                     self._cond.notify_all()  # the reader may go on
 
     def pull_event(self, timeout: Optional[float] = None) -> Event:

@@ -86,14 +86,31 @@ class ErrorReply(NamedTuple):
 
 
 class Event(NamedTuple):
-    """An asynchronous QMP event such as ``STOP`` or ``SHUTDOWN``."""
+    """An asynchronous QMP event such as ``STOP`` or ``SHUTDOWN``.
+
+    ``data`` and ``timestamp`` are read from ``raw`` when asked for, so an
+    event costs little to create (floods are mostly dropped unread).
+    """
 
     name: str
-    data: dict
-    #: Seconds since the epoch (QEMU's ``seconds`` + ``microseconds``), or
-    #: None when the server sent no usable timestamp.
-    timestamp: Optional[float]
+    #: The whole message as received.
     raw: dict
+
+    @property
+    def data(self) -> dict:
+        """The event's ``data`` member (``{}`` when there is none)."""
+        data = self.raw.get("data")
+        return data if type(data) is dict else {}
+
+    @property
+    def timestamp(self) -> Optional[float]:
+        """Seconds since the epoch (QEMU's ``seconds`` + ``microseconds``),
+        or None when the server sent no usable timestamp."""
+        ts = self.raw.get("timestamp")
+        try:
+            return ts["seconds"] + ts["microseconds"] / 1e6  # type: ignore[index,no-any-return]
+        except (TypeError, KeyError, OverflowError):
+            return None
 
 
 class Synced(NamedTuple):

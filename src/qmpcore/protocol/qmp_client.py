@@ -57,11 +57,20 @@ __all__ = [
 ]
 
 
+_new = tuple.__new__
+
+
 class State(enum.Enum):
     AWAITING_GREETING = "awaiting-greeting"
     NEGOTIATION = "negotiation"
     READY = "ready"
     CLOSED = "closed"
+
+
+# Globals are cheaper than enum lookups on the hot paths.
+_AWAITING_GREETING = State.AWAITING_GREETING
+_NEGOTIATION = State.NEGOTIATION
+_READY = State.READY
 
 
 class QMPClientProtocol(ClientProtocolBase):
@@ -107,7 +116,7 @@ class QMPClientProtocol(ClientProtocolBase):
         """
         check_command(command, arguments)
         state = self.state
-        if state is not State.READY and state is not State.NEGOTIATION:
+        if state is not _READY and state is not _NEGOTIATION:
             if state is State.CLOSED:
                 raise StateError("the connection is closed")
             raise StateError("no greeting received yet")
@@ -119,7 +128,7 @@ class QMPClientProtocol(ClientProtocolBase):
         else:
             msg = {"exec-oob" if oob else "execute": command, "arguments": arguments, "id": cid}
         frame = encode(msg)
-        if command == "qmp_capabilities" and state is State.NEGOTIATION:
+        if command == "qmp_capabilities" and state is _NEGOTIATION:
             enable = (arguments or {}).get("enable") or ()
             self._caps_requests[cid] = tuple(enable) if isinstance(enable, (list, tuple)) else ()
         elif command == "quit":
@@ -153,13 +162,13 @@ class QMPClientProtocol(ClientProtocolBase):
         out: List[Any] = []
         for item in self._framer.feed(data):
             if type(item) is dict:
-                if "return" in item or "error" in item:
+                if "event" in item:
+                    out.append(self._event(item))
+                elif "return" in item or "error" in item:
                     if not self._caps_requests:
                         self._reply(item, out)
                     else:
                         self._negotiation_reply(item, out)
-                elif "event" in item:
-                    out.append(self._event(item))
                 elif "QMP" in item:
                     self._greeting(item, out)
                 else:
@@ -170,17 +179,12 @@ class QMPClientProtocol(ClientProtocolBase):
 
     def _event(self, msg: dict) -> Any:
         name = msg["event"]
-        if self.state is State.AWAITING_GREETING or not isinstance(name, str):
+        if type(name) is not str or self.state is _AWAITING_GREETING:
             return self._fault_for(msg)
-        data = msg.get("data")
-        ts = msg.get("timestamp")
-        try:
-            timestamp: Optional[float] = ts["seconds"] + ts["microseconds"] / 1e6  # type: ignore[index]
-        except (TypeError, KeyError, OverflowError):
-            timestamp = None
         if name == "SHUTDOWN":
             self._shutdown_seen = True
-        return Event(name, data if isinstance(data, dict) else {}, timestamp, msg)
+        # tuple.__new__ skips the named tuple's Python-level constructor.
+        return _new(Event, (name, msg))
 
     def _greeting(self, msg: dict, out: list) -> None:
         body = msg["QMP"]
