@@ -1,8 +1,9 @@
 """Soak test: clients against the embedded server while it injects faults.
 
 ``python -m qmpcore soak --minutes N`` serves simulated VMs in this process
-and runs, for N minutes, a single :class:`~qmpcore.QMPClient` and a
-:class:`~qmpcore.Fleet` against them, while a fault injector hits random VMs
+and runs, for N minutes, an asyncio :class:`~qmpcore.QMPClient`, a blocking
+:class:`~qmpcore.SyncQMPClient` (in a thread) and a :class:`~qmpcore.Fleet`
+against them, while a fault injector hits random VMs
 with what a broken QEMU or network does: connections dropped (cleanly, with
 a reset, mid-frame, instead of a reply), garbage and 0xFF bursts on the
 stream, replies delayed past their timeout or never sent, event floods and
@@ -27,12 +28,14 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
 import random
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 from typing import Any, Awaitable, Callable, Counter, Dict, List, Optional
@@ -118,6 +121,8 @@ class SoakReport:
     vms: int
     seed: int
     commands: int = 0
+    #: Commands per client: "asyncio", "blocking" and "fleet".
+    by_client: Counter[str] = dataclasses.field(default_factory=collections.Counter)
     ok: int = 0
     failed: Counter[str] = dataclasses.field(default_factory=collections.Counter)
     faults: Counter[str] = dataclasses.field(default_factory=collections.Counter)
@@ -159,8 +164,8 @@ class SoakReport:
             return ", ".join(f"{name} {n}" for name, n in counter.most_common()) or "none"
 
         lines = [
-            f"qmpcore soak: {self.seconds:.0f} s, {self.vms} fleet VMs + 1 client, seed {self.seed}",
-            f"  commands   {self.commands}: ok {self.ok}; failed: {parts(self.failed)}",
+            f"qmpcore soak: {self.seconds:.0f} s, {self.vms} fleet VMs + 2 clients, seed {self.seed}",
+            f"  commands   {self.commands} ({parts(self.by_client)}): ok {self.ok}; failed: {parts(self.failed)}",
             f"  faults     {sum(self.faults.values())}: {parts(self.faults)}",
             f"  events     {self.events_received} received, {self.events_dropped} dropped and counted;"
             f" {self.flood_checks} floods accounted exactly",
@@ -188,16 +193,17 @@ class _Soak:
         self.directory = directory
         self.deadline = 0.0
         self.vms: List[Any] = []
-        self.solo: Any = None  # the VM the single client talks to
-        self.quiet = False  # the single client is accounting a flood
-        self.tokens = 0
+        self.solo: Any = None  # the VM the asyncio client talks to
+        self.blocking: Any = None  # the VM the blocking client talks to
+        self.quiet = False  # the asyncio client is accounting a flood
+        self.tokens = itertools.count(1)
+        self.lock = threading.Lock()  # the blocking client reports from its thread
         self.tasks: List["asyncio.Task[Any]"] = []
 
     # -- commands ----------------------------------------------------------------
 
     def token(self) -> int:
-        self.tokens += 1
-        return self.tokens
+        return next(self.tokens)
 
     async def guarded(self, call: Awaitable[Any], timeout: float) -> Any:
         """Await one command; return its result or its (clear) exception."""
@@ -214,8 +220,13 @@ class _Soak:
             report.problem(f"unclear failure {type(exc).__name__}: {exc}")
             return exc
 
-    def tally(self, result: Any, token: int, vm: str) -> None:
+    def tally(self, result: Any, token: int, vm: str, who: str) -> None:
         """Count one command's outcome; check the reply was meant for us."""
+        with self.lock:
+            self._tally(result, token, vm)
+            self.report.by_client[who] += 1
+
+    def _tally(self, result: Any, token: int, vm: str) -> None:
         report = self.report
         report.commands += 1
         if isinstance(result, BaseException):
@@ -233,15 +244,16 @@ class _Soak:
     async def start_servers(self, count: int) -> None:
         from .server import QMPServer, SimulatedVM
 
-        for index in range(count + 1):
+        for index in range(count + 2):
             vm = SimulatedVM(f"vm{index}")
             vm.register(ECHO, _echo)
             self.vms.append(vm)
             await QMPServer(vm, os.path.join(self.directory, f"vm{index}.qmp")).start()
+        self.blocking = self.vms.pop()
         self.solo = self.vms.pop()
 
     async def stop_servers(self) -> None:
-        for vm in [*self.vms, self.solo]:
+        for vm in [*self.vms, self.solo, self.blocking]:
             for endpoint in vm.endpoints:
                 await endpoint.close()
             vm.close_fds()
@@ -269,7 +281,7 @@ class _Soak:
         interval = 1.0 / (2 + len(self.vms))
         while self.running():
             await asyncio.sleep(rnd.expovariate(1 / interval))
-            vm = rnd.choice([*self.vms, self.solo])
+            vm = rnd.choice([*self.vms, self.solo, self.blocking])
             if vm is self.solo and self.quiet:
                 continue
             kind = rnd.choices(names, weights)[0]
@@ -358,7 +370,7 @@ class _Soak:
                     calls.append((token, self.guarded(client.execute(ECHO, {"token": token}, timeout=self.timeout), self.timeout)))
                 results = await asyncio.gather(*(call for _, call in calls))
                 for (token, _), result in zip(calls, results):
-                    self.tally(result, token, self.solo.name)
+                    self.tally(result, token, self.solo.name, "asyncio")
                 timeouts = timeouts + 1 if all(isinstance(r, QMPTimeoutError) for r in results) else 0
                 if timeouts >= 3:  # garbage left the stream mid-frame: start afresh
                     self.report.stall_recoveries += 1
@@ -368,6 +380,7 @@ class _Soak:
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer
             received = client.counters["events_received"] - base
+            self.report.events_dropped += stream.dropped
             self.account(received, seen[0] + stream.dropped + len(stream), "client")
             stream.close()
 
@@ -398,6 +411,61 @@ class _Soak:
         if received != accounted:
             self.report.problem(f"{who}: {received} events received but {accounted} delivered, dropped or queued")
 
+    # -- the blocking client ----------------------------------------------------------
+
+    async def blocking_client(self) -> None:
+        """Run :meth:`blocking_loop` in a thread; a thread still busy well
+        after the end means a blocking call hung."""
+        done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+
+        def target() -> None:
+            try:
+                self.blocking_loop(self.blocking.address)
+            finally:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        threading.Thread(target=target, name="qmpcore-soak-blocking", daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self.deadline - time.monotonic() + self.timeout + 2 * GRACE + 5)
+        except asyncio.TimeoutError:
+            self.report.lost += 1
+            self.report.problem("the blocking client hung past the end of the run")
+
+    def blocking_loop(self, path: str) -> None:
+        """One SyncQMPClient: commands one after another, reconnects as needed."""
+        from .sync import connect_sync
+
+        while self.running():
+            try:
+                client = connect_sync(path, timeout=self.timeout)
+            except (OSError, QMPError):
+                time.sleep(0.02)
+                continue
+            with self.lock:
+                self.report.reconnects += 1
+            try:
+                timeouts = 0
+                while self.running() and not client.closed:
+                    token = self.token()
+                    started = time.monotonic()
+                    try:
+                        result = client.execute(ECHO, {"token": token}, timeout=self.timeout)
+                    except Exception as exc:  # noqa: BLE001 - tallied: only qmpcore errors are clear
+                        result = exc
+                    if time.monotonic() - started > self.timeout + GRACE:
+                        with self.lock:
+                            self.report.lost += 1
+                            self.report.problem(f"a blocking command took {time.monotonic() - started:.1f} s")
+                    self.tally(result, token, self.blocking.name, "blocking")
+                    timeouts = timeouts + 1 if isinstance(result, QMPTimeoutError) else 0
+                    if timeouts >= 3:
+                        with self.lock:
+                            self.report.stall_recoveries += 1
+                        break
+            finally:
+                client.close()
+
     # -- the fleet ------------------------------------------------------------------
 
     async def fleet_loop(self) -> None:
@@ -424,7 +492,7 @@ class _Soak:
                 if isinstance(results, BaseException):
                     continue
                 for name, result in results.items():
-                    self.tally(result, token, name)
+                    self.tally(result, token, name, "fleet")
             await asyncio.gather(*singles)
         finally:
             stats = fleet.stats()
@@ -441,7 +509,7 @@ class _Soak:
         while self.running():
             token = self.token()
             result = await self.guarded(fleet.execute(name, ECHO, {"token": token}), self.timeout)
-            self.tally(result, token, name)
+            self.tally(result, token, name, "fleet")
             if isinstance(result, ConnectionLost):
                 await asyncio.sleep(0.01)  # not connected: do not spin
 
@@ -467,7 +535,13 @@ class _Soak:
         logger.addHandler(counter)
         try:
             self.deadline = time.monotonic() + seconds
-            jobs = [self.inject(), self.client_loop(), self.fleet_loop(), self.watch_memory(min(10.0, seconds / 5))]
+            jobs = [
+                self.inject(),
+                self.client_loop(),
+                self.blocking_client(),
+                self.fleet_loop(),
+                self.watch_memory(min(10.0, seconds / 5)),
+            ]
             await asyncio.gather(*jobs)
             await asyncio.gather(*self.tasks, return_exceptions=True)
         finally:
@@ -516,7 +590,7 @@ async def soak(
     directory: Optional[str] = None,
 ) -> SoakReport:
     """Run the soak for ``seconds`` against ``vms`` simulated VMs (plus one
-    for the single client), in the running event loop; return the report.
+    for each single client), in the running event loop; return the report.
 
     Sockets go in ``directory`` (a fresh temporary one by default);
     ``timeout`` is every command's timeout.
