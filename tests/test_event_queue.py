@@ -127,3 +127,22 @@ def test_router_close_ends_every_queue():
     late = router.subscribe(None, 5)
     with pytest.raises(ConnectionError):
         late.get_nowait()
+
+
+def test_a_synchronous_waiter_sees_every_event_of_a_big_batch():
+    """A waiter that drains the queue when woken (as the fleet's listener does)."""
+    q = EventQueue(None, 3)
+    seen = []
+
+    class Drain:
+        def done(self) -> bool:
+            return False
+
+        def set_result(self, _) -> None:
+            while q.ready():
+                seen.append(q.get_nowait())
+            q.waiter = self
+
+    q.waiter = Drain()
+    q.put_all(EVENTS)
+    assert seen == EVENTS and q.dropped == 0

@@ -136,6 +136,10 @@ class EventQueue:
         """:meth:`put` each of ``events``, in one go."""
         items = self._items
         excess = len(items) + len(events) - self.maxsize
+        if excess > 0 and self.waiter is not None:
+            for ev in events:  # a synchronous waiter may drain the queue as it fills
+                self.put(ev)
+            return
         if excess > 0:
             policy = self.policy
             if policy is DROP_OLDEST:
