@@ -6,6 +6,7 @@ report carries every figure and ratio); no test depends on a timing.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from conftest import IN_CI, REPO
 from qmpcore import _bench_framing as framing
 from qmpcore import _bench_workloads as workloads
 from qmpcore._bench_report import Row, render, to_json
-from qmpcore._bench_timing import percentile, time_runs
+from qmpcore._bench_timing import Budget, percentile, time_runs
 
 ENV = dict(os.environ)
 ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), ENV.get("PYTHONPATH")) if p)
@@ -97,7 +98,7 @@ def test_every_contender_does_the_same_work(workload):
         factories[f"{impl} raw"] = lambda w, cls=cls: framing.framer(w, cls, raw=True)
     runs = framing.contender_runs(workload, factories)
     try:
-        import qemu.qmp  # noqa: F401
+        importlib.import_module("qemu.qmp")
     except ImportError:
         assert runs.pop("qemu.qmp").startswith("qemu.qmp is not installed")
     assert all(callable(run) for run in runs.values()), runs
@@ -132,7 +133,7 @@ def test_time_runs_reports_every_contender():
 
         return run
 
-    timings = time_runs({"a": make("a"), "b": make("b")}, min_time=0.001, repeats=3)
+    timings = time_runs({"a": make("a"), "b": make("b")}, Budget(0.001, 3))
     assert set(timings) == {"a", "b"}
     for name, timing in timings.items():
         assert 0 <= timing.best <= timing.median

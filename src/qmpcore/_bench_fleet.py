@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import json
 import os
 import subprocess
@@ -166,10 +167,8 @@ async def run_job(job: Dict[str, Any]) -> Dict[str, Any]:
 def _child_main() -> None:
     job = json.loads(sys.stdin.read())
     try:
-        from qmpcore import fleet as _  # noqa: F401 - imported before the memory baseline
-
-        if job["client"] != "qmpcore":
-            import qemu.qmp  # noqa: F401
+        # Import the client before the memory baseline is taken.
+        importlib.import_module("qmpcore.fleet" if job["client"] == "qmpcore" else "qemu.qmp")
         result = asyncio.run(run_job(job))
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         result = {"error": f"{type(exc).__name__}: {exc}"}
@@ -205,7 +204,7 @@ def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> 
 def _have_qemu_qmp() -> Optional[str]:
     """None when qemu.qmp can be imported, else the reason."""
     try:
-        import qemu.qmp  # noqa: F401
+        importlib.import_module("qemu.qmp")
     except ImportError:
         return "qemu.qmp is not installed (pip install qmpcore[bench])"
     return None

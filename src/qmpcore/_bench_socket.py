@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import orjson
 
 from ._bench_report import Figure, Row
-from ._bench_timing import time_runs
+from ._bench_timing import FULL, Budget, time_runs
 
 __all__ = ["socket_section"]
 
@@ -223,7 +223,7 @@ def _measure(
     """{case: {contender: µs per operation, or why not measured}}."""
     round_trips, flood_size = SIZES["quick" if quick else "full"]
     per_run = {"round trip": round_trips, "pipelined": PIPELINE, "flood": flood_size}
-    budget = {"min_time": 0.02, "repeats": 3} if quick else {"min_time": 0.2, "repeats": 5}
+    budget = Budget(0.02, 3) if quick else FULL
     figures: Dict[str, Dict[str, Figure]] = {case: {} for case in CASES}
     for name, factory in CONTENDERS.items():
         progress(f"socket: {name}")
@@ -244,7 +244,7 @@ def _measure(
                     continue
                 args: Tuple[Any, ...] = (per_run[case],) if case != "pipelined" else ()
                 run(*args)  # warm-up
-                timing = time_runs({name: lambda: run(*args)}, **budget)[name]
+                timing = time_runs({name: lambda: run(*args)}, budget)[name]
                 figures[case][name] = timing.median / per_run[case] * 1e6
         finally:
             opened.__exit__(None, None, None)

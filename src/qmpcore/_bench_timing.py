@@ -13,9 +13,21 @@ import statistics
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple
 
-__all__ = ["Timing", "time_runs", "gc_paused", "percentile"]
+__all__ = ["Timing", "Budget", "QUICK", "FULL", "time_runs", "gc_paused", "percentile"]
+
+
+class Budget(NamedTuple):
+    """How long to time: each repeat lasts about ``min_time`` seconds."""
+
+    min_time: float
+    repeats: int
+
+
+#: ``--quick`` and full runs.
+QUICK = Budget(0.01, 3)
+FULL = Budget(0.1, 5)
 
 
 @dataclass(frozen=True)
@@ -45,13 +57,12 @@ def _once(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def time_runs(
-    runs: Dict[str, Callable[[], object]], *, min_time: float = 0.05, repeats: int = 5
-) -> Dict[str, Timing]:
-    """Time each zero-argument ``run``; every repeat lasts about ``min_time``.
+def time_runs(runs: Mapping[str, Callable[[], object]], budget: Budget = FULL) -> Dict[str, Timing]:
+    """Time each zero-argument ``run``; every repeat lasts about ``budget.min_time``.
 
     The runs should be warmed up already (the contenders' ``prepare`` does).
     """
+    min_time, repeats = budget
     loops = {name: max(1, math.ceil(min_time / max(_once(run), 1e-9))) for name, run in runs.items()}
     samples: Dict[str, List[float]] = {name: [] for name in runs}
     with gc_paused():

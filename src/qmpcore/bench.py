@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 
 from . import _bench_framing as framing
 from ._bench_report import Figure, Progress, Row, machine, render, to_json
-from ._bench_timing import time_runs
+from ._bench_timing import FULL, QUICK, time_runs
 from ._bench_workloads import Workload, framing_workloads
 
 __all__ = ["add_arguments", "run", "main", "SECTIONS"]
@@ -35,11 +35,7 @@ class Options(argparse.Namespace):
     real_qemu: int
 
 
-def _timing_budget(opts: Options) -> Dict[str, float]:
-    return {"min_time": 0.01, "repeats": 3} if opts.quick else {"min_time": 0.1, "repeats": 5}
-
-
-def framing_section(opts: Options, progress: Callable[[str], None]) -> List[Row]:
+def framing_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
     """Every framing workload, for each qmpcore variant, beside the baselines."""
     classes = framing.framer_classes()
     live = next(iter(classes))  # the compiled one when it is importable
@@ -55,7 +51,7 @@ def framing_section(opts: Options, progress: Callable[[str], None]) -> List[Row]
         progress(f"framing: {workload.title}")
         prepared = framing.contender_runs(workload, {**variants, **framing.BASELINES})
         ready = {name: run for name, run in prepared.items() if not isinstance(run, str)}
-        timings = time_runs(ready, **_timing_budget(opts))
+        timings = time_runs(ready, QUICK if opts.quick else FULL)
         per = workload.nframes if workload.per_message else 1
         scale = 1e6 / per if workload.per_message else 1e3
 
@@ -66,7 +62,7 @@ def framing_section(opts: Options, progress: Callable[[str], None]) -> List[Row]
         baselines = {name: figure(name) for name in framing.BASELINES}
         for variant in variants:
             value = figure(variant)
-            extra = {}
+            extra: Dict[str, Figure] = {}
             if not workload.per_message and not isinstance(value, str):
                 extra["MB/s"] = workload.nbytes / (value / scale * per) / 1e6
             rows.append(
@@ -84,22 +80,26 @@ def framing_section(opts: Options, progress: Callable[[str], None]) -> List[Row]
     return rows
 
 
-Section = Callable[[Options, Callable[[str], None]], List[Row]]
+class SectionUnavailable(Exception):
+    """A section cannot run here (no QEMU, no target); the text says why."""
 
 
-def _socket_section(opts: Options, progress: Callable[[str], None]) -> List[Row]:
+Section = Callable[[argparse.Namespace, Callable[[str], None]], List[Row]]
+
+
+def _socket_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
     from ._bench_socket import socket_section
 
     return socket_section(opts, progress)
 
 
-def _fleet_section(opts: Options, progress: Callable[[str], None]) -> List[Row]:
+def _fleet_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
     from ._bench_fleet import fleet_section
 
     return fleet_section(opts, progress)
 
 
-def _real_qemu_section(opts: Options, progress: Callable[[str], None]) -> List[Row]:
+def _real_qemu_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
     from ._bench_fleet import real_qemu_section
 
     return real_qemu_section(opts, progress)
@@ -132,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _selected(opts: Options) -> List[str]:
+def _selected(opts: argparse.Namespace) -> List[str]:
     if opts.only:
         return list(dict.fromkeys(opts.only))
     names = ["framing", "socket", "fleet"]
@@ -141,7 +141,7 @@ def _selected(opts: Options) -> List[str]:
     return names
 
 
-def run(opts: Options) -> int:
+def run(opts: argparse.Namespace) -> int:
     """Run the selected sections, print the table, write JSON if asked."""
     for name in ("vms", "rounds", "real_qemu"):
         value = getattr(opts, name, None)
@@ -170,10 +170,6 @@ def run(opts: Options) -> int:
                 json.dump(to_json(rows, info), f, indent=2)
                 f.write("\n")
     return 0
-
-
-class SectionUnavailable(Exception):
-    """A section cannot run here (no QEMU, no target); the text says why."""
 
 
 def main(argv: Optional[List[str]] = None) -> int:

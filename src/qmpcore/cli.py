@@ -90,12 +90,12 @@ def parse_arguments(words: Sequence[str]) -> Optional[Dict[str, Any]]:
         return None
     if len(words) == 1 and words[0].lstrip().startswith("{"):
         try:
-            args = json.loads(words[0])
+            given = json.loads(words[0])
         except ValueError as exc:
             raise UsageError(f"arguments are not valid JSON: {exc}") from None
-        if not isinstance(args, dict):
+        if not isinstance(given, dict):
             raise UsageError("arguments must be a JSON object")
-        return args
+        return given
     args: Dict[str, Any] = {}
     for word in words:
         key, sep, raw = word.partition("=")

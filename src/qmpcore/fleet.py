@@ -59,8 +59,10 @@ Result = Any
 
 #: File descriptors kept free for everything that is not a VM connection.
 FD_RESERVE = 64
-#: Bound of each connection's internal event queue (drained as events come).
-LISTENER_QUEUE = 64
+#: Bound of each connection's internal event queue.  It is drained as soon
+#: as a received chunk's events are queued, so it holds one chunk at most;
+#: the bound that matters is each :meth:`Fleet.events` stream's.
+LISTENER_QUEUE = 1 << 20
 
 
 @dataclass(frozen=True)
