@@ -439,6 +439,7 @@ def test_real_qemu_exec_events_and_shell(qemu, tmp_path):
         term.expect(r'"name": "type"')
         term.type("query-statu\t\r")
         term.expect(r'"running": true')
+        term.expect(r"qmp> ")  # typed ahead of the prompt, Ctrl-D could be lost
         term.type("\x04")
         assert term.proc.wait(WAIT) == 0
     finally:
