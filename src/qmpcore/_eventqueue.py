@@ -58,21 +58,27 @@ def make_filter(names: Iterable[str], match: Match = None) -> Optional[Callable[
     for name in wanted:
         if not isinstance(name, str):
             raise TypeError(f"event names must be str, not {type(name).__name__}")
-    if match is not None and not callable(match):
-        if not isinstance(match, Mapping):
-            raise TypeError("match must be a dict of data members or a callable")
-        expected = dict(match)
-
-        def match(ev: Event) -> bool:  # noqa: F811 -- the dict becomes a predicate
-            data = ev.data
-            return all(k in data and data[k] == v for k, v in expected.items())
-
+    test = _data_matcher(match)
     if not wanted:
-        return match
-    if match is None:
+        return test
+    if test is None:
         return lambda ev: ev.name in wanted
-    test = match
     return lambda ev: ev.name in wanted and bool(test(ev))
+
+
+def _data_matcher(match: Match) -> Optional[Callable[[Event], bool]]:
+    """``match`` as a predicate (a dict becomes "these data members are equal")."""
+    if match is None or callable(match):
+        return match
+    if not isinstance(match, Mapping):
+        raise TypeError("match must be a dict of data members or a callable")
+    expected = dict(match)
+
+    def has_members(ev: Event) -> bool:
+        data = ev.data
+        return all(k in data and data[k] == v for k, v in expected.items())
+
+    return has_members
 
 
 class EventQueue:
