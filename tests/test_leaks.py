@@ -30,6 +30,8 @@ from qmpcore.soak import Usage
 FULL = os.environ.get("QMPCORE_FULL", "") not in ("", "0")
 MiB = 1 << 20
 
+pytestmark = pytest.mark.timeout(7200 if FULL else 300)
+
 #: Allowed growth once warmed up.
 TRACED_BOUND = 256 * 1024
 RSS_BOUND = 8 * MiB
