@@ -61,6 +61,7 @@ def traced() -> Iterator[None]:
 
 def assert_flat(before: Usage, after: Usage, what: str) -> None:
     grown = after - before
+    print(f"{what}: heap {grown.traced:+d} B, RSS {grown.rss:+d} B, descriptors {grown.fds:+d}")
     assert grown.traced < TRACED_BOUND, f"{what}: Python heap grew by {grown.traced} bytes"
     assert grown.rss < RSS_BOUND, f"{what}: RSS grew by {grown.rss} bytes"
     assert grown.fds <= FD_BOUND, f"{what}: {grown.fds} more open descriptors"
