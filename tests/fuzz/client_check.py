@@ -30,7 +30,8 @@ The input ends with FLUSH and CLOSE.  Invariants checked throughout:
 error), never after it was abandoned, and never before its bytes were
 released to the server; a reply reaches the command whose id it carries,
 with the command name it was sent with; held commands are never stuck
-behind a free slot; the end of the stream is reported exactly once.  Each
+behind a free slot; the end of the stream is reported exactly once and
+nothing is accepted after it.  Each
 queued reply carries a nonce unknown to the fuzzer, so a reply delivered to
 another id is caught.  Without garbage on the stream, every reply to an
 outstanding QMP command must be delivered.
@@ -243,6 +244,12 @@ class Program:
         events = self.proto.receive_data(b"")
         assert len(events) == 1 and type(events[0]) is ConnectionClosed, f"end of stream gave {events!r}"
         assert self.proto.receive_data(b"") == [], "end of stream reported twice"
+        try:
+            self.proto.send_command("query-status")
+        except StateError:
+            pass
+        else:
+            raise AssertionError("a command was accepted after the end of the stream")
         self.closed += 1
         self.check_slots()
 
