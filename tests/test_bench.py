@@ -113,6 +113,9 @@ def test_contenders_that_cannot_frame_say_why():
         framing.qemu_qmp_recv(workloads.Workload("big", "big", chunks=[], frames=[b" " * (11 << 20)]))
     broken = workloads.Workload("bad", "bad", chunks=[b"{]\n"], frames=[b"{]\n"])
     assert framing.contender_runs(broken, {"json": framing.json_presplit})["json"].startswith("fails:")
+    for cls in framing.framer_classes().values():
+        with pytest.raises(framing.NotApplicable, match="framer error"):
+            framing.framer(broken, cls)
 
 
 def test_framer_contender_counts_frames_split_anywhere():

@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Union
 import orjson
 
 from ._bench_workloads import Workload
+from .errors import FrameError
 
 __all__ = [
     "Run",
@@ -57,8 +58,17 @@ def framer_classes() -> Dict[str, type]:
 
 
 def framer(workload: Workload, cls: type, *, raw: bool = False) -> Run:
-    """qmpcore: feed every chunk to one fresh framer."""
+    """qmpcore: feed every chunk to one fresh framer.
+
+    Raises :class:`NotApplicable` if the framer reports an error for the
+    workload (such as a limit), since it would then not do the same work.
+    """
     chunks = workload.chunks
+    check = cls(raw=raw).feed
+    for chunk in chunks:
+        for item in check(chunk):
+            if isinstance(item, FrameError):
+                raise NotApplicable(f"framer error: {item}")
 
     def run() -> int:
         feed = cls(raw=raw).feed

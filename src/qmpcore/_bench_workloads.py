@@ -117,7 +117,11 @@ def event(count: int = MESSAGES_PER_RUN) -> Workload:
 
 
 def _schema_entries(size: int) -> bytes:
-    """A deterministic stand-in for the schema list, about ``size`` bytes."""
+    """A deterministic stand-in for the schema list, about ``size`` bytes.
+
+    Each entry carries a short description, so a 10 MiB list stays well
+    under QEMU's 2 Mi tokens per message (which a framer enforces).
+    """
     kinds = ("command", "event", "object", "enum", "builtin", "array")
     parts: List[bytes] = []
     total = 0
@@ -129,6 +133,7 @@ def _schema_entries(size: int) -> bytes:
                 "meta-type": kinds[i % len(kinds)],
                 "members": [{"name": f"m{j}", "type": str(i + j)} for j in range(i % 4)],
                 "arg-type": str(i % 97),
+                "doc": f"Thing {i}: " + "returns the state of one simulated device. " * 2,
             }
         ).encode()
         parts.append(entry)

@@ -151,11 +151,15 @@ def run(opts: argparse.Namespace) -> int:
     progress = Progress()
     rows: List[Row] = []
     skipped: List[str] = []
+    status = 0
     for name in _selected(opts):
         try:
             rows += SECTIONS[name](opts, progress)
         except SectionUnavailable as why:
             skipped.append(f"{name}: skipped, {why}")
+        except Exception as exc:  # noqa: BLE001 - the other sections still run
+            skipped.append(f"{name}: failed, {type(exc).__name__}: {exc}")
+            status = 1
         finally:
             progress.done()
     info = machine()
@@ -169,7 +173,7 @@ def run(opts: argparse.Namespace) -> int:
             with open(opts.json, "w", encoding="utf-8") as f:
                 json.dump(to_json(rows, info), f, indent=2)
                 f.write("\n")
-    return 0
+    return status
 
 
 def main(argv: Optional[List[str]] = None) -> int:

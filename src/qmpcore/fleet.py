@@ -1,12 +1,13 @@
 """Many VMs, one event loop: :class:`Fleet`.
 
 A fleet manager watches and commands thousands of QEMU monitors from one
-process.  :class:`Fleet` keeps one connection per VM, each looked after by
-its own supervisor coroutine that connects (a few at a time), notices when
-the connection dies and reconnects with exponential backoff and jitter, so
-a VM that restarts on the same socket comes back without the caller doing
-anything.  Commands to many VMs run concurrently, each with its own
-timeout, so a frozen, dead or slow VM costs the others nothing.
+process.  :class:`Fleet` keeps one connection per VM: it connects a few at
+a time, notices at once when a connection dies and reconnects with
+exponential backoff and jitter, so a VM that restarts on the same socket
+comes back without the caller doing anything.  Commands to many VMs run
+concurrently, each with its own timeout, so a frozen, dead or slow VM
+costs the others nothing.  An idle VM costs one client and a few small
+objects: no task, no event object, no buffer of its own.
 
 ::
 
@@ -42,6 +43,7 @@ from typing import (
     Union,
 )
 
+from ._address import parse_address
 from .errors import ConnectionLost, QMPError, StateError
 from .errors import TimeoutError as QMPTimeoutError
 
@@ -245,13 +247,6 @@ class _Member:
         self.timer: Optional[asyncio.TimerHandle] = None  # the next attempt
 
 
-def _vm_name(address: Address) -> str:
-    if isinstance(address, tuple):
-        host, port = address
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return os.fspath(address)
-
-
 class Fleet:
     """Connections to many VMs in one event loop.
 
@@ -282,7 +277,7 @@ class Fleet:
         if isinstance(addresses, Mapping):
             pairs = [(str(name), addr) for name, addr in addresses.items()]
         else:
-            pairs = [(_vm_name(addr), addr) for addr in addresses]
+            pairs = [(str(parse_address(addr)), addr) for addr in addresses]
         names = [name for name, _ in pairs]
         if len(set(names)) != len(names):
             raise ValueError("two VMs of the fleet have the same name")
