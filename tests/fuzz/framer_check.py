@@ -4,14 +4,16 @@ An input is a small header followed by the stream bytes::
 
     byte 0      flags: bit0 strict, bit1 raw, bit2 small limits,
                 bits 3-4 how chunks are passed (bytes/bytearray/memoryview/mixed),
-                bit5 reset both framers half-way through
+                bit5 reset both framers half-way through,
+                bit6 also pass a bad argument (str, int) between chunks
     bytes 1-3   small limits (used with bit2): frame size, depth, tokens
     byte 4      number of chunk lengths that follow (mod 16)
     ...         that many chunk lengths (0-255; reused cyclically)
     rest        the stream
 
 Both implementations are fed the same chunks.  The check fails on any
-exception, any difference in the items or in ``buffered``, ``buffered``
+exception (but the ``TypeError`` a bad argument must raise, leaving the
+framer as it was), any difference in the items or in ``buffered``, ``buffered``
 above ``max_frame_size`` plus the current chunk, or (without a reset)
 items that depend on how the stream was split.
 """
@@ -28,7 +30,7 @@ from qmpcore.errors import FrameError
 __all__ = ["Config", "parse_input", "make_input", "check", "canonical"]
 
 HEADER = 5
-STRICT, RAW, SMALL, RESET = 0x01, 0x02, 0x04, 0x20
+STRICT, RAW, SMALL, RESET, BAD_ARGS = 0x01, 0x02, 0x04, 0x20, 0x40
 _VIEWS = (bytes, bytearray, memoryview)
 
 
@@ -38,6 +40,7 @@ class Config(NamedTuple):
     kwargs: dict
     views: int  # 0-2: one type for every chunk, 3: rotate
     reset: bool
+    bad_args: bool
     splits: Tuple[int, ...]
     stream: bytes
 
@@ -63,7 +66,7 @@ def parse_input(data: bytes) -> Config:
         kwargs.update(max_frame_size=1 + head[1] * 4, max_depth=1 + head[2] % 16, max_tokens=1 + head[3])
     count = head[4] % 16
     splits = tuple(data[HEADER : HEADER + count])
-    return Config(kwargs, (flags >> 3) & 3, bool(flags & RESET), splits, data[HEADER + count :])
+    return Config(kwargs, (flags >> 3) & 3, bool(flags & RESET), bool(flags & BAD_ARGS), splits, data[HEADER + count :])
 
 
 def make_input(stream: bytes, *, flags: int = 0, limits: Sequence[int] = (0, 0, 0), splits: Sequence[int] = ()) -> bytes:
@@ -109,6 +112,21 @@ def _describe(cfg: Config) -> str:
     return f"kwargs={cfg.kwargs} splits={cfg.splits} views={cfg.views} reset={cfg.reset} stream={cfg.stream[:200]!r}"
 
 
+def _feed_bad_arguments(framers: Sequence[Any]) -> None:
+    """Anything but bytes-like data is a TypeError and changes nothing."""
+    for framer in framers:
+        before = framer.buffered
+        for bad in ("{}", 7, None, [1]):
+            try:
+                framer.feed(bad)
+            except TypeError:
+                pass
+            else:
+                raise AssertionError(f"{type(framer).__module__}: feed({bad!r}) did not raise TypeError")
+        if framer.buffered != before:
+            raise AssertionError(f"{type(framer).__module__}: a rejected argument changed buffered")
+
+
 def check(data: bytes) -> None:
     """Run one fuzz input; raise AssertionError when the framers misbehave."""
     cfg = parse_input(data)
@@ -118,6 +136,8 @@ def check(data: bytes) -> None:
     reset_at = len(chunks) // 2 if cfg.reset else -1
     total: List[Any] = []
     for index, chunk in enumerate(chunks):
+        if cfg.bad_args:
+            _feed_bad_arguments(framers)
         c_items = framers[0].feed(chunk)
         py_items = framers[1].feed(chunk)
         got_c, got_py = canonical(c_items), canonical(py_items)
