@@ -49,7 +49,7 @@ def framer_seeds() -> Iterator[Seed]:
             yield f"{name}.client.small", make_input(client, flags=STRICT | SMALL, limits=(8, 3, 40), splits=(7, 1, 30))
         if server:
             yield f"{name}.server", make_input(server)
-            yield f"{name}.server.split", make_input(server, flags=0x18, splits=(1, 13, 200))
+            yield f"{name}.server.split", make_input(server, flags=0x58, splits=(1, 13, 200))
             yield f"{name}.server.raw", make_input(server, flags=RAW | SMALL, limits=(60, 5, 255))
 
 
