@@ -11,9 +11,11 @@ from __future__ import annotations
 import os as _os
 
 from ._wire import SYNC, encode
+from .protocol.events import Event, VersionInfo
 from .errors import (
     CommandError,
     ConnectionLost,
+    EventOverflow,
     FrameError,
     ProtocolError,
     QMPError,
@@ -49,6 +51,7 @@ _LAZY = {
     "SyncQMPClient": "sync",
     "connect_guest_agent_sync": "sync",
     "SyncGuestAgentClient": "sync",
+    "EventStream": "aio",
     "Fleet": "fleet",
 }
 
@@ -76,5 +79,8 @@ __all__ = [
     "ConnectionLost",
     "TimeoutError",
     "StateError",
+    "EventOverflow",
+    "Event",
+    "VersionInfo",
     *_LAZY,
 ]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Deque, Iterable, List, Mapping, Optional, Union
 
-from .errors import QMPError
+from .errors import EventOverflow
 from .protocol.events import Event
 
 __all__ = [
@@ -38,14 +38,6 @@ RAISE = "raise"
 _POLICIES = (DROP_OLDEST, BLOCK, RAISE)
 
 Match = Union[None, Mapping[str, Any], Callable[[Event], bool]]
-
-
-class EventOverflow(QMPError):
-    """Events were dropped because the consumer fell behind (policy "raise")."""
-
-    def __init__(self, dropped: int) -> None:
-        super().__init__(f"event queue overflowed: {dropped} event(s) dropped")
-        self.dropped = dropped
 
 
 def make_filter(names: Iterable[str], match: Match = None) -> Optional[Callable[[Event], bool]]:

@@ -26,6 +26,7 @@ __all__ = [
     "ConnectionLost",
     "TimeoutError",
     "StateError",
+    "EventOverflow",
 ]
 
 
@@ -114,3 +115,11 @@ class ConnectionLost(QMPError, ConnectionError):
 
 class TimeoutError(QMPError, builtins.TimeoutError):  # noqa: A001
     """A wait exceeded its timeout (also a builtin ``TimeoutError``)."""
+
+
+class EventOverflow(QMPError):
+    """Events were dropped because the consumer fell behind (policy "raise")."""
+
+    def __init__(self, dropped: int) -> None:
+        super().__init__(f"event queue overflowed: {dropped} event(s) dropped")
+        self.dropped = dropped
