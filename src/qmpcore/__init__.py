@@ -11,7 +11,6 @@ from __future__ import annotations
 import os as _os
 
 from ._wire import SYNC, encode
-from .protocol.events import Event, VersionInfo
 from .errors import (
     CommandError,
     ConnectionLost,
@@ -37,6 +36,9 @@ else:
         from ._framer_py import Framer  # type: ignore[no-redef]
 
         implementation = "python"
+
+# After Framer: the protocol layer builds on it.
+from .protocol.events import Event, VersionInfo  # noqa: E402
 
 __version__ = "0.1.0"
 
