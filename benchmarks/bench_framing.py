@@ -64,7 +64,7 @@ def measure(benchmark, name: str, factory, *args, **kw) -> None:
 def test_qmpcore(benchmark, name, impl, raw):
     cls = contenders.framer_classes().get(impl)
     if cls is None:
-        pytest.skip("compiled framer not built")
+        pytest.skip("compiled framer not in use (not built, or QMPCORE_NO_EXTENSIONS=1)")
     measure(benchmark, name, contenders.framer, cls, raw=raw)
 
 

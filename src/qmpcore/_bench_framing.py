@@ -43,16 +43,10 @@ class NotApplicable(Exception):
 
 
 def framer_classes() -> Dict[str, type]:
-    """Framer implementations importable here: ``cython`` and/or ``python``."""
-    from . import _framer_py
+    """The live framer first (``cython`` unless disabled or not built), then ``python``."""
+    from . import Framer, _framer_py, implementation
 
-    classes: Dict[str, type] = {}
-    try:
-        from . import _framer  # type: ignore[attr-defined]
-
-        classes["cython"] = _framer.Framer
-    except ImportError:
-        pass
+    classes: Dict[str, type] = {implementation: Framer}
     classes["python"] = _framer_py.Framer
     return classes
 
