@@ -283,6 +283,7 @@ def test_shell_on_a_terminal(hooked, tmp_path):
         term.expect(r"qmp> query-na")
         term.type("\x15\x04")  # clear the line, then Ctrl-D
         assert term.proc.wait(WAIT) == 0
+        assert "closed the connection" not in term.output
     finally:
         term.close()
     lines = history.read_text().splitlines()
@@ -297,6 +298,19 @@ def test_shell_reads_a_script_from_a_pipe(served):
     assert lines[0] == '{"name":"vm1"}'
     assert lines[1] == '{"status":"running","singlestep":false,"running":true}'
     assert lines[2].startswith("error: CommandNotFound")
+
+
+def test_shell_says_when_the_server_goes_away(hooked, tmp_path):
+    term = Terminal("shell", hooked.qmp_paths[1], "--history", tmp_path / "history")
+    try:
+        term.expect(r"qmp> ")
+        hooked.vm(1).drop_connections()
+        term.expect(r"\(the server closed the connection; Ctrl-D to leave\)")
+        term.type("query-status\r")
+        term.expect(r"error: ")
+        assert term.proc.wait(WAIT) == 3
+    finally:
+        term.close()
 
 
 def test_shell_guest_agent(hooked):

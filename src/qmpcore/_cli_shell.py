@@ -145,12 +145,16 @@ async def _command_names(client: Any, qga: bool, timeout: float) -> List[str]:
         return []
 
 
-async def _print_events(client: Any, show: Callable[[str], None]) -> None:
+async def _print_events(client: Any, show: Callable[[str], None], leaving: threading.Event) -> None:
+    """Print events as they come; say so when the server ends the connection."""
     try:
         async for event in client.events():
             show(dump(event.raw, False))
-    except QMPError:
-        pass  # the connection ended; the next command reports it
+        why = "the server closed the connection"
+    except QMPError as exc:
+        why = str(exc)
+    if not leaving.is_set():
+        show(f"({why}; Ctrl-D to leave)")
 
 
 def _wait(future: "Future[Any]") -> Any:
@@ -182,11 +186,13 @@ def run_shell(args: argparse.Namespace) -> int:
             version = getattr(client, "version", None)
             where = f"QEMU {version.major}.{version.minor}.{version.micro}" if version else "guest agent"
             console.show(f"Connected to {where} at {args.address}. Ctrl-D to leave.")
+        leaving = threading.Event()
         if not args.qga:
-            runner.submit(_print_events(client, console.show_async))
+            runner.submit(_print_events(client, console.show_async, leaving))
         try:
             status = _loop(console, runner, client)
         finally:
+            leaving.set()
             if interactive:
                 console.save_history(history)
             runner.submit(client.close()).result(timeout=5)
