@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - best effort
         pass
+
+
+def _listening(path: str) -> bool:
+    """True once a unix socket accepts connections (it exists before it listens)."""
+    if not os.path.exists(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 class QemuGroup:
@@ -97,12 +112,13 @@ class QemuGroup:
         )
 
     def _wait_ready(self, indices: Sequence[int], timeout: float) -> None:
+        """Wait until each QEMU's monitor accepts connections."""
         deadline = time.monotonic() + timeout
         waiting = list(indices)
         while waiting:
             for i in list(waiting):
                 proc = self.procs[i]
-                if os.path.exists(self.paths[i]):
+                if _listening(self.paths[i]):
                     waiting.remove(i)
                 elif proc is None or proc.poll() is not None:
                     raise RuntimeError(f"QEMU {i} exited before creating its socket")
