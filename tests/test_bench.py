@@ -252,3 +252,34 @@ def test_benchmark_suite_collects_and_runs():
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:]
     assert " passed" in done.stdout
+
+
+def test_progress_shows_on_a_terminal_only():
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qmpcore", "bench", "--quick", "--only", "fleet", "--vms", "5", "--rounds", "1"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=ENV,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 120
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        os.close(master)
+    assert b"\rfleet: starting 5 simulated VMs" in seen
+    assert b"5 VMs" not in seen.split(b"\r")[-1]  # the line is cleared at the end
