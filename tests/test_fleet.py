@@ -135,6 +135,29 @@ async def test_slow_vm_costs_the_others_nothing(tmp_path):
             assert isinstance(fleet.stats().last_errors[fleet.vms[0]], qmpcore.TimeoutError)
 
 
+async def test_connects_are_capped(tmp_path, monkeypatch):
+    from qmpcore import aio
+
+    real_connect = aio.connect
+    active = peak = 0
+
+    async def counting_connect(*args, **kwargs):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        try:
+            await asyncio.sleep(0.01)
+            return await real_connect(*args, **kwargs)
+        finally:
+            active -= 1
+
+    monkeypatch.setattr(aio, "connect", counting_connect)
+    async with serve_vms(tmp_path, 12) as vms:
+        async with Fleet(vms.qmp_paths, max_concurrency=3) as fleet:
+            assert fleet.stats().connected == 12
+    assert peak == 3
+
+
 async def test_vm_not_up_yet_is_retried_and_comes_back(tmp_path):
     paths = [str(tmp_path / f"vm{i}.qmp") for i in range(3)]
     async with Fleet(paths, reconnect=FAST) as fleet:  # nothing listens yet
