@@ -217,6 +217,8 @@ def test_bench_options_are_checked():
     assert bench("--vms", "-1", "--only", "fleet").returncode == 2
     done = bench("--only", "real-qemu")
     assert done.returncode == 0 and "real-qemu: skipped, give the number of QEMUs" in done.stdout
+    data = json.loads(bench("--only", "real-qemu", "--json", "-").stdout)
+    assert data["rows"] == [] and data["skipped"][0].startswith("real-qemu: skipped")
 
 
 @pytest.mark.qemu

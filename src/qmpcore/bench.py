@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import _bench_framing as framing
 from ._bench_report import Figure, Progress, Row, machine, render, to_json
@@ -163,17 +163,20 @@ def run(opts: argparse.Namespace) -> int:
         finally:
             progress.done()
     info = machine()
-    report = render(rows, info) + "".join(f"\n{line}" for line in skipped)
+    data = {**to_json(rows, info), "skipped": skipped}
     if opts.json == "-":
-        json.dump(to_json(rows, info), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(report + ("\n" if skipped else ""))
-        if opts.json:
-            with open(opts.json, "w", encoding="utf-8") as f:
-                json.dump(to_json(rows, info), f, indent=2)
-                f.write("\n")
+        _write_json(sys.stdout, data)
+        return status
+    sys.stdout.write(render(rows, info) + "".join(f"\n{line}\n" for line in skipped))
+    if opts.json:
+        with open(opts.json, "w", encoding="utf-8") as f:
+            _write_json(f, data)
     return status
+
+
+def _write_json(stream: Any, data: Dict[str, Any]) -> None:
+    json.dump(data, stream, indent=2)
+    stream.write("\n")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
