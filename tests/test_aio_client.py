@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import threading
 
 import pytest
 
@@ -601,3 +602,208 @@ async def test_abort(tmp_path):
         qmp.abort()
         await until(qmp.wait_closed())
         assert qmp.closed
+
+
+# -- public hooks: a handed-over socket, fd passing now, bounded close, listeners ----
+
+
+def connected_socket(address) -> socket.socket:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(WAIT)
+    sock.connect(address)
+    return sock
+
+
+@pytest.mark.parametrize("tcp", [False, True])
+async def test_connect_over_a_connected_socket(tmp_path, tcp):
+    async with FakeServer(tmp_path, lambda peer: (peer.handshake(), peer.serve()), tcp=tcp) as server:
+        sock = connected_socket(server.address)
+        qmp = await until(qmpcore.connect(sock=sock))
+        async with qmp:
+            assert qmp.address.sockaddr == server.address
+            assert qmp.fileno() == sock.fileno() >= 0
+            assert await until(qmp.execute("echo", {"a": 1})) == {"echo": {"a": 1}}
+        assert qmp.fileno() == -1 and sock.fileno() == -1  # the client closed it
+
+
+async def test_connect_over_a_socket_whose_peer_has_no_name():
+    """Server mode: the socket came from accept() or socketpair(), its peer is unnamed."""
+    mine, theirs = socket.socketpair()
+    with theirs:
+        peer = Peer(theirs)
+        task = asyncio.get_running_loop().run_in_executor(None, lambda: (peer.handshake(), peer.serve()))
+        async with await until(qmpcore.connect(sock=mine)) as qmp:
+            assert qmp.address.is_unix and str(qmp.address) == "<socket>"
+            assert await until(qmp.execute("x")) == {}
+        await until(task)
+
+
+async def test_connect_guest_agent_over_a_connected_socket(tmp_path):
+    from test_sync_client import qga_script
+
+    async with FakeServer(tmp_path, qga_script) as server:
+        async with await until(qmpcore.connect_guest_agent(sock=connected_socket(server.address))) as ga:
+            assert await until(ga.execute("guest-ping")) == {"pong": "guest-ping"}
+            assert ga.fileno() >= 0
+
+
+async def test_connect_sock_argument_errors(tmp_path):
+    unconnected = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    datagram, _peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    closed = socket.socket()
+    closed.close()
+    try:
+        with pytest.raises(TypeError):
+            await qmpcore.connect()
+        with pytest.raises(TypeError):
+            await qmpcore.connect(str(tmp_path / "x"), sock=unconnected)
+        with pytest.raises(TypeError):
+            await qmpcore.connect(sock=unconnected.fileno())
+        with pytest.raises(ValueError, match="not connected"):
+            await qmpcore.connect(sock=unconnected)
+        with pytest.raises(ValueError, match="stream"):
+            await qmpcore.connect_guest_agent(sock=datagram)
+        with pytest.raises(ValueError, match="closed"):
+            await qmpcore.connect(sock=closed)
+        assert unconnected.fileno() >= 0  # refused arguments are not taken over
+    finally:
+        for s in (unconnected, datagram, _peer):
+            s.close()
+
+
+@pytest.mark.parametrize("fault", ["silence", "garbage"])
+async def test_handed_over_socket_is_closed_when_the_handshake_fails(fault):
+    mine, theirs = socket.socketpair()
+    with theirs:
+        if fault == "garbage":
+            theirs.sendall(b"not a greeting\r\n")
+            theirs.shutdown(socket.SHUT_WR)
+        with pytest.raises((qmpcore.ProtocolError, qmpcore.ConnectionLost, qmpcore.TimeoutError)):
+            await qmpcore.connect(sock=mine, timeout=0.2)
+        assert mine.fileno() == -1
+
+
+async def test_send_fd_nowait_passes_the_fd_before_returning(tmp_path):
+    received = []
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        received.append((cmd["execute"], [os.fstat(fd).st_ino for fd in peer.fds]))
+        peer.reply(cmd)
+        for fd in peer.fds:
+            os.close(fd)
+        peer.serve()
+
+    async with FakeServer(tmp_path, script) as server:
+        async with await qmpcore.connect(server.address) as qmp:
+            r, w = os.pipe()
+            inode = os.fstat(r).st_ino
+            qmp.send_fd_nowait(r)
+            os.close(r)  # the server holds its own copy already
+            os.close(w)
+            assert await until(qmp.execute("getfd", {"fdname": "x"})) == {}
+    assert received == [("getfd", [inode])]
+
+
+async def test_send_fd_nowait_refuses_to_overtake_buffered_writes(tmp_path):
+    go = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        go.wait(WAIT)  # stop reading for a while
+        peer.serve()
+
+    async with FakeServer(tmp_path, script) as server:
+        async with await qmpcore.connect(server.address) as qmp:
+            big = asyncio.ensure_future(qmp.execute("big", {"x": "x" * (8 << 20)}))  # more than socket buffers hold
+            await asyncio.sleep(0)
+            with pytest.raises(BlockingIOError):
+                qmp.send_fd_nowait(0)
+            go.set()
+            assert await until(big) == {"echo": {"x": "x" * (8 << 20)}}
+
+
+async def test_send_fd_nowait_over_tcp_is_refused(tmp_path):
+    async with FakeServer(tmp_path, lambda peer: (peer.handshake(), peer.serve()), tcp=True) as server:
+        async with await qmpcore.connect(server.address) as qmp:
+            with pytest.raises(qmpcore.StateError):
+                qmp.send_fd_nowait(0)
+
+
+async def test_close_gives_up_on_a_server_that_stopped_reading(tmp_path):
+    go = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        go.wait(WAIT)
+        peer.serve()
+
+    async with FakeServer(tmp_path, script) as server:
+        qmp = await qmpcore.connect(server.address)
+        pending = asyncio.ensure_future(qmp.execute("big", {"x": "x" * (8 << 20)}))
+        await asyncio.sleep(0)
+        try:
+            await until(qmp.close(timeout=0.1))
+            assert qmp.closed and qmp.fileno() == -1
+            with pytest.raises(qmpcore.ConnectionLost):
+                await until(pending)
+        finally:
+            go.set()
+
+
+async def test_event_listener_sees_every_event_in_order(tmp_path):
+    names = [f"E{i}" for i in range(50)]
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.send(b"".join(event_frame(name) for name in names))
+        peer.reply(cmd)
+        peer.serve()
+
+    async with FakeServer(tmp_path, script) as server:
+        qmp = await qmpcore.connect(server.address, event_queue=3)
+        heard, ends = [], []
+        remove = qmp.add_event_listener(lambda ev: heard.append(ev.name), on_close=ends.append)
+        await until(qmp.execute("go"))
+        assert heard == names  # whatever the small queues dropped
+        assert qmp.counters["backlog_dropped"] == 47
+        remove()
+        remove()  # removing twice is harmless
+        await qmp.close()
+        assert heard == names and ends == []
+
+
+async def test_event_listener_hears_the_end_and_survives_a_failing_callback(tmp_path, caplog):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.send(event_frame("STOP") + event_frame("RESUME"))
+        peer.reply(cmd)
+        peer.recv_command()
+        peer.reset()
+
+    async with FakeServer(tmp_path, script) as server:
+        qmp = await qmpcore.connect(server.address)
+        heard, ends = [], []
+
+        def broken(ev):
+            raise RuntimeError("listener bug")
+
+        qmp.add_event_listener(broken, on_close=lambda error: 1 / 0)
+        qmp.add_event_listener(lambda ev: heard.append(ev.name), on_close=ends.append)
+        await until(qmp.execute("go"))
+        assert (await qmp.wait_event("RESUME", timeout=WAIT)).name == "RESUME"  # routing went on
+        with pytest.raises(qmpcore.ConnectionLost):
+            await until(qmp.execute("x"))
+        await until(qmp.wait_closed())
+    assert heard == ["STOP", "RESUME"]
+    assert len(ends) == 1 and isinstance(ends[0], qmpcore.ConnectionLost)
+    assert "listener bug" in caplog.text and "ZeroDivisionError" in caplog.text
+    late = []
+    qmp.add_event_listener(late.append, on_close=late.append)  # after the end: told at once
+    assert late == [qmp.connection_error]
+    with pytest.raises(TypeError):
+        qmp.add_event_listener(None)

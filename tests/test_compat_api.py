@@ -234,3 +234,21 @@ def test_same_behaviour(name: str) -> None:
     ours = run(namespace("qmpcore", api))
     differing = sorted(k for k in ref.keys() | ours.keys() if ref.get(k) != ours.get(k))
     assert not differing, {k: {"reference": ref.get(k), "qmpcore": ours.get(k)} for k in differing}
+
+
+def test_adapters_and_fleet_use_only_public_client_api() -> None:
+    """Nothing above the clients reaches into their internals (socket,
+    transport, lock, event router, handshake steps)."""
+    import ast
+    import pathlib
+
+    import qmpcore
+
+    client_internals = {"_sock", "_transport", "_cond", "_read_once", "_reading", "_router",
+                        "_open", "_greeted", "_handshake", "_Transport", "_proto", "_waiters"}
+    package = pathlib.Path(qmpcore.__file__).parent
+    for path in sorted(package.glob("compat/*.py")) + [package / "fleet.py"]:
+        tree = ast.parse(path.read_text(), str(path))
+        used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+                and not (isinstance(node.value, ast.Name) and node.value.id == "self")}  # its own
+        assert not used & client_internals, f"{path.name} uses {sorted(used & client_internals)}"

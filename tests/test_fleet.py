@@ -201,6 +201,21 @@ async def test_merged_events_are_tagged_and_filtered(tmp_path):
         assert [item async for item in everything] == []
 
 
+async def test_events_reach_the_fleet_through_the_public_listener(tmp_path):
+    """The fleet hears each client's events as they are routed and keeps none
+    queued on the client; a caller's own listener on that client hears them too."""
+    async with serve_vms(tmp_path, 1) as vms:
+        async with Fleet(vms.qmp_paths) as fleet:
+            stream = fleet.events()
+            client = fleet.client(fleet.vms[0])
+            mine = []
+            client.add_event_listener(lambda ev: mine.append(ev.name))
+            vms[0].emit_event("STOP")
+            vm, event = await stream.get(timeout=5)
+            assert (vm, event.name) == (fleet.vms[0], "STOP") and mine == ["STOP"]
+            assert client.counters["events_queued"] == 0
+
+
 async def test_event_overflow_is_bounded_and_counted(tmp_path):
     async with serve_vms(tmp_path, 2) as vms:
         async with Fleet(vms.qmp_paths) as fleet:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
+from typing import Callable
 
 import pytest
 
@@ -141,17 +143,25 @@ def test_timeout_then_late_reply_is_dropped(tmp_path):
             assert qmp.counters["late_replies"] == 1 and qmp.counters["timeouts"] == 1
 
 
-def test_events(tmp_path):
+def events_before_replies(*chunks: bytes) -> Callable[[Peer], None]:
+    """A script that sends ``chunks[i]`` just before its reply to the i-th command, then serves."""
+
     def script(peer: Peer) -> None:
         peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(event_frame("STOP") + event_frame("JOB", {"id": "a"}) + event_frame("JOB", {"id": "b"}))
-        peer.reply(cmd)
-        cmd = peer.recv_command()
-        peer.send(event_frame("RESUME"))
-        peer.reply(cmd)
+        for chunk in chunks:
+            cmd = peer.recv_command()
+            peer.send(chunk)
+            peer.reply(cmd)
         peer.serve()
 
+    return script
+
+
+def test_events(tmp_path):
+    script = events_before_replies(
+        event_frame("STOP") + event_frame("JOB", {"id": "a"}) + event_frame("JOB", {"id": "b"}),
+        event_frame("RESUME"),
+    )
     with FakeServer(tmp_path, script) as server:
         with qmpcore.connect_sync(server.address) as qmp:
             stream = qmp.events("JOB", "RESUME", timeout=WAIT)
@@ -419,3 +429,104 @@ def test_guest_agent_that_never_answers(tmp_path):
     with FakeServer(tmp_path, lambda peer: peer.serve(lambda p, cmd: True)) as server:
         with pytest.raises(qmpcore.TimeoutError):
             qmpcore.connect_guest_agent_sync(server.address, timeout=0.3)
+
+
+# -- public hooks: a handed-over socket, reading without waiting, listeners --------
+
+
+def connected_socket(address) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(WAIT)
+    sock.connect(address)
+    return sock
+
+
+def test_connect_over_a_connected_socket(tmp_path):
+    with FakeServer(tmp_path, serve_plain) as server:
+        sock = connected_socket(server.address)
+        with qmpcore.connect_sync(sock=sock, timeout=WAIT) as qmp:
+            assert qmp.address.sockaddr == server.address
+            assert qmp.fileno() == sock.fileno() >= 0
+            assert qmp.execute("x") == {}
+        assert qmp.fileno() == -1 and sock.fileno() == -1
+    with pytest.raises(TypeError):
+        qmpcore.connect_sync(server.address, sock=sock)
+    with pytest.raises(ValueError):
+        qmpcore.connect_sync(sock=sock)  # closed
+
+
+def test_handed_over_socket_is_closed_when_the_handshake_fails():
+    mine, theirs = socket.socketpair()
+    with theirs:
+        with pytest.raises(qmpcore.TimeoutError):
+            qmpcore.connect_sync(sock=mine, timeout=0.2)
+        assert mine.fileno() == -1
+
+
+def test_guest_agent_over_a_connected_socket(tmp_path):
+    with FakeServer(tmp_path, qga_script) as server:
+        with qmpcore.connect_guest_agent_sync(sock=connected_socket(server.address), timeout=WAIT) as ga:
+            assert ga.execute("guest-ping") == {"pong": "guest-ping"}
+
+
+def frames_after_reply(frames: bytes, sent: threading.Event, hang_up: bool = False) -> Callable[[Peer], None]:
+    """A script that answers one command, then sends ``frames`` (and hangs up), then sets ``sent``."""
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.reply(peer.recv_command())
+        peer.send(frames)
+        if hang_up:
+            peer.close()
+        sent.set()
+        if not hang_up:
+            peer.serve()
+
+    return script
+
+
+def test_pull_event_without_waiting_reads_what_has_arrived(tmp_path):
+    sent = threading.Event()
+    with FakeServer(tmp_path, frames_after_reply(event_frame("STOP"), sent)) as server:
+        with qmpcore.connect_sync(server.address) as qmp:
+            qmp.execute("go")
+            assert sent.wait(WAIT)
+            assert qmp.pull_event(timeout=0).name == "STOP"  # nothing had read it yet
+            with pytest.raises(qmpcore.TimeoutError):
+                qmp.pull_event(timeout=0)
+
+
+def test_poll_routes_what_has_arrived_and_notices_the_end(tmp_path):
+    sent = threading.Event()
+    script = frames_after_reply(event_frame("STOP") + event_frame("RESUME"), sent, hang_up=True)
+    with FakeServer(tmp_path, script) as server:
+        qmp = qmpcore.connect_sync(server.address)
+        heard, ends = [], []
+        qmp.add_event_listener(lambda ev: heard.append(ev.name), on_close=ends.append)
+        qmp.execute("go")
+        assert sent.wait(WAIT)
+        for _ in range(100):  # one chunk per call, never waiting
+            if not qmp.poll():
+                break
+        assert heard == ["STOP", "RESUME"]
+        assert ends == [qmp.connection_error] and isinstance(ends[0], qmpcore.ConnectionLost)
+        assert qmp.pull_event(timeout=0).name == "STOP"  # still queued
+        assert not qmp.poll()
+        qmp.close()
+
+
+def test_event_listener_runs_on_the_reading_thread(tmp_path):
+    with FakeServer(tmp_path, events_before_replies(event_frame("STOP"), event_frame("RESUME"))) as server:
+        with qmpcore.connect_sync(server.address, event_queue=1) as qmp:
+            heard, ends = [], []
+            remove = qmp.add_event_listener(
+                lambda ev: heard.append((ev.name, threading.current_thread().name)), on_close=ends.append
+            )
+            reader = threading.Thread(target=qmp.execute, args=("stop",), name="reader")
+            reader.start()
+            reader.join(WAIT)
+            assert heard == [("STOP", "reader")]
+            remove()
+            qmp.execute("cont")
+            assert heard == [("STOP", "reader")]
+        assert ends == []  # removed before the end

@@ -10,10 +10,12 @@ logged, and the end of the stream fails whatever still waits.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Tuple
+import socket
+from array import array
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ._address import Address
-from ._eventqueue import EventRouter
+from ._address import Address, AddressLike, parse_address
+from ._eventqueue import CloseCallback, EventCallback, EventRouter
 from .errors import ConnectionLost, ProtocolError, StateError, TimeoutError
 from .protocol.events import (
     ConnectionClosed,
@@ -25,12 +27,45 @@ from .protocol.events import (
     VersionInfo,
 )
 
-__all__ = ["ClientCore", "QMPInfo", "log"]
+__all__ = ["ClientCore", "QMPInfo", "log", "connect_target", "scm_rights"]
 
 log = logging.getLogger("qmpcore")
 
 #: Default size of each event queue.
 EVENT_QUEUE_SIZE = 1000
+
+
+def connect_target(address: Optional[AddressLike], sock: Optional[socket.socket]) -> Address:
+    """Check ``connect(address)`` / ``connect(sock=sock)`` arguments; return the address.
+
+    Exactly one of them is given.  A handed-over socket must be an open,
+    connected stream socket; its address is the peer's (for a unix socket
+    without a named peer, such as one QEMU connected to, the local path).
+    """
+    if sock is None:
+        if address is None:
+            raise TypeError("connect() needs an address or a connected sock")
+        return parse_address(address)
+    if address is not None:
+        raise TypeError("connect() takes an address or a connected sock, not both")
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+    if sock.fileno() < 0:
+        raise ValueError("sock is closed")
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError("sock must be a stream socket")
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        raise ValueError("sock is not connected") from None
+    if sock.family == getattr(socket, "AF_UNIX", None):
+        return Address(sock.family, peer or sock.getsockname() or "<socket>")
+    return Address(sock.family, tuple(peer[:2]))
+
+
+def scm_rights(fds: Sequence[int]) -> List[Tuple[int, int, array]]:
+    """``sendmsg`` ancillary data passing ``fds``."""
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [int(fd) for fd in fds]))]
 
 
 class ClientCore:
@@ -84,6 +119,24 @@ class ClientCore:
             "backlog_dropped": router.backlog.dropped,
             "protocol_errors": self._protocol_errors,
         }
+
+    def add_event_listener(
+        self,
+        callback: EventCallback,
+        *,
+        on_close: Optional[CloseCallback] = None,
+    ) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event as it arrives, from now on.
+
+        The callback runs synchronously while the received bytes are routed,
+        before the event reaches any queue, so it sees every event, in order,
+        whatever the queues drop.  ``on_close(error)`` is called once when
+        the connection ends (``error`` is None for a clean end, else the
+        :class:`ConnectionLost`), at once if it has ended already.  Keep
+        callbacks short and non-blocking; an exception they raise is logged
+        and ignored.  Returns a function that removes the listener.
+        """
+        return self._router.add_listener(callback, on_close)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._proto.state.value

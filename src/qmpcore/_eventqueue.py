@@ -16,8 +16,9 @@ Overflow policies, for a consumer that falls behind:
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from typing import Any, Callable, Deque, Iterable, List, Mapping, Optional, Union
+from typing import Any, Callable, Deque, Iterable, List, Mapping, Optional, Tuple, Union
 
 from .errors import EventOverflow
 from .protocol.events import Event
@@ -29,8 +30,12 @@ __all__ = [
     "EventOverflow",
     "EventQueue",
     "EventRouter",
+    "EventCallback",
+    "CloseCallback",
     "make_filter",
 ]
+
+log = logging.getLogger("qmpcore")
 
 DROP_OLDEST = "drop_oldest"
 BLOCK = "block"
@@ -38,6 +43,10 @@ RAISE = "raise"
 _POLICIES = (DROP_OLDEST, BLOCK, RAISE)
 
 Match = Union[None, Mapping[str, Any], Callable[[Event], bool]]
+#: Called with each event as it is routed.
+EventCallback = Callable[[Event], None]
+#: Called once when the connection ends: None for a clean end, else the error.
+CloseCallback = Callable[[Optional[BaseException]], None]
 
 
 def make_filter(names: Iterable[str], match: Match = None) -> Optional[Callable[[Event], bool]]:
@@ -202,6 +211,9 @@ class EventRouter:
     took goes to the *backlog*, a bounded drop-oldest queue that
     ``wait_event`` searches first and ``pull_event`` pops, so an event that
     arrived before a command's reply is still found after it.
+
+    Listeners (``add_listener``) are plain callbacks, called with each event
+    before it is queued and once more when the router closes.
     """
 
     def __init__(self, backlog_maxsize: int = 1000) -> None:
@@ -210,6 +222,7 @@ class EventRouter:
         self._subs: List[EventQueue] = []
         self._waiters: List[EventQueue] = []
         self._dropped_gone = 0
+        self._listeners: Tuple[_Listener, ...] = ()
         self._error: Optional[BaseException] = None
         self._closed = False
         #: Events received in total.
@@ -250,6 +263,35 @@ class EventRouter:
             self._waiters.append(q)
         return q
 
+    def add_listener(self, on_event: EventCallback, on_close: Optional[CloseCallback] = None) -> Callable[[], None]:
+        """Call ``on_event(ev)`` for every event from now on, ``on_close(error)`` at the end.
+
+        If the router has closed already, ``on_close`` is called at once.
+        An exception a callback raises is logged, not propagated.  Returns a
+        function that removes the listener (calling it again does nothing).
+        """
+        if not callable(on_event) or not (on_close is None or callable(on_close)):
+            raise TypeError("event listeners must be callable")
+        listener = _Listener(on_event, on_close)
+        if self._closed:
+            listener.closed(self._error)
+            return _nothing
+        self._listeners += (listener,)
+
+        def remove() -> None:
+            self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+        return remove
+
+    def _notify(self, events: Iterable[Event]) -> None:
+        listeners = self._listeners
+        for ev in events:
+            for listener in listeners:
+                try:
+                    listener.on_event(ev)
+                except Exception:  # noqa: BLE001 - one bad callback must not stop routing
+                    log.exception("event listener %r failed", listener.on_event)
+
     def unsubscribe(self, q: EventQueue) -> None:
         """Stop delivering to ``q`` (a subscription or a waiter)."""
         if q.once:
@@ -264,6 +306,8 @@ class EventRouter:
 
     def deliver(self, ev: Event) -> None:
         self.received += 1
+        if self._listeners:
+            self._notify((ev,))
         for q in self._subs:
             accepts = q.accepts
             if accepts is None or accepts(ev):
@@ -286,6 +330,8 @@ class EventRouter:
                 self.deliver(ev)
             return
         self.received += len(events)
+        if self._listeners:
+            self._notify(events)
         for q in self._subs:
             accepts = q.accepts
             q.put_all(events if accepts is None else [ev for ev in events if accepts(ev)])
@@ -301,3 +347,27 @@ class EventRouter:
         for q in self._waiters:
             q.close(error)
         self._waiters.clear()
+        listeners, self._listeners = self._listeners, ()
+        for listener in listeners:
+            listener.closed(error)
+
+
+class _Listener:
+    """One pair of :meth:`EventRouter.add_listener` callbacks."""
+
+    __slots__ = ("on_event", "on_close")
+
+    def __init__(self, on_event: EventCallback, on_close: Optional[CloseCallback]) -> None:
+        self.on_event = on_event
+        self.on_close = on_close
+
+    def closed(self, error: Optional[BaseException]) -> None:
+        if self.on_close is not None:
+            try:
+                self.on_close(error)
+            except Exception:  # noqa: BLE001 - the other listeners still hear of the end
+                log.exception("close listener %r failed", self.on_close)
+
+
+def _nothing() -> None:
+    """The remover of a listener that was never added."""

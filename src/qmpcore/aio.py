@@ -18,11 +18,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from array import array
 from typing import Any, Callable, List, Optional, Sequence
 
-from ._address import Address, AddressLike, parse_address
-from ._clientcore import EVENT_QUEUE_SIZE, ClientCore, QMPInfo
+from ._address import Address, AddressLike
+from ._clientcore import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from ._eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
 from .errors import ConnectionLost, TimeoutError
 from .protocol.events import Event, Greeting, Synced, VersionInfo
@@ -42,6 +41,8 @@ __all__ = [
 
 #: Default time allowed to connect, read the greeting and negotiate.
 CONNECT_TIMEOUT = 10.0
+#: Default time :meth:`QMPClient.close` lets buffered writes drain.
+CLOSE_TIMEOUT = 5.0
 
 
 def _expire_future(fut: "asyncio.Future[Any]", what: str) -> None:
@@ -110,36 +111,51 @@ class _AsyncClient(ClientCore):
 
     # -- connection ---------------------------------------------------------
 
-    async def _open(self) -> None:
+    async def _open(self, sock: Optional[socket.socket]) -> None:
+        """Connect to :attr:`address`, or take over ``sock`` (connected already)."""
         loop = self._loop
         addr = self.address
-        if addr.is_unix:
-            sock = socket.socket(addr.family, socket.SOCK_STREAM)
-            try:
-                sock.setblocking(False)
-                await loop.sock_connect(sock, addr.sockaddr)
-                self._transport, _ = await loop.create_unix_connection(lambda: _Transport(self), sock=sock)
-            except BaseException:
-                sock.close()
-                raise
-            self._sock = sock
-        else:
+        if sock is None and not addr.is_unix:
             host, port = addr.sockaddr
             self._transport, _ = await loop.create_connection(lambda: _Transport(self), host, port)
+            return
+        try:
+            if sock is None:
+                sock = socket.socket(addr.family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, addr.sockaddr)
+            else:
+                sock.setblocking(False)
+            if addr.is_unix:
+                self._transport, _ = await loop.create_unix_connection(lambda: _Transport(self), sock=sock)
+            else:
+                self._transport, _ = await loop.create_connection(lambda: _Transport(self), sock=sock)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        if addr.is_unix:
+            self._sock = sock
 
-    async def _handshake(self, timeout: Optional[float], steps: Callable[[], Any]) -> None:
+    async def _handshake(
+        self,
+        timeout: Optional[float],
+        sock: Optional[socket.socket],
+        steps: Callable[[], Any],
+    ) -> None:
         """Open the socket and run ``steps`` within ``timeout``; clean up on failure."""
         try:
-            await asyncio.wait_for(self._connect_and(steps), timeout)
-        except asyncio.TimeoutError:
+            await asyncio.wait_for(self._connect_and(sock, steps), timeout)
+        except BaseException as exc:
             self.abort()
-            raise TimeoutError(f"{self.address}: connection not ready within {timeout:g} s") from None
-        except BaseException:
-            self.abort()
+            if sock is not None:
+                sock.close()  # it may not have reached a transport yet
+            if isinstance(exc, asyncio.TimeoutError):
+                raise TimeoutError(f"{self.address}: connection not ready within {timeout:g} s") from None
             raise
 
-    async def _connect_and(self, steps: Callable[[], Any]) -> None:
-        await self._open()
+    async def _connect_and(self, sock: Optional[socket.socket], steps: Callable[[], Any]) -> None:
+        await self._open(sock)
         await steps()
 
     def _received(self, data: memoryview) -> None:
@@ -215,7 +231,7 @@ class _AsyncClient(ClientCore):
         """Write ``data`` with ``fds`` attached (SCM_RIGHTS), in stream order."""
         sock = self._sock
         assert sock is not None  # _check_fds: unix sockets only
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [int(fd) for fd in fds]))]
+        ancillary = scm_rights(fds)
         self._batch_hold += 1  # later writes wait behind this one
         try:
             self._flush()
@@ -237,6 +253,28 @@ class _AsyncClient(ClientCore):
             self._batch_hold -= 1
             if not self._batch_hold and self._batch is not None:
                 self._flush()
+
+    def _send_fds_now(self, data: bytes, fds: Sequence[int]) -> None:
+        """Write ``data`` with ``fds`` attached before returning, or raise.
+
+        Only possible when nothing written earlier still waits in the
+        transport's buffer (the bytes would otherwise overtake it).
+        """
+        sock = self._sock
+        assert sock is not None  # _check_fds: unix sockets only
+        if not self._batch_hold:
+            self._flush()
+        transport = self._transport
+        if self._batch_hold or transport is None or transport.get_write_buffer_size():
+            raise BlockingIOError("earlier writes are still buffered: use send_fd() to wait for them")
+        try:
+            sent = sock.sendmsg([data], scm_rights(fds))
+        except BlockingIOError:
+            raise BlockingIOError("the socket is full: use send_fd() to wait until it drains") from None
+        except OSError as exc:
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        if sent < len(data):
+            transport.write(data[sent:])
 
     # -- commands -----------------------------------------------------------
 
@@ -343,8 +381,13 @@ class _AsyncClient(ClientCore):
         if transport is None:
             self._lost(None)
 
-    async def close(self) -> None:
-        """Close the connection; commands still waiting fail with ConnectionLost."""
+    async def close(self, timeout: Optional[float] = CLOSE_TIMEOUT) -> None:
+        """Close the connection; commands still waiting fail with ConnectionLost.
+
+        Writes still buffered are sent first, for up to ``timeout`` seconds
+        (None: as long as it takes); after that, or if the server stopped
+        reading, the connection is aborted and the rest is dropped.
+        """
         transport = self._transport
         if transport is not None and not self._closing:
             self._closing = True
@@ -353,7 +396,24 @@ class _AsyncClient(ClientCore):
         elif transport is None:
             self._closing = True
             self._lost(None)
-        await asyncio.shield(self._closed_fut)
+        if self._closed_fut.done():
+            return
+        timer = None if timeout is None else self._loop.call_later(timeout, self.abort)
+        try:
+            await asyncio.shield(self._closed_fut)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def fileno(self) -> int:
+        """The socket's file descriptor, or -1 once closed.
+
+        For inspection (``getsockopt``, ``fstat``, logging); reading or
+        writing it directly corrupts the stream.
+        """
+        transport = self._transport
+        sock = None if transport is None else transport.get_extra_info("socket")
+        return -1 if sock is None else sock.fileno()
 
     async def wait_closed(self) -> None:
         """Return once the connection has ended, for whatever reason.
@@ -496,6 +556,20 @@ class QMPClient(QMPInfo, _AsyncClient):
         self._check_fds()
         await self._send_fds(b" ", [fd])
 
+    def send_fd_nowait(self, fd: int) -> None:
+        """Pass ``fd`` to QEMU (SCM_RIGHTS) now, before returning.
+
+        Once this returns the server holds its own copy, so the caller may
+        close ``fd`` at once.  Raises :class:`BlockingIOError` when that
+        cannot be done without waiting (earlier writes still buffered, or
+        the socket full; :meth:`send_fd` waits instead),
+        :class:`~qmpcore.StateError` on a TCP connection and
+        :class:`~qmpcore.ConnectionLost` if the socket is broken.
+        """
+        self._check_open()
+        self._check_fds()
+        self._send_fds_now(b" ", [fd])
+
     async def _greeted(self, negotiate: bool, oob: bool) -> None:
         if self._proto.greeting is None:
             fut = self._loop.create_future()
@@ -506,8 +580,9 @@ class QMPClient(QMPInfo, _AsyncClient):
 
 
 async def connect(
-    address: AddressLike,
+    address: Optional[AddressLike] = None,
     *,
+    sock: Optional[socket.socket] = None,
     timeout: Optional[float] = CONNECT_TIMEOUT,
     negotiate: bool = True,
     oob: bool = False,
@@ -517,7 +592,10 @@ async def connect(
 ) -> QMPClient:
     """Connect to a QMP server, read its greeting and negotiate capabilities.
 
-    ``address`` is a unix socket path or a ``(host, port)`` tuple.
+    ``address`` is a unix socket path or a ``(host, port)`` tuple; or,
+    instead, ``sock`` is a connected stream socket (unix or TCP: from
+    ``accept()`` when QEMU connects to us, ``socketpair()``, ...) that the
+    client takes over and closes when done, even if the handshake fails.
     ``timeout`` bounds the whole handshake; ``negotiate=False`` stays in
     negotiation mode (call :meth:`QMPClient.negotiate` later); ``oob=True``
     enables out-of-band execution when the server offers it.
@@ -526,8 +604,8 @@ async def connect(
     each :meth:`QMPClient.events` subscription.
     """
     proto = QMPClientProtocol(max_frame_size=max_frame_size)
-    client = QMPClient(proto, parse_address(address), event_queue, command_timeout)
-    await client._handshake(timeout, lambda: client._greeted(negotiate, oob))
+    client = QMPClient(proto, connect_target(address, sock), event_queue, command_timeout)
+    await client._handshake(timeout, sock, lambda: client._greeted(negotiate, oob))
     return client
 
 
@@ -585,8 +663,9 @@ class GuestAgentClient(_AsyncClient):
 
 
 async def connect_guest_agent(
-    path: AddressLike,
+    path: Optional[AddressLike] = None,
     *,
+    sock: Optional[socket.socket] = None,
     timeout: Optional[float] = CONNECT_TIMEOUT,
     command_timeout: Optional[float] = None,
     max_frame_size: int = 64 << 20,
@@ -595,9 +674,10 @@ async def connect_guest_agent(
 
     ``path`` is the unix socket of ``qemu-ga -m unix-listen`` or of the
     host side of a virtio-serial chardev (``(host, port)`` works for TCP
-    chardevs).  ``timeout`` bounds connecting and the first resync.
+    chardevs); or ``sock`` is a connected socket to take over, as for
+    :func:`connect`.  ``timeout`` bounds connecting and the first resync.
     """
     proto = QGAClientProtocol(max_frame_size=max_frame_size)
-    client = GuestAgentClient(proto, parse_address(path), 0, command_timeout)
-    await client._handshake(timeout, client.sync)
+    client = GuestAgentClient(proto, connect_target(path, sock), 0, command_timeout)
+    await client._handshake(timeout, sock, client.sync)
     return client

@@ -61,10 +61,6 @@ Result = Any
 
 #: File descriptors kept free for everything that is not a VM connection.
 FD_RESERVE = 64
-#: Bound of each connection's internal event queue.  It is drained as soon
-#: as a received chunk's events are queued, so it holds one chunk at most;
-#: the bound that matters is each :meth:`Fleet.events` stream's.
-LISTENER_QUEUE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -450,7 +446,19 @@ class Fleet:
         member.last_error = None
         self._connected += 1
         self._tried(member)
-        _Listener(self, member, client)
+        self._listen(member, client)
+
+    def _listen(self, member: _Member, client: Any) -> None:
+        """Forward ``client``'s events to the fleet as they arrive, and notice its end.
+
+        The client calls these back while it routes received bytes: no task
+        and no queue per connection.
+        """
+        name = member.name
+        client.add_event_listener(
+            lambda event: self._deliver(name, event),
+            on_close=lambda _error: self._lost(member, client),
+        )
 
     def _tried(self, member: _Member) -> None:
         if not member.tried:
@@ -620,40 +628,3 @@ class Fleet:
         """The live client of one VM (for calls the fleet does not wrap), or None."""
         return self._member(vm).client
 
-
-class _Listener:
-    """Hands one VM's events to the fleet as they arrive, and the end of its connection.
-
-    It sits as the waiter of a catch-all subscription on the client's event
-    router: the router completes its waiter right after queuing an event,
-    and again when the connection ends and it closes every queue.  So
-    events are forwarded synchronously and the end is noticed at once,
-    with no task per connection.
-    """
-
-    __slots__ = ("_queue", "_fleet", "_member", "_client")
-
-    def __init__(self, fleet: Fleet, member: _Member, client: Any) -> None:
-        self._fleet = fleet
-        self._member = member
-        self._client = client
-        self._queue = client._router.subscribe(None, LISTENER_QUEUE)
-        self._queue.waiter = self
-        if self._queue.ready():  # it ended, or events came, before we subscribed
-            self.set_result(None)
-
-    def done(self) -> bool:
-        return False
-
-    def set_result(self, _: Any) -> None:
-        queue = self._queue
-        while queue.ready():
-            try:
-                event = queue.get_nowait()
-            except Exception:  # noqa: BLE001 - the connection ended with an error
-                event = None
-            if event is None:
-                self._fleet._lost(self._member, self._client)
-                return
-            self._fleet._deliver(self._member.name, event)
-        queue.waiter = self

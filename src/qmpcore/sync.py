@@ -20,12 +20,11 @@ import select
 import socket
 import threading
 import time
-from array import array
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from ._address import Address, AddressLike, parse_address
-from ._clientcore import EVENT_QUEUE_SIZE, ClientCore, QMPInfo
-from ._eventqueue import BLOCK, DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
+from ._address import Address, AddressLike
+from ._clientcore import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
+from ._eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
 from .errors import ConnectionLost, TimeoutError
 from .protocol.events import Event, Greeting, Synced, VersionInfo
 from .protocol.qga_client import QGAClientProtocol, expects_reply
@@ -131,12 +130,17 @@ class _SyncClient(ClientCore):
     def _wait_until(self, done: Callable[[], bool], deadline: Optional[float]) -> bool:
         """Read (or let another thread read) until ``done()`` or the connection ends.
 
-        Call with ``_cond`` held.  Returns False if the deadline passed first.
+        Call with ``_cond`` held.  Returns False if the deadline passed first;
+        before giving up, what the socket already holds is read (so a zero
+        timeout still sees data that has arrived).
         """
+        last = False
         while not done() and not self._closed:
             remaining = None if deadline is None else deadline - _monotonic()
             if remaining is not None and remaining <= 0:
-                return False
+                if last or self._reading or self._router.blocked:
+                    return False
+                last, remaining = True, 0.0
             if self._reading or self._router.blocked:
                 self._sleep(remaining)
             else:
@@ -205,9 +209,7 @@ class _SyncClient(ClientCore):
     def _send_locked(self, data: bytes, fds: Optional[Sequence[int]], deadline: Optional[float]) -> None:
         sock = self._sock
         view = memoryview(data)
-        ancillary = None
-        if fds:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [int(fd) for fd in fds]))]
+        ancillary = scm_rights(fds) if fds else None
         while view:
             try:
                 if ancillary is not None:
@@ -274,7 +276,8 @@ class _SyncClient(ClientCore):
     def pull_event(self, timeout: Optional[float] = None) -> Event:
         """The oldest event in the backlog, waiting up to ``timeout`` s.
 
-        Raises :class:`~qmpcore.TimeoutError` when none comes in time and
+        With ``timeout=0`` nothing waits, but bytes that have already
+        arrived on the socket are read first.  Raises :class:`~qmpcore.TimeoutError` when none comes in time and
         :class:`~qmpcore.ConnectionLost` when none can come any more.
         """
         ev = self._next_event(self._router.backlog, timeout, "no event")
@@ -332,6 +335,50 @@ class _SyncClient(ClientCore):
                 self._router.unsubscribe(queue)
                 self._cond.notify_all()
 
+    def add_event_listener(
+        self,
+        callback: EventCallback,
+        *,
+        on_close: Optional[CloseCallback] = None,
+    ) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event as it arrives, from now on.
+
+        As for the asyncio client; here the callbacks run on whichever
+        thread is reading the socket, with the client's lock held: keep
+        them short, and do not call this client's blocking methods from
+        them.  Events arrive only while some thread reads (a command, an
+        event wait, or :meth:`poll`).  Returns a function that removes the
+        listener; adding and removing are thread-safe.
+        """
+        with self._cond:
+            remove = super().add_event_listener(callback, on_close=on_close)
+
+        def remove_locked() -> None:
+            with self._cond:
+                remove()
+
+        return remove_locked
+
+    def poll(self) -> bool:
+        """Read and route what the socket already holds, without waiting.
+
+        Replies reach their callers, events their queues and listeners.
+        Does nothing while another thread reads.  Returns False once the
+        connection has ended (this may be what noticed it).
+        """
+        with self._cond:
+            if not self._closed and not self._reading and not self._router.blocked:
+                self._read_once(0)
+            return not self._closed
+
+    def fileno(self) -> int:
+        """The socket's file descriptor, or -1 once closed.
+
+        For inspection (``getsockopt``, ``fstat``, logging); reading or
+        writing it directly corrupts the stream.
+        """
+        return self._sock.fileno()
+
     # -- closing --------------------------------------------------------------
 
     def close(self) -> None:
@@ -379,25 +426,28 @@ def _open_socket(addr: Address, timeout: Optional[float]) -> socket.socket:
 
 
 def _connect(
-    address: AddressLike,
+    address: Optional[AddressLike],
+    sock: Optional[socket.socket],
     timeout: Optional[float],
     make: Callable[[Address, socket.socket], _SyncClient],
     handshake: Callable[[Any, Optional[float]], None],
 ) -> Any:
-    """Open the socket, build the client and run its handshake within ``timeout``."""
-    addr = parse_address(address)
+    """Open the socket (or take ``sock``), build the client and run its handshake within ``timeout``."""
+    addr = connect_target(address, sock)
     deadline = _deadline(timeout)
     client = None
     try:
-        client = make(addr, _open_socket(addr, timeout))
+        if sock is None:
+            sock = _open_socket(addr, timeout)
+        client = make(addr, sock)
         handshake(client, deadline)
-    except builtins.TimeoutError:  # socket.timeout too
+    except BaseException as exc:
         if client is not None:
             client.close()
-        raise TimeoutError(f"{addr}: connection not ready within {timeout:g} s") from None
-    except BaseException:
-        if client is not None:
-            client.close()
+        elif sock is not None:
+            sock.close()
+        if isinstance(exc, builtins.TimeoutError):  # socket.timeout too
+            raise TimeoutError(f"{addr}: connection not ready within {timeout:g} s") from None
         raise
     return client
 
@@ -448,8 +498,9 @@ class SyncQMPClient(QMPInfo, _SyncClient):
 
 
 def connect_sync(
-    address: AddressLike,
+    address: Optional[AddressLike] = None,
     *,
+    sock: Optional[socket.socket] = None,
     timeout: Optional[float] = CONNECT_TIMEOUT,
     negotiate: bool = True,
     oob: bool = False,
@@ -457,12 +508,16 @@ def connect_sync(
     command_timeout: Optional[float] = None,
     max_frame_size: int = 64 << 20,
 ) -> SyncQMPClient:
-    """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`."""
+    """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`.
+
+    ``sock`` hands over a connected socket instead of an ``address``.
+    """
     return _connect(
         address,
+        sock,
         timeout,
-        lambda addr, sock: SyncQMPClient(
-            QMPClientProtocol(max_frame_size=max_frame_size), addr, sock, event_queue, command_timeout
+        lambda addr, conn: SyncQMPClient(
+            QMPClientProtocol(max_frame_size=max_frame_size), addr, conn, event_queue, command_timeout
         ),
         lambda client, deadline: client._greeted(deadline, negotiate, oob),
     )
@@ -521,18 +576,23 @@ class SyncGuestAgentClient(_SyncClient):
 
 
 def connect_guest_agent_sync(
-    path: AddressLike,
+    path: Optional[AddressLike] = None,
     *,
+    sock: Optional[socket.socket] = None,
     timeout: Optional[float] = CONNECT_TIMEOUT,
     command_timeout: Optional[float] = None,
     max_frame_size: int = 64 << 20,
 ) -> SyncGuestAgentClient:
-    """Connect to a guest agent socket and resynchronise, blocking."""
+    """Connect to a guest agent socket and resynchronise, blocking.
+
+    ``sock`` hands over a connected socket instead of a ``path``.
+    """
     return _connect(
         path,
+        sock,
         timeout,
-        lambda addr, sock: SyncGuestAgentClient(
-            QGAClientProtocol(max_frame_size=max_frame_size), addr, sock, 0, command_timeout
+        lambda addr, conn: SyncGuestAgentClient(
+            QGAClientProtocol(max_frame_size=max_frame_size), addr, conn, 0, command_timeout
         ),
         lambda client, deadline: client.sync(_remaining(deadline)),
     )

@@ -27,7 +27,6 @@ from .. import sync
 from ..errors import CommandError, ConnectionLost
 from ..errors import StateError as _CoreStateError
 from ..errors import TimeoutError as _CoreTimeoutError
-from . import _hooks
 from ._bridge import (
     MAX_FRAME_SIZE,
     RawCommand,
@@ -124,10 +123,8 @@ class QEMUMonitorProtocol:
         self._check(Runstate.IDLE)
         address = self._address
         if isinstance(address, socket.socket):
-            opener: Any = lambda **kw: _hooks.adopt_sync(address, **kw)  # noqa: E731
-        else:
-            opener = lambda **kw: sync.connect_sync(address, **kw)  # noqa: E731
-        return self._open(opener, negotiate, CONNECT_TIMEOUT)
+            return self._open(None, address, negotiate, CONNECT_TIMEOUT)
+        return self._open(address, None, negotiate, CONNECT_TIMEOUT)
 
     def accept(self, timeout: Optional[float] = 15.0) -> QMPMessage:
         """Wait up to ``timeout`` seconds (None: forever) for QEMU to connect
@@ -150,14 +147,16 @@ class QEMUMonitorProtocol:
         finally:
             listener.close()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        greeting = self._open(lambda **kw: _hooks.adopt_sync(sock, **kw), True, remaining)
+        greeting = self._open(None, sock, True, remaining)
         assert greeting is not None
         return greeting
 
-    def _open(self, opener: Any, negotiate: bool, timeout: Optional[float]) -> Optional[QMPMessage]:
+    def _open(self, address: Optional[SocketAddrT], sock: Optional[socket.socket], negotiate: bool,
+              timeout: Optional[float]) -> Optional[QMPMessage]:
         try:
-            client = opener(negotiate=negotiate, oob=negotiate, timeout=timeout,
-                            max_frame_size=MAX_FRAME_SIZE, event_queue=DEFAULT_MAXSIZE)
+            client = sync.connect_sync(address, sock=sock, negotiate=negotiate, oob=negotiate,
+                                       timeout=timeout, max_frame_size=MAX_FRAME_SIZE,
+                                       event_queue=DEFAULT_MAXSIZE)
         except Exception as exc:
             raise connect_error(exc) from exc
         self._greeting = None
@@ -220,7 +219,7 @@ class QEMUMonitorProtocol:
     def send_fd_scm(self, fd: int) -> None:
         """Pass ``fd`` to QEMU (SCM_RIGHTS) for a following ``getfd``/``add-fd``."""
         client = self._running()
-        if _hooks.unix_socket(client) is None:
+        if not client.address.is_unix:
             raise QMPError("Sending file descriptors requires a UNIX socket.")
         client.send_fd(fd)
 
@@ -239,12 +238,9 @@ class QEMUMonitorProtocol:
                 return None
             check_state("QMPClient", self._state, Runstate.RUNNING)
         assert client is not None
-        event = _take_event(client)
-        if event is not None:
+        event = _take_event(client)  # reads what arrived since the last read
+        if event is not None or not wait:
             return event
-        _hooks.poll_sync(client)  # what arrived since the last read
-        if not wait:
-            return _take_event(client)
         timeout = None if wait is True else float(wait)
         try:
             return client.pull_event(timeout).raw
@@ -257,7 +253,6 @@ class QEMUMonitorProtocol:
         events: List[QMPMessage] = []
         client = self._client
         if client is not None:
-            _hooks.poll_sync(client)
             while True:
                 event = _take_event(client)
                 if event is None:
@@ -290,8 +285,7 @@ class QEMUMonitorProtocol:
         state, self._state = self._state, Runstate.IDLE
         if client is None or state is not Runstate.RUNNING:
             return
-        _hooks.poll_sync(client)
-        hung_up = client.closed
+        hung_up = not client.poll()
         client.close()
         if hung_up:
             raise EOFError

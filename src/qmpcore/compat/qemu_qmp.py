@@ -23,14 +23,12 @@ import asyncio
 import contextlib
 import logging
 import socket
-import struct
 from ssl import SSLContext
 from typing import Any, AsyncIterator, Mapping, Optional, Union
 
 from .. import aio
 from ..errors import CommandError, ConnectionLost
 from ..errors import StateError as _CoreStateError
-from . import _hooks
 from ._bridge import (
     MAX_FRAME_SIZE,
     command_message,
@@ -93,7 +91,7 @@ __all__ = (
 #: How long the greeting and negotiation may take.
 CONNECT_TIMEOUT = aio.CONNECT_TIMEOUT
 #: How long disconnect() lets buffered writes drain before aborting.
-CLOSE_TIMEOUT = 5.0
+CLOSE_TIMEOUT = aio.CLOSE_TIMEOUT
 
 
 class QMPClient(Events):
@@ -193,9 +191,9 @@ class QMPClient(Events):
         _refuse_tls(ssl)
         await self._begin_connecting()
         if isinstance(address, socket.socket):
-            await self._open_session(lambda **kw: _hooks.adopt_async(address, **kw))
+            await self._open_session(None, address)
         else:
-            await self._open_session(lambda **kw: aio.connect(address, **kw))
+            await self._open_session(address)
 
     async def start_server(self, address: SocketAddrT, ssl: Optional[SSLContext] = None) -> None:
         """Listen on ``address`` for the server to connect; :meth:`accept` waits
@@ -220,7 +218,7 @@ class QMPClient(Events):
             finally:
                 self._listener = None
                 listener.close()
-        await self._open_session(lambda **kw: _hooks.adopt_async(sock, **kw))
+        await self._open_session(None, sock)
 
     async def start_server_and_accept(self, address: SocketAddrT,
                                       ssl: Optional[SSLContext] = None) -> None:
@@ -234,12 +232,14 @@ class QMPClient(Events):
         self._set_state(Runstate.CONNECTING)
         await asyncio.sleep(0)  # let runstate watchers see CONNECTING
 
-    async def _open_session(self, opener: Any) -> None:
+    async def _open_session(self, address: Optional[SocketAddrT],
+                            sock: Optional[socket.socket] = None) -> None:
         negotiate = self.negotiate
         async with self._guard("Failed to establish session"):
             try:
-                client = await opener(negotiate=negotiate, oob=negotiate, timeout=CONNECT_TIMEOUT,
-                                      max_frame_size=max(self.readbuflen, MAX_FRAME_SIZE))
+                client = await aio.connect(address, sock=sock, negotiate=negotiate, oob=negotiate,
+                                           timeout=CONNECT_TIMEOUT,
+                                           max_frame_size=max(self.readbuflen, MAX_FRAME_SIZE))
             except Exception as exc:
                 raise connect_error(exc) from exc
             self._client = client
@@ -280,10 +280,7 @@ class QMPClient(Events):
             if listener is not None:
                 listener.close()
             if client is not None:
-                try:
-                    await asyncio.wait_for(client.close(), CLOSE_TIMEOUT)
-                except asyncio.TimeoutError:  # the server stopped reading
-                    client.abort()
+                await client.close(CLOSE_TIMEOUT)
             if pump is not None:
                 await pump
         finally:
@@ -362,10 +359,11 @@ class QMPClient(Events):
         """Pass ``fd`` to the server over the unix socket (SCM_RIGHTS), for a
         following ``getfd`` or ``add-fd``.  ``fd`` is not closed."""
         self._require(Runstate.RUNNING)
-        sock = _hooks.unix_socket(self._client)
-        if sock is None:
+        client = self._client
+        assert client is not None
+        if not client.address.is_unix:
             raise QMPError("Sending file descriptors requires a UNIX socket.")
-        sock.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("@i", fd))])
+        client.send_fd_nowait(fd)
 
 
 def _interrupted(client: Any, err: BaseException) -> QMPError:

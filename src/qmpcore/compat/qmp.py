@@ -27,7 +27,6 @@ from .. import sync
 from ..errors import CommandError, ConnectionLost
 from ..errors import StateError as _CoreStateError
 from ..errors import TimeoutError as _CoreTimeoutError
-from . import _hooks
 from ._bridge import MAX_FRAME_SIZE, RawCommand, listen_socket, split_address
 from ._events import DEFAULT_MAXSIZE
 
@@ -138,12 +137,7 @@ class QEMUMonitorProtocol:
         :raise QMPConnectError: when no greeting comes.
         :raise QMPCapabilitiesError: when negotiation fails.
         """
-        try:
-            client = sync.connect_sync(self._address, negotiate=False, timeout=self._connect_timeout(),
-                                       max_frame_size=MAX_FRAME_SIZE, event_queue=DEFAULT_MAXSIZE)
-        except (_core.ProtocolError, ConnectionLost) as exc:
-            raise QMPConnectError(str(exc)) from exc
-        return self._start(client, negotiate)
+        return self._start(self._address, None, negotiate)
 
     def accept(self, timeout: Optional[float] = 15.0) -> Optional[QMPMessage]:
         """Wait up to ``timeout`` seconds (None: forever) for QEMU to connect
@@ -158,17 +152,19 @@ class QEMUMonitorProtocol:
         sock, _ = listener.accept()
         self._listener = None
         listener.close()
-        try:
-            client = _hooks.adopt_sync(sock, negotiate=False, oob=False, timeout=self._connect_timeout(),
-                                       max_frame_size=MAX_FRAME_SIZE, event_queue=DEFAULT_MAXSIZE)
-        except (_core.ProtocolError, ConnectionLost) as exc:
-            raise QMPConnectError(str(exc)) from exc
-        return self._start(client, True)
+        return self._start(None, sock, True)
 
     def _connect_timeout(self) -> Optional[float]:
         return self._timeout if self._timeout is not None else sync.CONNECT_TIMEOUT
 
-    def _start(self, client: sync.SyncQMPClient, negotiate: bool) -> Optional[QMPMessage]:
+    def _start(self, address: Any, sock: Optional[socket.socket], negotiate: bool) -> Optional[QMPMessage]:
+        """Connect (to ``address`` or over ``sock``), read the greeting and
+        negotiate if asked; return the greeting when negotiated."""
+        try:
+            client = sync.connect_sync(address, sock=sock, negotiate=False, timeout=self._connect_timeout(),
+                                       max_frame_size=MAX_FRAME_SIZE, event_queue=DEFAULT_MAXSIZE)
+        except (_core.ProtocolError, ConnectionLost) as exc:
+            raise QMPConnectError(str(exc)) from exc
         self._client = client
         if not negotiate:
             return None
@@ -229,7 +225,6 @@ class QEMUMonitorProtocol:
         client = self._client
         if client is None:
             return
-        _hooks.poll_sync(client)
         events = self._events
         while True:
             event = _take_event(client)
@@ -303,8 +298,7 @@ class QEMUMonitorProtocol:
     def get_sock_fd(self) -> int:
         """The socket's file descriptor (-1 before connecting)."""
         if self._client is not None:
-            sock = _hooks.raw_socket(self._client)
-            return sock.fileno()
+            return self._client.fileno()
         return self._listener.fileno() if self._listener is not None else -1
 
     def is_scm_available(self) -> bool:
