@@ -20,12 +20,11 @@ import time
 
 import pytest
 
-from conftest import IN_CI, REPO
+from conftest import IN_CI
 from qmpcore import cli
 from qmpcore.server import serve_vm, start_in_subprocess
 
-ENV = dict(os.environ)
-ENV["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), ENV.get("PYTHONPATH")) if p)
+ENV = dict(os.environ)  # subprocesses run the qmpcore this test runs on
 ENV["TERM"] = "xterm"
 WAIT = 20.0  # upper bound for any single wait on a subprocess
 
