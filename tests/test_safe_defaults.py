@@ -14,7 +14,15 @@ import stat
 import pytest
 
 import qmpcore
-from qmpcore.server import GuestAgentServer, QMPServer, SimulatedGuestAgent, SimulatedVM, serve_vm, serve_vms, start_in_subprocess
+from qmpcore.server import (
+    GuestAgentServer,
+    QMPServer,
+    SimulatedGuestAgent,
+    SimulatedVM,
+    serve_vm,
+    serve_vms,
+    start_in_subprocess,
+)
 
 
 def mode(path: str) -> int:

@@ -3,11 +3,9 @@
 ``python -m qmpcore soak --minutes N`` serves simulated VMs in this process
 and runs, for N minutes, an asyncio :class:`~qmpcore.QMPClient`, a blocking
 :class:`~qmpcore.SyncQMPClient` (in a thread) and a :class:`~qmpcore.Fleet`
-against them, while a fault injector hits random VMs
-with what a broken QEMU or network does: connections dropped (cleanly, with
-a reset, mid-frame, instead of a reply), garbage and 0xFF bursts on the
-stream, replies delayed past their timeout or never sent, event floods and
-server restarts.  It checks throughout that
+against them, while a :class:`~qmpcore._soak_faults.FaultInjector` hits
+random VMs with what a broken QEMU or network does.  It checks throughout
+that
 
 * every command completes or fails with a qmpcore exception
   (:class:`~qmpcore.CommandError`, :class:`~qmpcore.TimeoutError`,
@@ -25,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
-import dataclasses
 import itertools
 import json
 import logging
@@ -37,9 +33,10 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
-from typing import Any, Awaitable, Callable, Counter, Dict, List, Optional
+from typing import Any, Awaitable, Dict, List, Optional
 
+from ._soak_faults import FaultInjector
+from ._soak_report import SoakReport, Usage
 from .errors import CommandError, ConnectionLost, QMPError
 from .errors import TimeoutError as QMPTimeoutError
 
@@ -54,130 +51,6 @@ GRACE = 2.0
 RSS_BOUND = 64 << 20
 #: Descriptors that may stay open after the run (asyncio internals).
 FD_SLACK = 2
-
-_GARBAGE = (
-    b"}\r\n",
-    b"]]]\r\n",
-    b"this is not json\r\n",
-    b'{"return": 5}\r\n',
-    b'{"return": {}, "id": 4000000000}\r\n',
-    b'{"return": {}, "id": "x"}\r\n',
-    b'{"error": {"class": "GenericError", "desc": "no id"}}\r\n',
-    b'{"event": 7}\r\n',
-    b'{"QMP": {"version": {}, "capabilities": []}}\r\n',
-    b"\x00\x01\x02\r\n",
-    b'{"a": 01}\r\n',
-    b"{" * 2000 + b"}" * 2000 + b"\r\n",
-)
-
-
-# -- resources --------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Usage:
-    """A snapshot of this process's resources; subtract two for the growth."""
-
-    #: Resident set size in bytes.
-    rss: int
-    #: Bytes traced by :mod:`tracemalloc` (0 when it is not tracing).
-    traced: int
-    #: Open file descriptors.
-    fds: int
-
-    @classmethod
-    def now(cls) -> "Usage":
-        return cls(_rss(), tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0, _fds())
-
-    def __sub__(self, other: "Usage") -> "Usage":
-        return Usage(self.rss - other.rss, self.traced - other.traced, self.fds - other.fds)
-
-
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # not Linux: the peak is the best there is
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _fds() -> int:
-    for path in ("/proc/self/fd", "/dev/fd"):
-        with contextlib.suppress(OSError):
-            return len(os.listdir(path)) - 1  # minus the listing's own descriptor
-    return 0
-
-
-# -- the report -------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SoakReport:
-    """What a soak run did and whether every invariant held."""
-
-    seconds: float
-    vms: int
-    seed: int
-    commands: int = 0
-    #: Commands per client: "asyncio", "blocking" and "fleet".
-    by_client: Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    ok: int = 0
-    failed: Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    faults: Counter[str] = dataclasses.field(default_factory=collections.Counter)
-    #: Commands still unresolved ``GRACE`` seconds after their timeout.
-    lost: int = 0
-    #: Replies that reached the wrong caller (wrong token or VM).
-    misrouted: int = 0
-    events_received: int = 0
-    events_dropped: int = 0
-    #: Floods checked exactly: received + dropped == sent.
-    flood_checks: int = 0
-    reconnects: int = 0
-    #: Warnings logged by qmpcore (protocol faults the clients saw and survived).
-    warnings: int = 0
-    #: Times the client reconnected because its connection stopped answering.
-    stall_recoveries: int = 0
-    rss_growth: int = 0
-    fds_leaked: int = 0
-    #: Everything else that went wrong, in words.
-    problems: List[str] = dataclasses.field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return not (self.lost or self.misrouted or self.problems)
-
-    def problem(self, text: str) -> None:
-        if len(self.problems) < 50:
-            self.problems.append(text)
-
-    def as_dict(self) -> Dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["passed"] = self.passed
-        return out
-
-    def summary(self) -> str:
-        """The human-readable summary ``qmpcore soak`` prints."""
-
-        def parts(counter: Counter[str]) -> str:
-            return ", ".join(f"{name} {n}" for name, n in counter.most_common()) or "none"
-
-        lines = [
-            f"qmpcore soak: {self.seconds:.0f} s, {self.vms} fleet VMs + 2 clients, seed {self.seed}",
-            f"  commands   {self.commands} ({parts(self.by_client)}): ok {self.ok}; failed: {parts(self.failed)}",
-            f"  faults     {sum(self.faults.values())}: {parts(self.faults)}",
-            f"  events     {self.events_received} received, {self.events_dropped} dropped and counted;"
-            f" {self.flood_checks} floods accounted exactly",
-            f"  reconnects {self.reconnects} (client reconnects after a stall: {self.stall_recoveries});"
-            f" protocol faults survived {self.warnings}",
-            f"  memory     RSS growth after warm-up {self.rss_growth / (1 << 20):.1f} MiB;"
-            f" descriptors left open {self.fds_leaked}",
-            f"  lost {self.lost}, misrouted {self.misrouted}, other problems {len(self.problems)}"
-            f" -> {'PASS' if self.passed else 'FAIL'}",
-        ]
-        lines += [f"  ! {text}" for text in self.problems]
-        return "\n".join(lines)
 
 
 # -- one soak run -------------------------------------------------------------------
@@ -198,7 +71,6 @@ class _Soak:
         self.quiet = False  # the asyncio client is accounting a flood
         self.tokens = itertools.count(1)
         self.lock = threading.Lock()  # the blocking client reports from its thread
-        self.tasks: List["asyncio.Task[Any]"] = []
 
     # -- commands ----------------------------------------------------------------
 
@@ -257,77 +129,6 @@ class _Soak:
             for endpoint in vm.endpoints:
                 await endpoint.close()
             vm.close_fds()
-
-    # -- faults ------------------------------------------------------------------
-
-    async def inject(self) -> None:
-        """Hit a random VM with a random fault, several times a second."""
-        rnd = self.rnd
-        kinds = [
-            ("drop", 3),
-            ("drop-reset", 1),
-            ("drop-mid-frame", 2),
-            ("drop-instead-of-reply", 2),
-            ("garbage", 3),
-            ("random-bytes", 1),
-            ("ff-burst", 2),
-            ("delay", 4),
-            ("hang", 1),
-            ("flood", 2),
-            ("restart", 2),
-        ]
-        names = [k for k, _ in kinds]
-        weights = [w for _, w in kinds]
-        interval = 1.0 / (2 + len(self.vms))
-        while self.running():
-            await asyncio.sleep(rnd.expovariate(1 / interval))
-            vm = rnd.choice([*self.vms, self.solo, self.blocking])
-            if vm is self.solo and self.quiet:
-                continue
-            kind = rnd.choices(names, weights)[0]
-            self.report.faults[kind] += 1
-            self.apply(vm, kind)
-
-    def apply(self, vm: Any, kind: str) -> None:
-        rnd = self.rnd
-        if kind == "drop":
-            vm.drop_connections()
-        elif kind == "drop-reset":
-            vm.drop_connections(reset=True)
-        elif kind == "drop-mid-frame":
-            vm.drop_connections(mid_frame=True)
-        elif kind == "drop-instead-of-reply":
-            vm.drop_on_command(ECHO, mid_frame=rnd.random() < 0.5, times=1)
-        elif kind == "garbage":
-            vm.send_raw(rnd.choice(_GARBAGE))
-        elif kind == "random-bytes":
-            vm.send_raw(rnd.randbytes(rnd.randrange(1, 512)))
-        elif kind == "ff-burst":
-            vm.send_raw(b"\xff" * rnd.randrange(1, 64))
-        elif kind == "delay":
-            vm.delay_command(ECHO, rnd.uniform(0.01, 1.5 * self.timeout), times=1)
-        elif kind == "hang":
-            vm.hang_command(ECHO, times=1)
-            # A stuck command blocks the monitor, as in QEMU; the VM recovers
-            # when its connection is dropped later.
-            self.later(2 * self.timeout, vm.drop_connections)
-        elif kind == "flood":
-            vm.flood_events(rnd.randrange(100, 5000))
-        elif kind == "restart":
-            self.spawn(self.restart(vm, rnd.uniform(0.0, 0.5)))
-
-    async def restart(self, vm: Any, pause: float) -> None:
-        """Stop listening and drop the client, then come back on the same path."""
-        endpoint = vm.endpoints[0]
-        await endpoint.close()
-        await asyncio.sleep(pause)
-        await endpoint.start()
-
-    def later(self, delay: float, action: Callable[[], Any]) -> None:
-        asyncio.get_running_loop().call_later(delay, action)
-
-    def spawn(self, coro: Any) -> None:
-        self.tasks.append(asyncio.ensure_future(coro))
 
     def running(self) -> bool:
         return time.monotonic() < self.deadline
@@ -423,7 +224,7 @@ class _Soak:
             try:
                 self.blocking_loop(self.blocking.address)
             finally:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(_set_done, done)
 
         threading.Thread(target=target, name="qmpcore-soak-blocking", daemon=True).start()
         try:
@@ -535,15 +336,22 @@ class _Soak:
         logger.addHandler(counter)
         try:
             self.deadline = time.monotonic() + seconds
+            injector = FaultInjector(
+                [*self.vms, self.solo, self.blocking],
+                self.rnd,
+                command=ECHO,
+                timeout=self.timeout,
+                counts=self.report.faults,
+                spared=lambda vm: vm is self.solo and self.quiet,
+            )
             jobs = [
-                self.inject(),
+                injector.run(self.running),
                 self.client_loop(),
                 self.blocking_client(),
                 self.fleet_loop(),
                 self.watch_memory(min(10.0, seconds / 5)),
             ]
             await asyncio.gather(*jobs)
-            await asyncio.gather(*self.tasks, return_exceptions=True)
         finally:
             await self.stop_servers()
             logger.removeHandler(counter)
@@ -567,6 +375,11 @@ class _CountingHandler(logging.Handler):
         self.count += 1
         if record.levelno >= logging.ERROR:
             sys.stderr.write(self.format(record) + "\n")
+
+
+def _set_done(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _echo(call: Any) -> Dict[str, Any]:

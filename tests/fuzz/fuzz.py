@@ -29,7 +29,6 @@ to ``crash-*`` for a regression file)::
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 import tempfile
