@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -34,6 +35,15 @@ def test_summary_names_the_verdict() -> None:
     assert "lost 0, misrouted 0" in report.summary() and "PASS" in report.summary()
     report.problem("something broke")
     assert not report.passed and "FAIL" in report.summary() and "something broke" in report.summary()
+
+
+def test_report_as_json() -> None:
+    report = SoakReport(1.0, 2, 3, commands=5, ok=4)
+    report.failed["TimeoutError"] += 1
+    report.faults["drop"] += 2
+    data = json.loads(json.dumps(report.as_dict()))
+    assert data["failed"] == {"TimeoutError": 1} and data["faults"] == {"drop": 2}
+    assert data["passed"] is True and data["lost"] == 0
 
 
 def test_command_line_rejects_bad_figures(capsys) -> None:

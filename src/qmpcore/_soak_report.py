@@ -88,7 +88,11 @@ class SoakReport:
             self.problems.append(text)
 
     def as_dict(self) -> Dict[str, Any]:
-        out = dataclasses.asdict(self)
+        """The report as JSON-ready values (counters become plain dicts)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("by_client", "failed", "faults"):
+            out[name] = dict(out[name])
+        out["problems"] = list(self.problems)
         out["passed"] = self.passed
         return out
 
