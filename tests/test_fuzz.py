@@ -3,7 +3,7 @@
 Every input a fuzzer ever crashed on is kept in ``tests/fuzz/regressions``
 and replayed here, as are the seeds built from the recorded sessions.  Each
 target then runs under atheris for ``QMPCORE_FUZZ_SECONDS`` (default 45)
-with a fixed seed; both run at once, one per core.  Long runs: see
+with a fixed seed; they run at once.  Long runs: see
 ``tests/fuzz/fuzz.py``.
 """
 
@@ -24,8 +24,9 @@ sys.path.insert(0, str(FUZZ))
 import client_check  # noqa: E402
 import framer_check  # noqa: E402
 import seeds  # noqa: E402
+import server_check  # noqa: E402
 
-CHECKS = {"framer": framer_check.check, "client": client_check.check}
+CHECKS = {"framer": framer_check.check, "client": client_check.check, "server": server_check.check}
 REGRESSIONS = sorted((FUZZ / "regressions").glob("*/*"))
 SECONDS = int(os.environ.get("QMPCORE_FUZZ_SECONDS", "45"))
 
@@ -49,14 +50,18 @@ def test_seeds(target: str, corpus_dir) -> None:
 
 @pytest.fixture(scope="module")
 def fuzz_runs(tmp_path_factory, corpus_dir):
-    """Start both fuzzers together; yield ``{target: (process, workdir)}``."""
+    """Start every fuzzer at once; yield ``{target: (process, workdir)}``."""
     try:
         import atheris  # noqa: F401
     except ImportError:
         if IN_CI:
             pytest.fail("atheris is required in CI (pip install atheris)")
         pytest.skip("atheris is not installed")
-    env = dict(os.environ)  # the qmpcore this test runs on (installed, or PYTHONPATH)
+    # The qmpcore this test runs on (installed, or on PYTHONPATH, made
+    # absolute: the fuzzers run in their own directories).
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep) if p)
     runs = {}
     try:
         for target in sorted(CHECKS):

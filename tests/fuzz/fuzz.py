@@ -10,6 +10,9 @@ Targets:
 ``client``
     The sans-IO QMP and guest agent client protocols driven by arbitrary
     server bytes while commands are sent; see :mod:`client_check`.
+``server``
+    The sans-IO QMP and guest agent server protocols (the embedded server)
+    driven by arbitrary client bytes; see :mod:`server_check`.
 
 Usage (from the repository root)::
 
@@ -42,13 +45,16 @@ with atheris.instrument_imports(include=["qmpcore"]):
     import qmpcore  # noqa: F401
     import qmpcore._framer_py  # noqa: F401
     import qmpcore.protocol.qga_client  # noqa: F401
+    import qmpcore.protocol.qga_server  # noqa: F401
     import qmpcore.protocol.qmp_client  # noqa: F401
+    import qmpcore.protocol.qmp_server  # noqa: F401
 
 import client_check  # noqa: E402
 import framer_check  # noqa: E402
 import seeds  # noqa: E402
+import server_check  # noqa: E402
 
-TARGETS = {"framer": framer_check.check, "client": client_check.check}
+TARGETS = {"framer": framer_check.check, "client": client_check.check, "server": server_check.check}
 DEFAULT_FLAGS = [f"-max_len={seeds.MAX_LEN}", "-timeout=30", "-rss_limit_mb=3072"]
 
 

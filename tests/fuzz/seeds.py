@@ -5,7 +5,8 @@ Framer seeds are the client and server byte streams of every file in
 mode, as the embedded server reads them) plus slices of the libvirt
 transcripts, in several framer modes.  Client-protocol seeds are small
 programs (see :mod:`client_check`): ordinary QMP and guest agent sessions,
-and the recorded server output fed as raw bytes.
+and the recorded server output fed as raw bytes.  Server-protocol seeds
+are the recorded client streams, answered in several ways.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import corpus_support
 from client_check import OPS
 from conftest import LIBVIRT_CORPUS, QEMU_CORPUS
 from framer_check import RAW, SMALL, STRICT, make_input
+from server_check import ERRORS, LATE, PRETTY, QGA
+from server_check import make_input as make_server_input
 
-__all__ = ["MAX_LEN", "seeds", "write_seeds"]
+__all__ = ["MAX_LEN", "TARGETS", "seeds", "write_seeds"]
 
 #: Longest input the fuzzers generate.
 MAX_LEN = 16384
@@ -96,9 +99,24 @@ def client_seeds() -> Iterator[Seed]:
         yield f"{path.stem}.raw", _program(*ops)[:MAX_SEED]
 
 
+def server_seeds() -> Iterator[Seed]:
+    for name, client, _ in _streams():
+        if not client:
+            continue
+        qga = QGA if name.startswith("qga") else 0
+        yield f"{name}.served", make_server_input(client, flags=qga)
+        yield f"{name}.served.late", make_server_input(client, flags=qga | LATE | ERRORS | PRETTY, splits=[3, 40])
+        yield f"{name}.served.small", make_server_input(client, flags=qga | SMALL, splits=[17])
+
+
+_SEEDS = {"framer": framer_seeds, "client": client_seeds, "server": server_seeds}
+#: The fuzz targets, by name.
+TARGETS = tuple(_SEEDS)
+
+
 def seeds(target: str) -> Iterator[Seed]:
-    """The seeds of ``target`` (``"framer"`` or ``"client"``)."""
-    return framer_seeds() if target == "framer" else client_seeds()
+    """The seeds of ``target`` (one of :data:`TARGETS`)."""
+    return _SEEDS[target]()
 
 
 def write_seeds(target: str, directory: pathlib.Path) -> int:
