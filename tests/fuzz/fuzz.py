@@ -55,7 +55,12 @@ import seeds  # noqa: E402
 import server_check  # noqa: E402
 
 TARGETS = {"framer": framer_check.check, "client": client_check.check, "server": server_check.check}
-DEFAULT_FLAGS = [f"-max_len={seeds.MAX_LEN}", "-timeout=30", "-rss_limit_mb=3072"]
+DEFAULT_FLAGS = [
+    f"-max_len={seeds.MAX_LEN}",
+    "-timeout=30",
+    "-rss_limit_mb=3072",
+    f"-dict={HERE / 'json.dict'}",  # JSON and QMP tokens, QEMU's special bytes
+]
 
 
 def main(argv: list) -> None:
