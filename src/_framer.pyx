@@ -414,6 +414,8 @@ cdef class Framer:
                 elif _is_digit(c):
                     self._error(pos, out)
                 else:
+                    if c == 0x65 or c == 0x45:  # 0e5: orjson would read one number
+                        self._slow = True
                     self._state = START
                     self._token_done(pos, 0, out)
                     continue
@@ -573,7 +575,8 @@ cdef class Framer:
 
     cdef bint _plain(self, const unsigned char *p, Py_ssize_t n) noexcept:
         """``p[:n]`` is valid JSON: is it within max_depth, with no integer
-        orjson might round (19 or more digits)?"""
+        orjson might round (19 or more digits) and no ``0e``/``0E`` number
+        (valid JSON, but two tokens to QEMU)?"""
         cdef Py_ssize_t i = 0, depth = 0, run = 0
         cdef unsigned char k
         while i < n:
@@ -582,6 +585,9 @@ cdef class Framer:
             if k == K_BORING:
                 run = 0
             elif k == K_DIGIT:
+                # JSON allows 0e5; QEMU's lexer ends the number at the "e".
+                if run == 0 and p[i - 1] == 0x30 and i < n and (p[i] == 0x65 or p[i] == 0x45):
+                    return False
                 run += 1
                 if run >= LONG_INT:
                     return False

@@ -351,6 +351,15 @@ def test_integers_of_any_size_are_exact(Framer):
     assert Framer().feed(b"123456789012345678901234567890 ") == [123456789012345678901234567890]
 
 
+@pytest.mark.parametrize("data", [b"[0E3]\n", b"[-0e3, 1]\n", b'{"a": 0e+1}\n', b"0e5\n"])
+def test_zero_with_exponent_is_two_tokens_as_in_qemu(Framer, data):
+    # JSON reads 0e3 as a number; QEMU's lexer ends "0" at the "e".
+    whole = Framer().feed(data)
+    assert any(isinstance(item, FrameError) for item in whole)
+    for i in range(len(data) + 1):
+        assert feed_all(Framer(), [data[:i], data[i:]]) == whole
+
+
 def test_integers_beyond_pythons_text_limit(Framer):
     digits = b"9" * 5000
     (item,) = Framer().feed(b'{"n": ' + digits + b"}\n")

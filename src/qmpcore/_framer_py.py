@@ -39,7 +39,7 @@ from typing import Any, List
 
 import orjson
 
-from ._wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, long_digits
+from ._wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, long_digits, zero_exponent
 from ._wire import stray_reason as _stray
 from .errors import FrameError
 
@@ -337,7 +337,7 @@ class Framer:
             value = orjson.loads(seg)
         except orjson.JSONDecodeError:
             return 0
-        if long_digits(seg) or _too_deep(seg, self.max_depth):
+        if long_digits(seg) or _too_deep(seg, self.max_depth) or zero_exponent(seg):
             return 0
         out.append(value)
         return nl + 1

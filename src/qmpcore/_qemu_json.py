@@ -33,7 +33,7 @@ class ParseError(Exception):
 _TOKEN = re.compile(
     rb"""[ \t\r\n]*(?:
       (?P<s>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-    | (?P<n>-?(?:0|[1-9][0-9]*)(?P<f>(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?))
+    | (?P<n>-?(?:0(?P<f0>\.[0-9]+(?:[eE][-+]?[0-9]+)?)?|[1-9][0-9]*(?P<f>(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)))
     | (?P<k>-?[a-z]+)
     | (?P<p>[{}\[\]:,])
     )""",
@@ -82,7 +82,7 @@ def _tokenize(frame: bytes) -> List[Tuple[str, bytes]]:
             raise ParseError("JSON parse error, stray '%s'" % display(frame[pos : pos + 1]))
         kind = m.lastgroup
         text = m.group(kind)  # type: ignore[arg-type]
-        if kind == "n" and m.group("f"):
+        if kind == "n" and (m.group("f") or m.group("f0")):
             kind = "f"
         tokens.append((kind or "", text))
         pos = m.end()
