@@ -228,6 +228,9 @@ class ClientCore:
         if truncated and not self._closing:
             expected = False
             reason = f"the server closed the connection in the middle of a frame ({truncated} bytes unread)"
+        elif isinstance(exc, (BrokenPipeError, ConnectionResetError)) and not self._closing:
+            # A write or read the peer refused: it hung up on us.
+            reason = f"the server closed the connection ({exc})"
         elif exc is not None and not self._closing:
             reason = f"connection lost: {exc}"
         elif self._closing:
