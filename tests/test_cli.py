@@ -457,3 +457,15 @@ def test_real_qemu_exec_events_and_shell(qemu, tmp_path):
         assert term.proc.wait(WAIT) == 0
     finally:
         term.close()
+
+
+def test_soak_subcommand_runs_and_reports():
+    done = run("soak", "--minutes", "0.1", "--vms", "2", "--seed", "7", "--json", timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["lost"] == 0 and report["misrouted"] == 0
+
+
+def test_soak_subcommand_rejects_bad_options():
+    done = run("soak", "--minutes", "0")
+    assert done.returncode == 2 and "must be positive" in done.stderr

@@ -245,7 +245,7 @@ def _timeout(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``qmpcore`` argument parser with every subcommand."""
-    from . import __version__, bench
+    from . import __version__, bench, soak
 
     parser = argparse.ArgumentParser(
         prog="qmpcore",
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark qmpcore beside its baselines", description=bench.__doc__)
     bench.add_arguments(p)
     p.set_defaults(handler=cmd_bench)
+    p = sub.add_parser("soak", help="run clients against faulty simulated VMs", description=soak.__doc__)
+    soak.add_arguments(p)
+    p.set_defaults(handler=soak.run)
     return parser
 
 
