@@ -235,8 +235,9 @@ cdef class Framer:
             raise TypeError(
                 f"Framer.feed() takes bytes, bytearray or memoryview, not {type(data).__name__}")
         if (type(data) is bytes and self._len == 0 and self._state == START
-                and not self.raw and not self.strict):
-            # The usual case: one whole reply or event in one read.
+                and not self._in_frame and not self.raw and not self.strict):
+            # The usual case: one whole reply or event in one read.  (Inside
+            # a frame being skipped for a limit nothing is held either.)
             if self._one_line(<const unsigned char *>PyBytes_AS_STRING(data),
                               PyBytes_GET_SIZE(data), data, out):
                 return out

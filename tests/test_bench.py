@@ -57,6 +57,19 @@ def test_workload_chunks_are_the_frames(workload):
         assert orjson.loads(frame) == json.loads(frame)
 
 
+def test_corpus_found_beside_the_working_directory(corpus_dir, tmp_path, monkeypatch):
+    # An installed package lives far from the checkout: the corpus is found
+    # from where the command runs, and the working directory comes first.
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "corpus").symlink_to(corpus_dir)
+    (tmp_path / "checkout" / "sub").mkdir(parents=True)
+    monkeypatch.delenv("QMPCORE_CORPUS", raising=False)
+    monkeypatch.chdir(tmp_path / "checkout" / "sub")
+    assert workloads.corpus_root() == tmp_path / "shared" / "corpus"
+    monkeypatch.setenv("QMPCORE_CORPUS", str(tmp_path / "nowhere"))
+    assert workloads.corpus_root() == tmp_path / "shared" / "corpus"
+
+
 def test_corpus_workloads(corpus_dir):
     assert workloads.corpus_root() == corpus_dir
     schema = workloads.schema()

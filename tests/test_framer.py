@@ -320,6 +320,18 @@ def test_size_limit_and_recovery(Framer):
         assert feed_all(Framer(max_frame_size=100), [data[:i], data[i:]]) == expected
 
 
+def test_skipped_frame_is_not_reframed_by_a_one_line_chunk(Framer):
+    # Once a frame is over the limit nothing of it is held; a later chunk
+    # that is one line holding one value is still the middle of that frame.
+    f = Framer(max_frame_size=40)
+    assert f.feed(b'[{"a": "' + b"x" * 60 + b'",\n') == [FrameError("JSON token size limit exceeded", 40)]
+    assert f.buffered == 0
+    assert f.feed(b'"key"\n') == []
+    assert f.feed(b"12\n") == []
+    assert f.feed(b": null}]\n") == []
+    assert f.feed(b'{"b": 1}\n') == [{"b": 1}]
+
+
 def test_token_count_limit(Framer):
     items = Framer(max_tokens=10).feed(b"[1,2,3,4,5,6]\n[1,2]\n")
     # the 11th token is the "," at offset 10

@@ -17,7 +17,7 @@ import os
 import corpus_support
 import pytest
 from conftest import IMPLEMENTATIONS, QEMU_CORPUS
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from qmpcore import SYNC, FrameError
@@ -28,6 +28,15 @@ settings.register_profile(
 )
 settings.register_profile(
     "deep", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck)
+)
+# Under sanitizers every example is ~10x slower: a failure is reported as
+# found, without the long shrinking phase.
+settings.register_profile(
+    "sanitizers",
+    max_examples=600,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -79,13 +79,18 @@ def sanitized(tmp_path_factory) -> dict:
         LD_PRELOAD=runtime,
         ASAN_OPTIONS="detect_leaks=0:halt_on_error=1",
         UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
+        HYPOTHESIS_PROFILE="sanitizers",
     )
     env.pop("QMPCORE_NO_EXTENSIONS", None)
     return {"env": env, "lib": lib}
 
 
 def _run(args: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        output = (exc.stdout or b"")[-8000:]
+        pytest.fail(f"the sanitized run took over {timeout} s; its output so far:\n{output!r}")
 
 
 def _assert_clean(result: subprocess.CompletedProcess) -> None:
@@ -104,10 +109,11 @@ def test_sanitized_build_is_the_one_loaded(sanitized) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_framer_suites_under_sanitizers(sanitized, corpus_dir) -> None:
     # --capture=sys: reports are written to fd 2 by the runtime; with fd
     # capture they would vanish along with the aborted process.
     args = [sys.executable, "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider", *SUITES]
-    result = _run(args, sanitized["env"], 900)
+    result = _run(args, sanitized["env"], 540)
     _assert_clean(result)
     assert " passed" in result.stdout and " skipped" not in result.stdout, result.stdout[-3000:]

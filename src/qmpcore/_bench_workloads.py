@@ -81,13 +81,15 @@ class Workload:
 def corpus_root() -> Optional[pathlib.Path]:
     """The recorded-traffic folder (holding ``qemu-7.2/``), or None.
 
-    Looked up in ``$QMPCORE_CORPUS``, then in ``shared/corpus`` beside any
-    folder above this file (a source checkout).
+    Looked up in ``$QMPCORE_CORPUS``, then in ``shared/corpus`` beside the
+    working directory or any folder above it (running from a checkout with
+    the package installed elsewhere), then beside any folder above this
+    file (running from the source tree).
     """
     env = os.environ.get("QMPCORE_CORPUS")
     candidates: List[pathlib.Path] = [pathlib.Path(env)] if env else []
-    here = pathlib.Path(__file__).resolve()
-    candidates += [parent / "shared" / "corpus" for parent in here.parents]
+    for start in (pathlib.Path.cwd().resolve(), pathlib.Path(__file__).resolve()):
+        candidates += [folder / "shared" / "corpus" for folder in (start, *start.parents)]
     for path in candidates:
         if (path / "qemu-7.2" / SCHEMA_FILE).is_file():
             return path

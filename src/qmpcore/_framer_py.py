@@ -174,8 +174,9 @@ class Framer:
             )
         out: List[Any] = []
         buf = self._buf
-        if not buf and self._state == START and not self.raw and not self.strict:
-            # The usual case: one whole reply or event in one read.
+        if not buf and self._state == START and not self._in_frame and not self.raw and not self.strict:
+            # The usual case: one whole reply or event in one read.  (Inside
+            # a frame being skipped for a limit nothing is held either.)
             if type(data) is bytes and data[-1:] == b"\n" and data.find(b"\n", 0, -1) < 0:
                 buf += data
                 if self._fast_line(buf, 0, out):
