@@ -711,19 +711,24 @@ def legacy_commands(api: ModuleType, lab: Lab) -> dict:
     return rec
 
 
+def _first_events(api: ModuleType, mon: Any, rec: Dict[str, Any]) -> None:
+    """Connect, then record polling with no event and with one (STOP)."""
+    mon.connect()
+    mon.cmd("cont")
+    mon.clear_events()
+    rec["none_yet"] = outcome(mon.pull_event, api)
+    rec["none_list"] = outcome(mon.get_events, api)
+    mon.cmd("stop")  # STOP arrives before the reply and is kept
+    rec["pull"] = outcome(mon.pull_event, api)
+
+
 @scenario("legacy")
 def legacy_events(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
     rec: Dict[str, Any] = {}
     mon = api.QEMUMonitorProtocol(vm.address)
     try:
-        mon.connect()
-        mon.cmd("cont")
-        mon.clear_events()
-        rec["none_yet"] = outcome(mon.pull_event, api)
-        rec["none_list"] = outcome(mon.get_events, api)
-        mon.cmd("stop")
-        rec["pull"] = outcome(mon.pull_event, api)
+        _first_events(api, mon, rec)
         rec["pull_empty"] = outcome(lambda: mon.pull_event(False), api)
         mon.cmd("cont")
         mon.cmd("stop")
@@ -783,17 +788,23 @@ def legacy_fd_passing(api: ModuleType, lab: Lab) -> dict:
     return rec
 
 
-@scenario("legacy")
-def legacy_server_mode(api: ModuleType, lab: Lab) -> dict:
-    rec: Dict[str, Any] = {}
+def _server_mode(api: ModuleType, lab: Lab, rec: Dict[str, Any], steps: Dict[str, str]) -> None:
+    """Listen, let QEMU connect to us, then record ``mon.cmd``/``mon.command`` calls."""
     path = lab.path("listen.sock")
     mon = api.QEMUMonitorProtocol(path, server=True)
     try:
         lab.qemu(mode="client", address=path)
         rec["accept"] = outcome(lambda: mon.accept(timeout=TIMEOUT), api)
-        rec["cmd"] = outcome(lambda: mon.cmd("query-status"), api)
+        for key, command in steps.items():
+            rec[key] = outcome(lambda: getattr(mon, key)(command), api)
     finally:
         mon.close()
+
+
+@scenario("legacy")
+def legacy_server_mode(api: ModuleType, lab: Lab) -> dict:
+    rec: Dict[str, Any] = {}
+    _server_mode(api, lab, rec, {"cmd": "query-status"})
     # qemu.qmp's __del__ trips over the half-built object: keep that quiet.
     hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
     try:
@@ -877,13 +888,7 @@ def old_events(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
     rec: Dict[str, Any] = {}
     with api.QEMUMonitorProtocol(vm.address) as mon:
-        mon.connect()
-        mon.cmd("cont")
-        mon.clear_events()
-        rec["none_yet"] = outcome(mon.pull_event, api)
-        rec["none_list"] = outcome(mon.get_events, api)
-        mon.cmd("stop")  # STOP arrives before the reply and is kept
-        rec["pull"] = outcome(mon.pull_event, api)
+        _first_events(api, mon, rec)
         mon.cmd("cont")
         mon.cmd("stop")
         events = mon.get_events()
@@ -904,15 +909,7 @@ def old_events(api: ModuleType, lab: Lab) -> dict:
 @scenario("qmp")
 def old_server_mode(api: ModuleType, lab: Lab) -> dict:
     rec: Dict[str, Any] = {}
-    path = lab.path("listen.sock")
-    mon = api.QEMUMonitorProtocol(path, server=True)
-    try:
-        lab.qemu(mode="client", address=path)
-        rec["accept"] = outcome(lambda: mon.accept(timeout=TIMEOUT), api)
-        rec["cmd"] = outcome(lambda: mon.cmd("query-status"), api)
-        rec["command"] = outcome(lambda: mon.command("query-name"), api)
-    finally:
-        mon.close()
+    _server_mode(api, lab, rec, {"cmd": "query-status", "command": "query-name"})
     return rec
 
 
