@@ -91,38 +91,22 @@ async def qemu_qmp_embedded(api, lab: Lab, command: str) -> Any:
                 normalize(q.events.clear())]
 
 
-def legacy_pretty(api, lab: Lab) -> Any:
+def blocking_pretty(api, lab: Lab, method: str) -> Any:
+    """QEMU with pretty=on, through ``mon.cmd`` or ``mon.command``."""
     vm = lab.qemu(pretty=True)
     with monitor(api, vm.address) as mon:
-        status = mon.cmd("query-status")
+        status = getattr(mon, method)("query-status")
         mon.cmd("cont")  # QEMU runs with -S
         mon.clear_events()
         mon.cmd("stop")
         return [status, normalize(mon.pull_event(wait=TIMEOUT))]
 
 
-def legacy_embedded(api, lab: Lab, command: str) -> Any:
+def blocking_embedded(api, lab: Lab, method: str, command: str) -> Any:
+    """One command to the embedded server, through ``mon.cmd`` or ``mon.command``."""
     server = lab.embedded_server(HANDLERS)
     with monitor(api, server.address) as mon:
-        value = mon.cmd(command)
-        return [len(value) if isinstance(value, str) else value,
-                normalize(mon.get_events())]
-
-
-def old_pretty(api, lab: Lab) -> Any:
-    vm = lab.qemu(pretty=True)
-    with monitor(api, vm.address) as mon:
-        status = mon.command("query-status")
-        mon.cmd("cont")  # QEMU runs with -S
-        mon.clear_events()
-        mon.cmd("stop")
-        return [status, normalize(mon.pull_event(wait=TIMEOUT))]
-
-
-def old_embedded(api, lab: Lab, command: str) -> Any:
-    server = lab.embedded_server(HANDLERS)
-    with monitor(api, server.address) as mon:
-        value = mon.command(command)
+        value = getattr(mon, method)(command)
         return [len(value) if isinstance(value, str) else value,
                 normalize(mon.get_events())]
 
@@ -139,14 +123,14 @@ CASES: Dict[str, tuple] = {
                        "ExecInterruptedError"),
     "qemu_qmp-two-on-a-line": ("qemu_qmp", lambda a, l: qemu_qmp_embedded(a, l, "x-two"), False, TWO,
                                "ExecInterruptedError"),
-    "legacy-pretty": ("legacy", legacy_pretty, True, [STATUS, STOP], "ConnectError"),
-    "legacy-20MiB": ("legacy", lambda a, l: legacy_embedded(a, l, "x-big"), False, [BIG, []],
+    "legacy-pretty": ("legacy", lambda a, l: blocking_pretty(a, l, "cmd"), True, [STATUS, STOP], "ConnectError"),
+    "legacy-20MiB": ("legacy", lambda a, l: blocking_embedded(a, l, "cmd", "x-big"), False, [BIG, []],
                      "ExecInterruptedError"),
-    "legacy-two-on-a-line": ("legacy", lambda a, l: legacy_embedded(a, l, "x-two"), False, TWO,
+    "legacy-two-on-a-line": ("legacy", lambda a, l: blocking_embedded(a, l, "cmd", "x-two"), False, TWO,
                              "ExecInterruptedError"),
-    "qmp-pretty": ("qmp", old_pretty, True, [STATUS, STOP], "JSONDecodeError"),
-    "qmp-20MiB": ("qmp", lambda a, l: old_embedded(a, l, "x-big"), False, [BIG, []], None),
-    "qmp-two-on-a-line": ("qmp", lambda a, l: old_embedded(a, l, "x-two"), False, TWO,
+    "qmp-pretty": ("qmp", lambda a, l: blocking_pretty(a, l, "command"), True, [STATUS, STOP], "JSONDecodeError"),
+    "qmp-20MiB": ("qmp", lambda a, l: blocking_embedded(a, l, "command", "x-big"), False, [BIG, []], None),
+    "qmp-two-on-a-line": ("qmp", lambda a, l: blocking_embedded(a, l, "command", "x-two"), False, TWO,
                           "JSONDecodeError"),
 }
 
