@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import socket
 import tempfile
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
 
 import orjson
 
@@ -141,17 +141,23 @@ def _async(connect: Callable[[], Any], runs: Callable[[Any, asyncio.AbstractEven
         loop.close()
 
 
+def _async_runs(client: Any, loop: asyncio.AbstractEventLoop, flood: Callable[[int], Awaitable[None]]) -> Runs:
+    """Round trips and a pipelined burst through an asyncio client's ``execute``."""
+
+    async def round_trip(n: int) -> None:
+        for _ in range(n):
+            await client.execute("query-status")
+
+    async def pipelined() -> None:
+        await asyncio.gather(*(client.execute("query-status") for _ in range(PIPELINE)))
+
+    return _blocking(loop, round_trip=round_trip, pipelined=pipelined, flood=flood)
+
+
 def _qmpcore_aio(path: str, trigger: Optional[Trigger]) -> Any:
     from .aio import connect
 
     def runs(client: Any, loop: asyncio.AbstractEventLoop) -> Runs:
-        async def round_trip(n: int) -> None:
-            for _ in range(n):
-                await client.execute("query-status")
-
-        async def pipelined() -> None:
-            await asyncio.gather(*(client.execute("query-status") for _ in range(PIPELINE)))
-
         async def flood(n: int) -> None:
             assert trigger is not None
             stream = client.events("FLOOD", maxsize=n)
@@ -160,7 +166,7 @@ def _qmpcore_aio(path: str, trigger: Optional[Trigger]) -> Any:
                 await stream.get(timeout=30)
             stream.close()
 
-        return _blocking(loop, round_trip=round_trip, pipelined=pipelined, flood=flood)
+        return _async_runs(client, loop, flood)
 
     return _async(lambda: connect(path, timeout=30, command_timeout=30), runs, lambda c: c.close())
 
@@ -174,13 +180,6 @@ def _qemu_qmp(path: str, trigger: Optional[Trigger]) -> Any:
         return client
 
     def runs(client: Any, loop: asyncio.AbstractEventLoop) -> Runs:
-        async def round_trip(n: int) -> None:
-            for _ in range(n):
-                await client.execute("query-status")
-
-        async def pipelined() -> None:
-            await asyncio.gather(*(client.execute("query-status") for _ in range(PIPELINE)))
-
         async def flood(n: int) -> None:
             assert trigger is not None
             listener = EventListener("FLOOD")
@@ -189,7 +188,7 @@ def _qemu_qmp(path: str, trigger: Optional[Trigger]) -> Any:
                 for _ in range(n):
                     await asyncio.wait_for(listener.get(), 30)
 
-        return _blocking(loop, round_trip=round_trip, pipelined=pipelined, flood=flood)
+        return _async_runs(client, loop, flood)
 
     return _async(connect, runs, lambda c: c.disconnect())
 

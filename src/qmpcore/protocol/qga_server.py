@@ -17,9 +17,6 @@ protocol with qemu-ga's differences (corpus ``qga_*``):
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
-
-from .._qapi import CommandInfo
 from .qmp_server import NO_ID, Request, ServerProtocolBase
 
 __all__ = ["QGAServerProtocol", "Request", "NO_ID", "SYNC_BYTE"]
@@ -32,16 +29,6 @@ class QGAServerProtocol(ServerProtocolBase):
     """The guest agent side of a QGA channel (one object per agent)."""
 
     _terminator = b"\n"
-
-    def __init__(
-        self,
-        commands: Optional[Mapping[str, CommandInfo]] = None,
-        *,
-        max_frame_size: int = 64 << 20,
-        max_depth: int = 1024,
-        max_tokens: int = 2 << 20,
-    ) -> None:
-        super().__init__(commands, max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
 
     def connection_made(self) -> None:
         """A new client: forget the old one's requests, keep the parser."""
