@@ -189,6 +189,47 @@ async def test_pipelined_commands_out_of_order(tmp_path):
             assert qmp.counters["in_flight"] == 0
 
 
+async def test_submit_returns_futures_and_withdraws_a_cancelled_held_command(tmp_path):
+    seen = []
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        batch = [peer.recv_command() for _ in range(8)]
+        assert peer.pending() == 0  # the client holds the other two
+        for cmd in batch:
+            if cmd["execute"] == "fail":
+                peer.error(cmd, "GenericError", "no")
+            else:
+                peer.reply(cmd, cmd["arguments"])
+        ninth = peer.recv_command()
+        peer.reply(ninth, ninth["arguments"])
+        after = peer.recv_command()  # the tenth was withdrawn: this is the next one
+        seen.extend([ninth["arguments"], after["arguments"]])
+        peer.reply(after, after["arguments"])
+        peer.serve(lambda peer, cmd: cmd["execute"] == "never")  # left unanswered
+
+    async with FakeServer(tmp_path, script) as server:
+        async with await qmpcore.connect(server.address, oob=True) as qmp:
+            futures = [qmp.submit("echo", {"n": i}) for i in range(7)]
+            futures.append(qmp.submit("fail"))
+            futures += [qmp.submit("echo", {"n": 8}), qmp.submit("echo", {"n": 9})]
+            assert all(isinstance(f, asyncio.Future) for f in futures)
+            assert qmp.counters["held"] == 2
+            futures[9].cancel()
+            results = await until(asyncio.gather(*futures[:9], return_exceptions=True))
+            assert results[:7] == [{"n": i} for i in range(7)] and results[8] == {"n": 8}
+            assert isinstance(results[7], qmpcore.CommandError) and results[7].command == "fail"
+            assert await until(qmp.execute("echo", {"n": 10})) == {"n": 10}
+            assert seen == [{"n": 8}, {"n": 10}]
+            assert qmp.counters["in_flight"] == 0
+            with pytest.raises(TypeError):
+                qmp.submit("echo", "not a dict")
+            with pytest.raises(qmpcore.TimeoutError):
+                await qmp.submit("never", timeout=0.05)
+        with pytest.raises(qmpcore.QMPError):
+            qmp.submit("echo")
+
+
 async def test_many_pipelined_commands(tmp_path):
     def script(peer: Peer) -> None:
         peer.handshake()

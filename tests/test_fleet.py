@@ -69,7 +69,7 @@ def test_thousand_vms_hang_die_and_restart(tmp_path):
                 for i in hung:  # a hung monitor recovers only with a new connection
                     server.vm(i).clear_faults()
                     server.vm(i).drop_connections()
-                assert await fleet.wait_connected(timeout=30)
+                assert await fleet.wait_connected(timeout=30), _disconnected(fleet)
                 third = await fleet.execute_all("query-status")
                 assert all(third[vm] == STATUS for vm in vms), outcome(third)
 
@@ -81,6 +81,12 @@ def test_thousand_vms_hang_die_and_restart(tmp_path):
                 assert stats.last_errors == {}
 
         asyncio.run(asyncio.wait_for(scenario(), 120))
+
+
+def _disconnected(fleet):
+    """Which VMs are not connected, and why (for failure messages)."""
+    errors = fleet.stats().last_errors
+    return {vm: repr(errors.get(vm)) for vm in fleet.vms if not fleet.is_connected(vm)}
 
 
 async def wait_for_state(fleet, predicate, timeout=10.0):
@@ -113,6 +119,34 @@ async def test_results_are_per_vm_values_or_exceptions(tmp_path):
             assert list(subset) == fleet.vms[:1]
             with pytest.raises(KeyError):
                 await fleet.execute("nope", "query-status")
+
+
+async def test_submit_is_execute_without_a_coroutine(tmp_path):
+    async with serve_vms(tmp_path, 3) as vms:
+        vms[2].delay_command("query-status", 30)
+        async with Fleet(vms.qmp_paths, command_timeout=0.3, reconnect=False) as fleet:
+            a, b, c = fleet.vms
+            futures = [fleet.submit(a, "query-name"), fleet.submit(b, "no-such-command"), fleet.submit(c, "query-status")]
+            assert all(isinstance(f, asyncio.Future) for f in futures)
+            assert fleet.stats().in_flight == 3
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            assert results[0] == {"name": "vm0"}
+            assert isinstance(results[1], qmpcore.CommandError)
+            assert isinstance(results[2], qmpcore.TimeoutError)
+            stats = fleet.stats()
+            assert (stats.in_flight, stats.commands, stats.timeouts) == (0, 3, 1)
+            assert set(stats.last_errors) == {b, c}
+            assert await fleet.execute(b, "query-name") == {"name": "vm1"}
+            assert set(fleet.stats().last_errors) == {c}
+            # bad arguments fail that call at once, and each VM's result in execute_all
+            with pytest.raises(TypeError):
+                fleet.submit(a, "query-name", ["not", "a", "dict"])
+            bad = await fleet.execute_all("query-name", ["not", "a", "dict"])
+            assert all(isinstance(r, TypeError) for r in bad.values())
+            vms[0].drop_connections()
+            assert await wait_for_state(fleet, lambda st: st.connected == 2)
+            with pytest.raises(qmpcore.ConnectionLost):
+                await fleet.submit(a, "query-name")
 
 
 async def test_named_addresses(tmp_path):

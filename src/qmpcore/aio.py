@@ -16,6 +16,7 @@ replies resolve their futures right there (no task per command, no
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import threading
 from typing import Any, Callable, List, Optional, Sequence
@@ -286,12 +287,7 @@ class _AsyncClient(ClientCore):
         timeout: Optional[float],
         fds: Optional[Sequence[int]] = None,
     ) -> Any:
-        fut = self._loop.create_future()
-        self._waiters[cid] = fut
-        if timeout is None:
-            timeout = self.command_timeout
-        if timeout is not None:
-            self._timers[cid] = self._loop.call_later(timeout, self._on_timer, cid, command, timeout)
+        fut = self._expect(cid, command, timeout)
         try:
             if fds:
                 await self._send_fds(data, fds)
@@ -308,6 +304,16 @@ class _AsyncClient(ClientCore):
                 fut.cancel()
                 self._abandon(cid)
             raise
+
+    def _expect(self, cid: Any, command: str, timeout: Optional[float]) -> "asyncio.Future[Any]":
+        """A future for the reply to ``cid``, failed with TimeoutError after ``timeout``."""
+        fut = self._loop.create_future()
+        self._waiters[cid] = fut
+        if timeout is None:
+            timeout = self.command_timeout
+        if timeout is not None:
+            self._timers[cid] = self._loop.call_later(timeout, self._on_timer, cid, command, timeout)
+        return fut
 
     def _on_timer(self, cid: Any, command: str, timeout: float) -> None:
         out = self._expire(cid, command, timeout)
@@ -543,6 +549,37 @@ class QMPClient(QMPInfo, _AsyncClient):
         self._check_open()
         cid, data = self._proto.send_command(command, arguments, oob=True)
         return await self._command(cid, data, command, timeout)
+
+    def submit(
+        self,
+        command: str,
+        arguments: Optional[dict] = None,
+        *,
+        timeout: Optional[float] = None,
+    ) -> "asyncio.Future[Any]":
+        """Send ``command`` now; return a future of its ``return`` value.
+
+        The same as :meth:`execute` (same errors, set on the future) without
+        a coroutine or task per command: for callers that start many
+        commands at once, such as :class:`~qmpcore.Fleet`.  Raises at once
+        if the client is closed.  Cancelling the future stops waiting; a
+        command still held back by the client (more than 8 in flight with
+        ``oob``) is then never sent.
+        """
+        self._check_open()
+        cid, data = self._proto.send_command(command, arguments)
+        fut = self._expect(cid, command, timeout)
+        if data:
+            self._write(data)
+        else:  # held back: withdraw it if the caller gives up
+            fut.add_done_callback(functools.partial(self._withdraw_if_cancelled, cid))
+        return fut
+
+    def _withdraw_if_cancelled(self, cid: int, fut: "asyncio.Future[Any]") -> None:
+        if fut.cancelled():
+            out = self._abandon(cid)
+            if out:
+                self._write(out)
 
     async def negotiate(self, oob: bool = False, *, timeout: Optional[float] = None) -> None:
         """Leave negotiation mode (``qmp_capabilities``), with ``oob`` if offered."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import functools
 import os
 import random
 from dataclasses import dataclass, field
@@ -496,7 +497,17 @@ class Fleet:
         after ``timeout`` (default ``command_timeout``), or
         :class:`~qmpcore.ConnectionLost` when the VM is not connected.
         """
-        return await self._execute(self._member(vm), command, args, self._timeout(timeout))
+        return await self.submit(vm, command, args, timeout=timeout)
+
+    def submit(
+        self, vm: str, command: str, args: Optional[dict] = None, *, timeout: Optional[float] = None
+    ) -> "asyncio.Future[Any]":
+        """Start ``command`` on one VM; return a future of its ``"return"`` value.
+
+        :meth:`execute` without a coroutine per command, for starting many
+        at once; the future fails as :meth:`execute` would raise.
+        """
+        return self._submit(self._member(vm), command, args, self._timeout(timeout))
 
     def _timeout(self, timeout: Optional[float]) -> float:
         if timeout is None:
@@ -505,25 +516,28 @@ class Fleet:
             raise ValueError("timeout must be positive")
         return timeout
 
-    async def _execute(self, member: _Member, command: str, args: Optional[dict], timeout: float) -> Any:
+    def _submit(self, member: _Member, command: str, args: Optional[dict], timeout: float) -> "asyncio.Future[Any]":
         client = member.client
         if client is None or client.closed:
-            raise ConnectionLost(f"{member.name}: not connected ({member.last_error})")
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_exception(ConnectionLost(f"{member.name}: not connected ({member.last_error})"))
+            return fut
+        if self.guest_agent:  # one command at a time, with resyncs: no shortcut
+            fut = asyncio.ensure_future(client.execute(command, args, timeout=timeout))
+        else:
+            fut = client.submit(command, args, timeout=timeout)
         self._in_flight += 1
-        try:
-            result = await client.execute(command, args, timeout=timeout)
-        except QMPTimeoutError as exc:
+        fut.add_done_callback(functools.partial(self._finished, member))
+        return fut
+
+    def _finished(self, member: _Member, fut: "asyncio.Future[Any]") -> None:
+        """Bookkeeping when a command's future is done (its result is left alone)."""
+        self._in_flight -= 1
+        self._commands += 1
+        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        if isinstance(exc, QMPTimeoutError):
             self._timeouts += 1
-            member.last_error = exc
-            raise
-        except Exception as exc:
-            member.last_error = exc
-            raise
-        finally:
-            self._in_flight -= 1
-            self._commands += 1
-        member.last_error = None
-        return result
+        member.last_error = exc
 
     async def execute_all(
         self,
@@ -544,9 +558,15 @@ class Fleet:
             raise StateError("the fleet is not started")
         limit = self._timeout(timeout)
         members = [self._member(vm) for vm in (self.vms if vms is None else vms)]
-        results = await asyncio.gather(
-            *(self._execute(m, command, args, limit) for m in members), return_exceptions=True
-        )
+        futures = []
+        for member in members:
+            try:
+                futures.append(self._submit(member, command, args, limit))
+            except Exception as exc:  # noqa: BLE001 - bad arguments, a state error: that VM's result
+                failed = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                futures.append(failed)
+        results = await asyncio.gather(*futures, return_exceptions=True)
         return {m.name: r for m, r in zip(members, results)}
 
     async def poll(
