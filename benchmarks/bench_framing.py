@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from qmpcore import _bench_framing as contenders
-from qmpcore._bench_workloads import Workload, framing_workloads
+from qmpcore.bench import _framing as contenders
+from qmpcore.bench._workloads import Workload, framing_workloads
 
 WORKLOAD_NAMES = [
     "small-reply",

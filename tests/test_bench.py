@@ -16,10 +16,10 @@ import orjson
 import pytest
 
 from conftest import IN_CI, REPO
-from qmpcore import _bench_framing as framing
-from qmpcore import _bench_workloads as workloads
-from qmpcore._bench_report import Row, render, to_json
-from qmpcore._bench_timing import Budget, percentile, time_runs
+from qmpcore.bench import _framing as framing
+from qmpcore.bench import _workloads as workloads
+from qmpcore.bench._report import Row, render, to_json
+from qmpcore.bench._timing import Budget, percentile, time_runs
 
 ENV = dict(os.environ)  # subprocesses run the qmpcore this test runs on
 
@@ -235,7 +235,7 @@ def test_bench_options_are_checked():
 
 @pytest.mark.qemu
 def test_bench_against_real_qemu(tmp_path):
-    from qmpcore._bench_qemu import QemuGroup, QemuMissing, find_qemu
+    from qmpcore.bench._qemu import QemuGroup, QemuMissing, find_qemu
 
     try:
         find_qemu()

@@ -403,7 +403,7 @@ def test_parse_line():
 @pytest.fixture
 def qemu(tmp_path):
     """One QEMU with two QMP monitors: qmp-0.sock and events.sock."""
-    from qmpcore._bench_qemu import QemuGroup, QemuMissing, find_qemu
+    from qmpcore.bench._qemu import QemuGroup, QemuMissing, find_qemu
 
     try:
         find_qemu()

@@ -368,7 +368,7 @@ async def test_fleet_start_reports_fd_limit(monkeypatch, tmp_path):
 
 @pytest.fixture
 def qemus(tmp_path):
-    from qmpcore._bench_qemu import QemuGroup, QemuMissing, find_qemu
+    from qmpcore.bench._qemu import QemuGroup, QemuMissing, find_qemu
 
     try:
         find_qemu()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qmpcore import StateError
-from qmpcore._qapi import CommandInfo, Schema
+from qmpcore.protocol._qapi import CommandInfo, Schema
 from qmpcore.protocol.qga_server import QGAServerProtocol
 from qmpcore.protocol.qmp_server import NO_ID, QMPServerProtocol, Request, event_bytes
 

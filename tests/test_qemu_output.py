@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qmpcore._qemu_output import (
+from qmpcore.protocol._qemu_output import (
     Encoded,
     _exact,
     _fast,

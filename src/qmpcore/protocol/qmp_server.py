@@ -15,7 +15,7 @@ running a command is answered here, in QEMU's words and order:
   ``QMP input must be a JSON object`` and the other envelope checks, in the
   order QEMU iterates the request's members;
 * unknown and disabled commands, ``exec-oob`` rules, and argument errors
-  from the command's :class:`~qmpcore._qapi.CommandInfo`.
+  from the command's :class:`~qmpcore.protocol._qapi.CommandInfo`.
 
 In-band commands run one at a time, as in QEMU: the next one is released
 only when the previous one has been answered, and errors queued behind it
@@ -31,8 +31,8 @@ from collections import deque
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .. import Framer
-from .._qapi import CommandInfo, Schema
-from .._qemu_output import encode_qmp, qdict_order, to_json
+from ._qapi import CommandInfo, Schema
+from ._qemu_output import encode_qmp, qdict_order, to_json
 from .._wire import SYNC
 from ..errors import FrameError, StateError
 
@@ -360,7 +360,7 @@ def _member_order(message: dict) -> Sequence[str]:
 class QMPServerProtocol(ServerProtocolBase):
     """One QMP client connection, from the server's side.
 
-    ``commands`` maps command names to :class:`~qmpcore._qapi.CommandInfo`
+    ``commands`` maps command names to :class:`~qmpcore.protocol._qapi.CommandInfo`
     (a live mapping: commands registered later are found).  ``version`` is
     ``query-version``'s value, ``capabilities`` what the greeting offers.
     The greeting is queued as soon as the object exists.

@@ -158,7 +158,7 @@ def _fail(message: str, status: int) -> int:
 
 async def connect(args: argparse.Namespace, address: Union[str, Tuple[str, int]]) -> Any:
     """The asyncio client for ``address``: QMP, or a guest agent with ``--qga``."""
-    from . import aio
+    from .. import aio
 
     if args.qga:
         return await aio.connect_guest_agent(address, timeout=args.timeout, command_timeout=args.timeout)
@@ -167,7 +167,7 @@ async def connect(args: argparse.Namespace, address: Union[str, Tuple[str, int]]
 
 def run_client(args: argparse.Namespace, body: Any) -> int:
     """Connect, run ``body(client)`` and map failures to exit statuses."""
-    from .errors import CommandError, QMPError
+    from ..errors import CommandError, QMPError
 
     async def session() -> int:
         client = await connect(args, parse_address(args.address))
@@ -216,19 +216,19 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
-    from ._cli_shell import run_shell
+    from ._shell import run_shell
 
     return run_shell(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ._cli_serve import run_serve
+    from ._serve import run_serve
 
     return run_serve(args)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from .. import bench
 
     return bench.run(args)
 
@@ -245,7 +245,7 @@ def _timeout(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``qmpcore`` argument parser with every subcommand."""
-    from . import __version__, bench, soak
+    from .. import __version__, bench, soak
 
     parser = argparse.ArgumentParser(
         prog="qmpcore",

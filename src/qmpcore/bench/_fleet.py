@@ -3,8 +3,8 @@
 Many VMs are polled with ``query-status``, round after round, by
 :class:`qmpcore.Fleet` and by qemu.qmp (one ``QMPClient`` per VM in one
 event loop, each command under ``asyncio.wait_for`` for its timeout).  Each
-client runs in a fresh child process of its own (``python -m
-qmpcore._bench_fleet`` reading its job from stdin), so the resident memory
+client runs in a fresh child process of its own (:func:`_child_main`
+reading its job from stdin), so the resident memory
 it adds per connection is measured without the other's leftovers.
 
 The VMs are simulated by the embedded server in another child process
@@ -25,8 +25,8 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ._bench_report import Row
-from ._bench_timing import percentile
+from ._report import Row
+from ._timing import percentile
 
 __all__ = ["fleet_section", "real_qemu_section", "run_job", "CLIENTS"]
 
@@ -67,7 +67,7 @@ class _Poller:
 
 class _QmpcorePoller(_Poller):
     def __init__(self, paths: Sequence[str], timeout: float) -> None:
-        from .fleet import Fleet
+        from ..fleet import Fleet
 
         self.count = len(paths)
         self.fleet = Fleet(paths, command_timeout=timeout, connect_timeout=30)
@@ -182,13 +182,13 @@ def _child_main() -> None:
 
 def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> Dict[str, Any]:
     """Run one client's job in a fresh child process; its result or an ``error``."""
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     job = json.dumps({"client": client, "paths": list(paths), "rounds": rounds, "timeout": timeout})
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "qmpcore._bench_fleet"],
+            [sys.executable, "-c", "from qmpcore.bench._fleet import _child_main; _child_main()"],
             input=job.encode(),
             capture_output=True,
             env=env,
@@ -263,7 +263,7 @@ def _rows(
 
 def fleet_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
     """Simulated VMs in a child process, polled by each client; then 1% hung."""
-    from .server import start_in_subprocess
+    from ..server import start_in_subprocess
 
     count = opts.vms if opts.vms is not None else (200 if opts.quick else 1000)
     rounds = opts.rounds if opts.rounds is not None else (5 if opts.quick else 20)
@@ -292,9 +292,9 @@ def fleet_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
 
 def real_qemu_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
     """``--real-qemu N``: N real QEMU processes polled by each client."""
-    from ._bench_qemu import QemuGroup, QemuMissing, find_qemu
+    from ._qemu import QemuGroup, QemuMissing, find_qemu
 
-    from .bench import SectionUnavailable
+    from . import SectionUnavailable
 
     count = opts.real_qemu or 0
     if count < 1:

@@ -3,7 +3,7 @@
 ``python -m qmpcore soak --minutes N`` serves simulated VMs in this process
 and runs, for N minutes, an asyncio :class:`~qmpcore.QMPClient`, a blocking
 :class:`~qmpcore.SyncQMPClient` (in a thread) and a :class:`~qmpcore.Fleet`
-against them, while a :class:`~qmpcore._soak_faults.FaultInjector` hits
+against them, while a :class:`~qmpcore.soak._faults.FaultInjector` hits
 random VMs with what a broken QEMU or network does.  It checks throughout
 that
 
@@ -35,10 +35,10 @@ import threading
 import time
 from typing import Any, Awaitable, Dict, List, Optional
 
-from ._soak_faults import FaultInjector
-from ._soak_report import SoakReport, Usage
-from .errors import CommandError, ConnectionLost, QMPError
-from .errors import TimeoutError as QMPTimeoutError
+from ._faults import FaultInjector
+from ._report import SoakReport, Usage
+from ..errors import CommandError, ConnectionLost, QMPError
+from ..errors import TimeoutError as QMPTimeoutError
 
 __all__ = ["Usage", "SoakReport", "soak", "add_arguments", "run", "main"]
 
@@ -114,7 +114,7 @@ class _Soak:
     # -- servers -----------------------------------------------------------------
 
     async def start_servers(self, count: int) -> None:
-        from .server import QMPServer, SimulatedVM
+        from ..server import QMPServer, SimulatedVM
 
         for index in range(count + 2):
             vm = SimulatedVM(f"vm{index}")
@@ -138,7 +138,7 @@ class _Soak:
     async def client_loop(self) -> None:
         """One QMPClient: bursts of concurrent commands, a slow event
         consumer, exact accounting of floods, reconnects when needed."""
-        from . import aio
+        from .. import aio
 
         path = self.solo.address
         rnd = self.rnd
@@ -235,7 +235,7 @@ class _Soak:
 
     def blocking_loop(self, path: str) -> None:
         """One SyncQMPClient: commands one after another, reconnects as needed."""
-        from .sync import connect_sync
+        from ..sync import connect_sync
 
         while self.running():
             try:
@@ -271,7 +271,7 @@ class _Soak:
 
     async def fleet_loop(self) -> None:
         """A Fleet: execute_all rounds and per-VM commands, a slow event consumer."""
-        from .fleet import Backoff, Fleet
+        from ..fleet import Backoff, Fleet
 
         addresses = {vm.name: vm.address for vm in self.vms}
         fleet = Fleet(

@@ -1,6 +1,6 @@
 """The framing contenders: qmpcore's framers and the baselines they face.
 
-Each factory takes a :class:`~qmpcore._bench_workloads.Workload` and returns
+Each factory takes a :class:`~qmpcore.bench._workloads.Workload` and returns
 a zero-argument function that processes the whole workload once and returns
 the number of messages it produced; everything that is not the work being
 measured (building inputs, an event loop) happens in the factory.  A
@@ -15,8 +15,8 @@ from typing import Any, Callable, Dict, List, Union
 
 import orjson
 
-from ._bench_workloads import Workload
-from .errors import FrameError
+from ._workloads import Workload
+from ..errors import FrameError
 
 __all__ = [
     "Run",
@@ -44,7 +44,7 @@ class NotApplicable(Exception):
 
 def framer_classes() -> Dict[str, type]:
     """The live framer first (``cython`` unless disabled or not built), then ``python``."""
-    from . import Framer, _framer_py, implementation
+    from .. import Framer, _framer_py, implementation
 
     classes: Dict[str, type] = {implementation: Framer}
     classes["python"] = _framer_py.Framer

@@ -37,13 +37,13 @@ import os
 import resource
 from typing import Any, AsyncIterator, List, Optional, Set, Union
 
-from ._qemu_output import to_json
-from ._server_process import ServerProcess, start_in_subprocess
-from ._server_transport import Address, Connection, Listener, _close_fds, bind_socket
+from ..protocol._qemu_output import to_json
+from ._process import ServerProcess, start_in_subprocess
+from ._transport import Address, Connection, Listener, _close_fds, bind_socket
 from ._simulated import Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
-from .errors import CommandError
-from .protocol.qga_server import QGAServerProtocol
-from .protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, event_head
+from ..errors import CommandError
+from ..protocol.qga_server import QGAServerProtocol
+from ..protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, event_head
 
 __all__ = [
     "QMPServer",

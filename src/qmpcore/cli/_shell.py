@@ -21,7 +21,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Callable, List, Optional
 
-from .cli import (
+from . import (
     EXIT_CONNECTION,
     EXIT_OK,
     UsageError,
@@ -30,7 +30,7 @@ from .cli import (
     parse_address,
     parse_line,
 )
-from .errors import CommandError, ConnectionLost, QMPError
+from ..errors import CommandError, ConnectionLost, QMPError
 
 __all__ = ["run_shell"]
 

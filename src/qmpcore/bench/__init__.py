@@ -17,10 +17,10 @@ import json
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from . import _bench_framing as framing
-from ._bench_report import Figure, Progress, Row, machine, render, to_json
-from ._bench_timing import FULL, QUICK, time_runs
-from ._bench_workloads import Workload, framing_workloads
+from . import _framing as framing
+from ._report import Figure, Progress, Row, machine, render, to_json
+from ._timing import FULL, QUICK, time_runs
+from ._workloads import Workload, framing_workloads
 
 __all__ = ["add_arguments", "run", "main", "SECTIONS"]
 
@@ -88,19 +88,19 @@ Section = Callable[[argparse.Namespace, Callable[[str], None]], List[Row]]
 
 
 def _socket_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
-    from ._bench_socket import socket_section
+    from ._socket import socket_section
 
     return socket_section(opts, progress)
 
 
 def _fleet_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
-    from ._bench_fleet import fleet_section
+    from ._fleet import fleet_section
 
     return fleet_section(opts, progress)
 
 
 def _real_qemu_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
-    from ._bench_fleet import real_qemu_section
+    from ._fleet import real_qemu_section
 
     return real_qemu_section(opts, progress)
 

@@ -7,7 +7,7 @@ socket paths once they listen, then executes hook calls (``emit_event``,
 it answers each on stdout.  When the parent goes away, the child's stdin
 closes and it exits, so no server outlives its test.
 
-Run directly as ``python -m qmpcore._server_process CONFIG_JSON``.
+Run directly as ``python -c 'from qmpcore.server._process import main; main()' CONFIG_JSON``.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ async def _invoke(vms: Any, request: Dict[str, Any]) -> Any:
 
 
 async def _child(config: Dict[str, Any]) -> None:
-    from .server import serve_vms
+    from . import serve_vms
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
@@ -314,11 +314,11 @@ def start_in_subprocess(
         "pretty": pretty,
         "vm_options": vm_options,
     }
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     process = subprocess.Popen(
-        [sys.executable, "-m", "qmpcore._server_process", json.dumps(config)],
+        [sys.executable, "-c", "from qmpcore.server._process import main; main()", json.dumps(config)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,

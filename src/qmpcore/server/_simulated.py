@@ -22,9 +22,9 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import orjson
 
-from ._qapi import DATA_DIR, CommandInfo, Schema
-from ._qemu_output import Encoded, to_json
-from .errors import CommandError
+from ..protocol._qapi import DATA_DIR, CommandInfo, Schema
+from ..protocol._qemu_output import Encoded, to_json
+from ..errors import CommandError
 
 __all__ = ["Call", "Handler", "Simulator", "SimulatedVM", "SimulatedGuestAgent"]
 

@@ -16,14 +16,14 @@ import signal
 import sys
 from typing import Any, AsyncIterator, List
 
-from .cli import EXIT_OK, EXIT_USAGE, UsageError
+from . import EXIT_OK, EXIT_USAGE, UsageError
 
 __all__ = ["run_serve"]
 
 
 @contextlib.asynccontextmanager
 async def _serving(args: argparse.Namespace) -> AsyncIterator[List[str]]:
-    from .server import serve_vm, serve_vms
+    from ..server import serve_vm, serve_vms
 
     if args.vms is None:
         async with serve_vm(args.path, pretty=args.pretty):

@@ -24,8 +24,8 @@ from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tup
 
 import orjson
 
-from ._bench_report import Figure, Row
-from ._bench_timing import FULL, Budget, time_runs
+from ._report import Figure, Row
+from ._timing import FULL, Budget, time_runs
 
 __all__ = ["socket_section"]
 
@@ -107,7 +107,7 @@ def _raw(path: str, trigger: Optional[Trigger]) -> Iterator[Runs]:
 
 @contextlib.contextmanager
 def _qmpcore_sync(path: str, trigger: Optional[Trigger]) -> Iterator[Runs]:
-    from .sync import connect_sync
+    from ..sync import connect_sync
 
     client = connect_sync(path, timeout=30, command_timeout=30)
     try:
@@ -155,7 +155,7 @@ def _async_runs(client: Any, loop: asyncio.AbstractEventLoop, flood: Callable[[i
 
 
 def _qmpcore_aio(path: str, trigger: Optional[Trigger]) -> Any:
-    from .aio import connect
+    from ..aio import connect
 
     def runs(client: Any, loop: asyncio.AbstractEventLoop) -> Runs:
         async def flood(n: int) -> None:
@@ -256,7 +256,7 @@ def socket_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
         figures = _measure(opts.target, None, opts.quick, progress)
         where = f"QEMU at {opts.target}"
     else:
-        from .server import start_in_subprocess
+        from ..server import start_in_subprocess
 
         with tempfile.TemporaryDirectory(prefix="qmpcore-bench-") as directory:
             with start_in_subprocess(directory, 1) as server:

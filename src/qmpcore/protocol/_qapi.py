@@ -29,7 +29,7 @@ from ._qemu_output import Encoded, qdict_order
 __all__ = ["CommandInfo", "Schema", "DATA_DIR"]
 
 #: Package data: canned replies recorded from QEMU 7.2 and qemu-ga 7.2.
-DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
+DATA_DIR = pathlib.Path(__file__).resolve().parent.parent / "data"
 
 _SCHEMA_72 = "qmp_schema_7.2.json"
 # Introspection hides type names behind numbers, but QEMU names alternates in
