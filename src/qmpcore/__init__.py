@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os as _os
 
+from . import errors as _errors
 from ._wire import SYNC, encode
 from .errors import (
     CommandError,
@@ -74,14 +75,7 @@ __all__ = [
     "SYNC",
     "encode",
     "implementation",
-    "QMPError",
-    "FrameError",
-    "ProtocolError",
-    "CommandError",
-    "ConnectionLost",
-    "TimeoutError",
-    "StateError",
-    "EventOverflow",
+    *_errors.__all__,
     "Event",
     "VersionInfo",
     *_LAZY,
