@@ -242,6 +242,31 @@ async def test_many_pipelined_commands(tmp_path):
             assert qmp.counters["commands"] == 501
 
 
+async def test_deadlines_of_many_commands_stay_bounded_and_fire_in_order(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.serve(lambda peer, cmd: cmd["execute"] == "never")
+
+    async with FakeServer(tmp_path, script) as server:
+        async with await qmpcore.connect(server.address, command_timeout=30) as qmp:
+            for _ in range(20):
+                await until(asyncio.gather(*(qmp.submit("echo", {"n": i}) for i in range(50))))
+            # answered commands leave no deadline behind for long
+            assert len(qmp._deadlines) <= 2 * 50 + 64
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            late = qmp.submit("never", timeout=0.4)
+            early = qmp.submit("never", timeout=0.1)
+            done, _ = await asyncio.wait([late, early], return_when=asyncio.FIRST_COMPLETED)
+            assert done == {early} and isinstance(early.exception(), qmpcore.TimeoutError)
+            assert not late.done()
+            with pytest.raises(qmpcore.TimeoutError):
+                await late
+            assert loop.time() - started >= 0.39
+            assert qmp.counters["timeouts"] == 2
+            assert await until(qmp.execute("echo")) == {}  # still usable
+
+
 async def test_timeout_then_late_reply_is_dropped(tmp_path):
     def script(peer: Peer) -> None:
         peer.handshake()

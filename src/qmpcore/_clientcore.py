@@ -84,7 +84,6 @@ class ClientCore:
         self.command_timeout = command_timeout
         self._event_queue_size = event_queue or EVENT_QUEUE_SIZE  # default subscription size
         self._waiters: Dict[Any, Any] = {}
-        self._timers: Dict[Any, Any] = {}  # id -> timer handle (asyncio only)
         self._router = EventRouter(event_queue)
         self._closing = False  # close() was called
         self._closed = False
@@ -171,10 +170,6 @@ class ClientCore:
                     batch.append(ev)
             elif t is Return or t is ErrorReply:
                 waiter = waiters.pop(ev.id, None)
-                if self._timers:
-                    timer = self._timers.pop(ev.id, None)
-                    if timer is not None:
-                        timer.cancel()
                 if waiter is None or waiter.done():
                     continue
                 if t is Return:
@@ -201,7 +196,6 @@ class ClientCore:
     def _expire(self, cid: Any, command: str, timeout: float) -> bytes:
         """A command's time is up: fail its waiter; return bytes to write."""
         waiter = self._waiters.pop(cid, None)
-        self._timers.pop(cid, None)
         self._proto.abandon(cid)
         self._timeouts += 1
         if waiter is not None and not waiter.done():
@@ -211,9 +205,6 @@ class ClientCore:
     def _abandon(self, cid: Any) -> bytes:
         """The caller stopped waiting (cancelled): forget the command."""
         self._waiters.pop(cid, None)
-        timer = self._timers.pop(cid, None)
-        if timer is not None:
-            timer.cancel()
         self._proto.abandon(cid)
         return self._proto.data_to_send()
 
@@ -249,9 +240,6 @@ class ClientCore:
             else:
                 waiter.set_exception(error)
         self._waiters.clear()
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
         self._router.close(None if expected else error)
 
 

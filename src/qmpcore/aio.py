@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import heapq
 import socket
 import threading
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from ._address import Address, AddressLike
 from ._clientcore import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
@@ -56,6 +57,11 @@ def _expire_future(fut: "asyncio.Future[Any]", what: str) -> None:
 # every connection of a loop can share it.
 _READ_SIZE = 1 << 18
 _buffers = threading.local()
+
+
+_NEVER = float("inf")
+#: The loop may run a timer this much before its time (clock resolution).
+_EARLY = 1e-6
 
 
 def _read_buffer() -> memoryview:
@@ -109,6 +115,13 @@ class _AsyncClient(ClientCore):
         self._drain_waiters: List["asyncio.Future[None]"] = []
         self._read_paused = False
         self._closed_fut: "asyncio.Future[None]" = self._loop.create_future()
+        # Command deadlines: a heap of (when, seq, id, command, timeout) and
+        # one timer for the earliest, instead of a timer per command.
+        # Entries of answered commands are dropped lazily.
+        self._deadlines: List[Tuple[float, int, Any, str, float]] = []
+        self._deadline_seq = 0
+        self._sweeper: Optional[asyncio.TimerHandle] = None
+        self._sweep_at = _NEVER
 
     # -- connection ---------------------------------------------------------
 
@@ -172,6 +185,10 @@ class _AsyncClient(ClientCore):
     def _lost(self, exc: Optional[BaseException]) -> None:
         self._transport = None
         self._shutdown(exc)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._deadlines.clear()
         self._wake_drainers(ConnectionLost("the connection was closed"))
         if not self._closed_fut.done():
             self._closed_fut.set_result(None)
@@ -308,17 +325,46 @@ class _AsyncClient(ClientCore):
     def _expect(self, cid: Any, command: str, timeout: Optional[float]) -> "asyncio.Future[Any]":
         """A future for the reply to ``cid``, failed with TimeoutError after ``timeout``."""
         fut = self._loop.create_future()
-        self._waiters[cid] = fut
+        waiters = self._waiters
+        waiters[cid] = fut
         if timeout is None:
             timeout = self.command_timeout
         if timeout is not None:
-            self._timers[cid] = self._loop.call_later(timeout, self._on_timer, cid, command, timeout)
+            heap = self._deadlines
+            if len(heap) > 64 and len(heap) > 2 * len(waiters):
+                # Mostly answered commands: keep the heap as small as what is pending.
+                heap[:] = [entry for entry in heap if entry[2] in waiters]
+                heapq.heapify(heap)
+            when = self._loop.time() + timeout
+            self._deadline_seq += 1
+            heapq.heappush(heap, (when, self._deadline_seq, cid, command, timeout))
+            if when < self._sweep_at:
+                self._arm(when)
         return fut
 
-    def _on_timer(self, cid: Any, command: str, timeout: float) -> None:
-        out = self._expire(cid, command, timeout)
-        if out:
-            self._write(out)
+    def _arm(self, when: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweep_at = when
+        self._sweeper = self._loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail the commands whose time is up; wake again for the next one."""
+        self._sweeper = None
+        self._sweep_at = _NEVER
+        heap = self._deadlines
+        waiters = self._waiters
+        now = self._loop.time() + _EARLY
+        while heap and heap[0][0] <= now:
+            _, _, cid, command, timeout = heapq.heappop(heap)
+            if cid in waiters:
+                out = self._expire(cid, command, timeout)
+                if out:
+                    self._write(out)
+        while heap and heap[0][2] not in waiters:  # answered meanwhile
+            heapq.heappop(heap)
+        if heap:
+            self._arm(heap[0][0])
 
     async def _wait(self, fut: "asyncio.Future[Any]", timeout: Optional[float], what: str) -> Any:
         """Await ``fut``, failing it with TimeoutError after ``timeout`` seconds."""
