@@ -9,8 +9,8 @@ compiled one (``qmpcore._framer``) and a pure-Python twin.  Setting
 from __future__ import annotations
 
 import os as _os
+from typing import TYPE_CHECKING, Any
 
-from . import errors as _errors
 from ._wire import SYNC, encode
 from .errors import (
     CommandError,
@@ -30,7 +30,7 @@ if _os.environ.get("QMPCORE_NO_EXTENSIONS", "") not in ("", "0"):
     implementation = "python"
 else:
     try:
-        from ._framer import Framer  # type: ignore[no-redef]
+        from ._framer import Framer  # type: ignore[no-redef, assignment]
 
         implementation = "cython"
     except ImportError:  # no compiler at install time: the twin serves
@@ -59,7 +59,13 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):  # PEP 562
+if TYPE_CHECKING:  # what __getattr__ below loads, as type checkers should see it
+    from .aio import EventStream, GuestAgentClient, QMPClient, connect, connect_guest_agent
+    from .fleet import Fleet
+    from .sync import SyncGuestAgentClient, SyncQMPClient, connect_guest_agent_sync, connect_sync
+
+
+def __getattr__(name: str) -> Any:  # PEP 562
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'qmpcore' has no attribute {name!r}")
@@ -75,8 +81,26 @@ __all__ = [
     "SYNC",
     "encode",
     "implementation",
-    *_errors.__all__,
+    # Spelled out (not *errors.__all__) so type checkers see them exported.
+    "QMPError",
+    "FrameError",
+    "ProtocolError",
+    "CommandError",
+    "ConnectionLost",
+    "TimeoutError",
+    "StateError",
+    "EventOverflow",
     "Event",
     "VersionInfo",
-    *_LAZY,
+    # the names in _LAZY
+    "connect",
+    "QMPClient",
+    "connect_guest_agent",
+    "GuestAgentClient",
+    "connect_sync",
+    "SyncQMPClient",
+    "connect_guest_agent_sync",
+    "SyncGuestAgentClient",
+    "EventStream",
+    "Fleet",
 ]

@@ -129,6 +129,10 @@ class Framer:
         "_nofast",
     )
 
+    # Lexer state, set by _clear(): which state, inside a frame or not.
+    _state: int
+    _in_frame: bool
+
     def __init__(
         self,
         max_frame_size: int = 64 << 20,

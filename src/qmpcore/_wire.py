@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Union
 
 import orjson
 
@@ -69,9 +69,9 @@ def encode(obj: Any) -> bytes:
     return _dumps(obj) + _CRLF
 
 
-def stray_reason(token: bytes) -> str:
+def stray_reason(token: Union[bytes, bytearray]) -> str:
     """QEMU's message for a lexical error; ``token`` ends with the bad byte."""
-    return "JSON parse error, stray '%s'" % display(token)
+    return "JSON parse error, stray '%s'" % display(bytes(token))
 
 
 def _entries(value: Any) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type, TypeVar, Union
+from typing import Any, Dict, List, Literal, Optional, Type, TypeVar, Union
 
 from .. import errors as _core
 from .. import sync
@@ -115,7 +115,7 @@ class QEMUMonitorProtocol:
         return self
 
     def __exit__(self, exc_type: Optional[Type[BaseException]], exc_value: Optional[BaseException],
-                 exc_traceback: Optional[TracebackType]) -> bool:
+                 exc_traceback: Optional[TracebackType]) -> Literal[False]:
         self.close()
         return False
 

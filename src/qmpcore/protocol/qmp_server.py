@@ -247,33 +247,42 @@ class ServerProtocolBase:
             value = message[key]
             if key == "execute" or (key == "exec-oob" and oob_allowed):
                 if type(value) is not str:
-                    return self._fail(request_id, f"QMP input member '{key}' must be a string")
+                    self._fail(request_id, f"QMP input member '{key}' must be a string")
+                    return None
                 if exec_key is not None:
-                    return self._fail(request_id, f"QMP input member '{key}' clashes with '{exec_key}'")
+                    self._fail(request_id, f"QMP input member '{key}' clashes with '{exec_key}'")
+                    return None
                 exec_key = key
             elif key == "arguments":
                 if type(value) is not dict:
-                    return self._fail(request_id, "QMP input member 'arguments' must be an object")
+                    self._fail(request_id, "QMP input member 'arguments' must be an object")
+                    return None
             elif key != "id":
-                return self._fail(request_id, f"QMP input member '{key}' is unexpected")
+                self._fail(request_id, f"QMP input member '{key}' is unexpected")
+                return None
         if exec_key is None:
-            return self._fail(request_id, "QMP input lacks member 'execute'")
+            self._fail(request_id, "QMP input lacks member 'execute'")
+            return None
         name = message[exec_key]
         oob = exec_key == "exec-oob"
         info = self._lookup(name)
         if info is None:
-            return self._fail(request_id, f"The command {name} has not been found", "CommandNotFound")
+            self._fail(request_id, f"The command {name} has not been found", "CommandNotFound")
+            return None
         if not info.enabled:
-            return self._fail(request_id, f"Command {name} has been disabled", "CommandNotFound")
+            self._fail(request_id, f"Command {name} has been disabled", "CommandNotFound")
+            return None
         if oob and not info.allow_oob:
-            return self._fail(request_id, f"The command {name} does not support OOB")
+            self._fail(request_id, f"The command {name} does not support OOB")
+            return None
         arguments = message.get("arguments")
         if arguments is None:
             arguments = {}
         if info.check_arguments is not None:
             problem = info.check_arguments(arguments)
             if problem is not None:
-                return self._fail(request_id, problem)
+                self._fail(request_id, problem)
+                return None
         request = Request(name, arguments, request_id, oob, info)
         if self._handle_locally(request):
             return None

@@ -281,7 +281,8 @@ class _Session(asyncio.Protocol):
     async def flood(self, count: int, name: str, data: Any) -> int:
         """Write ``count`` events as fast as the client reads them."""
         protocol = self.protocol
-        if not isinstance(protocol, QMPServerProtocol) or not protocol.negotiated:
+        vm = self.target
+        if not isinstance(protocol, QMPServerProtocol) or not protocol.negotiated or not isinstance(vm, SimulatedVM):
             return 0
         sent = 0
         tail = None if data is None else b', "data": ' + to_json(data) + b"}\r\n"
@@ -290,7 +291,7 @@ class _Session(asyncio.Protocol):
                 await self._writable.wait()
                 continue
             batch = min(_FLOOD_BATCH, count - sent)
-            stamp = self.target.clock()  # one timestamp per batch
+            stamp = vm.clock()  # one timestamp per batch
             if protocol.pretty:
                 chunk = b"".join(
                     event_bytes(name, data if data is not None else {"seq": seq}, stamp, pretty=True)
@@ -519,7 +520,7 @@ async def _start_vms(
 
 
 async def _close_vms(vms: List[SimulatedVM]) -> None:
-    closing = []
+    closing: List[Any] = []
     for vm in vms:
         targets: List[Simulator] = [vm]
         if vm.agent is not None:

@@ -102,7 +102,7 @@ class Connection:
     def get_write_buffer_size(self) -> int:
         return len(self._buffer)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: Union[bytes, memoryview]) -> None:
         """Send ``data`` now if the socket takes it, else buffer it."""
         if self._closing or self._closed or not data:
             return

@@ -1,0 +1,92 @@
+"""The package type-checks, and code using its public API type-checks too.
+
+mypy reads the annotations of ``src/qmpcore`` (configured in
+``pyproject.toml``), and then a small program written against the installed
+package, under ``--strict``: this needs ``py.typed`` and the stub of the
+compiled framer to be shipped, and the public names to carry their types.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+pytest.importorskip("mypy")
+
+USER_CODE = textwrap.dedent(
+    """
+    import asyncio
+    from typing import Any, List
+
+    import qmpcore
+    from qmpcore.fleet import Fleet
+
+
+    def frames(data: bytes) -> List[Any]:
+        framer = qmpcore.Framer(max_frame_size=1 << 20, raw=False)
+        items: List[Any] = framer.feed(data)
+        size: int = framer.buffered
+        assert size >= 0
+        return [item for item in items if item is not qmpcore.SYNC and not isinstance(item, qmpcore.FrameError)]
+
+
+    async def status(path: str) -> Any:
+        async with await qmpcore.connect(path, timeout=5.0) as qmp:
+            future: "asyncio.Future[Any]" = qmp.submit("query-status")
+            await future
+            return await qmp.execute("query-status")
+
+
+    async def fleet_status(paths: List[str]) -> int:
+        async with Fleet(paths, command_timeout=2.0) as fleet:
+            results = await fleet.execute_all("query-status")
+            return sum(1 for value in results.values() if not isinstance(value, BaseException))
+
+
+    def blocking(path: str) -> Any:
+        with qmpcore.connect_sync(path) as qmp:
+            return qmp.execute("query-name")
+
+
+    line: bytes = qmpcore.encode({"execute": "query-status"})
+    kind: str = qmpcore.implementation
+    """
+)
+
+
+def _mypy(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_the_package_type_checks() -> None:
+    result = _mypy(cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_code_using_the_public_api_type_checks(tmp_path) -> None:
+    program = tmp_path / "user.py"
+    program.write_text(USER_CODE)
+    result = _mypy("--strict", "--no-warn-unused-ignores", str(program), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_exported_name_resolves() -> None:
+    import qmpcore
+
+    assert set(qmpcore._LAZY) <= set(qmpcore.__all__)
+    for name in qmpcore.__all__:
+        assert getattr(qmpcore, name) is not None, name
