@@ -749,7 +749,7 @@ def legacy_events(api: ModuleType, lab: Lab) -> dict:
         rec["usable_after_timeout"] = outcome(lambda: mon.cmd("query-name"), api)
         try:
             mon.pull_event(wait=0.05)
-        except TimeoutError as exc:
+        except (TimeoutError, asyncio.TimeoutError) as exc:  # two classes before Python 3.11
             rec["timeout_is_asyncio"] = isinstance(exc, asyncio.TimeoutError)
         rec["quit"] = outcome(lambda: mon.cmd("quit"), api)
         rec["shutdown"] = outcome(lambda: mon.pull_event(wait=TIMEOUT), api)

@@ -15,8 +15,9 @@ The hierarchy says who broke what:
 
 from __future__ import annotations
 
+import asyncio
 import builtins
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 __all__ = [
     "QMPError",
@@ -113,8 +114,16 @@ class ConnectionLost(QMPError, ConnectionError):
     """The connection closed or broke; pending commands fail with this."""
 
 
-class TimeoutError(QMPError, builtins.TimeoutError):  # noqa: A001
-    """A wait exceeded its timeout (also a builtin ``TimeoutError``)."""
+# Before Python 3.11, asyncio's TimeoutError is a class of its own: be both,
+# so code catching either (as asyncio code written for 3.10 does) sees ours.
+_TIMEOUT_BASES: Tuple[type, ...] = (builtins.TimeoutError,)
+if asyncio.TimeoutError is not builtins.TimeoutError:  # pragma: no cover - Python 3.10
+    _TIMEOUT_BASES += (asyncio.TimeoutError,)
+
+
+class TimeoutError(QMPError, *_TIMEOUT_BASES):  # type: ignore[misc]  # noqa: A001
+    """A wait exceeded its timeout (also a builtin ``TimeoutError``, and
+    ``asyncio.TimeoutError`` on every Python version)."""
 
 
 class EventOverflow(QMPError):
