@@ -32,11 +32,7 @@ settings.register_profile(
 # Under sanitizers every example is ~10x slower: a failure is reported as
 # found, without the long shrinking phase.
 settings.register_profile(
-    "sanitizers",
-    max_examples=600,
-    deadline=None,
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    "sanitizers", settings.get_profile("ci"), phases=[Phase.explicit, Phase.reuse, Phase.generate]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

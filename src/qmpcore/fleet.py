@@ -113,6 +113,13 @@ class FleetStats:
     """Per VM, the last connection or command error (cleared on success)."""
 
 
+def _failed(exc: BaseException) -> "asyncio.Future[Any]":
+    """A future that has already failed with ``exc``."""
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_exception(exc)
+    return fut
+
+
 def ensure_fd_limit(needed: int) -> int:
     """Raise ``RLIMIT_NOFILE`` so ``needed`` more descriptors can be opened.
 
@@ -519,9 +526,7 @@ class Fleet:
     def _submit(self, member: _Member, command: str, args: Optional[dict], timeout: float) -> "asyncio.Future[Any]":
         client = member.client
         if client is None or client.closed:
-            fut = asyncio.get_running_loop().create_future()
-            fut.set_exception(ConnectionLost(f"{member.name}: not connected ({member.last_error})"))
-            return fut
+            return _failed(ConnectionLost(f"{member.name}: not connected ({member.last_error})"))
         if self.guest_agent:  # one command at a time, with resyncs: no shortcut
             fut = asyncio.ensure_future(client.execute(command, args, timeout=timeout))
         else:
@@ -563,9 +568,7 @@ class Fleet:
             try:
                 futures.append(self._submit(member, command, args, limit))
             except Exception as exc:  # noqa: BLE001 - bad arguments, a state error: that VM's result
-                failed = asyncio.get_running_loop().create_future()
-                failed.set_exception(exc)
-                futures.append(failed)
+                futures.append(_failed(exc))
         results = await asyncio.gather(*futures, return_exceptions=True)
         return {m.name: r for m, r in zip(members, results)}
 

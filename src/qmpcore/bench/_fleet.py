@@ -182,16 +182,15 @@ def _child_main() -> None:
 
 def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> Dict[str, Any]:
     """Run one client's job in a fresh child process; its result or an ``error``."""
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    from ..server._process import child_environment
+
     job = json.dumps({"client": client, "paths": list(paths), "rounds": rounds, "timeout": timeout})
     try:
         done = subprocess.run(
             [sys.executable, "-c", "from qmpcore.bench._fleet import _child_main; _child_main()"],
             input=job.encode(),
             capture_output=True,
-            env=env,
+            env=child_environment(),
             timeout=CHILD_TIMEOUT,
         )
     except subprocess.TimeoutExpired:

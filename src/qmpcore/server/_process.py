@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-__all__ = ["ServerProcess", "RemoteSimulator", "start_in_subprocess"]
+__all__ = ["ServerProcess", "RemoteSimulator", "start_in_subprocess", "child_environment"]
 
 _STARTUP_TIMEOUT = 60.0
 _CALL_TIMEOUT = 10.0
@@ -293,6 +293,17 @@ class RemoteSimulator:
         self._call("enable", name, enabled)
 
 
+def child_environment() -> Dict[str, str]:
+    """This environment, with this qmpcore first on ``PYTHONPATH``, so that a
+    child Python imports the same package (a source tree included)."""
+    import qmpcore
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(qmpcore.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def start_in_subprocess(
     directory: Union[str, "os.PathLike[str]"],
     count: int,
@@ -314,14 +325,11 @@ def start_in_subprocess(
         "pretty": pretty,
         "vm_options": vm_options,
     }
-    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     process = subprocess.Popen(
         [sys.executable, "-c", "from qmpcore.server._process import main; main()", json.dumps(config)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env=env,
+        env=child_environment(),
     )
     reader = _LineReader(process)
     try:
