@@ -28,35 +28,11 @@ _STARTUP_TIMEOUT = 60.0
 _CALL_TIMEOUT = 10.0
 
 # Hooks a parent may call, per target.
-_VM_METHODS = frozenset(
-    {
-        "emit_event",
-        "flood_events",
-        "delay_command",
-        "hang_command",
-        "drop_on_command",
-        "clear_faults",
-        "send_raw",
-        "drop_connections",
-        "stop",
-        "cont",
-        "restart",
-        "status",
-        "connected",
-    }
+_SHARED_METHODS = frozenset(
+    {"delay_command", "hang_command", "drop_on_command", "clear_faults", "send_raw", "drop_connections", "connected"}
 )
-_AGENT_METHODS = frozenset(
-    {
-        "delay_command",
-        "hang_command",
-        "drop_on_command",
-        "clear_faults",
-        "send_raw",
-        "drop_connections",
-        "enable",
-        "connected",
-    }
-)
+_VM_METHODS = _SHARED_METHODS | {"emit_event", "flood_events", "stop", "cont", "restart", "status"}
+_AGENT_METHODS = _SHARED_METHODS | {"enable"}
 _ATTRIBUTES = frozenset({"status", "connected"})
 
 
