@@ -1,9 +1,9 @@
 """Build the compiled framer; fall back to the pure-Python twin without it.
 
-``pip install .`` compiles ``src/_framer.pyx`` into ``qmpcore._framer`` when
+``pip install .`` compiles ``src/_framer.pyx`` into ``qmpcore.framing._framer`` when
 a C compiler is available.  When compilation fails (or
 ``QMPCORE_NO_EXTENSIONS=1`` is set at build time) the package still installs
-and uses ``qmpcore._framer_py``.
+and uses ``qmpcore.framing.pure``.
 """
 
 import os
@@ -55,7 +55,7 @@ def extensions():
         macros.append(("CYTHON_TRACE", "1"))
     cflags = os.environ.get("QMPCORE_CFLAGS", "-O3").split()
     ext = Extension(
-        "qmpcore._framer",
+        "qmpcore.framing._framer",
         ["src/_framer.pyx"],
         define_macros=macros,
         extra_compile_args=cflags if os.name != "nt" else [],

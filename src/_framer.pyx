@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Compiled framer: the hot loop of qmpcore.
 
-This is the algorithm of ``qmpcore/_framer_py.py`` (read that file for the
+This is the algorithm of ``qmpcore/framing/pure.py`` (read that file for the
 rules) as a byte-level C state machine.  Both produce the same items for any
 input, however it is split.  Differences are in the machinery only:
 
@@ -24,7 +24,7 @@ from libc.string cimport memchr, memcpy, memmove
 
 import orjson
 
-from qmpcore._wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, stray_reason
+from qmpcore.framing.wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, stray_reason
 from qmpcore.errors import FrameError
 
 cdef extern from "Python.h":
@@ -134,7 +134,7 @@ cdef inline bint _is_digit(unsigned char c):
 cdef class Framer:
     """Split a byte stream into QMP frames and decode them (compiled).
 
-    See :class:`qmpcore._framer_py.Framer`; the two behave identically.
+    See :class:`qmpcore.framing.pure.Framer`; the two behave identically.
     """
 
     cdef readonly Py_ssize_t max_frame_size

@@ -8,10 +8,10 @@ import pathlib
 import pytest
 
 import qmpcore
-from qmpcore import _framer_py
+from qmpcore.framing import pure as _framer_py
 
 try:
-    from qmpcore import _framer as _framer_c
+    from qmpcore.framing import _framer as _framer_c
 except ImportError:  # the guard test in test_implementation.py reports it
     _framer_c = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qmpcore._eventqueue import BLOCK, DROP_OLDEST, RAISE, EventOverflow, EventQueue, EventRouter, make_filter
+from qmpcore.client.eventqueue import BLOCK, DROP_OLDEST, RAISE, EventOverflow, EventQueue, EventRouter, make_filter
 from qmpcore.protocol.events import Event
 
 

@@ -156,7 +156,7 @@ def test_single_quote_extension(Framer):
 
 
 def test_frames_without_single_quotes_skip_transcoding(Framer, monkeypatch):
-    from qmpcore import _qemu_json, _wire
+    from qmpcore.framing import qemu_json as _qemu_json, wire as _wire
 
     def boom(frame):
         raise AssertionError("transcoded a frame without single quotes")

@@ -17,7 +17,7 @@ def test_compiled_framer_loaded():
     if os.environ.get("QMPCORE_NO_EXTENSIONS"):
         pytest.skip("QMPCORE_NO_EXTENSIONS is set: the pure framer is wanted")
     assert qmpcore.implementation == "cython"
-    from qmpcore import _framer
+    from qmpcore.framing import _framer
 
     assert qmpcore.Framer is _framer.Framer
 
@@ -29,13 +29,13 @@ def test_environment_switch(value, expected):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     impl, module = out.split()
     if expected == "python":
-        assert (impl, module) == ("python", "qmpcore._framer_py")
+        assert (impl, module) == ("python", "qmpcore.framing.pure")
     else:
         assert (impl, module) == (qmpcore.implementation, qmpcore.Framer.__module__)
 
 
 def test_both_raise_the_same_exception_types():
-    from qmpcore import _framer, _framer_py
+    from qmpcore.framing import _framer, pure as _framer_py
 
     for cls in (_framer.Framer, _framer_py.Framer):
         with pytest.raises(TypeError):

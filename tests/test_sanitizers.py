@@ -68,7 +68,7 @@ def sanitized(tmp_path_factory) -> dict:
         text=True,
         timeout=600,
     )
-    modules = list((lib / "qmpcore").glob("_framer*.so"))
+    modules = list((lib / "qmpcore" / "framing").glob("_framer*.so"))
     assert built.returncode == 0 and modules, f"sanitized build failed:\n{built.stdout[-3000:]}\n{built.stderr[-3000:]}"
     binary = modules[0].read_bytes()
     assert b"__asan_init" in binary and b"__ubsan_handle" in binary, "the build is not instrumented"
@@ -100,7 +100,7 @@ def _assert_clean(result: subprocess.CompletedProcess) -> None:
 
 
 def test_sanitized_build_is_the_one_loaded(sanitized) -> None:
-    code = "import qmpcore; from qmpcore import _framer; print(qmpcore.implementation, _framer.__file__)"
+    code = "import qmpcore; from qmpcore.framing import _framer; print(qmpcore.implementation, _framer.__file__)"
     result = _run([sys.executable, "-c", code], sanitized["env"], 120)
     _assert_clean(result)
     implementation, path = result.stdout.split()

@@ -1,17 +1,15 @@
 """qmpcore: fast, dependable QMP (QEMU Machine Protocol) for Python.
 
 The framer comes in two implementations with identical behaviour: the
-compiled one (``qmpcore._framer``) and a pure-Python twin.  Setting
+compiled one (``qmpcore.framing._framer``) and a pure-Python twin.  Setting
 ``QMPCORE_NO_EXTENSIONS=1`` before import selects the pure one;
 :data:`implementation` tells which is live.
 """
 
 from __future__ import annotations
 
-import os as _os
 from typing import TYPE_CHECKING, Any
 
-from ._wire import SYNC, encode
 from .errors import (
     CommandError,
     ConnectionLost,
@@ -22,47 +20,31 @@ from .errors import (
     StateError,
     TimeoutError,
 )
-
-implementation: str
-if _os.environ.get("QMPCORE_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._framer_py import Framer
-
-    implementation = "python"
-else:
-    try:
-        from ._framer import Framer  # type: ignore[no-redef, assignment]
-
-        implementation = "cython"
-    except ImportError:  # no compiler at install time: the twin serves
-        from ._framer_py import Framer  # type: ignore[no-redef]
-
-        implementation = "python"
-
-# After Framer: the protocol layer builds on it.
-from .protocol.events import Event, VersionInfo  # noqa: E402
+from .framing import SYNC, Framer, encode, implementation
+from .protocol.events import Event, VersionInfo
 
 __version__ = "0.1.0"
 
 # Higher layers load on first use, so ``import qmpcore`` stays cheap for
 # code that only frames bytes.
 _LAZY = {
-    "connect": "aio",
-    "QMPClient": "aio",
-    "connect_guest_agent": "aio",
-    "GuestAgentClient": "aio",
-    "connect_sync": "sync",
-    "SyncQMPClient": "sync",
-    "connect_guest_agent_sync": "sync",
-    "SyncGuestAgentClient": "sync",
-    "EventStream": "aio",
-    "Fleet": "fleet",
+    "connect": "client.aio",
+    "QMPClient": "client.aio",
+    "connect_guest_agent": "client.aio",
+    "GuestAgentClient": "client.aio",
+    "connect_sync": "client.sync",
+    "SyncQMPClient": "client.sync",
+    "connect_guest_agent_sync": "client.sync",
+    "SyncGuestAgentClient": "client.sync",
+    "EventStream": "client.aio",
+    "Fleet": "client.fleet",
 }
 
 
 if TYPE_CHECKING:  # what __getattr__ below loads, as type checkers should see it
-    from .aio import EventStream, GuestAgentClient, QMPClient, connect, connect_guest_agent
-    from .fleet import Fleet
-    from .sync import SyncGuestAgentClient, SyncQMPClient, connect_guest_agent_sync, connect_sync
+    from .client.aio import EventStream, GuestAgentClient, QMPClient, connect, connect_guest_agent
+    from .client.fleet import Fleet
+    from .client.sync import SyncGuestAgentClient, SyncQMPClient, connect_guest_agent_sync, connect_sync
 
 
 def __getattr__(name: str) -> Any:  # PEP 562

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator, List, NamedTuple, Sequence, Tuple
 
-from qmpcore import _framer, _framer_py
-from qmpcore._wire import SYNC
+from qmpcore.framing import _framer, pure as _framer_py
+from qmpcore.framing.wire import SYNC
 from qmpcore.errors import FrameError
 
 __all__ = ["Config", "parse_input", "make_input", "check", "canonical"]

@@ -43,7 +43,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 with atheris.instrument_imports(include=["qmpcore"]):
     import qmpcore  # noqa: F401
-    import qmpcore._framer_py  # noqa: F401
+    import qmpcore.framing.pure  # noqa: F401
     import qmpcore.protocol.qga_client  # noqa: F401
     import qmpcore.protocol.qga_server  # noqa: F401
     import qmpcore.protocol.qmp_client  # noqa: F401

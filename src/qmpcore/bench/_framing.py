@@ -44,10 +44,10 @@ class NotApplicable(Exception):
 
 def framer_classes() -> Dict[str, type]:
     """The live framer first (``cython`` unless disabled or not built), then ``python``."""
-    from .. import Framer, _framer_py, implementation
+    from ..framing import Framer, implementation, pure
 
     classes: Dict[str, type] = {implementation: Framer}
-    classes["python"] = _framer_py.Framer
+    classes["python"] = pure.Framer
     return classes
 
 

@@ -107,7 +107,7 @@ def _raw(path: str, trigger: Optional[Trigger]) -> Iterator[Runs]:
 
 @contextlib.contextmanager
 def _qmpcore_sync(path: str, trigger: Optional[Trigger]) -> Iterator[Runs]:
-    from ..sync import connect_sync
+    from ..client.sync import connect_sync
 
     client = connect_sync(path, timeout=30, command_timeout=30)
     try:
@@ -161,7 +161,7 @@ def _async_runs(
 
 
 def _qmpcore_aio(path: str, trigger: Optional[Trigger]) -> Any:
-    from ..aio import connect
+    from ..client.aio import connect
 
     def runs(client: Any, loop: asyncio.AbstractEventLoop) -> Runs:
         async def flood(n: int) -> None:

@@ -158,7 +158,7 @@ def _fail(message: str, status: int) -> int:
 
 async def connect(args: argparse.Namespace, address: Union[str, Tuple[str, int]]) -> Any:
     """The asyncio client for ``address``: QMP, or a guest agent with ``--qga``."""
-    from .. import aio
+    from ..client import aio
 
     if args.qga:
         return await aio.connect_guest_agent(address, timeout=args.timeout, command_timeout=args.timeout)

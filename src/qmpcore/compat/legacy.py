@@ -23,7 +23,7 @@ import time
 from types import TracebackType
 from typing import Any, Dict, List, Optional, Type, TypeVar, Union
 
-from .. import sync
+from ..client import sync
 from ..errors import CommandError, ConnectionLost
 from ..errors import StateError as _CoreStateError
 from ..errors import TimeoutError as _CoreTimeoutError

@@ -26,7 +26,7 @@ import socket
 from ssl import SSLContext
 from typing import Any, AsyncIterator, Mapping, Optional, Union
 
-from .. import aio
+from ..client import aio
 from ..errors import CommandError, ConnectionLost
 from ..errors import StateError as _CoreStateError
 from ._bridge import (

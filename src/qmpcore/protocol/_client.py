@@ -12,8 +12,8 @@ from __future__ import annotations
 import reprlib
 from typing import Any, Dict, List, Tuple
 
-from .. import Framer
-from .._wire import SYNC
+from ..framing import Framer
+from ..framing.wire import SYNC
 from ..errors import FrameError, ProtocolError, StateError
 from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return
 

@@ -29,8 +29,8 @@ import enum
 import random
 from typing import Any, List, Optional, Set, Tuple
 
-from .. import encode
-from .._wire import SYNC
+from ..framing.wire import encode
+from ..framing.wire import SYNC
 from ..errors import StateError
 from ._client import ClientProtocolBase, check_command
 from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return, Synced

@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Dict, List, Optional, Tuple
 
-from .. import encode
+from ..framing.wire import encode
 from ..errors import StateError
 from ._client import ClientProtocolBase, check_command
 from .events import (

@@ -30,10 +30,10 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-from .. import Framer
+from ..framing import Framer
 from ._qapi import CommandInfo, Schema
 from ._qemu_output import encode_qmp, qdict_order, to_json
-from .._wire import SYNC
+from ..framing.wire import SYNC
 from ..errors import FrameError, StateError
 
 __all__ = [

@@ -138,7 +138,7 @@ class _Soak:
     async def client_loop(self) -> None:
         """One QMPClient: bursts of concurrent commands, a slow event
         consumer, exact accounting of floods, reconnects when needed."""
-        from .. import aio
+        from ..client import aio
 
         path = self.solo.address
         rnd = self.rnd
@@ -235,7 +235,7 @@ class _Soak:
 
     def blocking_loop(self, path: str) -> None:
         """One SyncQMPClient: commands one after another, reconnects as needed."""
-        from ..sync import connect_sync
+        from ..client.sync import connect_sync
 
         while self.running():
             try:
@@ -271,7 +271,7 @@ class _Soak:
 
     async def fleet_loop(self) -> None:
         """A Fleet: execute_all rounds and per-VM commands, a slow event consumer."""
-        from ..fleet import Backoff, Fleet
+        from ..client.fleet import Backoff, Fleet
 
         addresses = {vm.name: vm.address for vm in self.vms}
         fleet = Fleet(

@@ -3,7 +3,7 @@
 A client owns one sans-IO protocol object and moves bytes between it and a
 socket.  This module turns the protocol's events into results: replies
 complete their waiters (futures, or slots in the blocking client), events go
-to the :class:`~qmpcore._eventqueue.EventRouter`, faults are counted and
+to the :class:`~qmpcore.client.eventqueue.EventRouter`, faults are counted and
 logged, and the end of the stream fails whatever still waits.
 """
 
@@ -14,10 +14,10 @@ import socket
 from array import array
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ._address import Address, AddressLike, parse_address
-from ._eventqueue import CloseCallback, EventCallback, EventRouter
-from .errors import ConnectionLost, ProtocolError, StateError, TimeoutError
-from .protocol.events import (
+from .address import Address, AddressLike, parse_address
+from .eventqueue import CloseCallback, EventCallback, EventRouter
+from ..errors import ConnectionLost, ProtocolError, StateError, TimeoutError
+from ..protocol.events import (
     ConnectionClosed,
     ErrorReply,
     Event,

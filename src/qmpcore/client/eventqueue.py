@@ -20,8 +20,8 @@ import logging
 from collections import deque
 from typing import Any, Callable, Deque, Iterable, List, Mapping, Optional, Tuple, Union
 
-from .errors import EventOverflow
-from .protocol.events import Event
+from ..errors import EventOverflow
+from ..protocol.events import Event
 
 __all__ = [
     "DROP_OLDEST",

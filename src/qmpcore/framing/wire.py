@@ -7,7 +7,7 @@ from typing import Any, Union
 
 import orjson
 
-from ._qemu_json import ParseError, display, parse, transcode
+from .qemu_json import ParseError, display, parse, transcode
 
 __all__ = ["SYNC", "encode", "decode_frame", "stray_reason", "ParseError"]
 

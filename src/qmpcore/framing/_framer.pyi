@@ -1,4 +1,4 @@
-"""Type stub for the compiled framer ``qmpcore._framer`` (see ``_framer_py``)."""
+"""Type stub for the compiled framer ``qmpcore.framing._framer`` (see :mod:`qmpcore.framing.pure`)."""
 
 from typing import Any, List, Union
 

@@ -28,7 +28,7 @@ Framing follows QEMU 7.2's JSON lexer and message splitter
   bounded, and framing resumes where the frame ends.  A lexical error ends
   such a discarded frame silently.
 
-Complete frames are decoded by :func:`qmpcore._wire.decode_frame` (orjson,
+Complete frames are decoded by :func:`qmpcore.framing.wire.decode_frame` (orjson,
 with QEMU's dialect as the fallback) unless ``raw`` is set.
 """
 
@@ -39,9 +39,9 @@ from typing import Any, List
 
 import orjson
 
-from ._wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, long_digits, zero_exponent
-from ._wire import stray_reason as _stray
-from .errors import FrameError
+from .wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, long_digits, zero_exponent
+from .wire import stray_reason as _stray
+from ..errors import FrameError
 
 __all__ = ["Framer"]
 

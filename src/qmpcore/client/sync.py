@@ -1,0 +1,598 @@
+"""Blocking clients for QMP and the guest agent, for plain threads.
+
+::
+
+    with qmpcore.connect_sync("/run/vm1/qmp.sock") as qmp:
+        qmp.execute("stop")
+        ev = qmp.pull_event(timeout=5)
+
+No event loop and no helper thread: a client is a non-blocking socket, the
+same sans-IO protocol objects as the asyncio client, and a condition
+variable.  Any number of threads may share one client; whichever thread
+needs data reads the socket for everyone (the others wait on the
+condition), so replies and events reach the right thread in any order.
+"""
+
+from __future__ import annotations
+
+import builtins
+import select
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from .address import Address, AddressLike
+from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
+from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
+from ..errors import ConnectionLost, TimeoutError
+from ..protocol.events import Event, Greeting, Synced, VersionInfo
+from ..protocol.qga_client import QGAClientProtocol, expects_reply
+from ..protocol.qmp_client import QMPClientProtocol
+
+__all__ = [
+    "connect_sync",
+    "SyncQMPClient",
+    "connect_guest_agent_sync",
+    "SyncGuestAgentClient",
+    "Event",
+    "EventOverflow",
+    "VersionInfo",
+]
+
+CONNECT_TIMEOUT = 10.0
+_RECV_SIZE = 1 << 16
+_monotonic = time.monotonic
+# Where sockets take a per-call non-blocking flag, the socket stays in
+# blocking mode: an untimed wait is then one plain recv (no poll first).
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+class _Slot:
+    """Where the reader thread leaves one command's outcome."""
+
+    __slots__ = ("_done", "_value", "_error")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, value: Any) -> None:
+        self._done = True
+        self._value = value
+
+    def set_exception(self, error: BaseException) -> None:
+        self._done = True
+        self._error = error
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    return None if timeout is None else _monotonic() + timeout
+
+
+class _Poller:
+    """Waits for one socket to become readable or writable (poll where available)."""
+
+    __slots__ = ("_poll", "_sock", "_events")
+
+    def __init__(self, sock: socket.socket, write: bool) -> None:
+        self._sock = sock
+        if hasattr(select, "poll"):
+            self._events = select.POLLOUT if write else select.POLLIN
+            self._poll: Any = select.poll()
+            self._poll.register(sock, self._events)
+        else:  # pragma: no cover - Windows
+            self._poll = None
+            self._events = write
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        if self._poll is not None:
+            return bool(self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000.0))
+        ready = select.select([], [self._sock], [], timeout) if self._events else select.select([self._sock], [], [], timeout)
+        return any(ready)
+
+
+class _SyncClient(ClientCore):
+    """Socket plumbing shared by the blocking QMP and guest agent clients."""
+
+    def __init__(
+        self,
+        proto: Any,
+        address: Address,
+        sock: socket.socket,
+        event_queue: int,
+        command_timeout: Optional[float],
+    ) -> None:
+        super().__init__(proto, address, event_queue, command_timeout)
+        sock.setblocking(bool(_DONTWAIT))
+        self._sock = sock
+        self._cond = threading.Condition(threading.RLock())
+        self._wlock = threading.Lock()
+        self._reading = False  # a thread is reading the socket
+        self._sleepers = 0  # threads waiting for the reader
+        self._rpoll = _Poller(sock, write=False)
+        self._wpoll = _Poller(sock, write=True)
+        self._rbuf = bytearray(_RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self._sock_closed = False
+
+    # -- reading --------------------------------------------------------------
+
+    def _wait_until(self, done: Callable[[], bool], deadline: Optional[float]) -> bool:
+        """Read (or let another thread read) until ``done()`` or the connection ends.
+
+        Call with ``_cond`` held.  Returns False if the deadline passed first;
+        before giving up, what the socket already holds is read (so a zero
+        timeout still sees data that has arrived).
+        """
+        last = False
+        while not done() and not self._closed:
+            remaining = None if deadline is None else deadline - _monotonic()
+            if remaining is not None and remaining <= 0:
+                if last or self._reading or self._router.blocked:
+                    return False
+                last, remaining = True, 0.0
+            if self._reading or self._router.blocked:
+                self._sleep(remaining)
+            else:
+                self._read_once(remaining)
+        return True
+
+    def _sleep(self, timeout: Optional[float]) -> None:
+        """Wait (``_cond`` held) for the reading thread to report progress."""
+        self._sleepers += 1
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._sleepers -= 1
+
+    def _read_once(self, timeout: Optional[float]) -> None:
+        cond = self._cond
+        self._reading = True
+        cond.release()
+        error: Optional[BaseException] = None
+        n = -1
+        try:
+            if timeout is None and _DONTWAIT:
+                n = self._sock.recv_into(self._rbuf)
+            elif self._rpoll.wait(timeout):
+                n = self._sock.recv_into(self._rbuf, 0, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            error, n = exc, 0
+        finally:
+            cond.acquire()
+            self._reading = False
+        try:
+            if n > 0:
+                proto = self._proto
+                self._process(proto.receive_data(self._rview[:n]))
+                out = proto.data_to_send()
+                if out:
+                    self._send(out)
+            elif n == 0:
+                self._shutdown(error)
+        finally:
+            if self._sleepers:
+                cond.notify_all()
+
+    # -- writing --------------------------------------------------------------
+
+    def _send(self, data: bytes, fds: Optional[Sequence[int]] = None, deadline: Optional[float] = None) -> None:
+        """Write all of ``data`` (with ``fds`` attached to its first byte).
+
+        A write that cannot finish leaves a partial frame on the wire, so the
+        connection is given up (ConnectionLost) rather than left corrupt.
+        """
+        error = None
+        with self._wlock:
+            try:
+                self._send_locked(data, fds, deadline)
+            except OSError as exc:
+                error = exc
+        if error is not None:
+            with self._cond:
+                self._shutdown(error)
+                self._cond.notify_all()
+            raise self.connection_error or ConnectionLost(f"connection lost: {error}") from error
+
+    def _send_locked(self, data: bytes, fds: Optional[Sequence[int]], deadline: Optional[float]) -> None:
+        sock = self._sock
+        view = memoryview(data)
+        ancillary = scm_rights(fds) if fds else None
+        while view:
+            try:
+                if ancillary is not None:
+                    sent = sock.sendmsg([view], ancillary, _DONTWAIT)
+                    ancillary = None
+                else:
+                    sent = sock.send(view, _DONTWAIT)
+                view = view[sent:]
+            except (BlockingIOError, InterruptedError):
+                remaining = None if deadline is None else deadline - _monotonic()
+                if (remaining is not None and remaining <= 0) or not self._wpoll.wait(remaining):
+                    raise BrokenPipeError("the server stopped reading: write timed out")
+
+    # -- commands -------------------------------------------------------------
+
+    def _run(
+        self,
+        issue: Callable[[], Any],
+        command: str,
+        timeout: Optional[float],
+        fds: Optional[Sequence[int]] = None,
+    ) -> Any:
+        """Issue a command (``issue() -> (id, bytes)``) and wait for its reply."""
+        if timeout is None:
+            timeout = self.command_timeout
+        deadline = _deadline(timeout)
+        slot = _Slot()
+        if fds:
+            self._check_fds()
+        with self._cond:
+            self._check_open()
+            cid, data = issue()
+            self._waiters[cid] = slot
+        if data:
+            self._send(data, fds, deadline)
+        with self._cond:
+            if not self._wait_until(slot.done, deadline):
+                out = self._expire(cid, command, timeout)  # type: ignore[arg-type]
+                if out:
+                    self._send(out)
+        return slot.result()
+
+    def send_fd(self, fd: int) -> None:
+        """Pass ``fd`` to the server (SCM_RIGHTS) for a following ``getfd``/``add-fd``."""
+        self._check_open()
+        self._check_fds()
+        self._send(b" ", [fd])
+
+    # -- events ---------------------------------------------------------------
+
+    def _next_event(self, queue: EventQueue, timeout: Optional[float], what: str) -> Optional[Event]:
+        """The next event of ``queue``; None once it ends cleanly."""
+        with self._cond:
+            if not queue.ready() and not self._wait_until(queue.ready, _deadline(timeout)):
+                raise TimeoutError(f"{what} within {timeout:g} s")
+            try:
+                return queue.get_nowait()
+            except IndexError:  # the connection ended while nothing was queued
+                return None
+            finally:
+                if queue.policy is BLOCK and self._sleepers:
+                    self._cond.notify_all()  # the reader may go on
+
+    def pull_event(self, timeout: Optional[float] = None) -> Event:
+        """The oldest event in the backlog, waiting up to ``timeout`` s.
+
+        With ``timeout=0`` nothing waits, but bytes that have already
+        arrived on the socket are read first.  Raises :class:`~qmpcore.TimeoutError` when none comes in time and
+        :class:`~qmpcore.ConnectionLost` when none can come any more.
+        """
+        ev = self._next_event(self._router.backlog, timeout, "no event")
+        if ev is None:
+            raise self.connection_error or ConnectionLost("the connection was closed")
+        return ev
+
+    def wait_event(self, name: Optional[str] = None, match: Match = None, timeout: Optional[float] = None) -> Event:
+        """Wait for one event called ``name`` (any if None) matching ``match``.
+
+        ``match`` is a dict of ``data`` members that must be equal, or a
+        callable taking the :class:`Event`.  The oldest matching event in the
+        backlog counts (and is consumed), as for the asyncio client.
+        """
+        with self._cond:
+            queue = self._router.wait_for(make_filter(() if name is None else (name,), match))
+        try:
+            ev = self._next_event(queue, timeout, f"no {name or 'event'}")
+        finally:
+            with self._cond:
+                self._router.unsubscribe(queue)
+        if ev is None:
+            raise self.connection_error or ConnectionLost("the connection was closed")
+        return ev
+
+    def events(
+        self,
+        *names: str,
+        match: Match = None,
+        maxsize: Optional[int] = None,
+        policy: str = DROP_OLDEST,
+        timeout: Optional[float] = None,
+    ) -> Iterator[Event]:
+        """Subscribe to events (all if no names given); iterate over them.
+
+        The subscription gets every matching event from now on.
+        ``maxsize`` and ``policy`` as for the asyncio client; ``timeout``
+        bounds each wait (:class:`~qmpcore.TimeoutError`).  Iteration ends
+        when the connection closes cleanly, raises ConnectionLost when it
+        breaks; closing the generator unsubscribes.
+        """
+        with self._cond:
+            queue = self._router.subscribe(make_filter(names, match), maxsize or self._event_queue_size, policy)
+        return self._iterate(queue, timeout)
+
+    def _iterate(self, queue: EventQueue, timeout: Optional[float]) -> Iterator[Event]:
+        try:
+            while True:
+                ev = self._next_event(queue, timeout, "no event")
+                if ev is None:
+                    return
+                yield ev
+        finally:
+            with self._cond:
+                self._router.unsubscribe(queue)
+                self._cond.notify_all()
+
+    def add_event_listener(
+        self,
+        callback: EventCallback,
+        *,
+        on_close: Optional[CloseCallback] = None,
+    ) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event as it arrives, from now on.
+
+        As for the asyncio client; here the callbacks run on whichever
+        thread is reading the socket, with the client's lock held: keep
+        them short, and do not call this client's blocking methods from
+        them.  Events arrive only while some thread reads (a command, an
+        event wait, or :meth:`poll`).  Returns a function that removes the
+        listener; adding and removing are thread-safe.
+        """
+        with self._cond:
+            remove = super().add_event_listener(callback, on_close=on_close)
+
+        def remove_locked() -> None:
+            with self._cond:
+                remove()
+
+        return remove_locked
+
+    def poll(self) -> bool:
+        """Read and route what the socket already holds, without waiting.
+
+        Replies reach their callers, events their queues and listeners.
+        Does nothing while another thread reads.  Returns False once the
+        connection has ended (this may be what noticed it).
+        """
+        with self._cond:
+            if not self._closed and not self._reading and not self._router.blocked:
+                self._read_once(0)
+            return not self._closed
+
+    def fileno(self) -> int:
+        """The socket's file descriptor, or -1 once closed.
+
+        For inspection (``getsockopt``, ``fstat``, logging); reading or
+        writing it directly corrupts the stream.
+        """
+        return self._sock.fileno()
+
+    # -- closing --------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection; commands still waiting fail with ConnectionLost."""
+        with self._cond:
+            if self._sock_closed:
+                return
+            self._closing = True
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in poll
+            except OSError:
+                pass
+            while self._reading:
+                self._sleep(1.0)
+            self._shutdown(None)
+            self._sock_closed = True
+            self._sock.close()
+            self._cond.notify_all()
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None and not getattr(self, "_sock_closed", True):
+            sock.close()
+
+
+def _open_socket(addr: Address, timeout: Optional[float]) -> socket.socket:
+    if addr.is_unix:
+        sock = socket.socket(addr.family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(addr.sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    sock = socket.create_connection(addr.sockaddr, timeout)  # type: ignore[arg-type]
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _connect(
+    address: Optional[AddressLike],
+    sock: Optional[socket.socket],
+    timeout: Optional[float],
+    make: Callable[[Address, socket.socket], _SyncClient],
+    handshake: Callable[[Any, Optional[float]], None],
+) -> Any:
+    """Open the socket (or take ``sock``), build the client and run its handshake within ``timeout``."""
+    addr = connect_target(address, sock)
+    deadline = _deadline(timeout)
+    client = None
+    try:
+        if sock is None:
+            sock = _open_socket(addr, timeout)
+        client = make(addr, sock)
+        handshake(client, deadline)
+    except BaseException as exc:
+        if client is not None:
+            client.close()
+        elif sock is not None:
+            sock.close()
+        if isinstance(exc, builtins.TimeoutError):  # socket.timeout too
+            raise TimeoutError(f"{addr}: connection not ready within {timeout:g} s") from None
+        raise
+    return client
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - _monotonic())
+
+
+class SyncQMPClient(QMPInfo, _SyncClient):
+    """One QMP connection, blocking (see :func:`connect_sync`)."""
+
+    _proto: QMPClientProtocol
+
+    def execute(
+        self,
+        command: str,
+        arguments: Optional[dict] = None,
+        *,
+        timeout: Optional[float] = None,
+        fds: Optional[Sequence[int]] = None,
+    ) -> Any:
+        """Run ``command``; return its ``return`` value.
+
+        Raises :class:`~qmpcore.CommandError`, :class:`~qmpcore.TimeoutError`
+        (the late reply is dropped) or :class:`~qmpcore.ConnectionLost`, as
+        the asyncio client does.  ``fds`` go with the command (SCM_RIGHTS).
+        """
+        hold = not fds
+        return self._run(lambda: self._proto.send_command(command, arguments, hold=hold), command, timeout, fds)
+
+    def execute_oob(self, command: str, arguments: Optional[dict] = None, *, timeout: Optional[float] = None) -> Any:
+        """Run ``command`` out-of-band (``exec-oob``); needs ``oob`` negotiated."""
+        return self._run(lambda: self._proto.send_command(command, arguments, oob=True), command, timeout)
+
+    def negotiate(self, oob: bool = False, *, timeout: Optional[float] = None) -> None:
+        """Leave negotiation mode (``qmp_capabilities``), with ``oob`` if offered."""
+        self._run(lambda: self._proto.negotiate(oob), "qmp_capabilities", timeout)
+
+    def _greeted(self, deadline: Optional[float], negotiate: bool, oob: bool) -> None:
+        slot = _Slot()
+        with self._cond:
+            self._waiters[Greeting] = slot
+            if not self._wait_until(slot.done, deadline):
+                raise TimeoutError("no greeting")
+        slot.result()
+        if negotiate:
+            self.negotiate(oob, timeout=_remaining(deadline))
+
+
+def connect_sync(
+    address: Optional[AddressLike] = None,
+    *,
+    sock: Optional[socket.socket] = None,
+    timeout: Optional[float] = CONNECT_TIMEOUT,
+    negotiate: bool = True,
+    oob: bool = False,
+    event_queue: int = EVENT_QUEUE_SIZE,
+    command_timeout: Optional[float] = None,
+    max_frame_size: int = 64 << 20,
+) -> SyncQMPClient:
+    """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`.
+
+    ``sock`` hands over a connected socket instead of an ``address``.
+    """
+    return _connect(
+        address,
+        sock,
+        timeout,
+        lambda addr, conn: SyncQMPClient(
+            QMPClientProtocol(max_frame_size=max_frame_size), addr, conn, event_queue, command_timeout
+        ),
+        lambda client, deadline: client._greeted(deadline, negotiate, oob),
+    )
+
+
+class SyncGuestAgentClient(_SyncClient):
+    """One guest agent channel, blocking (see :func:`connect_guest_agent_sync`)."""
+
+    _proto: QGAClientProtocol
+    _sync_id = 0  # the resync in progress
+
+    def execute(
+        self,
+        command: str,
+        arguments: Optional[dict] = None,
+        *,
+        timeout: Optional[float] = None,
+        expect_reply: Optional[bool] = None,
+    ) -> Any:
+        """Run a guest agent command; see :meth:`GuestAgentClient.execute`."""
+        if not expects_reply(command, expect_reply):
+            with self._cond:
+                self._check_open()
+                _, data = self._proto.send_command(command, arguments, expect_reply=False)
+            if data:
+                self._send(data)
+            return None
+        return self._run(lambda: self._proto.send_command(command, arguments, expect_reply=True), command, timeout)
+
+    def sync(self, timeout: Optional[float] = None) -> int:
+        """Resynchronise the channel (0xFF + ``guest-sync-delimited``); return the id."""
+        if timeout is None:
+            timeout = self.command_timeout
+        deadline = _deadline(timeout)
+        with self._cond:
+            self._check_open()
+            slot = self._waiters.get(Synced)
+            if slot is None:
+                sid, data = self._proto.sync()
+                self._sync_id = sid
+                slot = self._waiters[Synced] = _Slot()
+            else:  # share the resync another thread started
+                sid, data = self._sync_id, b""
+        if data:
+            self._send(data, None, deadline)
+        with self._cond:
+            if not self._wait_until(slot.done, deadline):
+                if self._waiters.get(Synced) is slot:
+                    del self._waiters[Synced]
+                    out = self._abandon(sid)
+                    if out:
+                        self._send(out)
+                raise TimeoutError(f"no guest-sync-delimited reply within {timeout:g} s")
+        slot.result()
+        return sid
+
+
+def connect_guest_agent_sync(
+    path: Optional[AddressLike] = None,
+    *,
+    sock: Optional[socket.socket] = None,
+    timeout: Optional[float] = CONNECT_TIMEOUT,
+    command_timeout: Optional[float] = None,
+    max_frame_size: int = 64 << 20,
+) -> SyncGuestAgentClient:
+    """Connect to a guest agent socket and resynchronise, blocking.
+
+    ``sock`` hands over a connected socket instead of a ``path``.
+    """
+    return _connect(
+        path,
+        sock,
+        timeout,
+        lambda addr, conn: SyncGuestAgentClient(
+            QGAClientProtocol(max_frame_size=max_frame_size), addr, conn, 0, command_timeout
+        ),
+        lambda client, deadline: client.sync(_remaining(deadline)),
+    )

@@ -1,0 +1,32 @@
+"""The framing layer: bytes in, complete JSON values out.
+
+Two implementations with identical behaviour: the compiled one
+(``qmpcore.framing._framer``, built from ``src/_framer.pyx``) and the
+pure-Python twin (:mod:`qmpcore.framing.pure`).  Setting
+``QMPCORE_NO_EXTENSIONS=1`` before import selects the pure one;
+:data:`implementation` tells which is live.  Nothing here imports from a
+higher layer.
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+from .wire import SYNC, encode
+
+implementation: str
+if _os.environ.get("QMPCORE_NO_EXTENSIONS", "") not in ("", "0"):
+    from .pure import Framer
+
+    implementation = "python"
+else:
+    try:
+        from ._framer import Framer  # type: ignore[no-redef, assignment]
+
+        implementation = "cython"
+    except ImportError:  # no compiler at install time: the twin serves
+        from .pure import Framer  # type: ignore[no-redef]
+
+        implementation = "python"
+
+__all__ = ["Framer", "SYNC", "encode", "implementation"]
