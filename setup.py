@@ -21,20 +21,19 @@ class OptionalBuildExt(build_ext):
     def run(self):
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._warn(exc)
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._warn(exc)
 
     @staticmethod
     def _warn(exc):
         sys.stderr.write(
-            "WARNING: qmpcore's compiled framer could not be built (%s); "
-            "the pure-Python framer will be used.\n" % (exc,)
+            f"WARNING: qmpcore's compiled framer could not be built ({exc}); the pure-Python framer will be used.\n"
         )
 
 

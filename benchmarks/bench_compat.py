@@ -30,11 +30,12 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import qmpcore
 
-Measure = Callable[[str, int, Optional[Callable[[int], None]]], float]
+Measure = Callable[[str, int, Callable[[int], None] | None], float]
 
 COMMAND = "query-status"
 
@@ -49,7 +50,7 @@ def _optional(module: str) -> Any:
 # -- asyncio APIs ------------------------------------------------------------
 
 
-def qemu_qmp_style(module: str) -> Tuple[Measure, Measure]:
+def qemu_qmp_style(module: str) -> tuple[Measure, Measure]:
     """Round trip and flood through a qemu.qmp-shaped ``QMPClient``."""
     api = importlib.import_module(module)
 
@@ -79,7 +80,7 @@ def qemu_qmp_style(module: str) -> Tuple[Measure, Measure]:
     return _in_loop(roundtrip), _in_loop(flood)
 
 
-def qmpcore_async() -> Tuple[Measure, Measure]:
+def qmpcore_async() -> tuple[Measure, Measure]:
     async def roundtrip(path: str, n: int, _: Any = None) -> float:
         async with await qmpcore.connect(path) as q:
             t0 = time.perf_counter()
@@ -100,7 +101,7 @@ def qmpcore_async() -> Tuple[Measure, Measure]:
 
 
 def _in_loop(fn: Callable[..., Any]) -> Measure:
-    def run(path: str, n: int, start: Optional[Callable[[int], None]] = None) -> float:
+    def run(path: str, n: int, start: Callable[[int], None] | None = None) -> float:
         return asyncio.run(fn(path, n, start))
 
     return run
@@ -109,7 +110,7 @@ def _in_loop(fn: Callable[..., Any]) -> Measure:
 # -- blocking APIs ------------------------------------------------------------
 
 
-def legacy_style(module: str, pull: Callable[[Any], Any]) -> Tuple[Measure, Measure]:
+def legacy_style(module: str, pull: Callable[[Any], Any]) -> tuple[Measure, Measure]:
     """Round trip and flood through a ``QEMUMonitorProtocol``; ``pull`` takes
     one event (waiting for it)."""
     api = importlib.import_module(module)
@@ -126,7 +127,7 @@ def legacy_style(module: str, pull: Callable[[Any], Any]) -> Tuple[Measure, Meas
             finally:
                 mon.close()
 
-    def flood(path: str, n: int, start: Optional[Callable[[int], None]] = None) -> float:
+    def flood(path: str, n: int, start: Callable[[int], None] | None = None) -> float:
         with _fresh_loop():
             mon = api.QEMUMonitorProtocol(path)
             mon.connect()
@@ -142,7 +143,7 @@ def legacy_style(module: str, pull: Callable[[Any], Any]) -> Tuple[Measure, Meas
     return roundtrip, flood
 
 
-def qmpcore_sync() -> Tuple[Measure, Measure]:
+def qmpcore_sync() -> tuple[Measure, Measure]:
     def roundtrip(path: str, n: int, _: Any = None) -> float:
         with qmpcore.connect_sync(path) as q:
             t0 = time.perf_counter()
@@ -150,7 +151,7 @@ def qmpcore_sync() -> Tuple[Measure, Measure]:
                 q.execute(COMMAND)
             return time.perf_counter() - t0
 
-    def flood(path: str, n: int, start: Optional[Callable[[int], None]] = None) -> float:
+    def flood(path: str, n: int, start: Callable[[int], None] | None = None) -> float:
         with qmpcore.connect_sync(path, event_queue=n) as q:
             t0 = time.perf_counter()
             start(n)  # type: ignore[misc]
@@ -176,14 +177,18 @@ def _fresh_loop() -> Iterator[None]:
 # -- the run ----------------------------------------------------------------------
 
 
-def contenders() -> Dict[str, List[Tuple[str, Tuple[Measure, Measure]]]]:
-    groups: Dict[str, List[Tuple[str, Tuple[Measure, Measure]]]] = {"asyncio": [], "blocking": [], "old qmp.py": []}
+def contenders() -> dict[str, list[tuple[str, tuple[Measure, Measure]]]]:
+    groups: dict[str, list[tuple[str, tuple[Measure, Measure]]]] = {"asyncio": [], "blocking": [], "old qmp.py": []}
     if _optional("qemu.qmp"):
         groups["asyncio"].append(("qemu.qmp 0.0.6", qemu_qmp_style("qemu.qmp")))
-        groups["blocking"].append(("qemu.qmp.legacy", legacy_style("qemu.qmp.legacy", lambda m: m.pull_event(wait=True))))
+        groups["blocking"].append(
+            ("qemu.qmp.legacy", legacy_style("qemu.qmp.legacy", lambda m: m.pull_event(wait=True)))
+        )
     groups["asyncio"].append(("compat.qemu_qmp", qemu_qmp_style("qmpcore.compat.qemu_qmp")))
     groups["asyncio"].append(("qmpcore.connect", qmpcore_async()))
-    groups["blocking"].append(("compat.legacy", legacy_style("qmpcore.compat.legacy", lambda m: m.pull_event(wait=True))))
+    groups["blocking"].append(
+        ("compat.legacy", legacy_style("qmpcore.compat.legacy", lambda m: m.pull_event(wait=True)))
+    )
     groups["blocking"].append(("qmpcore.connect_sync", qmpcore_sync()))
     if _optional("qmp") and hasattr(_optional("qmp"), "QEMUMonitorProtocol"):
         groups["old qmp.py"].append(("qmp 1.1.0", legacy_style("qmp", lambda m: m.pull_event(wait=True))))
@@ -191,29 +196,30 @@ def contenders() -> Dict[str, List[Tuple[str, Tuple[Measure, Measure]]]]:
     return groups
 
 
-def measure(path: str, flood_start: Optional[Callable[[int], None]], *, rounds: int, events: int,
-            repeats: int) -> List[Dict[str, Any]]:
+def measure(
+    path: str, flood_start: Callable[[int], None] | None, *, rounds: int, events: int, repeats: int
+) -> list[dict[str, Any]]:
     """Median time of each case for each contender, contenders interleaved.
 
     A contender that fails (qmp 1.1.0 can misread an event flood) is
     reported with its error instead of a time.
     """
-    results: List[Dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     cases = [("round trip", 0, rounds)]
     if flood_start is not None:
         cases.append(("event flood", 1, events))
     for group, members in contenders().items():
         for case, which, n in cases:
-            samples: Dict[str, List[float]] = {name: [] for name, _ in members}
-            failed: Dict[str, str] = {}
+            samples: dict[str, list[float]] = {name: [] for name, _ in members}
+            failed: dict[str, str] = {}
 
-            def run(name: str, runs: Tuple[Measure, Measure], count: int) -> Optional[float]:
-                if name in failed:
+            def run(name: str, runs: tuple[Measure, Measure], count: int) -> float | None:
+                if name in failed:  # noqa: B023 (called within this iteration)
                     return None
                 try:
-                    return runs[which](path, count, flood_start) / count
-                except Exception as exc:  # noqa: BLE001 - reported in the table
-                    failed[name] = f"{type(exc).__name__}: {exc}"[:60]
+                    return runs[which](path, count, flood_start) / count  # noqa: B023 (called within this iteration)
+                except Exception as exc:
+                    failed[name] = f"{type(exc).__name__}: {exc}"[:60]  # noqa: B023 (called within this iteration)
                     return None
 
             for name, runs in members:  # warm-up, not counted
@@ -226,18 +232,19 @@ def measure(path: str, flood_start: Optional[Callable[[int], None]], *, rounds: 
             first = members[0][0]
             reference = statistics.median(samples[first]) if samples[first] else None
             for name, _ in members:
-                row: Dict[str, Any] = {"api": group, "case": case, "contender": name, "n": n}
+                row: dict[str, Any] = {"api": group, "case": case, "contender": name, "n": n}
                 if name in failed:
                     row["error"] = failed[name]
                 else:
                     per = statistics.median(samples[name])
-                    row.update(us_per_op=per * 1e6, ops_per_s=1 / per,
-                               speedup_vs_first=reference / per if reference else None)
+                    row.update(
+                        us_per_op=per * 1e6, ops_per_s=1 / per, speedup_vs_first=reference / per if reference else None
+                    )
                 results.append(row)
     return results
 
 
-def render(results: List[Dict[str, Any]]) -> str:
+def render(results: list[dict[str, Any]]) -> str:
     lines = [f"{'API':<11} {'case':<12} {'contender':<22} {'µs/op':>9} {'ops/s':>10} {'speedup':>8}"]
     for r in results:
         head = f"{r['api']:<11} {r['case']:<12} {r['contender']:<22}"
@@ -249,7 +256,7 @@ def render(results: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and repeats")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -272,8 +279,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                 vm.flood_events(n, "FLOOD", {"x": 1})
 
         results = measure(path, flood_start, rounds=rounds, events=events, repeats=repeats)
-    print(f"qmpcore {qmpcore.__version__} ({qmpcore.implementation} framer), "
-          f"server: {opts.target or 'embedded (child process)'}")
+    print(
+        f"qmpcore {qmpcore.__version__} ({qmpcore.implementation} framer), "
+        f"server: {opts.target or 'embedded (child process)'}"
+    )
     print(render(results))
     if opts.json:
         with open(opts.json, "w") as f:

@@ -33,7 +33,7 @@ FRAMERS = ["cython", "python"]
 SLOW_RUN = 0.2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def workload(name: str) -> Workload:
     found = framing_workloads(names=[name])
     if not found or found[0].name != name:

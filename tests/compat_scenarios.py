@@ -29,9 +29,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Awaitable, Callable, Dict, List, Optional
+from typing import Any
 
 import pytest
 
@@ -106,8 +107,7 @@ def normalize(value: Any) -> Any:
             item = value[key]
             if key == "timestamp":
                 item = "<timestamp>"
-            elif key == "id" and is_message and not (
-                    isinstance(item, str) and item.startswith(USER_ID)):
+            elif key == "id" and is_message and not (isinstance(item, str) and item.startswith(USER_ID)):
                 item = "<auto>"
             out[key] = normalize(item)
         return out
@@ -118,9 +118,9 @@ def normalize(value: Any) -> Any:
     return repr(value)
 
 
-def describe_error(exc: BaseException, api: Optional[ModuleType] = None) -> dict:
+def describe_error(exc: BaseException, api: ModuleType | None = None) -> dict:
     """What a caller can observe about an exception."""
-    info: Dict[str, Any] = {"type": type(exc).__name__, "str": str(exc)}
+    info: dict[str, Any] = {"type": type(exc).__name__, "str": str(exc)}
     if api is not None and hasattr(api, "QMPError"):
         info["is_QMPError"] = isinstance(exc, api.QMPError)
     for attr in ("error_class", "error_message", "state", "required"):
@@ -139,19 +139,19 @@ def describe_error(exc: BaseException, api: Optional[ModuleType] = None) -> dict
     return info
 
 
-def outcome(fn: Callable[[], Any], api: Optional[ModuleType] = None) -> dict:
+def outcome(fn: Callable[[], Any], api: ModuleType | None = None) -> dict:
     """Run ``fn`` and record its value or its exception."""
     try:
         return {"ok": normalize(fn())}
-    except Exception as exc:  # noqa: BLE001 - recording is the point
+    except Exception as exc:
         return {"raised": describe_error(exc, api)}
 
 
-async def aoutcome(aw: Awaitable[Any], api: Optional[ModuleType] = None) -> dict:
+async def aoutcome(aw: Awaitable[Any], api: ModuleType | None = None) -> dict:
     """Await ``aw`` (bounded by :data:`TIMEOUT`) and record the outcome."""
     try:
         return {"ok": normalize(await within(aw))}
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return {"raised": describe_error(exc, api)}
 
 
@@ -178,8 +178,9 @@ class Qemu:
     where the test listens).  Always stopped by :class:`Lab`.
     """
 
-    def __init__(self, workdir: pathlib.Path, name: str, mode: str = "unix",
-                 pretty: bool = False, address: Any = None) -> None:
+    def __init__(
+        self, workdir: pathlib.Path, name: str, mode: str = "unix", pretty: bool = False, address: Any = None
+    ) -> None:
         self.mode = mode
         opts = ",pretty=on" if pretty else ""
         if mode == "unix":
@@ -195,11 +196,9 @@ class Qemu:
         else:
             raise ValueError(mode)
         self.log = workdir / f"{name}.log"
-        argv = [QEMU, *QEMU_ARGS, "-chardev", chardev,
-                "-mon", f"chardev=mon0,mode=control{opts}"]
+        argv = [QEMU, *QEMU_ARGS, "-chardev", chardev, "-mon", f"chardev=mon0,mode=control{opts}"]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log)
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         if mode != "client":
             self._wait_listening()
 
@@ -247,7 +246,7 @@ class Lab:
 
     def __init__(self, workdir: pathlib.Path) -> None:
         self.workdir = workdir
-        self._stoppers: List[Callable[[], None]] = []
+        self._stoppers: list[Callable[[], None]] = []
         self._count = 0
 
     def qemu(self, **kwargs: Any) -> Qemu:
@@ -256,7 +255,7 @@ class Lab:
         self._stoppers.append(vm.stop)
         return vm
 
-    def embedded_server(self, handlers: Dict[str, "Handler"]) -> "EmbeddedServer":
+    def embedded_server(self, handlers: dict[str, Handler]) -> EmbeddedServer:
         self._count += 1
         server = EmbeddedServer(str(self.workdir / f"embedded{self._count}.sock"), handlers)
         self._stoppers.append(server.stop)
@@ -270,7 +269,7 @@ class Lab:
         for stop in reversed(self._stoppers):
             try:
                 stop()
-            except Exception as exc:  # noqa: BLE001 - stop everything first
+            except Exception as exc:
                 errors.append(exc)
         self._stoppers.clear()
         if errors:
@@ -299,15 +298,14 @@ class EmbeddedServer:
     handlers, in a thread with its own event loop (so that blocking
     clients can talk to it too)."""
 
-    def __init__(self, path: str, handlers: Dict[str, Handler]) -> None:
+    def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
         self.address = path
         self._handlers = handlers
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
-        self._stopping: Optional[asyncio.Event] = None
-        self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),),
-                                        daemon=True)
+        self._stopping: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
         self._thread.start()
         if not self._ready.wait(TIMEOUT):
             raise RuntimeError("embedded server did not start")
@@ -349,18 +347,18 @@ class Scenario:
     is_async: bool = field(default=False)
 
 
-SCENARIOS: Dict[str, Scenario] = {}
+SCENARIOS: dict[str, Scenario] = {}
 
 
 def scenario(api: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
-        SCENARIOS[func.__name__] = Scenario(
-            func.__name__, api, func, asyncio.iscoroutinefunction(func))
+        SCENARIOS[func.__name__] = Scenario(func.__name__, api, func, asyncio.iscoroutinefunction(func))
         return func
+
     return register
 
 
-def scenarios_for(*apis: str) -> List[str]:
+def scenarios_for(*apis: str) -> list[str]:
     return [name for name, sc in SCENARIOS.items() if sc.api in apis]
 
 
@@ -380,7 +378,7 @@ def _mask(value: Any, old: str, new: str) -> Any:
     return value
 
 
-async def _watch_runstates(client: Any, seen: List[str]) -> None:
+async def _watch_runstates(client: Any, seen: list[str]) -> None:
     while True:
         seen.append((await client.runstate_changed()).name)
 
@@ -389,18 +387,25 @@ async def _watch_runstates(client: Any, seen: List[str]) -> None:
 async def connect_unix(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
     q = api.QMPClient("vm1")
-    rec: Dict[str, Any] = {}
-    rec["idle"] = {"repr": repr(q), "name": q.name, "runstate": q.runstate.name,
-                   "greeting": q.greeting, "events": repr(q.events)}
-    seen: List[str] = []
+    rec: dict[str, Any] = {}
+    rec["idle"] = {
+        "repr": repr(q),
+        "name": q.name,
+        "runstate": q.runstate.name,
+        "greeting": q.greeting,
+        "events": repr(q.events),
+    }
+    seen: list[str] = []
     watcher = asyncio.create_task(_watch_runstates(q, seen))
     await asyncio.sleep(0)
     try:
         rec["connect"] = await aoutcome(q.connect(vm.address), api)
         g = q.greeting
         rec["running"] = {
-            "repr": repr(q), "runstate": q.runstate.name,
-            "greeting_type": type(g).__name__, "greeting_repr": repr(g),
+            "repr": repr(q),
+            "runstate": q.runstate.name,
+            "greeting_type": type(g).__name__,
+            "greeting_repr": repr(g),
             "version": normalize(g.QMP.version),
             "capabilities": normalize(g.QMP.capabilities),
             "asdict": g._asdict(),
@@ -431,8 +436,7 @@ async def connect_tcp(api: ModuleType, lab: Lab) -> dict:
 @scenario("qemu_qmp")
 async def connect_failures(api: ModuleType, lab: Lab) -> dict:
     q = api.QMPClient("nowhere")
-    rec = {"missing": await aoutcome(q.connect(lab.path("missing.sock")), api),
-           "runstate": q.runstate.name}
+    rec = {"missing": await aoutcome(q.connect(lab.path("missing.sock")), api), "runstate": q.runstate.name}
     with socket.socket() as s:  # a TCP port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -450,12 +454,18 @@ async def execute_commands(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
     q = api.QMPClient("vm")
     await within(q.connect(vm.address))
-    rec: Dict[str, Any] = {}
-    for cmd in ("query-status", "query-name", "query-version", "query-kvm",
-                "query-commands", "query-machines", "query-iothreads"):
+    rec: dict[str, Any] = {}
+    for cmd in (
+        "query-status",
+        "query-name",
+        "query-version",
+        "query-kvm",
+        "query-commands",
+        "query-machines",
+        "query-iothreads",
+    ):
         rec[cmd] = await aoutcome(q.execute(cmd), api)
-    rec["hmp"] = await aoutcome(q.execute(
-        "human-monitor-command", {"command-line": "info status"}), api)
+    rec["hmp"] = await aoutcome(q.execute("human-monitor-command", {"command-line": "info status"}), api)
     msg = q.make_execute_msg("query-status")
     rec["msg"] = {"type": type(msg).__name__, "dict": dict(msg), "bytes": bytes(msg)}
     rec["execute_msg"] = await aoutcome(q.execute_msg(msg), api)
@@ -464,9 +474,15 @@ async def execute_commands(api: ModuleType, lab: Lab) -> dict:
     rec["oob"] = await aoutcome(q.execute("query-yank", oob=True), api)
     rec["oob_msg"] = await aoutcome(q.execute_msg(q.make_execute_msg("query-yank", oob=True)), api)
     rec["not_a_command"] = await aoutcome(q.execute_msg(api.Message({"hello": 1})), api)
-    rec["gather"] = normalize(await within(asyncio.gather(
-        *(q.execute("query-status") for _ in range(8)),
-        q.execute("query-name"), q.execute("query-yank", oob=True))))
+    rec["gather"] = normalize(
+        await within(
+            asyncio.gather(
+                *(q.execute("query-status") for _ in range(8)),
+                q.execute("query-name"),
+                q.execute("query-yank", oob=True),
+            )
+        )
+    )
     rec["disconnect"] = await aoutcome(q.disconnect(), api)
     return rec
 
@@ -476,7 +492,7 @@ async def execute_errors(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
     q = api.QMPClient("vm")
     await within(q.connect(vm.address))
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     rec["not_found"] = await aoutcome(q.execute("no-such-command"), api)
     rec["bad_argument"] = await aoutcome(q.execute("query-status", {"bogus": 1}), api)
     rec["missing_argument"] = await aoutcome(q.execute("getfd"), api)
@@ -487,16 +503,18 @@ async def execute_errors(api: ModuleType, lab: Lab) -> dict:
     try:
         await within(q.execute("no-such-command"))
     except api.ExecuteError as exc:
-        rec["catch"] = {"QMPError": isinstance(exc, api.QMPError),
-                        "sent_type": type(exc.sent).__name__,
-                        "received_type": type(exc.received).__name__,
-                        "error_type": type(exc.error).__name__,
-                        "args_len": len(exc.args)}
+        rec["catch"] = {
+            "QMPError": isinstance(exc, api.QMPError),
+            "sent_type": type(exc.sent).__name__,
+            "received_type": type(exc.received).__name__,
+            "error_type": type(exc.error).__name__,
+            "args_len": len(exc.args),
+        }
     rec["disconnect"] = await aoutcome(q.disconnect(), api)
     return rec
 
 
-def _event_names(events: Any) -> List[str]:
+def _event_names(events: Any) -> list[str]:
     return [e["event"] for e in events]
 
 
@@ -507,10 +525,14 @@ async def events(api: ModuleType, lab: Lab) -> dict:
     await within(q.connect(vm.address))
     await within(q.execute("cont"))  # -S: start paused, then run
     q.events.clear()
-    rec: Dict[str, Any] = {"default": {"type": type(q.events).__name__,
-                                       "names": sorted(q.events.names),
-                                       "filter": q.events.event_filter,
-                                       "repr": repr(q.events)}}
+    rec: dict[str, Any] = {
+        "default": {
+            "type": type(q.events).__name__,
+            "names": sorted(q.events.names),
+            "filter": q.events.event_filter,
+            "repr": repr(q.events),
+        }
+    }
 
     def only_resume(event: Any) -> bool:
         return event["event"] == "RESUME"
@@ -519,17 +541,22 @@ async def events(api: ModuleType, lab: Lab) -> dict:
         with q.listener(("STOP", "RESUME"), event_filter=only_resume) as resume_l:
             rec["stop"] = await aoutcome(q.execute("stop"), api)
             # STOP arrives before the reply to "stop": already delivered.
-            rec["delivered_before_reply"] = [not stop_l.empty(), not q.events.empty(),
-                                             resume_l.empty()]
+            rec["delivered_before_reply"] = [not stop_l.empty(), not q.events.empty(), resume_l.empty()]
             rec["cont"] = await aoutcome(q.execute("cont"), api)
             rec["reprs"] = [repr(stop_l), sorted(stop_l.names), sorted(resume_l.names)]
             got = await within(stop_l.get())
-            rec["stop_l_get"] = {"type": type(got).__name__, "event": normalize(got),
-                                 "is_Message": isinstance(got, api.Message),
-                                 "keys": sorted(got.keys())}
+            rec["stop_l_get"] = {
+                "type": type(got).__name__,
+                "event": normalize(got),
+                "is_Message": isinstance(got, api.Message),
+                "keys": sorted(got.keys()),
+            }
             rec["resume_l_get"] = normalize(await within(resume_l.get()))
-            rec["history"] = [_event_names(stop_l.history), _event_names(resume_l.history),
-                              type(stop_l.history).__name__]
+            rec["history"] = [
+                _event_names(stop_l.history),
+                _event_names(resume_l.history),
+                type(stop_l.history).__name__,
+            ]
             await within(q.execute("stop"))
             # leaving the block clears what is still pending
         rec["resume_l_cleared"] = [resume_l.empty(), len(resume_l.history)]
@@ -562,7 +589,7 @@ async def events(api: ModuleType, lab: Lab) -> dict:
     try:
         with q.listen(a, a):
             pass
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         rec["listen_same_twice"] = describe_error(exc, api)
     rec["listen_rolled_back"] = outcome(lambda: q.remove_listener(a), api)
     rec["default_at_end"] = _event_names(q.events.clear())
@@ -579,7 +606,7 @@ async def _until_runstate(q: Any, name: str) -> None:
 async def disconnect_reconnect(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
     q = api.QMPClient("vm")
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     await within(q.connect(vm.address))
     rec["first"] = await aoutcome(q.execute("query-name"), api)
     rec["disconnect"] = await aoutcome(q.disconnect(), api)
@@ -628,7 +655,7 @@ async def fd_passing(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
     q = api.QMPClient("vm")
     await within(q.connect(vm.address))
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     rec["getfd_without_fd"] = await aoutcome(q.execute("getfd", {"fdname": "fd1"}), api)
     with open(lab.path("passed.txt"), "w") as f:
         rec["send"] = outcome(lambda: q.send_fd_scm(f.fileno()), api)
@@ -647,7 +674,7 @@ async def fd_passing(api: ModuleType, lab: Lab) -> dict:
 
 @scenario("qemu_qmp")
 async def server_mode(api: ModuleType, lab: Lab) -> dict:
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     path = lab.path("listen.sock")
     q = api.QMPClient("server")
     rec["start_server"] = await aoutcome(q.start_server(path), api)
@@ -678,30 +705,25 @@ async def server_mode(api: ModuleType, lab: Lab) -> dict:
 @scenario("legacy")
 def legacy_commands(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     with api.QEMUMonitorProtocol(vm.address, nickname="vm") as mon:
         rec["connect"] = outcome(mon.connect, api)
         rec["cmd"] = outcome(lambda: mon.cmd("query-status"), api)
-        rec["cmd_kwargs"] = outcome(
-            lambda: mon.cmd("human-monitor-command", **{"command-line": "info status"}), api)
+        rec["cmd_kwargs"] = outcome(lambda: mon.cmd("human-monitor-command", **{"command-line": "info status"}), api)
         rec["cmd_error"] = outcome(lambda: mon.cmd("no-such-command"), api)
         rec["cmd_bad_arg"] = outcome(lambda: mon.cmd("query-status", bogus=1), api)
         rec["cmd_raw"] = outcome(lambda: mon.cmd_raw("query-status"), api)
         rec["cmd_raw_empty_args"] = outcome(lambda: mon.cmd_raw("query-name", {}), api)
         rec["cmd_raw_args"] = outcome(
-            lambda: mon.cmd_raw("human-monitor-command", {"command-line": "info version"}), api)
+            lambda: mon.cmd_raw("human-monitor-command", {"command-line": "info version"}), api
+        )
         rec["cmd_raw_error"] = outcome(lambda: mon.cmd_raw("no-such-command"), api)
-        rec["cmd_obj"] = outcome(
-            lambda: mon.cmd_obj({"execute": "query-name", "id": USER_ID + "1"}), api)
+        rec["cmd_obj"] = outcome(lambda: mon.cmd_obj({"execute": "query-name", "id": USER_ID + "1"}), api)
         rec["cmd_obj_no_id"] = outcome(lambda: mon.cmd_obj({"execute": "query-kvm"}), api)
-        rec["cmd_obj_error"] = outcome(
-            lambda: mon.cmd_obj({"execute": "getfd", "id": USER_ID + "2"}), api)
-        rec["cmd_obj_oob"] = outcome(
-            lambda: mon.cmd_obj({"exec-oob": "query-yank", "id": USER_ID + "3"}), api)
-        rec["cmd_obj_reserved_id"] = outcome(
-            lambda: mon.cmd_obj({"execute": "query-name", "id": "__qmp#00001"}), api)
-        rec["cmd_obj_int_id"] = outcome(
-            lambda: mon.cmd_obj({"execute": "query-name", "id": 7}), api)
+        rec["cmd_obj_error"] = outcome(lambda: mon.cmd_obj({"execute": "getfd", "id": USER_ID + "2"}), api)
+        rec["cmd_obj_oob"] = outcome(lambda: mon.cmd_obj({"exec-oob": "query-yank", "id": USER_ID + "3"}), api)
+        rec["cmd_obj_reserved_id"] = outcome(lambda: mon.cmd_obj({"execute": "query-name", "id": "__qmp#00001"}), api)
+        rec["cmd_obj_int_id"] = outcome(lambda: mon.cmd_obj({"execute": "query-name", "id": 7}), api)
         mon.settimeout(TIMEOUT)
         rec["with_timeout"] = outcome(lambda: mon.cmd("query-name"), api)
         mon.settimeout(None)
@@ -711,7 +733,7 @@ def legacy_commands(api: ModuleType, lab: Lab) -> dict:
     return rec
 
 
-def _first_events(api: ModuleType, mon: Any, rec: Dict[str, Any]) -> None:
+def _first_events(api: ModuleType, mon: Any, rec: dict[str, Any]) -> None:
     """Connect, then record polling with no event and with one (STOP)."""
     mon.connect()
     mon.cmd("cont")
@@ -725,7 +747,7 @@ def _first_events(api: ModuleType, mon: Any, rec: Dict[str, Any]) -> None:
 @scenario("legacy")
 def legacy_events(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     mon = api.QEMUMonitorProtocol(vm.address)
     try:
         _first_events(api, mon, rec)
@@ -762,7 +784,7 @@ def legacy_events(api: ModuleType, lab: Lab) -> dict:
 @scenario("legacy")
 def legacy_negotiation(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     mon = api.QEMUMonitorProtocol(vm.address)
     try:
         rec["connect"] = outcome(lambda: mon.connect(negotiate=False), api)
@@ -777,7 +799,7 @@ def legacy_negotiation(api: ModuleType, lab: Lab) -> dict:
 @scenario("legacy")
 def legacy_fd_passing(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     with api.QEMUMonitorProtocol(vm.address) as mon:
         mon.connect()
         with open(lab.path("passed.txt"), "w") as f:
@@ -788,7 +810,7 @@ def legacy_fd_passing(api: ModuleType, lab: Lab) -> dict:
     return rec
 
 
-def _server_mode(api: ModuleType, lab: Lab, rec: Dict[str, Any], steps: Dict[str, str]) -> None:
+def _server_mode(api: ModuleType, lab: Lab, rec: dict[str, Any], steps: dict[str, str]) -> None:
     """Listen, let QEMU connect to us, then record ``mon.cmd``/``mon.command`` calls."""
     path = lab.path("listen.sock")
     mon = api.QEMUMonitorProtocol(path, server=True)
@@ -796,21 +818,20 @@ def _server_mode(api: ModuleType, lab: Lab, rec: Dict[str, Any], steps: Dict[str
         lab.qemu(mode="client", address=path)
         rec["accept"] = outcome(lambda: mon.accept(timeout=TIMEOUT), api)
         for key, command in steps.items():
-            rec[key] = outcome(lambda: getattr(mon, key)(command), api)
+            rec[key] = outcome(lambda: getattr(mon, key)(command), api)  # noqa: B023 (called within this iteration)
     finally:
         mon.close()
 
 
 @scenario("legacy")
 def legacy_server_mode(api: ModuleType, lab: Lab) -> dict:
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     _server_mode(api, lab, rec, {"cmd": "query-status"})
     # qemu.qmp's __del__ trips over the half-built object: keep that quiet.
     hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
     try:
         with socket.socket(socket.AF_UNIX) as s:
-            rec["server_with_socket"] = outcome(
-                lambda: api.QEMUMonitorProtocol(s, server=True), api)
+            rec["server_with_socket"] = outcome(lambda: api.QEMUMonitorProtocol(s, server=True), api)
         gc.collect()
     finally:
         sys.unraisablehook = hook
@@ -820,7 +841,7 @@ def legacy_server_mode(api: ModuleType, lab: Lab) -> dict:
 @scenario("legacy")
 def legacy_socket_object(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(vm.address)
     mon = api.QEMUMonitorProtocol(sock)
@@ -837,7 +858,7 @@ def legacy_socket_object(api: ModuleType, lab: Lab) -> dict:
 def legacy_tcp(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu(mode="tcp")
     host, port = vm.address
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     address = api.QEMUMonitorProtocol.parse_address(f"{host}:{port}")
     rec["address"] = [address == (host, port), type(address).__name__]
     with api.QEMUMonitorProtocol(address) as mon:
@@ -855,23 +876,22 @@ def legacy_tcp(api: ModuleType, lab: Lab) -> dict:
 @scenario("qmp")
 def old_commands(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     mon = api.QEMUMonitorProtocol(vm.address)
     try:
         rec["connect"] = outcome(mon.connect, api)
         rec["cmd"] = outcome(lambda: mon.cmd("query-status"), api)
         rec["cmd_id"] = outcome(lambda: mon.cmd("query-status", cmd_id=USER_ID + "1"), api)
-        rec["cmd_args"] = outcome(
-            lambda: mon.cmd("human-monitor-command", {"command-line": "info status"}), api)
+        rec["cmd_args"] = outcome(lambda: mon.cmd("human-monitor-command", {"command-line": "info status"}), api)
         rec["cmd_error"] = outcome(lambda: mon.cmd("no-such-command"), api)
-        rec["cmd_obj"] = outcome(
-            lambda: mon.cmd_obj({"execute": "query-name", "id": USER_ID + "2"}), api)
+        rec["cmd_obj"] = outcome(lambda: mon.cmd_obj({"execute": "query-name", "id": USER_ID + "2"}), api)
         rec["command"] = outcome(lambda: mon.command("query-status"), api)
         rec["command_kwargs"] = outcome(
-            lambda: mon.command("human-monitor-command", **{"command-line": "info status"}), api)
+            lambda: mon.command("human-monitor-command", **{"command-line": "info status"}), api
+        )
         try:
             mon.command("no-such-command")
-        except Exception as exc:  # noqa: BLE001 - 1.1.0 raises a bare Exception
+        except Exception as exc:
             rec["command_error"] = {"str": str(exc), "is_Exception": True}
         rec["is_scm_available"] = mon.is_scm_available()
         rec["sock_fd"] = isinstance(mon.get_sock_fd(), int) and mon.get_sock_fd() >= 0
@@ -886,7 +906,7 @@ def old_commands(api: ModuleType, lab: Lab) -> dict:
 @scenario("qmp")
 def old_events(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     with api.QEMUMonitorProtocol(vm.address) as mon:
         _first_events(api, mon, rec)
         mon.cmd("cont")
@@ -908,7 +928,7 @@ def old_events(api: ModuleType, lab: Lab) -> dict:
 
 @scenario("qmp")
 def old_server_mode(api: ModuleType, lab: Lab) -> dict:
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     _server_mode(api, lab, rec, {"cmd": "query-status", "command": "query-name"})
     return rec
 
@@ -919,15 +939,14 @@ def old_fd_via_sock_fd(api: ModuleType, lab: Lab) -> dict:
     import array
 
     vm = lab.qemu()
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     mon = api.QEMUMonitorProtocol(vm.address)
     try:
         mon.connect()
         with open(lab.path("passed.txt"), "w") as f:
             helper = socket.socket(fileno=os.dup(mon.get_sock_fd()))
             try:
-                helper.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                          array.array("i", [f.fileno()]))])
+                helper.sendmsg([b" "], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [f.fileno()]))])
             finally:
                 helper.detach()
             rec["getfd"] = outcome(lambda: mon.cmd("getfd", {"fdname": "fd1"}), api)

@@ -7,7 +7,6 @@ import pathlib
 
 import pytest
 
-import qmpcore
 from qmpcore.framing import pure as _framer_py
 
 try:

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import pathlib
 import re
-from typing import List, Optional
 
 _ABBREVIATED = re.compile(
     r"^(?P<head>b(?P<q1>['\"]).*(?P=q1)) \.\.\. <(?P<omitted>\d+) bytes omitted> \.\.\. "
@@ -25,7 +24,7 @@ _ABBREVIATED = re.compile(
 @dataclasses.dataclass
 class Step:
     side: str  # "C" or "S"
-    data: Optional[bytes]  # None: nothing received / could not rebuild
+    data: bytes | None  # None: nothing received / could not rebuild
     bytewise: bool = False  # the C: write was sent one byte at a time
     note: str = ""  # the raw text for S: <...> lines
 
@@ -48,7 +47,7 @@ def _repeat_before(tail: bytes, count: int) -> bytes:
     return tail[:1] * count
 
 
-def _rebuild(line: str) -> Optional[bytes]:
+def _rebuild(line: str) -> bytes | None:
     m = _ABBREVIATED.match(line)
     if not m:
         return None
@@ -78,9 +77,9 @@ def _rebuild(line: str) -> Optional[bytes]:
     return None
 
 
-def load(path: pathlib.Path) -> List[Step]:
+def load(path: pathlib.Path) -> list[Step]:
     """The steps of one corpus file, in order."""
-    steps: List[Step] = []
+    steps: list[Step] = []
     for raw in path.read_text(encoding="utf-8", errors="surrogateescape").splitlines():
         side, sep, rest = raw.partition(": ")
         if not sep or side not in ("C", "S", "C (in 1-byte writes, 0.005s apart)"):
@@ -97,9 +96,9 @@ def load(path: pathlib.Path) -> List[Step]:
     return steps
 
 
-def client_bytes(steps: List[Step]) -> List[bytes]:
+def client_bytes(steps: list[Step]) -> list[bytes]:
     """The client's writes, as recorded (byte-wise writes split per byte)."""
-    out: List[bytes] = []
+    out: list[bytes] = []
     for step in steps:
         if step.side == "C" and step.data is not None:
             if step.bytewise:
@@ -109,6 +108,6 @@ def client_bytes(steps: List[Step]) -> List[bytes]:
     return out
 
 
-def server_bytes(steps: List[Step]) -> List[bytes]:
+def server_bytes(steps: list[Step]) -> list[bytes]:
     """What the server sent, chunked as recorded."""
     return [s.data for s in steps if s.side == "S" and s.data]

@@ -12,7 +12,8 @@ import os
 import socket
 import struct
 import threading
-from typing import Any, Callable, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 import qmpcore
 
@@ -25,7 +26,7 @@ GREETING = {
 IO_TIMEOUT = 10.0
 
 
-def event_frame(name: str, data: Optional[dict] = None, seconds: int = 1795584128, micro: int = 785071) -> bytes:
+def event_frame(name: str, data: dict | None = None, seconds: int = 1795584128, micro: int = 785071) -> bytes:
     msg: dict = {"timestamp": {"seconds": seconds, "microseconds": micro}, "event": name}
     if data is not None:
         msg["data"] = data
@@ -39,8 +40,8 @@ class Peer:
         conn.settimeout(IO_TIMEOUT)
         self.conn = conn
         self.framer = qmpcore.Framer()
-        self._items: List[Any] = []
-        self.fds: List[int] = []  # descriptors received with SCM_RIGHTS
+        self._items: list[Any] = []
+        self.fds: list[int] = []  # descriptors received with SCM_RIGHTS
 
     def send(self, data: bytes) -> None:
         self.conn.sendall(data)
@@ -98,7 +99,7 @@ class Peer:
         self.reply(cmd)
         return cmd
 
-    def serve(self, answer: Optional[Callable[["Peer", dict], bool]] = None) -> None:
+    def serve(self, answer: Callable[[Peer, dict], bool] | None = None) -> None:
         """Answer every command with ``{}`` (or let ``answer`` do it) until EOF."""
         while True:
             try:
@@ -149,8 +150,8 @@ class FakeServer:
         self.listener.listen(4)
         self.listener.settimeout(IO_TIMEOUT)
         self.script = script
-        self.error: Optional[BaseException] = None
-        self.peer: Optional[Peer] = None
+        self.error: BaseException | None = None
+        self.peer: Peer | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -170,11 +171,11 @@ class FakeServer:
             except OSError:
                 pass
 
-    def __enter__(self) -> "FakeServer":
+    def __enter__(self) -> FakeServer:
         self.thread.start()
         return self
 
-    async def __aenter__(self) -> "FakeServer":
+    async def __aenter__(self) -> FakeServer:
         return self.__enter__()
 
     async def __aexit__(self, *exc_info: Any) -> None:

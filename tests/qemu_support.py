@@ -18,14 +18,14 @@ import signal
 import socket
 import subprocess
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 import pytest
 
-from qmpcore.server import ServerProcess, start_in_subprocess
-
 from conftest import IN_CI
+from qmpcore.server import ServerProcess, start_in_subprocess
 
 QEMU = shutil.which("qemu-system-x86_64") or "/usr/bin/qemu-system-x86_64"
 QEMU_GA = shutil.which("qemu-ga") or "/usr/sbin/qemu-ga"
@@ -81,11 +81,11 @@ class Process:
 
     kind = "qemu"
 
-    def __init__(self, argv: List[str], path: pathlib.Path, log: pathlib.Path) -> None:
+    def __init__(self, argv: list[str], path: pathlib.Path, log: pathlib.Path) -> None:
         self.argv = argv
         self.path = path
         self.log = log
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self.start()
 
     def start(self) -> None:
@@ -125,25 +125,35 @@ class Process:
         self.start()
 
 
-def qemu_argv(path: pathlib.Path, pretty: bool = False) -> List[str]:
+def qemu_argv(path: pathlib.Path, pretty: bool = False) -> list[str]:
     argv = [QEMU, "-M", "none", "-nodefaults", "-display", "none"]
     if pretty:
         argv += [
-            "-chardev", f"socket,id=mon0,path={path},server=on,wait=off",
-            "-mon", "chardev=mon0,mode=control,pretty=on",
+            "-chardev",
+            f"socket,id=mon0,path={path},server=on,wait=off",
+            "-mon",
+            "chardev=mon0,mode=control,pretty=on",
         ]
     else:
         argv += ["-qmp", f"unix:{path},server=on,wait=off"]
     return argv
 
 
-def qga_argv(directory: pathlib.Path, path: pathlib.Path) -> List[str]:
+def qga_argv(directory: pathlib.Path, path: pathlib.Path) -> list[str]:
     state = directory / "state"
     state.mkdir(exist_ok=True)
     return [
-        QEMU_GA, "-m", "unix-listen", "-p", str(path),
-        "-t", str(state), "-f", str(directory / "qemu-ga.pid"),
-        "-b", QGA_BLOCKED,
+        QEMU_GA,
+        "-m",
+        "unix-listen",
+        "-p",
+        str(path),
+        "-t",
+        str(state),
+        "-f",
+        str(directory / "qemu-ga.pid"),
+        "-b",
+        QGA_BLOCKED,
     ]
 
 
@@ -160,7 +170,7 @@ class Embedded:
         self.directory = directory
         self.pretty = pretty
         self.agent = agent
-        self.server: Optional[ServerProcess] = None
+        self.server: ServerProcess | None = None
         self.start()
 
     def start(self) -> None:
@@ -196,17 +206,17 @@ class Launcher:
 
     def __init__(self, directory: pathlib.Path) -> None:
         self.directory = directory
-        self.processes: List[Any] = []
+        self.processes: list[Any] = []
         self._count = 0
 
-    def _new(self, argv_for: Callable[[pathlib.Path], List[str]], name: str) -> Process:
+    def _new(self, argv_for: Callable[[pathlib.Path], list[str]], name: str) -> Process:
         self._count += 1
         path = self.directory / f"{name}{self._count}.sock"
         proc = Process(argv_for(path), path, self.directory / f"{name}{self._count}.log")
         self.processes.append(proc)
         return proc
 
-    def qemu(self, pretty: bool = False, extra: Optional[List[str]] = None) -> Process:
+    def qemu(self, pretty: bool = False, extra: list[str] | None = None) -> Process:
         require(QEMU)
         return self._new(lambda p: qemu_argv(p, pretty) + list(extra or ()), "qmp")
 
@@ -215,12 +225,21 @@ class Launcher:
 
         (The later ``-M q35`` overrides ``-M none``.)
         """
-        vm = self.qemu(extra=[
-            "-M", "q35", "-m", "64", "-S",
-            "-chardev", f"socket,id=qga0,path={channel},server=on,wait=off",
-            "-device", "virtio-serial",
-            "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
-        ])
+        vm = self.qemu(
+            extra=[
+                "-M",
+                "q35",
+                "-m",
+                "64",
+                "-S",
+                "-chardev",
+                f"socket,id=qga0,path={channel},server=on,wait=off",
+                "-device",
+                "virtio-serial",
+                "-device",
+                "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+            ]
+        )
         assert vm.proc is not None
         _wait_for_socket(channel, vm.proc, vm.log)
         return vm
@@ -312,14 +331,14 @@ def leave_half_command(path: pathlib.Path, data: bytes) -> None:
 _REPLY_ID = re.compile(rb'(,\s*"id": |\{\s*"id": )("(?:[^"\\]|\\.)*"|-?[0-9]+)(\s*\}|,\s*"error")')
 
 
-def session(corpus_dir: pathlib.Path, name: str, body_only: bool = False) -> List[Tuple[str, Optional[bytes]]]:
+def session(corpus_dir: pathlib.Path, name: str, body_only: bool = False) -> list[tuple[str, bytes | None]]:
     """The ``C:``/``S:`` steps of a recorded session as ``(side, bytes)``.
 
     Steps that are not bytes (``<nothing ...>``, resets, abbreviated lines)
     have None.  ``body_only`` starts after the ``# ---- test body ----``
     marker (the handshake before it is left out).
     """
-    steps: List[Tuple[str, Optional[bytes]]] = []
+    steps: list[tuple[str, bytes | None]] = []
     for line in (corpus_dir / "qemu-7.2" / name).read_text(encoding="utf-8").splitlines():
         if line.startswith("# ---- test body"):
             if body_only:
@@ -333,7 +352,7 @@ def session(corpus_dir: pathlib.Path, name: str, body_only: bool = False) -> Lis
     return steps
 
 
-def renumber(data: bytes, ids: Dict[bytes, int]) -> bytes:
+def renumber(data: bytes, ids: dict[bytes, int]) -> bytes:
     """Rewrite the reply ids QEMU recorded into the ids a client allocated.
 
     ``ids`` maps a recorded id as QEMU printed it (``b'"stop"'``, ``b'6'``)
@@ -341,7 +360,7 @@ def renumber(data: bytes, ids: Dict[bytes, int]) -> bytes:
     they can never be mistaken for an allocated one.
     """
 
-    def sub(m: "re.Match[bytes]") -> bytes:
+    def sub(m: re.Match[bytes]) -> bytes:
         old = m.group(2)
         if old in ids:
             new = str(ids[old]).encode()

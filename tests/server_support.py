@@ -11,7 +11,7 @@ import array
 import asyncio
 import re
 import socket
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any
 
 import orjson
 
@@ -38,7 +38,7 @@ class Peer:
         self.reset = False
 
     @classmethod
-    async def connect(cls, address: Union[str, Tuple[str, int]], timeout: float = TIMEOUT) -> "Peer":
+    async def connect(cls, address: str | tuple[str, int], timeout: float = TIMEOUT) -> Peer:
         family = socket.AF_INET if isinstance(address, tuple) else socket.AF_UNIX
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -61,7 +61,7 @@ class Peer:
     async def send(self, data: bytes) -> None:
         await asyncio.wait_for(self.loop.sock_sendall(self.sock, data), TIMEOUT)
 
-    def send_fds(self, data: bytes, fds: List[int]) -> None:
+    def send_fds(self, data: bytes, fds: list[int]) -> None:
         """One message with ``fds`` attached (SCM_RIGHTS)."""
         self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
@@ -135,7 +135,7 @@ class Peer:
         await self.send(orjson.dumps({"execute": "qmp_capabilities", "arguments": args}))
         assert await self.read_message() == {"return": {}}
 
-    async def execute(self, command: str, arguments: Optional[dict] = None, **extra: Any) -> Any:
+    async def execute(self, command: str, arguments: dict | None = None, **extra: Any) -> Any:
         """Send one command and return the next message."""
         message = {"execute": command, **extra}
         if arguments is not None:
@@ -146,7 +146,7 @@ class Peer:
     def close(self) -> None:
         self.sock.close()
 
-    async def __aenter__(self) -> "Peer":
+    async def __aenter__(self) -> Peer:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

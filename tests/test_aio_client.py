@@ -14,8 +14,8 @@ import threading
 import pytest
 
 import qmpcore
-from qmpcore import aio
 from fake_server import FakeServer, Peer, event_frame
+from qmpcore import aio
 
 WAIT = 10.0  # upper bound for anything that should happen at once
 
@@ -77,7 +77,9 @@ async def test_tcp_address(tmp_path):
             assert await qmp.execute("y") == {}
 
 
-@pytest.mark.parametrize("address, error", [(42, TypeError), (("h", 0), ValueError), (("", 1), ValueError), ("", ValueError)])
+@pytest.mark.parametrize(
+    "address, error", [(42, TypeError), (("h", 0), ValueError), (("", 1), ValueError), ("", ValueError)]
+)
 async def test_bad_address(address, error):
     with pytest.raises(error):
         await qmpcore.connect(address)
@@ -149,7 +151,11 @@ async def test_command_error(tmp_path):
             with pytest.raises(qmpcore.CommandError) as info:
                 await qmp.execute("query-status", {"bogus": 1})
             err = info.value
-            assert (err.error_class, err.desc, err.command) == ("GenericError", "Parameter 'bogus' is unexpected", "query-status")
+            assert (err.error_class, err.desc, err.command) == (
+                "GenericError",
+                "Parameter 'bogus' is unexpected",
+                "query-status",
+            )
             assert err.reply["error"]["class"] == "GenericError"
 
 
@@ -387,7 +393,10 @@ async def test_events_stream_and_filters(tmp_path):
             ev = await qmp.wait_event("BLOCK_JOB_READY", match={"device": "b"}, timeout=WAIT)
             assert ev.data == {"device": "b"}
             assert [e.name for e in [await everything.get(WAIT) for _ in range(4)]] == [
-                "BLOCK_JOB_READY", "STOP", "BLOCK_JOB_READY", "RESUME",
+                "BLOCK_JOB_READY",
+                "STOP",
+                "BLOCK_JOB_READY",
+                "RESUME",
             ]
             names = []
             async for e in runstate:
@@ -568,7 +577,7 @@ async def test_frame_over_the_limit(tmp_path):
 async def test_close_mid_frame(tmp_path):
     def script(peer: Peer) -> None:
         peer.handshake()
-        cmd = peer.recv_command()
+        peer.recv_command()
         peer.send(b'{"return": {"status": "runn')
 
     async with FakeServer(tmp_path, script) as server:

@@ -117,7 +117,9 @@ def test_every_contender_does_the_same_work(workload):
 
 
 def test_contenders_that_cannot_frame_say_why():
-    pretty = workloads.Workload("pretty", "pretty", chunks=[b'{\n "a": 1\n}\n'], frames=[b'{\n "a": 1\n}\n'], line_framed=False)
+    pretty = workloads.Workload(
+        "pretty", "pretty", chunks=[b'{\n "a": 1\n}\n'], frames=[b'{\n "a": 1\n}\n'], line_framed=False
+    )
     runs = framing.contender_runs(pretty, {"lines": framing.lines_json, "orjson": framing.orjson_floor})
     assert runs["lines"] == "line splitting cannot frame multi-line messages"
     assert callable(runs["orjson"])
@@ -164,8 +166,24 @@ def test_percentile():
 
 def test_report_table_and_json():
     rows = [
-        Row("framing", "small reply", "µs/msg", True, 0.5, {"orjson": 0.4, "qemu.qmp": "not installed"}, variant="cython"),
-        Row("framing", "small reply", "µs/msg", True, 2.0, {"orjson": 0.4, "qemu.qmp": "not installed"}, variant="python"),
+        Row(
+            "framing",
+            "small reply",
+            "µs/msg",
+            True,
+            0.5,
+            {"orjson": 0.4, "qemu.qmp": "not installed"},
+            variant="cython",
+        ),
+        Row(
+            "framing",
+            "small reply",
+            "µs/msg",
+            True,
+            2.0,
+            {"orjson": 0.4, "qemu.qmp": "not installed"},
+            variant="python",
+        ),
         Row("fleet", "1000 VMs: commands/s", "cmd/s", False, 20000.0, {"qemu.qmp": 4000.0}, note="hello"),
     ]
     info = {"qmpcore": "0", "implementation": "cython", "python": "3", "cpu": "cpu", "cores": 2, "os": "os"}
@@ -215,7 +233,9 @@ def test_bench_framing_section_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(
         bench_module, "framing_workloads", lambda quick: [workloads.small_reply(5), workloads.event_stream(20)]
     )
-    options = bench_module.Options(quick=True, json=None, only=["framing"], vms=None, rounds=None, target=None, real_qemu=0)
+    options = bench_module.Options(
+        quick=True, json=None, only=["framing"], vms=None, rounds=None, target=None, real_qemu=0
+    )
     rows = bench_module.framing_section(options, lambda text: None)
     variants = {row.variant for row in rows}
     assert {"python", f"{next(iter(framing.framer_classes()))} raw"} <= variants

@@ -8,7 +8,8 @@ import asyncio
 import importlib
 import inspect
 import types
-from typing import Any, Callable, Dict, List
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -23,10 +24,8 @@ CLASSES = {
 
 #: Names the legacy and qmp.py modules export besides their classes.
 MODULE_NAMES = {
-    "legacy": ["QEMUMonitorProtocol", "QMPBadPortError", "QMPMessage", "QMPReturnValue",
-               "QMPObject", "QMPError"],
-    "qmp": ["QEMUMonitorProtocol", "QMPError", "QMPConnectError", "QMPCapabilitiesError",
-            "QMPTimeoutError"],
+    "legacy": ["QEMUMonitorProtocol", "QMPBadPortError", "QMPMessage", "QMPReturnValue", "QMPObject", "QMPError"],
+    "qmp": ["QEMUMonitorProtocol", "QMPError", "QMPConnectError", "QMPCapabilitiesError", "QMPTimeoutError"],
 }
 
 
@@ -44,15 +43,18 @@ def namespace(backend: str, api: str) -> Any:
     return ns
 
 
-def public_names(api: str) -> List[str]:
+def public_names(api: str) -> list[str]:
     ref = load_api("reference", api)
     return list(getattr(ref, "__all__", None) or MODULE_NAMES[api])
 
 
-def members(cls: type) -> Dict[str, Any]:
-    return {name: inspect.getattr_static(cls, name) for name in dir(cls)
-            if not name.startswith("_") or name in ("__init__", "__enter__", "__exit__",
-                                                     "__aiter__", "__anext__", "_asdict")}
+def members(cls: type) -> dict[str, Any]:
+    return {
+        name: inspect.getattr_static(cls, name)
+        for name in dir(cls)
+        if not name.startswith("_")
+        or name in ("__init__", "__enter__", "__exit__", "__aiter__", "__anext__", "_asdict")
+    }
 
 
 def shape(obj: Any) -> Any:
@@ -62,8 +64,10 @@ def shape(obj: Any) -> Any:
     if isinstance(obj, (classmethod, staticmethod)):
         return [type(obj).__name__, shape(obj.__func__)]
     if callable(obj):
-        params = [(p.name, p.kind.name, repr(p.default) if p.default is not p.empty else None)
-                  for p in inspect.signature(obj).parameters.values()]
+        params = [
+            (p.name, p.kind.name, repr(p.default) if p.default is not p.empty else None)
+            for p in inspect.signature(obj).parameters.values()
+        ]
         # keyword-only additions with defaults do not break callers
         params = [p for p in params if not (p[1] == "KEYWORD_ONLY" and p[2] is not None)]
         return ["async" if inspect.iscoroutinefunction(obj) else "def", params]
@@ -81,19 +85,27 @@ def test_module_names(api: str) -> None:
 def test_class_interface(api: str, cls: str) -> None:
     ref = members(getattr(namespace("reference", api), cls))
     ours = members(getattr(namespace("qmpcore", api), cls))
-    different = {name: (shape(obj), shape(ours.get(name))) for name, obj in ref.items()
-                 if name not in ours or shape(obj) != shape(ours[name])}
+    different = {
+        name: (shape(obj), shape(ours.get(name)))
+        for name, obj in ref.items()
+        if name not in ours or shape(obj) != shape(ours[name])
+    }
     assert not different
 
 
 @pytest.mark.parametrize("api", list(CLASSES))
 def test_exception_hierarchy(api: str) -> None:
     """Each exception class has the same named ancestors among the API's own."""
-    def tree(mod: Any) -> Dict[str, List[str]]:
-        names = {n for n in dir(mod) if isinstance(getattr(mod, n), type)
-                 and issubclass(getattr(mod, n), BaseException)}
-        return {n: sorted({b.__name__ for b in getattr(mod, n).__mro__ if b.__name__ in names})
-                for n in names if n in public_names(api) or api == "qemu_qmp"}
+
+    def tree(mod: Any) -> dict[str, list[str]]:
+        names = {
+            n for n in dir(mod) if isinstance(getattr(mod, n), type) and issubclass(getattr(mod, n), BaseException)
+        }
+        return {
+            n: sorted({b.__name__ for b in getattr(mod, n).__mro__ if b.__name__ in names})
+            for n in names
+            if n in public_names(api) or api == "qemu_qmp"
+        }
 
     ref, ours = tree(load_api("reference", api)), tree(load_api("qmpcore", api))
     assert {n: ours.get(n) for n in ref} == ref
@@ -109,7 +121,7 @@ def test_runstate_members() -> None:
 
 def message_record(api: Any) -> dict:
     Message = api.Message
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     m = Message({"hello": "world", "n": [1, 2.5, None, True]})
     rec["bytes"] = bytes(m)
     rec["str"] = str(m)
@@ -129,14 +141,13 @@ def message_record(api: Any) -> dict:
     rec["non_ascii"] = bytes(Message({"s": "é\u2603"}))
     try:
         Message(b"{")
-    except Exception as exc:  # noqa: BLE001
-        rec["bad_json_detail"] = [type(exc.__cause__).__name__ if exc.__cause__ else None,
-                                  getattr(exc, "raw", None)]
+    except Exception as exc:
+        rec["bad_json_detail"] = [type(exc.__cause__).__name__ if exc.__cause__ else None, getattr(exc, "raw", None)]
     return rec
 
 
 def listener_record(api: Any) -> dict:
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     Message, EventListener = api.Message, api.EventListener
     stop, resume = Message({"event": "STOP"}), Message({"event": "RESUME", "data": {"x": 1}})
 
@@ -176,7 +187,7 @@ def listener_record(api: Any) -> dict:
 
 def models_record(api: Any) -> dict:
     Greeting = api.Greeting
-    rec: Dict[str, Any] = {}
+    rec: dict[str, Any] = {}
     for name, raw in {
         "missing_qmp": {},
         "qmp_not_object": {"QMP": []},
@@ -189,23 +200,36 @@ def models_record(api: Any) -> dict:
     rec["fields"] = [dict(g.QMP.version), list(g.QMP.capabilities), g._asdict(), repr(g.QMP)]
     ErrorResponse = api.ErrorResponse
     rec["error_response"] = outcome(
-        lambda: [ErrorResponse({"error": {"class": "C", "desc": "d"}, "id": 1}).id,
-                 ErrorResponse({"error": {"class": "C", "desc": "d"}}).error.class_], api)
-    rec["error_bad"] = [outcome(lambda raw=raw: ErrorResponse(raw), api)
-                        for raw in ({}, {"error": {"class": 1, "desc": "d"}}, {"error": {"class": "C"}})]
+        lambda: [
+            ErrorResponse({"error": {"class": "C", "desc": "d"}, "id": 1}).id,
+            ErrorResponse({"error": {"class": "C", "desc": "d"}}).error.class_,
+        ],
+        api,
+    )
+    rec["error_bad"] = [
+        outcome(lambda raw=raw: ErrorResponse(raw), api)
+        for raw in ({}, {"error": {"class": 1, "desc": "d"}}, {"error": {"class": "C"}})
+    ]
     return rec
 
 
 def errors_record(api: Any) -> dict:
-    rec: Dict[str, Any] = {}
-    rec["connect"] = [str(api.ConnectError("Failed", EOFError())),
-                      str(api.ConnectError("Failed", OSError(2, "No such file")))]
+    rec: dict[str, Any] = {}
+    rec["connect"] = [
+        str(api.ConnectError("Failed", EOFError())),
+        str(api.ConnectError("Failed", OSError(2, "No such file"))),
+    ]
     state = api.StateError("msg", api.Runstate.IDLE, api.Runstate.RUNNING)
     rec["state"] = [str(state), state.state.name, state.required.name]
     msg = api.Message({"a": 1})
-    for cls_name, arg in (("DeserializationError", b"{x"), ("UnexpectedTypeError", [1]),
-                          ("ServerParseError", msg), ("GreetingError", ValueError("why")),
-                          ("NegotiationError", ValueError("why")), ("ProtocolError", "x")):
+    for cls_name, arg in (
+        ("DeserializationError", b"{x"),
+        ("UnexpectedTypeError", [1]),
+        ("ServerParseError", msg),
+        ("GreetingError", ValueError("why")),
+        ("NegotiationError", ValueError("why")),
+        ("ProtocolError", "x"),
+    ):
         rec[cls_name] = str(getattr(api, cls_name)("text", arg))
     rec["BadReplyError"] = str(api.BadReplyError("text", msg, msg))
     return rec
@@ -213,11 +237,13 @@ def errors_record(api: Any) -> dict:
 
 def address_record(api: Any) -> dict:
     parse = api.QEMUMonitorProtocol.parse_address
-    return {a: outcome(lambda a=a: parse(a), api)
-            for a in ("/tmp/q.sock", "localhost:4444", "host:port", "a:b:c", ":1", "x:")}
+    return {
+        a: outcome(lambda a=a: parse(a), api)
+        for a in ("/tmp/q.sock", "localhost:4444", "host:port", "a:b:c", ":1", "x:")
+    }
 
 
-RECORDS: Dict[str, tuple] = {
+RECORDS: dict[str, tuple] = {
     "message": ("qemu_qmp", message_record),
     "listener": ("qemu_qmp", listener_record),
     "models": ("qemu_qmp", models_record),
@@ -244,11 +270,26 @@ def test_adapters_and_fleet_use_only_public_client_api() -> None:
 
     import qmpcore
 
-    client_internals = {"_sock", "_transport", "_cond", "_read_once", "_reading", "_router",
-                        "_open", "_greeted", "_handshake", "_Transport", "_proto", "_waiters"}
+    client_internals = {
+        "_sock",
+        "_transport",
+        "_cond",
+        "_read_once",
+        "_reading",
+        "_router",
+        "_open",
+        "_greeted",
+        "_handshake",
+        "_Transport",
+        "_proto",
+        "_waiters",
+    }
     package = pathlib.Path(qmpcore.__file__).parent
     for path in sorted(package.glob("compat/*.py")) + [package / "fleet.py"]:
         tree = ast.parse(path.read_text(), str(path))
-        used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
-                and not (isinstance(node.value, ast.Name) and node.value.id == "self")}  # its own
+        used = {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+        }  # its own
         assert not used & client_internals, f"{path.name} uses {sorted(used & client_internals)}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 
@@ -87,8 +87,7 @@ async def qemu_qmp_embedded(api, lab: Lab, command: str) -> Any:
     server = lab.embedded_server(HANDLERS)
     async with session(api.QMPClient("embedded"), server.address) as q:
         value = await within(q.execute(command))
-        return [len(value) if isinstance(value, str) else value,
-                normalize(q.events.clear())]
+        return [len(value) if isinstance(value, str) else value, normalize(q.events.clear())]
 
 
 def blocking_pretty(api, lab: Lab, method: str) -> Any:
@@ -107,8 +106,7 @@ def blocking_embedded(api, lab: Lab, method: str, command: str) -> Any:
     server = lab.embedded_server(HANDLERS)
     with monitor(api, server.address) as mon:
         value = getattr(mon, method)(command)
-        return [len(value) if isinstance(value, str) else value,
-                normalize(mon.get_events())]
+        return [len(value) if isinstance(value, str) else value, normalize(mon.get_events())]
 
 
 STATUS = {"running": False, "singlestep": False, "status": "prelaunch"}
@@ -117,21 +115,46 @@ TWO = [{"ok": True}, [STOP]]
 
 #: case -> (api, runner, needs QEMU, what the adapter returns,
 #:          exception the reference raises, or None when it copes)
-CASES: Dict[str, tuple] = {
+CASES: dict[str, tuple] = {
     "qemu_qmp-pretty": ("qemu_qmp", qemu_qmp_pretty, True, [["oob"], STATUS, STOP], "ConnectError"),
-    "qemu_qmp-20MiB": ("qemu_qmp", lambda a, l: qemu_qmp_embedded(a, l, "x-big"), False, [BIG, []],
-                       "ExecInterruptedError"),
-    "qemu_qmp-two-on-a-line": ("qemu_qmp", lambda a, l: qemu_qmp_embedded(a, l, "x-two"), False, TWO,
-                               "ExecInterruptedError"),
+    "qemu_qmp-20MiB": (
+        "qemu_qmp",
+        lambda a, l: qemu_qmp_embedded(a, l, "x-big"),
+        False,
+        [BIG, []],
+        "ExecInterruptedError",
+    ),
+    "qemu_qmp-two-on-a-line": (
+        "qemu_qmp",
+        lambda a, l: qemu_qmp_embedded(a, l, "x-two"),
+        False,
+        TWO,
+        "ExecInterruptedError",
+    ),
     "legacy-pretty": ("legacy", lambda a, l: blocking_pretty(a, l, "cmd"), True, [STATUS, STOP], "ConnectError"),
-    "legacy-20MiB": ("legacy", lambda a, l: blocking_embedded(a, l, "cmd", "x-big"), False, [BIG, []],
-                     "ExecInterruptedError"),
-    "legacy-two-on-a-line": ("legacy", lambda a, l: blocking_embedded(a, l, "cmd", "x-two"), False, TWO,
-                             "ExecInterruptedError"),
+    "legacy-20MiB": (
+        "legacy",
+        lambda a, l: blocking_embedded(a, l, "cmd", "x-big"),
+        False,
+        [BIG, []],
+        "ExecInterruptedError",
+    ),
+    "legacy-two-on-a-line": (
+        "legacy",
+        lambda a, l: blocking_embedded(a, l, "cmd", "x-two"),
+        False,
+        TWO,
+        "ExecInterruptedError",
+    ),
     "qmp-pretty": ("qmp", lambda a, l: blocking_pretty(a, l, "command"), True, [STATUS, STOP], "JSONDecodeError"),
     "qmp-20MiB": ("qmp", lambda a, l: blocking_embedded(a, l, "command", "x-big"), False, [BIG, []], None),
-    "qmp-two-on-a-line": ("qmp", lambda a, l: blocking_embedded(a, l, "command", "x-two"), False, TWO,
-                          "JSONDecodeError"),
+    "qmp-two-on-a-line": (
+        "qmp",
+        lambda a, l: blocking_embedded(a, l, "command", "x-two"),
+        False,
+        TWO,
+        "JSONDecodeError",
+    ),
 }
 
 
@@ -154,8 +177,7 @@ def run_case(case: str, backend: str, tmp_path) -> Any:
 
 def case_params() -> list:
     """Each case; those that start QEMU carry the ``qemu`` mark."""
-    return [pytest.param(case, marks=[pytest.mark.qemu] if spec[2] else [])
-            for case, spec in CASES.items()]
+    return [pytest.param(case, marks=[pytest.mark.qemu] if spec[2] else []) for case, spec in CASES.items()]
 
 
 @pytest.mark.parametrize("case", case_params())

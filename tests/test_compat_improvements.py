@@ -108,8 +108,9 @@ async def test_commands_from_many_tasks(vm) -> None:
     q = qemu_qmp.QMPClient()
     await within(q.connect(vm.address))
     try:
-        names = await within(asyncio.gather(
-            *(q.execute("qom-get", {"path": "/machine", "property": "type"}) for _ in range(50))))
+        names = await within(
+            asyncio.gather(*(q.execute("qom-get", {"path": "/machine", "property": "type"}) for _ in range(50)))
+        )
         assert set(names) == {"none-machine"}
     finally:
         with contextlib.suppress(EOFError):

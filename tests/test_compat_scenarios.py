@@ -7,7 +7,7 @@ reference packages (``qemu.qmp`` 0.0.6, ``qmp`` 1.1.0) and on
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import pytest
 
@@ -16,10 +16,10 @@ from compat_scenarios import BACKENDS, SCENARIOS, require_qemu, run_scenario
 pytestmark = pytest.mark.qemu
 
 #: Records of this session, so the comparison does not run scenarios twice.
-RECORDS: Dict[Tuple[str, str], dict] = {}
+RECORDS: dict[tuple[str, str], dict] = {}
 
 #: Behaviours every backend must show (key path -> expected value).
-EXPECTED: Dict[str, Dict[Tuple[str, ...], Any]] = {
+EXPECTED: dict[str, dict[tuple[str, ...], Any]] = {
     "connect_unix": {
         ("runstates",): ["CONNECTING", "RUNNING", "DISCONNECTING", "IDLE"],
         ("connect_again", "raised", "type"): "StateError",
@@ -58,7 +58,7 @@ def record(name: str, backend: str, tmp_path) -> dict:
     return RECORDS[key]
 
 
-def lookup(rec: dict, path: Tuple[str, ...]) -> Any:
+def lookup(rec: dict, path: tuple[str, ...]) -> Any:
     for part in path:
         rec = rec[part]
     return rec
@@ -77,5 +77,4 @@ def test_same_as_reference(name: str, tmp_path) -> None:
     ref = record(name, "reference", tmp_path)
     ours = record(name, "qmpcore", tmp_path)
     differing = sorted(k for k in ref.keys() | ours.keys() if ref.get(k) != ours.get(k))
-    assert not differing, {k: {"reference": ref.get(k), "qmpcore": ours.get(k)}
-                           for k in differing}
+    assert not differing, {k: {"reference": ref.get(k), "qmpcore": ours.get(k)} for k in differing}

@@ -22,7 +22,9 @@ def test_event_fields():
     assert bare.data == {} and bare.timestamp is None
 
 
-@pytest.mark.parametrize("policy, sizes", [(DROP_OLDEST, (0, 1, 3, 10, 20)), (RAISE, (1, 3, 10, 20)), (BLOCK, (1, 3, 10, 20))])
+@pytest.mark.parametrize(
+    "policy, sizes", [(DROP_OLDEST, (0, 1, 3, 10, 20)), (RAISE, (1, 3, 10, 20)), (BLOCK, (1, 3, 10, 20))]
+)
 def test_put_all_is_put_each(policy, sizes):
     for size in sizes:
         one, many = EventQueue(None, size, policy), EventQueue(None, size, policy)

@@ -126,7 +126,11 @@ async def test_submit_is_execute_without_a_coroutine(tmp_path):
         vms[2].delay_command("query-status", 30)
         async with Fleet(vms.qmp_paths, command_timeout=0.3, reconnect=False) as fleet:
             a, b, c = fleet.vms
-            futures = [fleet.submit(a, "query-name"), fleet.submit(b, "no-such-command"), fleet.submit(c, "query-status")]
+            futures = [
+                fleet.submit(a, "query-name"),
+                fleet.submit(b, "no-such-command"),
+                fleet.submit(c, "query-status"),
+            ]
             assert all(isinstance(f, asyncio.Future) for f in futures)
             assert fleet.stats().in_flight == 3
             results = await asyncio.gather(*futures, return_exceptions=True)

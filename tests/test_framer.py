@@ -144,7 +144,7 @@ def test_structural_characters_inside_strings(Framer):
 
 def test_escapes_and_surrogate_pairs(Framer):
     data = b'{"s": "\\" \\\\ \\/ \\b\\f\\n\\r\\t \\u00e9 \\ud83d\\ude00"}\r\n'
-    assert Framer().feed(data) == [{"s": '" \\ / \b\f\n\r\t \u00e9 \U0001F600'}]
+    assert Framer().feed(data) == [{"s": '" \\ / \b\f\n\r\t \u00e9 \U0001f600'}]
 
 
 def test_single_quote_extension(Framer):
@@ -156,7 +156,8 @@ def test_single_quote_extension(Framer):
 
 
 def test_frames_without_single_quotes_skip_transcoding(Framer, monkeypatch):
-    from qmpcore.framing import qemu_json as _qemu_json, wire as _wire
+    from qmpcore.framing import qemu_json as _qemu_json
+    from qmpcore.framing import wire as _wire
 
     def boom(frame):
         raise AssertionError("transcoded a frame without single quotes")
@@ -233,9 +234,18 @@ def _recorded_answers(steps):
 
 
 @pytest.mark.parametrize(
-    "name", ["05_malformed_json", "06_top_level_scalars", "07_single_quotes", "09_control_chars_nul_invalid_utf8",
-             "11_framing_split_and_batched", "12_sync_0xff_and_recovery", "23_misc_lexer_edges",
-             "02_before_negotiation", "08_string_escapes_echo"]
+    "name",
+    [
+        "05_malformed_json",
+        "06_top_level_scalars",
+        "07_single_quotes",
+        "09_control_chars_nul_invalid_utf8",
+        "11_framing_split_and_batched",
+        "12_sync_0xff_and_recovery",
+        "23_misc_lexer_edges",
+        "02_before_negotiation",
+        "08_string_escapes_echo",
+    ],
 )
 def test_errors_in_qemu_order(Framer, corpus_dir, name):
     steps = corpus_support.load(corpus_dir / "qemu-7.2" / f"{name}.txt")
@@ -298,8 +308,10 @@ def test_depth_limit(Framer, corpus_dir):
     assert f.feed(ok) == [{"id": json.loads(b"[" * 1023 + b"]" * 1023)}]
     deep = b'{"execute":"query-status","id":' + b"[" * 1024 + b"]" * 1024 + b"}\n"
     items = f.feed(deep + b'{"execute":"after"}\n')
-    assert items == [FrameError("JSON nesting depth limit exceeded", deep.index(b"[" * 1024) + 1023 + len(ok)),
-                     {"execute": "after"}]
+    assert items == [
+        FrameError("JSON nesting depth limit exceeded", deep.index(b"[" * 1024) + 1023 + len(ok)),
+        {"execute": "after"},
+    ]
     # corpus 16: 2000 deep at top level; QEMU cascades, qmpcore reports once
     steps = corpus_support.load(corpus_dir / "qemu-7.2" / "16_nesting_2000.txt")
     data = [s.data for s in steps if s.side == "C" and s.data and s.data.startswith(b"[")][0]
@@ -356,8 +368,15 @@ def test_huge_unterminated_string_keeps_memory_bounded(Framer):
 
 
 def test_integers_of_any_size_are_exact(Framer):
-    nums = [9223372036854775807, 9223372036854775808, 18446744073709551615, 18446744073709551616,
-            -9223372036854775809, 10**40, -(10**30)]
+    nums = [
+        9223372036854775807,
+        9223372036854775808,
+        18446744073709551615,
+        18446744073709551616,
+        -9223372036854775809,
+        10**40,
+        -(10**30),
+    ]
     data = b"".join(b'{"n": %d}\r\n' % n for n in nums) + b"[%d]" % (10**25)
     assert Framer().feed(data) == [{"n": n} for n in nums] + [[10**25]]
     assert Framer().feed(b"123456789012345678901234567890 ") == [123456789012345678901234567890]
@@ -419,5 +438,5 @@ def test_encode_is_compact_with_crlf():
 
 
 def test_encode_round_trips_through_the_framer(Framer):
-    obj = {"execute": "x", "arguments": {"s": "it's \"q\" \n", "n": [1, 2.5, None, True]}}
+    obj = {"execute": "x", "arguments": {"s": 'it\'s "q" \n', "n": [1, 2.5, None, True]}}
     assert Framer(strict=True).feed(encode(obj)) == [obj]

@@ -14,21 +14,19 @@ import json
 import math
 import os
 
-import corpus_support
 import pytest
-from conftest import IMPLEMENTATIONS, QEMU_CORPUS
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+import corpus_support
+from conftest import IMPLEMENTATIONS, QEMU_CORPUS
 from qmpcore import SYNC, FrameError
 from qmpcore.framing.qemu_json import display
 
 settings.register_profile(
     "ci", max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
-settings.register_profile(
-    "deep", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck)
-)
+settings.register_profile("deep", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
 # Under sanitizers every example is ~10x slower: a failure is reported as
 # found, without the long shrinking phase.
 settings.register_profile(
@@ -43,11 +41,7 @@ CY = IMPLEMENTATIONS.get("cython")
 PY = IMPLEMENTATIONS["python"]
 
 json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
     max_leaves=20,
 )
@@ -89,8 +83,11 @@ def _dump(value, draw) -> str:
     return "{" + pad + ("," + pad).join(items) + pad + "}"
 
 
-GARBAGE_START = [b for b in range(256) if chr(b) not in WS + "{}[],:\"'-" and not (0x30 <= b <= 0x39)
-                 and not (0x61 <= b <= 0x7A) and b != 0xFF]
+GARBAGE_START = [
+    b
+    for b in range(256)
+    if chr(b) not in WS + "{}[],:\"'-" and not (0x30 <= b <= 0x39) and not (0x61 <= b <= 0x7A) and b != 0xFF
+]
 RECOVERY_SKIP = bytes(b for b in range(0x20, 0xFE) if chr(b) not in "{}[],:") + b"\t"
 
 
@@ -113,7 +110,7 @@ def streams(draw):
             expected.append(SYNC)
         else:
             first = draw(st.sampled_from(GARBAGE_START))
-            expected.append(FrameError("JSON parse error, stray '%s'" % display(bytes([first])), len(data)))
+            expected.append(FrameError(f"JSON parse error, stray '{display(bytes([first]))}'", len(data)))
             data.append(first)
             data += draw(st.binary(max_size=6).map(lambda b: bytes(RECOVERY_SKIP[x % len(RECOVERY_SKIP)] for x in b)))
             data += b"\n"
@@ -147,9 +144,20 @@ def test_both_framers_match_the_oracle(stream, cuts):
     assert _run(CY, [data]) == expected
 
 
-@given(streams(), st.lists(st.integers(0, 1 << 16), max_size=12), st.sampled_from(
-    [{"strict": True}, {"raw": True}, {"max_frame_size": 40}, {"max_depth": 3}, {"max_tokens": 12},
-     {"strict": True, "max_frame_size": 64, "max_depth": 4}]))
+@given(
+    streams(),
+    st.lists(st.integers(0, 1 << 16), max_size=12),
+    st.sampled_from(
+        [
+            {"strict": True},
+            {"raw": True},
+            {"max_frame_size": 40},
+            {"max_depth": 3},
+            {"max_tokens": 12},
+            {"strict": True, "max_frame_size": 64, "max_depth": 4},
+        ]
+    ),
+)
 def test_implementations_agree_in_every_mode(stream, cuts, kw):
     data, _ = stream
     whole = _norm(_run(PY, [data], **kw))
@@ -195,8 +203,12 @@ def _mutate(data: bytes, mutations) -> bytes:
     return bytes(buf)
 
 
-@given(st.sampled_from(CORPUS_STREAMS), MUTATIONS, st.lists(st.integers(0, 1 << 20), max_size=10),
-       st.sampled_from([{}, {"strict": True}, {"raw": True}, {"max_frame_size": 256, "max_depth": 8}]))
+@given(
+    st.sampled_from(CORPUS_STREAMS),
+    MUTATIONS,
+    st.lists(st.integers(0, 1 << 20), max_size=10),
+    st.sampled_from([{}, {"strict": True}, {"raw": True}, {"max_frame_size": 256, "max_depth": 8}]),
+)
 def test_mutated_corpus_streams_agree(data, mutations, cuts, kw):
     data = _mutate(data, mutations)
     chunks = _split(data, cuts)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import IN_CI
 
 HERE = pathlib.Path(__file__).resolve().parent

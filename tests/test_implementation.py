@@ -35,7 +35,8 @@ def test_environment_switch(value, expected):
 
 
 def test_both_raise_the_same_exception_types():
-    from qmpcore.framing import _framer, pure as _framer_py
+    from qmpcore.framing import _framer
+    from qmpcore.framing import pure as _framer_py
 
     for cls in (_framer.Framer, _framer_py.Framer):
         with pytest.raises(TypeError):

@@ -18,12 +18,12 @@ import gc
 import os
 import random
 import tracemalloc
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import IMPLEMENTATIONS
 
 import qmpcore
+from conftest import IMPLEMENTATIONS
 from qmpcore.protocol.qmp_client import QMPClientProtocol
 from qmpcore.server import GuestAgentServer, SimulatedGuestAgent, serve_vm
 from qmpcore.soak import Usage
@@ -206,4 +206,6 @@ async def test_guest_agent_connect_close_cycles(tmp_path, traced: None) -> None:
     count = figure(CYCLES) // 4
     agent = SimulatedGuestAgent()
     async with GuestAgentServer(agent, path):
-        await _cycles(lambda: qmpcore.connect_guest_agent(path, timeout=10), count, f"{count} guest agent connect/close cycles")
+        await _cycles(
+            lambda: qmpcore.connect_guest_agent(path, timeout=10), count, f"{count} guest agent connect/close cycles"
+        )

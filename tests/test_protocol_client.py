@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import qmpcore
+from qemu_support import recorded_id, renumber, session
 from qmpcore.errors import ProtocolError, StateError
 from qmpcore.protocol import _client
 from qmpcore.protocol.qmp_client import (
@@ -26,7 +27,6 @@ from qmpcore.protocol.qmp_client import (
     State,
     VersionInfo,
 )
-from qemu_support import recorded_id, renumber, session
 
 GREETING = (
     b'{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, '
@@ -234,7 +234,11 @@ def test_command_encoding_and_ids():
     b, data_b = proto.send_command("human-monitor-command", {"command-line": "info version"})
     assert a != b
     assert decode(data_a) == {"execute": "query-status", "id": a}
-    assert decode(data_b) == {"execute": "human-monitor-command", "arguments": {"command-line": "info version"}, "id": b}
+    assert decode(data_b) == {
+        "execute": "human-monitor-command",
+        "arguments": {"command-line": "info version"},
+        "id": b,
+    }
 
 
 @pytest.mark.parametrize("command, arguments", [(1, None), (None, None), ("x", []), ("x", "a")])
@@ -267,7 +271,11 @@ def test_command_errors(corpus_dir):
     assert errors["nope"].error_class == "CommandNotFound"
     assert errors["nope"].desc == "The command nope has not been found"
     exc = errors["nope"].exception()
-    assert isinstance(exc, qmpcore.CommandError) and exc.command == "nope" and exc.reply["error"]["class"] == "CommandNotFound"
+    assert (
+        isinstance(exc, qmpcore.CommandError)
+        and exc.command == "nope"
+        and exc.reply["error"]["class"] == "CommandNotFound"
+    )
     assert errors["query-command-line-options"].desc == "Invalid parameter type for 'option', expected: string"
     assert errors["human-monitor-command"].desc == "Parameter 'command-line' is missing"
     # Replies to commands this protocol never sent are reported, not matched.
@@ -507,7 +515,9 @@ def test_malformed_error_reply():
 # -- a broken server stream -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("garbage", [b"garbage!\r\n", b"\x01\r\n", b"\xff", b"[1, 2]\r\n", b"42\r\n", b'{"what": 1}\r\n'])
+@pytest.mark.parametrize(
+    "garbage", [b"garbage!\r\n", b"\x01\r\n", b"\xff", b"[1, 2]\r\n", b"42\r\n", b'{"what": 1}\r\n']
+)
 def test_garbage_is_a_fault_and_the_connection_continues(garbage):
     proto = ready()
     cid, _ = proto.send_command("query-status")
@@ -573,7 +583,7 @@ def test_any_split_gives_the_same_events(cuts):
         b'{"return": {}, "id": 1}\r\n'
         b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}\r\n'
         b'{"return": {"status": "paused"}, "id": 2}\r\n'
-        b"{\r\n    \"return\": [\r\n        1\r\n    ],\r\n    \"id\": 3\r\n}\r\n"
+        b'{\r\n    "return": [\r\n        1\r\n    ],\r\n    "id": 3\r\n}\r\n'
     )
 
     def run(chunks):

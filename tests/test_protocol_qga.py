@@ -6,6 +6,7 @@ import orjson
 import pytest
 
 import qmpcore
+from qemu_support import session
 from qmpcore.errors import StateError
 from qmpcore.protocol.qga_client import (
     NO_REPLY_COMMANDS,
@@ -17,7 +18,6 @@ from qmpcore.protocol.qga_client import (
     State,
     Synced,
 )
-from qemu_support import session
 
 STRAY = b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\uFFFD\'"}}\n'
 
@@ -154,7 +154,9 @@ def test_recorded_errors(corpus_dir):
     for command, (cls, desc) in expected.items():
         cid, _ = proto.send_command(command, {} if command == "guest-sync" else None)
         recorded = next(
-            data for side, data in session(corpus_dir, "qga_02_errors.txt") if side == "S" and data and desc.encode() in data
+            data
+            for side, data in session(corpus_dir, "qga_02_errors.txt")
+            if side == "S" and data and desc.encode() in data
         )
         data = recorded.replace(b'{"error"', b'{"id": %d, "error"' % cid)
         (err,) = proto.receive_data(data)
@@ -170,7 +172,9 @@ def test_user_guest_sync_delimited_is_a_plain_command():
 def test_error_without_id_is_a_fault():
     proto = synced()
     proto.send_command("guest-ping")
-    (fault,) = proto.receive_data(b'{"error": {"class": "GenericError", "desc": "JSON parse error, expecting value"}}\n')
+    (fault,) = proto.receive_data(
+        b'{"error": {"class": "GenericError", "desc": "JSON parse error, expecting value"}}\n'
+    )
     assert type(fault) is ProtocolFault and "expecting value" in str(fault.error)
     assert proto.in_flight == 1
 
@@ -185,7 +189,8 @@ def test_no_reply_commands_do_not_wait():
     assert data
     # An error for the shutdown arrives later: dropped, not misrouted.
     events = proto.receive_data(
-        b'{"id": %d, "error": {"class": "CommandNotFound", "desc": "disabled"}}\n{"return": {}, "id": %d}\n' % (cid, nxt)
+        b'{"id": %d, "error": {"class": "CommandNotFound", "desc": "disabled"}}\n{"return": {}, "id": %d}\n'
+        % (cid, nxt)
     )
     assert events == [Return(nxt, "guest-ping", {})]
     assert proto.late_replies == 1

@@ -9,8 +9,10 @@ from qmpcore.protocol._qapi import CommandInfo, Schema
 from qmpcore.protocol.qga_server import QGAServerProtocol
 from qmpcore.protocol.qmp_server import NO_ID, QMPServerProtocol, Request, event_bytes
 
-GREETING = b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}\r\n'
-NEGOTIATION = b"{\"id\": 1, \"error\": {\"class\": \"CommandNotFound\", \"desc\": \"Expecting capabilities negotiation with 'qmp_capabilities'\"}}\r\n"
+GREETING = (
+    b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}\r\n'
+)
+NEGOTIATION = b'{"id": 1, "error": {"class": "CommandNotFound", "desc": "Expecting capabilities negotiation with \'qmp_capabilities\'"}}\r\n'
 
 
 def error(desc: str, id: bytes = b"", cls: str = "GenericError") -> bytes:
@@ -61,7 +63,10 @@ def test_greeting_is_queued_at_once(proto):
 
 def test_greeting_version_and_capabilities():
     proto = QMPServerProtocol(version={"qemu": {"major": 8, "minor": 0, "micro": 1}, "package": "x"}, capabilities=())
-    assert proto.data_to_send() == b'{"QMP": {"version": {"qemu": {"micro": 1, "minor": 0, "major": 8}, "package": "x"}, "capabilities": []}}\r\n'
+    assert (
+        proto.data_to_send()
+        == b'{"QMP": {"version": {"qemu": {"micro": 1, "minor": 0, "major": 8}, "package": "x"}, "capabilities": []}}\r\n'
+    )
 
 
 def test_negotiation_mode_refuses_everything_else(proto):
@@ -111,7 +116,9 @@ def test_oob_not_offered_is_not_available(commands):
 
 def test_negotiating_twice(ready):
     ready.receive_data(b'{"execute":"qmp_capabilities","id":5}')
-    assert ready.data_to_send() == error("Capabilities negotiation is already complete, command ignored", b"5", "CommandNotFound")
+    assert ready.data_to_send() == error(
+        "Capabilities negotiation is already complete, command ignored", b"5", "CommandNotFound"
+    )
     assert ready.negotiated and not ready.oob_enabled
 
 
@@ -184,19 +191,31 @@ def test_answering_twice_or_foreign_requests_is_a_state_error(ready):
     [
         (b'{"execute":"nope","id":1}', error("The command nope has not been found", b"1", "CommandNotFound")),
         (b'{"execute":"sim-off","id":1}', error("Command sim-off has been disabled", b"1", "CommandNotFound")),
-        (b'{"execute":"query-status","arguments":[],"id":5}', error("QMP input member 'arguments' must be an object", b"5")),
-        (b'{"execute":"query-status","arguments":null,"id":11}', error("QMP input member 'arguments' must be an object", b"11")),
+        (
+            b'{"execute":"query-status","arguments":[],"id":5}',
+            error("QMP input member 'arguments' must be an object", b"5"),
+        ),
+        (
+            b'{"execute":"query-status","arguments":null,"id":11}',
+            error("QMP input member 'arguments' must be an object", b"11"),
+        ),
         (b'{"execute":1,"id":6}', error("QMP input member 'execute' must be a string", b"6")),
         (b'{"id":7}', error("QMP input lacks member 'execute'", b"7")),
         (b"{}", error("QMP input lacks member 'execute'")),
         (b'{"execute":"query-status","foo":1,"id":8}', error("QMP input member 'foo' is unexpected", b"8")),
-        (b'{"execute":"query-status","exec-oob":"query-status","id":9}', error("QMP input member 'exec-oob' is unexpected", b"9")),
+        (
+            b'{"execute":"query-status","exec-oob":"query-status","id":9}',
+            error("QMP input member 'exec-oob' is unexpected", b"9"),
+        ),
         (b'{"exec-oob":"query-yank","id":10}', error("QMP input member 'exec-oob' is unexpected", b"10")),
         (b"[1,2]", error("QMP input must be a JSON object")),
         (b'"x"', error("QMP input must be a JSON object")),
         (b'{"execute":"query-status","id":12,"id":13}', error("JSON parse error, duplicate key")),
         (b'{"execute":"query-status","arguments":{"bogus":1},"id":3}', error("Parameter 'bogus' is unexpected", b"3")),
-        (b'{"execute":"human-monitor-command","arguments":{},"id":4}', error("Parameter 'command-line' is missing", b"4")),
+        (
+            b'{"execute":"human-monitor-command","arguments":{},"id":4}',
+            error("Parameter 'command-line' is missing", b"4"),
+        ),
         (
             b'{"execute":"query-command-line-options","arguments":{"option":1},"id":2}',
             error("Invalid parameter type for 'option', expected: string", b"2"),
@@ -223,7 +242,10 @@ def test_parse_errors_have_no_id_and_recovery_continues(ready):
 
 def test_0xff_is_answered_once(ready):
     ready.receive_data(b"\xff")
-    assert ready.data_to_send() == b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\uFFFD\'"}}\r\n'
+    assert (
+        ready.data_to_send()
+        == b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\uFFFD\'"}}\r\n'
+    )
     assert ready.next_event() is None
 
 
@@ -335,7 +357,9 @@ def test_agent_has_no_greeting_and_ends_lines_with_lf(agent):
 
 def test_agent_sync_delimited_reply_starts_with_0xff(agent):
     agent.receive_data(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":1}}\n')
-    assert agent.data_to_send() == b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\uFFFD\'"}}\n'
+    assert (
+        agent.data_to_send() == b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\uFFFD\'"}}\n'
+    )
     request = agent.next_event()
     agent.send_return(request, request.arguments["id"])
     assert agent.data_to_send() == b'\xff{"return": 1}\n'

@@ -36,7 +36,10 @@ VERSION = {"qemu": {"major": 7, "minor": 2, "micro": 22}, "package": "Debian 1:7
         ({"return": {}, "id": 4}, b'{"return": {}, "id": 4}'),
         ({"id": 4, "return": {}}, b'{"return": {}, "id": 4}'),
         ({"error": {"class": "C", "desc": "d"}, "id": 1}, b'{"id": 1, "error": {"class": "C", "desc": "d"}}'),
-        ({"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}, b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}'),
+        (
+            {"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}},
+            b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}',
+        ),
         # corpus 28: an id object echoed with keys in QDict order
         ({"b": 1, "a": [1, {"z": None}]}, b'{"a": [1, {"z": null}], "b": 1}'),
         ({"nested": [1, 2, {"x": None}]}, b'{"nested": [1, 2, {"x": null}]}'),
@@ -61,12 +64,12 @@ def test_same_bucket_keys_come_newest_first():
 @pytest.mark.parametrize(
     "text, out",
     [
-        ("\u00e9 \u00e9 / \b\f\n\r\t \\ \"", b'"\\u00E9 \\u00E9 / \\b\\f\\n\\r\\t \\\\ \\""'),
-        ("\U0001F600", b'"\\uD83D\\uDE00"'),
+        ('\u00e9 \u00e9 / \b\f\n\r\t \\ "', b'"\\u00E9 \\u00E9 / \\b\\f\\n\\r\\t \\\\ \\""'),
+        ("\U0001f600", b'"\\uD83D\\uDE00"'),
         ("\x00", b'"\\u0000"'),
         ("\x7f", b'"\\u007F"'),
         ("\x1b\x1f", b'"\\u001B\\u001F"'),
-        ("\u00e9\U0001F600", b'"\\u00E9\\uD83D\\uDE00"'),
+        ("\u00e9\U0001f600", b'"\\u00E9\\uD83D\\uDE00"'),
         ("it's", b'"it\'s"'),
         ('has "dq" inside', b'"has \\"dq\\" inside"'),
         ("\\u00e9", b'"\\\\u00e9"'),  # a backslash, not an escape: stays lowercase

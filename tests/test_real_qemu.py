@@ -49,7 +49,11 @@ async def test_negotiation_mode_errors(shared_vm):  # noqa: F811
         for command in ("query-status", "no-such-command", "stop"):
             with pytest.raises(qmpcore.CommandError) as info:
                 await qmp.execute(command)
-            assert (info.value.error_class, info.value.desc, info.value.command) == ("CommandNotFound", NEGOTIATION_DESC, command)
+            assert (info.value.error_class, info.value.desc, info.value.command) == (
+                "CommandNotFound",
+                NEGOTIATION_DESC,
+                command,
+            )
         with pytest.raises(qmpcore.CommandError) as info:
             await qmp.execute("qmp_capabilities", {"enable": ["nonexistent"]})
         assert info.value.desc == "Parameter 'null' does not accept value 'nonexistent'"
@@ -81,7 +85,12 @@ async def test_query_qmp_schema(shared_vm, corpus_dir):  # noqa: F811
 async def test_command_errors(shared_vm):  # noqa: F811
     cases = [
         ("nope", None, "CommandNotFound", "The command nope has not been found"),
-        ("query-command-line-options", {"option": 1}, "GenericError", "Invalid parameter type for 'option', expected: string"),
+        (
+            "query-command-line-options",
+            {"option": 1},
+            "GenericError",
+            "Invalid parameter type for 'option', expected: string",
+        ),
         ("query-status", {"bogus": 1}, "GenericError", "Parameter 'bogus' is unexpected"),
         ("human-monitor-command", {}, "GenericError", "Parameter 'command-line' is missing"),
         ("getfd", {"fdname": "nothing"}, "GenericError", "No file descriptor supplied via SCM_RIGHTS"),

@@ -50,7 +50,12 @@ async def test_errors(shared_agent):  # noqa: F811
     cases = [
         ("guest-nope", None, "CommandNotFound", "The command guest-nope has not been found"),
         ("guest-sync", {}, "GenericError", "Parameter 'id' is missing"),
-        ("guest-sync-delimited", {"id": "notint"}, "GenericError", "Invalid parameter type for 'id', expected: integer"),
+        (
+            "guest-sync-delimited",
+            {"id": "notint"},
+            "GenericError",
+            "Invalid parameter type for 'id', expected: integer",
+        ),
         ("qmp_capabilities", None, "CommandNotFound", "The command qmp_capabilities has not been found"),
         ("guest-shutdown", None, "CommandNotFound", "Command guest-shutdown has been disabled"),
     ]

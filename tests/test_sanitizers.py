@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import IN_CI
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -57,7 +58,9 @@ def sanitized(tmp_path_factory) -> dict:
     for source in (REPO / "src").glob("_framer.p*"):
         shutil.copy(source, work / "src")
     lib = work / "lib"
-    shutil.copytree(REPO / "src" / "qmpcore", lib / "qmpcore", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    shutil.copytree(
+        REPO / "src" / "qmpcore", lib / "qmpcore", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__")
+    )
     build_env = dict(os.environ, QMPCORE_CFLAGS=FLAGS, QMPCORE_LDFLAGS="-fsanitize=address,undefined")
     build_env.pop("QMPCORE_NO_EXTENSIONS", None)
     built = subprocess.run(
@@ -96,7 +99,9 @@ def _run(args: list, env: dict, timeout: float) -> subprocess.CompletedProcess:
 def _assert_clean(result: subprocess.CompletedProcess) -> None:
     output = result.stdout + result.stderr
     found = [line for line in output.splitlines() if any(mark in line for mark in REPORTS)]
-    assert result.returncode == 0 and not found, f"exit {result.returncode}; sanitizer reports: {found}\n{output[-8000:]}"
+    assert result.returncode == 0 and not found, (
+        f"exit {result.returncode}; sanitizer reports: {found}\n{output[-8000:]}"
+    )
 
 
 def test_sanitized_build_is_the_one_loaded(sanitized) -> None:

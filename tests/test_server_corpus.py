@@ -17,15 +17,14 @@ import asyncio
 import hashlib
 import re
 import subprocess
-from typing import List
 
 import pytest
 
 import corpus_support
 from conftest import QEMU_CORPUS
 from qemu_support import QEMU_GA, launcher, require  # noqa: F401 - fixture
-from server_support import Peer, normalize
 from qmpcore.server import GuestAgentServer, SimulatedGuestAgent, SimulatedVM, serve_vm
+from server_support import Peer, normalize
 
 VERSION = (7, 2, 22)
 PACKAGE = "Debian 1:7.2+dfsg-7+deb12u18+b3"
@@ -64,7 +63,7 @@ def corpus_vm() -> SimulatedVM:
     return SimulatedVM(version=VERSION, package=PACKAGE, chardevs=("compat_monitor0", "qp"), clock=lambda: 0.0)
 
 
-def steps_of(name: str) -> List[corpus_support.Step]:
+def steps_of(name: str) -> list[corpus_support.Step]:
     steps = corpus_support.load(QEMU_CORPUS / name)
     if name == "18_oob.txt":
         # The last write (20 schema queries and an exec-oob) has no recorded
@@ -74,7 +73,7 @@ def steps_of(name: str) -> List[corpus_support.Step]:
 
 
 async def replay(
-    peer: Peer, steps: List[corpus_support.Step], *, clock_zeroed: bool = True, line_end: bytes = b"\r\n"
+    peer: Peer, steps: list[corpus_support.Step], *, clock_zeroed: bool = True, line_end: bytes = b"\r\n"
 ) -> None:
     """Play ``steps`` against ``peer``'s server and check every reply
     (``line_end`` ends each message: CRLF for QMP, LF for the agent)."""
@@ -216,7 +215,7 @@ CROSS_CHECK = [
 ]
 
 
-async def _answers(address: str) -> List[bytes]:
+async def _answers(address: str) -> list[bytes]:
     """Every CROSS_CHECK input's answer (the bytes up to a quiet moment)."""
     answers = []
     async with await Peer.connect(address) as peer:
@@ -270,8 +269,19 @@ def real_qga(tmp_path):
     path = tmp_path / "qga.sock"
     state = tmp_path / "state"
     state.mkdir()
-    argv = [QEMU_GA, "-m", "unix-listen", "-p", str(path), "-t", str(state),
-            "-f", str(tmp_path / "qga.pid"), "-b", CORPUS_QGA_BLOCKED]
+    argv = [
+        QEMU_GA,
+        "-m",
+        "unix-listen",
+        "-p",
+        str(path),
+        "-t",
+        str(state),
+        "-f",
+        str(tmp_path / "qga.pid"),
+        "-b",
+        CORPUS_QGA_BLOCKED,
+    ]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield str(path)
@@ -283,8 +293,12 @@ def real_qga(tmp_path):
 @pytest.mark.qemu
 async def test_real_qemu_ga_still_matches_corpus(real_qga):
     """The guest agent replay is sound too, guest-info included."""
-    for names in (["qga_01_sync_ping_info.txt"], ["qga_02_errors.txt"], ["qga_04_resync_variants.txt"],
-                  ["qga_03a_stale_partial.txt", "qga_03b_after_stale.txt"]):
+    for names in (
+        ["qga_01_sync_ping_info.txt"],
+        ["qga_02_errors.txt"],
+        ["qga_04_resync_variants.txt"],
+        ["qga_03a_stale_partial.txt", "qga_03b_after_stale.txt"],
+    ):
         for name in names:
             async with await Peer.connect(real_qga) as peer:
                 await replay(peer, steps_of(name), clock_zeroed=False, line_end=b"\n")

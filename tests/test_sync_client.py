@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
 import qmpcore
-from qmpcore import sync
 from fake_server import FakeServer, Peer, event_frame
+from qmpcore import sync
 
 WAIT = 10.0
 

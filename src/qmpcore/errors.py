@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from typing import Any, Optional, Tuple
+from typing import Any
 
 __all__ = [
     "QMPError",
@@ -96,8 +96,8 @@ class CommandError(QMPError):
         self,
         error_class: str,
         desc: str,
-        command: Optional[str] = None,
-        reply: Optional[dict] = None,
+        command: str | None = None,
+        reply: dict | None = None,
     ) -> None:
         super().__init__(error_class, desc)
         self.error_class = error_class
@@ -116,12 +116,12 @@ class ConnectionLost(QMPError, ConnectionError):
 
 # Before Python 3.11, asyncio's TimeoutError is a class of its own: be both,
 # so code catching either (as asyncio code written for 3.10 does) sees ours.
-_TIMEOUT_BASES: Tuple[type, ...] = (builtins.TimeoutError,)
+_TIMEOUT_BASES: tuple[type, ...] = (builtins.TimeoutError,)
 if asyncio.TimeoutError is not builtins.TimeoutError:  # pragma: no cover - Python 3.10
     _TIMEOUT_BASES += (asyncio.TimeoutError,)
 
 
-class TimeoutError(QMPError, *_TIMEOUT_BASES):  # type: ignore[misc]  # noqa: A001
+class TimeoutError(QMPError, *_TIMEOUT_BASES):  # type: ignore[misc]
     """A wait exceeded its timeout (also a builtin ``TimeoutError``, and
     ``asyncio.TimeoutError`` on every Python version)."""
 

@@ -39,7 +39,7 @@ outstanding QMP command must be delivered.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Set
+from typing import Any
 
 import orjson
 
@@ -67,11 +67,36 @@ OPS = {
     )
 }
 QMP_COMMANDS = ("query-status", "stop", "cont", "quit", "qmp_capabilities", "query-version", "query-kvm", "x")
-QGA_COMMANDS = ("guest-ping", "guest-info", "guest-shutdown", "guest-get-time", "guest-sync", "guest-ping", "x", "guest-suspend-ram")
+QGA_COMMANDS = (
+    "guest-ping",
+    "guest-info",
+    "guest-shutdown",
+    "guest-get-time",
+    "guest-sync",
+    "guest-ping",
+    "x",
+    "guest-suspend-ram",
+)
 EVENTS = (b"STOP", b"RESUME", b"SHUTDOWN", b"RESET", b"X" * 40, b"")
 # Ids a broken server might echo; none is ours (ours are ints from 1).
-FOREIGN_IDS = (b"0", b"-1", b"1000000000000", b"18446744073709551617", b'"1"', b"null", b"true", b"1.0", b"1e0", b"[1]", b'{"id": 1}', b"1.5", b'""')
-GREETING = b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": [%s]}}\r\n'
+FOREIGN_IDS = (
+    b"0",
+    b"-1",
+    b"1000000000000",
+    b"18446744073709551617",
+    b'"1"',
+    b"null",
+    b"true",
+    b"1.0",
+    b"1e0",
+    b"[1]",
+    b'{"id": 1}',
+    b"1.5",
+    b'""',
+)
+GREETING = (
+    b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": [%s]}}\r\n'
+)
 
 
 def _nonce(n: int) -> int:
@@ -88,13 +113,13 @@ class Program:
         self.qga = bool(data[:1] and data[0] & 1)
         self.proto: Any = QGAClientProtocol() if self.qga else QMPClientProtocol()
         self.queue = bytearray()  # server bytes not yet delivered
-        self.created: Dict[int, str] = {}  # every id send_command returned
-        self.released: Set[int] = set()  # ids whose frame went to the server
-        self.ended: Set[int] = set()
-        self.abandoned: Set[int] = set()
-        self.nonces: Dict[int, int] = {}  # nonce -> id it was addressed to
-        self.expected: Dict[int, int] = {}  # nonce -> id, replies that must arrive
-        self.answered: Set[int] = set()  # ids a reply was queued for
+        self.created: dict[int, str] = {}  # every id send_command returned
+        self.released: set[int] = set()  # ids whose frame went to the server
+        self.ended: set[int] = set()
+        self.abandoned: set[int] = set()
+        self.nonces: dict[int, int] = {}  # nonce -> id it was addressed to
+        self.expected: dict[int, int] = {}  # nonce -> id, replies that must arrive
+        self.answered: set[int] = set()  # ids a reply was queued for
         self.garbage = False  # anything but well-formed frames was queued
         self.closed = 0
         self.replies = 0
@@ -122,10 +147,10 @@ class Program:
 
     # -- outstanding ids ---------------------------------------------------
 
-    def outstanding(self) -> List[int]:
+    def outstanding(self) -> list[int]:
         return [cid for cid in self.created if cid not in self.ended and cid not in self.abandoned]
 
-    def pick(self) -> Optional[int]:
+    def pick(self) -> int | None:
         ids = self.outstanding()
         return ids[self.byte() % len(ids)] if ids else None
 
@@ -166,7 +191,7 @@ class Program:
             body = b'"error": {"class": "GenericError", "desc": "%d"}' % nonce
         else:
             body = b'"return": {"nonce": %d}' % nonce
-        self.queue += b"{%s, \"id\": %d}\r\n" % (body, cid)
+        self.queue += b'{%s, "id": %d}\r\n' % (body, cid)
 
     def tag(self, cid: int) -> int:
         """A fresh nonce for a reply to ``cid``; remember whether it must arrive."""
@@ -332,7 +357,7 @@ class Program:
         assert self.closed == 1
 
 
-def _reply_nonce(ev: Any) -> Optional[int]:
+def _reply_nonce(ev: Any) -> int | None:
     if type(ev) is Return:
         value = ev.value
         return value.get("nonce") if type(value) is dict and type(value.get("nonce")) is int else None

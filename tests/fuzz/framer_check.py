@@ -21,11 +21,13 @@ items that depend on how the stream was split.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, List, NamedTuple, Sequence, Tuple
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
-from qmpcore.framing import _framer, pure as _framer_py
-from qmpcore.framing.wire import SYNC
 from qmpcore.errors import FrameError
+from qmpcore.framing import _framer
+from qmpcore.framing import pure as _framer_py
+from qmpcore.framing.wire import SYNC
 
 __all__ = ["Config", "parse_input", "make_input", "check", "canonical"]
 
@@ -41,7 +43,7 @@ class Config(NamedTuple):
     views: int  # 0-2: one type for every chunk, 3: rotate
     reset: bool
     bad_args: bool
-    splits: Tuple[int, ...]
+    splits: tuple[int, ...]
     stream: bytes
 
     def chunks(self) -> Iterator[Any]:
@@ -69,19 +71,21 @@ def parse_input(data: bytes) -> Config:
     return Config(kwargs, (flags >> 3) & 3, bool(flags & RESET), bool(flags & BAD_ARGS), splits, data[HEADER + count :])
 
 
-def make_input(stream: bytes, *, flags: int = 0, limits: Sequence[int] = (0, 0, 0), splits: Sequence[int] = ()) -> bytes:
+def make_input(
+    stream: bytes, *, flags: int = 0, limits: Sequence[int] = (0, 0, 0), splits: Sequence[int] = ()
+) -> bytes:
     """Build a fuzz input (used for seeds and regression files)."""
     return bytes([flags, *limits, len(splits)]) + bytes(splits) + stream
 
 
-def canonical(items: List[Any]) -> List[Any]:
+def canonical(items: list[Any]) -> list[Any]:
     """A flat, exactly comparable form of framer output.
 
     Unlike ``==`` it tells 1 from 1.0 and True, matches NaN with NaN, and
     unlike ``repr`` it copes with deep nesting and huge integers.
     """
-    out: List[Any] = []
-    stack: List[Any] = list(reversed(items))
+    out: list[Any] = []
+    stack: list[Any] = list(reversed(items))
     while stack:
         x = stack.pop()
         t = type(x)
@@ -134,7 +138,7 @@ def check(data: bytes) -> None:
     limit = framers[0].max_frame_size
     chunks = list(cfg.chunks())
     reset_at = len(chunks) // 2 if cfg.reset else -1
-    total: List[Any] = []
+    total: list[Any] = []
     for index, chunk in enumerate(chunks):
         if cfg.bad_args:
             _feed_bad_arguments(framers)
@@ -142,10 +146,14 @@ def check(data: bytes) -> None:
         py_items = framers[1].feed(chunk)
         got_c, got_py = canonical(c_items), canonical(py_items)
         if got_c != got_py:
-            raise AssertionError(f"items differ at chunk {index}:\n  cython {c_items!r:.2000}\n  python {py_items!r:.2000}\n{_describe(cfg)}")
+            raise AssertionError(
+                f"items differ at chunk {index}:\n  cython {c_items!r:.2000}\n  python {py_items!r:.2000}\n{_describe(cfg)}"
+            )
         sizes = [f.buffered for f in framers]
         if sizes[0] != sizes[1]:
-            raise AssertionError(f"buffered differs at chunk {index}: cython {sizes[0]}, python {sizes[1]}\n{_describe(cfg)}")
+            raise AssertionError(
+                f"buffered differs at chunk {index}: cython {sizes[0]}, python {sizes[1]}\n{_describe(cfg)}"
+            )
         if sizes[0] > limit + len(chunk):
             raise AssertionError(f"buffered {sizes[0]} > limit {limit} + chunk {len(chunk)}\n{_describe(cfg)}")
         total += got_c

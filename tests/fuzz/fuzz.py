@@ -42,11 +42,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 with atheris.instrument_imports(include=["qmpcore"]):
-    import qmpcore  # noqa: F401
-    import qmpcore.framing.pure  # noqa: F401
-    import qmpcore.protocol.qga_client  # noqa: F401
-    import qmpcore.protocol.qga_server  # noqa: F401
-    import qmpcore.protocol.qmp_client  # noqa: F401
+    import qmpcore
+    import qmpcore.framing.pure
+    import qmpcore.protocol.qga_client
+    import qmpcore.protocol.qga_server
+    import qmpcore.protocol.qmp_client
     import qmpcore.protocol.qmp_server  # noqa: F401
 
 import client_check  # noqa: E402

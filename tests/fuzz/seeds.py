@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-from typing import Iterator, List, Tuple
+from collections.abc import Iterator
 
-import corpus_support
 from client_check import OPS
-from conftest import LIBVIRT_CORPUS, QEMU_CORPUS
 from framer_check import RAW, SMALL, STRICT, make_input
 from server_check import ERRORS, LATE, PRETTY, QGA
 from server_check import make_input as make_server_input
+
+import corpus_support
+from conftest import LIBVIRT_CORPUS, QEMU_CORPUS
 
 __all__ = ["MAX_LEN", "TARGETS", "seeds", "write_seeds"]
 
@@ -29,10 +30,10 @@ MAX_LEN = 16384
 #: Longest seed: short inputs keep the fuzzers fast; they grow when it pays.
 MAX_SEED = 4096
 
-Seed = Tuple[str, bytes]
+Seed = tuple[str, bytes]
 
 
-def _streams() -> Iterator[Tuple[str, bytes, bytes]]:
+def _streams() -> Iterator[tuple[str, bytes, bytes]]:
     """``(name, client bytes, server bytes)`` per recorded session."""
     for path in sorted(QEMU_CORPUS.glob("*.txt")):
         steps = corpus_support.load(path)
@@ -57,7 +58,7 @@ def framer_seeds() -> Iterator[Seed]:
 
 
 def _program(*ops: object) -> bytes:
-    out: List[int] = []
+    out: list[int] = []
     for op in ops:
         if isinstance(op, str):
             out.append(OPS[op])
@@ -70,28 +71,134 @@ def _program(*ops: object) -> bytes:
 
 def client_seeds() -> Iterator[Seed]:
     qmp = 0
-    yield "qmp.session", _program(
-        qmp, "GREETING", 1, "FLUSH", "NEGOTIATE", 1, "REPLY", 0, "FLUSH",
-        "SEND", 0, "SEND", 1, "EVENT", 0, "REPLY", 0, "ERROR", 0, "DELIVER", 20, "FLUSH",
-        "SEND", 0x80, "SEND", 2, "PRETTY", 1, "REPLY", 0, "DELIVER", 7, "DELIVER", 200, "FLUSH",
+    yield (
+        "qmp.session",
+        _program(
+            qmp,
+            "GREETING",
+            1,
+            "FLUSH",
+            "NEGOTIATE",
+            1,
+            "REPLY",
+            0,
+            "FLUSH",
+            "SEND",
+            0,
+            "SEND",
+            1,
+            "EVENT",
+            0,
+            "REPLY",
+            0,
+            "ERROR",
+            0,
+            "DELIVER",
+            20,
+            "FLUSH",
+            "SEND",
+            0x80,
+            "SEND",
+            2,
+            "PRETTY",
+            1,
+            "REPLY",
+            0,
+            "DELIVER",
+            7,
+            "DELIVER",
+            200,
+            "FLUSH",
+        ),
     )
-    yield "qmp.pipeline", _program(
-        qmp, "GREETING", 0, "NEGOTIATE", 0, "FLUSH", "REPLY", 0, "FLUSH",
-        *(["SEND", 0] * 12), *(["REPLY", 0, "FLUSH"] * 12),
+    yield (
+        "qmp.pipeline",
+        _program(
+            qmp,
+            "GREETING",
+            0,
+            "NEGOTIATE",
+            0,
+            "FLUSH",
+            "REPLY",
+            0,
+            "FLUSH",
+            *(["SEND", 0] * 12),
+            *(["REPLY", 0, "FLUSH"] * 12),
+        ),
     )
-    yield "qmp.abandon", _program(
-        qmp, "GREETING", 1, "NEGOTIATE", 1, "FLUSH", "REPLY", 0, "FLUSH",
-        *(["SEND", 5] * 10), "ABANDON", 0, "ABANDON", 3, "STALE", 0, "FOREIGN", 6, "FOREIGN", 7,
-        "REPLY", 0, "FLUSH", "FF", 0, "GARBAGE", 3, b"}{[", "REPLY", 1, "FLUSH", "CLOSE",
+    yield (
+        "qmp.abandon",
+        _program(
+            qmp,
+            "GREETING",
+            1,
+            "NEGOTIATE",
+            1,
+            "FLUSH",
+            "REPLY",
+            0,
+            "FLUSH",
+            *(["SEND", 5] * 10),
+            "ABANDON",
+            0,
+            "ABANDON",
+            3,
+            "STALE",
+            0,
+            "FOREIGN",
+            6,
+            "FOREIGN",
+            7,
+            "REPLY",
+            0,
+            "FLUSH",
+            "FF",
+            0,
+            "GARBAGE",
+            3,
+            b"}{[",
+            "REPLY",
+            1,
+            "FLUSH",
+            "CLOSE",
+        ),
     )
     qga = 1
-    yield "qga.session", _program(
-        qga, "SEND", 0, "SYNCREPLY", "FLUSH", "REPLY", 0, "FLUSH", "SEND", 1, "SEND", 2, "SEND", 3,
-        "REPLY", 0, "FLUSH", "ABANDON", 0, "SYNCREPLY", "DELIVER", 3, "FLUSH", "REPLY", 0, "FLUSH",
+    yield (
+        "qga.session",
+        _program(
+            qga,
+            "SEND",
+            0,
+            "SYNCREPLY",
+            "FLUSH",
+            "REPLY",
+            0,
+            "FLUSH",
+            "SEND",
+            1,
+            "SEND",
+            2,
+            "SEND",
+            3,
+            "REPLY",
+            0,
+            "FLUSH",
+            "ABANDON",
+            0,
+            "SYNCREPLY",
+            "DELIVER",
+            3,
+            "FLUSH",
+            "REPLY",
+            0,
+            "FLUSH",
+        ),
     )
     for path in sorted(QEMU_CORPUS.glob("*.txt")):
         steps = corpus_support.load(path)
-        ops: List[object] = [path.stem.startswith("qga"), "SEND", 0]
+        ops: list[object] = [path.stem.startswith("qga"), "SEND", 0]
         for chunk in corpus_support.server_bytes(steps):
             for start in range(0, min(len(chunk), 1024), 255):
                 piece = chunk[start : start + 255]

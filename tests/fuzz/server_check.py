@@ -21,7 +21,8 @@ agent's sync reply).
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from qmpcore import SYNC, Framer
 from qmpcore.protocol.qga_server import QGAServerProtocol
@@ -41,7 +42,7 @@ def make_input(stream: bytes, *, flags: int = 0, splits: Sequence[int] = ()) -> 
     return bytes([flags, len(splits), *splits]) + stream
 
 
-def _chunks(splits: bytes, data: bytes) -> List[bytes]:
+def _chunks(splits: bytes, data: bytes) -> list[bytes]:
     sizes = splits if any(splits) else (*splits, len(data) or 1)
     out, pos, i = [], 0, 0
     while pos < len(data):
@@ -62,7 +63,7 @@ class _Run:
         self.limit = limits.get("max_frame_size", 64 << 20)
         self.errors = bool(flags & ERRORS)
         self.late = bool(flags & LATE)
-        self.open: List[Any] = []  # requests handed out, not answered yet
+        self.open: list[Any] = []  # requests handed out, not answered yet
         self.output = bytearray()
 
     def answer(self, request: Any) -> None:

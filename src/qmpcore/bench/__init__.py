@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 from . import _framing as framing
 from ._report import Figure, Progress, Row, machine, render, to_json
@@ -27,26 +28,26 @@ __all__ = ["add_arguments", "run", "main", "SECTIONS"]
 
 class Options(argparse.Namespace):
     quick: bool
-    json: Optional[str]
-    only: Optional[List[str]]
-    vms: Optional[int]
-    rounds: Optional[int]
-    target: Optional[str]
+    json: str | None
+    only: list[str] | None
+    vms: int | None
+    rounds: int | None
+    target: str | None
     real_qemu: int
 
 
-def framing_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
+def framing_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
     """Every framing workload, for each qmpcore variant, beside the baselines."""
     classes = framing.framer_classes()
     live = next(iter(classes))  # the compiled one when it is importable
-    variants: Dict[str, Callable[[Workload], framing.Run]] = {
+    variants: dict[str, Callable[[Workload], framing.Run]] = {
         live: lambda w: framing.framer(w, classes[live]),
     }
     if live != "python":
         variants["python"] = lambda w: framing.framer(w, classes["python"])
     variants[f"{live} raw"] = lambda w: framing.framer(w, classes[live], raw=True)
 
-    rows: List[Row] = []
+    rows: list[Row] = []
     for workload in framing_workloads(quick=opts.quick):
         progress(f"framing: {workload.title}")
         prepared = framing.contender_runs(workload, {**variants, **framing.BASELINES})
@@ -56,13 +57,13 @@ def framing_section(opts: argparse.Namespace, progress: Callable[[str], None]) -
         scale = 1e6 / per if workload.per_message else 1e3
 
         def figure(name: str) -> Figure:
-            found = prepared[name]
-            return found if isinstance(found, str) else timings[name].median * scale
+            found = prepared[name]  # noqa: B023 (called within this iteration)
+            return found if isinstance(found, str) else timings[name].median * scale  # noqa: B023 (called within this iteration)
 
         baselines = {name: figure(name) for name in framing.BASELINES}
         for variant in variants:
             value = figure(variant)
-            extra: Dict[str, Figure] = {}
+            extra: dict[str, Figure] = {}
             if not workload.per_message and not isinstance(value, str):
                 extra["MB/s"] = workload.nbytes / (value / scale * per) / 1e6
             rows.append(
@@ -84,28 +85,28 @@ class SectionUnavailable(Exception):
     """A section cannot run here (no QEMU, no target); the text says why."""
 
 
-Section = Callable[[argparse.Namespace, Callable[[str], None]], List[Row]]
+Section = Callable[[argparse.Namespace, Callable[[str], None]], list[Row]]
 
 
-def _socket_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
+def _socket_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
     from ._socket import socket_section
 
     return socket_section(opts, progress)
 
 
-def _fleet_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
+def _fleet_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
     from ._fleet import fleet_section
 
     return fleet_section(opts, progress)
 
 
-def _real_qemu_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> List[Row]:
+def _real_qemu_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
     from ._fleet import real_qemu_section
 
     return real_qemu_section(opts, progress)
 
 
-SECTIONS: Dict[str, Section] = {
+SECTIONS: dict[str, Section] = {
     "framing": framing_section,
     "socket": _socket_section,
     "fleet": _fleet_section,
@@ -116,7 +117,9 @@ SECTIONS: Dict[str, Section] = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` subcommand's options."""
     parser.add_argument("--quick", action="store_true", help="smaller workloads, fewer repeats (under 30 s)")
-    parser.add_argument("--json", metavar="FILE", help="also write every figure and ratio as JSON to FILE ('-' for stdout)")
+    parser.add_argument(
+        "--json", metavar="FILE", help="also write every figure and ratio as JSON to FILE ('-' for stdout)"
+    )
     parser.add_argument(
         "--only",
         metavar="SECTION",
@@ -124,7 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(SECTIONS),
         help="run only this section (repeatable): " + ", ".join(SECTIONS),
     )
-    parser.add_argument("--vms", type=int, metavar="N", help="simulated VMs in the fleet section (default 1000, --quick 200)")
+    parser.add_argument(
+        "--vms", type=int, metavar="N", help="simulated VMs in the fleet section (default 1000, --quick 200)"
+    )
     parser.add_argument("--rounds", type=int, metavar="N", help="polling rounds in the fleet sections")
     parser.add_argument("--target", metavar="PATH", help="run the socket section against this QMP socket (a real QEMU)")
     parser.add_argument(
@@ -132,7 +137,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _selected(opts: argparse.Namespace) -> List[str]:
+def _selected(opts: argparse.Namespace) -> list[str]:
     if opts.only:
         return list(dict.fromkeys(opts.only))
     names = ["framing", "socket", "fleet"]
@@ -149,15 +154,15 @@ def run(opts: argparse.Namespace) -> int:
             print(f"qmpcore bench: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
             return 2
     progress = Progress()
-    rows: List[Row] = []
-    skipped: List[str] = []
+    rows: list[Row] = []
+    skipped: list[str] = []
     status = 0
     for name in _selected(opts):
         try:
             rows += SECTIONS[name](opts, progress)
         except SectionUnavailable as why:
             skipped.append(f"{name}: skipped, {why}")
-        except Exception as exc:  # noqa: BLE001 - the other sections still run
+        except Exception as exc:
             skipped.append(f"{name}: failed, {type(exc).__name__}: {exc}")
             status = 1
         finally:
@@ -174,12 +179,12 @@ def run(opts: argparse.Namespace) -> int:
     return status
 
 
-def _write_json(stream: Any, data: Dict[str, Any]) -> None:
+def _write_json(stream: Any, data: dict[str, Any]) -> None:
     json.dump(data, stream, indent=2)
     stream.write("\n")
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qmpcore bench", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv, namespace=Options()))

@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ._report import Row
 from ._timing import percentile
@@ -57,7 +58,7 @@ class _Poller:
     async def connect(self) -> None:
         raise NotImplementedError
 
-    def command(self, index: int) -> "asyncio.Future[Any]":
+    def command(self, index: int) -> asyncio.Future[Any]:
         """Start one command, the client's cheapest way; a future of its result."""
         raise NotImplementedError
 
@@ -78,7 +79,7 @@ class _QmpcorePoller(_Poller):
         if not await self.fleet.wait_connected(timeout=60):
             raise RuntimeError(f"only {self.fleet.stats().connected} of {self.count} VMs connected")
 
-    def command(self, index: int) -> "asyncio.Future[Any]":
+    def command(self, index: int) -> asyncio.Future[Any]:
         return self.fleet.submit(self.vms[index], "query-status")
 
     async def close(self) -> None:
@@ -103,20 +104,20 @@ class _QemuQmpPoller(_Poller):
 
         await asyncio.gather(*(one(c, p) for c, p in zip(self.clients, self.paths)))
 
-    def command(self, index: int) -> "asyncio.Future[Any]":
+    def command(self, index: int) -> asyncio.Future[Any]:
         return asyncio.ensure_future(asyncio.wait_for(self.clients[index].execute("query-status"), self.timeout))
 
     async def close(self) -> None:
         await asyncio.gather(*(c.disconnect() for c in self.clients), return_exceptions=True)
 
 
-async def _poll_rounds(poller: _Poller, rounds: int) -> Dict[str, Any]:
+async def _poll_rounds(poller: _Poller, rounds: int) -> dict[str, Any]:
     """Poll every VM ``rounds`` times; per-command latency from the round's start."""
-    latencies: List[float] = []
+    latencies: list[float] = []
     failures = 0
     clock = time.perf_counter
 
-    def timed(fut: "asyncio.Future[Any]") -> None:
+    def timed(fut: asyncio.Future[Any]) -> None:
         nonlocal failures
         if fut.cancelled() or fut.exception() is not None:  # timeouts and errors are counted
             failures += 1
@@ -146,7 +147,7 @@ async def _poll_rounds(poller: _Poller, rounds: int) -> Dict[str, Any]:
     }
 
 
-async def run_job(job: Dict[str, Any]) -> Dict[str, Any]:
+async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """Connect one client to every VM of ``job["paths"]`` and poll them."""
     make = _QmpcorePoller if job["client"] == "qmpcore" else _QemuQmpPoller
     gc.collect()
@@ -172,7 +173,7 @@ def _child_main() -> None:
         # Import the client before the memory baseline is taken.
         importlib.import_module("qmpcore.fleet" if job["client"] == "qmpcore" else "qemu.qmp")
         result = asyncio.run(run_job(job))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
+    except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.write(json.dumps(result) + "\n")
 
@@ -180,7 +181,7 @@ def _child_main() -> None:
 # -- parent side --------------------------------------------------------------------
 
 
-def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> Dict[str, Any]:
+def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> dict[str, Any]:
     """Run one client's job in a fresh child process; its result or an ``error``."""
     from ..server._process import child_environment
 
@@ -202,7 +203,7 @@ def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> 
         return {"error": f"exited with status {done.returncode}: {tail[0]}"}
 
 
-def _have_qemu_qmp() -> Optional[str]:
+def _have_qemu_qmp() -> str | None:
     """None when qemu.qmp can be imported, else the reason."""
     try:
         importlib.import_module("qemu.qmp")
@@ -213,8 +214,8 @@ def _have_qemu_qmp() -> Optional[str]:
 
 def _measure_all(
     paths: Sequence[str], rounds: int, timeout: float, progress: Callable[[str], None], label: str
-) -> Dict[str, Any]:
-    results: Dict[str, Any] = {}
+) -> dict[str, Any]:
+    results: dict[str, Any] = {}
     for client in CLIENTS:
         missing = _have_qemu_qmp() if client != "qmpcore" else None
         if missing:
@@ -241,15 +242,15 @@ MIN_VMS_FOR_RSS = 100
 
 
 def _rows(
-    section: str, title: str, results: Dict[str, Any], count: int, figures: Sequence[tuple] = _FIGURES
-) -> List[Row]:
+    section: str, title: str, results: dict[str, Any], count: int, figures: Sequence[tuple] = _FIGURES
+) -> list[Row]:
     ours = results["qmpcore"]
     rows = []
     for key, label, unit, lower, scale in figures:
         if key == "rss_per_connection" and count < MIN_VMS_FOR_RSS:
             continue
         value: Any = ours.get("error") or ours[key] * scale
-        baselines: Dict[str, Any] = {}
+        baselines: dict[str, Any] = {}
         for peer, found in results.items():
             if peer != "qmpcore":
                 baselines[peer] = found.get("error") or found[key] * scale
@@ -260,7 +261,7 @@ def _rows(
     return rows
 
 
-def fleet_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
+def fleet_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
     """Simulated VMs in a child process, polled by each client; then 1% hung."""
     from ..server import start_in_subprocess
 
@@ -289,11 +290,10 @@ def fleet_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
     return rows
 
 
-def real_qemu_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
+def real_qemu_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
     """``--real-qemu N``: N real QEMU processes polled by each client."""
-    from ._qemu import QemuGroup, QemuMissing, find_qemu
-
     from . import SectionUnavailable
+    from ._qemu import QemuGroup, QemuMissing, find_qemu
 
     count = opts.real_qemu or 0
     if count < 1:

@@ -11,12 +11,13 @@ the reason, which reports print in its place.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict, List, Union
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
-from ._workloads import Workload
 from ..errors import FrameError
+from ._workloads import Workload
 
 __all__ = [
     "Run",
@@ -42,11 +43,11 @@ class NotApplicable(Exception):
     """This contender cannot process this workload; the message says why."""
 
 
-def framer_classes() -> Dict[str, type]:
+def framer_classes() -> dict[str, type]:
     """The live framer first (``cython`` unless disabled or not built), then ``python``."""
     from ..framing import Framer, implementation, pure
 
-    classes: Dict[str, type] = {implementation: Framer}
+    classes: dict[str, type] = {implementation: Framer}
     classes["python"] = pure.Framer
     return classes
 
@@ -113,7 +114,7 @@ def lines_json(workload: Workload) -> Run:
 
     def run() -> int:
         buf = bytearray()
-        out: List[Any] = []
+        out: list[Any] = []
         scanned = 0
         for chunk in chunks:
             buf += chunk
@@ -177,7 +178,7 @@ def qemu_qmp_recv(workload: Workload) -> Run:
 
 
 #: Baselines of the framing section, floor first: (name, factory).
-BASELINES: Dict[str, Callable[[Workload], Run]] = {
+BASELINES: dict[str, Callable[[Workload], Run]] = {
     "orjson": orjson_floor,
     "json": json_presplit,
     "lines+json": lines_json,
@@ -203,11 +204,9 @@ def prepare(factory: Callable[..., Run], workload: Workload, *args: Any, **kw: A
     return run
 
 
-def contender_runs(
-    workload: Workload, variants: Dict[str, Callable[[Workload], Run]]
-) -> Dict[str, Union[Run, str]]:
+def contender_runs(workload: Workload, variants: dict[str, Callable[[Workload], Run]]) -> dict[str, Run | str]:
     """Prepare several contenders: each a ready run, or the reason it cannot run."""
-    out: Dict[str, Union[Run, str]] = {}
+    out: dict[str, Run | str] = {}
     for name, factory in variants.items():
         try:
             out[name] = prepare(factory, workload)

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 __all__ = ["QemuMissing", "find_qemu", "QemuGroup"]
 
@@ -45,7 +45,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort
+    except Exception:
         pass
 
 
@@ -74,9 +74,9 @@ class QemuGroup:
     def __init__(
         self,
         count: int,
-        directory: Optional[str] = None,
+        directory: str | None = None,
         *,
-        binary: Optional[str] = None,
+        binary: str | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         if count < 0:
@@ -85,10 +85,10 @@ class QemuGroup:
         self._own_dir = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="qmpcore-qemu-")
         self.extra_args = list(extra_args)
-        self.paths: List[str] = [os.path.join(self.directory, f"qmp-{i}.sock") for i in range(count)]
-        self.procs: List[Optional[subprocess.Popen]] = [None] * count
+        self.paths: list[str] = [os.path.join(self.directory, f"qmp-{i}.sock") for i in range(count)]
+        self.procs: list[subprocess.Popen | None] = [None] * count
 
-    def _argv(self, i: int) -> List[str]:
+    def _argv(self, i: int) -> list[str]:
         return [
             self.binary,
             "-M", "none",
@@ -127,7 +127,7 @@ class QemuGroup:
                     raise TimeoutError(f"{len(waiting)} QEMU(s) not ready within {timeout:g} s")
                 time.sleep(0.02)
 
-    def start(self, timeout: float = START_TIMEOUT) -> List[str]:
+    def start(self, timeout: float = START_TIMEOUT) -> list[str]:
         """Start every QEMU and wait for their sockets; return the paths."""
         try:
             for i in range(len(self.paths)):
@@ -165,7 +165,7 @@ class QemuGroup:
         self._spawn(i)
         self._wait_ready([i], timeout)
 
-    def pids(self) -> List[Optional[int]]:
+    def pids(self) -> list[int | None]:
         return [p.pid if p is not None else None for p in self.procs]
 
     def close(self) -> None:
@@ -177,7 +177,7 @@ class QemuGroup:
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "QemuGroup":
+    def __enter__(self) -> QemuGroup:
         return self
 
     def __exit__(self, *exc: object) -> None:

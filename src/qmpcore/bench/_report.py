@@ -13,11 +13,11 @@ import os
 import platform
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, TextIO, Union
+from typing import Any, TextIO
 
 __all__ = ["Row", "Progress", "render", "to_json", "machine"]
 
-Figure = Union[float, str]
+Figure = float | str
 """A measured number, or the reason a contender could not be measured."""
 
 
@@ -30,19 +30,19 @@ class Row:
     unit: str
     lower_is_better: bool
     value: Figure
-    baselines: Dict[str, Figure] = field(default_factory=dict)
+    baselines: dict[str, Figure] = field(default_factory=dict)
     variant: str = ""
     note: str = ""
-    extra: Dict[str, Figure] = field(default_factory=dict)
+    extra: dict[str, Figure] = field(default_factory=dict)
     """Further figures of qmpcore's own (such as MB/s), shown after its value."""
 
-    def ratio(self, baseline: str) -> Optional[float]:
+    def ratio(self, baseline: str) -> float | None:
         other = self.baselines.get(baseline)
         if isinstance(self.value, str) or not isinstance(other, (int, float)) or not other:
             return None
         return self.value / other
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "section": self.section,
             "case": self.case,
@@ -50,9 +50,7 @@ class Row:
             "unit": self.unit,
             "better": "lower" if self.lower_is_better else "higher",
             "qmpcore": self.value,
-            "baselines": {
-                name: {"value": value, "ratio": self.ratio(name)} for name, value in self.baselines.items()
-            },
+            "baselines": {name: {"value": value, "ratio": self.ratio(name)} for name, value in self.baselines.items()},
             "extra": self.extra,
             "note": self.note,
         }
@@ -73,21 +71,21 @@ def _number(value: Figure) -> str:
     return f"{value:.2f}" if magnitude >= 0.1 or magnitude == 0 else f"{value:.3f}"
 
 
-def _ratio(ratio: Optional[float]) -> str:
+def _ratio(ratio: float | None) -> str:
     if ratio is None:
         return ""
     return f"{ratio:.2f}×" if ratio < 10 else f"{ratio:.0f}×"
 
 
-def _section_table(rows: List[Row]) -> List[str]:
-    baselines: List[str] = []
-    extras: List[str] = []
+def _section_table(rows: list[Row]) -> list[str]:
+    baselines: list[str] = []
+    extras: list[str] = []
     for row in rows:
         baselines += [b for b in row.baselines if b not in baselines]
         extras += [e for e in row.extra if e not in extras]
     header = ["case", "", "unit", "qmpcore"] + extras + baselines
-    lines: List[List[str]] = []
-    reasons: Dict[str, str] = {}
+    lines: list[list[str]] = []
+    reasons: dict[str, str] = {}
     previous_case = None
     for row in rows:
         first = row.case != previous_case
@@ -123,13 +121,13 @@ SECTION_TITLES = {
 }
 
 
-def render(rows: List[Row], info: Dict[str, Any]) -> str:
+def render(rows: list[Row], info: dict[str, Any]) -> str:
     """The human-readable report: machine line, then one table per section."""
     out = [
         f"qmpcore {info['qmpcore']} ({info['implementation']} framer), "
         f"Python {info['python']}, {info['cpu']} × {info['cores']} cores, {info['os']}"
     ]
-    sections: Dict[str, List[Row]] = {}
+    sections: dict[str, list[Row]] = {}
     for row in rows:
         sections.setdefault(row.section, []).append(row)
     for section, section_rows in sections.items():
@@ -137,7 +135,7 @@ def render(rows: List[Row], info: Dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def to_json(rows: List[Row], info: Dict[str, Any]) -> Dict[str, Any]:
+def to_json(rows: list[Row], info: dict[str, Any]) -> dict[str, Any]:
     return {"machine": info, "rows": [row.to_dict() for row in rows]}
 
 
@@ -152,7 +150,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> Dict[str, Any]:
+def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     import orjson
 
@@ -162,7 +160,7 @@ def machine() -> Dict[str, Any]:
         from importlib.metadata import version
 
         peer = version("qemu.qmp")
-    except Exception:  # noqa: BLE001 - any failure means "not installed"
+    except Exception:
         peer = None
     return {
         "qmpcore": qmpcore.__version__,

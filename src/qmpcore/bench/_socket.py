@@ -20,7 +20,8 @@ import asyncio
 import contextlib
 import socket
 import tempfile
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import orjson
 
@@ -50,9 +51,9 @@ class _RawQMP:
         self.sock.sendall(b'{"execute": "qmp_capabilities"}\r\n')
         self.lines(1)
 
-    def lines(self, count: int) -> List[Any]:
+    def lines(self, count: int) -> list[Any]:
         """Read ``count`` lines and decode each."""
-        out: List[Any] = []
+        out: list[Any] = []
         buffer = self.buffer
         loads = orjson.loads
         while len(out) < count:
@@ -78,11 +79,11 @@ class _RawQMP:
 
 # Each contender factory: (path, trigger) -> context manager yielding the
 # three runs {"round trip": f(n), "pipelined": f(), "flood": f(n)}.
-Runs = Dict[str, Callable[..., Any]]
+Runs = dict[str, Callable[..., Any]]
 
 
 @contextlib.contextmanager
-def _raw(path: str, trigger: Optional[Trigger]) -> Iterator[Runs]:
+def _raw(path: str, trigger: Trigger | None) -> Iterator[Runs]:
     conn = _RawQMP(path)
     try:
 
@@ -106,7 +107,7 @@ def _raw(path: str, trigger: Optional[Trigger]) -> Iterator[Runs]:
 
 
 @contextlib.contextmanager
-def _qmpcore_sync(path: str, trigger: Optional[Trigger]) -> Iterator[Runs]:
+def _qmpcore_sync(path: str, trigger: Trigger | None) -> Iterator[Runs]:
     from ..client.sync import connect_sync
 
     client = connect_sync(path, timeout=30, command_timeout=30)
@@ -128,7 +129,9 @@ def _qmpcore_sync(path: str, trigger: Optional[Trigger]) -> Iterator[Runs]:
 
 
 @contextlib.contextmanager
-def _async(connect: Callable[[], Any], runs: Callable[[Any, asyncio.AbstractEventLoop], Runs], close: Callable[[Any], Any]) -> Iterator[Runs]:
+def _async(
+    connect: Callable[[], Any], runs: Callable[[Any, asyncio.AbstractEventLoop], Runs], close: Callable[[Any], Any]
+) -> Iterator[Runs]:
     """Drive an asyncio client from plain calls: one loop, reused by every run."""
     loop = asyncio.new_event_loop()
     try:
@@ -160,7 +163,7 @@ def _async_runs(
     return _blocking(loop, round_trip=round_trip, pipelined=pipelined, flood=flood)
 
 
-def _qmpcore_aio(path: str, trigger: Optional[Trigger]) -> Any:
+def _qmpcore_aio(path: str, trigger: Trigger | None) -> Any:
     from ..client.aio import connect
 
     def runs(client: Any, loop: asyncio.AbstractEventLoop) -> Runs:
@@ -177,7 +180,7 @@ def _qmpcore_aio(path: str, trigger: Optional[Trigger]) -> Any:
     return _async(lambda: connect(path, timeout=30, command_timeout=30), runs, lambda c: c.close())
 
 
-def _qemu_qmp(path: str, trigger: Optional[Trigger]) -> Any:
+def _qemu_qmp(path: str, trigger: Trigger | None) -> Any:
     from qemu.qmp import EventListener, QMPClient
 
     async def connect() -> Any:
@@ -201,12 +204,10 @@ def _qemu_qmp(path: str, trigger: Optional[Trigger]) -> Any:
 
 def _blocking(loop: asyncio.AbstractEventLoop, **coroutines: Callable[..., Any]) -> Runs:
     names = {"round_trip": "round trip", "pipelined": "pipelined", "flood": "flood"}
-    return {
-        names[key]: (lambda *a, _f=f: loop.run_until_complete(_f(*a))) for key, f in coroutines.items()
-    }
+    return {names[key]: (lambda *a, _f=f: loop.run_until_complete(_f(*a))) for key, f in coroutines.items()}
 
 
-CONTENDERS: Dict[str, Callable[[str, Optional[Trigger]], Any]] = {
+CONTENDERS: dict[str, Callable[[str, Trigger | None], Any]] = {
     "qmpcore": _qmpcore_aio,
     "qmpcore sync": _qmpcore_sync,
     "raw socket": _raw,
@@ -223,13 +224,13 @@ CASES = {
 
 
 def _measure(
-    path: str, trigger: Optional[Trigger], quick: bool, progress: Callable[[str], None]
-) -> Dict[str, Dict[str, Figure]]:
+    path: str, trigger: Trigger | None, quick: bool, progress: Callable[[str], None]
+) -> dict[str, dict[str, Figure]]:
     """{case: {contender: µs per operation, or why not measured}}."""
     round_trips, flood_size = SIZES["quick" if quick else "full"]
     per_run = {"round trip": round_trips, "pipelined": PIPELINE, "flood": flood_size}
     budget = Budget(0.02, 3) if quick else FULL
-    figures: Dict[str, Dict[str, Figure]] = {case: {} for case in CASES}
+    figures: dict[str, dict[str, Figure]] = {case: {} for case in CASES}
     for name, factory in CONTENDERS.items():
         progress(f"socket: {name}")
         try:
@@ -247,16 +248,16 @@ def _measure(
                 if case == "flood" and trigger is None:
                     figures[case][name] = "needs the embedded server (it makes the flood)"
                     continue
-                args: Tuple[Any, ...] = (per_run[case],) if case != "pipelined" else ()
+                args: tuple[Any, ...] = (per_run[case],) if case != "pipelined" else ()
                 run(*args)  # warm-up
-                timing = time_runs({name: lambda: run(*args)}, budget)[name]
+                timing = time_runs({name: lambda: run(*args)}, budget)[name]  # noqa: B023 (called within this iteration)
                 figures[case][name] = timing.median / per_run[case] * 1e6
         finally:
             opened.__exit__(None, None, None)
     return figures
 
 
-def socket_section(opts: Any, progress: Callable[[str], None]) -> List[Row]:
+def socket_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
     """Round trip, pipelining and event flood against one VM."""
     if opts.target:
         figures = _measure(opts.target, None, opts.quick, progress)

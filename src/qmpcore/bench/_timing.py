@@ -11,9 +11,10 @@ import gc
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Mapping, NamedTuple
+from typing import NamedTuple
 
 __all__ = ["Timing", "Budget", "QUICK", "FULL", "time_runs", "gc_paused", "percentile"]
 
@@ -57,14 +58,14 @@ def _once(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def time_runs(runs: Mapping[str, Callable[[], object]], budget: Budget = FULL) -> Dict[str, Timing]:
+def time_runs(runs: Mapping[str, Callable[[], object]], budget: Budget = FULL) -> dict[str, Timing]:
     """Time each zero-argument ``run``; every repeat lasts about ``budget.min_time``.
 
     The runs should be warmed up already (the contenders' ``prepare`` does).
     """
     min_time, repeats = budget
     loops = {name: max(1, math.ceil(min_time / max(_once(run), 1e-9))) for name, run in runs.items()}
-    samples: Dict[str, List[float]] = {name: [] for name in runs}
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     with gc_paused():
         for _ in range(repeats):
             for name, run in runs.items():
@@ -74,13 +75,10 @@ def time_runs(runs: Mapping[str, Callable[[], object]], budget: Budget = FULL) -
                     run()
                 samples[name].append((time.perf_counter() - start) / n)
             gc.collect()
-    return {
-        name: Timing(statistics.median(s), min(s), loops[name] * repeats)
-        for name, s in samples.items()
-    }
+    return {name: Timing(statistics.median(s), min(s), loops[name] * repeats) for name, s in samples.items()}
 
 
-def percentile(sorted_values: List[float], fraction: float) -> float:
+def percentile(sorted_values: list[float], fraction: float) -> float:
     """The ``fraction`` quantile (nearest rank) of already sorted values."""
     if not sorted_values:
         return math.nan

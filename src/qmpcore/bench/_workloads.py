@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = [
     "SMALL_REPLY",
@@ -78,7 +78,7 @@ class Workload:
         return len(self.frames)
 
 
-def corpus_root() -> Optional[pathlib.Path]:
+def corpus_root() -> pathlib.Path | None:
     """The recorded-traffic folder (holding ``qemu-7.2/``), or None.
 
     Looked up in ``$QMPCORE_CORPUS``, then in ``shared/corpus`` beside the
@@ -87,7 +87,7 @@ def corpus_root() -> Optional[pathlib.Path]:
     file (running from the source tree).
     """
     env = os.environ.get("QMPCORE_CORPUS")
-    candidates: List[pathlib.Path] = [pathlib.Path(env)] if env else []
+    candidates: list[pathlib.Path] = [pathlib.Path(env)] if env else []
     for start in (pathlib.Path.cwd().resolve(), pathlib.Path(__file__).resolve()):
         candidates += [folder / "shared" / "corpus" for folder in (start, *start.parents)]
     for path in candidates:
@@ -96,7 +96,7 @@ def corpus_root() -> Optional[pathlib.Path]:
     return None
 
 
-def _chunked(stream: bytes, size: int) -> List[bytes]:
+def _chunked(stream: bytes, size: int) -> list[bytes]:
     if size == 1:
         # Iterating a 'c' memoryview yields CPython's cached 1-byte objects,
         # so even a 10 MiB stream costs one pointer per byte.
@@ -125,7 +125,7 @@ def _schema_entries(size: int) -> bytes:
     under QEMU's 2 Mi tokens per message (which a framer enforces).
     """
     kinds = ("command", "event", "object", "enum", "builtin", "array")
-    parts: List[bytes] = []
+    parts: list[bytes] = []
     total = 0
     i = 0
     while total < size:
@@ -162,7 +162,7 @@ def schema() -> Workload:
     )
 
 
-def events(count: int) -> List[bytes]:
+def events(count: int) -> list[bytes]:
     """``count`` distinct events (STOP/RESUME pairs with rising timestamps)."""
     names = (b"STOP", b"RESUME")
     return [
@@ -185,12 +185,12 @@ def event_stream(count: int = 1000) -> Workload:
     )
 
 
-def _split_libvirt(text: bytes) -> List[bytes]:
+def _split_libvirt(text: bytes) -> list[bytes]:
     # Messages are separated by one blank line; the file ends with "\n".
     return [part + b"\n" for part in text.rstrip(b"\n").split(b"\n\n")]
 
 
-def libvirt(filename: str, *, compact: bool = False) -> Optional[Workload]:
+def libvirt(filename: str, *, compact: bool = False) -> Workload | None:
     """A libvirt capability-probe transcript, or None when it is not found.
 
     As recorded it is pretty-printed, one message over many lines, which
@@ -230,16 +230,14 @@ def big_frame(size: int = 10 << 20, read_size: int = READ_SIZE) -> Workload:
     )
 
 
-def framing_workloads(
-    *, quick: bool = False, names: Optional[Iterable[str]] = None
-) -> List[Workload]:
+def framing_workloads(*, quick: bool = False, names: Iterable[str] | None = None) -> list[Workload]:
     """Every framing workload (a smaller big frame when ``quick``).
 
     ``names`` keeps only the workloads whose name starts with one of them;
     the others are not even built.
     """
     big = (1 << 20) if quick else (10 << 20)
-    builders: Dict[str, Callable[[], Optional[Workload]]] = {
+    builders: dict[str, Callable[[], Workload | None]] = {
         "small-reply": small_reply,
         "event": event,
         "schema": schema,
@@ -250,12 +248,12 @@ def framing_workloads(
         "big-64KiB": lambda: big_frame(big, READ_SIZE),
         "big-1B": lambda: big_frame(big, 1),
     }
-    wanted: Tuple[str, ...] = tuple(names or ())
+    wanted: tuple[str, ...] = tuple(names or ())
     built = (build() for name, build in builders.items() if not wanted or name.startswith(wanted))
     return [w for w in built if w is not None]
 
 
-def describe(workloads: Iterable[Workload]) -> Dict[str, Dict[str, object]]:
+def describe(workloads: Iterable[Workload]) -> dict[str, dict[str, object]]:
     """Size facts for reports: bytes, frames, reads per workload."""
     return {
         w.name: {"bytes": w.nbytes, "frames": w.nframes, "reads": len(w.chunks), "synthetic": w.synthetic}

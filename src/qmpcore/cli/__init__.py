@@ -29,7 +29,8 @@ import os
 import re
 import shlex
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "main",
@@ -60,7 +61,7 @@ class UsageError(ValueError):
     """A command line that cannot be understood (exit status 2)."""
 
 
-def parse_address(text: str) -> Union[str, Tuple[str, int]]:
+def parse_address(text: str) -> str | tuple[str, int]:
     """``host:port`` or ``[v6]:port`` becomes a TCP address; anything else a unix path.
 
     An existing file always wins, so a socket named ``vm:1`` in the current
@@ -84,7 +85,7 @@ def _value(text: str) -> Any:
         return text
 
 
-def parse_arguments(words: Sequence[str]) -> Optional[Dict[str, Any]]:
+def parse_arguments(words: Sequence[str]) -> dict[str, Any] | None:
     """Command arguments from one JSON object or ``key=value`` words (None if none)."""
     if not words:
         return None
@@ -96,7 +97,7 @@ def parse_arguments(words: Sequence[str]) -> Optional[Dict[str, Any]]:
         if not isinstance(given, dict):
             raise UsageError("arguments must be a JSON object")
         return given
-    args: Dict[str, Any] = {}
+    args: dict[str, Any] = {}
     for word in words:
         key, sep, raw = word.partition("=")
         if not sep or not key:
@@ -114,7 +115,7 @@ def parse_arguments(words: Sequence[str]) -> Optional[Dict[str, Any]]:
     return args
 
 
-def parse_line(line: str) -> Tuple[str, Optional[Dict[str, Any]]]:
+def parse_line(line: str) -> tuple[str, dict[str, Any] | None]:
     """A shell line: ``{"execute": ..., "arguments": ...}`` or ``command key=value ...``."""
     line = line.strip()
     if line.startswith("{"):
@@ -156,7 +157,7 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
-async def connect(args: argparse.Namespace, address: Union[str, Tuple[str, int]]) -> Any:
+async def connect(args: argparse.Namespace, address: str | tuple[str, int]) -> Any:
     """The asyncio client for ``address``: QMP, or a guest agent with ``--qga``."""
     from ..client import aio
 
@@ -294,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m qmpcore`` and the ``qmpcore`` script."""
     parser = build_parser()
     args = parser.parse_args(argv)

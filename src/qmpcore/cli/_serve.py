@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import signal
 import sys
-from typing import Any, AsyncIterator, List
+from collections.abc import AsyncIterator
+from typing import Any
 
 from . import EXIT_OK, EXIT_USAGE, UsageError
 
@@ -22,7 +23,7 @@ __all__ = ["run_serve"]
 
 
 @contextlib.asynccontextmanager
-async def _serving(args: argparse.Namespace) -> AsyncIterator[List[str]]:
+async def _serving(args: argparse.Namespace) -> AsyncIterator[list[str]]:
     from ..server import serve_vm, serve_vms
 
     if args.vms is None:

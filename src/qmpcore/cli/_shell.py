@@ -18,9 +18,11 @@ import asyncio
 import os
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable, List, Optional
+from typing import Any
 
+from ..errors import CommandError, ConnectionLost, QMPError
 from . import (
     EXIT_CONNECTION,
     EXIT_OK,
@@ -30,7 +32,6 @@ from . import (
     parse_address,
     parse_line,
 )
-from ..errors import CommandError, ConnectionLost, QMPError
 
 __all__ = ["run_shell"]
 
@@ -45,7 +46,7 @@ class _LoopThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="qmpcore-shell", daemon=True)
         self._thread.start()
 
-    def submit(self, coro: Any) -> "Future[Any]":
+    def submit(self, coro: Any) -> Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:
@@ -98,7 +99,7 @@ class _Console:
                 sys.stdout.write(text + "\n")
             sys.stdout.flush()
 
-    def setup_readline(self, history: str, commands: List[str]) -> None:
+    def setup_readline(self, history: str, commands: list[str]) -> None:
         readline = self._readline
         if readline is None:
             return
@@ -109,7 +110,7 @@ class _Console:
         readline.set_history_length(HISTORY_LENGTH)
         names = sorted(commands)
 
-        def complete(text: str, state: int) -> Optional[str]:
+        def complete(text: str, state: int) -> str | None:
             line = readline.get_line_buffer()
             if line[: readline.get_begidx()].strip():
                 return None  # only the command name is completed
@@ -134,7 +135,7 @@ def _history_path(args: argparse.Namespace) -> str:
     return args.history or os.environ.get("QMPCORE_HISTORY") or os.path.expanduser("~/.qmpcore_history")
 
 
-async def _command_names(client: Any, qga: bool, timeout: float) -> List[str]:
+async def _command_names(client: Any, qga: bool, timeout: float) -> list[str]:
     """Command names the server knows, for completion (empty if it will not say)."""
     try:
         if qga:
@@ -157,7 +158,7 @@ async def _print_events(client: Any, show: Callable[[str], None], leaving: threa
         show(f"({why}; Ctrl-D to leave)")
 
 
-def _wait(future: "Future[Any]") -> Any:
+def _wait(future: Future[Any]) -> Any:
     """The future's result; Ctrl-C cancels the command instead of the shell."""
     try:
         return future.result()

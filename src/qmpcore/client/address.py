@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, NamedTuple, Tuple, Union
+from typing import Any, NamedTuple, Union
 
 __all__ = ["Address", "parse_address", "AddressLike"]
 
-AddressLike = Union[str, bytes, "os.PathLike[str]", Tuple[str, int]]
+AddressLike = Union[str, bytes, "os.PathLike[str]", tuple[str, int]]
 
 
 class Address(NamedTuple):
@@ -50,6 +50,4 @@ def parse_address(address: Any) -> Address:
             raise ValueError(f"bad port in address {address!r}")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return Address(family, (host, port))
-    raise TypeError(
-        f"address must be a unix socket path or a (host, port) tuple, not {type(address).__name__}"
-    )
+    raise TypeError(f"address must be a unix socket path or a (host, port) tuple, not {type(address).__name__}")

@@ -20,15 +20,16 @@ import functools
 import heapq
 import socket
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from .address import Address, AddressLike
-from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
-from .eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
 from ..errors import ConnectionLost, TimeoutError
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
+from .address import Address, AddressLike
+from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
+from .eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
 
 __all__ = [
     "connect",
@@ -47,7 +48,7 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 
 
-def _expire_future(fut: "asyncio.Future[Any]", what: str) -> None:
+def _expire_future(fut: asyncio.Future[Any], what: str) -> None:
     if not fut.done():
         fut.set_exception(TimeoutError(what))
 
@@ -76,7 +77,7 @@ class _Transport(asyncio.BufferedProtocol):
 
     __slots__ = ("_client", "_view")
 
-    def __init__(self, client: "_AsyncClient") -> None:
+    def __init__(self, client: _AsyncClient) -> None:
         self._client = client
         self._view = _read_buffer()
 
@@ -89,7 +90,7 @@ class _Transport(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._client._lost(exc)
 
     def resume_writing(self) -> None:
@@ -104,28 +105,28 @@ class _AsyncClient(ClientCore):
         proto: Any,
         address: Address,
         event_queue: int,
-        command_timeout: Optional[float],
+        command_timeout: float | None,
     ) -> None:
         super().__init__(proto, address, event_queue, command_timeout)
         self._loop = asyncio.get_running_loop()
-        self._transport: Optional[asyncio.Transport] = None
-        self._sock: Optional[socket.socket] = None  # unix only, for SCM_RIGHTS
-        self._batch: Optional[List[bytes]] = None
+        self._transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = None  # unix only, for SCM_RIGHTS
+        self._batch: list[bytes] | None = None
         self._batch_hold = 0  # >0 while an fd send owns the socket
-        self._drain_waiters: List["asyncio.Future[None]"] = []
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._read_paused = False
-        self._closed_fut: "asyncio.Future[None]" = self._loop.create_future()
+        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
         # Command deadlines: a heap of (when, seq, id, command, timeout) and
         # one timer for the earliest, instead of a timer per command.
         # Entries of answered commands are dropped lazily.
-        self._deadlines: List[Tuple[float, int, Any, str, float]] = []
+        self._deadlines: list[tuple[float, int, Any, str, float]] = []
         self._deadline_seq = 0
-        self._sweeper: Optional[asyncio.TimerHandle] = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_at = _NEVER
 
     # -- connection ---------------------------------------------------------
 
-    async def _open(self, sock: Optional[socket.socket]) -> None:
+    async def _open(self, sock: socket.socket | None) -> None:
         """Connect to :attr:`address`, or take over ``sock`` (connected already)."""
         loop = self._loop
         addr = self.address
@@ -153,8 +154,8 @@ class _AsyncClient(ClientCore):
 
     async def _handshake(
         self,
-        timeout: Optional[float],
-        sock: Optional[socket.socket],
+        timeout: float | None,
+        sock: socket.socket | None,
         steps: Callable[[], Any],
     ) -> None:
         """Open the socket and run ``steps`` within ``timeout``; clean up on failure."""
@@ -168,7 +169,7 @@ class _AsyncClient(ClientCore):
                 raise TimeoutError(f"{self.address}: connection not ready within {timeout:g} s") from None
             raise
 
-    async def _connect_and(self, sock: Optional[socket.socket], steps: Callable[[], Any]) -> None:
+    async def _connect_and(self, sock: socket.socket | None, steps: Callable[[], Any]) -> None:
         await self._open(sock)
         await steps()
 
@@ -182,7 +183,7 @@ class _AsyncClient(ClientCore):
             self._read_paused = True
             self._transport.pause_reading()  # type: ignore[union-attr]
 
-    def _lost(self, exc: Optional[BaseException]) -> None:
+    def _lost(self, exc: BaseException | None) -> None:
         self._transport = None
         self._shutdown(exc)
         if self._sweeper is not None:
@@ -219,7 +220,7 @@ class _AsyncClient(ClientCore):
         if batch and self._transport is not None:
             self._transport.write(b"".join(batch) if len(batch) > 1 else batch[0])
 
-    def _wake_drainers(self, exc: Optional[BaseException]) -> None:
+    def _wake_drainers(self, exc: BaseException | None) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
         for fut in waiters:
             if not fut.done():
@@ -301,8 +302,8 @@ class _AsyncClient(ClientCore):
         cid: Any,
         data: bytes,
         command: str,
-        timeout: Optional[float],
-        fds: Optional[Sequence[int]] = None,
+        timeout: float | None,
+        fds: Sequence[int] | None = None,
     ) -> Any:
         fut = self._expect(cid, command, timeout)
         try:
@@ -322,7 +323,7 @@ class _AsyncClient(ClientCore):
                 self._abandon(cid)
             raise
 
-    def _expect(self, cid: Any, command: str, timeout: Optional[float]) -> "asyncio.Future[Any]":
+    def _expect(self, cid: Any, command: str, timeout: float | None) -> asyncio.Future[Any]:
         """A future for the reply to ``cid``, failed with TimeoutError after ``timeout``."""
         fut = self._loop.create_future()
         waiters = self._waiters
@@ -366,7 +367,7 @@ class _AsyncClient(ClientCore):
         if heap:
             self._arm(heap[0][0])
 
-    async def _wait(self, fut: "asyncio.Future[Any]", timeout: Optional[float], what: str) -> Any:
+    async def _wait(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
         """Await ``fut``, failing it with TimeoutError after ``timeout`` seconds."""
         if timeout is None:
             return await fut
@@ -382,9 +383,9 @@ class _AsyncClient(ClientCore):
         self,
         *names: str,
         match: Match = None,
-        maxsize: Optional[int] = None,
+        maxsize: int | None = None,
         policy: str = DROP_OLDEST,
-    ) -> "EventStream":
+    ) -> EventStream:
         """Subscribe to events (all of them if no names are given).
 
         The subscription gets every matching event from now on (each
@@ -402,9 +403,9 @@ class _AsyncClient(ClientCore):
 
     async def wait_event(
         self,
-        name: Optional[str] = None,
+        name: str | None = None,
         match: Match = None,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> Event:
         """Wait for one event called ``name`` (any if None) matching ``match``.
 
@@ -433,7 +434,7 @@ class _AsyncClient(ClientCore):
         if transport is None:
             self._lost(None)
 
-    async def close(self, timeout: Optional[float] = CLOSE_TIMEOUT) -> None:
+    async def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Close the connection; commands still waiting fail with ConnectionLost.
 
         Writes still buffered are sent first, for up to ``timeout`` seconds
@@ -481,7 +482,7 @@ class _AsyncClient(ClientCore):
         await self.close()
 
 
-def _set_done(fut: "asyncio.Future[None]") -> None:
+def _set_done(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
 
@@ -503,7 +504,7 @@ class EventStream:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def __aiter__(self) -> "EventStream":
+    def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> Event:
@@ -519,7 +520,7 @@ class EventStream:
             raise StopAsyncIteration
         return ev
 
-    async def get(self, timeout: Optional[float] = None, *, _end: bool = False, _what: str = "no event") -> Any:
+    async def get(self, timeout: float | None = None, *, _end: bool = False, _what: str = "no event") -> Any:
         """The next event; raises TimeoutError after ``timeout`` seconds."""
         queue = self._queue
         client = self._client
@@ -544,7 +545,7 @@ class EventStream:
         self._client._router.unsubscribe(self._queue)
         self._client._resume_reading()
 
-    async def __aenter__(self) -> "EventStream":
+    async def __aenter__(self) -> EventStream:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -565,10 +566,10 @@ class QMPClient(QMPInfo, _AsyncClient):
     async def execute(
         self,
         command: str,
-        arguments: Optional[dict] = None,
+        arguments: dict | None = None,
         *,
-        timeout: Optional[float] = None,
-        fds: Optional[Sequence[int]] = None,
+        timeout: float | None = None,
+        fds: Sequence[int] | None = None,
     ) -> Any:
         """Run ``command``; return its ``return`` value.
 
@@ -587,9 +588,9 @@ class QMPClient(QMPInfo, _AsyncClient):
     async def execute_oob(
         self,
         command: str,
-        arguments: Optional[dict] = None,
+        arguments: dict | None = None,
         *,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> Any:
         """Run ``command`` out-of-band (``exec-oob``); needs ``oob`` negotiated."""
         self._check_open()
@@ -599,10 +600,10 @@ class QMPClient(QMPInfo, _AsyncClient):
     def submit(
         self,
         command: str,
-        arguments: Optional[dict] = None,
+        arguments: dict | None = None,
         *,
-        timeout: Optional[float] = None,
-    ) -> "asyncio.Future[Any]":
+        timeout: float | None = None,
+    ) -> asyncio.Future[Any]:
         """Send ``command`` now; return a future of its ``return`` value.
 
         The same as :meth:`execute` (same errors, set on the future) without
@@ -621,13 +622,13 @@ class QMPClient(QMPInfo, _AsyncClient):
             fut.add_done_callback(functools.partial(self._withdraw_if_cancelled, cid))
         return fut
 
-    def _withdraw_if_cancelled(self, cid: int, fut: "asyncio.Future[Any]") -> None:
+    def _withdraw_if_cancelled(self, cid: int, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
             out = self._abandon(cid)
             if out:
                 self._write(out)
 
-    async def negotiate(self, oob: bool = False, *, timeout: Optional[float] = None) -> None:
+    async def negotiate(self, oob: bool = False, *, timeout: float | None = None) -> None:
         """Leave negotiation mode (``qmp_capabilities``), with ``oob`` if offered."""
         self._check_open()
         cid, data = self._proto.negotiate(oob)
@@ -663,14 +664,14 @@ class QMPClient(QMPInfo, _AsyncClient):
 
 
 async def connect(
-    address: Optional[AddressLike] = None,
+    address: AddressLike | None = None,
     *,
-    sock: Optional[socket.socket] = None,
-    timeout: Optional[float] = CONNECT_TIMEOUT,
+    sock: socket.socket | None = None,
+    timeout: float | None = CONNECT_TIMEOUT,
     negotiate: bool = True,
     oob: bool = False,
     event_queue: int = EVENT_QUEUE_SIZE,
-    command_timeout: Optional[float] = None,
+    command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
 ) -> QMPClient:
     """Connect to a QMP server, read its greeting and negotiate capabilities.
@@ -701,10 +702,10 @@ class GuestAgentClient(_AsyncClient):
     async def execute(
         self,
         command: str,
-        arguments: Optional[dict] = None,
+        arguments: dict | None = None,
         *,
-        timeout: Optional[float] = None,
-        expect_reply: Optional[bool] = None,
+        timeout: float | None = None,
+        expect_reply: bool | None = None,
     ) -> Any:
         """Run a guest agent command; return its ``return`` value.
 
@@ -722,7 +723,7 @@ class GuestAgentClient(_AsyncClient):
             return None
         return await self._command(cid, data, command, timeout)
 
-    async def sync(self, timeout: Optional[float] = None) -> int:
+    async def sync(self, timeout: float | None = None) -> int:
         """Resynchronise the channel (0xFF + ``guest-sync-delimited``); return the id."""
         self._check_open()
         fut = self._waiters.get(Synced)
@@ -735,7 +736,9 @@ class GuestAgentClient(_AsyncClient):
         else:  # share the resync in progress
             sid = self._sync_id
         try:
-            await self._wait(fut, timeout if timeout is not None else self.command_timeout, "no guest-sync-delimited reply")
+            await self._wait(
+                fut, timeout if timeout is not None else self.command_timeout, "no guest-sync-delimited reply"
+            )
         except TimeoutError:
             self._waiters.pop(Synced, None)
             out = self._abandon(sid)
@@ -746,11 +749,11 @@ class GuestAgentClient(_AsyncClient):
 
 
 async def connect_guest_agent(
-    path: Optional[AddressLike] = None,
+    path: AddressLike | None = None,
     *,
-    sock: Optional[socket.socket] = None,
-    timeout: Optional[float] = CONNECT_TIMEOUT,
-    command_timeout: Optional[float] = None,
+    sock: socket.socket | None = None,
+    timeout: float | None = CONNECT_TIMEOUT,
+    command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
 ) -> GuestAgentClient:
     """Connect to a guest agent socket and resynchronise the channel.

@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import socket
 from array import array
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from .address import Address, AddressLike, parse_address
-from .eventqueue import CloseCallback, EventCallback, EventRouter
 from ..errors import ConnectionLost, ProtocolError, StateError, TimeoutError
 from ..protocol.events import (
     ConnectionClosed,
@@ -26,6 +25,8 @@ from ..protocol.events import (
     Return,
     VersionInfo,
 )
+from .address import Address, AddressLike, parse_address
+from .eventqueue import CloseCallback, EventCallback, EventRouter
 
 __all__ = ["ClientCore", "QMPInfo", "log", "connect_target", "scm_rights"]
 
@@ -35,7 +36,7 @@ log = logging.getLogger("qmpcore")
 EVENT_QUEUE_SIZE = 1000
 
 
-def connect_target(address: Optional[AddressLike], sock: Optional[socket.socket]) -> Address:
+def connect_target(address: AddressLike | None, sock: socket.socket | None) -> Address:
     """Check ``connect(address)`` / ``connect(sock=sock)`` arguments; return the address.
 
     Exactly one of them is given.  A handed-over socket must be an open,
@@ -63,7 +64,7 @@ def connect_target(address: Optional[AddressLike], sock: Optional[socket.socket]
     return Address(sock.family, tuple(peer[:2]))
 
 
-def scm_rights(fds: Sequence[int]) -> List[Tuple[int, int, array]]:
+def scm_rights(fds: Sequence[int]) -> list[tuple[int, int, array]]:
     """``sendmsg`` ancillary data passing ``fds``."""
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [int(fd) for fd in fds]))]
 
@@ -76,23 +77,23 @@ class ClientCore:
     ``set_result()`` and ``set_exception()``.
     """
 
-    def __init__(self, proto: Any, address: Address, event_queue: int, command_timeout: Optional[float]) -> None:
+    def __init__(self, proto: Any, address: Address, event_queue: int, command_timeout: float | None) -> None:
         self._proto = proto
         #: Where this client is connected.
         self.address = address
         #: Default timeout of each command (None: wait as long as it takes).
         self.command_timeout = command_timeout
         self._event_queue_size = event_queue or EVENT_QUEUE_SIZE  # default subscription size
-        self._waiters: Dict[Any, Any] = {}
+        self._waiters: dict[Any, Any] = {}
         self._router = EventRouter(event_queue)
         self._closing = False  # close() was called
         self._closed = False
         #: Why the connection ended: None while open or after a clean close
         #: (local close, ``quit``, ``SHUTDOWN``), else :class:`ConnectionLost`.
-        self.connection_error: Optional[ConnectionLost] = None
+        self.connection_error: ConnectionLost | None = None
         #: The last :class:`ProtocolError` the server caused (it did not
         #: close the connection).
-        self.last_protocol_error: Optional[ProtocolError] = None
+        self.last_protocol_error: ProtocolError | None = None
         self._protocol_errors = 0
         self._timeouts = 0
 
@@ -102,7 +103,7 @@ class ClientCore:
         return self._closed
 
     @property
-    def counters(self) -> Dict[str, int]:
+    def counters(self) -> dict[str, int]:
         """A snapshot of this connection's counters."""
         proto = self._proto
         router = self._router
@@ -123,7 +124,7 @@ class ClientCore:
         self,
         callback: EventCallback,
         *,
-        on_close: Optional[CloseCallback] = None,
+        on_close: CloseCallback | None = None,
     ) -> Callable[[], None]:
         """Call ``callback(event)`` for every event as it arrives, from now on.
 
@@ -208,7 +209,7 @@ class ClientCore:
         self._proto.abandon(cid)
         return self._proto.data_to_send()
 
-    def _shutdown(self, exc: Optional[BaseException] = None) -> None:
+    def _shutdown(self, exc: BaseException | None = None) -> None:
         """The socket is gone (end of stream, error or local close)."""
         if self._closed:
             return
@@ -249,25 +250,25 @@ class QMPInfo:
     _proto: Any
 
     @property
-    def greeting(self) -> Optional[dict]:
+    def greeting(self) -> dict | None:
         """The server's greeting message as received (``{"QMP": {...}}``)."""
         g = self._proto.greeting
         return g.raw if g is not None else None
 
     @property
-    def version(self) -> Optional[VersionInfo]:
+    def version(self) -> VersionInfo | None:
         """QEMU's version: ``(major, minor, micro, package)``."""
         g = self._proto.greeting
         return g.version if g is not None else None
 
     @property
-    def capabilities(self) -> Tuple[str, ...]:
+    def capabilities(self) -> tuple[str, ...]:
         """Capabilities the server offered in its greeting."""
         g = self._proto.greeting
         return g.capabilities if g is not None else ()
 
     @property
-    def enabled_capabilities(self) -> Tuple[str, ...]:
+    def enabled_capabilities(self) -> tuple[str, ...]:
         """Capabilities enabled by negotiation."""
         return self._proto.enabled
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable, Deque, Iterable, List, Mapping, Optional, Tuple, Union
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..errors import EventOverflow
 from ..protocol.events import Event
@@ -42,14 +43,14 @@ BLOCK = "block"
 RAISE = "raise"
 _POLICIES = (DROP_OLDEST, BLOCK, RAISE)
 
-Match = Union[None, Mapping[str, Any], Callable[[Event], bool]]
+Match = None | Mapping[str, Any] | Callable[[Event], bool]
 #: Called with each event as it is routed.
 EventCallback = Callable[[Event], None]
 #: Called once when the connection ends: None for a clean end, else the error.
-CloseCallback = Callable[[Optional[BaseException]], None]
+CloseCallback = Callable[[BaseException | None], None]
 
 
-def make_filter(names: Iterable[str], match: Match = None) -> Optional[Callable[[Event], bool]]:
+def make_filter(names: Iterable[str], match: Match = None) -> Callable[[Event], bool] | None:
     """A predicate for events named in ``names`` (any if empty) that satisfy ``match``.
 
     ``match`` is a dict of ``data`` members that must be equal, or a callable
@@ -67,7 +68,7 @@ def make_filter(names: Iterable[str], match: Match = None) -> Optional[Callable[
     return lambda ev: ev.name in wanted and bool(test(ev))
 
 
-def _data_matcher(match: Match) -> Optional[Callable[[Event], bool]]:
+def _data_matcher(match: Match) -> Callable[[Event], bool] | None:
     """``match`` as a predicate (a dict becomes "these data members are equal")."""
     if match is None or callable(match):
         return match
@@ -90,11 +91,22 @@ class EventQueue:
     asyncio client uses it, the blocking client uses a condition instead.
     """
 
-    __slots__ = ("accepts", "maxsize", "policy", "once", "dropped", "waiter", "_items", "_overflow", "_closed", "_error")
+    __slots__ = (
+        "accepts",
+        "maxsize",
+        "policy",
+        "once",
+        "dropped",
+        "waiter",
+        "_items",
+        "_overflow",
+        "_closed",
+        "_error",
+    )
 
     def __init__(
         self,
-        accepts: Optional[Callable[[Event], bool]] = None,
+        accepts: Callable[[Event], bool] | None = None,
         maxsize: int = 1000,
         policy: str = DROP_OLDEST,
         once: bool = False,
@@ -111,10 +123,10 @@ class EventQueue:
         self.dropped = 0
         self.waiter: Any = None
         # A bounded deque drops its oldest item by itself on append.
-        self._items: Deque[Event] = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
+        self._items: deque[Event] = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
         self._overflow = 0
         self._closed = False
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -139,7 +151,7 @@ class EventQueue:
         if self.waiter is not None:
             self._wake()
 
-    def put_all(self, events: List[Event]) -> None:
+    def put_all(self, events: list[Event]) -> None:
         """:meth:`put` each of ``events``, in one go."""
         items = self._items
         excess = len(items) + len(events) - self.maxsize
@@ -170,7 +182,7 @@ class EventQueue:
         """True when :meth:`get_nowait` would not block."""
         return bool(self._items) or bool(self._overflow) or self._closed
 
-    def get_nowait(self) -> Optional[Event]:
+    def get_nowait(self) -> Event | None:
         """The oldest event; None once closed and drained; raises :class:`EventOverflow`.
 
         Raises IndexError when empty and still open.
@@ -186,7 +198,7 @@ class EventQueue:
             return None
         raise IndexError("no event queued")
 
-    def take(self, accepts: Optional[Callable[[Event], bool]]) -> Optional[Event]:
+    def take(self, accepts: Callable[[Event], bool] | None) -> Event | None:
         """Remove and return the oldest queued event ``accepts`` takes, if any."""
         items = self._items
         for i, ev in enumerate(items):
@@ -195,7 +207,7 @@ class EventQueue:
                 return ev
         return None
 
-    def close(self, error: Optional[BaseException] = None) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         """No more events will come; ``error`` is raised once drained."""
         self._closed = True
         self._error = error
@@ -219,11 +231,11 @@ class EventRouter:
     def __init__(self, backlog_maxsize: int = 1000) -> None:
         #: Recent events no waiter took (oldest dropped first).
         self.backlog = EventQueue(None, backlog_maxsize)
-        self._subs: List[EventQueue] = []
-        self._waiters: List[EventQueue] = []
+        self._subs: list[EventQueue] = []
+        self._waiters: list[EventQueue] = []
         self._dropped_gone = 0
-        self._listeners: Tuple[_Listener, ...] = ()
-        self._error: Optional[BaseException] = None
+        self._listeners: tuple[_Listener, ...] = ()
+        self._error: BaseException | None = None
         self._closed = False
         #: Events received in total.
         self.received = 0
@@ -241,7 +253,7 @@ class EventRouter:
                 return True
         return False
 
-    def subscribe(self, accepts: Optional[Callable[[Event], bool]], maxsize: int, policy: str = DROP_OLDEST) -> EventQueue:
+    def subscribe(self, accepts: Callable[[Event], bool] | None, maxsize: int, policy: str = DROP_OLDEST) -> EventQueue:
         """A new queue receiving every event ``accepts`` takes from now on."""
         q = EventQueue(accepts, maxsize, policy)
         if self._closed:
@@ -250,7 +262,7 @@ class EventRouter:
             self._subs.append(q)
         return q
 
-    def wait_for(self, accepts: Optional[Callable[[Event], bool]]) -> EventQueue:
+    def wait_for(self, accepts: Callable[[Event], bool] | None) -> EventQueue:
         """A one-shot queue for the oldest backlog event ``accepts`` takes, or the next one."""
         q = EventQueue(accepts, 1, once=True)
         ev = self.backlog.take(accepts)
@@ -263,7 +275,7 @@ class EventRouter:
             self._waiters.append(q)
         return q
 
-    def add_listener(self, on_event: EventCallback, on_close: Optional[CloseCallback] = None) -> Callable[[], None]:
+    def add_listener(self, on_event: EventCallback, on_close: CloseCallback | None = None) -> Callable[[], None]:
         """Call ``on_event(ev)`` for every event from now on, ``on_close(error)`` at the end.
 
         If the router has closed already, ``on_close`` is called at once.
@@ -289,7 +301,7 @@ class EventRouter:
             for listener in listeners:
                 try:
                     listener.on_event(ev)
-                except Exception:  # noqa: BLE001 - one bad callback must not stop routing
+                except Exception:
                     log.exception("event listener %r failed", listener.on_event)
 
     def unsubscribe(self, q: EventQueue) -> None:
@@ -323,7 +335,7 @@ class EventRouter:
                 return
         self.backlog.put(ev)
 
-    def deliver_all(self, events: List[Event]) -> None:
+    def deliver_all(self, events: list[Event]) -> None:
         """:meth:`deliver` each of ``events``, in order."""
         if self._waiters:
             for ev in events:
@@ -337,7 +349,7 @@ class EventRouter:
             q.put_all(events if accepts is None else [ev for ev in events if accepts(ev)])
         self.backlog.put_all(events)
 
-    def close(self, error: Optional[BaseException] = None) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         """The connection ended: every queue ends once drained."""
         self._closed = True
         self._error = error
@@ -357,15 +369,15 @@ class _Listener:
 
     __slots__ = ("on_event", "on_close")
 
-    def __init__(self, on_event: EventCallback, on_close: Optional[CloseCallback]) -> None:
+    def __init__(self, on_event: EventCallback, on_close: CloseCallback | None) -> None:
         self.on_event = on_event
         self.on_close = on_close
 
-    def closed(self, error: Optional[BaseException]) -> None:
+    def closed(self, error: BaseException | None) -> None:
         if self.on_close is not None:
             try:
                 self.on_close(error)
-            except Exception:  # noqa: BLE001 - the other listeners still hear of the end
+            except Exception:
                 log.exception("close listener %r failed", self.on_close)
 
 

@@ -28,25 +28,16 @@ import errno
 import functools
 import os
 import random
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import (
     Any,
-    AsyncIterator,
-    Callable,
-    Deque,
-    Dict,
-    Iterable,
-    List,
-    Mapping,
-    Optional,
-    Set,
-    Tuple,
     Union,
 )
 
-from .address import parse_address
 from ..errors import ConnectionLost, QMPError, StateError
 from ..errors import TimeoutError as QMPTimeoutError
+from .address import parse_address
 
 __all__ = [
     "Fleet",
@@ -56,7 +47,7 @@ __all__ = [
     "ensure_fd_limit",
 ]
 
-Address = Union[str, "os.PathLike[str]", Tuple[str, int]]
+Address = Union[str, "os.PathLike[str]", tuple[str, int]]
 Result = Any
 """A command's return value, or the exception object it failed with."""
 
@@ -109,11 +100,11 @@ class FleetStats:
     events_received: int
     events_dropped: int
     """Events discarded because a consumer of :meth:`Fleet.events` fell behind."""
-    last_errors: Dict[str, BaseException] = field(default_factory=dict)
+    last_errors: dict[str, BaseException] = field(default_factory=dict)
     """Per VM, the last connection or command error (cleared on success)."""
 
 
-def _failed(exc: BaseException) -> "asyncio.Future[Any]":
+def _failed(exc: BaseException) -> asyncio.Future[Any]:
     """A future that has already failed with ``exc``."""
     fut = asyncio.get_running_loop().create_future()
     fut.set_exception(exc)
@@ -171,14 +162,14 @@ class FleetEvents:
     closes or :meth:`close` is called.
     """
 
-    def __init__(self, fleet: "Fleet", names: Iterable[str], maxsize: int) -> None:
+    def __init__(self, fleet: Fleet, names: Iterable[str], maxsize: int) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self._fleet = fleet
         self._names = frozenset(names)
-        self._queue: Deque[Tuple[str, Any]] = collections.deque()
+        self._queue: collections.deque[tuple[str, Any]] = collections.deque()
         self._maxsize = maxsize
-        self._waiter: Optional[asyncio.Future] = None
+        self._waiter: asyncio.Future | None = None
         self._closed = False
         #: Events dropped from this stream because it was full.
         self.dropped = 0
@@ -207,10 +198,10 @@ class FleetEvents:
             self._fleet._subscribers.discard(self)
             self._wake()
 
-    def __aiter__(self) -> "FleetEvents":
+    def __aiter__(self) -> FleetEvents:
         return self
 
-    async def __anext__(self) -> Tuple[str, Any]:
+    async def __anext__(self) -> tuple[str, Any]:
         while not self._queue:
             if self._closed:
                 raise StopAsyncIteration
@@ -221,7 +212,7 @@ class FleetEvents:
                 self._waiter = None
         return self._queue.popleft()
 
-    async def get(self, timeout: Optional[float] = None) -> Tuple[str, Any]:
+    async def get(self, timeout: float | None = None) -> tuple[str, Any]:
         """The next ``(vm, event)``; :class:`~qmpcore.TimeoutError` after ``timeout``."""
         try:
             return await asyncio.wait_for(self.__anext__(), timeout)
@@ -243,12 +234,12 @@ class _Member:
         self.name = name
         self.address = address
         self.client: Any = None
-        self.last_error: Optional[BaseException] = None
+        self.last_error: BaseException | None = None
         self.tried = False  # the first attempt has finished
         self.ever_connected = False
         self.attempt = 0  # failed attempts since the last success
-        self.task: Optional[asyncio.Task] = None  # a connection attempt under way
-        self.timer: Optional[asyncio.TimerHandle] = None  # the next attempt
+        self.task: asyncio.Task | None = None  # a connection attempt under way
+        self.timer: asyncio.TimerHandle | None = None  # the next attempt
 
 
 class Fleet:
@@ -269,12 +260,12 @@ class Fleet:
 
     def __init__(
         self,
-        addresses: Union[Mapping[str, Address], Iterable[Address]],
+        addresses: Mapping[str, Address] | Iterable[Address],
         *,
         connect_timeout: float = 5.0,
         command_timeout: float = 10.0,
         max_concurrency: int = 64,
-        reconnect: Union[bool, Backoff] = True,
+        reconnect: bool | Backoff = True,
         guest_agent: bool = False,
         event_maxsize: int = 10_000,
     ) -> None:
@@ -290,17 +281,17 @@ class Fleet:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
         self._pairs = pairs
-        self._members: Dict[str, _Member] = {}
+        self._members: dict[str, _Member] = {}
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.max_concurrency = max_concurrency
-        self.backoff: Optional[Backoff] = (
+        self.backoff: Backoff | None = (
             Backoff() if reconnect is True else (reconnect or None)  # type: ignore[assignment]
         )
         self.guest_agent = guest_agent
         self.event_maxsize = event_maxsize
-        self._subscribers: Set[FleetEvents] = set()
-        self._slots: Optional[asyncio.Semaphore] = None
+        self._subscribers: set[FleetEvents] = set()
+        self._slots: asyncio.Semaphore | None = None
         self._changed: Any = None  # asyncio.Event, pulsed on every VM state change
         self._untried = len(pairs)
         self._connected = 0
@@ -316,7 +307,7 @@ class Fleet:
     # -- lifecycle --------------------------------------------------------
 
     @property
-    def vms(self) -> List[str]:
+    def vms(self) -> list[str]:
         """Names of every VM, in the order given."""
         return [name for name, _ in self._pairs]
 
@@ -340,9 +331,7 @@ class Fleet:
         if wait:
             await self._wait_until(lambda: self._untried == 0, None)
 
-    async def wait_connected(
-        self, vms: Optional[Iterable[str]] = None, *, timeout: Optional[float] = None
-    ) -> bool:
+    async def wait_connected(self, vms: Iterable[str] | None = None, *, timeout: float | None = None) -> bool:
         """Wait until the given VMs (default: all) are connected.
 
         Returns False when ``timeout`` ran out first.
@@ -352,7 +341,7 @@ class Fleet:
         members = [self._member(vm) for vm in vms]
         return await self._wait_until(lambda: all(m.client is not None for m in members), timeout)
 
-    async def _wait_until(self, ready: Callable[[], bool], timeout: Optional[float]) -> bool:
+    async def _wait_until(self, ready: Callable[[], bool], timeout: float | None) -> bool:
         """Wait for ``ready()`` to hold, rechecking whenever a VM's state changes."""
         if not self._started:
             raise StateError("the fleet is not started")
@@ -396,7 +385,7 @@ class Fleet:
         if self._changed is not None:
             self._pulse()
 
-    async def __aenter__(self) -> "Fleet":
+    async def __aenter__(self) -> Fleet:
         await self.start()
         return self
 
@@ -495,9 +484,7 @@ class Fleet:
 
     # -- commands ---------------------------------------------------------
 
-    async def execute(
-        self, vm: str, command: str, args: Optional[dict] = None, *, timeout: Optional[float] = None
-    ) -> Any:
+    async def execute(self, vm: str, command: str, args: dict | None = None, *, timeout: float | None = None) -> Any:
         """Run ``command`` on one VM and return its ``"return"`` value.
 
         Raises :class:`~qmpcore.CommandError`, :class:`~qmpcore.TimeoutError`
@@ -507,8 +494,8 @@ class Fleet:
         return await self.submit(vm, command, args, timeout=timeout)
 
     def submit(
-        self, vm: str, command: str, args: Optional[dict] = None, *, timeout: Optional[float] = None
-    ) -> "asyncio.Future[Any]":
+        self, vm: str, command: str, args: dict | None = None, *, timeout: float | None = None
+    ) -> asyncio.Future[Any]:
         """Start ``command`` on one VM; return a future of its ``"return"`` value.
 
         :meth:`execute` without a coroutine per command, for starting many
@@ -516,14 +503,14 @@ class Fleet:
         """
         return self._submit(self._member(vm), command, args, self._timeout(timeout))
 
-    def _timeout(self, timeout: Optional[float]) -> float:
+    def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
             return self.command_timeout
         if not timeout > 0:
             raise ValueError("timeout must be positive")
         return timeout
 
-    def _submit(self, member: _Member, command: str, args: Optional[dict], timeout: float) -> "asyncio.Future[Any]":
+    def _submit(self, member: _Member, command: str, args: dict | None, timeout: float) -> asyncio.Future[Any]:
         client = member.client
         if client is None or client.closed:
             return _failed(ConnectionLost(f"{member.name}: not connected ({member.last_error})"))
@@ -535,7 +522,7 @@ class Fleet:
         fut.add_done_callback(functools.partial(self._finished, member))
         return fut
 
-    def _finished(self, member: _Member, fut: "asyncio.Future[Any]") -> None:
+    def _finished(self, member: _Member, fut: asyncio.Future[Any]) -> None:
         """Bookkeeping when a command's future is done (its result is left alone)."""
         self._in_flight -= 1
         self._commands += 1
@@ -547,11 +534,11 @@ class Fleet:
     async def execute_all(
         self,
         command: str,
-        args: Optional[dict] = None,
+        args: dict | None = None,
         *,
-        timeout: Optional[float] = None,
-        vms: Optional[Iterable[str]] = None,
-    ) -> Dict[str, Result]:
+        timeout: float | None = None,
+        vms: Iterable[str] | None = None,
+    ) -> dict[str, Result]:
         """Run ``command`` on every VM (or on ``vms``) at once.
 
         Returns ``{vm: value or exception}`` in fleet order.  A VM that is
@@ -567,7 +554,7 @@ class Fleet:
         for member in members:
             try:
                 futures.append(self._submit(member, command, args, limit))
-            except Exception as exc:  # noqa: BLE001 - bad arguments, a state error: that VM's result
+            except Exception as exc:
                 futures.append(_failed(exc))
         results = await asyncio.gather(*futures, return_exceptions=True)
         return {m.name: r for m, r in zip(members, results)}
@@ -575,12 +562,12 @@ class Fleet:
     async def poll(
         self,
         command: str,
-        args: Optional[dict] = None,
+        args: dict | None = None,
         *,
         every: float,
-        timeout: Optional[float] = None,
-        rounds: Optional[int] = None,
-    ) -> AsyncIterator[Dict[str, Result]]:
+        timeout: float | None = None,
+        rounds: int | None = None,
+    ) -> AsyncIterator[dict[str, Result]]:
         """Yield the results of ``execute_all(command)`` every ``every`` seconds.
 
         Rounds never overlap: when one takes longer than ``every`` (slow VMs
@@ -606,7 +593,7 @@ class Fleet:
 
     # -- events -----------------------------------------------------------
 
-    def events(self, *names: str, maxsize: Optional[int] = None) -> FleetEvents:
+    def events(self, *names: str, maxsize: int | None = None) -> FleetEvents:
         """A merged stream of ``(vm, event)`` from every VM (only ``names`` if given).
 
         Bounded by ``maxsize`` (default ``event_maxsize``): when the consumer
@@ -650,4 +637,3 @@ class Fleet:
     def client(self, vm: str) -> Any:
         """The live client of one VM (for calls the fleet does not wrap), or None."""
         return self._member(vm).client
-

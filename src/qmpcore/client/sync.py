@@ -20,15 +20,16 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
-from .address import Address, AddressLike
-from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
-from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
 from ..errors import ConnectionLost, TimeoutError
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
+from .address import Address, AddressLike
+from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
+from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
 
 __all__ = [
     "connect_sync",
@@ -56,7 +57,7 @@ class _Slot:
     def __init__(self) -> None:
         self._done = False
         self._value: Any = None
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
 
     def done(self) -> bool:
         return self._done
@@ -75,7 +76,7 @@ class _Slot:
         return self._value
 
 
-def _deadline(timeout: Optional[float]) -> Optional[float]:
+def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else _monotonic() + timeout
 
 
@@ -94,10 +95,14 @@ class _Poller:
             self._poll = None
             self._events = write
 
-    def wait(self, timeout: Optional[float]) -> bool:
+    def wait(self, timeout: float | None) -> bool:
         if self._poll is not None:
             return bool(self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000.0))
-        ready = select.select([], [self._sock], [], timeout) if self._events else select.select([self._sock], [], [], timeout)
+        ready = (
+            select.select([], [self._sock], [], timeout)
+            if self._events
+            else select.select([self._sock], [], [], timeout)
+        )
         return any(ready)
 
 
@@ -110,7 +115,7 @@ class _SyncClient(ClientCore):
         address: Address,
         sock: socket.socket,
         event_queue: int,
-        command_timeout: Optional[float],
+        command_timeout: float | None,
     ) -> None:
         super().__init__(proto, address, event_queue, command_timeout)
         sock.setblocking(bool(_DONTWAIT))
@@ -127,7 +132,7 @@ class _SyncClient(ClientCore):
 
     # -- reading --------------------------------------------------------------
 
-    def _wait_until(self, done: Callable[[], bool], deadline: Optional[float]) -> bool:
+    def _wait_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
         """Read (or let another thread read) until ``done()`` or the connection ends.
 
         Call with ``_cond`` held.  Returns False if the deadline passed first;
@@ -147,7 +152,7 @@ class _SyncClient(ClientCore):
                 self._read_once(remaining)
         return True
 
-    def _sleep(self, timeout: Optional[float]) -> None:
+    def _sleep(self, timeout: float | None) -> None:
         """Wait (``_cond`` held) for the reading thread to report progress."""
         self._sleepers += 1
         try:
@@ -155,11 +160,11 @@ class _SyncClient(ClientCore):
         finally:
             self._sleepers -= 1
 
-    def _read_once(self, timeout: Optional[float]) -> None:
+    def _read_once(self, timeout: float | None) -> None:
         cond = self._cond
         self._reading = True
         cond.release()
-        error: Optional[BaseException] = None
+        error: BaseException | None = None
         n = -1
         try:
             if timeout is None and _DONTWAIT:
@@ -188,7 +193,7 @@ class _SyncClient(ClientCore):
 
     # -- writing --------------------------------------------------------------
 
-    def _send(self, data: bytes, fds: Optional[Sequence[int]] = None, deadline: Optional[float] = None) -> None:
+    def _send(self, data: bytes, fds: Sequence[int] | None = None, deadline: float | None = None) -> None:
         """Write all of ``data`` (with ``fds`` attached to its first byte).
 
         A write that cannot finish leaves a partial frame on the wire, so the
@@ -206,7 +211,7 @@ class _SyncClient(ClientCore):
                 self._cond.notify_all()
             raise self.connection_error or ConnectionLost(f"connection lost: {error}") from error
 
-    def _send_locked(self, data: bytes, fds: Optional[Sequence[int]], deadline: Optional[float]) -> None:
+    def _send_locked(self, data: bytes, fds: Sequence[int] | None, deadline: float | None) -> None:
         sock = self._sock
         view = memoryview(data)
         ancillary = scm_rights(fds) if fds else None
@@ -221,7 +226,7 @@ class _SyncClient(ClientCore):
             except (BlockingIOError, InterruptedError):
                 remaining = None if deadline is None else deadline - _monotonic()
                 if (remaining is not None and remaining <= 0) or not self._wpoll.wait(remaining):
-                    raise BrokenPipeError("the server stopped reading: write timed out")
+                    raise BrokenPipeError("the server stopped reading: write timed out") from None
 
     # -- commands -------------------------------------------------------------
 
@@ -229,8 +234,8 @@ class _SyncClient(ClientCore):
         self,
         issue: Callable[[], Any],
         command: str,
-        timeout: Optional[float],
-        fds: Optional[Sequence[int]] = None,
+        timeout: float | None,
+        fds: Sequence[int] | None = None,
     ) -> Any:
         """Issue a command (``issue() -> (id, bytes)``) and wait for its reply."""
         if timeout is None:
@@ -260,7 +265,7 @@ class _SyncClient(ClientCore):
 
     # -- events ---------------------------------------------------------------
 
-    def _next_event(self, queue: EventQueue, timeout: Optional[float], what: str) -> Optional[Event]:
+    def _next_event(self, queue: EventQueue, timeout: float | None, what: str) -> Event | None:
         """The next event of ``queue``; None once it ends cleanly."""
         with self._cond:
             if not queue.ready() and not self._wait_until(queue.ready, _deadline(timeout)):
@@ -273,7 +278,7 @@ class _SyncClient(ClientCore):
                 if queue.policy is BLOCK and self._sleepers:
                     self._cond.notify_all()  # the reader may go on
 
-    def pull_event(self, timeout: Optional[float] = None) -> Event:
+    def pull_event(self, timeout: float | None = None) -> Event:
         """The oldest event in the backlog, waiting up to ``timeout`` s.
 
         With ``timeout=0`` nothing waits, but bytes that have already
@@ -285,7 +290,7 @@ class _SyncClient(ClientCore):
             raise self.connection_error or ConnectionLost("the connection was closed")
         return ev
 
-    def wait_event(self, name: Optional[str] = None, match: Match = None, timeout: Optional[float] = None) -> Event:
+    def wait_event(self, name: str | None = None, match: Match = None, timeout: float | None = None) -> Event:
         """Wait for one event called ``name`` (any if None) matching ``match``.
 
         ``match`` is a dict of ``data`` members that must be equal, or a
@@ -307,9 +312,9 @@ class _SyncClient(ClientCore):
         self,
         *names: str,
         match: Match = None,
-        maxsize: Optional[int] = None,
+        maxsize: int | None = None,
         policy: str = DROP_OLDEST,
-        timeout: Optional[float] = None,
+        timeout: float | None = None,
     ) -> Iterator[Event]:
         """Subscribe to events (all if no names given); iterate over them.
 
@@ -323,7 +328,7 @@ class _SyncClient(ClientCore):
             queue = self._router.subscribe(make_filter(names, match), maxsize or self._event_queue_size, policy)
         return self._iterate(queue, timeout)
 
-    def _iterate(self, queue: EventQueue, timeout: Optional[float]) -> Iterator[Event]:
+    def _iterate(self, queue: EventQueue, timeout: float | None) -> Iterator[Event]:
         try:
             while True:
                 ev = self._next_event(queue, timeout, "no event")
@@ -339,7 +344,7 @@ class _SyncClient(ClientCore):
         self,
         callback: EventCallback,
         *,
-        on_close: Optional[CloseCallback] = None,
+        on_close: CloseCallback | None = None,
     ) -> Callable[[], None]:
         """Call ``callback(event)`` for every event as it arrives, from now on.
 
@@ -410,7 +415,7 @@ class _SyncClient(ClientCore):
             sock.close()
 
 
-def _open_socket(addr: Address, timeout: Optional[float]) -> socket.socket:
+def _open_socket(addr: Address, timeout: float | None) -> socket.socket:
     if addr.is_unix:
         sock = socket.socket(addr.family, socket.SOCK_STREAM)
         try:
@@ -426,11 +431,11 @@ def _open_socket(addr: Address, timeout: Optional[float]) -> socket.socket:
 
 
 def _connect(
-    address: Optional[AddressLike],
-    sock: Optional[socket.socket],
-    timeout: Optional[float],
+    address: AddressLike | None,
+    sock: socket.socket | None,
+    timeout: float | None,
     make: Callable[[Address, socket.socket], _SyncClient],
-    handshake: Callable[[Any, Optional[float]], None],
+    handshake: Callable[[Any, float | None], None],
 ) -> Any:
     """Open the socket (or take ``sock``), build the client and run its handshake within ``timeout``."""
     addr = connect_target(address, sock)
@@ -452,7 +457,7 @@ def _connect(
     return client
 
 
-def _remaining(deadline: Optional[float]) -> Optional[float]:
+def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - _monotonic())
 
 
@@ -464,10 +469,10 @@ class SyncQMPClient(QMPInfo, _SyncClient):
     def execute(
         self,
         command: str,
-        arguments: Optional[dict] = None,
+        arguments: dict | None = None,
         *,
-        timeout: Optional[float] = None,
-        fds: Optional[Sequence[int]] = None,
+        timeout: float | None = None,
+        fds: Sequence[int] | None = None,
     ) -> Any:
         """Run ``command``; return its ``return`` value.
 
@@ -478,15 +483,15 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         hold = not fds
         return self._run(lambda: self._proto.send_command(command, arguments, hold=hold), command, timeout, fds)
 
-    def execute_oob(self, command: str, arguments: Optional[dict] = None, *, timeout: Optional[float] = None) -> Any:
+    def execute_oob(self, command: str, arguments: dict | None = None, *, timeout: float | None = None) -> Any:
         """Run ``command`` out-of-band (``exec-oob``); needs ``oob`` negotiated."""
         return self._run(lambda: self._proto.send_command(command, arguments, oob=True), command, timeout)
 
-    def negotiate(self, oob: bool = False, *, timeout: Optional[float] = None) -> None:
+    def negotiate(self, oob: bool = False, *, timeout: float | None = None) -> None:
         """Leave negotiation mode (``qmp_capabilities``), with ``oob`` if offered."""
         self._run(lambda: self._proto.negotiate(oob), "qmp_capabilities", timeout)
 
-    def _greeted(self, deadline: Optional[float], negotiate: bool, oob: bool) -> None:
+    def _greeted(self, deadline: float | None, negotiate: bool, oob: bool) -> None:
         slot = _Slot()
         with self._cond:
             self._waiters[Greeting] = slot
@@ -498,14 +503,14 @@ class SyncQMPClient(QMPInfo, _SyncClient):
 
 
 def connect_sync(
-    address: Optional[AddressLike] = None,
+    address: AddressLike | None = None,
     *,
-    sock: Optional[socket.socket] = None,
-    timeout: Optional[float] = CONNECT_TIMEOUT,
+    sock: socket.socket | None = None,
+    timeout: float | None = CONNECT_TIMEOUT,
     negotiate: bool = True,
     oob: bool = False,
     event_queue: int = EVENT_QUEUE_SIZE,
-    command_timeout: Optional[float] = None,
+    command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
 ) -> SyncQMPClient:
     """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`.
@@ -532,10 +537,10 @@ class SyncGuestAgentClient(_SyncClient):
     def execute(
         self,
         command: str,
-        arguments: Optional[dict] = None,
+        arguments: dict | None = None,
         *,
-        timeout: Optional[float] = None,
-        expect_reply: Optional[bool] = None,
+        timeout: float | None = None,
+        expect_reply: bool | None = None,
     ) -> Any:
         """Run a guest agent command; see :meth:`GuestAgentClient.execute`."""
         if not expects_reply(command, expect_reply):
@@ -547,7 +552,7 @@ class SyncGuestAgentClient(_SyncClient):
             return None
         return self._run(lambda: self._proto.send_command(command, arguments, expect_reply=True), command, timeout)
 
-    def sync(self, timeout: Optional[float] = None) -> int:
+    def sync(self, timeout: float | None = None) -> int:
         """Resynchronise the channel (0xFF + ``guest-sync-delimited``); return the id."""
         if timeout is None:
             timeout = self.command_timeout
@@ -576,11 +581,11 @@ class SyncGuestAgentClient(_SyncClient):
 
 
 def connect_guest_agent_sync(
-    path: Optional[AddressLike] = None,
+    path: AddressLike | None = None,
     *,
-    sock: Optional[socket.socket] = None,
-    timeout: Optional[float] = CONNECT_TIMEOUT,
-    command_timeout: Optional[float] = None,
+    sock: socket.socket | None = None,
+    timeout: float | None = CONNECT_TIMEOUT,
+    command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
 ) -> SyncGuestAgentClient:
     """Connect to a guest agent socket and resynchronise, blocking.

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Any
 
 from ..errors import CommandError, ConnectionLost
 from ..errors import ProtocolError as _CoreProtocolError
@@ -42,11 +43,10 @@ MAX_FRAME_SIZE = 64 << 20
 RESERVED_ID_PREFIX = "__qmp#"
 
 
-def command_message(command: str, arguments: Optional[Mapping[str, object]], oob: bool,
-                    wire_id: Any = None) -> Message:
+def command_message(command: str, arguments: Mapping[str, object] | None, oob: bool, wire_id: Any = None) -> Message:
     """The message qemu.qmp would have sent: ``execute``/``exec-oob``,
     ``arguments`` when given, then ``id``."""
-    msg: Dict[str, object] = {"exec-oob" if oob else "execute": command}
+    msg: dict[str, object] = {"exec-oob" if oob else "execute": command}
     if arguments is not None:
         msg["arguments"] = arguments
     if wire_id is not None:
@@ -54,8 +54,9 @@ def command_message(command: str, arguments: Optional[Mapping[str, object]], oob
     return Message._from_dict(msg)
 
 
-def execute_error(err: CommandError, command: str, arguments: Optional[Mapping[str, object]],
-                  oob: bool) -> Union[ExecuteError, BadReplyError]:
+def execute_error(
+    err: CommandError, command: str, arguments: Mapping[str, object] | None, oob: bool
+) -> ExecuteError | BadReplyError:
     """The qemu.qmp exception for a qmpcore :class:`CommandError`."""
     raw = err.reply if isinstance(err.reply, dict) else {"error": {"class": err.error_class, "desc": err.desc}}
     received = Message._from_dict(raw)
@@ -79,8 +80,9 @@ class RawCommand:
 
     __slots__ = ("command", "arguments", "oob", "has_id", "id")
 
-    def __init__(self, command: str, arguments: Optional[dict] = None, oob: bool = False,
-                 has_id: bool = False, id: Any = None) -> None:  # noqa: A002
+    def __init__(
+        self, command: str, arguments: dict | None = None, oob: bool = False, has_id: bool = False, id: Any = None
+    ) -> None:
         self.command = command
         self.arguments = arguments
         self.oob = oob
@@ -88,7 +90,7 @@ class RawCommand:
         self.id = id
 
     @classmethod
-    def parse(cls, msg: Mapping[str, Any], *, check_id: bool = True) -> "RawCommand":
+    def parse(cls, msg: Mapping[str, Any], *, check_id: bool = True) -> RawCommand:
         """Check ``msg``; ``check_id`` applies qemu.qmp's rules (a string, not
         starting with ``__qmp#``)."""
         has_id = "id" in msg
@@ -102,21 +104,25 @@ class RawCommand:
         if msg.keys() - _COMMAND_MEMBERS or ("execute" in msg) == oob:
             raise ValueError(
                 "a command message needs exactly one of 'execute' and 'exec-oob' and may "
-                f"only add 'arguments' and 'id'; got members {sorted(msg)}")
+                f"only add 'arguments' and 'id'; got members {sorted(msg)}"
+            )
         arguments = msg.get("arguments")
         if isinstance(arguments, Mapping) and type(arguments) is not dict:
             arguments = dict(arguments)
         return cls(msg["exec-oob" if oob else "execute"], arguments, oob, has_id, mid)
 
-    def reply(self, value: Any = None, error: Optional[CommandError] = None) -> Dict[str, Any]:
+    def reply(self, value: Any = None, error: CommandError | None = None) -> dict[str, Any]:
         """The reply dict with the caller's id, in QEMU's member order."""
         if error is None:
             if self.has_id:
                 return {"return": value, "id": self.id}
             return {"return": value}
-        raw = error.reply if isinstance(error.reply, dict) else {
-            "error": {"class": error.error_class, "desc": error.desc}}
-        out: Dict[str, Any] = {}
+        raw = (
+            error.reply
+            if isinstance(error.reply, dict)
+            else {"error": {"class": error.error_class, "desc": error.desc}}
+        )
+        out: dict[str, Any] = {}
         for key, item in raw.items():
             if key != "id":
                 out[key] = item
@@ -127,7 +133,7 @@ class RawCommand:
         return out
 
 
-def greeting_or_error(raw: Optional[dict]) -> Greeting:
+def greeting_or_error(raw: dict | None) -> Greeting:
     """qemu.qmp's :class:`Greeting` view of a greeting qmpcore received;
     :class:`GreetingError` if it lacks what qemu.qmp requires."""
     try:
@@ -153,7 +159,7 @@ def connect_error(exc: Exception) -> ConnectError:
     return ConnectError("Failed to establish session", cause)
 
 
-def listen_socket(address: Union[str, Tuple[str, int]], backlog: int = 1) -> socket.socket:
+def listen_socket(address: str | tuple[str, int], backlog: int = 1) -> socket.socket:
     """A socket listening on a unix path (a stale socket file there is
     replaced) or on ``(host, port)``."""
     if isinstance(address, tuple):
@@ -180,7 +186,7 @@ def listen_socket(address: Union[str, Tuple[str, int]], backlog: int = 1) -> soc
     return sock
 
 
-def split_address(address: str, bad_port: type) -> Union[str, Tuple[str, int]]:
+def split_address(address: str, bad_port: type) -> str | tuple[str, int]:
     """``"host:port"`` becomes ``(host, port)``; anything else is a path.
     A non-numeric port raises ``bad_port`` with qemu.qmp's message."""
     parts = address.split(":")

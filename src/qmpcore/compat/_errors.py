@@ -76,7 +76,7 @@ class ConnectError(QMPError):
 class StateError(QMPError):
     """A method was called in a :class:`Runstate` that does not allow it."""
 
-    def __init__(self, error_message: str, state: "Runstate", required: "Runstate") -> None:
+    def __init__(self, error_message: str, state: Runstate, required: Runstate) -> None:
         super().__init__(error_message, state, required)
         self.error_message = error_message
         self.state = state
@@ -93,7 +93,7 @@ class ExecuteError(QMPError):
     the parsed :class:`ErrorResponse`; ``str()`` is the server's ``desc``.
     """
 
-    def __init__(self, error_response: "ErrorResponse", sent: "Message", received: "Message") -> None:
+    def __init__(self, error_response: ErrorResponse, sent: Message, received: Message) -> None:
         super().__init__(error_response, sent, received)
         self.sent = sent
         self.received = received
@@ -156,7 +156,7 @@ class UnexpectedTypeError(ProtocolError):
 
 
 class _MsgProtocolError(ProtocolError):
-    def __init__(self, error_message: str, msg: "Message", *args: object) -> None:
+    def __init__(self, error_message: str, msg: Message, *args: object) -> None:
         super().__init__(error_message, msg, *args)
         self.msg = msg
 
@@ -171,6 +171,6 @@ class ServerParseError(_MsgProtocolError):
 class BadReplyError(_MsgProtocolError):
     """A reply routed by its id but malformed; ``sent`` is the command."""
 
-    def __init__(self, error_message: str, msg: "Message", sent: "Message") -> None:
+    def __init__(self, error_message: str, msg: Message, sent: Message) -> None:
         super().__init__(error_message, msg, sent)
         self.sent = sent

@@ -13,26 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import (
-    AsyncIterator,
-    Callable,
-    Deque,
-    Iterable,
-    Iterator,
-    List,
-    Optional,
-    Set,
-    Tuple,
-    Union,
-)
 
 from ._errors import ListenerError
 from ._message import Message
 
 __all__ = ["EventListener", "Events", "EventNames", "EventFilter", "DEFAULT_MAXSIZE"]
 
-EventNames = Union[str, Iterable[str], None]
+EventNames = str | Iterable[str] | None
 EventFilter = Callable[[Message], bool]
 
 #: Pending events (and history entries) each listener keeps at most.
@@ -50,13 +39,13 @@ class EventListener:
     def __init__(
         self,
         names: EventNames = None,
-        event_filter: Optional[EventFilter] = None,
+        event_filter: EventFilter | None = None,
         *,
         maxsize: int = DEFAULT_MAXSIZE,
     ) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
-        self.names: Set[str] = set()
+        self.names: set[str] = set()
         if isinstance(names, str):
             self.names.add(names)
         elif names is not None:
@@ -65,9 +54,9 @@ class EventListener:
         self.maxsize = maxsize
         #: Pending events dropped to stay within ``maxsize``.
         self.dropped = 0
-        self._pending: Deque[Message] = deque()
-        self._history: Deque[Message] = deque(maxlen=maxsize)
-        self._getters: Deque["asyncio.Future[None]"] = deque()
+        self._pending: deque[Message] = deque()
+        self._history: deque[Message] = deque(maxlen=maxsize)
+        self._getters: deque[asyncio.Future[None]] = deque()
 
     def __repr__(self) -> str:
         args = []
@@ -79,7 +68,7 @@ class EventListener:
         return f"{type(self).__name__}{state}({', '.join(args)})"
 
     @property
-    def history(self) -> Tuple[Message, ...]:
+    def history(self) -> tuple[Message, ...]:
         """Events accepted so far, oldest first (the last ``maxsize``)."""
         return tuple(self._history)
 
@@ -131,7 +120,7 @@ class EventListener:
         """True when no event is pending."""
         return not self._pending
 
-    def clear(self) -> List[Message]:
+    def clear(self) -> list[Message]:
         """Remove and return every pending event."""
         events = list(self._pending)
         self._pending.clear()
@@ -151,7 +140,7 @@ class Events:
     logger: logging.Logger
 
     def __init__(self) -> None:
-        self._listeners: List[EventListener] = []
+        self._listeners: list[EventListener] = []
         self.events = EventListener()
         self.register_listener(self.events)
 
@@ -180,7 +169,7 @@ class Events:
     @contextmanager
     def listen(self, *listeners: EventListener) -> Iterator[None]:
         """Register ``listeners`` for the duration of a ``with`` block."""
-        added: List[EventListener] = []
+        added: list[EventListener] = []
         try:
             for listener in listeners:
                 self.register_listener(listener)
@@ -191,7 +180,7 @@ class Events:
                 self.remove_listener(listener)
 
     @contextmanager
-    def listener(self, names: EventNames = (), event_filter: Optional[EventFilter] = None) -> Iterator[EventListener]:
+    def listener(self, names: EventNames = (), event_filter: EventFilter | None = None) -> Iterator[EventListener]:
         """A new :class:`EventListener`, registered for a ``with`` block."""
         listener = EventListener(names, event_filter)
         with self.listen(listener):

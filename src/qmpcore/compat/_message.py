@@ -8,7 +8,7 @@ is parsed twice; ``bytes(msg)`` encodes only when asked.
 from __future__ import annotations
 
 import json
-from typing import Dict, Iterator, Mapping, MutableMapping, Optional, Union
+from collections.abc import Iterator, Mapping, MutableMapping
 
 from ._errors import DeserializationError, UnexpectedTypeError
 
@@ -24,9 +24,9 @@ class Message(MutableMapping[str, object]):
     compact encoding, ``str(msg)`` an indented one.
     """
 
-    def __init__(self, value: Union[bytes, Mapping[str, object]] = b"{}", *, eager: bool = True) -> None:
-        self._data: Optional[bytes] = None
-        self._obj: Optional[Dict[str, object]] = None
+    def __init__(self, value: bytes | Mapping[str, object] = b"{}", *, eager: bool = True) -> None:
+        self._data: bytes | None = None
+        self._obj: dict[str, object] | None = None
         if isinstance(value, bytes):
             self._data = value
             if eager:
@@ -37,7 +37,7 @@ class Message(MutableMapping[str, object]):
                 self._data = self._serialize(self._obj)
 
     @classmethod
-    def _from_dict(cls, obj: Dict[str, object]) -> "Message":
+    def _from_dict(cls, obj: dict[str, object]) -> Message:
         """Wrap a dict decoded elsewhere, without copying or re-encoding it."""
         msg = cls.__new__(cls)
         msg._data = None
@@ -79,7 +79,7 @@ class Message(MutableMapping[str, object]):
         return self._data
 
     @property
-    def _object(self) -> Dict[str, object]:
+    def _object(self) -> dict[str, object]:
         if self._obj is None:
             self._obj = self._deserialize(self._data or b"{}")
         return self._obj
@@ -89,7 +89,7 @@ class Message(MutableMapping[str, object]):
         return json.dumps(value, separators=(",", ":")).encode("utf-8")
 
     @classmethod
-    def _deserialize(cls, data: bytes) -> Dict[str, object]:
+    def _deserialize(cls, data: bytes) -> dict[str, object]:
         try:
             obj = json.loads(data)
         except json.JSONDecodeError as err:

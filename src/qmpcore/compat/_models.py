@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 from collections import abc
-from typing import Any, Dict, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 __all__ = ["Model", "Greeting", "QMPGreeting", "ErrorResponse", "ErrorInfo"]
 
@@ -37,9 +38,9 @@ class Greeting(Model):
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
         super().__init__(raw)
-        self.QMP = QMPGreeting(self._member("QMP", abc.Mapping, "JSON object"))  # noqa: N815
+        self.QMP = QMPGreeting(self._member("QMP", abc.Mapping, "JSON object"))
 
-    def _asdict(self) -> Dict[str, object]:
+    def _asdict(self) -> dict[str, object]:
         """A deep copy as a plain dict (what the legacy API returns)."""
         return dict(copy.deepcopy(self._raw))
 
@@ -59,7 +60,7 @@ class ErrorResponse(Model):
     def __init__(self, raw: Mapping[str, Any]) -> None:
         super().__init__(raw)
         self.error = ErrorInfo(self._member("error", abc.Mapping, "JSON object"))
-        self.id: Optional[object] = raw.get("id")  # noqa: A003
+        self.id: object | None = raw.get("id")
 
 
 class ErrorInfo(Model):

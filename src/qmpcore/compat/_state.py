@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Tuple, Union
 
 from ._errors import StateError
 
 __all__ = ["Runstate", "SocketAddrT", "InternetAddrT", "UnixAddrT", "check_state"]
 
-InternetAddrT = Tuple[str, int]
+InternetAddrT = tuple[str, int]
 UnixAddrT = str
-SocketAddrT = Union[UnixAddrT, InternetAddrT]
+SocketAddrT = UnixAddrT | InternetAddrT
 
 
 class Runstate(Enum):

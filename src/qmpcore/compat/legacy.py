@@ -21,7 +21,7 @@ import logging
 import socket
 import time
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Type, TypeVar, Union
+from typing import Any, TypeVar
 
 from ..client import sync
 from ..errors import CommandError, ConnectionLost
@@ -50,11 +50,11 @@ __all__ = [
 ]
 
 #: A whole QMP message of any kind.
-QMPMessage = Dict[str, Any]
+QMPMessage = dict[str, Any]
 #: The ``return`` value of a command (usually a dict, but anything JSON).
 QMPReturnValue = object
 #: Any object in a QMP message.
-QMPObject = Dict[str, object]
+QMPObject = dict[str, object]
 
 #: How long connecting, the greeting and negotiation may take.
 CONNECT_TIMEOUT = sync.CONNECT_TIMEOUT
@@ -77,16 +77,15 @@ class QEMUMonitorProtocol:
 
     logger = logging.getLogger(__name__)
 
-    def __init__(self, address: Union[SocketAddrT, socket.socket], server: bool = False,
-                 nickname: Optional[str] = None) -> None:
+    def __init__(self, address: SocketAddrT | socket.socket, server: bool = False, nickname: str | None = None) -> None:
         if server and isinstance(address, socket.socket):
             raise ValueError("server argument should be False when passing a socket")
         self._address = address
-        self._timeout: Optional[float] = None
-        self._client: Optional[sync.SyncQMPClient] = None
-        self._listener: Optional[socket.socket] = None
+        self._timeout: float | None = None
+        self._client: sync.SyncQMPClient | None = None
+        self._listener: socket.socket | None = None
         self._state = Runstate.IDLE
-        self._greeting: Optional[QMPMessage] = None
+        self._greeting: QMPMessage | None = None
         if nickname:
             self.logger = logging.getLogger(__name__).getChild(nickname)
         if server:
@@ -99,8 +98,9 @@ class QEMUMonitorProtocol:
     def __enter__(self: _T) -> _T:
         return self
 
-    def __exit__(self, exc_type: Optional[Type[BaseException]], exc_val: Optional[BaseException],
-                 exc_tb: Optional[TracebackType]) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> None:
         self.close()
 
     @classmethod
@@ -113,7 +113,7 @@ class QEMUMonitorProtocol:
 
     # -- connecting -----------------------------------------------------------
 
-    def connect(self, negotiate: bool = True) -> Optional[QMPMessage]:
+    def connect(self, negotiate: bool = True) -> QMPMessage | None:
         """Connect, read the greeting and (unless ``negotiate`` is false)
         run ``qmp_capabilities``.  Returns the greeting, or None when not
         negotiating.
@@ -126,7 +126,7 @@ class QEMUMonitorProtocol:
             return self._open(None, address, negotiate, CONNECT_TIMEOUT)
         return self._open(address, None, negotiate, CONNECT_TIMEOUT)
 
-    def accept(self, timeout: Optional[float] = 15.0) -> QMPMessage:
+    def accept(self, timeout: float | None = 15.0) -> QMPMessage:
         """Wait up to ``timeout`` seconds (None: forever) for QEMU to connect
         to the listening socket, then greet and negotiate.
 
@@ -151,12 +151,19 @@ class QEMUMonitorProtocol:
         assert greeting is not None
         return greeting
 
-    def _open(self, address: Optional[SocketAddrT], sock: Optional[socket.socket], negotiate: bool,
-              timeout: Optional[float]) -> Optional[QMPMessage]:
+    def _open(
+        self, address: SocketAddrT | None, sock: socket.socket | None, negotiate: bool, timeout: float | None
+    ) -> QMPMessage | None:
         try:
-            client = sync.connect_sync(address, sock=sock, negotiate=negotiate, oob=negotiate,
-                                       timeout=timeout, max_frame_size=MAX_FRAME_SIZE,
-                                       event_queue=DEFAULT_MAXSIZE)
+            client = sync.connect_sync(
+                address,
+                sock=sock,
+                negotiate=negotiate,
+                oob=negotiate,
+                timeout=timeout,
+                max_frame_size=MAX_FRAME_SIZE,
+                event_queue=DEFAULT_MAXSIZE,
+            )
         except Exception as exc:
             raise connect_error(exc) from exc
         self._greeting = None
@@ -190,7 +197,7 @@ class QEMUMonitorProtocol:
             raise ExecInterruptedError("Disconnected") from None
         return raw.reply(value)
 
-    def cmd_raw(self, name: str, args: Optional[Dict[str, object]] = None) -> QMPMessage:
+    def cmd_raw(self, name: str, args: dict[str, object] | None = None) -> QMPMessage:
         """:meth:`cmd_obj` for command ``name`` with ``args`` (if any)."""
         qmp_cmd: QMPMessage = {"execute": name}
         if args:
@@ -211,7 +218,7 @@ class QEMUMonitorProtocol:
         except (ConnectionLost, _CoreStateError):
             raise ExecInterruptedError("Disconnected") from None
 
-    def settimeout(self, timeout: Optional[float]) -> None:
+    def settimeout(self, timeout: float | None) -> None:
         """Timeout (seconds, None for none) of :meth:`cmd`, :meth:`cmd_raw`
         and :meth:`cmd_obj`."""
         self._timeout = timeout
@@ -225,7 +232,7 @@ class QEMUMonitorProtocol:
 
     # -- events ---------------------------------------------------------------
 
-    def pull_event(self, wait: Union[bool, float] = False) -> Optional[QMPMessage]:
+    def pull_event(self, wait: bool | float = False) -> QMPMessage | None:
         """The oldest event not yet pulled.
 
         :param wait: False or 0: return None if there is none; True: wait
@@ -247,10 +254,10 @@ class QEMUMonitorProtocol:
         except _CoreTimeoutError:
             raise _CoreTimeoutError() from None  # qemu.qmp's has no message
 
-    def get_events(self, wait: Union[bool, float] = False) -> List[QMPMessage]:
+    def get_events(self, wait: bool | float = False) -> list[QMPMessage]:
         """Every pending event (removed from the queue); if there is none,
         wait for one as :meth:`pull_event` does."""
-        events: List[QMPMessage] = []
+        events: list[QMPMessage] = []
         client = self._client
         if client is not None:
             while True:
@@ -307,7 +314,7 @@ class QEMUMonitorProtocol:
         return self._client
 
 
-def _take_event(client: sync.SyncQMPClient) -> Optional[QMPMessage]:
+def _take_event(client: sync.SyncQMPClient) -> QMPMessage | None:
     """The oldest queued event, without waiting; None if there is none."""
     try:
         return client.pull_event(0).raw

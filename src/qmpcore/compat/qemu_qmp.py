@@ -23,8 +23,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import AsyncIterator, Mapping
 from ssl import SSLContext
-from typing import Any, AsyncIterator, Mapping, Optional, Union
+from typing import Any
 
 from ..client import aio
 from ..errors import CommandError, ConnectionLost
@@ -107,23 +108,23 @@ class QMPClient(Events):
     #: qemu.qmp's default read limit (10 MiB).
     _readbuflen = 10 * 1024 * 1024
 
-    def __init__(self, name: Optional[str] = None, readbuflen: int = _readbuflen) -> None:
-        self._name: Optional[str] = None
+    def __init__(self, name: str | None = None, readbuflen: int = _readbuflen) -> None:
+        self._name: str | None = None
         self.name = name
         self.readbuflen = readbuflen
         #: Wait for the greeting when connecting (see :attr:`negotiate`).
         self.await_greeting = True
         #: Run ``qmp_capabilities`` when connecting (enabling ``oob`` if offered).
         self.negotiate = True
-        self._greeting: Optional[Greeting] = None
+        self._greeting: Greeting | None = None
         self._runstate = Runstate.IDLE
-        self._runstate_changed: Optional[asyncio.Event] = None
-        self._client: Optional[aio.QMPClient] = None
-        self._stream: Optional[aio.EventStream] = None
-        self._pump: Optional["asyncio.Task[None]"] = None
-        self._listener: Optional[socket.socket] = None  # start_server()
+        self._runstate_changed: asyncio.Event | None = None
+        self._client: aio.QMPClient | None = None
+        self._stream: aio.EventStream | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._listener: socket.socket | None = None  # start_server()
         self._closing = False  # disconnect() in progress
-        self._lost: Optional[BaseException] = None  # why the server side ended
+        self._lost: BaseException | None = None  # why the server side ended
         Events.__init__(self)
 
     def __repr__(self) -> str:
@@ -134,18 +135,18 @@ class QMPClient(Events):
     # -- attributes -----------------------------------------------------------
 
     @property
-    def name(self) -> Optional[str]:
+    def name(self) -> str | None:
         """Nickname of this connection, used in log messages."""
         return self._name
 
     @name.setter
-    def name(self, name: Optional[str]) -> None:
+    def name(self, name: str | None) -> None:
         base = logging.getLogger(__name__)
         self.logger = base.getChild(name) if name else base
         self._name = name
 
     @property
-    def greeting(self) -> Optional[Greeting]:
+    def greeting(self) -> Greeting | None:
         """The server's greeting, once a connection read one."""
         return self._greeting
 
@@ -179,8 +180,7 @@ class QMPClient(Events):
 
     # -- connecting -----------------------------------------------------------
 
-    async def connect(self, address: Union[SocketAddrT, socket.socket],
-                      ssl: Optional[SSLContext] = None) -> None:
+    async def connect(self, address: SocketAddrT | socket.socket, ssl: SSLContext | None = None) -> None:
         """Connect to a QMP server (unix path, ``(host, port)`` or a connected
         socket), read its greeting and negotiate capabilities.
 
@@ -195,7 +195,7 @@ class QMPClient(Events):
         else:
             await self._open_session(address)
 
-    async def start_server(self, address: SocketAddrT, ssl: Optional[SSLContext] = None) -> None:
+    async def start_server(self, address: SocketAddrT, ssl: SSLContext | None = None) -> None:
         """Listen on ``address`` for the server to connect; :meth:`accept` waits
         for it.  ``runstate`` becomes ``CONNECTING``."""
         self._require(Runstate.IDLE)
@@ -220,8 +220,7 @@ class QMPClient(Events):
                 listener.close()
         await self._open_session(None, sock)
 
-    async def start_server_and_accept(self, address: SocketAddrT,
-                                      ssl: Optional[SSLContext] = None) -> None:
+    async def start_server_and_accept(self, address: SocketAddrT, ssl: SSLContext | None = None) -> None:
         """:meth:`start_server` then :meth:`accept`."""
         await self.start_server(address, ssl)
         await self.accept()
@@ -232,14 +231,18 @@ class QMPClient(Events):
         self._set_state(Runstate.CONNECTING)
         await asyncio.sleep(0)  # let runstate watchers see CONNECTING
 
-    async def _open_session(self, address: Optional[SocketAddrT],
-                            sock: Optional[socket.socket] = None) -> None:
+    async def _open_session(self, address: SocketAddrT | None, sock: socket.socket | None = None) -> None:
         negotiate = self.negotiate
         async with self._guard("Failed to establish session"):
             try:
-                client = await aio.connect(address, sock=sock, negotiate=negotiate, oob=negotiate,
-                                           timeout=CONNECT_TIMEOUT,
-                                           max_frame_size=max(self.readbuflen, MAX_FRAME_SIZE))
+                client = await aio.connect(
+                    address,
+                    sock=sock,
+                    negotiate=negotiate,
+                    oob=negotiate,
+                    timeout=CONNECT_TIMEOUT,
+                    max_frame_size=max(self.readbuflen, MAX_FRAME_SIZE),
+                )
             except Exception as exc:
                 raise connect_error(exc) from exc
             self._client = client
@@ -315,13 +318,11 @@ class QMPClient(Events):
     # -- commands -------------------------------------------------------------
 
     @classmethod
-    def make_execute_msg(cls, cmd: str, arguments: Optional[Mapping[str, object]] = None,
-                         oob: bool = False) -> Message:
+    def make_execute_msg(cls, cmd: str, arguments: Mapping[str, object] | None = None, oob: bool = False) -> Message:
         """A command :class:`Message` for :meth:`execute_msg`."""
         return command_message(cmd, arguments, oob)
 
-    async def execute(self, cmd: str, arguments: Optional[Mapping[str, object]] = None,
-                      oob: bool = False) -> object:
+    async def execute(self, cmd: str, arguments: Mapping[str, object] | None = None, oob: bool = False) -> object:
         """Run ``cmd`` and return its ``return`` value.
 
         :raise ExecuteError: for an error reply.
@@ -373,6 +374,6 @@ def _interrupted(client: Any, err: BaseException) -> QMPError:
     return ExecInterruptedError("Disconnected")
 
 
-def _refuse_tls(ssl: Optional[SSLContext]) -> None:
+def _refuse_tls(ssl: SSLContext | None) -> None:
     if ssl is not None:
         raise NotImplementedError("TLS connections are not supported by qmpcore")

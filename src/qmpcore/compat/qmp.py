@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 from types import TracebackType
-from typing import Any, Dict, List, Literal, Optional, Type, TypeVar, Union
+from typing import Any, Literal, TypeVar
 
 from .. import errors as _core
 from ..client import sync
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: A whole QMP message of any kind.
-QMPMessage = Dict[str, Any]
+QMPMessage = dict[str, Any]
 #: The ``return`` value of a command.
 QMPReturnValue = object
 
@@ -99,12 +99,12 @@ class QEMUMonitorProtocol:
     #: Logger for this class (``nickname`` makes a child).
     logger = logging.getLogger("QMP")
 
-    def __init__(self, address: Any, server: bool = False, nickname: Optional[str] = None) -> None:
-        self._events: List[QMPMessage] = []
+    def __init__(self, address: Any, server: bool = False, nickname: str | None = None) -> None:
+        self._events: list[QMPMessage] = []
         self._address = address
-        self._timeout: Optional[float] = None
-        self._client: Optional[sync.SyncQMPClient] = None
-        self._listener: Optional[socket.socket] = None
+        self._timeout: float | None = None
+        self._client: sync.SyncQMPClient | None = None
+        self._listener: socket.socket | None = None
         self._nickname = nickname
         if nickname:
             self.logger = logging.getLogger("QMP").getChild(nickname)
@@ -114,8 +114,9 @@ class QEMUMonitorProtocol:
     def __enter__(self: _T) -> _T:
         return self
 
-    def __exit__(self, exc_type: Optional[Type[BaseException]], exc_value: Optional[BaseException],
-                 exc_traceback: Optional[TracebackType]) -> Literal[False]:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_value: BaseException | None, exc_traceback: TracebackType | None
+    ) -> Literal[False]:
         self.close()
         return False
 
@@ -129,7 +130,7 @@ class QEMUMonitorProtocol:
 
     # -- connecting -----------------------------------------------------------
 
-    def connect(self, negotiate: bool = True) -> Optional[QMPMessage]:
+    def connect(self, negotiate: bool = True) -> QMPMessage | None:
         """Connect and read the greeting; with ``negotiate``, also run
         ``qmp_capabilities`` and return the greeting.
 
@@ -139,7 +140,7 @@ class QEMUMonitorProtocol:
         """
         return self._start(self._address, None, negotiate)
 
-    def accept(self, timeout: Optional[float] = 15.0) -> Optional[QMPMessage]:
+    def accept(self, timeout: float | None = 15.0) -> QMPMessage | None:
         """Wait up to ``timeout`` seconds (None: forever) for QEMU to connect
         to the listening socket, then negotiate.
 
@@ -154,15 +155,21 @@ class QEMUMonitorProtocol:
         listener.close()
         return self._start(None, sock, True)
 
-    def _connect_timeout(self) -> Optional[float]:
+    def _connect_timeout(self) -> float | None:
         return self._timeout if self._timeout is not None else sync.CONNECT_TIMEOUT
 
-    def _start(self, address: Any, sock: Optional[socket.socket], negotiate: bool) -> Optional[QMPMessage]:
+    def _start(self, address: Any, sock: socket.socket | None, negotiate: bool) -> QMPMessage | None:
         """Connect (to ``address`` or over ``sock``), read the greeting and
         negotiate if asked; return the greeting when negotiated."""
         try:
-            client = sync.connect_sync(address, sock=sock, negotiate=False, timeout=self._connect_timeout(),
-                                       max_frame_size=MAX_FRAME_SIZE, event_queue=DEFAULT_MAXSIZE)
+            client = sync.connect_sync(
+                address,
+                sock=sock,
+                negotiate=False,
+                timeout=self._connect_timeout(),
+                max_frame_size=MAX_FRAME_SIZE,
+                event_queue=DEFAULT_MAXSIZE,
+            )
         except (_core.ProtocolError, ConnectionLost) as exc:
             raise QMPConnectError(str(exc)) from exc
         self._client = client
@@ -176,18 +183,18 @@ class QEMUMonitorProtocol:
 
     # -- commands -------------------------------------------------------------
 
-    def cmd_obj(self, qmp_cmd: QMPMessage) -> Optional[QMPMessage]:
+    def cmd_obj(self, qmp_cmd: QMPMessage) -> QMPMessage | None:
         """Send a whole command message; return the whole reply, or None if
         the connection is gone.  Any JSON value may serve as ``id``."""
         return self._request(RawCommand.parse(qmp_cmd, check_id=False), qmp_cmd)
 
-    def cmd(self, name: str, args: Optional[Dict[str, Any]] = None, cmd_id: Any = None) -> Optional[QMPMessage]:
+    def cmd(self, name: str, args: dict[str, Any] | None = None, cmd_id: Any = None) -> QMPMessage | None:
         """Run command ``name`` with ``args`` and ``cmd_id`` (each only if
         given); return the whole reply as :meth:`cmd_obj` does."""
         raw = RawCommand(name, args or None, False, bool(cmd_id), cmd_id or None)
         return self._request(raw, raw)
 
-    def _request(self, raw: RawCommand, shown: Any) -> Optional[QMPMessage]:
+    def _request(self, raw: RawCommand, shown: Any) -> QMPMessage | None:
         client = self._connected()
         self.logger.debug(">>> %s", shown)
         try:
@@ -234,7 +241,7 @@ class QEMUMonitorProtocol:
         if len(events) > DEFAULT_MAXSIZE:
             del events[:-DEFAULT_MAXSIZE]
 
-    def _wait_event(self, wait: Union[bool, float]) -> None:
+    def _wait_event(self, wait: bool | float) -> None:
         """Wait for one event (``wait`` as for :meth:`pull_event`) and cache it."""
         client = self._client
         if client is None:
@@ -247,7 +254,7 @@ class QEMUMonitorProtocol:
         except ConnectionLost as exc:
             raise QMPConnectError("Error while reading from socket") from exc
 
-    def pull_event(self, wait: Union[bool, float] = False) -> Optional[QMPMessage]:
+    def pull_event(self, wait: bool | float = False) -> QMPMessage | None:
         """The oldest event not yet pulled, or None.
 
         :param wait: False: do not wait; True: wait as long as it takes; a
@@ -268,7 +275,7 @@ class QEMUMonitorProtocol:
             return event
         return self._events.pop(0)
 
-    def get_events(self, wait: Union[bool, float] = False) -> List[QMPMessage]:
+    def get_events(self, wait: bool | float = False) -> list[QMPMessage]:
         """The list of events received so far (the cache itself: it is not
         emptied; see :meth:`clear_events`)."""
         self._collect()
@@ -291,7 +298,7 @@ class QEMUMonitorProtocol:
         if self._client is not None:
             self._client.close()
 
-    def settimeout(self, timeout: Optional[float]) -> None:
+    def settimeout(self, timeout: float | None) -> None:
         """Timeout of each command and of connecting (seconds, None for none)."""
         self._timeout = timeout
 
@@ -313,7 +320,7 @@ class QEMUMonitorProtocol:
         return self._client
 
 
-def _take_event(client: sync.SyncQMPClient) -> Optional[QMPMessage]:
+def _take_event(client: sync.SyncQMPClient) -> QMPMessage | None:
     """The oldest event the client holds, without waiting; None if none."""
     try:
         return client.pull_event(0).raw

@@ -1,8 +1,8 @@
 """Type stub for the compiled framer ``qmpcore.framing._framer`` (see :mod:`qmpcore.framing.pure`)."""
 
-from typing import Any, List, Union
+from typing import Any
 
-_Bytes = Union[bytes, bytearray, memoryview]
+_Bytes = bytes | bytearray | memoryview
 
 class Framer:
     """Split a byte stream into QMP frames and decode them (compiled)."""
@@ -26,6 +26,6 @@ class Framer:
         """Bytes held for an unfinished frame."""
     def reset(self) -> None:
         """Forget any partial frame and start afresh."""
-    def feed(self, data: _Bytes) -> List[Any]:
+    def feed(self, data: _Bytes) -> list[Any]:
         """Add bytes from the stream; return the items they complete:
         decoded values, ``SYNC``, or ``FrameError`` instances."""

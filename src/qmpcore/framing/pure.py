@@ -35,13 +35,13 @@ with QEMU's dialect as the fallback) unless ``raw`` is set.
 from __future__ import annotations
 
 import re
-from typing import Any, List
+from typing import Any
 
 import orjson
 
+from ..errors import FrameError
 from .wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, long_digits, zero_exponent
 from .wire import stray_reason as _stray
-from ..errors import FrameError
 
 __all__ = ["Framer"]
 
@@ -77,7 +77,6 @@ _WHITESPACE = frozenset(b" \t\r\n")
 _DIGIT = frozenset(b"0123456789")
 _LOWER = frozenset(b"abcdefghijklmnopqrstuvwxyz")
 _VALUE_STATES = frozenset(range(DQ, KEYWORD + 1))
-
 
 
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -170,13 +169,11 @@ class Framer:
         self._nofast = -1
         self._clear(START)
 
-    def feed(self, data: Any) -> List[Any]:
+    def feed(self, data: Any) -> list[Any]:
         """Add bytes from the stream; return the items they complete."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(
-                f"Framer.feed() takes bytes, bytearray or memoryview, not {type(data).__name__}"
-            )
-        out: List[Any] = []
+            raise TypeError(f"Framer.feed() takes bytes, bytearray or memoryview, not {type(data).__name__}")
+        out: list[Any] = []
         buf = self._buf
         if not buf and self._state == START and not self._in_frame and not self.raw and not self.strict:
             # The usual case: one whole reply or event in one read.  (Inside
@@ -269,7 +266,7 @@ class Framer:
 
     # -- scanning -------------------------------------------------------
 
-    def _number_or_keyword(self, buf: bytearray, pos: int, n: int, state: int, out: List[Any]) -> int:
+    def _number_or_keyword(self, buf: bytearray, pos: int, n: int, state: int, out: list[Any]) -> int:
         c = buf[pos]
         if state == KEYWORD:
             pos = _KEYWORD_RUN.match(buf, pos).end()  # type: ignore[union-attr]
@@ -323,7 +320,7 @@ class Framer:
             self._error(pos, out)
         return pos + 1
 
-    def _fast_line(self, buf: bytearray, pos: int, out: List[Any]) -> int:
+    def _fast_line(self, buf: bytearray, pos: int, out: list[Any]) -> int:
         """Decode a whole line at once when it holds exactly one frame.
 
         This is only a shortcut: it accepts a line only when orjson decodes
@@ -365,16 +362,16 @@ class Framer:
             self._in_frame = True
             self._start = pos
 
-    def _end_value(self, end: int, out: List[Any]) -> None:
+    def _end_value(self, end: int, out: list[Any]) -> None:
         """A number or keyword ended at ``end`` (that byte is lexed again)."""
         self._state = START
         self._token_done(end, 0, out)
 
-    def _limit(self, reason: str, offset: int, out: List[Any]) -> None:
+    def _limit(self, reason: str, offset: int, out: list[Any]) -> None:
         out.append(FrameError(reason, offset))
         self._skip = True
 
-    def _token_done(self, end: int, c: int, out: List[Any]) -> None:
+    def _token_done(self, end: int, c: int, out: list[Any]) -> None:
         """A token ended at ``end``; ``c`` is its byte if structural."""
         if not self._skip and end - self._start > self.max_frame_size:
             self._limit(TOO_BIG, self._base + self._start + self.max_frame_size, out)
@@ -399,7 +396,7 @@ class Framer:
                 self._emit(self._buf[self._start : end], out)
             self._clear(START)
 
-    def _emit(self, frame: bytearray, out: List[Any]) -> None:
+    def _emit(self, frame: bytearray, out: list[Any]) -> None:
         if self.raw:
             out.append(bytes(frame))
             return
@@ -408,7 +405,7 @@ class Framer:
         except ParseError as exc:
             out.append(FrameError(exc.args[0], self._base + self._start))
 
-    def _error(self, pos: int, out: List[Any]) -> None:
+    def _error(self, pos: int, out: list[Any]) -> None:
         """Lexical error at ``pos`` (that byte is consumed)."""
         buf = self._buf
         if self._in_frame and not self._skip and pos + 1 - self._start > self.max_frame_size:
@@ -427,7 +424,7 @@ class Framer:
             out.append(FrameError(_stray(token), self._base + pos))
         self._clear(RECOVERY)
 
-    def _compact(self, out: List[Any]) -> None:
+    def _compact(self, out: list[Any]) -> None:
         """Drop bytes no unfinished frame needs; check the size limit."""
         buf = self._buf
         n = len(buf)

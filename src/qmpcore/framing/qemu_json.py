@@ -18,7 +18,7 @@ compiled and the pure framer, so both produce identical items.
 from __future__ import annotations
 
 import re
-from typing import Any, List, Tuple
+from typing import Any
 
 __all__ = ["ParseError", "parse", "transcode", "display", "has_nonchars"]
 
@@ -41,9 +41,7 @@ _TOKEN = re.compile(
 )
 
 _NONCHARS = re.compile(
-    "[\ufdd0-\ufdef\ufffe\uffff"
-    + "".join(chr(p << 16 | 0xFFFE) + chr(p << 16 | 0xFFFF) for p in range(1, 17))
-    + "]"
+    "[\ufdd0-\ufdef\ufffe\uffff" + "".join(chr(p << 16 | 0xFFFE) + chr(p << 16 | 0xFFFF) for p in range(1, 17)) + "]"
 )
 
 _SIMPLE_ESCAPES = {
@@ -71,15 +69,15 @@ def has_nonchars(text: str) -> bool:
     return _NONCHARS.search(text) is not None
 
 
-def _tokenize(frame: bytes) -> List[Tuple[str, bytes]]:
-    tokens: List[Tuple[str, bytes]] = []
+def _tokenize(frame: bytes) -> list[tuple[str, bytes]]:
+    tokens: list[tuple[str, bytes]] = []
     pos = 0
     end = len(frame.rstrip(b" \t\r\n"))
     match = _TOKEN.match
     while pos < end:
         m = match(frame, pos)
         if m is None:  # cannot happen for a frame the framer produced
-            raise ParseError("JSON parse error, stray '%s'" % display(frame[pos : pos + 1]))
+            raise ParseError(f"JSON parse error, stray '{display(frame[pos : pos + 1])}'")
         kind = m.lastgroup
         text = m.group(kind)  # type: ignore[arg-type]
         if kind == "n" and (m.group("f") or m.group("f0")):
@@ -123,7 +121,7 @@ def _parse_string(tok: bytes, strict: bool) -> str:
         if body.isascii():
             return body.decode("ascii")
         return _decode_run(body, strict)
-    out: List[str] = []
+    out: list[str] = []
     i = 1
     end = len(tok) - 1
     while i < end:
@@ -184,17 +182,17 @@ def _literal(kind: str, text: bytes, strict: bool) -> Any:
         return None
     if not strict and text in _SPECIAL_FLOATS:
         return _SPECIAL_FLOATS[text]
-    raise ParseError("JSON parse error, invalid keyword '%s'" % text.decode("ascii"))
+    raise ParseError("JSON parse error, invalid keyword '{}'".format(text.decode("ascii")))
 
 
-def _parse_tokens(tokens: List[Tuple[str, bytes]], strict: bool) -> Any:
+def _parse_tokens(tokens: list[tuple[str, bytes]], strict: bool) -> Any:
     """QEMU's recursive descent, unrolled onto an explicit stack so that
     nesting depth costs no Python recursion.  Errors are raised at the same
     point, with the same words, as ``qobject/json-parser.c``."""
     pos = 0
     end = len(tokens)
 
-    def pop() -> Tuple[str, bytes]:
+    def pop() -> tuple[str, bytes]:
         nonlocal pos
         if pos >= end:
             raise ParseError("JSON parse error, premature EOI")
@@ -202,7 +200,7 @@ def _parse_tokens(tokens: List[Tuple[str, bytes]], strict: bool) -> Any:
         return tokens[pos - 1]
 
     # Each open container: [container, key-or-None, expecting_key]
-    stack: List[list] = []
+    stack: list[list] = []
     while True:
         # Parse one value (or open a container and go parse its first one).
         tok = pop()
@@ -271,7 +269,7 @@ def parse(frame: bytes, strict: bool = False) -> Any:
 _STRING_PART = re.compile(rb'\\(.)|"', re.DOTALL)
 
 
-def _dq_part(m: "re.Match[bytes]") -> bytes:
+def _dq_part(m: re.Match[bytes]) -> bytes:
     esc = m.group(1)
     if esc is None:
         return b'\\"'  # a bare double quote inside '...'
@@ -291,7 +289,7 @@ def transcode(frame: bytes) -> bytes:
     return _STRING.sub(lambda m: _dq(m.group(0)), bytes(frame))
 
 
-def _mod_utf8_codepoint(s: bytes, i: int) -> Tuple[int, int]:
+def _mod_utf8_codepoint(s: bytes, i: int) -> tuple[int, int]:
     """QEMU's ``mod_utf8_codepoint``: (code point or -1, next index)."""
     byte = s[i]
     i += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Union
+from typing import Any
 
 import orjson
 
@@ -23,7 +23,7 @@ class _Sync:
     __slots__ = ()
     _instance = None
 
-    def __new__(cls) -> "_Sync":
+    def __new__(cls) -> _Sync:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -63,15 +63,14 @@ def long_digits(frame: Any) -> bool:
     return _NINETEEN in bytes(frame).translate(_DIGITS_ONLY)
 
 
-
 def encode(obj: Any) -> bytes:
     """Encode ``obj`` as one compact JSON frame ending in CRLF."""
     return _dumps(obj) + _CRLF
 
 
-def stray_reason(token: Union[bytes, bytearray]) -> str:
+def stray_reason(token: bytes | bytearray) -> str:
     """QEMU's message for a lexical error; ``token`` ends with the bad byte."""
-    return "JSON parse error, stray '%s'" % display(bytes(token))
+    return f"JSON parse error, stray '{display(bytes(token))}'"
 
 
 def _entries(value: Any) -> int:

@@ -10,11 +10,11 @@ replies free slots.
 from __future__ import annotations
 
 import reprlib
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
+from ..errors import FrameError, ProtocolError, StateError
 from ..framing import Framer
 from ..framing.wire import SYNC
-from ..errors import FrameError, ProtocolError, StateError
 from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return
 
 __all__ = ["ClientProtocolBase", "check_command", "describe", "text_of"]
@@ -63,12 +63,12 @@ class ClientProtocolBase:
     def __init__(self, *, max_frame_size: int = 64 << 20, max_depth: int = 1024) -> None:
         self._framer = Framer(max_frame_size, max_depth)
         self._next_id = 0
-        self._pending: Dict[Any, str] = {}  # sent in-band, awaiting reply
-        self._pending_oob: Dict[Any, str] = {}  # sent out-of-band
-        self._held: Dict[Any, Tuple[str, bytes]] = {}  # FIFO, waiting for a slot
-        self._abandoned: Dict[Any, bool] = {}  # id -> holds an in-band slot
+        self._pending: dict[Any, str] = {}  # sent in-band, awaiting reply
+        self._pending_oob: dict[Any, str] = {}  # sent out-of-band
+        self._held: dict[Any, tuple[str, bytes]] = {}  # FIFO, waiting for a slot
+        self._abandoned: dict[Any, bool] = {}  # id -> holds an in-band slot
         self._in_flight = 0  # in-band slots in use, abandoned ones included
-        self._out: List[bytes] = []  # frames released from _held
+        self._out: list[bytes] = []  # frames released from _held
         self._eof = False
         #: Replies dropped because their caller had given up.
         self.late_replies = 0
@@ -161,7 +161,7 @@ class ClientProtocolBase:
         if mid is _MISS:
             error = msg.get("error")
             if isinstance(error, dict):
-                text = "server reported an error for no command: %s: %s" % (
+                text = "server reported an error for no command: {}: {}".format(
                     text_of(error.get("class")),
                     text_of(error.get("desc")),
                 )

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import functools
 import pathlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any
 
 import orjson
 
@@ -64,7 +65,7 @@ class CommandInfo:
     allow_oob: bool = False
     enabled: bool = True
     success_response: bool = True
-    check_arguments: Optional[Callable[[dict], Optional[str]]] = None
+    check_arguments: Callable[[dict], str | None] | None = None
 
 
 class _Invalid(Exception):
@@ -82,7 +83,7 @@ def _ghash(key: str) -> int:
 _PRIME_MOD = (1, 2, 3, 7, 13, 31, 61, 127, 251, 509, 1021, 2039, 4093, 8191)
 
 
-def _ghash_table_order(keys: Iterable[str]) -> List[str]:
+def _ghash_table_order(keys: Iterable[str]) -> list[str]:
     """Iteration order of a GLib string hash table filled with ``keys``.
 
     QEMU reports the first leftover member of such a table as unexpected.
@@ -91,9 +92,9 @@ def _ghash_table_order(keys: Iterable[str]) -> List[str]:
     the choice between several unexpected members depends on it.
     """
     shift = 3
-    slots: List[Optional[str]] = [None] * 8
+    slots: list[str | None] = [None] * 8
 
-    def place(table: List[Optional[str]], key: str, shift: int) -> None:
+    def place(table: list[str | None], key: str, shift: int) -> None:
         mask = (1 << shift) - 1
         index = (_ghash(key) * 11) % _PRIME_MOD[shift]
         step = 0
@@ -109,7 +110,7 @@ def _ghash_table_order(keys: Iterable[str]) -> List[str]:
         if len(slots) <= count + count // 16:
             size = int(count * 1.333)
             shift = max(3, size.bit_length())
-            grown: List[Optional[str]] = [None] * (1 << shift)
+            grown: list[str | None] = [None] * (1 << shift)
             for old in slots:
                 if old is not None:
                     place(grown, old, shift)
@@ -128,12 +129,10 @@ class Schema:
     :meth:`qemu_7_2` returns the bundled QEMU 7.2 schema (loaded once).
     """
 
-    def __init__(
-        self, entries: Iterable[Mapping[str, Any]], alternate_names: Optional[Mapping[str, str]] = None
-    ) -> None:
-        self._types: Dict[str, Mapping[str, Any]] = {}
-        self.commands: Dict[str, Mapping[str, Any]] = {}
-        self.events: Dict[str, Mapping[str, Any]] = {}
+    def __init__(self, entries: Iterable[Mapping[str, Any]], alternate_names: Mapping[str, str] | None = None) -> None:
+        self._types: dict[str, Mapping[str, Any]] = {}
+        self.commands: dict[str, Mapping[str, Any]] = {}
+        self.events: dict[str, Mapping[str, Any]] = {}
         for entry in entries:
             self._types[entry["name"]] = entry
             meta = entry.get("meta-type")
@@ -142,13 +141,13 @@ class Schema:
             elif meta == "event":
                 self.events[entry["name"]] = entry
         self._alternate_names = dict(alternate_names or {})
-        self._accepts_none: Dict[str, bool] = {}
-        self._infos: Optional[Dict[str, CommandInfo]] = None
-        self.reply: Optional[Encoded] = None
+        self._accepts_none: dict[str, bool] = {}
+        self._infos: dict[str, CommandInfo] | None = None
+        self.reply: Encoded | None = None
 
     @classmethod
-    @functools.lru_cache(maxsize=None)
-    def qemu_7_2(cls) -> "Schema":
+    @functools.cache
+    def qemu_7_2(cls) -> Schema:
         """The schema of QEMU 7.2.22 (x86_64), with its canned reply text."""
         data = (DATA_DIR / _SCHEMA_72).read_bytes()
         schema = cls(orjson.loads(data)["return"], _ALTERNATE_NAMES_72)
@@ -158,7 +157,7 @@ class Schema:
         schema.reply = Encoded(data[start:end])
         return schema
 
-    def command_info(self, name: str) -> Optional[CommandInfo]:
+    def command_info(self, name: str) -> CommandInfo | None:
         """:class:`CommandInfo` for a schema command, or ``None``."""
         entry = self.commands.get(name)
         if entry is None:
@@ -169,14 +168,14 @@ class Schema:
             check_arguments=functools.partial(self.check_arguments, name),
         )
 
-    def command_infos(self) -> Dict[str, CommandInfo]:
+    def command_infos(self) -> dict[str, CommandInfo]:
         """:class:`CommandInfo` of every command, in schema order (built once
         and shared: treat it as read-only)."""
         if self._infos is None:
             self._infos = {name: self.command_info(name) for name in self.commands}  # type: ignore[misc]
         return self._infos
 
-    def check_arguments(self, command: str, arguments: Mapping[str, Any]) -> Optional[str]:
+    def check_arguments(self, command: str, arguments: Mapping[str, Any]) -> str | None:
         """QEMU's error text for ``arguments`` of ``command``, or ``None``."""
         if not arguments:
             # Most requests carry no arguments; whether a command accepts
@@ -188,7 +187,7 @@ class Schema:
                 return None
         return self._check(command, arguments)
 
-    def _check(self, command: str, arguments: Mapping[str, Any]) -> Optional[str]:
+    def _check(self, command: str, arguments: Mapping[str, Any]) -> str | None:
         entry = self.commands.get(command)
         if entry is None:
             return None
@@ -228,7 +227,7 @@ class Schema:
             elif "default" not in member:
                 raise _Invalid(f"Parameter '{_path(path, name)}' is missing")
 
-    def _value(self, type_name: str, value: Any, path: str, name: Optional[str]) -> None:
+    def _value(self, type_name: str, value: Any, path: str, name: str | None) -> None:
         entry = self._types.get(type_name)
         meta = entry.get("meta-type") if entry else None
         if meta == "builtin":
@@ -257,7 +256,7 @@ class Schema:
             self._value(branch, value, path, name)
         # Unknown types are not checked.
 
-    def _alternate_branch(self, entry: Mapping[str, Any], value: Any) -> Optional[str]:
+    def _alternate_branch(self, entry: Mapping[str, Any], value: Any) -> str | None:
         for member in entry.get("members", ()):
             branch = member["type"]
             target = self._types.get(branch, {})
@@ -266,9 +265,11 @@ class Schema:
                 json_type = target["json-type"]
                 if json_type == "value" or _JSON_TYPES[json_type](value):
                     return branch
-            elif (meta == "object" and isinstance(value, dict)) or (
-                meta == "array" and isinstance(value, list)
-            ) or (meta == "enum" and isinstance(value, str)):
+            elif (
+                (meta == "object" and isinstance(value, dict))
+                or (meta == "array" and isinstance(value, list))
+                or (meta == "enum" and isinstance(value, str))
+            ):
                 return branch
         return None
 
@@ -287,7 +288,7 @@ def _is_int64(value: Any) -> bool:
     return type(value) is int and _INT_MIN <= value <= _INT64_MAX
 
 
-_JSON_TYPES: Dict[str, Callable[[Any], bool]] = {
+_JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
     "int": _is_int,
     "int64": _is_int64,  # qemu-ga's guest-sync ids (not in introspection)

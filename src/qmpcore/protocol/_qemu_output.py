@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import re
 from json.encoder import encode_basestring_ascii as _json_string
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import orjson
 
@@ -54,7 +54,7 @@ _NOT_PLAIN = re.compile(r"[^ -+\--9;-~]")
 # An escaped backslash, or a \u escape whose hex QEMU prints in uppercase.
 _ESCAPE = re.compile(r"\\\\|\\u[0-9a-f]{4}")
 # Printable ASCII except '"' and '\': such a string is its own JSON body.
-_NEEDS_ESCAPE = re.compile(r'[^ !#-\[\]-~]')
+_NEEDS_ESCAPE = re.compile(r"[^ !#-\[\]-~]")
 
 
 class Encoded(bytes):
@@ -81,11 +81,11 @@ def _tdb_hash(key: str) -> int:
     return (1103515243 * value + 12345) & 0xFFFFFFFF
 
 
-_ORDER_CACHE: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
+_ORDER_CACHE: dict[tuple[str, ...], tuple[str, ...]] = {}
 _ORDER_CACHE_MAX = 8192
 
 
-def qdict_order(keys: Tuple[str, ...]) -> Tuple[str, ...]:
+def qdict_order(keys: tuple[str, ...]) -> tuple[str, ...]:
     """The order in which QEMU iterates a QDict whose keys were inserted in
     the order ``keys``: by hash bucket, newest first within a bucket."""
     order = _ORDER_CACHE.get(keys)
@@ -93,9 +93,7 @@ def qdict_order(keys: Tuple[str, ...]) -> Tuple[str, ...]:
         if len(keys) < 2:
             order = keys
         else:
-            ranked = sorted(
-                range(len(keys)), key=lambda i: (_tdb_hash(keys[i]) % _BUCKETS, -i)
-            )
+            ranked = sorted(range(len(keys)), key=lambda i: (_tdb_hash(keys[i]) % _BUCKETS, -i))
             order = tuple(keys[i] for i in ranked)
         if len(_ORDER_CACHE) >= _ORDER_CACHE_MAX:
             _ORDER_CACHE.clear()
@@ -107,7 +105,7 @@ def format_float(value: float) -> str:
     """``%.17g`` as glibc prints it (``inf``, ``-inf``, ``nan``, ``-nan``)."""
     if value != value:
         return "-nan" if math.copysign(1.0, value) < 0 else "nan"
-    return "%.17g" % value
+    return f"{value:.17g}"
 
 
 def _format_int(value: int) -> str:
@@ -119,7 +117,7 @@ def _format_int(value: int) -> str:
         return "inf" if value > 0 else "-inf"
 
 
-def _upper_hex(match: "re.Match[str]") -> str:
+def _upper_hex(match: re.Match[str]) -> str:
     text = match.group(0)
     return text if text == "\\\\" else "\\u" + text[2:].upper()
 
@@ -190,7 +188,7 @@ def _scalar(value: Any) -> str:
     raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
 
 
-def _members(value: dict, keep_order: bool) -> List[Tuple[str, Any]]:
+def _members(value: dict, keep_order: bool) -> list[tuple[str, Any]]:
     for key in value:
         if not isinstance(key, str):
             raise TypeError(f"QMP object keys must be str, not {type(key).__name__}")
@@ -201,13 +199,13 @@ def _members(value: dict, keep_order: bool) -> List[Tuple[str, Any]]:
 
 def _exact(value: Any, pretty: bool) -> str:
     """QEMU's json-writer, iteratively (values may nest thousands deep)."""
-    out: List[str] = []
+    out: list[str] = []
     write = out.append
     comma = "," if pretty else ", "
     # One frame per open container: [closing bracket, iterator over
     # (key, value) pairs (key None in arrays), is_object, members written,
     # keep_order].  Text decoded from Encoded is already in QEMU's order.
-    stack: List[list] = []
+    stack: list[list] = []
     key: Any = None
     item = value
     keep_order = False

@@ -6,7 +6,7 @@ path (one per reply or event), comparable, printable and picklable.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple
 
 from ..errors import CommandError, ProtocolError
 
@@ -32,7 +32,7 @@ class VersionInfo(NamedTuple):
     package: str = ""
 
     @classmethod
-    def from_qmp(cls, version: Any) -> "VersionInfo":
+    def from_qmp(cls, version: Any) -> VersionInfo:
         """Build from the greeting's ``version`` member (missing or odd
         members read as 0 and "")."""
         qemu = version.get("qemu", {}) if isinstance(version, dict) else {}
@@ -52,7 +52,7 @@ class Greeting(NamedTuple):
 
     version: VersionInfo
     #: Capabilities the server offers (``("oob",)`` for QEMU 7.2).
-    capabilities: Tuple[str, ...]
+    capabilities: tuple[str, ...]
     raw: dict
 
 
@@ -60,7 +60,7 @@ class Negotiated(NamedTuple):
     """``qmp_capabilities`` succeeded: command mode begins."""
 
     #: Capabilities now enabled.
-    capabilities: Tuple[str, ...]
+    capabilities: tuple[str, ...]
 
 
 class Return(NamedTuple):
@@ -103,7 +103,7 @@ class Event(NamedTuple):
         return data if type(data) is dict else {}
 
     @property
-    def timestamp(self) -> Optional[float]:
+    def timestamp(self) -> float | None:
         """Seconds since the epoch (QEMU's ``seconds`` + ``microseconds``),
         or None when the server sent no usable timestamp."""
         ts = self.raw.get("timestamp")

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import enum
 import random
-from typing import Any, List, Optional, Set, Tuple
+from typing import Any
 
-from ..framing.wire import encode
-from ..framing.wire import SYNC
 from ..errors import StateError
+from ..framing.wire import SYNC, encode
 from ._client import ClientProtocolBase, check_command
 from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return, Synced
 
@@ -49,12 +48,10 @@ __all__ = [
 
 #: Commands qemu-ga does not answer when they succeed (``success-response``
 #: false in its schema); an error is still answered.
-NO_REPLY_COMMANDS = frozenset(
-    {"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid"}
-)
+NO_REPLY_COMMANDS = frozenset({"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid"})
 
 
-def expects_reply(command: str, expect_reply: Optional[bool] = None) -> bool:
+def expects_reply(command: str, expect_reply: bool | None = None) -> bool:
     """Whether ``command`` is answered on success (``expect_reply`` overrides)."""
     return command not in NO_REPLY_COMMANDS if expect_reply is None else bool(expect_reply)
 
@@ -79,15 +76,15 @@ class QGAClientProtocol(ClientProtocolBase):
         super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
         self.state = State.UNSYNCED
         #: The id of the resync in progress (or last completed).
-        self.sync_id: Optional[int] = None
-        self._sync_wanted: Optional[int] = None  # id of a resync waiting for the slot
+        self.sync_id: int | None = None
+        self._sync_wanted: int | None = None  # id of a resync waiting for the slot
         self._saw_sync = False  # a 0xFF arrived since the last item
-        self._no_reply: Set[int] = set()
+        self._no_reply: set[int] = set()
         self._shutdown_sent = False
 
     # -- sending ----------------------------------------------------------
 
-    def sync(self, sync_id: Optional[int] = None) -> Tuple[int, bytes]:
+    def sync(self, sync_id: int | None = None) -> tuple[int, bytes]:
         """Start a resync; return its id and the bytes to write now.
 
         A resync already in progress is restarted with a new id (its answer,
@@ -108,10 +105,10 @@ class QGAClientProtocol(ClientProtocolBase):
     def send_command(
         self,
         command: str,
-        arguments: Optional[dict] = None,
+        arguments: dict | None = None,
         *,
-        expect_reply: Optional[bool] = None,
-    ) -> Tuple[int, bytes]:
+        expect_reply: bool | None = None,
+    ) -> tuple[int, bytes]:
         """Queue a command; return its id and the bytes to write now.
 
         ``expect_reply=False`` (the default for :data:`NO_REPLY_COMMANDS`)
@@ -195,7 +192,7 @@ class QGAClientProtocol(ClientProtocolBase):
 
     # -- receiving --------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> List[Any]:
+    def receive_data(self, data: bytes) -> list[Any]:
         """Feed bytes from the agent; return the events they complete.
 
         ``b""`` means the stream ended: the result is then
@@ -204,7 +201,7 @@ class QGAClientProtocol(ClientProtocolBase):
         if not data:
             self.state = State.CLOSED
             return self._end(self._shutdown_sent)
-        out: List[Any] = []
+        out: list[Any] = []
         for item in self._framer.feed(data):
             if self.state is State.SYNCING:
                 self._syncing(item, out)

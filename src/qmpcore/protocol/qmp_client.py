@@ -27,10 +27,10 @@ would only cost a write per reply).
 from __future__ import annotations
 
 import enum
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
-from ..framing.wire import encode
 from ..errors import StateError
+from ..framing.wire import encode
 from ._client import ClientProtocolBase, check_command
 from .events import (
     ConnectionClosed,
@@ -84,10 +84,10 @@ class QMPClientProtocol(ClientProtocolBase):
         super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
         self.state = State.AWAITING_GREETING
         #: The :class:`Greeting`, once received.
-        self.greeting: Optional[Greeting] = None
+        self.greeting: Greeting | None = None
         #: Capabilities enabled by negotiation.
-        self.enabled: Tuple[str, ...] = ()
-        self._caps_requests: Dict[int, Tuple[str, ...]] = {}  # id -> enable
+        self.enabled: tuple[str, ...] = ()
+        self._caps_requests: dict[int, tuple[str, ...]] = {}  # id -> enable
         self._quit_sent = False
         self._shutdown_seen = False
 
@@ -101,11 +101,11 @@ class QMPClientProtocol(ClientProtocolBase):
     def send_command(
         self,
         command: str,
-        arguments: Optional[dict] = None,
+        arguments: dict | None = None,
         *,
         oob: bool = False,
         hold: bool = True,
-    ) -> Tuple[int, bytes]:
+    ) -> tuple[int, bytes]:
         """Encode a command; return its id and the bytes to write now.
 
         The bytes are empty when the command is held for a free slot; it is
@@ -139,7 +139,7 @@ class QMPClientProtocol(ClientProtocolBase):
             return cid, frame
         return cid, self._submit(cid, command, frame, hold)
 
-    def negotiate(self, oob: bool = False) -> Tuple[int, bytes]:
+    def negotiate(self, oob: bool = False) -> tuple[int, bytes]:
         """Send ``qmp_capabilities``, enabling ``oob`` if wanted and offered."""
         if self.state is not State.NEGOTIATION:
             raise StateError(f"cannot negotiate in state {self.state.value}")
@@ -150,7 +150,7 @@ class QMPClientProtocol(ClientProtocolBase):
 
     # -- receiving --------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> List[Any]:
+    def receive_data(self, data: bytes) -> list[Any]:
         """Feed bytes from the server; return the events they complete.
 
         ``b""`` means the stream ended: the result is then
@@ -159,7 +159,7 @@ class QMPClientProtocol(ClientProtocolBase):
         if not data:
             self.state = State.CLOSED
             return self._end(self._quit_sent or self._shutdown_seen)
-        out: List[Any] = []
+        out: list[Any] = []
         for item in self._framer.feed(data):
             if type(item) is dict:
                 if "event" in item:
@@ -193,7 +193,9 @@ class QMPClientProtocol(ClientProtocolBase):
             return
         caps = body.get("capabilities")
         version = VersionInfo.from_qmp(body.get("version"))
-        greeting = Greeting(version, tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else (), msg)
+        greeting = Greeting(
+            version, tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else (), msg
+        )
         self.greeting = greeting
         self.state = State.NEGOTIATION
         out.append(greeting)

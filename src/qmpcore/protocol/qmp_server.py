@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from ..errors import FrameError, StateError
 from ..framing import Framer
+from ..framing.wire import SYNC
 from ._qapi import CommandInfo, Schema
 from ._qemu_output import encode_qmp, qdict_order, to_json
-from ..framing.wire import SYNC
-from ..errors import FrameError, StateError
 
 __all__ = [
     "NO_ID",
@@ -61,7 +62,7 @@ class _NoId:
 NO_ID: Any = _NoId()
 
 #: ``query-version``'s value for a QEMU 7.2 without a distribution package.
-DEFAULT_VERSION: Dict[str, Any] = {
+DEFAULT_VERSION: dict[str, Any] = {
     "qemu": {"major": 7, "minor": 2, "micro": 0},
     "package": "",
 }
@@ -98,10 +99,10 @@ class Request:
     def __init__(
         self,
         command: str,
-        arguments: Dict[str, Any],
+        arguments: dict[str, Any],
         id: Any = NO_ID,
         oob: bool = False,
-        info: Optional[CommandInfo] = None,
+        info: CommandInfo | None = None,
     ) -> None:
         self.command = command
         self.arguments = arguments
@@ -132,7 +133,7 @@ class ServerProtocolBase:
 
     def __init__(
         self,
-        commands: Optional[Mapping[str, CommandInfo]] = None,
+        commands: Mapping[str, CommandInfo] | None = None,
         *,
         max_frame_size: int = 64 << 20,
         max_depth: int = 1024,
@@ -140,15 +141,15 @@ class ServerProtocolBase:
     ) -> None:
         self.commands: Mapping[str, CommandInfo] = commands if commands is not None else {}
         self._framer = Framer(max_frame_size, max_depth, max_tokens=max_tokens, strict=True)
-        self._out: List[bytes] = []
-        self._queue: Deque[Any] = deque()
-        self._ready: Deque[Request] = deque()
-        self._current: Optional[Request] = None
-        self._oob_open: Set[Request] = set()
+        self._out: list[bytes] = []
+        self._queue: deque[Any] = deque()
+        self._ready: deque[Request] = deque()
+        self._current: Request | None = None
+        self._oob_open: set[Request] = set()
 
     # -- input ------------------------------------------------------------
 
-    def receive_data(self, data: Union[bytes, bytearray, memoryview]) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the client; answers and requests become available."""
         for item in self._framer.feed(data):
             if item is SYNC:
@@ -163,7 +164,7 @@ class ServerProtocolBase:
                 self._queue.append(item)
                 self._pump()
 
-    def next_event(self) -> Optional[Request]:
+    def next_event(self) -> Request | None:
         """The next :class:`Request` to run, or ``None``."""
         ready = self._ready
         return ready.popleft() if ready else None
@@ -235,7 +236,7 @@ class ServerProtocolBase:
                 self._current = request
                 self._ready.append(request)
 
-    def _dispatch(self, message: Any) -> Optional[Request]:
+    def _dispatch(self, message: Any) -> Request | None:
         """QEMU's ``qmp_dispatch`` up to the command's own code."""
         if type(message) is not dict:
             self._write_error(NO_ID, "GenericError", "QMP input must be a JSON object")
@@ -328,7 +329,7 @@ class ServerProtocolBase:
     def _queue_limit(self) -> int:
         return _QUEUE_PLAIN
 
-    def _lookup(self, name: str) -> Optional[CommandInfo]:
+    def _lookup(self, name: str) -> CommandInfo | None:
         return self.commands.get(name)
 
     def _handle_locally(self, request: Request) -> bool:
@@ -377,9 +378,9 @@ class QMPServerProtocol(ServerProtocolBase):
 
     def __init__(
         self,
-        commands: Optional[Mapping[str, CommandInfo]] = None,
+        commands: Mapping[str, CommandInfo] | None = None,
         *,
-        version: Optional[Mapping[str, Any]] = None,
+        version: Mapping[str, Any] | None = None,
         capabilities: Sequence[str] = ("oob",),
         pretty: bool = False,
         max_frame_size: int = 64 << 20,
@@ -398,9 +399,7 @@ class QMPServerProtocol(ServerProtocolBase):
     def oob_enabled(self) -> bool:
         return "oob" in self.enabled
 
-    def send_event(
-        self, name: str, data: Optional[Mapping[str, Any]] = None, *, timestamp: Optional[float] = None
-    ) -> bool:
+    def send_event(self, name: str, data: Mapping[str, Any] | None = None, *, timestamp: float | None = None) -> bool:
         """Queue an event; False (and nothing sent) before negotiation."""
         if not self.negotiated:
             return False
@@ -415,7 +414,7 @@ class QMPServerProtocol(ServerProtocolBase):
     def _queue_limit(self) -> int:
         return _QUEUE_OOB if self.oob_enabled else _QUEUE_PLAIN
 
-    def _lookup(self, name: str) -> Optional[CommandInfo]:
+    def _lookup(self, name: str) -> CommandInfo | None:
         if name == "qmp_capabilities":
             return _CAPABILITIES_INFO
         if not self.negotiated:
@@ -462,19 +461,19 @@ class QMPServerProtocol(ServerProtocolBase):
     def _error_bytes(self, request_id: Any, error_class: str, desc: str) -> bytes:
         if not self.pretty:
             return super()._error_bytes(request_id, error_class, desc)
-        message: Dict[str, Any] = {"error": {"class": error_class, "desc": desc}}
+        message: dict[str, Any] = {"error": {"class": error_class, "desc": desc}}
         if request_id is not NO_ID:
             message["id"] = request_id
         return encode_qmp(message, pretty=True)
 
 
-def _split_timestamp(timestamp: Optional[float]) -> Tuple[int, int]:
+def _split_timestamp(timestamp: float | None) -> tuple[int, int]:
     """(seconds, microseconds) of ``timestamp`` (default: now)."""
     micros = time.time_ns() // 1000 if timestamp is None else int(round(timestamp * 1_000_000))
     return divmod(micros, 1_000_000)
 
 
-def event_head(name: str, timestamp: Optional[float] = None) -> bytes:
+def event_head(name: str, timestamp: float | None = None) -> bytes:
     """The start of a compact event message, up to and including the name
     (the caller adds ``, "data": ...`` and ``}\r\n``)."""
     seconds, micros = _split_timestamp(timestamp)
@@ -483,8 +482,8 @@ def event_head(name: str, timestamp: Optional[float] = None) -> bytes:
 
 def event_bytes(
     name: str,
-    data: Optional[Mapping[str, Any]] = None,
-    timestamp: Optional[float] = None,
+    data: Mapping[str, Any] | None = None,
+    timestamp: float | None = None,
     *,
     pretty: bool = False,
 ) -> bytes:
@@ -495,7 +494,7 @@ def event_bytes(
     """
     if pretty:
         seconds, micros = _split_timestamp(timestamp)
-        message: Dict[str, Any] = {"event": name, "timestamp": {"seconds": seconds, "microseconds": micros}}
+        message: dict[str, Any] = {"event": name, "timestamp": {"seconds": seconds, "microseconds": micros}}
         if data is not None:
             message["data"] = data
         return encode_qmp(message, pretty=True)

@@ -35,15 +35,16 @@ import inspect
 import logging
 import os
 import resource
-from typing import Any, AsyncIterator, List, Optional, Set, Union
+from collections.abc import AsyncIterator
+from typing import Any
 
-from ..protocol._qemu_output import to_json
-from ._process import ServerProcess, start_in_subprocess
-from ._transport import Address, Connection, Listener, _close_fds, bind_socket
-from ._simulated import Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
 from ..errors import CommandError
+from ..protocol._qemu_output import to_json
 from ..protocol.qga_server import QGAServerProtocol
 from ..protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, event_head
+from ._process import ServerProcess, start_in_subprocess
+from ._simulated import Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
+from ._transport import Address, Connection, Listener, _close_fds, bind_socket
 
 __all__ = [
     "QMPServer",
@@ -72,14 +73,14 @@ class _Session(asyncio.Protocol):
     """One client connection: bytes to the protocol object, requests to
     the simulator's handlers, answers back."""
 
-    def __init__(self, endpoint: "_Endpoint", protocol: ServerProtocolBase) -> None:
+    def __init__(self, endpoint: _Endpoint, protocol: ServerProtocolBase) -> None:
         self.endpoint = endpoint
         self.target: Simulator = endpoint.target
         self.protocol = protocol
         self.transport: Any = None
         self.closed = False
-        self._fds: List[int] = []
-        self._tasks: Set["asyncio.Future[Any]"] = set()
+        self._fds: list[int] = []
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._writable = asyncio.Event()
         self._writable.set()
         self._batching = False
@@ -94,18 +95,18 @@ class _Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.protocol.receive_data(data)
-        except Exception:  # noqa: BLE001 - a parser bug must not wedge the session
+        except Exception:
             logger.exception("internal error while parsing client input; closing the connection")
             self.drop()
             return
         self._serve()
 
-    def fds_received(self, fds: List[int]) -> None:
+    def fds_received(self, fds: list[int]) -> None:
         # As in QEMU's chardev: new descriptors replace unclaimed ones.
         _close_fds(self._fds)
         self._fds = fds
 
-    def take_fd(self) -> Optional[int]:
+    def take_fd(self) -> int | None:
         if not self._fds:
             return None
         fd, rest = self._fds[0], self._fds[1:]
@@ -120,7 +121,7 @@ class _Session(asyncio.Protocol):
         self._writable.set()
         self._update_reading()
 
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         self._writable.set()
         for task in self._tasks:
@@ -171,7 +172,7 @@ class _Session(asyncio.Protocol):
         call = Call(request.command, request.arguments, request.id, request.oob, self.target, self)
         try:
             result = self.target.handler(request.command)(call)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+        except Exception as exc:
             self._fail(request, exc)
             return
         if inspect.isawaitable(result):
@@ -207,7 +208,7 @@ class _Session(asyncio.Protocol):
             value = await awaitable
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._fail(request, exc)
         else:
             self._answer(request, call, value)
@@ -316,8 +317,8 @@ class _Endpoint:
         self.target = target
         self._requested = address
         self._mode = mode
-        self._listener: Optional[Listener] = None
-        self._session: Optional[_Session] = None
+        self._listener: Listener | None = None
+        self._session: _Session | None = None
         self._address: Any = None
         self.accepted = 0
         if self not in target.endpoints:
@@ -337,7 +338,7 @@ class _Endpoint:
         """True while a client is connected."""
         return self._session is not None and not self._session.closed
 
-    async def start(self) -> "_Endpoint":
+    async def start(self) -> _Endpoint:
         """Bind and listen (again, after :meth:`close` or ``quit``)."""
         if self._listener is None:
             loop = asyncio.get_running_loop()
@@ -406,7 +407,7 @@ class _Endpoint:
             partial = b'{"timestamp": {"seconds": ' if mid_frame else b""
             self._session.drop(partial=partial, reset=reset)
 
-    def flood(self, count: int, name: str, data: Any) -> Optional["asyncio.Future[int]"]:
+    def flood(self, count: int, name: str, data: Any) -> asyncio.Future[int] | None:
         if self._session is None or self._session.closed:
             return None
         return asyncio.ensure_future(self._session.flood(count, name, data))
@@ -470,15 +471,15 @@ class GuestAgentServer(_Endpoint):
 # -- many VMs -------------------------------------------------------------------
 
 
-class SimulatedVMs(List[SimulatedVM]):
+class SimulatedVMs(list[SimulatedVM]):
     """The VMs of :func:`serve_vms`, in order, with their socket paths."""
 
     @property
-    def qmp_paths(self) -> List[str]:
+    def qmp_paths(self) -> list[str]:
         return [vm.endpoints[0].address for vm in self]
 
     @property
-    def qga_paths(self) -> List[str]:
+    def qga_paths(self) -> list[str]:
         return [vm.agent.endpoints[0].address for vm in self if vm.agent is not None]
 
 
@@ -493,7 +494,7 @@ def _raise_fd_limit(needed: int) -> None:
 
 
 async def _start_vms(
-    directory: Union[str, "os.PathLike[str]"],
+    directory: str | os.PathLike[str],
     count: int,
     *,
     agents: bool = False,
@@ -519,10 +520,10 @@ async def _start_vms(
     return vms
 
 
-async def _close_vms(vms: List[SimulatedVM]) -> None:
-    closing: List[Any] = []
+async def _close_vms(vms: list[SimulatedVM]) -> None:
+    closing: list[Any] = []
     for vm in vms:
-        targets: List[Simulator] = [vm]
+        targets: list[Simulator] = [vm]
         if vm.agent is not None:
             targets.append(vm.agent)
         for target in targets:
@@ -533,7 +534,7 @@ async def _close_vms(vms: List[SimulatedVM]) -> None:
 
 @contextlib.asynccontextmanager
 async def serve_vms(
-    directory: Union[str, "os.PathLike[str]"],
+    directory: str | os.PathLike[str],
     count: int,
     *,
     agents: bool = False,
@@ -557,7 +558,7 @@ async def serve_vms(
 @contextlib.asynccontextmanager
 async def serve_vm(
     address: Address,
-    vm: Optional[SimulatedVM] = None,
+    vm: SimulatedVM | None = None,
     *,
     pretty: bool = False,
     oob: bool = True,

@@ -20,7 +20,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["ServerProcess", "RemoteSimulator", "start_in_subprocess", "child_environment"]
 
@@ -39,12 +40,12 @@ _ATTRIBUTES = frozenset({"status", "connected"})
 # -- child side -------------------------------------------------------------------
 
 
-def _write_line(message: Dict[str, Any]) -> None:
+def _write_line(message: dict[str, Any]) -> None:
     sys.stdout.buffer.write(json.dumps(message).encode() + b"\n")
     sys.stdout.buffer.flush()
 
 
-async def _invoke(vms: Any, request: Dict[str, Any]) -> Any:
+async def _invoke(vms: Any, request: dict[str, Any]) -> Any:
     vm = vms[int(request["index"])]
     target_name = request.get("target", "vm")
     method = request["method"]
@@ -54,8 +55,8 @@ async def _invoke(vms: Any, request: Dict[str, Any]) -> Any:
         raise ValueError(f"no {target_name} method {method!r}")
     if method in _ATTRIBUTES:
         return getattr(target, method)
-    args: List[Any] = list(request.get("args", ()))
-    kwargs: Dict[str, Any] = dict(request.get("kwargs", {}))
+    args: list[Any] = list(request.get("args", ()))
+    kwargs: dict[str, Any] = dict(request.get("kwargs", {}))
     if method == "send_raw":
         args[0] = bytes.fromhex(args[0])
     result = getattr(target, method)(*args, **kwargs)
@@ -66,7 +67,7 @@ async def _invoke(vms: Any, request: Dict[str, Any]) -> Any:
     return result
 
 
-async def _child(config: Dict[str, Any]) -> None:
+async def _child(config: dict[str, Any]) -> None:
     from . import serve_vms
 
     loop = asyncio.get_running_loop()
@@ -91,13 +92,13 @@ async def _child(config: Dict[str, Any]) -> None:
                 break
             try:
                 result = await _invoke(vms, request)
-            except Exception as exc:  # noqa: BLE001 - reported to the parent
+            except Exception as exc:
                 _write_line({"id": request.get("id"), "error": f"{type(exc).__name__}: {exc}"})
             else:
                 _write_line({"id": request.get("id"), "result": result})
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     asyncio.run(_child(json.loads(argv[0])))
 
@@ -108,11 +109,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 class _LineReader:
     """JSON lines from the child's stdout, each wait bounded by a timeout."""
 
-    def __init__(self, process: "subprocess.Popen[bytes]") -> None:
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self._process = process
         self._buffer = b""
 
-    def read(self, timeout: float) -> Dict[str, Any]:
+    def read(self, timeout: float) -> dict[str, Any]:
         stdout = self._process.stdout
         assert stdout is not None
         deadline = time.monotonic() + timeout
@@ -141,12 +142,12 @@ class ServerProcess:
     context manager, or call :meth:`stop`.
     """
 
-    def __init__(self, process: "subprocess.Popen[bytes]", reader: _LineReader, ready: Dict[str, Any]) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], reader: _LineReader, ready: dict[str, Any]) -> None:
         self._process = process
         self._reader = reader
         self.pid: int = ready["pid"]
-        self.qmp_paths: List[str] = list(ready["qmp"])
-        self.qga_paths: List[str] = list(ready["qga"])
+        self.qmp_paths: list[str] = list(ready["qmp"])
+        self.qga_paths: list[str] = list(ready["qga"])
         self._lock = threading.Lock()
         self._next_id = 0
 
@@ -154,19 +155,28 @@ class ServerProcess:
     def running(self) -> bool:
         return self._process.poll() is None
 
-    def vm(self, index: int) -> "RemoteSimulator":
+    def vm(self, index: int) -> RemoteSimulator:
         """Proxy for the hooks of VM ``index``."""
         return RemoteSimulator(self, index, "vm")
 
-    def agent(self, index: int) -> "RemoteSimulator":
+    def agent(self, index: int) -> RemoteSimulator:
         """Proxy for the hooks of VM ``index``'s guest agent."""
         return RemoteSimulator(self, index, "agent")
 
-    def call(self, index: int, method: str, *args: Any, target: str = "vm", timeout: float = _CALL_TIMEOUT, **kwargs: Any) -> Any:
+    def call(
+        self, index: int, method: str, *args: Any, target: str = "vm", timeout: float = _CALL_TIMEOUT, **kwargs: Any
+    ) -> Any:
         """Run ``method(*args, **kwargs)`` on a simulator in the child."""
         with self._lock:
             self._next_id += 1
-            request = {"id": self._next_id, "index": index, "target": target, "method": method, "args": args, "kwargs": kwargs}
+            request = {
+                "id": self._next_id,
+                "index": index,
+                "target": target,
+                "method": method,
+                "args": args,
+                "kwargs": kwargs,
+            }
             self._send(request)
             reply = self._reader.read(timeout)
         if "error" in reply:
@@ -200,13 +210,13 @@ class ServerProcess:
         if process.stdout is not None:
             process.stdout.close()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def _send(self, message: Dict[str, Any]) -> None:
+    def _send(self, message: dict[str, Any]) -> None:
         assert self._process.stdin is not None
         self._process.stdin.write(json.dumps(message).encode() + b"\n")
         self._process.stdin.flush()
@@ -231,23 +241,25 @@ class RemoteSimulator:
     def connected(self) -> int:
         return self._call("connected")
 
-    def emit_event(self, name: str, data: Optional[Dict[str, Any]] = None) -> None:
+    def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         self._call("emit_event", name, data)
 
-    def flood_events(self, count: int, name: str = "FLOOD", data: Optional[Dict[str, Any]] = None) -> None:
+    def flood_events(self, count: int, name: str = "FLOOD", data: dict[str, Any] | None = None) -> None:
         """Start sending ``count`` events (returns at once)."""
         self._call("flood_events", count, name, data)
 
-    def delay_command(self, command: str, seconds: float, *, times: Optional[int] = None) -> None:
+    def delay_command(self, command: str, seconds: float, *, times: int | None = None) -> None:
         self._call("delay_command", command, seconds, times=times)
 
-    def hang_command(self, command: str, *, times: Optional[int] = None) -> None:
+    def hang_command(self, command: str, *, times: int | None = None) -> None:
         self._call("hang_command", command, times=times)
 
-    def drop_on_command(self, command: str, *, mid_frame: bool = False, reset: bool = False, times: Optional[int] = 1) -> None:
+    def drop_on_command(
+        self, command: str, *, mid_frame: bool = False, reset: bool = False, times: int | None = 1
+    ) -> None:
         self._call("drop_on_command", command, mid_frame=mid_frame, reset=reset, times=times)
 
-    def clear_faults(self, command: Optional[str] = None) -> None:
+    def clear_faults(self, command: str | None = None) -> None:
         self._call("clear_faults", command)
 
     def send_raw(self, data: bytes) -> None:
@@ -269,7 +281,7 @@ class RemoteSimulator:
         self._call("enable", name, enabled)
 
 
-def child_environment() -> Dict[str, str]:
+def child_environment() -> dict[str, str]:
     """This environment, with this qmpcore first on ``PYTHONPATH``, so that a
     child Python imports the same package (a source tree included)."""
     import qmpcore
@@ -281,7 +293,7 @@ def child_environment() -> Dict[str, str]:
 
 
 def start_in_subprocess(
-    directory: Union[str, "os.PathLike[str]"],
+    directory: str | os.PathLike[str],
     count: int,
     *,
     agents: bool = False,

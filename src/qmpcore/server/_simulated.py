@@ -17,14 +17,15 @@ import asyncio
 import functools
 import os
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import orjson
 
+from ..errors import CommandError
 from ..protocol._qapi import DATA_DIR, CommandInfo, Schema
 from ..protocol._qemu_output import Encoded, to_json
-from ..errors import CommandError
 
 __all__ = ["Call", "Handler", "Simulator", "SimulatedVM", "SimulatedGuestAgent"]
 
@@ -44,16 +45,16 @@ class Call:
 
     __slots__ = ("command", "arguments", "id", "oob", "target", "_session", "_after")
 
-    def __init__(self, command: str, arguments: Dict[str, Any], id: Any, oob: bool, target: "Simulator", session: Any):
+    def __init__(self, command: str, arguments: dict[str, Any], id: Any, oob: bool, target: Simulator, session: Any):
         self.command = command
         self.arguments = arguments
         self.id = id
         self.oob = oob
         self.target = target
         self._session = session
-        self._after: Optional[Callable[[], Any]] = None
+        self._after: Callable[[], Any] | None = None
 
-    def take_fd(self) -> Optional[int]:
+    def take_fd(self) -> int | None:
         """The descriptor received with the client's latest message, or None.
 
         Like QEMU, only the first one is kept (the rest are closed) and it
@@ -73,7 +74,7 @@ class _Fault:
     seconds: float = 0.0
     mid_frame: bool = False
     reset: bool = False
-    times: Optional[int] = None  # None: every time
+    times: int | None = None  # None: every time
 
 
 class _CommandTable(Mapping[str, CommandInfo]):
@@ -82,7 +83,7 @@ class _CommandTable(Mapping[str, CommandInfo]):
 
     __slots__ = ("own", "base")
 
-    def __init__(self, own: Dict[str, CommandInfo], base: Mapping[str, CommandInfo]) -> None:
+    def __init__(self, own: dict[str, CommandInfo], base: Mapping[str, CommandInfo]) -> None:
         self.own = own
         self.base = base
 
@@ -115,12 +116,12 @@ class Simulator:
     unimplemented = "The command {} is not implemented by the simulator"
 
     def __init__(self, base: Mapping[str, CommandInfo]) -> None:
-        self._own: Dict[str, CommandInfo] = {}
+        self._own: dict[str, CommandInfo] = {}
         self.commands: Mapping[str, CommandInfo] = _CommandTable(self._own, base)
-        self._handlers: Dict[str, Handler] = {}
-        self._faults: Dict[str, List[_Fault]] = {}
-        self.endpoints: List[Any] = []
-        self.fds: Dict[str, int] = {}
+        self._handlers: dict[str, Handler] = {}
+        self._faults: dict[str, list[_Fault]] = {}
+        self.endpoints: list[Any] = []
+        self.fds: dict[str, int] = {}
 
     # -- commands -----------------------------------------------------------
 
@@ -129,8 +130,8 @@ class Simulator:
         name: str,
         handler: Handler,
         *,
-        allow_oob: Optional[bool] = None,
-        check_arguments: Optional[Callable[[dict], Optional[str]]] = None,
+        allow_oob: bool | None = None,
+        check_arguments: Callable[[dict], str | None] | None = None,
     ) -> None:
         """Run ``handler`` for ``name`` (replacing any built-in).
 
@@ -148,7 +149,7 @@ class Simulator:
         self._handlers[name] = handler
         self._commands_changed()
 
-    def command(self, name: Optional[str] = None, **options: Any) -> Callable[[Handler], Handler]:
+    def command(self, name: str | None = None, **options: Any) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`register` (the name defaults to the
         function's, with ``_`` turned into ``-``)."""
 
@@ -179,17 +180,17 @@ class Simulator:
 
     # -- faults -------------------------------------------------------------
 
-    def delay_command(self, command: str, seconds: float, *, times: Optional[int] = None) -> None:
+    def delay_command(self, command: str, seconds: float, *, times: int | None = None) -> None:
         """Answer ``command`` (``"*"``: any) ``seconds`` late."""
         self._add_fault(command, _Fault("delay", seconds=float(seconds), times=times))
 
-    def hang_command(self, command: str, *, times: Optional[int] = None) -> None:
+    def hang_command(self, command: str, *, times: int | None = None) -> None:
         """Never answer ``command`` (``"*"``: any).  In-band commands queued
         behind it wait too, as they would behind a stuck QEMU command."""
         self._add_fault(command, _Fault("hang", times=times))
 
     def drop_on_command(
-        self, command: str, *, mid_frame: bool = False, reset: bool = False, times: Optional[int] = 1
+        self, command: str, *, mid_frame: bool = False, reset: bool = False, times: int | None = 1
     ) -> None:
         """Close the connection instead of answering ``command``; with
         ``mid_frame`` after writing half of the reply.  ``reset`` makes a
@@ -197,7 +198,7 @@ class Simulator:
         input was left unread, as after QEMU's ``quit`` in corpus 99)."""
         self._add_fault(command, _Fault("drop", mid_frame=mid_frame, reset=reset, times=times))
 
-    def clear_faults(self, command: Optional[str] = None) -> None:
+    def clear_faults(self, command: str | None = None) -> None:
         """Remove the faults of ``command``, or all of them."""
         if command is None:
             self._faults.clear()
@@ -209,7 +210,7 @@ class Simulator:
             return
         self._faults.setdefault(command, []).append(fault)
 
-    def take_fault(self, command: str) -> Optional[_Fault]:
+    def take_fault(self, command: str) -> _Fault | None:
         """The fault to apply to this run of ``command``, if any."""
         if not self._faults:
             return None
@@ -271,7 +272,7 @@ def _close(fd: int) -> None:
         pass
 
 
-def _version_dict(version: Union[Sequence[int], Mapping[str, Any]], package: str) -> Dict[str, Any]:
+def _version_dict(version: Sequence[int] | Mapping[str, Any], package: str) -> dict[str, Any]:
     if isinstance(version, Mapping):
         return {"qemu": dict(version["qemu"]), "package": version.get("package", package)}
     major, minor, micro = version
@@ -297,14 +298,14 @@ class SimulatedVM(Simulator):
 
     def __init__(
         self,
-        name: Optional[str] = None,
+        name: str | None = None,
         *,
-        version: Union[Sequence[int], Mapping[str, Any]] = (7, 2, 0),
+        version: Sequence[int] | Mapping[str, Any] = (7, 2, 0),
         package: str = "",
         status: str = "running",
-        schema: Optional[Schema] = None,
+        schema: Schema | None = None,
         chardevs: Sequence[str] = ("compat_monitor0",),
-        kvm: Tuple[bool, bool] = (False, True),
+        kvm: tuple[bool, bool] = (False, True),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.schema = schema if schema is not None else Schema.qemu_7_2()
@@ -318,14 +319,14 @@ class SimulatedVM(Simulator):
         self.clock = clock
         self.has_quit = False
         #: The VM's guest agent, when one is simulated (see ``serve_vms``).
-        self.agent: Optional["SimulatedGuestAgent"] = None
-        self._fdsets: Dict[int, List[Tuple[int, Optional[str]]]] = {}
-        self._status_reply: Dict[str, Encoded] = {}
-        self._commands_reply: Optional[Encoded] = None
+        self.agent: SimulatedGuestAgent | None = None
+        self._fdsets: dict[int, list[tuple[int, str | None]]] = {}
+        self._status_reply: dict[str, Encoded] = {}
+        self._commands_reply: Encoded | None = None
         for command, handler in self._builtins().items():
             self._handlers[command] = handler
 
-    def _builtins(self) -> Dict[str, Handler]:
+    def _builtins(self) -> dict[str, Handler]:
         return {
             "query-status": self._query_status,
             "query-version": lambda call: self.version,
@@ -372,13 +373,15 @@ class SimulatedVM(Simulator):
             self.status = "running"
             self.emit_event("RESUME")
 
-    def emit_event(self, name: str, data: Optional[Mapping[str, Any]] = None) -> None:
+    def emit_event(self, name: str, data: Mapping[str, Any] | None = None) -> None:
         """Send an event now to every negotiated client of every monitor."""
         stamp = self.clock()
         for endpoint in self.endpoints:
             endpoint.send_event(name, data, stamp)
 
-    def flood_events(self, count: int, name: str = "FLOOD", data: Optional[Mapping[str, Any]] = None) -> "asyncio.Future[int]":
+    def flood_events(
+        self, count: int, name: str = "FLOOD", data: Mapping[str, Any] | None = None
+    ) -> asyncio.Future[int]:
         """Send ``count`` events as fast as every client reads them.
 
         Without ``data`` each event carries ``{"seq": n}`` (0, 1, ...).
@@ -461,7 +464,7 @@ class SimulatedVM(Simulator):
             raise CommandError("GenericError", f"File descriptor named '{fdname}' not found")
         _close(fd)
 
-    def _add_fd(self, call: Call) -> Dict[str, int]:
+    def _add_fd(self, call: Call) -> dict[str, int]:
         fd = self._need_fd(call)
         fdset = call.arguments.get("fdset-id")
         if fdset is None:
@@ -487,12 +490,12 @@ class SimulatedVM(Simulator):
         shown = f"fdset-id:{fdset}" if fd is None else f"fdset-id:{fdset}, fd:{fd}"
         raise CommandError("GenericError", f"File descriptor named '{shown}' not found")
 
-    def _query_fdsets(self, call: Call) -> List[Dict[str, Any]]:
+    def _query_fdsets(self, call: Call) -> list[dict[str, Any]]:
         result = []
         for fdset in sorted(self._fdsets, reverse=True):
             fds = []
             for fd, opaque in self._fdsets[fdset]:
-                entry: Dict[str, Any] = {"fd": fd}
+                entry: dict[str, Any] = {"fd": fd}
                 if opaque is not None:
                     entry["opaque"] = opaque
                 fds.append(entry)
@@ -547,12 +550,12 @@ _QGA_SCHEMA = Schema(
 )
 
 
-@functools.lru_cache(maxsize=None)
-def _qemu_ga_72_commands() -> Dict[str, CommandInfo]:
+@functools.cache
+def _qemu_ga_72_commands() -> dict[str, CommandInfo]:
     """qemu-ga 7.2's commands as its recorded ``guest-info`` lists them
     (shared by every simulated agent; treat as read-only)."""
     info = orjson.loads((DATA_DIR / _GUEST_INFO_72).read_bytes())["return"]
-    table: Dict[str, CommandInfo] = {}
+    table: dict[str, CommandInfo] = {}
     for entry in info["supported_commands"]:
         name = entry["name"]
         checks = _QGA_SCHEMA.command_info(name)
@@ -579,7 +582,7 @@ class SimulatedGuestAgent(Simulator):
         super().__init__(_qemu_ga_72_commands())
         self.version = version
         self.hostname = hostname
-        self._info_reply: Optional[Encoded] = None
+        self._info_reply: Encoded | None = None
         self._handlers.update(
             {
                 "guest-sync": self._sync,
@@ -591,7 +594,7 @@ class SimulatedGuestAgent(Simulator):
                 "guest-shutdown": self._shutdown,
             }
         )
-        self.shutdown_requests: List[str] = []
+        self.shutdown_requests: list[str] = []
 
     def enable(self, name: str, enabled: bool = True) -> None:
         """Enable (or disable) a qemu-ga command, like ``-b`` does."""

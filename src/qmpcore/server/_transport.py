@@ -26,11 +26,12 @@ import socket
 import stat
 import struct
 import threading
-from typing import Any, Callable, List, Optional, Tuple, Union
+from collections.abc import Callable
+from typing import Any, Union
 
 __all__ = ["Connection", "Listener", "bind_socket", "Address"]
 
-Address = Union[str, "os.PathLike[str]", Tuple[str, int]]
+Address = Union[str, "os.PathLike[str]", tuple[str, int]]
 
 # Small enough that one read of garbage (an error reply per byte) cannot
 # produce much output before the output cap is checked again.
@@ -47,7 +48,7 @@ _HANGUP_POLL = 0.1
 _HANGUP_EVENTS = select.POLLHUP | getattr(select, "POLLRDHUP", 0)
 
 
-def _close_fds(fds: List[int]) -> None:
+def _close_fds(fds: list[int]) -> None:
     for fd in fds:
         try:
             os.close(fd)
@@ -55,7 +56,7 @@ def _close_fds(fds: List[int]) -> None:
             pass
 
 
-def _fds_from(ancdata: List[Tuple[int, int, bytes]]) -> List[int]:
+def _fds_from(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds = array.array("i")
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -80,7 +81,7 @@ class Connection:
         self._closing = False
         self._closed = False
         self._paused_protocol = False
-        self._hangup_timer: Optional[asyncio.TimerHandle] = None
+        self._hangup_timer: asyncio.TimerHandle | None = None
         loop.add_reader(self._fd, self._on_readable)
         protocol.connection_made(self)
 
@@ -102,7 +103,7 @@ class Connection:
     def get_write_buffer_size(self) -> int:
         return len(self._buffer)
 
-    def write(self, data: Union[bytes, memoryview]) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Send ``data`` now if the socket takes it, else buffer it."""
         if self._closing or self._closed or not data:
             return
@@ -207,8 +208,8 @@ class Connection:
             return
         self._protocol.data_received(bytes(buffer[:size]))
 
-    def _deliver_fds(self, fds: List[int]) -> None:
-        handler: Optional[Callable[[List[int]], None]] = getattr(self._protocol, "fds_received", None)
+    def _deliver_fds(self, fds: list[int]) -> None:
+        handler: Callable[[list[int]], None] | None = getattr(self._protocol, "fds_received", None)
         if handler is None or self._closed:
             _close_fds(fds)
         else:
@@ -232,12 +233,12 @@ class Connection:
             if self._closing:
                 self._finish(None)
 
-    def _abort(self, exc: Optional[BaseException]) -> None:
+    def _abort(self, exc: BaseException | None) -> None:
         if exc is not None and getattr(exc, "errno", None) in (errno.EPIPE, errno.ECONNRESET):
             exc = None  # the client went away: an ordinary end
         self._finish(exc)
 
-    def _finish(self, exc: Optional[BaseException]) -> None:
+    def _finish(self, exc: BaseException | None) -> None:
         if self._closed:
             return
         self._closed = True
@@ -309,8 +310,8 @@ class Listener:
         self._on_accept = on_accept
         self._watching = False
         self._closed = False
-        self._path: Optional[str] = None
-        self._inode: Optional[Tuple[int, int]] = None
+        self._path: str | None = None
+        self._inode: tuple[int, int] | None = None
         if sock.family == socket.AF_UNIX:
             self._path = sock.getsockname()
             try:

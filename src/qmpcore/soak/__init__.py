@@ -33,12 +33,13 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Awaitable, Dict, List, Optional
+from collections.abc import Awaitable
+from typing import Any
 
-from ._faults import FaultInjector
-from ._report import SoakReport, Usage
 from ..errors import CommandError, ConnectionLost, QMPError
 from ..errors import TimeoutError as QMPTimeoutError
+from ._faults import FaultInjector
+from ._report import SoakReport, Usage
 
 __all__ = ["Usage", "SoakReport", "soak", "add_arguments", "run", "main"]
 
@@ -65,7 +66,7 @@ class _Soak:
         self.timeout = timeout
         self.directory = directory
         self.deadline = 0.0
-        self.vms: List[Any] = []
+        self.vms: list[Any] = []
         self.solo: Any = None  # the VM the asyncio client talks to
         self.blocking: Any = None  # the VM the blocking client talks to
         self.quiet = False  # the asyncio client is accounting a flood
@@ -88,7 +89,7 @@ class _Soak:
             report.lost += 1
             report.problem(f"a command was unresolved {GRACE} s after its {timeout} s timeout")
             return ConnectionLost("lost")
-        except Exception as exc:  # noqa: BLE001 - anything else is a finding
+        except Exception as exc:
             report.problem(f"unclear failure {type(exc).__name__}: {exc}")
             return exc
 
@@ -168,7 +169,12 @@ class _Soak:
                 calls = []
                 for _ in range(rnd.randrange(1, 13)):  # more than QEMU's 8 in flight
                     token = self.token()
-                    calls.append((token, self.guarded(client.execute(ECHO, {"token": token}, timeout=self.timeout), self.timeout)))
+                    calls.append(
+                        (
+                            token,
+                            self.guarded(client.execute(ECHO, {"token": token}, timeout=self.timeout), self.timeout),
+                        )
+                    )
                 results = await asyncio.gather(*(call for _, call in calls))
                 for (token, _), result in zip(calls, results):
                     self.tally(result, token, self.solo.name, "asyncio")
@@ -185,7 +191,7 @@ class _Soak:
             self.account(received, seen[0] + stream.dropped + len(stream), "client")
             stream.close()
 
-    async def flood_check(self, client: Any, stream: Any, seen: List[int]) -> None:
+    async def flood_check(self, client: Any, stream: Any, seen: list[int]) -> None:
         """Flood on a quiet, healthy connection: every event arrives or is counted."""
         self.quiet = True
         try:
@@ -228,7 +234,9 @@ class _Soak:
 
         threading.Thread(target=target, name="qmpcore-soak-blocking", daemon=True).start()
         try:
-            await asyncio.wait_for(asyncio.shield(done), self.deadline - time.monotonic() + self.timeout + 2 * GRACE + 5)
+            await asyncio.wait_for(
+                asyncio.shield(done), self.deadline - time.monotonic() + self.timeout + 2 * GRACE + 5
+            )
         except asyncio.TimeoutError:
             self.report.lost += 1
             self.report.problem("the blocking client hung past the end of the run")
@@ -252,7 +260,7 @@ class _Soak:
                     started = time.monotonic()
                     try:
                         result = client.execute(ECHO, {"token": token}, timeout=self.timeout)
-                    except Exception as exc:  # noqa: BLE001 - tallied: only qmpcore errors are clear
+                    except Exception as exc:
                         result = exc
                     if time.monotonic() - started > self.timeout + GRACE:
                         with self.lock:
@@ -377,16 +385,16 @@ class _CountingHandler(logging.Handler):
             sys.stderr.write(self.format(record) + "\n")
 
 
-def _set_done(future: "asyncio.Future[None]") -> None:
+def _set_done(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
 
 
-def _echo(call: Any) -> Dict[str, Any]:
+def _echo(call: Any) -> dict[str, Any]:
     return {"token": call.arguments.get("token"), "vm": call.target.name}
 
 
-async def _consume(stream: Any, seen: List[int], pause: float) -> None:
+async def _consume(stream: Any, seen: list[int], pause: float) -> None:
     """A slow event consumer (so that queues fill and drop)."""
     with contextlib.suppress(ConnectionLost):  # how a stream ends when the connection breaks
         async for _ in stream:
@@ -398,9 +406,9 @@ async def soak(
     seconds: float,
     *,
     vms: int = 8,
-    seed: Optional[int] = None,
+    seed: int | None = None,
     timeout: float = 1.0,
-    directory: Optional[str] = None,
+    directory: str | None = None,
 ) -> SoakReport:
     """Run the soak for ``seconds`` against ``vms`` simulated VMs (plus one
     for each single client), in the running event loop; return the report.
@@ -438,7 +446,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m qmpcore.soak``: the same as ``python -m qmpcore soak``."""
     parser = argparse.ArgumentParser(prog="qmpcore soak", description=__doc__.split("\n\n")[0])
     add_arguments(parser)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any, Callable, Counter, List, Sequence, Tuple
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = ["FAULTS", "GARBAGE", "FaultInjector"]
 
 #: Fault kinds and their relative frequencies.
-FAULTS: Sequence[Tuple[str, int]] = (
+FAULTS: Sequence[tuple[str, int]] = (
     ("drop", 3),
     ("drop-reset", 1),
     ("drop-mid-frame", 2),
@@ -70,7 +72,7 @@ class FaultInjector:
         self.timeout = timeout
         self.counts = counts
         self.spared = spared
-        self.tasks: List["asyncio.Future[Any]"] = []
+        self.tasks: list[asyncio.Future[Any]] = []
 
     async def run(self, running: Callable[[], bool]) -> None:
         """Inject faults while ``running()``; then wait for restarts to finish."""

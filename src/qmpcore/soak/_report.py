@@ -7,7 +7,8 @@ import contextlib
 import dataclasses
 import os
 import tracemalloc
-from typing import Any, Counter, Dict, List
+from collections import Counter
+from typing import Any
 
 __all__ = ["Usage", "SoakReport"]
 
@@ -24,10 +25,10 @@ class Usage:
     fds: int
 
     @classmethod
-    def now(cls) -> "Usage":
+    def now(cls) -> Usage:
         return cls(_rss(), tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else 0, _fds())
 
-    def __sub__(self, other: "Usage") -> "Usage":
+    def __sub__(self, other: Usage) -> Usage:
         return Usage(self.rss - other.rss, self.traced - other.traced, self.fds - other.fds)
 
 
@@ -77,7 +78,7 @@ class SoakReport:
     rss_growth: int = 0
     fds_leaked: int = 0
     #: Everything else that went wrong, in words.
-    problems: List[str] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -87,7 +88,7 @@ class SoakReport:
         if len(self.problems) < 50:
             self.problems.append(text)
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready values (counters become plain dicts)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for name in ("by_client", "failed", "faults"):
