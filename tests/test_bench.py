@@ -84,6 +84,7 @@ def test_corpus_workloads(corpus_dir):
 
 def test_synthetic_schema_without_corpus(monkeypatch, tmp_path):
     monkeypatch.setenv("QMPCORE_CORPUS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(workloads.pathlib.Path, "parents", property(lambda self: []))
     assert workloads.corpus_root() is None
     schema = workloads.schema()

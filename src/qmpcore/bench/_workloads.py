@@ -81,15 +81,16 @@ class Workload:
 def corpus_root() -> pathlib.Path | None:
     """The recorded-traffic folder (holding ``qemu-7.2/``), or None.
 
-    Looked up in ``$QMPCORE_CORPUS``, then in ``shared/corpus`` beside the
-    working directory or any folder above it (running from a checkout with
-    the package installed elsewhere), then beside any folder above this
-    file (running from the source tree).
+    Looked up in ``$QMPCORE_CORPUS``, then in a checkout's ``tests/data/corpus``
+    or a ``shared/corpus`` in the working directory or any folder above it
+    (running from a checkout with the package installed elsewhere), then
+    beside any folder above this file (running from the source tree).
     """
     env = os.environ.get("QMPCORE_CORPUS")
     candidates: list[pathlib.Path] = [pathlib.Path(env)] if env else []
     for start in (pathlib.Path.cwd().resolve(), pathlib.Path(__file__).resolve()):
-        candidates += [folder / "shared" / "corpus" for folder in (start, *start.parents)]
+        for folder in (start, *start.parents):
+            candidates += [folder / "tests" / "data" / "corpus", folder / "shared" / "corpus"]
     for path in candidates:
         if (path / "qemu-7.2" / SCHEMA_FILE).is_file():
             return path
