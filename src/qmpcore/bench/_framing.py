@@ -148,6 +148,7 @@ def qemu_qmp_recv(workload: Workload) -> Run:
     if max(len(f) for f in workload.frames) > QEMU_QMP_LIMIT:
         raise NotApplicable("over qemu.qmp's 10 MiB message limit")
     import asyncio
+    import weakref
 
     chunks = workload.chunks
     loop = asyncio.new_event_loop()  # only to construct readers; never run
@@ -174,6 +175,7 @@ def qemu_qmp_recv(workload: Workload) -> Run:
         coro.close()
         raise RuntimeError("StreamReader waited although all data was present")
 
+    weakref.finalize(run, loop.close)  # the loop's self-pipe goes with the run
     return run
 
 
