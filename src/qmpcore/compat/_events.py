@@ -144,7 +144,7 @@ class Events:
         self.events = EventListener()
         self.register_listener(self.events)
 
-    def _dispatch(self, event: Message) -> None:
+    def _qmpcore_dispatch(self, event: Message) -> None:
         for listener in self._listeners:
             try:
                 listener._deliver(event)
