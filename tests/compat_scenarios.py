@@ -179,7 +179,13 @@ class Qemu:
     """
 
     def __init__(
-        self, workdir: pathlib.Path, name: str, mode: str = "unix", pretty: bool = False, address: Any = None
+        self,
+        workdir: pathlib.Path,
+        name: str,
+        mode: str = "unix",
+        pretty: bool = False,
+        address: Any = None,
+        machine: str = "none",
     ) -> None:
         self.mode = mode
         opts = ",pretty=on" if pretty else ""
@@ -196,7 +202,10 @@ class Qemu:
         else:
             raise ValueError(mode)
         self.log = workdir / f"{name}.log"
-        argv = [QEMU, *QEMU_ARGS, "-chardev", chardev, "-mon", f"chardev=mon0,mode=control{opts}"]
+        args = (
+            QEMU_ARGS if machine == "none" else [a if a != "none" else machine for a in QEMU_ARGS[:2]] + QEMU_ARGS[2:]
+        )
+        argv = [QEMU, *args, "-chardev", chardev, "-mon", f"chardev=mon0,mode=control{opts}"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         if mode != "client":

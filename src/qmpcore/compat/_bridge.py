@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno
 import inspect
 import logging
 import os
@@ -241,6 +242,15 @@ def listen_socket(address: str | tuple[str, int], backlog: int = 1) -> socket.so
     try:
         sock.bind(target)
         sock.listen(backlog)
+    except OSError as err:
+        sock.close()
+        # asyncio's wording, which qemu.qmp's errors carry
+        if isinstance(address, tuple):
+            why = (err.strerror or str(err)).lower()
+            raise OSError(err.errno, f"error while attempting to bind on address {target!r}: {why}") from None
+        if err.errno == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE, f"Address {target!r} is already in use") from None
+        raise
     except BaseException:
         sock.close()
         raise
