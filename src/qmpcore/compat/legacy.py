@@ -337,8 +337,8 @@ class QEMUMonitorProtocol:
     def close(self) -> None:
         """Close the connection (events already received stay pullable).
 
-        Raises ``EOFError`` if the server had already closed it, as
-        qemu.qmp does.
+        Raises ``EOFError`` if an earlier call found that the server had
+        closed the connection, as qemu.qmp does.
         """
         listener, self._qmpcore_listener = self._qmpcore_listener, None
         if listener is not None:
@@ -347,7 +347,8 @@ class QEMUMonitorProtocol:
         state, self._qmpcore_state = self._qmpcore_state, Runstate.IDLE
         if client is None or state not in (Runstate.RUNNING, Runstate.DISCONNECTING):
             return
-        hung_up = state is Runstate.DISCONNECTING or not client.poll()
+        # As qemu.qmp: EOFError when an earlier call saw the server hang up.
+        hung_up = state is Runstate.DISCONNECTING
         self._qmpcore_note_late()
         client.close()
         if hung_up:
