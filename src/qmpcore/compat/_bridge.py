@@ -42,6 +42,7 @@ __all__ = [
     "tls_arguments",
     "plain_error",
     "log_connect_failure",
+    "broken_send",
     "RawCommand",
     "greeting_or_error",
     "connect_error",
@@ -205,6 +206,15 @@ def plain_error(exc: Exception) -> Exception:
     if isinstance(exc, OSError) and exc.errno is not None:
         return OSError(exc.errno, exc.strerror or os.strerror(exc.errno))
     return QMPError(str(exc))
+
+
+def broken_send(err: Exception) -> OSError:
+    """The ``OSError`` a failed ``sendmsg`` raised under qmpcore's error
+    (qemu.qmp calls ``sendmsg`` itself and lets it through)."""
+    cause = err.__cause__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return OSError(cause.errno, cause.strerror or os.strerror(cause.errno))
+    return BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
 def tls_arguments(ssl: SSLContext | None, connect: Callable[..., Any]) -> dict[str, Any]:

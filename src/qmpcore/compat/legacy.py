@@ -32,6 +32,7 @@ from ..errors import TimeoutError as _CoreTimeoutError
 from ._bridge import (
     MAX_FRAME_SIZE,
     RawCommand,
+    broken_send,
     connect_error,
     exec_id,
     execute_error,
@@ -268,9 +269,9 @@ class QEMUMonitorProtocol:
             raise QMPError("Sending file descriptors requires a UNIX socket.")
         try:
             client.send_fd(fd)
-        except (ConnectionLost, _CoreStateError):
+        except (ConnectionLost, _CoreStateError) as err:
             self._qmpcore_hung_up()
-            raise self._qmpcore_interrupted() from None
+            raise broken_send(err) from None
 
     # -- events ---------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from ..errors import StateError as _CoreStateError
 from ._bridge import (
     MAX_FRAME_SIZE,
     RawCommand,
+    broken_send,
     command_message,
     connect_error,
     exec_id,
@@ -455,7 +456,10 @@ class QMPClient(AsyncProtocol[Message], Events):
         assert client is not None
         if not client.address.is_unix:
             raise QMPError("Sending file descriptors requires a UNIX socket.")
-        client.send_fd_nowait(fd)
+        try:
+            client.send_fd_nowait(fd)
+        except (ConnectionLost, _CoreStateError) as err:
+            raise broken_send(err) from None
 
 
 def _interrupted(client: Any, err: BaseException) -> QMPError:
