@@ -24,7 +24,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from ssl import SSLContext
 from typing import Any
 
@@ -132,8 +132,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         self._greeting: Greeting | None = None
         self._execute_id = 0  # as qemu.qmp's: numbers the "__qmp#" ids
         self._qmpcore_client: aio.QMPClient | None = None
-        self._qmpcore_stream: aio.EventStream | None = None
-        self._qmpcore_pump: asyncio.Task[None] | None = None
+        self._qmpcore_unlisten: Callable[[], None] | None = None  # removes the event callback
         self._qmpcore_listener: socket.socket | None = None  # start_server()
         self._qmpcore_closing = False  # disconnect() in progress
         self._qmpcore_lost: BaseException | None = None  # why the server side ended
@@ -220,6 +219,7 @@ class QMPClient(AsyncProtocol[Message], Events):
                     oob=negotiate,
                     timeout=CONNECT_TIMEOUT,
                     max_frame_size=max(self.readbuflen, MAX_FRAME_SIZE),
+                    event_queue=0,  # no backlog: the listeners hold the events
                     **tls,
                 )
             except Exception as exc:
@@ -230,11 +230,12 @@ class QMPClient(AsyncProtocol[Message], Events):
             self._qmpcore_late_seen = 0
             if self.await_greeting or negotiate:
                 self._greeting = greeting_or_error(client.greeting)
-            self._qmpcore_stream = client.events(maxsize=self.events.maxsize)
             if self._qmpcore_hooked:
                 self._qmpcore_replay_handshake(client, negotiate)
-        self._qmpcore_pump = asyncio.ensure_future(self._qmpcore_pump_events(client, self._qmpcore_stream))
         self._set_state(Runstate.RUNNING)
+        # Events reach the listeners from qmpcore's callback, as they are
+        # read: in wire order, before the reply they preceded is returned.
+        self._qmpcore_unlisten = client.add_event_listener(self._qmpcore_on_event, on_close=self._qmpcore_on_close)
         await asyncio.sleep(0)  # let runstate watchers see RUNNING
 
     def _qmpcore_replay_handshake(self, client: aio.QMPClient, negotiate: bool) -> None:
@@ -275,49 +276,43 @@ class QMPClient(AsyncProtocol[Message], Events):
         self._qmpcore_closing = True
         self._qmpcore_note_late()
         client, self._qmpcore_client = self._qmpcore_client, None
-        pump, self._qmpcore_pump = self._qmpcore_pump, None
+        unlisten, self._qmpcore_unlisten = self._qmpcore_unlisten, None
         listener, self._qmpcore_listener = self._qmpcore_listener, None
         try:
             if listener is not None:
                 listener.close()
+            if unlisten is not None:
+                unlisten()
             if client is not None:
                 await client.close(CLOSE_TIMEOUT)
-            if pump is not None:
-                await pump
         finally:
-            self._qmpcore_stream = None
             self._qmpcore_closing = False
             error, self._qmpcore_lost = self._qmpcore_lost, None
             self._set_state(Runstate.IDLE)
         if error is not None:
             raise error
 
-    async def _qmpcore_pump_events(self, client: aio.QMPClient, stream: aio.EventStream) -> None:
-        """Deliver events to the listeners until the connection ends."""
-        try:
-            async for event in stream:
-                self._qmpcore_deliver(event.raw)
-        except ConnectionLost:
-            pass
+    def _qmpcore_on_event(self, event: aio.Event) -> None:
+        self._qmpcore_deliver(event.raw)
+        if self._qmpcore_abandoned:
+            self._qmpcore_note_late()
+
+    def _qmpcore_on_close(self, error: BaseException | None) -> None:
+        """The connection ended: unless disconnect() ended it, the server
+        did, and the next disconnect() raises EOFError (as qemu.qmp's)."""
         self._qmpcore_note_late()
-        if not self._qmpcore_closing and self._runstate is Runstate.RUNNING:
-            self.logger.info("The server closed the connection.")
-            self.logger.debug("qmpcore: %s", client.connection_error or "the server closed the connection")
-            self._qmpcore_lost = EOFError()
-            self._set_state(Runstate.DISCONNECTING)
+        if self._qmpcore_closing or self._runstate is not Runstate.RUNNING:
+            return
+        self.logger.info("The server closed the connection.")
+        self.logger.debug("qmpcore: %s", error or "the server closed the connection")
+        self._qmpcore_lost = EOFError()
+        self._set_state(Runstate.DISCONNECTING)
 
     def _qmpcore_deliver(self, raw: dict[str, Any]) -> None:
         msg = Message._from_dict(raw)
         if self._qmpcore_hooked:
             msg = self._cb_inbound(msg)
         self._qmpcore_dispatch(msg)
-
-    async def _qmpcore_drain_events(self) -> None:
-        """Deliver the events that came with the last reply before returning
-        it (they are queued already, so this never waits)."""
-        stream = self._qmpcore_stream
-        while stream is not None and len(stream):
-            self._qmpcore_deliver((await stream.get()).raw)
 
     def _qmpcore_gave_up(self, wire_id: object) -> None:
         """A command was abandoned: its reply, if it comes, is dropped."""
@@ -362,15 +357,12 @@ class QMPClient(AsyncProtocol[Message], Events):
             else:
                 value = await client.execute(cmd, args)
         except CommandError as err:
-            await self._qmpcore_drain_events()
             raise execute_error(err, cmd, arguments, oob, exec_id(number)) from None
         except (ConnectionLost, _CoreStateError) as err:
             raise _interrupted(client, err) from None
         except asyncio.CancelledError:
             self._qmpcore_gave_up(exec_id(number))
             raise
-        if self._qmpcore_stream is not None and len(self._qmpcore_stream):
-            await self._qmpcore_drain_events()
         if self._qmpcore_abandoned:
             self._qmpcore_note_late()
         return value
@@ -444,7 +436,6 @@ class QMPClient(AsyncProtocol[Message], Events):
             raise
         finally:
             self._qmpcore_ids_in_use.discard(key)
-        await self._qmpcore_drain_events()  # events that came first go first
         self._qmpcore_note_late()
         return self._cb_inbound(Message._from_dict(reply))
 
