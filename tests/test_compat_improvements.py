@@ -33,7 +33,7 @@ def test_listener_queue_is_bounded() -> None:
     """A listener nobody reads keeps the newest ``maxsize`` events."""
     listener = qemu_qmp.EventListener(maxsize=3)
     for seq in range(10):
-        listener._deliver(qemu_qmp.Message({"event": "E", "data": {"seq": seq}}))
+        listener._qmpcore_deliver(qemu_qmp.Message({"event": "E", "data": {"seq": seq}}))
     assert [e["data"]["seq"] for e in listener.clear()] == [7, 8, 9]
     assert listener.dropped == 7
     assert len(listener.history) == 3
