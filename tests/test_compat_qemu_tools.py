@@ -8,6 +8,7 @@ would).  What each shows must be the same, up to timestamps.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -306,3 +307,73 @@ print("ok")
         timeout=3 * TIMEOUT,
     )
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def run_tui_in_a_terminal(backend: str, lab: Lab, address: str) -> dict:
+    """``qmp_tui`` with urwid's raw display on a pseudo-terminal: connect,
+    send a command with alt+enter, read the reply off the screen, quit with
+    escape."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    require_tool("urwid_readline")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = child_environment()
+    env["TERM"] = "xterm-256color"
+    log = lab.path("tui.log")
+    try:
+        proc = subprocess.Popen(
+            [*RUNNERS[backend], "qemu.qmp.qmp_tui", "--log-file", log, address],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            cwd=lab.workdir,
+            start_new_session=True,
+        )
+    finally:
+        os.close(slave)
+    screen = bytearray()
+
+    def shown(text: bytes) -> bool:
+        """Wait until ``text`` is on the screen; urwid redraws after input,
+        so a harmless key (down) is pressed meanwhile."""
+        deadline = time.monotonic() + TIMEOUT
+        while text not in screen and time.monotonic() < deadline:
+            os.write(master, b"\x1b[B")
+            ready, _, _ = select.select([master], [], [], 0.3)
+            if ready:
+                with contextlib.suppress(OSError):
+                    screen.extend(os.read(master, 1 << 16))
+        return text in screen
+
+    try:
+        seen = {"connected": shown(b"[Connected")}
+        os.write(master, b'{"execute": "query-name"}')
+        os.write(master, b"\x1b\r")  # alt+enter sends
+        seen["reply"] = shown(b'"return"') and shown(b"__qmp#00000")
+        os.write(master, b"\x1b")  # escape quits
+        seen["exit"] = proc.wait(TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+        os.close(master)
+    seen["log"] = pathlib.Path(log).read_text() if os.path.exists(log) else None
+    return seen
+
+
+def test_qmp_tui_runs_in_a_terminal(tmp_path: pathlib.Path) -> None:
+    require_tool("qemu.qmp.qmp_tui")
+
+    def run(backend: str, lab: Lab) -> dict:
+        return run_tui_in_a_terminal(backend, lab, lab.qemu().address)
+
+    seen = on_both(tmp_path, run)
+    assert seen["qmpcore"] == seen["reference"]
+    assert seen["qmpcore"] == {"connected": True, "reply": True, "exit": 0, "log": ""}
