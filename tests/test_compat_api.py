@@ -419,6 +419,10 @@ from qmpcore.compat import legacy, qemu_qmp, _protocol
 assert qemu.qmp.QMPClient is qemu_qmp.QMPClient
 assert issubclass(QMPShell, legacy.QEMUMonitorProtocol)
 assert qemu.qmp.protocol.AsyncProtocol is _protocol.AsyncProtocol
+import qemu.qmp as package
+assert package.__all__ == ("QMPClient", "Message", "EventListener", "Runstate", "QMPError", "StateError",
+                           "ConnectError", "ExecuteError", "ExecInterruptedError", "SocketAddrT")
+assert package.legacy is legacy and package.qmp_client is qemu_qmp
 importer.uninstall()
 import qemu.qmp
 assert qemu.qmp.QMPClient is not qemu_qmp.QMPClient

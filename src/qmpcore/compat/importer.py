@@ -39,6 +39,19 @@ MODULES = {
     "qemu.qmp.util": "qmpcore.compat._util",
 }
 _PACKAGE = "qemu.qmp"
+#: What ``qemu.qmp`` itself exports.
+_PACKAGE_NAMES = (
+    "QMPClient",
+    "Message",
+    "EventListener",
+    "Runstate",
+    "QMPError",
+    "StateError",
+    "ConnectError",
+    "ExecuteError",
+    "ExecInterruptedError",
+    "SocketAddrT",
+)
 _ADAPTER = "qmpcore.compat.qemu_qmp"
 
 
@@ -52,10 +65,13 @@ class _Loader(importlib.abc.Loader):
         name = module.__name__
         if name == _PACKAGE:
             adapter = importlib.import_module(_ADAPTER)
-            for key in adapter.__all__:
+            for key in _PACKAGE_NAMES:
                 setattr(module, key, getattr(adapter, key))
-            module.__all__ = list(adapter.__all__)  # type: ignore[attr-defined]
+            module.__all__ = _PACKAGE_NAMES  # type: ignore[attr-defined]
             module.__doc__ = adapter.__doc__
+            # As qemu.qmp's __init__, which imports them: qemu.qmp.protocol works.
+            for sub in MODULES:
+                importlib.import_module(sub)
             return
         # importlib takes the module from sys.modules after this returns.
         sys.modules[name] = importlib.import_module(MODULES[name])
