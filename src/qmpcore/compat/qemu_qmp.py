@@ -303,8 +303,8 @@ class QMPClient(AsyncProtocol[Message], Events):
         self._qmpcore_note_late()
         if self._qmpcore_closing or self._runstate is not Runstate.RUNNING:
             return
-        self.logger.info("The server closed the connection.")
-        self.logger.debug("qmpcore: %s", error or "the server closed the connection")
+        # DEBUG, not qemu.qmp's INFO: after "quit" this is the normal path.
+        self.logger.debug("The server closed the connection: %s", error or "end of stream")
         self._qmpcore_lost = EOFError()
         self._set_state(Runstate.DISCONNECTING)
 
