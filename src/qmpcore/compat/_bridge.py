@@ -103,7 +103,12 @@ class RawCommand:
     __slots__ = ("command", "arguments", "oob", "has_id", "id")
 
     def __init__(
-        self, command: str, arguments: dict | None = None, oob: bool = False, has_id: bool = False, id: Any = None
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        oob: bool = False,
+        has_id: bool = False,
+        id: Any = None,
     ) -> None:
         self.command = command
         self.arguments = arguments
@@ -155,7 +160,7 @@ class RawCommand:
         return out
 
 
-def greeting_or_error(raw: dict | None) -> Greeting:
+def greeting_or_error(raw: dict[str, Any] | None) -> Greeting:
     """qemu.qmp's :class:`Greeting` view of a greeting qmpcore received;
     :class:`GreetingError` if it lacks what qemu.qmp requires."""
     try:

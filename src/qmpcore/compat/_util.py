@@ -42,12 +42,12 @@ async def flush(writer: asyncio.StreamWriter) -> None:
     """Wait until ``writer``'s buffer is empty (``drain()`` only waits until
     it is below the high-water mark); the write limits are restored after."""
     transport = writer.transport
-    low, high = transport.get_write_buffer_limits()  # type: ignore[attr-defined]
-    transport.set_write_buffer_limits(0, 0)  # type: ignore[attr-defined]
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(0, 0)
     try:
         await writer.drain()
     finally:
-        transport.set_write_buffer_limits(high, low)  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(high, low)
 
 
 def upper_half(func: T) -> T:
