@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -1359,7 +1360,11 @@ def old_events(api: ModuleType, lab: Lab) -> dict:
 @scenario("qmp")
 def old_server_mode(api: ModuleType, lab: Lab) -> dict:
     rec: dict[str, Any] = {}
-    _server_mode(api, lab, rec, {"cmd": "query-status", "command": "query-name"})
+    with warnings.catch_warnings():
+        if api.__name__ == "qmp":  # qmp 1.1.0's accept() leaves its listening socket unclosed
+            warnings.simplefilter("ignore", ResourceWarning)
+        _server_mode(api, lab, rec, {"cmd": "query-status", "command": "query-name"})
+        gc.collect()
     return rec
 
 
