@@ -381,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretty", action="store_true", help="pretty-print replies like QEMU's pretty=on monitor")
     p.set_defaults(handler=cmd_serve)
 
-    p = sub.add_parser("bench", help="benchmark qmpcore beside its baselines", description=bench.__doc__)
+    p = sub.add_parser(
+        "bench", help="benchmark qmpcore beside its baselines", description=(bench.__doc__ or "").replace("``", "")
+    )
     bench.add_arguments(p)
     p.set_defaults(handler=cmd_bench)
     p = sub.add_parser("soak", help="run clients against faulty simulated VMs", description=soak.__doc__)
