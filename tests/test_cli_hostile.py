@@ -19,7 +19,7 @@ import threading
 
 import pytest
 
-from test_cli import WAIT, Terminal, read_line, run, spawn, stop
+from test_cli import WAIT, Terminal, qemu, read_line, run, spawn, stop  # noqa: F401 (qemu is a fixture)
 
 GREETING = (
     b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}\r\n'
@@ -500,3 +500,21 @@ def test_connection_errors_are_one_line_naming_the_address(tmp_path, hostile):
     done = run("exec", "--timeout", "0.5", silent.path, "query-status")
     assert done.returncode == 3
     one_line_naming(done.stderr, silent.path)
+
+
+# -- real QEMU -------------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+def test_serve_leaves_a_running_qemus_monitor_alone(qemu):  # noqa: F811 (the fixture imported above)
+    monitor, _ = qemu
+    done = run("serve", monitor)
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"qmpcore serve: {monitor}: something is listening on this socket (a running QEMU or another server); "
+        "not replacing it (stop that process or choose another path)\n"
+    )
+    assert json.loads(run("exec", monitor, "query-status").stdout)["status"] == "running"
+    done = run("exec", monitor, "human-monitor-command", "command-line=info version")
+    assert done.returncode == 0 and done.stdout.startswith("7.2") and done.stdout.endswith("\n")
+    assert "\r" not in done.stdout and '"' not in done.stdout

@@ -203,7 +203,17 @@ def describe_error(address: str, exc: BaseException) -> str:
         text = exc.strerror
     else:
         text = str(exc) or type(exc).__name__
-    return text if address in text else f"{address}: {text}"
+    try:
+        parsed = parse_address(address)
+    except UsageError:
+        parsed = address
+    forms = {address, parsed if isinstance(parsed, str) else _host_port_text(*parsed)}
+    named = any(f"{form}:" in text or f"'{form}'" in text for form in forms)
+    return text if named else f"{address}: {text}"
+
+
+def _host_port_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def connect(args: argparse.Namespace, address: str | tuple[str, int], negotiate: bool = True) -> Any:
