@@ -56,6 +56,7 @@ _UNSAFE_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u20
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _LONE_CR = re.compile("\r(?!\n)")
 _encode_basestring = json.encoder.encode_basestring
+_encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _u_escape(found: re.Match[str]) -> str:
@@ -199,13 +200,34 @@ def iter_json(value: Any, pretty: bool = False) -> Iterator[str]:
 _END = object()
 
 
+def _compact_quickly(value: Any) -> str | None:
+    """Compact JSON from the C encoder when it can (same text as
+    :func:`iter_json`); None for what it cannot do (depth, long integers)."""
+    try:
+        text = _encode_compact(value)
+    except (RecursionError, ValueError, TypeError):
+        return None
+    # Structural characters are ASCII, so escaping over the whole text only
+    # touches the inside of strings.
+    return _UNSAFE_JSON.sub(_u_escape, text)
+
+
 def dump(value: Any, pretty: bool = False) -> str:
     """JSON text of a reply or event: indented for people, one line for programs."""
+    if not pretty:
+        text = _compact_quickly(value)
+        if text is not None:
+            return text
     return "".join(iter_json(value, pretty))
 
 
 def write_json(stream: TextIO, value: Any, pretty: bool = False, end: str = "\n") -> None:
     """Write ``value`` as JSON to ``stream`` in bounded pieces, then ``end``."""
+    if not pretty:
+        text = _compact_quickly(value)  # as long as the frame it came from
+        if text is not None:
+            stream.write(text + end)
+            return
     pieces: list[str] = []
     size = 0
     for piece in iter_json(value, pretty):

@@ -44,7 +44,7 @@ from . import (
     parse_address,
     parse_line,
 )
-from ._output import allow_long_integers, iter_json, one_line, write_result
+from ._output import allow_long_integers, dump, one_line, write_result
 
 __all__ = ["run_shell"]
 
@@ -119,22 +119,15 @@ class _Console:
             write_result(sys.stdout, command, result, pretty=self.interactive, terminal=self.terminal)
             sys.stdout.flush()
 
-    def show_async(self, text: str) -> None:
-        """Print a message that arrived by itself (above the prompt)."""
-        self._show_async(iter((text,)))
-
     def show_event(self, raw: Any) -> None:
         """Print an event as one JSON line, redrawing the prompt below it."""
-        self._show_async(iter_json(raw))
+        self.show_async(dump(raw))  # formatted before taking the lock
 
-    def _show_async(self, pieces: Any) -> None:
+    def show_async(self, text: str) -> None:
+        """Print a line that arrived by itself (above the prompt being typed at)."""
         with self._lock:
             redraw = self.at_prompt and self.interactive
-            if redraw:
-                sys.stdout.write("\r\x1b[K")
-            for piece in pieces:
-                sys.stdout.write(piece)
-            sys.stdout.write("\n")
+            sys.stdout.write(f"\r\x1b[K{text}\n" if redraw else f"{text}\n")
             if redraw:
                 typed = self._readline.get_line_buffer() if self._readline else ""
                 sys.stdout.write(f"{self.prompt}{typed}")
