@@ -114,3 +114,40 @@ def test_write_json_writes_in_bounded_pieces():
     assert sum(recorder.writes) == len(_output.dump(big, True)) + 1
     assert len(recorder.writes) > 10
     assert max(recorder.writes) < 2 * 65536
+
+
+async def test_the_shell_event_printer_outlives_an_event_it_cannot_show():
+    from types import SimpleNamespace
+
+    from qmpcore.cli import _shell
+
+    class Client:
+        def events(self):
+            async def stream():
+                for name in ("A", "BAD", "C"):
+                    yield SimpleNamespace(raw={"event": name})
+
+            return stream()
+
+    class Console(_shell._Console):
+        def __init__(self):
+            super().__init__(False, "qmp> ")
+            self.interactive = True  # as on a terminal, without reading one
+            self.shown = []
+
+        def show_event(self, raw):
+            if raw["event"] == "BAD":
+                raise ValueError("cannot show this one")
+            self.shown.append(raw["event"])
+
+        def show_async(self, text):
+            self.shown.append(text)
+
+    console = Console()
+    await _shell._print_events(console, Client(), _shell.threading.Event())
+    assert console.shown == [
+        "A",
+        "(an event could not be shown: ValueError: cannot show this one)",
+        "C",
+        "(the server closed the connection; Ctrl-D to leave)",
+    ]
