@@ -433,9 +433,16 @@ def test_serve_replaces_only_a_stale_socket(tmp_path):
     assert done.returncode == 2 and "not a directory" in done.stderr
 
 
-def test_serve_help_names_the_files_it_creates():
+def test_help_texts_match_what_the_commands_do():
     helped = run("serve", "--help").stdout
     assert "vm0.qmp" in helped and ".sock" not in helped and ".qga" not in helped
+    assert "--qga" not in run("events", "--help").stdout  # events refuses --qga
+    helped = run("shell", "--help").stdout
+    assert "-f FILE, --file FILE" in helped and "first failure" in helped
+    for sub in ("exec", "events", "shell"):
+        assert "3 no connection" in run(sub, "--help").stdout
+    helped = run("bench", "--help").stdout
+    assert "``" not in helped and "pip install '.[bench]'" in helped
 
 
 # -- addresses and connection errors ---------------------------------------------------

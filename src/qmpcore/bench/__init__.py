@@ -118,7 +118,11 @@ SECTIONS: dict[str, Section] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` subcommand's options."""
-    parser.add_argument("--quick", action="store_true", help="smaller workloads, fewer repeats (under 30 s)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller workloads, fewer repeats (about 25 s of CPU time; the full run 3.5 min)",
+    )
     parser.add_argument(
         "--json", metavar="FILE", help="also write every figure and ratio as JSON to FILE ('-' for stdout)"
     )
