@@ -151,3 +151,24 @@ async def test_the_shell_event_printer_outlives_an_event_it_cannot_show():
         "C",
         "(the server closed the connection; Ctrl-D to leave)",
     ]
+
+
+def test_only_real_command_names_are_offered_for_completion():
+    from qmpcore.cli._shell import _names
+
+    entries = [
+        {"name": "query-status"},
+        {"name": "__com.redhat_drive_add"},
+        {"name": "guest-exec", "enabled": False},
+        {"name": "\x1b[2Jevil"},
+        {"name": "with space"},
+        {"name": ""},
+        {"name": "x" * 129},
+        {"name": 7},
+        {"name": {"a": 1}},
+        "junk",
+        None,
+        {"name": "query-status"},
+    ]
+    assert _names(entries) == ["__com.redhat_drive_add", "query-status"]
+    assert _names({"name": "x"}) == [] and _names(None) == []

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import threading
 from concurrent.futures import Future
@@ -173,11 +174,23 @@ def _history_path(args: argparse.Namespace) -> str:
 MAX_COMMAND_NAMES = 4096
 
 
+# What a QAPI command name can be (downstream ones look like __com.redhat_x).
+_COMMAND_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
+
+
 def _names(entries: Any, key: str = "name") -> list[str]:
-    """The string ``name`` members of a list of objects; anything else is ignored."""
+    """The ``name`` members of a list of objects that can be command names;
+    anything else (numbers, objects, escape sequences) is ignored."""
     if not isinstance(entries, list):
         return []
-    found = {e[key] for e in entries if isinstance(e, dict) and isinstance(e.get(key), str) and e.get("enabled", True)}
+    found = {
+        e[key]
+        for e in entries
+        if isinstance(e, dict)
+        and isinstance(e.get(key), str)
+        and _COMMAND_NAME.fullmatch(e[key])
+        and e.get("enabled", True)
+    }
     return sorted(found)[:MAX_COMMAND_NAMES]
 
 
