@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..errors import FrameError
+from ._report import QEMU_QMP_MISSING
 from ._workloads import Workload
 
 __all__ = [
@@ -143,7 +144,7 @@ def qemu_qmp_recv(workload: Workload) -> Run:
     try:
         from qemu.qmp.message import Message
     except ImportError:
-        raise NotApplicable("qemu.qmp is not installed (pip install qmpcore[bench])") from None
+        raise NotApplicable(QEMU_QMP_MISSING) from None
     _require_lines(workload, "qemu.qmp")
     if max(len(f) for f in workload.frames) > QEMU_QMP_LIMIT:
         raise NotApplicable("over qemu.qmp's 10 MiB message limit")
