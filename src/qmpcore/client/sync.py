@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from ssl import SSLContext
 from typing import Any
 
 from ..errors import ConnectionLost, TimeoutError
@@ -30,6 +31,7 @@ from ..protocol.qmp_client import QMPClientProtocol
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
+from .tls import TLSChannel, check_tls, handshake_sync
 
 __all__ = [
     "connect_sync",
@@ -109,6 +111,9 @@ class _Poller:
 class _SyncClient(ClientCore):
     """Socket plumbing shared by the blocking QMP and guest agent clients."""
 
+    #: TLS over the socket (records in and out of memory buffers), if any.
+    _tls: TLSChannel | None = None
+
     def __init__(
         self,
         proto: Any,
@@ -178,14 +183,25 @@ class _SyncClient(ClientCore):
         finally:
             cond.acquire()
             self._reading = False
+        data: Any = self._rview[:n] if n > 0 else b""
+        tls = self._tls
+        if tls is not None and n >= 0:
+            try:
+                data = tls.decrypt(data)
+                if tls.closed:
+                    n = 0
+            except OSError as exc:  # ssl.SSLError: a TLS failure or alert
+                error, data, n = exc, b"", 0
         try:
-            if n > 0:
+            if data:
                 proto = self._proto
-                self._process(proto.receive_data(self._rview[:n]))
+                self._process(proto.receive_data(data))
                 out = proto.data_to_send()
+                if tls is not None:
+                    out = out + tls.outgoing()  # e.g. a TLS key update
                 if out:
                     self._send(out)
-            elif n == 0:
+            if n == 0:
                 self._shutdown(error)
         finally:
             if self._sleepers:
@@ -213,6 +229,8 @@ class _SyncClient(ClientCore):
 
     def _send_locked(self, data: bytes, fds: Sequence[int] | None, deadline: float | None) -> None:
         sock = self._sock
+        if self._tls is not None:
+            data = self._tls.encrypt(data)
         view = memoryview(data)
         ancillary = scm_rights(fds) if fds else None
         while view:
@@ -436,15 +454,29 @@ def _connect(
     timeout: float | None,
     make: Callable[[Address, socket.socket], _SyncClient],
     handshake: Callable[[Any, float | None], None],
+    tls: tuple[SSLContext | None, str | None] = (None, None),
 ) -> Any:
-    """Open the socket (or take ``sock``), build the client and run its handshake within ``timeout``."""
+    """Open the socket (or take ``sock``), build the client and run its handshake within ``timeout``.
+
+    ``tls`` is ``(ssl, server_hostname)``: with a context, the TLS
+    handshake runs first (TCP only).
+    """
     addr = connect_target(address, sock)
+    server_hostname = check_tls(addr, *tls)
     deadline = _deadline(timeout)
     client = None
     try:
         if sock is None:
             sock = _open_socket(addr, timeout)
+        channel = early = None
+        if tls[0] is not None:
+            channel, early = handshake_sync(sock, tls[0], server_hostname, addr, deadline)
         client = make(addr, sock)
+        if channel is not None:
+            client._use_tls(*tls)
+            client._tls = channel
+            if early:
+                client._process(client._proto.receive_data(early))
         handshake(client, deadline)
     except BaseException as exc:
         if client is not None:
@@ -453,6 +485,9 @@ def _connect(
             sock.close()
         if isinstance(exc, builtins.TimeoutError):  # socket.timeout too
             raise TimeoutError(f"{addr}: connection not ready within {timeout:g} s") from None
+        failure = exc if client is None else client._tls_failure(exc)
+        if failure is not exc:
+            raise failure from exc
         raise
     return client
 
@@ -494,6 +529,8 @@ class SyncQMPClient(QMPInfo, _SyncClient):
     def _greeted(self, deadline: float | None, negotiate: bool, oob: bool) -> None:
         slot = _Slot()
         with self._cond:
+            if self._proto.greeting is not None:  # it came with the end of the TLS handshake
+                slot.set_result(None)
             self._waiters[Greeting] = slot
             if not self._wait_until(slot.done, deadline):
                 raise TimeoutError("no greeting")
@@ -512,10 +549,13 @@ def connect_sync(
     event_queue: int = EVENT_QUEUE_SIZE,
     command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> SyncQMPClient:
     """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`.
 
-    ``sock`` hands over a connected socket instead of an ``address``.
+    ``sock`` hands over a connected socket instead of an ``address``;
+    ``ssl``/``server_hostname``: TLS over TCP, as for :func:`qmpcore.connect`.
     """
     return _connect(
         address,
@@ -525,6 +565,7 @@ def connect_sync(
             QMPClientProtocol(max_frame_size=max_frame_size), addr, conn, event_queue, command_timeout
         ),
         lambda client, deadline: client._greeted(deadline, negotiate, oob),
+        (ssl, server_hostname),
     )
 
 
@@ -587,10 +628,13 @@ def connect_guest_agent_sync(
     timeout: float | None = CONNECT_TIMEOUT,
     command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> SyncGuestAgentClient:
     """Connect to a guest agent socket and resynchronise, blocking.
 
-    ``sock`` hands over a connected socket instead of a ``path``.
+    ``sock`` hands over a connected socket instead of a ``path``;
+    ``ssl``/``server_hostname``: TLS over TCP, as for :func:`qmpcore.connect`.
     """
     return _connect(
         path,
@@ -600,4 +644,5 @@ def connect_guest_agent_sync(
             QGAClientProtocol(max_frame_size=max_frame_size), addr, conn, 0, command_timeout
         ),
         lambda client, deadline: client.sync(_remaining(deadline)),
+        (ssl, server_hostname),
     )

@@ -188,12 +188,11 @@ class QMPClient(Events):
         :raise ConnectError: when the connection or the session fails.
         """
         self._require(Runstate.IDLE)
-        _refuse_tls(ssl)
         await self._begin_connecting()
         if isinstance(address, socket.socket):
-            await self._open_session(None, address)
+            await self._open_session(None, address, ssl=ssl)
         else:
-            await self._open_session(address)
+            await self._open_session(address, ssl=ssl)
 
     async def start_server(self, address: SocketAddrT, ssl: SSLContext | None = None) -> None:
         """Listen on ``address`` for the server to connect; :meth:`accept` waits
@@ -231,7 +230,9 @@ class QMPClient(Events):
         self._set_state(Runstate.CONNECTING)
         await asyncio.sleep(0)  # let runstate watchers see CONNECTING
 
-    async def _open_session(self, address: SocketAddrT | None, sock: socket.socket | None = None) -> None:
+    async def _open_session(
+        self, address: SocketAddrT | None, sock: socket.socket | None = None, ssl: SSLContext | None = None
+    ) -> None:
         negotiate = self.negotiate
         async with self._guard("Failed to establish session"):
             try:
@@ -242,6 +243,7 @@ class QMPClient(Events):
                     oob=negotiate,
                     timeout=CONNECT_TIMEOUT,
                     max_frame_size=max(self.readbuflen, MAX_FRAME_SIZE),
+                    ssl=ssl,
                 )
             except Exception as exc:
                 raise connect_error(exc) from exc
