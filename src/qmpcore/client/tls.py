@@ -232,7 +232,8 @@ class TLSChannel:
                 except _ssl.SSLZeroReturnError:
                     self.closed = True
                     break
-                if not chunk:
+                if not chunk:  # close_notify (read() returns b"" for it)
+                    self.closed = True
                     break
                 chunks.append(chunk)
             return b"".join(chunks)
