@@ -160,10 +160,12 @@ def _fail(message: str, status: int) -> int:
 async def connect(args: argparse.Namespace, address: str | tuple[str, int]) -> Any:
     """The asyncio client for ``address``: QMP, or a guest agent with ``--qga``."""
     from ..client import aio
+    from ._proxy import tls_options
 
+    tls = tls_options(args)
     if args.qga:
-        return await aio.connect_guest_agent(address, timeout=args.timeout, command_timeout=args.timeout)
-    return await aio.connect(address, timeout=args.timeout, command_timeout=args.timeout)
+        return await aio.connect_guest_agent(address, timeout=args.timeout, command_timeout=args.timeout, **tls)
+    return await aio.connect(address, timeout=args.timeout, command_timeout=args.timeout, **tls)
 
 
 def run_client(args: argparse.Namespace, body: Any) -> int:
@@ -247,6 +249,7 @@ def _timeout(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The ``qmpcore`` argument parser with every subcommand."""
     from .. import __version__, bench, soak
+    from ._proxy import add_proxy_parser, add_replay_argument, add_tls_arguments
 
     parser = argparse.ArgumentParser(
         prog="qmpcore",
@@ -266,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"for connecting and for each command (default {DEFAULT_TIMEOUT:g})",
     )
+    add_tls_arguments(client)
 
     p = sub.add_parser("exec", parents=[client], help="run one command and print its reply")
     p.add_argument("command", metavar="COMMAND")
@@ -284,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="the socket; with --vms, a directory of sockets vm-0.sock ...")
     p.add_argument("--vms", type=int, metavar="N", help="serve N simulated VMs in directory PATH")
     p.add_argument("--pretty", action="store_true", help="pretty-print replies like QEMU's pretty=on monitor")
+    add_replay_argument(p)
     p.set_defaults(handler=cmd_serve)
+    add_proxy_parser(sub)
 
     p = sub.add_parser("bench", help="benchmark qmpcore beside its baselines", description=bench.__doc__)
     bench.add_arguments(p)

@@ -26,7 +26,14 @@ __all__ = ["run_serve"]
 async def _serving(args: argparse.Namespace) -> AsyncIterator[list[str]]:
     from ..server import serve_vm, serve_vms
 
-    if args.vms is None:
+    if getattr(args, "replay", None) is not None:
+        from ..server._replay import serve_replay
+
+        if args.vms is not None:
+            raise UsageError("--replay serves one recording: no --vms")
+        async with serve_replay(args.replay, args.path):
+            yield [args.path]
+    elif args.vms is None:
         async with serve_vm(args.path, pretty=args.pretty):
             yield [args.path]
     else:
