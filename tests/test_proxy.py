@@ -271,3 +271,23 @@ def test_bad_listeners(tmp_path, certs: Certs):  # noqa: F811
 
     asyncio.run(scenario())
     assert socket
+
+
+async def test_exec_oob_in_flight_is_bounded_per_client(served, tmp_path):
+    vm, proxy = served
+    vm.delay_command("query-yank", 0.2)
+    reader, writer, _ = await raw_client(str(tmp_path / "proxy.sock"), negotiate=False)
+    writer.write(b'{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}\n')
+    assert orjson.loads(await asyncio.wait_for(reader.readline(), WAIT)) == {"return": {}}
+    before = proxy.stats.commands
+    writer.write(b"".join(b'{"exec-oob": "query-yank", "id": %d}\n' % n for n in range(40)))
+    await writer.drain()
+    ids = set()
+    most = 0
+    while len(ids) < 40:
+        most = max(most, proxy.stats.in_flight)
+        ids.add(orjson.loads(await asyncio.wait_for(reader.readline(), WAIT))["id"])
+    assert ids == set(range(40)) and proxy.stats.commands - before == 40
+    assert most == 8  # never more in flight for one client
+    assert proxy.stats.in_flight == 0
+    writer.close()

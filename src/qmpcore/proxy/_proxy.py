@@ -47,6 +47,9 @@ log = logging.getLogger("qmpcore.proxy")
 # Commands that take a descriptor passed with SCM_RIGHTS.
 _FD_COMMANDS = frozenset({"getfd", "add-fd"})
 _WARN_INTERVAL = 10.0  # at most one warning about slow clients per interval
+# exec-oob commands of one client in flight before its input stops being read
+# (QEMU runs them at once; without a bound a client could pile up any number).
+_MAX_OOB = 8
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,8 @@ class ProxyStats:
     accepted: int
     commands: int
     """Commands forwarded to QEMU."""
+    in_flight: int
+    """Commands forwarded and not answered yet."""
     refused: int
     """Commands a listener's policy refused."""
     events: int
@@ -123,6 +128,7 @@ class _Session:
         self.closed = False
         self._fds: list[int] = []
         self._paused = False
+        self._oob_pending = 0
 
     # -- protocol interface (called by the transport) ---------------------------
 
@@ -171,10 +177,10 @@ class _Session:
     def _run(self) -> None:
         """Forward every request the protocol released; write what it answered itself."""
         proto = self.proto
-        while (request := proto.next_event()) is not None:
+        while self._oob_pending < _MAX_OOB and (request := proto.next_event()) is not None:
             self._forward(request)
         self._flush()
-        paused = proto.reading_paused
+        paused = proto.reading_paused or self._oob_pending >= _MAX_OOB
         if paused != self._paused and self.transport is not None:
             self._paused = paused
             if paused:
@@ -202,10 +208,16 @@ class _Session:
             self.proto.send_error(request, "GenericError", f"proxy: {exc}")
             return
         self.proxy._commands += 1
+        self.proxy._in_flight += 1
+        if request.oob:
+            self._oob_pending += 1
         fut.add_done_callback(functools.partial(self._answered, request, fds))
 
     def _answered(self, request: Request, fds: list[int], fut: asyncio.Future[Any]) -> None:
         _close_fds(fds)  # QEMU has its own copies once the command went out
+        self.proxy._in_flight -= 1
+        if request.oob:
+            self._oob_pending -= 1
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -303,6 +315,7 @@ class Proxy:
         self._numbers = 0
         self._accepted = 0
         self._commands = 0
+        self._in_flight = 0
         self._refused = 0
         self._events = 0
         self._slow = 0
@@ -364,6 +377,7 @@ class Proxy:
             clients=len(self._sessions),
             accepted=self._accepted,
             commands=self._commands,
+            in_flight=self._in_flight,
             refused=self._refused,
             events=self._events,
             slow_clients=self._slow,
