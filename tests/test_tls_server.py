@@ -85,3 +85,42 @@ def test_tls_needs_a_tcp_address(tmp_path, certs: Certs) -> None:  # noqa: F811
                 pass
 
     asyncio.run(scenario())
+
+
+async def test_guest_agent_over_tls(certs: Certs) -> None:  # noqa: F811
+    from qmpcore.server import GuestAgentServer, SimulatedGuestAgent
+
+    server = GuestAgentServer(SimulatedGuestAgent(hostname="tls-guest"), ("127.0.0.1", 0), ssl=certs.server_context())
+    await server.start()
+    try:
+        address = server.address
+        async with await qmpcore.connect_guest_agent(address, ssl=certs.client_context(), timeout=WAIT) as qga:
+            assert (await qga.execute("guest-get-host-name"))["host-name"] == "tls-guest"
+
+        def blocking() -> None:
+            with qmpcore.connect_guest_agent_sync(address, ssl=certs.client_context(), timeout=WAIT) as qga:
+                assert qga.execute("guest-ping") == {}
+
+        await asyncio.to_thread(blocking)
+    finally:
+        await server.close()
+
+
+async def test_blocking_client_shared_by_threads_over_tls(certs: Certs) -> None:  # noqa: F811
+    """One thread reads for all while others encrypt their commands: every reply reaches its caller."""
+    import concurrent.futures
+
+    async with serve_vm(("127.0.0.1", 0), ssl=certs.server_context()) as vm:
+        address = vm.endpoints[0].address
+
+        def blocking() -> list[object]:
+            with qmpcore.connect_sync(address, ssl=certs.client_context(), timeout=WAIT) as qmp:
+                commands = ["query-status", "query-name", "query-kvm", "query-version"] * 25
+                with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                    return list(pool.map(lambda c: (c, qmp.execute(c, timeout=WAIT)), commands))
+
+        results = await asyncio.to_thread(blocking)
+        assert len(results) == 100
+        for command, value in results:
+            key = {"query-status": "status", "query-kvm": "present", "query-version": "qemu"}.get(command)
+            assert (key in value) if key else value == {}

@@ -466,8 +466,10 @@ class GuestAgentServer(_Endpoint):
     :class:`SimulatedGuestAgent`.  Like qemu-ga, one parser serves every
     client in turn, so a client's unfinished input outlives it."""
 
-    def __init__(self, agent: SimulatedGuestAgent, address: Address, *, mode: int = 0o600) -> None:
-        super().__init__(agent, address, mode=mode)
+    def __init__(
+        self, agent: SimulatedGuestAgent, address: Address, *, mode: int = 0o600, ssl: SSLContext | None = None
+    ) -> None:
+        super().__init__(agent, address, mode=mode, ssl=ssl)
         self.agent = agent
         self._protocol = QGAServerProtocol(agent.commands)
 
