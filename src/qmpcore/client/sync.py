@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from ssl import SSLContext
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConnectionLost, TimeoutError
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
@@ -31,7 +31,7 @@ from ..protocol.qmp_client import QMPClientProtocol
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
-from .tls import TLSChannel, check_tls, handshake_sync
+from .tls import check_tls, handshake_sync
 
 __all__ = [
     "connect_sync",
@@ -111,9 +111,6 @@ class _Poller:
 class _SyncClient(ClientCore):
     """Socket plumbing shared by the blocking QMP and guest agent clients."""
 
-    #: TLS over the socket (records in and out of memory buffers), if any.
-    _tls: TLSChannel | None = None
-
     def __init__(
         self,
         proto: Any,
@@ -183,25 +180,14 @@ class _SyncClient(ClientCore):
         finally:
             cond.acquire()
             self._reading = False
-        data: Any = self._rview[:n] if n > 0 else b""
-        tls = self._tls
-        if tls is not None and n >= 0:
-            try:
-                data = tls.decrypt(data)
-                if tls.closed:
-                    n = 0
-            except OSError as exc:  # ssl.SSLError: a TLS failure or alert
-                error, data, n = exc, b"", 0
         try:
-            if data:
+            if n > 0:
                 proto = self._proto
-                self._process(proto.receive_data(data))
+                self._process(proto.receive_data(self._rview[:n]))
                 out = proto.data_to_send()
-                if tls is not None:
-                    out = out + tls.outgoing()  # e.g. a TLS key update
                 if out:
                     self._send(out)
-            if n == 0:
+            elif n == 0:
                 self._shutdown(error)
         finally:
             if self._sleepers:
@@ -229,8 +215,6 @@ class _SyncClient(ClientCore):
 
     def _send_locked(self, data: bytes, fds: Sequence[int] | None, deadline: float | None) -> None:
         sock = self._sock
-        if self._tls is not None:
-            data = self._tls.encrypt(data)
         view = memoryview(data)
         ancillary = scm_rights(fds) if fds else None
         while view:
@@ -468,15 +452,15 @@ def _connect(
     try:
         if sock is None:
             sock = _open_socket(addr, timeout)
-        channel = early = None
+        early = b""
         if tls[0] is not None:
-            channel, early = handshake_sync(sock, tls[0], server_hostname, addr, deadline)
+            # From here on the socket carries TLS: the client reads and writes plain bytes.
+            wrapped, early = handshake_sync(sock, tls[0], server_hostname, addr, deadline)
+            sock = cast(socket.socket, wrapped)
         client = make(addr, sock)
-        if channel is not None:
-            client._use_tls(*tls)
-            client._tls = channel
-            if early:
-                client._process(client._proto.receive_data(early))
+        client._use_tls(*tls)
+        if early:  # bytes that came with the end of the handshake
+            client._process(client._proto.receive_data(early))
         handshake(client, deadline)
     except BaseException as exc:
         if client is not None:

@@ -15,6 +15,7 @@ every TLS connection; it costs one small record per message.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl as _ssl
 import sys
@@ -30,7 +31,7 @@ __all__ = [
     "tls_error",
     "refused_error",
     "LastByteRecords",
-    "TLSChannel",
+    "TLSSocket",
     "handshake_sync",
 ]
 
@@ -48,6 +49,7 @@ _REFUSED_ALERTS = (
     "ALERT_HANDSHAKE_FAILURE",
 )
 _READ_SIZE = 1 << 16
+_MAX_RECORD = 17 * 1024  # a TLS record's payload and overhead, at most
 
 
 def check_tls(address: Address, ssl: _ssl.SSLContext | None, server_hostname: str | None) -> str | None:
@@ -187,61 +189,137 @@ class LastByteRecords(asyncio.Transport):
         raise NotImplementedError("TLS connections cannot half-close")
 
 
-class TLSChannel:
-    """TLS for the blocking client, over memory buffers (no I/O of its own).
+class TLSSocket:
+    """A connected TCP socket carrying TLS, for the blocking client.
 
-    The reader thread decrypts what it received while another thread may
-    encrypt a command: the SSL object is only touched under a lock, and
-    never while waiting for the socket.
+    ``send`` and ``recv_into`` take and give plain bytes, with the flags and
+    errors of a non-blocking socket, so the client's reading and writing
+    code is the same with and without TLS.  Records go through memory
+    buffers; the SSL object is touched under a lock and never while waiting
+    for the socket, so one thread may read while another writes (writes
+    themselves are serialised by the client).  Everything else (``fileno``,
+    ``setblocking``, ``shutdown``, ...) is the socket's.
     """
 
-    def __init__(self, obj: _ssl.SSLObject, incoming: _ssl.MemoryBIO, outgoing: _ssl.MemoryBIO) -> None:
+    def __init__(self, sock: socket.socket, obj: _ssl.SSLObject, incoming: _ssl.MemoryBIO, outgoing: _ssl.MemoryBIO):
+        self._sock = sock
         self._obj = obj
         self._in = incoming
         self._out = outgoing
         self._lock = threading.Lock()
-        #: True once the server sent its TLS close_notify.
-        self.closed = False
+        self._pending: memoryview = memoryview(b"")  # records not yet on the wire
+        self._last_sealed = False  # the caller's last byte is in _pending already
+        self._plain = b""  # decrypted bytes the caller's buffer had no room for
+        self._eof = False
 
-    def encrypt(self, data: bytes | memoryview) -> bytes:
-        """The records carrying ``data`` (its last byte in one of its own), and anything
-        the TLS layer still had to send."""
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    # -- writing -----------------------------------------------------------------
+
+    def _seal(self, data: memoryview) -> memoryview:
         with self._lock:
-            if len(data) > 1:
-                view = memoryview(data)
-                self._obj.write(view[:-1])
-                self._obj.write(view[-1:])
-            elif data:
-                self._obj.write(data)
-            return self._out.read()
+            self._obj.write(data)
+            return memoryview(self._out.read())
 
-    def decrypt(self, data: bytes | memoryview) -> bytes:
-        """The application bytes in ``data`` (received records; partial ones wait for the rest).
+    def _drain(self, flags: int) -> None:
+        """Send the pending records; raises BlockingIOError if the socket is full."""
+        while self._pending:
+            sent = self._sock.send(self._pending, flags)
+            self._pending = self._pending[sent:]
 
-        Raises :class:`ssl.SSLError` (an ``OSError``) for a TLS failure.
+    def _drained(self, flags: int) -> bool:
+        try:
+            self._drain(flags)
+        except (BlockingIOError, InterruptedError):
+            return False
+        return True
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        """Encrypt and send ``data``; return how many of its bytes were taken.
+
+        Everything but the last byte goes at once, the last byte in a
+        record of its own (QEMU 7.2), so a write ends where a record ends.
+        Raises BlockingIOError when the socket takes nothing.
         """
+        view = memoryview(data)
+        if not view:
+            return 0
+        self._drain(flags)  # earlier records first; BlockingIOError: nothing taken
+        if self._last_sealed:  # the retried last byte went out with those records
+            self._last_sealed = False
+            return 1
+        if len(view) > 1:
+            self._pending = self._seal(view[:-1])
+            self._drained(flags)
+            return len(view) - 1
+        self._pending = self._seal(view)
+        if self._drained(flags):
+            return 1
+        self._last_sealed = True
+        raise BlockingIOError(errno.EAGAIN, "TLS record partly sent")
+
+    def sendall(self, data: Any) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.send(view) :]
+
+    def sendmsg(self, *args: Any) -> int:
+        raise OSError("file descriptors cannot be passed over TLS")
+
+    # -- reading -----------------------------------------------------------------
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """Receive and decrypt into ``buffer``; 0 at the end of the stream.
+
+        A partial record gives nothing yet: BlockingIOError when not
+        blocking, else it waits for the rest.  Raises :class:`ssl.SSLError`
+        (an OSError) for TLS failures and alerts.
+        """
+        size = min(nbytes or len(buffer), len(buffer))
+        while True:
+            if self._plain:
+                chunk, self._plain = self._plain[:size], self._plain[size:]
+                buffer[: len(chunk)] = chunk
+                return len(chunk)
+            if self._eof:
+                return 0
+            # Room for a partial record held from the last read, plus this read.
+            data = self._sock.recv(max(1024, size - _MAX_RECORD), flags)
+            plain = self._decrypt(data) if data else b""
+            if not data:
+                self._eof = True
+            if plain:
+                self._plain = plain
+                continue
+            if self._eof:
+                return 0
+            if flags or not self._sock.getblocking():
+                raise BlockingIOError(errno.EAGAIN, "partial TLS record")
+
+    def _decrypt(self, data: bytes) -> bytes:
+        chunks = []
         with self._lock:
-            if data:
-                self._in.write(data)
-            chunks = []
+            self._in.write(data)
             while True:
                 try:
                     chunk = self._obj.read(_READ_SIZE)
                 except _ssl.SSLWantReadError:
                     break
                 except _ssl.SSLZeroReturnError:
-                    self.closed = True
+                    self._eof = True
                     break
                 if not chunk:  # close_notify (read() returns b"" for it)
-                    self.closed = True
+                    self._eof = True
                     break
                 chunks.append(chunk)
-            return b"".join(chunks)
-
-    def outgoing(self) -> bytes:
-        """Bytes the TLS layer wants sent (e.g. after a key update), if any."""
-        with self._lock:
-            return self._out.read()
+        return b"".join(chunks)
 
 
 def handshake_sync(
@@ -250,11 +328,11 @@ def handshake_sync(
     server_hostname: str | None,
     address: Address,
     deadline: float | None,
-) -> tuple[TLSChannel, bytes]:
+) -> tuple[TLSSocket, bytes]:
     """Run the client side of the TLS handshake on a connected blocking socket.
 
-    Returns the channel and any application bytes that arrived with the
-    end of the handshake.  Raises :class:`TLSError` naming what failed,
+    Returns the socket to use from then on and any application bytes that
+    arrived with the end of the handshake.  Raises :class:`TLSError` naming what failed,
     ``TimeoutError`` (the builtin) past ``deadline``.
     """
     incoming, outgoing = _ssl.MemoryBIO(), _ssl.MemoryBIO()
@@ -283,8 +361,8 @@ def handshake_sync(
         if error is None:
             raise
         raise error from exc
-    channel = TLSChannel(obj, incoming, outgoing)
-    return channel, channel.decrypt(b"")
+    wrapped = TLSSocket(sock, obj, incoming, outgoing)
+    return wrapped, wrapped._decrypt(b"")
 
 
 def _remaining(deadline: float | None) -> float | None:
