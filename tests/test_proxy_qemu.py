@@ -156,3 +156,27 @@ async def test_proxy_to_qemu_over_tls(launcher, certs: Certs, tmp_path):  # noqa
             await qmp.execute("stop")
             assert (await qmp.wait_event("STOP", timeout=WAIT)).name == "STOP"
             await qmp.execute("cont")
+
+
+async def test_fds_reach_qemu_through_the_proxy(launcher, tmp_path):  # noqa: F811
+    vm = launcher.qemu()
+    path = str(tmp_path / "proxy.sock")
+    async with Proxy(str(vm.path), [path]):
+        async with await qmpcore.connect(path) as qmp:
+            r, w = os.pipe()
+            try:
+                await qmp.execute("getfd", {"fdname": "pipe0"}, fds=[r])
+            finally:
+                os.close(r)
+                os.close(w)
+            await qmp.execute("closefd", {"fdname": "pipe0"})  # QEMU holds it: closing it works
+            with pytest.raises(qmpcore.CommandError, match="pipe0"):
+                await qmp.execute("closefd", {"fdname": "pipe0"})
+            with pytest.raises(qmpcore.CommandError, match="No file descriptor supplied via SCM_RIGHTS"):
+                await qmp.execute("getfd", {"fdname": "none"})
+            null = os.open(os.devnull, os.O_RDONLY)
+            try:
+                fdset = await qmp.execute("add-fd", {"opaque": "through the proxy"}, fds=[null])
+            finally:
+                os.close(null)
+            assert fdset["fdset-id"] >= 0
