@@ -291,3 +291,13 @@ async def test_exec_oob_in_flight_is_bounded_per_client(served, tmp_path):
     assert most == 8  # never more in flight for one client
     assert proxy.stats.in_flight == 0
     writer.close()
+
+
+async def test_command_timeout_answers_the_client(tmp_path):
+    async with serve_vm(str(tmp_path / "qmp.sock")) as vm:
+        vm.hang_command("query-kvm", times=1)
+        async with Proxy(str(tmp_path / "qmp.sock"), [str(tmp_path / "p.sock")], command_timeout=0.2):
+            async with await qmpcore.connect(str(tmp_path / "p.sock")) as qmp:
+                with pytest.raises(qmpcore.CommandError) as info:
+                    await qmp.execute("query-kvm", timeout=WAIT)
+                assert info.value.error_class == "GenericError" and "no reply within 0.2 s" in info.value.desc

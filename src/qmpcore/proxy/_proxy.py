@@ -265,7 +265,10 @@ class Proxy:
     :class:`ProxyListener` objects or plain addresses (allow-all policy).
     ``client_buffer`` bounds each client's unread output in bytes;
     ``max_clients`` the clients served at once.  ``record`` is a file that
-    receives every message each way (:mod:`qmpcore.proxy.record`).  When
+    receives every message each way (:mod:`qmpcore.proxy.record`).
+    ``command_timeout`` bounds the wait for QEMU's reply to each command
+    (None: as long as QEMU takes; a client may hang up meanwhile); a client
+    whose command timed out gets a ``GenericError`` saying so.  When
     QEMU goes away, clients are disconnected, listeners stop accepting
     (new clients wait in the backlog) and the proxy reconnects with
     ``backoff`` until QEMU is back.
@@ -289,6 +292,7 @@ class Proxy:
         record: str | os.PathLike[str] | None = None,
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
+        command_timeout: float | None = None,
     ) -> None:
         self.target = target
         self._target = parse_address(target)
@@ -301,6 +305,7 @@ class Proxy:
         self.max_clients = max_clients
         self.backoff = backoff or Backoff(initial=0.05, maximum=2.0)
         self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
         self._tls: dict[str, Any] = {"ssl": ssl, "server_hostname": server_hostname}
         self._record_path = record
         self._recorder: Recorder | None = None
@@ -392,7 +397,14 @@ class Proxy:
     # -- QEMU -------------------------------------------------------------------
 
     async def _connect_upstream(self) -> None:
-        client = await connect(self.target, oob=True, timeout=self.connect_timeout, event_queue=0, **self._tls)
+        client = await connect(
+            self.target,
+            oob=True,
+            timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            event_queue=0,
+            **self._tls,
+        )
         greeting = (client.greeting or {}).get("QMP", {})
         self._version = greeting.get("version") or {}
         self._capabilities = tuple(greeting.get("capabilities") or ())
