@@ -153,3 +153,37 @@ async def test_tls_options_are_checked(tmp_path, certs):  # noqa: F811
         Fleet([str(tmp_path / "qmp.sock")], ssl=context)
     assert issubclass(qmpcore.TLSError, qmpcore.QMPError) and issubclass(qmpcore.TLSError, ConnectionError)
     assert ssl.SSLContext  # the user's own context is all it takes
+
+
+async def test_qemu_connects_to_us_over_tls(launcher, certs, tmp_path):  # noqa: F811
+    """QEMU as the TLS client (``server=off``, ``endpoint=client``), the qemu.qmp
+    adapter's ``start_server(address, ssl=)`` as the server checking QEMU's certificate."""
+    import socket as socket_module
+
+    creds = tmp_path / "client-creds"
+    creds.mkdir()
+    certs.ca.cert_pem.write_to_path(str(creds / "ca-cert.pem"))
+    certs.allowed.cert_chain_pems[0].write_to_path(str(creds / "client-cert.pem"))
+    certs.allowed.private_key_pem.write_to_path(str(creds / "client-key.pem"))
+    with socket_module.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    qmp = qemu_qmp.QMPClient("reverse")
+    await qmp.start_server(("127.0.0.1", port), ssl=certs.server_context())
+    try:
+        launcher.qemu(
+            extra=[
+                "-object",
+                f"tls-creds-x509,id=tlsc,dir={creds},endpoint=client",
+                "-chardev",
+                f"socket,id=rev,host=127.0.0.1,port={port},server=off,tls-creds=tlsc",
+                "-mon",
+                "chardev=rev,mode=control",
+            ]
+        )
+        await asyncio.wait_for(qmp.accept(), WAIT)
+        assert (await qmp.execute("query-status"))["status"] == "running"
+        names = await asyncio.gather(*(qmp.execute("query-name") for _ in range(10)))
+        assert names == [{}] * 10
+    finally:
+        await qmp.disconnect()

@@ -31,7 +31,7 @@ from ..protocol.qmp_client import QMPClientProtocol
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from .eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
-from .tls import LastByteRecords
+from .tls import LastByteRecords, is_server_context
 
 __all__ = [
     "connect",
@@ -158,14 +158,24 @@ class _AsyncClient(ClientCore):
             self._sock = sock
 
     async def _open_tls(self, sock: socket.socket | None) -> None:
-        """Connect over TLS (TCP only), to :attr:`address` or over ``sock``."""
-        options: dict[str, Any] = {"ssl": self._ssl, "server_hostname": self._server_hostname}
-        if sock is not None:
+        """Connect over TLS (TCP only), to :attr:`address` or over ``sock``.
+
+        With a server-side context (``PROTOCOL_TLS_SERVER``) and ``sock``
+        accepted from a listening socket, this end runs the handshake as
+        the server: QEMU connected to us (``server=off``, ``endpoint=client``).
+        """
+        loop = self._loop
+        if sock is not None and is_server_context(self._ssl):
             sock.setblocking(False)
-            options["sock"] = sock
+            transport, _ = await loop.connect_accepted_socket(lambda: _Transport(self), sock, ssl=self._ssl)
         else:
-            options["host"], options["port"] = self.address.sockaddr
-        transport, _ = await self._loop.create_connection(lambda: _Transport(self), **options)
+            options: dict[str, Any] = {"ssl": self._ssl, "server_hostname": self._server_hostname}
+            if sock is not None:
+                sock.setblocking(False)
+                options["sock"] = sock
+            else:
+                options["host"], options["port"] = self.address.sockaddr
+            transport, _ = await loop.create_connection(lambda: _Transport(self), **options)
         self._transport = LastByteRecords(transport)  # type: ignore[arg-type]
 
     async def _handshake(

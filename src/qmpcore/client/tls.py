@@ -28,6 +28,7 @@ from .address import Address
 
 __all__ = [
     "check_tls",
+    "is_server_context",
     "tls_error",
     "refused_error",
     "LastByteRecords",
@@ -67,7 +68,14 @@ def check_tls(address: Address, ssl: _ssl.SSLContext | None, server_hostname: st
         raise ValueError(f"{address}: TLS (ssl=) is only for TCP addresses; a unix socket is local and takes none")
     if server_hostname is not None:
         return server_hostname
+    if is_server_context(ssl):
+        return None  # this end is the TLS server: nothing to verify a name against
     return str(address.sockaddr[0])
+
+
+def is_server_context(context: _ssl.SSLContext | None) -> bool:
+    """True for a context made for the server side (``Purpose.CLIENT_AUTH``, ``PROTOCOL_TLS_SERVER``)."""
+    return context is not None and context.protocol == _ssl.PROTOCOL_TLS_SERVER
 
 
 def refused_error(address: Address) -> TLSError:

@@ -123,6 +123,7 @@ class QMPClient(Events):
         self._stream: aio.EventStream | None = None
         self._pump: asyncio.Task[None] | None = None
         self._listener: socket.socket | None = None  # start_server()
+        self._server_ssl: SSLContext | None = None  # start_server(ssl=)
         self._closing = False  # disconnect() in progress
         self._lost: BaseException | None = None  # why the server side ended
         Events.__init__(self)
@@ -198,8 +199,8 @@ class QMPClient(Events):
         """Listen on ``address`` for the server to connect; :meth:`accept` waits
         for it.  ``runstate`` becomes ``CONNECTING``."""
         self._require(Runstate.IDLE)
-        _refuse_tls(ssl)
         await self._begin_connecting()
+        self._server_ssl = ssl  # the TLS server side, for the client that connects
         async with self._guard("Failed to establish connection"):
             self._listener = listen_socket(address)
             self._listener.setblocking(False)
@@ -217,7 +218,7 @@ class QMPClient(Events):
             finally:
                 self._listener = None
                 listener.close()
-        await self._open_session(None, sock)
+        await self._open_session(None, sock, ssl=self._server_ssl)
 
     async def start_server_and_accept(self, address: SocketAddrT, ssl: SSLContext | None = None) -> None:
         """:meth:`start_server` then :meth:`accept`."""
@@ -374,8 +375,3 @@ def _interrupted(client: Any, err: BaseException) -> QMPError:
     if isinstance(err, _CoreStateError) and client is not None and not client.closed:
         return QMPError(str(err))  # e.g. exec-oob without oob negotiated
     return ExecInterruptedError("Disconnected")
-
-
-def _refuse_tls(ssl: SSLContext | None) -> None:
-    if ssl is not None:
-        raise NotImplementedError("TLS connections are not supported by qmpcore")
