@@ -301,3 +301,23 @@ async def test_command_timeout_answers_the_client(tmp_path):
                 with pytest.raises(qmpcore.CommandError) as info:
                     await qmp.execute("query-kvm", timeout=WAIT)
                 assert info.value.error_class == "GenericError" and "no reply within 0.2 s" in info.value.desc
+
+
+async def test_hostile_client_input_is_bounded(served, tmp_path):
+    vm, proxy = served
+    path = str(tmp_path / "proxy.sock")
+    async with await qmpcore.connect(path) as good:
+        reader, writer, _ = await raw_client(path)
+        # A message longer than max_frame_size is refused as QEMU refuses one over its limit.
+        writer.write(b'{"execute": "qom-set", "arguments": {"value": "' + b"x" * (proxy.max_frame_size + 10) + b'"}}\n')
+        reply = orjson.loads(await asyncio.wait_for(reader.readline(), WAIT))
+        assert reply["error"]["class"] == "GenericError"
+        # Garbage gets QEMU's errors; after QEMU's 0xFF resync the connection carries on.
+        writer.write(b'"unterminated \x00}{][\n\xff{"execute": "query-name", "id": "after"}\n')
+        while True:
+            reply = orjson.loads(await asyncio.wait_for(reader.readline(), WAIT))
+            if reply.get("id") == "after":
+                break
+        assert reply["return"] == {}
+        assert (await good.execute("query-status"))["status"] == "running"
+        writer.close()

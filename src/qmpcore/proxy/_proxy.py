@@ -122,7 +122,11 @@ class _Session:
         self.number = number
         self.listener = listener
         self.proto = _ProxyServerProtocol(
-            listener.policy, proxy._count_refused, version=proxy._version, capabilities=proxy._capabilities
+            listener.policy,
+            proxy._count_refused,
+            version=proxy._version,
+            capabilities=proxy._capabilities,
+            max_frame_size=proxy.max_frame_size,
         )
         self.transport: Any = None
         self.closed = False
@@ -264,7 +268,9 @@ class Proxy:
     :func:`~qmpcore.connect` does).  ``listeners`` are
     :class:`ProxyListener` objects or plain addresses (allow-all policy).
     ``client_buffer`` bounds each client's unread output in bytes;
-    ``max_clients`` the clients served at once.  ``record`` is a file that
+    ``max_clients`` the clients served at once; ``max_frame_size`` each
+    message a client sends (QEMU takes 64 MiB; a proxy serving many
+    clients holds less for each, and answers a longer one as QEMU does).  ``record`` is a file that
     receives every message each way (:mod:`qmpcore.proxy.record`).
     ``command_timeout`` bounds the wait for QEMU's reply to each command
     (None: as long as QEMU takes; a client may hang up meanwhile); a client
@@ -289,6 +295,7 @@ class Proxy:
         server_hostname: str | None = None,
         client_buffer: int = 1 << 20,
         max_clients: int = 1024,
+        max_frame_size: int = 1 << 20,
         record: str | os.PathLike[str] | None = None,
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
@@ -303,6 +310,7 @@ class Proxy:
             raise ValueError("client_buffer and max_clients must be positive")
         self.client_buffer = client_buffer
         self.max_clients = max_clients
+        self.max_frame_size = max_frame_size
         self.backoff = backoff or Backoff(initial=0.05, maximum=2.0)
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
