@@ -11,7 +11,7 @@ import pytest
 
 import qmpcore
 from qmpcore.server import serve_vm
-from tls_support import Certs, certs  # noqa: F401 -- fixtures
+from tls_support import Certs, certs, free_port  # noqa: F401 -- fixtures
 
 WAIT = 20.0
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -133,3 +133,26 @@ async def test_proxy_usage_errors(tmp_path) -> None:
     assert status == 2 and "allow=PATTERNS" in err
     status, _, err = await qmpcore_cli("proxy", str(tmp_path / "qmp.sock"), "--listen", str(tmp_path / "p"))
     assert status == 3 and "qmp.sock" in err  # no QEMU there
+
+
+async def test_serve_over_tls(certs: Certs) -> None:  # noqa: F811
+    proc = await spawn(
+        "serve",
+        f"127.0.0.1:{free_port()}",
+        "--listen-cert",
+        str(certs.server_cert),
+        "--listen-key",
+        str(certs.server_key),
+        "--listen-ca",
+        str(certs.ca_file),
+    )
+    try:
+        assert proc.stdout is not None
+        host, _, port = (await asyncio.wait_for(proc.stdout.readline(), WAIT)).decode().strip().rpartition(":")
+        address = (host, int(port))
+        async with await qmpcore.connect(address, ssl=certs.client_context(), timeout=WAIT) as qmp:
+            assert (await qmp.execute("query-status"))["status"] == "running"
+        with pytest.raises(qmpcore.TLSError):  # --listen-ca: a certificate is required
+            await qmpcore.connect(address, ssl=certs.client_context(cert=None), timeout=WAIT)
+    finally:
+        await stop(proc)

@@ -24,11 +24,12 @@ import contextlib
 import signal
 import ssl
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 from . import EXIT_CONNECTION, EXIT_OK, UsageError, parse_address
 
-__all__ = ["add_tls_arguments", "tls_options", "add_proxy_parser", "run_proxy", "add_replay_argument"]
+__all__ = ["add_tls_arguments", "tls_options", "add_proxy_parser", "run_proxy", "add_replay_argument", "serve_tls"]
 
 
 def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,8 +101,25 @@ def add_proxy_parser(sub: Any) -> None:
 
 
 def add_replay_argument(parser: argparse.ArgumentParser) -> None:
-    """``serve --replay FILE``."""
+    """``serve --replay FILE``, and ``serve HOST:PORT --listen-cert ...`` (TLS)."""
     parser.add_argument("--replay", metavar="FILE", help="answer from a recording (proxy --record, or the corpus)")
+    group = parser.add_argument_group("TLS (PATH is then host:port)")
+    group.add_argument("--listen-cert", metavar="FILE", help="serve TLS with this certificate")
+    group.add_argument("--listen-key", metavar="FILE", help="its key (default: in --listen-cert)")
+    group.add_argument("--listen-ca", metavar="FILE", help="require client certificates signed by this CA")
+
+
+@contextlib.asynccontextmanager
+async def serve_tls(args: argparse.Namespace) -> AsyncIterator[str]:
+    """``qmpcore serve HOST:PORT --listen-cert ...``: one simulated VM over TLS; yields ``host:port`` as bound."""
+    from ..server import serve_vm
+
+    address = parse_address(args.path)
+    if not isinstance(address, tuple) or args.vms is not None:
+        raise UsageError("TLS (--listen-cert) serves one VM on host:port")
+    async with serve_vm(address, pretty=args.pretty, ssl=_server_context(args)) as vm:
+        host, port = vm.endpoints[0].address[:2]
+        yield f"{host}:{port}"
 
 
 def _server_context(args: argparse.Namespace) -> ssl.SSLContext | None:

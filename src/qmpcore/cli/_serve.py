@@ -33,6 +33,11 @@ async def _serving(args: argparse.Namespace) -> AsyncIterator[list[str]]:
             raise UsageError("--replay serves one recording: no --vms")
         async with serve_replay(args.replay, args.path):
             yield [args.path]
+    elif getattr(args, "listen_cert", None) is not None:
+        from ._proxy import serve_tls
+
+        async with serve_tls(args) as address:  # TLS on host:port
+            yield [address]
     elif args.vms is None:
         async with serve_vm(args.path, pretty=args.pretty):
             yield [args.path]
