@@ -28,7 +28,7 @@ from ..protocol.events import (
 )
 from .address import Address, AddressLike, parse_address
 from .eventqueue import CloseCallback, EventCallback, EventRouter
-from .tls import check_tls, refused_error, tls_error
+from .tls import check_tls, is_server_context, refused_error, tls_error
 
 __all__ = ["ClientCore", "QMPInfo", "log", "connect_target", "scm_rights"]
 
@@ -166,7 +166,11 @@ class ClientCore:
         error = tls_error(exc, self.address, self._server_hostname)
         if error is not None:
             return error
-        if isinstance(exc, ConnectionLost) and getattr(self._proto, "greeting", None) is None:
+        if (
+            isinstance(exc, ConnectionLost)
+            and not is_server_context(self._ssl)
+            and getattr(self._proto, "greeting", None) is None
+        ):
             # The handshake passed our checks; QEMU checks the client's
             # certificate after it and hangs up without a word.
             error = refused_error(self.address)
