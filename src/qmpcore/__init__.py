@@ -19,6 +19,7 @@ from .errors import (
     QMPError,
     StateError,
     TimeoutError,
+    TLSError,
 )
 from .framing import SYNC, Framer, encode, implementation
 from .protocol.events import Event, VersionInfo
@@ -72,6 +73,7 @@ __all__ = [
     "TimeoutError",
     "StateError",
     "EventOverflow",
+    "TLSError",
     "Event",
     "VersionInfo",
     # the names in _LAZY

@@ -28,6 +28,7 @@ __all__ = [
     "TimeoutError",
     "StateError",
     "EventOverflow",
+    "TLSError",
 ]
 
 
@@ -132,3 +133,24 @@ class EventOverflow(QMPError):
     def __init__(self, dropped: int) -> None:
         super().__init__(f"event queue overflowed: {dropped} event(s) dropped")
         self.dropped = dropped
+
+
+class TLSError(QMPError, ConnectionError):
+    """A TLS connection could not be set up.
+
+    ``reason`` says which side refused what: ``"unknown_ca"`` (the server's
+    certificate is not signed by a CA the client trusts), ``"name_mismatch"``
+    (it is not issued for the name connected to), ``"refused"`` (the server
+    rejected the client's certificate, e.g. QEMU's ``verify-peer`` or
+    ``tls-authz``) or ``"handshake"`` (any other TLS failure).
+    """
+
+    def __init__(self, message: str, reason: str = "handshake") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> Any:
+        return (TLSError, (str(self.args[0]), self.reason))

@@ -21,6 +21,7 @@ import heapq
 import socket
 import threading
 from collections.abc import Callable, Sequence
+from ssl import SSLContext
 from typing import Any
 
 from ..errors import ConnectionLost, TimeoutError
@@ -30,6 +31,7 @@ from ..protocol.qmp_client import QMPClientProtocol
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from .eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
+from .tls import LastByteRecords, is_server_context
 
 __all__ = [
     "connect",
@@ -130,6 +132,9 @@ class _AsyncClient(ClientCore):
         """Connect to :attr:`address`, or take over ``sock`` (connected already)."""
         loop = self._loop
         addr = self.address
+        if self._ssl is not None:
+            await self._open_tls(sock)
+            return
         if sock is None and not addr.is_unix:
             host, port = addr.sockaddr
             self._transport, _ = await loop.create_connection(lambda: _Transport(self), host, port)
@@ -152,6 +157,27 @@ class _AsyncClient(ClientCore):
         if addr.is_unix:
             self._sock = sock
 
+    async def _open_tls(self, sock: socket.socket | None) -> None:
+        """Connect over TLS (TCP only), to :attr:`address` or over ``sock``.
+
+        With a server-side context (``PROTOCOL_TLS_SERVER``) and ``sock``
+        accepted from a listening socket, this end runs the handshake as
+        the server: QEMU connected to us (``server=off``, ``endpoint=client``).
+        """
+        loop = self._loop
+        if sock is not None and is_server_context(self._ssl):
+            sock.setblocking(False)
+            transport, _ = await loop.connect_accepted_socket(lambda: _Transport(self), sock, ssl=self._ssl)
+        else:
+            options: dict[str, Any] = {"ssl": self._ssl, "server_hostname": self._server_hostname}
+            if sock is not None:
+                sock.setblocking(False)
+                options["sock"] = sock
+            else:
+                options["host"], options["port"] = self.address.sockaddr
+            transport, _ = await loop.create_connection(lambda: _Transport(self), **options)
+        self._transport = LastByteRecords(transport)  # type: ignore[arg-type]
+
     async def _handshake(
         self,
         timeout: float | None,
@@ -167,6 +193,9 @@ class _AsyncClient(ClientCore):
                 sock.close()  # it may not have reached a transport yet
             if isinstance(exc, asyncio.TimeoutError):
                 raise TimeoutError(f"{self.address}: connection not ready within {timeout:g} s") from None
+            failure = self._tls_failure(exc)
+            if failure is not exc:
+                raise failure from exc
             raise
 
     async def _connect_and(self, sock: socket.socket | None, steps: Callable[[], Any]) -> None:
@@ -673,6 +702,8 @@ async def connect(
     event_queue: int = EVENT_QUEUE_SIZE,
     command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> QMPClient:
     """Connect to a QMP server, read its greeting and negotiate capabilities.
 
@@ -686,9 +717,13 @@ async def connect(
     ``event_queue`` is the size of the backlog :meth:`QMPClient.wait_event`
     searches (oldest dropped first; 0 keeps none) and the default size of
     each :meth:`QMPClient.events` subscription.
+    ``ssl`` connects with TLS (TCP addresses only), verifying the server's
+    certificate as the context says (name: ``server_hostname``, default
+    the address's host); failures raise :class:`~qmpcore.TLSError`.
     """
     proto = QMPClientProtocol(max_frame_size=max_frame_size)
     client = QMPClient(proto, connect_target(address, sock), event_queue, command_timeout)
+    client._use_tls(ssl, server_hostname)
     await client._handshake(timeout, sock, lambda: client._greeted(negotiate, oob))
     return client
 
@@ -755,6 +790,8 @@ async def connect_guest_agent(
     timeout: float | None = CONNECT_TIMEOUT,
     command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> GuestAgentClient:
     """Connect to a guest agent socket and resynchronise the channel.
 
@@ -762,8 +799,10 @@ async def connect_guest_agent(
     host side of a virtio-serial chardev (``(host, port)`` works for TCP
     chardevs); or ``sock`` is a connected socket to take over, as for
     :func:`connect`.  ``timeout`` bounds connecting and the first resync.
+    ``ssl``/``server_hostname``: TLS over TCP, as for :func:`connect`.
     """
     proto = QGAClientProtocol(max_frame_size=max_frame_size)
     client = GuestAgentClient(proto, connect_target(path, sock), 0, command_timeout)
+    client._use_tls(ssl, server_hostname)
     await client._handshake(timeout, sock, client.sync)
     return client

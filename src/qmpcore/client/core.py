@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +28,7 @@ from ..protocol.events import (
 )
 from .address import Address, AddressLike, parse_address
 from .eventqueue import CloseCallback, EventCallback, EventRouter
+from .tls import check_tls, is_server_context, refused_error, tls_error
 
 __all__ = ["ClientCore", "QMPInfo", "log", "connect_target", "scm_rights"]
 
@@ -76,6 +78,10 @@ class ClientCore:
     ``Synced``) for the handshake steps; each has ``done()``,
     ``set_result()`` and ``set_exception()``.
     """
+
+    #: TLS settings of a TCP connection (see :meth:`_use_tls`).
+    _ssl: ssl.SSLContext | None = None
+    _server_hostname: str | None = None
 
     def __init__(self, proto: Any, address: Address, event_queue: int, command_timeout: float | None) -> None:
         self._proto = proto
@@ -147,6 +153,30 @@ class ClientCore:
             if self.connection_error is not None:
                 raise self.connection_error
             raise StateError("the client is closed")
+
+    def _use_tls(self, context: ssl.SSLContext | None, server_hostname: str | None) -> None:
+        """Connect with TLS (``context``), verifying the server as ``server_hostname``."""
+        self._server_hostname = check_tls(self.address, context, server_hostname)
+        self._ssl = context
+
+    def _tls_failure(self, exc: BaseException) -> BaseException:
+        """What a failed connection attempt raises: a TLS failure named as such."""
+        if self._ssl is None:
+            return exc
+        error = tls_error(exc, self.address, self._server_hostname)
+        if error is not None:
+            return error
+        if (
+            isinstance(exc, ConnectionLost)
+            and not is_server_context(self._ssl)
+            and getattr(self._proto, "greeting", None) is None
+        ):
+            # The handshake passed our checks; QEMU checks the client's
+            # certificate after it and hangs up without a word.
+            error = refused_error(self.address)
+            error.__cause__ = exc
+            return error
+        return exc
 
     def _check_fds(self) -> None:
         if not self.address.is_unix:

@@ -21,7 +21,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from ssl import SSLContext
+from typing import Any, cast
 
 from ..errors import ConnectionLost, TimeoutError
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
@@ -30,6 +31,7 @@ from ..protocol.qmp_client import QMPClientProtocol
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
+from .tls import check_tls, handshake_sync
 
 __all__ = [
     "connect_sync",
@@ -436,15 +438,29 @@ def _connect(
     timeout: float | None,
     make: Callable[[Address, socket.socket], _SyncClient],
     handshake: Callable[[Any, float | None], None],
+    tls: tuple[SSLContext | None, str | None] = (None, None),
 ) -> Any:
-    """Open the socket (or take ``sock``), build the client and run its handshake within ``timeout``."""
+    """Open the socket (or take ``sock``), build the client and run its handshake within ``timeout``.
+
+    ``tls`` is ``(ssl, server_hostname)``: with a context, the TLS
+    handshake runs first (TCP only).
+    """
     addr = connect_target(address, sock)
+    server_hostname = check_tls(addr, *tls)
     deadline = _deadline(timeout)
     client = None
     try:
         if sock is None:
             sock = _open_socket(addr, timeout)
+        early = b""
+        if tls[0] is not None:
+            # From here on the socket carries TLS: the client reads and writes plain bytes.
+            wrapped, early = handshake_sync(sock, tls[0], server_hostname, addr, deadline)
+            sock = cast(socket.socket, wrapped)
         client = make(addr, sock)
+        client._use_tls(*tls)
+        if early:  # bytes that came with the end of the handshake
+            client._process(client._proto.receive_data(early))
         handshake(client, deadline)
     except BaseException as exc:
         if client is not None:
@@ -453,6 +469,9 @@ def _connect(
             sock.close()
         if isinstance(exc, builtins.TimeoutError):  # socket.timeout too
             raise TimeoutError(f"{addr}: connection not ready within {timeout:g} s") from None
+        failure = exc if client is None else client._tls_failure(exc)
+        if failure is not exc:
+            raise failure from exc
         raise
     return client
 
@@ -494,6 +513,8 @@ class SyncQMPClient(QMPInfo, _SyncClient):
     def _greeted(self, deadline: float | None, negotiate: bool, oob: bool) -> None:
         slot = _Slot()
         with self._cond:
+            if self._proto.greeting is not None:  # it came with the end of the TLS handshake
+                slot.set_result(None)
             self._waiters[Greeting] = slot
             if not self._wait_until(slot.done, deadline):
                 raise TimeoutError("no greeting")
@@ -512,10 +533,13 @@ def connect_sync(
     event_queue: int = EVENT_QUEUE_SIZE,
     command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> SyncQMPClient:
     """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`.
 
-    ``sock`` hands over a connected socket instead of an ``address``.
+    ``sock`` hands over a connected socket instead of an ``address``;
+    ``ssl``/``server_hostname``: TLS over TCP, as for :func:`qmpcore.connect`.
     """
     return _connect(
         address,
@@ -525,6 +549,7 @@ def connect_sync(
             QMPClientProtocol(max_frame_size=max_frame_size), addr, conn, event_queue, command_timeout
         ),
         lambda client, deadline: client._greeted(deadline, negotiate, oob),
+        (ssl, server_hostname),
     )
 
 
@@ -587,10 +612,13 @@ def connect_guest_agent_sync(
     timeout: float | None = CONNECT_TIMEOUT,
     command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> SyncGuestAgentClient:
     """Connect to a guest agent socket and resynchronise, blocking.
 
-    ``sock`` hands over a connected socket instead of a ``path``.
+    ``sock`` hands over a connected socket instead of a ``path``;
+    ``ssl``/``server_hostname``: TLS over TCP, as for :func:`qmpcore.connect`.
     """
     return _connect(
         path,
@@ -600,4 +628,5 @@ def connect_guest_agent_sync(
             QGAClientProtocol(max_frame_size=max_frame_size), addr, conn, 0, command_timeout
         ),
         lambda client, deadline: client.sync(_remaining(deadline)),
+        (ssl, server_hostname),
     )
