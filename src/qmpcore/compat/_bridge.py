@@ -13,12 +13,13 @@ import inspect
 import logging
 import os
 import socket
+import ssl
 import stat
 from collections.abc import Callable, Mapping
 from ssl import SSLContext
 from typing import Any
 
-from ..errors import CommandError, ConnectionLost
+from ..errors import CommandError, ConnectionLost, TLSError
 from ..errors import ProtocolError as _CoreProtocolError
 from ..errors import TimeoutError as _CoreTimeoutError
 from ._errors import (
@@ -204,6 +205,13 @@ def plain_error(exc: Exception) -> Exception:
     module = type(exc).__module__
     if not module.startswith("qmpcore.") or module.startswith("qmpcore.compat"):
         return exc
+    if isinstance(exc, TLSError):
+        # qemu.qmp shows the ssl module's error (or EOFError when QEMU hangs
+        # up on a refused certificate): keep its class, with qmpcore's words.
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError):
+            return type(cause)(str(exc))
+        return EOFError(str(exc)) if exc.reason == "refused" else ssl.SSLError(str(exc))
     if isinstance(exc, builtins.TimeoutError):  # qmpcore's TimeoutError
         return asyncio.TimeoutError()
     if isinstance(exc, ConnectionLost):  # the server hung up
