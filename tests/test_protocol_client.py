@@ -604,3 +604,122 @@ def test_any_split_gives_the_same_events(cuts):
     chunks.append(stream[pos:])
     assert run([c for c in chunks if c] or [GREETING]) == whole
     assert [type(e) for e in whole] == [Greeting, Negotiated, Return, Event, Return, Return]
+
+
+# -- events as classes, the h11 shape -------------------------------------------------
+
+
+def test_events_compare_by_type_and_value():
+    from qmpcore.protocol.events import ProtocolEvent, Synced
+
+    raw = {"event": "STOP", "data": {"a": 1}, "timestamp": {"seconds": 1, "microseconds": 500000}}
+    ev = Event("STOP", raw)
+    assert ev == Event("STOP", dict(raw)) and ev != Event("RESUME", raw)
+    assert ev != ("STOP", raw) and ("STOP", raw) != ev  # not a tuple any more
+    assert ev != raw  # nor a dict, though it reads like one
+    assert Negotiated((1,)) != Synced((1,)) and Negotiated(("oob",)) == Negotiated(("oob",))
+    assert Return(1, "x", {}) != ErrorReply(1, "x", "", "", {})
+    for event in (
+        ev,
+        Negotiated(()),
+        Synced(3),
+        Return(1, "x", 2),
+        ConnectionClosed(0, True),
+        Greeting(VersionInfo(7, 2, 0), (), {}),
+    ):
+        assert isinstance(event, ProtocolEvent)
+        assert not hasattr(event, "__dict__")  # slotted
+        assert repr(event).startswith(type(event).__name__ + "(")
+    assert (
+        repr(Return(1, "query-status", {"running": True}))
+        == "Return(id=1, command='query-status', value={'running': True})"
+    )
+
+
+def test_immutable_events_are_hashable_and_read_only():
+    from qmpcore.protocol.events import Synced
+
+    assert len({Negotiated(("oob",)), Negotiated(("oob",)), Synced(1), Synced(1), ConnectionClosed(0, False)}) == 3
+    with pytest.raises(AttributeError):
+        Synced(1).id = 2  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        hash(Event("X", {}))  # it holds a dict
+
+
+def test_events_pickle_and_copy():
+    import copy
+    import pickle
+
+    from qmpcore.protocol.events import Synced
+
+    for event in (
+        Event("X", {"event": "X"}),
+        Return(1, "x", [1]),
+        Synced(5),
+        Negotiated(("oob",)),
+        ConnectionClosed(3, False),
+    ):
+        assert pickle.loads(pickle.dumps(event)) == event and copy.copy(event) == event
+
+
+def test_event_is_a_read_only_mapping():
+    from collections.abc import Mapping
+
+    raw = {"event": "STOP", "data": {"a": 1}, "timestamp": {"seconds": 1, "microseconds": 500000}}
+    ev = Event("STOP", raw)
+    assert isinstance(ev, Mapping)
+    assert (
+        ev["event"] == "STOP" and ev["data"] == {"a": 1} and ev["timestamp"] == {"seconds": 1, "microseconds": 500000}
+    )
+    assert ev.get("data") == {"a": 1} and ev.get("nope") is None and ev.get("nope", 5) == 5
+    assert "data" in ev and "nope" not in ev and len(ev) == 3 and list(ev) == ["event", "data", "timestamp"]
+    assert dict(ev) == raw and dict(ev.items()) == raw and list(ev.keys()) == list(raw)
+    with pytest.raises(KeyError):
+        ev["nope"]
+    # attributes still work, with their conveniences
+    assert (ev.name, ev.data, ev.timestamp) == ("STOP", {"a": 1}, 1.5)
+    bare = Event("X", {"event": "X"})
+    assert bare.data == {} and "data" not in bare
+
+
+def test_h11_shape_receive_data_then_next_event():
+    proto = QMPClientProtocol()
+    assert proto.next_event() is None  # nothing yet: more data needed
+    proto.receive_data(GREETING[:10])
+    assert proto.next_event() is None
+    proto.receive_data(GREETING[10:])
+    greeting = proto.next_event()
+    assert type(greeting) is Greeting and proto.next_event() is None
+    cid, data = proto.negotiate()
+    assert proto.commands_issued == 1 and proto.pending_command(cid) == "qmp_capabilities"
+    proto.receive_data(b'{"return": {}, "id": %d}\r\n{"event": "STOP"}\r\n' % cid)
+    assert [type(e) for e in (proto.next_event(), proto.next_event(), proto.next_event())] == [
+        Negotiated,
+        Return,
+        Event,
+    ]
+    assert proto.next_event() is None and proto.pending_command(cid) is None
+    proto.receive_data(b'{"event": "A"}\r\n{"event": "B"}\r\n')
+    assert [e.name for e in proto.events()] == ["A", "B"] and proto.events() == []
+    # feed() returns what was not taken yet first, then the new events
+    proto.receive_data(b'{"event": "C"}\r\n')
+    assert [e.name for e in proto.feed(b'{"event": "D"}\r\n')] == ["C", "D"]
+    proto.receive_data(b"")
+    assert proto.next_event() == ConnectionClosed(0, False) and proto.next_event() is None
+
+
+def test_closed_by():
+    proto = ready()
+    assert proto.closed_by is None
+    proto.send_command("quit")
+    assert proto.closed_by == "quit"
+    other = ready()
+    other.feed(b'{"event": "SHUTDOWN", "data": {"guest": true}}\r\n')
+    assert other.closed_by == "SHUTDOWN"
+    assert other.feed(b"") == [ConnectionClosed(0, True)]
+
+
+def test_oob_pending_command_is_found():
+    proto = ready(oob=True)
+    cid, _ = proto.send_command("query-yank", oob=True)
+    assert proto.pending_command(cid) == "query-yank" and proto.commands_issued == 2

@@ -264,3 +264,25 @@ def test_abandoned_queued_resync_is_not_sent():
     proto.abandon(sid)
     proto.feed(b'{"return": {}, "id": %d}\n' % cid)
     assert proto.data_to_send() == b"" and proto.state is State.UNSYNCED
+
+
+def test_a_qmp_greeting_is_reported_while_syncing():
+    """QEMU greets at once: a guest agent connection to a monitor can fail at once."""
+    proto = QGAClientProtocol()
+    proto.sync()
+    (fault,) = proto.feed(b'{"QMP": {"version": {}, "capabilities": ["oob"]}}\r\n')
+    assert type(fault) is ProtocolFault and "QMP greeting" in str(fault.error) and "QMP" in fault.item
+
+
+def test_h11_shape_and_closed_by():
+    proto = QGAClientProtocol()
+    sid, _ = proto.sync()
+    proto.receive_data(b"\xff" + b'{"return": %d}\n' % sid)
+    assert proto.next_event() == Synced(sid) and proto.next_event() is None
+    cid, _ = proto.send_command("guest-ping")
+    assert proto.pending_command(cid) == "guest-ping" and proto.commands_issued == 1
+    proto.receive_data(b'{"return": {}, "id": %d}\n' % cid)
+    assert proto.next_event() == Return(cid, "guest-ping", {})
+    assert proto.closed_by is None
+    proto.send_command("guest-shutdown")
+    assert proto.closed_by == "guest-shutdown"

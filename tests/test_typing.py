@@ -22,7 +22,9 @@ pytest.importorskip("mypy")
 USER_CODE = textwrap.dedent(
     """
     import asyncio
-    from typing import Any, List
+    from typing import Any, List, Optional
+
+    from typing_extensions import assert_type
 
     import qmpcore
     from qmpcore.fleet import Fleet
@@ -56,6 +58,48 @@ USER_CODE = textwrap.dedent(
 
     line: bytes = qmpcore.encode({"execute": "query-status"})
     kind: str = qmpcore.implementation
+
+
+    async def typed_clients(path: str) -> None:
+        # The README's pattern: vm is a QMPClient, not Any, with or without await.
+        async with qmpcore.connect(path, max_depth=64, max_tokens=1000) as vm:
+            assert_type(vm, qmpcore.QMPClient)
+            ev = await vm.wait_event("STOP", timeout=1.0)
+            assert_type(ev, qmpcore.Event)
+            data: Any = ev["data"]
+            when: Optional[float] = ev.timestamp
+            stamp: Any = ev.get("timestamp")
+        qmp = await qmpcore.connect(path)
+        assert_type(qmp, qmpcore.QMPClient)
+        async with qmp as again:
+            assert_type(again, qmpcore.QMPClient)
+        async with qmpcore.connect_guest_agent(path, max_frame_size=1 << 20) as ga:
+            assert_type(ga, qmpcore.GuestAgentClient)
+            await ga.execute("guest-ping")
+        async with await qmpcore.connect_guest_agent(path) as ga2:
+            assert_type(ga2, qmpcore.GuestAgentClient)
+        with qmpcore.connect_sync(path, max_depth=64) as sync_vm:
+            assert_type(sync_vm, qmpcore.SyncQMPClient)
+            assert_type(sync_vm.pull_event(0), qmpcore.Event)
+        with qmpcore.connect_guest_agent_sync(path, max_tokens=100) as sync_ga:
+            assert_type(sync_ga, qmpcore.SyncGuestAgentClient)
+
+
+    def errors(path: str) -> Optional[str]:
+        try:
+            with qmpcore.connect_sync(path) as vm:
+                vm.execute("device_del", {"id": "nic0"})
+        except qmpcore.DeviceNotFound as exc:
+            name: str = exc.error_class
+            return exc.desc
+        except qmpcore.CommandError as exc:
+            subclass: qmpcore.CommandError = qmpcore.CommandError.from_reply("GenericError", "x")
+            return exc.desc
+        except qmpcore.ConnectError as exc:
+            code: Optional[int] = exc.errno
+            where: object = exc.address
+            return exc.hint
+        return None
     """
 )
 
