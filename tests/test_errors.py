@@ -338,3 +338,44 @@ def test_permission_hint_names_owner_and_mode(tmp_path):
         hint = permission_hint(str(path))
     assert f"uid {os.stat(tmp_path).st_uid}" in hint and "mode rw-rw----" in hint
     assert stat.S_IMODE(0o660) == 0o660
+
+
+# -- addresses typed as text -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("host:abc", "port 'abc' is not a number in 'host:abc'"),
+        ("host:", "missing port after ':' in 'host:'"),
+        (":4444", "missing host before ':' in ':4444'"),
+        ("host:70000", "port 70000 is out of range (1-65535) in 'host:70000'"),
+        ("host:" + "9" * 5000, "is out of range (1-65535)"),
+        ("[::1]:0", "port 0 is out of range"),
+        ("::1:4444", "write IPv6 hosts in brackets, as in '[::1]:4444'"),
+        ("", "empty address"),
+    ],
+)
+def test_text_address_errors_name_the_bad_part(text, message):
+    from qmpcore.client.address import AddressError, parse_address
+
+    with pytest.raises(AddressError) as info:
+        parse_address(text, text=True)
+    assert message in str(info.value) and isinstance(info.value, ValueError)
+
+
+def test_text_addresses(tmp_path, monkeypatch):
+    from qmpcore.client.address import parse_address
+
+    assert parse_address("localhost:4444", text=True).sockaddr == ("localhost", 4444)
+    v6 = parse_address("[::1]:4444", text=True)
+    assert v6.family == socket.AF_INET6 and v6.sockaddr == ("::1", 4444) and str(v6) == "[::1]:4444"
+    assert parse_address("/run/vm:1/qmp.sock", text=True).is_unix
+    assert parse_address("qmp.sock", text=True).is_unix
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vm:1").touch()  # an existing file wins over host:port
+    assert parse_address("vm:1", text=True).sockaddr == "vm:1"
+    # From Python a str stays a path, as before.
+    assert parse_address("host:abc").sockaddr == "host:abc"
+    for address in ("localhost:4444", "[::1]:4444", "/run/x.sock"):  # str() reads back the same
+        assert str(parse_address(address, text=True)) == address
