@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import CommandError, ConnectionLost
+from ..errors import ConnectError as _CoreConnectError
 from ..errors import ProtocolError as _CoreProtocolError
 from ..errors import TimeoutError as _CoreTimeoutError
 from ._errors import (
@@ -145,6 +146,11 @@ def greeting_or_error(raw: dict | None) -> Greeting:
 def connect_error(exc: Exception) -> ConnectError:
     """qemu.qmp's error for a failed connect: the socket could not be opened
     ("connection"), or the greeting or negotiation failed ("session")."""
+    if isinstance(exc, _CoreConnectError) and not isinstance(
+        exc, (_CoreProtocolError, ConnectionLost, _CoreTimeoutError)
+    ):
+        if isinstance(exc.__cause__, Exception):  # report what qemu.qmp reports: the socket's own error
+            exc = exc.__cause__
     if isinstance(exc, CommandError):
         cause: Exception = NegotiationError("Negotiation failed", exc)
     elif isinstance(exc, _CoreProtocolError):
