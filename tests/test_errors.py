@@ -362,6 +362,9 @@ def test_text_address_errors_name_the_bad_part(text, message):
     with pytest.raises(AddressError) as info:
         parse_address(text, text=True)
     assert message in str(info.value) and isinstance(info.value, ValueError)
+    assert info.value.text == text
+    if text == "host:abc":  # the parts, for callers with their own wording
+        assert (info.value.part, info.value.value) == ("port", "abc")
 
 
 def test_text_addresses(tmp_path, monkeypatch):

@@ -142,3 +142,14 @@ def test_every_exported_name_resolves() -> None:
     assert set(qmpcore._LAZY) <= set(qmpcore.__all__)
     for name in qmpcore.__all__:
         assert getattr(qmpcore, name) is not None, name
+
+
+def test_lazy_names_are_listed_and_documented() -> None:
+    import qmpcore
+
+    listed = dir(qmpcore)
+    assert set(qmpcore._LAZY) <= set(listed) and listed == sorted(listed)
+    assert {"Framer", "ConnectError", "DeviceNotFound", "__version__"} <= set(listed)
+    doc = qmpcore.__doc__ or ""
+    for name in qmpcore._LAZY:
+        assert f"`{name}`" in doc, name

@@ -24,7 +24,18 @@ _HOST_PORT = re.compile(r"(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:/\[\]]*)):(?P<port>[
 
 
 class AddressError(ValueError):
-    """An address that cannot be understood; the message says which part and why."""
+    """An address that cannot be understood; the message says which part and why.
+
+    ``text`` is the address as given, ``part`` the part at fault (``"host"``,
+    ``"port"`` or ``""`` for the whole) and ``value`` that part's text, so
+    callers with their own wording (qemu.qmp's ``Bad port: ...``) can use it.
+    """
+
+    def __init__(self, message: str, text: str = "", part: str = "", value: str = "") -> None:
+        super().__init__(message)
+        self.text = text
+        self.part = part
+        self.value = value
 
 
 class Address(NamedTuple):
@@ -53,18 +64,19 @@ def _from_text(text: str) -> Address | None:
     if found is None:
         raise AddressError(
             f"cannot read {text!r} as host:port (write IPv6 hosts in brackets, as in '[::1]:4444'; "
-            f"a unix socket path with ':' needs a '/', as in './{text}')"
+            f"a unix socket path with ':' needs a '/', as in './{text}')",
+            text,
         )
     host = found["v6"] if found["v6"] is not None else found["host"]
     port = found["port"]
     if not host:
-        raise AddressError(f"missing host before ':' in {text!r}")
+        raise AddressError(f"missing host before ':' in {text!r}", text, "host", host)
     if not port:
-        raise AddressError(f"missing port after ':' in {text!r}")
+        raise AddressError(f"missing port after ':' in {text!r}", text, "port", port)
     if not port.isdigit() or not port.isascii():
-        raise AddressError(f"port {port!r} is not a number in {text!r}")
+        raise AddressError(f"port {port!r} is not a number in {text!r}", text, "port", port)
     if len(port) > 5 or not 0 < int(port) < 65536:
-        raise AddressError(f"port {port} is out of range (1-65535) in {text!r}")
+        raise AddressError(f"port {port} is out of range (1-65535) in {text!r}", text, "port", port)
     return Address(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, int(port)))
 
 
@@ -80,7 +92,7 @@ def parse_address(address: Any, *, text: bool = False) -> Address:
     """
     if text and isinstance(address, str):
         if not address:
-            raise AddressError("empty address")
+            raise AddressError("empty address", address)
         tcp = _from_text(address)
         if tcp is not None:
             return tcp

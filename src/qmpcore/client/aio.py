@@ -739,7 +739,11 @@ def connect(
 
 
 class GuestAgentClient(_AsyncClient):
-    """One guest agent channel (see :func:`connect_guest_agent`)."""
+    """One guest agent channel (see :func:`connect_guest_agent`).
+
+    qemu-ga sends no events, so there are no event methods here;
+    :meth:`add_event_listener` remains for its ``on_close`` notification.
+    """
 
     _proto: QGAClientProtocol
     _sync_id = 0  # the resync in progress

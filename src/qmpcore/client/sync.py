@@ -553,7 +553,11 @@ def connect_sync(
 
 
 class SyncGuestAgentClient(_SyncClient):
-    """One guest agent channel, blocking (see :func:`connect_guest_agent_sync`)."""
+    """One guest agent channel, blocking (see :func:`connect_guest_agent_sync`).
+
+    qemu-ga sends no events, so there are no event methods here;
+    :meth:`add_event_listener` remains for its ``on_close`` notification.
+    """
 
     _proto: QGAClientProtocol
     _sync_id = 0  # the resync in progress
