@@ -316,6 +316,20 @@ async def test_state_error_after_quit(tmp_path):
             await qmp.execute("query-status")
 
 
+def test_state_error_right_after_quit_blocking(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.reply(cmd)
+        peer.recv()  # QEMU would exit now; the client must not wait for that to say so
+
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address, timeout=WAIT) as qmp:
+            qmp.execute("quit")
+            with pytest.raises(qmpcore.StateError, match=f"^{server.address}: the connection was closed by quit$"):
+                qmp.execute("query-status")
+
+
 def test_state_error_after_close(tmp_path):
     def script(peer: Peer) -> None:
         peer.handshake()

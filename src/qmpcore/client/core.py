@@ -152,7 +152,8 @@ class ClientCore:
     def _check_open(self) -> None:
         if self._wrong_protocol is not None:
             raise self._wrong_protocol
-        if self._closed or self._closing:
+        if self._closed or self._closing or self._proto.closed_by == "quit":
+            # After quit, QEMU exits: say so at once, not when a send fails.
             if self.connection_error is not None:
                 raise self.connection_error
             raise StateError(self._closed_reason())
