@@ -101,6 +101,7 @@ def test_connect_error_is_an_oserror_with_its_errno():
     assert isinstance(err, qmpcore.ConnectError) and isinstance(err, qmpcore.QMPError)
     assert isinstance(err, OSError) and isinstance(err, FileNotFoundError) and err.errno == errno.ENOENT
     assert str(err) == "/run/x.sock: no such socket (start QEMU)"
+    assert err.detail == "no such socket (start QEMU)" and err.message == "no such socket" and err.hint == "start QEMU"
     copy = pickle.loads(pickle.dumps(err))
     assert type(copy) is errors.SocketNotFound and str(copy) == str(err) and copy.errno == errno.ENOENT
     assert isinstance(errors.ConnectTimeout("x"), qmpcore.TimeoutError)

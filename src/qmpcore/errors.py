@@ -246,9 +246,13 @@ class ConnectError(QMPError, OSError):
         self.address = address
         self.hint = hint
 
+    @property
+    def detail(self) -> str:
+        """What happened and the hint, without the address."""
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
     def __str__(self) -> str:
-        where = f"{self.address}: " if self.address is not None else ""
-        return f"{where}{self.message}" + (f" ({self.hint})" if self.hint else "")
+        return self.detail if self.address is None else f"{self.address}: {self.detail}"
 
     def __reduce__(self) -> Any:
         return (_rebuild_connect_error, (type(self), self.message, self.address, self.hint, self.errno))

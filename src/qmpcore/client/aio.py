@@ -190,7 +190,7 @@ class _AsyncClient(ClientCore):
                 connected=connected,
                 greeted=getattr(self._proto, "greeting", None) is not None,
             )
-            log.debug("%s: connect failed: %s", self.address, error)
+            log.debug("%s: connect failed: %s", self.address, error.detail)
             raise error from exc
         if tracing():
             log.debug("%s: connected", self.address)

@@ -252,8 +252,7 @@ class ClientCore:
                 trace_log.debug("%s: capabilities negotiated %s; state: ready", address, list(ev.capabilities))
             elif t is Synced:
                 trace_log.debug("%s: guest agent synced (id %d); state: ready", address, ev.id)
-            elif t is ProtocolFault:
-                trace_log.debug("%s: protocol error: %s", address, ev.error)
+            # (a ProtocolFault is logged by _fault, as a warning)
 
     def _trace_out(self, data: bytes, fds: Sequence[int] | None = None) -> None:
         """One DEBUG record per write (a command, or several sent together)."""

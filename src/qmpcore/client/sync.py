@@ -407,7 +407,7 @@ def _connect(
         if not isinstance(exc, Exception):  # interrupted
             raise
         error = connect_error(exc, addr, agent=agent, timeout=timeout, connected=client is not None, greeted=greeted)
-        log.debug("%s: connect failed: %s", addr, error)
+        log.debug("%s: connect failed: %s", addr, error.detail)
         raise error from exc
     if tracing():
         log.debug("%s: connected", addr)
