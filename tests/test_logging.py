@@ -103,8 +103,11 @@ def test_blocking_client_trace(tmp_path, caplog):
     _check_trace(caplog.records, server.address)
 
 
-async def test_no_records_when_debug_is_off(tmp_path, caplog):
+async def test_no_records_when_debug_is_off(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="qmpcore")
+    calls = []
+    for module in ("qmpcore.client.core", "qmpcore.client._log"):  # no trace is even formatted
+        monkeypatch.setattr(f"{module}.abbreviate", lambda item: calls.append(item) or "")
     async with FakeServer(tmp_path, _script) as server:
         async with qmpcore.connect(server.address, timeout=WAIT) as qmp:
             await qmp.execute("stop")
@@ -112,7 +115,7 @@ async def test_no_records_when_debug_is_off(tmp_path, caplog):
                 await qmp.execute("device_del", {"id": "nic0"})
             await qmp.execute("quit")
             await qmp.wait_closed()
-    assert caplog.records == []
+    assert caplog.records == [] and calls == []
 
 
 async def test_connect_failure_is_traced_at_debug(tmp_path, caplog):
