@@ -397,3 +397,12 @@ def test_text_addresses(tmp_path, monkeypatch):
     assert parse_address("host:abc").sockaddr == "host:abc"
     for address in ("localhost:4444", "[::1]:4444", "/run/x.sock"):  # str() reads back the same
         assert str(parse_address(address, text=True)) == address
+
+
+async def test_fleet_last_errors_explain_too(tmp_path):
+    from qmpcore.fleet import Fleet
+
+    missing = str(tmp_path / "vm1.sock")
+    async with Fleet({"vm1": missing}, reconnect=False, connect_timeout=WAIT) as fleet:
+        err = fleet.stats().last_errors["vm1"]
+    assert type(err) is errors.SocketNotFound and f"-qmp unix:{missing},server=on,wait=off" in str(err)
