@@ -169,6 +169,32 @@ def test_tcp_port_refused():
             assert f"-qmp tcp:127.0.0.1:{port},server=on,wait=off" in str(err)
 
 
+def test_host_name_with_several_addresses_refused():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # reserved, not listening (nor is ::1 on it)
+        port = sock.getsockname()[1]
+        for err in _connect_all(("localhost", port), agent=False):
+            assert type(err) is errors.ConnectionRefused and err.errno == errno.ECONNREFUSED, repr(err)
+            assert str(err).startswith(f"localhost:{port}: connection refused (")
+
+
+def test_refused_on_every_address_of_a_host():
+    """asyncio's error when it tried several addresses has no errno of its own."""
+    from qmpcore.client.address import parse_address
+    from qmpcore.client.diagnose import connect_error
+
+    tried = OSError(
+        "Multiple exceptions: [Errno 111] Connect call failed ('::1', 4444, 0, 0), "
+        "[Errno 111] Connect call failed ('127.0.0.1', 4444)"
+    )
+    address = parse_address(("localhost", 4444))
+    err = connect_error(tried, address, agent=False, timeout=1.0, connected=False)
+    assert type(err) is errors.ConnectionRefused and err.errno == errno.ECONNREFUSED
+    mixed = OSError("Multiple exceptions: [Errno 111] x, [Errno 101] y")
+    err = connect_error(mixed, address, agent=False, timeout=1.0, connected=False)
+    assert type(err) is errors.ConnectError and err.errno is None and "Multiple exceptions" in str(err)
+
+
 @contextlib.contextmanager
 def _as_nobody():
     """Connect as an unprivileged user (root may open any socket)."""

@@ -12,6 +12,7 @@ import asyncio
 import builtins
 import errno
 import os
+import re
 import stat
 
 from ..errors import (
@@ -150,6 +151,9 @@ def connect_error(
         return ConnectError(f"capabilities negotiation failed: {exc}", address=address)
     if isinstance(exc, OSError):
         code = exc.errno
+        if code is None:  # asyncio tried several addresses: "Multiple exceptions: [Errno 111] ..."
+            codes = set(re.findall(r"\[Errno (\d+)\]", str(exc)))
+            code = int(codes.pop()) if len(codes) == 1 else None
         if code == errno.ENOENT:
             return SocketNotFound("no such socket", address=address, hint=_not_found_hint(address, agent))
         if code == errno.ECONNREFUSED:
