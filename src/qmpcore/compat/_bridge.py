@@ -20,6 +20,7 @@ from ssl import SSLContext
 from typing import Any
 
 from ..errors import CommandError, ConnectionLost, TLSError
+from ..errors import ConnectError as _CoreConnectError
 from ..errors import ProtocolError as _CoreProtocolError
 from ..errors import TimeoutError as _CoreTimeoutError
 from ._errors import (
@@ -175,6 +176,11 @@ def connect_error(exc: Exception) -> ConnectError:
     ("connection"), or the greeting or negotiation failed ("session").
     ``exc`` is the root cause (never a qmpcore class) and should be raised
     as ``__cause__``, as qemu.qmp does."""
+    if isinstance(exc, _CoreConnectError) and not isinstance(
+        exc, (_CoreProtocolError, ConnectionLost, _CoreTimeoutError)
+    ):
+        if isinstance(exc.__cause__, Exception):  # report what qemu.qmp reports: the socket's own error
+            exc = exc.__cause__
     if isinstance(exc, CommandError):
         cause: Exception = NegotiationError("Negotiation failed", AssertionError())
     elif isinstance(exc, _CoreProtocolError):

@@ -34,11 +34,11 @@ import contextlib
 import inspect
 import logging
 import os
-import resource
 from collections.abc import AsyncIterator
 from ssl import SSLContext
 from typing import Any
 
+from ..client.limits import ensure_fd_limit
 from ..errors import CommandError
 from ..protocol._qemu_output import to_json
 from ..protocol.qga_server import QGAServerProtocol
@@ -493,16 +493,6 @@ class SimulatedVMs(list[SimulatedVM]):
         return [vm.agent.endpoints[0].address for vm in self if vm.agent is not None]
 
 
-def _raise_fd_limit(needed: int) -> None:
-    """Make room for ``needed`` more descriptors if the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = needed + 256
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-
-
 async def _start_vms(
     directory: str | os.PathLike[str],
     count: int,
@@ -514,7 +504,7 @@ async def _start_vms(
 ) -> SimulatedVMs:
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    _raise_fd_limit(count * (4 if agents else 2))
+    ensure_fd_limit(count * (4 if agents else 2), strict=False)
     vms = SimulatedVMs()
     try:
         for index in range(count):

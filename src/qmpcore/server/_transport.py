@@ -29,11 +29,11 @@ import stat
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
+
+from ..client.address import AddressLike as Address
 
 __all__ = ["Connection", "Listener", "bind_socket", "Address", "TLSLayer"]
-
-Address = Union[str, "os.PathLike[str]", tuple[str, int]]
 
 # Small enough that one read of garbage (an error reply per byte) cannot
 # produce much output before the output cap is checked again.
