@@ -719,6 +719,15 @@ def test_closed_by():
     assert other.feed(b"") == [ConnectionClosed(0, True)]
 
 
+def test_refused_quit_does_not_close():
+    # A proxy's policy (or any server) may refuse quit: the connection goes on.
+    proto = ready()
+    cid, _ = proto.send_command("quit")
+    (reply,) = proto.feed(b'{"id": %d, "error": {"class": "GenericError", "desc": "refused"}}\r\n' % cid)
+    assert isinstance(reply, ErrorReply) and proto.closed_by is None
+    assert proto.feed(b"") == [ConnectionClosed(0, False)]
+
+
 def test_oob_pending_command_is_found():
     proto = ready(oob=True)
     cid, _ = proto.send_command("query-yank", oob=True)

@@ -250,8 +250,7 @@ class ClientProtocolBase:
         else:
             out.append(self._error_reply(mid, command, msg))
 
-    @staticmethod
-    def _error_reply(mid: Any, command: str, msg: dict) -> ErrorReply:
+    def _error_reply(self, mid: Any, command: str, msg: dict) -> ErrorReply:
         error = msg.get("error")
         if isinstance(error, dict):
             return ErrorReply(mid, command, text_of(error.get("class", "")), text_of(error.get("desc", "")), msg)

@@ -100,6 +100,11 @@ class QMPClientProtocol(ClientProtocolBase):
         arrived (the end of the connection is then expected), else None."""
         return "quit" if self._quit_sent else "SHUTDOWN" if self._shutdown_seen else None
 
+    def _error_reply(self, mid: Any, command: str, msg: dict) -> ErrorReply:
+        if command == "quit":  # refused (a proxy's policy, say): the server goes on
+            self._quit_sent = False
+        return super()._error_reply(mid, command, msg)
+
     @property
     def oob(self) -> bool:
         """True when out-of-band execution was negotiated."""
