@@ -29,7 +29,7 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ConnectionLost, TimeoutError
+from ..errors import ConnectionLost, TimeoutError, TLSError
 from ..protocol._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
@@ -207,6 +207,8 @@ class _AsyncClient(ClientCore):
             if sock is not None:
                 sock.close()  # it may not have reached a transport yet
             if not isinstance(exc, Exception):  # cancelled, interrupted
+                raise
+            if isinstance(exc, TLSError):  # named as such already
                 raise
             failure = self._tls_failure(exc)
             if failure is not exc:  # a TLS failure, named as such

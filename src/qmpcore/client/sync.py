@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import ConnectionLost, TimeoutError
+from ..errors import ConnectionLost, TimeoutError, TLSError
 from ..protocol._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
@@ -420,6 +420,8 @@ def _connect(
         elif sock is not None:
             sock.close()
         if not isinstance(exc, Exception):  # interrupted
+            raise
+        if isinstance(exc, TLSError):  # named as such already
             raise
         failure = exc if client is None else client._tls_failure(exc)
         if failure is not exc:  # a TLS failure, named as such
