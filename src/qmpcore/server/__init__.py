@@ -59,14 +59,25 @@ __all__ = [
     "serve_vms",
     "start_in_subprocess",
     "ServerProcess",
+    "OUTPUT_CAP",
 ]
 
 logger = logging.getLogger("qmpcore.server")
 
 _FLOOD_BATCH = 1024
 _CLOSE_TIMEOUT = 1.0
-# Unread output beyond which a client's input is no longer read.
-_OUTPUT_CAP = 16 << 20
+#: Default cap on a client's unread output: past it, no further request of
+#: that client is answered and its input is not read until it reads.
+OUTPUT_CAP = 16 << 20
+_MIN_OUTPUT_CAP = 1 << 20
+# Bytes of answers the protocol produces on its own (parse errors) per step.
+_STEP_OUTPUT = 64 << 10
+# Fair share of the loop: steps (one request run, or one chunk of error
+# answers) and bytes of output per turn before other clients run.
+_SLICE_STEPS = 128
+_SLICE_BYTES = 1 << 20
+# Replies are gathered and written together up to this many bytes.
+_WRITE_BATCH = 256 << 10
 
 
 class _Session(asyncio.Protocol):
@@ -84,7 +95,12 @@ class _Session(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._batching = False
-        self._lost = asyncio.get_running_loop().create_future()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._produced = 0
+        self._continuation: asyncio.Handle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._lost = self._loop.create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -104,6 +120,11 @@ class _Session(asyncio.Protocol):
     def fds_received(self, fds: list[int]) -> None:
         # As in QEMU's chardev: new descriptors replace unclaimed ones.
         _close_fds(self._fds)
+        if self.target.fds_held >= self.target.max_fds:
+            # Over the simulator's limit: closed at once; the command that
+            # wanted them fails with the limit's error.
+            _close_fds(fds)
+            fds = []
         self._fds = fds
 
     def take_fd(self) -> int | None:
@@ -119,11 +140,17 @@ class _Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
-        self._update_reading()
+        if self._continuation is None:
+            self._serve()  # requests held back by the output cap go on
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         self._writable.set()
+        if self._continuation is not None:
+            self._continuation.cancel()
+            self._continuation = None
+        self._pending = []
+        self._pending_size = 0
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
@@ -136,29 +163,55 @@ class _Session(asyncio.Protocol):
     # -- requests -----------------------------------------------------------
 
     def _serve(self) -> None:
-        """Run every request the protocol has released, then write (all
-        replies to one burst of requests leave in one write)."""
+        """Run the requests the protocol releases, one slice at a time.
+
+        Before each step (one request, or one chunk of error answers) the
+        client's unread output is checked against the endpoint's cap: past
+        it, nothing more is produced until the client reads
+        (:meth:`resume_writing`).  After a slice of steps or bytes, the
+        rest waits for the loop's next turn, so other clients run first.
+        Replies are gathered and leave in as few writes as possible.
+        """
+        self._continuation = None
         protocol = self.protocol
+        transport = self.transport
+        cap = self.endpoint.output_cap
+        steps = 0
+        self._produced = 0
         self._batching = True
         try:
-            while not self.closed and not self.transport.is_closing():
-                request = protocol.next_event()
-                if request is None:
+            while not self.closed and not transport.is_closing():
+                if transport.get_write_buffer_size() + self._pending_size > cap:
+                    break  # resume_writing() continues
+                if steps >= _SLICE_STEPS or self._produced >= _SLICE_BYTES:
+                    if protocol.can_progress:
+                        self._continuation = self._loop.call_soon(self._serve)
                     break
-                self._run(request)
+                request = protocol.next_event()
+                if request is not None:
+                    self._run(request)
+                elif not protocol.can_progress:
+                    break
+                self._collect(protocol.data_to_send())
+                steps += 1
         finally:
             self._batching = False
         self._flush()
         self._update_reading()
 
     def _update_reading(self) -> None:
-        """Read while the request queue has room and the client keeps up
-        with the output; like QEMU, a client that stops reading is not cut
-        off at once, but its unread output is capped (bounded memory)."""
+        """Read while the request queue has room, no slice waits for its
+        turn and the client keeps up with the output; like QEMU, a client
+        that stops reading is not cut off at once, but its unread output is
+        capped (bounded memory)."""
         transport = self.transport
         if transport is None or self.closed:
             return
-        if self.protocol.reading_paused or transport.get_write_buffer_size() > _OUTPUT_CAP:
+        if (
+            self.protocol.reading_paused
+            or self._continuation is not None
+            or transport.get_write_buffer_size() > self.endpoint.output_cap
+        ):
             transport.pause_reading()
         else:
             transport.resume_reading()
@@ -223,10 +276,11 @@ class _Session(asyncio.Protocol):
         if self.closed:
             return
         try:
-            self.protocol.send_return(request, value)
+            reply = self.protocol.send(request, value)
         except TypeError as exc:  # the handler returned something JSON cannot hold
             logger.error("bad return value from %s handler: %s", request.command, exc)
-            self.protocol.send_error(request, "GenericError", f"internal error: {exc}")
+            reply = self.protocol.send(request, error=CommandError("GenericError", f"internal error: {exc}"))
+        self._collect(reply)
         if call._after is not None:
             self._flush()
             call._after()
@@ -234,18 +288,32 @@ class _Session(asyncio.Protocol):
     def _fail(self, request: Request, exc: Exception) -> None:
         if self.closed:
             return
-        if isinstance(exc, CommandError):
-            self.protocol.send_error(request, exc.error_class, exc.desc)
-        else:
+        if not isinstance(exc, CommandError):
             logger.exception("handler for %s failed", request.command, exc_info=exc)
-            self.protocol.send_error(request, "GenericError", str(exc) or type(exc).__name__)
+            exc = CommandError("GenericError", str(exc) or type(exc).__name__)
+        self._collect(self.protocol.send(request, error=exc))
 
     # -- output and hooks ---------------------------------------------------
 
+    def _collect(self, data: bytes) -> None:
+        """Hold ``data`` for the next write (written at once past a batch)."""
+        if data:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            self._produced += len(data)
+            if self._pending_size >= _WRITE_BATCH:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        pending = self._pending
+        if pending and self.transport is not None:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        pending.clear()
+        self._pending_size = 0
+
     def _flush(self) -> None:
-        data = self.protocol.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
+        self._collect(self.protocol.data_to_send())
+        self._write_pending()
 
     def send_event(self, name: str, data: Any, stamp: float) -> None:
         send = getattr(self.protocol, "send_event", None)
@@ -313,8 +381,12 @@ class _Session(asyncio.Protocol):
 class _Endpoint:
     """A listening socket serving one simulator, one client at a time."""
 
-    def __init__(self, target: Simulator, address: Address, *, mode: int = 0o600) -> None:
+    def __init__(self, target: Simulator, address: Address, *, mode: int = 0o600, output_cap: int = OUTPUT_CAP) -> None:
+        if output_cap < _MIN_OUTPUT_CAP:
+            raise ValueError(f"output_cap must be at least {_MIN_OUTPUT_CAP} bytes, not {output_cap}")
         self.target = target
+        #: Unread output per client past which its requests wait (bytes).
+        self.output_cap = output_cap
         self._requested = address
         self._mode = mode
         self._listener: Listener | None = None
@@ -428,6 +500,8 @@ class QMPServer(_Endpoint):
     ``pretty`` gives QEMU's ``pretty=on`` output; ``oob`` whether the
     greeting offers the ``oob`` capability.  Several servers may serve the
     same VM (QEMU with several monitors): events go to all of them.
+    ``output_cap``: unread output (bytes) past which the client's further
+    requests wait, unread, until it reads (at least 1 MiB).
     """
 
     def __init__(
@@ -438,8 +512,9 @@ class QMPServer(_Endpoint):
         pretty: bool = False,
         oob: bool = True,
         mode: int = 0o600,
+        output_cap: int = OUTPUT_CAP,
     ) -> None:
-        super().__init__(vm, address, mode=mode)
+        super().__init__(vm, address, mode=mode, output_cap=output_cap)
         self.vm = vm
         self.pretty = pretty
         self.oob = oob
@@ -450,6 +525,7 @@ class QMPServer(_Endpoint):
             version=self.vm.version,
             capabilities=("oob",) if self.oob else (),
             pretty=self.pretty,
+            output_limit=_STEP_OUTPUT,
         )
 
 
@@ -458,10 +534,12 @@ class GuestAgentServer(_Endpoint):
     :class:`SimulatedGuestAgent`.  Like qemu-ga, one parser serves every
     client in turn, so a client's unfinished input outlives it."""
 
-    def __init__(self, agent: SimulatedGuestAgent, address: Address, *, mode: int = 0o600) -> None:
-        super().__init__(agent, address, mode=mode)
+    def __init__(
+        self, agent: SimulatedGuestAgent, address: Address, *, mode: int = 0o600, output_cap: int = OUTPUT_CAP
+    ) -> None:
+        super().__init__(agent, address, mode=mode, output_cap=output_cap)
         self.agent = agent
-        self._protocol = QGAServerProtocol(agent.commands)
+        self._protocol = QGAServerProtocol(agent.commands, output_limit=_STEP_OUTPUT)
 
     def _new_protocol(self) -> ServerProtocolBase:
         self._protocol.connection_made()

@@ -32,6 +32,9 @@ __all__ = ["Call", "Handler", "Simulator", "SimulatedVM", "SimulatedGuestAgent"]
 Handler = Callable[["Call"], Any]
 
 _GUEST_INFO_72 = "qga_guest_info_7.2.json"
+#: Default cap on descriptors a simulator holds from its clients (getfd,
+#: add-fd and descriptors received but not claimed yet).
+MAX_FDS = 128
 # x-query-ramblock of a machine without RAM (corpus 04).
 _RAMBLOCK_NONE = "              Block Name    PSize              Offset               Used              Total\n"
 
@@ -115,7 +118,10 @@ class Simulator:
     #: Text of the error for known commands that have no handler.
     unimplemented = "The command {} is not implemented by the simulator"
 
-    def __init__(self, base: Mapping[str, CommandInfo]) -> None:
+    def __init__(self, base: Mapping[str, CommandInfo], *, max_fds: int = MAX_FDS) -> None:
+        #: Descriptors the simulator may hold from clients; past it, getfd
+        #: and add-fd fail and arriving descriptors are closed at once.
+        self.max_fds = max_fds
         self._own: dict[str, CommandInfo] = {}
         self.commands: Mapping[str, CommandInfo] = _CommandTable(self._own, base)
         self._handlers: dict[str, Handler] = {}
@@ -252,6 +258,26 @@ class Simulator:
 
     # -- file descriptors ---------------------------------------------------
 
+    @property
+    def fds_held(self) -> int:
+        """Descriptors from clients the simulator holds now."""
+        return len(self.fds)
+
+    def _need_fd(self, call: Call) -> int:
+        """The descriptor sent with ``call`` (an error when none came, or
+        when taking it would pass :attr:`max_fds`)."""
+        fd = call.take_fd()
+        if fd is not None and self.fds_held < self.max_fds:
+            return fd
+        if fd is not None:
+            _close(fd)
+        if fd is not None or self.fds_held >= self.max_fds:
+            raise CommandError(
+                "GenericError",
+                f"Too many file descriptors passed (limit {self.max_fds}); release some with closefd or remove-fd",
+            )
+        raise CommandError("GenericError", "No file descriptor supplied via SCM_RIGHTS")
+
     def _store_fd(self, name: str, fd: int) -> None:
         old = self.fds.pop(name, None)
         if old is not None:
@@ -307,9 +333,10 @@ class SimulatedVM(Simulator):
         chardevs: Sequence[str] = ("compat_monitor0",),
         kvm: tuple[bool, bool] = (False, True),
         clock: Callable[[], float] = time.time,
+        max_fds: int = MAX_FDS,
     ) -> None:
         self.schema = schema if schema is not None else Schema.qemu_7_2()
-        super().__init__(self.schema.command_infos())
+        super().__init__(self.schema.command_infos(), max_fds=max_fds)
         self.name = name
         self.version = _version_dict(version, package)
         self.status = status
@@ -443,12 +470,6 @@ class SimulatedVM(Simulator):
         for endpoint in self.endpoints:
             await endpoint.start()
 
-    def _need_fd(self, call: Call) -> int:
-        fd = call.take_fd()
-        if fd is None:
-            raise CommandError("GenericError", "No file descriptor supplied via SCM_RIGHTS")
-        return fd
-
     def _getfd(self, call: Call) -> None:
         fd = self._need_fd(call)
         fdname = call.arguments["fdname"]
@@ -489,6 +510,10 @@ class SimulatedVM(Simulator):
                 return
         shown = f"fdset-id:{fdset}" if fd is None else f"fdset-id:{fdset}, fd:{fd}"
         raise CommandError("GenericError", f"File descriptor named '{shown}' not found")
+
+    @property
+    def fds_held(self) -> int:
+        return len(self.fds) + sum(len(entries) for entries in self._fdsets.values())
 
     def _query_fdsets(self, call: Call) -> list[dict[str, Any]]:
         result = []
