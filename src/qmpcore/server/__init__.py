@@ -98,6 +98,8 @@ class _Session(asyncio.Protocol):
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._produced = 0
+        #: Bytes of replies and protocol output handed to the transport so far.
+        self.written = 0
         self._continuation: asyncio.Handle | None = None
         self._loop = asyncio.get_running_loop()
         self._lost = self._loop.create_future()
@@ -308,6 +310,7 @@ class _Session(asyncio.Protocol):
         pending = self._pending
         if pending and self.transport is not None:
             self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            self.written += self._pending_size
         pending.clear()
         self._pending_size = 0
 
