@@ -25,6 +25,25 @@ whose ``vm(i)`` proxies the hooks.
 Building blocks: :class:`SimulatedVM` and :class:`SimulatedGuestAgent` hold
 commands, state and faults; :class:`QMPServer` and :class:`GuestAgentServer`
 serve them on a unix path (mode 0600) or a ``(host, port)`` pair.
+
+Clients are untrusted, and one must not cost the other VMs of the process
+more than its share:
+
+* **Output cap** (``output_cap``, default :data:`OUTPUT_CAP`, 16 MiB): it
+  is checked before each reply is produced.  Past it, the client's further
+  requests wait and its input is not read until its unread output drops to
+  64 KiB; the server holds at most the cap plus one reply (or one 64 KiB
+  step of error answers).
+* **Fair share**: one turn of the event loop does at most one read (64 KiB)
+  and a slice of work for a client (128 steps or 1 MiB of output, a step
+  being one request or 64 KiB of error answers); the rest waits for the
+  loop's next turn, with reading paused, so other clients run in between.
+* **Garbage** is answered as QEMU does, one reply per parse error, but the
+  reply is built once per run of identical errors and repeated.
+* **Descriptors**: a VM holds at most ``max_fds`` (default
+  :data:`MAX_FDS`, 128) descriptors from its clients (``getfd``,
+  ``add-fd``); past it those commands fail with a ``GenericError`` naming
+  the limit and descriptors that arrive are closed at once.
 """
 
 from __future__ import annotations
@@ -43,7 +62,7 @@ from ..protocol._qemu_output import to_json
 from ..protocol.qga_server import QGAServerProtocol
 from ..protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, event_head
 from ._process import ServerProcess, start_in_subprocess
-from ._simulated import Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
+from ._simulated import MAX_FDS, Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
 from ._transport import Address, Connection, Listener, _close_fds, bind_socket
 
 __all__ = [
@@ -60,6 +79,7 @@ __all__ = [
     "start_in_subprocess",
     "ServerProcess",
     "OUTPUT_CAP",
+    "MAX_FDS",
 ]
 
 logger = logging.getLogger("qmpcore.server")
@@ -581,6 +601,7 @@ async def _start_vms(
     agents: bool = False,
     prefix: str = "vm",
     pretty: bool = False,
+    output_cap: int = OUTPUT_CAP,
     **vm_options: Any,
 ) -> SimulatedVMs:
     directory = os.fspath(directory)
@@ -591,10 +612,12 @@ async def _start_vms(
         for index in range(count):
             vm = SimulatedVM(f"{prefix}{index}", **vm_options)
             vms.append(vm)
-            await QMPServer(vm, os.path.join(directory, f"{prefix}{index}.qmp"), pretty=pretty).start()
+            qmp_path = os.path.join(directory, f"{prefix}{index}.qmp")
+            await QMPServer(vm, qmp_path, pretty=pretty, output_cap=output_cap).start()
             if agents:
                 vm.agent = SimulatedGuestAgent(hostname=f"{prefix}{index}")
-                await GuestAgentServer(vm.agent, os.path.join(directory, f"{prefix}{index}.qga")).start()
+                qga_path = os.path.join(directory, f"{prefix}{index}.qga")
+                await GuestAgentServer(vm.agent, qga_path, output_cap=output_cap).start()
     except BaseException:
         await _close_vms(vms)
         raise
@@ -621,15 +644,20 @@ async def serve_vms(
     agents: bool = False,
     prefix: str = "vm",
     pretty: bool = False,
+    output_cap: int = OUTPUT_CAP,
     **vm_options: Any,
 ) -> AsyncIterator[SimulatedVMs]:
     """Serve ``count`` simulated VMs, one QMP socket each, in this process.
 
     Sockets are ``{directory}/{prefix}{i}.qmp`` (and ``.qga`` for a guest
     agent per VM when ``agents``); VM ``i`` is named ``{prefix}{i}``.
-    Other keyword arguments go to :class:`SimulatedVM`.
+    ``output_cap`` is each client's unread-output cap (see
+    :class:`QMPServer`).  Other keyword arguments go to :class:`SimulatedVM`
+    (``max_fds``: descriptors a VM holds from clients).
     """
-    vms = await _start_vms(directory, count, agents=agents, prefix=prefix, pretty=pretty, **vm_options)
+    vms = await _start_vms(
+        directory, count, agents=agents, prefix=prefix, pretty=pretty, output_cap=output_cap, **vm_options
+    )
     try:
         yield vms
     finally:
@@ -643,6 +671,7 @@ async def serve_vm(
     *,
     pretty: bool = False,
     oob: bool = True,
+    output_cap: int = OUTPUT_CAP,
     **vm_options: Any,
 ) -> AsyncIterator[SimulatedVM]:
     """Serve one simulated VM's QMP monitor on ``address`` (a unix path or
@@ -650,7 +679,7 @@ async def serve_vm(
     endpoint's ``address`` has the bound port for TCP)."""
     if vm is None:
         vm = SimulatedVM(**vm_options)
-    server = QMPServer(vm, address, pretty=pretty, oob=oob)
+    server = QMPServer(vm, address, pretty=pretty, oob=oob, output_cap=output_cap)
     await server.start()
     try:
         yield vm

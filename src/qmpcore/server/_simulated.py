@@ -313,7 +313,9 @@ class SimulatedVM(Simulator):
     real 207 KB reply), ``query-yank`` (oob), ``stop``/``cont`` (STOP and
     RESUME come before the reply), ``system_reset``, ``system_powerdown``,
     ``quit`` (SHUTDOWN, the reply, then every monitor closes),
-    ``getfd``/``closefd``, ``add-fd``/``remove-fd``/``query-fdsets``,
+    ``getfd``/``closefd``, ``add-fd``/``remove-fd``/``query-fdsets`` (at
+    most ``max_fds`` descriptors held; past it they fail with a
+    ``GenericError`` naming the limit),
     ``human-monitor-command`` (``info status|version|name``, ``stop``,
     ``cont``), ``x-query-ramblock`` and ``migrate-pause`` (always failing:
     no migration runs).  ``clock`` gives event timestamps
