@@ -65,7 +65,7 @@ class CommandInfo:
     allow_oob: bool = False
     enabled: bool = True
     success_response: bool = True
-    check_arguments: Callable[[dict], str | None] | None = None
+    check_arguments: Callable[[dict[str, Any]], str | None] | None = None
 
 
 class _Invalid(Exception):
@@ -199,7 +199,7 @@ class Schema:
         try:
             self._object(entry.get("arg-type", "0"), arguments, "", command not in _OPEN_ARGUMENTS)
         except _Invalid as exc:
-            return exc.args[0]
+            return str(exc.args[0])
         return None
 
     # -- the input visitor ------------------------------------------------
@@ -228,7 +228,7 @@ class Schema:
                 first = next(key for key in _ghash_table_order(present) if key in left)
             raise _Invalid(f"Parameter '{_path(path, first)}' is unexpected")
 
-    def _members(self, entry: Mapping[str, Any], value: Mapping[str, Any], path: str, left: dict) -> None:
+    def _members(self, entry: Mapping[str, Any], value: Mapping[str, Any], path: str, left: dict[str, None]) -> None:
         for member in entry.get("members", ()):
             name = member["name"]
             if name in value:
@@ -268,7 +268,7 @@ class Schema:
 
     def _alternate_branch(self, entry: Mapping[str, Any], value: Any) -> str | None:
         for member in entry.get("members", ()):
-            branch = member["type"]
+            branch: str = member["type"]
             target = self._types.get(branch, {})
             meta = target.get("meta-type")
             if meta == "builtin":

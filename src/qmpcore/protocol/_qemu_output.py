@@ -220,7 +220,7 @@ def _scalar(value: Any) -> str:
     raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
 
 
-def _members(value: dict, keep_order: bool) -> list[tuple[str, Any]]:
+def _members(value: dict[Any, Any], keep_order: bool) -> list[tuple[str, Any]]:
     for key in value:
         if not isinstance(key, str):
             raise TypeError(f"QMP object keys must be str, not {type(key).__name__}")
@@ -237,7 +237,7 @@ def _exact(value: Any, pretty: bool) -> str:
     # One frame per open container: [closing bracket, iterator over
     # (key, value) pairs (key None in arrays), is_object, members written,
     # keep_order].  Text decoded from Encoded is already in QEMU's order.
-    stack: list[list] = []
+    stack: list[list[Any]] = []
     key: Any = None
     item = value
     keep_order = False
@@ -292,7 +292,8 @@ def to_json(value: Any, *, pretty: bool = False) -> bytes:
     if not pretty:
         kind = type(value)
         if kind is str and not _NEEDS_ESCAPE.search(value):
-            return b'"' + value.encode("ascii") + b'"'
+            text: str = value
+            return b'"' + text.encode("ascii") + b'"'
         if kind is int and _INT_MIN <= value <= _INT_MAX:
             return b"%d" % value
         if kind is Encoded:

@@ -418,7 +418,7 @@ class ServerProtocolBase:
 
     # -- hooks for subclasses ----------------------------------------------
 
-    def _skips_queue(self, message: dict) -> bool:
+    def _skips_queue(self, message: dict[str, Any]) -> bool:
         """QEMU runs ``exec-oob`` messages at once, even without ``oob``."""
         return "exec-oob" in message and "execute" not in message
 
@@ -464,7 +464,7 @@ class ServerProtocolBase:
         return b'{"id": ' + to_json(request_id) + b', "error": ' + error + self._terminator
 
 
-def _member_order(message: dict) -> Sequence[str]:
+def _member_order(message: dict[str, Any]) -> Sequence[str]:
     """QEMU checks the members of a request in QDict order."""
     keys = tuple(message)
     return keys if len(keys) < 2 else qdict_order(keys)

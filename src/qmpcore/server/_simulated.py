@@ -90,14 +90,14 @@ class _CommandTable(Mapping[str, CommandInfo]):
         self.own = own
         self.base = base
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         info = self.own.get(name)
         if info is None:
             info = self.base.get(name, default)
         return info
 
     def __getitem__(self, name: str) -> CommandInfo:
-        info = self.get(name)
+        info: CommandInfo | None = self.get(name)
         if info is None:
             raise KeyError(name)
         return info
@@ -137,7 +137,7 @@ class Simulator:
         handler: Handler,
         *,
         allow_oob: bool | None = None,
-        check_arguments: Callable[[dict], str | None] | None = None,
+        check_arguments: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         """Run ``handler`` for ``name`` (replacing any built-in).
 
@@ -636,7 +636,8 @@ class SimulatedGuestAgent(Simulator):
 
     @staticmethod
     def _sync(call: Call) -> int:
-        return call.arguments["id"]
+        sync_id: int = call.arguments["id"]
+        return sync_id
 
     def _guest_info(self, call: Call) -> Encoded:
         if self._info_reply is None:
