@@ -197,24 +197,29 @@ class _Session(asyncio.Protocol):
         self._continuation = None
         protocol = self.protocol
         transport = self.transport
+        next_event = protocol.next_event
+        take = protocol.data_to_send
+        unsent = transport.get_write_buffer_size
         cap = self.endpoint.output_cap
         steps = 0
         self._produced = 0
         self._batching = True
         try:
             while not self.closed and not transport.is_closing():
-                if transport.get_write_buffer_size() + self._pending_size > cap:
+                if unsent() + self._pending_size > cap:
                     break  # resume_writing() continues
                 if steps >= _SLICE_STEPS or self._produced >= _SLICE_BYTES:
                     if protocol.can_progress:
                         self._continuation = self._loop.call_soon(self._serve)
                     break
-                request = protocol.next_event()
+                request = next_event()
                 if request is not None:
                     self._run(request)
                 elif not protocol.can_progress:
                     break
-                self._collect(protocol.data_to_send())
+                data = take()
+                if data:
+                    self._collect(data)
                 steps += 1
         finally:
             self._batching = False
