@@ -18,10 +18,8 @@ import os
 import orjson
 import pytest
 
-from qmpcore import FrameError
 from qmpcore.protocol import _qemu_output
-from qmpcore.protocol.qmp_server import QMPServerProtocol
-from qmpcore.server import _STEP_OUTPUT, OUTPUT_CAP, SimulatedVM, serve_vms
+from qmpcore.server import _STEP_OUTPUT, OUTPUT_CAP, serve_vms
 from qmpcore.server._simulated import MAX_FDS
 from server_support import Peer
 
@@ -382,85 +380,3 @@ async def test_descriptor_flood_is_capped_per_vm(tmp_path, client):
         attacker.close()
         await still_served(vms.qmp_paths[0])
     assert open_fds() <= baseline
-
-
-# -- the sans-IO protocol ------------------------------------------------------------------
-
-
-def negotiated(**options) -> QMPServerProtocol:
-    proto = QMPServerProtocol(SimulatedVM().commands, **options)
-    proto.receive_data(b'{"execute":"qmp_capabilities"}')
-    proto.data_to_send()
-    return proto
-
-
-class _OneItem:
-    """Stands in for the framer: every feed yields ``items``."""
-
-    buffered = 0
-
-    def __init__(self, items) -> None:
-        self.items = items
-
-    def feed(self, data):
-        return list(self.items)
-
-
-def coalesced(reason: str, count: int) -> FrameError:
-    error = FrameError(reason, 0, True)
-    error.count = count  # what a coalescing framer reports
-    return error
-
-
-@pytest.mark.parametrize("limit", [None, 4096])
-def test_coalesced_frame_error_is_answered_count_times(limit):
-    proto = negotiated(output_limit=limit)
-    proto._framer = _OneItem([coalesced("JSON parse error, stray '\ufffd'", 1000)])
-    proto.receive_data(b"x")
-    chunks = []
-    while True:
-        request = proto.next_event()
-        chunks.append(proto.data_to_send())
-        if request is None and not proto.can_progress:
-            break
-    assert b"".join(chunks) == STRAY_FF * 1000
-    if limit is not None:
-        assert len(chunks) > 1 and max(map(len, chunks)) <= limit + len(STRAY_FF)
-
-
-def test_frame_errors_one_by_one_are_answered_like_one_with_a_count():
-    one = negotiated()
-    one._framer = _OneItem([coalesced("JSON parse error, expecting value", 300)])
-    one.receive_data(b"x")
-    many = negotiated()
-    many._framer = _OneItem([FrameError("JSON parse error, expecting value", i) for i in range(300)])
-    many.receive_data(b"x")
-    assert one.data_to_send() == many.data_to_send() == EXPECTING * 300
-
-
-def test_output_limit_holds_requests_behind_errors_in_order():
-    proto = negotiated(output_limit=1024)
-    proto.receive_data(b"}" * 100 + b'{"execute":"query-status","id":1}')
-    output = proto.data_to_send()
-    assert len(output) <= 1024 + len(EXPECTING) and proto.can_progress
-    while (request := proto.next_event()) is None:
-        output += proto.data_to_send()
-    output += proto.data_to_send()
-    assert output == EXPECTING * 100 and request.id == 1
-    assert proto.send(request, {"x": 1}) == b'{"return": {"x": 1}, "id": 1}\r\n'
-
-
-def test_send_returns_the_bytes_and_keeps_the_order():
-    proto = negotiated()
-    proto.receive_data(b'{"execute":"query-status","id":1}{"execute":"query-name","id":2}')
-    first = proto.next_event()
-    assert proto.send_event("STOP", timestamp=0)  # queued before the answer
-    data = proto.send(first, {"a": 1})
-    assert data.endswith(b'{"return": {"a": 1}, "id": 1}\r\n') and data.startswith(b'{"timestamp"')
-    assert proto.data_to_send() == b""
-    second = proto.next_event()
-    from qmpcore import CommandError
-
-    assert proto.send(second, error=CommandError("DeviceNotFound", "no")) == (
-        b'{"id": 2, "error": {"class": "DeviceNotFound", "desc": "no"}}\r\n'
-    )
