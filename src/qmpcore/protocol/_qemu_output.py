@@ -28,6 +28,7 @@ through the exact encoder below, which gives identical bytes.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import sys
 from json.encoder import encode_basestring_ascii as _json_string
@@ -85,8 +86,7 @@ def _tdb_hash(key: str) -> int:
     data = key.encode("utf-8", "surrogatepass")
     value = 0x238F13AF * len(data)
     if len(data) <= _TDB_PERIOD:
-        for byte, shift in zip(data, _TDB_SHIFTS):
-            value += byte << shift
+        value += sum(map(operator.lshift, data, _TDB_SHIFTS))
     else:
         for start, shift in enumerate(_TDB_SHIFTS):
             value += sum(data[start::_TDB_PERIOD]) << shift
