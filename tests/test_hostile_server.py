@@ -380,3 +380,39 @@ async def test_descriptor_flood_is_capped_per_vm(tmp_path, client):
         attacker.close()
         await still_served(vms.qmp_paths[0])
     assert open_fds() <= baseline
+
+
+async def test_guest_agent_garbage_flood_is_capped(tmp_path, client):
+    """The guest agent socket of one VM flooded with 0xFF by a client that
+    never reads: its answers stop at the cap, the next VM's agent answers
+    guest-ping, and every byte is answered once when the client reads."""
+    reply = STRAY_FF.replace(b"\r\n", b"\n")
+    async with serve_vms(tmp_path, 2, agents=True, output_cap=1 << 20) as vms:
+        attacker = await Peer.connect(vms.qga_paths[0])
+        good = await Peer.connect(vms.qga_paths[1])
+        try:
+            await vms[0].agent.endpoints[0].wait_connected()
+            session = vms[0].agent.endpoints[0]._session
+            transport = session.transport
+            flood = Flood(attacker, b"\xff" * 65536, 1 << 30, read=False, reply=reply)
+            try:
+                await wait_until(lambda: not transport.is_reading() and transport.get_write_buffer_size() > 900_000)
+                for i in range(5):
+                    await good.send(b'{"execute":"guest-sync","arguments":{"id":%d}}' % i)
+                    assert await good.read_line(b"\n") == b'{"return": %d}\n' % i
+                assert not flood.writer.done()
+                assert transport.get_write_buffer_size() <= output_bound(len(reply), 1 << 20)
+                flood.stopping = True
+                flood.reader = asyncio.ensure_future(flood._read())
+                await asyncio.wait_for(flood.writer, DEADLINE)
+                total = flood.sent * len(reply)
+                await wait_until(lambda: flood.received >= total)
+                flood.reader.cancel()
+                assert flood.received == total and flood.mismatch is None, flood.mismatch
+            finally:
+                flood.stop()
+            await attacker.send(b'{"execute":"guest-ping"}')
+            assert await attacker.read_line(b"\n") == b'{"return": {}}\n'
+        finally:
+            attacker.close()
+            good.close()
