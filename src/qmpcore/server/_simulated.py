@@ -33,7 +33,7 @@ Handler = Callable[["Call"], Any]
 
 _GUEST_INFO_72 = "qga_guest_info_7.2.json"
 #: Default cap on descriptors a simulator holds from its clients (getfd,
-#: add-fd and descriptors received but not claimed yet).
+#: add-fd); descriptors that arrive while it holds that many are closed.
 MAX_FDS = 128
 # x-query-ramblock of a machine without RAM (corpus 04).
 _RAMBLOCK_NONE = "              Block Name    PSize              Offset               Used              Total\n"
@@ -264,19 +264,19 @@ class Simulator:
         return len(self.fds)
 
     def _need_fd(self, call: Call) -> int:
-        """The descriptor sent with ``call`` (an error when none came, or
-        when taking it would pass :attr:`max_fds`)."""
+        """The descriptor sent with ``call``; an error when none came or when
+        the simulator already holds :attr:`max_fds` (the one sent is closed)."""
         fd = call.take_fd()
-        if fd is not None and self.fds_held < self.max_fds:
-            return fd
-        if fd is not None:
-            _close(fd)
-        if fd is not None or self.fds_held >= self.max_fds:
+        if self.fds_held >= self.max_fds:
+            if fd is not None:
+                _close(fd)
             raise CommandError(
                 "GenericError",
                 f"Too many file descriptors passed (limit {self.max_fds}); release some with closefd or remove-fd",
             )
-        raise CommandError("GenericError", "No file descriptor supplied via SCM_RIGHTS")
+        if fd is None:
+            raise CommandError("GenericError", "No file descriptor supplied via SCM_RIGHTS")
+        return fd
 
     def _store_fd(self, name: str, fd: int) -> None:
         old = self.fds.pop(name, None)
