@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qmpcore import StateError
+from qmpcore import CommandError, FrameError, StateError
 from qmpcore.protocol._qapi import CommandInfo, Schema
 from qmpcore.protocol.qga_server import QGAServerProtocol
 from qmpcore.protocol.qmp_server import NO_ID, QMPServerProtocol, Request, event_bytes
@@ -332,6 +332,110 @@ def test_pretty_output(commands):
 def test_send_raw_is_verbatim(ready):
     ready.send_raw(b"\x00garbage")
     assert ready.data_to_send() == b"\x00garbage"
+
+
+# -- coalesced errors, output limit, send() ------------------------------------------------
+
+
+STRAY_FF = b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\uFFFD\'"}}\r\n'
+EXPECTING = error("JSON parse error, expecting value")
+
+
+def negotiated(**options) -> QMPServerProtocol:
+    proto = QMPServerProtocol(Schema.qemu_7_2().command_infos(), **options)
+    proto.receive_data(b'{"execute":"qmp_capabilities"}')
+    proto.data_to_send()
+    return proto
+
+
+class _OneItem:
+    """Stands in for the framer: every feed yields ``items``."""
+
+    buffered = 0
+
+    def __init__(self, items) -> None:
+        self.items = items
+
+    def feed(self, data):
+        return list(self.items)
+
+
+def coalesced(reason: str, count: int) -> FrameError:
+    """A FrameError standing for ``count`` identical errors, as a
+    coalescing framer reports it."""
+    try:
+        return FrameError(reason, 0, True, count=count)  # type: ignore[call-arg]
+    except TypeError:  # a FrameError without the count argument
+        error = FrameError(reason, 0, True)
+        error.count = count  # type: ignore[attr-defined]
+        return error
+
+
+@pytest.mark.parametrize("limit", [None, 4096])
+def test_coalesced_frame_error_is_answered_count_times(limit):
+    proto = negotiated(output_limit=limit)
+    proto._framer = _OneItem([coalesced("JSON parse error, stray '\ufffd'", 1000)])
+    proto.receive_data(b"x")
+    chunks = []
+    while True:
+        request = proto.next_event()
+        chunks.append(proto.data_to_send())
+        if request is None and not proto.can_progress:
+            break
+    assert b"".join(chunks) == STRAY_FF * 1000
+    if limit is not None:
+        assert len(chunks) > 1 and max(map(len, chunks)) <= limit + len(STRAY_FF)
+
+
+def test_frame_errors_one_by_one_are_answered_like_one_with_a_count():
+    one = negotiated()
+    one._framer = _OneItem([coalesced("JSON parse error, expecting value", 300)])
+    one.receive_data(b"x")
+    many = negotiated()
+    many._framer = _OneItem([FrameError("JSON parse error, expecting value", i) for i in range(300)])
+    many.receive_data(b"x")
+    assert one.data_to_send() == many.data_to_send() == EXPECTING * 300
+
+
+def test_output_limit_holds_requests_behind_errors_in_order():
+    proto = negotiated(output_limit=1024)
+    proto.receive_data(b"}" * 100 + b'{"execute":"query-status","id":1}')
+    output = proto.data_to_send()
+    assert len(output) <= 1024 + len(EXPECTING) and proto.can_progress
+    while (request := proto.next_event()) is None:
+        output += proto.data_to_send()
+    output += proto.data_to_send()
+    assert output == EXPECTING * 100 and request.id == 1
+    assert proto.send(request, {"x": 1}) == b'{"return": {"x": 1}, "id": 1}\r\n'
+
+
+def test_send_returns_the_bytes_and_keeps_the_order():
+    proto = negotiated()
+    proto.receive_data(b'{"execute":"query-status","id":1}{"execute":"query-name","id":2}')
+    first = proto.next_event()
+    assert proto.send_event("STOP", timestamp=0)  # queued before the answer
+    data = proto.send(first, {"a": 1})
+    assert data.endswith(b'{"return": {"a": 1}, "id": 1}\r\n') and data.startswith(b'{"timestamp"')
+    assert proto.data_to_send() == b""
+    second = proto.next_event()
+    assert proto.send(second, error=CommandError("DeviceNotFound", "no")) == (
+        b'{"id": 2, "error": {"class": "DeviceNotFound", "desc": "no"}}\r\n'
+    )
+
+
+def test_agent_answers_a_coalesced_error_count_times():
+    agent = QGAServerProtocol({})
+    agent.connection_made()
+    agent._framer = _OneItem([coalesced("JSON parse error, stray '\ufffd'", 1000)])
+    agent.receive_data(b"x")
+    assert agent.data_to_send() == STRAY_FF.replace(b"\r\n", b"\n") * 1000
+
+
+def test_old_send_spelling_queues_for_data_to_send(ready):
+    ready.receive_data(b'{"execute":"query-status","id":1}}')
+    request = ready.next_event()
+    ready.send_return(request, {"ok": True})
+    assert ready.data_to_send() == b'{"return": {"ok": true}, "id": 1}\r\n' + EXPECTING
 
 
 # -- guest agent -------------------------------------------------------------------------

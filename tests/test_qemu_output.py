@@ -237,3 +237,21 @@ def test_output_is_ascii_json_with_the_same_content(value):
     assert decoded == normal(value)
     pretty = orjson.loads(to_json(value, pretty=True))
     assert pretty == decoded
+
+
+def _tdb_hash_byte_by_byte(key: str) -> int:
+    """QEMU's tdb_hash as qobject/qdict.c writes it, one byte at a time."""
+    data = key.encode("utf-8", "surrogatepass")
+    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
+    for i, byte in enumerate(data):
+        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
+    return (1103515243 * value + 12345) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("length", [0, 1, 7, 23, 24, 25, 48, 49, 1000, 70_001])
+def test_tdb_hash_matches_qemus_loop_for_every_length(length):
+    from qmpcore.protocol._qemu_output import _tdb_hash
+
+    for alphabet in ("abcxyz", "a\u00e9\U0001f600\x7f\x00"):
+        key = "".join(alphabet[(i * 7 + length) % len(alphabet)] for i in range(length))
+        assert _tdb_hash(key) == _tdb_hash_byte_by_byte(key)

@@ -550,3 +550,27 @@ async def test_internal_parser_failure_closes_the_connection(sock_path, monkeypa
             assert await peer.read_until_closed() == b""
         async with await connected(sock_path) as peer:
             assert await peer.execute("query-status") == {"return": STATUS}
+
+
+def test_output_cap_below_a_mebibyte_is_refused(sock_path):
+    with pytest.raises(ValueError, match="output_cap must be at least 1048576 bytes"):
+        QMPServer(SimulatedVM(), sock_path, output_cap=4096)
+
+
+async def test_descriptor_limit_is_per_vm_and_settable(sock_path):
+    async with serve_vm(sock_path, max_fds=2) as vm:
+        async with await connected(sock_path) as peer:
+            with open(os.devnull) as null:
+                for i in range(3):
+                    peer.send_fds(b'{"execute":"getfd","arguments":{"fdname":"f%d"},"id":%d}' % (i, i), [null.fileno()])
+                    answers = await peer.read_message()
+                    if i < 2:
+                        assert answers == {"return": {}, "id": i}
+            assert answers == {
+                "id": 2,
+                "error": {
+                    "class": "GenericError",
+                    "desc": "Too many file descriptors passed (limit 2); release some with closefd or remove-fd",
+                },
+            }
+            assert sorted(vm.fds) == ["f0", "f1"]

@@ -28,7 +28,9 @@ through the exact encoder below, which gives identical bytes.
 from __future__ import annotations
 
 import math
+import operator
 import re
+import sys
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
 
@@ -41,6 +43,7 @@ __all__ = [
     "encode_qga",
     "qdict_order",
     "format_float",
+    "order_cache_size",
 ]
 
 _INT_MIN = -(1 << 63)
@@ -72,33 +75,62 @@ class _Slow(Exception):
     """Raised by the fast path when the value needs the exact encoder."""
 
 
+# tdb_hash shifts byte i left by i * 5 % 24 bits: the shifts repeat every
+# 24 bytes, so a long key is hashed as 24 sums of every 24th byte (C speed).
+_TDB_PERIOD = 24
+_TDB_SHIFTS = tuple(i * 5 % _TDB_PERIOD for i in range(_TDB_PERIOD))
+
+
 def _tdb_hash(key: str) -> int:
     """QEMU's ``tdb_hash`` of ``key`` (qobject/qdict.c), as unsigned 32-bit."""
     data = key.encode("utf-8", "surrogatepass")
-    value = (0x238F13AF * len(data)) & 0xFFFFFFFF
-    for i, byte in enumerate(data):
-        value = (value + (byte << (i * 5 % 24))) & 0xFFFFFFFF
-    return (1103515243 * value + 12345) & 0xFFFFFFFF
+    value = 0x238F13AF * len(data)
+    if len(data) <= _TDB_PERIOD:
+        value += sum(map(operator.lshift, data, _TDB_SHIFTS))
+    else:
+        for start, shift in enumerate(_TDB_SHIFTS):
+            value += sum(data[start::_TDB_PERIOD]) << shift
+    return (1103515243 * (value & 0xFFFFFFFF) + 12345) & 0xFFFFFFFF
 
 
+# Member orders already worked out, bounded in entries and in bytes (a
+# client chooses the keys of its requests); key tuples larger than
+# _ORDER_ENTRY_MAX bytes are not kept.  Full: cleared and filled again.
 _ORDER_CACHE: dict[tuple[str, ...], tuple[str, ...]] = {}
 _ORDER_CACHE_MAX = 8192
+_ORDER_CACHE_BYTES = 4 << 20
+_ORDER_ENTRY_MAX = 4096
+_order_cache_bytes = 0
+
+
+def _order_size(keys: tuple[str, ...]) -> int:
+    """Bytes that caching ``keys`` holds: the key strings and two tuples."""
+    return sum(map(sys.getsizeof, keys)) + 2 * sys.getsizeof(keys)
 
 
 def qdict_order(keys: tuple[str, ...]) -> tuple[str, ...]:
     """The order in which QEMU iterates a QDict whose keys were inserted in
     the order ``keys``: by hash bucket, newest first within a bucket."""
+    global _order_cache_bytes
+    if len(keys) < 2:
+        return keys
     order = _ORDER_CACHE.get(keys)
     if order is None:
-        if len(keys) < 2:
-            order = keys
-        else:
-            ranked = sorted(range(len(keys)), key=lambda i: (_tdb_hash(keys[i]) % _BUCKETS, -i))
-            order = tuple(keys[i] for i in ranked)
-        if len(_ORDER_CACHE) >= _ORDER_CACHE_MAX:
-            _ORDER_CACHE.clear()
-        _ORDER_CACHE[keys] = order
+        ranked = sorted(range(len(keys)), key=lambda i: (_tdb_hash(keys[i]) % _BUCKETS, -i))
+        order = tuple(keys[i] for i in ranked)
+        size = _order_size(keys)
+        if size <= _ORDER_ENTRY_MAX:
+            if len(_ORDER_CACHE) >= _ORDER_CACHE_MAX or _order_cache_bytes + size > _ORDER_CACHE_BYTES:
+                _ORDER_CACHE.clear()
+                _order_cache_bytes = 0
+            _ORDER_CACHE[keys] = order
+            _order_cache_bytes += size
     return order
+
+
+def order_cache_size() -> tuple[int, int]:
+    """(entries, bytes) held by the member-order cache now."""
+    return len(_ORDER_CACHE), _order_cache_bytes
 
 
 def format_float(value: float) -> str:
@@ -188,7 +220,7 @@ def _scalar(value: Any) -> str:
     raise TypeError(f"cannot encode {type(value).__name__} as QMP JSON")
 
 
-def _members(value: dict, keep_order: bool) -> list[tuple[str, Any]]:
+def _members(value: dict[Any, Any], keep_order: bool) -> list[tuple[str, Any]]:
     for key in value:
         if not isinstance(key, str):
             raise TypeError(f"QMP object keys must be str, not {type(key).__name__}")
@@ -205,7 +237,7 @@ def _exact(value: Any, pretty: bool) -> str:
     # One frame per open container: [closing bracket, iterator over
     # (key, value) pairs (key None in arrays), is_object, members written,
     # keep_order].  Text decoded from Encoded is already in QEMU's order.
-    stack: list[list] = []
+    stack: list[list[Any]] = []
     key: Any = None
     item = value
     keep_order = False
@@ -260,7 +292,8 @@ def to_json(value: Any, *, pretty: bool = False) -> bytes:
     if not pretty:
         kind = type(value)
         if kind is str and not _NEEDS_ESCAPE.search(value):
-            return b'"' + value.encode("ascii") + b'"'
+            text: str = value
+            return b'"' + text.encode("ascii") + b'"'
         if kind is int and _INT_MIN <= value <= _INT_MAX:
             return b"%d" % value
         if kind is Encoded:

@@ -17,6 +17,8 @@ protocol with qemu-ga's differences (corpus ``qga_*``):
 
 from __future__ import annotations
 
+from typing import Any
+
 from .qmp_server import NO_ID, Request, ServerProtocolBase
 
 __all__ = ["QGAServerProtocol", "Request", "NO_ID", "SYNC_BYTE"]
@@ -34,7 +36,7 @@ class QGAServerProtocol(ServerProtocolBase):
         """A new client: forget the old one's requests, keep the parser."""
         self._drop_requests()
 
-    def _skips_queue(self, message: dict) -> bool:
+    def _skips_queue(self, message: dict[str, Any]) -> bool:
         return False  # qemu-ga dispatches everything in order
 
     def _reply_prefix(self, request: Request) -> bytes:

@@ -1,17 +1,22 @@
 """Sans-IO QMP server: QEMU 7.2's monitor and dispatcher, minus the commands.
 
-Bytes from the client go in with :meth:`~QMPServerProtocol.receive_data`;
-commands that the application must run come out of
-:meth:`~QMPServerProtocol.next_event` as :class:`Request` objects; the
-application answers each with :meth:`~QMPServerProtocol.send_return` or
-:meth:`~QMPServerProtocol.send_error` and takes the bytes to write from
-:meth:`~QMPServerProtocol.data_to_send`.  Everything QEMU answers without
+The shape is h11's, as in the client protocols: bytes from the client go in
+with :meth:`~QMPServerProtocol.receive_data`; commands that the application
+must run come out of :meth:`~QMPServerProtocol.next_event` as
+:class:`Request` objects; the application answers each with
+:meth:`~QMPServerProtocol.send`, which returns the bytes to write now, and
+takes what the protocol answered on its own (greeting, errors) from
+:meth:`~QMPServerProtocol.data_to_send`.  (``send_return`` and
+``send_error`` are the older spelling: they queue the answer for
+``data_to_send`` instead of returning it.)  Everything QEMU answers without
 running a command is answered here, in QEMU's words and order:
 
 * the greeting, capabilities negotiation (``qmp_capabilities`` is handled
   here) and negotiation mode, where every other command is
   ``CommandNotFound`` and no events are delivered;
-* JSON errors (one ``GenericError`` per :class:`~qmpcore.FrameError`),
+* JSON errors (one ``GenericError`` per error QEMU's parser reports; a
+  :class:`~qmpcore.FrameError` whose ``count`` says it stands for N
+  identical errors is answered with the same reply N times, built once),
   ``QMP input must be a JSON object`` and the other envelope checks, in the
   order QEMU iterates the request's members;
 * unknown and disabled commands, ``exec-oob`` rules, and argument errors
@@ -22,6 +27,15 @@ only when the previous one has been answered, and errors queued behind it
 wait their turn.  ``exec-oob`` commands skip the queue.  ``reading_paused``
 tells the I/O layer to stop reading while the queue is full (QEMU suspends
 the monitor the same way), so memory stays bounded.
+
+``output_limit`` bounds the work one call does on the client's behalf:
+once that many bytes of answers the protocol produced itself wait in
+:meth:`~ServerProtocolBase.data_to_send`, it stops answering queued input
+(``can_progress`` stays true) until the I/O layer has taken the bytes and
+calls :meth:`~ServerProtocolBase.next_event` again.  An I/O layer that caps
+a client's unread output checks that cap between calls, so a client that
+sends garbage and never reads cannot make the server produce more than the
+cap plus one chunk.
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import FrameError, StateError
+from ..errors import CommandError, FrameError, StateError
 from ..framing import Framer
 from ..framing.wire import SYNC
 from ._qapi import CommandInfo, Schema
@@ -122,6 +136,19 @@ class Request:
         return f"Request({self.command!r}, {self.arguments!r}{extra})"
 
 
+class _Repeat:
+    """Identical parse errors waiting in the in-band queue: ``reply`` is
+    owed ``count`` times (consecutive errors with one text coalesce here,
+    whether the framer reported them as one FrameError or many)."""
+
+    __slots__ = ("reason", "reply", "count")
+
+    def __init__(self, reason: str, reply: bytes, count: int) -> None:
+        self.reason = reason
+        self.reply = reply
+        self.count = count
+
+
 class ServerProtocolBase:
     """What QMP monitors and the guest agent share: QEMU's ``qmp_dispatch``.
 
@@ -138,10 +165,15 @@ class ServerProtocolBase:
         max_frame_size: int = 64 << 20,
         max_depth: int = 1024,
         max_tokens: int = 2 << 20,
+        output_limit: int | None = None,
     ) -> None:
         self.commands: Mapping[str, CommandInfo] = commands if commands is not None else {}
         self._framer = Framer(max_frame_size, max_depth, max_tokens=max_tokens, strict=True)
+        #: Bytes of self-produced answers after which queued input waits
+        #: for the next :meth:`next_event` call (None: no limit).
+        self.output_limit = output_limit
         self._out: list[bytes] = []
+        self._out_size = 0
         self._queue: deque[Any] = deque()
         self._ready: deque[Request] = deque()
         self._current: Request | None = None
@@ -151,23 +183,48 @@ class ServerProtocolBase:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the client; answers and requests become available."""
+        queue = self._queue
         for item in self._framer.feed(data):
             if item is SYNC:
                 continue  # the strict framer already reported 0xFF as an error
-            if type(item) is dict and self._skips_queue(item):
-                # Out-of-band: dispatched now, even while an in-band command runs.
-                request = self._dispatch(item)
-                if request is not None:
-                    self._oob_open.add(request)
-                    self._ready.append(request)
-            else:
-                self._queue.append(item)
-                self._pump()
+            if type(item) is dict:
+                if self._skips_queue(item):
+                    # Out-of-band: dispatched now, even while an in-band
+                    # command runs (after what came before it, if it can go).
+                    self._pump()
+                    request = self._dispatch(item)
+                    if request is not None:
+                        self._oob_open.add(request)
+                        self._ready.append(request)
+                    continue
+            elif isinstance(item, FrameError):
+                count = getattr(item, "count", 1)
+                last = queue[-1] if queue else None
+                if type(last) is _Repeat and last.reason == item.reason:
+                    last.count += count
+                    continue
+                item = _Repeat(item.reason, self._error_bytes(NO_ID, "GenericError", item.reason), count)
+            queue.append(item)
+        self._pump()
 
     def next_event(self) -> Request | None:
-        """The next :class:`Request` to run, or ``None``."""
+        """The next :class:`Request` to run, or ``None``.
+
+        Queued input that needs no command (errors) is answered on the way,
+        up to ``output_limit`` bytes per call: ``None`` with
+        :attr:`can_progress` still true means "take :meth:`data_to_send`
+        and call again".
+        """
         ready = self._ready
+        if not ready and self._queue:
+            self._pump()
         return ready.popleft() if ready else None
+
+    @property
+    def can_progress(self) -> bool:
+        """True when :meth:`next_event` has work to do now: a request to
+        hand out, or queued input while no in-band command runs."""
+        return bool(self._ready) or (self._current is None and bool(self._queue))
 
     @property
     def reading_paused(self) -> bool:
@@ -179,29 +236,54 @@ class ServerProtocolBase:
         """Bytes of an unfinished frame held by the parser."""
         return self._framer.buffered
 
+    @property
+    def queued(self) -> int:
+        """In-band items (requests and errors) waiting their turn."""
+        return len(self._queue)
+
     # -- answers ----------------------------------------------------------
 
+    def send(self, request: Request, value: Any = None, *, error: CommandError | None = None) -> bytes:
+        """Answer ``request``; return the bytes to write now.
+
+        The answer is ``{"return": value}`` (``None`` is ``{}``), or the
+        error ``error`` (its ``error_class`` and ``desc``).  The bytes
+        include, first, anything :meth:`data_to_send` was holding, so the
+        caller writes everything in order.  The next in-band request is
+        released for :meth:`next_event`, not answered here.
+        """
+        if error is not None:
+            return self._answer(request, None, error.error_class, error.desc)
+        return self._answer(request, value)
+
     def send_return(self, request: Request, value: Any = None) -> None:
-        """Answer ``request`` with ``{"return": value}`` (``None`` is ``{}``)."""
-        self._check(request)
-        info = request.info
-        reply = b""
-        if info is None or info.success_response:
-            # Encode first: a value JSON cannot hold raises with the request
-            # still open, so the caller can answer with an error instead.
-            reply = self._reply_prefix(request) + self._return_bytes(request.id, {} if value is None else value)
-        self._close(request)
-        if reply:
-            self._out.append(reply)
+        """Like :meth:`send`, but queue the answer for :meth:`data_to_send`."""
+        self._out.append(self._answer(request, value))
         self._pump()
 
     def send_error(self, request: Request, error_class: str, desc: str) -> None:
-        """Answer ``request`` with ``{"error": {"class": ..., "desc": ...}}``."""
-        self._check(request)
-        reply = self._error_bytes(request.id, error_class, desc)
-        self._close(request)
-        self._out.append(reply)
+        """Like :meth:`send` with an error, but queue the answer for
+        :meth:`data_to_send`."""
+        self._out.append(self._answer(request, None, error_class, desc))
         self._pump()
+
+    def _answer(self, request: Request, value: Any, error_class: str | None = None, desc: str = "") -> bytes:
+        self._check(request)
+        if error_class is not None:
+            reply = self._error_bytes(request.id, error_class, desc)
+        else:
+            info = request.info
+            reply = b""
+            if info is None or info.success_response:
+                # Encode first: a value JSON cannot hold raises with the request
+                # still open, so the caller can answer with an error instead.
+                reply = self._reply_prefix(request) + self._return_bytes(request.id, {} if value is None else value)
+        self._close(request)
+        out = self._out
+        if not out:
+            return reply
+        out.append(reply)
+        return self.data_to_send()
 
     def send_raw(self, data: bytes) -> None:
         """Queue bytes verbatim (for tests that need malformed output)."""
@@ -210,6 +292,7 @@ class ServerProtocolBase:
     def data_to_send(self) -> bytes:
         """Everything queued for the client since the last call."""
         out = self._out
+        self._out_size = 0
         if not out:
             return b""
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -224,13 +307,28 @@ class ServerProtocolBase:
     # -- QEMU's dispatcher ------------------------------------------------
 
     def _pump(self) -> None:
-        """Release queued in-band items until one needs the application."""
+        """Release queued in-band items until one needs the application or
+        ``output_limit`` bytes of answers wait to be taken."""
         queue = self._queue
+        limit = self.output_limit
+        out = self._out
         while self._current is None and queue:
-            item = queue.popleft()
-            if isinstance(item, FrameError):
-                self._write_error(NO_ID, "GenericError", item.reason)
+            if limit is not None and self._out_size >= limit:
+                return
+            item = queue[0]
+            if type(item) is _Repeat:
+                reply = item.reply
+                times = item.count
+                if limit is not None:
+                    # Never more than the limit allows (but at least one).
+                    times = min(times, max(1, (limit - self._out_size) // len(reply)))
+                out.append(reply * times if times > 1 else reply)
+                self._out_size += len(reply) * times
+                item.count -= times
+                if not item.count:
+                    queue.popleft()
                 continue
+            queue.popleft()
             request = self._dispatch(item)
             if request is not None:
                 self._current = request
@@ -316,10 +414,11 @@ class ServerProtocolBase:
         self._queue.clear()
         self._ready.clear()
         self._out.clear()
+        self._out_size = 0
 
     # -- hooks for subclasses ----------------------------------------------
 
-    def _skips_queue(self, message: dict) -> bool:
+    def _skips_queue(self, message: dict[str, Any]) -> bool:
         """QEMU runs ``exec-oob`` messages at once, even without ``oob``."""
         return "exec-oob" in message and "execute" not in message
 
@@ -343,10 +442,14 @@ class ServerProtocolBase:
     # -- output -----------------------------------------------------------
 
     def _write_return(self, request_id: Any, value: Any) -> None:
-        self._out.append(self._return_bytes(request_id, value))
+        reply = self._return_bytes(request_id, value)
+        self._out_size += len(reply)
+        self._out.append(reply)
 
     def _write_error(self, request_id: Any, error_class: str, desc: str) -> None:
-        self._out.append(self._error_bytes(request_id, error_class, desc))
+        reply = self._error_bytes(request_id, error_class, desc)
+        self._out_size += len(reply)
+        self._out.append(reply)
 
     def _return_bytes(self, request_id: Any, value: Any) -> bytes:
         # QDict order puts "return" before "id" (and "id" before "error").
@@ -361,7 +464,7 @@ class ServerProtocolBase:
         return b'{"id": ' + to_json(request_id) + b', "error": ' + error + self._terminator
 
 
-def _member_order(message: dict) -> Sequence[str]:
+def _member_order(message: dict[str, Any]) -> Sequence[str]:
     """QEMU checks the members of a request in QDict order."""
     keys = tuple(message)
     return keys if len(keys) < 2 else qdict_order(keys)
@@ -386,8 +489,15 @@ class QMPServerProtocol(ServerProtocolBase):
         max_frame_size: int = 64 << 20,
         max_depth: int = 1024,
         max_tokens: int = 2 << 20,
+        output_limit: int | None = None,
     ) -> None:
-        super().__init__(commands, max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
+        super().__init__(
+            commands,
+            max_frame_size=max_frame_size,
+            max_depth=max_depth,
+            max_tokens=max_tokens,
+            output_limit=output_limit,
+        )
         self.pretty = bool(pretty)
         self.version = dict(version if version is not None else DEFAULT_VERSION)
         self.offered = tuple(capabilities)

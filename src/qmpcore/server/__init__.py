@@ -25,6 +25,25 @@ whose ``vm(i)`` proxies the hooks.
 Building blocks: :class:`SimulatedVM` and :class:`SimulatedGuestAgent` hold
 commands, state and faults; :class:`QMPServer` and :class:`GuestAgentServer`
 serve them on a unix path (mode 0600) or a ``(host, port)`` pair.
+
+Clients are untrusted, and one must not cost the other VMs of the process
+more than its share:
+
+* **Output cap** (``output_cap``, default :data:`OUTPUT_CAP`, 16 MiB): it
+  is checked before each reply is produced.  Past it, the client's further
+  requests wait and its input is not read until its unread output drops to
+  64 KiB; the server holds at most the cap plus one reply (or one 64 KiB
+  step of error answers).
+* **Fair share**: one turn of the event loop does at most one read (64 KiB)
+  and a slice of work for a client (128 steps or 1 MiB of output, a step
+  being one request or 64 KiB of error answers); the rest waits for the
+  loop's next turn, with reading paused, so other clients run in between.
+* **Garbage** is answered as QEMU does, one reply per parse error, but the
+  reply is built once per run of identical errors and repeated.
+* **Descriptors**: a VM holds at most ``max_fds`` (default
+  :data:`MAX_FDS`, 128) descriptors from its clients (``getfd``,
+  ``add-fd``); past it those commands fail with a ``GenericError`` naming
+  the limit and descriptors that arrive are closed at once.
 """
 
 from __future__ import annotations
@@ -44,7 +63,7 @@ from ..protocol._qemu_output import to_json
 from ..protocol.qga_server import QGAServerProtocol
 from ..protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, event_head
 from ._process import ServerProcess, start_in_subprocess
-from ._simulated import Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
+from ._simulated import MAX_FDS, Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
 from ._transport import Address, Connection, Listener, TLSLayer, _close_fds, bind_socket
 
 __all__ = [
@@ -60,14 +79,26 @@ __all__ = [
     "serve_vms",
     "start_in_subprocess",
     "ServerProcess",
+    "OUTPUT_CAP",
+    "MAX_FDS",
 ]
 
 logger = logging.getLogger("qmpcore.server")
 
 _FLOOD_BATCH = 1024
 _CLOSE_TIMEOUT = 1.0
-# Unread output beyond which a client's input is no longer read.
-_OUTPUT_CAP = 16 << 20
+#: Default cap on a client's unread output: past it, no further request of
+#: that client is answered and its input is not read until it reads.
+OUTPUT_CAP = 16 << 20
+_MIN_OUTPUT_CAP = 1 << 20
+# Bytes of answers the protocol produces on its own (parse errors) per step.
+_STEP_OUTPUT = 64 << 10
+# Fair share of the loop: steps (one request run, or one chunk of error
+# answers) and bytes of output per turn before other clients run.
+_SLICE_STEPS = 128
+_SLICE_BYTES = 1 << 20
+# Replies are gathered and written together up to this many bytes.
+_WRITE_BATCH = 256 << 10
 
 
 class _Session(asyncio.Protocol):
@@ -85,7 +116,14 @@ class _Session(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._batching = False
-        self._lost = asyncio.get_running_loop().create_future()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._produced = 0
+        #: Bytes of replies and protocol output handed to the transport so far.
+        self.written = 0
+        self._continuation: asyncio.Handle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._lost = self._loop.create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -105,6 +143,11 @@ class _Session(asyncio.Protocol):
     def fds_received(self, fds: list[int]) -> None:
         # As in QEMU's chardev: new descriptors replace unclaimed ones.
         _close_fds(self._fds)
+        if self.target.fds_held >= self.target.max_fds:
+            # Over the simulator's limit: closed at once; the command that
+            # wanted them fails with the limit's error.
+            _close_fds(fds)
+            fds = []
         self._fds = fds
 
     def take_fd(self) -> int | None:
@@ -120,11 +163,17 @@ class _Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
-        self._update_reading()
+        if self._continuation is None:
+            self._serve()  # requests held back by the output cap go on
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
         self._writable.set()
+        if self._continuation is not None:
+            self._continuation.cancel()
+            self._continuation = None
+        self._pending = []
+        self._pending_size = 0
         for task in self._tasks:
             task.cancel()
         self._tasks.clear()
@@ -137,29 +186,60 @@ class _Session(asyncio.Protocol):
     # -- requests -----------------------------------------------------------
 
     def _serve(self) -> None:
-        """Run every request the protocol has released, then write (all
-        replies to one burst of requests leave in one write)."""
+        """Run the requests the protocol releases, one slice at a time.
+
+        Before each step (one request, or one chunk of error answers) the
+        client's unread output is checked against the endpoint's cap: past
+        it, nothing more is produced until the client reads
+        (:meth:`resume_writing`).  After a slice of steps or bytes, the
+        rest waits for the loop's next turn, so other clients run first.
+        Replies are gathered and leave in as few writes as possible.
+        """
+        self._continuation = None
         protocol = self.protocol
+        transport = self.transport
+        next_event = protocol.next_event
+        take = protocol.data_to_send
+        unsent = transport.get_write_buffer_size
+        cap = self.endpoint.output_cap
+        steps = 0
+        self._produced = 0
         self._batching = True
         try:
-            while not self.closed and not self.transport.is_closing():
-                request = protocol.next_event()
-                if request is None:
+            while not self.closed and not transport.is_closing():
+                if unsent() + self._pending_size > cap:
+                    break  # resume_writing() continues
+                if steps >= _SLICE_STEPS or self._produced >= _SLICE_BYTES:
+                    if protocol.can_progress:
+                        self._continuation = self._loop.call_soon(self._serve)
                     break
-                self._run(request)
+                request = next_event()
+                if request is not None:
+                    self._run(request)
+                elif not protocol.can_progress:
+                    break
+                data = take()
+                if data:
+                    self._collect(data)
+                steps += 1
         finally:
             self._batching = False
         self._flush()
         self._update_reading()
 
     def _update_reading(self) -> None:
-        """Read while the request queue has room and the client keeps up
-        with the output; like QEMU, a client that stops reading is not cut
-        off at once, but its unread output is capped (bounded memory)."""
+        """Read while the request queue has room, no slice waits for its
+        turn and the client keeps up with the output; like QEMU, a client
+        that stops reading is not cut off at once, but its unread output is
+        capped (bounded memory)."""
         transport = self.transport
         if transport is None or self.closed:
             return
-        if self.protocol.reading_paused or transport.get_write_buffer_size() > _OUTPUT_CAP:
+        if (
+            self.protocol.reading_paused
+            or self._continuation is not None
+            or transport.get_write_buffer_size() > self.endpoint.output_cap
+        ):
             transport.pause_reading()
         else:
             transport.resume_reading()
@@ -224,10 +304,11 @@ class _Session(asyncio.Protocol):
         if self.closed:
             return
         try:
-            self.protocol.send_return(request, value)
+            reply = self.protocol.send(request, value)
         except TypeError as exc:  # the handler returned something JSON cannot hold
             logger.error("bad return value from %s handler: %s", request.command, exc)
-            self.protocol.send_error(request, "GenericError", f"internal error: {exc}")
+            reply = self.protocol.send(request, error=CommandError("GenericError", f"internal error: {exc}"))
+        self._collect(reply)
         if call._after is not None:
             self._flush()
             call._after()
@@ -235,18 +316,33 @@ class _Session(asyncio.Protocol):
     def _fail(self, request: Request, exc: Exception) -> None:
         if self.closed:
             return
-        if isinstance(exc, CommandError):
-            self.protocol.send_error(request, exc.error_class, exc.desc)
-        else:
+        if not isinstance(exc, CommandError):
             logger.exception("handler for %s failed", request.command, exc_info=exc)
-            self.protocol.send_error(request, "GenericError", str(exc) or type(exc).__name__)
+            exc = CommandError("GenericError", str(exc) or type(exc).__name__)
+        self._collect(self.protocol.send(request, error=exc))
 
     # -- output and hooks ---------------------------------------------------
 
+    def _collect(self, data: bytes) -> None:
+        """Hold ``data`` for the next write (written at once past a batch)."""
+        if data:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            self._produced += len(data)
+            if self._pending_size >= _WRITE_BATCH:
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        pending = self._pending
+        if pending and self.transport is not None:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            self.written += self._pending_size
+        pending.clear()
+        self._pending_size = 0
+
     def _flush(self) -> None:
-        data = self.protocol.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
+        self._collect(self.protocol.data_to_send())
+        self._write_pending()
 
     def send_event(self, name: str, data: Any, stamp: float) -> None:
         send = getattr(self.protocol, "send_event", None)
@@ -315,9 +411,19 @@ class _Endpoint:
     """A listening socket serving one simulator, one client at a time."""
 
     def __init__(
-        self, target: Simulator, address: Address, *, mode: int = 0o600, ssl: SSLContext | None = None
+        self,
+        target: Simulator,
+        address: Address,
+        *,
+        mode: int = 0o600,
+        ssl: SSLContext | None = None,
+        output_cap: int = OUTPUT_CAP,
     ) -> None:
+        if output_cap < _MIN_OUTPUT_CAP:
+            raise ValueError(f"output_cap must be at least {_MIN_OUTPUT_CAP} bytes, not {output_cap}")
         self.target = target
+        #: Unread output per client past which its requests wait (bytes).
+        self.output_cap = output_cap
         self._requested = address
         self._mode = mode
         if ssl is not None and not isinstance(address, tuple):
@@ -435,6 +541,8 @@ class QMPServer(_Endpoint):
     ``pretty`` gives QEMU's ``pretty=on`` output; ``oob`` whether the
     greeting offers the ``oob`` capability.  Several servers may serve the
     same VM (QEMU with several monitors): events go to all of them.
+    ``output_cap``: unread output (bytes) past which the client's further
+    requests wait, unread, until it reads (at least 1 MiB).
     """
 
     def __init__(
@@ -446,8 +554,9 @@ class QMPServer(_Endpoint):
         oob: bool = True,
         mode: int = 0o600,
         ssl: SSLContext | None = None,
+        output_cap: int = OUTPUT_CAP,
     ) -> None:
-        super().__init__(vm, address, mode=mode, ssl=ssl)
+        super().__init__(vm, address, mode=mode, ssl=ssl, output_cap=output_cap)
         self.vm = vm
         self.pretty = pretty
         self.oob = oob
@@ -458,6 +567,7 @@ class QMPServer(_Endpoint):
             version=self.vm.version,
             capabilities=("oob",) if self.oob else (),
             pretty=self.pretty,
+            output_limit=_STEP_OUTPUT,
         )
 
 
@@ -467,11 +577,17 @@ class GuestAgentServer(_Endpoint):
     client in turn, so a client's unfinished input outlives it."""
 
     def __init__(
-        self, agent: SimulatedGuestAgent, address: Address, *, mode: int = 0o600, ssl: SSLContext | None = None
+        self,
+        agent: SimulatedGuestAgent,
+        address: Address,
+        *,
+        mode: int = 0o600,
+        ssl: SSLContext | None = None,
+        output_cap: int = OUTPUT_CAP,
     ) -> None:
-        super().__init__(agent, address, mode=mode, ssl=ssl)
+        super().__init__(agent, address, mode=mode, ssl=ssl, output_cap=output_cap)
         self.agent = agent
-        self._protocol = QGAServerProtocol(agent.commands)
+        self._protocol = QGAServerProtocol(agent.commands, output_limit=_STEP_OUTPUT)
 
     def _new_protocol(self) -> ServerProtocolBase:
         self._protocol.connection_made()
@@ -500,6 +616,7 @@ async def _start_vms(
     agents: bool = False,
     prefix: str = "vm",
     pretty: bool = False,
+    output_cap: int = OUTPUT_CAP,
     **vm_options: Any,
 ) -> SimulatedVMs:
     directory = os.fspath(directory)
@@ -510,10 +627,12 @@ async def _start_vms(
         for index in range(count):
             vm = SimulatedVM(f"{prefix}{index}", **vm_options)
             vms.append(vm)
-            await QMPServer(vm, os.path.join(directory, f"{prefix}{index}.qmp"), pretty=pretty).start()
+            qmp_path = os.path.join(directory, f"{prefix}{index}.qmp")
+            await QMPServer(vm, qmp_path, pretty=pretty, output_cap=output_cap).start()
             if agents:
                 vm.agent = SimulatedGuestAgent(hostname=f"{prefix}{index}")
-                await GuestAgentServer(vm.agent, os.path.join(directory, f"{prefix}{index}.qga")).start()
+                qga_path = os.path.join(directory, f"{prefix}{index}.qga")
+                await GuestAgentServer(vm.agent, qga_path, output_cap=output_cap).start()
     except BaseException:
         await _close_vms(vms)
         raise
@@ -540,15 +659,20 @@ async def serve_vms(
     agents: bool = False,
     prefix: str = "vm",
     pretty: bool = False,
+    output_cap: int = OUTPUT_CAP,
     **vm_options: Any,
 ) -> AsyncIterator[SimulatedVMs]:
     """Serve ``count`` simulated VMs, one QMP socket each, in this process.
 
     Sockets are ``{directory}/{prefix}{i}.qmp`` (and ``.qga`` for a guest
     agent per VM when ``agents``); VM ``i`` is named ``{prefix}{i}``.
-    Other keyword arguments go to :class:`SimulatedVM`.
+    ``output_cap`` is each client's unread-output cap (see
+    :class:`QMPServer`).  Other keyword arguments go to :class:`SimulatedVM`
+    (``max_fds``: descriptors a VM holds from clients).
     """
-    vms = await _start_vms(directory, count, agents=agents, prefix=prefix, pretty=pretty, **vm_options)
+    vms = await _start_vms(
+        directory, count, agents=agents, prefix=prefix, pretty=pretty, output_cap=output_cap, **vm_options
+    )
     try:
         yield vms
     finally:
@@ -563,6 +687,7 @@ async def serve_vm(
     pretty: bool = False,
     oob: bool = True,
     ssl: SSLContext | None = None,
+    output_cap: int = OUTPUT_CAP,
     **vm_options: Any,
 ) -> AsyncIterator[SimulatedVM]:
     """Serve one simulated VM's QMP monitor on ``address`` (a unix path or
@@ -573,7 +698,7 @@ async def serve_vm(
     ``verify-peer=on``)."""
     if vm is None:
         vm = SimulatedVM(**vm_options)
-    server = QMPServer(vm, address, pretty=pretty, oob=oob, ssl=ssl)
+    server = QMPServer(vm, address, pretty=pretty, oob=oob, ssl=ssl, output_cap=output_cap)
     await server.start()
     try:
         yield vm

@@ -128,7 +128,8 @@ class _LineReader:
                     raise RuntimeError(f"server process exited (status {self._process.wait()})")
                 self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
+        message: dict[str, Any] = json.loads(line)
+        return message
 
 
 class ServerProcess:
@@ -235,11 +236,11 @@ class RemoteSimulator:
 
     @property
     def status(self) -> str:
-        return self._call("status")
+        return str(self._call("status"))
 
     @property
     def connected(self) -> int:
-        return self._call("connected")
+        return int(self._call("connected"))
 
     def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
         self._call("emit_event", name, data)

@@ -32,6 +32,9 @@ __all__ = ["Call", "Handler", "Simulator", "SimulatedVM", "SimulatedGuestAgent"]
 Handler = Callable[["Call"], Any]
 
 _GUEST_INFO_72 = "qga_guest_info_7.2.json"
+#: Default cap on descriptors a simulator holds from its clients (getfd,
+#: add-fd); descriptors that arrive while it holds that many are closed.
+MAX_FDS = 128
 # x-query-ramblock of a machine without RAM (corpus 04).
 _RAMBLOCK_NONE = "              Block Name    PSize              Offset               Used              Total\n"
 
@@ -87,14 +90,14 @@ class _CommandTable(Mapping[str, CommandInfo]):
         self.own = own
         self.base = base
 
-    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:
         info = self.own.get(name)
         if info is None:
             info = self.base.get(name, default)
         return info
 
     def __getitem__(self, name: str) -> CommandInfo:
-        info = self.get(name)
+        info: CommandInfo | None = self.get(name)
         if info is None:
             raise KeyError(name)
         return info
@@ -115,7 +118,10 @@ class Simulator:
     #: Text of the error for known commands that have no handler.
     unimplemented = "The command {} is not implemented by the simulator"
 
-    def __init__(self, base: Mapping[str, CommandInfo]) -> None:
+    def __init__(self, base: Mapping[str, CommandInfo], *, max_fds: int = MAX_FDS) -> None:
+        #: Descriptors the simulator may hold from clients; past it, getfd
+        #: and add-fd fail and arriving descriptors are closed at once.
+        self.max_fds = max_fds
         self._own: dict[str, CommandInfo] = {}
         self.commands: Mapping[str, CommandInfo] = _CommandTable(self._own, base)
         self._handlers: dict[str, Handler] = {}
@@ -131,7 +137,7 @@ class Simulator:
         handler: Handler,
         *,
         allow_oob: bool | None = None,
-        check_arguments: Callable[[dict], str | None] | None = None,
+        check_arguments: Callable[[dict[str, Any]], str | None] | None = None,
     ) -> None:
         """Run ``handler`` for ``name`` (replacing any built-in).
 
@@ -252,6 +258,26 @@ class Simulator:
 
     # -- file descriptors ---------------------------------------------------
 
+    @property
+    def fds_held(self) -> int:
+        """Descriptors from clients the simulator holds now."""
+        return len(self.fds)
+
+    def _need_fd(self, call: Call) -> int:
+        """The descriptor sent with ``call``; an error when none came or when
+        the simulator already holds :attr:`max_fds` (the one sent is closed)."""
+        fd = call.take_fd()
+        if self.fds_held >= self.max_fds:
+            if fd is not None:
+                _close(fd)
+            raise CommandError(
+                "GenericError",
+                f"Too many file descriptors passed (limit {self.max_fds}); release some with closefd or remove-fd",
+            )
+        if fd is None:
+            raise CommandError("GenericError", "No file descriptor supplied via SCM_RIGHTS")
+        return fd
+
     def _store_fd(self, name: str, fd: int) -> None:
         old = self.fds.pop(name, None)
         if old is not None:
@@ -287,7 +313,9 @@ class SimulatedVM(Simulator):
     real 207 KB reply), ``query-yank`` (oob), ``stop``/``cont`` (STOP and
     RESUME come before the reply), ``system_reset``, ``system_powerdown``,
     ``quit`` (SHUTDOWN, the reply, then every monitor closes),
-    ``getfd``/``closefd``, ``add-fd``/``remove-fd``/``query-fdsets``,
+    ``getfd``/``closefd``, ``add-fd``/``remove-fd``/``query-fdsets`` (at
+    most ``max_fds`` descriptors held; past it they fail with a
+    ``GenericError`` naming the limit),
     ``human-monitor-command`` (``info status|version|name``, ``stop``,
     ``cont``), ``x-query-ramblock`` and ``migrate-pause`` (always failing:
     no migration runs).  ``clock`` gives event timestamps
@@ -307,9 +335,10 @@ class SimulatedVM(Simulator):
         chardevs: Sequence[str] = ("compat_monitor0",),
         kvm: tuple[bool, bool] = (False, True),
         clock: Callable[[], float] = time.time,
+        max_fds: int = MAX_FDS,
     ) -> None:
         self.schema = schema if schema is not None else Schema.qemu_7_2()
-        super().__init__(self.schema.command_infos())
+        super().__init__(self.schema.command_infos(), max_fds=max_fds)
         self.name = name
         self.version = _version_dict(version, package)
         self.status = status
@@ -443,12 +472,6 @@ class SimulatedVM(Simulator):
         for endpoint in self.endpoints:
             await endpoint.start()
 
-    def _need_fd(self, call: Call) -> int:
-        fd = call.take_fd()
-        if fd is None:
-            raise CommandError("GenericError", "No file descriptor supplied via SCM_RIGHTS")
-        return fd
-
     def _getfd(self, call: Call) -> None:
         fd = self._need_fd(call)
         fdname = call.arguments["fdname"]
@@ -489,6 +512,10 @@ class SimulatedVM(Simulator):
                 return
         shown = f"fdset-id:{fdset}" if fd is None else f"fdset-id:{fdset}, fd:{fd}"
         raise CommandError("GenericError", f"File descriptor named '{shown}' not found")
+
+    @property
+    def fds_held(self) -> int:
+        return len(self.fds) + sum(len(entries) for entries in self._fdsets.values())
 
     def _query_fdsets(self, call: Call) -> list[dict[str, Any]]:
         result = []
@@ -609,7 +636,8 @@ class SimulatedGuestAgent(Simulator):
 
     @staticmethod
     def _sync(call: Call) -> int:
-        return call.arguments["id"]
+        sync_id: int = call.arguments["id"]
+        return sync_id
 
     def _guest_info(self, call: Call) -> Encoded:
         if self._info_reply is None:

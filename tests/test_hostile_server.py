@@ -1,0 +1,418 @@
+"""The embedded server under hostile clients.
+
+One client per attack (0xFF and comma floods, thousands of big requests in
+one write without reading, huge member names, descriptor floods) against
+one VM of a many-VM server, while a well-behaved client talks to another VM
+of the same server (the same event loop).  Each test asserts by bytes and
+counts: the good client is answered while the attack runs, the attacked
+VM's buffers stay under the documented bounds, every byte of garbage gets
+QEMU's answer exactly once, and the server goes on serving afterwards.
+No timing thresholds: waits have deadlines only so that a hang fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import orjson
+import pytest
+
+from qmpcore.protocol import _qemu_output
+from qmpcore.server import _STEP_OUTPUT, OUTPUT_CAP, serve_vms
+from qmpcore.server._simulated import MAX_FDS
+from server_support import Peer
+
+STATUS = {"status": "running", "singlestep": False, "running": True}
+STRAY_FF = b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\uFFFD\'"}}\r\n'
+EXPECTING = b'{"error": {"class": "GenericError", "desc": "JSON parse error, expecting value"}}\r\n'
+DEADLINE = 120.0
+# docs/notes/server.md: one turn of the loop produces at most a slice
+# (1 MiB) plus one step of error answers (64 KiB) for one client.
+SLICE_BOUND = (1 << 20) + (64 << 10) + 100
+
+
+async def wait_until(predicate, timeout=DEADLINE):
+    async def poll():
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def connected(address):
+    peer = await Peer.connect(address)
+    try:
+        await peer.negotiate()
+    except BaseException:
+        peer.close()
+        raise
+    return peer
+
+
+@pytest.fixture
+async def client():
+    """Connect negotiated peers that are closed when the test ends."""
+    opened: list[Peer] = []
+
+    async def connect(address) -> Peer:
+        peer = await connected(address)
+        opened.append(peer)
+        return peer
+
+    yield connect
+    for peer in opened:
+        peer.close()
+
+
+def rss() -> int:
+    """Resident memory of this process (server and test share it), bytes."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class Flood:
+    """Write ``chunk`` to ``peer`` over and over (up to ``limit`` bytes),
+    optionally reading and checking what comes back as it arrives."""
+
+    def __init__(self, peer: Peer, chunk: bytes, limit: int, *, read: bool, reply: bytes = b"") -> None:
+        self.peer = peer
+        self.chunk = chunk
+        self.limit = limit
+        self.reply = reply
+        self.sent = 0
+        self.received = 0
+        self.stopping = False
+        self.mismatch: bytes | None = None
+        loop = asyncio.get_running_loop()
+        self.writer = asyncio.ensure_future(self._write())
+        self.reader = asyncio.ensure_future(self._read()) if read else None
+        self._loop = loop
+
+    async def _write(self) -> None:
+        while self.sent < self.limit and not self.stopping:
+            await self.peer.loop.sock_sendall(self.peer.sock, self.chunk)
+            self.sent += len(self.chunk)
+
+    async def _read(self) -> None:
+        """Consume output, checking it is ``reply`` repeated (no copies kept)."""
+        size = len(self.reply)
+        while True:
+            data = await self.peer.loop.sock_recv(self.peer.sock, 1 << 20)
+            if not data:
+                return
+            self.check(data, size)
+
+    def check(self, data: bytes, size: int) -> None:
+        view = memoryview(data)
+        position = self.received % size
+        start = 0
+        while start < len(view) and self.mismatch is None:
+            take = min(size - position, len(view) - start)
+            if view[start : start + take] != self.reply[position : position + take]:
+                self.mismatch = bytes(view[start : start + 200])
+            start += take
+            position = 0
+        self.received += len(data)
+
+    async def drain(self, total: int) -> None:
+        """Read (and check) until ``total`` bytes of output have arrived;
+        whatever follows is left in the peer's buffer."""
+        size = len(self.reply)
+        while self.received < total:
+            data = await asyncio.wait_for(self.peer.loop.sock_recv(self.peer.sock, 1 << 20), DEADLINE)
+            assert data, f"connection closed after {self.received} of {total} bytes"
+            extra = self.received + len(data) - total
+            if extra > 0:
+                self.peer.buffer += data[-extra:]
+                data = data[:-extra]
+            self.check(data, size)
+
+    def stop(self) -> None:
+        for task in (self.writer, self.reader):
+            if task is not None:
+                task.cancel()
+
+
+async def round_trips(peer: Peer, count: int) -> None:
+    """``count`` query-status round trips on the good client."""
+    for i in range(count):
+        assert await peer.execute("query-status", id=i) == {"return": STATUS, "id": i}
+
+
+def watch_turns(session) -> list[int]:
+    """Record the bytes of output the session produces in each callback the
+    loop makes into it (a read, or a continuation of its work)."""
+    turns: list[int] = []
+
+    def produced() -> int:
+        return session.written + session._pending_size
+
+    def wrap(method):
+        def turn(*args):
+            before = produced()
+            method(*args)
+            turns.append(produced() - before)
+
+        return turn
+
+    session.data_received = wrap(session.data_received)
+    session._serve = wrap(session._serve)
+    return turns
+
+
+async def still_served(address) -> None:
+    """The attacked VM serves its next client normally."""
+    async with await connected(address) as peer:
+        assert await peer.execute("query-status", id="after") == {"return": STATUS, "id": "after"}
+
+
+def output_bound(largest_reply: int, cap: int = OUTPUT_CAP) -> int:
+    """What a client that never reads can make the server hold: the cap,
+    plus one step of error answers or one reply (whichever is larger)."""
+    return cap + max(_STEP_OUTPUT, largest_reply) + largest_reply
+
+
+# -- garbage --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("garbage", "reply"), [(b"\xff", STRAY_FF), (b",", EXPECTING)], ids=["0xff", "commas"])
+async def test_garbage_flood_to_a_reader_leaves_others_their_share(tmp_path, client, garbage, reply):
+    """A client that writes garbage and reads every answer keeps the server
+    busy; a client of another VM is answered meanwhile, the attacked VM
+    never does more than a slice of work between the good client's turns,
+    and every garbage byte gets QEMU's answer exactly once."""
+    async with serve_vms(tmp_path, 2) as vms:
+        attacker = await client(vms.qmp_paths[0])
+        good = await client(vms.qmp_paths[1])
+        turns = watch_turns(vms[0].endpoints[0]._session)
+        flood = Flood(attacker, garbage * 8192, 1 << 30, read=True, reply=reply)
+        try:
+            await wait_until(lambda: flood.received > 0)
+            received = flood.received
+            await round_trips(good, 5)
+            assert flood.received > received and not flood.writer.done()  # served during
+            assert flood.mismatch is None, flood.mismatch
+            flood.stopping = True  # the writer ends after its current chunk
+            await flood.writer
+            # Every byte answered once, in order; then a command still works.
+            total = flood.sent * len(reply)
+            await wait_until(lambda: flood.received >= total)
+            assert flood.received == total and flood.mismatch is None
+            # No turn of the loop did more than its documented share for the
+            # attacker (a 64 KiB read of garbage answered at once is 5.4 MB).
+            assert len(turns) > 10 and max(turns) <= SLICE_BOUND, max(turns)
+        finally:
+            flood.stop()
+        await attacker.send(b'{"execute":"query-name","id":"end"}')
+        assert await attacker.read_message() == {"return": {"name": "vm0"}, "id": "end"}
+        attacker.close()
+        await still_served(vms.qmp_paths[0])
+
+
+@pytest.mark.parametrize(("garbage", "reply"), [(b"\xff", STRAY_FF), (b",", EXPECTING)], ids=["0xff", "commas"])
+async def test_garbage_flood_from_a_client_that_never_reads(tmp_path, client, garbage, reply):
+    """Answers to garbage pile up only to the output cap; then the client's
+    input is not read.  The good client is answered throughout; once the
+    attacker reads, every byte it sent is answered exactly once."""
+    async with serve_vms(tmp_path, 2) as vms:
+        cap = vms[0].endpoints[0].output_cap = 2 << 20  # a smaller cap: less garbage to parse
+        attacker = await client(vms.qmp_paths[0])
+        good = await client(vms.qmp_paths[1])
+        session = vms[0].endpoints[0]._session
+        transport = session.transport
+        before = rss()
+        flood = Flood(attacker, garbage * 65536, 1 << 30, read=False, reply=reply)
+        try:
+            await round_trips(good, 5)
+            await wait_until(lambda: transport.get_write_buffer_size() > cap - _STEP_OUTPUT)
+            await wait_until(lambda: not transport.is_reading())
+            await round_trips(good, 5)
+            assert not flood.writer.done()  # the attacker is stuck, not done
+            assert transport.get_write_buffer_size() <= output_bound(len(reply), cap)
+            assert session.protocol.buffered <= 1
+            # The server and test share a process: output held plus slack.
+            assert rss() - before < 2 * cap + (32 << 20)
+            # The attacker reads now: all of its input gets answered, once.
+            flood.stopping = True
+            flood.reader = asyncio.ensure_future(flood._read())
+            await asyncio.wait_for(flood.writer, DEADLINE)
+            total = flood.sent * len(reply)
+            await wait_until(lambda: flood.received >= total)
+            flood.reader.cancel()
+            assert flood.received == total and flood.mismatch is None, flood.mismatch
+            await attacker.send(b'{"execute":"query-name","id":"end"}')
+            assert await attacker.read_message() == {"return": {"name": "vm0"}, "id": "end"}
+        finally:
+            flood.stop()
+        attacker.close()
+        await still_served(vms.qmp_paths[0])
+
+
+# -- big replies, never read ----------------------------------------------------------------
+
+
+async def test_thousands_of_schema_requests_in_one_write(tmp_path, client):
+    """2,000 query-qmp-schema (414 MB of answers) in one write, never read:
+    the cap is checked before each reply, so the server holds the cap plus
+    one reply and the rest of the requests wait; once the client reads,
+    all 2,000 answers arrive, byte for byte."""
+    async with serve_vms(tmp_path, 2) as vms:
+        schema_reply = b'{"return": ' + bytes(vms[0].schema.reply) + b"}\r\n"
+        attacker = await client(vms.qmp_paths[0])
+        good = await client(vms.qmp_paths[1])
+        session = vms[0].endpoints[0]._session
+        transport = session.transport
+        before = rss()
+        await attacker.send(b'{"execute":"query-qmp-schema"}' * 2000)
+        await wait_until(lambda: not transport.is_reading() and transport.get_write_buffer_size() > OUTPUT_CAP // 2)
+        await round_trips(good, 10)
+        assert transport.get_write_buffer_size() <= output_bound(len(schema_reply))
+        assert session.written <= output_bound(len(schema_reply)) + (4 << 20)  # + kernel socket buffers
+        assert session.protocol.queued > 1000  # the rest wait, unread work
+        assert rss() - before < 2 * OUTPUT_CAP + (64 << 20)
+        flood = Flood(attacker, b"", 0, read=False, reply=schema_reply)
+        await flood.drain(2000 * len(schema_reply))
+        assert flood.received == 2000 * len(schema_reply) and flood.mismatch is None
+        await attacker.send(b'{"execute":"query-name","id":"end"}')
+        assert await attacker.read_message() == {"return": {"name": "vm0"}, "id": "end"}
+        attacker.close()
+        await still_served(vms.qmp_paths[0])
+
+
+# -- member names ---------------------------------------------------------------------------
+
+
+async def test_huge_member_names_do_not_grow_the_order_cache(tmp_path, client):
+    """Requests whose argument names are new and large each time: every one
+    is answered as QEMU does, and the member-order cache stays within its
+    bounds in entries and bytes."""
+    async with serve_vms(tmp_path, 2) as vms:
+        attacker = await client(vms.qmp_paths[0])
+        good = await client(vms.qmp_paths[1])
+        _qemu_output._ORDER_CACHE.clear()
+        _qemu_output._order_cache_bytes = 0
+        largest = (0, 0)
+        for size in (1500, 40 << 10):  # cached (up to the byte bound), never cached
+            count = 3000 if size < 4096 else 200
+            for start in range(0, count, 100):
+                batch = []
+                for i in range(start, start + 100):
+                    first, second = f"a{i:06d}".ljust(size, "x"), f"b{i:06d}".ljust(size, "y")
+                    batch.append(
+                        b'{"execute":"query-status","id":%d,"arguments":{"%s":1,"%s":2}}'
+                        % (i, first.encode(), second.encode())
+                    )
+                await attacker.send(b"".join(batch))
+                for i in range(start, start + 100):
+                    answer = await attacker.read_message()
+                    assert answer["id"] == i and answer["error"]["class"] == "GenericError"
+                    assert answer["error"]["desc"].endswith("' is unexpected")
+                entries, size_now = _qemu_output.order_cache_size()
+                largest = max(largest, (size_now, entries))
+                assert entries <= _qemu_output._ORDER_CACHE_MAX
+                assert size_now <= _qemu_output._ORDER_CACHE_BYTES
+            await round_trips(good, 3)
+        assert largest[0] > _qemu_output._ORDER_CACHE_BYTES // 2  # the cache was used, and bounded
+        attacker.close()
+        await still_served(vms.qmp_paths[0])
+
+
+def test_order_cache_counts_bytes_of_every_entry():
+    _qemu_output._ORDER_CACHE.clear()
+    _qemu_output._order_cache_bytes = 0
+    keys = ("execute", "arguments", "id")
+    order = _qemu_output.qdict_order(keys)
+    assert set(order) == set(keys)
+    entries, size = _qemu_output.order_cache_size()
+    assert entries == 1 and size >= sum(map(len, keys))
+    big = ("k" * 10_000, "j")
+    assert _qemu_output.qdict_order(big) == _qemu_output.qdict_order(big)
+    assert _qemu_output.order_cache_size()[0] == 1  # too large to keep
+
+
+# -- descriptors ---------------------------------------------------------------------------
+
+
+async def test_descriptor_flood_is_capped_per_vm(tmp_path, client):
+    """getfd and add-fd past the limit fail with a GenericError naming it,
+    and the descriptors sent with them (or with nothing) are closed."""
+    async with serve_vms(tmp_path, 2) as vms:
+        vm = vms[0]
+        attacker = await client(vms.qmp_paths[0])
+        good = await client(vms.qmp_paths[1])
+        baseline = open_fds()
+        spare = os.open(os.devnull, os.O_RDONLY)
+        try:
+            answers = []
+            for i in range(MAX_FDS + 40):
+                command = {"execute": "getfd", "arguments": {"fdname": f"fd{i}"}, "id": i}
+                if i % 2:
+                    command = {"execute": "add-fd", "id": i}
+                attacker.send_fds(orjson.dumps(command), [spare] * 4)
+                answers.append(await attacker.read_message())
+                if i % 50 == 0:
+                    await round_trips(good, 1)
+            # Bare descriptors with no command at all.
+            for _ in range(100):
+                attacker.send_fds(b" ", [spare] * 16)
+            await attacker.send(b'{"execute":"query-name","id":"sync"}')
+            assert await attacker.read_message() == {"return": {"name": "vm0"}, "id": "sync"}
+        finally:
+            os.close(spare)
+        accepted = [answer for answer in answers if "return" in answer]
+        refused = [answer for answer in answers if "error" in answer]
+        assert len(accepted) == MAX_FDS and len(refused) == 40
+        assert all(answer["error"]["class"] == "GenericError" for answer in refused)
+        assert all(f"limit {MAX_FDS}" in answer["error"]["desc"] for answer in refused)
+        assert vm.fds_held == MAX_FDS
+        # The server holds the VM's descriptors, nothing that came after.
+        assert open_fds() - baseline <= MAX_FDS
+        # Releasing one makes room again.
+        assert await attacker.execute("closefd", {"fdname": "fd0"}, id="c") == {"return": {}, "id": "c"}
+        with open(os.devnull) as null:
+            attacker.send_fds(b'{"execute":"getfd","arguments":{"fdname":"again"},"id":"g"}', [null.fileno()])
+        assert await attacker.read_message() == {"return": {}, "id": "g"}
+        attacker.close()
+        await still_served(vms.qmp_paths[0])
+    assert open_fds() <= baseline
+
+
+async def test_guest_agent_garbage_flood_is_capped(tmp_path, client):
+    """The guest agent socket of one VM flooded with 0xFF by a client that
+    never reads: its answers stop at the cap, the next VM's agent answers
+    guest-ping, and every byte is answered once when the client reads."""
+    reply = STRAY_FF.replace(b"\r\n", b"\n")
+    async with serve_vms(tmp_path, 2, agents=True, output_cap=1 << 20) as vms:
+        attacker = await Peer.connect(vms.qga_paths[0])
+        good = await Peer.connect(vms.qga_paths[1])
+        try:
+            await vms[0].agent.endpoints[0].wait_connected()
+            session = vms[0].agent.endpoints[0]._session
+            transport = session.transport
+            flood = Flood(attacker, b"\xff" * 65536, 1 << 30, read=False, reply=reply)
+            try:
+                await wait_until(lambda: not transport.is_reading() and transport.get_write_buffer_size() > 900_000)
+                for i in range(5):
+                    await good.send(b'{"execute":"guest-sync","arguments":{"id":%d}}' % i)
+                    assert await good.read_line(b"\n") == b'{"return": %d}\n' % i
+                assert not flood.writer.done()
+                assert transport.get_write_buffer_size() <= output_bound(len(reply), 1 << 20)
+                flood.stopping = True
+                flood.reader = asyncio.ensure_future(flood._read())
+                await asyncio.wait_for(flood.writer, DEADLINE)
+                total = flood.sent * len(reply)
+                await wait_until(lambda: flood.received >= total)
+                flood.reader.cancel()
+                assert flood.received == total and flood.mismatch is None, flood.mismatch
+            finally:
+                flood.stop()
+            await attacker.send(b'{"execute":"guest-ping"}')
+            assert await attacker.read_line(b"\n") == b'{"return": {}}\n'
+        finally:
+            attacker.close()
+            good.close()
