@@ -175,7 +175,7 @@ class _AsyncClient(ClientCore):
 
     def _received(self, data: memoryview) -> None:
         proto = self._proto
-        self._process(proto.receive_data(data))
+        self._receive(data)
         out = proto.data_to_send()
         if out:
             self._write(out)
