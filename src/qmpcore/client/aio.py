@@ -385,6 +385,7 @@ class _AsyncClient(ClientCore):
         match: Match = None,
         maxsize: int | None = None,
         policy: str = DROP_OLDEST,
+        max_bytes: int | None = None,
     ) -> EventStream:
         """Subscribe to events (all of them if no names are given).
 
@@ -394,11 +395,15 @@ class _AsyncClient(ClientCore):
         happens when the consumer falls behind: ``"drop_oldest"`` (counted
         in ``dropped``), ``"block"`` (stop reading the socket until it
         catches up) or ``"raise"`` (the next read raises
-        :class:`EventOverflow`).  Iteration ends when the connection closes
-        cleanly and raises :class:`ConnectionLost` when it breaks.
+        :class:`EventOverflow`).  ``max_bytes`` bounds what the queued events
+        cost in bytes (default ``EVENT_QUEUE_BYTES``, 16 MiB), the newest
+        event always kept.  A ``match`` callable that raises makes the
+        next read raise its exception; the subscription goes on.  Iteration
+        ends when the connection closes cleanly and raises
+        :class:`ConnectionLost` when it breaks.
         """
         accepts = make_filter(names, match)
-        queue = self._router.subscribe(accepts, maxsize or self._event_queue_size, policy)
+        queue = self._router.subscribe(accepts, maxsize or self._event_queue_size, policy, max_bytes)
         return EventStream(self, queue)
 
     async def wait_event(

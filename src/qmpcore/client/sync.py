@@ -403,18 +403,21 @@ class _SyncClient(ClientCore):
         match: Match = None,
         maxsize: int | None = None,
         policy: str = DROP_OLDEST,
+        max_bytes: int | None = None,
         timeout: float | None = None,
     ) -> Iterator[Event]:
         """Subscribe to events (all if no names given); iterate over them.
 
         The subscription gets every matching event from now on.
-        ``maxsize`` and ``policy`` as for the asyncio client; ``timeout``
+        ``maxsize``, ``policy`` and ``max_bytes`` as for the asyncio client; ``timeout``
         bounds each wait (:class:`~qmpcore.TimeoutError`).  Iteration ends
         when the connection closes cleanly, raises ConnectionLost when it
         breaks; closing the generator unsubscribes.
         """
         with self._cond:
-            queue = self._router.subscribe(make_filter(names, match), maxsize or self._event_queue_size, policy)
+            queue = self._router.subscribe(
+                make_filter(names, match), maxsize or self._event_queue_size, policy, max_bytes
+            )
         return self._iterate(queue, timeout)
 
     def _iterate(self, queue: EventQueue, timeout: float | None) -> Iterator[Event]:
