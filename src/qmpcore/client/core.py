@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConnectionLost, FrameError, ProtocolError, StateError, TimeoutError
-from ..framing.wire import TOO_BIG, TOO_DEEP, TOO_MANY
+from ..framing.wire import TOO_BIG
 from ..peerlog import PeerLog
 from ..protocol.events import (
     ConnectionClosed,
@@ -37,8 +37,6 @@ log = logging.getLogger("qmpcore")
 
 #: Default size of each event queue.
 EVENT_QUEUE_SIZE = 1000
-#: Frame limit errors: the frame was dropped whole (it may have been a reply).
-_LIMITS = frozenset((TOO_BIG, TOO_DEEP, TOO_MANY))
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,11 +283,11 @@ class ClientCore:
         if waiter is not None and not waiter.done():
             waiter.set_exception(ProtocolError(f"expected a QMP greeting: {ev.error}"))
         item = ev.item
-        if type(item) is FrameError and item.reason in _LIMITS:
+        if type(item) is FrameError and item.reason == TOO_BIG:
             self._reply_dropped(item)
 
     def _reply_dropped(self, error: FrameError) -> None:
-        """A frame over a limit was dropped: fail the command it most likely answered.
+        """A frame over ``max_frame_size`` was dropped: fail the command it most likely answered.
 
         QEMU answers in-band commands in order, so it is the oldest pending
         in-band command; with ``oob``, out-of-band replies may come first,
@@ -310,12 +308,11 @@ class ClientCore:
             proto._slot_freed()
         waiter = self._waiters.pop(cid, None)
         if waiter is not None and not waiter.done():
-            framer = proto._framer
+            limit = proto._framer.max_frame_size
             waiter.set_exception(
                 ProtocolError(
-                    f"{command}: the server's reply was dropped: {error.reason} "
-                    f"(max_frame_size={framer.max_frame_size}, max_depth={framer.max_depth}); "
-                    f"connect with a larger max_frame_size= (or max_depth=) to receive it"
+                    f"{command}: the server's reply was dropped: it is larger than "
+                    f"max_frame_size={limit} bytes; connect with a larger max_frame_size= to receive it"
                 )
             )
 
