@@ -581,3 +581,21 @@ async def test_fleet_args_is_a_deprecated_alias(tmp_path):
             with pytest.raises(TypeError):
                 await fleet.execute("vm", "x", {"a": 1}, args={"a": 1})
             assert isinstance(fleet.stats(), Stats)
+
+
+# -- the bench section ---------------------------------------------------------------
+
+
+def test_bench_hostile_section_rows(monkeypatch):
+    import argparse
+
+    from qmpcore.bench import _hostile
+
+    monkeypatch.setattr(_hostile, "ATTACKS", ("silent", "flapping"))
+    opts = argparse.Namespace(quick=True, vms=3, rounds=3)
+    rows = _hostile.hostile_section(opts, lambda text: None)
+    assert [row.case for row in rows] == ["2 silent + 3 good VMs", "2 flapping + 3 good VMs"]
+    for row in rows:
+        assert isinstance(row.value, float) and row.ratio("quiet fleet") is not None, row
+        assert row.extra["cmd/s"] > 0 and not row.note
+    assert rows[1].extra["hostile connects"] >= 2

@@ -6,8 +6,9 @@ qemu.qmp is compared against when installed (``pip install qmpcore[bench]``).
 
 Sections: ``framing`` (framing + decode of recorded and synthetic streams),
 ``socket`` (round trip, 100 pipelined commands, event flood on one
-connection), ``fleet`` (many VMs polled with ``query-status``) and
-``real-qemu`` (with ``--real-qemu N``: N real QEMU processes polled).
+connection), ``fleet`` (many VMs polled with ``query-status``),
+``real-qemu`` (with ``--real-qemu N``: N real QEMU processes polled) and
+``hostile`` (with ``--only hostile``: good VMs polled beside hostile ones).
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def _fleet_section(opts: argparse.Namespace, progress: Callable[[str], None]) ->
     return fleet_section(opts, progress)
 
 
+def _hostile_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
+    from ._hostile import hostile_section
+
+    return hostile_section(opts, progress)
+
+
 def _real_qemu_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
     from ._fleet import real_qemu_section
 
@@ -111,6 +118,7 @@ SECTIONS: dict[str, Section] = {
     "socket": _socket_section,
     "fleet": _fleet_section,
     "real-qemu": _real_qemu_section,
+    "hostile": _hostile_section,
 }
 
 
