@@ -57,6 +57,10 @@ def _expire_future(fut: asyncio.Future[Any], what: str) -> None:
 # object per read): the framer consumes each read before the next one, so
 # every connection of a loop can share it.
 _READ_SIZE = 1 << 18
+#: What one read of a peer that sent malformed frames in its last read may
+#: take: garbage costs more per byte than valid frames, so such a peer gets
+#: a smaller slice of the loop until it sends clean data again.
+_SUSPECT_READ_SIZE = 1 << 14
 _buffers = threading.local()
 
 
@@ -75,17 +79,22 @@ def _read_buffer() -> memoryview:
 class _Transport(asyncio.BufferedProtocol):
     """Feeds the client from the event loop's callbacks."""
 
-    __slots__ = ("_client", "_view")
+    __slots__ = ("_client", "_view", "_full", "_small")
 
     def __init__(self, client: _AsyncClient) -> None:
         self._client = client
-        self._view = _read_buffer()
+        self._full = self._view = _read_buffer()
+        self._small = self._full[:_SUSPECT_READ_SIZE]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._client._received(self._view[:nbytes])
+        client = self._client
+        faults = client._protocol_errors
+        client._received(self._view[:nbytes])
+        # Fair share: a peer whose read held malformed frames reads less next time.
+        self._view = self._full if client._protocol_errors == faults else self._small
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
