@@ -60,7 +60,7 @@ _READ_SIZE = 1 << 18
 #: What one read of a peer that sent malformed frames in its last read may
 #: take: garbage costs more per byte than valid frames, so such a peer gets
 #: a smaller slice of the loop until it sends clean data again.
-_SUSPECT_READ_SIZE = 1 << 14
+_SUSPECT_READ_SIZE = 1 << 12
 _buffers = threading.local()
 
 
