@@ -9,7 +9,7 @@ the same fleet:
 * ``escaped``: greets, then sends 1 MiB events of escapes next to 19-digit
   integers, again and again (valid frames, the costly kind to decode);
 * ``silent``: accepts and never greets;
-* ``flapping``: greets and hangs up at once, every time.
+* ``flapping``: greets, negotiates and hangs up at once, every time.
 
 One row per attack: the good VMs' p99 latency beside the quiet fleet's
 (the ratio is the slowdown), with their commands/s, p50, the client's
@@ -89,8 +89,7 @@ def _behaviour(attack: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWri
         await reader.read()
 
     async def flapping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(_GREETING)
-        await writer.drain()
+        await _negotiate(reader, writer)  # then hang up
 
     return {"garbage": garbage, "escaped": escaped, "silent": silent, "flapping": flapping}[attack]
 
