@@ -68,9 +68,9 @@ def _arguments(arguments: dict | None, args: Any) -> dict | None:
     """``arguments``, or the deprecated ``args=`` spelling of it."""
     if args is _UNSET:
         return arguments
-    warnings.warn("args= is deprecated, use arguments=", DeprecationWarning, stacklevel=3)
     if arguments is not None:
         raise TypeError("pass arguments= or args=, not both")
+    warnings.warn("args= is deprecated, use arguments=", DeprecationWarning, stacklevel=3)
     return args  # type: ignore[no-any-return]
 
 
