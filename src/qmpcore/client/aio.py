@@ -57,9 +57,9 @@ def _expire_future(fut: asyncio.Future[Any], what: str) -> None:
 # object per read): the framer consumes each read before the next one, so
 # every connection of a loop can share it.
 _READ_SIZE = 1 << 18
-#: What one read of a peer that sent malformed frames in its last read may
-#: take: garbage costs more per byte than valid frames, so such a peer gets
-#: a smaller slice of the loop until it sends clean data again.
+#: What one read of a new peer, or of one that sent malformed frames in its
+#: last read, may take: garbage costs more per byte than valid frames, so
+#: such a peer gets a smaller slice of the loop until it sends clean data.
 _SUSPECT_READ_SIZE = 1 << 12
 _buffers = threading.local()
 
@@ -83,8 +83,9 @@ class _Transport(asyncio.BufferedProtocol):
 
     def __init__(self, client: _AsyncClient) -> None:
         self._client = client
-        self._full = self._view = _read_buffer()
-        self._small = self._full[:_SUSPECT_READ_SIZE]
+        self._full = _read_buffer()
+        # Small reads until the peer sent clean data once.
+        self._view = self._small = self._full[:_SUSPECT_READ_SIZE]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
