@@ -476,6 +476,24 @@ async def test_fleet_good_vm_answers_while_another_floods_garbage(tmp_path, capl
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) < 100
 
 
+async def test_fleet_good_vm_answers_while_another_floods_events(tmp_path):
+    flood = b"".join(event("FLOOD", {"n": i}) for i in range(1000))
+    async with peers(tmp_path) as p:
+        vms = {"hostile": await p.add("hostile", garbage_vm(flood)), "good": await p.add("good", good_vm)}
+        async with Fleet(vms, connect_timeout=GUARD, command_timeout=GUARD, event_maxsize=100) as fleet:
+            stream = fleet.events()  # never read: it stays within its bounds
+            assert await fleet.wait_connected(timeout=GUARD)
+            for _ in range(20):
+                assert await fleet.execute("good", "query-status") == {}
+            received = fleet.stats().events_received
+            for _ in range(20):
+                assert await fleet.execute("good", "query-status") == {}
+            stats = fleet.stats()
+            assert stats.events_received > received > 0  # the flood went on all along
+            assert len(stream._queue) == 100 and stats.events_dropped == stats.events_received - 100
+            assert stats.events_queued_bytes == stream.nbytes <= 100 * len(event("FLOOD", {"n": 999}))
+
+
 async def test_fleet_silent_vms_do_not_hold_the_connect_slots(tmp_path):
     async with peers(tmp_path) as p:
         vms = {f"silent{i}": await p.add(f"silent{i}", silent_vm) for i in range(40)}
