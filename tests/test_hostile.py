@@ -620,3 +620,15 @@ def test_bench_hostile_section_rows(monkeypatch):
         assert isinstance(row.value, float) and row.ratio("quiet fleet") is not None, row
         assert row.extra["cmd/s"] > 0 and not row.note
     assert rows[1].extra["hostile connects"] >= 2
+
+
+async def test_fleet_backoff_resets_after_healthy_after_seconds_up(tmp_path):
+    schedule = Backoff(initial=0.01, maximum=0.16, factor=2.0, jitter=0.0, healthy_after=0.0)
+    async with peers(tmp_path) as p:
+        vms = {"flap": await p.add("flap", flapping_vm)}
+        async with Fleet(vms, connect_timeout=GUARD, reconnect=schedule) as fleet:
+            while p.accepted["flap"] < 6:
+                await asyncio.sleep(0.01)
+            # Every connection counted as healthy: the schedule restarts each time.
+            assert fleet._members["flap"].attempt <= 1
+            assert fleet.stats().reconnects >= 4
