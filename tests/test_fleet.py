@@ -174,22 +174,23 @@ async def test_slow_vm_costs_the_others_nothing(tmp_path):
 
 
 async def test_connects_are_capped(tmp_path, monkeypatch):
-    from qmpcore import aio
+    """max_concurrency caps simultaneous socket connects (greetings are awaited outside the cap)."""
+    from qmpcore.client import fleet as fleet_module
 
-    real_connect = aio.connect
+    real_open = fleet_module._open_socket
     active = peak = 0
 
-    async def counting_connect(*args, **kwargs):
+    async def counting_open(*args, **kwargs):
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
         try:
             await asyncio.sleep(0.01)
-            return await real_connect(*args, **kwargs)
+            return await real_open(*args, **kwargs)
         finally:
             active -= 1
 
-    monkeypatch.setattr(aio, "connect", counting_connect)
+    monkeypatch.setattr(fleet_module, "_open_socket", counting_open)
     async with serve_vms(tmp_path, 12) as vms:
         async with Fleet(vms.qmp_paths, max_concurrency=3) as fleet:
             assert fleet.stats().connected == 12

@@ -64,11 +64,13 @@ _LAZY = {
     "SyncGuestAgentClient": "client.sync",
     "EventStream": "client.aio",
     "Fleet": "client.fleet",
+    "Stats": "client.core",
 }
 
 
 if TYPE_CHECKING:  # what __getattr__ below loads, as type checkers should see it
     from .client.aio import EventStream, GuestAgentClient, QMPClient, connect, connect_guest_agent
+    from .client.core import Stats
     from .client.fleet import Fleet
     from .client.sync import SyncGuestAgentClient, SyncQMPClient, connect_guest_agent_sync, connect_sync
 
@@ -123,4 +125,5 @@ __all__ = [
     "SyncGuestAgentClient",
     "EventStream",
     "Fleet",
+    "Stats",
 ]

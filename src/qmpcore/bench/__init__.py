@@ -7,11 +7,12 @@ the qmpcore checkout; the quotes keep zsh from globbing the brackets).
 
 Sections: ``framing`` (framing + decode of recorded and synthetic streams),
 ``socket`` (round trip, 100 pipelined commands, event flood on one
-connection), ``fleet`` (many VMs polled with ``query-status``) and
+connection), ``fleet`` (many VMs polled with ``query-status``),
 ``real-qemu`` (only with ``--real-qemu N``: N real QEMU processes polled;
 the report says why when it did not run); with ``--only``: ``tls`` (TLS
-beside plain TCP) and ``proxy`` (round trip through ``qmpcore proxy``,
-event fan-out to 100 clients).
+beside plain TCP), ``proxy`` (round trip through ``qmpcore proxy``,
+event fan-out to 100 clients) and ``hostile`` (good VMs polled beside
+hostile ones).
 """
 
 from __future__ import annotations
@@ -104,6 +105,12 @@ def _fleet_section(opts: argparse.Namespace, progress: Callable[[str], None]) ->
     return fleet_section(opts, progress)
 
 
+def _hostile_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
+    from ._hostile import hostile_section
+
+    return hostile_section(opts, progress)
+
+
 def _real_qemu_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
     from ._fleet import real_qemu_section
 
@@ -129,6 +136,7 @@ SECTIONS: dict[str, Section] = {
     "real-qemu": _real_qemu_section,
     "tls": _tls_section,  # only with --only: it starts QEMU when installed
     "proxy": _proxy_section,
+    "hostile": _hostile_section,
 }
 
 

@@ -123,6 +123,7 @@ SECTION_TITLES = {
     "socket": "One connection over a unix socket (ratio = qmpcore ÷ baseline)",
     "fleet": "Fleet polling query-status (ratio = qmpcore ÷ baseline)",
     "real-qemu": "Real QEMU processes (ratio = qmpcore ÷ baseline)",
+    "hostile": "Good VMs of a Fleet beside hostile ones (ratio = p99 ÷ the quiet fleet's p99)",
 }
 
 

@@ -71,6 +71,10 @@ def _expire_future(fut: asyncio.Future[Any], what: str) -> None:
 # object per read): the framer consumes each read before the next one, so
 # every connection of a loop can share it.
 _READ_SIZE = 1 << 18
+#: What one read of a new peer, or of one that sent malformed frames in its
+#: last read, may take: garbage costs more per byte than valid frames, so
+#: such a peer gets a smaller slice of the loop until it sends clean data.
+_SUSPECT_READ_SIZE = 1 << 12
 _buffers = threading.local()
 
 
@@ -89,17 +93,23 @@ def _read_buffer() -> memoryview:
 class _Transport(asyncio.BufferedProtocol):
     """Feeds the client from the event loop's callbacks."""
 
-    __slots__ = ("_client", "_view")
+    __slots__ = ("_client", "_view", "_full", "_small")
 
     def __init__(self, client: _AsyncClient) -> None:
         self._client = client
-        self._view = _read_buffer()
+        self._full = _read_buffer()
+        # Small reads until the peer sent clean data once.
+        self._view = self._small = self._full[:_SUSPECT_READ_SIZE]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._client._received(self._view[:nbytes])
+        client = self._client
+        faults = client._protocol_errors
+        client._received(self._view[:nbytes])
+        # Fair share: a peer whose read held malformed frames reads less next time.
+        self._view = self._full if client._protocol_errors == faults else self._small
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
@@ -233,7 +243,7 @@ class _AsyncClient(ClientCore):
 
     def _received(self, data: memoryview) -> None:
         proto = self._proto
-        self._process(proto.feed(data))
+        self._receive(data)
         out = proto.data_to_send()
         if out:
             self._write(out)
@@ -654,6 +664,7 @@ class QMPClient(QMPInfo, _AsyncClient):
         match: Match = None,
         maxsize: int | None = None,
         policy: str = DROP_OLDEST,
+        max_bytes: int | None = None,
     ) -> EventStream:
         """Subscribe to events (all of them if no names are given).
 
@@ -663,11 +674,15 @@ class QMPClient(QMPInfo, _AsyncClient):
         happens when the consumer falls behind: ``"drop_oldest"`` (counted
         in ``dropped``), ``"block"`` (stop reading the socket until it
         catches up) or ``"raise"`` (the next read raises
-        :class:`EventOverflow`).  Iteration ends when the connection closes
-        cleanly and raises :class:`ConnectionLost` when it breaks.
+        :class:`EventOverflow`).  ``max_bytes`` bounds what the queued events
+        cost in bytes (default ``EVENT_QUEUE_BYTES``, 16 MiB), the newest
+        event always kept.  A ``match`` callable that raises makes the
+        next read raise its exception; the subscription goes on.  Iteration
+        ends when the connection closes cleanly and raises
+        :class:`ConnectionLost` when it breaks.
         """
         accepts = make_filter(names, match)
-        queue = self._router.subscribe(accepts, maxsize or self._event_queue_size, policy)
+        queue = self._router.subscribe(accepts, maxsize or self._event_queue_size, policy, max_bytes)
         return EventStream(self, queue)
 
     async def wait_event(

@@ -14,9 +14,12 @@ import socket
 import ssl
 from array import array
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConnectionLost, ProtocolError, StateError, TimeoutError
+from ..errors import ConnectionLost, FrameError, ProtocolError, StateError, TimeoutError
+from ..framing.wire import TOO_BIG
+from ..peerlog import PeerLog
 from ..protocol.events import (
     ConnectionClosed,
     ErrorReply,
@@ -31,15 +34,55 @@ from ..protocol.events import (
 from ._log import abbreviate, tracing
 from ._log import log as trace_log
 from .address import Address, AddressLike, parse_address
-from .eventqueue import CloseCallback, EventCallback, EventRouter
+from .eventqueue import EVENT_QUEUE_BYTES, CloseCallback, EventCallback, EventRouter
 from .tls import check_tls, is_server_context, refused_error, tls_error
 
-__all__ = ["ClientCore", "QMPInfo", "log", "connect_target", "scm_rights"]
+__all__ = ["ClientCore", "QMPInfo", "Stats", "log", "connect_target", "scm_rights"]
 
 log = logging.getLogger("qmpcore")
 
 #: Default size of each event queue.
 EVENT_QUEUE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot of the counters of one client (``client.stats()``) or a whole fleet (``fleet.stats()``).
+
+    For a client, ``vms`` is 1 and ``connected`` 1 or 0; for a fleet every
+    count is summed over its VMs' clients and its own bookkeeping.
+    """
+
+    vms: int = 1
+    connected: int = 0
+    """Live connections."""
+    reconnecting: int = 0
+    """VMs without one that are being retried (fleets)."""
+    in_flight: int = 0
+    """Commands sent and not yet answered or timed out."""
+    held: int = 0
+    """Commands waiting client-side for a free server slot."""
+    commands: int = 0
+    """Commands issued (clients) or finished (fleets)."""
+    timeouts: int = 0
+    late_replies: int = 0
+    """Replies that came after their command had timed out."""
+    reconnects: int = 0
+    """Connections re-established after one was lost (fleets)."""
+    events_received: int = 0
+    events_dropped: int = 0
+    """Events discarded because a consumer fell behind (count or byte budget)."""
+    events_queued: int = 0
+    """Events waiting in queues (the backlog for a client, the streams for a fleet)."""
+    events_queued_bytes: int = 0
+    """What the queued events cost, in bytes."""
+    backlog_dropped: int = 0
+    protocol_errors: int = 0
+    """Frames or messages from the peer that broke the protocol."""
+    callback_errors: int = 0
+    """Exceptions raised by event listeners (counted, never propagated)."""
+    last_errors: dict[str, BaseException] = field(default_factory=dict)
+    """Per VM, the last connection or command error (fleets; cleared on success)."""
 
 
 def connect_target(address: AddressLike | None, sock: socket.socket | None) -> Address:
@@ -87,7 +130,14 @@ class ClientCore:
     _ssl: ssl.SSLContext | None = None
     _server_hostname: str | None = None
 
-    def __init__(self, proto: Any, address: Address, event_queue: int, command_timeout: float | None) -> None:
+    def __init__(
+        self,
+        proto: Any,
+        address: Address,
+        event_queue: int,
+        command_timeout: float | None,
+        event_queue_bytes: int = EVENT_QUEUE_BYTES,
+    ) -> None:
         self._proto = proto
         #: Where this client is connected.
         self.address = address
@@ -95,7 +145,8 @@ class ClientCore:
         self.command_timeout = command_timeout
         self._event_queue_size = event_queue or EVENT_QUEUE_SIZE  # default subscription size
         self._waiters: dict[Any, Any] = {}
-        self._router = EventRouter(event_queue)
+        self._router = EventRouter(event_queue, event_queue_bytes)
+        self._peerlog = PeerLog(log, address)  # warnings about the peer, rate-limited
         self._closing = False  # close() was called
         self._closed = False
         #: Why the connection ended: None while open or after a clean close
@@ -131,7 +182,29 @@ class ClientCore:
             "events_queued": len(router.backlog),
             "backlog_dropped": router.backlog.dropped,
             "protocol_errors": self._protocol_errors,
+            "events_queued_bytes": router.queued_bytes,
+            "callback_errors": router.callback_errors,
         }
+
+    def stats(self) -> Stats:
+        """This connection's counters as a :class:`Stats`."""
+        proto = self._proto
+        router = self._router
+        return Stats(
+            connected=0 if self._closed else 1,
+            in_flight=proto.in_flight,
+            held=proto.held,
+            commands=proto._next_id,
+            timeouts=self._timeouts,
+            late_replies=proto.late_replies,
+            events_received=router.received,
+            events_dropped=router.dropped,
+            events_queued=len(router.backlog),
+            events_queued_bytes=router.queued_bytes,
+            backlog_dropped=router.backlog.dropped,
+            protocol_errors=self._protocol_errors,
+            callback_errors=router.callback_errors,
+        )
 
     def add_event_listener(
         self,
@@ -203,11 +276,22 @@ class ClientCore:
 
     # -- protocol events ----------------------------------------------------
 
-    def _process(self, events: list) -> None:
+    def _receive(self, data: Any) -> None:
+        """Feed one read to the protocol and act on what it completes."""
+        proto = self._proto
+        before = proto.buffered
+        events = proto.feed(data)
+        if events:
+            self._process(events, before + len(data) - proto.buffered, before)
+
+    def _process(self, events: list, nbytes: int = 0, first: int = 0) -> None:
         """Act on the events one chunk of received bytes produced.
 
         QMP events go to the router together at the end: nobody can look
         between two items of one chunk, and a batch is far cheaper in a flood.
+        ``nbytes`` is what the chunk's complete frames cost, ``first`` the
+        part of it the first frame had buffered before (events' sizes for
+        the byte budgets of the queues).
         """
         if tracing():
             self._trace_in(events)
@@ -235,21 +319,52 @@ class ClientCore:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(ev)
         if batch is not None:
-            self._router.deliver_all(batch)
+            n = len(batch)
+            share = nbytes - first
+            if n != len(events):  # replies and faults took their part of the read
+                share = share * n // len(events)
+                first = first if type(events[0]) is Event else 0
+            self._router.deliver_all(batch, share, first, n == 1 and n == len(events))
 
     def _fault(self, ev: ProtocolFault) -> None:
         self._protocol_errors += 1
         self.last_protocol_error = ev.error
-        log.warning("%s: %s", self.address, ev.error)
+        self._peerlog.warning("%s", ev.error)
         waiter = self._waiters.pop(Greeting, None)  # garbage instead of a greeting
         if waiter is not None and not waiter.done():
             waiter.set_exception(ProtocolError(f"expected a QMP greeting: {ev.error}"))
-        if isinstance(ev.item, dict) and "QMP" in ev.item and not isinstance(self, QMPInfo):
+        item = ev.item
+        if type(item) is FrameError and item.reason == TOO_BIG:
+            self._reply_dropped()
+        if isinstance(item, dict) and "QMP" in item and not isinstance(self, QMPInfo):
             # A guest agent client connected to a QMP monitor: fail now, not after a timeout.
             self._wrong_protocol = ProtocolError("a QMP greeting arrived: this is a QMP monitor, not a guest agent")
             waiter = self._waiters.pop(Synced, None)
             if waiter is not None and not waiter.done():
                 waiter.set_exception(self._wrong_protocol)
+
+    def _reply_dropped(self) -> None:
+        """A frame over ``max_frame_size`` was dropped: fail the command it most likely answered.
+
+        QEMU answers in-band commands in order, so it is the oldest pending
+        in-band command; with ``oob``, out-of-band replies may come first,
+        but their replies are small, so the oldest in-band command is still
+        chosen (the oldest out-of-band one only when no in-band command is
+        pending).  Should its reply come after all, it is dropped as late.
+        """
+        proto = self._proto
+        dropped = proto.drop_oldest()
+        if dropped is None:  # nothing waits: an event, or junk
+            return
+        cid, command = dropped
+        waiter = self._waiters.pop(cid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(
+                ProtocolError(
+                    f"{command}: the server's reply was dropped: it is larger than "
+                    f"max_frame_size={proto.max_frame_size} bytes; connect with a larger max_frame_size= to receive it"
+                )
+            )
 
     # -- tracing (DEBUG records, only when enabled) ---------------------------
 
@@ -309,6 +424,7 @@ class ClientCore:
         if self._closed:
             return
         self._closed = True
+        self._peerlog.flush()
         ended = self._proto.feed(b"")
         truncated = ended[0].truncated if ended else 0
         expected = self._closing or bool(ended and ended[0].expected)

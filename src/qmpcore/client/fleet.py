@@ -28,17 +28,21 @@ import errno
 import functools
 import os
 import random
+import socket
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ssl import SSLContext
 from typing import (
     Any,
     Union,
 )
 
-from ..errors import ConnectionLost, QMPError, StateError
+from ..errors import CommandError, ConnectionLost, QMPError, StateError
 from ..errors import TimeoutError as QMPTimeoutError
 from .address import parse_address
+from .core import Stats
+from .diagnose import connect_error
 from .tls import check_tls
 
 __all__ = [
@@ -55,6 +59,22 @@ Result = Any
 
 #: File descriptors kept free for everything that is not a VM connection.
 FD_RESERVE = 64
+#: Default byte budget of each :meth:`Fleet.events` stream.
+EVENT_STREAM_BYTES = 64 << 20
+#: Default byte budget of all of a fleet's event streams together.
+EVENT_BUDGET = 256 << 20
+
+_UNSET: Any = object()
+
+
+def _arguments(arguments: dict | None, args: Any) -> dict | None:
+    """``arguments``, or the deprecated ``args=`` spelling of it."""
+    if args is _UNSET:
+        return arguments
+    if arguments is not None:
+        raise TypeError("pass arguments= or args=, not both")
+    warnings.warn("args= is deprecated, use arguments=", DeprecationWarning, stacklevel=3)
+    return args  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -63,19 +83,25 @@ class Backoff:
 
     Attempt ``n`` (from 0) waits ``min(maximum, initial * factor**n)``,
     shortened by a random fraction of up to ``jitter`` so that VMs that
-    failed together do not retry together.
+    failed together do not retry together.  ``n`` goes back to 0 only once
+    a connection proved healthy: a command was answered on it, or it stayed
+    up ``healthy_after`` seconds; so a VM that greets and hangs up at once
+    is retried on this schedule, not as fast as it accepts.
     """
 
     initial: float = 0.05
     maximum: float = 5.0
     factor: float = 2.0
     jitter: float = 0.5
+    healthy_after: float = 10.0
 
     def __post_init__(self) -> None:
         if self.initial < 0 or self.maximum < self.initial or self.factor < 1:
             raise ValueError("Backoff needs 0 <= initial <= maximum and factor >= 1")
         if not 0 <= self.jitter <= 1:
             raise ValueError("Backoff jitter must be between 0 and 1")
+        if self.healthy_after < 0:
+            raise ValueError("Backoff healthy_after must not be negative")
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0 for the first)."""
@@ -83,27 +109,8 @@ class Backoff:
         return base * (1.0 - self.jitter * random.random())
 
 
-@dataclass(frozen=True)
-class FleetStats:
-    """A snapshot of a fleet's counters (:meth:`Fleet.stats`)."""
-
-    vms: int
-    connected: int
-    """VMs with a live connection."""
-    reconnecting: int
-    """VMs without one that are being retried."""
-    in_flight: int
-    """Commands sent and not yet answered or timed out."""
-    commands: int
-    """Commands finished (answered, failed, or timed out)."""
-    timeouts: int
-    reconnects: int
-    """Connections re-established after one was lost."""
-    events_received: int
-    events_dropped: int
-    """Events discarded because a consumer of :meth:`Fleet.events` fell behind."""
-    last_errors: dict[str, BaseException] = field(default_factory=dict)
-    """Per VM, the last connection or command error (cleared on success)."""
+#: The counters of a fleet: the same :class:`~qmpcore.client.core.Stats` as a client's.
+FleetStats = Stats
 
 
 def _failed(exc: BaseException) -> asyncio.Future[Any]:
@@ -155,38 +162,74 @@ def ensure_fd_limit(needed: int) -> int:
     return target
 
 
+async def _open_socket(address: Address) -> socket.socket:
+    """A connected non-blocking stream socket to ``address``."""
+    addr = parse_address(address)
+    sock = socket.socket(addr.family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, addr.sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class FleetEvents:
     """A merged, bounded stream of ``(vm, event)`` from every VM of a fleet.
 
     When the consumer falls behind, the oldest queued events are dropped
     and counted (:attr:`dropped`, and the fleet's ``events_dropped``); memory
-    never grows past ``maxsize`` events.  Iteration ends when the fleet
-    closes or :meth:`close` is called.
+    never grows past ``maxsize`` events nor ``max_bytes`` bytes (an event
+    costing the bytes of its frame; the newest event is always kept), and
+    all streams of a fleet together stay within its ``event_budget``.
+    Iteration ends when the fleet closes or :meth:`close` is called.
     """
 
-    def __init__(self, fleet: Fleet, names: Iterable[str], maxsize: int) -> None:
+    def __init__(self, fleet: Fleet, names: Iterable[str], maxsize: int, max_bytes: int = EVENT_STREAM_BYTES) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be positive")
         self._fleet = fleet
         self._names = frozenset(names)
         self._queue: collections.deque[tuple[str, Any]] = collections.deque()
+        self._costs: collections.deque[int] = collections.deque()
         self._maxsize = maxsize
+        self._max_bytes = max_bytes
+        #: What the queued events cost, in bytes.
+        self.nbytes = 0
         self._waiter: asyncio.Future | None = None
         self._closed = False
         #: Events dropped from this stream because it was full.
         self.dropped = 0
 
-    def _offer(self, vm: str, event: Any) -> bool:
-        """Queue one event if it matches; return True when one was dropped."""
+    def _offer(self, vm: str, event: Any, cost: int) -> int:
+        """Queue one event (``cost`` bytes) if it matches; return how many were dropped."""
         if self._names and event.name not in self._names:
-            return False
-        dropped = len(self._queue) >= self._maxsize
-        if dropped:
-            self._queue.popleft()
-            self.dropped += 1
-        self._queue.append((vm, event))
+            return 0
+        queue = self._queue
+        dropped = 0
+        if len(queue) >= self._maxsize:
+            dropped += self._drop()
+        queue.append((vm, event))
+        self._costs.append(cost)
+        self.nbytes += cost
+        self._fleet._event_bytes += cost
+        while len(queue) > 1 and (self.nbytes > self._max_bytes or self._fleet._event_bytes > self._fleet.event_budget):
+            dropped += self._drop()
         self._wake()
         return dropped
+
+    def _drop(self) -> int:
+        self._queue.popleft()
+        self._took(self._costs.popleft())
+        self.dropped += 1
+        return 1
+
+    def _took(self, cost: int) -> None:
+        self.nbytes -= cost
+        self._fleet._event_bytes -= cost
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -200,6 +243,10 @@ class FleetEvents:
             self._fleet._subscribers.discard(self)
             self._wake()
 
+    def __del__(self) -> None:
+        if getattr(self, "nbytes", 0):  # give the fleet's budget back
+            self._fleet._event_bytes -= self.nbytes
+
     def __aiter__(self) -> FleetEvents:
         return self
 
@@ -212,6 +259,7 @@ class FleetEvents:
                 await self._waiter
             finally:
                 self._waiter = None
+        self._took(self._costs.popleft())
         return self._queue.popleft()
 
     async def get(self, timeout: float | None = None) -> tuple[str, Any]:
@@ -230,7 +278,18 @@ class _Member:
     handles, so an idle VM costs little more than its client.
     """
 
-    __slots__ = ("name", "address", "client", "last_error", "tried", "ever_connected", "attempt", "task", "timer")
+    __slots__ = (
+        "name",
+        "address",
+        "client",
+        "last_error",
+        "tried",
+        "ever_connected",
+        "attempt",
+        "task",
+        "timer",
+        "connected_at",
+    )
 
     def __init__(self, name: str, address: Address) -> None:
         self.name = name
@@ -239,9 +298,10 @@ class _Member:
         self.last_error: BaseException | None = None
         self.tried = False  # the first attempt has finished
         self.ever_connected = False
-        self.attempt = 0  # failed attempts since the last success
+        self.attempt = 0  # attempts since a connection last proved healthy
         self.task: asyncio.Task | None = None  # a connection attempt under way
         self.timer: asyncio.TimerHandle | None = None  # the next attempt
+        self.connected_at = 0.0  # loop time the live connection was made
 
 
 class Fleet:
@@ -253,13 +313,18 @@ class Fleet:
 
     ``connect_timeout`` bounds each connection attempt (connect, greeting and
     negotiation); ``command_timeout`` is the default per-VM timeout of
-    commands; ``max_concurrency`` caps simultaneous connection attempts.
+    commands; ``max_concurrency`` caps simultaneous socket connects (a VM
+    that accepts and then stays silent holds no slot: greetings are awaited
+    concurrently, each within ``connect_timeout``).
     ``reconnect`` is True (default :class:`Backoff`), a :class:`Backoff`, or
     False to try each VM once and never reconnect.  ``guest_agent=True``
-    talks to guest agents instead of QMP monitors.  ``event_maxsize`` is the
-    default bound of each :meth:`events` stream.  ``ssl`` connects every
-    VM with TLS (TCP addresses only; ``server_hostname`` as for
-    :func:`~qmpcore.connect`, default each address's host).
+    talks to guest agents instead of QMP monitors.  ``event_maxsize`` and
+    ``event_max_bytes`` are the default bounds of each :meth:`events`
+    stream, ``event_budget`` bounds all of them together, in bytes.
+    ``max_frame_size`` bounds each frame a VM may send (QEMU's 64 MiB by
+    default).  ``ssl`` connects every VM with TLS (TCP addresses only;
+    ``server_hostname`` as for :func:`~qmpcore.connect`, default each
+    address's host).
     """
 
     def __init__(
@@ -272,6 +337,9 @@ class Fleet:
         reconnect: bool | Backoff = True,
         guest_agent: bool = False,
         event_maxsize: int = 10_000,
+        event_max_bytes: int = EVENT_STREAM_BYTES,
+        event_budget: int = EVENT_BUDGET,
+        max_frame_size: int = 64 << 20,
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
     ) -> None:
@@ -286,9 +354,12 @@ class Fleet:
             raise ValueError("timeouts must be positive")
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if min(event_max_bytes, event_budget, max_frame_size) < 1:
+            raise ValueError("event byte budgets and frame limits must be positive")
         for _, addr in pairs:
             check_tls(parse_address(addr), ssl, server_hostname)
-        self._tls: dict[str, Any] = {"ssl": ssl, "server_hostname": server_hostname}
+        self._ssl = ssl
+        self._server_hostname = server_hostname
         self._pairs = pairs
         self._members: dict[str, _Member] = {}
         self.connect_timeout = connect_timeout
@@ -299,6 +370,10 @@ class Fleet:
         )
         self.guest_agent = guest_agent
         self.event_maxsize = event_maxsize
+        self.event_max_bytes = event_max_bytes
+        self.event_budget = event_budget
+        self.max_frame_size = max_frame_size
+        self._event_bytes = 0  # what every stream's queued events cost
         self._subscribers: set[FleetEvents] = set()
         self._slots: asyncio.Semaphore | None = None
         self._changed: Any = None  # asyncio.Event, pulsed on every VM state change
@@ -418,15 +493,35 @@ class Fleet:
             member.task = asyncio.get_running_loop().create_task(self._attempt(member))
 
     async def _connect(self, member: _Member) -> Any:
-        """Connect, within the cap on simultaneous attempts."""
+        """Connect, within the cap on simultaneous socket connects, then greet.
+
+        Only opening the socket holds a slot: VMs that accept and never
+        greet wait out their ``connect_timeout`` side by side and cannot keep
+        the others from connecting.
+        """
         from . import aio
 
         assert self._slots is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
         async with self._slots:
-            if self.guest_agent:
-                return await aio.connect_guest_agent(member.address, timeout=self.connect_timeout, **self._tls)
-            # The fleet's listener claims every event: keep no unclaimed ones.
-            return await aio.connect(member.address, timeout=self.connect_timeout, event_queue=0, **self._tls)
+            try:
+                sock = await asyncio.wait_for(_open_socket(member.address), self.connect_timeout)
+            except (OSError, asyncio.TimeoutError) as exc:
+                where = parse_address(member.address)
+                raise connect_error(
+                    exc, where, agent=self.guest_agent, timeout=self.connect_timeout, connected=False
+                ) from exc
+        left = max(deadline - loop.time(), 1e-3)
+        options: dict[str, Any] = {"timeout": left, "max_frame_size": self.max_frame_size}
+        if self._ssl is not None:
+            # The socket's peer is an IP address: verify the name the VM was given by.
+            host = self._server_hostname or parse_address(member.address).sockaddr[0]
+            options.update(ssl=self._ssl, server_hostname=host)
+        if self.guest_agent:
+            return await aio.connect_guest_agent(sock=sock, **options)
+        # The fleet's listener claims every event: keep no unclaimed ones.
+        return await aio.connect(sock=sock, event_queue=0, **options)
 
     async def _attempt(self, member: _Member) -> None:
         try:
@@ -447,7 +542,7 @@ class Fleet:
         if member.ever_connected:
             self._reconnects += 1
         member.ever_connected = True
-        member.attempt = 0
+        member.connected_at = asyncio.get_running_loop().time()
         member.client = client
         member.last_error = None
         self._connected += 1
@@ -461,9 +556,10 @@ class Fleet:
         and no queue per connection.
         """
         name = member.name
-        client.add_event_listener(
-            lambda event: self._deliver(name, event),
-            on_close=lambda _error: self._lost(member, client),
+        client._router.add_listener(
+            lambda event, cost: self._deliver(name, event, cost),
+            lambda _error: self._lost(member, client),
+            with_cost=True,
         )
 
     def _tried(self, member: _Member) -> None:
@@ -477,6 +573,9 @@ class Fleet:
         if member.client is client:
             member.client = None
             self._connected -= 1
+            backoff = self.backoff
+            if backoff is not None and asyncio.get_running_loop().time() - member.connected_at >= backoff.healthy_after:
+                member.attempt = 0  # it stayed up long enough to count as healthy
             member.last_error = client.connection_error or ConnectionLost(
                 f"{member.name}: the server closed the connection"
             )
@@ -493,24 +592,39 @@ class Fleet:
 
     # -- commands ---------------------------------------------------------
 
-    async def execute(self, vm: str, command: str, args: dict | None = None, *, timeout: float | None = None) -> Any:
+    async def execute(
+        self,
+        vm: str,
+        command: str,
+        arguments: dict | None = None,
+        *,
+        timeout: float | None = None,
+        args: Any = _UNSET,
+    ) -> Any:
         """Run ``command`` on one VM and return its ``"return"`` value.
 
         Raises :class:`~qmpcore.CommandError`, :class:`~qmpcore.TimeoutError`
         after ``timeout`` (default ``command_timeout``), or
         :class:`~qmpcore.ConnectionLost` when the VM is not connected.
+        ``args=`` is the deprecated name of ``arguments``.
         """
-        return await self.submit(vm, command, args, timeout=timeout)
+        return await self.submit(vm, command, _arguments(arguments, args), timeout=timeout)
 
     def submit(
-        self, vm: str, command: str, args: dict | None = None, *, timeout: float | None = None
+        self,
+        vm: str,
+        command: str,
+        arguments: dict | None = None,
+        *,
+        timeout: float | None = None,
+        args: Any = _UNSET,
     ) -> asyncio.Future[Any]:
         """Start ``command`` on one VM; return a future of its ``"return"`` value.
 
         :meth:`execute` without a coroutine per command, for starting many
         at once; the future fails as :meth:`execute` would raise.
         """
-        return self._submit(self._member(vm), command, args, self._timeout(timeout))
+        return self._submit(self._member(vm), command, _arguments(arguments, args), self._timeout(timeout))
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -519,34 +633,37 @@ class Fleet:
             raise ValueError("timeout must be positive")
         return timeout
 
-    def _submit(self, member: _Member, command: str, args: dict | None, timeout: float) -> asyncio.Future[Any]:
+    def _submit(self, member: _Member, command: str, arguments: dict | None, timeout: float) -> asyncio.Future[Any]:
         client = member.client
         if client is None or client.closed:
             return _failed(ConnectionLost(f"{member.name}: not connected ({member.last_error})"))
         if self.guest_agent:  # one command at a time, with resyncs: no shortcut
-            fut = asyncio.ensure_future(client.execute(command, args, timeout=timeout))
+            fut = asyncio.ensure_future(client.execute(command, arguments, timeout=timeout))
         else:
-            fut = client.submit(command, args, timeout=timeout)
+            fut = client.submit(command, arguments, timeout=timeout)
         self._in_flight += 1
-        fut.add_done_callback(functools.partial(self._finished, member))
+        fut.add_done_callback(functools.partial(self._finished, member, client))
         return fut
 
-    def _finished(self, member: _Member, fut: asyncio.Future[Any]) -> None:
+    def _finished(self, member: _Member, client: Any, fut: asyncio.Future[Any]) -> None:
         """Bookkeeping when a command's future is done (its result is left alone)."""
         self._in_flight -= 1
         self._commands += 1
         exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
         if isinstance(exc, QMPTimeoutError):
             self._timeouts += 1
+        if (exc is None or isinstance(exc, CommandError)) and member.client is client:
+            member.attempt = 0  # the VM answered: the connection proved healthy
         member.last_error = exc
 
     async def execute_all(
         self,
         command: str,
-        args: dict | None = None,
+        arguments: dict | None = None,
         *,
         timeout: float | None = None,
         vms: Iterable[str] | None = None,
+        args: Any = _UNSET,
     ) -> dict[str, Result]:
         """Run ``command`` on every VM (or on ``vms``) at once.
 
@@ -557,12 +674,13 @@ class Fleet:
         """
         if not self._started:
             raise StateError("the fleet is not started")
+        arguments = _arguments(arguments, args)
         limit = self._timeout(timeout)
         members = [self._member(vm) for vm in (self.vms if vms is None else vms)]
         futures = []
         for member in members:
             try:
-                futures.append(self._submit(member, command, args, limit))
+                futures.append(self._submit(member, command, arguments, limit))
             except Exception as exc:
                 futures.append(_failed(exc))
         results = await asyncio.gather(*futures, return_exceptions=True)
@@ -571,11 +689,12 @@ class Fleet:
     async def poll(
         self,
         command: str,
-        args: dict | None = None,
+        arguments: dict | None = None,
         *,
         every: float,
         timeout: float | None = None,
         rounds: int | None = None,
+        args: Any = _UNSET,
     ) -> AsyncIterator[dict[str, Result]]:
         """Yield the results of ``execute_all(command)`` every ``every`` seconds.
 
@@ -587,12 +706,13 @@ class Fleet:
         """
         if every <= 0:
             raise ValueError("every must be positive")
+        arguments = _arguments(arguments, args)
         limit = self._timeout(timeout)
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         done = 0
         while rounds is None or done < rounds:
-            yield await self.execute_all(command, args, timeout=limit)
+            yield await self.execute_all(command, arguments, timeout=limit)
             done += 1
             next_at += every
             now = loop.time()
@@ -602,41 +722,61 @@ class Fleet:
 
     # -- events -----------------------------------------------------------
 
-    def events(self, *names: str, maxsize: int | None = None) -> FleetEvents:
+    def events(self, *names: str, maxsize: int | None = None, max_bytes: int | None = None) -> FleetEvents:
         """A merged stream of ``(vm, event)`` from every VM (only ``names`` if given).
 
-        Bounded by ``maxsize`` (default ``event_maxsize``): when the consumer
-        falls behind, the oldest events are dropped and counted.
+        Bounded by ``maxsize`` events (default ``event_maxsize``) and
+        ``max_bytes`` bytes (default ``event_max_bytes``), and all streams
+        together by ``event_budget``: when the consumer falls behind, the
+        oldest events are dropped and counted.
         """
-        stream = FleetEvents(self, names, self.event_maxsize if maxsize is None else maxsize)
+        stream = FleetEvents(
+            self,
+            names,
+            self.event_maxsize if maxsize is None else maxsize,
+            self.event_max_bytes if max_bytes is None else max_bytes,
+        )
         if self._closing:
             stream._closed = True
         else:
             self._subscribers.add(stream)
         return stream
 
-    def _deliver(self, vm: str, event: Any) -> None:
+    def _deliver(self, vm: str, event: Any, cost: int) -> None:
         self._events_received += 1
         for subscriber in self._subscribers:
-            if subscriber._offer(vm, event):
-                self._events_dropped += 1
+            self._events_dropped += subscriber._offer(vm, event, cost)
 
     # -- introspection ----------------------------------------------------
 
-    def stats(self) -> FleetStats:
+    def stats(self) -> Stats:
         """Counters and per-VM errors, as of now."""
         members = self._members.values()
         retrying = 0 if self.backoff is None or self._closing else len(self._members) - self._connected
-        return FleetStats(
+        protocol_errors = callback_errors = late = held = 0
+        for m in members:
+            client = m.client
+            if client is not None:
+                protocol_errors += client._protocol_errors
+                callback_errors += client._router.callback_errors
+                late += client._proto.late_replies
+                held += client._proto.held
+        return Stats(
             vms=len(self._pairs),
             connected=self._connected,
             reconnecting=retrying,
             in_flight=self._in_flight,
+            held=held,
             commands=self._commands,
             timeouts=self._timeouts,
+            late_replies=late,
             reconnects=self._reconnects,
             events_received=self._events_received,
             events_dropped=self._events_dropped,
+            events_queued=sum(len(s._queue) for s in self._subscribers),
+            events_queued_bytes=self._event_bytes,
+            protocol_errors=protocol_errors,
+            callback_errors=callback_errors,
             last_errors={m.name: m.last_error for m in members if m.last_error is not None},
         )
 

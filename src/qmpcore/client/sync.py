@@ -19,6 +19,7 @@ import select
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, cast
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 CONNECT_TIMEOUT = 10.0
+#: Default time :meth:`SyncQMPClient.close` lets queued writes drain.
+CLOSE_TIMEOUT = 5.0
 _RECV_SIZE = 1 << 16
 _monotonic = time.monotonic
 # Where sockets take a per-call non-blocking flag, the socket stays in
@@ -87,30 +90,48 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else _monotonic() + timeout
 
 
+_R, _W = 1, 2  # what a _Poller waits for / found ready
+
+
 class _Poller:
-    """Waits for one socket to become readable or writable (poll where available)."""
+    """Waits for one socket to become readable and/or writable (poll where available)."""
 
-    __slots__ = ("_poll", "_sock", "_events")
+    __slots__ = ("_poll", "_sock", "_mask")
 
-    def __init__(self, sock: socket.socket, write: bool) -> None:
+    def __init__(self, sock: socket.socket, mask: int) -> None:
         self._sock = sock
+        self._mask = mask
         if hasattr(select, "poll"):
-            self._events = select.POLLOUT if write else select.POLLIN
+            events = (select.POLLIN if mask & _R else 0) | (select.POLLOUT if mask & _W else 0)
             self._poll: Any = select.poll()
-            self._poll.register(sock, self._events)
+            self._poll.register(sock, events)
         else:  # pragma: no cover - Windows
             self._poll = None
-            self._events = write
 
-    def wait(self, timeout: float | None) -> bool:
+    def wait(self, timeout: float | None) -> int:
+        """``_R``/``_W`` bits of what is ready (0 when the timeout ran out)."""
+        mask = self._mask
         if self._poll is not None:
-            return bool(self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000.0))
-        ready = (
-            select.select([], [self._sock], [], timeout)
-            if self._events
-            else select.select([self._sock], [], [], timeout)
-        )
-        return any(ready)
+            ready = self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
+            if not ready:
+                return 0
+            revents = ready[0][1]
+            if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return mask  # the next recv or send reports what happened
+            return (_R if revents & select.POLLIN else 0) | (_W if revents & select.POLLOUT else 0)
+        sock = self._sock  # pragma: no cover - Windows
+        r, w, _ = select.select([sock] if mask & _R else [], [sock] if mask & _W else [], [], timeout)
+        return (_R if r else 0) | (_W if w else 0)
+
+
+class _Out:
+    """Bytes waiting to be written, with descriptors for their first byte."""
+
+    __slots__ = ("view", "ancillary")
+
+    def __init__(self, data: bytes, fds: Sequence[int] | None) -> None:
+        self.view = memoryview(data)
+        self.ancillary = scm_rights(fds) if fds else None
 
 
 class _SyncClient(ClientCore):
@@ -128,11 +149,18 @@ class _SyncClient(ClientCore):
         sock.setblocking(bool(_DONTWAIT))
         self._sock = sock
         self._cond = threading.Condition(threading.RLock())
-        self._wlock = threading.Lock()
         self._reading = False  # a thread is reading the socket
+        self._writing = False  # a thread is writing the head of _out
         self._sleepers = 0  # threads waiting for the reader
-        self._rpoll = _Poller(sock, write=False)
-        self._wpoll = _Poller(sock, write=True)
+        # Bytes to write, in stream order.  Nobody blocks on a write while
+        # holding the lock: whichever thread waits (within its own deadline)
+        # writes what the socket takes, the rest waits for the next one.
+        self._out: deque[_Out] = deque()
+        self._queued = 0  # bytes ever queued
+        self._written = 0  # bytes ever written
+        self._rpoll = _Poller(sock, _R)
+        self._wpoll = _Poller(sock, _W)
+        self._rwpoll = _Poller(sock, _R | _W)
         self._rbuf = bytearray(_RECV_SIZE)
         self._rview = memoryview(self._rbuf)
         self._sock_closed = False
@@ -140,11 +168,12 @@ class _SyncClient(ClientCore):
     # -- reading --------------------------------------------------------------
 
     def _wait_until(self, done: Callable[[], bool], deadline: float | None) -> bool:
-        """Read (or let another thread read) until ``done()`` or the connection ends.
+        """Read and write (or let other threads do so) until ``done()`` or the connection ends.
 
         Call with ``_cond`` held.  Returns False if the deadline passed first;
         before giving up, what the socket already holds is read (so a zero
-        timeout still sees data that has arrived).
+        timeout still sees data that has arrived).  No wait, on reading or on
+        writing, outlasts the deadline.
         """
         last = False
         while not done() and not self._closed:
@@ -153,10 +182,12 @@ class _SyncClient(ClientCore):
                 if last or self._reading or self._router.blocked:
                     return False
                 last, remaining = True, 0.0
-            if self._reading or self._router.blocked:
-                self._sleep(remaining)
-            else:
+            if not self._reading and not self._router.blocked:
                 self._read_once(remaining)
+            elif self._out and not self._writing:
+                self._flush_once(remaining)
+            else:
+                self._sleep(remaining)
         return True
 
     def _sleep(self, timeout: float | None) -> None:
@@ -167,75 +198,130 @@ class _SyncClient(ClientCore):
         finally:
             self._sleepers -= 1
 
+    def _recv_nowait(self) -> int:
+        try:
+            return self._sock.recv_into(self._rbuf, 0, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return -1
+
+    def _send_nowait(self, entry: _Out) -> int:
+        try:
+            if entry.ancillary is not None:
+                return self._sock.sendmsg([entry.view], entry.ancillary, _DONTWAIT)
+            return self._sock.send(entry.view, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def _wrote(self, entry: _Out, sent: int) -> None:
+        """``sent`` bytes of the head of ``_out`` went out (``_cond`` held)."""
+        if not sent:
+            return
+        self._written += sent
+        out = self._out
+        if not out or out[0] is not entry:  # the connection ended meanwhile
+            return
+        entry.ancillary = None
+        if sent >= len(entry.view):
+            out.popleft()
+        else:
+            entry.view = entry.view[sent:]
+
     def _read_once(self, timeout: float | None) -> None:
+        """Read once, and write queued bytes if no other thread does (``_cond`` held, released while waiting)."""
         cond = self._cond
+        entry = None
+        if self._out and not self._writing:
+            entry = self._out[0]
+            self._writing = True
         self._reading = True
         cond.release()
         error: BaseException | None = None
         n = -1
+        sent = 0
         try:
-            if timeout is None and _DONTWAIT:
+            if entry is not None:
+                sent = self._send_nowait(entry)
+                if not sent:
+                    ready = self._rwpoll.wait(timeout)
+                    if ready & _W:
+                        sent = self._send_nowait(entry)
+                    if ready & _R:
+                        n = self._recv_nowait()
+            elif timeout is None and _DONTWAIT:
                 n = self._sock.recv_into(self._rbuf)
             elif self._rpoll.wait(timeout):
-                n = self._sock.recv_into(self._rbuf, 0, _DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            pass
+                n = self._recv_nowait()
         except OSError as exc:
             error, n = exc, 0
         finally:
             cond.acquire()
             self._reading = False
+            if entry is not None:
+                self._writing = False
+                self._wrote(entry, sent)
         try:
             if n > 0:
-                proto = self._proto
-                self._process(proto.feed(self._rview[:n]))
-                out = proto.data_to_send()
+                self._receive(self._rview[:n])
+                out = self._proto.data_to_send()
                 if out:
-                    self._send(out)
+                    self._queue(out)  # held commands whose turn came: written by the next waiter
             elif n == 0:
                 self._shutdown(error)
         finally:
             if self._sleepers:
                 cond.notify_all()
 
+    def _flush_once(self, timeout: float | None) -> None:
+        """Write what the socket takes of the head of ``_out`` within ``timeout`` (``_cond`` held)."""
+        cond = self._cond
+        entry = self._out[0]
+        self._writing = True
+        cond.release()
+        error: BaseException | None = None
+        sent = 0
+        try:
+            sent = self._send_nowait(entry)
+            if not sent and self._wpoll.wait(timeout):
+                sent = self._send_nowait(entry)
+        except OSError as exc:
+            error = exc
+        finally:
+            cond.acquire()
+            self._writing = False
+            self._wrote(entry, sent)
+        if error is not None:
+            self._shutdown(error)
+        if self._sleepers:
+            cond.notify_all()
+
     # -- writing --------------------------------------------------------------
 
-    def _send(self, data: bytes, fds: Sequence[int] | None = None, deadline: float | None = None) -> None:
-        """Write all of ``data`` (with ``fds`` attached to its first byte).
+    def _queue(self, data: bytes, fds: Sequence[int] | None = None) -> int:
+        """Queue ``data`` (``fds`` attached to its first byte); return the stream position after it."""
+        self._out.append(_Out(data, fds))
+        self._queued += len(data)
+        return self._queued
 
-        A write that cannot finish leaves a partial frame on the wire, so the
-        connection is given up (ConnectionLost) rather than left corrupt.
+    def _send(self, data: bytes, fds: Sequence[int] | None = None, deadline: float | None = None) -> None:
+        """Write all of ``data`` (with ``fds`` attached to its first byte) by ``deadline``.
+
+        Raises :class:`~qmpcore.TimeoutError` when the server did not take
+        it in time (it stays queued, in order, and goes out later) and
+        :class:`~qmpcore.ConnectionLost` when the connection ended first.
         """
-        error = None
         if tracing():
             self._trace_out(data, fds)
-        with self._wlock:
-            try:
-                self._send_locked(data, fds, deadline)
-            except OSError as exc:
-                error = exc
-        if error is not None:
-            with self._cond:
-                self._shutdown(error)
-                self._cond.notify_all()
-            raise self.connection_error or ConnectionLost(f"connection lost: {error}") from error
+        with self._cond:
+            self._check_open()
+            end = self._queue(data, fds)
+            if not self._wait_until(lambda: self._written >= end, deadline):
+                raise TimeoutError("the server is not reading: the data could not be sent in time")
+            if self._written < end:
+                raise self.connection_error or ConnectionLost("the connection was closed")
 
-    def _send_locked(self, data: bytes, fds: Sequence[int] | None, deadline: float | None) -> None:
-        sock = self._sock
-        view = memoryview(data)
-        ancillary = scm_rights(fds) if fds else None
-        while view:
-            try:
-                if ancillary is not None:
-                    sent = sock.sendmsg([view], ancillary, _DONTWAIT)
-                    ancillary = None
-                else:
-                    sent = sock.send(view, _DONTWAIT)
-                view = view[sent:]
-            except (BlockingIOError, InterruptedError):
-                remaining = None if deadline is None else deadline - _monotonic()
-                if (remaining is not None and remaining <= 0) or not self._wpoll.wait(remaining):
-                    raise BrokenPipeError("the server stopped reading: write timed out") from None
+    def _shutdown(self, exc: BaseException | None = None) -> None:
+        self._out.clear()
+        super()._shutdown(exc)
 
     # -- commands -------------------------------------------------------------
 
@@ -257,20 +343,23 @@ class _SyncClient(ClientCore):
             self._check_open()
             cid, data = issue()
             self._waiters[cid] = slot
-        if data:
-            self._send(data, fds, deadline)
-        with self._cond:
+            if data:
+                self._queue(data, fds)
             if not self._wait_until(slot.done, deadline):
                 out = self._expire(cid, command, timeout)  # type: ignore[arg-type]
                 if out:
-                    self._send(out)
+                    self._queue(out)
         return slot.result()
 
-    def send_fd(self, fd: int) -> None:
-        """Pass ``fd`` to the server (SCM_RIGHTS) for a following ``getfd``/``add-fd``."""
+    def send_fd(self, fd: int, *, timeout: float | None = None) -> None:
+        """Pass ``fd`` to the server (SCM_RIGHTS) for a following ``getfd``/``add-fd``.
+
+        Waits up to ``timeout`` (default ``command_timeout``) for the server
+        to take it.
+        """
         self._check_open()
         self._check_fds()
-        self._send(b" ", [fd])
+        self._send(b" ", [fd], _deadline(self.command_timeout if timeout is None else timeout))
 
     # -- events ---------------------------------------------------------------
 
@@ -333,18 +422,26 @@ class _SyncClient(ClientCore):
 
     # -- closing --------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the connection; commands still waiting fail with ConnectionLost."""
+    def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Close the connection; commands still waiting fail with ConnectionLost.
+
+        Bytes still queued are written first for up to ``timeout`` seconds
+        (None: as long as it takes); whatever the server does, this returns
+        within that time.
+        """
+        deadline = _deadline(timeout)
         with self._cond:
             if self._sock_closed:
                 return
+            if self._out and not self._closed and not self._closing:
+                self._wait_until(lambda: not self._out, deadline)
             self._closing = True
             try:
-                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in poll
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes threads blocked in poll or recv
             except OSError:
                 pass
-            while self._reading:
-                self._sleep(1.0)
+            while self._reading or self._writing:
+                self._sleep(0.05)
             self._shutdown(None)
             self._sock_closed = True
             self._sock.close()
@@ -507,18 +604,21 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         match: Match = None,
         maxsize: int | None = None,
         policy: str = DROP_OLDEST,
+        max_bytes: int | None = None,
         timeout: float | None = None,
     ) -> Iterator[Event]:
         """Subscribe to events (all if no names given); iterate over them.
 
         The subscription gets every matching event from now on.
-        ``maxsize`` and ``policy`` as for the asyncio client; ``timeout``
+        ``maxsize``, ``policy`` and ``max_bytes`` as for the asyncio client; ``timeout``
         bounds each wait (:class:`~qmpcore.TimeoutError`).  Iteration ends
         when the connection closes cleanly, raises ConnectionLost when it
         breaks; closing the generator unsubscribes.
         """
         with self._cond:
-            queue = self._router.subscribe(make_filter(names, match), maxsize or self._event_queue_size, policy)
+            queue = self._router.subscribe(
+                make_filter(names, match), maxsize or self._event_queue_size, policy, max_bytes
+            )
         return self._iterate(queue, timeout)
 
     def _iterate(self, queue: EventQueue, timeout: float | None) -> Iterator[Event]:
@@ -599,11 +699,12 @@ class SyncGuestAgentClient(_SyncClient):
     ) -> Any:
         """Run a guest agent command; see :meth:`GuestAgentClient.execute`."""
         if not expects_reply(command, expect_reply):
+            deadline = _deadline(self.command_timeout if timeout is None else timeout)
             with self._cond:
                 self._check_open()
                 _, data = self._proto.send_command(command, arguments, expect_reply=False)
-            if data:
-                self._send(data)
+                if data:
+                    self._send(data, None, deadline)
             return None
         return self._run(lambda: self._proto.send_command(command, arguments, expect_reply=True), command, timeout)
 
@@ -621,15 +722,14 @@ class SyncGuestAgentClient(_SyncClient):
                 slot = self._waiters[Synced] = _Slot()
             else:  # share the resync another thread started
                 sid, data = self._sync_id, b""
-        if data:
-            self._send(data, None, deadline)
-        with self._cond:
+            if data:
+                self._queue(data)
             if not self._wait_until(slot.done, deadline):
                 if self._waiters.get(Synced) is slot:
                     del self._waiters[Synced]
                     out = self._abandon(sid)
                     if out:
-                        self._send(out)
+                        self._queue(out)
                 raise TimeoutError(f"no guest-sync-delimited reply within {timeout:g} s")
         slot.result()
         return sid

@@ -150,6 +150,36 @@ class ClientProtocolBase:
         return command if command is not None else self._pending_oob.get(cid)
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and held for a frame not yet complete."""
+        return int(self._framer.buffered)
+
+    @property
+    def max_frame_size(self) -> int:
+        """The largest frame accepted from the server, in bytes."""
+        return int(self._framer.max_frame_size)
+
+    def drop_oldest(self) -> tuple[Any, str] | None:
+        """Give up the command a reply dropped for its size most likely answered.
+
+        That is the oldest pending in-band command (QEMU answers those in
+        order), or the oldest out-of-band one when no in-band command is
+        pending.  Returns its ``(id, command)``, or None when nothing waits.
+        A reply that still comes for it is dropped as late.
+        """
+        pending, in_band = self._pending, True
+        if not pending:
+            pending, in_band = self._pending_oob, False
+        cid = next(iter(pending), None)
+        if cid is None:
+            return None
+        command = pending.pop(cid)
+        self._abandoned[cid] = False  # its slot is freed here, not by a late reply
+        if in_band:
+            self._slot_freed()
+        return cid, command
+
+    @property
     def closed_by(self) -> str | None:
         """The command or event that announced the end of the connection
         (``"quit"``, ``"SHUTDOWN"``, ``"guest-shutdown"``), or None."""

@@ -3,7 +3,10 @@
 Each is what a broken QEMU or network does to a client: connections
 dropped (cleanly, with a reset, mid-frame, instead of a reply), garbage,
 random bytes and 0xFF bursts on the stream, replies delayed past their
-timeout or never sent, event floods and server restarts.
+timeout or never sent, event floods and server restarts.  And what a
+hostile one does: floods of stray ``, ] } :`` bytes, large frames full of
+escapes next to long integers (the costly kind to decode), and flapping
+(accepting, greeting and hanging up, again and again).
 """
 
 from __future__ import annotations
@@ -29,7 +32,13 @@ FAULTS: Sequence[tuple[str, int]] = (
     ("hang", 1),
     ("flood", 2),
     ("restart", 2),
+    ("garbage-flood", 1),
+    ("escaped-frame", 1),
+    ("flapping", 1),
 )
+
+#: Bytes a garbage flood repeats.
+FLOOD_GARBAGE = (b",", b"]", b"}", b":", b",]}:")
 
 #: What a server may write that is not a reply to anything.
 GARBAGE = (
@@ -118,8 +127,32 @@ class FaultInjector:
             vm.flood_events(rnd.randrange(100, 5000))
         elif kind == "restart":
             self.tasks.append(asyncio.ensure_future(_restart(vm, rnd.uniform(0.0, 0.5))))
+        elif kind == "garbage-flood":
+            vm.send_raw(rnd.choice(FLOOD_GARBAGE) * rnd.randrange(1 << 10, 4 << 10))
+        elif kind == "escaped-frame":
+            vm.send_raw(escaped_frame(rnd.randrange(16 << 10, 64 << 10)))
+        elif kind == "flapping":
+            self.tasks.append(asyncio.ensure_future(_flap(vm, rnd.uniform(0.2, 1.0))))
         else:
             raise ValueError(f"unknown fault {kind!r}")
+
+
+def escaped_frame(size: int) -> bytes:
+    """A valid event of about ``size`` bytes: escapes next to 19-digit integers."""
+    unit = b'"\\n\\"\\u00e9\\\\", 1234567890123456789, '
+    body = unit * max(1, size // len(unit))
+    return (
+        b'{"event": "X-HOSTILE", "data": {"a": [' + body + b'0]}, "timestamp": {"seconds": 1, "microseconds": 0}}\r\n'
+    )
+
+
+async def _flap(vm: Any, seconds: float) -> None:
+    """Drop every connection as soon as it is made, for ``seconds``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        vm.drop_connections()
+        await asyncio.sleep(0.005)
 
 
 async def _restart(vm: Any, pause: float) -> None:

@@ -1,0 +1,286 @@
+"""The ``hostile`` section of ``python -m qmpcore bench``: good VMs beside hostile ones.
+
+A :class:`~qmpcore.Fleet` polls simulated good VMs (the embedded server in a
+child process) with ``query-status``, once alone (the quiet fleet) and then
+once per attack, with K hostile VMs (served by another child process) in
+the same fleet:
+
+* ``garbage``: greets, then writes stray ``,]}:`` bytes without end;
+* ``escaped``: greets, then sends 1 MiB events of escapes next to 19-digit
+  integers, again and again (valid frames, the costly kind to decode);
+* ``silent``: accepts and never greets;
+* ``flapping``: greets, negotiates and hangs up at once, every time.
+
+One row per attack: the good VMs' p99 latency beside the quiet fleet's
+(the ratio is the slowdown), with their commands/s, p50, the client's
+resident memory growth and the hostile VMs' reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._report import Row
+from ._timing import percentile
+
+__all__ = ["hostile_section", "ATTACKS"]
+
+ATTACKS = ("garbage", "escaped", "silent", "flapping")
+#: Good and hostile VMs (full run, --quick).
+GOOD = {False: 50, True: 20}
+HOSTILE = {False: 5, True: 2}
+ROUNDS = {False: 40, True: 10}
+TIMEOUT = 2.0
+#: A bound on one attack's measurement.
+ATTACK_SECONDS = 60.0
+
+_GREETING = (
+    b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}\r\n'
+)
+
+
+# -- the hostile VMs (a child process) --------------------------------------------------
+
+
+async def _negotiate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Greet and answer the first command (``qmp_capabilities``)."""
+    from ..framing import Framer
+
+    writer.write(_GREETING)
+    framer = Framer()
+    while True:
+        data = await reader.read(1 << 16)
+        if not data:
+            raise ConnectionError("client went away")
+        for item in framer.feed(data):
+            if isinstance(item, dict) and "id" in item:
+                writer.write(b'{"return": {}, "id": ' + json.dumps(item["id"]).encode() + b"}\r\n")
+                await writer.drain()
+                return
+
+
+def _behaviour(attack: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+    from ..soak._faults import escaped_frame
+
+    flood = b",]}:" * (1 << 14)
+    big = escaped_frame(1 << 20)
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _negotiate(reader, writer)
+        while True:
+            writer.write(flood)
+            await writer.drain()
+
+    async def escaped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _negotiate(reader, writer)
+        while True:
+            writer.write(big)
+            await writer.drain()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async def flapping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _negotiate(reader, writer)  # then hang up
+
+    return {"garbage": garbage, "escaped": escaped, "silent": silent, "flapping": flapping}[attack]
+
+
+async def _serve_hostile(attack: str, paths: Sequence[str]) -> None:
+    behaviour = _behaviour(attack)
+    accepted = [0]
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted[0] += 1
+        try:
+            await behaviour(reader, writer)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    servers = [await asyncio.start_unix_server(on_connect, path) for path in paths]
+    loop = asyncio.get_running_loop()
+    stdin_closed = loop.create_future()
+
+    def closed() -> None:
+        if not stdin_closed.done():
+            stdin_closed.set_result(None)
+
+    loop.add_reader(sys.stdin.fileno(), closed)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    await stdin_closed  # the parent closes our stdin when done
+    loop.remove_reader(sys.stdin.fileno())
+    for server in servers:
+        server.close()
+    sys.stdout.write(json.dumps({"accepted": accepted[0]}) + "\n")
+    sys.stdout.flush()
+
+
+def _hostile_main() -> None:
+    job = json.loads(sys.stdin.readline())
+    asyncio.run(_serve_hostile(job["attack"], job["paths"]))
+
+
+class _HostileVMs:
+    """K hostile VMs of one attack in a child process."""
+
+    def __init__(self, attack: str, paths: Sequence[str]) -> None:
+        from ..server._process import child_environment
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from qmpcore.bench._hostile import _hostile_main; _hostile_main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_environment(),
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps({"attack": attack, "paths": list(paths)}) + "\n").encode())
+        self.proc.stdin.flush()
+        if self.proc.stdout.readline().strip() != b"ready":
+            self.stop()
+            raise RuntimeError(f"the {attack} VMs did not start")
+
+    def stop(self) -> int:
+        """Stop the child; return how many connections it accepted."""
+        proc = self.proc
+        accepted = 0
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.close()
+            line = proc.stdout.readline()
+            accepted = int(json.loads(line).get("accepted", 0)) if line.strip() else 0
+            proc.wait(10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+        return accepted
+
+
+# -- the measuring fleet (this process) ------------------------------------------------------
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+async def _measure(good: Sequence[str], hostile: Sequence[str], rounds: int) -> dict[str, Any]:
+    """Poll the good VMs of a fleet that also holds ``hostile`` ones."""
+    from ..client.fleet import Backoff, Fleet
+
+    addresses = {f"good{i}": p for i, p in enumerate(good)}
+    addresses.update({f"hostile{i}": p for i, p in enumerate(hostile)})
+    names = [f"good{i}" for i in range(len(good))]
+    fleet = Fleet(
+        addresses,
+        connect_timeout=TIMEOUT,
+        command_timeout=TIMEOUT,
+        reconnect=Backoff(initial=0.05, maximum=2.0),
+    )
+    base = _rss()
+    clock = time.perf_counter
+    began = clock()
+    await fleet.start(wait=False)
+    try:
+        if not await fleet.wait_connected(names, timeout=30):
+            raise RuntimeError(f"only {fleet.stats().connected} VMs connected")
+        connect_s = clock() - began
+        latencies: list[float] = []
+        failed = 0
+        started = clock()
+        done_rounds = 0
+        start = 0.0
+
+        def timed(fut: asyncio.Future[Any]) -> None:
+            # Each command's latency: from its round's start to its own reply.
+            nonlocal failed
+            if fut.cancelled() or fut.exception() is not None:
+                failed += 1
+            else:
+                latencies.append(clock() - start)
+
+        while done_rounds < rounds and clock() - started < ATTACK_SECONDS:
+            start = clock()
+            futures = [fleet.submit(name, "query-status") for name in names]
+            for fut in futures:
+                fut.add_done_callback(timed)
+            await asyncio.gather(*futures, return_exceptions=True)
+            done_rounds += 1
+        elapsed = clock() - started
+        stats = fleet.stats()
+    finally:
+        await fleet.close()
+    latencies.sort()
+    return {
+        "per_second": len(latencies) / elapsed if elapsed else 0.0,
+        "p50_ms": percentile(latencies, 0.5) * 1e3 if latencies else float("nan"),
+        "p99_ms": percentile(latencies, 0.99) * 1e3 if latencies else float("nan"),
+        "failed": failed,
+        "rounds": done_rounds,
+        "connect_s": connect_s,
+        "rss_mib": max(0, _rss() - base) / (1 << 20),
+        "reconnects": stats.reconnects,
+        "protocol_errors": stats.protocol_errors,
+    }
+
+
+def hostile_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
+    """The quiet fleet, then one run per attack; one row per attack."""
+    from ..server import start_in_subprocess
+
+    quick = bool(opts.quick)
+    count = opts.vms if opts.vms is not None else GOOD[quick]
+    rounds = opts.rounds if opts.rounds is not None else ROUNDS[quick]
+    k = HOSTILE[quick]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="qmpcore-bench-") as directory:
+        progress(f"hostile: starting {count} good VMs")
+        with start_in_subprocess(directory, count) as server:
+            good = server.qmp_paths
+            progress("hostile: the quiet fleet")
+            quiet = asyncio.run(_measure(good, [], rounds))
+            for attack in ATTACKS:
+                progress(f"hostile: {k} {attack} VMs beside {count} good ones")
+                paths = [os.path.join(directory, f"{attack}{i}.sock") for i in range(k)]
+                vms = _HostileVMs(attack, paths)
+                try:
+                    result: dict[str, Any] = asyncio.run(_measure(good, paths, rounds))
+                except Exception as exc:
+                    result = {"error": f"{type(exc).__name__}: {exc}"}
+                finally:
+                    accepted = vms.stop()
+                rows.append(_row(attack, k, count, result, quiet, accepted))
+    return rows
+
+
+def _row(attack: str, k: int, count: int, result: dict[str, Any], quiet: dict[str, Any], accepted: int) -> Row:
+    case = f"{k} {attack} + {count} good VMs"
+    if "error" in result:
+        return Row("hostile", case, "ms p99", True, result["error"], {"quiet fleet": quiet["p99_ms"]})
+    extra = {
+        "cmd/s": result["per_second"],
+        "quiet cmd/s": quiet["per_second"],
+        "p50 ms": result["p50_ms"],
+        "RSS MiB": result["rss_mib"],
+        "hostile connects": float(accepted),
+    }
+    row = Row("hostile", case, "ms p99", True, result["p99_ms"], {"quiet fleet": quiet["p99_ms"]}, extra=extra)
+    if result["failed"]:
+        row.note = f"good VMs' commands that failed or timed out: {result['failed']}"
+    return row
