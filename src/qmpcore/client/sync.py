@@ -298,6 +298,8 @@ class _SyncClient(ClientCore):
 
     def _queue(self, data: bytes, fds: Sequence[int] | None = None) -> int:
         """Queue ``data`` (``fds`` attached to its first byte); return the stream position after it."""
+        if tracing():
+            self._trace_out(data, fds)
         self._out.append(_Out(data, fds))
         self._queued += len(data)
         return self._queued
@@ -309,8 +311,6 @@ class _SyncClient(ClientCore):
         it in time (it stays queued, in order, and goes out later) and
         :class:`~qmpcore.ConnectionLost` when the connection ended first.
         """
-        if tracing():
-            self._trace_out(data, fds)
         with self._cond:
             self._check_open()
             end = self._queue(data, fds)
