@@ -13,12 +13,16 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     CommandError,
     ConnectionLost,
+    DeprecatedWarning,
     EventOverflow,
     FrameError,
     ProtocolError,
     QMPError,
+    QMPWarning,
+    SchemaPathError,
     StateError,
     TimeoutError,
+    UnstableWarning,
 )
 from .framing import SYNC, Framer, encode, implementation
 from .protocol.events import Event, VersionInfo
@@ -38,6 +42,7 @@ _LAZY = {
     "SyncGuestAgentClient": "client.sync",
     "EventStream": "client.aio",
     "Fleet": "client.fleet",
+    "Schema": "protocol.schema",
 }
 
 
@@ -45,6 +50,7 @@ if TYPE_CHECKING:  # what __getattr__ below loads, as type checkers should see i
     from .client.aio import EventStream, GuestAgentClient, QMPClient, connect, connect_guest_agent
     from .client.fleet import Fleet
     from .client.sync import SyncGuestAgentClient, SyncQMPClient, connect_guest_agent_sync, connect_sync
+    from .protocol.schema import Schema
 
 
 def __getattr__(name: str) -> Any:  # PEP 562
@@ -72,6 +78,10 @@ __all__ = [
     "TimeoutError",
     "StateError",
     "EventOverflow",
+    "SchemaPathError",
+    "QMPWarning",
+    "DeprecatedWarning",
+    "UnstableWarning",
     "Event",
     "VersionInfo",
     # the names in _LAZY
@@ -85,4 +95,5 @@ __all__ = [
     "SyncGuestAgentClient",
     "EventStream",
     "Fleet",
+    "Schema",
 ]

@@ -129,7 +129,12 @@ class Schema:
     :meth:`qemu_7_2` returns the bundled QEMU 7.2 schema (loaded once).
     """
 
-    def __init__(self, entries: Iterable[Mapping[str, Any]], alternate_names: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        entries: Iterable[Mapping[str, Any]],
+        alternate_names: Mapping[str, str] | None = None,
+        int_types: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
         self._types: dict[str, Mapping[str, Any]] = {}
         self.commands: dict[str, Mapping[str, Any]] = {}
         self.events: dict[str, Mapping[str, Any]] = {}
@@ -141,6 +146,9 @@ class Schema:
             elif meta == "event":
                 self.events[entry["name"]] = entry
         self._alternate_names = dict(alternate_names or {})
+        # QEMU's integer type of (object type, member) pairs (introspection
+        # says "int" for all of them); members not listed accept any integer.
+        self._int_types = dict(int_types or {})
         self._accepts_none: dict[str, bool] = {}
         self._infos: dict[str, CommandInfo] | None = None
         self.reply: Encoded | None = None
@@ -223,7 +231,11 @@ class Schema:
             name = member["name"]
             if name in value:
                 left.pop(name, None)
-                self._value(member["type"], value[name], _path(path, name), name)
+                kind = self._int_types.get((entry["name"], name)) if self._int_types else None
+                if kind is not None:
+                    self._integer(member["type"], kind, value[name], _path(path, name), name)
+                else:
+                    self._value(member["type"], value[name], _path(path, name), name)
             elif "default" not in member:
                 raise _Invalid(f"Parameter '{_path(path, name)}' is missing")
 
@@ -256,6 +268,31 @@ class Schema:
             self._value(branch, value, path, name)
         # Unknown types are not checked.
 
+    def _integer(self, type_name: str, kind: str, value: Any, path: str, name: str | None) -> None:
+        """QEMU's checks of a member of integer type ``kind`` (``int64``,
+        ``uint8_t``, ...; lists of them too)."""
+        entry = self._types.get(type_name)
+        if entry is not None and entry.get("meta-type") == "array":
+            if not isinstance(value, list):
+                raise _Invalid(f"Invalid parameter type for '{path}', expected: array")
+            element = entry["element-type"]
+            for index, item in enumerate(value):
+                self._integer(element, kind, item, f"{path}[{index}]", None)
+            return
+        if kind.startswith("u"):
+            # Unsigned: QEMU also takes negative int64 values (wrapped).
+            if type(value) is not int or not _INT_MIN <= value <= _INT_MAX:
+                raise _Invalid(f"Parameter '{path}' expects uint64")
+            limit = _UINT_LIMITS.get(kind)
+            if limit is not None and value & _INT_MAX > limit:
+                raise _Invalid(f"Parameter '{name or 'null'}' expects {kind}")
+            return
+        if not _is_int64(value):
+            raise _Invalid(f"Invalid parameter type for '{path}', expected: integer")
+        limit = _INT_LIMITS.get(kind)
+        if limit is not None and not -limit - 1 <= value <= limit:
+            raise _Invalid(f"Parameter '{name or 'null'}' expects {kind}")
+
     def _alternate_branch(self, entry: Mapping[str, Any], value: Any) -> str | None:
         for member in entry.get("members", ()):
             branch = member["type"]
@@ -287,6 +324,9 @@ def _is_int(value: Any) -> bool:
 def _is_int64(value: Any) -> bool:
     return type(value) is int and _INT_MIN <= value <= _INT64_MAX
 
+
+_UINT_LIMITS = {"uint8_t": 0xFF, "uint16_t": 0xFFFF, "uint32_t": 0xFFFFFFFF}
+_INT_LIMITS = {"int8_t": 0x7F, "int16_t": 0x7FFF, "int32_t": 0x7FFFFFFF}
 
 _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
