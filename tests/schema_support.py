@@ -245,10 +245,10 @@ def mutate(builder: Builder, rng: random.Random, command: str, args: dict) -> di
             del parent[path[-1]]
         elif kind < 0.45:  # add an unknown member somewhere
             where = rng.choice(list(_dicts(args)))
-            _get(args, where)[rng.choice(("bogus", "zz", "a", "x-y", "extra"))] = rng.choice(_WRONG)
+            _get(args, where)[rng.choice(("bogus", "zz", "a", "x-y", "extra"))] = copy.deepcopy(rng.choice(_WRONG))
         elif kind < 0.85 and slots:  # a value of another type
             path = rng.choice(slots)
-            _get(args, path[:-1])[path[-1]] = rng.choice(_WRONG + ["fullx", "", "on"])
+            _get(args, path[:-1])[path[-1]] = copy.deepcopy(rng.choice(_WRONG + ["fullx", "", "on"]))
         else:  # add an optional member with its minimal value or a wrong one
             entry = builder.types[builder.types[command]["arg-type"]]
             optional = [m for m in entry["members"] if "default" in m]
@@ -257,5 +257,5 @@ def mutate(builder: Builder, rng: random.Random, command: str, args: dict) -> di
                 if rng.random() < 0.5:
                     args[member["name"]] = builder.minimal(member["type"])
                 else:
-                    args[member["name"]] = rng.choice(_WRONG)
+                    args[member["name"]] = copy.deepcopy(rng.choice(_WRONG))
     return args

@@ -83,39 +83,114 @@ def _ghash(key: str) -> int:
 _PRIME_MOD = (1, 2, 3, 7, 13, 31, 61, 127, 251, 509, 1021, 2039, 4093, 8191)
 
 
-def _ghash_table_order(keys: Iterable[str]) -> list[str]:
-    """Iteration order of a GLib string hash table filled with ``keys``.
+class _GHashTable:
+    """GLib's ``GHashTable`` (2.59 and later) reduced to what decides its
+    iteration order: open addressing with quadratic probing, tombstones,
+    growth and shrinking with in-place rehashing."""
 
-    QEMU reports the first leftover member of such a table as unexpected.
-    Exact for tables that never grow (up to 7 keys); after growth the
-    relocation order is approximated by re-inserting in slot order.  Only
-    the choice between several unexpected members depends on it.
-    """
-    shift = 3
-    slots: list[str | None] = [None] * 8
+    def __init__(self) -> None:
+        self._shift(3)
+        self.hashes = [0] * self.size  # 0 unused, 1 tombstone, else the hash
+        self.keys: list[str | None] = [None] * self.size
+        self.nnodes = 0
+        self.noccupied = 0
 
-    def place(table: list[str | None], key: str, shift: int) -> None:
-        mask = (1 << shift) - 1
-        index = (_ghash(key) * 11) % _PRIME_MOD[shift]
+    def _shift(self, shift: int) -> None:
+        self.size = 1 << shift
+        self.mod = _PRIME_MOD[shift]
+        self.mask = self.size - 1
+
+    def _index(self, hash_value: int) -> int:
+        return ((hash_value * 11) & 0xFFFFFFFF) % self.mod  # guint arithmetic
+
+    def _lookup(self, key: str, hash_value: int) -> int:
+        index = self._index(hash_value)
         step = 0
-        while table[index] is not None:
+        tombstone = -1
+        while self.hashes[index] != 0:
+            if self.hashes[index] == hash_value and self.keys[index] == key:
+                return index
+            if self.hashes[index] == 1 and tombstone < 0:
+                tombstone = index
             step += 1
-            index = (index + step) & mask
-        table[index] = key
+            index = (index + step) & self.mask
+        return tombstone if tombstone >= 0 else index
 
-    count = 0
+    def insert(self, key: str) -> None:
+        hash_value = _ghash(key)
+        index = self._lookup(key, hash_value)
+        old = self.hashes[index]
+        if old >= 2:
+            return
+        self.hashes[index] = hash_value
+        self.keys[index] = key
+        self.nnodes += 1
+        if old == 0:
+            self.noccupied += 1
+            self._maybe_resize()
+
+    def remove(self, key: str) -> None:
+        index = self._lookup(key, _ghash(key))
+        if self.hashes[index] < 2:
+            return
+        self.hashes[index] = 1
+        self.keys[index] = None
+        self.nnodes -= 1
+        self._maybe_resize()
+
+    def _maybe_resize(self) -> None:
+        if (self.size > self.nnodes * 4 and self.size > 8) or self.size <= self.noccupied + self.noccupied // 16:
+            self._resize()
+
+    def _resize(self) -> None:
+        old_size = self.size
+        self._shift(max(3, int(self.nnodes * 1.333).bit_length()))
+        if self.size > old_size:
+            self.hashes += [0] * (self.size - old_size)
+            self.keys += [None] * (self.size - old_size)
+        moved = [False] * max(self.size, old_size)
+        for i in range(old_size):
+            node_hash = self.hashes[i]
+            if node_hash < 2:
+                self.hashes[i] = 0
+                continue
+            if moved[i]:
+                continue
+            self.hashes[i] = 0
+            key = self.keys[i]
+            self.keys[i] = None
+            while True:  # place it, evicting whatever was not placed yet
+                index = self._index(node_hash)
+                step = 0
+                while moved[index]:
+                    step += 1
+                    index = (index + step) & self.mask
+                moved[index] = True
+                replaced, replaced_key = self.hashes[index], self.keys[index]
+                self.hashes[index], self.keys[index] = node_hash, key
+                if replaced < 2:
+                    break
+                node_hash, key = replaced, replaced_key
+        del self.hashes[self.size :], self.keys[self.size :]
+        self.noccupied = self.nnodes
+
+    def first(self) -> str | None:
+        for hash_value, key in zip(self.hashes, self.keys):
+            if hash_value >= 2:
+                return key
+        return None
+
+
+def _ghash_first_left(keys: Iterable[str], removed: Iterable[str]) -> str | None:
+    """The member QEMU reports as unexpected: it fills a GLib hash table with
+    the QDict's keys, removes each member as it visits it and names the
+    first key the table's iteration gives."""
+    table = _GHashTable()
     for key in keys:
-        place(slots, key, shift)
-        count += 1
-        if len(slots) <= count + count // 16:
-            size = int(count * 1.333)
-            shift = max(3, size.bit_length())
-            grown: list[str | None] = [None] * (1 << shift)
-            for old in slots:
-                if old is not None:
-                    place(grown, old, shift)
-            slots = grown
-    return [key for key in slots if key is not None]
+        table.insert(key)
+    for key in removed:
+        table.remove(key)
+    return table.first()
 
 
 def _path(parent: str, name: str) -> str:
@@ -217,13 +292,16 @@ class Schema:
         left = dict.fromkeys(present)
         self._members(entry, value, path, left)
         tag = entry.get("tag")
+        visited = [entry]
         if tag is not None and tag in value:
             for variant in entry.get("variants", ()):
                 if variant["case"] == value[tag]:
-                    self._members(self._types.get(variant["type"], {}), value, path, left)
+                    visited.append(self._types.get(variant["type"], {}))
+                    self._members(visited[-1], value, path, left)
                     break
         if closed and left:
-            first = next(key for key in _ghash_table_order(present) if key in left)
+            removed = [m["name"] for e in visited for m in e.get("members", ()) if m["name"] in value]
+            first = _ghash_first_left(present, removed)
             raise _Invalid(f"Parameter '{_path(path, first)}' is unexpected")
 
     def _members(self, entry: Mapping[str, Any], value: Mapping[str, Any], path: str, left: dict) -> None:
