@@ -23,10 +23,11 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import ConnectionLost, TimeoutError
+from ..errors import CommandError, ConnectionLost, TimeoutError
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
+from ..protocol.schema import Schema, cached_schema, schema_for
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from .eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
@@ -562,6 +563,22 @@ class QMPClient(QMPInfo, _AsyncClient):
     """One QMP connection (see :func:`connect`)."""
 
     _proto: QMPClientProtocol
+    _schema: Schema | None = None  # fetched by schema()
+    _validator: Callable[[str, Any], None] | None = None  # Schema.check, with validate=True
+
+    async def schema(self, *, refresh: bool = False, timeout: float | None = None) -> Schema:
+        """QEMU's schema (``query-qmp-schema``) as a :class:`~qmpcore.Schema`.
+
+        Asked once per connection, and not at all when a connection to a
+        QEMU of the same version and package asked already (kept in memory);
+        ``refresh=True`` asks again.
+        """
+        if self._schema is None or refresh:
+            schema = None if refresh else cached_schema(self.version)
+            if schema is None:
+                schema = schema_for(self.version, await self.execute("query-qmp-schema", timeout=timeout))
+            self._schema = schema
+        return self._schema
 
     async def execute(
         self,
@@ -580,6 +597,8 @@ class QMPClient(QMPInfo, _AsyncClient):
         are passed with the command over a unix socket (SCM_RIGHTS).
         """
         self._check_open()
+        if self._validator is not None:
+            self._validator(command, arguments)
         if fds:
             self._check_fds()
         cid, data = self._proto.send_command(command, arguments, hold=not fds)
@@ -594,6 +613,8 @@ class QMPClient(QMPInfo, _AsyncClient):
     ) -> Any:
         """Run ``command`` out-of-band (``exec-oob``); needs ``oob`` negotiated."""
         self._check_open()
+        if self._validator is not None:
+            self._validator(command, arguments)
         cid, data = self._proto.send_command(command, arguments, oob=True)
         return await self._command(cid, data, command, timeout)
 
@@ -614,6 +635,13 @@ class QMPClient(QMPInfo, _AsyncClient):
         ``oob``) is then never sent.
         """
         self._check_open()
+        if self._validator is not None:
+            try:
+                self._validator(command, arguments)
+            except CommandError as exc:  # like an error reply, on the future
+                failed: asyncio.Future[Any] = self._loop.create_future()
+                failed.set_exception(exc)
+                return failed
         cid, data = self._proto.send_command(command, arguments)
         fut = self._expect(cid, command, timeout)
         if data:
@@ -673,6 +701,7 @@ async def connect(
     event_queue: int = EVENT_QUEUE_SIZE,
     command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
+    validate: bool = False,
 ) -> QMPClient:
     """Connect to a QMP server, read its greeting and negotiate capabilities.
 
@@ -686,10 +715,22 @@ async def connect(
     ``event_queue`` is the size of the backlog :meth:`QMPClient.wait_event`
     searches (oldest dropped first; 0 keeps none) and the default size of
     each :meth:`QMPClient.events` subscription.
+    ``validate=True`` fetches QEMU's schema (:meth:`QMPClient.schema`) and
+    checks every command against it before sending
+    (:meth:`qmpcore.Schema.check`): a bad one raises QEMU's
+    :class:`~qmpcore.CommandError` without a round trip.
     """
+    if validate and not negotiate:
+        raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
     proto = QMPClientProtocol(max_frame_size=max_frame_size)
     client = QMPClient(proto, connect_target(address, sock), event_queue, command_timeout)
     await client._handshake(timeout, sock, lambda: client._greeted(negotiate, oob))
+    if validate:
+        try:
+            client._validator = (await client.schema(timeout=timeout)).check
+        except BaseException:
+            client.abort()
+            raise
     return client
 
 

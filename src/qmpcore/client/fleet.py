@@ -255,7 +255,10 @@ class Fleet:
     ``reconnect`` is True (default :class:`Backoff`), a :class:`Backoff`, or
     False to try each VM once and never reconnect.  ``guest_agent=True``
     talks to guest agents instead of QMP monitors.  ``event_maxsize`` is the
-    default bound of each :meth:`events` stream.
+    default bound of each :meth:`events` stream.  ``validate=True`` checks
+    commands against each VM's schema before sending (see
+    :func:`qmpcore.connect`); a bad command fails with QEMU's
+    :class:`~qmpcore.CommandError` without a round trip.
     """
 
     def __init__(
@@ -268,6 +271,7 @@ class Fleet:
         reconnect: bool | Backoff = True,
         guest_agent: bool = False,
         event_maxsize: int = 10_000,
+        validate: bool = False,
     ) -> None:
         if isinstance(addresses, Mapping):
             pairs = [(str(name), addr) for name, addr in addresses.items()]
@@ -290,6 +294,7 @@ class Fleet:
         )
         self.guest_agent = guest_agent
         self.event_maxsize = event_maxsize
+        self.validate = validate and not guest_agent
         self._subscribers: set[FleetEvents] = set()
         self._slots: asyncio.Semaphore | None = None
         self._changed: Any = None  # asyncio.Event, pulsed on every VM state change
@@ -417,7 +422,9 @@ class Fleet:
             if self.guest_agent:
                 return await aio.connect_guest_agent(member.address, timeout=self.connect_timeout)
             # The fleet's listener claims every event: keep no unclaimed ones.
-            return await aio.connect(member.address, timeout=self.connect_timeout, event_queue=0)
+            return await aio.connect(
+                member.address, timeout=self.connect_timeout, event_queue=0, validate=self.validate
+            )
 
     async def _attempt(self, member: _Member) -> None:
         try:

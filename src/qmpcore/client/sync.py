@@ -27,6 +27,7 @@ from ..errors import ConnectionLost, TimeoutError
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
+from ..protocol.schema import Schema, cached_schema, schema_for
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
@@ -465,6 +466,18 @@ class SyncQMPClient(QMPInfo, _SyncClient):
     """One QMP connection, blocking (see :func:`connect_sync`)."""
 
     _proto: QMPClientProtocol
+    _schema: Schema | None = None  # fetched by schema()
+    _validator: Callable[[str, Any], None] | None = None  # Schema.check, with validate=True
+
+    def schema(self, *, refresh: bool = False, timeout: float | None = None) -> Schema:
+        """QEMU's schema as a :class:`~qmpcore.Schema`; see
+        :meth:`qmpcore.QMPClient.schema`."""
+        if self._schema is None or refresh:
+            schema = None if refresh else cached_schema(self.version)
+            if schema is None:
+                schema = schema_for(self.version, self.execute("query-qmp-schema", timeout=timeout))
+            self._schema = schema
+        return self._schema
 
     def execute(
         self,
@@ -480,18 +493,22 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         (the late reply is dropped) or :class:`~qmpcore.ConnectionLost`, as
         the asyncio client does.  ``fds`` go with the command (SCM_RIGHTS).
         """
+        if self._validator is not None:
+            self._validator(command, arguments)
         hold = not fds
         return self._run(lambda: self._proto.send_command(command, arguments, hold=hold), command, timeout, fds)
 
     def execute_oob(self, command: str, arguments: dict | None = None, *, timeout: float | None = None) -> Any:
         """Run ``command`` out-of-band (``exec-oob``); needs ``oob`` negotiated."""
+        if self._validator is not None:
+            self._validator(command, arguments)
         return self._run(lambda: self._proto.send_command(command, arguments, oob=True), command, timeout)
 
     def negotiate(self, oob: bool = False, *, timeout: float | None = None) -> None:
         """Leave negotiation mode (``qmp_capabilities``), with ``oob`` if offered."""
         self._run(lambda: self._proto.negotiate(oob), "qmp_capabilities", timeout)
 
-    def _greeted(self, deadline: float | None, negotiate: bool, oob: bool) -> None:
+    def _greeted(self, deadline: float | None, negotiate: bool, oob: bool, validate: bool = False) -> None:
         slot = _Slot()
         with self._cond:
             self._waiters[Greeting] = slot
@@ -500,6 +517,8 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         slot.result()
         if negotiate:
             self.negotiate(oob, timeout=_remaining(deadline))
+        if validate:
+            self._validator = self.schema(timeout=_remaining(deadline)).check
 
 
 def connect_sync(
@@ -512,11 +531,15 @@ def connect_sync(
     event_queue: int = EVENT_QUEUE_SIZE,
     command_timeout: float | None = None,
     max_frame_size: int = 64 << 20,
+    validate: bool = False,
 ) -> SyncQMPClient:
     """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`.
 
-    ``sock`` hands over a connected socket instead of an ``address``.
+    ``sock`` hands over a connected socket instead of an ``address``;
+    ``validate=True`` checks commands against QEMU's schema before sending.
     """
+    if validate and not negotiate:
+        raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
     return _connect(
         address,
         sock,
@@ -524,7 +547,7 @@ def connect_sync(
         lambda addr, conn: SyncQMPClient(
             QMPClientProtocol(max_frame_size=max_frame_size), addr, conn, event_queue, command_timeout
         ),
-        lambda client, deadline: client._greeted(deadline, negotiate, oob),
+        lambda client, deadline: client._greeted(deadline, negotiate, oob, validate),
     )
 
 

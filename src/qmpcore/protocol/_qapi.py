@@ -301,7 +301,7 @@ class Schema:
                     break
         if closed and left:
             removed = [m["name"] for e in visited for m in e.get("members", ()) if m["name"] in value]
-            first = _ghash_first_left(present, removed)
+            first = _ghash_first_left(present, removed) or next(iter(left))
             raise _Invalid(f"Parameter '{_path(path, first)}' is unexpected")
 
     def _members(self, entry: Mapping[str, Any], value: Mapping[str, Any], path: str, left: dict) -> None:

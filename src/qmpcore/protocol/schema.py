@@ -21,8 +21,10 @@ Nothing here does I/O; the schema is read-only once built.
 
 from __future__ import annotations
 
+import collections
 import functools
 import pathlib
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -33,7 +35,7 @@ from ..errors import CommandError, DeprecatedWarning, SchemaPathError, UnstableW
 from . import _qapi
 from .schema_path import resolve
 
-__all__ = ["Schema", "CRASHING_INPUTS"]
+__all__ = ["Schema", "CRASHING_INPUTS", "schema_for"]
 
 _INT_TYPES_72 = "qapi_int_types_7.2.json"
 
@@ -430,3 +432,48 @@ def _alternates_72() -> dict[tuple, str]:
     entries = _bundled_entries()
     types = {e["name"]: e for e in entries}
     return {_signature(types, types[number]): name for number, name in _qapi._ALTERNATE_NAMES_72.items()}
+
+
+# -- schemas of running QEMUs, shared by connections --------------------------
+
+#: Bytes of schema JSON the cache of :func:`schema_for` may hold.
+CACHE_BYTES = 16 << 20
+_cache: collections.OrderedDict[tuple, tuple[Schema, int]] = collections.OrderedDict()
+_cache_bytes = 0
+_cache_lock = threading.Lock()  # blocking clients run in many threads
+
+
+def cached_schema(version: Any) -> Schema | None:
+    """The schema cached for ``version`` (QEMU's ``(major, minor, micro,
+    package)``), or ``None``."""
+    if version is None:
+        return None
+    with _cache_lock:
+        found = _cache.get(tuple(version))
+        if found is None:
+            return None
+        _cache.move_to_end(tuple(version))
+        return found[0]
+
+
+def schema_for(version: Any, reply: Any) -> Schema:
+    """A :class:`Schema` from a ``query-qmp-schema`` reply of the QEMU
+    ``version``, remembered in memory (by version and package, least
+    recently used dropped first, at most :data:`CACHE_BYTES` of JSON)."""
+    key = tuple(version) if version is not None else None
+    schema = Schema.from_reply(reply, version=key)  # type: ignore[arg-type]
+    if key is None:
+        return schema
+    size = len(orjson.dumps(reply))
+    global _cache_bytes
+    with _cache_lock:
+        old = _cache.pop(key, None)
+        if old is not None:
+            _cache_bytes -= old[1]
+        if size <= CACHE_BYTES:
+            _cache[key] = (schema, size)
+            _cache_bytes += size
+            while _cache_bytes > CACHE_BYTES:
+                _, (_, dropped) = _cache.popitem(last=False)
+                _cache_bytes -= dropped
+    return schema
