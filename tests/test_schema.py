@@ -449,3 +449,26 @@ def test_crashing_inputs_warn(bundled: Schema) -> None:
     found = _warned(bundled, "blockdev-reopen", {"options": []})
     assert found and found[0][0] is RuntimeWarning
     assert _warned(bundled, "calc-dirty-rate", {"calc-time": 1}) == []
+
+
+def test_fast_path_agrees_with_the_exact_visitor(bundled: Schema) -> None:
+    """check() answers valid commands from compiled predicates and words
+    errors with the exact visitor: both must judge alike."""
+    import random
+
+    from schema_support import Builder, mutate
+
+    rng = random.Random(1234)
+    builder = Builder(list(bundled))
+    disagreements = []
+    cases = 0
+    for command in builder.commands:
+        valid = bundled._fast.of(bundled.command(command)["arg-type"], command != "device_add")  # type: ignore[index]
+        base = builder.arguments(command)
+        for arguments in [base] + [mutate(builder, rng, command, base) for _ in range(25)]:
+            cases += 1
+            exact = bundled._checker.check_arguments(command, arguments) is None
+            if valid(arguments) != exact:
+                disagreements.append((command, arguments, exact))
+    assert cases > 5000
+    assert not disagreements, disagreements[:5]

@@ -7,7 +7,9 @@ qemu.qmp is compared against when installed (``pip install qmpcore[bench]``).
 Sections: ``framing`` (framing + decode of recorded and synthetic streams),
 ``socket`` (round trip, 100 pipelined commands, event flood on one
 connection), ``fleet`` (many VMs polled with ``query-status``) and
-``real-qemu`` (with ``--real-qemu N``: N real QEMU processes polled).
+``real-qemu`` (with ``--real-qemu N``: N real QEMU processes polled) and
+``schema`` (the cost of checking a command against the schema before
+sending it, beside a round trip).
 """
 
 from __future__ import annotations
@@ -106,11 +108,18 @@ def _real_qemu_section(opts: argparse.Namespace, progress: Callable[[str], None]
     return real_qemu_section(opts, progress)
 
 
+def _schema_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
+    from ._schema import schema_section
+
+    return schema_section(opts, progress)
+
+
 SECTIONS: dict[str, Section] = {
     "framing": framing_section,
     "socket": _socket_section,
     "fleet": _fleet_section,
     "real-qemu": _real_qemu_section,
+    "schema": _schema_section,
 }
 
 
@@ -140,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _selected(opts: argparse.Namespace) -> list[str]:
     if opts.only:
         return list(dict.fromkeys(opts.only))
-    names = ["framing", "socket", "fleet"]
+    names = ["framing", "socket", "fleet", "schema"]
     if opts.real_qemu:
         names.append("real-qemu")
     return names

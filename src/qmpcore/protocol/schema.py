@@ -26,13 +26,14 @@ import functools
 import pathlib
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
 
 from ..errors import CommandError, DeprecatedWarning, SchemaPathError, UnstableWarning
 from . import _qapi
+from ._schema_fast import Predicates
 from .schema_path import resolve
 
 __all__ = ["Schema", "CRASHING_INPUTS", "schema_for"]
@@ -85,7 +86,11 @@ class Schema:
         #: ``(major, minor, micro, package)`` of the QEMU this came from, if known.
         self.version = version
         self._checker = _qapi.Schema(self._entries, self._alternate_names(), int_types=self._resolve_int_types())
-        self._feature_cache: dict[str, bool] = {}
+        self._reaching: frozenset[str] | None = None
+        self._variants: dict[str, dict[str, str]] = {}
+        self._fast = Predicates(self._types, self._checker._int_types, self._checker._alternate_branch)
+        self._valid: dict[str, Callable[[Any], bool]] = {}
+        self._indexes: dict[str, dict[str, tuple[tuple[str, ...], str | None]]] = {}
 
     @classmethod
     def from_reply(cls, reply: Any, *, version: tuple[int, int, int, str] | None = None) -> Schema:
@@ -161,11 +166,14 @@ class Schema:
         return members
 
     def variants(self, type_name: str) -> dict[str, str]:
-        """A union's variants: case -> variant type (empty for plain objects)."""
-        entry = self._object(type_name)
-        if entry is None:
-            return {}
-        return {v["case"]: v["type"] for v in entry.get("variants", ())}
+        """A union's variants: case -> variant type (empty for plain objects;
+        shared: treat as read-only)."""
+        found = self._variants.get(type_name)
+        if found is None:
+            entry = self._object(type_name)
+            found = {v["case"]: v["type"] for v in entry.get("variants", ())} if entry is not None else {}
+            self._variants[type_name] = found
+        return found
 
     def variant(self, type_name: str, case: str) -> str | None:
         """The type of a union's variant ``case``, or ``None``."""
@@ -260,9 +268,13 @@ class Schema:
             arguments = {}
         elif not isinstance(arguments, Mapping):
             raise CommandError("GenericError", "QMP input member 'arguments' must be an object", command)
-        desc = self._checker.check_arguments(command, arguments)
-        if desc is not None:
-            raise CommandError("GenericError", desc, command)
+        valid = self._valid.get(command)
+        if valid is None:
+            valid = self._valid[command] = self._fast.of(entry.get("arg-type", ""), command not in _OPEN_ARGUMENTS)
+        if not valid(arguments):  # the exact visitor words QEMU's error
+            desc = self._checker.check_arguments(command, arguments)
+            if desc is not None:
+                raise CommandError("GenericError", desc, command)
         if self._has_features(command):
             self._warn(command, entry, arguments)
         crash = CRASHING_INPUTS.get(command)
@@ -282,33 +294,37 @@ class Schema:
     # -- deprecated and unstable parts in use --------------------------------
 
     def _has_features(self, command: str) -> bool:
-        """Whether anything reachable from ``command`` has a feature (worked
-        out once per command, so most checks skip the second walk)."""
-        known = self._feature_cache.get(command)
-        if known is None:
-            entry = self._types[command]
-            seen: set[str] = set()
-            todo = [entry.get("arg-type", "")]
-            known = bool(entry.get("features"))
-            while todo and not known:
-                name = todo.pop()
-                if name in seen:
+        """Whether a deprecated or unstable part is reachable from ``command``
+        (most commands: no, and their checks skip the second walk)."""
+        entry = self._types[command]
+        return bool(_marked(entry)) or entry.get("arg-type", "") in self._feature_types()
+
+    def _feature_types(self) -> frozenset[str]:
+        """Types from which a deprecated or unstable part can be reached."""
+        if self._reaching is None:
+            direct: list[str] = []
+            users: dict[str, list[str]] = collections.defaultdict(list)
+            for entry in self._entries:
+                name = entry["name"]
+                if entry.get("meta-type") in ("command", "event"):
                     continue
-                seen.add(name)
-                item = self._types.get(name)
-                if item is None:
-                    continue
-                if item.get("features") or any(m.get("features") for m in item.get("members", ())):
-                    known = True
-                todo.extend(m["type"] for m in item.get("members", ()) if "type" in m)
-                todo.extend(v["type"] for v in item.get("variants", ()))
-                if "element-type" in item:
-                    todo.append(item["element-type"])
-            self._feature_cache[command] = known
-        return known
+                if _marked(entry) or any(_marked(m) for m in entry.get("members", ())):
+                    direct.append(name)
+                for used in _uses(entry):
+                    users[used].append(name)
+            reaching = set(direct)
+            todo = list(direct)
+            while todo:
+                for user in users.get(todo.pop(), ()):
+                    if user not in reaching:
+                        reaching.add(user)
+                        todo.append(user)
+            self._reaching = frozenset(reaching)
+        return self._reaching
 
     def _warn(self, command: str, entry: Mapping[str, Any], arguments: Mapping[str, Any]) -> None:
         found: list[tuple[str, str]] = []
+        self._feature_types()  # computed once, then read as self._reaching
         _note(found, entry, f"command '{command}'")
         self._walk_features(entry.get("arg-type", ""), arguments, "", found, 0)
         for feature, what in found:
@@ -316,37 +332,69 @@ class Schema:
             warnings.warn(f"{what} is {feature} ({command})", category, stacklevel=3)
 
     def _walk_features(self, type_name: str, value: Any, path: str, found: list, depth: int) -> None:
-        entry = self._types.get(type_name)
-        if entry is None or depth > 64:
+        """Note the deprecated and unstable parts ``value`` uses, entering
+        only what can hold one."""
+        if depth > 64 or type_name not in self._reaching:  # type: ignore[operator]
             return
+        entry = self._types[type_name]
         meta = entry.get("meta-type")
-        if meta == "array" and isinstance(value, list):
-            for index, item in enumerate(value):
-                self._walk_features(entry["element-type"], item, f"{path}[{index}]", found, depth + 1)
-        elif meta == "enum" and isinstance(value, str):
-            for member in entry.get("members", ()):
-                if member.get("name") == value:
-                    _note(found, member, f"value '{value}' of '{path}'")
+        if meta == "object":
+            if isinstance(value, Mapping):
+                if "features" in entry and _marked(entry):
+                    _note(found, entry, f"type of '{path}'" if path else "its arguments' type")
+                self._walk_members(entry, value, path, found, depth)
+                tag = entry.get("tag")
+                if tag is not None and tag in value:
+                    variant = self.variants(type_name).get(value[tag])
+                    if variant is not None:
+                        variant_entry = self._types.get(variant, {})
+                        if "features" in variant_entry:
+                            _note(found, variant_entry, f"variant '{value[tag]}' of '{path or tag}'")
+                        self._walk_members(variant_entry, value, path, found, depth)
+        elif meta == "array":
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    self._walk_features(entry["element-type"], item, f"{path}[{index}]", found, depth + 1)
+        elif meta == "enum":
+            if isinstance(value, str):
+                for member in entry.get("members", ()):
+                    if member.get("name") == value:
+                        _note(found, member, f"value '{value}' of '{path}'")
         elif meta == "alternate":
             branch = self._checker._alternate_branch(entry, value)
             if branch is not None:
                 self._walk_features(branch, value, path, found, depth + 1)
-        elif meta == "object" and isinstance(value, Mapping):
-            _note(found, entry, f"type of '{path}'" if path else "its arguments' type")
-            members = list(entry.get("members", ()))
-            tag = entry.get("tag")
-            if tag is not None and tag in value:
-                for variant in entry.get("variants", ()):
-                    if variant["case"] == value[tag]:
-                        variant_entry = self._types.get(variant["type"], {})
-                        _note(found, variant_entry, f"variant '{value[tag]}' of '{path or tag}'")
-                        members += variant_entry.get("members", ())
-            for member in members:
-                name = member["name"]
-                if name in value:
-                    where = f"{path}.{name}" if path else name
-                    _note(found, member, f"member '{where}'")
-                    self._walk_features(member["type"], value[name], where, found, depth + 1)
+
+    def _walk_members(
+        self, entry: Mapping[str, Any], value: Mapping[str, Any], path: str, found: list, depth: int
+    ) -> None:
+        table = self._feature_members(entry)
+        for key, item in value.items():
+            info = table.get(key)
+            if info is None:
+                continue
+            marks, inner = info
+            where = f"{path}.{key}" if path else key
+            for feature in marks:
+                found.append((feature, f"member '{where}'"))
+            if inner is not None:
+                self._walk_features(inner, item, where, found, depth + 1)
+
+    def _feature_members(self, entry: Mapping[str, Any]) -> dict[str, tuple[tuple[str, ...], str | None]]:
+        """An object's members worth a look: name -> (its deprecated or
+        unstable marks, its type if one can be reached through it)."""
+        name = entry.get("name", "")
+        table = self._indexes.get(name)
+        if table is None:
+            reaching = self._feature_types()
+            table = {}
+            for member in entry.get("members", ()):
+                marks = tuple(f for f in member.get("features", ()) if f in ("deprecated", "unstable"))
+                inner = member["type"] if member["type"] in reaching else None
+                if marks or inner is not None:
+                    table[member["name"]] = (marks, inner)
+            self._indexes[name] = table
+        return table
 
     # -- what introspection hides: alternates' names, integer types ----------
 
@@ -390,6 +438,22 @@ class Schema:
             if target is not None:
                 return target
         return None
+
+
+def _marked(entry: Mapping[str, Any]) -> bool:
+    features = entry.get("features") or ()
+    return "deprecated" in features or "unstable" in features
+
+
+def _uses(entry: Mapping[str, Any]) -> Iterator[str]:
+    """Types an entry refers to."""
+    for member in entry.get("members", ()):
+        if "type" in member:
+            yield member["type"]
+    for variant in entry.get("variants", ()):
+        yield variant["type"]
+    if "element-type" in entry:
+        yield entry["element-type"]
 
 
 def _note(found: list[tuple[str, str]], entry: Mapping[str, Any], what: str) -> None:
