@@ -472,3 +472,22 @@ def test_fast_path_agrees_with_the_exact_visitor(bundled: Schema) -> None:
                 disagreements.append((command, arguments, exact))
     assert cases > 5000
     assert not disagreements, disagreements[:5]
+
+
+def test_hostile_schemas_cost_no_crash() -> None:
+    """A peer's schema nesting types thousands deep: checks still answer."""
+    depth = 5000
+    entries: list[dict[str, Any]] = [{"name": "c", "meta-type": "command", "arg-type": "t0", "ret-type": "t0"}]
+    for i in range(depth):
+        entries.append(
+            {"name": f"t{i}", "meta-type": "object", "members": [{"name": "a", "type": f"t{i + 1}", "default": None}]}
+        )
+    entries.append({"name": f"t{depth}", "meta-type": "builtin", "json-type": "int"})
+    schema = Schema.from_reply(entries)
+    schema.check("c", {})
+    schema.check("c", {"a": {"a": {}}})
+    error = schema.errors("c", {"a": {"b": 1}})
+    assert error is not None and error.desc == "Parameter 'a.b' is unexpected"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        schema.check("c", {"a": {}})

@@ -314,3 +314,44 @@ def test_mypy_checks_calls_against_the_stubs(tmp_path: pathlib.Path) -> None:
         if line.split(":")[0].endswith("program.py") and ": error:" in line
     }
     assert flagged == bad, done.stdout
+
+
+# -- the shell -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "before,text,expected",
+    [
+        ("", "query-statu", ["query-status "]),
+        ("help ", "query-stat", ["query-stats ", "query-stats-schemas ", "query-status "]),
+        ("blockdev-add ", "driv", ["driver="]),
+        ("blockdev-add ", "driver=qco", ["driver=qcow ", "driver=qcow2 "]),
+        ("blockdev-add driver=file ", "filen", ["filename="]),
+        ("blockdev-add driver=file ", "aio=n", ["aio=native "]),
+        ("blockdev-add driver=file ", "cache.d", ["cache.direct="]),
+        ("blockdev-add driver=file ", "cache.direct=", ["cache.direct=true ", "cache.direct=false "]),
+        ("blockdev-add driver=qcow2 ", "file.driver=fil", ["file.driver=file "]),
+        ("blockdev-add driver=file filename=/x ", "filen", []),  # given already
+        ("query-status ", "", []),
+        ("no-such-command ", "a", []),
+    ],
+)
+def test_shell_completions(before: str, text: str, expected: list[str]) -> None:
+    from qmpcore.cli._schema import completions
+
+    assert completions(Schema.bundled(), before, text) == expected
+
+
+async def test_shell_help(tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / "vm.sock")
+    async with serve_vm(path):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qmpcore", "shell", path,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(b"help query-status\nhelp nope\nquery-status\n"), WAIT)
+    assert proc.returncode == 0, err
+    text = out.decode()
+    assert "command query-status\n  arguments: none\n  returns: object\n    running: bool" in text
+    assert "no command or event 'nope'" in text
+    assert '"status":"running"' in text

@@ -179,3 +179,77 @@ def _enum_features(schema: Schema, type_name: str, lines: list[str], indent: str
     for member in entry.get("members", ()):
         if member.get("features"):
             lines.append(f"{indent}value {member['name']}{_features(member)}")
+
+
+# -- the shell: completion and help ------------------------------------------
+
+
+def completions(schema: Schema, before: str, text: str) -> list[str]:
+    """Completions of the word ``text`` in a shell line whose part before
+    that word is ``before``: command names first, then ``name=`` for the
+    command's members (``a.b=`` inside object members; a union's variant
+    members once its tag is given) and ``name=value`` for enum values."""
+    words = before.split()
+    if not words or (words == ["help"]):
+        return [f"{c} " for c in sorted(schema.commands) if c.startswith(text)]
+    entry = schema.command(words[0])
+    if entry is None:
+        return []
+    given = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+    if "=" in text:
+        key, partial = text.split("=", 1)
+        member = _member_at(schema, entry["arg-type"], key, given)
+        if member is None:
+            return []
+        values = schema.enum_values(member["type"])
+        if not values and schema.type_name(member["type"]) == "bool":
+            values = ["true", "false"]
+        return [f"{key}={v} " for v in values if v.startswith(partial)]
+    prefix, _, partial = text.rpartition(".")
+    if prefix:
+        holder = _member_at(schema, entry["arg-type"], prefix, given)
+        if holder is None:
+            return []
+        members = _members_of(schema, holder["type"], {})
+        prefix += "."
+    else:
+        members = _members_of(schema, entry["arg-type"], given)
+    return [f"{prefix}{m['name']}=" for m in members if m["name"].startswith(partial) and m["name"] not in given]
+
+
+def _members_of(schema: Schema, type_name: str, given: Mapping[str, str]) -> list[Mapping[str, Any]]:
+    entry = schema.entry(type_name)
+    while entry is not None and entry.get("meta-type") in ("array", "alternate"):
+        if entry["meta-type"] == "array":
+            entry = schema.entry(entry["element-type"])
+        else:  # an alternate: its object branch, if any
+            objects = [schema.entry(m["type"]) for m in entry.get("members", ())]
+            entry = next((o for o in objects if o is not None and o.get("meta-type") == "object"), None)
+    if entry is None or entry.get("meta-type") != "object":
+        return []
+    tag = entry.get("tag")
+    case = given.get(tag) if tag is not None else None
+    if case is not None and case in schema.variants(entry["name"]):
+        return schema.members(entry["name"], case)
+    return list(entry.get("members", ()))
+
+
+def _member_at(schema: Schema, type_name: str, dotted: str, given: Mapping[str, str]) -> Mapping[str, Any] | None:
+    member: Mapping[str, Any] | None = None
+    for index, part in enumerate(dotted.split(".")):
+        members = _members_of(schema, type_name, given if index == 0 else {})
+        member = next((m for m in members if m["name"] == part), None)
+        if member is None:
+            return None
+        type_name = member["type"]
+    return member
+
+
+def shell_help(schema: Schema | None, words: list[str]) -> str:
+    """The shell's ``help [COMMAND]``."""
+    if schema is None:
+        return "help needs the server's schema (QMP only)"
+    if not words:
+        return "Commands: " + " ".join(sorted(schema.commands)) + "\nhelp COMMAND describes one."
+    text = describe(schema, words[0])
+    return text.rstrip("\n") if text is not None else f"no command or event {words[0]!r}"

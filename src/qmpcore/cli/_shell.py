@@ -99,7 +99,7 @@ class _Console:
                 sys.stdout.write(text + "\n")
             sys.stdout.flush()
 
-    def setup_readline(self, history: str, commands: list[str]) -> None:
+    def setup_readline(self, history: str, commands: list[str], schema: Any = None) -> None:
         readline = self._readline
         if readline is None:
             return
@@ -112,6 +112,11 @@ class _Console:
 
         def complete(text: str, state: int) -> str | None:
             line = readline.get_line_buffer()
+            if schema is not None:  # argument names and enum values too
+                from ._schema import completions
+
+                matches = completions(schema, line[: readline.get_begidx()], text)
+                return matches[state] if state < len(matches) else None
             if line[: readline.get_begidx()].strip():
                 return None  # only the command name is completed
             matches = [n + " " for n in names if n.startswith(text)]
@@ -144,6 +149,15 @@ async def _command_names(client: Any, qga: bool, timeout: float) -> list[str]:
         return [c["name"] for c in await client.execute("query-commands", timeout=timeout)]
     except (QMPError, KeyError, TypeError, AttributeError):
         return []
+
+
+async def _schema_of(client: Any, timeout: float | None) -> Any:
+    """QEMU's schema for completion and ``help``, or None if it will not say
+    (asked once per connection)."""
+    try:
+        return await client.schema(timeout=timeout)
+    except (QMPError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 async def _print_events(client: Any, show: Callable[[str], None], leaving: threading.Event) -> None:
@@ -183,7 +197,8 @@ def run_shell(args: argparse.Namespace) -> int:
         history = _history_path(args)
         if interactive:
             names = _wait(runner.submit(_command_names(client, args.qga, args.timeout)))
-            console.setup_readline(history, names)
+            schema = None if args.qga else _wait(runner.submit(_schema_of(client, args.timeout)))
+            console.setup_readline(history, names, schema)
             version = getattr(client, "version", None)
             where = f"QEMU {version.major}.{version.minor}.{version.micro}" if version else "guest agent"
             console.show(f"Connected to {where} at {args.address}. Ctrl-D to leave.")
@@ -214,6 +229,11 @@ def _loop(console: _Console, runner: _LoopThread, client: Any) -> int:
             console.show("")
             continue
         if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.split()[0] == "help":
+            from ._schema import shell_help
+
+            console.show(shell_help(_wait(runner.submit(_schema_of(client, None))), line.split()[1:]))
             continue
         try:
             command, arguments = parse_line(line)

@@ -270,7 +270,12 @@ class Schema:
             raise CommandError("GenericError", "QMP input member 'arguments' must be an object", command)
         valid = self._valid.get(command)
         if valid is None:
-            valid = self._valid[command] = self._fast.of(entry.get("arg-type", ""), command not in _OPEN_ARGUMENTS)
+            try:
+                valid = self._fast.of(entry.get("arg-type", ""), command not in _OPEN_ARGUMENTS)
+            except RecursionError:  # types nested thousands deep (a hostile schema): exact path only
+                self._fast = Predicates(self._types, self._checker._int_types, self._checker._alternate_branch)
+                valid = _refuse
+            self._valid[command] = valid
         if not valid(arguments):  # the exact visitor words QEMU's error
             desc = self._checker.check_arguments(command, arguments)
             if desc is not None:
@@ -438,6 +443,10 @@ class Schema:
             if target is not None:
                 return target
         return None
+
+
+def _refuse(value: Any) -> bool:
+    return False
 
 
 def _marked(entry: Mapping[str, Any]) -> bool:
