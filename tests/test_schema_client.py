@@ -45,7 +45,9 @@ def _count_fetches(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return calls
 
 
-async def test_schema_is_fetched_once_and_shared(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_schema_is_fetched_once_per_connection_and_shared(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import qmpcore.client.aio
     import qmpcore.client.sync
 
@@ -57,11 +59,12 @@ async def test_schema_is_fetched_once_and_shared(tmp_path: pathlib.Path, monkeyp
             assert await client.schema() is schema
             assert schema.version == tuple(client.version)  # type: ignore[arg-type]
             assert schema.query("blockdev-add/arg-type/+file/aio/^io_uring")
+        assert len(fetched) == 1
         async with await qmpcore.connect(str(tmp_path / "vm.sock")) as other:
-            assert await other.schema() is schema  # same version and package: not asked again
-            assert len(fetched) == 1
-            refreshed = await other.schema(refresh=True)
-            assert refreshed is not schema and len(fetched) == 2
+            # asked again (each QEMU answers for itself), the same answer shares one Schema
+            assert await other.schema() is schema
+            assert len(fetched) == 2
+            assert await other.schema(refresh=True) is schema and len(fetched) == 3
 
 
 async def test_validate_fails_without_a_round_trip(tmp_path: pathlib.Path) -> None:
@@ -119,10 +122,11 @@ def test_blocking_client_validates(tmp_path: pathlib.Path, monkeypatch: pytest.M
                 client.execute(*BAD)
             assert local.value.desc == BAD_DESC and local.value.reply is None
             assert client.execute("query-status")["status"] == "running"
-            assert client.schema() is client.schema()
+            first = client.schema()
+            assert client.schema() is first
         with qmpcore.connect_sync(path) as again:
-            assert again.schema() is not None
-        assert len(fetched) == 1
+            assert again.schema() is first
+        assert len(fetched) == 2
     finally:
         loop.call_soon_threadsafe(stop.set)
         thread.join(WAIT)
@@ -148,9 +152,19 @@ def test_cache_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
         schema_module.schema_for((7, 2, micro, "p"), entries)
     assert len(schema_module._cache) == 3
     assert schema_module._cache_bytes <= size * 3
-    assert schema_module.cached_schema((7, 2, 9, "p")) is not None
-    assert schema_module.cached_schema((7, 2, 0, "p")) is None
-    assert schema_module.cached_schema(None) is None
+    assert (7, 2, 9, "p") in schema_module._cache and (7, 2, 0, "p") not in schema_module._cache
+    assert schema_module.schema_for(None, entries) is not schema_module.schema_for(None, entries)
+
+
+def test_a_different_answer_is_not_shared() -> None:
+    """A peer claiming another's version and package gets its own schema."""
+    entries = list(Schema.bundled())
+    first = schema_module.schema_for((7, 2, 0, "x"), entries)
+    assert schema_module.schema_for((7, 2, 0, "x"), list(entries)) is first
+    forged = entries[:-1]
+    other = schema_module.schema_for((7, 2, 0, "x"), forged)
+    assert other is not first and len(other) == len(entries) - 1
+    assert schema_module.schema_for((7, 2, 0, "x"), entries) is not other
 
 
 # -- the command line ----------------------------------------------------------

@@ -27,7 +27,7 @@ from ..errors import CommandError, ConnectionLost, TimeoutError
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
-from ..protocol.schema import Schema, cached_schema, schema_for
+from ..protocol.schema import Schema, schema_for
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from .eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
@@ -569,15 +569,12 @@ class QMPClient(QMPInfo, _AsyncClient):
     async def schema(self, *, refresh: bool = False, timeout: float | None = None) -> Schema:
         """QEMU's schema (``query-qmp-schema``) as a :class:`~qmpcore.Schema`.
 
-        Asked once per connection, and not at all when a connection to a
-        QEMU of the same version and package asked already (kept in memory);
-        ``refresh=True`` asks again.
+        Asked once per connection (``refresh=True`` asks again); connections
+        to QEMUs of the same version and package that answer alike share one
+        :class:`~qmpcore.Schema`, kept in memory.
         """
         if self._schema is None or refresh:
-            schema = None if refresh else cached_schema(self.version)
-            if schema is None:
-                schema = schema_for(self.version, await self.execute("query-qmp-schema", timeout=timeout))
-            self._schema = schema
+            self._schema = schema_for(self.version, await self.execute("query-qmp-schema", timeout=timeout))
         return self._schema
 
     async def execute(

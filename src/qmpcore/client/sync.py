@@ -27,7 +27,7 @@ from ..errors import ConnectionLost, TimeoutError
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
-from ..protocol.schema import Schema, cached_schema, schema_for
+from ..protocol.schema import Schema, schema_for
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
 from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
@@ -473,10 +473,7 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         """QEMU's schema as a :class:`~qmpcore.Schema`; see
         :meth:`qmpcore.QMPClient.schema`."""
         if self._schema is None or refresh:
-            schema = None if refresh else cached_schema(self.version)
-            if schema is None:
-                schema = schema_for(self.version, self.execute("query-qmp-schema", timeout=timeout))
-            self._schema = schema
+            self._schema = schema_for(self.version, self.execute("query-qmp-schema", timeout=timeout))
         return self._schema
 
     def execute(

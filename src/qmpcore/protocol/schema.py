@@ -516,24 +516,23 @@ _cache_bytes = 0
 _cache_lock = threading.Lock()  # blocking clients run in many threads
 
 
-def cached_schema(version: Any) -> Schema | None:
-    """The schema cached for ``version`` (QEMU's ``(major, minor, micro,
-    package)``), or ``None``."""
-    if version is None:
-        return None
-    with _cache_lock:
-        found = _cache.get(tuple(version))
-        if found is None:
-            return None
-        _cache.move_to_end(tuple(version))
-        return found[0]
-
-
 def schema_for(version: Any, reply: Any) -> Schema:
-    """A :class:`Schema` from a ``query-qmp-schema`` reply of the QEMU
-    ``version``, remembered in memory (by version and package, least
-    recently used dropped first, at most :data:`CACHE_BYTES` of JSON)."""
+    """A :class:`Schema` for a ``query-qmp-schema`` reply of QEMU ``version``
+    (``(major, minor, micro, package)``).
+
+    Schemas are kept in memory by version and package (least recently used
+    dropped first, at most :data:`CACHE_BYTES` of JSON): a reply equal to
+    the one kept gets the same object, its lookups and compiled checks
+    ready.  Each connection still asks its own QEMU, so one peer's answer
+    never stands for another's.
+    """
     key = tuple(version) if version is not None else None
+    if key is not None:
+        with _cache_lock:
+            found = _cache.get(key)
+            if found is not None and found[0]._entries == reply:
+                _cache.move_to_end(key)
+                return found[0]
     schema = Schema.from_reply(reply, version=key)  # type: ignore[arg-type]
     if key is None:
         return schema
