@@ -491,3 +491,35 @@ def test_hostile_schemas_cost_no_crash() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         schema.check("c", {"a": {}})
+
+
+def test_one_schema_checks_in_many_threads(bundled: Schema) -> None:
+    """Compiled checks are built lazily; threads sharing a fresh Schema see
+    only complete ones."""
+    import threading
+
+    from schema_support import Builder
+
+    schema = Schema.from_reply(list(bundled))
+    builder = Builder(list(bundled))
+    cases = [(c, builder.arguments(c)) for c in builder.commands]
+    failures: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def work(offset: int) -> None:
+        start.wait()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for command, arguments in cases[offset:] + cases[:offset]:
+                    schema.check(command, arguments)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i * 37,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not failures, failures[:3]
+    assert len(schema._valid) == len(cases)

@@ -13,6 +13,7 @@ differential tests against QEMU hold it to that.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,20 +76,36 @@ class Predicates:
         self._types = types
         self._int_types = int_types
         self._branch = branch  # the exact visitor's choice of an alternate's branch
-        self._built: dict[tuple[str, bool], Predicate] = {}
+        self._built: dict[tuple[str, bool], Predicate] = {}  # complete ones only
+        self._pending: dict[tuple[str, bool], tuple[Predicate, list[Predicate]]] = {}
+        self._lock = threading.RLock()  # a Schema is shared by threads (blocking clients)
 
     def of(self, type_name: str, closed: bool = True) -> Predicate:
         """The predicate of ``type_name`` (``closed=False``: unknown members
         allowed, for commands that check their own)."""
         key = (type_name, closed)
         found = self._built.get(key)
-        if found is None:
-            # A stand-in first, so recursive types refer to the final one.
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._built.get(key)
+            if found is not None:
+                return found
+            pending = self._pending.get(key)
+            if pending is not None:  # recursion: the final one, once built
+                return pending[0]
+            outermost = not self._pending
             cell: list[Predicate] = []
-            self._built[key] = lambda v: cell[0](v)
-            cell.append(self._build(type_name, closed))
-            found = self._built[key] = cell[0]
-        return found
+            self._pending[key] = (lambda v: cell[0](v), cell)
+            try:
+                cell.append(self._build(type_name, closed))
+                if outermost:  # every predicate of this build is complete now
+                    for done, (_, filled) in self._pending.items():
+                        self._built[done] = filled[0]
+            finally:
+                if outermost:
+                    self._pending.clear()
+            return cell[0]
 
     def _build(self, type_name: str, closed: bool) -> Predicate:
         entry = self._types.get(type_name)

@@ -273,7 +273,6 @@ class Schema:
             try:
                 valid = self._fast.of(entry.get("arg-type", ""), command not in _OPEN_ARGUMENTS)
             except RecursionError:  # types nested thousands deep (a hostile schema): exact path only
-                self._fast = Predicates(self._types, self._checker._int_types, self._checker._alternate_branch)
                 valid = _refuse
             self._valid[command] = valid
         if not valid(arguments):  # the exact visitor words QEMU's error
