@@ -256,6 +256,10 @@ class _Generator:
     def methods(self) -> tuple[list[str], list[str]]:
         asynchronous: list[str] = []
         blocking: list[str] = []
+        for command in self.schema.commands:  # types first named where commands take them
+            entry = self.schema.command(command)
+            if entry is not None and "arg-type" in entry:
+                self.expr(entry["arg-type"], _camel(command) + "Arguments")
         for command in self.schema.commands:
             entry = self.schema.command(command)
             assert entry is not None

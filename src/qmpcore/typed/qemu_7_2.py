@@ -27,7 +27,7 @@ else:  # pragma: no cover - Python 3.10
 if TYPE_CHECKING:
     from qmpcore import QMPClient, SyncQMPClient
 
-__all__ = ["QMP", "SyncQMP", "OMIT", "Omit", "AddFdResult", "BalloonInfo", "BlockCommitArgumentsOnError", "BlockDeviceInfo", "BlockDeviceInfoCache", "BlockDeviceInfoDirtyBitmaps", "BlockDeviceInfoImage", "BlockDeviceInfoImageFormatSpecific", "BlockDeviceInfoImageFormatSpecificLuks", "BlockDeviceInfoImageFormatSpecificLuksData", "BlockDeviceInfoImageFormatSpecificQcow2", "BlockDeviceInfoImageFormatSpecificQcow2Data", "BlockDeviceInfoImageFormatSpecificQcow2DataBitmaps", "BlockDeviceInfoImageFormatSpecificQcow2DataBitmapsFlags", "BlockDeviceInfoImageFormatSpecificQcow2DataCompressionType", "BlockDeviceInfoImageFormatSpecificQcow2DataEncrypt", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptAes", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuks", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherAlg", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherMode", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenAlg", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots", "BlockDeviceInfoImageFormatSpecificRbd", "BlockDeviceInfoImageFormatSpecificRbdData", "BlockDeviceInfoImageFormatSpecificRbdDataEncryptionFormat", "BlockDeviceInfoImageFormatSpecificVmdk", "BlockDeviceInfoImageFormatSpecificVmdkData", "BlockDeviceInfoImageSnapshots", "BlockDirtyBitmapOrStr", "BlockDirtyBitmapOrStrBranch", "BlockExportAddArguments", "BlockExportAddArgumentsFuse", "BlockExportAddArgumentsFuseAllowOther", "BlockExportAddArgumentsNbd", "BlockExportAddArgumentsVduseBlk", "BlockExportAddArgumentsVhostUserBlk", "BlockInfo", "BlockInfoIoStatus", "BlockJobInfo", "BlockStats", "BlockStatsDriverSpecific", "BlockStatsDriverSpecificBlkdebug", "BlockStatsDriverSpecificBlklogwrites", "BlockStatsDriverSpecificBlkreplay", "BlockStatsDriverSpecificBlkverify", "BlockStatsDriverSpecificBochs", "BlockStatsDriverSpecificCloop", "BlockStatsDriverSpecificCompress", "BlockStatsDriverSpecificCopyBeforeWrite", "BlockStatsDriverSpecificCopyOnRead", "BlockStatsDriverSpecificDmg", "BlockStatsDriverSpecificFile", "BlockStatsDriverSpecificFtp", "BlockStatsDriverSpecificFtps", "BlockStatsDriverSpecificGluster", "BlockStatsDriverSpecificHostCdrom", "BlockStatsDriverSpecificHostDevice", "BlockStatsDriverSpecificHttp", "BlockStatsDriverSpecificHttps", "BlockStatsDriverSpecificIscsi", "BlockStatsDriverSpecificLuks", "BlockStatsDriverSpecificNbd", "BlockStatsDriverSpecificNfs", "BlockStatsDriverSpecificNullAio", "BlockStatsDriverSpecificNullCo", "BlockStatsDriverSpecificNvme", "BlockStatsDriverSpecificParallels", "BlockStatsDriverSpecificPreallocate", "BlockStatsDriverSpecificQcow", "BlockStatsDriverSpecificQcow2", "BlockStatsDriverSpecificQed", "BlockStatsDriverSpecificQuorum", "BlockStatsDriverSpecificRaw", "BlockStatsDriverSpecificRbd", "BlockStatsDriverSpecificReplication", "BlockStatsDriverSpecificSnapshotAccess", "BlockStatsDriverSpecificSsh", "BlockStatsDriverSpecificThrottle", "BlockStatsDriverSpecificVdi", "BlockStatsDriverSpecificVhdx", "BlockStatsDriverSpecificVmdk", "BlockStatsDriverSpecificVpc", "BlockStatsDriverSpecificVvfat", "BlockStatsStats", "BlockStatsStatsRdLatencyHistogram", "BlockStatsStatsTimedStats", "BlockdevAioOptions", "BlockdevCacheOptions", "BlockdevChangeMediumArgumentsReadOnlyMode", "BlockdevCreateOptions", "BlockdevCreateOptionsBlkdebug", "BlockdevCreateOptionsBlklogwrites", "BlockdevCreateOptionsBlkreplay", "BlockdevCreateOptionsBlkverify", "BlockdevCreateOptionsBochs", "BlockdevCreateOptionsCloop", "BlockdevCreateOptionsCompress", "BlockdevCreateOptionsCopyBeforeWrite", "BlockdevCreateOptionsCopyOnRead", "BlockdevCreateOptionsDmg", "BlockdevCreateOptionsFile", "BlockdevCreateOptionsFilePreallocation", "BlockdevCreateOptionsFtp", "BlockdevCreateOptionsFtps", "BlockdevCreateOptionsGluster", "BlockdevCreateOptionsGlusterLocation", "BlockdevCreateOptionsHostCdrom", "BlockdevCreateOptionsHostDevice", "BlockdevCreateOptionsHttp", "BlockdevCreateOptionsHttps", "BlockdevCreateOptionsIscsi", "BlockdevCreateOptionsLuks", "BlockdevCreateOptionsNbd", "BlockdevCreateOptionsNfs", "BlockdevCreateOptionsNfsLocation", "BlockdevCreateOptionsNullAio", "BlockdevCreateOptionsNullCo", "BlockdevCreateOptionsNvme", "BlockdevCreateOptionsParallels", "BlockdevCreateOptionsPreallocate", "BlockdevCreateOptionsQcow", "BlockdevCreateOptionsQcow2", "BlockdevCreateOptionsQcow2Version", "BlockdevCreateOptionsQcowEncrypt", "BlockdevCreateOptionsQcowEncryptLuks", "BlockdevCreateOptionsQcowEncryptQcow", "BlockdevCreateOptionsQed", "BlockdevCreateOptionsQuorum", "BlockdevCreateOptionsRaw", "BlockdevCreateOptionsRbd", "BlockdevCreateOptionsRbdEncrypt", "BlockdevCreateOptionsRbdEncryptLuks", "BlockdevCreateOptionsRbdEncryptLuks2", "BlockdevCreateOptionsRbdLocation", "BlockdevCreateOptionsReplication", "BlockdevCreateOptionsSnapshotAccess", "BlockdevCreateOptionsSsh", "BlockdevCreateOptionsSshLocation", "BlockdevCreateOptionsThrottle", "BlockdevCreateOptionsVdi", "BlockdevCreateOptionsVhdx", "BlockdevCreateOptionsVhdxSubformat", "BlockdevCreateOptionsVmdk", "BlockdevCreateOptionsVmdkAdapterType", "BlockdevCreateOptionsVmdkSubformat", "BlockdevCreateOptionsVpc", "BlockdevCreateOptionsVpcSubformat", "BlockdevCreateOptionsVvfat", "BlockdevDetectZeroesOptions", "BlockdevDiscardOptions", "BlockdevDriver", "BlockdevOptions", "BlockdevOptionsBlkdebug", "BlockdevOptionsBlkdebugInjectError", "BlockdevOptionsBlkdebugInjectErrorEvent", "BlockdevOptionsBlkdebugInjectErrorIotype", "BlockdevOptionsBlkdebugSetState", "BlockdevOptionsBlklogwrites", "BlockdevOptionsBlkreplay", "BlockdevOptionsBlkverify", "BlockdevOptionsBochs", "BlockdevOptionsCloop", "BlockdevOptionsCompress", "BlockdevOptionsCopyBeforeWrite", "BlockdevOptionsCopyBeforeWriteOnCbwError", "BlockdevOptionsCopyOnRead", "BlockdevOptionsDmg", "BlockdevOptionsFile2", "BlockdevOptionsFile2Locking", "BlockdevOptionsFtp", "BlockdevOptionsFtps", "BlockdevOptionsGluster", "BlockdevOptionsHostCdrom", "BlockdevOptionsHostDevice", "BlockdevOptionsHttp", "BlockdevOptionsHttps", "BlockdevOptionsIscsi", "BlockdevOptionsIscsiHeaderDigest", "BlockdevOptionsIscsiTransport", "BlockdevOptionsLuks", "BlockdevOptionsNbd2", "BlockdevOptionsNfs", "BlockdevOptionsNfsServer", "BlockdevOptionsNfsServerType", "BlockdevOptionsNullAio", "BlockdevOptionsNullCo", "BlockdevOptionsNvme", "BlockdevOptionsParallels", "BlockdevOptionsPreallocate", "BlockdevOptionsQcow", "BlockdevOptionsQcow22", "BlockdevOptionsQcow22Encrypt", "BlockdevOptionsQcow22EncryptAes", "BlockdevOptionsQcow22EncryptLuks", "BlockdevOptionsQcow22OverlapCheck", "BlockdevOptionsQcow22OverlapCheckBranch", "BlockdevOptionsQcow22OverlapCheckBranchTemplate", "BlockdevOptionsQcowEncrypt", "BlockdevOptionsQcowEncryptAes", "BlockdevOptionsQed", "BlockdevOptionsQuorum", "BlockdevOptionsQuorumReadPattern", "BlockdevOptionsRaw2", "BlockdevOptionsRbd", "BlockdevOptionsRbdAuthClientRequired", "BlockdevOptionsRbdEncrypt", "BlockdevOptionsRbdEncryptLuks", "BlockdevOptionsRbdEncryptLuks2", "BlockdevOptionsRbdServer", "BlockdevOptionsReplication", "BlockdevOptionsReplicationMode", "BlockdevOptionsSnapshotAccess", "BlockdevOptionsSsh", "BlockdevOptionsSshHostKeyCheck", "BlockdevOptionsSshHostKeyCheckHash", "BlockdevOptionsSshHostKeyCheckHashType", "BlockdevOptionsSshHostKeyCheckKnownHosts", "BlockdevOptionsSshHostKeyCheckNone", "BlockdevOptionsSshServer", "BlockdevOptionsThrottle", "BlockdevOptionsVdi", "BlockdevOptionsVhdx", "BlockdevOptionsVmdk", "BlockdevOptionsVpc", "BlockdevOptionsVvfat", "BlockdevRef", "BlockdevRefOrNull", "BlockdevSnapshotSyncArgumentsMode", "CalcDirtyRateArgumentsMode", "ChardevBackend", "ChardevBackendBraille", "ChardevBackendConsole", "ChardevBackendDbus", "ChardevBackendDbusData", "ChardevBackendFile", "ChardevBackendFileData", "ChardevBackendMemory", "ChardevBackendMsmouse", "ChardevBackendMux", "ChardevBackendMuxData", "ChardevBackendNull", "ChardevBackendParallel", "ChardevBackendPipe", "ChardevBackendPty", "ChardevBackendPtyData", "ChardevBackendQemuVdagent", "ChardevBackendQemuVdagentData", "ChardevBackendRingbuf", "ChardevBackendRingbufData", "ChardevBackendSerial", "ChardevBackendSerialData", "ChardevBackendSocket", "ChardevBackendSocketData", "ChardevBackendSpiceport", "ChardevBackendSpiceportData", "ChardevBackendSpicevmc", "ChardevBackendSpicevmcData", "ChardevBackendStdio", "ChardevBackendStdioData", "ChardevBackendTestdev", "ChardevBackendUdp", "ChardevBackendUdpData", "ChardevBackendVc", "ChardevBackendVcData", "ChardevBackendWctablet", "ChardevInfo", "ChardevReturn", "CommandInfo", "CommandLineOptionInfo", "CommandLineOptionInfoParameters", "CommandLineOptionInfoParametersType", "CpuDefinitionInfo", "CpuInfoFast", "CpuInfoFastAarch64", "CpuInfoFastAlpha", "CpuInfoFastArm", "CpuInfoFastAvr", "CpuInfoFastCris", "CpuInfoFastHppa", "CpuInfoFastI386", "CpuInfoFastLoongarch64", "CpuInfoFastM68k", "CpuInfoFastMicroblaze", "CpuInfoFastMicroblazeel", "CpuInfoFastMips", "CpuInfoFastMips64", "CpuInfoFastMips64el", "CpuInfoFastMipsel", "CpuInfoFastNios2", "CpuInfoFastOr1k", "CpuInfoFastPpc", "CpuInfoFastPpc64", "CpuInfoFastRiscv32", "CpuInfoFastRiscv64", "CpuInfoFastRx", "CpuInfoFastS390x", "CpuInfoFastS390xCpuState", "CpuInfoFastSh4", "CpuInfoFastSh4eb", "CpuInfoFastSparc", "CpuInfoFastSparc64", "CpuInfoFastTricore", "CpuInfoFastX8664", "CpuInfoFastXtensa", "CpuInfoFastXtensaeb", "CpuInstanceProperties", "CpuModelExpansionInfo", "CpuModelInfo", "DisplayOptions", "DisplayOptionsCurses", "DisplayOptionsDbus", "DisplayOptionsDefault", "DisplayOptionsEglHeadless", "DisplayOptionsGtk", "DisplayOptionsGtkGl", "DisplayOptionsNone", "DisplayOptionsSdl", "DisplayOptionsSdlGrabMod", "DisplayOptionsSpiceApp", "DisplayReloadArguments", "DisplayReloadArgumentsVnc", "DisplayUpdateArguments", "DisplayUpdateArgumentsVnc", "DriveBackupArgumentsBitmapMode", "DriveBackupArgumentsSync", "DriveBackupArgumentsXPerf", "DriveMirrorArgumentsCopyMode", "DumpGuestMemoryArgumentsFormat", "DumpQueryResult", "DumpQueryResultStatus", "ExpirePasswordArguments", "ExpirePasswordArgumentsSpice", "ExpirePasswordArgumentsVnc", "FdsetInfo", "FdsetInfoFds", "HotpluggableCPU", "IOThreadInfo", "InputEvent", "InputEventAbs", "InputEventBtn", "InputEventBtnData", "InputEventBtnDataButton", "InputEventKey", "InputEventKeyData", "InputEventRel", "InputEventRelData", "InputEventRelDataAxis", "JobInfo", "JobInfoType", "JobStatus", "KeyValue", "KeyValueNumber", "KeyValueQcode", "KeyValueQcodeData", "KvmInfo", "MachineInfo", "Memdev", "MemoryDeviceInfo", "MemoryDeviceInfoDimm", "MemoryDeviceInfoDimmData", "MemoryDeviceInfoNvdimm", "MemoryDeviceInfoSgxEpc", "MemoryDeviceInfoSgxEpcData", "MemoryDeviceInfoVirtioMem", "MemoryDeviceInfoVirtioMemData", "MemoryDeviceInfoVirtioPmem", "MemoryDeviceInfoVirtioPmemData", "MigrateSetParametersArgumentsBlockBitmapMapping", "MigrateSetParametersArgumentsBlockBitmapMappingBitmaps", "MigrateSetParametersArgumentsBlockBitmapMappingBitmapsTransform", "MigrateSetParametersArgumentsMultifdCompression", "MigrationCapability", "MigrationCapabilityStatus", "MigrationInfo", "MigrationInfoCompression", "MigrationInfoRam", "MigrationInfoVfio", "MigrationInfoXbzrleCache", "MigrationParameters", "MigrationStatus", "MouseInfo", "NameInfo", "NbdServerRemoveArgumentsMode", "NbdServerStartArgumentsAddr", "NbdServerStartArgumentsAddrFd", "NbdServerStartArgumentsAddrFdData", "NbdServerStartArgumentsAddrInet", "NbdServerStartArgumentsAddrUnix", "NbdServerStartArgumentsAddrUnixData", "NbdServerStartArgumentsAddrVsock", "NbdServerStartArgumentsAddrVsockData", "Netdev", "NetdevBridge", "NetdevDgram", "NetdevHubport", "NetdevL2tpv3", "NetdevNetmap", "NetdevNic", "NetdevNone", "NetdevSocket", "NetdevStream", "NetdevTap", "NetdevUser", "NetdevVde", "NetdevVhostUser", "NetdevVhostVdpa", "ObjectOptions", "ObjectOptionsAuthzList", "ObjectOptionsAuthzListPolicy", "ObjectOptionsAuthzListRules", "ObjectOptionsAuthzListRulesFormat", "ObjectOptionsAuthzListfile", "ObjectOptionsAuthzPam", "ObjectOptionsAuthzSimple", "ObjectOptionsCanBus", "ObjectOptionsCanHostSocketcan", "ObjectOptionsColoCompare", "ObjectOptionsCryptodevBackend", "ObjectOptionsCryptodevBackendBuiltin", "ObjectOptionsCryptodevBackendLkcf", "ObjectOptionsCryptodevVhostUser", "ObjectOptionsDbusVmstate", "ObjectOptionsFilterBuffer", "ObjectOptionsFilterBufferInsert", "ObjectOptionsFilterBufferQueue", "ObjectOptionsFilterDump", "ObjectOptionsFilterMirror", "ObjectOptionsFilterRedirector", "ObjectOptionsFilterReplay", "ObjectOptionsFilterRewriter", "ObjectOptionsInputBarrier", "ObjectOptionsInputLinux", "ObjectOptionsInputLinuxGrabToggle", "ObjectOptionsIothread", "ObjectOptionsMainLoop", "ObjectOptionsMemoryBackendEpc", "ObjectOptionsMemoryBackendEpcPolicy", "ObjectOptionsMemoryBackendFile", "ObjectOptionsMemoryBackendMemfd", "ObjectOptionsMemoryBackendRam", "ObjectOptionsPefGuest", "ObjectOptionsPrManagerHelper", "ObjectOptionsQtest", "ObjectOptionsRngBuiltin", "ObjectOptionsRngEgd", "ObjectOptionsRngRandom", "ObjectOptionsS390PvGuest", "ObjectOptionsSecret", "ObjectOptionsSecretFormat", "ObjectOptionsSecretKeyring", "ObjectOptionsSevGuest", "ObjectOptionsThreadContext", "ObjectOptionsThrottleGroup", "ObjectOptionsThrottleGroupLimits", "ObjectOptionsTlsCipherSuites", "ObjectOptionsTlsCredsAnon", "ObjectOptionsTlsCredsAnonEndpoint", "ObjectOptionsTlsCredsPsk", "ObjectOptionsTlsCredsX509", "ObjectOptionsXRemoteObject", "ObjectOptionsXVfioUserServer", "ObjectPropertyInfo", "ObjectTypeInfo", "PciInfo", "PciInfoDevices", "PciInfoDevicesClassInfo", "PciInfoDevicesId", "PciInfoDevicesPciBridge", "PciInfoDevicesPciBridgeBus", "PciInfoDevicesPciBridgeBusIoRange", "PciInfoDevicesRegions", "QmpCapabilitiesArgumentsEnable", "QueryAcpiOspmStatusResult", "QueryAcpiOspmStatusResultSlotType", "QueryBlockExportsResult", "QueryBlockExportsResultType", "QueryChardevBackendsResult", "QueryColoStatusResult", "QueryColoStatusResultMode", "QueryColoStatusResultReason", "QueryCpuModelExpansionArgumentsType", "QueryCurrentMachineResult", "QueryDirtyRateResult", "QueryDirtyRateResultStatus", "QueryDirtyRateResultVcpuDirtyRate", "QueryDumpGuestMemoryCapabilityResult", "QueryMemorySizeSummaryResult", "QueryPrManagersResult", "QueryReplayResult", "QueryReplayResultMode", "QueryRockerOfDpaFlowsResult", "QueryRockerOfDpaFlowsResultAction", "QueryRockerOfDpaFlowsResultKey", "QueryRockerOfDpaFlowsResultMask", "QueryRockerOfDpaGroupsResult", "QueryRockerPortsResult", "QueryRockerPortsResultAutoneg", "QueryRockerPortsResultDuplex", "QueryRockerResult", "QuerySevAttestationReportResult", "QuerySevCapabilitiesResult", "QuerySevLaunchMeasureResult", "QuerySevResult", "QuerySevResultState", "QuerySgxResult", "QuerySgxResultSections", "QueryStatsArguments", "QueryStatsArgumentsVcpu", "QueryStatsArgumentsVcpuProviders", "QueryStatsArgumentsVm", "QueryStatsResult", "QueryStatsResultProvider", "QueryStatsResultStats", "QueryStatsResultStatsValue", "QueryStatsSchemasResult", "QueryStatsSchemasResultStats", "QueryStatsSchemasResultStatsType", "QueryStatsSchemasResultStatsUnit", "QueryStatsSchemasResultTarget", "QueryTpmModelsResult", "QueryTpmTypesResult", "QueryVcpuDirtyLimitResult", "QueryVmGenerationIdResult", "QueryVncServersResult", "QueryVncServersResultServer", "QueryVncServersResultServerAuth", "QueryVncServersResultServerVencrypt", "QueryXenReplicationStatusResult", "RingbufWriteArgumentsFormat", "RunState", "RxFilterInfo", "RxFilterInfoMulticast", "SchemaInfo", "SchemaInfoAlternate", "SchemaInfoAlternateMembers", "SchemaInfoArray", "SchemaInfoBuiltin", "SchemaInfoBuiltinJsonType", "SchemaInfoCommand", "SchemaInfoEnum", "SchemaInfoEnumMembers", "SchemaInfoEvent", "SchemaInfoObject", "SchemaInfoObjectMembers", "SchemaInfoObjectVariants", "ScreendumpArgumentsFormat", "SetActionArgumentsPanic", "SetActionArgumentsReboot", "SetNumaNodeArguments", "SetNumaNodeArgumentsCpu", "SetNumaNodeArgumentsDist", "SetNumaNodeArgumentsHmatCache", "SetNumaNodeArgumentsHmatCacheAssociativity", "SetNumaNodeArgumentsHmatCachePolicy", "SetNumaNodeArgumentsHmatLb", "SetNumaNodeArgumentsHmatLbDataType", "SetNumaNodeArgumentsHmatLbHierarchy", "SetNumaNodeArgumentsNode", "SetPasswordArguments", "SetPasswordArgumentsSpice", "SetPasswordArgumentsVnc", "SetPasswordArgumentsVncConnected", "ShutdownAction", "SocketAddress", "SocketAddressFd", "SocketAddressInet", "SocketAddressUnix", "SocketAddressVsock", "SpiceInfo", "SpiceInfoChannels", "SpiceInfoChannelsFamily", "SpiceInfoMouseMode", "StatusInfo", "StrOrNull", "SysEmuTarget", "TPMInfo", "TPMInfoOptions", "TPMInfoOptionsEmulator", "TPMInfoOptionsEmulatorData", "TPMInfoOptionsPassthrough", "TPMInfoOptionsPassthroughData", "TargetInfo", "TraceEventGetStateResult", "TraceEventGetStateResultState", "TransactionAction", "TransactionActionAbort", "TransactionActionBlockDirtyBitmapAdd", "TransactionActionBlockDirtyBitmapAddData", "TransactionActionBlockDirtyBitmapClear", "TransactionActionBlockDirtyBitmapDisable", "TransactionActionBlockDirtyBitmapEnable", "TransactionActionBlockDirtyBitmapMerge", "TransactionActionBlockDirtyBitmapMergeData", "TransactionActionBlockDirtyBitmapRemove", "TransactionActionBlockdevBackup", "TransactionActionBlockdevBackupData", "TransactionActionBlockdevSnapshot", "TransactionActionBlockdevSnapshotData", "TransactionActionBlockdevSnapshotInternalSync", "TransactionActionBlockdevSnapshotInternalSyncData", "TransactionActionBlockdevSnapshotSync", "TransactionActionBlockdevSnapshotSyncData", "TransactionActionDriveBackup", "TransactionActionDriveBackupData", "TransactionArgumentsProperties", "TransactionArgumentsPropertiesCompletionMode", "UuidInfo", "VersionInfo", "VersionTriple", "VncInfo", "VncInfoClients", "WatchdogAction", "XBlockdevAmendArgumentsOptions", "XBlockdevAmendArgumentsOptionsBlkdebug", "XBlockdevAmendArgumentsOptionsBlklogwrites", "XBlockdevAmendArgumentsOptionsBlkreplay", "XBlockdevAmendArgumentsOptionsBlkverify", "XBlockdevAmendArgumentsOptionsBochs", "XBlockdevAmendArgumentsOptionsCloop", "XBlockdevAmendArgumentsOptionsCompress", "XBlockdevAmendArgumentsOptionsCopyBeforeWrite", "XBlockdevAmendArgumentsOptionsCopyOnRead", "XBlockdevAmendArgumentsOptionsDmg", "XBlockdevAmendArgumentsOptionsFile", "XBlockdevAmendArgumentsOptionsFtp", "XBlockdevAmendArgumentsOptionsFtps", "XBlockdevAmendArgumentsOptionsGluster", "XBlockdevAmendArgumentsOptionsHostCdrom", "XBlockdevAmendArgumentsOptionsHostDevice", "XBlockdevAmendArgumentsOptionsHttp", "XBlockdevAmendArgumentsOptionsHttps", "XBlockdevAmendArgumentsOptionsIscsi", "XBlockdevAmendArgumentsOptionsLuks", "XBlockdevAmendArgumentsOptionsLuksState", "XBlockdevAmendArgumentsOptionsNbd", "XBlockdevAmendArgumentsOptionsNfs", "XBlockdevAmendArgumentsOptionsNullAio", "XBlockdevAmendArgumentsOptionsNullCo", "XBlockdevAmendArgumentsOptionsNvme", "XBlockdevAmendArgumentsOptionsParallels", "XBlockdevAmendArgumentsOptionsPreallocate", "XBlockdevAmendArgumentsOptionsQcow", "XBlockdevAmendArgumentsOptionsQcow2", "XBlockdevAmendArgumentsOptionsQcow2Encrypt", "XBlockdevAmendArgumentsOptionsQcow2EncryptLuks", "XBlockdevAmendArgumentsOptionsQcow2EncryptQcow", "XBlockdevAmendArgumentsOptionsQed", "XBlockdevAmendArgumentsOptionsQuorum", "XBlockdevAmendArgumentsOptionsRaw", "XBlockdevAmendArgumentsOptionsRbd", "XBlockdevAmendArgumentsOptionsReplication", "XBlockdevAmendArgumentsOptionsSnapshotAccess", "XBlockdevAmendArgumentsOptionsSsh", "XBlockdevAmendArgumentsOptionsThrottle", "XBlockdevAmendArgumentsOptionsVdi", "XBlockdevAmendArgumentsOptionsVhdx", "XBlockdevAmendArgumentsOptionsVmdk", "XBlockdevAmendArgumentsOptionsVpc", "XBlockdevAmendArgumentsOptionsVvfat", "XDebugBlockDirtyBitmapSha256Result", "XDebugQueryBlockGraphResult", "XDebugQueryBlockGraphResultEdges", "XDebugQueryBlockGraphResultEdgesPerm", "XDebugQueryBlockGraphResultNodes", "XDebugQueryBlockGraphResultNodesType", "XQueryIrqResult", "XQueryVirtioQueueElementResult", "XQueryVirtioQueueElementResultAvail", "XQueryVirtioQueueElementResultDescs", "XQueryVirtioQueueElementResultUsed", "XQueryVirtioQueueStatusResult", "XQueryVirtioResult", "XQueryVirtioStatusResult", "XQueryVirtioStatusResultGuestFeatures", "XQueryVirtioStatusResultStatus", "XQueryVirtioStatusResultVhostDev", "XQueryVirtioStatusResultVhostDevProtocolFeatures", "XQueryVirtioVhostQueueStatusResult", "YankArgumentsInstances", "YankArgumentsInstancesBlockNode", "YankArgumentsInstancesChardev", "YankArgumentsInstancesMigration"]
+__all__ = ["QMP", "SyncQMP", "OMIT", "Omit", "AddClientArguments", "AddFdArguments", "AddFdResult", "AnnounceSelfArguments", "BalloonArguments", "BalloonInfo", "BlockCommitArguments", "BlockCommitArgumentsOnError", "BlockDeviceInfo", "BlockDeviceInfoCache", "BlockDeviceInfoDirtyBitmaps", "BlockDeviceInfoImage", "BlockDeviceInfoImageFormatSpecific", "BlockDeviceInfoImageFormatSpecificLuks", "BlockDeviceInfoImageFormatSpecificLuksData", "BlockDeviceInfoImageFormatSpecificQcow2", "BlockDeviceInfoImageFormatSpecificQcow2Data", "BlockDeviceInfoImageFormatSpecificQcow2DataBitmaps", "BlockDeviceInfoImageFormatSpecificQcow2DataBitmapsFlags", "BlockDeviceInfoImageFormatSpecificQcow2DataEncrypt", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptAes", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuks", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots", "BlockDeviceInfoImageFormatSpecificRbd", "BlockDeviceInfoImageFormatSpecificRbdData", "BlockDeviceInfoImageFormatSpecificRbdDataEncryptionFormat", "BlockDeviceInfoImageFormatSpecificVmdk", "BlockDeviceInfoImageFormatSpecificVmdkData", "BlockDeviceInfoImageSnapshots", "BlockDirtyBitmapAddArguments", "BlockDirtyBitmapMergeArguments", "BlockDirtyBitmapOrStr", "BlockDirtyBitmapRemoveArguments", "BlockExportAddArguments", "BlockExportAddArgumentsFuse", "BlockExportAddArgumentsFuseAllowOther", "BlockExportAddArgumentsNbd", "BlockExportAddArgumentsVduseBlk", "BlockExportAddArgumentsVhostUserBlk", "BlockExportDelArguments", "BlockInfo", "BlockInfoIoStatus", "BlockJobCancelArguments", "BlockJobCompleteArguments", "BlockJobDismissArguments", "BlockJobFinalizeArguments", "BlockJobInfo", "BlockJobPauseArguments", "BlockJobResumeArguments", "BlockJobSetSpeedArguments", "BlockLatencyHistogramSetArguments", "BlockResizeArguments", "BlockSetIoThrottleArguments", "BlockSetWriteThresholdArguments", "BlockStats", "BlockStatsDriverSpecific", "BlockStatsDriverSpecificBlkdebug", "BlockStatsDriverSpecificBlklogwrites", "BlockStatsDriverSpecificBlkreplay", "BlockStatsDriverSpecificBlkverify", "BlockStatsDriverSpecificBochs", "BlockStatsDriverSpecificCloop", "BlockStatsDriverSpecificCompress", "BlockStatsDriverSpecificCopyBeforeWrite", "BlockStatsDriverSpecificCopyOnRead", "BlockStatsDriverSpecificDmg", "BlockStatsDriverSpecificFile", "BlockStatsDriverSpecificFtp", "BlockStatsDriverSpecificFtps", "BlockStatsDriverSpecificGluster", "BlockStatsDriverSpecificHostCdrom", "BlockStatsDriverSpecificHostDevice", "BlockStatsDriverSpecificHttp", "BlockStatsDriverSpecificHttps", "BlockStatsDriverSpecificIscsi", "BlockStatsDriverSpecificLuks", "BlockStatsDriverSpecificNbd", "BlockStatsDriverSpecificNfs", "BlockStatsDriverSpecificNullAio", "BlockStatsDriverSpecificNullCo", "BlockStatsDriverSpecificNvme", "BlockStatsDriverSpecificParallels", "BlockStatsDriverSpecificPreallocate", "BlockStatsDriverSpecificQcow", "BlockStatsDriverSpecificQcow2", "BlockStatsDriverSpecificQed", "BlockStatsDriverSpecificQuorum", "BlockStatsDriverSpecificRaw", "BlockStatsDriverSpecificRbd", "BlockStatsDriverSpecificReplication", "BlockStatsDriverSpecificSnapshotAccess", "BlockStatsDriverSpecificSsh", "BlockStatsDriverSpecificThrottle", "BlockStatsDriverSpecificVdi", "BlockStatsDriverSpecificVhdx", "BlockStatsDriverSpecificVmdk", "BlockStatsDriverSpecificVpc", "BlockStatsDriverSpecificVvfat", "BlockStatsStats", "BlockStatsStatsRdLatencyHistogram", "BlockStatsStatsTimedStats", "BlockStreamArguments", "BlockdevAioOptions", "BlockdevBackupArguments", "BlockdevCacheOptions", "BlockdevChangeMediumArguments", "BlockdevChangeMediumArgumentsReadOnlyMode", "BlockdevCloseTrayArguments", "BlockdevCreateArguments", "BlockdevCreateOptions", "BlockdevCreateOptionsBlkdebug", "BlockdevCreateOptionsBlklogwrites", "BlockdevCreateOptionsBlkreplay", "BlockdevCreateOptionsBlkverify", "BlockdevCreateOptionsBochs", "BlockdevCreateOptionsCloop", "BlockdevCreateOptionsCompress", "BlockdevCreateOptionsCopyBeforeWrite", "BlockdevCreateOptionsCopyOnRead", "BlockdevCreateOptionsDmg", "BlockdevCreateOptionsFile", "BlockdevCreateOptionsFilePreallocation", "BlockdevCreateOptionsFtp", "BlockdevCreateOptionsFtps", "BlockdevCreateOptionsGluster", "BlockdevCreateOptionsGlusterLocation", "BlockdevCreateOptionsHostCdrom", "BlockdevCreateOptionsHostDevice", "BlockdevCreateOptionsHttp", "BlockdevCreateOptionsHttps", "BlockdevCreateOptionsIscsi", "BlockdevCreateOptionsLuks", "BlockdevCreateOptionsLuksCipherAlg", "BlockdevCreateOptionsLuksCipherMode", "BlockdevCreateOptionsLuksIvgenAlg", "BlockdevCreateOptionsLuksIvgenHashAlg", "BlockdevCreateOptionsNbd", "BlockdevCreateOptionsNfs", "BlockdevCreateOptionsNfsLocation", "BlockdevCreateOptionsNullAio", "BlockdevCreateOptionsNullCo", "BlockdevCreateOptionsNvme", "BlockdevCreateOptionsParallels", "BlockdevCreateOptionsPreallocate", "BlockdevCreateOptionsQcow", "BlockdevCreateOptionsQcow2", "BlockdevCreateOptionsQcow2CompressionType", "BlockdevCreateOptionsQcow2Version", "BlockdevCreateOptionsQcowEncrypt", "BlockdevCreateOptionsQcowEncryptLuks", "BlockdevCreateOptionsQcowEncryptQcow", "BlockdevCreateOptionsQed", "BlockdevCreateOptionsQuorum", "BlockdevCreateOptionsRaw", "BlockdevCreateOptionsRbd", "BlockdevCreateOptionsRbdEncrypt", "BlockdevCreateOptionsRbdEncryptLuks", "BlockdevCreateOptionsRbdEncryptLuks2", "BlockdevCreateOptionsRbdLocation", "BlockdevCreateOptionsReplication", "BlockdevCreateOptionsSnapshotAccess", "BlockdevCreateOptionsSsh", "BlockdevCreateOptionsSshLocation", "BlockdevCreateOptionsThrottle", "BlockdevCreateOptionsVdi", "BlockdevCreateOptionsVhdx", "BlockdevCreateOptionsVhdxSubformat", "BlockdevCreateOptionsVmdk", "BlockdevCreateOptionsVmdkAdapterType", "BlockdevCreateOptionsVmdkSubformat", "BlockdevCreateOptionsVpc", "BlockdevCreateOptionsVpcSubformat", "BlockdevCreateOptionsVvfat", "BlockdevDelArguments", "BlockdevDetectZeroesOptions", "BlockdevDiscardOptions", "BlockdevDriver", "BlockdevInsertMediumArguments", "BlockdevMirrorArguments", "BlockdevOpenTrayArguments", "BlockdevOptions", "BlockdevOptionsBlkdebug", "BlockdevOptionsBlkdebugInjectError", "BlockdevOptionsBlkdebugInjectErrorEvent", "BlockdevOptionsBlkdebugInjectErrorIotype", "BlockdevOptionsBlkdebugSetState", "BlockdevOptionsBlkdebugTakeChildPerms", "BlockdevOptionsBlklogwrites", "BlockdevOptionsBlkreplay", "BlockdevOptionsBlkverify", "BlockdevOptionsBochs", "BlockdevOptionsCloop", "BlockdevOptionsCompress", "BlockdevOptionsCopyBeforeWrite", "BlockdevOptionsCopyBeforeWriteOnCbwError", "BlockdevOptionsCopyOnRead", "BlockdevOptionsDmg", "BlockdevOptionsFile2", "BlockdevOptionsFile2Locking", "BlockdevOptionsFtp", "BlockdevOptionsFtps", "BlockdevOptionsGluster", "BlockdevOptionsHostCdrom", "BlockdevOptionsHostDevice", "BlockdevOptionsHttp", "BlockdevOptionsHttps", "BlockdevOptionsIscsi", "BlockdevOptionsIscsiHeaderDigest", "BlockdevOptionsIscsiTransport", "BlockdevOptionsLuks", "BlockdevOptionsNbd2", "BlockdevOptionsNfs", "BlockdevOptionsNfsServer", "BlockdevOptionsNfsServerType", "BlockdevOptionsNullAio", "BlockdevOptionsNullCo", "BlockdevOptionsNvme", "BlockdevOptionsParallels", "BlockdevOptionsPreallocate", "BlockdevOptionsQcow", "BlockdevOptionsQcow22", "BlockdevOptionsQcow22Encrypt", "BlockdevOptionsQcow22EncryptAes", "BlockdevOptionsQcow22EncryptLuks", "BlockdevOptionsQcow22OverlapCheck", "BlockdevOptionsQcow22OverlapCheckBranch", "BlockdevOptionsQcow22OverlapCheckBranchTemplate", "BlockdevOptionsQcowEncrypt", "BlockdevOptionsQcowEncryptAes", "BlockdevOptionsQed", "BlockdevOptionsQuorum", "BlockdevOptionsQuorumReadPattern", "BlockdevOptionsRaw2", "BlockdevOptionsRbd", "BlockdevOptionsRbdAuthClientRequired", "BlockdevOptionsRbdEncrypt", "BlockdevOptionsRbdEncryptLuks", "BlockdevOptionsRbdEncryptLuks2", "BlockdevOptionsRbdServer", "BlockdevOptionsReplication", "BlockdevOptionsReplicationMode", "BlockdevOptionsSnapshotAccess", "BlockdevOptionsSsh", "BlockdevOptionsSshHostKeyCheck", "BlockdevOptionsSshHostKeyCheckHash", "BlockdevOptionsSshHostKeyCheckHashType", "BlockdevOptionsSshHostKeyCheckKnownHosts", "BlockdevOptionsSshHostKeyCheckNone", "BlockdevOptionsSshServer", "BlockdevOptionsThrottle", "BlockdevOptionsVdi", "BlockdevOptionsVhdx", "BlockdevOptionsVmdk", "BlockdevOptionsVpc", "BlockdevOptionsVvfat", "BlockdevRef", "BlockdevRefOrNull", "BlockdevRemoveMediumArguments", "BlockdevReopenArguments", "BlockdevSnapshotArguments", "BlockdevSnapshotDeleteInternalSyncArguments", "BlockdevSnapshotInternalSyncArguments", "BlockdevSnapshotSyncArguments", "BlockdevSnapshotSyncArgumentsMode", "CalcDirtyRateArguments", "CalcDirtyRateArgumentsMode", "CancelVcpuDirtyLimitArguments", "ChangeBackingFileArguments", "ChangeVncPasswordArguments", "ChardevAddArguments", "ChardevBackend", "ChardevBackendBraille", "ChardevBackendConsole", "ChardevBackendDbus", "ChardevBackendDbusData", "ChardevBackendFile", "ChardevBackendFileData", "ChardevBackendMemory", "ChardevBackendMsmouse", "ChardevBackendMux", "ChardevBackendMuxData", "ChardevBackendNull", "ChardevBackendParallel", "ChardevBackendPipe", "ChardevBackendPty", "ChardevBackendPtyData", "ChardevBackendQemuVdagent", "ChardevBackendQemuVdagentData", "ChardevBackendRingbuf", "ChardevBackendRingbufData", "ChardevBackendSerial", "ChardevBackendSerialData", "ChardevBackendSocket", "ChardevBackendSocketData", "ChardevBackendSpiceport", "ChardevBackendSpiceportData", "ChardevBackendSpicevmc", "ChardevBackendSpicevmcData", "ChardevBackendStdio", "ChardevBackendStdioData", "ChardevBackendTestdev", "ChardevBackendUdp", "ChardevBackendUdpData", "ChardevBackendVc", "ChardevBackendVcData", "ChardevBackendWctablet", "ChardevChangeArguments", "ChardevInfo", "ChardevRemoveArguments", "ChardevReturn", "ChardevSendBreakArguments", "ClientMigrateInfoArguments", "ClosefdArguments", "CommandInfo", "CommandLineOptionInfo", "CommandLineOptionInfoParameters", "CommandLineOptionInfoParametersType", "CpuDefinitionInfo", "CpuInfoFast", "CpuInfoFastAarch64", "CpuInfoFastAlpha", "CpuInfoFastArm", "CpuInfoFastAvr", "CpuInfoFastCris", "CpuInfoFastHppa", "CpuInfoFastI386", "CpuInfoFastLoongarch64", "CpuInfoFastM68k", "CpuInfoFastMicroblaze", "CpuInfoFastMicroblazeel", "CpuInfoFastMips", "CpuInfoFastMips64", "CpuInfoFastMips64el", "CpuInfoFastMipsel", "CpuInfoFastNios2", "CpuInfoFastOr1k", "CpuInfoFastPpc", "CpuInfoFastPpc64", "CpuInfoFastRiscv32", "CpuInfoFastRiscv64", "CpuInfoFastRx", "CpuInfoFastS390x", "CpuInfoFastS390xCpuState", "CpuInfoFastSh4", "CpuInfoFastSh4eb", "CpuInfoFastSparc", "CpuInfoFastSparc64", "CpuInfoFastTricore", "CpuInfoFastX8664", "CpuInfoFastXtensa", "CpuInfoFastXtensaeb", "CpuInstanceProperties", "CpuModelExpansionInfo", "CpuModelInfo", "DeviceAddArguments", "DeviceDelArguments", "DeviceListPropertiesArguments", "DisplayOptions", "DisplayOptionsCurses", "DisplayOptionsDbus", "DisplayOptionsDefault", "DisplayOptionsEglHeadless", "DisplayOptionsGtk", "DisplayOptionsGtkGl", "DisplayOptionsNone", "DisplayOptionsSdl", "DisplayOptionsSdlGrabMod", "DisplayOptionsSpiceApp", "DisplayReloadArguments", "DisplayReloadArgumentsVnc", "DisplayUpdateArguments", "DisplayUpdateArgumentsVnc", "DriveBackupArguments", "DriveBackupArgumentsBitmapMode", "DriveBackupArgumentsSync", "DriveBackupArgumentsXPerf", "DriveMirrorArguments", "DriveMirrorArgumentsCopyMode", "DumpGuestMemoryArguments", "DumpGuestMemoryArgumentsFormat", "DumpQueryResult", "DumpQueryResultStatus", "DumpdtbArguments", "EjectArguments", "ExpirePasswordArguments", "ExpirePasswordArgumentsSpice", "ExpirePasswordArgumentsVnc", "FdsetInfo", "FdsetInfoFds", "GetfdArguments", "HotpluggableCPU", "HumanMonitorCommandArguments", "IOThreadInfo", "InputEvent", "InputEventAbs", "InputEventBtn", "InputEventBtnData", "InputEventBtnDataButton", "InputEventKey", "InputEventKeyData", "InputEventRel", "InputEventRelData", "InputEventRelDataAxis", "InputSendEventArguments", "JobCancelArguments", "JobCompleteArguments", "JobDismissArguments", "JobFinalizeArguments", "JobInfo", "JobInfoType", "JobPauseArguments", "JobResumeArguments", "JobStatus", "KeyValue", "KeyValueNumber", "KeyValueQcode", "KeyValueQcodeData", "KvmInfo", "MachineInfo", "Memdev", "MemoryDeviceInfo", "MemoryDeviceInfoDimm", "MemoryDeviceInfoDimmData", "MemoryDeviceInfoNvdimm", "MemoryDeviceInfoSgxEpc", "MemoryDeviceInfoSgxEpcData", "MemoryDeviceInfoVirtioMem", "MemoryDeviceInfoVirtioMemData", "MemoryDeviceInfoVirtioPmem", "MemoryDeviceInfoVirtioPmemData", "MemsaveArguments", "MigrateArguments", "MigrateContinueArguments", "MigrateIncomingArguments", "MigrateRecoverArguments", "MigrateSetCapabilitiesArguments", "MigrateSetParametersArguments", "MigrateSetParametersArgumentsBlockBitmapMapping", "MigrateSetParametersArgumentsBlockBitmapMappingBitmaps", "MigrateSetParametersArgumentsBlockBitmapMappingBitmapsTransform", "MigrateSetParametersArgumentsMultifdCompression", "MigrationCapability", "MigrationCapabilityStatus", "MigrationInfo", "MigrationInfoCompression", "MigrationInfoRam", "MigrationInfoVfio", "MigrationInfoXbzrleCache", "MigrationParameters", "MigrationStatus", "MouseInfo", "NameInfo", "NbdServerAddArguments", "NbdServerRemoveArguments", "NbdServerRemoveArgumentsMode", "NbdServerStartArguments", "NbdServerStartArgumentsAddr", "NbdServerStartArgumentsAddrFd", "NbdServerStartArgumentsAddrFdData", "NbdServerStartArgumentsAddrInet", "NbdServerStartArgumentsAddrUnix", "NbdServerStartArgumentsAddrUnixData", "NbdServerStartArgumentsAddrVsock", "NbdServerStartArgumentsAddrVsockData", "Netdev", "NetdevBridge", "NetdevDelArguments", "NetdevDgram", "NetdevHubport", "NetdevL2tpv3", "NetdevNetmap", "NetdevNic", "NetdevNone", "NetdevSocket", "NetdevStream", "NetdevTap", "NetdevUser", "NetdevVde", "NetdevVhostUser", "NetdevVhostVdpa", "ObjectDelArguments", "ObjectOptions", "ObjectOptionsAuthzList", "ObjectOptionsAuthzListPolicy", "ObjectOptionsAuthzListRules", "ObjectOptionsAuthzListRulesFormat", "ObjectOptionsAuthzListfile", "ObjectOptionsAuthzPam", "ObjectOptionsAuthzSimple", "ObjectOptionsCanBus", "ObjectOptionsCanHostSocketcan", "ObjectOptionsColoCompare", "ObjectOptionsCryptodevBackend", "ObjectOptionsCryptodevBackendBuiltin", "ObjectOptionsCryptodevBackendLkcf", "ObjectOptionsCryptodevVhostUser", "ObjectOptionsDbusVmstate", "ObjectOptionsFilterBuffer", "ObjectOptionsFilterBufferInsert", "ObjectOptionsFilterBufferQueue", "ObjectOptionsFilterDump", "ObjectOptionsFilterMirror", "ObjectOptionsFilterRedirector", "ObjectOptionsFilterReplay", "ObjectOptionsFilterRewriter", "ObjectOptionsInputBarrier", "ObjectOptionsInputLinux", "ObjectOptionsInputLinuxGrabToggle", "ObjectOptionsIothread", "ObjectOptionsMainLoop", "ObjectOptionsMemoryBackendEpc", "ObjectOptionsMemoryBackendEpcPolicy", "ObjectOptionsMemoryBackendFile", "ObjectOptionsMemoryBackendMemfd", "ObjectOptionsMemoryBackendRam", "ObjectOptionsPefGuest", "ObjectOptionsPrManagerHelper", "ObjectOptionsQtest", "ObjectOptionsRngBuiltin", "ObjectOptionsRngEgd", "ObjectOptionsRngRandom", "ObjectOptionsS390PvGuest", "ObjectOptionsSecret", "ObjectOptionsSecretFormat", "ObjectOptionsSecretKeyring", "ObjectOptionsSevGuest", "ObjectOptionsThreadContext", "ObjectOptionsThrottleGroup", "ObjectOptionsThrottleGroupLimits", "ObjectOptionsTlsCipherSuites", "ObjectOptionsTlsCredsAnon", "ObjectOptionsTlsCredsAnonEndpoint", "ObjectOptionsTlsCredsPsk", "ObjectOptionsTlsCredsX509", "ObjectOptionsXRemoteObject", "ObjectOptionsXVfioUserServer", "ObjectPropertyInfo", "ObjectTypeInfo", "PciInfo", "PciInfoDevices", "PciInfoDevicesClassInfo", "PciInfoDevicesId", "PciInfoDevicesPciBridge", "PciInfoDevicesPciBridgeBus", "PciInfoDevicesPciBridgeBusIoRange", "PciInfoDevicesRegions", "PmemsaveArguments", "QmpCapabilitiesArguments", "QmpCapabilitiesArgumentsEnable", "QomGetArguments", "QomListArguments", "QomListPropertiesArguments", "QomListTypesArguments", "QomSetArguments", "QueryAcpiOspmStatusResult", "QueryAcpiOspmStatusResultSlotType", "QueryBlockExportsResult", "QueryBlockExportsResultType", "QueryBlockstatsArguments", "QueryChardevBackendsResult", "QueryColoStatusResult", "QueryColoStatusResultMode", "QueryColoStatusResultReason", "QueryCommandLineOptionsArguments", "QueryCpuModelExpansionArguments", "QueryCpuModelExpansionArgumentsType", "QueryCurrentMachineResult", "QueryDirtyRateResult", "QueryDirtyRateResultStatus", "QueryDirtyRateResultVcpuDirtyRate", "QueryDumpGuestMemoryCapabilityResult", "QueryMemorySizeSummaryResult", "QueryNamedBlockNodesArguments", "QueryPrManagersResult", "QueryReplayResult", "QueryReplayResultMode", "QueryRockerArguments", "QueryRockerOfDpaFlowsArguments", "QueryRockerOfDpaFlowsResult", "QueryRockerOfDpaFlowsResultAction", "QueryRockerOfDpaFlowsResultKey", "QueryRockerOfDpaFlowsResultMask", "QueryRockerOfDpaGroupsArguments", "QueryRockerOfDpaGroupsResult", "QueryRockerPortsArguments", "QueryRockerPortsResult", "QueryRockerPortsResultAutoneg", "QueryRockerPortsResultDuplex", "QueryRockerResult", "QueryRxFilterArguments", "QuerySevAttestationReportArguments", "QuerySevAttestationReportResult", "QuerySevCapabilitiesResult", "QuerySevLaunchMeasureResult", "QuerySevResult", "QuerySevResultState", "QuerySgxResult", "QuerySgxResultSections", "QueryStatsArguments", "QueryStatsArgumentsVcpu", "QueryStatsArgumentsVcpuProviders", "QueryStatsArgumentsVcpuProvidersProvider", "QueryStatsArgumentsVm", "QueryStatsResult", "QueryStatsResultStats", "QueryStatsResultStatsValue", "QueryStatsSchemasArguments", "QueryStatsSchemasResult", "QueryStatsSchemasResultStats", "QueryStatsSchemasResultStatsType", "QueryStatsSchemasResultStatsUnit", "QueryStatsSchemasResultTarget", "QueryTpmModelsResult", "QueryTpmTypesResult", "QueryVcpuDirtyLimitResult", "QueryVmGenerationIdResult", "QueryVncServersResult", "QueryVncServersResultServer", "QueryVncServersResultServerAuth", "QueryVncServersResultServerVencrypt", "QueryXenReplicationStatusResult", "RemoveFdArguments", "ReplayBreakArguments", "ReplaySeekArguments", "RingbufReadArguments", "RingbufWriteArguments", "RingbufWriteArgumentsFormat", "RunState", "RxFilterInfo", "RxFilterInfoMulticast", "SchemaInfo", "SchemaInfoAlternate", "SchemaInfoAlternateMembers", "SchemaInfoArray", "SchemaInfoBuiltin", "SchemaInfoBuiltinJsonType", "SchemaInfoCommand", "SchemaInfoEnum", "SchemaInfoEnumMembers", "SchemaInfoEvent", "SchemaInfoObject", "SchemaInfoObjectMembers", "SchemaInfoObjectVariants", "ScreendumpArguments", "ScreendumpArgumentsFormat", "SendKeyArguments", "SetActionArguments", "SetActionArgumentsPanic", "SetActionArgumentsReboot", "SetLinkArguments", "SetNumaNodeArguments", "SetNumaNodeArgumentsCpu", "SetNumaNodeArgumentsDist", "SetNumaNodeArgumentsHmatCache", "SetNumaNodeArgumentsHmatCacheAssociativity", "SetNumaNodeArgumentsHmatCachePolicy", "SetNumaNodeArgumentsHmatLb", "SetNumaNodeArgumentsHmatLbDataType", "SetNumaNodeArgumentsHmatLbHierarchy", "SetNumaNodeArgumentsNode", "SetPasswordArguments", "SetPasswordArgumentsSpice", "SetPasswordArgumentsVnc", "SetPasswordArgumentsVncConnected", "SetVcpuDirtyLimitArguments", "SevInjectLaunchSecretArguments", "ShutdownAction", "SnapshotDeleteArguments", "SnapshotLoadArguments", "SnapshotSaveArguments", "SocketAddress", "SocketAddressFd", "SocketAddressInet", "SocketAddressUnix", "SocketAddressVsock", "SpiceInfo", "SpiceInfoChannels", "SpiceInfoChannelsFamily", "SpiceInfoMouseMode", "StatusInfo", "StrOrNull", "SysEmuTarget", "TPMInfo", "TPMInfoOptions", "TPMInfoOptionsEmulator", "TPMInfoOptionsEmulatorData", "TPMInfoOptionsPassthrough", "TPMInfoOptionsPassthroughData", "TargetInfo", "TraceEventGetStateArguments", "TraceEventGetStateResult", "TraceEventGetStateResultState", "TraceEventSetStateArguments", "TransactionAction", "TransactionActionAbort", "TransactionActionBlockDirtyBitmapAdd", "TransactionActionBlockDirtyBitmapClear", "TransactionActionBlockDirtyBitmapDisable", "TransactionActionBlockDirtyBitmapEnable", "TransactionActionBlockDirtyBitmapMerge", "TransactionActionBlockDirtyBitmapRemove", "TransactionActionBlockdevBackup", "TransactionActionBlockdevSnapshot", "TransactionActionBlockdevSnapshotInternalSync", "TransactionActionBlockdevSnapshotSync", "TransactionActionDriveBackup", "TransactionArguments", "TransactionArgumentsProperties", "TransactionArgumentsPropertiesCompletionMode", "UuidInfo", "VersionInfo", "VersionTriple", "VncInfo", "VncInfoClients", "WatchdogAction", "WatchdogSetActionArguments", "XBlockdevAmendArguments", "XBlockdevAmendArgumentsOptions", "XBlockdevAmendArgumentsOptionsBlkdebug", "XBlockdevAmendArgumentsOptionsBlklogwrites", "XBlockdevAmendArgumentsOptionsBlkreplay", "XBlockdevAmendArgumentsOptionsBlkverify", "XBlockdevAmendArgumentsOptionsBochs", "XBlockdevAmendArgumentsOptionsCloop", "XBlockdevAmendArgumentsOptionsCompress", "XBlockdevAmendArgumentsOptionsCopyBeforeWrite", "XBlockdevAmendArgumentsOptionsCopyOnRead", "XBlockdevAmendArgumentsOptionsDmg", "XBlockdevAmendArgumentsOptionsFile", "XBlockdevAmendArgumentsOptionsFtp", "XBlockdevAmendArgumentsOptionsFtps", "XBlockdevAmendArgumentsOptionsGluster", "XBlockdevAmendArgumentsOptionsHostCdrom", "XBlockdevAmendArgumentsOptionsHostDevice", "XBlockdevAmendArgumentsOptionsHttp", "XBlockdevAmendArgumentsOptionsHttps", "XBlockdevAmendArgumentsOptionsIscsi", "XBlockdevAmendArgumentsOptionsLuks", "XBlockdevAmendArgumentsOptionsLuksState", "XBlockdevAmendArgumentsOptionsNbd", "XBlockdevAmendArgumentsOptionsNfs", "XBlockdevAmendArgumentsOptionsNullAio", "XBlockdevAmendArgumentsOptionsNullCo", "XBlockdevAmendArgumentsOptionsNvme", "XBlockdevAmendArgumentsOptionsParallels", "XBlockdevAmendArgumentsOptionsPreallocate", "XBlockdevAmendArgumentsOptionsQcow", "XBlockdevAmendArgumentsOptionsQcow2", "XBlockdevAmendArgumentsOptionsQcow2Encrypt", "XBlockdevAmendArgumentsOptionsQcow2EncryptLuks", "XBlockdevAmendArgumentsOptionsQcow2EncryptQcow", "XBlockdevAmendArgumentsOptionsQed", "XBlockdevAmendArgumentsOptionsQuorum", "XBlockdevAmendArgumentsOptionsRaw", "XBlockdevAmendArgumentsOptionsRbd", "XBlockdevAmendArgumentsOptionsReplication", "XBlockdevAmendArgumentsOptionsSnapshotAccess", "XBlockdevAmendArgumentsOptionsSsh", "XBlockdevAmendArgumentsOptionsThrottle", "XBlockdevAmendArgumentsOptionsVdi", "XBlockdevAmendArgumentsOptionsVhdx", "XBlockdevAmendArgumentsOptionsVmdk", "XBlockdevAmendArgumentsOptionsVpc", "XBlockdevAmendArgumentsOptionsVvfat", "XBlockdevChangeArguments", "XBlockdevSetIothreadArguments", "XDebugBlockDirtyBitmapSha256Result", "XDebugQueryBlockGraphResult", "XDebugQueryBlockGraphResultEdges", "XDebugQueryBlockGraphResultNodes", "XDebugQueryBlockGraphResultNodesType", "XQueryIrqResult", "XQueryVirtioQueueElementArguments", "XQueryVirtioQueueElementResult", "XQueryVirtioQueueElementResultAvail", "XQueryVirtioQueueElementResultDescs", "XQueryVirtioQueueElementResultUsed", "XQueryVirtioQueueStatusArguments", "XQueryVirtioQueueStatusResult", "XQueryVirtioResult", "XQueryVirtioStatusArguments", "XQueryVirtioStatusResult", "XQueryVirtioStatusResultGuestFeatures", "XQueryVirtioStatusResultStatus", "XQueryVirtioStatusResultVhostDev", "XQueryVirtioStatusResultVhostDevProtocolFeatures", "XQueryVirtioVhostQueueStatusArguments", "XQueryVirtioVhostQueueStatusResult", "XenLoadDevicesStateArguments", "XenSaveDevicesStateArguments", "XenSetGlobalDirtyLogArguments", "XenSetReplicationArguments", "YankArguments", "YankArgumentsInstances", "YankArgumentsInstancesBlockNode", "YankArgumentsInstancesChardev", "YankArgumentsInstancesMigration"]
 
 
 class Omit:
@@ -46,6 +46,2126 @@ def _wire(arguments: dict[str, Any], rename: dict[str, str]) -> dict[str, Any] |
     return wire or None
 
 
+WatchdogAction: TypeAlias = Literal["reset", "shutdown", "poweroff", "pause", "debug", "none", "inject-nmi"]
+
+
+class WatchdogSetActionArguments(TypedDict):
+    action: WatchdogAction
+
+
+SetActionArgumentsReboot: TypeAlias = Literal["reset", "shutdown"]
+ShutdownAction: TypeAlias = Literal["poweroff", "pause"]
+SetActionArgumentsPanic: TypeAlias = Literal["pause", "shutdown", "exit-failure", "none"]
+
+
+class SetActionArguments(TypedDict):
+    reboot: NotRequired[SetActionArgumentsReboot]
+    shutdown: NotRequired[ShutdownAction]
+    panic: NotRequired[SetActionArgumentsPanic]
+    watchdog: NotRequired[WatchdogAction]
+
+
+
+
+class EjectArguments(TypedDict):
+    device: NotRequired[str]
+    id: NotRequired[str]
+    force: NotRequired[bool]
+
+
+
+
+class BlockdevOpenTrayArguments(TypedDict):
+    device: NotRequired[str]
+    id: NotRequired[str]
+    force: NotRequired[bool]
+
+
+
+
+class BlockdevCloseTrayArguments(TypedDict):
+    device: NotRequired[str]
+    id: NotRequired[str]
+
+
+
+
+class BlockdevRemoveMediumArguments(TypedDict):
+    id: str
+
+
+BlockdevInsertMediumArguments = TypedDict("BlockdevInsertMediumArguments", {"id": "str", "node-name": "str"})
+BlockdevChangeMediumArgumentsReadOnlyMode: TypeAlias = Literal["retain", "read-only", "read-write"]
+BlockdevChangeMediumArguments = TypedDict("BlockdevChangeMediumArguments", {"device": "NotRequired[str]", "id": "NotRequired[str]", "filename": "str", "format": "NotRequired[str]", "force": "NotRequired[bool]", "read-only-mode": "NotRequired[BlockdevChangeMediumArgumentsReadOnlyMode]"})
+
+
+class BlockSetIoThrottleArguments(TypedDict):
+    device: NotRequired[str]
+    id: NotRequired[str]
+    bps: int
+    bps_rd: int
+    bps_wr: int
+    iops: int
+    iops_rd: int
+    iops_wr: int
+    bps_max: NotRequired[int]
+    bps_rd_max: NotRequired[int]
+    bps_wr_max: NotRequired[int]
+    iops_max: NotRequired[int]
+    iops_rd_max: NotRequired[int]
+    iops_wr_max: NotRequired[int]
+    bps_max_length: NotRequired[int]
+    bps_rd_max_length: NotRequired[int]
+    bps_wr_max_length: NotRequired[int]
+    iops_max_length: NotRequired[int]
+    iops_rd_max_length: NotRequired[int]
+    iops_wr_max_length: NotRequired[int]
+    iops_size: NotRequired[int]
+    group: NotRequired[str]
+
+
+BlockLatencyHistogramSetArguments = TypedDict("BlockLatencyHistogramSetArguments", {"id": "str", "boundaries": "NotRequired[list[int]]", "boundaries-read": "NotRequired[list[int]]", "boundaries-write": "NotRequired[list[int]]", "boundaries-flush": "NotRequired[list[int]]"})
+QueryBlockstatsArguments = TypedDict("QueryBlockstatsArguments", {"query-nodes": "NotRequired[bool]"})
+BlockResizeArguments = TypedDict("BlockResizeArguments", {"device": "NotRequired[str]", "node-name": "NotRequired[str]", "size": "int"})
+BlockdevSnapshotSyncArgumentsMode: TypeAlias = Literal["existing", "absolute-paths"]
+BlockdevSnapshotSyncArguments = TypedDict("BlockdevSnapshotSyncArguments", {"device": "NotRequired[str]", "node-name": "NotRequired[str]", "snapshot-file": "str", "snapshot-node-name": "NotRequired[str]", "format": "NotRequired[str]", "mode": "NotRequired[BlockdevSnapshotSyncArgumentsMode]"})
+
+
+class BlockdevSnapshotArguments(TypedDict):
+    node: str
+    overlay: str
+
+
+ChangeBackingFileArguments = TypedDict("ChangeBackingFileArguments", {"device": "str", "image-node-name": "str", "backing-file": "str"})
+BlockCommitArgumentsOnError: TypeAlias = Literal["report", "ignore", "enospc", "stop", "auto"]
+BlockCommitArguments = TypedDict("BlockCommitArguments", {"job-id": "NotRequired[str]", "device": "str", "base-node": "NotRequired[str]", "base": "NotRequired[str]", "top-node": "NotRequired[str]", "top": "NotRequired[str]", "backing-file": "NotRequired[str]", "speed": "NotRequired[int]", "on-error": "NotRequired[BlockCommitArgumentsOnError]", "filter-node-name": "NotRequired[str]", "auto-finalize": "NotRequired[bool]", "auto-dismiss": "NotRequired[bool]"})
+DriveBackupArgumentsSync: TypeAlias = Literal["top", "full", "none", "incremental", "bitmap"]
+DriveBackupArgumentsBitmapMode: TypeAlias = Literal["on-success", "never", "always"]
+DriveBackupArgumentsXPerf = TypedDict("DriveBackupArgumentsXPerf", {"use-copy-range": "NotRequired[bool]", "max-workers": "NotRequired[int]", "max-chunk": "NotRequired[int]"})
+DriveBackupArguments = TypedDict("DriveBackupArguments", {"job-id": "NotRequired[str]", "device": "str", "sync": "DriveBackupArgumentsSync", "speed": "NotRequired[int]", "bitmap": "NotRequired[str]", "bitmap-mode": "NotRequired[DriveBackupArgumentsBitmapMode]", "compress": "NotRequired[bool]", "on-source-error": "NotRequired[BlockCommitArgumentsOnError]", "on-target-error": "NotRequired[BlockCommitArgumentsOnError]", "auto-finalize": "NotRequired[bool]", "auto-dismiss": "NotRequired[bool]", "filter-node-name": "NotRequired[str]", "x-perf": "NotRequired[DriveBackupArgumentsXPerf]", "target": "str", "format": "NotRequired[str]", "mode": "NotRequired[BlockdevSnapshotSyncArgumentsMode]"})
+BlockdevBackupArguments = TypedDict("BlockdevBackupArguments", {"job-id": "NotRequired[str]", "device": "str", "sync": "DriveBackupArgumentsSync", "speed": "NotRequired[int]", "bitmap": "NotRequired[str]", "bitmap-mode": "NotRequired[DriveBackupArgumentsBitmapMode]", "compress": "NotRequired[bool]", "on-source-error": "NotRequired[BlockCommitArgumentsOnError]", "on-target-error": "NotRequired[BlockCommitArgumentsOnError]", "auto-finalize": "NotRequired[bool]", "auto-dismiss": "NotRequired[bool]", "filter-node-name": "NotRequired[str]", "x-perf": "NotRequired[DriveBackupArgumentsXPerf]", "target": "str"})
+
+
+class QueryNamedBlockNodesArguments(TypedDict):
+    flat: NotRequired[bool]
+
+
+DriveMirrorArgumentsCopyMode: TypeAlias = Literal["background", "write-blocking"]
+DriveMirrorArguments = TypedDict("DriveMirrorArguments", {"job-id": "NotRequired[str]", "device": "str", "target": "str", "format": "NotRequired[str]", "node-name": "NotRequired[str]", "replaces": "NotRequired[str]", "sync": "DriveBackupArgumentsSync", "mode": "NotRequired[BlockdevSnapshotSyncArgumentsMode]", "speed": "NotRequired[int]", "granularity": "NotRequired[int]", "buf-size": "NotRequired[int]", "on-source-error": "NotRequired[BlockCommitArgumentsOnError]", "on-target-error": "NotRequired[BlockCommitArgumentsOnError]", "unmap": "NotRequired[bool]", "copy-mode": "NotRequired[DriveMirrorArgumentsCopyMode]", "auto-finalize": "NotRequired[bool]", "auto-dismiss": "NotRequired[bool]"})
+
+
+class BlockDirtyBitmapAddArguments(TypedDict):
+    node: str
+    name: str
+    granularity: NotRequired[int]
+    persistent: NotRequired[bool]
+    disabled: NotRequired[bool]
+
+
+
+
+class BlockDirtyBitmapRemoveArguments(TypedDict):
+    node: str
+    name: str
+
+
+BlockDirtyBitmapOrStr: TypeAlias = "str | BlockDirtyBitmapRemoveArguments"
+
+
+class BlockDirtyBitmapMergeArguments(TypedDict):
+    node: str
+    target: str
+    bitmaps: list[BlockDirtyBitmapOrStr]
+
+
+BlockdevMirrorArguments = TypedDict("BlockdevMirrorArguments", {"job-id": "NotRequired[str]", "device": "str", "target": "str", "replaces": "NotRequired[str]", "sync": "DriveBackupArgumentsSync", "speed": "NotRequired[int]", "granularity": "NotRequired[int]", "buf-size": "NotRequired[int]", "on-source-error": "NotRequired[BlockCommitArgumentsOnError]", "on-target-error": "NotRequired[BlockCommitArgumentsOnError]", "filter-node-name": "NotRequired[str]", "copy-mode": "NotRequired[DriveMirrorArgumentsCopyMode]", "auto-finalize": "NotRequired[bool]", "auto-dismiss": "NotRequired[bool]"})
+BlockStreamArguments = TypedDict("BlockStreamArguments", {"job-id": "NotRequired[str]", "device": "str", "base": "NotRequired[str]", "base-node": "NotRequired[str]", "backing-file": "NotRequired[str]", "bottom": "NotRequired[str]", "speed": "NotRequired[int]", "on-error": "NotRequired[BlockCommitArgumentsOnError]", "filter-node-name": "NotRequired[str]", "auto-finalize": "NotRequired[bool]", "auto-dismiss": "NotRequired[bool]"})
+
+
+class BlockJobSetSpeedArguments(TypedDict):
+    device: str
+    speed: int
+
+
+
+
+class BlockJobCancelArguments(TypedDict):
+    device: str
+    force: NotRequired[bool]
+
+
+
+
+class BlockJobPauseArguments(TypedDict):
+    device: str
+
+
+
+
+class BlockJobResumeArguments(TypedDict):
+    device: str
+
+
+
+
+class BlockJobCompleteArguments(TypedDict):
+    device: str
+
+
+
+
+class BlockJobDismissArguments(TypedDict):
+    id: str
+
+
+
+
+class BlockJobFinalizeArguments(TypedDict):
+    id: str
+
+
+BlockdevDiscardOptions: TypeAlias = Literal["ignore", "unmap"]
+BlockdevCacheOptions = TypedDict("BlockdevCacheOptions", {"direct": "NotRequired[bool]", "no-flush": "NotRequired[bool]"})
+BlockdevDetectZeroesOptions: TypeAlias = Literal["off", "on", "unmap"]
+BlockdevRef: TypeAlias = "BlockdevOptions | str"
+BlockdevOptionsBlkdebugInjectErrorEvent: TypeAlias = Literal["l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table", "l2_load", "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write", "read_aio", "read_backing_aio", "read_compressed", "write_aio", "write_compressed", "vmstate_load", "vmstate_save", "cow_read", "cow_write", "reftable_load", "reftable_grow", "reftable_update", "refblock_load", "refblock_update", "refblock_update_part", "refblock_alloc", "refblock_alloc_hookup", "refblock_alloc_write", "refblock_alloc_write_blocks", "refblock_alloc_write_table", "refblock_alloc_switch_table", "cluster_alloc", "cluster_alloc_bytes", "cluster_free", "flush_to_os", "flush_to_disk", "pwritev_rmw_head", "pwritev_rmw_after_head", "pwritev_rmw_tail", "pwritev_rmw_after_tail", "pwritev", "pwritev_zero", "pwritev_done", "empty_image_prepare", "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write", "cluster_alloc_space", "none"]
+BlockdevOptionsBlkdebugInjectErrorIotype: TypeAlias = Literal["read", "write", "write-zeroes", "discard", "flush", "block-status"]
+
+
+class BlockdevOptionsBlkdebugInjectError(TypedDict):
+    event: BlockdevOptionsBlkdebugInjectErrorEvent
+    state: NotRequired[int]
+    iotype: NotRequired[BlockdevOptionsBlkdebugInjectErrorIotype]
+    errno: NotRequired[int]
+    sector: NotRequired[int]
+    once: NotRequired[bool]
+    immediately: NotRequired[bool]
+
+
+
+
+class BlockdevOptionsBlkdebugSetState(TypedDict):
+    event: BlockdevOptionsBlkdebugInjectErrorEvent
+    state: NotRequired[int]
+    new_state: int
+
+
+BlockdevOptionsBlkdebugTakeChildPerms: TypeAlias = Literal["consistent-read", "write", "write-unchanged", "resize"]
+BlockdevOptionsBlkdebug = TypedDict("BlockdevOptionsBlkdebug", {"driver": "Literal[\"blkdebug\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "image": "BlockdevRef", "config": "NotRequired[str]", "align": "NotRequired[int]", "max-transfer": "NotRequired[int]", "opt-write-zero": "NotRequired[int]", "max-write-zero": "NotRequired[int]", "opt-discard": "NotRequired[int]", "max-discard": "NotRequired[int]", "inject-error": "NotRequired[list[BlockdevOptionsBlkdebugInjectError]]", "set-state": "NotRequired[list[BlockdevOptionsBlkdebugSetState]]", "take-child-perms": "NotRequired[list[BlockdevOptionsBlkdebugTakeChildPerms]]", "unshare-child-perms": "NotRequired[list[BlockdevOptionsBlkdebugTakeChildPerms]]"})
+BlockdevOptionsBlklogwrites = TypedDict("BlockdevOptionsBlklogwrites", {"driver": "Literal[\"blklogwrites\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "log": "BlockdevRef", "log-sector-size": "NotRequired[int]", "log-append": "NotRequired[bool]", "log-super-update-interval": "NotRequired[int]"})
+BlockdevOptionsBlkverify = TypedDict("BlockdevOptionsBlkverify", {"driver": "Literal[\"blkverify\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "test": "BlockdevRef", "raw": "BlockdevRef"})
+BlockdevOptionsBlkreplay = TypedDict("BlockdevOptionsBlkreplay", {"driver": "Literal[\"blkreplay\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "image": "BlockdevRef"})
+BlockdevOptionsBochs = TypedDict("BlockdevOptionsBochs", {"driver": "Literal[\"bochs\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
+BlockdevOptionsCloop = TypedDict("BlockdevOptionsCloop", {"driver": "Literal[\"cloop\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
+BlockdevOptionsCompress = TypedDict("BlockdevOptionsCompress", {"driver": "Literal[\"compress\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
+BlockdevOptionsCopyBeforeWriteOnCbwError: TypeAlias = Literal["break-guest-write", "break-snapshot"]
+BlockdevOptionsCopyBeforeWrite = TypedDict("BlockdevOptionsCopyBeforeWrite", {"driver": "Literal[\"copy-before-write\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "target": "BlockdevRef", "bitmap": "NotRequired[BlockDirtyBitmapRemoveArguments]", "on-cbw-error": "NotRequired[BlockdevOptionsCopyBeforeWriteOnCbwError]", "cbw-timeout": "NotRequired[int]"})
+BlockdevOptionsCopyOnRead = TypedDict("BlockdevOptionsCopyOnRead", {"driver": "Literal[\"copy-on-read\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "bottom": "NotRequired[str]"})
+BlockdevOptionsDmg = TypedDict("BlockdevOptionsDmg", {"driver": "Literal[\"dmg\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
+BlockdevOptionsFile2Locking: TypeAlias = Literal["auto", "on", "off"]
+BlockdevAioOptions: TypeAlias = Literal["threads", "native", "io_uring"]
+BlockdevOptionsFile2 = TypedDict("BlockdevOptionsFile2", {"driver": "Literal[\"file\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "filename": "str", "pr-manager": "NotRequired[str]", "locking": "NotRequired[BlockdevOptionsFile2Locking]", "aio": "NotRequired[BlockdevAioOptions]", "aio-max-batch": "NotRequired[int]", "drop-cache": "NotRequired[bool]", "x-check-cache-dropped": "NotRequired[bool]"})
+BlockdevOptionsFtp = TypedDict("BlockdevOptionsFtp", {"driver": "Literal[\"ftp\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "url": "str", "readahead": "NotRequired[int]", "timeout": "NotRequired[int]", "username": "NotRequired[str]", "password-secret": "NotRequired[str]", "proxy-username": "NotRequired[str]", "proxy-password-secret": "NotRequired[str]"})
+BlockdevOptionsFtps = TypedDict("BlockdevOptionsFtps", {"driver": "Literal[\"ftps\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "url": "str", "readahead": "NotRequired[int]", "timeout": "NotRequired[int]", "username": "NotRequired[str]", "password-secret": "NotRequired[str]", "proxy-username": "NotRequired[str]", "proxy-password-secret": "NotRequired[str]", "sslverify": "NotRequired[bool]"})
+SocketAddressInet = TypedDict("SocketAddressInet", {"type": "Literal[\"inet\"]", "host": "str", "port": "str", "numeric": "NotRequired[bool]", "to": "NotRequired[int]", "ipv4": "NotRequired[bool]", "ipv6": "NotRequired[bool]", "keep-alive": "NotRequired[bool]", "mptcp": "NotRequired[bool]"})
+
+
+class SocketAddressUnix(TypedDict):
+    type: Literal["unix"]
+    path: str
+    abstract: NotRequired[bool]
+    tight: NotRequired[bool]
+
+
+
+
+class SocketAddressVsock(TypedDict):
+    type: Literal["vsock"]
+    cid: str
+    port: str
+
+
+
+
+class SocketAddressFd(TypedDict):
+    type: Literal["fd"]
+    str: str
+
+
+SocketAddress: TypeAlias = "SocketAddressInet | SocketAddressUnix | SocketAddressVsock | SocketAddressFd"
+BlockdevOptionsGluster = TypedDict("BlockdevOptionsGluster", {"driver": "Literal[\"gluster\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "volume": "str", "path": "str", "server": "list[SocketAddress]", "debug": "NotRequired[int]", "logfile": "NotRequired[str]"})
+BlockdevOptionsHostCdrom = TypedDict("BlockdevOptionsHostCdrom", {"driver": "Literal[\"host_cdrom\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "filename": "str", "pr-manager": "NotRequired[str]", "locking": "NotRequired[BlockdevOptionsFile2Locking]", "aio": "NotRequired[BlockdevAioOptions]", "aio-max-batch": "NotRequired[int]", "drop-cache": "NotRequired[bool]", "x-check-cache-dropped": "NotRequired[bool]"})
+BlockdevOptionsHostDevice = TypedDict("BlockdevOptionsHostDevice", {"driver": "Literal[\"host_device\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "filename": "str", "pr-manager": "NotRequired[str]", "locking": "NotRequired[BlockdevOptionsFile2Locking]", "aio": "NotRequired[BlockdevAioOptions]", "aio-max-batch": "NotRequired[int]", "drop-cache": "NotRequired[bool]", "x-check-cache-dropped": "NotRequired[bool]"})
+BlockdevOptionsHttp = TypedDict("BlockdevOptionsHttp", {"driver": "Literal[\"http\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "url": "str", "readahead": "NotRequired[int]", "timeout": "NotRequired[int]", "username": "NotRequired[str]", "password-secret": "NotRequired[str]", "proxy-username": "NotRequired[str]", "proxy-password-secret": "NotRequired[str]", "cookie": "NotRequired[str]", "cookie-secret": "NotRequired[str]"})
+BlockdevOptionsHttps = TypedDict("BlockdevOptionsHttps", {"driver": "Literal[\"https\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "url": "str", "readahead": "NotRequired[int]", "timeout": "NotRequired[int]", "username": "NotRequired[str]", "password-secret": "NotRequired[str]", "proxy-username": "NotRequired[str]", "proxy-password-secret": "NotRequired[str]", "cookie": "NotRequired[str]", "sslverify": "NotRequired[bool]", "cookie-secret": "NotRequired[str]"})
+BlockdevOptionsIscsiTransport: TypeAlias = Literal["tcp", "iser"]
+BlockdevOptionsIscsiHeaderDigest: TypeAlias = Literal["crc32c", "none", "crc32c-none", "none-crc32c"]
+BlockdevOptionsIscsi = TypedDict("BlockdevOptionsIscsi", {"driver": "Literal[\"iscsi\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "transport": "BlockdevOptionsIscsiTransport", "portal": "str", "target": "str", "lun": "NotRequired[int]", "user": "NotRequired[str]", "password-secret": "NotRequired[str]", "initiator-name": "NotRequired[str]", "header-digest": "NotRequired[BlockdevOptionsIscsiHeaderDigest]", "timeout": "NotRequired[int]"})
+BlockdevOptionsLuks = TypedDict("BlockdevOptionsLuks", {"driver": "Literal[\"luks\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "key-secret": "NotRequired[str]"})
+BlockdevOptionsNbd2 = TypedDict("BlockdevOptionsNbd2", {"driver": "Literal[\"nbd\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "server": "SocketAddress", "export": "NotRequired[str]", "tls-creds": "NotRequired[str]", "tls-hostname": "NotRequired[str]", "x-dirty-bitmap": "NotRequired[str]", "reconnect-delay": "NotRequired[int]", "open-timeout": "NotRequired[int]"})
+BlockdevOptionsNfsServerType: TypeAlias = Literal["inet"]
+
+
+class BlockdevOptionsNfsServer(TypedDict):
+    type: BlockdevOptionsNfsServerType
+    host: str
+
+
+BlockdevOptionsNfs = TypedDict("BlockdevOptionsNfs", {"driver": "Literal[\"nfs\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "server": "BlockdevOptionsNfsServer", "path": "str", "user": "NotRequired[int]", "group": "NotRequired[int]", "tcp-syn-count": "NotRequired[int]", "readahead-size": "NotRequired[int]", "page-cache-size": "NotRequired[int]", "debug": "NotRequired[int]"})
+BlockdevOptionsNullAio = TypedDict("BlockdevOptionsNullAio", {"driver": "Literal[\"null-aio\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "size": "NotRequired[int]", "latency-ns": "NotRequired[int]", "read-zeroes": "NotRequired[bool]"})
+BlockdevOptionsNullCo = TypedDict("BlockdevOptionsNullCo", {"driver": "Literal[\"null-co\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "size": "NotRequired[int]", "latency-ns": "NotRequired[int]", "read-zeroes": "NotRequired[bool]"})
+BlockdevOptionsNvme = TypedDict("BlockdevOptionsNvme", {"driver": "Literal[\"nvme\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "device": "str", "namespace": "int"})
+BlockdevOptionsParallels = TypedDict("BlockdevOptionsParallels", {"driver": "Literal[\"parallels\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
+BlockdevOptionsPreallocate = TypedDict("BlockdevOptionsPreallocate", {"driver": "Literal[\"preallocate\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "prealloc-align": "NotRequired[int]", "prealloc-size": "NotRequired[int]"})
+BlockdevRefOrNull: TypeAlias = "BlockdevOptions | str | None"
+BlockdevOptionsQcow22OverlapCheckBranchTemplate: TypeAlias = Literal["none", "constant", "cached", "all"]
+BlockdevOptionsQcow22OverlapCheckBranch = TypedDict("BlockdevOptionsQcow22OverlapCheckBranch", {"template": "NotRequired[BlockdevOptionsQcow22OverlapCheckBranchTemplate]", "main-header": "NotRequired[bool]", "active-l1": "NotRequired[bool]", "active-l2": "NotRequired[bool]", "refcount-table": "NotRequired[bool]", "refcount-block": "NotRequired[bool]", "snapshot-table": "NotRequired[bool]", "inactive-l1": "NotRequired[bool]", "inactive-l2": "NotRequired[bool]", "bitmap-directory": "NotRequired[bool]"})
+BlockdevOptionsQcow22OverlapCheck: TypeAlias = "BlockdevOptionsQcow22OverlapCheckBranch | BlockdevOptionsQcow22OverlapCheckBranchTemplate"
+BlockdevOptionsQcow22EncryptAes = TypedDict("BlockdevOptionsQcow22EncryptAes", {"format": "Literal[\"aes\"]", "key-secret": "NotRequired[str]"})
+BlockdevOptionsQcow22EncryptLuks = TypedDict("BlockdevOptionsQcow22EncryptLuks", {"format": "Literal[\"luks\"]", "key-secret": "NotRequired[str]"})
+BlockdevOptionsQcow22Encrypt: TypeAlias = "BlockdevOptionsQcow22EncryptAes | BlockdevOptionsQcow22EncryptLuks"
+BlockdevOptionsQcow22 = TypedDict("BlockdevOptionsQcow22", {"driver": "Literal[\"qcow2\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "backing": "NotRequired[BlockdevRefOrNull]", "lazy-refcounts": "NotRequired[bool]", "pass-discard-request": "NotRequired[bool]", "pass-discard-snapshot": "NotRequired[bool]", "pass-discard-other": "NotRequired[bool]", "overlap-check": "NotRequired[BlockdevOptionsQcow22OverlapCheck]", "cache-size": "NotRequired[int]", "l2-cache-size": "NotRequired[int]", "l2-cache-entry-size": "NotRequired[int]", "refcount-cache-size": "NotRequired[int]", "cache-clean-interval": "NotRequired[int]", "encrypt": "NotRequired[BlockdevOptionsQcow22Encrypt]", "data-file": "NotRequired[BlockdevRef]"})
+BlockdevOptionsQcowEncryptAes = TypedDict("BlockdevOptionsQcowEncryptAes", {"format": "Literal[\"aes\"]", "key-secret": "NotRequired[str]"})
+BlockdevOptionsQcowEncrypt: TypeAlias = "BlockdevOptionsQcowEncryptAes"
+BlockdevOptionsQcow = TypedDict("BlockdevOptionsQcow", {"driver": "Literal[\"qcow\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "backing": "NotRequired[BlockdevRefOrNull]", "encrypt": "NotRequired[BlockdevOptionsQcowEncrypt]"})
+BlockdevOptionsQed = TypedDict("BlockdevOptionsQed", {"driver": "Literal[\"qed\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "backing": "NotRequired[BlockdevRefOrNull]"})
+BlockdevOptionsQuorumReadPattern: TypeAlias = Literal["quorum", "fifo"]
+BlockdevOptionsQuorum = TypedDict("BlockdevOptionsQuorum", {"driver": "Literal[\"quorum\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "blkverify": "NotRequired[bool]", "children": "list[BlockdevRef]", "vote-threshold": "int", "rewrite-corrupted": "NotRequired[bool]", "read-pattern": "NotRequired[BlockdevOptionsQuorumReadPattern]"})
+BlockdevOptionsRaw2 = TypedDict("BlockdevOptionsRaw2", {"driver": "Literal[\"raw\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "offset": "NotRequired[int]", "size": "NotRequired[int]"})
+BlockdevOptionsRbdEncryptLuks = TypedDict("BlockdevOptionsRbdEncryptLuks", {"format": "Literal[\"luks\"]", "key-secret": "str"})
+BlockdevOptionsRbdEncryptLuks2 = TypedDict("BlockdevOptionsRbdEncryptLuks2", {"format": "Literal[\"luks2\"]", "key-secret": "str"})
+BlockdevOptionsRbdEncrypt: TypeAlias = "BlockdevOptionsRbdEncryptLuks | BlockdevOptionsRbdEncryptLuks2"
+BlockdevOptionsRbdAuthClientRequired: TypeAlias = Literal["cephx", "none"]
+
+
+class BlockdevOptionsRbdServer(TypedDict):
+    host: str
+    port: str
+
+
+BlockdevOptionsRbd = TypedDict("BlockdevOptionsRbd", {"driver": "Literal[\"rbd\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "pool": "str", "namespace": "NotRequired[str]", "image": "str", "conf": "NotRequired[str]", "snapshot": "NotRequired[str]", "encrypt": "NotRequired[BlockdevOptionsRbdEncrypt]", "user": "NotRequired[str]", "auth-client-required": "NotRequired[list[BlockdevOptionsRbdAuthClientRequired]]", "key-secret": "NotRequired[str]", "server": "NotRequired[list[BlockdevOptionsRbdServer]]"})
+BlockdevOptionsReplicationMode: TypeAlias = Literal["primary", "secondary"]
+BlockdevOptionsReplication = TypedDict("BlockdevOptionsReplication", {"driver": "Literal[\"replication\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "mode": "BlockdevOptionsReplicationMode", "top-id": "NotRequired[str]"})
+BlockdevOptionsSnapshotAccess = TypedDict("BlockdevOptionsSnapshotAccess", {"driver": "Literal[\"snapshot-access\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
+BlockdevOptionsSshServer = TypedDict("BlockdevOptionsSshServer", {"host": "str", "port": "str", "numeric": "NotRequired[bool]", "to": "NotRequired[int]", "ipv4": "NotRequired[bool]", "ipv6": "NotRequired[bool]", "keep-alive": "NotRequired[bool]", "mptcp": "NotRequired[bool]"})
+BlockdevOptionsSshHostKeyCheckHashType: TypeAlias = Literal["md5", "sha1", "sha256"]
+
+
+class BlockdevOptionsSshHostKeyCheckHash(TypedDict):
+    mode: Literal["hash"]
+    type: BlockdevOptionsSshHostKeyCheckHashType
+    hash: str
+
+
+
+
+class BlockdevOptionsSshHostKeyCheckNone(TypedDict):
+    mode: Literal["none"]
+
+
+
+
+class BlockdevOptionsSshHostKeyCheckKnownHosts(TypedDict):
+    mode: Literal["known_hosts"]
+
+
+BlockdevOptionsSshHostKeyCheck: TypeAlias = "BlockdevOptionsSshHostKeyCheckHash | BlockdevOptionsSshHostKeyCheckNone | BlockdevOptionsSshHostKeyCheckKnownHosts"
+BlockdevOptionsSsh = TypedDict("BlockdevOptionsSsh", {"driver": "Literal[\"ssh\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "server": "BlockdevOptionsSshServer", "path": "str", "user": "NotRequired[str]", "host-key-check": "NotRequired[BlockdevOptionsSshHostKeyCheck]"})
+BlockdevOptionsThrottle = TypedDict("BlockdevOptionsThrottle", {"driver": "Literal[\"throttle\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "throttle-group": "str", "file": "BlockdevRef"})
+BlockdevOptionsVdi = TypedDict("BlockdevOptionsVdi", {"driver": "Literal[\"vdi\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
+BlockdevOptionsVhdx = TypedDict("BlockdevOptionsVhdx", {"driver": "Literal[\"vhdx\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
+BlockdevOptionsVmdk = TypedDict("BlockdevOptionsVmdk", {"driver": "Literal[\"vmdk\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "backing": "NotRequired[BlockdevRefOrNull]"})
+BlockdevOptionsVpc = TypedDict("BlockdevOptionsVpc", {"driver": "Literal[\"vpc\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
+BlockdevOptionsVvfat = TypedDict("BlockdevOptionsVvfat", {"driver": "Literal[\"vvfat\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "dir": "str", "fat-type": "NotRequired[int]", "floppy": "NotRequired[bool]", "label": "NotRequired[str]", "rw": "NotRequired[bool]"})
+BlockdevOptions: TypeAlias = "BlockdevOptionsBlkdebug | BlockdevOptionsBlklogwrites | BlockdevOptionsBlkverify | BlockdevOptionsBlkreplay | BlockdevOptionsBochs | BlockdevOptionsCloop | BlockdevOptionsCompress | BlockdevOptionsCopyBeforeWrite | BlockdevOptionsCopyOnRead | BlockdevOptionsDmg | BlockdevOptionsFile2 | BlockdevOptionsFtp | BlockdevOptionsFtps | BlockdevOptionsGluster | BlockdevOptionsHostCdrom | BlockdevOptionsHostDevice | BlockdevOptionsHttp | BlockdevOptionsHttps | BlockdevOptionsIscsi | BlockdevOptionsLuks | BlockdevOptionsNbd2 | BlockdevOptionsNfs | BlockdevOptionsNullAio | BlockdevOptionsNullCo | BlockdevOptionsNvme | BlockdevOptionsParallels | BlockdevOptionsPreallocate | BlockdevOptionsQcow22 | BlockdevOptionsQcow | BlockdevOptionsQed | BlockdevOptionsQuorum | BlockdevOptionsRaw2 | BlockdevOptionsRbd | BlockdevOptionsReplication | BlockdevOptionsSnapshotAccess | BlockdevOptionsSsh | BlockdevOptionsThrottle | BlockdevOptionsVdi | BlockdevOptionsVhdx | BlockdevOptionsVmdk | BlockdevOptionsVpc | BlockdevOptionsVvfat"
+
+
+class BlockdevReopenArguments(TypedDict):
+    options: list[BlockdevOptions]
+
+
+BlockdevDelArguments = TypedDict("BlockdevDelArguments", {"node-name": "str"})
+BlockdevCreateOptionsFilePreallocation: TypeAlias = Literal["off", "metadata", "falloc", "full"]
+BlockdevCreateOptionsFile = TypedDict("BlockdevCreateOptionsFile", {"driver": "Literal[\"file\"]", "filename": "str", "size": "int", "preallocation": "NotRequired[BlockdevCreateOptionsFilePreallocation]", "nocow": "NotRequired[bool]", "extent-size-hint": "NotRequired[int]"})
+
+
+class BlockdevCreateOptionsGlusterLocation(TypedDict):
+    volume: str
+    path: str
+    server: list[SocketAddress]
+    debug: NotRequired[int]
+    logfile: NotRequired[str]
+
+
+
+
+class BlockdevCreateOptionsGluster(TypedDict):
+    driver: Literal["gluster"]
+    location: BlockdevCreateOptionsGlusterLocation
+    size: int
+    preallocation: NotRequired[BlockdevCreateOptionsFilePreallocation]
+
+
+BlockdevCreateOptionsLuksCipherAlg: TypeAlias = Literal["aes-128", "aes-192", "aes-256", "des", "3des", "cast5-128", "serpent-128", "serpent-192", "serpent-256", "twofish-128", "twofish-192", "twofish-256"]
+BlockdevCreateOptionsLuksCipherMode: TypeAlias = Literal["ecb", "cbc", "xts", "ctr"]
+BlockdevCreateOptionsLuksIvgenAlg: TypeAlias = Literal["plain", "plain64", "essiv"]
+BlockdevCreateOptionsLuksIvgenHashAlg: TypeAlias = Literal["md5", "sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160"]
+BlockdevCreateOptionsLuks = TypedDict("BlockdevCreateOptionsLuks", {"driver": "Literal[\"luks\"]", "key-secret": "NotRequired[str]", "cipher-alg": "NotRequired[BlockdevCreateOptionsLuksCipherAlg]", "cipher-mode": "NotRequired[BlockdevCreateOptionsLuksCipherMode]", "ivgen-alg": "NotRequired[BlockdevCreateOptionsLuksIvgenAlg]", "ivgen-hash-alg": "NotRequired[BlockdevCreateOptionsLuksIvgenHashAlg]", "hash-alg": "NotRequired[BlockdevCreateOptionsLuksIvgenHashAlg]", "iter-time": "NotRequired[int]", "file": "BlockdevRef", "size": "int", "preallocation": "NotRequired[BlockdevCreateOptionsFilePreallocation]"})
+BlockdevCreateOptionsNfsLocation = TypedDict("BlockdevCreateOptionsNfsLocation", {"server": "BlockdevOptionsNfsServer", "path": "str", "user": "NotRequired[int]", "group": "NotRequired[int]", "tcp-syn-count": "NotRequired[int]", "readahead-size": "NotRequired[int]", "page-cache-size": "NotRequired[int]", "debug": "NotRequired[int]"})
+
+
+class BlockdevCreateOptionsNfs(TypedDict):
+    driver: Literal["nfs"]
+    location: BlockdevCreateOptionsNfsLocation
+    size: int
+
+
+BlockdevCreateOptionsParallels = TypedDict("BlockdevCreateOptionsParallels", {"driver": "Literal[\"parallels\"]", "file": "BlockdevRef", "size": "int", "cluster-size": "NotRequired[int]"})
+BlockdevCreateOptionsQcowEncryptQcow = TypedDict("BlockdevCreateOptionsQcowEncryptQcow", {"format": "Literal[\"qcow\"]", "key-secret": "NotRequired[str]"})
+BlockdevCreateOptionsQcowEncryptLuks = TypedDict("BlockdevCreateOptionsQcowEncryptLuks", {"format": "Literal[\"luks\"]", "key-secret": "NotRequired[str]", "cipher-alg": "NotRequired[BlockdevCreateOptionsLuksCipherAlg]", "cipher-mode": "NotRequired[BlockdevCreateOptionsLuksCipherMode]", "ivgen-alg": "NotRequired[BlockdevCreateOptionsLuksIvgenAlg]", "ivgen-hash-alg": "NotRequired[BlockdevCreateOptionsLuksIvgenHashAlg]", "hash-alg": "NotRequired[BlockdevCreateOptionsLuksIvgenHashAlg]", "iter-time": "NotRequired[int]"})
+BlockdevCreateOptionsQcowEncrypt: TypeAlias = "BlockdevCreateOptionsQcowEncryptQcow | BlockdevCreateOptionsQcowEncryptLuks"
+BlockdevCreateOptionsQcow = TypedDict("BlockdevCreateOptionsQcow", {"driver": "Literal[\"qcow\"]", "file": "BlockdevRef", "size": "int", "backing-file": "NotRequired[str]", "encrypt": "NotRequired[BlockdevCreateOptionsQcowEncrypt]"})
+BlockdevCreateOptionsQcow2Version: TypeAlias = Literal["v2", "v3"]
+BlockdevDriver: TypeAlias = Literal["blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress", "copy-before-write", "copy-on-read", "dmg", "file", "snapshot-access", "ftp", "ftps", "gluster", "host_cdrom", "host_device", "http", "https", "iscsi", "luks", "nbd", "nfs", "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qcow2", "qed", "quorum", "raw", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat"]
+BlockdevCreateOptionsQcow2CompressionType: TypeAlias = Literal["zlib", "zstd"]
+BlockdevCreateOptionsQcow2 = TypedDict("BlockdevCreateOptionsQcow2", {"driver": "Literal[\"qcow2\"]", "file": "BlockdevRef", "data-file": "NotRequired[BlockdevRef]", "data-file-raw": "NotRequired[bool]", "extended-l2": "NotRequired[bool]", "size": "int", "version": "NotRequired[BlockdevCreateOptionsQcow2Version]", "backing-file": "NotRequired[str]", "backing-fmt": "NotRequired[BlockdevDriver]", "encrypt": "NotRequired[BlockdevCreateOptionsQcowEncrypt]", "cluster-size": "NotRequired[int]", "preallocation": "NotRequired[BlockdevCreateOptionsFilePreallocation]", "lazy-refcounts": "NotRequired[bool]", "refcount-bits": "NotRequired[int]", "compression-type": "NotRequired[BlockdevCreateOptionsQcow2CompressionType]"})
+BlockdevCreateOptionsQed = TypedDict("BlockdevCreateOptionsQed", {"driver": "Literal[\"qed\"]", "file": "BlockdevRef", "size": "int", "backing-file": "NotRequired[str]", "backing-fmt": "NotRequired[BlockdevDriver]", "cluster-size": "NotRequired[int]", "table-size": "NotRequired[int]"})
+BlockdevCreateOptionsRbdLocation = TypedDict("BlockdevCreateOptionsRbdLocation", {"pool": "str", "namespace": "NotRequired[str]", "image": "str", "conf": "NotRequired[str]", "snapshot": "NotRequired[str]", "encrypt": "NotRequired[BlockdevOptionsRbdEncrypt]", "user": "NotRequired[str]", "auth-client-required": "NotRequired[list[BlockdevOptionsRbdAuthClientRequired]]", "key-secret": "NotRequired[str]", "server": "NotRequired[list[BlockdevOptionsRbdServer]]"})
+BlockdevCreateOptionsRbdEncryptLuks = TypedDict("BlockdevCreateOptionsRbdEncryptLuks", {"format": "Literal[\"luks\"]", "key-secret": "str", "cipher-alg": "NotRequired[BlockdevCreateOptionsLuksCipherAlg]"})
+BlockdevCreateOptionsRbdEncryptLuks2 = TypedDict("BlockdevCreateOptionsRbdEncryptLuks2", {"format": "Literal[\"luks2\"]", "key-secret": "str", "cipher-alg": "NotRequired[BlockdevCreateOptionsLuksCipherAlg]"})
+BlockdevCreateOptionsRbdEncrypt: TypeAlias = "BlockdevCreateOptionsRbdEncryptLuks | BlockdevCreateOptionsRbdEncryptLuks2"
+BlockdevCreateOptionsRbd = TypedDict("BlockdevCreateOptionsRbd", {"driver": "Literal[\"rbd\"]", "location": "BlockdevCreateOptionsRbdLocation", "size": "int", "cluster-size": "NotRequired[int]", "encrypt": "NotRequired[BlockdevCreateOptionsRbdEncrypt]"})
+BlockdevCreateOptionsSshLocation = TypedDict("BlockdevCreateOptionsSshLocation", {"server": "BlockdevOptionsSshServer", "path": "str", "user": "NotRequired[str]", "host-key-check": "NotRequired[BlockdevOptionsSshHostKeyCheck]"})
+
+
+class BlockdevCreateOptionsSsh(TypedDict):
+    driver: Literal["ssh"]
+    location: BlockdevCreateOptionsSshLocation
+    size: int
+
+
+
+
+class BlockdevCreateOptionsVdi(TypedDict):
+    driver: Literal["vdi"]
+    file: BlockdevRef
+    size: int
+    preallocation: NotRequired[BlockdevCreateOptionsFilePreallocation]
+
+
+BlockdevCreateOptionsVhdxSubformat: TypeAlias = Literal["dynamic", "fixed"]
+BlockdevCreateOptionsVhdx = TypedDict("BlockdevCreateOptionsVhdx", {"driver": "Literal[\"vhdx\"]", "file": "BlockdevRef", "size": "int", "log-size": "NotRequired[int]", "block-size": "NotRequired[int]", "subformat": "NotRequired[BlockdevCreateOptionsVhdxSubformat]", "block-state-zero": "NotRequired[bool]"})
+BlockdevCreateOptionsVmdkSubformat: TypeAlias = Literal["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat", "streamOptimized"]
+BlockdevCreateOptionsVmdkAdapterType: TypeAlias = Literal["ide", "buslogic", "lsilogic", "legacyESX"]
+BlockdevCreateOptionsVmdk = TypedDict("BlockdevCreateOptionsVmdk", {"driver": "Literal[\"vmdk\"]", "file": "BlockdevRef", "size": "int", "extents": "NotRequired[list[BlockdevRef]]", "subformat": "NotRequired[BlockdevCreateOptionsVmdkSubformat]", "backing-file": "NotRequired[str]", "adapter-type": "NotRequired[BlockdevCreateOptionsVmdkAdapterType]", "hwversion": "NotRequired[str]", "toolsversion": "NotRequired[str]", "zeroed-grain": "NotRequired[bool]"})
+BlockdevCreateOptionsVpcSubformat: TypeAlias = Literal["dynamic", "fixed"]
+BlockdevCreateOptionsVpc = TypedDict("BlockdevCreateOptionsVpc", {"driver": "Literal[\"vpc\"]", "file": "BlockdevRef", "size": "int", "subformat": "NotRequired[BlockdevCreateOptionsVpcSubformat]", "force-size": "NotRequired[bool]"})
+
+
+class BlockdevCreateOptionsBlkdebug(TypedDict):
+    driver: Literal["blkdebug"]
+
+
+
+
+class BlockdevCreateOptionsBlklogwrites(TypedDict):
+    driver: Literal["blklogwrites"]
+
+
+
+
+class BlockdevCreateOptionsBlkreplay(TypedDict):
+    driver: Literal["blkreplay"]
+
+
+
+
+class BlockdevCreateOptionsBlkverify(TypedDict):
+    driver: Literal["blkverify"]
+
+
+
+
+class BlockdevCreateOptionsBochs(TypedDict):
+    driver: Literal["bochs"]
+
+
+
+
+class BlockdevCreateOptionsCloop(TypedDict):
+    driver: Literal["cloop"]
+
+
+
+
+class BlockdevCreateOptionsCompress(TypedDict):
+    driver: Literal["compress"]
+
+
+
+
+class BlockdevCreateOptionsCopyBeforeWrite(TypedDict):
+    driver: Literal["copy-before-write"]
+
+
+
+
+class BlockdevCreateOptionsCopyOnRead(TypedDict):
+    driver: Literal["copy-on-read"]
+
+
+
+
+class BlockdevCreateOptionsDmg(TypedDict):
+    driver: Literal["dmg"]
+
+
+
+
+class BlockdevCreateOptionsSnapshotAccess(TypedDict):
+    driver: Literal["snapshot-access"]
+
+
+
+
+class BlockdevCreateOptionsFtp(TypedDict):
+    driver: Literal["ftp"]
+
+
+
+
+class BlockdevCreateOptionsFtps(TypedDict):
+    driver: Literal["ftps"]
+
+
+
+
+class BlockdevCreateOptionsHostCdrom(TypedDict):
+    driver: Literal["host_cdrom"]
+
+
+
+
+class BlockdevCreateOptionsHostDevice(TypedDict):
+    driver: Literal["host_device"]
+
+
+
+
+class BlockdevCreateOptionsHttp(TypedDict):
+    driver: Literal["http"]
+
+
+
+
+class BlockdevCreateOptionsHttps(TypedDict):
+    driver: Literal["https"]
+
+
+
+
+class BlockdevCreateOptionsIscsi(TypedDict):
+    driver: Literal["iscsi"]
+
+
+
+
+class BlockdevCreateOptionsNbd(TypedDict):
+    driver: Literal["nbd"]
+
+
+
+
+class BlockdevCreateOptionsNullAio(TypedDict):
+    driver: Literal["null-aio"]
+
+
+
+
+class BlockdevCreateOptionsNullCo(TypedDict):
+    driver: Literal["null-co"]
+
+
+
+
+class BlockdevCreateOptionsNvme(TypedDict):
+    driver: Literal["nvme"]
+
+
+
+
+class BlockdevCreateOptionsPreallocate(TypedDict):
+    driver: Literal["preallocate"]
+
+
+
+
+class BlockdevCreateOptionsQuorum(TypedDict):
+    driver: Literal["quorum"]
+
+
+
+
+class BlockdevCreateOptionsRaw(TypedDict):
+    driver: Literal["raw"]
+
+
+
+
+class BlockdevCreateOptionsReplication(TypedDict):
+    driver: Literal["replication"]
+
+
+
+
+class BlockdevCreateOptionsThrottle(TypedDict):
+    driver: Literal["throttle"]
+
+
+
+
+class BlockdevCreateOptionsVvfat(TypedDict):
+    driver: Literal["vvfat"]
+
+
+BlockdevCreateOptions: TypeAlias = "BlockdevCreateOptionsFile | BlockdevCreateOptionsGluster | BlockdevCreateOptionsLuks | BlockdevCreateOptionsNfs | BlockdevCreateOptionsParallels | BlockdevCreateOptionsQcow | BlockdevCreateOptionsQcow2 | BlockdevCreateOptionsQed | BlockdevCreateOptionsRbd | BlockdevCreateOptionsSsh | BlockdevCreateOptionsVdi | BlockdevCreateOptionsVhdx | BlockdevCreateOptionsVmdk | BlockdevCreateOptionsVpc | BlockdevCreateOptionsBlkdebug | BlockdevCreateOptionsBlklogwrites | BlockdevCreateOptionsBlkreplay | BlockdevCreateOptionsBlkverify | BlockdevCreateOptionsBochs | BlockdevCreateOptionsCloop | BlockdevCreateOptionsCompress | BlockdevCreateOptionsCopyBeforeWrite | BlockdevCreateOptionsCopyOnRead | BlockdevCreateOptionsDmg | BlockdevCreateOptionsSnapshotAccess | BlockdevCreateOptionsFtp | BlockdevCreateOptionsFtps | BlockdevCreateOptionsHostCdrom | BlockdevCreateOptionsHostDevice | BlockdevCreateOptionsHttp | BlockdevCreateOptionsHttps | BlockdevCreateOptionsIscsi | BlockdevCreateOptionsNbd | BlockdevCreateOptionsNullAio | BlockdevCreateOptionsNullCo | BlockdevCreateOptionsNvme | BlockdevCreateOptionsPreallocate | BlockdevCreateOptionsQuorum | BlockdevCreateOptionsRaw | BlockdevCreateOptionsReplication | BlockdevCreateOptionsThrottle | BlockdevCreateOptionsVvfat"
+BlockdevCreateArguments = TypedDict("BlockdevCreateArguments", {"job-id": "str", "options": "BlockdevCreateOptions"})
+XBlockdevAmendArgumentsOptionsLuksState: TypeAlias = Literal["active", "inactive"]
+XBlockdevAmendArgumentsOptionsLuks = TypedDict("XBlockdevAmendArgumentsOptionsLuks", {"driver": "Literal[\"luks\"]", "state": "XBlockdevAmendArgumentsOptionsLuksState", "new-secret": "NotRequired[str]", "old-secret": "NotRequired[str]", "keyslot": "NotRequired[int]", "iter-time": "NotRequired[int]", "secret": "NotRequired[str]"})
+XBlockdevAmendArgumentsOptionsQcow2EncryptLuks = TypedDict("XBlockdevAmendArgumentsOptionsQcow2EncryptLuks", {"format": "Literal[\"luks\"]", "state": "XBlockdevAmendArgumentsOptionsLuksState", "new-secret": "NotRequired[str]", "old-secret": "NotRequired[str]", "keyslot": "NotRequired[int]", "iter-time": "NotRequired[int]", "secret": "NotRequired[str]"})
+
+
+class XBlockdevAmendArgumentsOptionsQcow2EncryptQcow(TypedDict):
+    format: Literal["qcow"]
+
+
+XBlockdevAmendArgumentsOptionsQcow2Encrypt: TypeAlias = "XBlockdevAmendArgumentsOptionsQcow2EncryptLuks | XBlockdevAmendArgumentsOptionsQcow2EncryptQcow"
+
+
+class XBlockdevAmendArgumentsOptionsQcow2(TypedDict):
+    driver: Literal["qcow2"]
+    encrypt: NotRequired[XBlockdevAmendArgumentsOptionsQcow2Encrypt]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsBlkdebug(TypedDict):
+    driver: Literal["blkdebug"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsBlklogwrites(TypedDict):
+    driver: Literal["blklogwrites"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsBlkreplay(TypedDict):
+    driver: Literal["blkreplay"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsBlkverify(TypedDict):
+    driver: Literal["blkverify"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsBochs(TypedDict):
+    driver: Literal["bochs"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsCloop(TypedDict):
+    driver: Literal["cloop"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsCompress(TypedDict):
+    driver: Literal["compress"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsCopyBeforeWrite(TypedDict):
+    driver: Literal["copy-before-write"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsCopyOnRead(TypedDict):
+    driver: Literal["copy-on-read"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsDmg(TypedDict):
+    driver: Literal["dmg"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsFile(TypedDict):
+    driver: Literal["file"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsSnapshotAccess(TypedDict):
+    driver: Literal["snapshot-access"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsFtp(TypedDict):
+    driver: Literal["ftp"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsFtps(TypedDict):
+    driver: Literal["ftps"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsGluster(TypedDict):
+    driver: Literal["gluster"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsHostCdrom(TypedDict):
+    driver: Literal["host_cdrom"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsHostDevice(TypedDict):
+    driver: Literal["host_device"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsHttp(TypedDict):
+    driver: Literal["http"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsHttps(TypedDict):
+    driver: Literal["https"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsIscsi(TypedDict):
+    driver: Literal["iscsi"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsNbd(TypedDict):
+    driver: Literal["nbd"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsNfs(TypedDict):
+    driver: Literal["nfs"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsNullAio(TypedDict):
+    driver: Literal["null-aio"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsNullCo(TypedDict):
+    driver: Literal["null-co"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsNvme(TypedDict):
+    driver: Literal["nvme"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsParallels(TypedDict):
+    driver: Literal["parallels"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsPreallocate(TypedDict):
+    driver: Literal["preallocate"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsQcow(TypedDict):
+    driver: Literal["qcow"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsQed(TypedDict):
+    driver: Literal["qed"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsQuorum(TypedDict):
+    driver: Literal["quorum"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsRaw(TypedDict):
+    driver: Literal["raw"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsRbd(TypedDict):
+    driver: Literal["rbd"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsReplication(TypedDict):
+    driver: Literal["replication"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsSsh(TypedDict):
+    driver: Literal["ssh"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsThrottle(TypedDict):
+    driver: Literal["throttle"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsVdi(TypedDict):
+    driver: Literal["vdi"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsVhdx(TypedDict):
+    driver: Literal["vhdx"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsVmdk(TypedDict):
+    driver: Literal["vmdk"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsVpc(TypedDict):
+    driver: Literal["vpc"]
+
+
+
+
+class XBlockdevAmendArgumentsOptionsVvfat(TypedDict):
+    driver: Literal["vvfat"]
+
+
+XBlockdevAmendArgumentsOptions: TypeAlias = "XBlockdevAmendArgumentsOptionsLuks | XBlockdevAmendArgumentsOptionsQcow2 | XBlockdevAmendArgumentsOptionsBlkdebug | XBlockdevAmendArgumentsOptionsBlklogwrites | XBlockdevAmendArgumentsOptionsBlkreplay | XBlockdevAmendArgumentsOptionsBlkverify | XBlockdevAmendArgumentsOptionsBochs | XBlockdevAmendArgumentsOptionsCloop | XBlockdevAmendArgumentsOptionsCompress | XBlockdevAmendArgumentsOptionsCopyBeforeWrite | XBlockdevAmendArgumentsOptionsCopyOnRead | XBlockdevAmendArgumentsOptionsDmg | XBlockdevAmendArgumentsOptionsFile | XBlockdevAmendArgumentsOptionsSnapshotAccess | XBlockdevAmendArgumentsOptionsFtp | XBlockdevAmendArgumentsOptionsFtps | XBlockdevAmendArgumentsOptionsGluster | XBlockdevAmendArgumentsOptionsHostCdrom | XBlockdevAmendArgumentsOptionsHostDevice | XBlockdevAmendArgumentsOptionsHttp | XBlockdevAmendArgumentsOptionsHttps | XBlockdevAmendArgumentsOptionsIscsi | XBlockdevAmendArgumentsOptionsNbd | XBlockdevAmendArgumentsOptionsNfs | XBlockdevAmendArgumentsOptionsNullAio | XBlockdevAmendArgumentsOptionsNullCo | XBlockdevAmendArgumentsOptionsNvme | XBlockdevAmendArgumentsOptionsParallels | XBlockdevAmendArgumentsOptionsPreallocate | XBlockdevAmendArgumentsOptionsQcow | XBlockdevAmendArgumentsOptionsQed | XBlockdevAmendArgumentsOptionsQuorum | XBlockdevAmendArgumentsOptionsRaw | XBlockdevAmendArgumentsOptionsRbd | XBlockdevAmendArgumentsOptionsReplication | XBlockdevAmendArgumentsOptionsSsh | XBlockdevAmendArgumentsOptionsThrottle | XBlockdevAmendArgumentsOptionsVdi | XBlockdevAmendArgumentsOptionsVhdx | XBlockdevAmendArgumentsOptionsVmdk | XBlockdevAmendArgumentsOptionsVpc | XBlockdevAmendArgumentsOptionsVvfat"
+XBlockdevAmendArguments = TypedDict("XBlockdevAmendArguments", {"job-id": "str", "node-name": "str", "options": "XBlockdevAmendArgumentsOptions", "force": "NotRequired[bool]"})
+BlockSetWriteThresholdArguments = TypedDict("BlockSetWriteThresholdArguments", {"node-name": "str", "write-threshold": "int"})
+
+
+class XBlockdevChangeArguments(TypedDict):
+    parent: str
+    child: NotRequired[str]
+    node: NotRequired[str]
+
+
+StrOrNull: TypeAlias = "str | None"
+XBlockdevSetIothreadArguments = TypedDict("XBlockdevSetIothreadArguments", {"node-name": "str", "iothread": "StrOrNull", "force": "NotRequired[bool]"})
+
+
+class BlockdevSnapshotInternalSyncArguments(TypedDict):
+    device: str
+    name: str
+
+
+
+
+class BlockdevSnapshotDeleteInternalSyncArguments(TypedDict):
+    device: str
+    id: NotRequired[str]
+    name: NotRequired[str]
+
+
+
+
+class JobPauseArguments(TypedDict):
+    id: str
+
+
+
+
+class JobResumeArguments(TypedDict):
+    id: str
+
+
+
+
+class JobCancelArguments(TypedDict):
+    id: str
+
+
+
+
+class JobCompleteArguments(TypedDict):
+    id: str
+
+
+
+
+class JobDismissArguments(TypedDict):
+    id: str
+
+
+
+
+class JobFinalizeArguments(TypedDict):
+    id: str
+
+
+
+
+class NbdServerStartArgumentsAddrInet(TypedDict):
+    type: Literal["inet"]
+    data: BlockdevOptionsSshServer
+
+
+
+
+class NbdServerStartArgumentsAddrUnixData(TypedDict):
+    path: str
+    abstract: NotRequired[bool]
+    tight: NotRequired[bool]
+
+
+
+
+class NbdServerStartArgumentsAddrUnix(TypedDict):
+    type: Literal["unix"]
+    data: NbdServerStartArgumentsAddrUnixData
+
+
+
+
+class NbdServerStartArgumentsAddrVsockData(TypedDict):
+    cid: str
+    port: str
+
+
+
+
+class NbdServerStartArgumentsAddrVsock(TypedDict):
+    type: Literal["vsock"]
+    data: NbdServerStartArgumentsAddrVsockData
+
+
+
+
+class NbdServerStartArgumentsAddrFdData(TypedDict):
+    str: str
+
+
+
+
+class NbdServerStartArgumentsAddrFd(TypedDict):
+    type: Literal["fd"]
+    data: NbdServerStartArgumentsAddrFdData
+
+
+NbdServerStartArgumentsAddr: TypeAlias = "NbdServerStartArgumentsAddrInet | NbdServerStartArgumentsAddrUnix | NbdServerStartArgumentsAddrVsock | NbdServerStartArgumentsAddrFd"
+NbdServerStartArguments = TypedDict("NbdServerStartArguments", {"addr": "NbdServerStartArgumentsAddr", "tls-creds": "NotRequired[str]", "tls-authz": "NotRequired[str]", "max-connections": "NotRequired[int]"})
+
+
+class NbdServerAddArguments(TypedDict):
+    name: NotRequired[str]
+    description: NotRequired[str]
+    device: str
+    writable: NotRequired[bool]
+    bitmap: NotRequired[str]
+
+
+NbdServerRemoveArgumentsMode: TypeAlias = Literal["safe", "hard"]
+
+
+class NbdServerRemoveArguments(TypedDict):
+    name: str
+    mode: NotRequired[NbdServerRemoveArgumentsMode]
+
+
+BlockExportAddArgumentsNbd = TypedDict("BlockExportAddArgumentsNbd", {"type": "Literal[\"nbd\"]", "id": "str", "fixed-iothread": "NotRequired[bool]", "iothread": "NotRequired[str]", "node-name": "str", "writable": "NotRequired[bool]", "writethrough": "NotRequired[bool]", "name": "NotRequired[str]", "description": "NotRequired[str]", "bitmaps": "NotRequired[list[BlockDirtyBitmapOrStr]]", "allocation-depth": "NotRequired[bool]"})
+BlockExportAddArgumentsVhostUserBlk = TypedDict("BlockExportAddArgumentsVhostUserBlk", {"type": "Literal[\"vhost-user-blk\"]", "id": "str", "fixed-iothread": "NotRequired[bool]", "iothread": "NotRequired[str]", "node-name": "str", "writable": "NotRequired[bool]", "writethrough": "NotRequired[bool]", "addr": "SocketAddress", "logical-block-size": "NotRequired[int]", "num-queues": "NotRequired[int]"})
+BlockExportAddArgumentsFuseAllowOther: TypeAlias = Literal["off", "on", "auto"]
+BlockExportAddArgumentsFuse = TypedDict("BlockExportAddArgumentsFuse", {"type": "Literal[\"fuse\"]", "id": "str", "fixed-iothread": "NotRequired[bool]", "iothread": "NotRequired[str]", "node-name": "str", "writable": "NotRequired[bool]", "writethrough": "NotRequired[bool]", "mountpoint": "str", "growable": "NotRequired[bool]", "allow-other": "NotRequired[BlockExportAddArgumentsFuseAllowOther]"})
+BlockExportAddArgumentsVduseBlk = TypedDict("BlockExportAddArgumentsVduseBlk", {"type": "Literal[\"vduse-blk\"]", "id": "str", "fixed-iothread": "NotRequired[bool]", "iothread": "NotRequired[str]", "node-name": "str", "writable": "NotRequired[bool]", "writethrough": "NotRequired[bool]", "name": "str", "num-queues": "NotRequired[int]", "queue-size": "NotRequired[int]", "logical-block-size": "NotRequired[int]", "serial": "NotRequired[str]"})
+BlockExportAddArguments: TypeAlias = "BlockExportAddArgumentsNbd | BlockExportAddArgumentsVhostUserBlk | BlockExportAddArgumentsFuse | BlockExportAddArgumentsVduseBlk"
+
+
+class BlockExportDelArguments(TypedDict):
+    id: str
+    mode: NotRequired[NbdServerRemoveArgumentsMode]
+
+
+RingbufWriteArgumentsFormat: TypeAlias = Literal["utf8", "base64"]
+
+
+class RingbufWriteArguments(TypedDict):
+    device: str
+    data: str
+    format: NotRequired[RingbufWriteArgumentsFormat]
+
+
+
+
+class RingbufReadArguments(TypedDict):
+    device: str
+    size: int
+    format: NotRequired[RingbufWriteArgumentsFormat]
+
+
+ChardevBackendFileData = TypedDict("ChardevBackendFileData", {"logfile": "NotRequired[str]", "logappend": "NotRequired[bool]", "in": "NotRequired[str]", "out": "str", "append": "NotRequired[bool]"})
+
+
+class ChardevBackendFile(TypedDict):
+    type: Literal["file"]
+    data: ChardevBackendFileData
+
+
+
+
+class ChardevBackendSerialData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    device: str
+
+
+
+
+class ChardevBackendSerial(TypedDict):
+    type: Literal["serial"]
+    data: ChardevBackendSerialData
+
+
+
+
+class ChardevBackendParallel(TypedDict):
+    type: Literal["parallel"]
+    data: ChardevBackendSerialData
+
+
+
+
+class ChardevBackendPipe(TypedDict):
+    type: Literal["pipe"]
+    data: ChardevBackendSerialData
+
+
+ChardevBackendSocketData = TypedDict("ChardevBackendSocketData", {"logfile": "NotRequired[str]", "logappend": "NotRequired[bool]", "addr": "NbdServerStartArgumentsAddr", "tls-creds": "NotRequired[str]", "tls-authz": "NotRequired[str]", "server": "NotRequired[bool]", "wait": "NotRequired[bool]", "nodelay": "NotRequired[bool]", "telnet": "NotRequired[bool]", "tn3270": "NotRequired[bool]", "websocket": "NotRequired[bool]", "reconnect": "NotRequired[int]"})
+
+
+class ChardevBackendSocket(TypedDict):
+    type: Literal["socket"]
+    data: ChardevBackendSocketData
+
+
+
+
+class ChardevBackendUdpData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    remote: NbdServerStartArgumentsAddr
+    local: NotRequired[NbdServerStartArgumentsAddr]
+
+
+
+
+class ChardevBackendUdp(TypedDict):
+    type: Literal["udp"]
+    data: ChardevBackendUdpData
+
+
+
+
+class ChardevBackendPtyData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+
+
+
+
+class ChardevBackendPty(TypedDict):
+    type: Literal["pty"]
+    data: ChardevBackendPtyData
+
+
+
+
+class ChardevBackendNull(TypedDict):
+    type: Literal["null"]
+    data: ChardevBackendPtyData
+
+
+
+
+class ChardevBackendMuxData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    chardev: str
+
+
+
+
+class ChardevBackendMux(TypedDict):
+    type: Literal["mux"]
+    data: ChardevBackendMuxData
+
+
+
+
+class ChardevBackendMsmouse(TypedDict):
+    type: Literal["msmouse"]
+    data: ChardevBackendPtyData
+
+
+
+
+class ChardevBackendWctablet(TypedDict):
+    type: Literal["wctablet"]
+    data: ChardevBackendPtyData
+
+
+
+
+class ChardevBackendBraille(TypedDict):
+    type: Literal["braille"]
+    data: ChardevBackendPtyData
+
+
+
+
+class ChardevBackendTestdev(TypedDict):
+    type: Literal["testdev"]
+    data: ChardevBackendPtyData
+
+
+
+
+class ChardevBackendStdioData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    signal: NotRequired[bool]
+
+
+
+
+class ChardevBackendStdio(TypedDict):
+    type: Literal["stdio"]
+    data: ChardevBackendStdioData
+
+
+
+
+class ChardevBackendConsole(TypedDict):
+    type: Literal["console"]
+    data: ChardevBackendPtyData
+
+
+
+
+class ChardevBackendSpicevmcData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    type: str
+
+
+
+
+class ChardevBackendSpicevmc(TypedDict):
+    type: Literal["spicevmc"]
+    data: ChardevBackendSpicevmcData
+
+
+
+
+class ChardevBackendSpiceportData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    fqdn: str
+
+
+
+
+class ChardevBackendSpiceport(TypedDict):
+    type: Literal["spiceport"]
+    data: ChardevBackendSpiceportData
+
+
+
+
+class ChardevBackendQemuVdagentData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    mouse: NotRequired[bool]
+    clipboard: NotRequired[bool]
+
+
+
+
+class ChardevBackendQemuVdagent(TypedDict):
+    type: Literal["qemu-vdagent"]
+    data: ChardevBackendQemuVdagentData
+
+
+
+
+class ChardevBackendDbusData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    name: str
+
+
+
+
+class ChardevBackendDbus(TypedDict):
+    type: Literal["dbus"]
+    data: ChardevBackendDbusData
+
+
+
+
+class ChardevBackendVcData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    width: NotRequired[int]
+    height: NotRequired[int]
+    cols: NotRequired[int]
+    rows: NotRequired[int]
+
+
+
+
+class ChardevBackendVc(TypedDict):
+    type: Literal["vc"]
+    data: ChardevBackendVcData
+
+
+
+
+class ChardevBackendRingbufData(TypedDict):
+    logfile: NotRequired[str]
+    logappend: NotRequired[bool]
+    size: NotRequired[int]
+
+
+
+
+class ChardevBackendRingbuf(TypedDict):
+    type: Literal["ringbuf"]
+    data: ChardevBackendRingbufData
+
+
+
+
+class ChardevBackendMemory(TypedDict):
+    type: Literal["memory"]
+    data: ChardevBackendRingbufData
+
+
+ChardevBackend: TypeAlias = "ChardevBackendFile | ChardevBackendSerial | ChardevBackendParallel | ChardevBackendPipe | ChardevBackendSocket | ChardevBackendUdp | ChardevBackendPty | ChardevBackendNull | ChardevBackendMux | ChardevBackendMsmouse | ChardevBackendWctablet | ChardevBackendBraille | ChardevBackendTestdev | ChardevBackendStdio | ChardevBackendConsole | ChardevBackendSpicevmc | ChardevBackendSpiceport | ChardevBackendQemuVdagent | ChardevBackendDbus | ChardevBackendVc | ChardevBackendRingbuf | ChardevBackendMemory"
+
+
+class ChardevAddArguments(TypedDict):
+    id: str
+    backend: ChardevBackend
+
+
+
+
+class ChardevChangeArguments(TypedDict):
+    id: str
+    backend: ChardevBackend
+
+
+
+
+class ChardevRemoveArguments(TypedDict):
+    id: str
+
+
+
+
+class ChardevSendBreakArguments(TypedDict):
+    id: str
+
+
+DumpGuestMemoryArgumentsFormat: TypeAlias = Literal["elf", "kdump-zlib", "kdump-lzo", "kdump-snappy", "win-dmp"]
+
+
+class DumpGuestMemoryArguments(TypedDict):
+    paging: bool
+    protocol: str
+    detach: NotRequired[bool]
+    begin: NotRequired[int]
+    length: NotRequired[int]
+    format: NotRequired[DumpGuestMemoryArgumentsFormat]
+
+
+
+
+class SetLinkArguments(TypedDict):
+    name: str
+    up: bool
+
+
+
+
+class NetdevNic(TypedDict):
+    id: str
+    type: Literal["nic"]
+    netdev: NotRequired[str]
+    macaddr: NotRequired[str]
+    model: NotRequired[str]
+    addr: NotRequired[str]
+    vectors: NotRequired[int]
+
+
+NetdevUser = TypedDict("NetdevUser", {"id": "str", "type": "Literal[\"user\"]", "hostname": "NotRequired[str]", "restrict": "NotRequired[bool]", "ipv4": "NotRequired[bool]", "ipv6": "NotRequired[bool]", "ip": "NotRequired[str]", "net": "NotRequired[str]", "host": "NotRequired[str]", "tftp": "NotRequired[str]", "bootfile": "NotRequired[str]", "dhcpstart": "NotRequired[str]", "dns": "NotRequired[str]", "dnssearch": "NotRequired[list[NbdServerStartArgumentsAddrFdData]]", "domainname": "NotRequired[str]", "ipv6-prefix": "NotRequired[str]", "ipv6-prefixlen": "NotRequired[int]", "ipv6-host": "NotRequired[str]", "ipv6-dns": "NotRequired[str]", "smb": "NotRequired[str]", "smbserver": "NotRequired[str]", "hostfwd": "NotRequired[list[NbdServerStartArgumentsAddrFdData]]", "guestfwd": "NotRequired[list[NbdServerStartArgumentsAddrFdData]]", "tftp-server-name": "NotRequired[str]"})
+NetdevTap = TypedDict("NetdevTap", {"id": "str", "type": "Literal[\"tap\"]", "ifname": "NotRequired[str]", "fd": "NotRequired[str]", "fds": "NotRequired[str]", "script": "NotRequired[str]", "downscript": "NotRequired[str]", "br": "NotRequired[str]", "helper": "NotRequired[str]", "sndbuf": "NotRequired[int]", "vnet_hdr": "NotRequired[bool]", "vhost": "NotRequired[bool]", "vhostfd": "NotRequired[str]", "vhostfds": "NotRequired[str]", "vhostforce": "NotRequired[bool]", "queues": "NotRequired[int]", "poll-us": "NotRequired[int]"})
+
+
+class NetdevL2tpv3(TypedDict):
+    id: str
+    type: Literal["l2tpv3"]
+    src: str
+    dst: str
+    srcport: NotRequired[str]
+    dstport: NotRequired[str]
+    ipv6: NotRequired[bool]
+    udp: NotRequired[bool]
+    cookie64: NotRequired[bool]
+    counter: NotRequired[bool]
+    pincounter: NotRequired[bool]
+    txcookie: NotRequired[int]
+    rxcookie: NotRequired[int]
+    txsession: int
+    rxsession: NotRequired[int]
+    offset: NotRequired[int]
+
+
+
+
+class NetdevSocket(TypedDict):
+    id: str
+    type: Literal["socket"]
+    fd: NotRequired[str]
+    listen: NotRequired[str]
+    connect: NotRequired[str]
+    mcast: NotRequired[str]
+    localaddr: NotRequired[str]
+    udp: NotRequired[str]
+
+
+
+
+class NetdevStream(TypedDict):
+    id: str
+    type: Literal["stream"]
+    addr: SocketAddress
+    server: NotRequired[bool]
+
+
+
+
+class NetdevDgram(TypedDict):
+    id: str
+    type: Literal["dgram"]
+    local: NotRequired[SocketAddress]
+    remote: NotRequired[SocketAddress]
+
+
+
+
+class NetdevVde(TypedDict):
+    id: str
+    type: Literal["vde"]
+    sock: NotRequired[str]
+    port: NotRequired[int]
+    group: NotRequired[str]
+    mode: NotRequired[int]
+
+
+
+
+class NetdevBridge(TypedDict):
+    id: str
+    type: Literal["bridge"]
+    br: NotRequired[str]
+    helper: NotRequired[str]
+
+
+
+
+class NetdevHubport(TypedDict):
+    id: str
+    type: Literal["hubport"]
+    hubid: int
+    netdev: NotRequired[str]
+
+
+
+
+class NetdevNetmap(TypedDict):
+    id: str
+    type: Literal["netmap"]
+    ifname: str
+    devname: NotRequired[str]
+
+
+
+
+class NetdevVhostUser(TypedDict):
+    id: str
+    type: Literal["vhost-user"]
+    chardev: str
+    vhostforce: NotRequired[bool]
+    queues: NotRequired[int]
+
+
+NetdevVhostVdpa = TypedDict("NetdevVhostVdpa", {"id": "str", "type": "Literal[\"vhost-vdpa\"]", "vhostdev": "NotRequired[str]", "vhostfd": "NotRequired[str]", "queues": "NotRequired[int]", "x-svq": "NotRequired[bool]"})
+
+
+class NetdevNone(TypedDict):
+    id: str
+    type: Literal["none"]
+
+
+Netdev: TypeAlias = "NetdevNic | NetdevUser | NetdevTap | NetdevL2tpv3 | NetdevSocket | NetdevStream | NetdevDgram | NetdevVde | NetdevBridge | NetdevHubport | NetdevNetmap | NetdevVhostUser | NetdevVhostVdpa | NetdevNone"
+
+
+class NetdevDelArguments(TypedDict):
+    id: str
+
+
+
+
+class QueryRxFilterArguments(TypedDict):
+    name: NotRequired[str]
+
+
+
+
+class AnnounceSelfArguments(TypedDict):
+    initial: int
+    max: int
+    rounds: int
+    step: int
+    interfaces: NotRequired[list[str]]
+    id: NotRequired[str]
+
+
+
+
+class QueryRockerArguments(TypedDict):
+    name: str
+
+
+
+
+class QueryRockerPortsArguments(TypedDict):
+    name: str
+
+
+QueryRockerOfDpaFlowsArguments = TypedDict("QueryRockerOfDpaFlowsArguments", {"name": "str", "tbl-id": "NotRequired[int]"})
+
+
+class QueryRockerOfDpaGroupsArguments(TypedDict):
+    name: str
+    type: NotRequired[int]
+
+
+SetPasswordArgumentsVncConnected: TypeAlias = Literal["keep", "fail", "disconnect"]
+
+
+class SetPasswordArgumentsVnc(TypedDict):
+    protocol: Literal["vnc"]
+    password: str
+    connected: NotRequired[SetPasswordArgumentsVncConnected]
+    display: NotRequired[str]
+
+
+
+
+class SetPasswordArgumentsSpice(TypedDict):
+    protocol: Literal["spice"]
+    password: str
+    connected: NotRequired[SetPasswordArgumentsVncConnected]
+
+
+SetPasswordArguments: TypeAlias = "SetPasswordArgumentsVnc | SetPasswordArgumentsSpice"
+
+
+class ExpirePasswordArgumentsVnc(TypedDict):
+    protocol: Literal["vnc"]
+    time: str
+    display: NotRequired[str]
+
+
+
+
+class ExpirePasswordArgumentsSpice(TypedDict):
+    protocol: Literal["spice"]
+    time: str
+
+
+ExpirePasswordArguments: TypeAlias = "ExpirePasswordArgumentsVnc | ExpirePasswordArgumentsSpice"
+ScreendumpArgumentsFormat: TypeAlias = Literal["ppm", "png"]
+
+
+class ScreendumpArguments(TypedDict):
+    filename: str
+    device: NotRequired[str]
+    head: NotRequired[int]
+    format: NotRequired[ScreendumpArgumentsFormat]
+
+
+
+
+class ChangeVncPasswordArguments(TypedDict):
+    password: str
+
+
+
+
+class KeyValueNumber(TypedDict):
+    type: Literal["number"]
+    data: int
+
+
+KeyValueQcodeData: TypeAlias = Literal["unmapped", "shift", "shift_r", "alt", "alt_r", "ctrl", "ctrl_r", "menu", "esc", "1", "2", "3", "4", "5", "6", "7", "8", "9", "0", "minus", "equal", "backspace", "tab", "q", "w", "e", "r", "t", "y", "u", "i", "o", "p", "bracket_left", "bracket_right", "ret", "a", "s", "d", "f", "g", "h", "j", "k", "l", "semicolon", "apostrophe", "grave_accent", "backslash", "z", "x", "c", "v", "b", "n", "m", "comma", "dot", "slash", "asterisk", "spc", "caps_lock", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "num_lock", "scroll_lock", "kp_divide", "kp_multiply", "kp_subtract", "kp_add", "kp_enter", "kp_decimal", "sysrq", "kp_0", "kp_1", "kp_2", "kp_3", "kp_4", "kp_5", "kp_6", "kp_7", "kp_8", "kp_9", "less", "f11", "f12", "print", "home", "pgup", "pgdn", "end", "left", "up", "down", "right", "insert", "delete", "stop", "again", "props", "undo", "front", "copy", "open", "paste", "find", "cut", "lf", "help", "meta_l", "meta_r", "compose", "pause", "ro", "hiragana", "henkan", "yen", "muhenkan", "katakanahiragana", "kp_comma", "kp_equals", "power", "sleep", "wake", "audionext", "audioprev", "audiostop", "audioplay", "audiomute", "volumeup", "volumedown", "mediaselect", "mail", "calculator", "computer", "ac_home", "ac_back", "ac_forward", "ac_refresh", "ac_bookmarks", "lang1", "lang2"]
+
+
+class KeyValueQcode(TypedDict):
+    type: Literal["qcode"]
+    data: KeyValueQcodeData
+
+
+KeyValue: TypeAlias = "KeyValueNumber | KeyValueQcode"
+SendKeyArguments = TypedDict("SendKeyArguments", {"keys": "list[KeyValue]", "hold-time": "NotRequired[int]"})
+
+
+class InputEventKeyData(TypedDict):
+    key: KeyValue
+    down: bool
+
+
+
+
+class InputEventKey(TypedDict):
+    type: Literal["key"]
+    data: InputEventKeyData
+
+
+InputEventBtnDataButton: TypeAlias = Literal["left", "middle", "right", "wheel-up", "wheel-down", "side", "extra", "wheel-left", "wheel-right"]
+
+
+class InputEventBtnData(TypedDict):
+    button: InputEventBtnDataButton
+    down: bool
+
+
+
+
+class InputEventBtn(TypedDict):
+    type: Literal["btn"]
+    data: InputEventBtnData
+
+
+InputEventRelDataAxis: TypeAlias = Literal["x", "y"]
+
+
+class InputEventRelData(TypedDict):
+    axis: InputEventRelDataAxis
+    value: int
+
+
+
+
+class InputEventRel(TypedDict):
+    type: Literal["rel"]
+    data: InputEventRelData
+
+
+
+
+class InputEventAbs(TypedDict):
+    type: Literal["abs"]
+    data: InputEventRelData
+
+
+InputEvent: TypeAlias = "InputEventKey | InputEventBtn | InputEventRel | InputEventAbs"
+
+
+class InputSendEventArguments(TypedDict):
+    device: NotRequired[str]
+    head: NotRequired[int]
+    events: list[InputEvent]
+
+
+DisplayReloadArgumentsVnc = TypedDict("DisplayReloadArgumentsVnc", {"type": "Literal[\"vnc\"]", "tls-certs": "NotRequired[bool]"})
+DisplayReloadArguments: TypeAlias = "DisplayReloadArgumentsVnc"
+
+
+class DisplayUpdateArgumentsVnc(TypedDict):
+    type: Literal["vnc"]
+    addresses: NotRequired[list[SocketAddress]]
+
+
+DisplayUpdateArguments: TypeAlias = "DisplayUpdateArgumentsVnc"
+MigrationCapability: TypeAlias = Literal["xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events", "postcopy-ram", "x-colo", "release-ram", "block", "return-path", "pause-before-switchover", "multifd", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid", "background-snapshot", "zero-copy-send", "postcopy-preempt"]
+
+
+class MigrationCapabilityStatus(TypedDict):
+    capability: MigrationCapability
+    state: bool
+
+
+
+
+class MigrateSetCapabilitiesArguments(TypedDict):
+    capabilities: list[MigrationCapabilityStatus]
+
+
+MigrateSetParametersArgumentsMultifdCompression: TypeAlias = Literal["none", "zlib", "zstd"]
+
+
+class MigrateSetParametersArgumentsBlockBitmapMappingBitmapsTransform(TypedDict):
+    persistent: NotRequired[bool]
+
+
+
+
+class MigrateSetParametersArgumentsBlockBitmapMappingBitmaps(TypedDict):
+    name: str
+    alias: str
+    transform: NotRequired[MigrateSetParametersArgumentsBlockBitmapMappingBitmapsTransform]
+
+
+MigrateSetParametersArgumentsBlockBitmapMapping = TypedDict("MigrateSetParametersArgumentsBlockBitmapMapping", {"node-name": "str", "alias": "str", "bitmaps": "list[MigrateSetParametersArgumentsBlockBitmapMappingBitmaps]"})
+MigrateSetParametersArguments = TypedDict("MigrateSetParametersArguments", {"announce-initial": "NotRequired[int]", "announce-max": "NotRequired[int]", "announce-rounds": "NotRequired[int]", "announce-step": "NotRequired[int]", "compress-level": "NotRequired[int]", "compress-threads": "NotRequired[int]", "compress-wait-thread": "NotRequired[bool]", "decompress-threads": "NotRequired[int]", "throttle-trigger-threshold": "NotRequired[int]", "cpu-throttle-initial": "NotRequired[int]", "cpu-throttle-increment": "NotRequired[int]", "cpu-throttle-tailslow": "NotRequired[bool]", "tls-creds": "NotRequired[StrOrNull]", "tls-hostname": "NotRequired[StrOrNull]", "tls-authz": "NotRequired[StrOrNull]", "max-bandwidth": "NotRequired[int]", "downtime-limit": "NotRequired[int]", "x-checkpoint-delay": "NotRequired[int]", "block-incremental": "NotRequired[bool]", "multifd-channels": "NotRequired[int]", "xbzrle-cache-size": "NotRequired[int]", "max-postcopy-bandwidth": "NotRequired[int]", "max-cpu-throttle": "NotRequired[int]", "multifd-compression": "NotRequired[MigrateSetParametersArgumentsMultifdCompression]", "multifd-zlib-level": "NotRequired[int]", "multifd-zstd-level": "NotRequired[int]", "block-bitmap-mapping": "NotRequired[list[MigrateSetParametersArgumentsBlockBitmapMapping]]"})
+ClientMigrateInfoArguments = TypedDict("ClientMigrateInfoArguments", {"protocol": "str", "hostname": "str", "port": "NotRequired[int]", "tls-port": "NotRequired[int]", "cert-subject": "NotRequired[str]"})
+MigrationStatus: TypeAlias = Literal["none", "setup", "cancelling", "cancelled", "active", "postcopy-active", "postcopy-paused", "postcopy-recover", "completed", "failed", "colo", "pre-switchover", "device", "wait-unplug"]
+
+
+class MigrateContinueArguments(TypedDict):
+    state: MigrationStatus
+
+
+
+
+class MigrateArguments(TypedDict):
+    uri: str
+    blk: NotRequired[bool]
+    inc: NotRequired[bool]
+    detach: NotRequired[bool]
+    resume: NotRequired[bool]
+
+
+
+
+class MigrateIncomingArguments(TypedDict):
+    uri: str
+
+
+
+
+class XenSaveDevicesStateArguments(TypedDict):
+    filename: str
+    live: NotRequired[bool]
+
+
+
+
+class XenSetGlobalDirtyLogArguments(TypedDict):
+    enable: bool
+
+
+
+
+class XenLoadDevicesStateArguments(TypedDict):
+    filename: str
+
+
+
+
+class XenSetReplicationArguments(TypedDict):
+    enable: bool
+    primary: bool
+    failover: NotRequired[bool]
+
+
+
+
+class MigrateRecoverArguments(TypedDict):
+    uri: str
+
+
+CalcDirtyRateArgumentsMode: TypeAlias = Literal["page-sampling", "dirty-ring", "dirty-bitmap"]
+CalcDirtyRateArguments = TypedDict("CalcDirtyRateArguments", {"calc-time": "int", "sample-pages": "NotRequired[int]", "mode": "NotRequired[CalcDirtyRateArgumentsMode]"})
+SetVcpuDirtyLimitArguments = TypedDict("SetVcpuDirtyLimitArguments", {"cpu-index": "NotRequired[int]", "dirty-rate": "int"})
+CancelVcpuDirtyLimitArguments = TypedDict("CancelVcpuDirtyLimitArguments", {"cpu-index": "NotRequired[int]"})
+SnapshotSaveArguments = TypedDict("SnapshotSaveArguments", {"job-id": "str", "tag": "str", "vmstate": "str", "devices": "list[str]"})
+SnapshotLoadArguments = TypedDict("SnapshotLoadArguments", {"job-id": "str", "tag": "str", "vmstate": "str", "devices": "list[str]"})
+SnapshotDeleteArguments = TypedDict("SnapshotDeleteArguments", {"job-id": "str", "tag": "str", "devices": "list[str]"})
+
+
+class TransactionActionAbort(TypedDict):
+    type: Literal["abort"]
+    data: dict[str, Any]
+
+
+
+
+class TransactionActionBlockDirtyBitmapAdd(TypedDict):
+    type: Literal["block-dirty-bitmap-add"]
+    data: BlockDirtyBitmapAddArguments
+
+
+
+
+class TransactionActionBlockDirtyBitmapRemove(TypedDict):
+    type: Literal["block-dirty-bitmap-remove"]
+    data: BlockDirtyBitmapRemoveArguments
+
+
+
+
+class TransactionActionBlockDirtyBitmapClear(TypedDict):
+    type: Literal["block-dirty-bitmap-clear"]
+    data: BlockDirtyBitmapRemoveArguments
+
+
+
+
+class TransactionActionBlockDirtyBitmapEnable(TypedDict):
+    type: Literal["block-dirty-bitmap-enable"]
+    data: BlockDirtyBitmapRemoveArguments
+
+
+
+
+class TransactionActionBlockDirtyBitmapDisable(TypedDict):
+    type: Literal["block-dirty-bitmap-disable"]
+    data: BlockDirtyBitmapRemoveArguments
+
+
+
+
+class TransactionActionBlockDirtyBitmapMerge(TypedDict):
+    type: Literal["block-dirty-bitmap-merge"]
+    data: BlockDirtyBitmapMergeArguments
+
+
+
+
+class TransactionActionBlockdevBackup(TypedDict):
+    type: Literal["blockdev-backup"]
+    data: BlockdevBackupArguments
+
+
+
+
+class TransactionActionBlockdevSnapshot(TypedDict):
+    type: Literal["blockdev-snapshot"]
+    data: BlockdevSnapshotArguments
+
+
+
+
+class TransactionActionBlockdevSnapshotInternalSync(TypedDict):
+    type: Literal["blockdev-snapshot-internal-sync"]
+    data: BlockdevSnapshotInternalSyncArguments
+
+
+
+
+class TransactionActionBlockdevSnapshotSync(TypedDict):
+    type: Literal["blockdev-snapshot-sync"]
+    data: BlockdevSnapshotSyncArguments
+
+
+
+
+class TransactionActionDriveBackup(TypedDict):
+    type: Literal["drive-backup"]
+    data: DriveBackupArguments
+
+
+TransactionAction: TypeAlias = "TransactionActionAbort | TransactionActionBlockDirtyBitmapAdd | TransactionActionBlockDirtyBitmapRemove | TransactionActionBlockDirtyBitmapClear | TransactionActionBlockDirtyBitmapEnable | TransactionActionBlockDirtyBitmapDisable | TransactionActionBlockDirtyBitmapMerge | TransactionActionBlockdevBackup | TransactionActionBlockdevSnapshot | TransactionActionBlockdevSnapshotInternalSync | TransactionActionBlockdevSnapshotSync | TransactionActionDriveBackup"
+TransactionArgumentsPropertiesCompletionMode: TypeAlias = Literal["individual", "grouped"]
+TransactionArgumentsProperties = TypedDict("TransactionArgumentsProperties", {"completion-mode": "NotRequired[TransactionArgumentsPropertiesCompletionMode]"})
+
+
+class TransactionArguments(TypedDict):
+    actions: list[TransactionAction]
+    properties: NotRequired[TransactionArgumentsProperties]
+
+
+
+
+class TraceEventGetStateArguments(TypedDict):
+    name: str
+    vcpu: NotRequired[int]
+
+
+TraceEventSetStateArguments = TypedDict("TraceEventSetStateArguments", {"name": "str", "enable": "bool", "ignore-unavailable": "NotRequired[bool]", "vcpu": "NotRequired[int]"})
+QmpCapabilitiesArgumentsEnable: TypeAlias = Literal["oob"]
+
+
+class QmpCapabilitiesArguments(TypedDict):
+    enable: NotRequired[list[QmpCapabilitiesArgumentsEnable]]
+
+
+
+
+class QomListArguments(TypedDict):
+    path: str
+
+
+
+
+class QomGetArguments(TypedDict):
+    path: str
+    property: str
+
+
+
+
+class QomSetArguments(TypedDict):
+    path: str
+    property: str
+    value: Any
+
+
+
+
+class QomListTypesArguments(TypedDict):
+    implements: NotRequired[str]
+    abstract: NotRequired[bool]
+
+
+
+
+class QomListPropertiesArguments(TypedDict):
+    typename: str
+
+
+ObjectOptionsAuthzListPolicy: TypeAlias = Literal["deny", "allow"]
+ObjectOptionsAuthzListRulesFormat: TypeAlias = Literal["exact", "glob"]
+
+
+class ObjectOptionsAuthzListRules(TypedDict):
+    match: str
+    policy: ObjectOptionsAuthzListPolicy
+    format: NotRequired[ObjectOptionsAuthzListRulesFormat]
+
+
+ObjectOptionsAuthzList = TypedDict("ObjectOptionsAuthzList", {"qom-type": "Literal[\"authz-list\"]", "id": "str", "policy": "NotRequired[ObjectOptionsAuthzListPolicy]", "rules": "NotRequired[list[ObjectOptionsAuthzListRules]]"})
+ObjectOptionsAuthzListfile = TypedDict("ObjectOptionsAuthzListfile", {"qom-type": "Literal[\"authz-listfile\"]", "id": "str", "filename": "str", "refresh": "NotRequired[bool]"})
+ObjectOptionsAuthzPam = TypedDict("ObjectOptionsAuthzPam", {"qom-type": "Literal[\"authz-pam\"]", "id": "str", "service": "str"})
+ObjectOptionsAuthzSimple = TypedDict("ObjectOptionsAuthzSimple", {"qom-type": "Literal[\"authz-simple\"]", "id": "str", "identity": "str"})
+ObjectOptionsCanHostSocketcan = TypedDict("ObjectOptionsCanHostSocketcan", {"qom-type": "Literal[\"can-host-socketcan\"]", "id": "str", "if": "str", "canbus": "str"})
+ObjectOptionsColoCompare = TypedDict("ObjectOptionsColoCompare", {"qom-type": "Literal[\"colo-compare\"]", "id": "str", "primary_in": "str", "secondary_in": "str", "outdev": "str", "iothread": "str", "notify_dev": "NotRequired[str]", "compare_timeout": "NotRequired[int]", "expired_scan_cycle": "NotRequired[int]", "max_queue_size": "NotRequired[int]", "vnet_hdr_support": "NotRequired[bool]"})
+ObjectOptionsCryptodevBackend = TypedDict("ObjectOptionsCryptodevBackend", {"qom-type": "Literal[\"cryptodev-backend\"]", "id": "str", "queues": "NotRequired[int]"})
+ObjectOptionsCryptodevBackendBuiltin = TypedDict("ObjectOptionsCryptodevBackendBuiltin", {"qom-type": "Literal[\"cryptodev-backend-builtin\"]", "id": "str", "queues": "NotRequired[int]"})
+ObjectOptionsCryptodevBackendLkcf = TypedDict("ObjectOptionsCryptodevBackendLkcf", {"qom-type": "Literal[\"cryptodev-backend-lkcf\"]", "id": "str", "queues": "NotRequired[int]"})
+ObjectOptionsCryptodevVhostUser = TypedDict("ObjectOptionsCryptodevVhostUser", {"qom-type": "Literal[\"cryptodev-vhost-user\"]", "id": "str", "queues": "NotRequired[int]", "chardev": "str"})
+ObjectOptionsDbusVmstate = TypedDict("ObjectOptionsDbusVmstate", {"qom-type": "Literal[\"dbus-vmstate\"]", "id": "str", "addr": "str", "id-list": "NotRequired[str]"})
+ObjectOptionsFilterBufferQueue: TypeAlias = Literal["all", "rx", "tx"]
+ObjectOptionsFilterBufferInsert: TypeAlias = Literal["before", "behind"]
+ObjectOptionsFilterBuffer = TypedDict("ObjectOptionsFilterBuffer", {"qom-type": "Literal[\"filter-buffer\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "interval": "int"})
+ObjectOptionsFilterDump = TypedDict("ObjectOptionsFilterDump", {"qom-type": "Literal[\"filter-dump\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "file": "str", "maxlen": "NotRequired[int]"})
+ObjectOptionsFilterMirror = TypedDict("ObjectOptionsFilterMirror", {"qom-type": "Literal[\"filter-mirror\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "outdev": "str", "vnet_hdr_support": "NotRequired[bool]"})
+ObjectOptionsFilterRedirector = TypedDict("ObjectOptionsFilterRedirector", {"qom-type": "Literal[\"filter-redirector\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "indev": "NotRequired[str]", "outdev": "NotRequired[str]", "vnet_hdr_support": "NotRequired[bool]"})
+ObjectOptionsFilterReplay = TypedDict("ObjectOptionsFilterReplay", {"qom-type": "Literal[\"filter-replay\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]"})
+ObjectOptionsFilterRewriter = TypedDict("ObjectOptionsFilterRewriter", {"qom-type": "Literal[\"filter-rewriter\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "vnet_hdr_support": "NotRequired[bool]"})
+ObjectOptionsInputBarrier = TypedDict("ObjectOptionsInputBarrier", {"qom-type": "Literal[\"input-barrier\"]", "id": "str", "name": "str", "server": "NotRequired[str]", "port": "NotRequired[str]", "x-origin": "NotRequired[str]", "y-origin": "NotRequired[str]", "width": "NotRequired[str]", "height": "NotRequired[str]"})
+ObjectOptionsInputLinuxGrabToggle: TypeAlias = Literal["ctrl-ctrl", "alt-alt", "shift-shift", "meta-meta", "scrolllock", "ctrl-scrolllock"]
+ObjectOptionsInputLinux = TypedDict("ObjectOptionsInputLinux", {"qom-type": "Literal[\"input-linux\"]", "id": "str", "evdev": "str", "grab_all": "NotRequired[bool]", "repeat": "NotRequired[bool]", "grab-toggle": "NotRequired[ObjectOptionsInputLinuxGrabToggle]"})
+ObjectOptionsIothread = TypedDict("ObjectOptionsIothread", {"qom-type": "Literal[\"iothread\"]", "id": "str", "aio-max-batch": "NotRequired[int]", "thread-pool-min": "NotRequired[int]", "thread-pool-max": "NotRequired[int]", "poll-max-ns": "NotRequired[int]", "poll-grow": "NotRequired[int]", "poll-shrink": "NotRequired[int]"})
+ObjectOptionsMainLoop = TypedDict("ObjectOptionsMainLoop", {"qom-type": "Literal[\"main-loop\"]", "id": "str", "aio-max-batch": "NotRequired[int]", "thread-pool-min": "NotRequired[int]", "thread-pool-max": "NotRequired[int]"})
+ObjectOptionsMemoryBackendEpcPolicy: TypeAlias = Literal["default", "preferred", "bind", "interleave"]
+ObjectOptionsMemoryBackendEpc = TypedDict("ObjectOptionsMemoryBackendEpc", {"qom-type": "Literal[\"memory-backend-epc\"]", "id": "str", "dump": "NotRequired[bool]", "host-nodes": "NotRequired[list[int]]", "merge": "NotRequired[bool]", "policy": "NotRequired[ObjectOptionsMemoryBackendEpcPolicy]", "prealloc": "NotRequired[bool]", "prealloc-threads": "NotRequired[int]", "prealloc-context": "NotRequired[str]", "share": "NotRequired[bool]", "reserve": "NotRequired[bool]", "size": "int", "x-use-canonical-path-for-ramblock-id": "NotRequired[bool]"})
+ObjectOptionsMemoryBackendFile = TypedDict("ObjectOptionsMemoryBackendFile", {"qom-type": "Literal[\"memory-backend-file\"]", "id": "str", "dump": "NotRequired[bool]", "host-nodes": "NotRequired[list[int]]", "merge": "NotRequired[bool]", "policy": "NotRequired[ObjectOptionsMemoryBackendEpcPolicy]", "prealloc": "NotRequired[bool]", "prealloc-threads": "NotRequired[int]", "prealloc-context": "NotRequired[str]", "share": "NotRequired[bool]", "reserve": "NotRequired[bool]", "size": "int", "x-use-canonical-path-for-ramblock-id": "NotRequired[bool]", "align": "NotRequired[int]", "discard-data": "NotRequired[bool]", "mem-path": "str", "pmem": "NotRequired[bool]", "readonly": "NotRequired[bool]"})
+ObjectOptionsMemoryBackendMemfd = TypedDict("ObjectOptionsMemoryBackendMemfd", {"qom-type": "Literal[\"memory-backend-memfd\"]", "id": "str", "dump": "NotRequired[bool]", "host-nodes": "NotRequired[list[int]]", "merge": "NotRequired[bool]", "policy": "NotRequired[ObjectOptionsMemoryBackendEpcPolicy]", "prealloc": "NotRequired[bool]", "prealloc-threads": "NotRequired[int]", "prealloc-context": "NotRequired[str]", "share": "NotRequired[bool]", "reserve": "NotRequired[bool]", "size": "int", "x-use-canonical-path-for-ramblock-id": "NotRequired[bool]", "hugetlb": "NotRequired[bool]", "hugetlbsize": "NotRequired[int]", "seal": "NotRequired[bool]"})
+ObjectOptionsMemoryBackendRam = TypedDict("ObjectOptionsMemoryBackendRam", {"qom-type": "Literal[\"memory-backend-ram\"]", "id": "str", "dump": "NotRequired[bool]", "host-nodes": "NotRequired[list[int]]", "merge": "NotRequired[bool]", "policy": "NotRequired[ObjectOptionsMemoryBackendEpcPolicy]", "prealloc": "NotRequired[bool]", "prealloc-threads": "NotRequired[int]", "prealloc-context": "NotRequired[str]", "share": "NotRequired[bool]", "reserve": "NotRequired[bool]", "size": "int", "x-use-canonical-path-for-ramblock-id": "NotRequired[bool]"})
+ObjectOptionsPrManagerHelper = TypedDict("ObjectOptionsPrManagerHelper", {"qom-type": "Literal[\"pr-manager-helper\"]", "id": "str", "path": "str"})
+ObjectOptionsQtest = TypedDict("ObjectOptionsQtest", {"qom-type": "Literal[\"qtest\"]", "id": "str", "chardev": "str", "log": "NotRequired[str]"})
+ObjectOptionsRngBuiltin = TypedDict("ObjectOptionsRngBuiltin", {"qom-type": "Literal[\"rng-builtin\"]", "id": "str", "opened": "NotRequired[bool]"})
+ObjectOptionsRngEgd = TypedDict("ObjectOptionsRngEgd", {"qom-type": "Literal[\"rng-egd\"]", "id": "str", "opened": "NotRequired[bool]", "chardev": "str"})
+ObjectOptionsRngRandom = TypedDict("ObjectOptionsRngRandom", {"qom-type": "Literal[\"rng-random\"]", "id": "str", "opened": "NotRequired[bool]", "filename": "NotRequired[str]"})
+ObjectOptionsSecretFormat: TypeAlias = Literal["raw", "base64"]
+ObjectOptionsSecret = TypedDict("ObjectOptionsSecret", {"qom-type": "Literal[\"secret\"]", "id": "str", "loaded": "NotRequired[bool]", "format": "NotRequired[ObjectOptionsSecretFormat]", "keyid": "NotRequired[str]", "iv": "NotRequired[str]", "data": "NotRequired[str]", "file": "NotRequired[str]"})
+ObjectOptionsSecretKeyring = TypedDict("ObjectOptionsSecretKeyring", {"qom-type": "Literal[\"secret_keyring\"]", "id": "str", "loaded": "NotRequired[bool]", "format": "NotRequired[ObjectOptionsSecretFormat]", "keyid": "NotRequired[str]", "iv": "NotRequired[str]", "serial": "int"})
+ObjectOptionsSevGuest = TypedDict("ObjectOptionsSevGuest", {"qom-type": "Literal[\"sev-guest\"]", "id": "str", "sev-device": "NotRequired[str]", "dh-cert-file": "NotRequired[str]", "session-file": "NotRequired[str]", "policy": "NotRequired[int]", "handle": "NotRequired[int]", "cbitpos": "NotRequired[int]", "reduced-phys-bits": "int", "kernel-hashes": "NotRequired[bool]"})
+ObjectOptionsThreadContext = TypedDict("ObjectOptionsThreadContext", {"qom-type": "Literal[\"thread-context\"]", "id": "str", "cpu-affinity": "NotRequired[list[int]]", "node-affinity": "NotRequired[list[int]]"})
+ObjectOptionsThrottleGroupLimits = TypedDict("ObjectOptionsThrottleGroupLimits", {"iops-total": "NotRequired[int]", "iops-total-max": "NotRequired[int]", "iops-total-max-length": "NotRequired[int]", "iops-read": "NotRequired[int]", "iops-read-max": "NotRequired[int]", "iops-read-max-length": "NotRequired[int]", "iops-write": "NotRequired[int]", "iops-write-max": "NotRequired[int]", "iops-write-max-length": "NotRequired[int]", "bps-total": "NotRequired[int]", "bps-total-max": "NotRequired[int]", "bps-total-max-length": "NotRequired[int]", "bps-read": "NotRequired[int]", "bps-read-max": "NotRequired[int]", "bps-read-max-length": "NotRequired[int]", "bps-write": "NotRequired[int]", "bps-write-max": "NotRequired[int]", "bps-write-max-length": "NotRequired[int]", "iops-size": "NotRequired[int]"})
+ObjectOptionsThrottleGroup = TypedDict("ObjectOptionsThrottleGroup", {"qom-type": "Literal[\"throttle-group\"]", "id": "str", "limits": "NotRequired[ObjectOptionsThrottleGroupLimits]", "x-iops-total": "NotRequired[int]", "x-iops-total-max": "NotRequired[int]", "x-iops-total-max-length": "NotRequired[int]", "x-iops-read": "NotRequired[int]", "x-iops-read-max": "NotRequired[int]", "x-iops-read-max-length": "NotRequired[int]", "x-iops-write": "NotRequired[int]", "x-iops-write-max": "NotRequired[int]", "x-iops-write-max-length": "NotRequired[int]", "x-bps-total": "NotRequired[int]", "x-bps-total-max": "NotRequired[int]", "x-bps-total-max-length": "NotRequired[int]", "x-bps-read": "NotRequired[int]", "x-bps-read-max": "NotRequired[int]", "x-bps-read-max-length": "NotRequired[int]", "x-bps-write": "NotRequired[int]", "x-bps-write-max": "NotRequired[int]", "x-bps-write-max-length": "NotRequired[int]", "x-iops-size": "NotRequired[int]"})
+ObjectOptionsTlsCredsAnonEndpoint: TypeAlias = Literal["client", "server"]
+ObjectOptionsTlsCredsAnon = TypedDict("ObjectOptionsTlsCredsAnon", {"qom-type": "Literal[\"tls-creds-anon\"]", "id": "str", "verify-peer": "NotRequired[bool]", "dir": "NotRequired[str]", "endpoint": "NotRequired[ObjectOptionsTlsCredsAnonEndpoint]", "priority": "NotRequired[str]", "loaded": "NotRequired[bool]"})
+ObjectOptionsTlsCredsPsk = TypedDict("ObjectOptionsTlsCredsPsk", {"qom-type": "Literal[\"tls-creds-psk\"]", "id": "str", "verify-peer": "NotRequired[bool]", "dir": "NotRequired[str]", "endpoint": "NotRequired[ObjectOptionsTlsCredsAnonEndpoint]", "priority": "NotRequired[str]", "loaded": "NotRequired[bool]", "username": "NotRequired[str]"})
+ObjectOptionsTlsCredsX509 = TypedDict("ObjectOptionsTlsCredsX509", {"qom-type": "Literal[\"tls-creds-x509\"]", "id": "str", "verify-peer": "NotRequired[bool]", "dir": "NotRequired[str]", "endpoint": "NotRequired[ObjectOptionsTlsCredsAnonEndpoint]", "priority": "NotRequired[str]", "loaded": "NotRequired[bool]", "sanity-check": "NotRequired[bool]", "passwordid": "NotRequired[str]"})
+ObjectOptionsTlsCipherSuites = TypedDict("ObjectOptionsTlsCipherSuites", {"qom-type": "Literal[\"tls-cipher-suites\"]", "id": "str", "verify-peer": "NotRequired[bool]", "dir": "NotRequired[str]", "endpoint": "NotRequired[ObjectOptionsTlsCredsAnonEndpoint]", "priority": "NotRequired[str]"})
+ObjectOptionsXRemoteObject = TypedDict("ObjectOptionsXRemoteObject", {"qom-type": "Literal[\"x-remote-object\"]", "id": "str", "fd": "str", "devid": "str"})
+ObjectOptionsXVfioUserServer = TypedDict("ObjectOptionsXVfioUserServer", {"qom-type": "Literal[\"x-vfio-user-server\"]", "id": "str", "socket": "SocketAddress", "device": "str"})
+ObjectOptionsCanBus = TypedDict("ObjectOptionsCanBus", {"qom-type": "Literal[\"can-bus\"]", "id": "str"})
+ObjectOptionsPefGuest = TypedDict("ObjectOptionsPefGuest", {"qom-type": "Literal[\"pef-guest\"]", "id": "str"})
+ObjectOptionsS390PvGuest = TypedDict("ObjectOptionsS390PvGuest", {"qom-type": "Literal[\"s390-pv-guest\"]", "id": "str"})
+ObjectOptions: TypeAlias = "ObjectOptionsAuthzList | ObjectOptionsAuthzListfile | ObjectOptionsAuthzPam | ObjectOptionsAuthzSimple | ObjectOptionsCanHostSocketcan | ObjectOptionsColoCompare | ObjectOptionsCryptodevBackend | ObjectOptionsCryptodevBackendBuiltin | ObjectOptionsCryptodevBackendLkcf | ObjectOptionsCryptodevVhostUser | ObjectOptionsDbusVmstate | ObjectOptionsFilterBuffer | ObjectOptionsFilterDump | ObjectOptionsFilterMirror | ObjectOptionsFilterRedirector | ObjectOptionsFilterReplay | ObjectOptionsFilterRewriter | ObjectOptionsInputBarrier | ObjectOptionsInputLinux | ObjectOptionsIothread | ObjectOptionsMainLoop | ObjectOptionsMemoryBackendEpc | ObjectOptionsMemoryBackendFile | ObjectOptionsMemoryBackendMemfd | ObjectOptionsMemoryBackendRam | ObjectOptionsPrManagerHelper | ObjectOptionsQtest | ObjectOptionsRngBuiltin | ObjectOptionsRngEgd | ObjectOptionsRngRandom | ObjectOptionsSecret | ObjectOptionsSecretKeyring | ObjectOptionsSevGuest | ObjectOptionsThreadContext | ObjectOptionsThrottleGroup | ObjectOptionsTlsCredsAnon | ObjectOptionsTlsCredsPsk | ObjectOptionsTlsCredsX509 | ObjectOptionsTlsCipherSuites | ObjectOptionsXRemoteObject | ObjectOptionsXVfioUserServer | ObjectOptionsCanBus | ObjectOptionsPefGuest | ObjectOptionsS390PvGuest"
+
+
+class ObjectDelArguments(TypedDict):
+    id: str
+
+
+
+
+class DeviceListPropertiesArguments(TypedDict):
+    typename: str
+
+
+
+
+class DeviceAddArguments(TypedDict):
+    driver: str
+    bus: NotRequired[str]
+    id: NotRequired[str]
+
+
+
+
+class DeviceDelArguments(TypedDict):
+    id: str
+
+
+MemsaveArguments = TypedDict("MemsaveArguments", {"val": "int", "size": "int", "filename": "str", "cpu-index": "NotRequired[int]"})
+
+
+class PmemsaveArguments(TypedDict):
+    val: int
+    size: int
+    filename: str
+
+
+
+
+class SetNumaNodeArgumentsNode(TypedDict):
+    type: Literal["node"]
+    nodeid: NotRequired[int]
+    cpus: NotRequired[list[int]]
+    mem: NotRequired[int]
+    memdev: NotRequired[str]
+    initiator: NotRequired[int]
+
+
+
+
+class SetNumaNodeArgumentsDist(TypedDict):
+    type: Literal["dist"]
+    src: int
+    dst: int
+    val: int
+
+
+SetNumaNodeArgumentsCpu = TypedDict("SetNumaNodeArgumentsCpu", {"type": "Literal[\"cpu\"]", "node-id": "NotRequired[int]", "socket-id": "NotRequired[int]", "die-id": "NotRequired[int]", "cluster-id": "NotRequired[int]", "core-id": "NotRequired[int]", "thread-id": "NotRequired[int]"})
+SetNumaNodeArgumentsHmatLbHierarchy: TypeAlias = Literal["memory", "first-level", "second-level", "third-level"]
+SetNumaNodeArgumentsHmatLbDataType: TypeAlias = Literal["access-latency", "read-latency", "write-latency", "access-bandwidth", "read-bandwidth", "write-bandwidth"]
+SetNumaNodeArgumentsHmatLb = TypedDict("SetNumaNodeArgumentsHmatLb", {"type": "Literal[\"hmat-lb\"]", "initiator": "int", "target": "int", "hierarchy": "SetNumaNodeArgumentsHmatLbHierarchy", "data-type": "SetNumaNodeArgumentsHmatLbDataType", "latency": "NotRequired[int]", "bandwidth": "NotRequired[int]"})
+SetNumaNodeArgumentsHmatCacheAssociativity: TypeAlias = Literal["none", "direct", "complex"]
+SetNumaNodeArgumentsHmatCachePolicy: TypeAlias = Literal["none", "write-back", "write-through"]
+SetNumaNodeArgumentsHmatCache = TypedDict("SetNumaNodeArgumentsHmatCache", {"type": "Literal[\"hmat-cache\"]", "node-id": "int", "size": "int", "level": "int", "associativity": "SetNumaNodeArgumentsHmatCacheAssociativity", "policy": "SetNumaNodeArgumentsHmatCachePolicy", "line": "int"})
+SetNumaNodeArguments: TypeAlias = "SetNumaNodeArgumentsNode | SetNumaNodeArgumentsDist | SetNumaNodeArgumentsCpu | SetNumaNodeArgumentsHmatLb | SetNumaNodeArgumentsHmatCache"
+
+
+class BalloonArguments(TypedDict):
+    value: int
+
+
+
+
+class DumpdtbArguments(TypedDict):
+    filename: str
+
+
+QueryCpuModelExpansionArgumentsType: TypeAlias = Literal["static", "full"]
+
+
+class CpuModelInfo(TypedDict):
+    name: str
+    props: NotRequired[Any]
+
+
+
+
+class QueryCpuModelExpansionArguments(TypedDict):
+    type: QueryCpuModelExpansionArgumentsType
+    model: CpuModelInfo
+
+
+
+
+class ReplayBreakArguments(TypedDict):
+    icount: int
+
+
+
+
+class ReplaySeekArguments(TypedDict):
+    icount: int
+
+
+YankArgumentsInstancesBlockNode = TypedDict("YankArgumentsInstancesBlockNode", {"type": "Literal[\"block-node\"]", "node-name": "str"})
+
+
+class YankArgumentsInstancesChardev(TypedDict):
+    type: Literal["chardev"]
+    id: str
+
+
+
+
+class YankArgumentsInstancesMigration(TypedDict):
+    type: Literal["migration"]
+
+
+YankArgumentsInstances: TypeAlias = "YankArgumentsInstancesBlockNode | YankArgumentsInstancesChardev | YankArgumentsInstancesMigration"
+
+
+class YankArguments(TypedDict):
+    instances: list[YankArgumentsInstances]
+
+
+
+
+class AddClientArguments(TypedDict):
+    protocol: str
+    fdname: str
+    skipauth: NotRequired[bool]
+    tls: NotRequired[bool]
+
+
+HumanMonitorCommandArguments = TypedDict("HumanMonitorCommandArguments", {"command-line": "str", "cpu-index": "NotRequired[int]"})
+
+
+class GetfdArguments(TypedDict):
+    fdname: str
+
+
+
+
+class ClosefdArguments(TypedDict):
+    fdname: str
+
+
+AddFdArguments = TypedDict("AddFdArguments", {"fdset-id": "NotRequired[int]", "opaque": "NotRequired[str]"})
+RemoveFdArguments = TypedDict("RemoveFdArguments", {"fdset-id": "int", "fd": "NotRequired[int]"})
+
+
+class QueryCommandLineOptionsArguments(TypedDict):
+    option: NotRequired[str]
+
+
+SevInjectLaunchSecretArguments = TypedDict("SevInjectLaunchSecretArguments", {"packet-header": "str", "secret": "str", "gpa": "NotRequired[int]"})
+
+
+class QuerySevAttestationReportArguments(TypedDict):
+    mnonce: str
+
+
+QueryStatsArgumentsVcpuProvidersProvider: TypeAlias = Literal["kvm"]
+
+
+class QueryStatsArgumentsVcpuProviders(TypedDict):
+    provider: QueryStatsArgumentsVcpuProvidersProvider
+    names: NotRequired[list[str]]
+
+
+
+
+class QueryStatsArgumentsVcpu(TypedDict):
+    target: Literal["vcpu"]
+    providers: NotRequired[list[QueryStatsArgumentsVcpuProviders]]
+    vcpus: NotRequired[list[str]]
+
+
+
+
+class QueryStatsArgumentsVm(TypedDict):
+    target: Literal["vm"]
+    providers: NotRequired[list[QueryStatsArgumentsVcpuProviders]]
+
+
+QueryStatsArguments: TypeAlias = "QueryStatsArgumentsVcpu | QueryStatsArgumentsVm"
+
+
+class QueryStatsSchemasArguments(TypedDict):
+    provider: NotRequired[QueryStatsArgumentsVcpuProvidersProvider]
+
+
+
+
+class XQueryVirtioStatusArguments(TypedDict):
+    path: str
+
+
+
+
+class XQueryVirtioQueueStatusArguments(TypedDict):
+    path: str
+    queue: int
+
+
+
+
+class XQueryVirtioVhostQueueStatusArguments(TypedDict):
+    path: str
+    queue: int
+
+
+
+
+class XQueryVirtioQueueElementArguments(TypedDict):
+    path: str
+    queue: int
+    index: NotRequired[int]
+
+
 RunState: TypeAlias = Literal["debug", "inmigrate", "internal-error", "io-error", "paused", "postmigrate", "prelaunch", "finish-migrate", "restore-vm", "running", "save-vm", "shutdown", "suspended", "watchdog", "guest-panicked", "colo"]
 
 
@@ -55,10 +2175,6 @@ class StatusInfo(TypedDict):
     status: RunState
 
 
-WatchdogAction: TypeAlias = Literal["reset", "shutdown", "poweroff", "pause", "debug", "none", "inject-nmi"]
-SetActionArgumentsReboot: TypeAlias = Literal["reset", "shutdown"]
-ShutdownAction: TypeAlias = Literal["poweroff", "pause"]
-SetActionArgumentsPanic: TypeAlias = Literal["pause", "shutdown", "exit-failure", "none"]
 
 
 class QueryPrManagersResult(TypedDict):
@@ -66,15 +2182,9 @@ class QueryPrManagersResult(TypedDict):
     connected: bool
 
 
-BlockdevChangeMediumArgumentsReadOnlyMode: TypeAlias = Literal["retain", "read-only", "read-write"]
-BlockdevDetectZeroesOptions: TypeAlias = Literal["off", "on", "unmap"]
 BlockDeviceInfoImageSnapshots = TypedDict("BlockDeviceInfoImageSnapshots", {"id": "str", "name": "str", "vm-state-size": "int", "date-sec": "int", "date-nsec": "int", "vm-clock-sec": "int", "vm-clock-nsec": "int", "icount": "NotRequired[int]"})
-BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherAlg: TypeAlias = Literal["aes-128", "aes-192", "aes-256", "des", "3des", "cast5-128", "serpent-128", "serpent-192", "serpent-256", "twofish-128", "twofish-192", "twofish-256"]
-BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherMode: TypeAlias = Literal["ecb", "cbc", "xts", "ctr"]
-BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenAlg: TypeAlias = Literal["plain", "plain64", "essiv"]
-BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg: TypeAlias = Literal["md5", "sha1", "sha224", "sha256", "sha384", "sha512", "ripemd160"]
 BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots = TypedDict("BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots", {"active": "bool", "iters": "NotRequired[int]", "stripes": "NotRequired[int]", "key-offset": "int"})
-BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuks = TypedDict("BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuks", {"format": "Literal[\"luks\"]", "cipher-alg": "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherAlg", "cipher-mode": "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherMode", "ivgen-alg": "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenAlg", "ivgen-hash-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg]", "hash-alg": "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg", "payload-offset": "int", "master-key-iters": "int", "uuid": "str", "slots": "list[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots]"})
+BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuks = TypedDict("BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuks", {"format": "Literal[\"luks\"]", "cipher-alg": "BlockdevCreateOptionsLuksCipherAlg", "cipher-mode": "BlockdevCreateOptionsLuksCipherMode", "ivgen-alg": "BlockdevCreateOptionsLuksIvgenAlg", "ivgen-hash-alg": "NotRequired[BlockdevCreateOptionsLuksIvgenHashAlg]", "hash-alg": "BlockdevCreateOptionsLuksIvgenHashAlg", "payload-offset": "int", "master-key-iters": "int", "uuid": "str", "slots": "list[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots]"})
 
 
 class BlockDeviceInfoImageFormatSpecificQcow2DataEncryptAes(TypedDict):
@@ -91,8 +2201,7 @@ class BlockDeviceInfoImageFormatSpecificQcow2DataBitmaps(TypedDict):
     flags: list[BlockDeviceInfoImageFormatSpecificQcow2DataBitmapsFlags]
 
 
-BlockDeviceInfoImageFormatSpecificQcow2DataCompressionType: TypeAlias = Literal["zlib", "zstd"]
-BlockDeviceInfoImageFormatSpecificQcow2Data = TypedDict("BlockDeviceInfoImageFormatSpecificQcow2Data", {"compat": "str", "data-file": "NotRequired[str]", "data-file-raw": "NotRequired[bool]", "extended-l2": "NotRequired[bool]", "lazy-refcounts": "NotRequired[bool]", "corrupt": "NotRequired[bool]", "refcount-bits": "int", "encrypt": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncrypt]", "bitmaps": "NotRequired[list[BlockDeviceInfoImageFormatSpecificQcow2DataBitmaps]]", "compression-type": "BlockDeviceInfoImageFormatSpecificQcow2DataCompressionType"})
+BlockDeviceInfoImageFormatSpecificQcow2Data = TypedDict("BlockDeviceInfoImageFormatSpecificQcow2Data", {"compat": "str", "data-file": "NotRequired[str]", "data-file-raw": "NotRequired[bool]", "extended-l2": "NotRequired[bool]", "lazy-refcounts": "NotRequired[bool]", "corrupt": "NotRequired[bool]", "refcount-bits": "int", "encrypt": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncrypt]", "bitmaps": "NotRequired[list[BlockDeviceInfoImageFormatSpecificQcow2DataBitmaps]]", "compression-type": "BlockdevCreateOptionsQcow2CompressionType"})
 
 
 class BlockDeviceInfoImageFormatSpecificQcow2(TypedDict):
@@ -108,7 +2217,7 @@ class BlockDeviceInfoImageFormatSpecificVmdk(TypedDict):
     data: BlockDeviceInfoImageFormatSpecificVmdkData
 
 
-BlockDeviceInfoImageFormatSpecificLuksData = TypedDict("BlockDeviceInfoImageFormatSpecificLuksData", {"cipher-alg": "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherAlg", "cipher-mode": "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherMode", "ivgen-alg": "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenAlg", "ivgen-hash-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg]", "hash-alg": "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg", "payload-offset": "int", "master-key-iters": "int", "uuid": "str", "slots": "list[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots]"})
+BlockDeviceInfoImageFormatSpecificLuksData = TypedDict("BlockDeviceInfoImageFormatSpecificLuksData", {"cipher-alg": "BlockdevCreateOptionsLuksCipherAlg", "cipher-mode": "BlockdevCreateOptionsLuksCipherMode", "ivgen-alg": "BlockdevCreateOptionsLuksIvgenAlg", "ivgen-hash-alg": "NotRequired[BlockdevCreateOptionsLuksIvgenHashAlg]", "hash-alg": "BlockdevCreateOptionsLuksIvgenHashAlg", "payload-offset": "int", "master-key-iters": "int", "uuid": "str", "slots": "list[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots]"})
 
 
 class BlockDeviceInfoImageFormatSpecificLuks(TypedDict):
@@ -443,11 +2552,6 @@ BlockStatsDriverSpecific: TypeAlias = "BlockStatsDriverSpecificFile | BlockStats
 BlockStats = TypedDict("BlockStats", {"device": "NotRequired[str]", "qdev": "NotRequired[str]", "node-name": "NotRequired[str]", "stats": "BlockStatsStats", "driver-specific": "NotRequired[BlockStatsDriverSpecific]", "parent": "NotRequired[BlockStats]", "backing": "NotRequired[BlockStats]"})
 JobStatus: TypeAlias = Literal["undefined", "created", "running", "paused", "ready", "standby", "waiting", "pending", "aborting", "concluded", "null"]
 BlockJobInfo = TypedDict("BlockJobInfo", {"type": "str", "device": "str", "len": "int", "offset": "int", "busy": "bool", "paused": "bool", "speed": "int", "io-status": "BlockInfoIoStatus", "ready": "bool", "status": "JobStatus", "auto-finalize": "bool", "auto-dismiss": "bool", "error": "NotRequired[str]"})
-BlockdevSnapshotSyncArgumentsMode: TypeAlias = Literal["existing", "absolute-paths"]
-BlockCommitArgumentsOnError: TypeAlias = Literal["report", "ignore", "enospc", "stop", "auto"]
-DriveBackupArgumentsSync: TypeAlias = Literal["top", "full", "none", "incremental", "bitmap"]
-DriveBackupArgumentsBitmapMode: TypeAlias = Literal["on-success", "never", "always"]
-DriveBackupArgumentsXPerf = TypedDict("DriveBackupArgumentsXPerf", {"use-copy-range": "NotRequired[bool]", "max-workers": "NotRequired[int]", "max-chunk": "NotRequired[int]"})
 XDebugQueryBlockGraphResultNodesType: TypeAlias = Literal["block-backend", "block-job", "block-driver"]
 
 
@@ -457,8 +2561,7 @@ class XDebugQueryBlockGraphResultNodes(TypedDict):
     name: str
 
 
-XDebugQueryBlockGraphResultEdgesPerm: TypeAlias = Literal["consistent-read", "write", "write-unchanged", "resize"]
-XDebugQueryBlockGraphResultEdges = TypedDict("XDebugQueryBlockGraphResultEdges", {"parent": "int", "child": "int", "name": "str", "perm": "list[XDebugQueryBlockGraphResultEdgesPerm]", "shared-perm": "list[XDebugQueryBlockGraphResultEdgesPerm]"})
+XDebugQueryBlockGraphResultEdges = TypedDict("XDebugQueryBlockGraphResultEdges", {"parent": "int", "child": "int", "name": "str", "perm": "list[BlockdevOptionsBlkdebugTakeChildPerms]", "shared-perm": "list[BlockdevOptionsBlkdebugTakeChildPerms]"})
 
 
 class XDebugQueryBlockGraphResult(TypedDict):
@@ -466,730 +2569,14 @@ class XDebugQueryBlockGraphResult(TypedDict):
     edges: list[XDebugQueryBlockGraphResultEdges]
 
 
-DriveMirrorArgumentsCopyMode: TypeAlias = Literal["background", "write-blocking"]
-
-
-class BlockDirtyBitmapOrStrBranch(TypedDict):
-    node: str
-    name: str
-
-
-BlockDirtyBitmapOrStr: TypeAlias = "str | BlockDirtyBitmapOrStrBranch"
 
 
 class XDebugBlockDirtyBitmapSha256Result(TypedDict):
     sha256: str
 
 
-BlockdevDiscardOptions: TypeAlias = Literal["ignore", "unmap"]
-BlockdevCacheOptions = TypedDict("BlockdevCacheOptions", {"direct": "NotRequired[bool]", "no-flush": "NotRequired[bool]"})
-BlockdevRef: TypeAlias = "BlockdevOptions | str"
-BlockdevOptionsBlkdebugInjectErrorEvent: TypeAlias = Literal["l1_update", "l1_grow_alloc_table", "l1_grow_write_table", "l1_grow_activate_table", "l2_load", "l2_update", "l2_update_compressed", "l2_alloc_cow_read", "l2_alloc_write", "read_aio", "read_backing_aio", "read_compressed", "write_aio", "write_compressed", "vmstate_load", "vmstate_save", "cow_read", "cow_write", "reftable_load", "reftable_grow", "reftable_update", "refblock_load", "refblock_update", "refblock_update_part", "refblock_alloc", "refblock_alloc_hookup", "refblock_alloc_write", "refblock_alloc_write_blocks", "refblock_alloc_write_table", "refblock_alloc_switch_table", "cluster_alloc", "cluster_alloc_bytes", "cluster_free", "flush_to_os", "flush_to_disk", "pwritev_rmw_head", "pwritev_rmw_after_head", "pwritev_rmw_tail", "pwritev_rmw_after_tail", "pwritev", "pwritev_zero", "pwritev_done", "empty_image_prepare", "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write", "cluster_alloc_space", "none"]
-BlockdevOptionsBlkdebugInjectErrorIotype: TypeAlias = Literal["read", "write", "write-zeroes", "discard", "flush", "block-status"]
-
-
-class BlockdevOptionsBlkdebugInjectError(TypedDict):
-    event: BlockdevOptionsBlkdebugInjectErrorEvent
-    state: NotRequired[int]
-    iotype: NotRequired[BlockdevOptionsBlkdebugInjectErrorIotype]
-    errno: NotRequired[int]
-    sector: NotRequired[int]
-    once: NotRequired[bool]
-    immediately: NotRequired[bool]
-
-
-
-
-class BlockdevOptionsBlkdebugSetState(TypedDict):
-    event: BlockdevOptionsBlkdebugInjectErrorEvent
-    state: NotRequired[int]
-    new_state: int
-
-
-BlockdevOptionsBlkdebug = TypedDict("BlockdevOptionsBlkdebug", {"driver": "Literal[\"blkdebug\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "image": "BlockdevRef", "config": "NotRequired[str]", "align": "NotRequired[int]", "max-transfer": "NotRequired[int]", "opt-write-zero": "NotRequired[int]", "max-write-zero": "NotRequired[int]", "opt-discard": "NotRequired[int]", "max-discard": "NotRequired[int]", "inject-error": "NotRequired[list[BlockdevOptionsBlkdebugInjectError]]", "set-state": "NotRequired[list[BlockdevOptionsBlkdebugSetState]]", "take-child-perms": "NotRequired[list[XDebugQueryBlockGraphResultEdgesPerm]]", "unshare-child-perms": "NotRequired[list[XDebugQueryBlockGraphResultEdgesPerm]]"})
-BlockdevOptionsBlklogwrites = TypedDict("BlockdevOptionsBlklogwrites", {"driver": "Literal[\"blklogwrites\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "log": "BlockdevRef", "log-sector-size": "NotRequired[int]", "log-append": "NotRequired[bool]", "log-super-update-interval": "NotRequired[int]"})
-BlockdevOptionsBlkverify = TypedDict("BlockdevOptionsBlkverify", {"driver": "Literal[\"blkverify\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "test": "BlockdevRef", "raw": "BlockdevRef"})
-BlockdevOptionsBlkreplay = TypedDict("BlockdevOptionsBlkreplay", {"driver": "Literal[\"blkreplay\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "image": "BlockdevRef"})
-BlockdevOptionsBochs = TypedDict("BlockdevOptionsBochs", {"driver": "Literal[\"bochs\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
-BlockdevOptionsCloop = TypedDict("BlockdevOptionsCloop", {"driver": "Literal[\"cloop\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
-BlockdevOptionsCompress = TypedDict("BlockdevOptionsCompress", {"driver": "Literal[\"compress\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
-BlockdevOptionsCopyBeforeWriteOnCbwError: TypeAlias = Literal["break-guest-write", "break-snapshot"]
-BlockdevOptionsCopyBeforeWrite = TypedDict("BlockdevOptionsCopyBeforeWrite", {"driver": "Literal[\"copy-before-write\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "target": "BlockdevRef", "bitmap": "NotRequired[BlockDirtyBitmapOrStrBranch]", "on-cbw-error": "NotRequired[BlockdevOptionsCopyBeforeWriteOnCbwError]", "cbw-timeout": "NotRequired[int]"})
-BlockdevOptionsCopyOnRead = TypedDict("BlockdevOptionsCopyOnRead", {"driver": "Literal[\"copy-on-read\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "bottom": "NotRequired[str]"})
-BlockdevOptionsDmg = TypedDict("BlockdevOptionsDmg", {"driver": "Literal[\"dmg\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
-BlockdevOptionsFile2Locking: TypeAlias = Literal["auto", "on", "off"]
-BlockdevAioOptions: TypeAlias = Literal["threads", "native", "io_uring"]
-BlockdevOptionsFile2 = TypedDict("BlockdevOptionsFile2", {"driver": "Literal[\"file\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "filename": "str", "pr-manager": "NotRequired[str]", "locking": "NotRequired[BlockdevOptionsFile2Locking]", "aio": "NotRequired[BlockdevAioOptions]", "aio-max-batch": "NotRequired[int]", "drop-cache": "NotRequired[bool]", "x-check-cache-dropped": "NotRequired[bool]"})
-BlockdevOptionsFtp = TypedDict("BlockdevOptionsFtp", {"driver": "Literal[\"ftp\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "url": "str", "readahead": "NotRequired[int]", "timeout": "NotRequired[int]", "username": "NotRequired[str]", "password-secret": "NotRequired[str]", "proxy-username": "NotRequired[str]", "proxy-password-secret": "NotRequired[str]"})
-BlockdevOptionsFtps = TypedDict("BlockdevOptionsFtps", {"driver": "Literal[\"ftps\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "url": "str", "readahead": "NotRequired[int]", "timeout": "NotRequired[int]", "username": "NotRequired[str]", "password-secret": "NotRequired[str]", "proxy-username": "NotRequired[str]", "proxy-password-secret": "NotRequired[str]", "sslverify": "NotRequired[bool]"})
-SocketAddressInet = TypedDict("SocketAddressInet", {"type": "Literal[\"inet\"]", "host": "str", "port": "str", "numeric": "NotRequired[bool]", "to": "NotRequired[int]", "ipv4": "NotRequired[bool]", "ipv6": "NotRequired[bool]", "keep-alive": "NotRequired[bool]", "mptcp": "NotRequired[bool]"})
-
-
-class SocketAddressUnix(TypedDict):
-    type: Literal["unix"]
-    path: str
-    abstract: NotRequired[bool]
-    tight: NotRequired[bool]
-
-
-
-
-class SocketAddressVsock(TypedDict):
-    type: Literal["vsock"]
-    cid: str
-    port: str
-
-
-
-
-class SocketAddressFd(TypedDict):
-    type: Literal["fd"]
-    str: str
-
-
-SocketAddress: TypeAlias = "SocketAddressInet | SocketAddressUnix | SocketAddressVsock | SocketAddressFd"
-BlockdevOptionsGluster = TypedDict("BlockdevOptionsGluster", {"driver": "Literal[\"gluster\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "volume": "str", "path": "str", "server": "list[SocketAddress]", "debug": "NotRequired[int]", "logfile": "NotRequired[str]"})
-BlockdevOptionsHostCdrom = TypedDict("BlockdevOptionsHostCdrom", {"driver": "Literal[\"host_cdrom\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "filename": "str", "pr-manager": "NotRequired[str]", "locking": "NotRequired[BlockdevOptionsFile2Locking]", "aio": "NotRequired[BlockdevAioOptions]", "aio-max-batch": "NotRequired[int]", "drop-cache": "NotRequired[bool]", "x-check-cache-dropped": "NotRequired[bool]"})
-BlockdevOptionsHostDevice = TypedDict("BlockdevOptionsHostDevice", {"driver": "Literal[\"host_device\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "filename": "str", "pr-manager": "NotRequired[str]", "locking": "NotRequired[BlockdevOptionsFile2Locking]", "aio": "NotRequired[BlockdevAioOptions]", "aio-max-batch": "NotRequired[int]", "drop-cache": "NotRequired[bool]", "x-check-cache-dropped": "NotRequired[bool]"})
-BlockdevOptionsHttp = TypedDict("BlockdevOptionsHttp", {"driver": "Literal[\"http\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "url": "str", "readahead": "NotRequired[int]", "timeout": "NotRequired[int]", "username": "NotRequired[str]", "password-secret": "NotRequired[str]", "proxy-username": "NotRequired[str]", "proxy-password-secret": "NotRequired[str]", "cookie": "NotRequired[str]", "cookie-secret": "NotRequired[str]"})
-BlockdevOptionsHttps = TypedDict("BlockdevOptionsHttps", {"driver": "Literal[\"https\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "url": "str", "readahead": "NotRequired[int]", "timeout": "NotRequired[int]", "username": "NotRequired[str]", "password-secret": "NotRequired[str]", "proxy-username": "NotRequired[str]", "proxy-password-secret": "NotRequired[str]", "cookie": "NotRequired[str]", "sslverify": "NotRequired[bool]", "cookie-secret": "NotRequired[str]"})
-BlockdevOptionsIscsiTransport: TypeAlias = Literal["tcp", "iser"]
-BlockdevOptionsIscsiHeaderDigest: TypeAlias = Literal["crc32c", "none", "crc32c-none", "none-crc32c"]
-BlockdevOptionsIscsi = TypedDict("BlockdevOptionsIscsi", {"driver": "Literal[\"iscsi\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "transport": "BlockdevOptionsIscsiTransport", "portal": "str", "target": "str", "lun": "NotRequired[int]", "user": "NotRequired[str]", "password-secret": "NotRequired[str]", "initiator-name": "NotRequired[str]", "header-digest": "NotRequired[BlockdevOptionsIscsiHeaderDigest]", "timeout": "NotRequired[int]"})
-BlockdevOptionsLuks = TypedDict("BlockdevOptionsLuks", {"driver": "Literal[\"luks\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "key-secret": "NotRequired[str]"})
-BlockdevOptionsNbd2 = TypedDict("BlockdevOptionsNbd2", {"driver": "Literal[\"nbd\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "server": "SocketAddress", "export": "NotRequired[str]", "tls-creds": "NotRequired[str]", "tls-hostname": "NotRequired[str]", "x-dirty-bitmap": "NotRequired[str]", "reconnect-delay": "NotRequired[int]", "open-timeout": "NotRequired[int]"})
-BlockdevOptionsNfsServerType: TypeAlias = Literal["inet"]
-
-
-class BlockdevOptionsNfsServer(TypedDict):
-    type: BlockdevOptionsNfsServerType
-    host: str
-
-
-BlockdevOptionsNfs = TypedDict("BlockdevOptionsNfs", {"driver": "Literal[\"nfs\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "server": "BlockdevOptionsNfsServer", "path": "str", "user": "NotRequired[int]", "group": "NotRequired[int]", "tcp-syn-count": "NotRequired[int]", "readahead-size": "NotRequired[int]", "page-cache-size": "NotRequired[int]", "debug": "NotRequired[int]"})
-BlockdevOptionsNullAio = TypedDict("BlockdevOptionsNullAio", {"driver": "Literal[\"null-aio\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "size": "NotRequired[int]", "latency-ns": "NotRequired[int]", "read-zeroes": "NotRequired[bool]"})
-BlockdevOptionsNullCo = TypedDict("BlockdevOptionsNullCo", {"driver": "Literal[\"null-co\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "size": "NotRequired[int]", "latency-ns": "NotRequired[int]", "read-zeroes": "NotRequired[bool]"})
-BlockdevOptionsNvme = TypedDict("BlockdevOptionsNvme", {"driver": "Literal[\"nvme\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "device": "str", "namespace": "int"})
-BlockdevOptionsParallels = TypedDict("BlockdevOptionsParallels", {"driver": "Literal[\"parallels\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
-BlockdevOptionsPreallocate = TypedDict("BlockdevOptionsPreallocate", {"driver": "Literal[\"preallocate\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "prealloc-align": "NotRequired[int]", "prealloc-size": "NotRequired[int]"})
-BlockdevRefOrNull: TypeAlias = "BlockdevOptions | str | None"
-BlockdevOptionsQcow22OverlapCheckBranchTemplate: TypeAlias = Literal["none", "constant", "cached", "all"]
-BlockdevOptionsQcow22OverlapCheckBranch = TypedDict("BlockdevOptionsQcow22OverlapCheckBranch", {"template": "NotRequired[BlockdevOptionsQcow22OverlapCheckBranchTemplate]", "main-header": "NotRequired[bool]", "active-l1": "NotRequired[bool]", "active-l2": "NotRequired[bool]", "refcount-table": "NotRequired[bool]", "refcount-block": "NotRequired[bool]", "snapshot-table": "NotRequired[bool]", "inactive-l1": "NotRequired[bool]", "inactive-l2": "NotRequired[bool]", "bitmap-directory": "NotRequired[bool]"})
-BlockdevOptionsQcow22OverlapCheck: TypeAlias = "BlockdevOptionsQcow22OverlapCheckBranch | BlockdevOptionsQcow22OverlapCheckBranchTemplate"
-BlockdevOptionsQcow22EncryptAes = TypedDict("BlockdevOptionsQcow22EncryptAes", {"format": "Literal[\"aes\"]", "key-secret": "NotRequired[str]"})
-BlockdevOptionsQcow22EncryptLuks = TypedDict("BlockdevOptionsQcow22EncryptLuks", {"format": "Literal[\"luks\"]", "key-secret": "NotRequired[str]"})
-BlockdevOptionsQcow22Encrypt: TypeAlias = "BlockdevOptionsQcow22EncryptAes | BlockdevOptionsQcow22EncryptLuks"
-BlockdevOptionsQcow22 = TypedDict("BlockdevOptionsQcow22", {"driver": "Literal[\"qcow2\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "backing": "NotRequired[BlockdevRefOrNull]", "lazy-refcounts": "NotRequired[bool]", "pass-discard-request": "NotRequired[bool]", "pass-discard-snapshot": "NotRequired[bool]", "pass-discard-other": "NotRequired[bool]", "overlap-check": "NotRequired[BlockdevOptionsQcow22OverlapCheck]", "cache-size": "NotRequired[int]", "l2-cache-size": "NotRequired[int]", "l2-cache-entry-size": "NotRequired[int]", "refcount-cache-size": "NotRequired[int]", "cache-clean-interval": "NotRequired[int]", "encrypt": "NotRequired[BlockdevOptionsQcow22Encrypt]", "data-file": "NotRequired[BlockdevRef]"})
-BlockdevOptionsQcowEncryptAes = TypedDict("BlockdevOptionsQcowEncryptAes", {"format": "Literal[\"aes\"]", "key-secret": "NotRequired[str]"})
-BlockdevOptionsQcowEncrypt: TypeAlias = "BlockdevOptionsQcowEncryptAes"
-BlockdevOptionsQcow = TypedDict("BlockdevOptionsQcow", {"driver": "Literal[\"qcow\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "backing": "NotRequired[BlockdevRefOrNull]", "encrypt": "NotRequired[BlockdevOptionsQcowEncrypt]"})
-BlockdevOptionsQed = TypedDict("BlockdevOptionsQed", {"driver": "Literal[\"qed\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "backing": "NotRequired[BlockdevRefOrNull]"})
-BlockdevOptionsQuorumReadPattern: TypeAlias = Literal["quorum", "fifo"]
-BlockdevOptionsQuorum = TypedDict("BlockdevOptionsQuorum", {"driver": "Literal[\"quorum\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "blkverify": "NotRequired[bool]", "children": "list[BlockdevRef]", "vote-threshold": "int", "rewrite-corrupted": "NotRequired[bool]", "read-pattern": "NotRequired[BlockdevOptionsQuorumReadPattern]"})
-BlockdevOptionsRaw2 = TypedDict("BlockdevOptionsRaw2", {"driver": "Literal[\"raw\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "offset": "NotRequired[int]", "size": "NotRequired[int]"})
-BlockdevOptionsRbdEncryptLuks = TypedDict("BlockdevOptionsRbdEncryptLuks", {"format": "Literal[\"luks\"]", "key-secret": "str"})
-BlockdevOptionsRbdEncryptLuks2 = TypedDict("BlockdevOptionsRbdEncryptLuks2", {"format": "Literal[\"luks2\"]", "key-secret": "str"})
-BlockdevOptionsRbdEncrypt: TypeAlias = "BlockdevOptionsRbdEncryptLuks | BlockdevOptionsRbdEncryptLuks2"
-BlockdevOptionsRbdAuthClientRequired: TypeAlias = Literal["cephx", "none"]
-
-
-class BlockdevOptionsRbdServer(TypedDict):
-    host: str
-    port: str
-
-
-BlockdevOptionsRbd = TypedDict("BlockdevOptionsRbd", {"driver": "Literal[\"rbd\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "pool": "str", "namespace": "NotRequired[str]", "image": "str", "conf": "NotRequired[str]", "snapshot": "NotRequired[str]", "encrypt": "NotRequired[BlockdevOptionsRbdEncrypt]", "user": "NotRequired[str]", "auth-client-required": "NotRequired[list[BlockdevOptionsRbdAuthClientRequired]]", "key-secret": "NotRequired[str]", "server": "NotRequired[list[BlockdevOptionsRbdServer]]"})
-BlockdevOptionsReplicationMode: TypeAlias = Literal["primary", "secondary"]
-BlockdevOptionsReplication = TypedDict("BlockdevOptionsReplication", {"driver": "Literal[\"replication\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "mode": "BlockdevOptionsReplicationMode", "top-id": "NotRequired[str]"})
-BlockdevOptionsSnapshotAccess = TypedDict("BlockdevOptionsSnapshotAccess", {"driver": "Literal[\"snapshot-access\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
-BlockdevOptionsSshServer = TypedDict("BlockdevOptionsSshServer", {"host": "str", "port": "str", "numeric": "NotRequired[bool]", "to": "NotRequired[int]", "ipv4": "NotRequired[bool]", "ipv6": "NotRequired[bool]", "keep-alive": "NotRequired[bool]", "mptcp": "NotRequired[bool]"})
-BlockdevOptionsSshHostKeyCheckHashType: TypeAlias = Literal["md5", "sha1", "sha256"]
-
-
-class BlockdevOptionsSshHostKeyCheckHash(TypedDict):
-    mode: Literal["hash"]
-    type: BlockdevOptionsSshHostKeyCheckHashType
-    hash: str
-
-
-
-
-class BlockdevOptionsSshHostKeyCheckNone(TypedDict):
-    mode: Literal["none"]
-
-
-
-
-class BlockdevOptionsSshHostKeyCheckKnownHosts(TypedDict):
-    mode: Literal["known_hosts"]
-
-
-BlockdevOptionsSshHostKeyCheck: TypeAlias = "BlockdevOptionsSshHostKeyCheckHash | BlockdevOptionsSshHostKeyCheckNone | BlockdevOptionsSshHostKeyCheckKnownHosts"
-BlockdevOptionsSsh = TypedDict("BlockdevOptionsSsh", {"driver": "Literal[\"ssh\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "server": "BlockdevOptionsSshServer", "path": "str", "user": "NotRequired[str]", "host-key-check": "NotRequired[BlockdevOptionsSshHostKeyCheck]"})
-BlockdevOptionsThrottle = TypedDict("BlockdevOptionsThrottle", {"driver": "Literal[\"throttle\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "throttle-group": "str", "file": "BlockdevRef"})
-BlockdevOptionsVdi = TypedDict("BlockdevOptionsVdi", {"driver": "Literal[\"vdi\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
-BlockdevOptionsVhdx = TypedDict("BlockdevOptionsVhdx", {"driver": "Literal[\"vhdx\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
-BlockdevOptionsVmdk = TypedDict("BlockdevOptionsVmdk", {"driver": "Literal[\"vmdk\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef", "backing": "NotRequired[BlockdevRefOrNull]"})
-BlockdevOptionsVpc = TypedDict("BlockdevOptionsVpc", {"driver": "Literal[\"vpc\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "file": "BlockdevRef"})
-BlockdevOptionsVvfat = TypedDict("BlockdevOptionsVvfat", {"driver": "Literal[\"vvfat\"]", "node-name": "NotRequired[str]", "discard": "NotRequired[BlockdevDiscardOptions]", "cache": "NotRequired[BlockdevCacheOptions]", "read-only": "NotRequired[bool]", "auto-read-only": "NotRequired[bool]", "force-share": "NotRequired[bool]", "detect-zeroes": "NotRequired[BlockdevDetectZeroesOptions]", "dir": "str", "fat-type": "NotRequired[int]", "floppy": "NotRequired[bool]", "label": "NotRequired[str]", "rw": "NotRequired[bool]"})
-BlockdevOptions: TypeAlias = "BlockdevOptionsBlkdebug | BlockdevOptionsBlklogwrites | BlockdevOptionsBlkverify | BlockdevOptionsBlkreplay | BlockdevOptionsBochs | BlockdevOptionsCloop | BlockdevOptionsCompress | BlockdevOptionsCopyBeforeWrite | BlockdevOptionsCopyOnRead | BlockdevOptionsDmg | BlockdevOptionsFile2 | BlockdevOptionsFtp | BlockdevOptionsFtps | BlockdevOptionsGluster | BlockdevOptionsHostCdrom | BlockdevOptionsHostDevice | BlockdevOptionsHttp | BlockdevOptionsHttps | BlockdevOptionsIscsi | BlockdevOptionsLuks | BlockdevOptionsNbd2 | BlockdevOptionsNfs | BlockdevOptionsNullAio | BlockdevOptionsNullCo | BlockdevOptionsNvme | BlockdevOptionsParallels | BlockdevOptionsPreallocate | BlockdevOptionsQcow22 | BlockdevOptionsQcow | BlockdevOptionsQed | BlockdevOptionsQuorum | BlockdevOptionsRaw2 | BlockdevOptionsRbd | BlockdevOptionsReplication | BlockdevOptionsSnapshotAccess | BlockdevOptionsSsh | BlockdevOptionsThrottle | BlockdevOptionsVdi | BlockdevOptionsVhdx | BlockdevOptionsVmdk | BlockdevOptionsVpc | BlockdevOptionsVvfat"
-BlockdevCreateOptionsFilePreallocation: TypeAlias = Literal["off", "metadata", "falloc", "full"]
-BlockdevCreateOptionsFile = TypedDict("BlockdevCreateOptionsFile", {"driver": "Literal[\"file\"]", "filename": "str", "size": "int", "preallocation": "NotRequired[BlockdevCreateOptionsFilePreallocation]", "nocow": "NotRequired[bool]", "extent-size-hint": "NotRequired[int]"})
-
-
-class BlockdevCreateOptionsGlusterLocation(TypedDict):
-    volume: str
-    path: str
-    server: list[SocketAddress]
-    debug: NotRequired[int]
-    logfile: NotRequired[str]
-
-
-
-
-class BlockdevCreateOptionsGluster(TypedDict):
-    driver: Literal["gluster"]
-    location: BlockdevCreateOptionsGlusterLocation
-    size: int
-    preallocation: NotRequired[BlockdevCreateOptionsFilePreallocation]
-
-
-BlockdevCreateOptionsLuks = TypedDict("BlockdevCreateOptionsLuks", {"driver": "Literal[\"luks\"]", "key-secret": "NotRequired[str]", "cipher-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherAlg]", "cipher-mode": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherMode]", "ivgen-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenAlg]", "ivgen-hash-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg]", "hash-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg]", "iter-time": "NotRequired[int]", "file": "BlockdevRef", "size": "int", "preallocation": "NotRequired[BlockdevCreateOptionsFilePreallocation]"})
-BlockdevCreateOptionsNfsLocation = TypedDict("BlockdevCreateOptionsNfsLocation", {"server": "BlockdevOptionsNfsServer", "path": "str", "user": "NotRequired[int]", "group": "NotRequired[int]", "tcp-syn-count": "NotRequired[int]", "readahead-size": "NotRequired[int]", "page-cache-size": "NotRequired[int]", "debug": "NotRequired[int]"})
-
-
-class BlockdevCreateOptionsNfs(TypedDict):
-    driver: Literal["nfs"]
-    location: BlockdevCreateOptionsNfsLocation
-    size: int
-
-
-BlockdevCreateOptionsParallels = TypedDict("BlockdevCreateOptionsParallels", {"driver": "Literal[\"parallels\"]", "file": "BlockdevRef", "size": "int", "cluster-size": "NotRequired[int]"})
-BlockdevCreateOptionsQcowEncryptQcow = TypedDict("BlockdevCreateOptionsQcowEncryptQcow", {"format": "Literal[\"qcow\"]", "key-secret": "NotRequired[str]"})
-BlockdevCreateOptionsQcowEncryptLuks = TypedDict("BlockdevCreateOptionsQcowEncryptLuks", {"format": "Literal[\"luks\"]", "key-secret": "NotRequired[str]", "cipher-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherAlg]", "cipher-mode": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherMode]", "ivgen-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenAlg]", "ivgen-hash-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg]", "hash-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksIvgenHashAlg]", "iter-time": "NotRequired[int]"})
-BlockdevCreateOptionsQcowEncrypt: TypeAlias = "BlockdevCreateOptionsQcowEncryptQcow | BlockdevCreateOptionsQcowEncryptLuks"
-BlockdevCreateOptionsQcow = TypedDict("BlockdevCreateOptionsQcow", {"driver": "Literal[\"qcow\"]", "file": "BlockdevRef", "size": "int", "backing-file": "NotRequired[str]", "encrypt": "NotRequired[BlockdevCreateOptionsQcowEncrypt]"})
-BlockdevCreateOptionsQcow2Version: TypeAlias = Literal["v2", "v3"]
-BlockdevDriver: TypeAlias = Literal["blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress", "copy-before-write", "copy-on-read", "dmg", "file", "snapshot-access", "ftp", "ftps", "gluster", "host_cdrom", "host_device", "http", "https", "iscsi", "luks", "nbd", "nfs", "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qcow2", "qed", "quorum", "raw", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat"]
-BlockdevCreateOptionsQcow2 = TypedDict("BlockdevCreateOptionsQcow2", {"driver": "Literal[\"qcow2\"]", "file": "BlockdevRef", "data-file": "NotRequired[BlockdevRef]", "data-file-raw": "NotRequired[bool]", "extended-l2": "NotRequired[bool]", "size": "int", "version": "NotRequired[BlockdevCreateOptionsQcow2Version]", "backing-file": "NotRequired[str]", "backing-fmt": "NotRequired[BlockdevDriver]", "encrypt": "NotRequired[BlockdevCreateOptionsQcowEncrypt]", "cluster-size": "NotRequired[int]", "preallocation": "NotRequired[BlockdevCreateOptionsFilePreallocation]", "lazy-refcounts": "NotRequired[bool]", "refcount-bits": "NotRequired[int]", "compression-type": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataCompressionType]"})
-BlockdevCreateOptionsQed = TypedDict("BlockdevCreateOptionsQed", {"driver": "Literal[\"qed\"]", "file": "BlockdevRef", "size": "int", "backing-file": "NotRequired[str]", "backing-fmt": "NotRequired[BlockdevDriver]", "cluster-size": "NotRequired[int]", "table-size": "NotRequired[int]"})
-BlockdevCreateOptionsRbdLocation = TypedDict("BlockdevCreateOptionsRbdLocation", {"pool": "str", "namespace": "NotRequired[str]", "image": "str", "conf": "NotRequired[str]", "snapshot": "NotRequired[str]", "encrypt": "NotRequired[BlockdevOptionsRbdEncrypt]", "user": "NotRequired[str]", "auth-client-required": "NotRequired[list[BlockdevOptionsRbdAuthClientRequired]]", "key-secret": "NotRequired[str]", "server": "NotRequired[list[BlockdevOptionsRbdServer]]"})
-BlockdevCreateOptionsRbdEncryptLuks = TypedDict("BlockdevCreateOptionsRbdEncryptLuks", {"format": "Literal[\"luks\"]", "key-secret": "str", "cipher-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherAlg]"})
-BlockdevCreateOptionsRbdEncryptLuks2 = TypedDict("BlockdevCreateOptionsRbdEncryptLuks2", {"format": "Literal[\"luks2\"]", "key-secret": "str", "cipher-alg": "NotRequired[BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksCipherAlg]"})
-BlockdevCreateOptionsRbdEncrypt: TypeAlias = "BlockdevCreateOptionsRbdEncryptLuks | BlockdevCreateOptionsRbdEncryptLuks2"
-BlockdevCreateOptionsRbd = TypedDict("BlockdevCreateOptionsRbd", {"driver": "Literal[\"rbd\"]", "location": "BlockdevCreateOptionsRbdLocation", "size": "int", "cluster-size": "NotRequired[int]", "encrypt": "NotRequired[BlockdevCreateOptionsRbdEncrypt]"})
-BlockdevCreateOptionsSshLocation = TypedDict("BlockdevCreateOptionsSshLocation", {"server": "BlockdevOptionsSshServer", "path": "str", "user": "NotRequired[str]", "host-key-check": "NotRequired[BlockdevOptionsSshHostKeyCheck]"})
-
-
-class BlockdevCreateOptionsSsh(TypedDict):
-    driver: Literal["ssh"]
-    location: BlockdevCreateOptionsSshLocation
-    size: int
-
-
-
-
-class BlockdevCreateOptionsVdi(TypedDict):
-    driver: Literal["vdi"]
-    file: BlockdevRef
-    size: int
-    preallocation: NotRequired[BlockdevCreateOptionsFilePreallocation]
-
-
-BlockdevCreateOptionsVhdxSubformat: TypeAlias = Literal["dynamic", "fixed"]
-BlockdevCreateOptionsVhdx = TypedDict("BlockdevCreateOptionsVhdx", {"driver": "Literal[\"vhdx\"]", "file": "BlockdevRef", "size": "int", "log-size": "NotRequired[int]", "block-size": "NotRequired[int]", "subformat": "NotRequired[BlockdevCreateOptionsVhdxSubformat]", "block-state-zero": "NotRequired[bool]"})
-BlockdevCreateOptionsVmdkSubformat: TypeAlias = Literal["monolithicSparse", "monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat", "streamOptimized"]
-BlockdevCreateOptionsVmdkAdapterType: TypeAlias = Literal["ide", "buslogic", "lsilogic", "legacyESX"]
-BlockdevCreateOptionsVmdk = TypedDict("BlockdevCreateOptionsVmdk", {"driver": "Literal[\"vmdk\"]", "file": "BlockdevRef", "size": "int", "extents": "NotRequired[list[BlockdevRef]]", "subformat": "NotRequired[BlockdevCreateOptionsVmdkSubformat]", "backing-file": "NotRequired[str]", "adapter-type": "NotRequired[BlockdevCreateOptionsVmdkAdapterType]", "hwversion": "NotRequired[str]", "toolsversion": "NotRequired[str]", "zeroed-grain": "NotRequired[bool]"})
-BlockdevCreateOptionsVpcSubformat: TypeAlias = Literal["dynamic", "fixed"]
-BlockdevCreateOptionsVpc = TypedDict("BlockdevCreateOptionsVpc", {"driver": "Literal[\"vpc\"]", "file": "BlockdevRef", "size": "int", "subformat": "NotRequired[BlockdevCreateOptionsVpcSubformat]", "force-size": "NotRequired[bool]"})
-
-
-class BlockdevCreateOptionsBlkdebug(TypedDict):
-    driver: Literal["blkdebug"]
-
-
-
-
-class BlockdevCreateOptionsBlklogwrites(TypedDict):
-    driver: Literal["blklogwrites"]
-
-
-
-
-class BlockdevCreateOptionsBlkreplay(TypedDict):
-    driver: Literal["blkreplay"]
-
-
-
-
-class BlockdevCreateOptionsBlkverify(TypedDict):
-    driver: Literal["blkverify"]
-
-
-
-
-class BlockdevCreateOptionsBochs(TypedDict):
-    driver: Literal["bochs"]
-
-
-
-
-class BlockdevCreateOptionsCloop(TypedDict):
-    driver: Literal["cloop"]
-
-
-
-
-class BlockdevCreateOptionsCompress(TypedDict):
-    driver: Literal["compress"]
-
-
-
-
-class BlockdevCreateOptionsCopyBeforeWrite(TypedDict):
-    driver: Literal["copy-before-write"]
-
-
-
-
-class BlockdevCreateOptionsCopyOnRead(TypedDict):
-    driver: Literal["copy-on-read"]
-
-
-
-
-class BlockdevCreateOptionsDmg(TypedDict):
-    driver: Literal["dmg"]
-
-
-
-
-class BlockdevCreateOptionsSnapshotAccess(TypedDict):
-    driver: Literal["snapshot-access"]
-
-
-
-
-class BlockdevCreateOptionsFtp(TypedDict):
-    driver: Literal["ftp"]
-
-
-
-
-class BlockdevCreateOptionsFtps(TypedDict):
-    driver: Literal["ftps"]
-
-
-
-
-class BlockdevCreateOptionsHostCdrom(TypedDict):
-    driver: Literal["host_cdrom"]
-
-
-
-
-class BlockdevCreateOptionsHostDevice(TypedDict):
-    driver: Literal["host_device"]
-
-
-
-
-class BlockdevCreateOptionsHttp(TypedDict):
-    driver: Literal["http"]
-
-
-
-
-class BlockdevCreateOptionsHttps(TypedDict):
-    driver: Literal["https"]
-
-
-
-
-class BlockdevCreateOptionsIscsi(TypedDict):
-    driver: Literal["iscsi"]
-
-
-
-
-class BlockdevCreateOptionsNbd(TypedDict):
-    driver: Literal["nbd"]
-
-
-
-
-class BlockdevCreateOptionsNullAio(TypedDict):
-    driver: Literal["null-aio"]
-
-
-
-
-class BlockdevCreateOptionsNullCo(TypedDict):
-    driver: Literal["null-co"]
-
-
-
-
-class BlockdevCreateOptionsNvme(TypedDict):
-    driver: Literal["nvme"]
-
-
-
-
-class BlockdevCreateOptionsPreallocate(TypedDict):
-    driver: Literal["preallocate"]
-
-
-
-
-class BlockdevCreateOptionsQuorum(TypedDict):
-    driver: Literal["quorum"]
-
-
-
-
-class BlockdevCreateOptionsRaw(TypedDict):
-    driver: Literal["raw"]
-
-
-
-
-class BlockdevCreateOptionsReplication(TypedDict):
-    driver: Literal["replication"]
-
-
-
-
-class BlockdevCreateOptionsThrottle(TypedDict):
-    driver: Literal["throttle"]
-
-
-
-
-class BlockdevCreateOptionsVvfat(TypedDict):
-    driver: Literal["vvfat"]
-
-
-BlockdevCreateOptions: TypeAlias = "BlockdevCreateOptionsFile | BlockdevCreateOptionsGluster | BlockdevCreateOptionsLuks | BlockdevCreateOptionsNfs | BlockdevCreateOptionsParallels | BlockdevCreateOptionsQcow | BlockdevCreateOptionsQcow2 | BlockdevCreateOptionsQed | BlockdevCreateOptionsRbd | BlockdevCreateOptionsSsh | BlockdevCreateOptionsVdi | BlockdevCreateOptionsVhdx | BlockdevCreateOptionsVmdk | BlockdevCreateOptionsVpc | BlockdevCreateOptionsBlkdebug | BlockdevCreateOptionsBlklogwrites | BlockdevCreateOptionsBlkreplay | BlockdevCreateOptionsBlkverify | BlockdevCreateOptionsBochs | BlockdevCreateOptionsCloop | BlockdevCreateOptionsCompress | BlockdevCreateOptionsCopyBeforeWrite | BlockdevCreateOptionsCopyOnRead | BlockdevCreateOptionsDmg | BlockdevCreateOptionsSnapshotAccess | BlockdevCreateOptionsFtp | BlockdevCreateOptionsFtps | BlockdevCreateOptionsHostCdrom | BlockdevCreateOptionsHostDevice | BlockdevCreateOptionsHttp | BlockdevCreateOptionsHttps | BlockdevCreateOptionsIscsi | BlockdevCreateOptionsNbd | BlockdevCreateOptionsNullAio | BlockdevCreateOptionsNullCo | BlockdevCreateOptionsNvme | BlockdevCreateOptionsPreallocate | BlockdevCreateOptionsQuorum | BlockdevCreateOptionsRaw | BlockdevCreateOptionsReplication | BlockdevCreateOptionsThrottle | BlockdevCreateOptionsVvfat"
-XBlockdevAmendArgumentsOptionsLuksState: TypeAlias = Literal["active", "inactive"]
-XBlockdevAmendArgumentsOptionsLuks = TypedDict("XBlockdevAmendArgumentsOptionsLuks", {"driver": "Literal[\"luks\"]", "state": "XBlockdevAmendArgumentsOptionsLuksState", "new-secret": "NotRequired[str]", "old-secret": "NotRequired[str]", "keyslot": "NotRequired[int]", "iter-time": "NotRequired[int]", "secret": "NotRequired[str]"})
-XBlockdevAmendArgumentsOptionsQcow2EncryptLuks = TypedDict("XBlockdevAmendArgumentsOptionsQcow2EncryptLuks", {"format": "Literal[\"luks\"]", "state": "XBlockdevAmendArgumentsOptionsLuksState", "new-secret": "NotRequired[str]", "old-secret": "NotRequired[str]", "keyslot": "NotRequired[int]", "iter-time": "NotRequired[int]", "secret": "NotRequired[str]"})
-
-
-class XBlockdevAmendArgumentsOptionsQcow2EncryptQcow(TypedDict):
-    format: Literal["qcow"]
-
-
-XBlockdevAmendArgumentsOptionsQcow2Encrypt: TypeAlias = "XBlockdevAmendArgumentsOptionsQcow2EncryptLuks | XBlockdevAmendArgumentsOptionsQcow2EncryptQcow"
-
-
-class XBlockdevAmendArgumentsOptionsQcow2(TypedDict):
-    driver: Literal["qcow2"]
-    encrypt: NotRequired[XBlockdevAmendArgumentsOptionsQcow2Encrypt]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsBlkdebug(TypedDict):
-    driver: Literal["blkdebug"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsBlklogwrites(TypedDict):
-    driver: Literal["blklogwrites"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsBlkreplay(TypedDict):
-    driver: Literal["blkreplay"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsBlkverify(TypedDict):
-    driver: Literal["blkverify"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsBochs(TypedDict):
-    driver: Literal["bochs"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsCloop(TypedDict):
-    driver: Literal["cloop"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsCompress(TypedDict):
-    driver: Literal["compress"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsCopyBeforeWrite(TypedDict):
-    driver: Literal["copy-before-write"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsCopyOnRead(TypedDict):
-    driver: Literal["copy-on-read"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsDmg(TypedDict):
-    driver: Literal["dmg"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsFile(TypedDict):
-    driver: Literal["file"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsSnapshotAccess(TypedDict):
-    driver: Literal["snapshot-access"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsFtp(TypedDict):
-    driver: Literal["ftp"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsFtps(TypedDict):
-    driver: Literal["ftps"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsGluster(TypedDict):
-    driver: Literal["gluster"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsHostCdrom(TypedDict):
-    driver: Literal["host_cdrom"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsHostDevice(TypedDict):
-    driver: Literal["host_device"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsHttp(TypedDict):
-    driver: Literal["http"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsHttps(TypedDict):
-    driver: Literal["https"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsIscsi(TypedDict):
-    driver: Literal["iscsi"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsNbd(TypedDict):
-    driver: Literal["nbd"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsNfs(TypedDict):
-    driver: Literal["nfs"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsNullAio(TypedDict):
-    driver: Literal["null-aio"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsNullCo(TypedDict):
-    driver: Literal["null-co"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsNvme(TypedDict):
-    driver: Literal["nvme"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsParallels(TypedDict):
-    driver: Literal["parallels"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsPreallocate(TypedDict):
-    driver: Literal["preallocate"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsQcow(TypedDict):
-    driver: Literal["qcow"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsQed(TypedDict):
-    driver: Literal["qed"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsQuorum(TypedDict):
-    driver: Literal["quorum"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsRaw(TypedDict):
-    driver: Literal["raw"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsRbd(TypedDict):
-    driver: Literal["rbd"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsReplication(TypedDict):
-    driver: Literal["replication"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsSsh(TypedDict):
-    driver: Literal["ssh"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsThrottle(TypedDict):
-    driver: Literal["throttle"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsVdi(TypedDict):
-    driver: Literal["vdi"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsVhdx(TypedDict):
-    driver: Literal["vhdx"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsVmdk(TypedDict):
-    driver: Literal["vmdk"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsVpc(TypedDict):
-    driver: Literal["vpc"]
-
-
-
-
-class XBlockdevAmendArgumentsOptionsVvfat(TypedDict):
-    driver: Literal["vvfat"]
-
-
-XBlockdevAmendArgumentsOptions: TypeAlias = "XBlockdevAmendArgumentsOptionsLuks | XBlockdevAmendArgumentsOptionsQcow2 | XBlockdevAmendArgumentsOptionsBlkdebug | XBlockdevAmendArgumentsOptionsBlklogwrites | XBlockdevAmendArgumentsOptionsBlkreplay | XBlockdevAmendArgumentsOptionsBlkverify | XBlockdevAmendArgumentsOptionsBochs | XBlockdevAmendArgumentsOptionsCloop | XBlockdevAmendArgumentsOptionsCompress | XBlockdevAmendArgumentsOptionsCopyBeforeWrite | XBlockdevAmendArgumentsOptionsCopyOnRead | XBlockdevAmendArgumentsOptionsDmg | XBlockdevAmendArgumentsOptionsFile | XBlockdevAmendArgumentsOptionsSnapshotAccess | XBlockdevAmendArgumentsOptionsFtp | XBlockdevAmendArgumentsOptionsFtps | XBlockdevAmendArgumentsOptionsGluster | XBlockdevAmendArgumentsOptionsHostCdrom | XBlockdevAmendArgumentsOptionsHostDevice | XBlockdevAmendArgumentsOptionsHttp | XBlockdevAmendArgumentsOptionsHttps | XBlockdevAmendArgumentsOptionsIscsi | XBlockdevAmendArgumentsOptionsNbd | XBlockdevAmendArgumentsOptionsNfs | XBlockdevAmendArgumentsOptionsNullAio | XBlockdevAmendArgumentsOptionsNullCo | XBlockdevAmendArgumentsOptionsNvme | XBlockdevAmendArgumentsOptionsParallels | XBlockdevAmendArgumentsOptionsPreallocate | XBlockdevAmendArgumentsOptionsQcow | XBlockdevAmendArgumentsOptionsQed | XBlockdevAmendArgumentsOptionsQuorum | XBlockdevAmendArgumentsOptionsRaw | XBlockdevAmendArgumentsOptionsRbd | XBlockdevAmendArgumentsOptionsReplication | XBlockdevAmendArgumentsOptionsSsh | XBlockdevAmendArgumentsOptionsThrottle | XBlockdevAmendArgumentsOptionsVdi | XBlockdevAmendArgumentsOptionsVhdx | XBlockdevAmendArgumentsOptionsVmdk | XBlockdevAmendArgumentsOptionsVpc | XBlockdevAmendArgumentsOptionsVvfat"
-StrOrNull: TypeAlias = "str | None"
 JobInfoType: TypeAlias = Literal["commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load", "snapshot-save", "snapshot-delete"]
 JobInfo = TypedDict("JobInfo", {"id": "str", "type": "JobInfoType", "status": "JobStatus", "current-progress": "int", "total-progress": "int", "error": "NotRequired[str]"})
-
-
-class NbdServerStartArgumentsAddrInet(TypedDict):
-    type: Literal["inet"]
-    data: BlockdevOptionsSshServer
-
-
-
-
-class NbdServerStartArgumentsAddrUnixData(TypedDict):
-    path: str
-    abstract: NotRequired[bool]
-    tight: NotRequired[bool]
-
-
-
-
-class NbdServerStartArgumentsAddrUnix(TypedDict):
-    type: Literal["unix"]
-    data: NbdServerStartArgumentsAddrUnixData
-
-
-
-
-class NbdServerStartArgumentsAddrVsockData(TypedDict):
-    cid: str
-    port: str
-
-
-
-
-class NbdServerStartArgumentsAddrVsock(TypedDict):
-    type: Literal["vsock"]
-    data: NbdServerStartArgumentsAddrVsockData
-
-
-
-
-class NbdServerStartArgumentsAddrFdData(TypedDict):
-    str: str
-
-
-
-
-class NbdServerStartArgumentsAddrFd(TypedDict):
-    type: Literal["fd"]
-    data: NbdServerStartArgumentsAddrFdData
-
-
-NbdServerStartArgumentsAddr: TypeAlias = "NbdServerStartArgumentsAddrInet | NbdServerStartArgumentsAddrUnix | NbdServerStartArgumentsAddrVsock | NbdServerStartArgumentsAddrFd"
-NbdServerRemoveArgumentsMode: TypeAlias = Literal["safe", "hard"]
-BlockExportAddArgumentsNbd = TypedDict("BlockExportAddArgumentsNbd", {"type": "Literal[\"nbd\"]", "id": "str", "fixed-iothread": "NotRequired[bool]", "iothread": "NotRequired[str]", "node-name": "str", "writable": "NotRequired[bool]", "writethrough": "NotRequired[bool]", "name": "NotRequired[str]", "description": "NotRequired[str]", "bitmaps": "NotRequired[list[BlockDirtyBitmapOrStr]]", "allocation-depth": "NotRequired[bool]"})
-BlockExportAddArgumentsVhostUserBlk = TypedDict("BlockExportAddArgumentsVhostUserBlk", {"type": "Literal[\"vhost-user-blk\"]", "id": "str", "fixed-iothread": "NotRequired[bool]", "iothread": "NotRequired[str]", "node-name": "str", "writable": "NotRequired[bool]", "writethrough": "NotRequired[bool]", "addr": "SocketAddress", "logical-block-size": "NotRequired[int]", "num-queues": "NotRequired[int]"})
-BlockExportAddArgumentsFuseAllowOther: TypeAlias = Literal["off", "on", "auto"]
-BlockExportAddArgumentsFuse = TypedDict("BlockExportAddArgumentsFuse", {"type": "Literal[\"fuse\"]", "id": "str", "fixed-iothread": "NotRequired[bool]", "iothread": "NotRequired[str]", "node-name": "str", "writable": "NotRequired[bool]", "writethrough": "NotRequired[bool]", "mountpoint": "str", "growable": "NotRequired[bool]", "allow-other": "NotRequired[BlockExportAddArgumentsFuseAllowOther]"})
-BlockExportAddArgumentsVduseBlk = TypedDict("BlockExportAddArgumentsVduseBlk", {"type": "Literal[\"vduse-blk\"]", "id": "str", "fixed-iothread": "NotRequired[bool]", "iothread": "NotRequired[str]", "node-name": "str", "writable": "NotRequired[bool]", "writethrough": "NotRequired[bool]", "name": "str", "num-queues": "NotRequired[int]", "queue-size": "NotRequired[int]", "logical-block-size": "NotRequired[int]", "serial": "NotRequired[str]"})
-BlockExportAddArguments: TypeAlias = "BlockExportAddArgumentsNbd | BlockExportAddArgumentsVhostUserBlk | BlockExportAddArgumentsFuse | BlockExportAddArgumentsVduseBlk"
 QueryBlockExportsResultType: TypeAlias = Literal["nbd", "vhost-user-blk", "fuse", "vduse-blk"]
 QueryBlockExportsResult = TypedDict("QueryBlockExportsResult", {"id": "str", "type": "QueryBlockExportsResultType", "node-name": "str", "shutting-down": "bool"})
 ChardevInfo = TypedDict("ChardevInfo", {"label": "str", "filename": "str", "frontend-open": "bool"})
@@ -1199,263 +2586,12 @@ class QueryChardevBackendsResult(TypedDict):
     name: str
 
 
-RingbufWriteArgumentsFormat: TypeAlias = Literal["utf8", "base64"]
 
 
 class ChardevReturn(TypedDict):
     pty: NotRequired[str]
 
 
-ChardevBackendFileData = TypedDict("ChardevBackendFileData", {"logfile": "NotRequired[str]", "logappend": "NotRequired[bool]", "in": "NotRequired[str]", "out": "str", "append": "NotRequired[bool]"})
-
-
-class ChardevBackendFile(TypedDict):
-    type: Literal["file"]
-    data: ChardevBackendFileData
-
-
-
-
-class ChardevBackendSerialData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    device: str
-
-
-
-
-class ChardevBackendSerial(TypedDict):
-    type: Literal["serial"]
-    data: ChardevBackendSerialData
-
-
-
-
-class ChardevBackendParallel(TypedDict):
-    type: Literal["parallel"]
-    data: ChardevBackendSerialData
-
-
-
-
-class ChardevBackendPipe(TypedDict):
-    type: Literal["pipe"]
-    data: ChardevBackendSerialData
-
-
-ChardevBackendSocketData = TypedDict("ChardevBackendSocketData", {"logfile": "NotRequired[str]", "logappend": "NotRequired[bool]", "addr": "NbdServerStartArgumentsAddr", "tls-creds": "NotRequired[str]", "tls-authz": "NotRequired[str]", "server": "NotRequired[bool]", "wait": "NotRequired[bool]", "nodelay": "NotRequired[bool]", "telnet": "NotRequired[bool]", "tn3270": "NotRequired[bool]", "websocket": "NotRequired[bool]", "reconnect": "NotRequired[int]"})
-
-
-class ChardevBackendSocket(TypedDict):
-    type: Literal["socket"]
-    data: ChardevBackendSocketData
-
-
-
-
-class ChardevBackendUdpData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    remote: NbdServerStartArgumentsAddr
-    local: NotRequired[NbdServerStartArgumentsAddr]
-
-
-
-
-class ChardevBackendUdp(TypedDict):
-    type: Literal["udp"]
-    data: ChardevBackendUdpData
-
-
-
-
-class ChardevBackendPtyData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-
-
-
-
-class ChardevBackendPty(TypedDict):
-    type: Literal["pty"]
-    data: ChardevBackendPtyData
-
-
-
-
-class ChardevBackendNull(TypedDict):
-    type: Literal["null"]
-    data: ChardevBackendPtyData
-
-
-
-
-class ChardevBackendMuxData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    chardev: str
-
-
-
-
-class ChardevBackendMux(TypedDict):
-    type: Literal["mux"]
-    data: ChardevBackendMuxData
-
-
-
-
-class ChardevBackendMsmouse(TypedDict):
-    type: Literal["msmouse"]
-    data: ChardevBackendPtyData
-
-
-
-
-class ChardevBackendWctablet(TypedDict):
-    type: Literal["wctablet"]
-    data: ChardevBackendPtyData
-
-
-
-
-class ChardevBackendBraille(TypedDict):
-    type: Literal["braille"]
-    data: ChardevBackendPtyData
-
-
-
-
-class ChardevBackendTestdev(TypedDict):
-    type: Literal["testdev"]
-    data: ChardevBackendPtyData
-
-
-
-
-class ChardevBackendStdioData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    signal: NotRequired[bool]
-
-
-
-
-class ChardevBackendStdio(TypedDict):
-    type: Literal["stdio"]
-    data: ChardevBackendStdioData
-
-
-
-
-class ChardevBackendConsole(TypedDict):
-    type: Literal["console"]
-    data: ChardevBackendPtyData
-
-
-
-
-class ChardevBackendSpicevmcData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    type: str
-
-
-
-
-class ChardevBackendSpicevmc(TypedDict):
-    type: Literal["spicevmc"]
-    data: ChardevBackendSpicevmcData
-
-
-
-
-class ChardevBackendSpiceportData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    fqdn: str
-
-
-
-
-class ChardevBackendSpiceport(TypedDict):
-    type: Literal["spiceport"]
-    data: ChardevBackendSpiceportData
-
-
-
-
-class ChardevBackendQemuVdagentData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    mouse: NotRequired[bool]
-    clipboard: NotRequired[bool]
-
-
-
-
-class ChardevBackendQemuVdagent(TypedDict):
-    type: Literal["qemu-vdagent"]
-    data: ChardevBackendQemuVdagentData
-
-
-
-
-class ChardevBackendDbusData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    name: str
-
-
-
-
-class ChardevBackendDbus(TypedDict):
-    type: Literal["dbus"]
-    data: ChardevBackendDbusData
-
-
-
-
-class ChardevBackendVcData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    width: NotRequired[int]
-    height: NotRequired[int]
-    cols: NotRequired[int]
-    rows: NotRequired[int]
-
-
-
-
-class ChardevBackendVc(TypedDict):
-    type: Literal["vc"]
-    data: ChardevBackendVcData
-
-
-
-
-class ChardevBackendRingbufData(TypedDict):
-    logfile: NotRequired[str]
-    logappend: NotRequired[bool]
-    size: NotRequired[int]
-
-
-
-
-class ChardevBackendRingbuf(TypedDict):
-    type: Literal["ringbuf"]
-    data: ChardevBackendRingbufData
-
-
-
-
-class ChardevBackendMemory(TypedDict):
-    type: Literal["memory"]
-    data: ChardevBackendRingbufData
-
-
-ChardevBackend: TypeAlias = "ChardevBackendFile | ChardevBackendSerial | ChardevBackendParallel | ChardevBackendPipe | ChardevBackendSocket | ChardevBackendUdp | ChardevBackendPty | ChardevBackendNull | ChardevBackendMux | ChardevBackendMsmouse | ChardevBackendWctablet | ChardevBackendBraille | ChardevBackendTestdev | ChardevBackendStdio | ChardevBackendConsole | ChardevBackendSpicevmc | ChardevBackendSpiceport | ChardevBackendQemuVdagent | ChardevBackendDbus | ChardevBackendVc | ChardevBackendRingbuf | ChardevBackendMemory"
-DumpGuestMemoryArgumentsFormat: TypeAlias = Literal["elf", "kdump-zlib", "kdump-lzo", "kdump-snappy", "win-dmp"]
 DumpQueryResultStatus: TypeAlias = Literal["none", "active", "completed", "failed"]
 
 
@@ -1471,129 +2607,6 @@ class QueryDumpGuestMemoryCapabilityResult(TypedDict):
     formats: list[DumpGuestMemoryArgumentsFormat]
 
 
-
-
-class NetdevNic(TypedDict):
-    id: str
-    type: Literal["nic"]
-    netdev: NotRequired[str]
-    macaddr: NotRequired[str]
-    model: NotRequired[str]
-    addr: NotRequired[str]
-    vectors: NotRequired[int]
-
-
-NetdevUser = TypedDict("NetdevUser", {"id": "str", "type": "Literal[\"user\"]", "hostname": "NotRequired[str]", "restrict": "NotRequired[bool]", "ipv4": "NotRequired[bool]", "ipv6": "NotRequired[bool]", "ip": "NotRequired[str]", "net": "NotRequired[str]", "host": "NotRequired[str]", "tftp": "NotRequired[str]", "bootfile": "NotRequired[str]", "dhcpstart": "NotRequired[str]", "dns": "NotRequired[str]", "dnssearch": "NotRequired[list[NbdServerStartArgumentsAddrFdData]]", "domainname": "NotRequired[str]", "ipv6-prefix": "NotRequired[str]", "ipv6-prefixlen": "NotRequired[int]", "ipv6-host": "NotRequired[str]", "ipv6-dns": "NotRequired[str]", "smb": "NotRequired[str]", "smbserver": "NotRequired[str]", "hostfwd": "NotRequired[list[NbdServerStartArgumentsAddrFdData]]", "guestfwd": "NotRequired[list[NbdServerStartArgumentsAddrFdData]]", "tftp-server-name": "NotRequired[str]"})
-NetdevTap = TypedDict("NetdevTap", {"id": "str", "type": "Literal[\"tap\"]", "ifname": "NotRequired[str]", "fd": "NotRequired[str]", "fds": "NotRequired[str]", "script": "NotRequired[str]", "downscript": "NotRequired[str]", "br": "NotRequired[str]", "helper": "NotRequired[str]", "sndbuf": "NotRequired[int]", "vnet_hdr": "NotRequired[bool]", "vhost": "NotRequired[bool]", "vhostfd": "NotRequired[str]", "vhostfds": "NotRequired[str]", "vhostforce": "NotRequired[bool]", "queues": "NotRequired[int]", "poll-us": "NotRequired[int]"})
-
-
-class NetdevL2tpv3(TypedDict):
-    id: str
-    type: Literal["l2tpv3"]
-    src: str
-    dst: str
-    srcport: NotRequired[str]
-    dstport: NotRequired[str]
-    ipv6: NotRequired[bool]
-    udp: NotRequired[bool]
-    cookie64: NotRequired[bool]
-    counter: NotRequired[bool]
-    pincounter: NotRequired[bool]
-    txcookie: NotRequired[int]
-    rxcookie: NotRequired[int]
-    txsession: int
-    rxsession: NotRequired[int]
-    offset: NotRequired[int]
-
-
-
-
-class NetdevSocket(TypedDict):
-    id: str
-    type: Literal["socket"]
-    fd: NotRequired[str]
-    listen: NotRequired[str]
-    connect: NotRequired[str]
-    mcast: NotRequired[str]
-    localaddr: NotRequired[str]
-    udp: NotRequired[str]
-
-
-
-
-class NetdevStream(TypedDict):
-    id: str
-    type: Literal["stream"]
-    addr: SocketAddress
-    server: NotRequired[bool]
-
-
-
-
-class NetdevDgram(TypedDict):
-    id: str
-    type: Literal["dgram"]
-    local: NotRequired[SocketAddress]
-    remote: NotRequired[SocketAddress]
-
-
-
-
-class NetdevVde(TypedDict):
-    id: str
-    type: Literal["vde"]
-    sock: NotRequired[str]
-    port: NotRequired[int]
-    group: NotRequired[str]
-    mode: NotRequired[int]
-
-
-
-
-class NetdevBridge(TypedDict):
-    id: str
-    type: Literal["bridge"]
-    br: NotRequired[str]
-    helper: NotRequired[str]
-
-
-
-
-class NetdevHubport(TypedDict):
-    id: str
-    type: Literal["hubport"]
-    hubid: int
-    netdev: NotRequired[str]
-
-
-
-
-class NetdevNetmap(TypedDict):
-    id: str
-    type: Literal["netmap"]
-    ifname: str
-    devname: NotRequired[str]
-
-
-
-
-class NetdevVhostUser(TypedDict):
-    id: str
-    type: Literal["vhost-user"]
-    chardev: str
-    vhostforce: NotRequired[bool]
-    queues: NotRequired[int]
-
-
-NetdevVhostVdpa = TypedDict("NetdevVhostVdpa", {"id": "str", "type": "Literal[\"vhost-vdpa\"]", "vhostdev": "NotRequired[str]", "vhostfd": "NotRequired[str]", "queues": "NotRequired[int]", "x-svq": "NotRequired[bool]"})
-
-
-class NetdevNone(TypedDict):
-    id: str
-    type: Literal["none"]
-
-
-Netdev: TypeAlias = "NetdevNic | NetdevUser | NetdevTap | NetdevL2tpv3 | NetdevSocket | NetdevStream | NetdevDgram | NetdevVde | NetdevBridge | NetdevHubport | NetdevNetmap | NetdevVhostUser | NetdevVhostVdpa | NetdevNone"
 RxFilterInfoMulticast: TypeAlias = Literal["normal", "none", "all"]
 RxFilterInfo = TypedDict("RxFilterInfo", {"name": "str", "promiscuous": "bool", "multicast": "RxFilterInfoMulticast", "unicast": "RxFilterInfoMulticast", "vlan": "RxFilterInfoMulticast", "broadcast-allowed": "bool", "multicast-overflow": "bool", "unicast-overflow": "bool", "main-mac": "str", "vlan-table": "list[int]", "unicast-table": "list[str]", "multicast-table": "list[str]"})
 
@@ -1653,42 +2666,6 @@ class TPMInfo(TypedDict):
     options: TPMInfoOptions
 
 
-SetPasswordArgumentsVncConnected: TypeAlias = Literal["keep", "fail", "disconnect"]
-
-
-class SetPasswordArgumentsVnc(TypedDict):
-    protocol: Literal["vnc"]
-    password: str
-    connected: NotRequired[SetPasswordArgumentsVncConnected]
-    display: NotRequired[str]
-
-
-
-
-class SetPasswordArgumentsSpice(TypedDict):
-    protocol: Literal["spice"]
-    password: str
-    connected: NotRequired[SetPasswordArgumentsVncConnected]
-
-
-SetPasswordArguments: TypeAlias = "SetPasswordArgumentsVnc | SetPasswordArgumentsSpice"
-
-
-class ExpirePasswordArgumentsVnc(TypedDict):
-    protocol: Literal["vnc"]
-    time: str
-    display: NotRequired[str]
-
-
-
-
-class ExpirePasswordArgumentsSpice(TypedDict):
-    protocol: Literal["spice"]
-    time: str
-
-
-ExpirePasswordArguments: TypeAlias = "ExpirePasswordArgumentsVnc | ExpirePasswordArgumentsSpice"
-ScreendumpArgumentsFormat: TypeAlias = Literal["ppm", "png"]
 SpiceInfoMouseMode: TypeAlias = Literal["client", "server", "unknown"]
 SpiceInfoChannelsFamily: TypeAlias = Literal["ipv4", "ipv6", "unix", "vsock", "unknown"]
 SpiceInfoChannels = TypedDict("SpiceInfoChannels", {"host": "str", "port": "str", "family": "SpiceInfoChannelsFamily", "connection-id": "int", "channel-type": "int", "channel-id": "int", "tls": "bool"})
@@ -1748,74 +2725,6 @@ class MouseInfo(TypedDict):
     absolute: bool
 
 
-
-
-class KeyValueNumber(TypedDict):
-    type: Literal["number"]
-    data: int
-
-
-KeyValueQcodeData: TypeAlias = Literal["unmapped", "shift", "shift_r", "alt", "alt_r", "ctrl", "ctrl_r", "menu", "esc", "1", "2", "3", "4", "5", "6", "7", "8", "9", "0", "minus", "equal", "backspace", "tab", "q", "w", "e", "r", "t", "y", "u", "i", "o", "p", "bracket_left", "bracket_right", "ret", "a", "s", "d", "f", "g", "h", "j", "k", "l", "semicolon", "apostrophe", "grave_accent", "backslash", "z", "x", "c", "v", "b", "n", "m", "comma", "dot", "slash", "asterisk", "spc", "caps_lock", "f1", "f2", "f3", "f4", "f5", "f6", "f7", "f8", "f9", "f10", "num_lock", "scroll_lock", "kp_divide", "kp_multiply", "kp_subtract", "kp_add", "kp_enter", "kp_decimal", "sysrq", "kp_0", "kp_1", "kp_2", "kp_3", "kp_4", "kp_5", "kp_6", "kp_7", "kp_8", "kp_9", "less", "f11", "f12", "print", "home", "pgup", "pgdn", "end", "left", "up", "down", "right", "insert", "delete", "stop", "again", "props", "undo", "front", "copy", "open", "paste", "find", "cut", "lf", "help", "meta_l", "meta_r", "compose", "pause", "ro", "hiragana", "henkan", "yen", "muhenkan", "katakanahiragana", "kp_comma", "kp_equals", "power", "sleep", "wake", "audionext", "audioprev", "audiostop", "audioplay", "audiomute", "volumeup", "volumedown", "mediaselect", "mail", "calculator", "computer", "ac_home", "ac_back", "ac_forward", "ac_refresh", "ac_bookmarks", "lang1", "lang2"]
-
-
-class KeyValueQcode(TypedDict):
-    type: Literal["qcode"]
-    data: KeyValueQcodeData
-
-
-KeyValue: TypeAlias = "KeyValueNumber | KeyValueQcode"
-
-
-class InputEventKeyData(TypedDict):
-    key: KeyValue
-    down: bool
-
-
-
-
-class InputEventKey(TypedDict):
-    type: Literal["key"]
-    data: InputEventKeyData
-
-
-InputEventBtnDataButton: TypeAlias = Literal["left", "middle", "right", "wheel-up", "wheel-down", "side", "extra", "wheel-left", "wheel-right"]
-
-
-class InputEventBtnData(TypedDict):
-    button: InputEventBtnDataButton
-    down: bool
-
-
-
-
-class InputEventBtn(TypedDict):
-    type: Literal["btn"]
-    data: InputEventBtnData
-
-
-InputEventRelDataAxis: TypeAlias = Literal["x", "y"]
-
-
-class InputEventRelData(TypedDict):
-    axis: InputEventRelDataAxis
-    value: int
-
-
-
-
-class InputEventRel(TypedDict):
-    type: Literal["rel"]
-    data: InputEventRelData
-
-
-
-
-class InputEventAbs(TypedDict):
-    type: Literal["abs"]
-    data: InputEventRelData
-
-
-InputEvent: TypeAlias = "InputEventKey | InputEventBtn | InputEventRel | InputEventAbs"
 DisplayOptionsGtkGl: TypeAlias = Literal["off", "on", "core", "es"]
 DisplayOptionsGtk = TypedDict("DisplayOptionsGtk", {"type": "Literal[\"gtk\"]", "full-screen": "NotRequired[bool]", "window-close": "NotRequired[bool]", "show-cursor": "NotRequired[bool]", "gl": "NotRequired[DisplayOptionsGtkGl]", "grab-on-hover": "NotRequired[bool]", "zoom-to-fit": "NotRequired[bool]", "show-tabs": "NotRequired[bool]", "show-menubar": "NotRequired[bool]"})
 DisplayOptionsCurses = TypedDict("DisplayOptionsCurses", {"type": "Literal[\"curses\"]", "full-screen": "NotRequired[bool]", "window-close": "NotRequired[bool]", "show-cursor": "NotRequired[bool]", "gl": "NotRequired[DisplayOptionsGtkGl]", "charset": "NotRequired[str]"})
@@ -1827,17 +2736,6 @@ DisplayOptionsDefault = TypedDict("DisplayOptionsDefault", {"type": "Literal[\"d
 DisplayOptionsNone = TypedDict("DisplayOptionsNone", {"type": "Literal[\"none\"]", "full-screen": "NotRequired[bool]", "window-close": "NotRequired[bool]", "show-cursor": "NotRequired[bool]", "gl": "NotRequired[DisplayOptionsGtkGl]"})
 DisplayOptionsSpiceApp = TypedDict("DisplayOptionsSpiceApp", {"type": "Literal[\"spice-app\"]", "full-screen": "NotRequired[bool]", "window-close": "NotRequired[bool]", "show-cursor": "NotRequired[bool]", "gl": "NotRequired[DisplayOptionsGtkGl]"})
 DisplayOptions: TypeAlias = "DisplayOptionsGtk | DisplayOptionsCurses | DisplayOptionsEglHeadless | DisplayOptionsDbus | DisplayOptionsSdl | DisplayOptionsDefault | DisplayOptionsNone | DisplayOptionsSpiceApp"
-DisplayReloadArgumentsVnc = TypedDict("DisplayReloadArgumentsVnc", {"type": "Literal[\"vnc\"]", "tls-certs": "NotRequired[bool]"})
-DisplayReloadArguments: TypeAlias = "DisplayReloadArgumentsVnc"
-
-
-class DisplayUpdateArgumentsVnc(TypedDict):
-    type: Literal["vnc"]
-    addresses: NotRequired[list[SocketAddress]]
-
-
-DisplayUpdateArguments: TypeAlias = "DisplayUpdateArgumentsVnc"
-MigrationStatus: TypeAlias = Literal["none", "setup", "cancelling", "cancelled", "active", "postcopy-active", "postcopy-paused", "postcopy-recover", "completed", "failed", "colo", "pre-switchover", "device", "wait-unplug"]
 MigrationInfoRam = TypedDict("MigrationInfoRam", {"transferred": "int", "remaining": "int", "total": "int", "duplicate": "int", "skipped": "int", "normal": "int", "normal-bytes": "int", "dirty-pages-rate": "int", "mbps": "float", "dirty-sync-count": "int", "postcopy-requests": "int", "page-size": "int", "multifd-bytes": "int", "pages-per-second": "int", "precopy-bytes": "int", "downtime-bytes": "int", "postcopy-bytes": "int", "dirty-sync-missed-zero-copy": "int"})
 
 
@@ -1848,30 +2746,6 @@ class MigrationInfoVfio(TypedDict):
 MigrationInfoXbzrleCache = TypedDict("MigrationInfoXbzrleCache", {"cache-size": "int", "bytes": "int", "pages": "int", "cache-miss": "int", "cache-miss-rate": "float", "encoding-rate": "float", "overflow": "int"})
 MigrationInfoCompression = TypedDict("MigrationInfoCompression", {"pages": "int", "busy": "int", "busy-rate": "float", "compressed-size": "int", "compression-rate": "float"})
 MigrationInfo = TypedDict("MigrationInfo", {"status": "NotRequired[MigrationStatus]", "ram": "NotRequired[MigrationInfoRam]", "disk": "NotRequired[MigrationInfoRam]", "vfio": "NotRequired[MigrationInfoVfio]", "xbzrle-cache": "NotRequired[MigrationInfoXbzrleCache]", "total-time": "NotRequired[int]", "expected-downtime": "NotRequired[int]", "downtime": "NotRequired[int]", "setup-time": "NotRequired[int]", "cpu-throttle-percentage": "NotRequired[int]", "error-desc": "NotRequired[str]", "blocked-reasons": "NotRequired[list[str]]", "postcopy-blocktime": "NotRequired[int]", "postcopy-vcpu-blocktime": "NotRequired[list[int]]", "compression": "NotRequired[MigrationInfoCompression]", "socket-address": "NotRequired[list[SocketAddress]]"})
-MigrationCapability: TypeAlias = Literal["xbzrle", "rdma-pin-all", "auto-converge", "zero-blocks", "compress", "events", "postcopy-ram", "x-colo", "release-ram", "block", "return-path", "pause-before-switchover", "multifd", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate", "x-ignore-shared", "validate-uuid", "background-snapshot", "zero-copy-send", "postcopy-preempt"]
-
-
-class MigrationCapabilityStatus(TypedDict):
-    capability: MigrationCapability
-    state: bool
-
-
-MigrateSetParametersArgumentsMultifdCompression: TypeAlias = Literal["none", "zlib", "zstd"]
-
-
-class MigrateSetParametersArgumentsBlockBitmapMappingBitmapsTransform(TypedDict):
-    persistent: NotRequired[bool]
-
-
-
-
-class MigrateSetParametersArgumentsBlockBitmapMappingBitmaps(TypedDict):
-    name: str
-    alias: str
-    transform: NotRequired[MigrateSetParametersArgumentsBlockBitmapMappingBitmapsTransform]
-
-
-MigrateSetParametersArgumentsBlockBitmapMapping = TypedDict("MigrateSetParametersArgumentsBlockBitmapMapping", {"node-name": "str", "alias": "str", "bitmaps": "list[MigrateSetParametersArgumentsBlockBitmapMappingBitmaps]"})
 MigrationParameters = TypedDict("MigrationParameters", {"announce-initial": "NotRequired[int]", "announce-max": "NotRequired[int]", "announce-rounds": "NotRequired[int]", "announce-step": "NotRequired[int]", "compress-level": "NotRequired[int]", "compress-threads": "NotRequired[int]", "compress-wait-thread": "NotRequired[bool]", "decompress-threads": "NotRequired[int]", "throttle-trigger-threshold": "NotRequired[int]", "cpu-throttle-initial": "NotRequired[int]", "cpu-throttle-increment": "NotRequired[int]", "cpu-throttle-tailslow": "NotRequired[bool]", "tls-creds": "NotRequired[str]", "tls-hostname": "NotRequired[str]", "tls-authz": "NotRequired[str]", "max-bandwidth": "NotRequired[int]", "downtime-limit": "NotRequired[int]", "x-checkpoint-delay": "NotRequired[int]", "block-incremental": "NotRequired[bool]", "multifd-channels": "NotRequired[int]", "xbzrle-cache-size": "NotRequired[int]", "max-postcopy-bandwidth": "NotRequired[int]", "max-cpu-throttle": "NotRequired[int]", "multifd-compression": "NotRequired[MigrateSetParametersArgumentsMultifdCompression]", "multifd-zlib-level": "NotRequired[int]", "multifd-zstd-level": "NotRequired[int]", "block-bitmap-mapping": "NotRequired[list[MigrateSetParametersArgumentsBlockBitmapMapping]]"})
 
 
@@ -1883,133 +2757,10 @@ class QueryXenReplicationStatusResult(TypedDict):
 QueryColoStatusResultMode: TypeAlias = Literal["none", "primary", "secondary"]
 QueryColoStatusResultReason: TypeAlias = Literal["none", "request", "error", "processing"]
 QueryColoStatusResult = TypedDict("QueryColoStatusResult", {"mode": "QueryColoStatusResultMode", "last-mode": "QueryColoStatusResultMode", "reason": "QueryColoStatusResultReason"})
-CalcDirtyRateArgumentsMode: TypeAlias = Literal["page-sampling", "dirty-ring", "dirty-bitmap"]
 QueryDirtyRateResultStatus: TypeAlias = Literal["unstarted", "measuring", "measured"]
 QueryDirtyRateResultVcpuDirtyRate = TypedDict("QueryDirtyRateResultVcpuDirtyRate", {"id": "int", "dirty-rate": "int"})
 QueryDirtyRateResult = TypedDict("QueryDirtyRateResult", {"dirty-rate": "NotRequired[int]", "status": "QueryDirtyRateResultStatus", "start-time": "int", "calc-time": "int", "sample-pages": "int", "mode": "CalcDirtyRateArgumentsMode", "vcpu-dirty-rate": "NotRequired[list[QueryDirtyRateResultVcpuDirtyRate]]"})
 QueryVcpuDirtyLimitResult = TypedDict("QueryVcpuDirtyLimitResult", {"cpu-index": "int", "limit-rate": "int", "current-rate": "int"})
-
-
-class TransactionActionAbort(TypedDict):
-    type: Literal["abort"]
-    data: dict[str, Any]
-
-
-
-
-class TransactionActionBlockDirtyBitmapAddData(TypedDict):
-    node: str
-    name: str
-    granularity: NotRequired[int]
-    persistent: NotRequired[bool]
-    disabled: NotRequired[bool]
-
-
-
-
-class TransactionActionBlockDirtyBitmapAdd(TypedDict):
-    type: Literal["block-dirty-bitmap-add"]
-    data: TransactionActionBlockDirtyBitmapAddData
-
-
-
-
-class TransactionActionBlockDirtyBitmapRemove(TypedDict):
-    type: Literal["block-dirty-bitmap-remove"]
-    data: BlockDirtyBitmapOrStrBranch
-
-
-
-
-class TransactionActionBlockDirtyBitmapClear(TypedDict):
-    type: Literal["block-dirty-bitmap-clear"]
-    data: BlockDirtyBitmapOrStrBranch
-
-
-
-
-class TransactionActionBlockDirtyBitmapEnable(TypedDict):
-    type: Literal["block-dirty-bitmap-enable"]
-    data: BlockDirtyBitmapOrStrBranch
-
-
-
-
-class TransactionActionBlockDirtyBitmapDisable(TypedDict):
-    type: Literal["block-dirty-bitmap-disable"]
-    data: BlockDirtyBitmapOrStrBranch
-
-
-
-
-class TransactionActionBlockDirtyBitmapMergeData(TypedDict):
-    node: str
-    target: str
-    bitmaps: list[BlockDirtyBitmapOrStr]
-
-
-
-
-class TransactionActionBlockDirtyBitmapMerge(TypedDict):
-    type: Literal["block-dirty-bitmap-merge"]
-    data: TransactionActionBlockDirtyBitmapMergeData
-
-
-TransactionActionBlockdevBackupData = TypedDict("TransactionActionBlockdevBackupData", {"job-id": "NotRequired[str]", "device": "str", "sync": "DriveBackupArgumentsSync", "speed": "NotRequired[int]", "bitmap": "NotRequired[str]", "bitmap-mode": "NotRequired[DriveBackupArgumentsBitmapMode]", "compress": "NotRequired[bool]", "on-source-error": "NotRequired[BlockCommitArgumentsOnError]", "on-target-error": "NotRequired[BlockCommitArgumentsOnError]", "auto-finalize": "NotRequired[bool]", "auto-dismiss": "NotRequired[bool]", "filter-node-name": "NotRequired[str]", "x-perf": "NotRequired[DriveBackupArgumentsXPerf]", "target": "str"})
-
-
-class TransactionActionBlockdevBackup(TypedDict):
-    type: Literal["blockdev-backup"]
-    data: TransactionActionBlockdevBackupData
-
-
-
-
-class TransactionActionBlockdevSnapshotData(TypedDict):
-    node: str
-    overlay: str
-
-
-
-
-class TransactionActionBlockdevSnapshot(TypedDict):
-    type: Literal["blockdev-snapshot"]
-    data: TransactionActionBlockdevSnapshotData
-
-
-
-
-class TransactionActionBlockdevSnapshotInternalSyncData(TypedDict):
-    device: str
-    name: str
-
-
-
-
-class TransactionActionBlockdevSnapshotInternalSync(TypedDict):
-    type: Literal["blockdev-snapshot-internal-sync"]
-    data: TransactionActionBlockdevSnapshotInternalSyncData
-
-
-TransactionActionBlockdevSnapshotSyncData = TypedDict("TransactionActionBlockdevSnapshotSyncData", {"device": "NotRequired[str]", "node-name": "NotRequired[str]", "snapshot-file": "str", "snapshot-node-name": "NotRequired[str]", "format": "NotRequired[str]", "mode": "NotRequired[BlockdevSnapshotSyncArgumentsMode]"})
-
-
-class TransactionActionBlockdevSnapshotSync(TypedDict):
-    type: Literal["blockdev-snapshot-sync"]
-    data: TransactionActionBlockdevSnapshotSyncData
-
-
-TransactionActionDriveBackupData = TypedDict("TransactionActionDriveBackupData", {"job-id": "NotRequired[str]", "device": "str", "sync": "DriveBackupArgumentsSync", "speed": "NotRequired[int]", "bitmap": "NotRequired[str]", "bitmap-mode": "NotRequired[DriveBackupArgumentsBitmapMode]", "compress": "NotRequired[bool]", "on-source-error": "NotRequired[BlockCommitArgumentsOnError]", "on-target-error": "NotRequired[BlockCommitArgumentsOnError]", "auto-finalize": "NotRequired[bool]", "auto-dismiss": "NotRequired[bool]", "filter-node-name": "NotRequired[str]", "x-perf": "NotRequired[DriveBackupArgumentsXPerf]", "target": "str", "format": "NotRequired[str]", "mode": "NotRequired[BlockdevSnapshotSyncArgumentsMode]"})
-
-
-class TransactionActionDriveBackup(TypedDict):
-    type: Literal["drive-backup"]
-    data: TransactionActionDriveBackupData
-
-
-TransactionAction: TypeAlias = "TransactionActionAbort | TransactionActionBlockDirtyBitmapAdd | TransactionActionBlockDirtyBitmapRemove | TransactionActionBlockDirtyBitmapClear | TransactionActionBlockDirtyBitmapEnable | TransactionActionBlockDirtyBitmapDisable | TransactionActionBlockDirtyBitmapMerge | TransactionActionBlockdevBackup | TransactionActionBlockdevSnapshot | TransactionActionBlockdevSnapshotInternalSync | TransactionActionBlockdevSnapshotSync | TransactionActionDriveBackup"
-TransactionArgumentsPropertiesCompletionMode: TypeAlias = Literal["individual", "grouped"]
-TransactionArgumentsProperties = TypedDict("TransactionArgumentsProperties", {"completion-mode": "NotRequired[TransactionArgumentsPropertiesCompletionMode]"})
 TraceEventGetStateResultState: TypeAlias = Literal["unavailable", "disabled", "enabled"]
 
 
@@ -2019,7 +2770,6 @@ class TraceEventGetStateResult(TypedDict):
     vcpu: bool
 
 
-QmpCapabilitiesArgumentsEnable: TypeAlias = Literal["oob"]
 
 
 class VersionTriple(TypedDict):
@@ -2088,68 +2838,6 @@ class ObjectTypeInfo(TypedDict):
     parent: NotRequired[str]
 
 
-ObjectOptionsAuthzListPolicy: TypeAlias = Literal["deny", "allow"]
-ObjectOptionsAuthzListRulesFormat: TypeAlias = Literal["exact", "glob"]
-
-
-class ObjectOptionsAuthzListRules(TypedDict):
-    match: str
-    policy: ObjectOptionsAuthzListPolicy
-    format: NotRequired[ObjectOptionsAuthzListRulesFormat]
-
-
-ObjectOptionsAuthzList = TypedDict("ObjectOptionsAuthzList", {"qom-type": "Literal[\"authz-list\"]", "id": "str", "policy": "NotRequired[ObjectOptionsAuthzListPolicy]", "rules": "NotRequired[list[ObjectOptionsAuthzListRules]]"})
-ObjectOptionsAuthzListfile = TypedDict("ObjectOptionsAuthzListfile", {"qom-type": "Literal[\"authz-listfile\"]", "id": "str", "filename": "str", "refresh": "NotRequired[bool]"})
-ObjectOptionsAuthzPam = TypedDict("ObjectOptionsAuthzPam", {"qom-type": "Literal[\"authz-pam\"]", "id": "str", "service": "str"})
-ObjectOptionsAuthzSimple = TypedDict("ObjectOptionsAuthzSimple", {"qom-type": "Literal[\"authz-simple\"]", "id": "str", "identity": "str"})
-ObjectOptionsCanHostSocketcan = TypedDict("ObjectOptionsCanHostSocketcan", {"qom-type": "Literal[\"can-host-socketcan\"]", "id": "str", "if": "str", "canbus": "str"})
-ObjectOptionsColoCompare = TypedDict("ObjectOptionsColoCompare", {"qom-type": "Literal[\"colo-compare\"]", "id": "str", "primary_in": "str", "secondary_in": "str", "outdev": "str", "iothread": "str", "notify_dev": "NotRequired[str]", "compare_timeout": "NotRequired[int]", "expired_scan_cycle": "NotRequired[int]", "max_queue_size": "NotRequired[int]", "vnet_hdr_support": "NotRequired[bool]"})
-ObjectOptionsCryptodevBackend = TypedDict("ObjectOptionsCryptodevBackend", {"qom-type": "Literal[\"cryptodev-backend\"]", "id": "str", "queues": "NotRequired[int]"})
-ObjectOptionsCryptodevBackendBuiltin = TypedDict("ObjectOptionsCryptodevBackendBuiltin", {"qom-type": "Literal[\"cryptodev-backend-builtin\"]", "id": "str", "queues": "NotRequired[int]"})
-ObjectOptionsCryptodevBackendLkcf = TypedDict("ObjectOptionsCryptodevBackendLkcf", {"qom-type": "Literal[\"cryptodev-backend-lkcf\"]", "id": "str", "queues": "NotRequired[int]"})
-ObjectOptionsCryptodevVhostUser = TypedDict("ObjectOptionsCryptodevVhostUser", {"qom-type": "Literal[\"cryptodev-vhost-user\"]", "id": "str", "queues": "NotRequired[int]", "chardev": "str"})
-ObjectOptionsDbusVmstate = TypedDict("ObjectOptionsDbusVmstate", {"qom-type": "Literal[\"dbus-vmstate\"]", "id": "str", "addr": "str", "id-list": "NotRequired[str]"})
-ObjectOptionsFilterBufferQueue: TypeAlias = Literal["all", "rx", "tx"]
-ObjectOptionsFilterBufferInsert: TypeAlias = Literal["before", "behind"]
-ObjectOptionsFilterBuffer = TypedDict("ObjectOptionsFilterBuffer", {"qom-type": "Literal[\"filter-buffer\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "interval": "int"})
-ObjectOptionsFilterDump = TypedDict("ObjectOptionsFilterDump", {"qom-type": "Literal[\"filter-dump\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "file": "str", "maxlen": "NotRequired[int]"})
-ObjectOptionsFilterMirror = TypedDict("ObjectOptionsFilterMirror", {"qom-type": "Literal[\"filter-mirror\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "outdev": "str", "vnet_hdr_support": "NotRequired[bool]"})
-ObjectOptionsFilterRedirector = TypedDict("ObjectOptionsFilterRedirector", {"qom-type": "Literal[\"filter-redirector\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "indev": "NotRequired[str]", "outdev": "NotRequired[str]", "vnet_hdr_support": "NotRequired[bool]"})
-ObjectOptionsFilterReplay = TypedDict("ObjectOptionsFilterReplay", {"qom-type": "Literal[\"filter-replay\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]"})
-ObjectOptionsFilterRewriter = TypedDict("ObjectOptionsFilterRewriter", {"qom-type": "Literal[\"filter-rewriter\"]", "id": "str", "netdev": "str", "queue": "NotRequired[ObjectOptionsFilterBufferQueue]", "status": "NotRequired[str]", "position": "NotRequired[str]", "insert": "NotRequired[ObjectOptionsFilterBufferInsert]", "vnet_hdr_support": "NotRequired[bool]"})
-ObjectOptionsInputBarrier = TypedDict("ObjectOptionsInputBarrier", {"qom-type": "Literal[\"input-barrier\"]", "id": "str", "name": "str", "server": "NotRequired[str]", "port": "NotRequired[str]", "x-origin": "NotRequired[str]", "y-origin": "NotRequired[str]", "width": "NotRequired[str]", "height": "NotRequired[str]"})
-ObjectOptionsInputLinuxGrabToggle: TypeAlias = Literal["ctrl-ctrl", "alt-alt", "shift-shift", "meta-meta", "scrolllock", "ctrl-scrolllock"]
-ObjectOptionsInputLinux = TypedDict("ObjectOptionsInputLinux", {"qom-type": "Literal[\"input-linux\"]", "id": "str", "evdev": "str", "grab_all": "NotRequired[bool]", "repeat": "NotRequired[bool]", "grab-toggle": "NotRequired[ObjectOptionsInputLinuxGrabToggle]"})
-ObjectOptionsIothread = TypedDict("ObjectOptionsIothread", {"qom-type": "Literal[\"iothread\"]", "id": "str", "aio-max-batch": "NotRequired[int]", "thread-pool-min": "NotRequired[int]", "thread-pool-max": "NotRequired[int]", "poll-max-ns": "NotRequired[int]", "poll-grow": "NotRequired[int]", "poll-shrink": "NotRequired[int]"})
-ObjectOptionsMainLoop = TypedDict("ObjectOptionsMainLoop", {"qom-type": "Literal[\"main-loop\"]", "id": "str", "aio-max-batch": "NotRequired[int]", "thread-pool-min": "NotRequired[int]", "thread-pool-max": "NotRequired[int]"})
-ObjectOptionsMemoryBackendEpcPolicy: TypeAlias = Literal["default", "preferred", "bind", "interleave"]
-ObjectOptionsMemoryBackendEpc = TypedDict("ObjectOptionsMemoryBackendEpc", {"qom-type": "Literal[\"memory-backend-epc\"]", "id": "str", "dump": "NotRequired[bool]", "host-nodes": "NotRequired[list[int]]", "merge": "NotRequired[bool]", "policy": "NotRequired[ObjectOptionsMemoryBackendEpcPolicy]", "prealloc": "NotRequired[bool]", "prealloc-threads": "NotRequired[int]", "prealloc-context": "NotRequired[str]", "share": "NotRequired[bool]", "reserve": "NotRequired[bool]", "size": "int", "x-use-canonical-path-for-ramblock-id": "NotRequired[bool]"})
-ObjectOptionsMemoryBackendFile = TypedDict("ObjectOptionsMemoryBackendFile", {"qom-type": "Literal[\"memory-backend-file\"]", "id": "str", "dump": "NotRequired[bool]", "host-nodes": "NotRequired[list[int]]", "merge": "NotRequired[bool]", "policy": "NotRequired[ObjectOptionsMemoryBackendEpcPolicy]", "prealloc": "NotRequired[bool]", "prealloc-threads": "NotRequired[int]", "prealloc-context": "NotRequired[str]", "share": "NotRequired[bool]", "reserve": "NotRequired[bool]", "size": "int", "x-use-canonical-path-for-ramblock-id": "NotRequired[bool]", "align": "NotRequired[int]", "discard-data": "NotRequired[bool]", "mem-path": "str", "pmem": "NotRequired[bool]", "readonly": "NotRequired[bool]"})
-ObjectOptionsMemoryBackendMemfd = TypedDict("ObjectOptionsMemoryBackendMemfd", {"qom-type": "Literal[\"memory-backend-memfd\"]", "id": "str", "dump": "NotRequired[bool]", "host-nodes": "NotRequired[list[int]]", "merge": "NotRequired[bool]", "policy": "NotRequired[ObjectOptionsMemoryBackendEpcPolicy]", "prealloc": "NotRequired[bool]", "prealloc-threads": "NotRequired[int]", "prealloc-context": "NotRequired[str]", "share": "NotRequired[bool]", "reserve": "NotRequired[bool]", "size": "int", "x-use-canonical-path-for-ramblock-id": "NotRequired[bool]", "hugetlb": "NotRequired[bool]", "hugetlbsize": "NotRequired[int]", "seal": "NotRequired[bool]"})
-ObjectOptionsMemoryBackendRam = TypedDict("ObjectOptionsMemoryBackendRam", {"qom-type": "Literal[\"memory-backend-ram\"]", "id": "str", "dump": "NotRequired[bool]", "host-nodes": "NotRequired[list[int]]", "merge": "NotRequired[bool]", "policy": "NotRequired[ObjectOptionsMemoryBackendEpcPolicy]", "prealloc": "NotRequired[bool]", "prealloc-threads": "NotRequired[int]", "prealloc-context": "NotRequired[str]", "share": "NotRequired[bool]", "reserve": "NotRequired[bool]", "size": "int", "x-use-canonical-path-for-ramblock-id": "NotRequired[bool]"})
-ObjectOptionsPrManagerHelper = TypedDict("ObjectOptionsPrManagerHelper", {"qom-type": "Literal[\"pr-manager-helper\"]", "id": "str", "path": "str"})
-ObjectOptionsQtest = TypedDict("ObjectOptionsQtest", {"qom-type": "Literal[\"qtest\"]", "id": "str", "chardev": "str", "log": "NotRequired[str]"})
-ObjectOptionsRngBuiltin = TypedDict("ObjectOptionsRngBuiltin", {"qom-type": "Literal[\"rng-builtin\"]", "id": "str", "opened": "NotRequired[bool]"})
-ObjectOptionsRngEgd = TypedDict("ObjectOptionsRngEgd", {"qom-type": "Literal[\"rng-egd\"]", "id": "str", "opened": "NotRequired[bool]", "chardev": "str"})
-ObjectOptionsRngRandom = TypedDict("ObjectOptionsRngRandom", {"qom-type": "Literal[\"rng-random\"]", "id": "str", "opened": "NotRequired[bool]", "filename": "NotRequired[str]"})
-ObjectOptionsSecretFormat: TypeAlias = Literal["raw", "base64"]
-ObjectOptionsSecret = TypedDict("ObjectOptionsSecret", {"qom-type": "Literal[\"secret\"]", "id": "str", "loaded": "NotRequired[bool]", "format": "NotRequired[ObjectOptionsSecretFormat]", "keyid": "NotRequired[str]", "iv": "NotRequired[str]", "data": "NotRequired[str]", "file": "NotRequired[str]"})
-ObjectOptionsSecretKeyring = TypedDict("ObjectOptionsSecretKeyring", {"qom-type": "Literal[\"secret_keyring\"]", "id": "str", "loaded": "NotRequired[bool]", "format": "NotRequired[ObjectOptionsSecretFormat]", "keyid": "NotRequired[str]", "iv": "NotRequired[str]", "serial": "int"})
-ObjectOptionsSevGuest = TypedDict("ObjectOptionsSevGuest", {"qom-type": "Literal[\"sev-guest\"]", "id": "str", "sev-device": "NotRequired[str]", "dh-cert-file": "NotRequired[str]", "session-file": "NotRequired[str]", "policy": "NotRequired[int]", "handle": "NotRequired[int]", "cbitpos": "NotRequired[int]", "reduced-phys-bits": "int", "kernel-hashes": "NotRequired[bool]"})
-ObjectOptionsThreadContext = TypedDict("ObjectOptionsThreadContext", {"qom-type": "Literal[\"thread-context\"]", "id": "str", "cpu-affinity": "NotRequired[list[int]]", "node-affinity": "NotRequired[list[int]]"})
-ObjectOptionsThrottleGroupLimits = TypedDict("ObjectOptionsThrottleGroupLimits", {"iops-total": "NotRequired[int]", "iops-total-max": "NotRequired[int]", "iops-total-max-length": "NotRequired[int]", "iops-read": "NotRequired[int]", "iops-read-max": "NotRequired[int]", "iops-read-max-length": "NotRequired[int]", "iops-write": "NotRequired[int]", "iops-write-max": "NotRequired[int]", "iops-write-max-length": "NotRequired[int]", "bps-total": "NotRequired[int]", "bps-total-max": "NotRequired[int]", "bps-total-max-length": "NotRequired[int]", "bps-read": "NotRequired[int]", "bps-read-max": "NotRequired[int]", "bps-read-max-length": "NotRequired[int]", "bps-write": "NotRequired[int]", "bps-write-max": "NotRequired[int]", "bps-write-max-length": "NotRequired[int]", "iops-size": "NotRequired[int]"})
-ObjectOptionsThrottleGroup = TypedDict("ObjectOptionsThrottleGroup", {"qom-type": "Literal[\"throttle-group\"]", "id": "str", "limits": "NotRequired[ObjectOptionsThrottleGroupLimits]", "x-iops-total": "NotRequired[int]", "x-iops-total-max": "NotRequired[int]", "x-iops-total-max-length": "NotRequired[int]", "x-iops-read": "NotRequired[int]", "x-iops-read-max": "NotRequired[int]", "x-iops-read-max-length": "NotRequired[int]", "x-iops-write": "NotRequired[int]", "x-iops-write-max": "NotRequired[int]", "x-iops-write-max-length": "NotRequired[int]", "x-bps-total": "NotRequired[int]", "x-bps-total-max": "NotRequired[int]", "x-bps-total-max-length": "NotRequired[int]", "x-bps-read": "NotRequired[int]", "x-bps-read-max": "NotRequired[int]", "x-bps-read-max-length": "NotRequired[int]", "x-bps-write": "NotRequired[int]", "x-bps-write-max": "NotRequired[int]", "x-bps-write-max-length": "NotRequired[int]", "x-iops-size": "NotRequired[int]"})
-ObjectOptionsTlsCredsAnonEndpoint: TypeAlias = Literal["client", "server"]
-ObjectOptionsTlsCredsAnon = TypedDict("ObjectOptionsTlsCredsAnon", {"qom-type": "Literal[\"tls-creds-anon\"]", "id": "str", "verify-peer": "NotRequired[bool]", "dir": "NotRequired[str]", "endpoint": "NotRequired[ObjectOptionsTlsCredsAnonEndpoint]", "priority": "NotRequired[str]", "loaded": "NotRequired[bool]"})
-ObjectOptionsTlsCredsPsk = TypedDict("ObjectOptionsTlsCredsPsk", {"qom-type": "Literal[\"tls-creds-psk\"]", "id": "str", "verify-peer": "NotRequired[bool]", "dir": "NotRequired[str]", "endpoint": "NotRequired[ObjectOptionsTlsCredsAnonEndpoint]", "priority": "NotRequired[str]", "loaded": "NotRequired[bool]", "username": "NotRequired[str]"})
-ObjectOptionsTlsCredsX509 = TypedDict("ObjectOptionsTlsCredsX509", {"qom-type": "Literal[\"tls-creds-x509\"]", "id": "str", "verify-peer": "NotRequired[bool]", "dir": "NotRequired[str]", "endpoint": "NotRequired[ObjectOptionsTlsCredsAnonEndpoint]", "priority": "NotRequired[str]", "loaded": "NotRequired[bool]", "sanity-check": "NotRequired[bool]", "passwordid": "NotRequired[str]"})
-ObjectOptionsTlsCipherSuites = TypedDict("ObjectOptionsTlsCipherSuites", {"qom-type": "Literal[\"tls-cipher-suites\"]", "id": "str", "verify-peer": "NotRequired[bool]", "dir": "NotRequired[str]", "endpoint": "NotRequired[ObjectOptionsTlsCredsAnonEndpoint]", "priority": "NotRequired[str]"})
-ObjectOptionsXRemoteObject = TypedDict("ObjectOptionsXRemoteObject", {"qom-type": "Literal[\"x-remote-object\"]", "id": "str", "fd": "str", "devid": "str"})
-ObjectOptionsXVfioUserServer = TypedDict("ObjectOptionsXVfioUserServer", {"qom-type": "Literal[\"x-vfio-user-server\"]", "id": "str", "socket": "SocketAddress", "device": "str"})
-ObjectOptionsCanBus = TypedDict("ObjectOptionsCanBus", {"qom-type": "Literal[\"can-bus\"]", "id": "str"})
-ObjectOptionsPefGuest = TypedDict("ObjectOptionsPefGuest", {"qom-type": "Literal[\"pef-guest\"]", "id": "str"})
-ObjectOptionsS390PvGuest = TypedDict("ObjectOptionsS390PvGuest", {"qom-type": "Literal[\"s390-pv-guest\"]", "id": "str"})
-ObjectOptions: TypeAlias = "ObjectOptionsAuthzList | ObjectOptionsAuthzListfile | ObjectOptionsAuthzPam | ObjectOptionsAuthzSimple | ObjectOptionsCanHostSocketcan | ObjectOptionsColoCompare | ObjectOptionsCryptodevBackend | ObjectOptionsCryptodevBackendBuiltin | ObjectOptionsCryptodevBackendLkcf | ObjectOptionsCryptodevVhostUser | ObjectOptionsDbusVmstate | ObjectOptionsFilterBuffer | ObjectOptionsFilterDump | ObjectOptionsFilterMirror | ObjectOptionsFilterRedirector | ObjectOptionsFilterReplay | ObjectOptionsFilterRewriter | ObjectOptionsInputBarrier | ObjectOptionsInputLinux | ObjectOptionsIothread | ObjectOptionsMainLoop | ObjectOptionsMemoryBackendEpc | ObjectOptionsMemoryBackendFile | ObjectOptionsMemoryBackendMemfd | ObjectOptionsMemoryBackendRam | ObjectOptionsPrManagerHelper | ObjectOptionsQtest | ObjectOptionsRngBuiltin | ObjectOptionsRngEgd | ObjectOptionsRngRandom | ObjectOptionsSecret | ObjectOptionsSecretKeyring | ObjectOptionsSevGuest | ObjectOptionsThreadContext | ObjectOptionsThrottleGroup | ObjectOptionsTlsCredsAnon | ObjectOptionsTlsCredsPsk | ObjectOptionsTlsCredsX509 | ObjectOptionsTlsCipherSuites | ObjectOptionsXRemoteObject | ObjectOptionsXVfioUserServer | ObjectOptionsCanBus | ObjectOptionsPefGuest | ObjectOptionsS390PvGuest"
 CpuInstanceProperties = TypedDict("CpuInstanceProperties", {"node-id": "NotRequired[int]", "socket-id": "NotRequired[int]", "die-id": "NotRequired[int]", "cluster-id": "NotRequired[int]", "core-id": "NotRequired[int]", "thread-id": "NotRequired[int]"})
 CpuInfoFastS390xCpuState: TypeAlias = Literal["uninitialized", "stopped", "check-stop", "operating", "load"]
 CpuInfoFastS390x = TypedDict("CpuInfoFastS390x", {"cpu-index": "int", "qom-path": "str", "thread-id": "int", "props": "NotRequired[CpuInstanceProperties]", "target": "Literal[\"s390x\"]", "cpu-state": "CpuInfoFastS390xCpuState"})
@@ -2214,34 +2902,6 @@ class KvmInfo(TypedDict):
 
 Memdev = TypedDict("Memdev", {"id": "NotRequired[str]", "size": "int", "merge": "bool", "dump": "bool", "prealloc": "bool", "share": "bool", "reserve": "NotRequired[bool]", "host-nodes": "list[int]", "policy": "ObjectOptionsMemoryBackendEpcPolicy"})
 HotpluggableCPU = TypedDict("HotpluggableCPU", {"type": "str", "vcpus-count": "int", "props": "CpuInstanceProperties", "qom-path": "NotRequired[str]"})
-
-
-class SetNumaNodeArgumentsNode(TypedDict):
-    type: Literal["node"]
-    nodeid: NotRequired[int]
-    cpus: NotRequired[list[int]]
-    mem: NotRequired[int]
-    memdev: NotRequired[str]
-    initiator: NotRequired[int]
-
-
-
-
-class SetNumaNodeArgumentsDist(TypedDict):
-    type: Literal["dist"]
-    src: int
-    dst: int
-    val: int
-
-
-SetNumaNodeArgumentsCpu = TypedDict("SetNumaNodeArgumentsCpu", {"type": "Literal[\"cpu\"]", "node-id": "NotRequired[int]", "socket-id": "NotRequired[int]", "die-id": "NotRequired[int]", "cluster-id": "NotRequired[int]", "core-id": "NotRequired[int]", "thread-id": "NotRequired[int]"})
-SetNumaNodeArgumentsHmatLbHierarchy: TypeAlias = Literal["memory", "first-level", "second-level", "third-level"]
-SetNumaNodeArgumentsHmatLbDataType: TypeAlias = Literal["access-latency", "read-latency", "write-latency", "access-bandwidth", "read-bandwidth", "write-bandwidth"]
-SetNumaNodeArgumentsHmatLb = TypedDict("SetNumaNodeArgumentsHmatLb", {"type": "Literal[\"hmat-lb\"]", "initiator": "int", "target": "int", "hierarchy": "SetNumaNodeArgumentsHmatLbHierarchy", "data-type": "SetNumaNodeArgumentsHmatLbDataType", "latency": "NotRequired[int]", "bandwidth": "NotRequired[int]"})
-SetNumaNodeArgumentsHmatCacheAssociativity: TypeAlias = Literal["none", "direct", "complex"]
-SetNumaNodeArgumentsHmatCachePolicy: TypeAlias = Literal["none", "write-back", "write-through"]
-SetNumaNodeArgumentsHmatCache = TypedDict("SetNumaNodeArgumentsHmatCache", {"type": "Literal[\"hmat-cache\"]", "node-id": "int", "size": "int", "level": "int", "associativity": "SetNumaNodeArgumentsHmatCacheAssociativity", "policy": "SetNumaNodeArgumentsHmatCachePolicy", "line": "int"})
-SetNumaNodeArguments: TypeAlias = "SetNumaNodeArgumentsNode | SetNumaNodeArgumentsDist | SetNumaNodeArgumentsCpu | SetNumaNodeArgumentsHmatLb | SetNumaNodeArgumentsHmatCache"
 
 
 class BalloonInfo(TypedDict):
@@ -2321,18 +2981,10 @@ MemoryDeviceInfo: TypeAlias = "MemoryDeviceInfoDimm | MemoryDeviceInfoNvdimm | M
 XQueryIrqResult = TypedDict("XQueryIrqResult", {"human-readable-text": "str"})
 
 
-class CpuModelInfo(TypedDict):
-    name: str
-    props: NotRequired[Any]
-
-
-
-
 class CpuModelExpansionInfo(TypedDict):
     model: CpuModelInfo
 
 
-QueryCpuModelExpansionArgumentsType: TypeAlias = Literal["static", "full"]
 CpuDefinitionInfo = TypedDict("CpuDefinitionInfo", {"name": "str", "migration-safe": "NotRequired[bool]", "static": "bool", "unavailable-features": "NotRequired[list[str]]", "typename": "str", "alias-of": "NotRequired[str]", "deprecated": "bool"})
 QueryReplayResultMode: TypeAlias = Literal["none", "record", "play"]
 
@@ -2343,21 +2995,6 @@ class QueryReplayResult(TypedDict):
     icount: int
 
 
-YankArgumentsInstancesBlockNode = TypedDict("YankArgumentsInstancesBlockNode", {"type": "Literal[\"block-node\"]", "node-name": "str"})
-
-
-class YankArgumentsInstancesChardev(TypedDict):
-    type: Literal["chardev"]
-    id: str
-
-
-
-
-class YankArgumentsInstancesMigration(TypedDict):
-    type: Literal["migration"]
-
-
-YankArgumentsInstances: TypeAlias = "YankArgumentsInstancesBlockNode | YankArgumentsInstancesChardev | YankArgumentsInstancesMigration"
 
 
 class NameInfo(TypedDict):
@@ -2476,7 +3113,6 @@ class PciInfo(TypedDict):
     devices: list[PciInfoDevices]
 
 
-QueryStatsResultProvider: TypeAlias = Literal["kvm"]
 QueryStatsResultStatsValue: TypeAlias = "int | bool | list[int]"
 
 
@@ -2485,30 +3121,7 @@ class QueryStatsResultStats(TypedDict):
     value: QueryStatsResultStatsValue
 
 
-QueryStatsResult = TypedDict("QueryStatsResult", {"provider": "QueryStatsResultProvider", "qom-path": "NotRequired[str]", "stats": "list[QueryStatsResultStats]"})
-
-
-class QueryStatsArgumentsVcpuProviders(TypedDict):
-    provider: QueryStatsResultProvider
-    names: NotRequired[list[str]]
-
-
-
-
-class QueryStatsArgumentsVcpu(TypedDict):
-    target: Literal["vcpu"]
-    providers: NotRequired[list[QueryStatsArgumentsVcpuProviders]]
-    vcpus: NotRequired[list[str]]
-
-
-
-
-class QueryStatsArgumentsVm(TypedDict):
-    target: Literal["vm"]
-    providers: NotRequired[list[QueryStatsArgumentsVcpuProviders]]
-
-
-QueryStatsArguments: TypeAlias = "QueryStatsArgumentsVcpu | QueryStatsArgumentsVm"
+QueryStatsResult = TypedDict("QueryStatsResult", {"provider": "QueryStatsArgumentsVcpuProvidersProvider", "qom-path": "NotRequired[str]", "stats": "list[QueryStatsResultStats]"})
 QueryStatsSchemasResultTarget: TypeAlias = Literal["vm", "vcpu"]
 QueryStatsSchemasResultStatsType: TypeAlias = Literal["cumulative", "instant", "peak", "linear-histogram", "log2-histogram"]
 QueryStatsSchemasResultStatsUnit: TypeAlias = Literal["bytes", "seconds", "cycles", "boolean"]
@@ -2516,7 +3129,7 @@ QueryStatsSchemasResultStats = TypedDict("QueryStatsSchemasResultStats", {"name"
 
 
 class QueryStatsSchemasResult(TypedDict):
-    provider: QueryStatsResultProvider
+    provider: QueryStatsArgumentsVcpuProvidersProvider
     target: QueryStatsSchemasResultTarget
     stats: list[QueryStatsSchemasResultStats]
 
@@ -2746,7 +3359,7 @@ class QMP:
         return cast("dict[str, Any]", await self._execute("block-job-finalize", {"id": id}))
 
     @overload
-    async def blockdev_add(self, *, driver: Literal["blkdebug"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, image: BlockdevRef, config: str | Omit = OMIT, align: int | Omit = OMIT, max_transfer: int | Omit = OMIT, opt_write_zero: int | Omit = OMIT, max_write_zero: int | Omit = OMIT, opt_discard: int | Omit = OMIT, max_discard: int | Omit = OMIT, inject_error: list[BlockdevOptionsBlkdebugInjectError] | Omit = OMIT, set_state: list[BlockdevOptionsBlkdebugSetState] | Omit = OMIT, take_child_perms: list[XDebugQueryBlockGraphResultEdgesPerm] | Omit = OMIT, unshare_child_perms: list[XDebugQueryBlockGraphResultEdgesPerm] | Omit = OMIT) -> dict[str, Any]: ...
+    async def blockdev_add(self, *, driver: Literal["blkdebug"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, image: BlockdevRef, config: str | Omit = OMIT, align: int | Omit = OMIT, max_transfer: int | Omit = OMIT, opt_write_zero: int | Omit = OMIT, max_write_zero: int | Omit = OMIT, opt_discard: int | Omit = OMIT, max_discard: int | Omit = OMIT, inject_error: list[BlockdevOptionsBlkdebugInjectError] | Omit = OMIT, set_state: list[BlockdevOptionsBlkdebugSetState] | Omit = OMIT, take_child_perms: list[BlockdevOptionsBlkdebugTakeChildPerms] | Omit = OMIT, unshare_child_perms: list[BlockdevOptionsBlkdebugTakeChildPerms] | Omit = OMIT) -> dict[str, Any]: ...
 
     @overload
     async def blockdev_add(self, *, driver: Literal["blklogwrites"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef, log: BlockdevRef, log_sector_size: int | Omit = OMIT, log_append: bool | Omit = OMIT, log_super_update_interval: int | Omit = OMIT) -> dict[str, Any]: ...
@@ -2767,7 +3380,7 @@ class QMP:
     async def blockdev_add(self, *, driver: Literal["compress"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef) -> dict[str, Any]: ...
 
     @overload
-    async def blockdev_add(self, *, driver: Literal["copy-before-write"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef, target: BlockdevRef, bitmap: BlockDirtyBitmapOrStrBranch | Omit = OMIT, on_cbw_error: BlockdevOptionsCopyBeforeWriteOnCbwError | Omit = OMIT, cbw_timeout: int | Omit = OMIT) -> dict[str, Any]: ...
+    async def blockdev_add(self, *, driver: Literal["copy-before-write"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef, target: BlockdevRef, bitmap: BlockDirtyBitmapRemoveArguments | Omit = OMIT, on_cbw_error: BlockdevOptionsCopyBeforeWriteOnCbwError | Omit = OMIT, cbw_timeout: int | Omit = OMIT) -> dict[str, Any]: ...
 
     @overload
     async def blockdev_add(self, *, driver: Literal["copy-on-read"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef, bottom: str | Omit = OMIT) -> dict[str, Any]: ...
@@ -3766,7 +4379,7 @@ class QMP:
         """``query-stats``."""
         return cast("list[QueryStatsResult]", await self._execute("query-stats", _wire(arguments, {})))
 
-    async def query_stats_schemas(self, *, provider: QueryStatsResultProvider | Omit = OMIT) -> list[QueryStatsSchemasResult]:
+    async def query_stats_schemas(self, *, provider: QueryStatsArgumentsVcpuProvidersProvider | Omit = OMIT) -> list[QueryStatsSchemasResult]:
         """``query-stats-schemas``."""
         return cast("list[QueryStatsSchemasResult]", await self._execute("query-stats-schemas", {"provider": provider}))
 
@@ -3967,7 +4580,7 @@ class SyncQMP:
         return cast("dict[str, Any]", self._execute("block-job-finalize", {"id": id}))
 
     @overload
-    def blockdev_add(self, *, driver: Literal["blkdebug"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, image: BlockdevRef, config: str | Omit = OMIT, align: int | Omit = OMIT, max_transfer: int | Omit = OMIT, opt_write_zero: int | Omit = OMIT, max_write_zero: int | Omit = OMIT, opt_discard: int | Omit = OMIT, max_discard: int | Omit = OMIT, inject_error: list[BlockdevOptionsBlkdebugInjectError] | Omit = OMIT, set_state: list[BlockdevOptionsBlkdebugSetState] | Omit = OMIT, take_child_perms: list[XDebugQueryBlockGraphResultEdgesPerm] | Omit = OMIT, unshare_child_perms: list[XDebugQueryBlockGraphResultEdgesPerm] | Omit = OMIT) -> dict[str, Any]: ...
+    def blockdev_add(self, *, driver: Literal["blkdebug"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, image: BlockdevRef, config: str | Omit = OMIT, align: int | Omit = OMIT, max_transfer: int | Omit = OMIT, opt_write_zero: int | Omit = OMIT, max_write_zero: int | Omit = OMIT, opt_discard: int | Omit = OMIT, max_discard: int | Omit = OMIT, inject_error: list[BlockdevOptionsBlkdebugInjectError] | Omit = OMIT, set_state: list[BlockdevOptionsBlkdebugSetState] | Omit = OMIT, take_child_perms: list[BlockdevOptionsBlkdebugTakeChildPerms] | Omit = OMIT, unshare_child_perms: list[BlockdevOptionsBlkdebugTakeChildPerms] | Omit = OMIT) -> dict[str, Any]: ...
 
     @overload
     def blockdev_add(self, *, driver: Literal["blklogwrites"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef, log: BlockdevRef, log_sector_size: int | Omit = OMIT, log_append: bool | Omit = OMIT, log_super_update_interval: int | Omit = OMIT) -> dict[str, Any]: ...
@@ -3988,7 +4601,7 @@ class SyncQMP:
     def blockdev_add(self, *, driver: Literal["compress"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef) -> dict[str, Any]: ...
 
     @overload
-    def blockdev_add(self, *, driver: Literal["copy-before-write"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef, target: BlockdevRef, bitmap: BlockDirtyBitmapOrStrBranch | Omit = OMIT, on_cbw_error: BlockdevOptionsCopyBeforeWriteOnCbwError | Omit = OMIT, cbw_timeout: int | Omit = OMIT) -> dict[str, Any]: ...
+    def blockdev_add(self, *, driver: Literal["copy-before-write"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef, target: BlockdevRef, bitmap: BlockDirtyBitmapRemoveArguments | Omit = OMIT, on_cbw_error: BlockdevOptionsCopyBeforeWriteOnCbwError | Omit = OMIT, cbw_timeout: int | Omit = OMIT) -> dict[str, Any]: ...
 
     @overload
     def blockdev_add(self, *, driver: Literal["copy-on-read"], node_name: str | Omit = OMIT, discard: BlockdevDiscardOptions | Omit = OMIT, cache: BlockdevCacheOptions | Omit = OMIT, read_only: bool | Omit = OMIT, auto_read_only: bool | Omit = OMIT, force_share: bool | Omit = OMIT, detect_zeroes: BlockdevDetectZeroesOptions | Omit = OMIT, file: BlockdevRef, bottom: str | Omit = OMIT) -> dict[str, Any]: ...
@@ -4987,7 +5600,7 @@ class SyncQMP:
         """``query-stats``."""
         return cast("list[QueryStatsResult]", self._execute("query-stats", _wire(arguments, {})))
 
-    def query_stats_schemas(self, *, provider: QueryStatsResultProvider | Omit = OMIT) -> list[QueryStatsSchemasResult]:
+    def query_stats_schemas(self, *, provider: QueryStatsArgumentsVcpuProvidersProvider | Omit = OMIT) -> list[QueryStatsSchemasResult]:
         """``query-stats-schemas``."""
         return cast("list[QueryStatsSchemasResult]", self._execute("query-stats-schemas", {"provider": provider}))
 
