@@ -282,7 +282,7 @@ MYPY_PROGRAM = """
 from typing import Any
 
 import qmpcore
-from qmpcore.typed.qemu_7_2 import QMP, StatusInfo, SyncQMP, BlockdevOptions
+from qmpcore.typed.qemu_7_2 import QMP, StatusInfo, SyncQMP, BlockdevOptions, ShutdownData
 
 
 async def good(path: str) -> str:
@@ -294,7 +294,8 @@ async def good(path: str) -> str:
     options: BlockdevOptions = {"driver": "raw", "file": {"driver": "file", "filename": "/x"}}
     await qmp.block_commit(device="d", speed=1)
     versions = SyncQMP(qmpcore.connect_sync(path)).query_version()
-    return status["status"] + str(versions["qemu"]["major"]) + str(options)
+    shutdown: ShutdownData = {"guest": False, "reason": "host-qmp-quit"}
+    return status["status"] + str(versions["qemu"]["major"]) + str(options) + str(shutdown)
 
 
 async def bad(path: str) -> None:
@@ -307,6 +308,7 @@ async def bad(path: str) -> None:
     status = await qmp.query_status()
     status["nope"]  # BAD: no such key
     await qmp.no_such_command()  # BAD: no such command
+    shutdown: ShutdownData = {"guest": False, "reason": "tired"}  # BAD: not a ShutdownCause
 """
 
 

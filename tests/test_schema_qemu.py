@@ -217,3 +217,17 @@ def test_first_unexpected_member_follows_glib_hash_order(qemu: RawQMP, schema: S
             if theirs != ours:
                 mismatches.append((len(arguments), command, list(arguments), theirs, ours))
     assert not mismatches, f"seed {seed}: {len(mismatches)} differences, first {mismatches[:3]}"
+
+
+async def test_clients_validate_against_real_qemu(module_launcher: Launcher) -> None:  # noqa: F811
+    import qmpcore
+
+    vm = module_launcher.qemu()
+    async with await qmpcore.connect(str(vm.path), validate=True) as client:
+        schema = await client.schema()
+        assert list(schema) == list(Schema.bundled())
+        with pytest.raises(CommandError) as local:
+            await client.execute("migrate-set-parameters", {"compress-level": 300})
+        assert local.value.reply is None and local.value.desc == "Parameter 'compress-level' expects uint8_t"
+        await client.execute("migrate-set-parameters", {"compress-level": 9})
+        assert (await client.execute("query-migrate-parameters"))["compress-level"] == 9

@@ -6,6 +6,7 @@
   spelled as on the wire, optional ones ``NotRequired``), ``Literal`` aliases
   for enums, unions for alternates and for flat unions (one ``TypedDict``
   per variant, its tag a ``Literal``);
+* a ``TypedDict`` for each event's ``data`` (``SHUTDOWN``: ``ShutdownData``);
 * ``QMP`` (wraps :class:`qmpcore.QMPClient`) and ``SyncQMP`` (wraps
   :class:`qmpcore.SyncQMPClient`) with one typed method per command:
   ``await QMP(client).query_status()`` returns ``StatusInfo``;
@@ -106,6 +107,9 @@ _KNOWN_NAMES = {
     "input-send-event/arg-type/events": "InputEvent",
     "set-action/arg-type/shutdown": "ShutdownAction",
     "watchdog-set-action/arg-type/action": "WatchdogAction",
+    "SHUTDOWN/arg-type/reason": "ShutdownCause",
+    "BLOCK_JOB_COMPLETED/arg-type/type": "JobType",
+    "MIGRATION/arg-type/status": "MigrationStatus",
 }
 _BUILTINS = {"str": "str", "int": "int", "number": "float", "bool": "bool", "null": "None", "any": "Any"}
 # What the generated classes define themselves.
@@ -404,6 +408,10 @@ def generate(schema: Schema, source: str = "QEMU") -> str:
     """The text of a typed-commands module for ``schema``."""
     generator = _Generator(schema)
     asynchronous, blocking = generator.methods()
+    for event in schema.events:  # each event's ``data``: SHUTDOWN -> ShutdownData
+        entry = schema.event(event)
+        if entry is not None and "arg-type" in entry:
+            generator.expr(entry["arg-type"], _camel(event.lower()) + "Data")
     names = sorted(set(generator.names.values()) & generator.emitted)
     text = _HEADER.format(source=source)
     text = text.replace('__all__ = ["QMP", "SyncQMP", "OMIT", "Omit"]', _all(names))

@@ -27,7 +27,7 @@ else:  # pragma: no cover - Python 3.10
 if TYPE_CHECKING:
     from qmpcore import QMPClient, SyncQMPClient
 
-__all__ = ["QMP", "SyncQMP", "OMIT", "Omit", "AddClientArguments", "AddFdArguments", "AddFdResult", "AnnounceSelfArguments", "BalloonArguments", "BalloonInfo", "BlockCommitArguments", "BlockCommitArgumentsOnError", "BlockDeviceInfo", "BlockDeviceInfoCache", "BlockDeviceInfoDirtyBitmaps", "BlockDeviceInfoImage", "BlockDeviceInfoImageFormatSpecific", "BlockDeviceInfoImageFormatSpecificLuks", "BlockDeviceInfoImageFormatSpecificLuksData", "BlockDeviceInfoImageFormatSpecificQcow2", "BlockDeviceInfoImageFormatSpecificQcow2Data", "BlockDeviceInfoImageFormatSpecificQcow2DataBitmaps", "BlockDeviceInfoImageFormatSpecificQcow2DataBitmapsFlags", "BlockDeviceInfoImageFormatSpecificQcow2DataEncrypt", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptAes", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuks", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots", "BlockDeviceInfoImageFormatSpecificRbd", "BlockDeviceInfoImageFormatSpecificRbdData", "BlockDeviceInfoImageFormatSpecificRbdDataEncryptionFormat", "BlockDeviceInfoImageFormatSpecificVmdk", "BlockDeviceInfoImageFormatSpecificVmdkData", "BlockDeviceInfoImageSnapshots", "BlockDirtyBitmapAddArguments", "BlockDirtyBitmapMergeArguments", "BlockDirtyBitmapOrStr", "BlockDirtyBitmapRemoveArguments", "BlockExportAddArguments", "BlockExportAddArgumentsFuse", "BlockExportAddArgumentsFuseAllowOther", "BlockExportAddArgumentsNbd", "BlockExportAddArgumentsVduseBlk", "BlockExportAddArgumentsVhostUserBlk", "BlockExportDelArguments", "BlockInfo", "BlockInfoIoStatus", "BlockJobCancelArguments", "BlockJobCompleteArguments", "BlockJobDismissArguments", "BlockJobFinalizeArguments", "BlockJobInfo", "BlockJobPauseArguments", "BlockJobResumeArguments", "BlockJobSetSpeedArguments", "BlockLatencyHistogramSetArguments", "BlockResizeArguments", "BlockSetIoThrottleArguments", "BlockSetWriteThresholdArguments", "BlockStats", "BlockStatsDriverSpecific", "BlockStatsDriverSpecificBlkdebug", "BlockStatsDriverSpecificBlklogwrites", "BlockStatsDriverSpecificBlkreplay", "BlockStatsDriverSpecificBlkverify", "BlockStatsDriverSpecificBochs", "BlockStatsDriverSpecificCloop", "BlockStatsDriverSpecificCompress", "BlockStatsDriverSpecificCopyBeforeWrite", "BlockStatsDriverSpecificCopyOnRead", "BlockStatsDriverSpecificDmg", "BlockStatsDriverSpecificFile", "BlockStatsDriverSpecificFtp", "BlockStatsDriverSpecificFtps", "BlockStatsDriverSpecificGluster", "BlockStatsDriverSpecificHostCdrom", "BlockStatsDriverSpecificHostDevice", "BlockStatsDriverSpecificHttp", "BlockStatsDriverSpecificHttps", "BlockStatsDriverSpecificIscsi", "BlockStatsDriverSpecificLuks", "BlockStatsDriverSpecificNbd", "BlockStatsDriverSpecificNfs", "BlockStatsDriverSpecificNullAio", "BlockStatsDriverSpecificNullCo", "BlockStatsDriverSpecificNvme", "BlockStatsDriverSpecificParallels", "BlockStatsDriverSpecificPreallocate", "BlockStatsDriverSpecificQcow", "BlockStatsDriverSpecificQcow2", "BlockStatsDriverSpecificQed", "BlockStatsDriverSpecificQuorum", "BlockStatsDriverSpecificRaw", "BlockStatsDriverSpecificRbd", "BlockStatsDriverSpecificReplication", "BlockStatsDriverSpecificSnapshotAccess", "BlockStatsDriverSpecificSsh", "BlockStatsDriverSpecificThrottle", "BlockStatsDriverSpecificVdi", "BlockStatsDriverSpecificVhdx", "BlockStatsDriverSpecificVmdk", "BlockStatsDriverSpecificVpc", "BlockStatsDriverSpecificVvfat", "BlockStatsStats", "BlockStatsStatsRdLatencyHistogram", "BlockStatsStatsTimedStats", "BlockStreamArguments", "BlockdevAioOptions", "BlockdevBackupArguments", "BlockdevCacheOptions", "BlockdevChangeMediumArguments", "BlockdevChangeMediumArgumentsReadOnlyMode", "BlockdevCloseTrayArguments", "BlockdevCreateArguments", "BlockdevCreateOptions", "BlockdevCreateOptionsBlkdebug", "BlockdevCreateOptionsBlklogwrites", "BlockdevCreateOptionsBlkreplay", "BlockdevCreateOptionsBlkverify", "BlockdevCreateOptionsBochs", "BlockdevCreateOptionsCloop", "BlockdevCreateOptionsCompress", "BlockdevCreateOptionsCopyBeforeWrite", "BlockdevCreateOptionsCopyOnRead", "BlockdevCreateOptionsDmg", "BlockdevCreateOptionsFile", "BlockdevCreateOptionsFilePreallocation", "BlockdevCreateOptionsFtp", "BlockdevCreateOptionsFtps", "BlockdevCreateOptionsGluster", "BlockdevCreateOptionsGlusterLocation", "BlockdevCreateOptionsHostCdrom", "BlockdevCreateOptionsHostDevice", "BlockdevCreateOptionsHttp", "BlockdevCreateOptionsHttps", "BlockdevCreateOptionsIscsi", "BlockdevCreateOptionsLuks", "BlockdevCreateOptionsLuksCipherAlg", "BlockdevCreateOptionsLuksCipherMode", "BlockdevCreateOptionsLuksIvgenAlg", "BlockdevCreateOptionsLuksIvgenHashAlg", "BlockdevCreateOptionsNbd", "BlockdevCreateOptionsNfs", "BlockdevCreateOptionsNfsLocation", "BlockdevCreateOptionsNullAio", "BlockdevCreateOptionsNullCo", "BlockdevCreateOptionsNvme", "BlockdevCreateOptionsParallels", "BlockdevCreateOptionsPreallocate", "BlockdevCreateOptionsQcow", "BlockdevCreateOptionsQcow2", "BlockdevCreateOptionsQcow2CompressionType", "BlockdevCreateOptionsQcow2Version", "BlockdevCreateOptionsQcowEncrypt", "BlockdevCreateOptionsQcowEncryptLuks", "BlockdevCreateOptionsQcowEncryptQcow", "BlockdevCreateOptionsQed", "BlockdevCreateOptionsQuorum", "BlockdevCreateOptionsRaw", "BlockdevCreateOptionsRbd", "BlockdevCreateOptionsRbdEncrypt", "BlockdevCreateOptionsRbdEncryptLuks", "BlockdevCreateOptionsRbdEncryptLuks2", "BlockdevCreateOptionsRbdLocation", "BlockdevCreateOptionsReplication", "BlockdevCreateOptionsSnapshotAccess", "BlockdevCreateOptionsSsh", "BlockdevCreateOptionsSshLocation", "BlockdevCreateOptionsThrottle", "BlockdevCreateOptionsVdi", "BlockdevCreateOptionsVhdx", "BlockdevCreateOptionsVhdxSubformat", "BlockdevCreateOptionsVmdk", "BlockdevCreateOptionsVmdkAdapterType", "BlockdevCreateOptionsVmdkSubformat", "BlockdevCreateOptionsVpc", "BlockdevCreateOptionsVpcSubformat", "BlockdevCreateOptionsVvfat", "BlockdevDelArguments", "BlockdevDetectZeroesOptions", "BlockdevDiscardOptions", "BlockdevDriver", "BlockdevInsertMediumArguments", "BlockdevMirrorArguments", "BlockdevOpenTrayArguments", "BlockdevOptions", "BlockdevOptionsBlkdebug", "BlockdevOptionsBlkdebugInjectError", "BlockdevOptionsBlkdebugInjectErrorEvent", "BlockdevOptionsBlkdebugInjectErrorIotype", "BlockdevOptionsBlkdebugSetState", "BlockdevOptionsBlkdebugTakeChildPerms", "BlockdevOptionsBlklogwrites", "BlockdevOptionsBlkreplay", "BlockdevOptionsBlkverify", "BlockdevOptionsBochs", "BlockdevOptionsCloop", "BlockdevOptionsCompress", "BlockdevOptionsCopyBeforeWrite", "BlockdevOptionsCopyBeforeWriteOnCbwError", "BlockdevOptionsCopyOnRead", "BlockdevOptionsDmg", "BlockdevOptionsFile2", "BlockdevOptionsFile2Locking", "BlockdevOptionsFtp", "BlockdevOptionsFtps", "BlockdevOptionsGluster", "BlockdevOptionsHostCdrom", "BlockdevOptionsHostDevice", "BlockdevOptionsHttp", "BlockdevOptionsHttps", "BlockdevOptionsIscsi", "BlockdevOptionsIscsiHeaderDigest", "BlockdevOptionsIscsiTransport", "BlockdevOptionsLuks", "BlockdevOptionsNbd2", "BlockdevOptionsNfs", "BlockdevOptionsNfsServer", "BlockdevOptionsNfsServerType", "BlockdevOptionsNullAio", "BlockdevOptionsNullCo", "BlockdevOptionsNvme", "BlockdevOptionsParallels", "BlockdevOptionsPreallocate", "BlockdevOptionsQcow", "BlockdevOptionsQcow22", "BlockdevOptionsQcow22Encrypt", "BlockdevOptionsQcow22EncryptAes", "BlockdevOptionsQcow22EncryptLuks", "BlockdevOptionsQcow22OverlapCheck", "BlockdevOptionsQcow22OverlapCheckBranch", "BlockdevOptionsQcow22OverlapCheckBranchTemplate", "BlockdevOptionsQcowEncrypt", "BlockdevOptionsQcowEncryptAes", "BlockdevOptionsQed", "BlockdevOptionsQuorum", "BlockdevOptionsQuorumReadPattern", "BlockdevOptionsRaw2", "BlockdevOptionsRbd", "BlockdevOptionsRbdAuthClientRequired", "BlockdevOptionsRbdEncrypt", "BlockdevOptionsRbdEncryptLuks", "BlockdevOptionsRbdEncryptLuks2", "BlockdevOptionsRbdServer", "BlockdevOptionsReplication", "BlockdevOptionsReplicationMode", "BlockdevOptionsSnapshotAccess", "BlockdevOptionsSsh", "BlockdevOptionsSshHostKeyCheck", "BlockdevOptionsSshHostKeyCheckHash", "BlockdevOptionsSshHostKeyCheckHashType", "BlockdevOptionsSshHostKeyCheckKnownHosts", "BlockdevOptionsSshHostKeyCheckNone", "BlockdevOptionsSshServer", "BlockdevOptionsThrottle", "BlockdevOptionsVdi", "BlockdevOptionsVhdx", "BlockdevOptionsVmdk", "BlockdevOptionsVpc", "BlockdevOptionsVvfat", "BlockdevRef", "BlockdevRefOrNull", "BlockdevRemoveMediumArguments", "BlockdevReopenArguments", "BlockdevSnapshotArguments", "BlockdevSnapshotDeleteInternalSyncArguments", "BlockdevSnapshotInternalSyncArguments", "BlockdevSnapshotSyncArguments", "BlockdevSnapshotSyncArgumentsMode", "CalcDirtyRateArguments", "CalcDirtyRateArgumentsMode", "CancelVcpuDirtyLimitArguments", "ChangeBackingFileArguments", "ChangeVncPasswordArguments", "ChardevAddArguments", "ChardevBackend", "ChardevBackendBraille", "ChardevBackendConsole", "ChardevBackendDbus", "ChardevBackendDbusData", "ChardevBackendFile", "ChardevBackendFileData", "ChardevBackendMemory", "ChardevBackendMsmouse", "ChardevBackendMux", "ChardevBackendMuxData", "ChardevBackendNull", "ChardevBackendParallel", "ChardevBackendPipe", "ChardevBackendPty", "ChardevBackendPtyData", "ChardevBackendQemuVdagent", "ChardevBackendQemuVdagentData", "ChardevBackendRingbuf", "ChardevBackendRingbufData", "ChardevBackendSerial", "ChardevBackendSerialData", "ChardevBackendSocket", "ChardevBackendSocketData", "ChardevBackendSpiceport", "ChardevBackendSpiceportData", "ChardevBackendSpicevmc", "ChardevBackendSpicevmcData", "ChardevBackendStdio", "ChardevBackendStdioData", "ChardevBackendTestdev", "ChardevBackendUdp", "ChardevBackendUdpData", "ChardevBackendVc", "ChardevBackendVcData", "ChardevBackendWctablet", "ChardevChangeArguments", "ChardevInfo", "ChardevRemoveArguments", "ChardevReturn", "ChardevSendBreakArguments", "ClientMigrateInfoArguments", "ClosefdArguments", "CommandInfo", "CommandLineOptionInfo", "CommandLineOptionInfoParameters", "CommandLineOptionInfoParametersType", "CpuDefinitionInfo", "CpuInfoFast", "CpuInfoFastAarch64", "CpuInfoFastAlpha", "CpuInfoFastArm", "CpuInfoFastAvr", "CpuInfoFastCris", "CpuInfoFastHppa", "CpuInfoFastI386", "CpuInfoFastLoongarch64", "CpuInfoFastM68k", "CpuInfoFastMicroblaze", "CpuInfoFastMicroblazeel", "CpuInfoFastMips", "CpuInfoFastMips64", "CpuInfoFastMips64el", "CpuInfoFastMipsel", "CpuInfoFastNios2", "CpuInfoFastOr1k", "CpuInfoFastPpc", "CpuInfoFastPpc64", "CpuInfoFastRiscv32", "CpuInfoFastRiscv64", "CpuInfoFastRx", "CpuInfoFastS390x", "CpuInfoFastS390xCpuState", "CpuInfoFastSh4", "CpuInfoFastSh4eb", "CpuInfoFastSparc", "CpuInfoFastSparc64", "CpuInfoFastTricore", "CpuInfoFastX8664", "CpuInfoFastXtensa", "CpuInfoFastXtensaeb", "CpuInstanceProperties", "CpuModelExpansionInfo", "CpuModelInfo", "DeviceAddArguments", "DeviceDelArguments", "DeviceListPropertiesArguments", "DisplayOptions", "DisplayOptionsCurses", "DisplayOptionsDbus", "DisplayOptionsDefault", "DisplayOptionsEglHeadless", "DisplayOptionsGtk", "DisplayOptionsGtkGl", "DisplayOptionsNone", "DisplayOptionsSdl", "DisplayOptionsSdlGrabMod", "DisplayOptionsSpiceApp", "DisplayReloadArguments", "DisplayReloadArgumentsVnc", "DisplayUpdateArguments", "DisplayUpdateArgumentsVnc", "DriveBackupArguments", "DriveBackupArgumentsBitmapMode", "DriveBackupArgumentsSync", "DriveBackupArgumentsXPerf", "DriveMirrorArguments", "DriveMirrorArgumentsCopyMode", "DumpGuestMemoryArguments", "DumpGuestMemoryArgumentsFormat", "DumpQueryResult", "DumpQueryResultStatus", "DumpdtbArguments", "EjectArguments", "ExpirePasswordArguments", "ExpirePasswordArgumentsSpice", "ExpirePasswordArgumentsVnc", "FdsetInfo", "FdsetInfoFds", "GetfdArguments", "HotpluggableCPU", "HumanMonitorCommandArguments", "IOThreadInfo", "InputEvent", "InputEventAbs", "InputEventBtn", "InputEventBtnData", "InputEventBtnDataButton", "InputEventKey", "InputEventKeyData", "InputEventRel", "InputEventRelData", "InputEventRelDataAxis", "InputSendEventArguments", "JobCancelArguments", "JobCompleteArguments", "JobDismissArguments", "JobFinalizeArguments", "JobInfo", "JobInfoType", "JobPauseArguments", "JobResumeArguments", "JobStatus", "KeyValue", "KeyValueNumber", "KeyValueQcode", "KeyValueQcodeData", "KvmInfo", "MachineInfo", "Memdev", "MemoryDeviceInfo", "MemoryDeviceInfoDimm", "MemoryDeviceInfoDimmData", "MemoryDeviceInfoNvdimm", "MemoryDeviceInfoSgxEpc", "MemoryDeviceInfoSgxEpcData", "MemoryDeviceInfoVirtioMem", "MemoryDeviceInfoVirtioMemData", "MemoryDeviceInfoVirtioPmem", "MemoryDeviceInfoVirtioPmemData", "MemsaveArguments", "MigrateArguments", "MigrateContinueArguments", "MigrateIncomingArguments", "MigrateRecoverArguments", "MigrateSetCapabilitiesArguments", "MigrateSetParametersArguments", "MigrateSetParametersArgumentsBlockBitmapMapping", "MigrateSetParametersArgumentsBlockBitmapMappingBitmaps", "MigrateSetParametersArgumentsBlockBitmapMappingBitmapsTransform", "MigrateSetParametersArgumentsMultifdCompression", "MigrationCapability", "MigrationCapabilityStatus", "MigrationInfo", "MigrationInfoCompression", "MigrationInfoRam", "MigrationInfoVfio", "MigrationInfoXbzrleCache", "MigrationParameters", "MigrationStatus", "MouseInfo", "NameInfo", "NbdServerAddArguments", "NbdServerRemoveArguments", "NbdServerRemoveArgumentsMode", "NbdServerStartArguments", "NbdServerStartArgumentsAddr", "NbdServerStartArgumentsAddrFd", "NbdServerStartArgumentsAddrFdData", "NbdServerStartArgumentsAddrInet", "NbdServerStartArgumentsAddrUnix", "NbdServerStartArgumentsAddrUnixData", "NbdServerStartArgumentsAddrVsock", "NbdServerStartArgumentsAddrVsockData", "Netdev", "NetdevBridge", "NetdevDelArguments", "NetdevDgram", "NetdevHubport", "NetdevL2tpv3", "NetdevNetmap", "NetdevNic", "NetdevNone", "NetdevSocket", "NetdevStream", "NetdevTap", "NetdevUser", "NetdevVde", "NetdevVhostUser", "NetdevVhostVdpa", "ObjectDelArguments", "ObjectOptions", "ObjectOptionsAuthzList", "ObjectOptionsAuthzListPolicy", "ObjectOptionsAuthzListRules", "ObjectOptionsAuthzListRulesFormat", "ObjectOptionsAuthzListfile", "ObjectOptionsAuthzPam", "ObjectOptionsAuthzSimple", "ObjectOptionsCanBus", "ObjectOptionsCanHostSocketcan", "ObjectOptionsColoCompare", "ObjectOptionsCryptodevBackend", "ObjectOptionsCryptodevBackendBuiltin", "ObjectOptionsCryptodevBackendLkcf", "ObjectOptionsCryptodevVhostUser", "ObjectOptionsDbusVmstate", "ObjectOptionsFilterBuffer", "ObjectOptionsFilterBufferInsert", "ObjectOptionsFilterBufferQueue", "ObjectOptionsFilterDump", "ObjectOptionsFilterMirror", "ObjectOptionsFilterRedirector", "ObjectOptionsFilterReplay", "ObjectOptionsFilterRewriter", "ObjectOptionsInputBarrier", "ObjectOptionsInputLinux", "ObjectOptionsInputLinuxGrabToggle", "ObjectOptionsIothread", "ObjectOptionsMainLoop", "ObjectOptionsMemoryBackendEpc", "ObjectOptionsMemoryBackendEpcPolicy", "ObjectOptionsMemoryBackendFile", "ObjectOptionsMemoryBackendMemfd", "ObjectOptionsMemoryBackendRam", "ObjectOptionsPefGuest", "ObjectOptionsPrManagerHelper", "ObjectOptionsQtest", "ObjectOptionsRngBuiltin", "ObjectOptionsRngEgd", "ObjectOptionsRngRandom", "ObjectOptionsS390PvGuest", "ObjectOptionsSecret", "ObjectOptionsSecretFormat", "ObjectOptionsSecretKeyring", "ObjectOptionsSevGuest", "ObjectOptionsThreadContext", "ObjectOptionsThrottleGroup", "ObjectOptionsThrottleGroupLimits", "ObjectOptionsTlsCipherSuites", "ObjectOptionsTlsCredsAnon", "ObjectOptionsTlsCredsAnonEndpoint", "ObjectOptionsTlsCredsPsk", "ObjectOptionsTlsCredsX509", "ObjectOptionsXRemoteObject", "ObjectOptionsXVfioUserServer", "ObjectPropertyInfo", "ObjectTypeInfo", "PciInfo", "PciInfoDevices", "PciInfoDevicesClassInfo", "PciInfoDevicesId", "PciInfoDevicesPciBridge", "PciInfoDevicesPciBridgeBus", "PciInfoDevicesPciBridgeBusIoRange", "PciInfoDevicesRegions", "PmemsaveArguments", "QmpCapabilitiesArguments", "QmpCapabilitiesArgumentsEnable", "QomGetArguments", "QomListArguments", "QomListPropertiesArguments", "QomListTypesArguments", "QomSetArguments", "QueryAcpiOspmStatusResult", "QueryAcpiOspmStatusResultSlotType", "QueryBlockExportsResult", "QueryBlockExportsResultType", "QueryBlockstatsArguments", "QueryChardevBackendsResult", "QueryColoStatusResult", "QueryColoStatusResultMode", "QueryColoStatusResultReason", "QueryCommandLineOptionsArguments", "QueryCpuModelExpansionArguments", "QueryCpuModelExpansionArgumentsType", "QueryCurrentMachineResult", "QueryDirtyRateResult", "QueryDirtyRateResultStatus", "QueryDirtyRateResultVcpuDirtyRate", "QueryDumpGuestMemoryCapabilityResult", "QueryMemorySizeSummaryResult", "QueryNamedBlockNodesArguments", "QueryPrManagersResult", "QueryReplayResult", "QueryReplayResultMode", "QueryRockerArguments", "QueryRockerOfDpaFlowsArguments", "QueryRockerOfDpaFlowsResult", "QueryRockerOfDpaFlowsResultAction", "QueryRockerOfDpaFlowsResultKey", "QueryRockerOfDpaFlowsResultMask", "QueryRockerOfDpaGroupsArguments", "QueryRockerOfDpaGroupsResult", "QueryRockerPortsArguments", "QueryRockerPortsResult", "QueryRockerPortsResultAutoneg", "QueryRockerPortsResultDuplex", "QueryRockerResult", "QueryRxFilterArguments", "QuerySevAttestationReportArguments", "QuerySevAttestationReportResult", "QuerySevCapabilitiesResult", "QuerySevLaunchMeasureResult", "QuerySevResult", "QuerySevResultState", "QuerySgxResult", "QuerySgxResultSections", "QueryStatsArguments", "QueryStatsArgumentsVcpu", "QueryStatsArgumentsVcpuProviders", "QueryStatsArgumentsVcpuProvidersProvider", "QueryStatsArgumentsVm", "QueryStatsResult", "QueryStatsResultStats", "QueryStatsResultStatsValue", "QueryStatsSchemasArguments", "QueryStatsSchemasResult", "QueryStatsSchemasResultStats", "QueryStatsSchemasResultStatsType", "QueryStatsSchemasResultStatsUnit", "QueryStatsSchemasResultTarget", "QueryTpmModelsResult", "QueryTpmTypesResult", "QueryVcpuDirtyLimitResult", "QueryVmGenerationIdResult", "QueryVncServersResult", "QueryVncServersResultServer", "QueryVncServersResultServerAuth", "QueryVncServersResultServerVencrypt", "QueryXenReplicationStatusResult", "RemoveFdArguments", "ReplayBreakArguments", "ReplaySeekArguments", "RingbufReadArguments", "RingbufWriteArguments", "RingbufWriteArgumentsFormat", "RunState", "RxFilterInfo", "RxFilterInfoMulticast", "SchemaInfo", "SchemaInfoAlternate", "SchemaInfoAlternateMembers", "SchemaInfoArray", "SchemaInfoBuiltin", "SchemaInfoBuiltinJsonType", "SchemaInfoCommand", "SchemaInfoEnum", "SchemaInfoEnumMembers", "SchemaInfoEvent", "SchemaInfoObject", "SchemaInfoObjectMembers", "SchemaInfoObjectVariants", "ScreendumpArguments", "ScreendumpArgumentsFormat", "SendKeyArguments", "SetActionArguments", "SetActionArgumentsPanic", "SetActionArgumentsReboot", "SetLinkArguments", "SetNumaNodeArguments", "SetNumaNodeArgumentsCpu", "SetNumaNodeArgumentsDist", "SetNumaNodeArgumentsHmatCache", "SetNumaNodeArgumentsHmatCacheAssociativity", "SetNumaNodeArgumentsHmatCachePolicy", "SetNumaNodeArgumentsHmatLb", "SetNumaNodeArgumentsHmatLbDataType", "SetNumaNodeArgumentsHmatLbHierarchy", "SetNumaNodeArgumentsNode", "SetPasswordArguments", "SetPasswordArgumentsSpice", "SetPasswordArgumentsVnc", "SetPasswordArgumentsVncConnected", "SetVcpuDirtyLimitArguments", "SevInjectLaunchSecretArguments", "ShutdownAction", "SnapshotDeleteArguments", "SnapshotLoadArguments", "SnapshotSaveArguments", "SocketAddress", "SocketAddressFd", "SocketAddressInet", "SocketAddressUnix", "SocketAddressVsock", "SpiceInfo", "SpiceInfoChannels", "SpiceInfoChannelsFamily", "SpiceInfoMouseMode", "StatusInfo", "StrOrNull", "SysEmuTarget", "TPMInfo", "TPMInfoOptions", "TPMInfoOptionsEmulator", "TPMInfoOptionsEmulatorData", "TPMInfoOptionsPassthrough", "TPMInfoOptionsPassthroughData", "TargetInfo", "TraceEventGetStateArguments", "TraceEventGetStateResult", "TraceEventGetStateResultState", "TraceEventSetStateArguments", "TransactionAction", "TransactionActionAbort", "TransactionActionBlockDirtyBitmapAdd", "TransactionActionBlockDirtyBitmapClear", "TransactionActionBlockDirtyBitmapDisable", "TransactionActionBlockDirtyBitmapEnable", "TransactionActionBlockDirtyBitmapMerge", "TransactionActionBlockDirtyBitmapRemove", "TransactionActionBlockdevBackup", "TransactionActionBlockdevSnapshot", "TransactionActionBlockdevSnapshotInternalSync", "TransactionActionBlockdevSnapshotSync", "TransactionActionDriveBackup", "TransactionArguments", "TransactionArgumentsProperties", "TransactionArgumentsPropertiesCompletionMode", "UuidInfo", "VersionInfo", "VersionTriple", "VncInfo", "VncInfoClients", "WatchdogAction", "WatchdogSetActionArguments", "XBlockdevAmendArguments", "XBlockdevAmendArgumentsOptions", "XBlockdevAmendArgumentsOptionsBlkdebug", "XBlockdevAmendArgumentsOptionsBlklogwrites", "XBlockdevAmendArgumentsOptionsBlkreplay", "XBlockdevAmendArgumentsOptionsBlkverify", "XBlockdevAmendArgumentsOptionsBochs", "XBlockdevAmendArgumentsOptionsCloop", "XBlockdevAmendArgumentsOptionsCompress", "XBlockdevAmendArgumentsOptionsCopyBeforeWrite", "XBlockdevAmendArgumentsOptionsCopyOnRead", "XBlockdevAmendArgumentsOptionsDmg", "XBlockdevAmendArgumentsOptionsFile", "XBlockdevAmendArgumentsOptionsFtp", "XBlockdevAmendArgumentsOptionsFtps", "XBlockdevAmendArgumentsOptionsGluster", "XBlockdevAmendArgumentsOptionsHostCdrom", "XBlockdevAmendArgumentsOptionsHostDevice", "XBlockdevAmendArgumentsOptionsHttp", "XBlockdevAmendArgumentsOptionsHttps", "XBlockdevAmendArgumentsOptionsIscsi", "XBlockdevAmendArgumentsOptionsLuks", "XBlockdevAmendArgumentsOptionsLuksState", "XBlockdevAmendArgumentsOptionsNbd", "XBlockdevAmendArgumentsOptionsNfs", "XBlockdevAmendArgumentsOptionsNullAio", "XBlockdevAmendArgumentsOptionsNullCo", "XBlockdevAmendArgumentsOptionsNvme", "XBlockdevAmendArgumentsOptionsParallels", "XBlockdevAmendArgumentsOptionsPreallocate", "XBlockdevAmendArgumentsOptionsQcow", "XBlockdevAmendArgumentsOptionsQcow2", "XBlockdevAmendArgumentsOptionsQcow2Encrypt", "XBlockdevAmendArgumentsOptionsQcow2EncryptLuks", "XBlockdevAmendArgumentsOptionsQcow2EncryptQcow", "XBlockdevAmendArgumentsOptionsQed", "XBlockdevAmendArgumentsOptionsQuorum", "XBlockdevAmendArgumentsOptionsRaw", "XBlockdevAmendArgumentsOptionsRbd", "XBlockdevAmendArgumentsOptionsReplication", "XBlockdevAmendArgumentsOptionsSnapshotAccess", "XBlockdevAmendArgumentsOptionsSsh", "XBlockdevAmendArgumentsOptionsThrottle", "XBlockdevAmendArgumentsOptionsVdi", "XBlockdevAmendArgumentsOptionsVhdx", "XBlockdevAmendArgumentsOptionsVmdk", "XBlockdevAmendArgumentsOptionsVpc", "XBlockdevAmendArgumentsOptionsVvfat", "XBlockdevChangeArguments", "XBlockdevSetIothreadArguments", "XDebugBlockDirtyBitmapSha256Result", "XDebugQueryBlockGraphResult", "XDebugQueryBlockGraphResultEdges", "XDebugQueryBlockGraphResultNodes", "XDebugQueryBlockGraphResultNodesType", "XQueryIrqResult", "XQueryVirtioQueueElementArguments", "XQueryVirtioQueueElementResult", "XQueryVirtioQueueElementResultAvail", "XQueryVirtioQueueElementResultDescs", "XQueryVirtioQueueElementResultUsed", "XQueryVirtioQueueStatusArguments", "XQueryVirtioQueueStatusResult", "XQueryVirtioResult", "XQueryVirtioStatusArguments", "XQueryVirtioStatusResult", "XQueryVirtioStatusResultGuestFeatures", "XQueryVirtioStatusResultStatus", "XQueryVirtioStatusResultVhostDev", "XQueryVirtioStatusResultVhostDevProtocolFeatures", "XQueryVirtioVhostQueueStatusArguments", "XQueryVirtioVhostQueueStatusResult", "XenLoadDevicesStateArguments", "XenSaveDevicesStateArguments", "XenSetGlobalDirtyLogArguments", "XenSetReplicationArguments", "YankArguments", "YankArgumentsInstances", "YankArgumentsInstancesBlockNode", "YankArgumentsInstancesChardev", "YankArgumentsInstancesMigration"]
+__all__ = ["QMP", "SyncQMP", "OMIT", "Omit", "AcpiDeviceOstData", "AddClientArguments", "AddFdArguments", "AddFdResult", "AnnounceSelfArguments", "BalloonArguments", "BalloonChangeData", "BalloonInfo", "BlockCommitArguments", "BlockCommitArgumentsOnError", "BlockDeviceInfo", "BlockDeviceInfoCache", "BlockDeviceInfoDirtyBitmaps", "BlockDeviceInfoImage", "BlockDeviceInfoImageFormatSpecific", "BlockDeviceInfoImageFormatSpecificLuks", "BlockDeviceInfoImageFormatSpecificLuksData", "BlockDeviceInfoImageFormatSpecificQcow2", "BlockDeviceInfoImageFormatSpecificQcow2Data", "BlockDeviceInfoImageFormatSpecificQcow2DataBitmaps", "BlockDeviceInfoImageFormatSpecificQcow2DataBitmapsFlags", "BlockDeviceInfoImageFormatSpecificQcow2DataEncrypt", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptAes", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuks", "BlockDeviceInfoImageFormatSpecificQcow2DataEncryptLuksSlots", "BlockDeviceInfoImageFormatSpecificRbd", "BlockDeviceInfoImageFormatSpecificRbdData", "BlockDeviceInfoImageFormatSpecificRbdDataEncryptionFormat", "BlockDeviceInfoImageFormatSpecificVmdk", "BlockDeviceInfoImageFormatSpecificVmdkData", "BlockDeviceInfoImageSnapshots", "BlockDirtyBitmapAddArguments", "BlockDirtyBitmapMergeArguments", "BlockDirtyBitmapOrStr", "BlockDirtyBitmapRemoveArguments", "BlockExportAddArguments", "BlockExportAddArgumentsFuse", "BlockExportAddArgumentsFuseAllowOther", "BlockExportAddArgumentsNbd", "BlockExportAddArgumentsVduseBlk", "BlockExportAddArgumentsVhostUserBlk", "BlockExportDelArguments", "BlockExportDeletedData", "BlockImageCorruptedData", "BlockInfo", "BlockInfoIoStatus", "BlockIoErrorData", "BlockIoErrorDataAction", "BlockIoErrorDataOperation", "BlockJobCancelArguments", "BlockJobCancelledData", "BlockJobCompleteArguments", "BlockJobCompletedData", "BlockJobDismissArguments", "BlockJobErrorData", "BlockJobFinalizeArguments", "BlockJobInfo", "BlockJobPauseArguments", "BlockJobPendingData", "BlockJobReadyData", "BlockJobResumeArguments", "BlockJobSetSpeedArguments", "BlockLatencyHistogramSetArguments", "BlockResizeArguments", "BlockSetIoThrottleArguments", "BlockSetWriteThresholdArguments", "BlockStats", "BlockStatsDriverSpecific", "BlockStatsDriverSpecificBlkdebug", "BlockStatsDriverSpecificBlklogwrites", "BlockStatsDriverSpecificBlkreplay", "BlockStatsDriverSpecificBlkverify", "BlockStatsDriverSpecificBochs", "BlockStatsDriverSpecificCloop", "BlockStatsDriverSpecificCompress", "BlockStatsDriverSpecificCopyBeforeWrite", "BlockStatsDriverSpecificCopyOnRead", "BlockStatsDriverSpecificDmg", "BlockStatsDriverSpecificFile", "BlockStatsDriverSpecificFtp", "BlockStatsDriverSpecificFtps", "BlockStatsDriverSpecificGluster", "BlockStatsDriverSpecificHostCdrom", "BlockStatsDriverSpecificHostDevice", "BlockStatsDriverSpecificHttp", "BlockStatsDriverSpecificHttps", "BlockStatsDriverSpecificIscsi", "BlockStatsDriverSpecificLuks", "BlockStatsDriverSpecificNbd", "BlockStatsDriverSpecificNfs", "BlockStatsDriverSpecificNullAio", "BlockStatsDriverSpecificNullCo", "BlockStatsDriverSpecificNvme", "BlockStatsDriverSpecificParallels", "BlockStatsDriverSpecificPreallocate", "BlockStatsDriverSpecificQcow", "BlockStatsDriverSpecificQcow2", "BlockStatsDriverSpecificQed", "BlockStatsDriverSpecificQuorum", "BlockStatsDriverSpecificRaw", "BlockStatsDriverSpecificRbd", "BlockStatsDriverSpecificReplication", "BlockStatsDriverSpecificSnapshotAccess", "BlockStatsDriverSpecificSsh", "BlockStatsDriverSpecificThrottle", "BlockStatsDriverSpecificVdi", "BlockStatsDriverSpecificVhdx", "BlockStatsDriverSpecificVmdk", "BlockStatsDriverSpecificVpc", "BlockStatsDriverSpecificVvfat", "BlockStatsStats", "BlockStatsStatsRdLatencyHistogram", "BlockStatsStatsTimedStats", "BlockStreamArguments", "BlockWriteThresholdData", "BlockdevAioOptions", "BlockdevBackupArguments", "BlockdevCacheOptions", "BlockdevChangeMediumArguments", "BlockdevChangeMediumArgumentsReadOnlyMode", "BlockdevCloseTrayArguments", "BlockdevCreateArguments", "BlockdevCreateOptions", "BlockdevCreateOptionsBlkdebug", "BlockdevCreateOptionsBlklogwrites", "BlockdevCreateOptionsBlkreplay", "BlockdevCreateOptionsBlkverify", "BlockdevCreateOptionsBochs", "BlockdevCreateOptionsCloop", "BlockdevCreateOptionsCompress", "BlockdevCreateOptionsCopyBeforeWrite", "BlockdevCreateOptionsCopyOnRead", "BlockdevCreateOptionsDmg", "BlockdevCreateOptionsFile", "BlockdevCreateOptionsFilePreallocation", "BlockdevCreateOptionsFtp", "BlockdevCreateOptionsFtps", "BlockdevCreateOptionsGluster", "BlockdevCreateOptionsGlusterLocation", "BlockdevCreateOptionsHostCdrom", "BlockdevCreateOptionsHostDevice", "BlockdevCreateOptionsHttp", "BlockdevCreateOptionsHttps", "BlockdevCreateOptionsIscsi", "BlockdevCreateOptionsLuks", "BlockdevCreateOptionsLuksCipherAlg", "BlockdevCreateOptionsLuksCipherMode", "BlockdevCreateOptionsLuksIvgenAlg", "BlockdevCreateOptionsLuksIvgenHashAlg", "BlockdevCreateOptionsNbd", "BlockdevCreateOptionsNfs", "BlockdevCreateOptionsNfsLocation", "BlockdevCreateOptionsNullAio", "BlockdevCreateOptionsNullCo", "BlockdevCreateOptionsNvme", "BlockdevCreateOptionsParallels", "BlockdevCreateOptionsPreallocate", "BlockdevCreateOptionsQcow", "BlockdevCreateOptionsQcow2", "BlockdevCreateOptionsQcow2CompressionType", "BlockdevCreateOptionsQcow2Version", "BlockdevCreateOptionsQcowEncrypt", "BlockdevCreateOptionsQcowEncryptLuks", "BlockdevCreateOptionsQcowEncryptQcow", "BlockdevCreateOptionsQed", "BlockdevCreateOptionsQuorum", "BlockdevCreateOptionsRaw", "BlockdevCreateOptionsRbd", "BlockdevCreateOptionsRbdEncrypt", "BlockdevCreateOptionsRbdEncryptLuks", "BlockdevCreateOptionsRbdEncryptLuks2", "BlockdevCreateOptionsRbdLocation", "BlockdevCreateOptionsReplication", "BlockdevCreateOptionsSnapshotAccess", "BlockdevCreateOptionsSsh", "BlockdevCreateOptionsSshLocation", "BlockdevCreateOptionsThrottle", "BlockdevCreateOptionsVdi", "BlockdevCreateOptionsVhdx", "BlockdevCreateOptionsVhdxSubformat", "BlockdevCreateOptionsVmdk", "BlockdevCreateOptionsVmdkAdapterType", "BlockdevCreateOptionsVmdkSubformat", "BlockdevCreateOptionsVpc", "BlockdevCreateOptionsVpcSubformat", "BlockdevCreateOptionsVvfat", "BlockdevDelArguments", "BlockdevDetectZeroesOptions", "BlockdevDiscardOptions", "BlockdevDriver", "BlockdevInsertMediumArguments", "BlockdevMirrorArguments", "BlockdevOpenTrayArguments", "BlockdevOptions", "BlockdevOptionsBlkdebug", "BlockdevOptionsBlkdebugInjectError", "BlockdevOptionsBlkdebugInjectErrorEvent", "BlockdevOptionsBlkdebugInjectErrorIotype", "BlockdevOptionsBlkdebugSetState", "BlockdevOptionsBlkdebugTakeChildPerms", "BlockdevOptionsBlklogwrites", "BlockdevOptionsBlkreplay", "BlockdevOptionsBlkverify", "BlockdevOptionsBochs", "BlockdevOptionsCloop", "BlockdevOptionsCompress", "BlockdevOptionsCopyBeforeWrite", "BlockdevOptionsCopyBeforeWriteOnCbwError", "BlockdevOptionsCopyOnRead", "BlockdevOptionsDmg", "BlockdevOptionsFile2", "BlockdevOptionsFile2Locking", "BlockdevOptionsFtp", "BlockdevOptionsFtps", "BlockdevOptionsGluster", "BlockdevOptionsHostCdrom", "BlockdevOptionsHostDevice", "BlockdevOptionsHttp", "BlockdevOptionsHttps", "BlockdevOptionsIscsi", "BlockdevOptionsIscsiHeaderDigest", "BlockdevOptionsIscsiTransport", "BlockdevOptionsLuks", "BlockdevOptionsNbd2", "BlockdevOptionsNfs", "BlockdevOptionsNfsServer", "BlockdevOptionsNfsServerType", "BlockdevOptionsNullAio", "BlockdevOptionsNullCo", "BlockdevOptionsNvme", "BlockdevOptionsParallels", "BlockdevOptionsPreallocate", "BlockdevOptionsQcow", "BlockdevOptionsQcow22", "BlockdevOptionsQcow22Encrypt", "BlockdevOptionsQcow22EncryptAes", "BlockdevOptionsQcow22EncryptLuks", "BlockdevOptionsQcow22OverlapCheck", "BlockdevOptionsQcow22OverlapCheckBranch", "BlockdevOptionsQcow22OverlapCheckBranchTemplate", "BlockdevOptionsQcowEncrypt", "BlockdevOptionsQcowEncryptAes", "BlockdevOptionsQed", "BlockdevOptionsQuorum", "BlockdevOptionsQuorumReadPattern", "BlockdevOptionsRaw2", "BlockdevOptionsRbd", "BlockdevOptionsRbdAuthClientRequired", "BlockdevOptionsRbdEncrypt", "BlockdevOptionsRbdEncryptLuks", "BlockdevOptionsRbdEncryptLuks2", "BlockdevOptionsRbdServer", "BlockdevOptionsReplication", "BlockdevOptionsReplicationMode", "BlockdevOptionsSnapshotAccess", "BlockdevOptionsSsh", "BlockdevOptionsSshHostKeyCheck", "BlockdevOptionsSshHostKeyCheckHash", "BlockdevOptionsSshHostKeyCheckHashType", "BlockdevOptionsSshHostKeyCheckKnownHosts", "BlockdevOptionsSshHostKeyCheckNone", "BlockdevOptionsSshServer", "BlockdevOptionsThrottle", "BlockdevOptionsVdi", "BlockdevOptionsVhdx", "BlockdevOptionsVmdk", "BlockdevOptionsVpc", "BlockdevOptionsVvfat", "BlockdevRef", "BlockdevRefOrNull", "BlockdevRemoveMediumArguments", "BlockdevReopenArguments", "BlockdevSnapshotArguments", "BlockdevSnapshotDeleteInternalSyncArguments", "BlockdevSnapshotInternalSyncArguments", "BlockdevSnapshotSyncArguments", "BlockdevSnapshotSyncArgumentsMode", "CalcDirtyRateArguments", "CalcDirtyRateArgumentsMode", "CancelVcpuDirtyLimitArguments", "ChangeBackingFileArguments", "ChangeVncPasswordArguments", "ChardevAddArguments", "ChardevBackend", "ChardevBackendBraille", "ChardevBackendConsole", "ChardevBackendDbus", "ChardevBackendDbusData", "ChardevBackendFile", "ChardevBackendFileData", "ChardevBackendMemory", "ChardevBackendMsmouse", "ChardevBackendMux", "ChardevBackendMuxData", "ChardevBackendNull", "ChardevBackendParallel", "ChardevBackendPipe", "ChardevBackendPty", "ChardevBackendPtyData", "ChardevBackendQemuVdagent", "ChardevBackendQemuVdagentData", "ChardevBackendRingbuf", "ChardevBackendRingbufData", "ChardevBackendSerial", "ChardevBackendSerialData", "ChardevBackendSocket", "ChardevBackendSocketData", "ChardevBackendSpiceport", "ChardevBackendSpiceportData", "ChardevBackendSpicevmc", "ChardevBackendSpicevmcData", "ChardevBackendStdio", "ChardevBackendStdioData", "ChardevBackendTestdev", "ChardevBackendUdp", "ChardevBackendUdpData", "ChardevBackendVc", "ChardevBackendVcData", "ChardevBackendWctablet", "ChardevChangeArguments", "ChardevInfo", "ChardevRemoveArguments", "ChardevReturn", "ChardevSendBreakArguments", "ClientMigrateInfoArguments", "ClosefdArguments", "ColoExitData", "CommandInfo", "CommandLineOptionInfo", "CommandLineOptionInfoParameters", "CommandLineOptionInfoParametersType", "CpuDefinitionInfo", "CpuInfoFast", "CpuInfoFastAarch64", "CpuInfoFastAlpha", "CpuInfoFastArm", "CpuInfoFastAvr", "CpuInfoFastCris", "CpuInfoFastHppa", "CpuInfoFastI386", "CpuInfoFastLoongarch64", "CpuInfoFastM68k", "CpuInfoFastMicroblaze", "CpuInfoFastMicroblazeel", "CpuInfoFastMips", "CpuInfoFastMips64", "CpuInfoFastMips64el", "CpuInfoFastMipsel", "CpuInfoFastNios2", "CpuInfoFastOr1k", "CpuInfoFastPpc", "CpuInfoFastPpc64", "CpuInfoFastRiscv32", "CpuInfoFastRiscv64", "CpuInfoFastRx", "CpuInfoFastS390x", "CpuInfoFastS390xCpuState", "CpuInfoFastSh4", "CpuInfoFastSh4eb", "CpuInfoFastSparc", "CpuInfoFastSparc64", "CpuInfoFastTricore", "CpuInfoFastX8664", "CpuInfoFastXtensa", "CpuInfoFastXtensaeb", "CpuInstanceProperties", "CpuModelExpansionInfo", "CpuModelInfo", "DeviceAddArguments", "DeviceDelArguments", "DeviceDeletedData", "DeviceListPropertiesArguments", "DeviceTrayMovedData", "DeviceUnplugGuestErrorData", "DisplayOptions", "DisplayOptionsCurses", "DisplayOptionsDbus", "DisplayOptionsDefault", "DisplayOptionsEglHeadless", "DisplayOptionsGtk", "DisplayOptionsGtkGl", "DisplayOptionsNone", "DisplayOptionsSdl", "DisplayOptionsSdlGrabMod", "DisplayOptionsSpiceApp", "DisplayReloadArguments", "DisplayReloadArgumentsVnc", "DisplayUpdateArguments", "DisplayUpdateArgumentsVnc", "DriveBackupArguments", "DriveBackupArgumentsBitmapMode", "DriveBackupArgumentsSync", "DriveBackupArgumentsXPerf", "DriveMirrorArguments", "DriveMirrorArgumentsCopyMode", "DumpCompletedData", "DumpGuestMemoryArguments", "DumpGuestMemoryArgumentsFormat", "DumpQueryResult", "DumpQueryResultStatus", "DumpdtbArguments", "EjectArguments", "ExpirePasswordArguments", "ExpirePasswordArgumentsSpice", "ExpirePasswordArgumentsVnc", "FailoverNegotiatedData", "FdsetInfo", "FdsetInfoFds", "GetfdArguments", "GuestCrashloadedData", "GuestPanickedData", "GuestPanickedDataAction", "GuestPanickedDataInfo", "GuestPanickedDataInfoHyperV", "GuestPanickedDataInfoS390", "GuestPanickedDataInfoS390Reason", "HotpluggableCPU", "HumanMonitorCommandArguments", "IOThreadInfo", "InputEvent", "InputEventAbs", "InputEventBtn", "InputEventBtnData", "InputEventBtnDataButton", "InputEventKey", "InputEventKeyData", "InputEventRel", "InputEventRelData", "InputEventRelDataAxis", "InputSendEventArguments", "JobCancelArguments", "JobCompleteArguments", "JobDismissArguments", "JobFinalizeArguments", "JobInfo", "JobPauseArguments", "JobResumeArguments", "JobStatus", "JobStatusChangeData", "JobType", "KeyValue", "KeyValueNumber", "KeyValueQcode", "KeyValueQcodeData", "KvmInfo", "MachineInfo", "MemUnplugErrorData", "Memdev", "MemoryDeviceInfo", "MemoryDeviceInfoDimm", "MemoryDeviceInfoDimmData", "MemoryDeviceInfoNvdimm", "MemoryDeviceInfoSgxEpc", "MemoryDeviceInfoSgxEpcData", "MemoryDeviceInfoVirtioMem", "MemoryDeviceInfoVirtioMemData", "MemoryDeviceInfoVirtioPmem", "MemoryDeviceInfoVirtioPmemData", "MemoryDeviceSizeChangeData", "MemoryFailureData", "MemoryFailureDataAction", "MemoryFailureDataFlags", "MemoryFailureDataRecipient", "MemsaveArguments", "MigrateArguments", "MigrateContinueArguments", "MigrateIncomingArguments", "MigrateRecoverArguments", "MigrateSetCapabilitiesArguments", "MigrateSetParametersArguments", "MigrateSetParametersArgumentsBlockBitmapMapping", "MigrateSetParametersArgumentsBlockBitmapMappingBitmaps", "MigrateSetParametersArgumentsBlockBitmapMappingBitmapsTransform", "MigrateSetParametersArgumentsMultifdCompression", "MigrationCapability", "MigrationCapabilityStatus", "MigrationData", "MigrationInfo", "MigrationInfoCompression", "MigrationInfoRam", "MigrationInfoVfio", "MigrationInfoXbzrleCache", "MigrationParameters", "MigrationPassData", "MigrationStatus", "MouseInfo", "NameInfo", "NbdServerAddArguments", "NbdServerRemoveArguments", "NbdServerRemoveArgumentsMode", "NbdServerStartArguments", "NbdServerStartArgumentsAddr", "NbdServerStartArgumentsAddrFd", "NbdServerStartArgumentsAddrFdData", "NbdServerStartArgumentsAddrInet", "NbdServerStartArgumentsAddrUnix", "NbdServerStartArgumentsAddrUnixData", "NbdServerStartArgumentsAddrVsock", "NbdServerStartArgumentsAddrVsockData", "Netdev", "NetdevBridge", "NetdevDelArguments", "NetdevDgram", "NetdevHubport", "NetdevL2tpv3", "NetdevNetmap", "NetdevNic", "NetdevNone", "NetdevSocket", "NetdevStream", "NetdevStreamConnectedData", "NetdevStreamDisconnectedData", "NetdevTap", "NetdevUser", "NetdevVde", "NetdevVhostUser", "NetdevVhostVdpa", "NicRxFilterChangedData", "ObjectDelArguments", "ObjectOptions", "ObjectOptionsAuthzList", "ObjectOptionsAuthzListPolicy", "ObjectOptionsAuthzListRules", "ObjectOptionsAuthzListRulesFormat", "ObjectOptionsAuthzListfile", "ObjectOptionsAuthzPam", "ObjectOptionsAuthzSimple", "ObjectOptionsCanBus", "ObjectOptionsCanHostSocketcan", "ObjectOptionsColoCompare", "ObjectOptionsCryptodevBackend", "ObjectOptionsCryptodevBackendBuiltin", "ObjectOptionsCryptodevBackendLkcf", "ObjectOptionsCryptodevVhostUser", "ObjectOptionsDbusVmstate", "ObjectOptionsFilterBuffer", "ObjectOptionsFilterBufferInsert", "ObjectOptionsFilterBufferQueue", "ObjectOptionsFilterDump", "ObjectOptionsFilterMirror", "ObjectOptionsFilterRedirector", "ObjectOptionsFilterReplay", "ObjectOptionsFilterRewriter", "ObjectOptionsInputBarrier", "ObjectOptionsInputLinux", "ObjectOptionsInputLinuxGrabToggle", "ObjectOptionsIothread", "ObjectOptionsMainLoop", "ObjectOptionsMemoryBackendEpc", "ObjectOptionsMemoryBackendEpcPolicy", "ObjectOptionsMemoryBackendFile", "ObjectOptionsMemoryBackendMemfd", "ObjectOptionsMemoryBackendRam", "ObjectOptionsPefGuest", "ObjectOptionsPrManagerHelper", "ObjectOptionsQtest", "ObjectOptionsRngBuiltin", "ObjectOptionsRngEgd", "ObjectOptionsRngRandom", "ObjectOptionsS390PvGuest", "ObjectOptionsSecret", "ObjectOptionsSecretFormat", "ObjectOptionsSecretKeyring", "ObjectOptionsSevGuest", "ObjectOptionsThreadContext", "ObjectOptionsThrottleGroup", "ObjectOptionsThrottleGroupLimits", "ObjectOptionsTlsCipherSuites", "ObjectOptionsTlsCredsAnon", "ObjectOptionsTlsCredsAnonEndpoint", "ObjectOptionsTlsCredsPsk", "ObjectOptionsTlsCredsX509", "ObjectOptionsXRemoteObject", "ObjectOptionsXVfioUserServer", "ObjectPropertyInfo", "ObjectTypeInfo", "PciInfo", "PciInfoDevices", "PciInfoDevicesClassInfo", "PciInfoDevicesId", "PciInfoDevicesPciBridge", "PciInfoDevicesPciBridgeBus", "PciInfoDevicesPciBridgeBusIoRange", "PciInfoDevicesRegions", "PmemsaveArguments", "PrManagerStatusChangedData", "QmpCapabilitiesArguments", "QmpCapabilitiesArgumentsEnable", "QomGetArguments", "QomListArguments", "QomListPropertiesArguments", "QomListTypesArguments", "QomSetArguments", "QueryAcpiOspmStatusResult", "QueryAcpiOspmStatusResultSlotType", "QueryBlockExportsResult", "QueryBlockExportsResultType", "QueryBlockstatsArguments", "QueryChardevBackendsResult", "QueryColoStatusResult", "QueryColoStatusResultMode", "QueryColoStatusResultReason", "QueryCommandLineOptionsArguments", "QueryCpuModelExpansionArguments", "QueryCpuModelExpansionArgumentsType", "QueryCurrentMachineResult", "QueryDirtyRateResult", "QueryDirtyRateResultStatus", "QueryDirtyRateResultVcpuDirtyRate", "QueryDumpGuestMemoryCapabilityResult", "QueryMemorySizeSummaryResult", "QueryNamedBlockNodesArguments", "QueryPrManagersResult", "QueryReplayResult", "QueryReplayResultMode", "QueryRockerArguments", "QueryRockerOfDpaFlowsArguments", "QueryRockerOfDpaFlowsResult", "QueryRockerOfDpaFlowsResultAction", "QueryRockerOfDpaFlowsResultKey", "QueryRockerOfDpaFlowsResultMask", "QueryRockerOfDpaGroupsArguments", "QueryRockerOfDpaGroupsResult", "QueryRockerPortsArguments", "QueryRockerPortsResult", "QueryRockerPortsResultAutoneg", "QueryRockerPortsResultDuplex", "QueryRockerResult", "QueryRxFilterArguments", "QuerySevAttestationReportArguments", "QuerySevAttestationReportResult", "QuerySevCapabilitiesResult", "QuerySevLaunchMeasureResult", "QuerySevResult", "QuerySevResultState", "QuerySgxResult", "QuerySgxResultSections", "QueryStatsArguments", "QueryStatsArgumentsVcpu", "QueryStatsArgumentsVcpuProviders", "QueryStatsArgumentsVcpuProvidersProvider", "QueryStatsArgumentsVm", "QueryStatsResult", "QueryStatsResultStats", "QueryStatsResultStatsValue", "QueryStatsSchemasArguments", "QueryStatsSchemasResult", "QueryStatsSchemasResultStats", "QueryStatsSchemasResultStatsType", "QueryStatsSchemasResultStatsUnit", "QueryStatsSchemasResultTarget", "QueryTpmModelsResult", "QueryTpmTypesResult", "QueryVcpuDirtyLimitResult", "QueryVmGenerationIdResult", "QueryVncServersResult", "QueryVncServersResultServer", "QueryVncServersResultServerAuth", "QueryVncServersResultServerVencrypt", "QueryXenReplicationStatusResult", "QuorumFailureData", "QuorumReportBadData", "QuorumReportBadDataType", "RdmaGidStatusChangedData", "RemoveFdArguments", "ReplayBreakArguments", "ReplaySeekArguments", "ResetData", "RingbufReadArguments", "RingbufWriteArguments", "RingbufWriteArgumentsFormat", "RtcChangeData", "RunState", "RxFilterInfo", "RxFilterInfoMulticast", "SchemaInfo", "SchemaInfoAlternate", "SchemaInfoAlternateMembers", "SchemaInfoArray", "SchemaInfoBuiltin", "SchemaInfoBuiltinJsonType", "SchemaInfoCommand", "SchemaInfoEnum", "SchemaInfoEnumMembers", "SchemaInfoEvent", "SchemaInfoObject", "SchemaInfoObjectMembers", "SchemaInfoObjectVariants", "ScreendumpArguments", "ScreendumpArgumentsFormat", "SendKeyArguments", "SetActionArguments", "SetActionArgumentsPanic", "SetActionArgumentsReboot", "SetLinkArguments", "SetNumaNodeArguments", "SetNumaNodeArgumentsCpu", "SetNumaNodeArgumentsDist", "SetNumaNodeArgumentsHmatCache", "SetNumaNodeArgumentsHmatCacheAssociativity", "SetNumaNodeArgumentsHmatCachePolicy", "SetNumaNodeArgumentsHmatLb", "SetNumaNodeArgumentsHmatLbDataType", "SetNumaNodeArgumentsHmatLbHierarchy", "SetNumaNodeArgumentsNode", "SetPasswordArguments", "SetPasswordArgumentsSpice", "SetPasswordArgumentsVnc", "SetPasswordArgumentsVncConnected", "SetVcpuDirtyLimitArguments", "SevInjectLaunchSecretArguments", "ShutdownAction", "ShutdownCause", "ShutdownData", "SnapshotDeleteArguments", "SnapshotLoadArguments", "SnapshotSaveArguments", "SocketAddress", "SocketAddressFd", "SocketAddressInet", "SocketAddressUnix", "SocketAddressVsock", "SpiceConnectedData", "SpiceConnectedDataServer", "SpiceDisconnectedData", "SpiceInfo", "SpiceInfoChannels", "SpiceInfoChannelsFamily", "SpiceInfoMouseMode", "SpiceInitializedData", "SpiceInitializedDataServer", "StatusInfo", "StrOrNull", "SysEmuTarget", "TPMInfo", "TPMInfoOptions", "TPMInfoOptionsEmulator", "TPMInfoOptionsEmulatorData", "TPMInfoOptionsPassthrough", "TPMInfoOptionsPassthroughData", "TargetInfo", "TraceEventGetStateArguments", "TraceEventGetStateResult", "TraceEventGetStateResultState", "TraceEventSetStateArguments", "TransactionAction", "TransactionActionAbort", "TransactionActionBlockDirtyBitmapAdd", "TransactionActionBlockDirtyBitmapClear", "TransactionActionBlockDirtyBitmapDisable", "TransactionActionBlockDirtyBitmapEnable", "TransactionActionBlockDirtyBitmapMerge", "TransactionActionBlockDirtyBitmapRemove", "TransactionActionBlockdevBackup", "TransactionActionBlockdevSnapshot", "TransactionActionBlockdevSnapshotInternalSync", "TransactionActionBlockdevSnapshotSync", "TransactionActionDriveBackup", "TransactionArguments", "TransactionArgumentsProperties", "TransactionArgumentsPropertiesCompletionMode", "UnplugPrimaryData", "UuidInfo", "VersionInfo", "VersionTriple", "VfuClientHangupData", "VncConnectedData", "VncConnectedDataClient", "VncConnectedDataServer", "VncDisconnectedData", "VncInfo", "VncInfoClients", "VncInitializedData", "VserportChangeData", "WatchdogAction", "WatchdogData", "WatchdogSetActionArguments", "XBlockdevAmendArguments", "XBlockdevAmendArgumentsOptions", "XBlockdevAmendArgumentsOptionsBlkdebug", "XBlockdevAmendArgumentsOptionsBlklogwrites", "XBlockdevAmendArgumentsOptionsBlkreplay", "XBlockdevAmendArgumentsOptionsBlkverify", "XBlockdevAmendArgumentsOptionsBochs", "XBlockdevAmendArgumentsOptionsCloop", "XBlockdevAmendArgumentsOptionsCompress", "XBlockdevAmendArgumentsOptionsCopyBeforeWrite", "XBlockdevAmendArgumentsOptionsCopyOnRead", "XBlockdevAmendArgumentsOptionsDmg", "XBlockdevAmendArgumentsOptionsFile", "XBlockdevAmendArgumentsOptionsFtp", "XBlockdevAmendArgumentsOptionsFtps", "XBlockdevAmendArgumentsOptionsGluster", "XBlockdevAmendArgumentsOptionsHostCdrom", "XBlockdevAmendArgumentsOptionsHostDevice", "XBlockdevAmendArgumentsOptionsHttp", "XBlockdevAmendArgumentsOptionsHttps", "XBlockdevAmendArgumentsOptionsIscsi", "XBlockdevAmendArgumentsOptionsLuks", "XBlockdevAmendArgumentsOptionsLuksState", "XBlockdevAmendArgumentsOptionsNbd", "XBlockdevAmendArgumentsOptionsNfs", "XBlockdevAmendArgumentsOptionsNullAio", "XBlockdevAmendArgumentsOptionsNullCo", "XBlockdevAmendArgumentsOptionsNvme", "XBlockdevAmendArgumentsOptionsParallels", "XBlockdevAmendArgumentsOptionsPreallocate", "XBlockdevAmendArgumentsOptionsQcow", "XBlockdevAmendArgumentsOptionsQcow2", "XBlockdevAmendArgumentsOptionsQcow2Encrypt", "XBlockdevAmendArgumentsOptionsQcow2EncryptLuks", "XBlockdevAmendArgumentsOptionsQcow2EncryptQcow", "XBlockdevAmendArgumentsOptionsQed", "XBlockdevAmendArgumentsOptionsQuorum", "XBlockdevAmendArgumentsOptionsRaw", "XBlockdevAmendArgumentsOptionsRbd", "XBlockdevAmendArgumentsOptionsReplication", "XBlockdevAmendArgumentsOptionsSnapshotAccess", "XBlockdevAmendArgumentsOptionsSsh", "XBlockdevAmendArgumentsOptionsThrottle", "XBlockdevAmendArgumentsOptionsVdi", "XBlockdevAmendArgumentsOptionsVhdx", "XBlockdevAmendArgumentsOptionsVmdk", "XBlockdevAmendArgumentsOptionsVpc", "XBlockdevAmendArgumentsOptionsVvfat", "XBlockdevChangeArguments", "XBlockdevSetIothreadArguments", "XDebugBlockDirtyBitmapSha256Result", "XDebugQueryBlockGraphResult", "XDebugQueryBlockGraphResultEdges", "XDebugQueryBlockGraphResultNodes", "XDebugQueryBlockGraphResultNodesType", "XQueryIrqResult", "XQueryVirtioQueueElementArguments", "XQueryVirtioQueueElementResult", "XQueryVirtioQueueElementResultAvail", "XQueryVirtioQueueElementResultDescs", "XQueryVirtioQueueElementResultUsed", "XQueryVirtioQueueStatusArguments", "XQueryVirtioQueueStatusResult", "XQueryVirtioResult", "XQueryVirtioStatusArguments", "XQueryVirtioStatusResult", "XQueryVirtioStatusResultGuestFeatures", "XQueryVirtioStatusResultStatus", "XQueryVirtioStatusResultVhostDev", "XQueryVirtioStatusResultVhostDevProtocolFeatures", "XQueryVirtioVhostQueueStatusArguments", "XQueryVirtioVhostQueueStatusResult", "XenLoadDevicesStateArguments", "XenSaveDevicesStateArguments", "XenSetGlobalDirtyLogArguments", "XenSetReplicationArguments", "YankArguments", "YankArgumentsInstances", "YankArgumentsInstancesBlockNode", "YankArgumentsInstancesChardev", "YankArgumentsInstancesMigration"]
 
 
 class Omit:
@@ -2575,8 +2575,8 @@ class XDebugBlockDirtyBitmapSha256Result(TypedDict):
     sha256: str
 
 
-JobInfoType: TypeAlias = Literal["commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load", "snapshot-save", "snapshot-delete"]
-JobInfo = TypedDict("JobInfo", {"id": "str", "type": "JobInfoType", "status": "JobStatus", "current-progress": "int", "total-progress": "int", "error": "NotRequired[str]"})
+JobType: TypeAlias = Literal["commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load", "snapshot-save", "snapshot-delete"]
+JobInfo = TypedDict("JobInfo", {"id": "str", "type": "JobType", "status": "JobStatus", "current-progress": "int", "total-progress": "int", "error": "NotRequired[str]"})
 QueryBlockExportsResultType: TypeAlias = Literal["nbd", "vhost-user-blk", "fuse", "vduse-blk"]
 QueryBlockExportsResult = TypedDict("QueryBlockExportsResult", {"id": "str", "type": "QueryBlockExportsResultType", "node-name": "str", "shutting-down": "bool"})
 ChardevInfo = TypedDict("ChardevInfo", {"label": "str", "filename": "str", "frontend-open": "bool"})
@@ -3179,6 +3179,296 @@ class XQueryVirtioQueueElementResult(TypedDict):
     descs: list[XQueryVirtioQueueElementResultDescs]
     avail: XQueryVirtioQueueElementResultAvail
     used: XQueryVirtioQueueElementResultUsed
+
+
+ShutdownCause: TypeAlias = Literal["none", "host-error", "host-qmp-quit", "host-qmp-system-reset", "host-signal", "host-ui", "guest-shutdown", "guest-reset", "guest-panic", "subsystem-reset", "snapshot-load"]
+
+
+class ShutdownData(TypedDict):
+    guest: bool
+    reason: ShutdownCause
+
+
+
+
+class ResetData(TypedDict):
+    guest: bool
+    reason: ShutdownCause
+
+
+
+
+class WatchdogData(TypedDict):
+    action: WatchdogAction
+
+
+GuestPanickedDataAction: TypeAlias = Literal["pause", "poweroff", "run"]
+
+
+class GuestPanickedDataInfoHyperV(TypedDict):
+    type: Literal["hyper-v"]
+    arg1: int
+    arg2: int
+    arg3: int
+    arg4: int
+    arg5: int
+
+
+GuestPanickedDataInfoS390Reason: TypeAlias = Literal["unknown", "disabled-wait", "extint-loop", "pgmint-loop", "opint-loop"]
+GuestPanickedDataInfoS390 = TypedDict("GuestPanickedDataInfoS390", {"type": "Literal[\"s390\"]", "core": "int", "psw-mask": "int", "psw-addr": "int", "reason": "GuestPanickedDataInfoS390Reason"})
+GuestPanickedDataInfo: TypeAlias = "GuestPanickedDataInfoHyperV | GuestPanickedDataInfoS390"
+
+
+class GuestPanickedData(TypedDict):
+    action: GuestPanickedDataAction
+    info: NotRequired[GuestPanickedDataInfo]
+
+
+
+
+class GuestCrashloadedData(TypedDict):
+    action: GuestPanickedDataAction
+    info: NotRequired[GuestPanickedDataInfo]
+
+
+MemoryFailureDataRecipient: TypeAlias = Literal["hypervisor", "guest"]
+MemoryFailureDataAction: TypeAlias = Literal["ignore", "inject", "fatal", "reset"]
+MemoryFailureDataFlags = TypedDict("MemoryFailureDataFlags", {"action-required": "bool", "recursive": "bool"})
+
+
+class MemoryFailureData(TypedDict):
+    recipient: MemoryFailureDataRecipient
+    action: MemoryFailureDataAction
+    flags: MemoryFailureDataFlags
+
+
+DeviceTrayMovedData = TypedDict("DeviceTrayMovedData", {"device": "str", "id": "str", "tray-open": "bool"})
+
+
+class PrManagerStatusChangedData(TypedDict):
+    id: str
+    connected: bool
+
+
+BlockImageCorruptedData = TypedDict("BlockImageCorruptedData", {"device": "str", "node-name": "NotRequired[str]", "msg": "str", "offset": "NotRequired[int]", "size": "NotRequired[int]", "fatal": "bool"})
+BlockIoErrorDataOperation: TypeAlias = Literal["read", "write"]
+BlockIoErrorDataAction: TypeAlias = Literal["ignore", "report", "stop"]
+BlockIoErrorData = TypedDict("BlockIoErrorData", {"device": "str", "node-name": "NotRequired[str]", "operation": "BlockIoErrorDataOperation", "action": "BlockIoErrorDataAction", "nospace": "NotRequired[bool]", "reason": "str"})
+
+
+class BlockJobCompletedData(TypedDict):
+    type: JobType
+    device: str
+    len: int
+    offset: int
+    speed: int
+    error: NotRequired[str]
+
+
+
+
+class BlockJobCancelledData(TypedDict):
+    type: JobType
+    device: str
+    len: int
+    offset: int
+    speed: int
+
+
+
+
+class BlockJobErrorData(TypedDict):
+    device: str
+    operation: BlockIoErrorDataOperation
+    action: BlockIoErrorDataAction
+
+
+
+
+class BlockJobReadyData(TypedDict):
+    type: JobType
+    device: str
+    len: int
+    offset: int
+    speed: int
+
+
+
+
+class BlockJobPendingData(TypedDict):
+    type: JobType
+    id: str
+
+
+BlockWriteThresholdData = TypedDict("BlockWriteThresholdData", {"node-name": "str", "amount-exceeded": "int", "write-threshold": "int"})
+QuorumFailureData = TypedDict("QuorumFailureData", {"reference": "str", "sector-num": "int", "sectors-count": "int"})
+QuorumReportBadDataType: TypeAlias = Literal["read", "write", "flush"]
+QuorumReportBadData = TypedDict("QuorumReportBadData", {"type": "QuorumReportBadDataType", "error": "NotRequired[str]", "node-name": "str", "sector-num": "int", "sectors-count": "int"})
+
+
+class JobStatusChangeData(TypedDict):
+    id: str
+    status: JobStatus
+
+
+
+
+class BlockExportDeletedData(TypedDict):
+    id: str
+
+
+
+
+class VserportChangeData(TypedDict):
+    id: str
+    open: bool
+
+
+
+
+class DumpCompletedData(TypedDict):
+    result: DumpQueryResult
+    error: NotRequired[str]
+
+
+
+
+class NicRxFilterChangedData(TypedDict):
+    name: NotRequired[str]
+    path: str
+
+
+FailoverNegotiatedData = TypedDict("FailoverNegotiatedData", {"device-id": "str"})
+NetdevStreamConnectedData = TypedDict("NetdevStreamConnectedData", {"netdev-id": "str", "addr": "SocketAddress"})
+NetdevStreamDisconnectedData = TypedDict("NetdevStreamDisconnectedData", {"netdev-id": "str"})
+RdmaGidStatusChangedData = TypedDict("RdmaGidStatusChangedData", {"netdev": "str", "gid-status": "bool", "subnet-prefix": "int", "interface-id": "int"})
+
+
+class SpiceConnectedDataServer(TypedDict):
+    host: str
+    port: str
+    family: SpiceInfoChannelsFamily
+
+
+
+
+class SpiceConnectedData(TypedDict):
+    server: SpiceConnectedDataServer
+    client: SpiceConnectedDataServer
+
+
+
+
+class SpiceInitializedDataServer(TypedDict):
+    host: str
+    port: str
+    family: SpiceInfoChannelsFamily
+    auth: NotRequired[str]
+
+
+
+
+class SpiceInitializedData(TypedDict):
+    server: SpiceInitializedDataServer
+    client: SpiceInfoChannels
+
+
+
+
+class SpiceDisconnectedData(TypedDict):
+    server: SpiceConnectedDataServer
+    client: SpiceConnectedDataServer
+
+
+
+
+class VncConnectedDataServer(TypedDict):
+    host: str
+    service: str
+    family: SpiceInfoChannelsFamily
+    websocket: bool
+    auth: NotRequired[str]
+
+
+
+
+class VncConnectedDataClient(TypedDict):
+    host: str
+    service: str
+    family: SpiceInfoChannelsFamily
+    websocket: bool
+
+
+
+
+class VncConnectedData(TypedDict):
+    server: VncConnectedDataServer
+    client: VncConnectedDataClient
+
+
+
+
+class VncInitializedData(TypedDict):
+    server: VncConnectedDataServer
+    client: VncInfoClients
+
+
+
+
+class VncDisconnectedData(TypedDict):
+    server: VncConnectedDataServer
+    client: VncInfoClients
+
+
+
+
+class MigrationData(TypedDict):
+    status: MigrationStatus
+
+
+MigrationPassData = TypedDict("MigrationPassData", {"pass": "int"})
+
+
+class ColoExitData(TypedDict):
+    mode: QueryColoStatusResultMode
+    reason: QueryColoStatusResultReason
+
+
+UnplugPrimaryData = TypedDict("UnplugPrimaryData", {"device-id": "str"})
+
+
+class DeviceDeletedData(TypedDict):
+    device: NotRequired[str]
+    path: str
+
+
+
+
+class DeviceUnplugGuestErrorData(TypedDict):
+    device: NotRequired[str]
+    path: str
+
+
+
+
+class BalloonChangeData(TypedDict):
+    actual: int
+
+
+MemoryDeviceSizeChangeData = TypedDict("MemoryDeviceSizeChangeData", {"id": "NotRequired[str]", "size": "int", "qom-path": "str"})
+
+
+class MemUnplugErrorData(TypedDict):
+    device: str
+    msg: str
+
+
+RtcChangeData = TypedDict("RtcChangeData", {"offset": "int", "qom-path": "str"})
+VfuClientHangupData = TypedDict("VfuClientHangupData", {"vfu-id": "str", "vfu-qom-path": "str", "dev-id": "str", "dev-qom-path": "str"})
+
+
+class AcpiDeviceOstData(TypedDict):
+    info: QueryAcpiOspmStatusResult
 
 
 
