@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import gc
 import importlib
+import logging
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -128,6 +131,8 @@ def describe_error(exc: BaseException, api: ModuleType | None = None) -> dict:
             info[attr] = normalize(getattr(exc, attr))
     if hasattr(exc, "exc"):
         info["exc"] = {"type": type(exc.exc).__name__, "str": str(exc.exc)}
+        info["cause_is_exc"] = exc.__cause__ is exc.exc
+    info["qmpcore_errors_shown"] = qmpcore_errors_in(exc)
     if type(exc).__name__ == "ExecuteError":
         info["sent"] = normalize(exc.sent)
         info["received"] = normalize(exc.received)
@@ -137,6 +142,29 @@ def describe_error(exc: BaseException, api: ModuleType | None = None) -> dict:
     if hasattr(exc, "reply"):
         info["reply"] = normalize(exc.reply)
     return info
+
+
+def qmpcore_errors_in(exc: BaseException) -> list[str]:
+    """qmpcore's own exception classes (not the adapters') in what a caller
+    sees of ``exc``: its type, ``.exc`` and the chain a traceback shows."""
+    found: list[str] = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        item = todo.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        module = type(item).__module__
+        if module.startswith("qmpcore.") and not module.startswith("qmpcore.compat"):
+            found.append(f"{module}.{type(item).__qualname__}")
+        todo.append(item.__cause__)
+        if not item.__suppress_context__:
+            todo.append(item.__context__)
+        inner = getattr(item, "exc", None)
+        if isinstance(inner, BaseException):
+            todo.append(inner)
+    return found
 
 
 def outcome(fn: Callable[[], Any], api: ModuleType | None = None) -> dict:
@@ -179,7 +207,13 @@ class Qemu:
     """
 
     def __init__(
-        self, workdir: pathlib.Path, name: str, mode: str = "unix", pretty: bool = False, address: Any = None
+        self,
+        workdir: pathlib.Path,
+        name: str,
+        mode: str = "unix",
+        pretty: bool = False,
+        address: Any = None,
+        machine: str = "none",
     ) -> None:
         self.mode = mode
         opts = ",pretty=on" if pretty else ""
@@ -196,7 +230,10 @@ class Qemu:
         else:
             raise ValueError(mode)
         self.log = workdir / f"{name}.log"
-        argv = [QEMU, *QEMU_ARGS, "-chardev", chardev, "-mon", f"chardev=mon0,mode=control{opts}"]
+        args = (
+            QEMU_ARGS if machine == "none" else [a if a != "none" else machine for a in QEMU_ARGS[:2]] + QEMU_ARGS[2:]
+        )
+        argv = [QEMU, *args, "-chardev", chardev, "-mon", f"chardev=mon0,mode=control{opts}"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         if mode != "client":
@@ -254,6 +291,26 @@ class Lab:
         vm = Qemu(self.workdir, f"vm{self._count}", **kwargs)
         self._stoppers.append(vm.stop)
         return vm
+
+    def spawn(self, argv: list[str], **popen: Any) -> subprocess.Popen:
+        """Start a process that is killed (if still running) when the lab closes."""
+        log = open(self.path(f"proc{len(self._stoppers)}.log"), "wb")
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **popen)
+        except BaseException:
+            log.close()
+            raise
+
+        def stop() -> None:
+            try:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait(TIMEOUT)
+            finally:
+                log.close()
+
+        self._stoppers.append(stop)
+        return proc
 
     def embedded_server(self, handlers: dict[str, Handler]) -> EmbeddedServer:
         self._count += 1
@@ -869,6 +926,380 @@ def legacy_tcp(api: ModuleType, lab: Lab) -> dict:
 
 
 # --------------------------------------------------------------------------
+# QEMU's own tools: QEMUMachine (python/qemu/machine, QEMU 8.2) and the
+# calls qmp-shell and qmp_tui make
+# --------------------------------------------------------------------------
+
+
+class _Records(logging.Handler):
+    """Collects (level, message) of WARNING and above; exception names
+    lose their module (qemu.qmp's and the adapters' differ)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[list[str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = re.sub(r"\b(?:qemu\.qmp|qmpcore\.compat)[\w.]*\.(\w+)", r"\1", record.getMessage())
+        self.seen.append([record.levelname, message])
+
+
+@contextlib.contextmanager
+def logged(rec: dict[str, Any], key: str = "logged"):
+    """Record what both libraries log at WARNING and above in ``rec[key]``."""
+    handler = _Records()
+    loggers = [logging.getLogger("qemu.qmp"), logging.getLogger("qmpcore")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        rec[key] = handler.seen
+
+
+class Machine:
+    """A VM driven through the legacy API with the calls QEMU 8.2's
+    ``QEMUMachine`` makes, in its order (written here from reading it):
+
+    * launch: a socketpair (QEMU gets one end as ``-chardev socket,fd=``)
+      and ``QEMUMonitorProtocol(sock, server=False, nickname=...)`` then
+      ``connect()``; or, with ``monitor_address``, ``server=True`` and
+      ``accept(qmp_timer)`` after starting QEMU;
+    * ``qmp()`` is ``cmd_raw(name, args=...)``, ``command()`` is ``cmd()``;
+    * events: ``pull_event(wait=...)`` / ``get_events(wait=...)``, events
+      that do not match kept aside;
+    * shutdown: ``qmp("quit")`` unless issued, then ``close()`` (EOFError
+      expected once quit was issued), then wait for the process.
+    """
+
+    def __init__(
+        self,
+        api: ModuleType,
+        lab: Lab,
+        args: list[str] | None = None,
+        monitor_address: str | None = None,
+        qmp_timer: float = TIMEOUT,
+    ) -> None:
+        self.api = api
+        self.lab = lab
+        self.args = QEMU_ARGS if args is None else args
+        self.monitor_address = monitor_address
+        self.qmp_timer = qmp_timer
+        self.mon: Any = None
+        self.proc: subprocess.Popen | None = None
+        self.quit_issued = False
+        self.events: list[dict] = []
+
+    def launch(self) -> None:
+        pair = None
+        if self.monitor_address is None:
+            pair = socket.socketpair()
+            chardev = f"socket,id=mon,fd={pair[0].fileno()}"
+            target: Any = pair[1]
+        else:
+            chardev = f"socket,id=mon,path={self.monitor_address}"
+            target = self.monitor_address
+        self.mon = self.api.QEMUMonitorProtocol(target, server=self.monitor_address is not None, nickname="vm")
+        argv = [QEMU, "-display", "none", "-chardev", chardev, "-mon", "chardev=mon,mode=control", *self.args]
+        try:
+            self.proc = self.lab.spawn(argv, pass_fds=[pair[0].fileno()] if pair else [])
+        finally:
+            if pair is not None:
+                pair[0].close()
+        if pair is not None:
+            self.mon.connect()
+        else:
+            self.mon.accept(self.qmp_timer)
+
+    def qmp(self, cmd: str, **args: Any) -> dict:
+        ret = self.mon.cmd_raw(cmd, args={k.replace("_", "-"): v for k, v in args.items()})
+        if cmd == "quit" and "error" not in ret and "return" in ret:
+            self.quit_issued = True
+        return ret
+
+    def command(self, cmd: str, **args: Any) -> Any:
+        ret = self.mon.cmd(cmd, **{k.replace("_", "-"): v for k, v in args.items()})
+        if cmd == "quit":
+            self.quit_issued = True
+        return ret
+
+    def get_qmp_event(self, wait: bool | float = False) -> dict | None:
+        if self.events:
+            return self.events.pop(0)
+        return self.mon.pull_event(wait=wait)
+
+    def get_qmp_events(self, wait: bool | float = False) -> list[dict]:
+        events = self.mon.get_events(wait=wait)
+        events.extend(self.events)
+        del self.events[:]
+        return events
+
+    def event_wait(self, name: str, timeout: float = 60.0) -> dict | None:
+        for event in self.events:
+            if event["event"] == name:
+                self.events.remove(event)
+                return event
+        while True:
+            event = self.mon.pull_event(wait=timeout)
+            if event is None:
+                return None
+            if event["event"] == name:
+                return event
+            self.events.append(event)
+
+    def close_connection(self) -> str:
+        """What closing the monitor raised ("" for nothing).  After ``quit``
+        an EOFError is expected and dropped, as QEMUMachine does (whether
+        qemu.qmp raises it then depends on when its reader saw the end)."""
+        try:
+            self.mon.close()
+        except EOFError:
+            return "" if self.quit_issued else "EOFError"
+        return ""
+
+    def shutdown(self) -> dict:
+        rec: dict[str, Any] = {}
+        if not self.quit_issued:
+            rec["quit"] = outcome(lambda: self.qmp("quit"), self.api)
+        rec["close"] = self.close_connection()
+        assert self.proc is not None
+        rec["exit"] = self.proc.wait(TIMEOUT)
+        return rec
+
+
+@scenario("legacy")
+def machine_lifecycle(api: ModuleType, lab: Lab) -> dict:
+    rec: dict[str, Any] = {}
+    vm = Machine(api, lab)
+    with logged(rec):
+        rec["launch"] = outcome(vm.launch, api)
+        rec["qmp"] = outcome(lambda: vm.qmp("query-status"), api)
+        rec["qmp_args"] = outcome(lambda: vm.qmp("qom-get", path="/machine", property="type"), api)
+        rec["qmp_error"] = outcome(lambda: vm.qmp("no-such-command"), api)
+        rec["command"] = outcome(lambda: vm.command("query-name"), api)
+        rec["command_error"] = outcome(lambda: vm.command("device_del", id="nope"), api)
+        rec["no_event"] = outcome(lambda: vm.get_qmp_event(wait=False), api)
+        rec["cont"] = outcome(lambda: vm.command("cont"), api)
+        rec["stop"] = outcome(lambda: vm.command("stop"), api)
+        rec["event_wait_stop"] = outcome(lambda: vm.event_wait("STOP", timeout=TIMEOUT), api)
+        rec["events_kept_aside"] = normalize(vm.events)
+        rec["get_qmp_event_kept"] = outcome(lambda: vm.get_qmp_event(wait=False), api)
+        rec["event_wait_none"] = outcome(lambda: vm.event_wait("RESET", timeout=0.1), api)
+        vm.command("cont")
+        rec["get_qmp_events"] = outcome(lambda: vm.get_qmp_events(wait=TIMEOUT), api)
+        with open(lab.path("passed.txt"), "w") as f:
+            rec["send_fd_scm"] = outcome(lambda: vm.mon.send_fd_scm(f.fileno()), api)
+            rec["getfd"] = outcome(lambda: vm.command("getfd", fdname="fd0"), api)
+        rec["shutdown"] = vm.shutdown()
+        rec["shutdown_event"] = outcome(lambda: vm.get_qmp_events(wait=False), api)
+    return rec
+
+
+@scenario("legacy")
+def machine_vm_dies(api: ModuleType, lab: Lab) -> dict:
+    """QEMU is killed under the connection: QEMUMachine's next calls."""
+    rec: dict[str, Any] = {}
+    vm = Machine(api, lab)
+    with logged(rec):
+        vm.launch()
+        vm.command("query-status")
+        assert vm.proc is not None
+        vm.proc.kill()
+        vm.proc.wait(TIMEOUT)
+        time.sleep(0.1)
+        rec["first"] = outcome(lambda: vm.qmp("query-status"), api)
+        rec["second"] = outcome(lambda: vm.command("query-status"), api)
+        rec["event"] = outcome(lambda: vm.get_qmp_event(wait=False), api)
+        rec["event_wait"] = outcome(lambda: vm.event_wait("SHUTDOWN", timeout=0.2), api)
+        rec["get_qmp_events"] = outcome(lambda: vm.get_qmp_events(wait=False), api)
+        rec["send_fd_scm"] = outcome(lambda: vm.mon.send_fd_scm(0), api)
+        rec["quit"] = outcome(lambda: vm.qmp("quit"), api)
+        rec["close"] = vm.close_connection()
+        rec["close_again"] = outcome(vm.mon.close, api)
+    return rec
+
+
+@scenario("legacy")
+def machine_vm_dies_idle(api: ModuleType, lab: Lab) -> dict:
+    """QEMU is killed while QEMUMachine polls for events: then commands."""
+    rec: dict[str, Any] = {}
+    vm = Machine(api, lab)
+    with logged(rec):
+        vm.launch()
+        assert vm.proc is not None
+        vm.proc.kill()
+        vm.proc.wait(TIMEOUT)
+        time.sleep(0.1)
+        rec["event"] = outcome(lambda: vm.get_qmp_event(wait=False), api)
+        rec["command"] = outcome(lambda: vm.command("query-status"), api)
+        rec["close"] = vm.close_connection()
+    return rec
+
+
+@scenario("legacy")
+def machine_timeouts(api: ModuleType, lab: Lab) -> dict:
+    """A command times out (QEMU stopped with SIGSTOP); its reply comes late."""
+    rec: dict[str, Any] = {}
+    vm = Machine(api, lab)
+    with logged(rec):
+        vm.launch()
+        assert vm.proc is not None
+        vm.mon.settimeout(0.3)
+        os.kill(vm.proc.pid, signal.SIGSTOP)
+        try:
+            rec["command"] = outcome(lambda: vm.command("query-status"), api)
+            rec["qmp"] = outcome(lambda: vm.qmp("query-name"), api)
+        finally:
+            os.kill(vm.proc.pid, signal.SIGCONT)
+        vm.mon.settimeout(TIMEOUT)
+        rec["after"] = outcome(lambda: vm.command("query-name"), api)
+        rec["after_qmp"] = outcome(lambda: vm.qmp("query-status"), api)
+        rec["shutdown"] = vm.shutdown()
+    return rec
+
+
+@scenario("legacy")
+def machine_launch_failures(api: ModuleType, lab: Lab) -> dict:
+    """QEMU exits at once (a bad option): what launch() sees and logs."""
+    rec: dict[str, Any] = {}
+    bad = [*QEMU_ARGS, "-no-such-option"]
+    vm = Machine(api, lab, args=bad)
+    with logged(rec, "socketpair_logged"):
+        rec["socketpair"] = outcome(vm.launch, api)
+        rec["socketpair_close"] = outcome(vm.mon.close, api)
+    vm = Machine(api, lab, args=bad, monitor_address=lab.path("mon.sock"), qmp_timer=0.5)
+    with logged(rec, "server_logged"):
+        rec["server"] = outcome(vm.launch, api)
+        rec["server_close"] = outcome(vm.mon.close, api)
+    return rec
+
+
+@scenario("legacy")
+def machine_server_mode(api: ModuleType, lab: Lab) -> dict:
+    rec: dict[str, Any] = {}
+    vm = Machine(api, lab, monitor_address=lab.path("mon.sock"))
+    with logged(rec):
+        rec["launch"] = outcome(vm.launch, api)
+        rec["command"] = outcome(lambda: vm.command("query-status"), api)
+        rec["shutdown"] = vm.shutdown()
+    return rec
+
+
+@scenario("legacy")
+def shell_calls(api: ModuleType, lab: Lab) -> dict:
+    """The calls qmp-shell's QMPShell makes, from a subclass that keeps the
+    greeting in ``_greeting`` as QMPShell does."""
+
+    class Shell(api.QEMUMonitorProtocol):  # type: ignore[name-defined,misc]
+        def __init__(self, address: Any) -> None:
+            super().__init__(address, server=False)
+            self._greeting: dict | None = None
+            self._transmode = False
+
+        def connect(self, negotiate: bool = True) -> None:  # type: ignore[override]
+            self._greeting = super().connect(negotiate)
+
+    vm = lab.qemu()
+    rec: dict[str, Any] = {}
+    with logged(rec):
+        rec["parse_address"] = [normalize(api.QEMUMonitorProtocol.parse_address(a)) for a in ("sock", "h:4444")]
+        rec["bad_port"] = outcome(lambda: api.QEMUMonitorProtocol.parse_address("h:x"), api)
+        with Shell(api.QEMUMonitorProtocol.parse_address(vm.address)) as shell:
+            rec["greeting_before"] = shell._greeting
+            rec["connect"] = outcome(shell.connect, api)
+            rec["greeting"] = normalize(shell._greeting)
+            names = shell.cmd("query-commands")
+            rec["completion"] = [isinstance(names, list), "query-status" in [c["name"] for c in names]]
+            rec["cmd_obj"] = outcome(lambda: shell.cmd_obj({"execute": "query-status", "arguments": {}}), api)
+            rec["cmd_obj_error"] = outcome(
+                lambda: shell.cmd_obj({"execute": "query-status", "arguments": {"x": 1}}), api
+            )
+            rec["transaction"] = outcome(
+                lambda: shell.cmd_obj({"execute": "transaction", "arguments": {"actions": []}}), api
+            )
+            rec["hmp"] = outcome(
+                lambda: shell.cmd_obj(
+                    {
+                        "execute": "human-monitor-command",
+                        "arguments": {"command-line": "info status", "cpu-index": 0},
+                    }
+                ),
+                api,
+            )
+            shell.cmd_obj({"execute": "cont", "arguments": {}})
+            shell.cmd_obj({"execute": "stop", "arguments": {}})
+            rec["events"] = outcome(shell.get_events, api)
+            rec["greeting_after"] = normalize(shell._greeting)
+    return rec
+
+
+@scenario("qemu_qmp")
+async def tui_calls(api: ModuleType, lab: Lab) -> dict:
+    """The calls qmp_tui's App makes: a QMPClient subclass with message
+    hooks, ``_raw`` with and without assigned ids, reconnecting."""
+    shown: list[list[Any]] = []
+
+    class App(api.QMPClient):  # type: ignore[name-defined,misc]
+        def __init__(self, address: Any) -> None:
+            self.address = address  # App's own attributes, set before the base's
+            self.retry = False
+            self.exiting = False
+            super().__init__()
+
+        def _cb_outbound(self, msg: Any) -> Any:
+            shown.append(["out", normalize(msg), type(msg).__name__])
+            return msg
+
+        def _cb_inbound(self, msg: Any) -> Any:
+            shown.append(["in", normalize(msg), type(msg).__name__])
+            return msg
+
+    vm = lab.qemu()
+    rec: dict[str, Any] = {}
+    app = App(vm.address)
+    with logged(rec):
+        rec["connect"] = await aoutcome(app.connect(app.address), api)
+        rec["address_kept"] = app.address == vm.address
+        raw = api.Message(b'{"execute": "query-status"}')
+        rec["raw_assigned"] = await aoutcome(app._raw(raw, assign_id="id" not in raw), api)
+        rec["raw_own_id"] = await aoutcome(
+            app._raw({"execute": "query-name", "id": USER_ID + "1"}, assign_id=False), api
+        )
+        rec["raw_no_id"] = await aoutcome(app._raw({"execute": "query-kvm"}, assign_id=False), api)
+        rec["raw_error"] = await aoutcome(app._raw({"execute": "no-such-command"}), api)
+        rec["raw_int_id"] = await aoutcome(app._raw({"execute": "query-kvm", "id": 5}, assign_id=False), api)
+        rec["raw_reserved_id"] = await aoutcome(
+            app._raw({"execute": "query-kvm", "id": "__qmp#1"}, assign_id=False), api
+        )
+        first = asyncio.ensure_future(app._raw({"execute": "query-status", "id": USER_ID + "dup"}, assign_id=False))
+        await asyncio.sleep(0)
+        rec["raw_id_in_use"] = await aoutcome(
+            app._raw({"execute": "query-name", "id": USER_ID + "dup"}, assign_id=False), api
+        )
+        rec["raw_first"] = await aoutcome(first, api)
+        rec["execute"] = await aoutcome(app.execute("query-name"), api)
+        rec["execute_error"] = await aoutcome(app.execute("device_del", {"id": "nope"}), api)
+        await within(app.execute("cont"))
+        rec["stop"] = await aoutcome(app.execute("stop"), api)
+        rec["events"] = _event_names(app.events.clear())
+        rec["quit"] = await aoutcome(app._raw({"execute": "quit"}), api)
+        await within(_until_runstate(app, "DISCONNECTING"))
+        rec["after_quit"] = app.runstate.name
+        try:
+            await within(app.disconnect())
+            rec["disconnect"] = "no error"
+        except (OSError, EOFError) as exc:
+            rec["disconnect"] = type(exc).__name__
+        await asyncio.get_running_loop().run_in_executor(None, vm.wait_exit)  # its socket is gone then
+        rec["reconnect"] = await aoutcome(app.connect(app.address), api)
+        rec["raw_idle"] = await aoutcome(app._raw({"execute": "query-status"}), api)
+    rec["shown"] = shown
+    return rec
+
+
+# --------------------------------------------------------------------------
 # Old standalone qmp.py scenarios (blocking)
 # --------------------------------------------------------------------------
 
@@ -929,7 +1360,11 @@ def old_events(api: ModuleType, lab: Lab) -> dict:
 @scenario("qmp")
 def old_server_mode(api: ModuleType, lab: Lab) -> dict:
     rec: dict[str, Any] = {}
-    _server_mode(api, lab, rec, {"cmd": "query-status", "command": "query-name"})
+    with warnings.catch_warnings():
+        if api.__name__ == "qmp":  # qmp 1.1.0's accept() leaves its listening socket unclosed
+            warnings.simplefilter("ignore", ResourceWarning)
+        _server_mode(api, lab, rec, {"cmd": "query-status", "command": "query-name"})
+        gc.collect()
     return rec
 
 

@@ -293,3 +293,179 @@ def test_adapters_and_fleet_use_only_public_client_api() -> None:
             if isinstance(node, ast.Attribute) and not (isinstance(node.value, ast.Name) and node.value.id == "self")
         }  # its own
         assert not used & client_internals, f"{path.name} uses {sorted(used & client_internals)}"
+
+
+# -- qemu.qmp's submodules, as QEMU's tools import them -----------------------
+
+
+def test_each_mapped_submodule_has_the_originals_names() -> None:
+    """Every name a qemu.qmp submodule defines is in the module the importer
+    puts in its place (qmp_tui imports from .util, .protocol, ...)."""
+    from qmpcore.compat.importer import MODULES
+
+    for reference, adapter in MODULES.items():
+        ref = importlib.import_module(reference)
+        ours = importlib.import_module(adapter)
+        names = [
+            n for n, v in vars(ref).items() if not n.startswith("_") and getattr(v, "__module__", None) == reference
+        ]
+        assert names, reference
+        assert [n for n in names if not hasattr(ours, n)] == [], reference
+
+
+def test_class_relations_match() -> None:
+    from qemu.qmp import models, protocol, qmp_client
+
+    from qmpcore.compat import _models, _protocol
+
+    assert issubclass(qmp_client.QMPClient, protocol.AsyncProtocol)
+    assert issubclass(qemu_qmp_api().QMPClient, _protocol.AsyncProtocol)
+    assert issubclass(models.Greeting, models.Model) and issubclass(_models.Greeting, _models.Model)
+    assert qemu_qmp_api().QMPClient._cb_outbound is not None
+
+
+def qemu_qmp_api() -> Any:
+    return load_api("qmpcore", "qemu_qmp")
+
+
+def test_util_helpers_behave_as_qemu_qmps() -> None:
+    from qemu.qmp import util as ref
+
+    from qmpcore.compat import _util as ours
+
+    for exc in (ValueError("bad"), EOFError(), qemu_qmp_api().QMPError("x"), KeyError("k")):
+        expected = ref.exception_summary(exc).replace("qmpcore.compat._errors", "M")
+        assert ours.exception_summary(exc).replace("qmpcore.compat._errors", "M") == expected
+    try:
+        raise OSError(2, "gone")
+    except OSError:
+        assert ours.pretty_traceback("> ").splitlines()[-1] == ref.pretty_traceback("> ").splitlines()[-1]
+        assert ours.pretty_traceback().splitlines()[0] == "  | Traceback (most recent call last):"
+
+    def f() -> None: ...
+
+    assert ours.upper_half(f) is f and ours.bottom_half(f) is f
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        assert ours.get_or_create_event_loop() is loop is ref.get_or_create_event_loop()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+async def test_util_flush_drains_a_writer() -> None:
+    from qmpcore.compat._util import flush
+
+    received = bytearray()
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(1 << 16):
+            received.extend(chunk)
+        writer.close()
+        done.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        host, port = server.sockets[0].getsockname()[:2]
+        _, writer = await asyncio.open_connection(host, port)
+        limits = writer.transport.get_write_buffer_limits()
+        writer.write(b"x" * (1 << 20))
+        await asyncio.wait_for(flush(writer), 10)
+        assert writer.transport.get_write_buffer_size() == 0
+        assert writer.transport.get_write_buffer_limits() == limits
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(done.wait(), 10)
+        assert len(received) == 1 << 20
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_require_checks_the_runstate() -> None:
+    from qmpcore.compat._protocol import Runstate, StateError, require
+
+    class Thing:
+        runstate = Runstate.IDLE
+
+        @require(Runstate.RUNNING)
+        def run(self) -> str:
+            return "ran"
+
+    with pytest.raises(StateError, match="Thing is disconnected and idle.") as info:
+        Thing().run()
+    assert (info.value.state, info.value.required) == (Runstate.IDLE, Runstate.RUNNING)
+    thing = Thing()
+    thing.runstate = Runstate.RUNNING
+    assert thing.run() == "ran"
+
+
+def test_importer_maps_qemu_qmp_to_the_adapters(tmp_path) -> None:
+    """In a fresh interpreter: the mapping, QEMU's tools found beside it,
+    and refusal once the real qemu.qmp is loaded."""
+    import subprocess
+    import sys
+
+    from qmpcore.server._process import child_environment
+
+    code = """
+from qmpcore.compat import importer
+importer.install()
+import qemu.qmp, qemu.qmp.util, qemu.qmp.protocol
+from qemu.qmp.qmp_shell import QMPShell
+from qmpcore.compat import legacy, qemu_qmp, _protocol
+assert qemu.qmp.QMPClient is qemu_qmp.QMPClient
+assert issubclass(QMPShell, legacy.QEMUMonitorProtocol)
+assert qemu.qmp.protocol.AsyncProtocol is _protocol.AsyncProtocol
+import qemu.qmp as package
+assert package.__all__ == ("QMPClient", "Message", "EventListener", "Runstate", "QMPError", "StateError",
+                           "ConnectError", "ExecuteError", "ExecInterruptedError", "SocketAddrT")
+assert package.legacy is legacy and package.qmp_client is qemu_qmp
+importer.uninstall()
+import qemu.qmp
+assert qemu.qmp.QMPClient is not qemu_qmp.QMPClient
+try:
+    importer.install()
+except RuntimeError as exc:
+    assert "before anything imports it" in str(exc)
+else:
+    raise AssertionError("installed over the real qemu.qmp")
+print("ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_environment(), timeout=60
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+async def test_ssl_context_is_passed_to_qmpcores_connect(monkeypatch) -> None:
+    """Until qmpcore's connect takes ``ssl=``, a context is refused with a
+    clear error; once it does, the context reaches it untouched."""
+    import ssl
+
+    from qmpcore.client import aio
+
+    api = qemu_qmp_api()
+    context = ssl.create_default_context()
+    seen: list[Any] = []
+
+    async def connect_with_tls(address: Any = None, *, ssl: Any = None, **kwargs: Any) -> Any:
+        seen.append(ssl)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(aio, "connect", connect_with_tls)
+    client = api.QMPClient()
+    with pytest.raises(api.ConnectError) as info:
+        await client.connect(("127.0.0.1", 1), ssl=context)
+    assert seen == [context]
+    assert isinstance(info.value.exc, ConnectionRefusedError)
+
+    async def connect_without_tls(address: Any = None, **kwargs: Any) -> Any:
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(aio, "connect", connect_without_tls)
+    with pytest.raises(NotImplementedError, match="ssl="):
+        await client.connect(("127.0.0.1", 1), ssl=context)
+    assert client.runstate is api.Runstate.IDLE

@@ -47,6 +47,47 @@ EXPECTED: dict[str, dict[tuple[str, ...], Any]] = {
     "legacy_fd_passing": {("getfd", "ok"): {}},
     "old_events": {("pull", "ok", "event"): "STOP"},
     "old_fd_via_sock_fd": {("getfd", "ok"): {"return": {}}},
+    "machine_lifecycle": {
+        ("qmp_args", "ok"): {"return": "none-machine"},
+        ("event_wait_stop", "ok", "event"): "STOP",
+        ("event_wait_none", "raised", "type"): "TimeoutError",
+        ("shutdown", "close"): "",
+        ("logged",): [],
+    },
+    "machine_vm_dies": {
+        ("first", "raised", "type"): "ExecInterruptedError",
+        ("second", "raised", "state"): "DISCONNECTING",
+        ("event_wait", "raised", "type"): "TimeoutError",
+        ("event_wait", "raised", "str"): "",
+        ("event_wait", "raised", "qmpcore_errors_shown"): [],
+        ("close",): "EOFError",
+    },
+    "machine_vm_dies_idle": {("command", "raised", "state"): "DISCONNECTING", ("close",): "EOFError"},
+    "machine_timeouts": {
+        ("command", "raised", "str"): "",
+        ("command", "raised", "qmpcore_errors_shown"): [],
+        ("logged",): [
+            ["WARNING", "Unknown ID '__qmp#00000', message dropped."],
+            ["WARNING", "Unknown ID 'None', message dropped."],
+        ],
+        ("after", "ok"): {},
+    },
+    "machine_launch_failures": {
+        ("socketpair", "raised", "cause_is_exc"): True,
+        ("socketpair", "raised", "exc", "type"): "EOFError",
+        ("socketpair_logged",): [
+            ["ERROR", "Failed to receive Greeting: EOFError"],
+            ["ERROR", "Failed to establish session: EOFError"],
+        ],
+        ("server", "raised", "str"): "",
+    },
+    "shell_calls": {("greeting_before",): None, ("completion",): [True, True]},
+    "tui_calls": {
+        ("raw_id_in_use", "raised", "type"): "ValueError",
+        ("raw_first", "ok", "id"): "user-dup",
+        ("after_quit",): "DISCONNECTING",
+        ("reconnect", "raised", "cause_is_exc"): True,
+    },
 }
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._report import Row
+from ._report import QEMU_QMP_MISSING, Row
 from ._timing import percentile
 
 __all__ = ["fleet_section", "real_qemu_section", "run_job", "CLIENTS"]
@@ -208,7 +208,7 @@ def _have_qemu_qmp() -> str | None:
     try:
         importlib.import_module("qemu.qmp")
     except ImportError:
-        return "qemu.qmp is not installed (pip install qmpcore[bench])"
+        return QEMU_QMP_MISSING
     return None
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..errors import FrameError
+from ._report import QEMU_QMP_MISSING
 from ._workloads import Workload
 
 __all__ = [
@@ -143,11 +144,12 @@ def qemu_qmp_recv(workload: Workload) -> Run:
     try:
         from qemu.qmp.message import Message
     except ImportError:
-        raise NotApplicable("qemu.qmp is not installed (pip install qmpcore[bench])") from None
+        raise NotApplicable(QEMU_QMP_MISSING) from None
     _require_lines(workload, "qemu.qmp")
     if max(len(f) for f in workload.frames) > QEMU_QMP_LIMIT:
         raise NotApplicable("over qemu.qmp's 10 MiB message limit")
     import asyncio
+    import weakref
 
     chunks = workload.chunks
     loop = asyncio.new_event_loop()  # only to construct readers; never run
@@ -174,6 +176,7 @@ def qemu_qmp_recv(workload: Workload) -> Run:
         coro.close()
         raise RuntimeError("StreamReader waited although all data was present")
 
+    weakref.finalize(run, loop.close)  # the loop's self-pipe goes with the run
     return run
 
 

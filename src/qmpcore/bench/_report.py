@@ -15,10 +15,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["Row", "Progress", "render", "to_json", "machine"]
+__all__ = ["Row", "Progress", "render", "to_json", "machine", "EXTRAS_HINT", "QEMU_QMP_MISSING"]
 
 Figure = float | str
 """A measured number, or the reason a contender could not be measured."""
+
+#: How to install the peers the benchmark compares against (quoted: zsh
+#: would otherwise read the brackets as a glob).
+EXTRAS_HINT = "pip install '.[bench]' in the qmpcore checkout"
+QEMU_QMP_MISSING = f"qemu.qmp is not installed ({EXTRAS_HINT})"
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from ._report import Figure, Row
+from ._report import QEMU_QMP_MISSING, Figure, Row
 from ._timing import FULL, Budget, time_runs
 
 __all__ = ["socket_section"]
@@ -238,7 +238,7 @@ def _measure(
             runs = opened.__enter__()
         except ImportError:
             for case in CASES:
-                figures[case][name] = "qemu.qmp is not installed (pip install qmpcore[bench])"
+                figures[case][name] = QEMU_QMP_MISSING
             continue
         try:
             for case in CASES:

@@ -54,6 +54,11 @@ EXIT_INTERRUPTED = 130
 EXIT_PIPE = 141  # as if killed by SIGPIPE
 
 DEFAULT_TIMEOUT = 10.0
+EXIT_HELP = (
+    "Exit status: 0 ok, 1 command failed, 2 bad usage, 3 no connection, a timeout or a broken connection, "
+    "130 interrupted, 141 output pipe closed."
+)
+_COMMAND_OBJECT = re.compile(r"^(?P<command>[^\s{'\"]+)\s+(?P<object>\{.*)$", re.DOTALL)
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>[0-9]{1,5})$")
 
 
@@ -65,17 +70,35 @@ def parse_address(text: str) -> str | tuple[str, int]:
     """``host:port`` or ``[v6]:port`` becomes a TCP address; anything else a unix path.
 
     An existing file always wins, so a socket named ``vm:1`` in the current
-    directory is still reachable.
+    directory is still reachable, and so does a text with a ``/`` in it.  A
+    text that looks like ``host:port`` but is not one is a usage error that
+    says what is wrong (``port 'abc' is not a number in 'host:abc'``).
     """
     if not text:
-        raise UsageError("empty address")
-    found = _HOST_PORT.match(text)
-    if found is None or os.path.exists(text):
+        raise UsageError("empty address (give a unix socket path or host:port)")
+    if "/" in text or os.path.exists(text):
         return text
-    port = int(found["port"])
-    if not 0 < port < 65536:
-        raise UsageError(f"bad port in address {text!r}")
-    return (found["v6"] or found["host"], port)
+    found = _HOST_PORT.match(text)
+    if found is not None:
+        port = int(found["port"])
+        if not 0 < port < 65536:
+            raise UsageError(f"port {port} is out of range (1-65535) in {text!r}")
+        return (found["v6"] or found["host"], port)
+    if text.startswith("["):
+        raise UsageError(f"expected [IPv6]:port, got {text!r} (e.g. [::1]:4444)")
+    if ":" not in text:
+        return text
+    host, _, port_text = text.rpartition(":")
+    path_hint = f" (for a unix socket in this directory write ./{text})"
+    if ":" in host:
+        raise UsageError(f"an IPv6 address needs brackets: [{host}]:{port_text}{path_hint}")
+    if not host:
+        raise UsageError(f"no host before the port in {text!r}{path_hint}")
+    if not port_text:
+        raise UsageError(f"no port after the host in {text!r}{path_hint}")
+    if not port_text.isdigit():
+        raise UsageError(f"port {port_text!r} is not a number in {text!r}{path_hint}")
+    raise UsageError(f"port {port_text} is out of range (1-65535) in {text!r}")
 
 
 def _value(text: str) -> Any:
@@ -118,6 +141,9 @@ def parse_arguments(words: Sequence[str]) -> dict[str, Any] | None:
 def parse_line(line: str) -> tuple[str, dict[str, Any] | None]:
     """A shell line: ``{"execute": ..., "arguments": ...}`` or ``command key=value ...``."""
     line = line.strip()
+    command_and_object = _COMMAND_OBJECT.match(line)
+    if command_and_object is not None:  # command {"json": ...}: no word splitting
+        return command_and_object["command"], parse_arguments([command_and_object["object"]])
     if line.startswith("{"):
         try:
             message = json.loads(line)
@@ -139,10 +165,14 @@ def parse_line(line: str) -> tuple[str, dict[str, Any] | None]:
 
 
 def dump(value: Any, pretty: bool) -> str:
-    """JSON text of a reply or event: indented for people, one line for programs."""
-    if pretty:
-        return json.dumps(value, indent=2, ensure_ascii=False)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """JSON text of a reply or event: indented for people, one line for programs.
+
+    Any depth and any integer length, control characters escaped (see
+    :mod:`qmpcore.cli._output`).
+    """
+    from ._output import dump as dump_json
+
+    return dump_json(value, pretty)
 
 
 def _silence_stdout() -> None:
@@ -153,67 +183,115 @@ def _silence_stdout() -> None:
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"qmpcore: {message}", file=sys.stderr)
+    from ._output import one_line
+
+    print(f"qmpcore: {one_line(message, sys.stderr.isatty())}", file=sys.stderr)
     return status
 
 
-async def connect(args: argparse.Namespace, address: str | tuple[str, int]) -> Any:
-    """The asyncio client for ``address``: QMP, or a guest agent with ``--qga``."""
+def describe_error(address: str, exc: BaseException) -> str:
+    """One line for a failure at ``address``, naming the address once.
+
+    Errors that already name it (qmpcore's own) are shown as they are;
+    a bare ``OSError`` gets the address in front and loses its ``[Errno N]``.
+    """
+    from ..errors import CommandError, QMPError
+
+    if isinstance(exc, CommandError):
+        return f"{exc.error_class}: {exc.desc}"
+    if isinstance(exc, OSError) and not isinstance(exc, QMPError) and exc.strerror:
+        text = exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    try:
+        parsed = parse_address(address)
+    except UsageError:
+        parsed = address
+    forms = {address, parsed if isinstance(parsed, str) else _host_port_text(*parsed)}
+    named = any(f"{form}:" in text or f"'{form}'" in text for form in forms)
+    return text if named else f"{address}: {text}"
+
+
+def _host_port_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def connect(args: argparse.Namespace, address: str | tuple[str, int], negotiate: bool = True) -> Any:
+    """The asyncio client for ``address``: QMP, or a guest agent with ``--qga``.
+
+    With ``negotiate=False`` a QMP client is returned before
+    ``qmp_capabilities``, so the caller can subscribe to events first.
+    """
     from ..client import aio
 
     if args.qga:
         return await aio.connect_guest_agent(address, timeout=args.timeout, command_timeout=args.timeout)
-    return await aio.connect(address, timeout=args.timeout, command_timeout=args.timeout)
+    return await aio.connect(address, timeout=args.timeout, command_timeout=args.timeout, negotiate=negotiate)
 
 
-def run_client(args: argparse.Namespace, body: Any) -> int:
+def run_client(args: argparse.Namespace, body: Any, negotiate: bool = True) -> int:
     """Connect, run ``body(client)`` and map failures to exit statuses."""
     from ..errors import CommandError, QMPError
+    from ._output import allow_long_integers
+
+    allow_long_integers()
 
     async def session() -> int:
-        client = await connect(args, parse_address(args.address))
+        client = await connect(args, parse_address(args.address), negotiate)
         try:
-            return await body(client)
+            return int(await body(client))
         finally:
             await client.close()
 
     try:
         return asyncio.run(session())
     except CommandError as exc:
-        return _fail(f"{exc.error_class}: {exc.desc}", EXIT_COMMAND_ERROR)
+        return _fail(describe_error(args.address, exc), EXIT_COMMAND_ERROR)
     except BrokenPipeError:  # our reader went away (| head): stop quietly
         _silence_stdout()
         return EXIT_PIPE
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except (QMPError, OSError, TimeoutError) as exc:
-        return _fail(f"{args.address}: {exc or type(exc).__name__}", EXIT_CONNECTION)
+        return _fail(describe_error(args.address, exc), EXIT_CONNECTION)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
+    from ._output import write_result
+
     arguments = parse_arguments(args.arguments)
-    pretty = sys.stdout.isatty()
+    parse_address(args.address)  # a bad address is a usage error before connecting
+    terminal = sys.stdout.isatty()
 
     async def body(client: Any) -> int:
         result = await client.execute(args.command, arguments)
-        print(dump(result, pretty), flush=True)
+        write_result(sys.stdout, args.command, result, pretty=terminal, terminal=terminal)
+        sys.stdout.flush()
         return EXIT_OK
 
     return run_client(args, body)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    from ._output import write_json
+
     if args.qga:
         raise UsageError("a guest agent sends no events")
+    parse_address(args.address)
 
     async def body(client: Any) -> int:
-        async for event in client.events(*args.names):
-            print(dump(event.raw, False), flush=True)
+        # Subscribe before qmp_capabilities: an event in the same read as
+        # its reply is then queued here, not only in the backlog.
+        events = client.events(*args.names)
+        await client.negotiate(timeout=args.timeout)
+        async for event in events:
+            write_json(sys.stdout, event.raw)
+            sys.stdout.flush()
         return EXIT_OK
 
-    return run_client(args, body)
+    return run_client(args, body, negotiate=False)
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
@@ -251,42 +329,71 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qmpcore",
         description="Talk to QEMU's QMP monitor or guest agent, serve simulated VMs, benchmark.",
-        epilog="Exit status: 0 ok, 1 command failed, 2 bad usage, 3 connection problem, 130 interrupted.",
+        epilog=EXIT_HELP,
     )
     parser.add_argument("--version", action="version", version=f"qmpcore {__version__}")
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
 
-    client = argparse.ArgumentParser(add_help=False)
-    client.add_argument("address", metavar="ADDRESS", help="unix socket path or host:port")
-    client.add_argument("--qga", action="store_true", help="talk to a guest agent instead of a QMP monitor")
-    client.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"for connecting and for each command (default {DEFAULT_TIMEOUT:g})",
-    )
+    def client(name: str, summary: str, qga: str | None, timeout: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".", epilog=EXIT_HELP)
+        p.add_argument("address", metavar="ADDRESS", help="unix socket path, host:port or [IPv6]:port")
+        p.add_argument("--qga", action="store_true", help=qga or argparse.SUPPRESS)
+        p.add_argument(
+            "--timeout",
+            type=_timeout,
+            default=DEFAULT_TIMEOUT,
+            metavar="SECONDS",
+            help=f"{timeout} (default {DEFAULT_TIMEOUT:g})",
+        )
+        return p
 
-    p = sub.add_parser("exec", parents=[client], help="run one command and print its reply")
-    p.add_argument("command", metavar="COMMAND")
-    p.add_argument("arguments", nargs="*", metavar="ARGS", help="one JSON object, or key=value words")
+    qga = "talk to a guest agent (qemu-ga) instead of a QMP monitor"
+    each = "for connecting and for each command"
+    p = client("exec", "run one command and print its reply", qga, each)
+    p.add_argument("command", metavar="COMMAND", help="the command's name, e.g. query-status")
+    p.add_argument(
+        "arguments",
+        nargs="*",
+        metavar="ARGS",
+        help="one JSON object, or key=value words (value read as JSON when it parses; a.b=1 nests)",
+    )
     p.set_defaults(handler=cmd_exec)
 
-    p = sub.add_parser("events", parents=[client], help="print events as they arrive, one JSON line each")
-    p.add_argument("names", nargs="*", metavar="NAME", help="only these events")
+    p = client("events", "print events as they arrive, one JSON line each", None, "for connecting")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these events (default: all)")
     p.set_defaults(handler=cmd_events)
 
-    p = sub.add_parser("shell", parents=[client], help="interactive shell with history and completion")
+    p = client("shell", "interactive shell with history and completion, or run a script", qga, each)
     p.add_argument("--history", metavar="FILE", help="history file (default $QMPCORE_HISTORY or ~/.qmpcore_history)")
+    p.add_argument(
+        "-f",
+        "--file",
+        metavar="FILE",
+        help="run the lines of FILE as a script (as when input is not a terminal): stop at the first failure",
+    )
     p.set_defaults(handler=cmd_shell)
 
-    p = sub.add_parser("serve", help="run simulated VMs on unix sockets (embedded server)")
-    p.add_argument("path", metavar="PATH", help="the socket; with --vms, a directory of sockets vm-0.sock ...")
-    p.add_argument("--vms", type=int, metavar="N", help="serve N simulated VMs in directory PATH")
+    p = sub.add_parser(
+        "serve",
+        help="run simulated VMs on unix sockets (embedded server)",
+        description="Serve simulated VMs' QMP monitors until SIGINT or SIGTERM; print each socket's path once "
+        "it listens. A socket file already there is replaced only if nothing listens on it.",
+        epilog="Exit status: 0 stopped by SIGINT or SIGTERM (sockets removed), 2 bad usage or a socket "
+        "that cannot be created or is in use.",
+    )
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        help="the socket to create; with --vms N, the directory (created if missing) to create "
+        "vm0.qmp ... vm<N-1>.qmp in",
+    )
+    p.add_argument("--vms", type=int, metavar="N", help="serve N simulated VMs with sockets in directory PATH")
     p.add_argument("--pretty", action="store_true", help="pretty-print replies like QEMU's pretty=on monitor")
     p.set_defaults(handler=cmd_serve)
 
-    p = sub.add_parser("bench", help="benchmark qmpcore beside its baselines", description=bench.__doc__)
+    p = sub.add_parser(
+        "bench", help="benchmark qmpcore beside its baselines", description=(bench.__doc__ or "").replace("``", "")
+    )
     bench.add_arguments(p)
     p.set_defaults(handler=cmd_bench)
     p = sub.add_parser("soak", help="run clients against faulty simulated VMs", description=soak.__doc__)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 from ..protocol.schema import Schema
 from . import DEFAULT_TIMEOUT, EXIT_COMMAND_ERROR, EXIT_OK, EXIT_USAGE, UsageError, _fail, run_client
+from ._output import printable
 
 __all__ = ["add_parsers", "describe"]
 
@@ -71,9 +73,10 @@ def _with_schema(args: argparse.Namespace, limit: int, then: Any) -> int:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     def show(schema: Schema, rest: list[str], source: str) -> int:
+        terminal = sys.stdout.isatty()
         if not rest:
             for command in sorted(schema.commands):
-                print(command)
+                print(printable(command, terminal))
             return EXIT_OK
         target = rest[0]
         if "/" in target:
@@ -89,7 +92,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
         text = describe(schema, target)
         if text is None:
             return _fail(f"{source} has no command or event {target!r}", EXIT_COMMAND_ERROR)
-        print(text, end="")
+        print(printable(text, terminal), end="")  # names come from the peer
         return EXIT_OK
 
     return _with_schema(args, 1, show)
@@ -184,7 +187,17 @@ def _enum_features(schema: Schema, type_name: str, lines: list[str], indent: str
 # -- the shell: completion and help ------------------------------------------
 
 
+# What a QAPI name can be; other names from a peer are never offered (they
+# would land on the prompt line, escape sequences included).
+_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
+
+
 def completions(schema: Schema, before: str, text: str) -> list[str]:
+    """Completions (see :func:`_completions`), only of well-formed names."""
+    return [c for c in _completions(schema, before, text) if _NAME.fullmatch(c.rstrip(" =").replace("=", "."))]
+
+
+def _completions(schema: Schema, before: str, text: str) -> list[str]:
     """Completions of the word ``text`` in a shell line whose part before
     that word is ``before``: command names first, then ``name=`` for the
     command's members (``a.b=`` inside object members; a union's variant

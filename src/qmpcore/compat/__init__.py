@@ -6,7 +6,10 @@
   (``QEMUMonitorProtocol`` with ``cmd(name, args, cmd_id)``).
 
 Each keeps its library's names, signatures and behaviour and runs on
-qmpcore's clients; change one import to switch.
+qmpcore's clients; change one import to switch.  To run code that imports
+``qemu.qmp`` unchanged (QEMU's ``qmp-shell``, ``qmp_tui``, ``QEMUMachine``),
+map it with :func:`qmpcore.compat.importer.install` or run
+``python -m qmpcore.compat MODULE [ARGS...]``.
 """
 
 import logging as _logging

@@ -6,10 +6,16 @@ with caller-chosen ids, and the greeting model.
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import errno
+import inspect
+import logging
 import os
 import socket
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from ssl import SSLContext
 from typing import Any
 
 from ..errors import CommandError, ConnectionLost
@@ -21,14 +27,22 @@ from ._errors import (
     ExecuteError,
     GreetingError,
     NegotiationError,
+    ProtocolError,
+    QMPError,
 )
 from ._message import Message
 from ._models import ErrorResponse, Greeting
+from ._util import exception_summary
 
 __all__ = [
     "MAX_FRAME_SIZE",
     "command_message",
     "execute_error",
+    "exec_id",
+    "tls_arguments",
+    "plain_error",
+    "log_connect_failure",
+    "broken_send",
     "RawCommand",
     "greeting_or_error",
     "connect_error",
@@ -54,11 +68,19 @@ def command_message(command: str, arguments: Mapping[str, object] | None, oob: b
     return Message._from_dict(msg)
 
 
+def exec_id(number: int) -> str:
+    """qemu.qmp's id for its ``number``-th command (``"__qmp#00000"``)."""
+    return f"{RESERVED_ID_PREFIX}{number:05d}"
+
+
 def execute_error(
-    err: CommandError, command: str, arguments: Mapping[str, object] | None, oob: bool
+    err: CommandError, command: str, arguments: Mapping[str, object] | None, oob: bool, wire_id: Any = None
 ) -> ExecuteError | BadReplyError:
-    """The qemu.qmp exception for a qmpcore :class:`CommandError`."""
+    """The qemu.qmp exception for a qmpcore :class:`CommandError`; the
+    messages carry ``wire_id`` (the id qemu.qmp would have used) if given."""
     raw = err.reply if isinstance(err.reply, dict) else {"error": {"class": err.error_class, "desc": err.desc}}
+    if wire_id is not None and "id" in raw:
+        raw = {key: (wire_id if key == "id" else value) for key, value in raw.items()}
     received = Message._from_dict(raw)
     sent = command_message(command, arguments, oob, raw.get("id"))
     try:
@@ -81,7 +103,12 @@ class RawCommand:
     __slots__ = ("command", "arguments", "oob", "has_id", "id")
 
     def __init__(
-        self, command: str, arguments: dict | None = None, oob: bool = False, has_id: bool = False, id: Any = None
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        oob: bool = False,
+        has_id: bool = False,
+        id: Any = None,
     ) -> None:
         self.command = command
         self.arguments = arguments
@@ -133,7 +160,7 @@ class RawCommand:
         return out
 
 
-def greeting_or_error(raw: dict | None) -> Greeting:
+def greeting_or_error(raw: dict[str, Any] | None) -> Greeting:
     """qemu.qmp's :class:`Greeting` view of a greeting qmpcore received;
     :class:`GreetingError` if it lacks what qemu.qmp requires."""
     try:
@@ -144,19 +171,69 @@ def greeting_or_error(raw: dict | None) -> Greeting:
 
 def connect_error(exc: Exception) -> ConnectError:
     """qemu.qmp's error for a failed connect: the socket could not be opened
-    ("connection"), or the greeting or negotiation failed ("session")."""
+    ("connection"), or the greeting or negotiation failed ("session").
+    ``exc`` is the root cause (never a qmpcore class) and should be raised
+    as ``__cause__``, as qemu.qmp does."""
     if isinstance(exc, CommandError):
-        cause: Exception = NegotiationError("Negotiation failed", exc)
+        cause: Exception = NegotiationError("Negotiation failed", AssertionError())
     elif isinstance(exc, _CoreProtocolError):
-        cause = GreetingError("Did not understand Greeting", exc)
-    elif isinstance(exc, ConnectionLost):
-        cause = EOFError()  # the server hung up instead of greeting
-        cause.__cause__ = exc
-    elif isinstance(exc, _CoreTimeoutError):
-        cause = exc
+        cause = GreetingError("Did not understand Greeting", ProtocolError(str(exc)))
+    elif isinstance(exc, (ConnectionLost, _CoreTimeoutError)):
+        cause = plain_error(exc)
     else:
-        return ConnectError("Failed to establish connection", exc)
+        return ConnectError("Failed to establish connection", plain_error(exc))
     return ConnectError("Failed to establish session", cause)
+
+
+def log_connect_failure(logger: logging.Logger, error: ConnectError) -> None:
+    """Log a failed connect at ERROR as qemu.qmp does: the failed step
+    (greeting, negotiation), then the phase."""
+    cause = error.exc
+    if isinstance(cause, GreetingError):
+        logger.error("Did not understand Greeting: %s", exception_summary(cause.exc))
+    elif isinstance(cause, NegotiationError):
+        logger.error("Negotiation failed: %s", exception_summary(cause.exc))
+    elif error.error_message == "Failed to establish session" and isinstance(cause, (EOFError, OSError)):
+        logger.error("Failed to receive Greeting: %s", exception_summary(cause))
+    logger.error("%s: %s", error.error_message, exception_summary(cause))
+
+
+def plain_error(exc: Exception) -> Exception:
+    """``exc`` as the error qemu.qmp would have shown: qmpcore's own classes
+    become builtin ones (an errno is kept), so none leaks through an adapter."""
+    module = type(exc).__module__
+    if not module.startswith("qmpcore.") or module.startswith("qmpcore.compat"):
+        return exc
+    if isinstance(exc, builtins.TimeoutError):  # qmpcore's TimeoutError
+        return asyncio.TimeoutError()
+    if isinstance(exc, ConnectionLost):  # the server hung up
+        return EOFError()
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return OSError(exc.errno, exc.strerror or os.strerror(exc.errno))
+    return QMPError(str(exc))
+
+
+def broken_send(err: Exception) -> OSError:
+    """The ``OSError`` a failed ``sendmsg`` raised under qmpcore's error
+    (qemu.qmp calls ``sendmsg`` itself and lets it through)."""
+    cause = err.__cause__
+    if isinstance(cause, OSError) and cause.errno is not None:
+        return OSError(cause.errno, cause.strerror or os.strerror(cause.errno))
+    return BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+def tls_arguments(ssl: SSLContext | None, connect: Callable[..., Any]) -> dict[str, Any]:
+    """``{"ssl": ssl}`` for qmpcore's ``connect``; ``{}`` without TLS.
+
+    :raise NotImplementedError: when this qmpcore's connect takes no ``ssl``.
+    """
+    if ssl is None:
+        return {}
+    if "ssl" not in inspect.signature(connect).parameters:
+        raise NotImplementedError(
+            "TLS needs a qmpcore whose connect() accepts ssl=; this one does not (connect without ssl=)"
+        )
+    return {"ssl": ssl}
 
 
 def listen_socket(address: str | tuple[str, int], backlog: int = 1) -> socket.socket:
@@ -180,6 +257,15 @@ def listen_socket(address: str | tuple[str, int], backlog: int = 1) -> socket.so
     try:
         sock.bind(target)
         sock.listen(backlog)
+    except OSError as err:
+        sock.close()
+        # asyncio's wording, which qemu.qmp's errors carry
+        if isinstance(address, tuple):
+            why = (err.strerror or str(err)).lower()
+            raise OSError(err.errno, f"error while attempting to bind on address {target!r}: {why}") from None
+        if err.errno == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE, f"Address {target!r} is already in use") from None
+        raise
     except BaseException:
         sock.close()
         raise

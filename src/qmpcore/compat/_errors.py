@@ -8,14 +8,15 @@ own clients can catch both with one ``except``.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 from .. import errors as _core
+from ._models import ErrorResponse
+from ._runstate import Runstate
+from ._util import exception_summary
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._message import Message
-    from ._models import ErrorResponse
-    from ._runstate import Runstate
+# A QMP message (``Message``, which imports this module, or a plain dict).
+_Msg = Mapping[str, object]
 
 __all__ = [
     "QMPError",
@@ -33,16 +34,6 @@ __all__ = [
     "BadReplyError",
     "exception_summary",
 ]
-
-
-def exception_summary(exc: BaseException) -> str:
-    """``"module.Type: message"`` (builtins unqualified; no message, no colon)."""
-    name = type(exc).__qualname__
-    module = type(exc).__module__
-    if module not in ("__main__", "builtins"):
-        name = f"{module}.{name}"
-    text = str(exc)
-    return f"{name}: {text}" if text else name
 
 
 class QMPError(_core.QMPError):
@@ -93,7 +84,7 @@ class ExecuteError(QMPError):
     the parsed :class:`ErrorResponse`; ``str()`` is the server's ``desc``.
     """
 
-    def __init__(self, error_response: ErrorResponse, sent: Message, received: Message) -> None:
+    def __init__(self, error_response: ErrorResponse, sent: _Msg, received: _Msg) -> None:
         super().__init__(error_response, sent, received)
         self.sent = sent
         self.received = received
@@ -156,7 +147,7 @@ class UnexpectedTypeError(ProtocolError):
 
 
 class _MsgProtocolError(ProtocolError):
-    def __init__(self, error_message: str, msg: Message, *args: object) -> None:
+    def __init__(self, error_message: str, msg: _Msg, *args: object) -> None:
         super().__init__(error_message, msg, *args)
         self.msg = msg
 
@@ -171,6 +162,6 @@ class ServerParseError(_MsgProtocolError):
 class BadReplyError(_MsgProtocolError):
     """A reply routed by its id but malformed; ``sent`` is the command."""
 
-    def __init__(self, error_message: str, msg: Message, sent: Message) -> None:
+    def __init__(self, error_message: str, msg: _Msg, sent: _Msg) -> None:
         super().__init__(error_message, msg, sent)
         self.sent = sent

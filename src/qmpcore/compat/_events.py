@@ -31,6 +31,9 @@ DEFAULT_MAXSIZE = 10_000
 class EventListener:
     """A filtered FIFO of events.
 
+    Subclasses may override :meth:`accept`; the adapter's internals are
+    named ``_qmpcore_*``.
+
     ``names`` is one event name or several (all events when empty);
     ``event_filter`` is a further predicate.  ``maxsize`` bounds both the
     pending events and :attr:`history`.
@@ -54,9 +57,9 @@ class EventListener:
         self.maxsize = maxsize
         #: Pending events dropped to stay within ``maxsize``.
         self.dropped = 0
-        self._pending: deque[Message] = deque()
+        self._qmpcore_pending: deque[Message] = deque()
         self._history: deque[Message] = deque(maxlen=maxsize)
-        self._getters: deque[asyncio.Future[None]] = deque()
+        self._qmpcore_getters: deque[asyncio.Future[None]] = deque()
 
     def __repr__(self) -> str:
         args = []
@@ -64,7 +67,7 @@ class EventListener:
             args.append(f"names={self.names!r}")
         if self.event_filter:
             args.append(f"event_filter={self.event_filter!r}")
-        state = f"<pending={len(self._pending)}>" if self._pending else ""
+        state = f"<pending={len(self._qmpcore_pending)}>" if self._qmpcore_pending else ""
         return f"{type(self).__name__}{state}({', '.join(args)})"
 
     @property
@@ -78,52 +81,52 @@ class EventListener:
             return False
         return self.event_filter is None or bool(self.event_filter(event))
 
-    def _deliver(self, event: Message) -> None:
+    def _qmpcore_deliver(self, event: Message) -> None:
         """Queue ``event`` if accepted; never blocks."""
         if not self.accept(event):
             return
         self._history.append(event)
-        if len(self._pending) >= self.maxsize:
-            self._pending.popleft()
+        if len(self._qmpcore_pending) >= self.maxsize:
+            self._qmpcore_pending.popleft()
             self.dropped += 1
-        self._pending.append(event)
-        self._wake_one()
+        self._qmpcore_pending.append(event)
+        self._qmpcore_wake_one()
 
-    def _wake_one(self) -> None:
-        while self._getters:
-            waiter = self._getters.popleft()
+    def _qmpcore_wake_one(self) -> None:
+        while self._qmpcore_getters:
+            waiter = self._qmpcore_getters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 return
 
     async def put(self, event: Message) -> None:
         """Queue ``event`` if :meth:`accept` takes it (used by the client)."""
-        self._deliver(event)
+        self._qmpcore_deliver(event)
 
     async def get(self) -> Message:
         """The next event, waiting for one if none is pending."""
-        while not self._pending:
+        while not self._qmpcore_pending:
             waiter = asyncio.get_running_loop().create_future()
-            self._getters.append(waiter)
+            self._qmpcore_getters.append(waiter)
             try:
                 await waiter
             except BaseException:
                 if not waiter.cancel():  # woken, then cancelled: pass it on
-                    if self._pending:
-                        self._wake_one()
+                    if self._qmpcore_pending:
+                        self._qmpcore_wake_one()
                 else:
-                    self._getters.remove(waiter)
+                    self._qmpcore_getters.remove(waiter)
                 raise
-        return self._pending.popleft()
+        return self._qmpcore_pending.popleft()
 
     def empty(self) -> bool:
         """True when no event is pending."""
-        return not self._pending
+        return not self._qmpcore_pending
 
     def clear(self) -> list[Message]:
         """Remove and return every pending event."""
-        events = list(self._pending)
-        self._pending.clear()
+        events = list(self._qmpcore_pending)
+        self._qmpcore_pending.clear()
         return events
 
     def __aiter__(self) -> AsyncIterator[Message]:
@@ -144,10 +147,10 @@ class Events:
         self.events = EventListener()
         self.register_listener(self.events)
 
-    def _dispatch(self, event: Message) -> None:
+    def _qmpcore_dispatch(self, event: Message) -> None:
         for listener in self._listeners:
             try:
-                listener._deliver(event)
+                listener._qmpcore_deliver(event)
             except Exception:  # a failing filter must not cost the others
                 self.logger.exception("%s failed to accept %s", listener, event.get("event"))
 

@@ -17,9 +17,11 @@ usable while an asyncio loop runs in the same thread.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
+from collections import deque
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -30,15 +32,20 @@ from ..errors import TimeoutError as _CoreTimeoutError
 from ._bridge import (
     MAX_FRAME_SIZE,
     RawCommand,
+    broken_send,
     connect_error,
+    exec_id,
     execute_error,
     greeting_or_error,
     listen_socket,
+    log_connect_failure,
+    plain_error,
     split_address,
 )
 from ._errors import ConnectError, ExecInterruptedError, QMPError
 from ._events import DEFAULT_MAXSIZE
-from ._state import Runstate, SocketAddrT, check_state
+from ._protocol import Runstate, SocketAddrT, check_state
+from ._util import exception_summary
 
 __all__ = [
     "QEMUMonitorProtocol",
@@ -58,6 +65,8 @@ QMPObject = dict[str, object]
 
 #: How long connecting, the greeting and negotiation may take.
 CONNECT_TIMEOUT = sync.CONNECT_TIMEOUT
+#: Ids of abandoned commands remembered for the "Unknown ID" warning.
+_ABANDONED_KEPT = 1000
 
 _T = TypeVar("_T")
 
@@ -73,6 +82,9 @@ class QEMUMonitorProtocol:
         ``socket.socket``.
     :param server: listen on ``address``; :meth:`accept` waits for QEMU.
     :param nickname: name used in log messages.
+
+    The adapter's own internals are named ``_qmpcore_*`` so that no
+    subclass (such as QEMU's ``QMPShell``) collides with them.
     """
 
     logger = logging.getLogger(__name__)
@@ -82,18 +94,23 @@ class QEMUMonitorProtocol:
             raise ValueError("server argument should be False when passing a socket")
         self._address = address
         self._timeout: float | None = None
-        self._client: sync.SyncQMPClient | None = None
-        self._listener: socket.socket | None = None
-        self._state = Runstate.IDLE
-        self._greeting: QMPMessage | None = None
+        self._qmpcore_client: sync.SyncQMPClient | None = None
+        self._qmpcore_listener: socket.socket | None = None
+        self._qmpcore_state = Runstate.IDLE
+        self._qmpcore_greeting: QMPMessage | None = None
+        self._qmpcore_exec_number = 0  # numbers the "__qmp#" ids of cmd()
+        self._qmpcore_abandoned: deque[object] = deque(maxlen=_ABANDONED_KEPT)
+        self._qmpcore_late_seen = 0
         if nickname:
             self.logger = logging.getLogger(__name__).getChild(nickname)
         if server:
             try:
-                self._listener = listen_socket(address)  # type: ignore[arg-type]
+                self._qmpcore_listener = listen_socket(address)  # type: ignore[arg-type]
             except Exception as exc:
-                raise ConnectError("Failed to establish connection", exc) from exc
-            self._state = Runstate.CONNECTING
+                error = ConnectError("Failed to establish connection", plain_error(exc))
+                log_connect_failure(self.logger, error)
+                raise error from error.exc
+            self._qmpcore_state = Runstate.CONNECTING
 
     def __enter__(self: _T) -> _T:
         return self
@@ -120,38 +137,42 @@ class QEMUMonitorProtocol:
 
         :raise ConnectError: when the connection or the session fails.
         """
-        self._check(Runstate.IDLE)
+        self._qmpcore_check(Runstate.IDLE)
         address = self._address
         if isinstance(address, socket.socket):
-            return self._open(None, address, negotiate, CONNECT_TIMEOUT)
-        return self._open(address, None, negotiate, CONNECT_TIMEOUT)
+            return self._qmpcore_open(None, address, negotiate, CONNECT_TIMEOUT)
+        return self._qmpcore_open(address, None, negotiate, CONNECT_TIMEOUT)
 
     def accept(self, timeout: float | None = 15.0) -> QMPMessage:
         """Wait up to ``timeout`` seconds (None: forever) for QEMU to connect
         to the listening socket, then greet and negotiate.
 
-        :raise TimeoutError: when nobody connects in time.
+        :raise TimeoutError: when nobody connects in time (``asyncio``'s,
+            without a message, as qemu.qmp raises).
         """
-        self._check(Runstate.CONNECTING)
-        listener, self._listener = self._listener, None
+        self._qmpcore_check(Runstate.CONNECTING)
+        listener, self._qmpcore_listener = self._qmpcore_listener, None
         assert listener is not None
-        self._state = Runstate.IDLE
+        self._qmpcore_state = Runstate.IDLE
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             listener.settimeout(timeout)
             sock, _ = listener.accept()
         except OSError as exc:
             if isinstance(exc, TimeoutError):
-                raise
-            raise ConnectError("Failed to establish connection", exc) from exc
+                self.logger.error("Failed to establish connection: %s", exception_summary(asyncio.CancelledError()))
+                raise asyncio.TimeoutError() from None
+            error = ConnectError("Failed to establish connection", exc)
+            log_connect_failure(self.logger, error)
+            raise error from exc
         finally:
             listener.close()
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        greeting = self._open(None, sock, True, remaining)
+        greeting = self._qmpcore_open(None, sock, True, remaining)
         assert greeting is not None
         return greeting
 
-    def _open(
+    def _qmpcore_open(
         self, address: SocketAddrT | None, sock: socket.socket | None, negotiate: bool, timeout: float | None
     ) -> QMPMessage | None:
         try:
@@ -165,17 +186,23 @@ class QEMUMonitorProtocol:
                 event_queue=DEFAULT_MAXSIZE,
             )
         except Exception as exc:
-            raise connect_error(exc) from exc
-        self._greeting = None
+            error = connect_error(exc)
+            log_connect_failure(self.logger, error)
+            raise error from error.exc
+        self._qmpcore_greeting = None
         if negotiate:
             try:
-                self._greeting = greeting_or_error(client.greeting)._asdict()
+                self._qmpcore_greeting = greeting_or_error(client.greeting)._asdict()
             except Exception as exc:
                 client.close()
-                raise ConnectError("Failed to establish session", exc) from exc
-        self._client = client
-        self._state = Runstate.RUNNING
-        return self._greeting
+                error = ConnectError("Failed to establish session", exc)
+                log_connect_failure(self.logger, error)
+                raise error from exc
+        self._qmpcore_client = client
+        self._qmpcore_abandoned.clear()
+        self._qmpcore_late_seen = 0
+        self._qmpcore_state = Runstate.RUNNING
+        return self._qmpcore_greeting
 
     # -- commands -------------------------------------------------------------
 
@@ -184,7 +211,7 @@ class QEMUMonitorProtocol:
         reply is returned, not raised).  The caller's ``id``, if any, is in
         the reply; the message may hold ``execute`` or ``exec-oob``,
         ``arguments`` and ``id``."""
-        client = self._running()
+        client = self._qmpcore_running()
         raw = RawCommand.parse(qmp_cmd)
         try:
             if raw.oob:
@@ -193,8 +220,13 @@ class QEMUMonitorProtocol:
                 value = client.execute(raw.command, raw.arguments, timeout=self._timeout)
         except CommandError as err:
             return raw.reply(error=err)
+        except _CoreTimeoutError:
+            self._qmpcore_abandoned.append(raw.id if raw.has_id else None)
+            raise asyncio.TimeoutError() from None
         except (ConnectionLost, _CoreStateError):
-            raise ExecInterruptedError("Disconnected") from None
+            raise self._qmpcore_interrupted() from None
+        finally:
+            self._qmpcore_note_late()
         return raw.reply(value)
 
     def cmd_raw(self, name: str, args: dict[str, object] | None = None) -> QMPMessage:
@@ -210,13 +242,20 @@ class QEMUMonitorProtocol:
         :raise ExecuteError: for an error reply.
         :raise TimeoutError: after the :meth:`settimeout` time.
         """
-        client = self._running()
+        client = self._qmpcore_running()
+        number = self._qmpcore_exec_number
+        self._qmpcore_exec_number = number + 1
         try:
             return client.execute(cmd, kwds, timeout=self._timeout)
         except CommandError as err:
-            raise execute_error(err, cmd, kwds, False) from None
+            raise execute_error(err, cmd, kwds, False, exec_id(number)) from None
+        except _CoreTimeoutError:
+            self._qmpcore_abandoned.append(exec_id(number))
+            raise asyncio.TimeoutError() from None
         except (ConnectionLost, _CoreStateError):
-            raise ExecInterruptedError("Disconnected") from None
+            raise self._qmpcore_interrupted() from None
+        finally:
+            self._qmpcore_note_late()
 
     def settimeout(self, timeout: float | None) -> None:
         """Timeout (seconds, None for none) of :meth:`cmd`, :meth:`cmd_raw`
@@ -225,10 +264,14 @@ class QEMUMonitorProtocol:
 
     def send_fd_scm(self, fd: int) -> None:
         """Pass ``fd`` to QEMU (SCM_RIGHTS) for a following ``getfd``/``add-fd``."""
-        client = self._running()
+        client = self._qmpcore_running()
         if not client.address.is_unix:
             raise QMPError("Sending file descriptors requires a UNIX socket.")
-        client.send_fd(fd)
+        try:
+            client.send_fd(fd)
+        except (ConnectionLost, _CoreStateError) as err:
+            self._qmpcore_hung_up()
+            raise broken_send(err) from None
 
     # -- events ---------------------------------------------------------------
 
@@ -237,31 +280,44 @@ class QEMUMonitorProtocol:
 
         :param wait: False or 0: return None if there is none; True: wait
             as long as it takes; a number: wait up to that many seconds.
-        :raise TimeoutError: when a timed wait runs out.
+        :raise TimeoutError: when a timed wait runs out (also when the
+            server has hung up, as qemu.qmp does).
         """
-        client = self._client
+        client = self._qmpcore_client
         if client is None:
             if not wait:
                 return None
-            check_state("QMPClient", self._state, Runstate.RUNNING)
+            check_state("QMPClient", self._qmpcore_state, Runstate.RUNNING)
         assert client is not None
-        event = _take_event(client)  # reads what arrived since the last read
+        event = self._qmpcore_take_event(client)  # reads what arrived since the last read
         if event is not None or not wait:
             return event
         timeout = None if wait is True else float(wait)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             return client.pull_event(timeout).raw
         except _CoreTimeoutError:
-            raise _CoreTimeoutError() from None  # qemu.qmp's has no message
+            raise asyncio.TimeoutError() from None  # qemu.qmp's has no message
+        except ConnectionLost:
+            self._qmpcore_hung_up()
+        finally:
+            self._qmpcore_note_late()
+        # No event can come any more: a timed wait runs out as qemu.qmp's
+        # does; an endless one would never return, so it says why instead.
+        if deadline is None:
+            check_state("QMPClient", self._qmpcore_state, Runstate.RUNNING)
+            raise AssertionError("unreachable")  # pragma: no cover
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        raise asyncio.TimeoutError()
 
     def get_events(self, wait: bool | float = False) -> list[QMPMessage]:
         """Every pending event (removed from the queue); if there is none,
         wait for one as :meth:`pull_event` does."""
         events: list[QMPMessage] = []
-        client = self._client
+        client = self._qmpcore_client
         if client is not None:
             while True:
-                event = _take_event(client)
+                event = self._qmpcore_take_event(client)
                 if event is None:
                     break
                 events.append(event)
@@ -272,9 +328,9 @@ class QEMUMonitorProtocol:
 
     def clear_events(self) -> None:
         """Drop every pending event."""
-        client = self._client
+        client = self._qmpcore_client
         if client is not None:
-            while _take_event(client) is not None:
+            while self._qmpcore_take_event(client) is not None:
                 pass
 
     # -- closing --------------------------------------------------------------
@@ -282,41 +338,69 @@ class QEMUMonitorProtocol:
     def close(self) -> None:
         """Close the connection (events already received stay pullable).
 
-        Raises ``EOFError`` if the server had already closed it, as
-        qemu.qmp does.
+        Raises ``EOFError`` if an earlier call found that the server had
+        closed the connection, as qemu.qmp does.
         """
-        listener, self._listener = self._listener, None
+        listener, self._qmpcore_listener = self._qmpcore_listener, None
         if listener is not None:
             listener.close()
-        client = self._client
-        state, self._state = self._state, Runstate.IDLE
-        if client is None or state is not Runstate.RUNNING:
+        client = self._qmpcore_client
+        state, self._qmpcore_state = self._qmpcore_state, Runstate.IDLE
+        if client is None or state not in (Runstate.RUNNING, Runstate.DISCONNECTING):
             return
-        hung_up = not client.poll()
+        # As qemu.qmp: EOFError when an earlier call saw the server hang up.
+        hung_up = state is Runstate.DISCONNECTING
+        self._qmpcore_note_late()
         client.close()
         if hung_up:
             raise EOFError
 
     def __del__(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None and getattr(self, "_state", None) is Runstate.RUNNING:
+        client = getattr(self, "_qmpcore_client", None)
+        state = getattr(self, "_qmpcore_state", None)
+        if client is not None and state in (Runstate.RUNNING, Runstate.DISCONNECTING):
             self.logger.warning("QEMUMonitorProtocol object garbage collected without a prior call to close()")
             client.close()
 
     # -- helpers --------------------------------------------------------------
 
-    def _check(self, required: Runstate) -> None:
-        check_state("QMPClient", self._state, required)
+    def _qmpcore_check(self, required: Runstate) -> None:
+        check_state("QMPClient", self._qmpcore_state, required)
 
-    def _running(self) -> sync.SyncQMPClient:
-        self._check(Runstate.RUNNING)
-        assert self._client is not None
-        return self._client
+    def _qmpcore_running(self) -> sync.SyncQMPClient:
+        self._qmpcore_check(Runstate.RUNNING)
+        assert self._qmpcore_client is not None
+        return self._qmpcore_client
 
+    def _qmpcore_hung_up(self) -> None:
+        """The server ended the connection: commands now raise
+        :class:`StateError` until :meth:`close`, as qemu.qmp's do."""
+        if self._qmpcore_state is Runstate.RUNNING:
+            self._qmpcore_state = Runstate.DISCONNECTING
 
-def _take_event(client: sync.SyncQMPClient) -> QMPMessage | None:
-    """The oldest queued event, without waiting; None if there is none."""
-    try:
-        return client.pull_event(0).raw
-    except (_CoreTimeoutError, ConnectionLost):
-        return None
+    def _qmpcore_interrupted(self) -> QMPError:
+        client = self._qmpcore_client
+        if client is not None and client.closed:
+            self._qmpcore_hung_up()
+        return ExecInterruptedError("Disconnected")
+
+    def _qmpcore_take_event(self, client: sync.SyncQMPClient) -> QMPMessage | None:
+        """The oldest queued event, without waiting; None if there is none."""
+        try:
+            return client.pull_event(0).raw
+        except _CoreTimeoutError:
+            return None
+        except ConnectionLost:
+            self._qmpcore_hung_up()
+            return None
+
+    def _qmpcore_note_late(self) -> None:
+        """Log the replies to abandoned commands dropped since the last look,
+        as qemu.qmp logs replies it cannot route."""
+        client = self._qmpcore_client
+        if not self._qmpcore_abandoned or client is None:
+            return
+        late = client.counters["late_replies"]
+        while self._qmpcore_late_seen < late and self._qmpcore_abandoned:
+            self._qmpcore_late_seen += 1
+            self.logger.warning("Unknown ID '%s', message dropped.", self._qmpcore_abandoned.popleft())

@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
 from ssl import SSLContext
 from typing import Any
 
@@ -32,11 +33,16 @@ from ..errors import CommandError, ConnectionLost
 from ..errors import StateError as _CoreStateError
 from ._bridge import (
     MAX_FRAME_SIZE,
+    RawCommand,
+    broken_send,
     command_message,
     connect_error,
+    exec_id,
     execute_error,
     greeting_or_error,
     listen_socket,
+    log_connect_failure,
+    tls_arguments,
 )
 from ._errors import (
     BadReplyError,
@@ -56,7 +62,8 @@ from ._errors import (
 from ._events import EventFilter, EventListener, EventNames, Events
 from ._message import Message
 from ._models import ErrorInfo, ErrorResponse, Greeting, QMPGreeting
-from ._state import InternetAddrT, Runstate, SocketAddrT, UnixAddrT, check_state
+from ._protocol import AsyncProtocol, InternetAddrT, Runstate, SocketAddrT, UnixAddrT, check_state
+from ._util import exception_summary
 
 __all__ = (
     # the names qemu.qmp exports
@@ -93,89 +100,55 @@ __all__ = (
 CONNECT_TIMEOUT = aio.CONNECT_TIMEOUT
 #: How long disconnect() lets buffered writes drain before aborting.
 CLOSE_TIMEOUT = aio.CLOSE_TIMEOUT
+#: Ids of abandoned commands remembered for the "Unknown ID" warning.
+_ABANDONED_KEPT = 1000
 
 
-class QMPClient(Events):
+class QMPClient(AsyncProtocol[Message], Events):
     """A QMP client connection with qemu.qmp's interface.
 
     :param name: nickname for logging (``qmpcore.compat.qemu_qmp.<name>``).
     :param readbuflen: qemu.qmp's read limit; frames up to the larger of
         this and 64 MiB are accepted.
+
+    Subclasses may override ``_cb_outbound`` and ``_cb_inbound`` (every
+    message passes them, as in qemu.qmp); the adapter's own internals are
+    named ``_qmpcore_*`` so that no subclass attribute collides with them.
     """
 
     logger = logging.getLogger(__name__)
+    _qmpcore_logger_base = __name__
 
     #: qemu.qmp's default read limit (10 MiB).
     _readbuflen = 10 * 1024 * 1024
 
     def __init__(self, name: str | None = None, readbuflen: int = _readbuflen) -> None:
-        self._name: str | None = None
-        self.name = name
+        AsyncProtocol.__init__(self, name)
         self.readbuflen = readbuflen
         #: Wait for the greeting when connecting (see :attr:`negotiate`).
         self.await_greeting = True
         #: Run ``qmp_capabilities`` when connecting (enabling ``oob`` if offered).
         self.negotiate = True
         self._greeting: Greeting | None = None
-        self._runstate = Runstate.IDLE
-        self._runstate_changed: asyncio.Event | None = None
-        self._client: aio.QMPClient | None = None
-        self._stream: aio.EventStream | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self._listener: socket.socket | None = None  # start_server()
-        self._closing = False  # disconnect() in progress
-        self._lost: BaseException | None = None  # why the server side ended
+        self._execute_id = 0  # as qemu.qmp's: numbers the "__qmp#" ids
+        self._qmpcore_client: aio.QMPClient | None = None
+        self._qmpcore_unlisten: Callable[[], None] | None = None  # removes the event callback
+        self._qmpcore_listener: socket.socket | None = None  # start_server()
+        self._qmpcore_closing = False  # disconnect() in progress
+        self._qmpcore_lost: BaseException | None = None  # why the server side ended
+        self._qmpcore_ids_in_use: set[object] = set()  # caller ids of _raw() in flight
+        self._qmpcore_abandoned: deque[object] = deque(maxlen=_ABANDONED_KEPT)
+        self._qmpcore_late_seen = 0
         Events.__init__(self)
 
-    def __repr__(self) -> str:
-        tokens = [] if self.name is None else [f"name={self.name!r}"]
-        tokens.append(f"runstate={self.runstate.name}")
-        return f"<{type(self).__name__} {' '.join(tokens)}>"
-
     # -- attributes -----------------------------------------------------------
-
-    @property
-    def name(self) -> str | None:
-        """Nickname of this connection, used in log messages."""
-        return self._name
-
-    @name.setter
-    def name(self, name: str | None) -> None:
-        base = logging.getLogger(__name__)
-        self.logger = base.getChild(name) if name else base
-        self._name = name
 
     @property
     def greeting(self) -> Greeting | None:
         """The server's greeting, once a connection read one."""
         return self._greeting
 
-    @property
-    def runstate(self) -> Runstate:
-        """Where the session stands."""
-        return self._runstate
-
-    async def runstate_changed(self) -> Runstate:
-        """Wait for :attr:`runstate` to change; return the new one."""
-        await self._runstate_event.wait()
-        return self._runstate
-
-    @property
-    def _runstate_event(self) -> asyncio.Event:
-        if self._runstate_changed is None:
-            self._runstate_changed = asyncio.Event()
-        return self._runstate_changed
-
-    def _set_state(self, state: Runstate) -> None:
-        if state is self._runstate:
-            return
-        self.logger.debug("Transitioning from '%s' to '%s'.", self._runstate, state)
-        self._runstate = state
-        event = self._runstate_event
-        event.set()
-        event.clear()
-
-    def _require(self, required: Runstate) -> None:
+    def _qmpcore_require(self, required: Runstate) -> None:
         check_state(type(self).__name__, self._runstate, required)
 
     # -- connecting -----------------------------------------------------------
@@ -184,56 +157,60 @@ class QMPClient(Events):
         """Connect to a QMP server (unix path, ``(host, port)`` or a connected
         socket), read its greeting and negotiate capabilities.
 
+        ``ssl`` is passed to qmpcore's connect (TLS needs a qmpcore that
+        supports it; otherwise :class:`NotImplementedError` says so).
+
         :raise StateError: unless :attr:`runstate` is ``IDLE``.
         :raise ConnectError: when the connection or the session fails.
         """
-        self._require(Runstate.IDLE)
-        _refuse_tls(ssl)
-        await self._begin_connecting()
+        self._qmpcore_require(Runstate.IDLE)
+        tls = tls_arguments(ssl, aio.connect)
+        await self._qmpcore_begin()
         if isinstance(address, socket.socket):
-            await self._open_session(None, address)
+            await self._qmpcore_open(None, address, tls)
         else:
-            await self._open_session(address)
+            await self._qmpcore_open(address, None, tls)
 
     async def start_server(self, address: SocketAddrT, ssl: SSLContext | None = None) -> None:
         """Listen on ``address`` for the server to connect; :meth:`accept` waits
         for it.  ``runstate`` becomes ``CONNECTING``."""
-        self._require(Runstate.IDLE)
-        _refuse_tls(ssl)
-        await self._begin_connecting()
-        async with self._guard("Failed to establish connection"):
-            self._listener = listen_socket(address)
-            self._listener.setblocking(False)
+        self._qmpcore_require(Runstate.IDLE)
+        if ssl is not None:
+            raise NotImplementedError("qmpcore cannot accept TLS connections (start_server with ssl)")
+        await self._qmpcore_begin()
+        async with self._qmpcore_guard("Failed to establish connection"):
+            self._qmpcore_listener = listen_socket(address)
+            self._qmpcore_listener.setblocking(False)
 
     async def accept(self) -> None:
         """Accept the connection :meth:`start_server` waits for, then greet
         and negotiate as :meth:`connect` does."""
-        self._require(Runstate.CONNECTING)
-        if self._listener is None:
+        self._qmpcore_require(Runstate.CONNECTING)
+        if self._qmpcore_listener is None:
             raise QMPError("Cannot call accept() before start_server().")
-        async with self._guard("Failed to establish connection"):
-            listener = self._listener
+        async with self._qmpcore_guard("Failed to establish connection"):
+            listener = self._qmpcore_listener
             try:
                 sock, _ = await asyncio.get_running_loop().sock_accept(listener)
             finally:
-                self._listener = None
+                self._qmpcore_listener = None
                 listener.close()
-        await self._open_session(None, sock)
+        await self._qmpcore_open(None, sock, {})
 
     async def start_server_and_accept(self, address: SocketAddrT, ssl: SSLContext | None = None) -> None:
         """:meth:`start_server` then :meth:`accept`."""
         await self.start_server(address, ssl)
         await self.accept()
 
-    async def _begin_connecting(self) -> None:
+    async def _qmpcore_begin(self) -> None:
         self._greeting = None
-        self._lost = None
+        self._qmpcore_lost = None
         self._set_state(Runstate.CONNECTING)
         await asyncio.sleep(0)  # let runstate watchers see CONNECTING
 
-    async def _open_session(self, address: SocketAddrT | None, sock: socket.socket | None = None) -> None:
+    async def _qmpcore_open(self, address: SocketAddrT | None, sock: socket.socket | None, tls: dict[str, Any]) -> None:
         negotiate = self.negotiate
-        async with self._guard("Failed to establish session"):
+        async with self._qmpcore_guard("Failed to establish session"):
             try:
                 client = await aio.connect(
                     address,
@@ -242,25 +219,46 @@ class QMPClient(Events):
                     oob=negotiate,
                     timeout=CONNECT_TIMEOUT,
                     max_frame_size=max(self.readbuflen, MAX_FRAME_SIZE),
+                    event_queue=0,  # no backlog: the listeners hold the events
+                    **tls,
                 )
             except Exception as exc:
-                raise connect_error(exc) from exc
-            self._client = client
+                error = connect_error(exc)
+                raise error from error.exc
+            self._qmpcore_client = client
+            self._qmpcore_abandoned.clear()
+            self._qmpcore_late_seen = 0
             if self.await_greeting or negotiate:
                 self._greeting = greeting_or_error(client.greeting)
-            self._stream = client.events(maxsize=self.events.maxsize)
-        self._pump = asyncio.ensure_future(self._pump_events(client, self._stream))
+            if self._qmpcore_hooked:
+                self._qmpcore_replay_handshake(client, negotiate)
         self._set_state(Runstate.RUNNING)
+        # Events reach the listeners from qmpcore's callback, as they are
+        # read: in wire order, before the reply they preceded is returned.
+        self._qmpcore_unlisten = client.add_event_listener(self._qmpcore_on_event, on_close=self._qmpcore_on_close)
         await asyncio.sleep(0)  # let runstate watchers see RUNNING
 
+    def _qmpcore_replay_handshake(self, client: aio.QMPClient, negotiate: bool) -> None:
+        """Show the hooks the greeting and the negotiation qmpcore performed
+        (in qemu.qmp's form; what the hooks return is not used)."""
+        self._cb_inbound(Message._from_dict(dict(client.greeting or {})))
+        if negotiate:
+            arguments = {"enable": ["oob"]} if "oob" in client.capabilities else {}
+            self._cb_outbound(command_message("qmp_capabilities", arguments, False))
+            self._cb_inbound(Message._from_dict({"return": {}}))
+
     @contextlib.asynccontextmanager
-    async def _guard(self, emsg: str) -> AsyncIterator[None]:
+    async def _qmpcore_guard(self, emsg: str) -> AsyncIterator[None]:
         """Roll back to IDLE on failure; wrap errors in :class:`ConnectError`."""
         try:
             yield
         except BaseException as err:
-            self.logger.error("%s: %s", emsg, err)
-            await self.disconnect()
+            if isinstance(err, ConnectError):
+                log_connect_failure(self.logger, err)
+            else:
+                self.logger.error("%s: %s", emsg, exception_summary(err))
+            with contextlib.suppress(Exception):
+                await self.disconnect()
             if isinstance(err, ConnectError) or not isinstance(err, Exception):
                 raise
             raise ConnectError(emsg, err) from err
@@ -275,45 +273,61 @@ class QMPClient(Events):
         (``EOFError``), as qemu.qmp does.
         """
         self._set_state(Runstate.DISCONNECTING)
-        self._closing = True
-        client, self._client = self._client, None
-        pump, self._pump = self._pump, None
-        listener, self._listener = self._listener, None
+        self._qmpcore_closing = True
+        self._qmpcore_note_late()
+        client, self._qmpcore_client = self._qmpcore_client, None
+        unlisten, self._qmpcore_unlisten = self._qmpcore_unlisten, None
+        listener, self._qmpcore_listener = self._qmpcore_listener, None
         try:
             if listener is not None:
                 listener.close()
+            if unlisten is not None:
+                unlisten()
             if client is not None:
                 await client.close(CLOSE_TIMEOUT)
-            if pump is not None:
-                await pump
         finally:
-            self._stream = None
-            self._closing = False
-            error, self._lost = self._lost, None
+            self._qmpcore_closing = False
+            error, self._qmpcore_lost = self._qmpcore_lost, None
             self._set_state(Runstate.IDLE)
         if error is not None:
             raise error
 
-    async def _pump_events(self, client: aio.QMPClient, stream: aio.EventStream) -> None:
-        """Deliver events to the listeners until the connection ends."""
-        try:
-            async for event in stream:
-                self._dispatch(Message._from_dict(event.raw))
-        except ConnectionLost:
-            pass
-        if not self._closing and self._runstate is Runstate.RUNNING:
-            self.logger.info("The server closed the connection.")
-            lost = EOFError()
-            lost.__cause__ = client.connection_error
-            self._lost = lost
-            self._set_state(Runstate.DISCONNECTING)
+    def _qmpcore_on_event(self, event: aio.Event) -> None:
+        self._qmpcore_deliver(event.raw)
+        if self._qmpcore_abandoned:
+            self._qmpcore_note_late()
 
-    async def _drain_events(self) -> None:
-        """Deliver the events that came with the last reply before returning
-        it (they are queued already, so this never waits)."""
-        stream = self._stream
-        while stream is not None and len(stream):
-            self._dispatch(Message._from_dict((await stream.get()).raw))
+    def _qmpcore_on_close(self, error: BaseException | None) -> None:
+        """The connection ended: unless disconnect() ended it, the server
+        did, and the next disconnect() raises EOFError (as qemu.qmp's)."""
+        self._qmpcore_note_late()
+        if self._qmpcore_closing or self._runstate is not Runstate.RUNNING:
+            return
+        # DEBUG, not qemu.qmp's INFO: after "quit" this is the normal path.
+        self.logger.debug("The server closed the connection: %s", error or "end of stream")
+        self._qmpcore_lost = EOFError()
+        self._set_state(Runstate.DISCONNECTING)
+
+    def _qmpcore_deliver(self, raw: dict[str, Any]) -> None:
+        msg = Message._from_dict(raw)
+        if self._qmpcore_hooked:
+            msg = self._cb_inbound(msg)
+        self._qmpcore_dispatch(msg)
+
+    def _qmpcore_gave_up(self, wire_id: object) -> None:
+        """A command was abandoned: its reply, if it comes, is dropped."""
+        self._qmpcore_abandoned.append(wire_id)
+
+    def _qmpcore_note_late(self) -> None:
+        """Log the replies to abandoned commands dropped since the last look,
+        as qemu.qmp logs replies it cannot route."""
+        client = self._qmpcore_client
+        if not self._qmpcore_abandoned or client is None:
+            return
+        late = client.counters["late_replies"]
+        while self._qmpcore_late_seen < late and self._qmpcore_abandoned:
+            self._qmpcore_late_seen += 1
+            self.logger.warning("Unknown ID '%s', message dropped.", self._qmpcore_abandoned.popleft())
 
     # -- commands -------------------------------------------------------------
 
@@ -329,42 +343,114 @@ class QMPClient(Events):
         :raise ExecInterruptedError: when the connection ends first.
         :raise StateError: unless :attr:`runstate` is ``RUNNING``.
         """
-        self._require(Runstate.RUNNING)
-        client = self._client
+        self._qmpcore_require(Runstate.RUNNING)
+        if self._qmpcore_hooked:
+            return await self.execute_msg(command_message(cmd, arguments, oob))
+        client = self._qmpcore_client
+        assert client is not None
+        number = self._execute_id
+        self._execute_id = number + 1
         args = arguments if arguments is None or type(arguments) is dict else dict(arguments)
         try:
             if oob:
-                value = await client.execute_oob(cmd, args)  # type: ignore[union-attr]
+                value = await client.execute_oob(cmd, args)
             else:
-                value = await client.execute(cmd, args)  # type: ignore[union-attr]
+                value = await client.execute(cmd, args)
         except CommandError as err:
-            await self._drain_events()
-            raise execute_error(err, cmd, arguments, oob) from None
+            raise execute_error(err, cmd, arguments, oob, exec_id(number)) from None
         except (ConnectionLost, _CoreStateError) as err:
             raise _interrupted(client, err) from None
-        if self._stream is not None and len(self._stream):
-            await self._drain_events()
+        except asyncio.CancelledError:
+            self._qmpcore_gave_up(exec_id(number))
+            raise
+        if self._qmpcore_abandoned:
+            self._qmpcore_note_late()
         return value
 
     async def execute_msg(self, msg: Message) -> object:
         """Run a command :class:`Message` (``execute`` or ``exec-oob``)."""
-        self._require(Runstate.RUNNING)
+        self._qmpcore_require(Runstate.RUNNING)
         if not ("execute" in msg or "exec-oob" in msg):
             raise ValueError("Requires 'execute' or 'exec-oob' message")
-        oob = "exec-oob" in msg
-        cmd = msg["exec-oob" if oob else "execute"]
-        arguments = msg.get("arguments")
-        return await self.execute(cmd, arguments, oob=oob)  # type: ignore[arg-type]
+        if not self._qmpcore_hooked:
+            oob = "exec-oob" in msg
+            cmd = msg["exec-oob" if oob else "execute"]
+            return await self.execute(cmd, msg.get("arguments"), oob=oob)  # type: ignore[arg-type]
+        sent = Message(msg)  # the id goes on this copy, not on the caller's
+        reply = await self._qmpcore_exchange(sent, assign_id=True)
+        if "error" in reply:
+            try:
+                response = ErrorResponse(reply)
+            except (KeyError, TypeError) as err:
+                raise BadReplyError("QMP error reply is malformed", reply, sent) from err
+            raise ExecuteError(response, sent, reply)
+        if "return" not in reply:
+            raise BadReplyError("QMP reply is missing a 'error' or 'return' member", reply, sent)
+        return reply["return"]
+
+    async def _raw(self, msg: Message | Mapping[str, object] | bytes, assign_id: bool = True) -> Message:
+        """Send a whole command message and return the whole reply (an error
+        reply is returned, not raised), as qemu.qmp's ``_raw`` does.
+
+        ``assign_id`` gives the message a ``"__qmp#..."`` id; otherwise its
+        own ``id`` (a string not starting with ``__qmp#``, not in use) or
+        none is used.  The message may hold ``execute`` or ``exec-oob``,
+        ``arguments`` and ``id``; anything else raises ``ValueError`` here
+        (qmpcore sends commands only), where QEMU would answer an error.
+        """
+        self._qmpcore_require(Runstate.RUNNING)
+        msg = Message(msg)
+        wire_id = msg.get("id")
+        if not assign_id and "id" in msg:
+            if not isinstance(wire_id, str):
+                raise TypeError(f"ID ('{wire_id}') must be a string.")
+            if wire_id.startswith("__qmp#"):
+                raise ValueError(f"ID ('{wire_id}') must not start with '__qmp#'.")
+        if not assign_id and wire_id in self._qmpcore_ids_in_use:
+            raise ValueError(f"ID '{wire_id}' is in-use and cannot be used.")
+        return await self._qmpcore_exchange(msg, assign_id)
+
+    async def _qmpcore_exchange(self, msg: Message, assign_id: bool) -> Message:
+        """Send ``msg`` through the outbound hook, return the reply after the
+        inbound hook (with the id the caller sees)."""
+        if assign_id:
+            msg["id"] = exec_id(self._execute_id)
+            self._execute_id += 1
+        msg = self._cb_outbound(msg)
+        raw = RawCommand.parse(msg, check_id=False)
+        key = raw.id if raw.has_id and isinstance(raw.id, str) else None
+        self._qmpcore_ids_in_use.add(key)
+        client = self._qmpcore_client
+        assert client is not None
+        try:
+            if raw.oob:
+                reply = raw.reply(await client.execute_oob(raw.command, raw.arguments))
+            else:
+                reply = raw.reply(await client.execute(raw.command, raw.arguments))
+        except CommandError as err:
+            reply = raw.reply(error=err)
+        except (ConnectionLost, _CoreStateError) as err:
+            raise _interrupted(client, err) from None
+        except asyncio.CancelledError:
+            self._qmpcore_gave_up(raw.id if raw.has_id else None)
+            raise
+        finally:
+            self._qmpcore_ids_in_use.discard(key)
+        self._qmpcore_note_late()
+        return self._cb_inbound(Message._from_dict(reply))
 
     def send_fd_scm(self, fd: int) -> None:
         """Pass ``fd`` to the server over the unix socket (SCM_RIGHTS), for a
         following ``getfd`` or ``add-fd``.  ``fd`` is not closed."""
-        self._require(Runstate.RUNNING)
-        client = self._client
+        self._qmpcore_require(Runstate.RUNNING)
+        client = self._qmpcore_client
         assert client is not None
         if not client.address.is_unix:
             raise QMPError("Sending file descriptors requires a UNIX socket.")
-        client.send_fd_nowait(fd)
+        try:
+            client.send_fd_nowait(fd)
+        except (ConnectionLost, _CoreStateError) as err:
+            raise broken_send(err) from None
 
 
 def _interrupted(client: Any, err: BaseException) -> QMPError:
@@ -372,8 +458,3 @@ def _interrupted(client: Any, err: BaseException) -> QMPError:
     if isinstance(err, _CoreStateError) and client is not None and not client.closed:
         return QMPError(str(err))  # e.g. exec-oob without oob negotiated
     return ExecInterruptedError("Disconnected")
-
-
-def _refuse_tls(ssl: SSLContext | None) -> None:
-    if ssl is not None:
-        raise NotImplementedError("TLS connections are not supported by qmpcore")

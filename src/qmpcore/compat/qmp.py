@@ -27,7 +27,7 @@ from ..client import sync
 from ..errors import CommandError, ConnectionLost
 from ..errors import StateError as _CoreStateError
 from ..errors import TimeoutError as _CoreTimeoutError
-from ._bridge import MAX_FRAME_SIZE, RawCommand, listen_socket, split_address
+from ._bridge import MAX_FRAME_SIZE, RawCommand, listen_socket, plain_error, split_address
 from ._events import DEFAULT_MAXSIZE
 
 __all__ = [
@@ -171,14 +171,20 @@ class QEMUMonitorProtocol:
                 event_queue=DEFAULT_MAXSIZE,
             )
         except (_core.ProtocolError, ConnectionLost) as exc:
-            raise QMPConnectError(str(exc)) from exc
+            raise QMPConnectError(str(exc)) from None
+        except _CoreTimeoutError:
+            raise TimeoutError("timed out") from None  # the socket's own
+        except OSError as exc:
+            raise plain_error(exc) from None
         self._client = client
         if not negotiate:
             return None
         try:
             client.negotiate(timeout=self._timeout)
         except (CommandError, ConnectionLost) as exc:
-            raise QMPCapabilitiesError(str(exc)) from exc
+            raise QMPCapabilitiesError(str(exc)) from None
+        except _CoreTimeoutError:
+            raise TimeoutError("timed out") from None
         return client.greeting
 
     # -- commands -------------------------------------------------------------
@@ -207,6 +213,8 @@ class QEMUMonitorProtocol:
             resp = raw.reply(error=err)
         except (ConnectionLost, _CoreStateError):
             return None
+        except _CoreTimeoutError:
+            raise TimeoutError("timed out") from None  # the socket's own
         self.logger.debug("<<< %s", resp)
         return resp
 
@@ -251,8 +259,8 @@ class QEMUMonitorProtocol:
             self._events.append(client.pull_event(timeout).raw)
         except _CoreTimeoutError:
             raise QMPTimeoutError("Timeout waiting for event") from None
-        except ConnectionLost as exc:
-            raise QMPConnectError("Error while reading from socket") from exc
+        except ConnectionLost:
+            raise QMPConnectError("Error while reading from socket") from None
 
     def pull_event(self, wait: bool | float = False) -> QMPMessage | None:
         """The oldest event not yet pulled, or None.

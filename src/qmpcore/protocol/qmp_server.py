@@ -474,7 +474,7 @@ def _split_timestamp(timestamp: float | None) -> tuple[int, int]:
 
 
 def event_head(name: str, timestamp: float | None = None) -> bytes:
-    """The start of a compact event message, up to and including the name
+    r"""The start of a compact event message, up to and including the name
     (the caller adds ``, "data": ...`` and ``}\r\n``)."""
     seconds, micros = _split_timestamp(timestamp)
     return b'{"timestamp": {"seconds": %d, "microseconds": %d}, "event": %s' % (seconds, micros, to_json(name))
