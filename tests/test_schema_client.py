@@ -371,3 +371,22 @@ async def test_shell_help(tmp_path: pathlib.Path) -> None:
     assert "command query-status\n  arguments: none\n  returns: object\n    running: bool" in text
     assert "no command or event 'nope'" in text
     assert '"status":"running"' in text
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"not": "a list"},
+        [1],
+        [{"name": "c", "meta-type": "command", "arg-type": 5}],
+        [{"name": "o", "meta-type": "object", "members": [{"name": "a"}]}],
+        [{"name": "o", "meta-type": "object", "members": "x"}],
+        [{"name": "e", "meta-type": "enum", "values": [1]}],
+        [{"name": "a", "meta-type": "alternate", "members": [{"name": "x"}]}],
+        [{"name": "u", "meta-type": "object", "members": [], "variants": [{"case": "x"}]}],
+        [{"name": "c", "meta-type": "command", "features": "deprecated"}],
+    ],
+)
+def test_a_malformed_schema_from_a_peer_is_a_protocol_error(reply: Any) -> None:
+    with pytest.raises(qmpcore.ProtocolError, match="malformed"):
+        schema_module.schema_for((7, 2, 0, ""), reply)

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from ..errors import CommandError, DeprecatedWarning, SchemaPathError, UnstableWarning
+from ..errors import CommandError, DeprecatedWarning, ProtocolError, SchemaPathError, UnstableWarning
 from . import _qapi
 from ._schema_fast import Predicates
 from .schema_path import resolve
@@ -79,10 +79,8 @@ class Schema:
         self._entries = list(entries)
         self._types: dict[str, Mapping[str, Any]] = {}
         for entry in self._entries:
-            name = entry.get("name") if isinstance(entry, Mapping) else None
-            if not isinstance(name, str):
-                raise ValueError(f"not a query-qmp-schema entry (no 'name'): {entry!r:.80}")
-            self._types[name] = entry
+            _well_formed(entry)
+            self._types[entry["name"]] = entry
         #: ``(major, minor, micro, package)`` of the QEMU this came from, if known.
         self.version = version
         self._checker = _qapi.Schema(self._entries, self._alternate_names(), int_types=self._resolve_int_types())
@@ -444,6 +442,46 @@ class Schema:
         return None
 
 
+_STRING_FIELDS = ("name", "meta-type", "arg-type", "ret-type", "element-type", "json-type", "tag")
+
+
+def _well_formed(entry: Any) -> None:
+    """Raise ValueError unless ``entry`` has the shape introspection gives
+    (a schema can come from a peer: nothing later trips over it)."""
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+        raise ValueError(f"not a query-qmp-schema entry (no 'name'): {entry!r:.80}")
+    name = entry["name"]
+    for field in _STRING_FIELDS:
+        if field in entry and not isinstance(entry[field], str):
+            raise ValueError(f"schema entry {name!r:.80}: {field!r} is not a string")
+    if not isinstance(entry.get("meta-type"), str):
+        raise ValueError(f"schema entry {name!r:.80} has no 'meta-type'")
+    member_keys = (
+        ("type",)
+        if entry["meta-type"] == "alternate"
+        else ("name", "type")
+        if entry["meta-type"] == "object"
+        else ("name",)
+    )
+    for field, keys in (("members", member_keys), ("variants", ("case", "type"))):
+        items = entry.get(field, [])
+        if not isinstance(items, list) or not all(
+            isinstance(i, Mapping) and all(isinstance(i.get(k), str) for k in keys) for i in items
+        ):
+            raise ValueError(f"schema entry {name!r:.80}: malformed {field!r}")
+        for item in items:
+            if "type" in item and not isinstance(item["type"], str):
+                raise ValueError(f"schema entry {name!r:.80}: malformed {field!r}")
+            if not isinstance(item.get("features", []), list):
+                raise ValueError(f"schema entry {name!r:.80}: malformed features")
+    values = entry.get("values", [])
+    features = entry.get("features", [])
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"schema entry {name!r:.80}: malformed 'values'")
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise ValueError(f"schema entry {name!r:.80}: malformed 'features'")
+
+
 def _refuse(value: Any) -> bool:
     return False
 
@@ -532,7 +570,10 @@ def schema_for(version: Any, reply: Any) -> Schema:
             if found is not None and found[0]._entries == reply:
                 _cache.move_to_end(key)
                 return found[0]
-    schema = Schema.from_reply(reply, version=key)  # type: ignore[arg-type]
+    try:
+        schema = Schema.from_reply(reply, version=key)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ProtocolError(f"query-qmp-schema answered a malformed schema: {exc}") from None
     if key is None:
         return schema
     size = len(orjson.dumps(reply))
