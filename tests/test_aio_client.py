@@ -877,3 +877,92 @@ async def test_event_listener_hears_the_end_and_survives_a_failing_callback(tmp_
     assert late == [qmp.connection_error]
     with pytest.raises(TypeError):
         qmp.add_event_listener(None)
+
+
+# -- one API shape --------------------------------------------------------------------
+
+
+async def test_connect_is_an_async_context_manager_and_a_coroutine(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.serve()
+
+    async with FakeServer(tmp_path, script) as server:
+        async with qmpcore.connect(server.address, timeout=WAIT) as qmp:  # no await
+            assert isinstance(qmp, aio.QMPClient) and await until(qmp.execute("x")) == {}
+        assert qmp.closed and qmp.connection_error is None  # closed by the block
+
+
+async def test_connect_runs_as_a_task(tmp_path):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.serve()
+
+    async with FakeServer(tmp_path, script) as server:
+        task = asyncio.get_running_loop().create_task(qmpcore.connect(server.address, timeout=WAIT))
+        async with await until(task) as qmp:
+            assert await until(qmp.execute("x")) == {}
+
+
+async def test_connect_failure_in_async_with(tmp_path):
+    with pytest.raises(qmpcore.ConnectError):
+        async with qmpcore.connect(tmp_path / "missing.sock", timeout=WAIT):
+            raise AssertionError("not reached")
+
+
+@pytest.mark.parametrize(
+    "limit, value, words",
+    [("max_frame_size", 512, "size limit"), ("max_depth", 6, "nesting"), ("max_tokens", 50, "token")],
+)
+async def test_every_framer_limit_is_settable_from_connect(tmp_path, limit, value, words):
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        cmd = peer.recv_command()
+        peer.reply(cmd, {"a": [[[[[[[1]]]]]]], "b": list(range(60)), "c": "x" * 1000})
+        cmd = peer.recv_command()
+        peer.reply(cmd, 1)
+        peer.serve()
+
+    async with FakeServer(tmp_path, script) as server:
+        async with qmpcore.connect(server.address, timeout=WAIT, **{limit: value}) as qmp:
+            assert getattr(qmp._proto._framer, limit) == value
+            big = qmp.submit("big", timeout=0.5)
+            assert await until(qmp.execute("small")) == 1
+            assert words in str(qmp.last_protocol_error), qmp.last_protocol_error
+            with pytest.raises(qmpcore.TimeoutError):
+                await until(big)
+
+
+async def test_guest_agent_limits_are_settable(tmp_path):
+    from test_sync_client import qga_script
+
+    async with FakeServer(tmp_path, qga_script) as server:
+        limits = {"max_frame_size": 4096, "max_depth": 8, "max_tokens": 100}
+        async with qmpcore.connect_guest_agent(server.address, timeout=WAIT, **limits) as ga:
+            framer = ga._proto._framer
+            assert (framer.max_frame_size, framer.max_depth, framer.max_tokens) == (4096, 8, 100)
+            assert await until(ga.execute("guest-ping")) == {"pong": "guest-ping"}
+
+
+def test_guest_agent_clients_have_no_event_methods():
+    for name in ("events", "wait_event", "pull_event"):
+        assert not hasattr(aio.GuestAgentClient, name), name
+        assert not hasattr(qmpcore.SyncGuestAgentClient, name), name
+    for name in ("events", "wait_event"):
+        assert hasattr(aio.QMPClient, name)
+    for name in ("events", "wait_event", "pull_event"):
+        assert hasattr(qmpcore.SyncQMPClient, name)
+
+
+def test_blocking_connect_functions_take_every_limit(tmp_path):
+    from test_sync_client import qga_script
+
+    limits = {"max_frame_size": 4096, "max_depth": 8, "max_tokens": 100}
+    with FakeServer(tmp_path, lambda peer: (peer.handshake(), peer.serve())) as server:
+        with qmpcore.connect_sync(server.address, timeout=WAIT, **limits) as qmp:
+            framer = qmp._proto._framer
+            assert (framer.max_frame_size, framer.max_depth, framer.max_tokens) == (4096, 8, 100)
+    with FakeServer(tmp_path, qga_script) as server:
+        with qmpcore.connect_guest_agent_sync(server.address, timeout=WAIT, **limits) as ga:
+            framer = ga._proto._framer
+            assert (framer.max_frame_size, framer.max_depth, framer.max_tokens) == (4096, 8, 100)

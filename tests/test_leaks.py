@@ -159,9 +159,9 @@ def test_garbage(impl: str, traced: None) -> None:
 def test_client_protocol(traced: None) -> None:
     """Replies and events through the QMP client protocol: nothing is kept."""
     proto = QMPClientProtocol()
-    proto.receive_data(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}\r\n')
+    proto.feed(b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": []}}\r\n')
     cid, _ = proto.negotiate()
-    proto.receive_data(b'{"return": {}, "id": %d}\r\n' % cid)
+    proto.feed(b'{"return": {}, "id": %d}\r\n' % cid)
     event = b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}\r\n'
 
     def work(_: int) -> None:
@@ -171,7 +171,7 @@ def test_client_protocol(traced: None) -> None:
             assert data
             batch.append(b'{"return": {"status": "running"}, "id": %d}\r\n' % cid)
             batch.append(event)
-        assert len(proto.receive_data(b"".join(batch))) == 16
+        assert len(proto.feed(b"".join(batch))) == 16
         assert proto.in_flight == 0 and not proto.data_to_send()
 
     flat(work, figure(PROTOCOL_MESSAGES) // 16, "replies and events through the client protocol")

@@ -22,7 +22,9 @@ pytest.importorskip("mypy")
 USER_CODE = textwrap.dedent(
     """
     import asyncio
-    from typing import Any, List
+    from typing import Any, List, Optional
+
+    from typing_extensions import assert_type
 
     import qmpcore
     from qmpcore.fleet import Fleet
@@ -56,6 +58,48 @@ USER_CODE = textwrap.dedent(
 
     line: bytes = qmpcore.encode({"execute": "query-status"})
     kind: str = qmpcore.implementation
+
+
+    async def typed_clients(path: str) -> None:
+        # The README's pattern: vm is a QMPClient, not Any, with or without await.
+        async with qmpcore.connect(path, max_depth=64, max_tokens=1000) as vm:
+            assert_type(vm, qmpcore.QMPClient)
+            ev = await vm.wait_event("STOP", timeout=1.0)
+            assert_type(ev, qmpcore.Event)
+            data: Any = ev["data"]
+            when: Optional[float] = ev.timestamp
+            stamp: Any = ev.get("timestamp")
+        qmp = await qmpcore.connect(path)
+        assert_type(qmp, qmpcore.QMPClient)
+        async with qmp as again:
+            assert_type(again, qmpcore.QMPClient)
+        async with qmpcore.connect_guest_agent(path, max_frame_size=1 << 20) as ga:
+            assert_type(ga, qmpcore.GuestAgentClient)
+            await ga.execute("guest-ping")
+        async with await qmpcore.connect_guest_agent(path) as ga2:
+            assert_type(ga2, qmpcore.GuestAgentClient)
+        with qmpcore.connect_sync(path, max_depth=64) as sync_vm:
+            assert_type(sync_vm, qmpcore.SyncQMPClient)
+            assert_type(sync_vm.pull_event(0), qmpcore.Event)
+        with qmpcore.connect_guest_agent_sync(path, max_tokens=100) as sync_ga:
+            assert_type(sync_ga, qmpcore.SyncGuestAgentClient)
+
+
+    def errors(path: str) -> Optional[str]:
+        try:
+            with qmpcore.connect_sync(path) as vm:
+                vm.execute("device_del", {"id": "nic0"})
+        except qmpcore.DeviceNotFound as exc:
+            name: str = exc.error_class
+            return exc.desc
+        except qmpcore.CommandError as exc:
+            subclass: qmpcore.CommandError = qmpcore.CommandError.from_reply("GenericError", "x")
+            return exc.desc
+        except qmpcore.ConnectError as exc:
+            code: Optional[int] = exc.errno
+            where: object = exc.address
+            return exc.hint
+        return None
     """
 )
 
@@ -70,6 +114,14 @@ def _mypy(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
     )
 
 
+def _as_installed(tmp_path: pathlib.Path) -> list[str]:
+    """mypy options that read the checkout's package as if installed: its
+    types are used, its own strictness is not the user's concern."""
+    config = tmp_path / "mypy.ini"
+    config.write_text(f"[mypy]\nmypy_path = {REPO / 'src'}\n\n[mypy-qmpcore.*]\nignore_errors = True\n")
+    return ["--config-file", str(config)]
+
+
 @pytest.mark.slow
 def test_the_package_type_checks() -> None:
     result = _mypy(cwd=REPO)
@@ -80,7 +132,7 @@ def test_the_package_type_checks() -> None:
 def test_code_using_the_public_api_type_checks(tmp_path) -> None:
     program = tmp_path / "user.py"
     program.write_text(USER_CODE)
-    result = _mypy("--strict", "--no-warn-unused-ignores", str(program), cwd=tmp_path)
+    result = _mypy("--strict", "--no-warn-unused-ignores", *_as_installed(tmp_path), str(program), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -90,3 +142,14 @@ def test_every_exported_name_resolves() -> None:
     assert set(qmpcore._LAZY) <= set(qmpcore.__all__)
     for name in qmpcore.__all__:
         assert getattr(qmpcore, name) is not None, name
+
+
+def test_lazy_names_are_listed_and_documented() -> None:
+    import qmpcore
+
+    listed = dir(qmpcore)
+    assert set(qmpcore._LAZY) <= set(listed) and listed == sorted(listed)
+    assert {"Framer", "ConnectError", "DeviceNotFound", "__version__"} <= set(listed)
+    doc = qmpcore.__doc__ or ""
+    for name in qmpcore._LAZY:
+        assert f"`{name}`" in doc, name

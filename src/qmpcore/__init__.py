@@ -4,30 +4,58 @@ The framer comes in two implementations with identical behaviour: the
 compiled one (``qmpcore.framing._framer``) and a pure-Python twin.  Setting
 ``QMPCORE_NO_EXTENSIONS=1`` before import selects the pure one;
 :data:`implementation` tells which is live.
+
+Loaded on first use (so ``import qmpcore`` stays cheap for code that only
+frames bytes), and listed by ``dir(qmpcore)``:
+
+* :func:`connect`, :class:`QMPClient`, :func:`connect_guest_agent`,
+  :class:`GuestAgentClient`, :class:`EventStream` -- the asyncio clients;
+* :func:`connect_sync`, :class:`SyncQMPClient`,
+  :func:`connect_guest_agent_sync`, :class:`SyncGuestAgentClient` -- the
+  blocking clients;
+* :class:`Fleet` -- many VMs from one event loop;
+* :class:`Schema` -- QEMU's schema about itself: feature probes in
+  libvirt's path language, QEMU's argument checks before sending.
+
+Errors are in :mod:`qmpcore.errors` (all importable from here too).
+Logging goes to the ``qmpcore`` logger and below it, which has a
+:class:`logging.NullHandler`: nothing is printed unless the program
+configures logging; DEBUG on ``qmpcore.client`` traces every connection.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
     CommandError,
+    CommandNotFound,
+    ConnectError,
     ConnectionLost,
     DeprecatedWarning,
+    DeviceNotActive,
+    DeviceNotFound,
     EventOverflow,
     FrameError,
+    GenericError,
+    KVMMissingCap,
     ProtocolError,
     QMPError,
     QMPWarning,
     SchemaPathError,
     StateError,
     TimeoutError,
+    TLSError,
     UnstableWarning,
 )
 from .framing import SYNC, Framer, encode, implementation
 from .protocol.events import Event, VersionInfo
 
 __version__ = "0.1.0"
+
+# A library prints nothing unless the program configures logging.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Higher layers load on first use, so ``import qmpcore`` stays cheap for
 # code that only frames bytes.
@@ -64,6 +92,11 @@ def __getattr__(name: str) -> Any:  # PEP 562
     return value
 
 
+def __dir__() -> list[str]:
+    """The module's names, the lazily loaded ones included."""
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = [
     "Framer",
     "SYNC",
@@ -74,6 +107,12 @@ __all__ = [
     "FrameError",
     "ProtocolError",
     "CommandError",
+    "GenericError",
+    "CommandNotFound",
+    "DeviceNotActive",
+    "DeviceNotFound",
+    "KVMMissingCap",
+    "ConnectError",
     "ConnectionLost",
     "TimeoutError",
     "StateError",
@@ -82,6 +121,7 @@ __all__ = [
     "QMPWarning",
     "DeprecatedWarning",
     "UnstableWarning",
+    "TLSError",
     "Event",
     "VersionInfo",
     # the names in _LAZY

@@ -4,7 +4,11 @@
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 from .client import aio as _module
+
+if TYPE_CHECKING:  # what type checkers see here: the same public names
+    from .client.aio import *  # noqa: F403
 
 sys.modules[__name__] = _module

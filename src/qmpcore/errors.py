@@ -6,7 +6,12 @@ The hierarchy says who broke what:
   The framer *returns* these as items (it never raises on stream content).
 * :class:`ProtocolError` -- the peer broke QMP itself (bad greeting, reply
   for an unknown id, a parse error reported by the server, ...).
-* :class:`CommandError` -- the server answered a command with ``error``.
+* :class:`CommandError` -- the server answered a command with ``error``;
+  one subclass per QEMU error class (:class:`GenericError`,
+  :class:`CommandNotFound`, :class:`DeviceNotFound`, ...), built by
+  :meth:`CommandError.from_reply`.
+* :class:`ConnectError` -- a connect function failed; also an
+  :class:`OSError` (``errno`` kept), naming the address with a hint.
 * :class:`ConnectionLost` -- the connection went away; every pending command
   fails with it at once.
 * :class:`TimeoutError` -- a wait ran out of time.  It is also the builtin
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import errno as _errno
 from typing import Any
 
 __all__ = [
@@ -24,6 +30,19 @@ __all__ = [
     "FrameError",
     "ProtocolError",
     "CommandError",
+    "GenericError",
+    "CommandNotFound",
+    "DeviceEncrypted",
+    "DeviceNotActive",
+    "DeviceNotFound",
+    "KVMMissingCap",
+    "ConnectError",
+    "SocketNotFound",
+    "ConnectionRefused",
+    "SocketPermissionError",
+    "ConnectTimeout",
+    "WrongProtocol",
+    "HandshakeLost",
     "ConnectionLost",
     "TimeoutError",
     "StateError",
@@ -32,6 +51,7 @@ __all__ = [
     "QMPWarning",
     "DeprecatedWarning",
     "UnstableWarning",
+    "TLSError",
 ]
 
 
@@ -94,7 +114,13 @@ class CommandError(QMPError):
 
     ``error_class`` and ``desc`` are QEMU's ``class`` and ``desc``;
     ``command`` is the command that failed and ``reply`` the whole reply.
+    Each QEMU error class has a subclass (``except DeviceNotFound:``);
+    :meth:`from_reply` picks it, and a class QEMU does not define stays a
+    plain :class:`CommandError`.
     """
+
+    #: The QEMU error class a subclass stands for ("" on the base class).
+    qemu_class = ""
 
     def __init__(
         self,
@@ -109,9 +135,68 @@ class CommandError(QMPError):
         self.command = command
         self.reply = reply
 
+    @classmethod
+    def from_reply(
+        cls,
+        error_class: str,
+        desc: str,
+        command: str | None = None,
+        reply: dict | None = None,
+    ) -> CommandError:
+        """The exception for an error reply: the subclass for ``error_class``
+        (:class:`DeviceNotFound`, ...), or :class:`CommandError` for a class
+        QEMU does not define."""
+        return _BY_QEMU_CLASS.get(error_class, CommandError)(error_class, desc, command, reply)
+
     def __str__(self) -> str:
         where = f"{self.command}: " if self.command else ""
         return f"{where}{self.error_class}: {self.desc}"
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.error_class, self.desc, self.command, self.reply))
+
+
+class GenericError(CommandError):
+    """QEMU's ``GenericError``: most failures of a command."""
+
+    qemu_class = "GenericError"
+
+
+class CommandNotFound(CommandError):
+    """QEMU's ``CommandNotFound``: no such command, or not before
+    ``qmp_capabilities`` (negotiation mode)."""
+
+    qemu_class = "CommandNotFound"
+
+
+class DeviceEncrypted(CommandError):
+    """``DeviceEncrypted``: sent by QEMU releases before 2.x only."""
+
+    qemu_class = "DeviceEncrypted"
+
+
+class DeviceNotActive(CommandError):
+    """QEMU's ``DeviceNotActive``: a device has failed to become active."""
+
+    qemu_class = "DeviceNotActive"
+
+
+class DeviceNotFound(CommandError):
+    """QEMU's ``DeviceNotFound``: the device named in the arguments does not exist."""
+
+    qemu_class = "DeviceNotFound"
+
+
+class KVMMissingCap(CommandError):
+    """QEMU's ``KVMMissingCap``: a KVM capability the command needs is missing."""
+
+    qemu_class = "KVMMissingCap"
+
+
+_BY_QEMU_CLASS: dict[str, type[CommandError]] = {
+    cls.qemu_class: cls
+    for cls in (GenericError, CommandNotFound, DeviceEncrypted, DeviceNotActive, DeviceNotFound, KVMMissingCap)
+}
 
 
 class ConnectionLost(QMPError, ConnectionError):
@@ -155,3 +240,106 @@ class DeprecatedWarning(QMPWarning):
 class UnstableWarning(QMPWarning):
     """A command, member, enum value or type the server's schema marks
     ``unstable`` was used."""
+
+
+class TLSError(QMPError, ConnectionError):
+    """A TLS connection could not be set up.
+
+    ``reason`` says which side refused what: ``"unknown_ca"`` (the server's
+    certificate is not signed by a CA the client trusts), ``"name_mismatch"``
+    (it is not issued for the name connected to), ``"refused"`` (the server
+    rejected the client's certificate, e.g. QEMU's ``verify-peer`` or
+    ``tls-authz``) or ``"handshake"`` (any other TLS failure).
+    """
+
+    def __init__(self, message: str, reason: str = "handshake") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> Any:
+        return (TLSError, (str(self.args[0]), self.reason))
+
+
+class ConnectError(QMPError, OSError):
+    """A connect function could not set up the connection.
+
+    Also an :class:`OSError`: ``errno`` is the socket's (``ENOENT``,
+    ``ECONNREFUSED``, ...) or ``ETIMEDOUT``/``EPROTO`` for a server that did
+    not answer or answered in another protocol.  ``address`` is where the
+    connection went (a :class:`~qmpcore.client.address.Address`), ``hint``
+    says what usually fixes it; ``str()`` is one line naming both.  The
+    subclasses are also the exception the failure used to raise
+    (:class:`FileNotFoundError`, :class:`ConnectionRefusedError`,
+    :class:`PermissionError`, :class:`~qmpcore.TimeoutError`,
+    :class:`ProtocolError`, :class:`ConnectionLost`), so older ``except``
+    clauses still match.
+    """
+
+    #: errno used when the failure has none of its own.
+    default_errno: int | None = None
+
+    def __init__(self, message: str, *, address: Any = None, hint: str = "", errno: int | None = None) -> None:
+        code = self.default_errno if errno is None else errno
+        if code is None:
+            OSError.__init__(self, message)
+        else:
+            OSError.__init__(self, code, message)
+        self.message = message
+        self.address = address
+        self.hint = hint
+
+    @property
+    def detail(self) -> str:
+        """What happened and the hint, without the address."""
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def __str__(self) -> str:
+        return self.detail if self.address is None else f"{self.address}: {self.detail}"
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_connect_error, (type(self), self.message, self.address, self.hint, self.errno))
+
+
+def _rebuild_connect_error(cls: type[ConnectError], message: str, address: Any, hint: str, code: int | None) -> Any:
+    return cls(message, address=address, hint=hint, errno=code)
+
+
+class SocketNotFound(ConnectError, FileNotFoundError):
+    """No socket at the path: the server is not started, or uses another path."""
+
+    default_errno = _errno.ENOENT
+
+
+class ConnectionRefused(ConnectError, ConnectionRefusedError):
+    """Nothing listens at the address (a stale socket file, or a closed port)."""
+
+    default_errno = _errno.ECONNREFUSED
+
+
+class SocketPermissionError(ConnectError, PermissionError):
+    """The socket (or its directory) does not let this user connect."""
+
+    default_errno = _errno.EACCES
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """Connected, but the server did not greet or answer within the timeout
+    (a QMP monitor another client holds, or the wrong kind of socket)."""
+
+    default_errno = _errno.ETIMEDOUT
+
+
+class WrongProtocol(ConnectError, ProtocolError):
+    """The server speaks another protocol (a QMP monitor given to a guest
+    agent connect function, or garbage instead of a greeting)."""
+
+    default_errno = _errno.EPROTO
+
+
+class HandshakeLost(ConnectError, ConnectionLost):
+    """The server closed the connection before the handshake ended."""
+
+    default_errno = _errno.ECONNRESET

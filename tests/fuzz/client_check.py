@@ -266,9 +266,9 @@ class Program:
 
     def op_close(self) -> None:
         self.op_flush()
-        events = self.proto.receive_data(b"")
+        events = self.proto.feed(b"")
         assert len(events) == 1 and type(events[0]) is ConnectionClosed, f"end of stream gave {events!r}"
-        assert self.proto.receive_data(b"") == [], "end of stream reported twice"
+        assert self.proto.feed(b"") == [], "end of stream reported twice"
         try:
             self.proto.send_command("query-status")
         except StateError:
@@ -309,7 +309,7 @@ class Program:
             self.released.add(cid)
 
     def receive(self, chunk: bytes) -> None:
-        for ev in self.proto.receive_data(chunk):
+        for ev in self.proto.feed(chunk):
             t = type(ev)
             if t is Return or t is ErrorReply:
                 self.check_reply(ev)

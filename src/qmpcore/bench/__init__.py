@@ -9,9 +9,10 @@ Sections: ``framing`` (framing + decode of recorded and synthetic streams),
 ``socket`` (round trip, 100 pipelined commands, event flood on one
 connection), ``fleet`` (many VMs polled with ``query-status``) and
 ``real-qemu`` (only with ``--real-qemu N``: N real QEMU processes polled;
-the report says why when it did not run) and ``schema`` (the cost of
-checking a command against the schema before sending it, beside a round
-trip).
+the report says why when it did not run); ``schema`` (the cost of checking
+a command against the schema before sending it, beside a round trip); with
+``--only``: ``tls`` (TLS beside plain TCP) and ``proxy`` (round trip
+through ``qmpcore proxy``, event fan-out to 100 clients).
 """
 
 from __future__ import annotations
@@ -110,6 +111,18 @@ def _real_qemu_section(opts: argparse.Namespace, progress: Callable[[str], None]
     return real_qemu_section(opts, progress)
 
 
+def _tls_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
+    from ._tls_proxy import tls_section
+
+    return tls_section(opts, progress)
+
+
+def _proxy_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
+    from ._tls_proxy import proxy_section
+
+    return proxy_section(opts, progress)
+
+
 def _schema_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
     from ._schema import schema_section
 
@@ -121,6 +134,8 @@ SECTIONS: dict[str, Section] = {
     "socket": _socket_section,
     "fleet": _fleet_section,
     "real-qemu": _real_qemu_section,
+    "tls": _tls_section,  # only with --only: it starts QEMU when installed
+    "proxy": _proxy_section,
     "schema": _schema_section,
 }
 

@@ -223,10 +223,12 @@ async def connect(args: argparse.Namespace, address: str | tuple[str, int], nego
     ``qmp_capabilities``, so the caller can subscribe to events first.
     """
     from ..client import aio
+    from ._proxy import tls_options
 
+    tls = tls_options(args)
     if args.qga:
-        return await aio.connect_guest_agent(address, timeout=args.timeout, command_timeout=args.timeout)
-    return await aio.connect(address, timeout=args.timeout, command_timeout=args.timeout, negotiate=negotiate)
+        return await aio.connect_guest_agent(address, timeout=args.timeout, command_timeout=args.timeout, **tls)
+    return await aio.connect(address, timeout=args.timeout, command_timeout=args.timeout, negotiate=negotiate, **tls)
 
 
 def run_client(args: argparse.Namespace, body: Any, negotiate: bool = True) -> int:
@@ -325,6 +327,7 @@ def _timeout(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The ``qmpcore`` argument parser with every subcommand."""
     from .. import __version__, bench, soak
+    from ._proxy import add_proxy_parser, add_replay_argument, add_tls_arguments
 
     parser = argparse.ArgumentParser(
         prog="qmpcore",
@@ -345,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help=f"{timeout} (default {DEFAULT_TIMEOUT:g})",
         )
+        add_tls_arguments(p)
         return p
 
     qga = "talk to a guest agent (qemu-ga) instead of a QMP monitor"
@@ -389,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--vms", type=int, metavar="N", help="serve N simulated VMs with sockets in directory PATH")
     p.add_argument("--pretty", action="store_true", help="pretty-print replies like QEMU's pretty=on monitor")
+    add_replay_argument(p)
     p.set_defaults(handler=cmd_serve)
+    add_proxy_parser(sub)
 
     p = sub.add_parser(
         "bench", help="benchmark qmpcore beside its baselines", description=(bench.__doc__ or "").replace("``", "")

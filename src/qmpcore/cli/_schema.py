@@ -32,6 +32,8 @@ __all__ = ["add_parsers", "describe"]
 
 def add_parsers(sub: Any) -> None:
     """Register ``schema`` and ``stubs`` on the ``qmpcore`` subparsers."""
+    from ._proxy import add_tls_arguments
+
     for name, help_text, handler in (
         ("schema", "describe a command or answer a schema path query (libvirt's language)", _cmd_schema),
         ("stubs", "write a module of typed commands (TypedDicts, methods) for mypy", _cmd_stubs),
@@ -48,6 +50,7 @@ def add_parsers(sub: Any) -> None:
         else:
             p.add_argument("words", nargs="*", metavar="ADDRESS")
             p.add_argument("-o", "--output", metavar="FILE.py", help="where to write the module (default: stdout)")
+        add_tls_arguments(p)
         p.set_defaults(handler=handler, qga=False)
 
 

@@ -92,7 +92,19 @@ def check_free(path: str) -> None:
 async def _serving(args: argparse.Namespace) -> AsyncIterator[list[str]]:
     from ..server import serve_vm, serve_vms
 
-    if args.vms is None:
+    if getattr(args, "replay", None) is not None:
+        from ..server._replay import serve_replay
+
+        if args.vms is not None:
+            raise UsageError("--replay serves one recording: no --vms")
+        async with serve_replay(args.replay, args.path):
+            yield [args.path]
+    elif getattr(args, "listen_cert", None) is not None:
+        from ._proxy import serve_tls
+
+        async with serve_tls(args) as address:  # TLS on host:port
+            yield [address]
+    elif args.vms is None:
         async with serve_vm(args.path, pretty=args.pretty):
             yield [args.path]
     else:

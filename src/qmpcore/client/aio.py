@@ -2,7 +2,7 @@
 
 ::
 
-    async with await qmpcore.connect("/run/vm1/qmp.sock") as qmp:
+    async with qmpcore.connect("/run/vm1/qmp.sock") as qmp:
         status = await qmp.execute("query-status")
         await qmp.execute("stop")
         ev = await qmp.wait_event("STOP", timeout=5)
@@ -11,6 +11,11 @@ The client is an :class:`asyncio.BufferedProtocol`-driven loop around the
 sans-IO protocol objects: each read goes straight into the protocol and
 replies resolve their futures right there (no task per command, no
 ``wait_for`` around each one; per-command timeouts are timer handles).
+
+:func:`connect` and :func:`connect_guest_agent` return a :class:`Connecting`:
+``await`` it for the client, or enter it with ``async with`` (the client is
+closed at the end of the block).  Either way a failure to connect raises a
+:class:`~qmpcore.ConnectError` that names the address and the likely cause.
 """
 
 from __future__ import annotations
@@ -20,19 +25,28 @@ import functools
 import heapq
 import socket
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Generator, Sequence
+from ssl import SSLContext
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import CommandError, ConnectionLost, TimeoutError
+from ..protocol._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
 from ..protocol.schema import Schema, schema_for
+from ._log import log, tracing
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
+from .diagnose import connect_error
 from .eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
+from .tls import LastByteRecords, is_server_context
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
+    "Connecting",
     "connect",
     "QMPClient",
     "connect_guest_agent",
@@ -131,6 +145,9 @@ class _AsyncClient(ClientCore):
         """Connect to :attr:`address`, or take over ``sock`` (connected already)."""
         loop = self._loop
         addr = self.address
+        if self._ssl is not None:
+            await self._open_tls(sock)
+            return
         if sock is None and not addr.is_unix:
             host, port = addr.sockaddr
             self._transport, _ = await loop.create_connection(lambda: _Transport(self), host, port)
@@ -153,6 +170,27 @@ class _AsyncClient(ClientCore):
         if addr.is_unix:
             self._sock = sock
 
+    async def _open_tls(self, sock: socket.socket | None) -> None:
+        """Connect over TLS (TCP only), to :attr:`address` or over ``sock``.
+
+        With a server-side context (``PROTOCOL_TLS_SERVER``) and ``sock``
+        accepted from a listening socket, this end runs the handshake as
+        the server: QEMU connected to us (``server=off``, ``endpoint=client``).
+        """
+        loop = self._loop
+        if sock is not None and is_server_context(self._ssl):
+            sock.setblocking(False)
+            transport, _ = await loop.connect_accepted_socket(lambda: _Transport(self), sock, ssl=self._ssl)
+        else:
+            options: dict[str, Any] = {"ssl": self._ssl, "server_hostname": self._server_hostname}
+            if sock is not None:
+                sock.setblocking(False)
+                options["sock"] = sock
+            else:
+                options["host"], options["port"] = self.address.sockaddr
+            transport, _ = await loop.create_connection(lambda: _Transport(self), **options)
+        self._transport = LastByteRecords(transport)  # type: ignore[arg-type]
+
     async def _handshake(
         self,
         timeout: float | None,
@@ -160,15 +198,33 @@ class _AsyncClient(ClientCore):
         steps: Callable[[], Any],
     ) -> None:
         """Open the socket and run ``steps`` within ``timeout``; clean up on failure."""
+        if tracing():
+            log.debug("%s: connecting", self.address)
         try:
             await asyncio.wait_for(self._connect_and(sock, steps), timeout)
         except BaseException as exc:
+            connected = self._transport is not None or self._closed  # closed: it was open
             self.abort()
             if sock is not None:
                 sock.close()  # it may not have reached a transport yet
-            if isinstance(exc, asyncio.TimeoutError):
-                raise TimeoutError(f"{self.address}: connection not ready within {timeout:g} s") from None
-            raise
+            if not isinstance(exc, Exception):  # cancelled, interrupted
+                raise
+            failure = self._tls_failure(exc)
+            if failure is not exc:  # a TLS failure, named as such
+                log.debug("%s: connect failed: %s", self.address, failure)
+                raise failure from exc
+            error = connect_error(
+                exc,
+                self.address,
+                agent=not isinstance(self, QMPInfo),
+                timeout=timeout,
+                connected=connected,
+                greeted=getattr(self._proto, "greeting", None) is not None,
+            )
+            log.debug("%s: connect failed: %s", self.address, error.detail)
+            raise error from exc
+        if tracing():
+            log.debug("%s: connected", self.address)
 
     async def _connect_and(self, sock: socket.socket | None, steps: Callable[[], Any]) -> None:
         await self._open(sock)
@@ -176,7 +232,7 @@ class _AsyncClient(ClientCore):
 
     def _received(self, data: memoryview) -> None:
         proto = self._proto
-        self._process(proto.receive_data(data))
+        self._process(proto.feed(data))
         out = proto.data_to_send()
         if out:
             self._write(out)
@@ -206,6 +262,8 @@ class _AsyncClient(ClientCore):
 
     def _write(self, data: bytes) -> None:
         """Write now when idle; batch writes issued while commands are in flight."""
+        if tracing():
+            self._trace_out(data)
         if self._batch is not None:
             self._batch.append(data)
         elif len(self._waiters) <= 1 and not self._batch_hold:
@@ -252,6 +310,8 @@ class _AsyncClient(ClientCore):
         sock = self._sock
         assert sock is not None  # _check_fds: unix sockets only
         ancillary = scm_rights(fds)
+        if tracing():
+            self._trace_out(data, fds)
         self._batch_hold += 1  # later writes wait behind this one
         try:
             self._flush()
@@ -378,50 +438,6 @@ class _AsyncClient(ClientCore):
         finally:
             timer.cancel()
 
-    # -- events -------------------------------------------------------------
-
-    def events(
-        self,
-        *names: str,
-        match: Match = None,
-        maxsize: int | None = None,
-        policy: str = DROP_OLDEST,
-    ) -> EventStream:
-        """Subscribe to events (all of them if no names are given).
-
-        The subscription gets every matching event from now on (each
-        subscription its own copy).  ``maxsize`` bounds the queue
-        (default: the client's ``event_queue``); ``policy`` says what
-        happens when the consumer falls behind: ``"drop_oldest"`` (counted
-        in ``dropped``), ``"block"`` (stop reading the socket until it
-        catches up) or ``"raise"`` (the next read raises
-        :class:`EventOverflow`).  Iteration ends when the connection closes
-        cleanly and raises :class:`ConnectionLost` when it breaks.
-        """
-        accepts = make_filter(names, match)
-        queue = self._router.subscribe(accepts, maxsize or self._event_queue_size, policy)
-        return EventStream(self, queue)
-
-    async def wait_event(
-        self,
-        name: str | None = None,
-        match: Match = None,
-        timeout: float | None = None,
-    ) -> Event:
-        """Wait for one event called ``name`` (any if None) matching ``match``.
-
-        ``match`` is a dict of ``data`` members that must be equal, or a
-        callable taking the :class:`Event`.  The oldest matching event in the
-        backlog (events no earlier wait took) counts, so ``STOP`` is found
-        after ``execute("stop")`` returned; the event is consumed.
-        """
-        accepts = make_filter(() if name is None else (name,), match)
-        queue = self._router.wait_for(accepts)
-        try:
-            return await EventStream(self, queue).get(timeout, _what=f"no {name or 'event'}")
-        finally:
-            self._router.unsubscribe(queue)
-
     # -- closing ------------------------------------------------------------
 
     def abort(self) -> None:
@@ -476,7 +492,7 @@ class _AsyncClient(ClientCore):
         """
         await asyncio.shield(self._closed_fut)
 
-    async def __aenter__(self):  # type: ignore[no-untyped-def]
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -653,6 +669,50 @@ class QMPClient(QMPInfo, _AsyncClient):
             if out:
                 self._write(out)
 
+    # -- events -------------------------------------------------------------
+
+    def events(
+        self,
+        *names: str,
+        match: Match = None,
+        maxsize: int | None = None,
+        policy: str = DROP_OLDEST,
+    ) -> EventStream:
+        """Subscribe to events (all of them if no names are given).
+
+        The subscription gets every matching event from now on (each
+        subscription its own copy).  ``maxsize`` bounds the queue
+        (default: the client's ``event_queue``); ``policy`` says what
+        happens when the consumer falls behind: ``"drop_oldest"`` (counted
+        in ``dropped``), ``"block"`` (stop reading the socket until it
+        catches up) or ``"raise"`` (the next read raises
+        :class:`EventOverflow`).  Iteration ends when the connection closes
+        cleanly and raises :class:`ConnectionLost` when it breaks.
+        """
+        accepts = make_filter(names, match)
+        queue = self._router.subscribe(accepts, maxsize or self._event_queue_size, policy)
+        return EventStream(self, queue)
+
+    async def wait_event(
+        self,
+        name: str | None = None,
+        match: Match = None,
+        timeout: float | None = None,
+    ) -> Event:
+        """Wait for one event called ``name`` (any if None) matching ``match``.
+
+        ``match`` is a dict of ``data`` members that must be equal, or a
+        callable taking the :class:`Event`.  The oldest matching event in the
+        backlog (events no earlier wait took) counts, so ``STOP`` is found
+        after ``execute("stop")`` returned; the event is consumed.
+        """
+        accepts = make_filter(() if name is None else (name,), match)
+        queue = self._router.wait_for(accepts)
+        try:
+            return await EventStream(self, queue).get(timeout, _what=f"no {name or 'event'}")
+        finally:
+            self._router.unsubscribe(queue)
+
     async def negotiate(self, oob: bool = False, *, timeout: float | None = None) -> None:
         """Leave negotiation mode (``qmp_capabilities``), with ``oob`` if offered."""
         self._check_open()
@@ -688,7 +748,7 @@ class QMPClient(QMPInfo, _AsyncClient):
             await self.negotiate(oob)
 
 
-async def connect(
+def connect(
     address: AddressLike | None = None,
     *,
     sock: socket.socket | None = None,
@@ -697,10 +757,17 @@ async def connect(
     oob: bool = False,
     event_queue: int = EVENT_QUEUE_SIZE,
     command_timeout: float | None = None,
-    max_frame_size: int = 64 << 20,
+    max_frame_size: int = MAX_FRAME_SIZE,
+    max_depth: int = MAX_DEPTH,
+    max_tokens: int = MAX_TOKENS,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
     validate: bool = False,
-) -> QMPClient:
+) -> Connecting[QMPClient]:
     """Connect to a QMP server, read its greeting and negotiate capabilities.
+
+    ``await connect(...)`` returns the :class:`QMPClient`; ``async with
+    connect(...) as qmp:`` also closes it at the end of the block.
 
     ``address`` is a unix socket path or a ``(host, port)`` tuple; or,
     instead, ``sock`` is a connected stream socket (unix or TCP: from
@@ -711,28 +778,46 @@ async def connect(
     enables out-of-band execution when the server offers it.
     ``event_queue`` is the size of the backlog :meth:`QMPClient.wait_event`
     searches (oldest dropped first; 0 keeps none) and the default size of
-    each :meth:`QMPClient.events` subscription.
+    each :meth:`QMPClient.events` subscription.  ``max_frame_size``,
+    ``max_depth`` and ``max_tokens`` bound what the server may send (bytes
+    of one message, nesting depth, JSON tokens of one message).
+    ``ssl`` connects with TLS (TCP addresses only), verifying the server's
+    certificate as the context says (name: ``server_hostname``, default
+    the address's host); failures raise :class:`~qmpcore.TLSError`.
     ``validate=True`` fetches QEMU's schema (:meth:`QMPClient.schema`) and
     checks every command against it before sending
     (:meth:`qmpcore.Schema.check`): a bad one raises QEMU's
     :class:`~qmpcore.CommandError` without a round trip.
+
+    Raises :class:`~qmpcore.ConnectError` (an :class:`OSError` too) naming
+    the address and the likely cause when the connection cannot be set up.
     """
     if validate and not negotiate:
         raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
-    proto = QMPClientProtocol(max_frame_size=max_frame_size)
-    client = QMPClient(proto, connect_target(address, sock), event_queue, command_timeout)
-    await client._handshake(timeout, sock, lambda: client._greeted(negotiate, oob))
-    if validate:
-        try:
-            client._validator = (await client.schema(timeout=timeout)).check
-        except BaseException:
-            client.abort()
-            raise
-    return client
+    target = connect_target(address, sock)
+    proto = QMPClientProtocol(max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
+
+    async def run() -> QMPClient:
+        client = QMPClient(proto, target, event_queue, command_timeout)
+        client._use_tls(ssl, server_hostname)
+        await client._handshake(timeout, sock, lambda: client._greeted(negotiate, oob))
+        if validate:
+            try:
+                client._validator = (await client.schema(timeout=timeout)).check
+            except BaseException:
+                client.abort()
+                raise
+        return client
+
+    return Connecting(run())
 
 
 class GuestAgentClient(_AsyncClient):
-    """One guest agent channel (see :func:`connect_guest_agent`)."""
+    """One guest agent channel (see :func:`connect_guest_agent`).
+
+    qemu-ga sends no events, so there are no event methods here;
+    :meth:`add_event_listener` remains for its ``on_close`` notification.
+    """
 
     _proto: QGAClientProtocol
     _sync_id = 0  # the resync in progress
@@ -786,22 +871,77 @@ class GuestAgentClient(_AsyncClient):
         return sid
 
 
-async def connect_guest_agent(
+def connect_guest_agent(
     path: AddressLike | None = None,
     *,
     sock: socket.socket | None = None,
     timeout: float | None = CONNECT_TIMEOUT,
     command_timeout: float | None = None,
-    max_frame_size: int = 64 << 20,
-) -> GuestAgentClient:
+    max_frame_size: int = MAX_FRAME_SIZE,
+    max_depth: int = MAX_DEPTH,
+    max_tokens: int = MAX_TOKENS,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Connecting[GuestAgentClient]:
     """Connect to a guest agent socket and resynchronise the channel.
 
     ``path`` is the unix socket of ``qemu-ga -m unix-listen`` or of the
     host side of a virtio-serial chardev (``(host, port)`` works for TCP
     chardevs); or ``sock`` is a connected socket to take over, as for
-    :func:`connect`.  ``timeout`` bounds connecting and the first resync.
+    :func:`connect`.  ``timeout`` bounds connecting and the first resync;
+    the limits are as for :func:`connect`.  Usable with ``await`` or
+    ``async with``; raises :class:`~qmpcore.ConnectError` (a QMP monitor
+    given here fails at once, when its greeting arrives).
+    ``ssl``/``server_hostname``: TLS over TCP, as for :func:`connect`.
     """
-    proto = QGAClientProtocol(max_frame_size=max_frame_size)
-    client = GuestAgentClient(proto, connect_target(path, sock), 0, command_timeout)
-    await client._handshake(timeout, sock, client.sync)
-    return client
+    target = connect_target(path, sock)
+    proto = QGAClientProtocol(max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
+
+    async def run() -> GuestAgentClient:
+        client = GuestAgentClient(proto, target, 0, command_timeout)
+        client._use_tls(ssl, server_hostname)
+        await client._handshake(timeout, sock, client.sync)
+        return client
+
+    return Connecting(run())
+
+
+_C = TypeVar("_C", bound=_AsyncClient)
+
+
+class Connecting(Coroutine[Any, Any, _C]):
+    """What :func:`connect` and :func:`connect_guest_agent` return.
+
+    ``await`` it for the connected client, or use it as ``async with
+    connect(...) as client:`` -- the client is then closed when the block
+    ends.  It is a coroutine, so ``asyncio.create_task``, ``wait_for`` and
+    ``gather`` take it as they took the coroutine it wraps.
+    """
+
+    __slots__ = ("_coro", "_client")
+
+    def __init__(self, coro: Coroutine[Any, Any, _C]) -> None:
+        self._coro = coro
+        self._client: _C | None = None
+
+    def __await__(self) -> Generator[Any, None, _C]:
+        return self._coro.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    async def __aenter__(self) -> _C:
+        self._client = await self._coro
+        return self._client
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._client is not None:
+            await self._client.close()

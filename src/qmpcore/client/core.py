@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,12 +22,17 @@ from ..protocol.events import (
     ErrorReply,
     Event,
     Greeting,
+    Negotiated,
     ProtocolFault,
     Return,
+    Synced,
     VersionInfo,
 )
+from ._log import abbreviate, tracing
+from ._log import log as trace_log
 from .address import Address, AddressLike, parse_address
 from .eventqueue import CloseCallback, EventCallback, EventRouter
+from .tls import check_tls, is_server_context, refused_error, tls_error
 
 __all__ = ["ClientCore", "QMPInfo", "log", "connect_target", "scm_rights"]
 
@@ -77,6 +83,10 @@ class ClientCore:
     ``set_result()`` and ``set_exception()``.
     """
 
+    #: TLS settings of a TCP connection (see :meth:`_use_tls`).
+    _ssl: ssl.SSLContext | None = None
+    _server_hostname: str | None = None
+
     def __init__(self, proto: Any, address: Address, event_queue: int, command_timeout: float | None) -> None:
         self._proto = proto
         #: Where this client is connected.
@@ -96,6 +106,9 @@ class ClientCore:
         self.last_protocol_error: ProtocolError | None = None
         self._protocol_errors = 0
         self._timeouts = 0
+        # Set when a QMP greeting reached a guest agent client: it is connected
+        # to a monitor, and no resync can succeed.
+        self._wrong_protocol: ProtocolError | None = None
 
     @property
     def closed(self) -> bool:
@@ -108,7 +121,7 @@ class ClientCore:
         proto = self._proto
         router = self._router
         return {
-            "commands": proto._next_id,
+            "commands": proto.commands_issued,
             "in_flight": proto.in_flight,
             "held": proto.held,
             "timeouts": self._timeouts,
@@ -143,10 +156,46 @@ class ClientCore:
         return f"<{type(self).__name__} {self.address} {state}>"
 
     def _check_open(self) -> None:
-        if self._closed or self._closing:
+        if self._wrong_protocol is not None:
+            raise self._wrong_protocol
+        if self._closed or self._closing or self._proto.closed_by == "quit":
+            # After quit, QEMU exits: say so at once, not when a send fails.
             if self.connection_error is not None:
                 raise self.connection_error
-            raise StateError("the client is closed")
+            raise StateError(self._closed_reason())
+
+    def _closed_reason(self) -> str:
+        """Why a closed client refuses to work, for :class:`StateError`."""
+        by = self._proto.closed_by
+        if by == "SHUTDOWN":
+            return f"{self.address}: the connection ended after QEMU's SHUTDOWN event"
+        if by is not None:
+            return f"{self.address}: the connection was closed by {by}"
+        return f"{self.address}: the client is closed (close() was called)"
+
+    def _use_tls(self, context: ssl.SSLContext | None, server_hostname: str | None) -> None:
+        """Connect with TLS (``context``), verifying the server as ``server_hostname``."""
+        self._server_hostname = check_tls(self.address, context, server_hostname)
+        self._ssl = context
+
+    def _tls_failure(self, exc: BaseException) -> BaseException:
+        """What a failed connection attempt raises: a TLS failure named as such."""
+        if self._ssl is None:
+            return exc
+        error = tls_error(exc, self.address, self._server_hostname)
+        if error is not None:
+            return error
+        if (
+            isinstance(exc, ConnectionLost)
+            and not is_server_context(self._ssl)
+            and getattr(self._proto, "greeting", None) is None
+        ):
+            # The handshake passed our checks; QEMU checks the client's
+            # certificate after it and hangs up without a word.
+            error = refused_error(self.address)
+            error.__cause__ = exc
+            return error
+        return exc
 
     def _check_fds(self) -> None:
         if not self.address.is_unix:
@@ -160,6 +209,8 @@ class ClientCore:
         QMP events go to the router together at the end: nobody can look
         between two items of one chunk, and a batch is far cheaper in a flood.
         """
+        if tracing():
+            self._trace_in(events)
         waiters = self._waiters
         batch = None
         for ev in events:
@@ -193,6 +244,50 @@ class ClientCore:
         waiter = self._waiters.pop(Greeting, None)  # garbage instead of a greeting
         if waiter is not None and not waiter.done():
             waiter.set_exception(ProtocolError(f"expected a QMP greeting: {ev.error}"))
+        if isinstance(ev.item, dict) and "QMP" in ev.item and not isinstance(self, QMPInfo):
+            # A guest agent client connected to a QMP monitor: fail now, not after a timeout.
+            self._wrong_protocol = ProtocolError("a QMP greeting arrived: this is a QMP monitor, not a guest agent")
+            waiter = self._waiters.pop(Synced, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(self._wrong_protocol)
+
+    # -- tracing (DEBUG records, only when enabled) ---------------------------
+
+    def _trace_in(self, events: list) -> None:
+        """One DEBUG record per event received, in arrival order."""
+        address = self.address
+        for ev in events:
+            t = type(ev)
+            if t is Event:
+                trace_log.debug("%s: event %s", address, abbreviate(ev.raw))
+            elif t is Return:
+                trace_log.debug("%s: reply to %s (id %s): %s", address, ev.command, ev.id, abbreviate(ev.value))
+            elif t is ErrorReply:
+                trace_log.debug(
+                    "%s: error reply to %s (id %s): %s: %s",
+                    address,
+                    ev.command,
+                    ev.id,
+                    ev.error_class,
+                    abbreviate(ev.desc),
+                )
+            elif t is Greeting:
+                trace_log.debug(
+                    "%s: greeting from QEMU %d.%d.%d, capabilities %s; state: negotiation",
+                    address,
+                    *ev.version[:3],
+                    list(ev.capabilities),
+                )
+            elif t is Negotiated:
+                trace_log.debug("%s: capabilities negotiated %s; state: ready", address, list(ev.capabilities))
+            elif t is Synced:
+                trace_log.debug("%s: guest agent synced (id %d); state: ready", address, ev.id)
+            # (a ProtocolFault is logged by _fault, as a warning)
+
+    def _trace_out(self, data: bytes, fds: Sequence[int] | None = None) -> None:
+        """One DEBUG record per write (a command, or several sent together)."""
+        extra = f" with fds {list(fds)}" if fds else ""
+        trace_log.debug("%s: sent %s%s", self.address, abbreviate(data), extra)
 
     def _expire(self, cid: Any, command: str, timeout: float) -> bytes:
         """A command's time is up: fail its waiter; return bytes to write."""
@@ -214,7 +309,7 @@ class ClientCore:
         if self._closed:
             return
         self._closed = True
-        ended = self._proto.receive_data(b"")
+        ended = self._proto.feed(b"")
         truncated = ended[0].truncated if ended else 0
         expected = self._closing or bool(ended and ended[0].expected)
         if truncated and not self._closing:
@@ -232,11 +327,15 @@ class ClientCore:
         error = ConnectionLost(reason)
         if not expected:
             self.connection_error = error
+        if tracing():
+            by = self._proto.closed_by
+            why = reason if not expected or self._closing or by is None else f"closed by {by}"
+            trace_log.debug("%s: %s; state: closed", self.address, why)
         proto = self._proto
         for key, waiter in self._waiters.items():
             if waiter.done():
                 continue
-            if expected and not self._closing and proto._pending.get(key) == "quit":
+            if expected and not self._closing and proto.pending_command(key) == "quit":
                 waiter.set_result(None)  # QEMU quit as asked; the reply got lost
             else:
                 waiter.set_exception(error)

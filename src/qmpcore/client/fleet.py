@@ -30,6 +30,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import (
     Any,
     Union,
@@ -38,6 +39,7 @@ from typing import (
 from ..errors import ConnectionLost, QMPError, StateError
 from ..errors import TimeoutError as QMPTimeoutError
 from .address import parse_address
+from .tls import check_tls
 
 __all__ = [
     "Fleet",
@@ -255,9 +257,11 @@ class Fleet:
     ``reconnect`` is True (default :class:`Backoff`), a :class:`Backoff`, or
     False to try each VM once and never reconnect.  ``guest_agent=True``
     talks to guest agents instead of QMP monitors.  ``event_maxsize`` is the
-    default bound of each :meth:`events` stream.  ``validate=True`` checks
-    commands against each VM's schema before sending (see
-    :func:`qmpcore.connect`); a bad command fails with QEMU's
+    default bound of each :meth:`events` stream.  ``ssl`` connects every
+    VM with TLS (TCP addresses only; ``server_hostname`` as for
+    :func:`~qmpcore.connect`, default each address's host).
+    ``validate=True`` checks commands against each VM's schema before
+    sending (see :func:`qmpcore.connect`); a bad command fails with QEMU's
     :class:`~qmpcore.CommandError` without a round trip.
     """
 
@@ -271,6 +275,8 @@ class Fleet:
         reconnect: bool | Backoff = True,
         guest_agent: bool = False,
         event_maxsize: int = 10_000,
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
         validate: bool = False,
     ) -> None:
         if isinstance(addresses, Mapping):
@@ -284,6 +290,9 @@ class Fleet:
             raise ValueError("timeouts must be positive")
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        for _, addr in pairs:
+            check_tls(parse_address(addr), ssl, server_hostname)
+        self._tls: dict[str, Any] = {"ssl": ssl, "server_hostname": server_hostname}
         self._pairs = pairs
         self._members: dict[str, _Member] = {}
         self.connect_timeout = connect_timeout
@@ -420,10 +429,10 @@ class Fleet:
         assert self._slots is not None
         async with self._slots:
             if self.guest_agent:
-                return await aio.connect_guest_agent(member.address, timeout=self.connect_timeout)
+                return await aio.connect_guest_agent(member.address, timeout=self.connect_timeout, **self._tls)
             # The fleet's listener claims every event: keep no unclaimed ones.
             return await aio.connect(
-                member.address, timeout=self.connect_timeout, event_queue=0, validate=self.validate
+                member.address, timeout=self.connect_timeout, event_queue=0, validate=self.validate, **self._tls
             )
 
     async def _attempt(self, member: _Member) -> None:

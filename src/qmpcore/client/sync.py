@@ -15,22 +15,29 @@ condition), so replies and events reach the right thread in any order.
 
 from __future__ import annotations
 
-import builtins
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from ssl import SSLContext
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConnectionLost, TimeoutError
+from ..protocol._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
 from ..protocol.schema import Schema, schema_for
+from ._log import log, tracing
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
+from .diagnose import connect_error
 from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
+from .tls import check_tls, handshake_sync
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "connect_sync",
@@ -182,7 +189,7 @@ class _SyncClient(ClientCore):
         try:
             if n > 0:
                 proto = self._proto
-                self._process(proto.receive_data(self._rview[:n]))
+                self._process(proto.feed(self._rview[:n]))
                 out = proto.data_to_send()
                 if out:
                     self._send(out)
@@ -201,6 +208,8 @@ class _SyncClient(ClientCore):
         connection is given up (ConnectionLost) rather than left corrupt.
         """
         error = None
+        if tracing():
+            self._trace_out(data, fds)
         with self._wlock:
             try:
                 self._send_locked(data, fds, deadline)
@@ -279,68 +288,6 @@ class _SyncClient(ClientCore):
                 if queue.policy is BLOCK and self._sleepers:
                     self._cond.notify_all()  # the reader may go on
 
-    def pull_event(self, timeout: float | None = None) -> Event:
-        """The oldest event in the backlog, waiting up to ``timeout`` s.
-
-        With ``timeout=0`` nothing waits, but bytes that have already
-        arrived on the socket are read first.  Raises :class:`~qmpcore.TimeoutError` when none comes in time and
-        :class:`~qmpcore.ConnectionLost` when none can come any more.
-        """
-        ev = self._next_event(self._router.backlog, timeout, "no event")
-        if ev is None:
-            raise self.connection_error or ConnectionLost("the connection was closed")
-        return ev
-
-    def wait_event(self, name: str | None = None, match: Match = None, timeout: float | None = None) -> Event:
-        """Wait for one event called ``name`` (any if None) matching ``match``.
-
-        ``match`` is a dict of ``data`` members that must be equal, or a
-        callable taking the :class:`Event`.  The oldest matching event in the
-        backlog counts (and is consumed), as for the asyncio client.
-        """
-        with self._cond:
-            queue = self._router.wait_for(make_filter(() if name is None else (name,), match))
-        try:
-            ev = self._next_event(queue, timeout, f"no {name or 'event'}")
-        finally:
-            with self._cond:
-                self._router.unsubscribe(queue)
-        if ev is None:
-            raise self.connection_error or ConnectionLost("the connection was closed")
-        return ev
-
-    def events(
-        self,
-        *names: str,
-        match: Match = None,
-        maxsize: int | None = None,
-        policy: str = DROP_OLDEST,
-        timeout: float | None = None,
-    ) -> Iterator[Event]:
-        """Subscribe to events (all if no names given); iterate over them.
-
-        The subscription gets every matching event from now on.
-        ``maxsize`` and ``policy`` as for the asyncio client; ``timeout``
-        bounds each wait (:class:`~qmpcore.TimeoutError`).  Iteration ends
-        when the connection closes cleanly, raises ConnectionLost when it
-        breaks; closing the generator unsubscribes.
-        """
-        with self._cond:
-            queue = self._router.subscribe(make_filter(names, match), maxsize or self._event_queue_size, policy)
-        return self._iterate(queue, timeout)
-
-    def _iterate(self, queue: EventQueue, timeout: float | None) -> Iterator[Event]:
-        try:
-            while True:
-                ev = self._next_event(queue, timeout, "no event")
-                if ev is None:
-                    return
-                yield ev
-        finally:
-            with self._cond:
-                self._router.unsubscribe(queue)
-                self._cond.notify_all()
-
     def add_event_listener(
         self,
         callback: EventCallback,
@@ -404,7 +351,7 @@ class _SyncClient(ClientCore):
             self._sock.close()
             self._cond.notify_all()
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -437,24 +384,53 @@ def _connect(
     timeout: float | None,
     make: Callable[[Address, socket.socket], _SyncClient],
     handshake: Callable[[Any, float | None], None],
+    tls: tuple[SSLContext | None, str | None] = (None, None),
+    *,
+    agent: bool,
 ) -> Any:
-    """Open the socket (or take ``sock``), build the client and run its handshake within ``timeout``."""
+    """Open the socket (or take ``sock``), build the client and run its handshake within ``timeout``.
+
+    ``tls`` is ``(ssl, server_hostname)``: with a context, the TLS
+    handshake runs first (TCP only).  A failure raises
+    :class:`~qmpcore.ConnectError` (see :mod:`.diagnose`) or
+    :class:`~qmpcore.TLSError`.
+    """
     addr = connect_target(address, sock)
+    server_hostname = check_tls(addr, *tls)
     deadline = _deadline(timeout)
     client = None
+    if tracing():
+        log.debug("%s: connecting", addr)
     try:
         if sock is None:
             sock = _open_socket(addr, timeout)
+        early = b""
+        if tls[0] is not None:
+            # From here on the socket carries TLS: the client reads and writes plain bytes.
+            wrapped, early = handshake_sync(sock, tls[0], server_hostname, addr, deadline)
+            sock = cast(socket.socket, wrapped)
         client = make(addr, sock)
+        client._use_tls(*tls)
+        if early:  # bytes that came with the end of the handshake
+            client._process(client._proto.feed(early))
         handshake(client, deadline)
     except BaseException as exc:
+        greeted = client is not None and getattr(client._proto, "greeting", None) is not None
         if client is not None:
             client.close()
         elif sock is not None:
             sock.close()
-        if isinstance(exc, builtins.TimeoutError):  # socket.timeout too
-            raise TimeoutError(f"{addr}: connection not ready within {timeout:g} s") from None
-        raise
+        if not isinstance(exc, Exception):  # interrupted
+            raise
+        failure = exc if client is None else client._tls_failure(exc)
+        if failure is not exc:  # a TLS failure, named as such
+            log.debug("%s: connect failed: %s", addr, failure)
+            raise failure from exc
+        error = connect_error(exc, addr, agent=agent, timeout=timeout, connected=client is not None, greeted=greeted)
+        log.debug("%s: connect failed: %s", addr, error.detail)
+        raise error from exc
+    if tracing():
+        log.debug("%s: connected", addr)
     return client
 
 
@@ -505,9 +481,75 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         """Leave negotiation mode (``qmp_capabilities``), with ``oob`` if offered."""
         self._run(lambda: self._proto.negotiate(oob), "qmp_capabilities", timeout)
 
+    # -- events ---------------------------------------------------------------
+
+    def pull_event(self, timeout: float | None = None) -> Event:
+        """The oldest event in the backlog, waiting up to ``timeout`` s.
+
+        With ``timeout=0`` nothing waits, but bytes that have already
+        arrived on the socket are read first.  Raises :class:`~qmpcore.TimeoutError` when none comes in time and
+        :class:`~qmpcore.ConnectionLost` when none can come any more.
+        """
+        ev = self._next_event(self._router.backlog, timeout, "no event")
+        if ev is None:
+            raise self.connection_error or ConnectionLost("the connection was closed")
+        return ev
+
+    def wait_event(self, name: str | None = None, match: Match = None, timeout: float | None = None) -> Event:
+        """Wait for one event called ``name`` (any if None) matching ``match``.
+
+        ``match`` is a dict of ``data`` members that must be equal, or a
+        callable taking the :class:`Event`.  The oldest matching event in the
+        backlog counts (and is consumed), as for the asyncio client.
+        """
+        with self._cond:
+            queue = self._router.wait_for(make_filter(() if name is None else (name,), match))
+        try:
+            ev = self._next_event(queue, timeout, f"no {name or 'event'}")
+        finally:
+            with self._cond:
+                self._router.unsubscribe(queue)
+        if ev is None:
+            raise self.connection_error or ConnectionLost("the connection was closed")
+        return ev
+
+    def events(
+        self,
+        *names: str,
+        match: Match = None,
+        maxsize: int | None = None,
+        policy: str = DROP_OLDEST,
+        timeout: float | None = None,
+    ) -> Iterator[Event]:
+        """Subscribe to events (all if no names given); iterate over them.
+
+        The subscription gets every matching event from now on.
+        ``maxsize`` and ``policy`` as for the asyncio client; ``timeout``
+        bounds each wait (:class:`~qmpcore.TimeoutError`).  Iteration ends
+        when the connection closes cleanly, raises ConnectionLost when it
+        breaks; closing the generator unsubscribes.
+        """
+        with self._cond:
+            queue = self._router.subscribe(make_filter(names, match), maxsize or self._event_queue_size, policy)
+        return self._iterate(queue, timeout)
+
+    def _iterate(self, queue: EventQueue, timeout: float | None) -> Iterator[Event]:
+        try:
+            while True:
+                ev = self._next_event(queue, timeout, "no event")
+                if ev is None:
+                    return
+                yield ev
+        finally:
+            with self._cond:
+                self._router.unsubscribe(queue)
+                self._cond.notify_all()
+
     def _greeted(self, deadline: float | None, negotiate: bool, oob: bool, validate: bool = False) -> None:
         slot = _Slot()
         with self._cond:
+            if self._proto.greeting is not None:  # it came with the end of the TLS handshake
+                slot.set_result(None)
             self._waiters[Greeting] = slot
             if not self._wait_until(slot.done, deadline):
                 raise TimeoutError("no greeting")
@@ -527,29 +569,40 @@ def connect_sync(
     oob: bool = False,
     event_queue: int = EVENT_QUEUE_SIZE,
     command_timeout: float | None = None,
-    max_frame_size: int = 64 << 20,
+    max_frame_size: int = MAX_FRAME_SIZE,
+    max_depth: int = MAX_DEPTH,
+    max_tokens: int = MAX_TOKENS,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
     validate: bool = False,
 ) -> SyncQMPClient:
     """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`.
 
     ``sock`` hands over a connected socket instead of an ``address``;
+    ``ssl``/``server_hostname``: TLS over TCP, as for :func:`qmpcore.connect`.
     ``validate=True`` checks commands against QEMU's schema before sending.
+    Raises :class:`~qmpcore.ConnectError` naming the address and the cause.
     """
     if validate and not negotiate:
         raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
-    return _connect(
+    limits = {"max_frame_size": max_frame_size, "max_depth": max_depth, "max_tokens": max_tokens}
+    return _connect(  # type: ignore[no-any-return]
         address,
         sock,
         timeout,
-        lambda addr, conn: SyncQMPClient(
-            QMPClientProtocol(max_frame_size=max_frame_size), addr, conn, event_queue, command_timeout
-        ),
+        lambda addr, conn: SyncQMPClient(QMPClientProtocol(**limits), addr, conn, event_queue, command_timeout),
         lambda client, deadline: client._greeted(deadline, negotiate, oob, validate),
+        (ssl, server_hostname),
+        agent=False,
     )
 
 
 class SyncGuestAgentClient(_SyncClient):
-    """One guest agent channel, blocking (see :func:`connect_guest_agent_sync`)."""
+    """One guest agent channel, blocking (see :func:`connect_guest_agent_sync`).
+
+    qemu-ga sends no events, so there are no event methods here;
+    :meth:`add_event_listener` remains for its ``on_close`` notification.
+    """
 
     _proto: QGAClientProtocol
     _sync_id = 0  # the resync in progress
@@ -606,18 +659,25 @@ def connect_guest_agent_sync(
     sock: socket.socket | None = None,
     timeout: float | None = CONNECT_TIMEOUT,
     command_timeout: float | None = None,
-    max_frame_size: int = 64 << 20,
+    max_frame_size: int = MAX_FRAME_SIZE,
+    max_depth: int = MAX_DEPTH,
+    max_tokens: int = MAX_TOKENS,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> SyncGuestAgentClient:
     """Connect to a guest agent socket and resynchronise, blocking.
 
-    ``sock`` hands over a connected socket instead of a ``path``.
+    ``sock`` hands over a connected socket instead of a ``path``; limits and
+    errors as for :func:`connect_sync`; ``ssl``/``server_hostname``: TLS
+    over TCP, as for :func:`qmpcore.connect`.
     """
-    return _connect(
+    limits = {"max_frame_size": max_frame_size, "max_depth": max_depth, "max_tokens": max_tokens}
+    return _connect(  # type: ignore[no-any-return]
         path,
         sock,
         timeout,
-        lambda addr, conn: SyncGuestAgentClient(
-            QGAClientProtocol(max_frame_size=max_frame_size), addr, conn, 0, command_timeout
-        ),
+        lambda addr, conn: SyncGuestAgentClient(QGAClientProtocol(**limits), addr, conn, 0, command_timeout),
         lambda client, deadline: client.sync(_remaining(deadline)),
+        (ssl, server_hostname),
+        agent=True,
     )

@@ -13,12 +13,14 @@ import inspect
 import logging
 import os
 import socket
+import ssl
 import stat
 from collections.abc import Callable, Mapping
 from ssl import SSLContext
 from typing import Any
 
-from ..errors import CommandError, ConnectionLost
+from ..errors import CommandError, ConnectionLost, TLSError
+from ..errors import ConnectError as _CoreConnectError
 from ..errors import ProtocolError as _CoreProtocolError
 from ..errors import TimeoutError as _CoreTimeoutError
 from ._errors import (
@@ -174,6 +176,11 @@ def connect_error(exc: Exception) -> ConnectError:
     ("connection"), or the greeting or negotiation failed ("session").
     ``exc`` is the root cause (never a qmpcore class) and should be raised
     as ``__cause__``, as qemu.qmp does."""
+    if isinstance(exc, _CoreConnectError) and not isinstance(
+        exc, (_CoreProtocolError, ConnectionLost, _CoreTimeoutError)
+    ):
+        if isinstance(exc.__cause__, Exception):  # report what qemu.qmp reports: the socket's own error
+            exc = exc.__cause__
     if isinstance(exc, CommandError):
         cause: Exception = NegotiationError("Negotiation failed", AssertionError())
     elif isinstance(exc, _CoreProtocolError):
@@ -204,6 +211,13 @@ def plain_error(exc: Exception) -> Exception:
     module = type(exc).__module__
     if not module.startswith("qmpcore.") or module.startswith("qmpcore.compat"):
         return exc
+    if isinstance(exc, TLSError):
+        # qemu.qmp shows the ssl module's error (or EOFError when QEMU hangs
+        # up on a refused certificate): keep its class, with qmpcore's words.
+        cause = exc.__cause__
+        if isinstance(cause, ssl.SSLError):
+            return type(cause)(str(exc))
+        return EOFError(str(exc)) if exc.reason == "refused" else ssl.SSLError(str(exc))
     if isinstance(exc, builtins.TimeoutError):  # qmpcore's TimeoutError
         return asyncio.TimeoutError()
     if isinstance(exc, ConnectionLost):  # the server hung up

@@ -139,6 +139,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         self._qmpcore_ids_in_use: set[object] = set()  # caller ids of _raw() in flight
         self._qmpcore_abandoned: deque[object] = deque(maxlen=_ABANDONED_KEPT)
         self._qmpcore_late_seen = 0
+        self._qmpcore_server_ssl: SSLContext | None = None  # start_server(ssl=): QEMU connects as the TLS client
         Events.__init__(self)
 
     # -- attributes -----------------------------------------------------------
@@ -175,9 +176,8 @@ class QMPClient(AsyncProtocol[Message], Events):
         """Listen on ``address`` for the server to connect; :meth:`accept` waits
         for it.  ``runstate`` becomes ``CONNECTING``."""
         self._qmpcore_require(Runstate.IDLE)
-        if ssl is not None:
-            raise NotImplementedError("qmpcore cannot accept TLS connections (start_server with ssl)")
         await self._qmpcore_begin()
+        self._qmpcore_server_ssl = ssl
         async with self._qmpcore_guard("Failed to establish connection"):
             self._qmpcore_listener = listen_socket(address)
             self._qmpcore_listener.setblocking(False)
@@ -195,7 +195,8 @@ class QMPClient(AsyncProtocol[Message], Events):
             finally:
                 self._qmpcore_listener = None
                 listener.close()
-        await self._qmpcore_open(None, sock, {})
+        tls = {"ssl": self._qmpcore_server_ssl} if self._qmpcore_server_ssl is not None else {}
+        await self._qmpcore_open(None, sock, tls)
 
     async def start_server_and_accept(self, address: SocketAddrT, ssl: SSLContext | None = None) -> None:
         """:meth:`start_server` then :meth:`accept`."""

@@ -10,18 +10,24 @@ replies free slots.
 from __future__ import annotations
 
 import reprlib
+from collections import deque
 from typing import Any
 
 from ..errors import FrameError, ProtocolError, StateError
 from ..framing import Framer
 from ..framing.wire import SYNC
-from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return
+from .events import ConnectionClosed, ErrorReply, ProtocolEvent, ProtocolFault, Return
 
-__all__ = ["ClientProtocolBase", "check_command", "describe", "text_of"]
+__all__ = ["ClientProtocolBase", "check_command", "describe", "text_of", "MAX_FRAME_SIZE", "MAX_DEPTH", "MAX_TOKENS"]
 
 _MISS: Any = object()
 #: QEMU refuses messages over 64 MiB; such a command could never be answered.
 MAX_COMMAND_SIZE = 64 << 20
+#: Default framer limits for what a server may send (QEMU's own for its input):
+#: bytes of one message, nesting depth, JSON tokens of one message.
+MAX_FRAME_SIZE = 64 << 20
+MAX_DEPTH = 1024
+MAX_TOKENS = 2 << 20
 #: Abandoned ids kept (oldest forgotten first): bounds memory when a server
 #: never answers out-of-band commands.
 MAX_ABANDONED = 4096
@@ -55,13 +61,23 @@ def text_of(value: Any) -> str:
 
 
 class ClientProtocolBase:
-    """Ids, pending/held/abandoned commands and reply routing."""
+    """Ids, pending/held/abandoned commands and reply routing.
+
+    The I/O shape is h11's: :meth:`receive_data` takes bytes from the
+    server, :meth:`next_event` returns what they completed, one
+    :class:`~qmpcore.protocol.events.ProtocolEvent` at a time (None when more
+    bytes are needed); ``send_command`` returns the bytes to write and
+    :meth:`data_to_send` the bytes released later.  :meth:`feed` is the
+    batch form for the hot path: bytes in, the list of events out.
+    """
 
     #: In-band commands sent ahead of their replies; the rest are held.
     max_in_flight = 8
 
-    def __init__(self, *, max_frame_size: int = 64 << 20, max_depth: int = 1024) -> None:
-        self._framer = Framer(max_frame_size, max_depth)
+    def __init__(
+        self, *, max_frame_size: int = MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_tokens: int = MAX_TOKENS
+    ) -> None:
+        self._framer = Framer(max_frame_size, max_depth, max_tokens=max_tokens)
         self._next_id = 0
         self._pending: dict[Any, str] = {}  # sent in-band, awaiting reply
         self._pending_oob: dict[Any, str] = {}  # sent out-of-band
@@ -70,8 +86,41 @@ class ClientProtocolBase:
         self._in_flight = 0  # in-band slots in use, abandoned ones included
         self._out: list[bytes] = []  # frames released from _held
         self._eof = False
+        self._ready: deque[ProtocolEvent] = deque()  # for next_event()
         #: Replies dropped because their caller had given up.
         self.late_replies = 0
+
+    # -- receiving, h11's shape ------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the server; ``b""`` means the stream ended.
+
+        The events they complete are then returned by :meth:`next_event`.
+        """
+        self._ready.extend(self._receive(data))
+
+    def next_event(self) -> ProtocolEvent | None:
+        """The next event completed by :meth:`receive_data`, or None when
+        more bytes are needed."""
+        ready = self._ready
+        return ready.popleft() if ready else None
+
+    def events(self) -> list[ProtocolEvent]:
+        """Every event :meth:`next_event` would return, at once."""
+        out = list(self._ready)
+        self._ready.clear()
+        return out
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """:meth:`receive_data` and :meth:`events` in one call: bytes in,
+        the events they complete out (after any not yet taken)."""
+        out = self._receive(data)
+        if self._ready:
+            out[:0] = self.events()
+        return out
+
+    def _receive(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        raise NotImplementedError
 
     # -- introspection ----------------------------------------------------
 
@@ -89,6 +138,22 @@ class ClientProtocolBase:
     def closed(self) -> bool:
         """True once the end of the stream was received."""
         return self._eof
+
+    @property
+    def commands_issued(self) -> int:
+        """Commands given an id so far (sent, held or abandoned)."""
+        return self._next_id
+
+    def pending_command(self, cid: Any) -> str | None:
+        """The name of command ``cid`` while it awaits its reply, else None."""
+        command = self._pending.get(cid)
+        return command if command is not None else self._pending_oob.get(cid)
+
+    @property
+    def closed_by(self) -> str | None:
+        """The command or event that announced the end of the connection
+        (``"quit"``, ``"SHUTDOWN"``, ``"guest-shutdown"``), or None."""
+        return None
 
     # -- sending ----------------------------------------------------------
 

@@ -12,9 +12,10 @@ and skipped.
     proto = QGAClientProtocol()
     sid, data = proto.sync()                        # b"\\xff{...sync...}"
     sock.sendall(data)
-    proto.receive_data(sock.recv(4096))             # [Synced(sid)]
+    proto.receive_data(sock.recv(4096))
+    proto.next_event()                              # Synced(sid)
     cid, data = proto.send_command("guest-ping")
-    sock.sendall(data)                              # [Return(cid, ...)]
+    sock.sendall(data)                              # ... Return(cid, ...)
 
 qemu-ga runs one command at a time, so commands are serialised: one is in
 flight, the rest are held until its reply arrives.  A command given up by
@@ -29,9 +30,9 @@ import enum
 import random
 from typing import Any
 
-from ..errors import StateError
+from ..errors import ProtocolError, StateError
 from ..framing.wire import SYNC, encode
-from ._client import ClientProtocolBase, check_command
+from ._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS, ClientProtocolBase, check_command
 from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return, Synced
 
 __all__ = [
@@ -68,12 +69,17 @@ def _sync_frame(sync_id: int) -> bytes:
 
 
 class QGAClientProtocol(ClientProtocolBase):
-    """The client side of one guest agent channel, without I/O."""
+    """The client side of one guest agent channel, without I/O.
+
+    The limits bound what the agent may send, as for the QMP protocol.
+    """
 
     max_in_flight = 1
 
-    def __init__(self, *, max_frame_size: int = 64 << 20, max_depth: int = 1024) -> None:
-        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
+    def __init__(
+        self, *, max_frame_size: int = MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_tokens: int = MAX_TOKENS
+    ) -> None:
+        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
         self.state = State.UNSYNCED
         #: The id of the resync in progress (or last completed).
         self.sync_id: int | None = None
@@ -192,12 +198,14 @@ class QGAClientProtocol(ClientProtocolBase):
 
     # -- receiving --------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Any]:
-        """Feed bytes from the agent; return the events they complete.
+    @property
+    def closed_by(self) -> str | None:
+        """``"guest-shutdown"`` once it was sent, else None."""
+        return "guest-shutdown" if self._shutdown_sent else None
 
-        ``b""`` means the stream ended: the result is then
-        ``[ConnectionClosed(...)]`` (once).
-        """
+    def _receive(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """The events ``data`` completes; ``b""`` (the end of the stream)
+        gives ``[ConnectionClosed(...)]``, once."""
         if not data:
             self.state = State.CLOSED
             return self._end(self._shutdown_sent)
@@ -216,6 +224,8 @@ class QGAClientProtocol(ClientProtocolBase):
         if item is SYNC:
             self._saw_sync = True
             return
+        if type(item) is dict and "QMP" in item:  # QEMU's greeting: not an agent at all
+            out.append(ProtocolFault(ProtocolError("a QMP greeting arrived: this is a QMP monitor"), item))
         if self._saw_sync and type(item) is dict:
             value = item.get("return")
             if type(value) is int and value == self.sync_id:

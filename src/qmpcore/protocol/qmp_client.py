@@ -3,14 +3,18 @@
 ::
 
     proto = QMPClientProtocol()
-    for ev in proto.receive_data(sock.recv(65536)):   # [Greeting(...)]
+    proto.receive_data(sock.recv(65536))
+    while (ev := proto.next_event()) is not None:      # Greeting(...)
         ...
     cid, data = proto.negotiate(oob=True)               # qmp_capabilities
     sock.sendall(data)
-    ...                                                 # [Negotiated, Return]
+    ...                                                 # Negotiated, Return
     cid, data = proto.send_command("query-status")
-    sock.sendall(data)                                  # [Return(cid, ...)]
+    sock.sendall(data)                                  # Return(cid, ...)
     sock.sendall(proto.data_to_send())                  # held commands, if any
+
+``proto.feed(data)`` does ``receive_data`` and returns the list of events
+at once (the clients' hot path).
 
 States: ``AWAITING_GREETING`` -> ``NEGOTIATION`` (greeting received; QEMU
 answers everything but ``qmp_capabilities`` with ``CommandNotFound``) ->
@@ -31,7 +35,7 @@ from typing import Any
 
 from ..errors import StateError
 from ..framing.wire import encode
-from ._client import ClientProtocolBase, check_command
+from ._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS, ClientProtocolBase, check_command
 from .events import (
     ConnectionClosed,
     ErrorReply,
@@ -57,9 +61,6 @@ __all__ = [
 ]
 
 
-_new = tuple.__new__
-
-
 class State(enum.Enum):
     AWAITING_GREETING = "awaiting-greeting"
     NEGOTIATION = "negotiation"
@@ -76,12 +77,14 @@ _READY = State.READY
 class QMPClientProtocol(ClientProtocolBase):
     """The client side of one QMP connection, without I/O.
 
-    ``max_frame_size`` and ``max_depth`` bound what the server may send
-    (QEMU's own limits by default).
+    ``max_frame_size``, ``max_depth`` and ``max_tokens`` bound what the
+    server may send (QEMU's own limits by default).
     """
 
-    def __init__(self, *, max_frame_size: int = 64 << 20, max_depth: int = 1024) -> None:
-        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth)
+    def __init__(
+        self, *, max_frame_size: int = MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_tokens: int = MAX_TOKENS
+    ) -> None:
+        super().__init__(max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
         self.state = State.AWAITING_GREETING
         #: The :class:`Greeting`, once received.
         self.greeting: Greeting | None = None
@@ -90,6 +93,12 @@ class QMPClientProtocol(ClientProtocolBase):
         self._caps_requests: dict[int, tuple[str, ...]] = {}  # id -> enable
         self._quit_sent = False
         self._shutdown_seen = False
+
+    @property
+    def closed_by(self) -> str | None:
+        """``"quit"`` once ``quit`` was sent, ``"SHUTDOWN"`` once that event
+        arrived (the end of the connection is then expected), else None."""
+        return "quit" if self._quit_sent else "SHUTDOWN" if self._shutdown_seen else None
 
     @property
     def oob(self) -> bool:
@@ -150,12 +159,9 @@ class QMPClientProtocol(ClientProtocolBase):
 
     # -- receiving --------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Any]:
-        """Feed bytes from the server; return the events they complete.
-
-        ``b""`` means the stream ended: the result is then
-        ``[ConnectionClosed(...)]`` (once).
-        """
+    def _receive(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """The events ``data`` completes; ``b""`` (the end of the stream)
+        gives ``[ConnectionClosed(...)]``, once."""
         if not data:
             self.state = State.CLOSED
             return self._end(self._quit_sent or self._shutdown_seen)
@@ -183,8 +189,7 @@ class QMPClientProtocol(ClientProtocolBase):
             return self._fault_for(msg)
         if name == "SHUTDOWN":
             self._shutdown_seen = True
-        # tuple.__new__ skips the named tuple's Python-level constructor.
-        return _new(Event, (name, msg))
+        return Event(name, msg)
 
     def _greeting(self, msg: dict, out: list) -> None:
         body = msg["QMP"]

@@ -34,17 +34,18 @@ import contextlib
 import inspect
 import logging
 import os
-import resource
 from collections.abc import AsyncIterator
+from ssl import SSLContext
 from typing import Any
 
+from ..client.limits import ensure_fd_limit
 from ..errors import CommandError
 from ..protocol._qemu_output import to_json
 from ..protocol.qga_server import QGAServerProtocol
 from ..protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, event_head
 from ._process import ServerProcess, start_in_subprocess
 from ._simulated import Call, Handler, SimulatedGuestAgent, SimulatedVM, Simulator, _Fault
-from ._transport import Address, Connection, Listener, _close_fds, bind_socket
+from ._transport import Address, Connection, Listener, TLSLayer, _close_fds, bind_socket
 
 __all__ = [
     "QMPServer",
@@ -313,10 +314,16 @@ class _Session(asyncio.Protocol):
 class _Endpoint:
     """A listening socket serving one simulator, one client at a time."""
 
-    def __init__(self, target: Simulator, address: Address, *, mode: int = 0o600) -> None:
+    def __init__(
+        self, target: Simulator, address: Address, *, mode: int = 0o600, ssl: SSLContext | None = None
+    ) -> None:
         self.target = target
         self._requested = address
         self._mode = mode
+        if ssl is not None and not isinstance(address, tuple):
+            raise ValueError(f"{address}: TLS (ssl=) is only for TCP addresses")
+        #: TLS (a server-side context) for every client, if set.
+        self.ssl = ssl
         self._listener: Listener | None = None
         self._session: _Session | None = None
         self._address: Any = None
@@ -379,7 +386,7 @@ class _Endpoint:
         self.accepted += 1
         session = _Session(self, self._new_protocol())
         self._session = session
-        Connection(asyncio.get_running_loop(), sock, session)
+        Connection(asyncio.get_running_loop(), sock, session if self.ssl is None else TLSLayer(session, self.ssl))
 
     def _session_gone(self, session: _Session) -> None:
         if self._session is session:
@@ -438,8 +445,9 @@ class QMPServer(_Endpoint):
         pretty: bool = False,
         oob: bool = True,
         mode: int = 0o600,
+        ssl: SSLContext | None = None,
     ) -> None:
-        super().__init__(vm, address, mode=mode)
+        super().__init__(vm, address, mode=mode, ssl=ssl)
         self.vm = vm
         self.pretty = pretty
         self.oob = oob
@@ -458,8 +466,10 @@ class GuestAgentServer(_Endpoint):
     :class:`SimulatedGuestAgent`.  Like qemu-ga, one parser serves every
     client in turn, so a client's unfinished input outlives it."""
 
-    def __init__(self, agent: SimulatedGuestAgent, address: Address, *, mode: int = 0o600) -> None:
-        super().__init__(agent, address, mode=mode)
+    def __init__(
+        self, agent: SimulatedGuestAgent, address: Address, *, mode: int = 0o600, ssl: SSLContext | None = None
+    ) -> None:
+        super().__init__(agent, address, mode=mode, ssl=ssl)
         self.agent = agent
         self._protocol = QGAServerProtocol(agent.commands)
 
@@ -483,16 +493,6 @@ class SimulatedVMs(list[SimulatedVM]):
         return [vm.agent.endpoints[0].address for vm in self if vm.agent is not None]
 
 
-def _raise_fd_limit(needed: int) -> None:
-    """Make room for ``needed`` more descriptors if the hard limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = needed + 256
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-
-
 async def _start_vms(
     directory: str | os.PathLike[str],
     count: int,
@@ -504,7 +504,7 @@ async def _start_vms(
 ) -> SimulatedVMs:
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    _raise_fd_limit(count * (4 if agents else 2))
+    ensure_fd_limit(count * (4 if agents else 2), strict=False)
     vms = SimulatedVMs()
     try:
         for index in range(count):
@@ -562,14 +562,18 @@ async def serve_vm(
     *,
     pretty: bool = False,
     oob: bool = True,
+    ssl: SSLContext | None = None,
     **vm_options: Any,
 ) -> AsyncIterator[SimulatedVM]:
     """Serve one simulated VM's QMP monitor on ``address`` (a unix path or
     ``(host, port)``); yields the :class:`SimulatedVM` (its first
-    endpoint's ``address`` has the bound port for TCP)."""
+    endpoint's ``address`` has the bound port for TCP).  ``ssl``, a
+    server-side context, serves TLS (TCP only; with ``verify_mode``
+    ``CERT_REQUIRED`` clients need a certificate, as QEMU's
+    ``verify-peer=on``)."""
     if vm is None:
         vm = SimulatedVM(**vm_options)
-    server = QMPServer(vm, address, pretty=pretty, oob=oob)
+    server = QMPServer(vm, address, pretty=pretty, oob=oob, ssl=ssl)
     await server.start()
     try:
         yield vm

@@ -20,18 +20,20 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
+import logging
 import os
 import select
 import socket
+import ssl
 import stat
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
-__all__ = ["Connection", "Listener", "bind_socket", "Address"]
+from ..client.address import AddressLike as Address
 
-Address = Union[str, "os.PathLike[str]", tuple[str, int]]
+__all__ = ["Connection", "Listener", "bind_socket", "Address", "TLSLayer"]
 
 # Small enough that one read of garbage (an error reply per byte) cannot
 # produce much output before the output cap is checked again.
@@ -46,6 +48,10 @@ _LOW_WATER = 64 * 1024
 _RETRY = (BlockingIOError, InterruptedError)
 _HANGUP_POLL = 0.1
 _HANGUP_EVENTS = select.POLLHUP | getattr(select, "POLLRDHUP", 0)
+#: A client that has not finished its TLS handshake by then is disconnected.
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+logger = logging.getLogger("qmpcore.server")
 
 
 def _close_fds(fds: list[int]) -> None:
@@ -363,3 +369,152 @@ class Listener:
                     os.unlink(self._path)
             except OSError:
                 pass
+
+
+class TLSLayer:
+    """TLS between a :class:`Connection` (below) and a protocol (above).
+
+    To the connection it is the protocol; to the protocol it is the
+    transport, carrying plain bytes.  Records go through memory buffers,
+    drained at every read, so what a client can make it hold is bounded by
+    one read.  The protocol sees ``connection_made`` once the handshake is
+    done (within :data:`TLS_HANDSHAKE_TIMEOUT`) and ``connection_lost`` in
+    any case.
+    """
+
+    def __init__(
+        self, protocol: Any, context: ssl.SSLContext, handshake_timeout: float = TLS_HANDSHAKE_TIMEOUT
+    ) -> None:
+        self._protocol = protocol
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = context.wrap_bio(self._in, self._out, server_side=True)
+        self._timeout = handshake_timeout
+        self._transport: Any = None
+        self._ready = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- protocol interface (called by the connection) -------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._handshake_timed_out)
+        self._handshake()
+
+    def data_received(self, data: bytes) -> None:
+        self._in.write(data)
+        if not self._ready:
+            self._handshake()
+            return
+        self._deliver()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._ready:
+            self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._ready:
+            self._protocol.resume_writing()
+
+    def _handshake(self) -> None:
+        try:
+            self._obj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._push()
+            return
+        except ssl.SSLError as exc:
+            logger.debug("%s: TLS handshake failed: %s", self.get_extra_info("peername"), exc)
+            self._push()  # the alert
+            self._transport.close()
+            return
+        self._ready = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._push()
+        self._protocol.connection_made(self)
+        self._deliver()  # application data that came with the handshake's end
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if not self._ready:
+            logger.debug("%s: no TLS handshake within %g s", self.get_extra_info("peername"), self._timeout)
+            self._transport.abort()
+
+    def _deliver(self) -> None:
+        chunks = []
+        end = False
+        while True:
+            try:
+                chunk = self._obj.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify
+                end = True
+                break
+            except ssl.SSLError as exc:
+                logger.debug("%s: TLS error: %s", self.get_extra_info("peername"), exc)
+                self._transport.abort()
+                return
+            if not chunk:  # close_notify (read() returns b"" for it)
+                end = True
+                break
+            chunks.append(chunk)
+        self._push()
+        if chunks and not self._transport.is_closing():
+            self._protocol.data_received(b"".join(chunks))
+        if end:
+            self.close()  # answer the client's close_notify with ours
+
+    def _push(self) -> None:
+        data = self._out.read()
+        if data:
+            self._transport.write(data)
+
+    # -- transport interface (called by the protocol) --------------------------
+
+    def write(self, data: bytes | memoryview) -> None:
+        if not data or self._transport.is_closing():
+            return
+        self._obj.write(data)
+        self._push()
+
+    def close(self) -> None:
+        if self._ready and not self._transport.is_closing():
+            try:
+                self._obj.unwrap()  # close_notify
+            except ssl.SSLError:
+                pass
+            self._push()
+        self._transport.close()
+
+    def abort(self, *, reset: bool = False) -> None:
+        self._transport.abort(reset=reset)
+
+    def is_closing(self) -> bool:
+        return bool(self._transport.is_closing())
+
+    def get_write_buffer_size(self) -> int:
+        return int(self._transport.get_write_buffer_size())
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def is_reading(self) -> bool:
+        return bool(self._transport.is_reading())
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._obj
+        if name == "peercert":
+            return self._obj.getpeercert() if self._ready else default
+        return self._transport.get_extra_info(name, default) if self._transport is not None else default
