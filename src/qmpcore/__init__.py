@@ -13,7 +13,9 @@ frames bytes), and listed by ``dir(qmpcore)``:
 * :func:`connect_sync`, :class:`SyncQMPClient`,
   :func:`connect_guest_agent_sync`, :class:`SyncGuestAgentClient` -- the
   blocking clients;
-* :class:`Fleet` -- many VMs from one event loop.
+* :class:`Fleet` -- many VMs from one event loop;
+* :class:`Schema` -- QEMU's schema about itself: feature probes in
+  libvirt's path language, QEMU's argument checks before sending.
 
 Errors are in :mod:`qmpcore.errors` (all importable from here too).
 Logging goes to the ``qmpcore`` logger and below it, which has a
@@ -31,6 +33,7 @@ from .errors import (
     CommandNotFound,
     ConnectError,
     ConnectionLost,
+    DeprecatedWarning,
     DeviceNotActive,
     DeviceNotFound,
     EventOverflow,
@@ -39,9 +42,12 @@ from .errors import (
     KVMMissingCap,
     ProtocolError,
     QMPError,
+    QMPWarning,
+    SchemaPathError,
     StateError,
     TimeoutError,
     TLSError,
+    UnstableWarning,
 )
 from .framing import SYNC, Framer, encode, implementation
 from .protocol.events import Event, VersionInfo
@@ -65,6 +71,7 @@ _LAZY = {
     "EventStream": "client.aio",
     "Fleet": "client.fleet",
     "Stats": "client.core",
+    "Schema": "protocol.schema",
 }
 
 
@@ -73,6 +80,7 @@ if TYPE_CHECKING:  # what __getattr__ below loads, as type checkers should see i
     from .client.core import Stats
     from .client.fleet import Fleet
     from .client.sync import SyncGuestAgentClient, SyncQMPClient, connect_guest_agent_sync, connect_sync
+    from .protocol.schema import Schema
 
 
 def __getattr__(name: str) -> Any:  # PEP 562
@@ -111,6 +119,10 @@ __all__ = [
     "TimeoutError",
     "StateError",
     "EventOverflow",
+    "SchemaPathError",
+    "QMPWarning",
+    "DeprecatedWarning",
+    "UnstableWarning",
     "TLSError",
     "Event",
     "VersionInfo",
@@ -126,4 +138,5 @@ __all__ = [
     "EventStream",
     "Fleet",
     "Stats",
+    "Schema",
 ]

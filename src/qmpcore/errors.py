@@ -47,6 +47,10 @@ __all__ = [
     "TimeoutError",
     "StateError",
     "EventOverflow",
+    "SchemaPathError",
+    "QMPWarning",
+    "DeprecatedWarning",
+    "UnstableWarning",
     "TLSError",
 ]
 
@@ -217,6 +221,25 @@ class EventOverflow(QMPError):
     def __init__(self, dropped: int) -> None:
         super().__init__(f"event queue overflowed: {dropped} event(s) dropped")
         self.dropped = dropped
+
+
+class SchemaPathError(QMPError, ValueError):
+    """A schema path (libvirt's query language) that cannot be answered: a
+    malformed path, or a schema that does not follow QEMU's rules."""
+
+
+class QMPWarning(UserWarning):
+    """Base class of the warnings qmpcore issues (``warnings`` module)."""
+
+
+class DeprecatedWarning(QMPWarning):
+    """A command, member, enum value or type the server's schema marks
+    ``deprecated`` was used."""
+
+
+class UnstableWarning(QMPWarning):
+    """A command, member, enum value or type the server's schema marks
+    ``unstable`` was used."""
 
 
 class TLSError(QMPError, ConnectionError):

@@ -9,10 +9,11 @@ Sections: ``framing`` (framing + decode of recorded and synthetic streams),
 ``socket`` (round trip, 100 pipelined commands, event flood on one
 connection), ``fleet`` (many VMs polled with ``query-status``),
 ``real-qemu`` (only with ``--real-qemu N``: N real QEMU processes polled;
-the report says why when it did not run); with ``--only``: ``tls`` (TLS
-beside plain TCP), ``proxy`` (round trip through ``qmpcore proxy``,
-event fan-out to 100 clients) and ``hostile`` (good VMs polled beside
-hostile ones).
+the report says why when it did not run); ``schema`` (the cost of checking
+a command against the schema before sending it, beside a round trip); with
+``--only``: ``tls`` (TLS beside plain TCP), ``proxy`` (round trip through
+``qmpcore proxy``, event fan-out to 100 clients) and ``hostile`` (good VMs
+polled beside hostile ones).
 """
 
 from __future__ import annotations
@@ -129,6 +130,12 @@ def _proxy_section(opts: argparse.Namespace, progress: Callable[[str], None]) ->
     return proxy_section(opts, progress)
 
 
+def _schema_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
+    from ._schema import schema_section
+
+    return schema_section(opts, progress)
+
+
 SECTIONS: dict[str, Section] = {
     "framing": framing_section,
     "socket": _socket_section,
@@ -137,6 +144,7 @@ SECTIONS: dict[str, Section] = {
     "tls": _tls_section,  # only with --only: it starts QEMU when installed
     "proxy": _proxy_section,
     "hostile": _hostile_section,
+    "schema": _schema_section,
 }
 
 
@@ -170,7 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _selected(opts: argparse.Namespace) -> list[str]:
     if opts.only:
         return list(dict.fromkeys(opts.only))
-    names = ["framing", "socket", "fleet"]
+    names = ["framing", "socket", "fleet", "schema"]
     if opts.real_qemu:
         names.append("real-qemu")
     return names

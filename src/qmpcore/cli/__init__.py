@@ -405,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("soak", help="run clients against faulty simulated VMs", description=soak.__doc__)
     soak.add_arguments(p)
     p.set_defaults(handler=soak.run)
+
+    from ._schema import add_parsers as add_schema_parsers
+
+    add_schema_parsers(sub)
     return parser
 
 

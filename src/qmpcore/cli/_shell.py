@@ -45,7 +45,7 @@ from . import (
     parse_address,
     parse_line,
 )
-from ._output import allow_long_integers, dump, one_line, write_result
+from ._output import allow_long_integers, dump, one_line, printable, write_result
 
 __all__ = ["run_shell"]
 
@@ -134,7 +134,7 @@ class _Console:
                 sys.stdout.write(f"{self.prompt}{typed}")
             sys.stdout.flush()
 
-    def setup_readline(self, history: str, commands: list[str]) -> None:
+    def setup_readline(self, history: str, commands: list[str], schema: Any = None) -> None:
         readline = self._readline
         if readline is None:
             return
@@ -147,6 +147,11 @@ class _Console:
 
         def complete(text: str, state: int) -> str | None:
             line = readline.get_line_buffer()
+            if schema is not None:  # argument names and enum values too
+                from ._schema import completions
+
+                matches = completions(schema, line[: readline.get_begidx()], text)
+                return matches[state] if state < len(matches) else None
             if line[: readline.get_begidx()].strip():
                 return None  # only the command name is completed
             matches = [n + " " for n in names if n.startswith(text)]
@@ -203,6 +208,15 @@ async def _command_names(client: Any, qga: bool, timeout: float) -> list[str]:
         return _names(await client.execute("query-commands", timeout=timeout))
     except QMPError:
         return []
+
+
+async def _schema_of(client: Any, timeout: float | None) -> Any:
+    """QEMU's schema for completion and ``help``, or None if it will not say
+    (asked once per connection)."""
+    try:
+        return await client.schema(timeout=timeout)
+    except (QMPError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 async def _print_events(console: _Console, client: Any, leaving: threading.Event) -> None:
@@ -276,7 +290,8 @@ def _run(args: argparse.Namespace, address: str | tuple[str, int], script: IO[st
         history = _history_path(args)
         if interactive:
             names = _wait(runner.submit(_command_names(client, args.qga, args.timeout)))
-            console.setup_readline(history, names)
+            schema = None if args.qga else _wait(runner.submit(_schema_of(client, args.timeout)))
+            console.setup_readline(history, names, schema)
             version = getattr(client, "version", None)
             where = f"QEMU {version.major}.{version.minor}.{version.micro}" if version else "guest agent"
             console.show(f"Connected to {one_line(where, True)} at {one_line(args.address, True)}. Ctrl-D to leave.")
@@ -320,6 +335,12 @@ def _loop(console: _Console, runner: _LoopThread, client: Any, script_name: str 
             console.show("")
             continue
         if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.split()[0] == "help":
+            from ._schema import shell_help
+
+            text = shell_help(_wait(runner.submit(_schema_of(client, None))), line.split()[1:])
+            console.show(printable(text, console.terminal))  # names come from the peer
             continue
         try:
             command, arguments = parse_line(line)

@@ -29,11 +29,12 @@ from collections.abc import Callable, Coroutine, Generator, Sequence
 from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ConnectionLost, TimeoutError, TLSError
+from ..errors import CommandError, ConnectionLost, TimeoutError, TLSError
 from ..protocol._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
+from ..protocol.schema import Schema, schema_for
 from ._log import log, tracing
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
@@ -590,6 +591,19 @@ class QMPClient(QMPInfo, _AsyncClient):
     """One QMP connection (see :func:`connect`)."""
 
     _proto: QMPClientProtocol
+    _schema: Schema | None = None  # fetched by schema()
+    _validator: Callable[[str, Any], None] | None = None  # Schema.check, with validate=True
+
+    async def schema(self, *, refresh: bool = False, timeout: float | None = None) -> Schema:
+        """QEMU's schema (``query-qmp-schema``) as a :class:`~qmpcore.Schema`.
+
+        Asked once per connection (``refresh=True`` asks again); connections
+        to QEMUs of the same version and package that answer alike share one
+        :class:`~qmpcore.Schema`, kept in memory.
+        """
+        if self._schema is None or refresh:
+            self._schema = schema_for(self.version, await self.execute("query-qmp-schema", timeout=timeout))
+        return self._schema
 
     async def execute(
         self,
@@ -608,6 +622,8 @@ class QMPClient(QMPInfo, _AsyncClient):
         are passed with the command over a unix socket (SCM_RIGHTS).
         """
         self._check_open()
+        if self._validator is not None:
+            self._validator(command, arguments)
         if fds:
             self._check_fds()
         cid, data = self._proto.send_command(command, arguments, hold=not fds)
@@ -622,6 +638,8 @@ class QMPClient(QMPInfo, _AsyncClient):
     ) -> Any:
         """Run ``command`` out-of-band (``exec-oob``); needs ``oob`` negotiated."""
         self._check_open()
+        if self._validator is not None:
+            self._validator(command, arguments)
         cid, data = self._proto.send_command(command, arguments, oob=True)
         return await self._command(cid, data, command, timeout)
 
@@ -642,6 +660,13 @@ class QMPClient(QMPInfo, _AsyncClient):
         ``oob``) is then never sent.
         """
         self._check_open()
+        if self._validator is not None:
+            try:
+                self._validator(command, arguments)
+            except CommandError as exc:  # like an error reply, on the future
+                failed: asyncio.Future[Any] = self._loop.create_future()
+                failed.set_exception(exc)
+                return failed
         cid, data = self._proto.send_command(command, arguments)
         fut = self._expect(cid, command, timeout)
         if data:
@@ -754,6 +779,7 @@ def connect(
     max_tokens: int = MAX_TOKENS,
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
+    validate: bool = False,
 ) -> Connecting[QMPClient]:
     """Connect to a QMP server, read its greeting and negotiate capabilities.
 
@@ -775,10 +801,16 @@ def connect(
     ``ssl`` connects with TLS (TCP addresses only), verifying the server's
     certificate as the context says (name: ``server_hostname``, default
     the address's host); failures raise :class:`~qmpcore.TLSError`.
+    ``validate=True`` fetches QEMU's schema (:meth:`QMPClient.schema`) and
+    checks every command against it before sending
+    (:meth:`qmpcore.Schema.check`): a bad one raises QEMU's
+    :class:`~qmpcore.CommandError` without a round trip.
 
     Raises :class:`~qmpcore.ConnectError` (an :class:`OSError` too) naming
     the address and the likely cause when the connection cannot be set up.
     """
+    if validate and not negotiate:
+        raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
     target = connect_target(address, sock)
     proto = QMPClientProtocol(max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
 
@@ -786,6 +818,12 @@ def connect(
         client = QMPClient(proto, target, event_queue, command_timeout)
         client._use_tls(ssl, server_hostname)
         await client._handshake(timeout, sock, lambda: client._greeted(negotiate, oob))
+        if validate:
+            try:
+                client._validator = (await client.schema(timeout=timeout)).check
+            except BaseException:
+                client.abort()
+                raise
         return client
 
     return Connecting(run())

@@ -325,6 +325,9 @@ class Fleet:
     default).  ``ssl`` connects every VM with TLS (TCP addresses only;
     ``server_hostname`` as for :func:`~qmpcore.connect`, default each
     address's host).
+    ``validate=True`` checks commands against each VM's schema before
+    sending (see :func:`qmpcore.connect`); a bad command fails with QEMU's
+    :class:`~qmpcore.CommandError` without a round trip.
     """
 
     def __init__(
@@ -342,6 +345,7 @@ class Fleet:
         max_frame_size: int = 64 << 20,
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
+        validate: bool = False,
     ) -> None:
         if isinstance(addresses, Mapping):
             pairs = [(str(name), addr) for name, addr in addresses.items()]
@@ -374,6 +378,7 @@ class Fleet:
         self.event_budget = event_budget
         self.max_frame_size = max_frame_size
         self._event_bytes = 0  # what every stream's queued events cost
+        self.validate = validate and not guest_agent
         self._subscribers: set[FleetEvents] = set()
         self._slots: asyncio.Semaphore | None = None
         self._changed: Any = None  # asyncio.Event, pulsed on every VM state change
@@ -521,7 +526,7 @@ class Fleet:
         if self.guest_agent:
             return await aio.connect_guest_agent(sock=sock, **options)
         # The fleet's listener claims every event: keep no unclaimed ones.
-        return await aio.connect(sock=sock, event_queue=0, **options)
+        return await aio.connect(sock=sock, event_queue=0, validate=self.validate, **options)
 
     async def _attempt(self, member: _Member) -> None:
         try:

@@ -29,6 +29,7 @@ from ..protocol._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
+from ..protocol.schema import Schema, schema_for
 from ._log import log, tracing
 from .address import Address, AddressLike
 from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
@@ -540,6 +541,15 @@ class SyncQMPClient(QMPInfo, _SyncClient):
     """One QMP connection, blocking (see :func:`connect_sync`)."""
 
     _proto: QMPClientProtocol
+    _schema: Schema | None = None  # fetched by schema()
+    _validator: Callable[[str, Any], None] | None = None  # Schema.check, with validate=True
+
+    def schema(self, *, refresh: bool = False, timeout: float | None = None) -> Schema:
+        """QEMU's schema as a :class:`~qmpcore.Schema`; see
+        :meth:`qmpcore.QMPClient.schema`."""
+        if self._schema is None or refresh:
+            self._schema = schema_for(self.version, self.execute("query-qmp-schema", timeout=timeout))
+        return self._schema
 
     def execute(
         self,
@@ -555,11 +565,15 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         (the late reply is dropped) or :class:`~qmpcore.ConnectionLost`, as
         the asyncio client does.  ``fds`` go with the command (SCM_RIGHTS).
         """
+        if self._validator is not None:
+            self._validator(command, arguments)
         hold = not fds
         return self._run(lambda: self._proto.send_command(command, arguments, hold=hold), command, timeout, fds)
 
     def execute_oob(self, command: str, arguments: dict | None = None, *, timeout: float | None = None) -> Any:
         """Run ``command`` out-of-band (``exec-oob``); needs ``oob`` negotiated."""
+        if self._validator is not None:
+            self._validator(command, arguments)
         return self._run(lambda: self._proto.send_command(command, arguments, oob=True), command, timeout)
 
     def negotiate(self, oob: bool = False, *, timeout: float | None = None) -> None:
@@ -633,7 +647,7 @@ class SyncQMPClient(QMPInfo, _SyncClient):
                 self._router.unsubscribe(queue)
                 self._cond.notify_all()
 
-    def _greeted(self, deadline: float | None, negotiate: bool, oob: bool) -> None:
+    def _greeted(self, deadline: float | None, negotiate: bool, oob: bool, validate: bool = False) -> None:
         slot = _Slot()
         with self._cond:
             if self._proto.greeting is not None:  # it came with the end of the TLS handshake
@@ -644,6 +658,8 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         slot.result()
         if negotiate:
             self.negotiate(oob, timeout=_remaining(deadline))
+        if validate:
+            self._validator = self.schema(timeout=_remaining(deadline)).check
 
 
 def connect_sync(
@@ -660,20 +676,24 @@ def connect_sync(
     max_tokens: int = MAX_TOKENS,
     ssl: SSLContext | None = None,
     server_hostname: str | None = None,
+    validate: bool = False,
 ) -> SyncQMPClient:
     """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`.
 
     ``sock`` hands over a connected socket instead of an ``address``;
     ``ssl``/``server_hostname``: TLS over TCP, as for :func:`qmpcore.connect`.
+    ``validate=True`` checks commands against QEMU's schema before sending.
     Raises :class:`~qmpcore.ConnectError` naming the address and the cause.
     """
+    if validate and not negotiate:
+        raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
     limits = {"max_frame_size": max_frame_size, "max_depth": max_depth, "max_tokens": max_tokens}
     return _connect(  # type: ignore[no-any-return]
         address,
         sock,
         timeout,
         lambda addr, conn: SyncQMPClient(QMPClientProtocol(**limits), addr, conn, event_queue, command_timeout),
-        lambda client, deadline: client._greeted(deadline, negotiate, oob),
+        lambda client, deadline: client._greeted(deadline, negotiate, oob, validate),
         (ssl, server_hostname),
         agent=False,
     )

@@ -88,39 +88,114 @@ _GHASH_BYTES_MAX = 1024
 _PRIME_MOD = (1, 2, 3, 7, 13, 31, 61, 127, 251, 509, 1021, 2039, 4093, 8191)
 
 
-def _ghash_table_order(keys: Iterable[str]) -> list[str]:
-    """Iteration order of a GLib string hash table filled with ``keys``.
+class _GHashTable:
+    """GLib's ``GHashTable`` (2.59 and later) reduced to what decides its
+    iteration order: open addressing with quadratic probing, tombstones,
+    growth and shrinking with in-place rehashing."""
 
-    QEMU reports the first leftover member of such a table as unexpected.
-    Exact for tables that never grow (up to 7 keys); after growth the
-    relocation order is approximated by re-inserting in slot order.  Only
-    the choice between several unexpected members depends on it.
-    """
-    shift = 3
-    slots: list[str | None] = [None] * 8
+    def __init__(self) -> None:
+        self._shift(3)
+        self.hashes = [0] * self.size  # 0 unused, 1 tombstone, else the hash
+        self.keys: list[str | None] = [None] * self.size
+        self.nnodes = 0
+        self.noccupied = 0
 
-    def place(table: list[str | None], key: str, shift: int) -> None:
-        mask = (1 << shift) - 1
-        index = (_ghash(key) * 11) % _PRIME_MOD[shift]
+    def _shift(self, shift: int) -> None:
+        self.size = 1 << shift
+        self.mod = _PRIME_MOD[shift]
+        self.mask = self.size - 1
+
+    def _index(self, hash_value: int) -> int:
+        return ((hash_value * 11) & 0xFFFFFFFF) % self.mod  # guint arithmetic
+
+    def _lookup(self, key: str, hash_value: int) -> int:
+        index = self._index(hash_value)
         step = 0
-        while table[index] is not None:
+        tombstone = -1
+        while self.hashes[index] != 0:
+            if self.hashes[index] == hash_value and self.keys[index] == key:
+                return index
+            if self.hashes[index] == 1 and tombstone < 0:
+                tombstone = index
             step += 1
-            index = (index + step) & mask
-        table[index] = key
+            index = (index + step) & self.mask
+        return tombstone if tombstone >= 0 else index
 
-    count = 0
+    def insert(self, key: str) -> None:
+        hash_value = _ghash(key)
+        index = self._lookup(key, hash_value)
+        old = self.hashes[index]
+        if old >= 2:
+            return
+        self.hashes[index] = hash_value
+        self.keys[index] = key
+        self.nnodes += 1
+        if old == 0:
+            self.noccupied += 1
+            self._maybe_resize()
+
+    def remove(self, key: str) -> None:
+        index = self._lookup(key, _ghash(key))
+        if self.hashes[index] < 2:
+            return
+        self.hashes[index] = 1
+        self.keys[index] = None
+        self.nnodes -= 1
+        self._maybe_resize()
+
+    def _maybe_resize(self) -> None:
+        if (self.size > self.nnodes * 4 and self.size > 8) or self.size <= self.noccupied + self.noccupied // 16:
+            self._resize()
+
+    def _resize(self) -> None:
+        old_size = self.size
+        self._shift(max(3, int(self.nnodes * 1.333).bit_length()))
+        if self.size > old_size:
+            self.hashes += [0] * (self.size - old_size)
+            self.keys += [None] * (self.size - old_size)
+        moved = [False] * max(self.size, old_size)
+        for i in range(old_size):
+            node_hash = self.hashes[i]
+            if node_hash < 2:
+                self.hashes[i] = 0
+                continue
+            if moved[i]:
+                continue
+            self.hashes[i] = 0
+            key = self.keys[i]
+            self.keys[i] = None
+            while True:  # place it, evicting whatever was not placed yet
+                index = self._index(node_hash)
+                step = 0
+                while moved[index]:
+                    step += 1
+                    index = (index + step) & self.mask
+                moved[index] = True
+                replaced, replaced_key = self.hashes[index], self.keys[index]
+                self.hashes[index], self.keys[index] = node_hash, key
+                if replaced < 2:
+                    break
+                node_hash, key = replaced, replaced_key
+        del self.hashes[self.size :], self.keys[self.size :]
+        self.noccupied = self.nnodes
+
+    def first(self) -> str | None:
+        for hash_value, key in zip(self.hashes, self.keys):
+            if hash_value >= 2:
+                return key
+        return None
+
+
+def _ghash_first_left(keys: Iterable[str], removed: Iterable[str]) -> str | None:
+    """The member QEMU reports as unexpected: it fills a GLib hash table with
+    the QDict's keys, removes each member as it visits it and names the
+    first key the table's iteration gives."""
+    table = _GHashTable()
     for key in keys:
-        place(slots, key, shift)
-        count += 1
-        if len(slots) <= count + count // 16:
-            size = int(count * 1.333)
-            shift = max(3, size.bit_length())
-            grown: list[str | None] = [None] * (1 << shift)
-            for old in slots:
-                if old is not None:
-                    place(grown, old, shift)
-            slots = grown
-    return [key for key in slots if key is not None]
+        table.insert(key)
+    for key in removed:
+        table.remove(key)
+    return table.first()
 
 
 def _path(parent: str, name: str) -> str:
@@ -134,7 +209,12 @@ class Schema:
     :meth:`qemu_7_2` returns the bundled QEMU 7.2 schema (loaded once).
     """
 
-    def __init__(self, entries: Iterable[Mapping[str, Any]], alternate_names: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        entries: Iterable[Mapping[str, Any]],
+        alternate_names: Mapping[str, str] | None = None,
+        int_types: Mapping[tuple[str, str], str] | None = None,
+    ) -> None:
         self._types: dict[str, Mapping[str, Any]] = {}
         self.commands: dict[str, Mapping[str, Any]] = {}
         self.events: dict[str, Mapping[str, Any]] = {}
@@ -146,6 +226,9 @@ class Schema:
             elif meta == "event":
                 self.events[entry["name"]] = entry
         self._alternate_names = dict(alternate_names or {})
+        # QEMU's integer type of (object type, member) pairs (introspection
+        # says "int" for all of them); members not listed accept any integer.
+        self._int_types = dict(int_types or {})
         self._accepts_none: dict[str, bool] = {}
         self._infos: dict[str, CommandInfo] | None = None
         self.reply: Encoded | None = None
@@ -214,10 +297,12 @@ class Schema:
         left = dict.fromkeys(present)
         self._members(entry, value, path, left)
         tag = entry.get("tag")
+        visited = [entry]
         if tag is not None and tag in value:
             for variant in entry.get("variants", ()):
                 if variant["case"] == value[tag]:
-                    self._members(self._types.get(variant["type"], {}), value, path, left)
+                    visited.append(self._types.get(variant["type"], {}))
+                    self._members(visited[-1], value, path, left)
                     break
         if closed and left:
             if len(left) == 1 or sum(map(len, present)) > _GHASH_BYTES_MAX:
@@ -225,7 +310,8 @@ class Schema:
                 # Python would hold the loop, so the QDict order decides.
                 first = next(iter(left))
             else:
-                first = next(key for key in _ghash_table_order(present) if key in left)
+                removed = [m["name"] for e in visited for m in e.get("members", ()) if m["name"] in value]
+                first = _ghash_first_left(present, removed) or next(iter(left))
             raise _Invalid(f"Parameter '{_path(path, first)}' is unexpected")
 
     def _members(self, entry: Mapping[str, Any], value: Mapping[str, Any], path: str, left: dict[str, None]) -> None:
@@ -233,7 +319,11 @@ class Schema:
             name = member["name"]
             if name in value:
                 left.pop(name, None)
-                self._value(member["type"], value[name], _path(path, name), name)
+                kind = self._int_types.get((entry["name"], name)) if self._int_types else None
+                if kind is not None:
+                    self._integer(member["type"], kind, value[name], _path(path, name), name)
+                else:
+                    self._value(member["type"], value[name], _path(path, name), name)
             elif "default" not in member:
                 raise _Invalid(f"Parameter '{_path(path, name)}' is missing")
 
@@ -266,6 +356,31 @@ class Schema:
             self._value(branch, value, path, name)
         # Unknown types are not checked.
 
+    def _integer(self, type_name: str, kind: str, value: Any, path: str, name: str | None) -> None:
+        """QEMU's checks of a member of integer type ``kind`` (``int64``,
+        ``uint8_t``, ...; lists of them too)."""
+        entry = self._types.get(type_name)
+        if entry is not None and entry.get("meta-type") == "array":
+            if not isinstance(value, list):
+                raise _Invalid(f"Invalid parameter type for '{path}', expected: array")
+            element = entry["element-type"]
+            for index, item in enumerate(value):
+                self._integer(element, kind, item, f"{path}[{index}]", None)
+            return
+        if kind.startswith("u"):
+            # Unsigned: QEMU also takes negative int64 values (wrapped).
+            if type(value) is not int or not _INT_MIN <= value <= _INT_MAX:
+                raise _Invalid(f"Parameter '{path}' expects uint64")
+            limit = _UINT_LIMITS.get(kind)
+            if limit is not None and value & _INT_MAX > limit:
+                raise _Invalid(f"Parameter '{name or 'null'}' expects {kind}")
+            return
+        if not _is_int64(value):
+            raise _Invalid(f"Invalid parameter type for '{path}', expected: integer")
+        limit = _INT_LIMITS.get(kind)
+        if limit is not None and not -limit - 1 <= value <= limit:
+            raise _Invalid(f"Parameter '{name or 'null'}' expects {kind}")
+
     def _alternate_branch(self, entry: Mapping[str, Any], value: Any) -> str | None:
         for member in entry.get("members", ()):
             branch: str = member["type"]
@@ -297,6 +412,9 @@ def _is_int(value: Any) -> bool:
 def _is_int64(value: Any) -> bool:
     return type(value) is int and _INT_MIN <= value <= _INT64_MAX
 
+
+_UINT_LIMITS = {"uint8_t": 0xFF, "uint16_t": 0xFFFF, "uint32_t": 0xFFFFFFFF}
+_INT_LIMITS = {"int8_t": 0x7F, "int16_t": 0x7FFF, "int32_t": 0x7FFFFFFF}
 
 _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "string": lambda v: isinstance(v, str),
