@@ -127,7 +127,7 @@ class CommandError(QMPError):
         error_class: str,
         desc: str,
         command: str | None = None,
-        reply: dict | None = None,
+        reply: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(error_class, desc)
         self.error_class = error_class
@@ -141,7 +141,7 @@ class CommandError(QMPError):
         error_class: str,
         desc: str,
         command: str | None = None,
-        reply: dict | None = None,
+        reply: dict[str, Any] | None = None,
     ) -> CommandError:
         """The exception for an error reply: the subclass for ``error_class``
         (:class:`DeviceNotFound`, ...), or :class:`CommandError` for a class

@@ -197,7 +197,8 @@ def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> 
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish within {CHILD_TIMEOUT:g} s"}
     try:
-        return json.loads(done.stdout.decode().strip().splitlines()[-1])
+        result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        return result
     except (ValueError, IndexError):
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         return {"error": f"exited with status {done.returncode}: {tail[0]}"}
@@ -242,7 +243,7 @@ MIN_VMS_FOR_RSS = 100
 
 
 def _rows(
-    section: str, title: str, results: dict[str, Any], count: int, figures: Sequence[tuple] = _FIGURES
+    section: str, title: str, results: dict[str, Any], count: int, figures: Sequence[tuple[Any, ...]] = _FIGURES
 ) -> list[Row]:
     ours = results["qmpcore"]
     rows = []

@@ -86,7 +86,7 @@ class QemuGroup:
         self.directory = directory or tempfile.mkdtemp(prefix="qmpcore-qemu-")
         self.extra_args = list(extra_args)
         self.paths: list[str] = [os.path.join(self.directory, f"qmp-{i}.sock") for i in range(count)]
-        self.procs: list[subprocess.Popen | None] = [None] * count
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
 
     def _argv(self, i: int) -> list[str]:
         return [

@@ -199,7 +199,7 @@ class _AsyncClient(ClientCore):
             else:
                 options["host"], options["port"] = self.address.sockaddr
             transport, _ = await loop.create_connection(lambda: _Transport(self), **options)
-        self._transport = LastByteRecords(transport)  # type: ignore[arg-type]
+        self._transport = LastByteRecords(transport)
 
     async def _handshake(
         self,
@@ -608,7 +608,7 @@ class QMPClient(QMPInfo, _AsyncClient):
     async def execute(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
         fds: Sequence[int] | None = None,
@@ -632,7 +632,7 @@ class QMPClient(QMPInfo, _AsyncClient):
     async def execute_oob(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
     ) -> Any:
@@ -646,7 +646,7 @@ class QMPClient(QMPInfo, _AsyncClient):
     def submit(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
     ) -> asyncio.Future[Any]:
@@ -726,7 +726,8 @@ class QMPClient(QMPInfo, _AsyncClient):
         accepts = make_filter(() if name is None else (name,), match)
         queue = self._router.wait_for(accepts)
         try:
-            return await EventStream(self, queue).get(timeout, _what=f"no {name or 'event'}")
+            ev: Event = await EventStream(self, queue).get(timeout, _what=f"no {name or 'event'}")
+            return ev
         finally:
             self._router.unsubscribe(queue)
 
@@ -842,7 +843,7 @@ class GuestAgentClient(_AsyncClient):
     async def execute(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
         expect_reply: bool | None = None,

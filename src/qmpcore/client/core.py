@@ -113,7 +113,7 @@ def connect_target(address: AddressLike | None, sock: socket.socket | None) -> A
     return Address(sock.family, tuple(peer[:2]))
 
 
-def scm_rights(fds: Sequence[int]) -> list[tuple[int, int, array]]:
+def scm_rights(fds: Sequence[int]) -> list[tuple[int, int, array[int]]]:
     """``sendmsg`` ancillary data passing ``fds``."""
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [int(fd) for fd in fds]))]
 
@@ -284,7 +284,7 @@ class ClientCore:
         if events:
             self._process(events, before + len(data) - proto.buffered, before)
 
-    def _process(self, events: list, nbytes: int = 0, first: int = 0) -> None:
+    def _process(self, events: list[Any], nbytes: int = 0, first: int = 0) -> None:
         """Act on the events one chunk of received bytes produced.
 
         QMP events go to the router together at the end: nobody can look
@@ -368,7 +368,7 @@ class ClientCore:
 
     # -- tracing (DEBUG records, only when enabled) ---------------------------
 
-    def _trace_in(self, events: list) -> None:
+    def _trace_in(self, events: list[Any]) -> None:
         """One DEBUG record per event received, in arrival order."""
         address = self.address
         for ev in events:
@@ -411,13 +411,15 @@ class ClientCore:
         self._timeouts += 1
         if waiter is not None and not waiter.done():
             waiter.set_exception(TimeoutError(f"{command}: no reply within {timeout:g} s"))
-        return self._proto.data_to_send()
+        out: bytes = self._proto.data_to_send()
+        return out
 
     def _abandon(self, cid: Any) -> bytes:
         """The caller stopped waiting (cancelled): forget the command."""
         self._waiters.pop(cid, None)
         self._proto.abandon(cid)
-        return self._proto.data_to_send()
+        out: bytes = self._proto.data_to_send()
+        return out
 
     def _shutdown(self, exc: BaseException | None = None) -> None:
         """The socket is gone (end of stream, error or local close)."""
@@ -465,7 +467,7 @@ class QMPInfo:
     _proto: Any
 
     @property
-    def greeting(self) -> dict | None:
+    def greeting(self) -> dict[str, Any] | None:
         """The server's greeting message as received (``{"QMP": {...}}``)."""
         g = self._proto.greeting
         return g.raw if g is not None else None
@@ -485,9 +487,10 @@ class QMPInfo:
     @property
     def enabled_capabilities(self) -> tuple[str, ...]:
         """Capabilities enabled by negotiation."""
-        return self._proto.enabled
+        enabled: tuple[str, ...] = self._proto.enabled
+        return enabled
 
     @property
     def oob(self) -> bool:
         """True when out-of-band execution (``execute_oob``) is available."""
-        return self._proto.oob
+        return bool(self._proto.oob)

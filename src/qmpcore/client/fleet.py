@@ -67,7 +67,7 @@ EVENT_BUDGET = 256 << 20
 _UNSET: Any = object()
 
 
-def _arguments(arguments: dict | None, args: Any) -> dict | None:
+def _arguments(arguments: dict[str, Any] | None, args: Any) -> dict[str, Any] | None:
     """``arguments``, or the deprecated ``args=`` spelling of it."""
     if args is _UNSET:
         return arguments
@@ -199,7 +199,7 @@ class FleetEvents:
         self._max_bytes = max_bytes
         #: What the queued events cost, in bytes.
         self.nbytes = 0
-        self._waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         #: Events dropped from this stream because it was full.
         self.dropped = 0
@@ -299,7 +299,7 @@ class _Member:
         self.tried = False  # the first attempt has finished
         self.ever_connected = False
         self.attempt = 0  # attempts since a connection last proved healthy
-        self.task: asyncio.Task | None = None  # a connection attempt under way
+        self.task: asyncio.Task[None] | None = None  # a connection attempt under way
         self.timer: asyncio.TimerHandle | None = None  # the next attempt
         self.connected_at = 0.0  # loop time the live connection was made
 
@@ -369,9 +369,7 @@ class Fleet:
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
         self.max_concurrency = max_concurrency
-        self.backoff: Backoff | None = (
-            Backoff() if reconnect is True else (reconnect or None)  # type: ignore[assignment]
-        )
+        self.backoff: Backoff | None = Backoff() if reconnect is True else (reconnect or None)
         self.guest_agent = guest_agent
         self.event_maxsize = event_maxsize
         self.event_max_bytes = event_max_bytes
@@ -601,7 +599,7 @@ class Fleet:
         self,
         vm: str,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
         args: Any = _UNSET,
@@ -619,7 +617,7 @@ class Fleet:
         self,
         vm: str,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
         args: Any = _UNSET,
@@ -638,12 +636,14 @@ class Fleet:
             raise ValueError("timeout must be positive")
         return timeout
 
-    def _submit(self, member: _Member, command: str, arguments: dict | None, timeout: float) -> asyncio.Future[Any]:
+    def _submit(
+        self, member: _Member, command: str, arguments: dict[str, Any] | None, timeout: float
+    ) -> asyncio.Future[Any]:
         client = member.client
         if client is None or client.closed:
             return _failed(ConnectionLost(f"{member.name}: not connected ({member.last_error})"))
         if self.guest_agent:  # one command at a time, with resyncs: no shortcut
-            fut = asyncio.ensure_future(client.execute(command, arguments, timeout=timeout))
+            fut: asyncio.Future[Any] = asyncio.ensure_future(client.execute(command, arguments, timeout=timeout))
         else:
             fut = client.submit(command, arguments, timeout=timeout)
         self._in_flight += 1
@@ -664,7 +664,7 @@ class Fleet:
     async def execute_all(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
         vms: Iterable[str] | None = None,
@@ -694,7 +694,7 @@ class Fleet:
     async def poll(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         every: float,
         timeout: float | None = None,

@@ -470,7 +470,7 @@ def _open_socket(addr: Address, timeout: float | None) -> socket.socket:
             sock.close()
             raise
         return sock
-    sock = socket.create_connection(addr.sockaddr, timeout)  # type: ignore[arg-type]
+    sock = socket.create_connection(addr.sockaddr, timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
@@ -554,7 +554,7 @@ class SyncQMPClient(QMPInfo, _SyncClient):
     def execute(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
         fds: Sequence[int] | None = None,
@@ -570,7 +570,9 @@ class SyncQMPClient(QMPInfo, _SyncClient):
         hold = not fds
         return self._run(lambda: self._proto.send_command(command, arguments, hold=hold), command, timeout, fds)
 
-    def execute_oob(self, command: str, arguments: dict | None = None, *, timeout: float | None = None) -> Any:
+    def execute_oob(
+        self, command: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
         """Run ``command`` out-of-band (``exec-oob``); needs ``oob`` negotiated."""
         if self._validator is not None:
             self._validator(command, arguments)
@@ -712,7 +714,7 @@ class SyncGuestAgentClient(_SyncClient):
     def execute(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         timeout: float | None = None,
         expect_reply: bool | None = None,

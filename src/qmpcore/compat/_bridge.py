@@ -17,7 +17,7 @@ import ssl
 import stat
 from collections.abc import Callable, Mapping
 from ssl import SSLContext
-from typing import Any
+from typing import Any, cast
 
 from ..errors import CommandError, ConnectionLost, TLSError
 from ..errors import ConnectError as _CoreConnectError
@@ -83,7 +83,7 @@ def execute_error(
     raw = err.reply if isinstance(err.reply, dict) else {"error": {"class": err.error_class, "desc": err.desc}}
     if wire_id is not None and "id" in raw:
         raw = {key: (wire_id if key == "id" else value) for key, value in raw.items()}
-    received = Message._from_dict(raw)
+    received = Message._from_dict(cast(dict[str, object], raw))
     sent = command_message(command, arguments, oob, raw.get("id"))
     try:
         response = ErrorResponse(received)

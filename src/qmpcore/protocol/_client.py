@@ -250,7 +250,7 @@ class ClientProtocolBase:
 
     # -- receiving --------------------------------------------------------
 
-    def _reply(self, msg: dict, out: list) -> None:
+    def _reply(self, msg: dict[str, Any], out: list[Any]) -> None:
         """Route a ``return``/``error`` message to the command it answers."""
         mid = msg.get("id", _MISS)
         if mid is _MISS:
@@ -280,17 +280,17 @@ class ClientProtocolBase:
         else:
             out.append(self._error_reply(mid, command, msg))
 
-    def _error_reply(self, mid: Any, command: str, msg: dict) -> ErrorReply:
+    def _error_reply(self, mid: Any, command: str, msg: dict[str, Any]) -> ErrorReply:
         error = msg.get("error")
         if isinstance(error, dict):
             return ErrorReply(mid, command, text_of(error.get("class", "")), text_of(error.get("desc", "")), msg)
         return ErrorReply(mid, command, "", text_of(error), msg)
 
     @staticmethod
-    def _unknown(mid: Any, msg: dict) -> ProtocolFault:
+    def _unknown(mid: Any, msg: dict[str, Any]) -> ProtocolFault:
         return ProtocolFault(ProtocolError(f"reply for unknown id {describe(mid)}"), msg)
 
-    def _unmatched(self, mid: int, msg: dict, out: list) -> None:
+    def _unmatched(self, mid: int, msg: dict[str, Any], out: list[Any]) -> None:
         in_band = self._abandoned.pop(mid, _MISS)
         if in_band is _MISS:
             out.append(self._unknown(mid, msg))
@@ -310,7 +310,7 @@ class ClientProtocolBase:
             text = f"unexpected message from server: {describe(item)}"
         return ProtocolFault(ProtocolError(text), item)
 
-    def _end(self, expected: bool) -> list:
+    def _end(self, expected: bool) -> list[Any]:
         """The stream ended: report it once."""
         if self._eof:
             return []

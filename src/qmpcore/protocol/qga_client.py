@@ -111,7 +111,7 @@ class QGAClientProtocol(ClientProtocolBase):
     def send_command(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         expect_reply: bool | None = None,
     ) -> tuple[int, bytes]:
@@ -219,7 +219,7 @@ class QGAClientProtocol(ClientProtocolBase):
                 out.append(self._fault_for(item))
         return out
 
-    def _syncing(self, item: Any, out: list) -> None:
+    def _syncing(self, item: Any, out: list[Any]) -> None:
         """Skip everything up to the 0xFF that precedes our sync reply."""
         if item is SYNC:
             self._saw_sync = True

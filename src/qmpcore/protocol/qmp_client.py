@@ -100,7 +100,7 @@ class QMPClientProtocol(ClientProtocolBase):
         arrived (the end of the connection is then expected), else None."""
         return "quit" if self._quit_sent else "SHUTDOWN" if self._shutdown_seen else None
 
-    def _error_reply(self, mid: Any, command: str, msg: dict) -> ErrorReply:
+    def _error_reply(self, mid: Any, command: str, msg: dict[str, Any]) -> ErrorReply:
         if command == "quit":  # refused (a proxy's policy, say): the server goes on
             self._quit_sent = False
         return super()._error_reply(mid, command, msg)
@@ -115,7 +115,7 @@ class QMPClientProtocol(ClientProtocolBase):
     def send_command(
         self,
         command: str,
-        arguments: dict | None = None,
+        arguments: dict[str, Any] | None = None,
         *,
         oob: bool = False,
         hold: bool = True,
@@ -188,7 +188,7 @@ class QMPClientProtocol(ClientProtocolBase):
                 out.append(self._fault_for(item))
         return out
 
-    def _event(self, msg: dict) -> Any:
+    def _event(self, msg: dict[str, Any]) -> Any:
         name = msg["event"]
         if type(name) is not str or self.state is _AWAITING_GREETING:
             return self._fault_for(msg)
@@ -196,7 +196,7 @@ class QMPClientProtocol(ClientProtocolBase):
             self._shutdown_seen = True
         return Event(name, msg)
 
-    def _greeting(self, msg: dict, out: list) -> None:
+    def _greeting(self, msg: dict[str, Any], out: list[Any]) -> None:
         body = msg["QMP"]
         if self.state is not State.AWAITING_GREETING or not isinstance(body, dict):
             out.append(self._fault_for(msg))
@@ -210,7 +210,7 @@ class QMPClientProtocol(ClientProtocolBase):
         self.state = State.NEGOTIATION
         out.append(greeting)
 
-    def _negotiation_reply(self, msg: dict, out: list) -> None:
+    def _negotiation_reply(self, msg: dict[str, Any], out: list[Any]) -> None:
         """A reply while ``qmp_capabilities`` is outstanding."""
         before = len(out)
         self._reply(msg, out)

@@ -333,7 +333,7 @@ class Schema:
             category = DeprecatedWarning if feature == "deprecated" else UnstableWarning
             warnings.warn(f"{what} is {feature} ({command})", category, stacklevel=3)
 
-    def _walk_features(self, type_name: str, value: Any, path: str, found: list, depth: int) -> None:
+    def _walk_features(self, type_name: str, value: Any, path: str, found: list[Any], depth: int) -> None:
         """Note the deprecated and unstable parts ``value`` uses, entering
         only what can hold one."""
         if depth > 64 or type_name not in self._reaching:  # type: ignore[operator]
@@ -368,7 +368,7 @@ class Schema:
                 self._walk_features(branch, value, path, found, depth + 1)
 
     def _walk_members(
-        self, entry: Mapping[str, Any], value: Mapping[str, Any], path: str, found: list, depth: int
+        self, entry: Mapping[str, Any], value: Mapping[str, Any], path: str, found: list[Any], depth: int
     ) -> None:
         table = self._feature_members(entry)
         for key, item in value.items():
@@ -521,7 +521,7 @@ def _bundled_entries() -> list[Mapping[str, Any]]:
     return entries
 
 
-def _signature(types: Mapping[str, Mapping[str, Any]], alternate: Mapping[str, Any]) -> tuple:
+def _signature(types: Mapping[str, Mapping[str, Any]], alternate: Mapping[str, Any]) -> tuple[Any, ...]:
     """What an alternate looks like: its branches' kinds, with member names
     for objects and values for enums."""
     shape: list[tuple[Any, Any]] = []
@@ -538,7 +538,7 @@ def _signature(types: Mapping[str, Mapping[str, Any]], alternate: Mapping[str, A
 
 
 @functools.cache
-def _alternates_72() -> dict[tuple, str]:
+def _alternates_72() -> dict[tuple[Any, ...], str]:
     entries = _bundled_entries()
     types = {e["name"]: e for e in entries}
     return {_signature(types, types[number]): name for number, name in _qapi._ALTERNATE_NAMES_72.items()}
@@ -548,7 +548,7 @@ def _alternates_72() -> dict[tuple, str]:
 
 #: Bytes of schema JSON the cache of :func:`schema_for` may hold.
 CACHE_BYTES = 16 << 20
-_cache: collections.OrderedDict[tuple, tuple[Schema, int]] = collections.OrderedDict()
+_cache: collections.OrderedDict[tuple[Any, ...], tuple[Schema, int]] = collections.OrderedDict()
 _cache_bytes = 0
 _cache_lock = threading.Lock()  # blocking clients run in many threads
 
@@ -571,7 +571,7 @@ def schema_for(version: Any, reply: Any) -> Schema:
                 _cache.move_to_end(key)
                 return found[0]
     try:
-        schema = Schema.from_reply(reply, version=key)  # type: ignore[arg-type]
+        schema = Schema.from_reply(reply, version=key)
     except ValueError as exc:
         raise ProtocolError(f"query-qmp-schema answered a malformed schema: {exc}") from None
     if key is None:

@@ -427,7 +427,7 @@ class _Endpoint:
         self._requested = address
         self._mode = mode
         if ssl is not None and not isinstance(address, tuple):
-            raise ValueError(f"{address}: TLS (ssl=) is only for TCP addresses")
+            raise ValueError(f"{address!r}: TLS (ssl=) is only for TCP addresses")
         #: TLS (a server-side context) for every client, if set.
         self.ssl = ssl
         self._listener: Listener | None = None
