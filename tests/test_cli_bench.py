@@ -33,7 +33,7 @@ def no_sections(monkeypatch):
 def test_a_default_run_says_why_real_qemu_did_not_run(no_sections, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("QMPCORE_QEMU", str(tmp_path / "qemu-system-x86_64"))  # not there
     assert bench.run(options()) == 0
-    assert no_sections == ["framing", "socket", "fleet"]
+    assert no_sections == ["framing", "socket", "fleet", "schema"]
     out = capsys.readouterr().out
     assert "real-qemu: skipped, not asked for with --real-qemu N, and qemu-system-x86_64 was not found" in out
 

@@ -13,7 +13,8 @@ frames bytes), and listed by ``dir(qmpcore)``:
 * :func:`connect_sync`, :class:`SyncQMPClient`,
   :func:`connect_guest_agent_sync`, :class:`SyncGuestAgentClient` -- the
   blocking clients;
-* :class:`Fleet` -- many VMs from one event loop;
+* :class:`Fleet` -- many VMs from one event loop; :class:`Stats` -- the
+  counters of a client or a fleet;
 * :class:`Schema` -- QEMU's schema about itself: feature probes in
   libvirt's path language, QEMU's argument checks before sending.
 

@@ -21,11 +21,11 @@ if _os.environ.get("QMPCORE_NO_EXTENSIONS", "") not in ("", "0"):
     implementation = "python"
 else:
     try:
-        from ._framer import Framer  # type: ignore[no-redef, assignment]
+        from ._framer import Framer  # type: ignore[assignment]  # the same interface, compiled
 
         implementation = "cython"
     except ImportError:  # no compiler at install time: the twin serves
-        from .pure import Framer  # type: ignore[no-redef]
+        from .pure import Framer
 
         implementation = "python"
 
