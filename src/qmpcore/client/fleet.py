@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import functools
 import os
 import random
@@ -43,6 +42,7 @@ from ..errors import TimeoutError as QMPTimeoutError
 from .address import parse_address
 from .core import Stats
 from .diagnose import connect_error
+from .limits import ensure_fd_limit
 from .tls import check_tls
 
 __all__ = [
@@ -57,8 +57,6 @@ Address = Union[str, "os.PathLike[str]", tuple[str, int]]
 Result = Any
 """A command's return value, or the exception object it failed with."""
 
-#: File descriptors kept free for everything that is not a VM connection.
-FD_RESERVE = 64
 #: Default byte budget of each :meth:`Fleet.events` stream.
 EVENT_STREAM_BYTES = 64 << 20
 #: Default byte budget of all of a fleet's event streams together.
@@ -118,48 +116,6 @@ def _failed(exc: BaseException) -> asyncio.Future[Any]:
     fut = asyncio.get_running_loop().create_future()
     fut.set_exception(exc)
     return fut
-
-
-def ensure_fd_limit(needed: int) -> int:
-    """Raise ``RLIMIT_NOFILE`` so ``needed`` more descriptors can be opened.
-
-    Raises the soft limit, and the hard limit too where the process may;
-    returns the resulting soft limit.  Raises :class:`OSError` (``EMFILE``)
-    with the numbers and the remedy when the limit cannot go high enough.
-    """
-    try:
-        import resource
-    except ImportError:  # Windows: no such limit to manage
-        return needed
-    try:
-        in_use = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        in_use = FD_RESERVE
-    want = needed + in_use + FD_RESERVE
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    infinite = resource.RLIM_INFINITY
-    if soft == infinite or soft >= want:
-        return soft if soft != infinite else want
-    if hard != infinite and hard < want:
-        try:  # privileged processes may raise the hard limit as well
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
-            return want
-        except (ValueError, OSError):
-            pass
-    target = want if hard == infinite else min(want, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        target = soft
-    if target < want:
-        raise OSError(
-            errno.EMFILE,
-            f"{needed} connections need about {want} open files, but the limit is "
-            f"{target} (hard limit {hard}) and cannot be raised further; "
-            f"raise it (ulimit -n, LimitNOFILE=, /etc/security/limits.conf) "
-            f"or use fewer VMs per process",
-        )
-    return target
 
 
 async def _open_socket(address: Address) -> socket.socket:
