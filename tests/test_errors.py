@@ -388,12 +388,13 @@ def test_permission_hint_names_owner_and_mode(tmp_path):
     "text, message",
     [
         ("host:abc", "port 'abc' is not a number in 'host:abc'"),
-        ("host:", "missing port after ':' in 'host:'"),
-        (":4444", "missing host before ':' in ':4444'"),
+        ("host:", "no port after the host in 'host:'"),
+        (":4444", "no host before the port in ':4444'"),
         ("host:70000", "port 70000 is out of range (1-65535) in 'host:70000'"),
         ("host:" + "9" * 5000, "is out of range (1-65535)"),
         ("[::1]:0", "port 0 is out of range"),
-        ("::1:4444", "write IPv6 hosts in brackets, as in '[::1]:4444'"),
+        ("::1:4444", "an IPv6 address needs brackets: [::1]:4444"),
+        ("[::1]", "expected [IPv6]:port, got '[::1]'"),
         ("", "empty address"),
     ],
 )

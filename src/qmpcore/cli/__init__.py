@@ -32,6 +32,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..client.address import AddressError
+from ..client.address import parse_address as _parse_address
+
 __all__ = [
     "main",
     "build_parser",
@@ -59,7 +62,6 @@ EXIT_HELP = (
     "130 interrupted, 141 output pipe closed."
 )
 _COMMAND_OBJECT = re.compile(r"^(?P<command>[^\s{'\"]+)\s+(?P<object>\{.*)$", re.DOTALL)
-_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:/\[\]]+)):(?P<port>[0-9]{1,5})$")
 
 
 class UsageError(ValueError):
@@ -69,36 +71,21 @@ class UsageError(ValueError):
 def parse_address(text: str) -> str | tuple[str, int]:
     """``host:port`` or ``[v6]:port`` becomes a TCP address; anything else a unix path.
 
-    An existing file always wins, so a socket named ``vm:1`` in the current
-    directory is still reachable, and so does a text with a ``/`` in it.  A
-    text that looks like ``host:port`` but is not one is a usage error that
-    says what is wrong (``port 'abc' is not a number in 'host:abc'``).
+    The package's one parser (:func:`qmpcore.client.address.parse_address`)
+    reads it; an existing file always wins, so a socket named ``vm:1`` in
+    the current directory is still reachable.  A text that looks like
+    ``host:port`` but is not one is a usage error that says what is wrong
+    (``port 'abc' is not a number in 'host:abc'``).
     """
     if not text:
         raise UsageError("empty address (give a unix socket path or host:port)")
-    if "/" in text or os.path.exists(text):
-        return text
-    found = _HOST_PORT.match(text)
-    if found is not None:
-        port = int(found["port"])
-        if not 0 < port < 65536:
-            raise UsageError(f"port {port} is out of range (1-65535) in {text!r}")
-        return (found["v6"] or found["host"], port)
-    if text.startswith("["):
-        raise UsageError(f"expected [IPv6]:port, got {text!r} (e.g. [::1]:4444)")
-    if ":" not in text:
-        return text
-    host, _, port_text = text.rpartition(":")
-    path_hint = f" (for a unix socket in this directory write ./{text})"
-    if ":" in host:
-        raise UsageError(f"an IPv6 address needs brackets: [{host}]:{port_text}{path_hint}")
-    if not host:
-        raise UsageError(f"no host before the port in {text!r}{path_hint}")
-    if not port_text:
-        raise UsageError(f"no port after the host in {text!r}{path_hint}")
-    if not port_text.isdigit():
-        raise UsageError(f"port {port_text!r} is not a number in {text!r}{path_hint}")
-    raise UsageError(f"port {port_text} is out of range (1-65535) in {text!r}")
+    try:
+        address = _parse_address(text, text=True)
+    except AddressError as exc:
+        hint = f" (for a unix socket in this directory write ./{text})" if exc.part else ""
+        raise UsageError(f"{exc}{hint}") from None
+    sockaddr = address.sockaddr
+    return sockaddr if isinstance(sockaddr, str) else (sockaddr[0], sockaddr[1])
 
 
 def _value(text: str) -> Any:

@@ -62,6 +62,11 @@ def _from_text(text: str) -> Address | None:
         return None  # an existing file always wins: a socket named vm:1 stays reachable
     found = _HOST_PORT.fullmatch(text)
     if found is None:
+        if text.startswith("["):
+            raise AddressError(f"expected [IPv6]:port, got {text!r} (e.g. [::1]:4444)", text)
+        host, _, port = text.rpartition(":")
+        if ":" in host and "[" not in text and "]" not in text:
+            raise AddressError(f"an IPv6 address needs brackets: [{host}]:{port}", text, "host", host)
         raise AddressError(
             f"cannot read {text!r} as host:port (write IPv6 hosts in brackets, as in '[::1]:4444'; "
             f"a unix socket path with ':' needs a '/', as in './{text}')",
@@ -70,9 +75,9 @@ def _from_text(text: str) -> Address | None:
     host = found["v6"] if found["v6"] is not None else found["host"]
     port = found["port"]
     if not host:
-        raise AddressError(f"missing host before ':' in {text!r}", text, "host", host)
+        raise AddressError(f"no host before the port in {text!r}", text, "host", host)
     if not port:
-        raise AddressError(f"missing port after ':' in {text!r}", text, "port", port)
+        raise AddressError(f"no port after the host in {text!r}", text, "port", port)
     if not port.isdigit() or not port.isascii():
         raise AddressError(f"port {port!r} is not a number in {text!r}", text, "port", port)
     if len(port) > 5 or not 0 < int(port) < 65536:
