@@ -1,11 +1,12 @@
-"""The README's Python examples type-check, and the ones that need only a
-QMP monitor run against the embedded server.
+"""The README's Python examples type-check, and the ones that need no more
+than QMP monitors run, against the embedded server.
 
 Each ```python block of README.md is a program of its own: mypy checks
 every one under ``--strict`` (reading the checkout's package as if
-installed, as ``tests/test_typing.py`` does), and the blocks that talk to
-``/run/vm1/qmp.sock`` and nothing else are run with that path pointing at
-a simulated VM.
+installed, as ``tests/test_typing.py`` does).  The blocks that talk to
+``/run/vmN/qmp.sock`` and nothing else run with those paths pointing at
+simulated VMs; the framer's and the schema's, which need no VM, run as
+they are.
 """
 
 from __future__ import annotations
@@ -20,28 +21,39 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
-EXAMPLE_PATH = "/run/vm1/qmp.sock"
 
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+# The examples' monitors: /run/vm1/qmp.sock, /run/vm2/qmp.sock, ...
+_MONITOR = re.compile(r"/run/vm(\d+)/qmp\.sock")
+# What the simulated VMs cannot stand in for: TLS, the proxy's sockets,
+# devices and block nodes, QEMU's own tools.
+_NEEDS_MORE = ("ssl", "Proxy", "device_del", "blockdev_add", "importlib")
 
 
 def _blocks() -> list[str]:
     return _BLOCK.findall(README.read_text(encoding="utf-8"))
 
 
-def _runnable(block: str) -> bool:
-    """A block that opens only the example monitor, needs no file or
-    package beyond qmpcore, and does not stop the VM it is given."""
+def _monitors(block: str) -> int | None:
+    """How many simulated VMs a block needs to run (None: not runnable here).
+
+    Runnable: it opens only the examples' QMP monitors (no other file or
+    socket; no monitor at all for the framer's and the schema's examples),
+    and needs nothing the simulator lacks.
+    """
+    if any(word in block for word in _NEEDS_MORE) or "serve_vm" in block:
+        return None
     paths = set(re.findall(r'"(/[^"]*)"', block))
-    return (
-        paths == {EXAMPLE_PATH} and "asyncio.run(" in block or paths == {EXAMPLE_PATH} and "connect_sync(" in block
-    ) and not any(word in block for word in ("ssl", "blockdev_add", "Proxy", "device_del"))
+    numbers = [int(m.group(1)) for path in paths if (m := _MONITOR.fullmatch(path))]
+    if len(numbers) != len(paths) or ("connect" in block) != bool(numbers):
+        return None
+    return max(numbers, default=0)
 
 
 def test_the_readme_has_python_examples() -> None:
     blocks = _blocks()
     assert len(blocks) >= 10
-    assert any(_runnable(block) for block in blocks)
+    assert sum(1 for block in blocks if _monitors(block)) >= 3  # a VM or more
 
 
 @pytest.mark.tooling
@@ -65,21 +77,29 @@ def test_readme_examples_type_check(tmp_path: pathlib.Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("number", [n for n, block in enumerate(_blocks()) if _runnable(block)])
-def test_readme_example_runs_against_the_embedded_server(tmp_path: pathlib.Path, number: int) -> None:
-    from qmpcore.server import start_in_subprocess
-
+@pytest.mark.parametrize("number", [n for n, block in enumerate(_blocks()) if _monitors(block) is not None])
+def test_readme_example_runs(tmp_path: pathlib.Path, number: int) -> None:
     block = _blocks()[number]
-    with start_in_subprocess(tmp_path, 1) as server:
-        program = block.replace(EXAMPLE_PATH, str(tmp_path / "vm0.qmp"))
-        result = subprocess.run(
-            [sys.executable, "-c", program],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        )
-        assert server.running
+    vms = _monitors(block)
+    if not vms:
+        result = _run(block, tmp_path)
+    else:
+        from qmpcore.server import start_in_subprocess
+
+        with start_in_subprocess(tmp_path, vms) as server:
+            # /run/vmN/qmp.sock is the simulated VM N-1, at tmp_path/vm<N-1>.qmp
+            result = _run(_MONITOR.sub(lambda m: str(tmp_path / f"vm{int(m.group(1)) - 1}.qmp"), block), tmp_path)
+            assert server.running
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout
+    assert result.stdout or "print(" not in block
+
+
+def _run(program: str, cwd: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
