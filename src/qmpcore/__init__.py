@@ -38,12 +38,14 @@ _LAZY = {
     "SyncGuestAgentClient": "client.sync",
     "EventStream": "client.aio",
     "Fleet": "client.fleet",
+    "run": "client.loop",
 }
 
 
 if TYPE_CHECKING:  # what __getattr__ below loads, as type checkers should see it
     from .client.aio import EventStream, GuestAgentClient, QMPClient, connect, connect_guest_agent
     from .client.fleet import Fleet
+    from .client.loop import run
     from .client.sync import SyncGuestAgentClient, SyncQMPClient, connect_guest_agent_sync, connect_sync
 
 
@@ -85,4 +87,5 @@ __all__ = [
     "SyncGuestAgentClient",
     "EventStream",
     "Fleet",
+    "run",
 ]
