@@ -6,9 +6,13 @@ the embedded server must work on it, not just import.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import uvloop  # in the test extra: these tests must run, not skip
@@ -221,3 +225,68 @@ def test_sync_client_beside_a_uvloop_program(tmp_path):
 def _sync_status(path: str) -> object:
     with qmpcore.connect_sync(path, timeout=10, command_timeout=10) as qmp:
         return qmp.execute("query-status")
+
+
+# -- the bench's --loop option ----------------------------------------------------------
+
+
+def bench(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "qmpcore", "bench", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_bench_loops_default_to_every_installed_loop():
+    from qmpcore.bench._socket import bench_loops
+
+    assert bench_loops(argparse.Namespace()) == ["asyncio", "uvloop"]
+    assert bench_loops(argparse.Namespace(loop=["uvloop", "uvloop"])) == ["uvloop"]
+
+
+def test_bench_socket_section_on_uvloop_has_every_peer():
+    done = bench("--quick", "--only", "socket", "--loop", "uvloop", "--json", "-")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["rows"]
+    by = {(row["case"], row["variant"]): row for row in rows}
+    assert set(by) == {
+        ("round trip (simulated VM, uvloop)", "uvloop"),
+        ("100 pipelined (simulated VM, uvloop)", "uvloop"),
+        ("event flood (simulated VM, uvloop)", "uvloop"),
+        ("round trip (simulated VM, blocking)", "blocking"),
+        ("event flood (simulated VM, blocking)", "blocking"),
+    }
+    for (case, variant), row in by.items():
+        peers = ["raw socket", "raw asyncio", "raw asyncio on uvloop", "qemu.qmp"]
+        if variant == "blocking":
+            peers = ["raw socket", "qemu.qmp legacy"]
+        assert list(row["baselines"]) == peers, case
+        for found in row["baselines"].values():  # every peer measured, in the same run
+            assert found["value"] > 0 and found["ratio"] == pytest.approx(row["qmpcore"] / found["value"])
+
+
+def test_bench_fleet_section_on_both_loops():
+    done = bench("--quick", "--only", "fleet", "--vms", 5, "--rounds", 1, "--loop", "asyncio", "--loop", "uvloop")
+    assert done.returncode == 0, done.stderr
+    assert "5 VMs × 1 rounds: commands/s" in done.stdout
+    assert "5 VMs × 1 rounds, uvloop: commands/s" in done.stdout
+    assert "1 of 5 hung (timeout 0.5 s), uvloop: p99 latency" in done.stdout
+
+
+def test_bench_refuses_an_unknown_loop():
+    done = bench("--only", "socket", "--loop", "trio")
+    assert done.returncode == 2 and "invalid choice: 'trio'" in done.stderr
+
+
+def test_bench_without_uvloop(monkeypatch, capsys):
+    from qmpcore import bench as bench_module
+    from qmpcore.bench._socket import bench_loops
+
+    monkeypatch.setattr(loops, "_uvloop", lambda: None)
+    assert bench_loops(argparse.Namespace(loop=None)) == ["asyncio"]
+    assert bench_module.main(["--only", "socket", "--loop", "uvloop"]) == 2
+    assert 'needs uvloop (pip install "qmpcore[uvloop]")' in capsys.readouterr().err

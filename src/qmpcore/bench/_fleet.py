@@ -9,7 +9,9 @@ it adds per connection is measured without the other's leftovers.
 
 The VMs are simulated by the embedded server in another child process
 (``fleet``), or are real QEMUs (``real-qemu``).  A second pass makes 1% of
-the simulated VMs hang and reports the latency of the healthy ones.
+the simulated VMs hang and reports the latency of the healthy ones.  Both
+clients run on each event loop asked for (``--loop``: asyncio's, and uvloop
+when installed); the server stays on asyncio's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._report import Row
+from ._socket import bench_loops
 from ._timing import percentile
 
 __all__ = ["fleet_section", "real_qemu_section", "run_job", "CLIENTS"]
@@ -172,7 +175,9 @@ def _child_main() -> None:
     try:
         # Import the client before the memory baseline is taken.
         importlib.import_module("qmpcore.fleet" if job["client"] == "qmpcore" else "qemu.qmp")
-        result = asyncio.run(run_job(job))
+        from ..client.loop import run
+
+        result = run(run_job(job), loop=job.get("loop", "asyncio"))
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.write(json.dumps(result) + "\n")
@@ -181,11 +186,11 @@ def _child_main() -> None:
 # -- parent side --------------------------------------------------------------------
 
 
-def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> dict[str, Any]:
+def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float, loop: str) -> dict[str, Any]:
     """Run one client's job in a fresh child process; its result or an ``error``."""
     from ..server._process import child_environment
 
-    job = json.dumps({"client": client, "paths": list(paths), "rounds": rounds, "timeout": timeout})
+    job = json.dumps({"client": client, "paths": list(paths), "rounds": rounds, "timeout": timeout, "loop": loop})
     try:
         done = subprocess.run(
             [sys.executable, "-c", "from qmpcore.bench._fleet import _child_main; _child_main()"],
@@ -213,7 +218,7 @@ def _have_qemu_qmp() -> str | None:
 
 
 def _measure_all(
-    paths: Sequence[str], rounds: int, timeout: float, progress: Callable[[str], None], label: str
+    paths: Sequence[str], rounds: int, timeout: float, progress: Callable[[str], None], label: str, loop: str
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for client in CLIENTS:
@@ -221,9 +226,14 @@ def _measure_all(
         if missing:
             results[client] = {"error": missing}
             continue
-        progress(f"{label}: {client} polling {len(paths)} VMs")
-        results[client] = _measure(client, paths, rounds, timeout)
+        progress(f"{label}: {client} polling {len(paths)} VMs on {loop}")
+        results[client] = _measure(client, paths, rounds, timeout, loop)
     return results
+
+
+def _on(title: str, loop: str) -> str:
+    """A case title with the loop named (asyncio's own is the plain title)."""
+    return title if loop == "asyncio" else f"{title}, {loop}"
 
 
 # (key, label, unit, lower is better, scale)
@@ -270,23 +280,28 @@ def fleet_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
     if count < 1:
         return []
     timeout = POLL_TIMEOUT[bool(opts.quick)]
+    loops = bench_loops(opts)
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="qmpcore-bench-") as directory:
         progress(f"fleet: starting {count} simulated VMs")
         with start_in_subprocess(directory, count) as server:
             title = f"{count} VMs × {rounds} rounds"
-            rows = _rows("fleet", title, _measure_all(server.qmp_paths, rounds, timeout, progress, "fleet"), count)
+            for loop in loops:
+                results = _measure_all(server.qmp_paths, rounds, timeout, progress, "fleet", loop)
+                rows += _rows("fleet", _on(title, loop), results, count)
             hung = list(range(0, count, 100)) if count >= 100 else [0]
             for index in hung:
                 server.vm(index).hang_command("query-status")
             hung_rounds = max(2, rounds // 5)
-            results = _measure_all(server.qmp_paths, hung_rounds, timeout, progress, "fleet, 1% hung")
-            rows += _rows(
-                "fleet",
-                f"{len(hung)} of {count} hung (timeout {timeout:g} s)",
-                results,
-                count,
-                [f for f in _FIGURES if f[0] in ("p50_ms", "p99_ms")],
-            )
+            for loop in loops:
+                results = _measure_all(server.qmp_paths, hung_rounds, timeout, progress, "fleet, 1% hung", loop)
+                rows += _rows(
+                    "fleet",
+                    _on(f"{len(hung)} of {count} hung (timeout {timeout:g} s)", loop),
+                    results,
+                    count,
+                    [f for f in _FIGURES if f[0] in ("p50_ms", "p99_ms")],
+                )
     return rows
 
 
@@ -304,10 +319,13 @@ def real_qemu_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
         raise SectionUnavailable(str(exc)) from None
     rounds = opts.rounds if opts.rounds is not None else (5 if opts.quick else 20)
     progress(f"real-qemu: starting {count} QEMUs")
+    rows: list[Row] = []
     with QemuGroup(count) as group:
         group.start()
-        results = _measure_all(group.paths, rounds, POLL_TIMEOUT[bool(opts.quick)], progress, "real-qemu")
-    return _rows("real-qemu", f"{count} QEMUs × {rounds} rounds", results, count)
+        for loop in bench_loops(opts):
+            results = _measure_all(group.paths, rounds, POLL_TIMEOUT[bool(opts.quick)], progress, "real-qemu", loop)
+            rows += _rows("real-qemu", _on(f"{count} QEMUs × {rounds} rounds", loop), results, count)
+    return rows
 
 
 if __name__ == "__main__":
