@@ -42,6 +42,8 @@ DROP_OLDEST = "drop_oldest"
 BLOCK = "block"
 RAISE = "raise"
 _POLICIES = (DROP_OLDEST, BLOCK, RAISE)
+#: Every queue's items until its first event: one shared, always empty deque.
+_NO_ITEMS: deque[Any] = deque(maxlen=0)
 
 Match = None | Mapping[str, Any] | Callable[[Event], bool]
 #: Called with each event as it is routed.
@@ -122,8 +124,9 @@ class EventQueue:
         self.once = once
         self.dropped = 0
         self.waiter: Any = None
-        # A bounded deque drops its oldest item by itself on append.
-        self._items: deque[Event] = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
+        # Made on the first event (a deque costs ~600 bytes even empty, and
+        # most connections' backlogs never see one).
+        self._items: deque[Event] = _NO_ITEMS
         self._overflow = 0
         self._closed = False
         self._error: BaseException | None = None
@@ -135,8 +138,16 @@ class EventQueue:
     def closed(self) -> bool:
         return self._closed
 
+    def _new_items(self) -> deque[Event]:
+        # A bounded deque drops its oldest item by itself on append.
+        items: deque[Event] = deque(maxlen=self.maxsize) if self.policy is DROP_OLDEST else deque()
+        self._items = items
+        return items
+
     def put(self, ev: Event) -> None:
         items = self._items
+        if items is _NO_ITEMS:
+            items = self._new_items()
         if len(items) >= self.maxsize:
             policy = self.policy
             if policy is DROP_OLDEST:
@@ -154,6 +165,8 @@ class EventQueue:
     def put_all(self, events: list[Event]) -> None:
         """:meth:`put` each of ``events``, in one go."""
         items = self._items
+        if items is _NO_ITEMS:
+            items = self._new_items()
         excess = len(items) + len(events) - self.maxsize
         if excess > 0 and self.waiter is not None:
             for ev in events:  # a synchronous waiter may drain the queue as it fills
