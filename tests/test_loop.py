@@ -290,3 +290,12 @@ def test_bench_without_uvloop(monkeypatch, capsys):
     assert bench_loops(argparse.Namespace(loop=None)) == ["asyncio"]
     assert bench_module.main(["--only", "socket", "--loop", "uvloop"]) == 2
     assert 'needs uvloop (pip install "qmpcore[uvloop]")' in capsys.readouterr().err
+
+
+def test_bench_fleet_reports_heap_per_connection():
+    done = bench("--quick", "--only", "fleet", "--vms", 100, "--rounds", 1, "--loop", "uvloop", "--json", "-")
+    assert done.returncode == 0, done.stderr
+    by_case = {row["case"]: row for row in json.loads(done.stdout)["rows"]}
+    heap = by_case["100 VMs × 1 rounds, uvloop: Python heap per connection"]
+    assert heap["unit"] == "KiB" and 0 < heap["qmpcore"] < 64
+    assert heap["baselines"]["qemu.qmp"]["value"] > 0

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,7 +72,7 @@ class _Poller:
 
 class _QmpcorePoller(_Poller):
     def __init__(self, paths: Sequence[str], timeout: float) -> None:
-        from ..fleet import Fleet
+        from ..client.fleet import Fleet
 
         self.count = len(paths)
         self.fleet = Fleet(paths, command_timeout=timeout, connect_timeout=30)
@@ -167,7 +168,31 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     finally:
         await poller.close()
     result.update(connect_s=connect_s, rss_per_connection=per_connection)
+    if job.get("heap"):
+        result["heap_per_connection"] = await _heap_per_connection(make(job["paths"], float(job["timeout"])))
     return result
+
+
+async def _heap_per_connection(poller: _Poller) -> float:
+    """Python heap each connection holds after one command (tracemalloc).
+
+    Measured apart from the timed rounds (tracing slows everything), once
+    imports and per-thread buffers exist, so only what each connection
+    keeps is counted: objects, buffers, queues, loop handles.
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        try:
+            await poller.connect()
+            await _poll_rounds(poller, 1)
+            gc.collect()
+            return (tracemalloc.get_traced_memory()[0] - before) / poller.count
+        finally:
+            await poller.close()
+    finally:
+        tracemalloc.stop()
 
 
 def _child_main() -> None:
@@ -190,11 +215,12 @@ def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float, loo
     """Run one client's job in a fresh child process; its result or an ``error``."""
     from ..server._process import child_environment
 
-    job = json.dumps({"client": client, "paths": list(paths), "rounds": rounds, "timeout": timeout, "loop": loop})
+    job = {"client": client, "paths": list(paths), "rounds": rounds, "timeout": timeout, "loop": loop}
+    job["heap"] = len(paths) >= MIN_VMS_FOR_RSS
     try:
         done = subprocess.run(
             [sys.executable, "-c", "from qmpcore.bench._fleet import _child_main; _child_main()"],
-            input=job.encode(),
+            input=json.dumps(job).encode(),
             capture_output=True,
             env=child_environment(),
             timeout=CHILD_TIMEOUT,
@@ -202,7 +228,8 @@ def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float, loo
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish within {CHILD_TIMEOUT:g} s"}
     try:
-        return json.loads(done.stdout.decode().strip().splitlines()[-1])
+        found: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        return found
     except (ValueError, IndexError):
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         return {"error": f"exited with status {done.returncode}: {tail[0]}"}
@@ -243,6 +270,7 @@ _FIGURES = (
     ("p99_ms", "p99 latency", "ms", True, 1.0),
     ("cpu_us", "client CPU per command", "µs", True, 1.0),
     ("rss_per_connection", "RSS per connection", "KiB", True, 1 / 1024),
+    ("heap_per_connection", "Python heap per connection", "KiB", True, 1 / 1024),
     ("connect_s", "connect all", "s", True, 1.0),
 )
 
@@ -252,12 +280,16 @@ MIN_VMS_FOR_RSS = 100
 
 
 def _rows(
-    section: str, title: str, results: dict[str, Any], count: int, figures: Sequence[tuple] = _FIGURES
+    section: str,
+    title: str,
+    results: dict[str, Any],
+    count: int,
+    figures: Sequence[tuple[str, str, str, bool, float]] = _FIGURES,
 ) -> list[Row]:
     ours = results["qmpcore"]
     rows = []
     for key, label, unit, lower, scale in figures:
-        if key == "rss_per_connection" and count < MIN_VMS_FOR_RSS:
+        if key in ("rss_per_connection", "heap_per_connection") and count < MIN_VMS_FOR_RSS:
             continue
         value: Any = ours.get("error") or ours[key] * scale
         baselines: dict[str, Any] = {}

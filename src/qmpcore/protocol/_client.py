@@ -20,6 +20,7 @@ from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return
 __all__ = ["ClientProtocolBase", "check_command", "describe", "text_of"]
 
 _MISS: Any = object()
+_new = tuple.__new__
 #: QEMU refuses messages over 64 MiB; such a command could never be answered.
 MAX_COMMAND_SIZE = 64 << 20
 #: Abandoned ids kept (oldest forgotten first): bounds memory when a server
@@ -131,7 +132,8 @@ class ClientProtocolBase:
 
     def _submit(self, cid: int, command: str, frame: bytes, hold: bool) -> bytes:
         """Send now if a slot is free (or ``hold`` is false), else hold."""
-        self._check_size(command, frame)
+        if len(frame) > MAX_COMMAND_SIZE:
+            self._check_size(command, frame)
         if not hold or self._in_flight < self.max_in_flight:
             self._in_flight += 1
             self._pending[cid] = command
@@ -178,10 +180,13 @@ class ClientProtocolBase:
             if command is _MISS:
                 self._unmatched(mid, msg, out)
                 return
-        else:
-            self._slot_freed()
+        else:  # _slot_freed(), inline: this runs once per reply
+            self._in_flight -= 1
+            if self._held:
+                self._release()
         if "return" in msg:
-            out.append(Return(mid, command, msg["return"]))
+            # tuple.__new__ skips the named tuple's Python-level constructor.
+            out.append(_new(Return, (mid, command, msg["return"])))
         else:
             out.append(self._error_reply(mid, command, msg))
 
