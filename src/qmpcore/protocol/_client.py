@@ -180,10 +180,8 @@ class ClientProtocolBase:
             if command is _MISS:
                 self._unmatched(mid, msg, out)
                 return
-        else:  # _slot_freed(), inline: this runs once per reply
-            self._in_flight -= 1
-            if self._held:
-                self._release()
+        else:
+            self._slot_freed()
         if "return" in msg:
             # tuple.__new__ skips the named tuple's Python-level constructor.
             out.append(_new(Return, (mid, command, msg["return"])))
