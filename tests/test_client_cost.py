@@ -92,3 +92,13 @@ def test_benchmark_suite_runs():
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:]
     assert "5 passed" in done.stdout
+
+
+def test_memory_per_connection_tool_runs():
+    done = subprocess.run(
+        [sys.executable, "benchmarks/memory_per_connection.py", "5", "client"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bytes per connection (5 connections)" in done.stdout
+    assert "qmpcore/protocol/qmp_client.py" in done.stdout  # the lines that allocated are named
