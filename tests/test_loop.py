@@ -15,6 +15,10 @@ import subprocess
 import sys
 
 import pytest
+
+if sys.platform == "win32":  # uvloop does not exist there (nor in the test extra)
+    pytest.skip("uvloop is not available on Windows", allow_module_level=True)
+
 import uvloop  # in the test extra: these tests must run, not skip
 
 import qmpcore
