@@ -73,6 +73,7 @@ _LAZY = {
     "Fleet": "client.fleet",
     "Stats": "client.core",
     "Schema": "protocol.schema",
+    "run": "client.loop",
 }
 
 
@@ -80,6 +81,7 @@ if TYPE_CHECKING:  # what __getattr__ below loads, as type checkers should see i
     from .client.aio import EventStream, GuestAgentClient, QMPClient, connect, connect_guest_agent
     from .client.core import Stats
     from .client.fleet import Fleet
+    from .client.loop import run
     from .client.sync import SyncGuestAgentClient, SyncQMPClient, connect_guest_agent_sync, connect_sync
     from .protocol.schema import Schema
 
@@ -140,4 +142,5 @@ __all__ = [
     "Fleet",
     "Stats",
     "Schema",
+    "run",
 ]

@@ -40,6 +40,7 @@ class Options(argparse.Namespace):
     rounds: int | None
     target: str | None
     real_qemu: int
+    loop: list[str] | None
 
 
 def framing_section(opts: argparse.Namespace, progress: Callable[[str], None]) -> list[Row]:
@@ -173,6 +174,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--real-qemu", type=int, default=0, metavar="N", help="also start N real QEMUs (-M none) and poll them"
     )
+    parser.add_argument(
+        "--loop",
+        action="append",
+        choices=["asyncio", "uvloop"],
+        help="event loop of the socket and fleet rows (repeatable; default: both when uvloop is installed)",
+    )
 
 
 def _selected(opts: argparse.Namespace) -> list[str]:
@@ -203,6 +210,12 @@ def run(opts: argparse.Namespace) -> int:
         value = getattr(opts, name, None)
         if value is not None and value < 0:
             print(f"qmpcore bench: --{name.replace('_', '-')} must not be negative", file=sys.stderr)
+            return 2
+    if "uvloop" in (getattr(opts, "loop", None) or []):
+        from ..client.loop import uvloop_available
+
+        if not uvloop_available():
+            print('qmpcore bench: --loop uvloop needs uvloop (pip install "qmpcore[uvloop]")', file=sys.stderr)
             return 2
     progress = Progress()
     rows: list[Row] = []

@@ -9,7 +9,9 @@ it adds per connection is measured without the other's leftovers.
 
 The VMs are simulated by the embedded server in another child process
 (``fleet``), or are real QEMUs (``real-qemu``).  A second pass makes 1% of
-the simulated VMs hang and reports the latency of the healthy ones.
+the simulated VMs hang and reports the latency of the healthy ones.  Both
+clients run on each event loop asked for (``--loop``: asyncio's, and uvloop
+when installed); the server stays on asyncio's.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._report import QEMU_QMP_MISSING, Row
+from ._socket import bench_loops
 from ._timing import percentile
 
 __all__ = ["fleet_section", "real_qemu_section", "run_job", "CLIENTS"]
@@ -68,7 +72,7 @@ class _Poller:
 
 class _QmpcorePoller(_Poller):
     def __init__(self, paths: Sequence[str], timeout: float) -> None:
-        from ..fleet import Fleet
+        from ..client.fleet import Fleet
 
         self.count = len(paths)
         self.fleet = Fleet(paths, command_timeout=timeout, connect_timeout=30)
@@ -164,7 +168,31 @@ async def run_job(job: dict[str, Any]) -> dict[str, Any]:
     finally:
         await poller.close()
     result.update(connect_s=connect_s, rss_per_connection=per_connection)
+    if job.get("heap"):
+        result["heap_per_connection"] = await _heap_per_connection(make(job["paths"], float(job["timeout"])))
     return result
+
+
+async def _heap_per_connection(poller: _Poller) -> float:
+    """Python heap each connection holds after one command (tracemalloc).
+
+    Measured apart from the timed rounds (tracing slows everything), once
+    imports and per-thread buffers exist, so only what each connection
+    keeps is counted: objects, buffers, queues, loop handles.
+    """
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        try:
+            await poller.connect()
+            await _poll_rounds(poller, 1)
+            gc.collect()
+            return (tracemalloc.get_traced_memory()[0] - before) / poller.count
+        finally:
+            await poller.close()
+    finally:
+        tracemalloc.stop()
 
 
 def _child_main() -> None:
@@ -172,7 +200,9 @@ def _child_main() -> None:
     try:
         # Import the client before the memory baseline is taken.
         importlib.import_module("qmpcore.fleet" if job["client"] == "qmpcore" else "qemu.qmp")
-        result = asyncio.run(run_job(job))
+        from ..client.loop import run
+
+        result = run(run_job(job), loop=job.get("loop", "asyncio"))
     except Exception as exc:
         result = {"error": f"{type(exc).__name__}: {exc}"}
     sys.stdout.write(json.dumps(result) + "\n")
@@ -181,15 +211,16 @@ def _child_main() -> None:
 # -- parent side --------------------------------------------------------------------
 
 
-def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float) -> dict[str, Any]:
+def _measure(client: str, paths: Sequence[str], rounds: int, timeout: float, loop: str) -> dict[str, Any]:
     """Run one client's job in a fresh child process; its result or an ``error``."""
     from ..server._process import child_environment
 
-    job = json.dumps({"client": client, "paths": list(paths), "rounds": rounds, "timeout": timeout})
+    job = {"client": client, "paths": list(paths), "rounds": rounds, "timeout": timeout, "loop": loop}
+    job["heap"] = len(paths) >= MIN_VMS_FOR_RSS
     try:
         done = subprocess.run(
             [sys.executable, "-c", "from qmpcore.bench._fleet import _child_main; _child_main()"],
-            input=job.encode(),
+            input=json.dumps(job).encode(),
             capture_output=True,
             env=child_environment(),
             timeout=CHILD_TIMEOUT,
@@ -214,7 +245,7 @@ def _have_qemu_qmp() -> str | None:
 
 
 def _measure_all(
-    paths: Sequence[str], rounds: int, timeout: float, progress: Callable[[str], None], label: str
+    paths: Sequence[str], rounds: int, timeout: float, progress: Callable[[str], None], label: str, loop: str
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for client in CLIENTS:
@@ -222,9 +253,14 @@ def _measure_all(
         if missing:
             results[client] = {"error": missing}
             continue
-        progress(f"{label}: {client} polling {len(paths)} VMs")
-        results[client] = _measure(client, paths, rounds, timeout)
+        progress(f"{label}: {client} polling {len(paths)} VMs on {loop}")
+        results[client] = _measure(client, paths, rounds, timeout, loop)
     return results
+
+
+def _on(title: str, loop: str) -> str:
+    """A case title with the loop named (asyncio's own is the plain title)."""
+    return title if loop == "asyncio" else f"{title}, {loop}"
 
 
 # (key, label, unit, lower is better, scale)
@@ -234,6 +270,7 @@ _FIGURES = (
     ("p99_ms", "p99 latency", "ms", True, 1.0),
     ("cpu_us", "client CPU per command", "µs", True, 1.0),
     ("rss_per_connection", "RSS per connection", "KiB", True, 1 / 1024),
+    ("heap_per_connection", "Python heap per connection", "KiB", True, 1 / 1024),
     ("connect_s", "connect all", "s", True, 1.0),
 )
 
@@ -243,12 +280,16 @@ MIN_VMS_FOR_RSS = 100
 
 
 def _rows(
-    section: str, title: str, results: dict[str, Any], count: int, figures: Sequence[tuple[Any, ...]] = _FIGURES
+    section: str,
+    title: str,
+    results: dict[str, Any],
+    count: int,
+    figures: Sequence[tuple[str, str, str, bool, float]] = _FIGURES,
 ) -> list[Row]:
     ours = results["qmpcore"]
     rows = []
     for key, label, unit, lower, scale in figures:
-        if key == "rss_per_connection" and count < MIN_VMS_FOR_RSS:
+        if key in ("rss_per_connection", "heap_per_connection") and count < MIN_VMS_FOR_RSS:
             continue
         value: Any = ours.get("error") or ours[key] * scale
         baselines: dict[str, Any] = {}
@@ -271,23 +312,28 @@ def fleet_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
     if count < 1:
         return []
     timeout = POLL_TIMEOUT[bool(opts.quick)]
+    loops = bench_loops(opts)
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="qmpcore-bench-") as directory:
         progress(f"fleet: starting {count} simulated VMs")
         with start_in_subprocess(directory, count) as server:
             title = f"{count} VMs × {rounds} rounds"
-            rows = _rows("fleet", title, _measure_all(server.qmp_paths, rounds, timeout, progress, "fleet"), count)
+            for loop in loops:
+                results = _measure_all(server.qmp_paths, rounds, timeout, progress, "fleet", loop)
+                rows += _rows("fleet", _on(title, loop), results, count)
             hung = list(range(0, count, 100)) if count >= 100 else [0]
             for index in hung:
                 server.vm(index).hang_command("query-status")
             hung_rounds = max(2, rounds // 5)
-            results = _measure_all(server.qmp_paths, hung_rounds, timeout, progress, "fleet, 1% hung")
-            rows += _rows(
-                "fleet",
-                f"{len(hung)} of {count} hung (timeout {timeout:g} s)",
-                results,
-                count,
-                [f for f in _FIGURES if f[0] in ("p50_ms", "p99_ms")],
-            )
+            for loop in loops:
+                results = _measure_all(server.qmp_paths, hung_rounds, timeout, progress, "fleet, 1% hung", loop)
+                rows += _rows(
+                    "fleet",
+                    _on(f"{len(hung)} of {count} hung (timeout {timeout:g} s)", loop),
+                    results,
+                    count,
+                    [f for f in _FIGURES if f[0] in ("p50_ms", "p99_ms")],
+                )
     return rows
 
 
@@ -305,10 +351,13 @@ def real_qemu_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
         raise SectionUnavailable(str(exc)) from None
     rounds = opts.rounds if opts.rounds is not None else (5 if opts.quick else 20)
     progress(f"real-qemu: starting {count} QEMUs")
+    rows: list[Row] = []
     with QemuGroup(count) as group:
         group.start()
-        results = _measure_all(group.paths, rounds, POLL_TIMEOUT[bool(opts.quick)], progress, "real-qemu")
-    return _rows("real-qemu", f"{count} QEMUs × {rounds} rounds", results, count)
+        for loop in bench_loops(opts):
+            results = _measure_all(group.paths, rounds, POLL_TIMEOUT[bool(opts.quick)], progress, "real-qemu", loop)
+            rows += _rows("real-qemu", _on(f"{count} QEMUs × {rounds} rounds", loop), results, count)
+    return rows
 
 
 if __name__ == "__main__":

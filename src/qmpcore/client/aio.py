@@ -659,7 +659,8 @@ class QMPClient(QMPInfo, _AsyncClient):
         command still held back by the client (more than 8 in flight with
         ``oob``) is then never sent.
         """
-        self._check_open()
+        if self._closed or self._closing:  # _check_open(), without a call per command
+            self._check_open()
         if self._validator is not None:
             try:
                 self._validator(command, arguments)

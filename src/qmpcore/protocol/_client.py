@@ -226,7 +226,8 @@ class ClientProtocolBase:
 
     def _submit(self, cid: int, command: str, frame: bytes, hold: bool) -> bytes:
         """Send now if a slot is free (or ``hold`` is false), else hold."""
-        self._check_size(command, frame)
+        if len(frame) > MAX_COMMAND_SIZE:
+            self._check_size(command, frame)
         if not hold or self._in_flight < self.max_in_flight:
             self._in_flight += 1
             self._pending[cid] = command
