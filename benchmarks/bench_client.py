@@ -9,7 +9,7 @@ batch of 100, so divide by 100 for one command.  Group ``client``:
 * ``bare``: the floor for comparison -- ``orjson`` encode and decode and one
   future per command, no protocol at all;
 * ``protocol``: the sans-IO :class:`~qmpcore.protocol.qmp_client.QMPClientProtocol`
-  alone (``send_command`` then ``receive_data``);
+  alone (``send_command`` then ``feed``);
 * ``aio-round-trip``: :meth:`QMPClient.submit` and its reply, one at a time;
 * ``aio-pipelined``: 100 submits, then one read holding the 100 replies;
 * ``fleet``: :meth:`Fleet.submit` on 100 VMs, then each VM's reply.
@@ -75,9 +75,9 @@ class _NullTransport(asyncio.Transport):
 def ready_protocol() -> QMPClientProtocol:
     """A protocol past the greeting and negotiation (no ``oob``)."""
     proto = QMPClientProtocol()
-    proto.receive_data(GREETING)
+    proto.feed(GREETING)
     cid, _ = proto.negotiate()
-    proto.receive_data(b'{"return": {}, "id": %d}\r\n' % cid)
+    proto.feed(b'{"return": {}, "id": %d}\r\n' % cid)
     return proto
 
 
@@ -114,7 +114,7 @@ def case_protocol() -> Callable[[], Any]:
     proto = ready_protocol()
 
     async def batch() -> int:
-        send, receive = proto.send_command, proto.receive_data
+        send, receive = proto.send_command, proto.feed
         ok = 0
         for _ in range(BATCH):
             cid, _ = send("query-status")

@@ -15,6 +15,7 @@ frames bytes), and listed by ``dir(qmpcore)``:
   blocking clients;
 * :class:`Fleet` -- many VMs from one event loop; :class:`Stats` -- the
   counters of a client or a fleet;
+* :func:`run` -- run a coroutine on uvloop when installed, else asyncio;
 * :class:`Schema` -- QEMU's schema about itself: feature probes in
   libvirt's path language, QEMU's argument checks before sending.
 
