@@ -22,7 +22,7 @@ from qmpcore.client import aio
 from qmpcore.client.core import Stats
 from qmpcore.client.eventqueue import EVENT_QUEUE_BYTES
 from qmpcore.fleet import Backoff, Fleet
-from qmpcore.peerlog import PeerLog
+from qmpcore.client.peerlog import PeerLog
 
 GUARD = 60.0  # hang guard only: a working client never comes near it
 GREETING = qmpcore.encode({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": ["oob"]}})

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ConnectionLost, FrameError, ProtocolError, StateError, TimeoutError
 from ..framing.wire import TOO_BIG
-from ..peerlog import PeerLog
+from .peerlog import PeerLog
 from ..protocol.events import (
     ConnectionClosed,
     ErrorReply,
