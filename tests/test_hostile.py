@@ -21,8 +21,8 @@ from fake_server import FakeServer, Peer
 from qmpcore.client import aio
 from qmpcore.client.core import Stats
 from qmpcore.client.eventqueue import EVENT_QUEUE_BYTES
-from qmpcore.fleet import Backoff, Fleet
 from qmpcore.client.peerlog import PeerLog
+from qmpcore.fleet import Backoff, Fleet
 
 GUARD = 60.0  # hang guard only: a working client never comes near it
 GREETING = qmpcore.encode({"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}}, "capabilities": ["oob"]}})

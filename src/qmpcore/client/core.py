@@ -19,7 +19,6 @@ from typing import Any
 
 from ..errors import ConnectionLost, FrameError, ProtocolError, StateError, TimeoutError
 from ..framing.wire import TOO_BIG
-from .peerlog import PeerLog
 from ..protocol.events import (
     ConnectionClosed,
     ErrorReply,
@@ -35,6 +34,7 @@ from ._log import abbreviate, tracing
 from ._log import log as trace_log
 from .address import Address, AddressLike, parse_address
 from .eventqueue import EVENT_QUEUE_BYTES, CloseCallback, EventCallback, EventRouter
+from .peerlog import PeerLog
 from .tls import check_tls, is_server_context, refused_error, tls_error
 
 __all__ = ["ClientCore", "QMPInfo", "Stats", "log", "connect_target", "scm_rights"]
