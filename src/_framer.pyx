@@ -13,6 +13,13 @@ input, however it is split.  Differences are in the machinery only:
   decoding does not copy them first.
 * The scan knows exactly which frames need the exact (slow) decoder: those
   with single-quoted strings or integers of 19 or more characters.
+* Consecutive errors are counted in C fields and become one ``FrameError``
+  when anything else is output or the feed() ends (the rules for joining
+  them are :mod:`qmpcore.framing.rules`); only the first error of a run
+  costs a Python object.  The byte tables and constants are copied from
+  that module too, so the two framers cannot drift apart.
+* The buffer is freed when nothing is held after a feed() and halved when
+  at most a quarter of it is used.
 """
 
 cimport cython
@@ -24,6 +31,7 @@ from libc.string cimport memchr, memcpy, memmove
 
 import orjson
 
+from qmpcore.framing import rules as _rules
 from qmpcore.framing.wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, stray_reason
 from qmpcore.errors import FrameError
 
@@ -41,6 +49,9 @@ cdef object _stray_reason = stray_reason
 cdef object _TOO_BIG = TOO_BIG
 cdef object _TOO_DEEP = TOO_DEEP
 cdef object _TOO_MANY = TOO_MANY
+cdef object _EXPECTING = "JSON parse error, expecting value"
+# QEMU's words for a stray byte on its own, by byte.
+cdef list _STRAY1 = [stray_reason(bytes([i])) for i in range(256)]
 
 # Lexer states (same numbering as the pure framer).
 DEF START = 0
@@ -70,10 +81,11 @@ DEF C_DIGIT = 6
 DEF C_MINUS = 7
 DEF C_LOWER = 8
 
-# Integers this long may be outside what orjson keeps exact.
-DEF LONG_INT = 19
-# Whitespace around a lone frame that still lets the chunk go to orjson whole.
-DEF WHOLE_SLACK = 8
+# Constants of qmpcore.framing.rules (read there for what they mean).
+cdef Py_ssize_t LONG_INT = _rules.LONG_INT
+cdef Py_ssize_t WHOLE_SLACK = _rules.WHOLE_SLACK
+cdef Py_ssize_t MIN_CAPACITY = _rules.MIN_CAPACITY
+cdef Py_ssize_t SHRINK_RATIO = _rules.SHRINK_RATIO
 
 cdef unsigned char CLASS[256]
 cdef unsigned char DQ_PLAIN[256]    # bytes that continue a "..." string
@@ -91,23 +103,10 @@ DEF K_CLOSE = 4
 cdef void _init_tables():
     cdef int i
     for i in range(256):
-        CLASS[i] = C_OTHER
-        DQ_PLAIN[i] = 1 if 0x20 <= i <= 0xFD else 0
-        SQ_PLAIN[i] = DQ_PLAIN[i]
-        RECOVER_SKIP[i] = 1 if (0x20 <= i <= 0xFD or i == 0x09) else 0
-    for i in b" \t\r\n":
-        CLASS[i] = C_WS
-    for i in b"{}[]:,":
-        CLASS[i] = C_STRUCT
-        RECOVER_SKIP[i] = 0
-    CLASS[ord('"')] = C_DQUOTE
-    CLASS[ord("'")] = C_SQUOTE
-    CLASS[ord("0")] = C_ZERO
-    for i in range(ord("1"), ord("9") + 1):
-        CLASS[i] = C_DIGIT
-    CLASS[ord("-")] = C_MINUS
-    for i in range(ord("a"), ord("z") + 1):
-        CLASS[i] = C_LOWER
+        CLASS[i] = _rules.BYTE_CLASS[i]
+        DQ_PLAIN[i] = _rules.DQ_PLAIN[i]
+        SQ_PLAIN[i] = _rules.SQ_PLAIN[i]
+        RECOVER_SKIP[i] = _rules.RECOVER_SKIP[i]
     for i in range(256):
         PLAIN_KIND[i] = K_BORING
     for i in range(ord("0"), ord("9") + 1):
@@ -117,17 +116,74 @@ cdef void _init_tables():
     PLAIN_KIND[ord("[")] = K_OPEN
     PLAIN_KIND[ord("}")] = K_CLOSE
     PLAIN_KIND[ord("]")] = K_CLOSE
-    DQ_PLAIN[ord('"')] = 0
-    DQ_PLAIN[ord("\\")] = 0
-    SQ_PLAIN[ord("'")] = 0
-    SQ_PLAIN[ord("\\")] = 0
 
 
 _init_tables()
 
 
+def _tables():
+    """The tables and constants this module runs on (compared with
+    :mod:`qmpcore.framing.rules` by the tests)."""
+    return {
+        "BYTE_CLASS": bytes([CLASS[i] for i in range(256)]),
+        "DQ_PLAIN": bytes([DQ_PLAIN[i] for i in range(256)]),
+        "SQ_PLAIN": bytes([SQ_PLAIN[i] for i in range(256)]),
+        "RECOVER_SKIP": bytes([RECOVER_SKIP[i] for i in range(256)]),
+        "LONG_INT": LONG_INT,
+        "WHOLE_SLACK": WHOLE_SLACK,
+        "MIN_CAPACITY": MIN_CAPACITY,
+        "SHRINK_RATIO": SHRINK_RATIO,
+        "classes": (C_OTHER, C_WS, C_STRUCT, C_DQUOTE, C_SQUOTE, C_ZERO, C_DIGIT, C_MINUS, C_LOWER),
+    }
+
+
+def _plain_line(line, Py_ssize_t max_depth):
+    """The compiled form of :func:`qmpcore.framing.rules.plain_line` (for tests)."""
+    cdef bytes b = bytes(line)
+    return _plain(<const unsigned char *>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), max_depth)
+
+
 cdef inline bint _is_digit(unsigned char c):
     return 0x30 <= c <= 0x39
+
+
+cdef bint _plain(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth) noexcept:
+    """``p[:n]`` is valid JSON: does :func:`qmpcore.framing.rules.plain_line`
+    hold (within max_depth, no run of LONG_INT digits outside strings, no
+    ``0e``/``0E`` starting a digit run)?"""
+    cdef Py_ssize_t i = 0, depth = 0, run = 0
+    cdef unsigned char k
+    while i < n:
+        k = PLAIN_KIND[p[i]]
+        i += 1
+        if k == K_BORING:
+            run = 0
+        elif k == K_DIGIT:
+            # JSON allows 0e5; QEMU's lexer ends the number at the "e".
+            if run == 0 and p[i - 1] == 0x30 and i < n and (p[i] == 0x65 or p[i] == 0x45):
+                return False
+            run += 1
+            if run >= LONG_INT:
+                return False
+        elif k == K_QUOTE:
+            run = 0
+            while True:
+                k = p[i]
+                if k == 0x5C:
+                    i += 2
+                else:
+                    i += 1
+                    if k == 0x22:
+                        break
+        elif k == K_OPEN:
+            run = 0
+            depth += 1
+            if depth > max_depth:
+                return False
+        else:
+            run = 0
+            depth -= 1
+    return True
 
 
 @cython.final
@@ -161,6 +217,14 @@ cdef class Framer:
     cdef Py_ssize_t _ntok
     cdef Py_ssize_t _nofast    # a line already known not to be one plain frame
 
+    # The error run not yet output (reason is None when there is none):
+    # its sync flag, how many errors, and the stream offsets it spans.
+    cdef object _pr
+    cdef bint _ps
+    cdef Py_ssize_t _pc
+    cdef long long _po
+    cdef long long _pe
+
     # The buffer of the feed() in progress.
     cdef const unsigned char *_p
     cdef Py_ssize_t _n
@@ -183,6 +247,7 @@ cdef class Framer:
         self._base = 0
         self._len = 0
         self._nofast = -1
+        self._pr = None
         self._clear(START)
 
     def __dealloc__(self):
@@ -192,6 +257,11 @@ cdef class Framer:
     def buffered(self):
         """Bytes held for an unfinished frame."""
         return self._len
+
+    @property
+    def capacity(self):
+        """Bytes allocated for the buffer (given back after a large frame)."""
+        return self._cap
 
     def reset(self):
         """Forget any partial frame and start afresh (offsets keep counting)."""
@@ -278,11 +348,33 @@ cdef class Framer:
             self._start -= keep
             self._tok -= keep
             self._nofast -= keep
+            self._flush(out)
+            self._shrink()
         finally:
             self._chunk = None
             self._p = NULL
             PyBuffer_Release(&view)
         return out
+
+    cdef void _shrink(self) noexcept:
+        """Give memory back: all of it when nothing is held, half of it
+        (repeatedly) when at most a quarter is used (rules.capacity_after)."""
+        cdef Py_ssize_t cap = self._cap
+        cdef char *mem
+        if self._len == 0:
+            if cap:
+                PyMem_Free(self._buf)
+                self._buf = NULL
+                self._cap = 0
+            return
+        if cap <= MIN_CAPACITY or self._len * SHRINK_RATIO > cap:
+            return
+        while cap > MIN_CAPACITY and self._len * 2 <= cap // 2:
+            cap //= 2
+        mem = <char *>PyMem_Realloc(self._buf, cap)
+        if mem != NULL:  # else keep the larger buffer
+            self._buf = mem
+            self._cap = cap
 
     cdef int _scan(self, Py_ssize_t pos, list out) except -1:
         cdef const unsigned char *p = self._p
@@ -458,9 +550,9 @@ cdef class Framer:
             value = _loads(data)
         except _JSONDecodeError:
             return False
-        if not self._plain(p, n):
+        if not _plain(p, n, self.max_depth):
             return False
-        out.append(value)
+        self._put(value, out)
         self._base += n
         self._nofast = -1
         return True
@@ -549,6 +641,7 @@ cdef class Framer:
         cdef Py_ssize_t end
         cdef object frame
         if nl == NULL:
+            self._nofast = self._n - 1  # no line ends in what is held: not before more comes
             return 0
         end = nl - p + 1
         self._nofast = end - 1  # whatever happens, do not try this line again
@@ -562,9 +655,9 @@ cdef class Framer:
             value = _loads(frame)
         except _JSONDecodeError:
             return 0
-        if not self._plain(p + pos, end - pos):
+        if not _plain(p + pos, end - pos, self.max_depth):
             return 0
-        out.append(value)
+        self._put(value, out)
         return end
 
     cdef inline object _view(self, Py_ssize_t start, Py_ssize_t end):
@@ -574,44 +667,6 @@ cdef class Framer:
             return PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
         return PyMemoryView_FromMemory(<char *>self._p + start, end - start, PyBUF_READ)
 
-    cdef bint _plain(self, const unsigned char *p, Py_ssize_t n) noexcept:
-        """``p[:n]`` is valid JSON: is it within max_depth, with no integer
-        orjson might round (19 or more digits) and no ``0e``/``0E`` number
-        (valid JSON, but two tokens to QEMU)?"""
-        cdef Py_ssize_t i = 0, depth = 0, run = 0
-        cdef unsigned char k
-        while i < n:
-            k = PLAIN_KIND[p[i]]
-            i += 1
-            if k == K_BORING:
-                run = 0
-            elif k == K_DIGIT:
-                # JSON allows 0e5; QEMU's lexer ends the number at the "e".
-                if run == 0 and p[i - 1] == 0x30 and i < n and (p[i] == 0x65 or p[i] == 0x45):
-                    return False
-                run += 1
-                if run >= LONG_INT:
-                    return False
-            elif k == K_QUOTE:
-                run = 0
-                while True:
-                    k = p[i]
-                    if k == 0x5C:
-                        i += 2
-                    else:
-                        i += 1
-                        if k == 0x22:
-                            break
-            elif k == K_OPEN:
-                run = 0
-                depth += 1
-                if depth > self.max_depth:
-                    return False
-            else:
-                run = 0
-                depth -= 1
-        return True
-
     cdef inline void _begin(self, Py_ssize_t pos) noexcept:
         self._tok = pos
         if not self._in_frame:
@@ -619,8 +674,66 @@ cdef class Framer:
             self._start = pos
 
     cdef int _limit(self, object reason, long long offset, list out) except -1:
-        out.append(_FrameError(reason, offset))
+        self._put(_FrameError(reason, offset), out)
         self._skip = True
+        return 0
+
+    cdef inline int _put(self, object item, list out) except -1:
+        """Output an item that is not joined with anything."""
+        if self._pr is not None:
+            self._flush(out)
+        out.append(item)
+        return 0
+
+    cdef int _flush(self, list out) except -1:
+        """Output the error run held in C fields, if any."""
+        if self._pr is None:
+            return 0
+        out.append(_FrameError(self._pr, self._po, self._ps, self._pc, self._pe - self._po))
+        if self._ps:
+            out.append(_SYNC)  # strict 0xFF: the SYNC follows its error run
+        self._pr = None
+        return 0
+
+    cdef object _stray(self, Py_ssize_t first, Py_ssize_t pos):
+        """QEMU's message for the bad token ``p[first:pos + 1]``."""
+        if first == pos:
+            return _STRAY1[self._p[pos]]
+        return _stray_reason(PyBytes_FromStringAndSize(<const char *>self._p + first, pos + 1 - first))
+
+    cdef int _err(self, object reason, Py_ssize_t first, Py_ssize_t pos, long long offset,
+                  Py_ssize_t nbytes, bint sync, list out) except -1:
+        """One error: ``reason``, or (when None) a stray token ``p[first:pos + 1]``.
+        Joined with the run before it when qmpcore.framing.rules.joinable allows."""
+        if self._pr is not None and self._ps == sync:
+            if self.strict:
+                if reason is None:
+                    reason = self._stray(first, pos)
+                joined = reason is self._pr or reason == self._pr
+            else:
+                joined = True
+            if joined:
+                self._pc += 1
+                self._pe = offset + nbytes
+                return 0
+        self._flush(out)
+        self._pr = self._stray(first, pos) if reason is None else reason
+        self._ps = sync
+        self._pc = 1
+        self._po = offset
+        self._pe = offset + nbytes
+        return 0
+
+    cdef int _sync(self, list out) except -1:
+        """A 0xFF outside strict mode: one SYNC for a run of them."""
+        cdef Py_ssize_t n
+        if self._pr is not None:
+            self._flush(out)
+        else:
+            n = len(out)
+            if n and out[n - 1] is _SYNC:
+                return 0
+        out.append(_SYNC)
         return 0
 
     cdef inline int _token_done(self, Py_ssize_t end, unsigned char c, list out) except -1:
@@ -653,7 +766,11 @@ cdef class Framer:
         cdef bint whole
         cdef object frame
         if self.raw:
-            out.append(PyBytes_FromStringAndSize(<const char *>self._p + start, end - start))
+            self._put(PyBytes_FromStringAndSize(<const char *>self._p + start, end - start), out)
+            return 0
+        if end - start == 1 and CLASS[self._p[start]] == C_STRUCT:
+            # A lone , : ] or } (after a frame, say): no value can start so.
+            self._err(_EXPECTING, 0, 0, self._base + start, 1, False, out)
             return 0
         if not self._slow and not self.strict:
             # A chunk that holds just this frame goes to orjson as it is.
@@ -671,20 +788,23 @@ cdef class Framer:
             else:
                 frame = self._view(start, end)
             try:
-                out.append(_loads(frame))
-                return 0
+                value = _loads(frame)
             except _JSONDecodeError:
                 pass
+            else:
+                self._put(value, out)
+                return 0
         frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
         try:
-            out.append(_decode_frame(frame, self.strict, self._slow))
+            value = _decode_frame(frame, self.strict, self._slow)
         except _ParseError as exc:
-            out.append(_FrameError(exc.args[0], self._base + start))
+            self._err(exc.args[0], 0, 0, self._base + start, end - start, False, out)
+        else:
+            self._put(value, out)
         return 0
 
     cdef int _error(self, Py_ssize_t pos, list out) except -1:
         """Lexical error at ``pos`` (that byte is consumed)."""
-        cdef object token
         cdef Py_ssize_t first = pos
         if self._in_frame and not self._skip and pos + 1 - self._start > self.max_frame_size:
             self._limit(_TOO_BIG, self._base + self._start + self.max_frame_size, out)
@@ -692,11 +812,10 @@ cdef class Framer:
             first = self._tok
         if self._p[pos] == 0xFF:
             if self.strict:
-                token = PyBytes_FromStringAndSize(<const char *>self._p + first, pos + 1 - first)
-                out.append(_FrameError(_stray_reason(token), self._base + pos, True))
-            out.append(_SYNC)
+                self._err(None, first, pos, self._base + pos, 1, True, out)  # its SYNC follows the run
+            else:
+                self._sync(out)
         elif not self._skip:
-            token = PyBytes_FromStringAndSize(<const char *>self._p + first, pos + 1 - first)
-            out.append(_FrameError(_stray_reason(token), self._base + pos))
+            self._err(None, first, pos, self._base + pos, 1, False, out)
         self._clear(RECOVERY)
         return 0

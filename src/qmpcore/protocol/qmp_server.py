@@ -229,7 +229,8 @@ class ServerProtocolBase:
         while self._current is None and queue:
             item = queue.popleft()
             if isinstance(item, FrameError):
-                self._write_error(NO_ID, "GenericError", item.reason)
+                for _ in range(item.count):  # a run of identical errors: QEMU answers each
+                    self._write_error(NO_ID, "GenericError", item.reason)
                 continue
             request = self._dispatch(item)
             if request is not None:

@@ -1,0 +1,240 @@
+"""The framers' shared rules: one statement, joined errors, buffer size.
+
+Each behaviour test runs on both implementations (``Framer`` fixture); the
+statement tests compare the compiled framer's C tables and checks with
+:mod:`qmpcore.framing.rules`, which the pure twin uses directly.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import IMPLEMENTATIONS
+from qmpcore import SYNC, FrameError
+from qmpcore.framing import rules
+from qmpcore.framing.rules import coalesce
+
+EXPECTING = "JSON parse error, expecting value"
+STRAY_FF = "JSON parse error, stray '\ufffd'"
+needs_compiled = pytest.mark.skipif("cython" not in IMPLEMENTATIONS, reason="compiled framer not built")
+
+
+def feed_all(framer, chunks):
+    out = []
+    for chunk in chunks:
+        out.extend(framer.feed(chunk))
+    return out
+
+
+# -- 1. one statement of the rules ---------------------------------------------
+
+
+@needs_compiled
+def test_compiled_tables_are_the_rules():
+    from qmpcore.framing import _framer
+
+    tables = _framer._tables()
+    for name in ("BYTE_CLASS", "DQ_PLAIN", "SQ_PLAIN", "RECOVER_SKIP", "LONG_INT", "WHOLE_SLACK"):
+        assert tables[name] == getattr(rules, name), name
+    assert tables["MIN_CAPACITY"] == rules.MIN_CAPACITY and tables["SHRINK_RATIO"] == rules.SHRINK_RATIO
+    names = ("C_OTHER", "C_WS", "C_STRUCT", "C_DQUOTE", "C_SQUOTE", "C_ZERO", "C_DIGIT", "C_MINUS", "C_LOWER")
+    assert tables["classes"] == tuple(getattr(rules, n) for n in names)
+
+
+def test_rule_tables_say_what_the_docs_say():
+    assert {c for c in range(256) if rules.BYTE_CLASS[c] == rules.C_STRUCT} == set(b"{}[]:,")
+    assert {c for c in range(256) if rules.BYTE_CLASS[c] == rules.C_WS} == set(b" \t\r\n")
+    assert not rules.DQ_PLAIN[0x22] and not rules.DQ_PLAIN[0x5C] and rules.DQ_PLAIN[0x27]
+    assert not rules.SQ_PLAIN[0x27] and rules.SQ_PLAIN[0x22]
+    assert sum(rules.DQ_PLAIN) == 0xFE - 0x20 - 2
+    assert rules.RECOVER_SKIP[0x09] and not rules.RECOVER_SKIP[0x0A] and not rules.RECOVER_SKIP[0xFE]
+    assert rules.RECOVER_SKIP[0x22] and not rules.RECOVER_SKIP[ord(",")]
+
+
+# Lines orjson accepts, rich in what the shortcut must refuse.
+_atoms = st.sampled_from(
+    ["0", "1", "-0", "0e5", "0E1", "10e5", "1.0e5", "0.5", "9" * 18, "9" * 19, "-" + "1" * 19, "1" * 30 + ".5", "true"]
+)
+_strings = st.sampled_from(['""', '"0e5"', '"' + "7" * 25 + '"', '"a\\"0e1"', '"\\\\"', '"[[[["', '"x\\u0030e"'])
+
+
+@st.composite
+def _lines(draw):
+    def value(depth):
+        kind = draw(st.integers(0, 3 if depth < 6 else 1))
+        if kind == 0:
+            return draw(_atoms)
+        if kind == 1:
+            return draw(_strings)
+        items = [value(depth + 1) for _ in range(draw(st.integers(0, 3)))]
+        if kind == 2:
+            return "[" + ",".join(items) + "]"
+        return "{" + ",".join(f'"k{i}":{v}' for i, v in enumerate(items)) + "}"
+
+    return (value(0) + "\n").encode()
+
+
+@needs_compiled
+@settings(max_examples=400, deadline=None)
+@given(_lines(), st.integers(1, 8))
+def test_compiled_shortcut_check_is_the_rule(line, max_depth):
+    from qmpcore.framing import _framer
+
+    orjson.loads(line)  # the rule is stated for lines orjson accepts
+    assert _framer._plain_line(line, max_depth) == rules.plain_line(line, max_depth)
+
+
+@pytest.mark.parametrize(
+    "line,depth,ok",
+    [
+        (b'{"a": [1, 2]}\n', 2, True),
+        (b'{"a": [1, 2]}\n', 1, False),
+        (b'{"a": "[[[[[["}\n', 1, True),
+        (b"[0e5]\n", 4, False),
+        (b"[10e5, 1.5e3]\n", 4, True),
+        (b'["0e5"]\n', 4, True),
+        (b"[1234567890123456789]\n", 4, False),
+        (b"[123456789012345678]\n", 4, True),
+        (b'["1234567890123456789"]\n', 4, True),
+    ],
+)
+def test_plain_line_examples(line, depth, ok):
+    assert rules.plain_line(line, depth) is ok
+
+
+# -- 2. FrameError count and nbytes ----------------------------------------
+
+
+def test_frame_error_count_and_nbytes():
+    one = FrameError("bad", 3)
+    assert (one.count, one.nbytes) == (1, 1)
+    assert repr(one) == "FrameError('bad', 3)" and str(one) == "bad (at byte 3)"
+    run = FrameError("bad", 3, sync=True, count=5, nbytes=9)
+    assert repr(run) == "FrameError('bad', 3, sync=True, count=5, nbytes=9)"
+    assert str(run) == "bad (at byte 3; 5 errors in 9 bytes)"
+    assert eval(repr(run)) == run and hash(eval(repr(run))) == hash(run)
+    assert pickle.loads(pickle.dumps(run)) == run and pickle.loads(pickle.dumps(one)) == one
+    assert run != FrameError("bad", 3, sync=True, count=5, nbytes=8)
+    assert run != FrameError("bad", 3, sync=True, count=4, nbytes=9)
+    assert FrameError("bad", 3, count=2) == FrameError("bad", 3, count=2, nbytes=2)
+
+
+# -- 3. joined errors -------------------------------------------------------
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("garbage", [b",", b"]", b"}", b":", b"]}:,"])
+def test_structural_garbage_after_a_frame_is_one_error(Framer, strict, garbage):
+    data = b'{"a": 1}\n' + garbage * (65536 // len(garbage))
+    items = Framer(strict=strict).feed(data + b'{"b": 2}\n')
+    n = 65536 // len(garbage) * len(garbage)
+    assert items == [{"a": 1}, FrameError(EXPECTING, 9, count=n, nbytes=n), {"b": 2}]
+
+
+@pytest.mark.parametrize("size", [1, 2, 4096])
+def test_run_of_ff_strict_is_one_error_then_one_sync(Framer, size):
+    data = b'{"a": 1}\n' + b"\xff" * size + b'{"b": 2}\n'
+    assert Framer(strict=True).feed(data) == [
+        {"a": 1},
+        FrameError(STRAY_FF, 9, sync=True, count=size, nbytes=size),
+        SYNC,
+        {"b": 2},
+    ]
+    assert Framer().feed(data) == [{"a": 1}, SYNC, {"b": 2}]
+
+
+def test_strict_joins_only_identical_answers(Framer):
+    f = Framer(strict=True)
+    assert f.feed(b"\x01\x01 \x01") == [FrameError("JSON parse error, stray '\x01'", 0, count=3, nbytes=4)]
+    assert f.feed(b"\x01\x02") == [
+        FrameError("JSON parse error, stray '\x01'", 4),
+        FrameError("JSON parse error, stray '\x02'", 5),
+    ]
+    # a run of errors with a 0xFF in it: QEMU answers each one
+    assert f.feed(b",,\xff\xff,") == [
+        FrameError(EXPECTING, 6, count=2),
+        FrameError(STRAY_FF, 8, sync=True, count=2),
+        SYNC,
+        FrameError(EXPECTING, 10),
+    ]
+
+
+def test_client_role_joins_any_parse_errors(Framer):
+    f = Framer()
+    # stray \x01, "," and "]" alone, stray \x02, then a frame QEMU cannot parse
+    assert f.feed(b'\x01@,]\x02{"a" 1}') == [FrameError("JSON parse error, stray '\x01'", 0, count=5, nbytes=12)]
+    assert f.feed(b"\x01\xff\xff\x02") == [
+        FrameError("JSON parse error, stray '\x01'", 12),
+        SYNC,
+        FrameError("JSON parse error, stray '\x02'", 15),
+    ]
+
+
+def test_limit_errors_are_never_joined(Framer):
+    items = Framer(max_frame_size=8).feed(b'["aaaaaaaaaa"]["bbbbbbbbbbb"],,')
+    assert items == [
+        FrameError("JSON token size limit exceeded", 8),
+        FrameError("JSON token size limit exceeded", 22),
+        FrameError(EXPECTING, 29, count=2),
+    ]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_joined_items_do_not_depend_on_the_split(Framer, strict):
+    rnd = random.Random(11)
+    data = bytes(rnd.choice(b',]\xff\x01\x02 "ab{}1') for _ in range(3000))
+    whole = Framer(strict=strict).feed(data)
+    assert coalesce(whole, strict) == whole  # a feed's output is already joined
+    for _ in range(20):
+        cuts = sorted(rnd.sample(range(1, len(data)), rnd.randrange(1, 50)))
+        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        assert coalesce(feed_all(Framer(strict=strict), chunks), strict) == whole
+    answers = sum(i.count for i in whole if isinstance(i, FrameError))
+    singly = Framer(strict=strict)
+    assert sum(i.count for b in data for i in singly.feed(bytes([b])) if isinstance(i, FrameError)) == answers
+
+
+# -- 4. the buffer is given back ----------------------------------------------
+
+
+def test_buffer_is_given_back_after_a_large_frame(Framer):
+    f = Framer()
+    big = b'{"return": "' + b"x" * (8 << 20) + b'"}\n'
+    chunk = 1 << 16
+    for i in range(0, len(big) - chunk, chunk):
+        assert f.feed(big[i : i + chunk]) == []
+        assert f.capacity >= f.buffered == i + chunk
+    assert f.capacity >= 8 << 20
+    (item,) = f.feed(big[i + chunk :] + b'{"next": ')
+    assert item == {"return": "x" * (8 << 20)}
+    assert f.buffered == len(b'{"next": ')
+    assert f.capacity <= rules.MIN_CAPACITY * rules.SHRINK_RATIO
+    assert f.feed(b"1}\n") == [{"next": 1}]
+    assert f.buffered == 0 and f.capacity <= rules.MIN_CAPACITY
+    if type(f).__module__.endswith("_framer"):
+        assert f.capacity == 0  # the compiled framer holds nothing when idle
+
+
+def test_capacity_stays_within_a_ratio_of_what_is_held(Framer):
+    rnd = random.Random(4)
+    f = Framer()
+    for _ in range(300):
+        size = rnd.choice([10, 1000, 100_000, 1 << 20])
+        f.feed(b'["' + b"y" * size)
+        assert f.capacity <= rules.SHRINK_RATIO * max(f.buffered, rules.MIN_CAPACITY)
+        assert f.feed(b'"]\n') == [["y" * size]]
+        assert f.capacity <= rules.MIN_CAPACITY
+
+
+def test_capacity_after_rule():
+    assert rules.capacity_after(1 << 20, 0) == 0
+    assert rules.capacity_after(1 << 20, 1 << 19) == 1 << 20
+    assert rules.capacity_after(1 << 20, 100) == rules.MIN_CAPACITY
+    assert rules.capacity_after(1 << 20, 50_000) == 1 << 17
+    assert rules.capacity_after(rules.MIN_CAPACITY, 10) == rules.MIN_CAPACITY
