@@ -19,7 +19,15 @@ input, however it is split.  Differences are in the machinery only:
   costs a Python object.  The byte tables and constants are copied from
   that module too, so the two framers cannot drift apart.
 * The buffer is freed when nothing is held after a feed() and halved when
-  at most a quarter of it is used.
+  at most a quarter is used.
+* Frames orjson cannot take as they are (QMP's single quotes and ``\\'``,
+  QEMU's ``inf``/``nan``, modified UTF-8, integers orjson would round or
+  Python cannot read from text) are rewritten as plain JSON in one C pass
+  (_prepare) and decoded by one C call: orjson, or the json module's C
+  scanner where integers must stay exact.  The same pass finds what a
+  strict (server-role) decoder must refuse.  Only frames that are not valid
+  (and frames nested too deep for the json module) reach QEMU's parser in
+  Python, which also finds the words of the error.
 """
 
 cimport cython
@@ -27,7 +35,10 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
-from libc.string cimport memchr, memcpy, memmove
+from libc.string cimport memchr, memcmp, memcpy, memmove
+
+import json
+import sys
 
 import orjson
 
@@ -40,6 +51,9 @@ cdef extern from "Python.h":
     int PyBUF_READ
 
 cdef object _loads = orjson.loads
+cdef object _json_loads = json.JSONDecoder().decode
+cdef object _max_digits = getattr(sys, "get_int_max_str_digits", lambda: 0)
+cdef object _NO = object()  # "not decoded here"
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _SYNC = SYNC
 cdef object _FrameError = FrameError
@@ -184,6 +198,219 @@ cdef bint _plain(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth) noe
             run = 0
             depth -= 1
     return True
+
+
+# What _prepare() found in a frame.
+DEF F_LONG = 1      # an integer orjson may round: decode with the json module
+DEF F_SPECIAL = 2   # inf/nan or an integer too long for text: json module
+DEF F_BAD = 4       # surely an error (or beyond this pass): QEMU's parser tells
+DEF F_NONCHAR = 8   # a Unicode noncharacter (an error in strict mode)
+DEF F_CHANGED = 16  # the text was rewritten into Prep.buf
+
+
+cdef struct Prep:
+    char *buf           # rewritten text (when F_CHANGED)
+    Py_ssize_t len
+    Py_ssize_t cap
+    Py_ssize_t copied   # input bytes accounted for in buf
+    int flags
+    Py_ssize_t colons   # ":" outside strings: object members, for valid JSON
+
+
+cdef int _rewrite(Prep *r, const unsigned char *p, Py_ssize_t at, const char *text,
+                  Py_ssize_t size, Py_ssize_t resume) except -1:
+    """Output p[r.copied:at], then ``text`` instead of p[at:resume]."""
+    cdef Py_ssize_t need = r.len + (at - r.copied) + size
+    cdef Py_ssize_t cap
+    cdef char *mem
+    if need > r.cap:
+        cap = r.cap * 2 if r.cap else 256
+        while cap < need:
+            cap *= 2
+        mem = <char *>PyMem_Realloc(r.buf, cap)
+        if mem == NULL:
+            raise MemoryError()
+        r.buf = mem
+        r.cap = cap
+    memcpy(r.buf + r.len, p + r.copied, at - r.copied)
+    r.len += at - r.copied
+    memcpy(r.buf + r.len, text, size)
+    r.len += size
+    r.copied = resume
+    r.flags |= F_CHANGED
+    return 0
+
+
+cdef inline long _hex4(const unsigned char *p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """The value of four hex digits at p[i], or -1."""
+    cdef long v = 0
+    cdef Py_ssize_t j
+    cdef unsigned char c
+    if i + 4 > n:
+        return -1
+    for j in range(i, i + 4):
+        c = p[j]
+        if 0x30 <= c <= 0x39:
+            v = v * 16 + (c - 0x30)
+        elif 0x61 <= c <= 0x66:
+            v = v * 16 + (c - 0x57)
+        elif 0x41 <= c <= 0x46:
+            v = v * 16 + (c - 0x37)
+        else:
+            return -1
+    return v
+
+
+cdef inline bint _nonchar(long cp) noexcept:
+    return 0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE
+
+
+cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t max_digits,
+                  Prep *r) except -1:
+    """One pass over a complete frame (its tokens are lexically valid):
+    rewrite QEMU's dialect as plain JSON, flag what needs more than orjson.
+    Stops early when it finds F_BAD."""
+    cdef Py_ssize_t i = 0, j, s, d0, nd
+    cdef unsigned char c, q, e, k
+    cdef long cp, lo
+    cdef bint isint, neg
+    while i < n:
+        c = p[i]
+        k = CLASS[c]
+        if k == C_WS:
+            i += 1
+        elif k == C_STRUCT:
+            if c == 0x3A:
+                r.colons += 1
+            i += 1
+        elif k == C_DQUOTE or k == C_SQUOTE:
+            q = c
+            if q == 0x27:
+                _rewrite(r, p, i, '"', 1, i + 1)
+            i += 1
+            while i < n:
+                c = p[i]
+                if c == q:
+                    if q == 0x27:
+                        _rewrite(r, p, i, '"', 1, i + 1)
+                    i += 1
+                    break
+                if c == 0x5C:  # backslash
+                    e = p[i + 1] if i + 1 < n else 0
+                    if e == 0x27:  # \' : QMP's escape, not JSON's
+                        _rewrite(r, p, i, "'", 1, i + 2)
+                        i += 2
+                    elif e == 0x75:  # \u
+                        cp = _hex4(p, i + 2, n)
+                        j = i + 6
+                        if 0xD800 <= cp <= 0xDBFF:
+                            lo = -1
+                            if j + 1 < n and p[j] == 0x5C and p[j + 1] == 0x75:
+                                lo = _hex4(p, j + 2, n)
+                            if not 0xDC00 <= lo <= 0xDFFF:
+                                r.flags |= F_BAD
+                                return 0
+                            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                            j += 6
+                        elif cp < 0 or 0xDC00 <= cp <= 0xDFFF:
+                            r.flags |= F_BAD
+                            return 0
+                        if _nonchar(cp):
+                            r.flags |= F_NONCHAR
+                        i = j
+                    elif e == 0x22 or e == 0x5C or e == 0x2F or e == 0x62 or e == 0x66 or e == 0x6E \
+                            or e == 0x72 or e == 0x74:
+                        i += 2
+                    else:
+                        r.flags |= F_BAD
+                        return 0
+                elif c == 0x22:  # a bare " inside '...'
+                    _rewrite(r, p, i, '\\"', 2, i + 1)
+                    i += 1
+                elif c >= 0x80:
+                    if c == 0xC0 and i + 1 < n and p[i + 1] == 0x80:  # modified UTF-8 NUL
+                        _rewrite(r, p, i, "\\u0000", 6, i + 2)
+                        i += 2
+                        continue
+                    if c == 0xEF and i + 2 < n:
+                        if (p[i + 1] == 0xB7 and 0x90 <= p[i + 2] <= 0xAF) or (p[i + 1] == 0xBF and p[i + 2] >= 0xBE):
+                            r.flags |= F_NONCHAR
+                    elif 0xF0 <= c <= 0xF4 and i + 3 < n:
+                        if (p[i + 1] & 0x0F) == 0x0F and p[i + 2] == 0xBF and p[i + 3] >= 0xBE:
+                            r.flags |= F_NONCHAR
+                    i += 1
+                else:
+                    i += 1
+        elif k == C_MINUS or k == C_ZERO or k == C_DIGIT or k == C_LOWER:
+            s = i
+            neg = c == 0x2D
+            if neg:
+                i += 1
+            if i < n and CLASS[p[i]] == C_LOWER:
+                j = i
+                while i < n and CLASS[p[i]] == C_LOWER:
+                    i += 1
+                nd = i - j
+                if not neg and ((nd == 4 and (memcmp(p + j, b"true", 4) == 0 or memcmp(p + j, b"null", 4) == 0))
+                                or (nd == 5 and memcmp(p + j, b"false", 5) == 0)):
+                    continue
+                if not strict and nd == 3 and memcmp(p + j, b"inf", 3) == 0:
+                    _rewrite(r, p, j, "Infinity", 8, i)
+                elif not strict and nd == 3 and memcmp(p + j, b"nan", 3) == 0:
+                    _rewrite(r, p, s, "NaN", 3, i)  # -nan is nan too
+                else:
+                    r.flags |= F_BAD  # QEMU: invalid keyword
+                    return 0
+                r.flags |= F_SPECIAL
+                continue
+            d0 = i
+            while i < n and _is_digit(p[i]):
+                i += 1
+            nd = i - d0
+            isint = True
+            if i < n and p[i] == 0x2E:
+                isint = False
+                i += 1
+                while i < n and _is_digit(p[i]):
+                    i += 1
+            if i < n and (p[i] == 0x65 or p[i] == 0x45):
+                if isint and nd == 1 and p[d0] == 0x30:
+                    r.flags |= F_BAD  # 0e5: QEMU's lexer reads 0, then e5
+                    return 0
+                isint = False
+                i += 1
+                if i < n and (p[i] == 0x2B or p[i] == 0x2D):
+                    i += 1
+                while i < n and _is_digit(p[i]):
+                    i += 1
+            if isint and nd >= LONG_INT:
+                r.flags |= F_LONG
+                if 0 < max_digits < nd:  # Python reads no such text; QEMU makes it a double
+                    _rewrite(r, p, d0, "1e999", 5, i)
+                    r.flags |= F_SPECIAL
+        else:
+            r.flags |= F_BAD
+            return 0
+    return 0
+
+
+cdef Py_ssize_t _entries(object value) except -1:
+    """Object members in ``value`` at any depth (no recursion)."""
+    cdef list stack = [value]
+    cdef Py_ssize_t count = 0
+    cdef object v, x
+    while stack:
+        v = stack.pop()
+        if type(v) is dict:
+            count += len(<dict>v)
+            for x in (<dict>v).values():
+                if type(x) is dict or type(x) is list:
+                    stack.append(x)
+        elif type(v) is list:
+            for x in <list>v:
+                if type(x) is dict or type(x) is list:
+                    stack.append(x)
+    return count
 
 
 @cython.final
@@ -794,6 +1021,10 @@ cdef class Framer:
             else:
                 self._put(value, out)
                 return 0
+        value = self._decode_prepared(start, end, not self._slow and not self.strict)
+        if value is not _NO:
+            self._put(value, out)
+            return 0
         frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
         try:
             value = _decode_frame(frame, self.strict, self._slow)
@@ -802,6 +1033,47 @@ cdef class Framer:
         else:
             self._put(value, out)
         return 0
+
+    cdef object _decode_prepared(self, Py_ssize_t start, Py_ssize_t end, bint tried):
+        """Decode ``p[start:end]`` after _prepare(): the value, or _NO when
+        QEMU's parser must decide (errors, frames too deep for json).
+        ``tried``: orjson already refused these very bytes."""
+        cdef Prep r
+        cdef object doc, value
+        cdef const unsigned char *p = self._p + start
+        cdef Py_ssize_t n = end - start
+        cdef Py_ssize_t limit = _max_digits()
+        r.buf = NULL
+        r.len = r.cap = r.copied = r.colons = 0
+        r.flags = 0
+        try:
+            _prepare(p, n, self.strict, limit, &r)
+            if r.flags & F_BAD or (self.strict and r.flags & F_NONCHAR):
+                return _NO
+            if r.flags & F_CHANGED:
+                _rewrite(&r, p, n, "", 0, n)
+                doc = PyBytes_FromStringAndSize(r.buf, r.len)
+            else:
+                doc = PyBytes_FromStringAndSize(<const char *>p, n)
+        finally:
+            PyMem_Free(r.buf)
+        value = _NO
+        if not r.flags & (F_LONG | F_SPECIAL) and not (tried and not r.flags & F_CHANGED):
+            try:
+                value = _loads(doc)
+            except _JSONDecodeError:
+                pass
+        if value is _NO:
+            # Exact integers, NaN/Infinity, numbers beyond a double (orjson
+            # refuses 1e400): the json module's C scanner, on text decoded
+            # strictly (json.loads(bytes) would let UTF-8 surrogates through).
+            try:
+                value = _json_loads(doc.decode("utf-8"))
+            except (ValueError, RecursionError):
+                return _NO
+        if self.strict and r.colons != _entries(value):
+            return _NO  # a duplicate key: QEMU refuses it
+        return value
 
     cdef int _error(self, Py_ssize_t pos, list out) except -1:
         """Lexical error at ``pos`` (that byte is consumed)."""

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import pickle
 import random
+import sys
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import IMPLEMENTATIONS
+from conftest import IMPLEMENTATIONS, HERE
+
+sys.path.insert(0, str(HERE / "fuzz"))
+from framer_check import canonical  # noqa: E402
 from qmpcore import SYNC, FrameError
 from qmpcore.framing import rules
 from qmpcore.framing.rules import coalesce
@@ -238,3 +242,91 @@ def test_capacity_after_rule():
     assert rules.capacity_after(1 << 20, 100) == rules.MIN_CAPACITY
     assert rules.capacity_after(1 << 20, 50_000) == 1 << 17
     assert rules.capacity_after(rules.MIN_CAPACITY, 10) == rules.MIN_CAPACITY
+
+
+# -- 5. QEMU's dialect decoded in compiled code --------------------------------
+
+_pieces = st.sampled_from(
+    [
+        '"plain"',
+        "'single'",
+        "'it\\'s \"q\"'",
+        '"dq \\\' esc"',
+        '"\\" \\\\ \\/ \\b\\f\\n\\r\\t"',
+        '"\\u00e9\\ud83d\\ude00"',
+        '"\\ud800"',
+        '"\\udc00x"',
+        '"\\ud800\\u0041"',
+        '"\\ufdd0"',
+        '"\\uffff"',
+        '"\\udbff\\udfff"',
+        '"\\u12"',
+        '"\\x"',
+        '"\xc3\xa9"',
+        '"\xc0\x80"',
+        '"\xef\xb7\x90"',
+        '"\xef\xbf\xbe"',
+        '"\xf4\x8f\xbf\xbf"',
+        '"\xed\xa0\x80"',
+        '"\xe0\xc0\x80"',
+        '"\xff"',
+        "1",
+        "-0",
+        "1.5",
+        "1e400",
+        "-1e400",
+        "0.10000000000000001",
+        "123456789012345678",
+        "1234567890123456789",
+        "-9223372036854775809",
+        "18446744073709551616",
+        "99999999999999999999999999999999999",
+        "inf",
+        "-inf",
+        "nan",
+        "-nan",
+        "true",
+        "null",
+        "tru",
+        "0e5",
+        "[]",
+        "{}",
+    ]
+)
+
+
+@st.composite
+def _dialect_frames(draw):
+    def value(depth):
+        kind = draw(st.integers(0, 2 if depth < 4 else 0))
+        if kind == 0:
+            return draw(_pieces)
+        items = [value(depth + 1) for _ in range(draw(st.integers(0, 3)))]
+        if kind == 1:
+            return "[" + ", ".join(items) + "]"
+        keys = [draw(st.sampled_from(['"a"', '"b"', "'a'", '"\\u0061"'])) for _ in items]
+        return "{" + ", ".join(f"{k}: {v}" for k, v in zip(keys, items)) + "}"
+
+    return value(0).encode("latin-1")
+
+
+def _same(a, b):
+    return canonical(a) == canonical(b)
+
+
+@needs_compiled
+@settings(max_examples=600, deadline=None)
+@given(_dialect_frames(), st.booleans())
+def test_compiled_decoding_of_the_dialect_matches_the_twin(frame, strict):
+    data = frame + b"\n" + frame + b" " + frame
+    c_items = IMPLEMENTATIONS["cython"](strict=strict).feed(data)
+    py_items = IMPLEMENTATIONS["python"](strict=strict).feed(data)
+    assert _same(c_items, py_items), (c_items, py_items)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_digits_beyond_pythons_text_limit_in_a_long_frame(Framer, strict):
+    digits = b"7" * 5000
+    data = b'{"a": [1, -' + digits + b", 12345678901234567890123, 'q']}\n"
+    (item,) = Framer(strict=strict).feed(data)
+    assert item == {"a": [1, float("-inf"), 12345678901234567890123, "q"]}
