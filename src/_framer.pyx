@@ -33,7 +33,7 @@ input, however it is split.  Differences are in the machinery only:
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from libc.string cimport memchr, memcmp, memcpy, memmove
 
@@ -203,9 +203,34 @@ cdef bint _plain(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth) noe
 # What _prepare() found in a frame.
 DEF F_LONG = 1      # an integer orjson may round: decode with the json module
 DEF F_SPECIAL = 2   # inf/nan or an integer too long for text: json module
-DEF F_BAD = 4       # surely an error (or beyond this pass): QEMU's parser tells
+DEF F_BAD = 4       # not valid: Prep.reason says why, or QEMU's parser must
 DEF F_NONCHAR = 8   # a Unicode noncharacter (an error in strict mode)
 DEF F_CHANGED = 16  # the text was rewritten into Prep.buf
+DEF F_HI = 32       # a string with bytes >= 0x80 (UTF-8 not checked here)
+DEF F_MEMBERS = 64  # an object got a second member (strict: maybe a duplicate)
+
+# QEMU's parser as a pushdown automaton over tokens: what comes next.
+DEF G_VALUE = 0     # a value (in an object: a key or a member's value)
+DEF G_FIRST = 1     # after { or [: its closer, or a value
+DEF G_ARR_NEXT = 2  # after a list item: , or ]
+DEF G_COLON = 3     # after a key
+DEF G_OBJ_NEXT = 4  # after a member's value: , or }
+DEF G_DONE = 5      # the frame's value is complete
+# Levels of the stack.
+DEF L_ARR = 0
+DEF L_KEY = 1       # object, parsing a key
+DEF L_MEMBER = 2    # object, parsing a member's value
+
+# QEMU's words for the errors the automaton finds (index: Prep.reason).
+cdef tuple _GRAMMAR_REASONS = (
+    None,
+    "JSON parse error, expecting value",
+    "JSON parse error, expected separator in list",
+    "JSON parse error, missing : in object pair",
+    "JSON parse error, expected separator in dict",
+    "JSON parse error, key is not a string in object",
+    "JSON parse error, premature EOI",
+)
 
 
 cdef struct Prep:
@@ -214,7 +239,12 @@ cdef struct Prep:
     Py_ssize_t cap
     Py_ssize_t copied   # input bytes accounted for in buf
     int flags
+    int reason          # index into _GRAMMAR_REASONS when the automaton failed
     Py_ssize_t colons   # ":" outside strings: object members, for valid JSON
+    int state           # G_*
+    Py_ssize_t depth
+    Py_ssize_t max_depth
+    unsigned char *levels  # L_* per open container
 
 
 cdef int _rewrite(Prep *r, const unsigned char *p, Py_ssize_t at, const char *text,
@@ -265,11 +295,90 @@ cdef inline bint _nonchar(long cp) noexcept:
     return 0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE
 
 
+cdef inline bint _fail(Prep *r, int reason) noexcept:
+    r.reason = reason
+    r.flags |= F_BAD
+    return False
+
+
+cdef inline bint _complete(Prep *r, bint is_string) noexcept:
+    """A value is complete: hand it to the container it belongs to."""
+    cdef unsigned char level
+    if r.depth == 0:
+        r.state = G_DONE
+        return True
+    level = r.levels[r.depth - 1]
+    if level == L_ARR:
+        r.state = G_ARR_NEXT
+    elif level == L_KEY:
+        if not is_string:
+            return _fail(r, 5)
+        r.state = G_COLON
+    else:
+        r.state = G_OBJ_NEXT
+    return True
+
+
+cdef inline bint _close(Prep *r) noexcept:
+    r.depth -= 1
+    return _complete(r, False)
+
+
+cdef bint _grammar(Prep *r, unsigned char c) noexcept:
+    """Step the automaton on a token starting with byte ``c`` (for strings
+    and scalars: before their content is checked).  False when the frame is
+    found invalid here, or the token is left to the caller: it is a value
+    (string or scalar) exactly when True is returned and r.state is G_VALUE."""
+    cdef int state = r.state
+    cdef unsigned char k = CLASS[c]
+    if state == G_FIRST:
+        if (c == 0x7D and r.levels[r.depth - 1] != L_ARR) or (c == 0x5D and r.levels[r.depth - 1] == L_ARR):
+            return _close(r)
+        state = G_VALUE
+        r.state = G_VALUE
+    if state == G_VALUE:
+        if c == 0x7B or c == 0x5B:
+            if r.depth >= r.max_depth:
+                r.flags |= F_BAD  # deeper than this pass keeps track of
+                return False
+            r.levels[r.depth] = L_KEY if c == 0x7B else L_ARR
+            r.depth += 1
+            r.state = G_FIRST
+            return True
+        if k == C_STRUCT:
+            return _fail(r, 1)
+        return True  # a string or scalar: the caller checks and completes it
+    if state == G_ARR_NEXT:
+        if c == 0x5D:
+            return _close(r)
+        if c == 0x2C:
+            r.state = G_VALUE
+            return True
+        return _fail(r, 2)
+    if state == G_COLON:
+        if c == 0x3A:
+            r.levels[r.depth - 1] = L_MEMBER
+            r.state = G_VALUE
+            return True
+        return _fail(r, 3)
+    if state == G_OBJ_NEXT:
+        if c == 0x7D:
+            return _close(r)
+        if c == 0x2C:
+            r.levels[r.depth - 1] = L_KEY
+            r.flags |= F_MEMBERS
+            r.state = G_VALUE
+            return True
+        return _fail(r, 4)
+    r.flags |= F_BAD  # tokens after a complete value: not a frame the lexer makes
+    return False
+
+
 cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t max_digits,
                   Prep *r) except -1:
     """One pass over a complete frame (its tokens are lexically valid):
-    rewrite QEMU's dialect as plain JSON, flag what needs more than orjson.
-    Stops early when it finds F_BAD."""
+    check it with QEMU's grammar, rewrite QEMU's dialect as plain JSON, flag
+    what needs more than orjson.  Stops at the first error (F_BAD)."""
     cdef Py_ssize_t i = 0, j, s, d0, nd
     cdef unsigned char c, q, e, k
     cdef long cp, lo
@@ -279,7 +388,10 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
         k = CLASS[c]
         if k == C_WS:
             i += 1
-        elif k == C_STRUCT:
+            continue
+        if not _grammar(r, c):
+            return 0
+        if k == C_STRUCT:
             if c == 0x3A:
                 r.colons += 1
             i += 1
@@ -328,6 +440,7 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                     _rewrite(r, p, i, '\\"', 2, i + 1)
                     i += 1
                 elif c >= 0x80:
+                    r.flags |= F_HI
                     if c == 0xC0 and i + 1 < n and p[i + 1] == 0x80:  # modified UTF-8 NUL
                         _rewrite(r, p, i, "\\u0000", 6, i + 2)
                         i += 2
@@ -341,6 +454,8 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                     i += 1
                 else:
                     i += 1
+            if not _complete(r, True):
+                return 0
         elif k == C_MINUS or k == C_ZERO or k == C_DIGIT or k == C_LOWER:
             s = i
             neg = c == 0x2D
@@ -353,44 +468,47 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                 nd = i - j
                 if not neg and ((nd == 4 and (memcmp(p + j, b"true", 4) == 0 or memcmp(p + j, b"null", 4) == 0))
                                 or (nd == 5 and memcmp(p + j, b"false", 5) == 0)):
-                    continue
-                if not strict and nd == 3 and memcmp(p + j, b"inf", 3) == 0:
+                    pass
+                elif not strict and nd == 3 and memcmp(p + j, b"inf", 3) == 0:
                     _rewrite(r, p, j, "Infinity", 8, i)
+                    r.flags |= F_SPECIAL
                 elif not strict and nd == 3 and memcmp(p + j, b"nan", 3) == 0:
                     _rewrite(r, p, s, "NaN", 3, i)  # -nan is nan too
+                    r.flags |= F_SPECIAL
                 else:
                     r.flags |= F_BAD  # QEMU: invalid keyword
                     return 0
-                r.flags |= F_SPECIAL
-                continue
-            d0 = i
-            while i < n and _is_digit(p[i]):
-                i += 1
-            nd = i - d0
-            isint = True
-            if i < n and p[i] == 0x2E:
-                isint = False
-                i += 1
+            else:
+                d0 = i
                 while i < n and _is_digit(p[i]):
                     i += 1
-            if i < n and (p[i] == 0x65 or p[i] == 0x45):
-                if isint and nd == 1 and p[d0] == 0x30:
-                    r.flags |= F_BAD  # 0e5: QEMU's lexer reads 0, then e5
-                    return 0
-                isint = False
-                i += 1
-                if i < n and (p[i] == 0x2B or p[i] == 0x2D):
+                nd = i - d0
+                isint = True
+                if i < n and p[i] == 0x2E:
+                    isint = False
                     i += 1
-                while i < n and _is_digit(p[i]):
+                    while i < n and _is_digit(p[i]):
+                        i += 1
+                if i < n and (p[i] == 0x65 or p[i] == 0x45) and not (isint and nd == 1 and p[d0] == 0x30):
+                    # (0e5 is 0, then e5, to QEMU's lexer)
+                    isint = False
                     i += 1
-            if isint and nd >= LONG_INT:
-                r.flags |= F_LONG
-                if 0 < max_digits < nd:  # Python reads no such text; QEMU makes it a double
-                    _rewrite(r, p, d0, "1e999", 5, i)
-                    r.flags |= F_SPECIAL
+                    if i < n and (p[i] == 0x2B or p[i] == 0x2D):
+                        i += 1
+                    while i < n and _is_digit(p[i]):
+                        i += 1
+                if isint and nd >= LONG_INT:
+                    r.flags |= F_LONG
+                    if 0 < max_digits < nd:  # Python reads no such text; QEMU makes it a double
+                        _rewrite(r, p, d0, "1e999", 5, i)
+                        r.flags |= F_SPECIAL
+            if not _complete(r, False):
+                return 0
         else:
             r.flags |= F_BAD
             return 0
+    if r.state != G_DONE:
+        _fail(r, 6)
     return 0
 
 
@@ -990,7 +1108,7 @@ cdef class Framer:
     cdef int _emit(self, Py_ssize_t end, list out) except -1:
         cdef Py_ssize_t start = self._start
         cdef Py_ssize_t i
-        cdef bint whole
+        cdef bint whole, tried
         cdef object frame
         if self.raw:
             self._put(PyBytes_FromStringAndSize(<const char *>self._p + start, end - start), out)
@@ -999,7 +1117,10 @@ cdef class Framer:
             # A lone , : ] or } (after a frame, say): no value can start so.
             self._err(_EXPECTING, 0, 0, self._base + start, 1, False, out)
             return 0
-        if not self._slow and not self.strict:
+        # orjson first, unless the frame needs more or is small garbage
+        # amid garbage (then the C pass says why without an exception).
+        tried = not self._slow and not self.strict and not (self._pr is not None and end - start < 4096)
+        if tried:
             # A chunk that holds just this frame goes to orjson as it is.
             whole = False
             if self._chunk is not None and start + (self._n - end) <= WHOLE_SLACK:
@@ -1021,7 +1142,10 @@ cdef class Framer:
             else:
                 self._put(value, out)
                 return 0
-        value = self._decode_prepared(start, end, not self._slow and not self.strict)
+        value = self._decode_prepared(start, end, tried)
+        if type(value) is tuple:
+            self._err((<tuple>value)[0], 0, 0, self._base + start, end - start, False, out)
+            return 0
         if value is not _NO:
             self._put(value, out)
             return 0
@@ -1035,20 +1159,35 @@ cdef class Framer:
         return 0
 
     cdef object _decode_prepared(self, Py_ssize_t start, Py_ssize_t end, bint tried):
-        """Decode ``p[start:end]`` after _prepare(): the value, or _NO when
-        QEMU's parser must decide (errors, frames too deep for json).
-        ``tried``: orjson already refused these very bytes."""
+        """Decode ``p[start:end]`` after _prepare(): the value; QEMU's words
+        (a str in a 1-tuple) when the frame surely is not valid; or _NO when
+        QEMU's parser must decide.  ``tried``: orjson refused these very bytes."""
         cdef Prep r
         cdef object doc, value
         cdef const unsigned char *p = self._p + start
         cdef Py_ssize_t n = end - start
         cdef Py_ssize_t limit = _max_digits()
+        cdef unsigned char levels[64]
         r.buf = NULL
-        r.len = r.cap = r.copied = r.colons = 0
-        r.flags = 0
+        r.len = r.cap = r.copied = r.colons = r.depth = 0
+        r.flags = r.reason = 0
+        r.state = G_VALUE
+        r.levels = levels
+        r.max_depth = 64
+        if self.max_depth < 64:
+            r.max_depth = self.max_depth
+        else:
+            r.levels = <unsigned char *>PyMem_Malloc(self.max_depth + 1)
+            if r.levels == NULL:
+                raise MemoryError()
+            r.max_depth = self.max_depth + 1
         try:
             _prepare(p, n, self.strict, limit, &r)
-            if r.flags & F_BAD or (self.strict and r.flags & F_NONCHAR):
+            if r.flags & F_BAD:
+                if r.reason and not (r.flags & F_HI or (self.strict and r.flags & (F_NONCHAR | F_MEMBERS))):
+                    return (_GRAMMAR_REASONS[r.reason],)  # nothing before it QEMU would refuse first
+                return _NO
+            if self.strict and r.flags & F_NONCHAR:
                 return _NO
             if r.flags & F_CHANGED:
                 _rewrite(&r, p, n, "", 0, n)
@@ -1057,6 +1196,8 @@ cdef class Framer:
                 doc = PyBytes_FromStringAndSize(<const char *>p, n)
         finally:
             PyMem_Free(r.buf)
+            if r.levels != levels:
+                PyMem_Free(r.levels)
         value = _NO
         if not r.flags & (F_LONG | F_SPECIAL) and not (tried and not r.flags & F_CHANGED):
             try:

@@ -16,10 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import IMPLEMENTATIONS, HERE
+from conftest import HERE, IMPLEMENTATIONS
 
 sys.path.insert(0, str(HERE / "fuzz"))
-from framer_check import canonical  # noqa: E402
+from framer_check import canonical
+
 from qmpcore import SYNC, FrameError
 from qmpcore.framing import rules
 from qmpcore.framing.rules import coalesce
@@ -330,3 +331,20 @@ def test_digits_beyond_pythons_text_limit_in_a_long_frame(Framer, strict):
     data = b'{"a": [1, -' + digits + b", 12345678901234567890123, 'q']}\n"
     (item,) = Framer(strict=strict).feed(data)
     assert item == {"a": [1, float("-inf"), 12345678901234567890123, "q"]}
+
+
+_tokens = st.sampled_from(
+    ["{", "}", "[", "]", ":", ",", '"a"', "'b'", '"\xc3\xa9"', '"\xff"', '"\\x"', '"\\ufdd0"', "1", "0e5", "tru", "inf"]
+)
+
+
+@needs_compiled
+@settings(max_examples=800, deadline=None)
+@given(st.lists(_tokens, max_size=14), st.sampled_from(["", " "]), st.booleans())
+def test_compiled_errors_in_token_soup_match_the_twin(tokens, sep, strict):
+    # QEMU's parser reports the first of grammar and literal errors; the
+    # compiled framer finds grammar errors in C: same items, same words.
+    data = ("{" + sep.join(tokens) + "\n").encode("latin-1") + b'{"end": 1}\n'
+    c_items = IMPLEMENTATIONS["cython"](strict=strict).feed(data)
+    py_items = IMPLEMENTATIONS["python"](strict=strict).feed(data)
+    assert _same(c_items, py_items), (c_items, py_items)
