@@ -7,6 +7,7 @@ statement tests compare the compiled framer's C tables and checks with
 
 from __future__ import annotations
 
+import gc
 import pickle
 import random
 import sys
@@ -348,3 +349,63 @@ def test_compiled_errors_in_token_soup_match_the_twin(tokens, sep, strict):
     c_items = IMPLEMENTATIONS["cython"](strict=strict).feed(data)
     py_items = IMPLEMENTATIONS["python"](strict=strict).feed(data)
     assert _same(c_items, py_items), (c_items, py_items)
+
+
+# -- 6. throughput, counted: no Python per byte ---------------------------------
+
+MIB = 1 << 20
+_DIALECT = b"{'return': [" + b", ".join(
+    [b'"a\\"b\\n\\u00e9", 12345678901234567890, \'it\\\'s\', inf, "\xc3\xa9"'] * 20000
+)
+_HOSTILE = {
+    "commas": b'{"a": 1}\n' + b"," * MIB,
+    "closers": b'{"a": 1}\n' + b"]}:," * (MIB // 4),
+    "0xff": b"\xff" * MIB,
+    "control bytes": b"\x01" * MIB,
+    "undecodable frames": b"{1}" * (MIB // 3),
+    "grammar errors": b'["a" 1]{"k" 2}' * (MIB // 15),
+    "dialect frame": _DIALECT + b"]}\n",
+    "long integers": b"[" + b", ".join([b"-" + b"9" * 30] * (MIB // 32)) + b"]\n",
+}
+
+
+def _python_calls(run):
+    """How many Python functions ``run()`` calls (from C or Python)."""
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    gc.disable()  # no collector callbacks (hypothesis installs some) in the count
+    sys.setprofile(profile)
+    try:
+        result = run()
+    finally:
+        sys.setprofile(None)
+        gc.enable()
+    return calls, result
+
+
+@needs_compiled
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("name", sorted(_HOSTILE))
+def test_compiled_framer_needs_no_python_per_byte(name, strict):
+    # Each 64 KiB read costs a few Python calls at most (the first error of
+    # a run, json's decode() for exact integers), however many bytes or
+    # errors it holds: before, every stray byte or dialect frame ran QEMU's
+    # parser in Python (millions of calls per MiB).
+    data = _HOSTILE[name]
+    if strict and name in ("dialect frame",):
+        data = data.replace(b"inf", b"1.5")  # QEMU refuses inf from clients
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    f = IMPLEMENTATIONS["cython"](strict=strict)
+    calls, items = _python_calls(lambda: [item for chunk in chunks for item in f.feed(chunk)])
+    # (one call per item output: strict framers cannot join errors QEMU
+    # words differently, such as the alternating ones of "grammar errors")
+    assert calls <= 8 * len(chunks) + len(items), (calls, items[:4])
+    if not (strict and name == "grammar errors"):
+        assert len(items) <= 3 * len(chunks)
+    if name in ("commas", "closers"):
+        assert sum(i.count for i in items if isinstance(i, FrameError)) == len(data) - 9

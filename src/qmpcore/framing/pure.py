@@ -88,6 +88,10 @@ class Framer:
     ``feed(data)`` takes ``bytes``, ``bytearray`` or ``memoryview`` and returns
     the list of items completed so far: decoded values, :data:`SYNC` for a
     0xFF byte, or :class:`FrameError` instances (returned, never raised).
+
+    ``_work`` counts the bytes every step examines (scans, copies, decodes):
+    the fuzz targets check that it stays within a fixed multiple of the
+    bytes fed, i.e. that no input makes the algorithm rescan.
     """
 
     __slots__ = (
@@ -108,6 +112,7 @@ class Framer:
         "_ntok",
         "_skip",
         "_nofast",
+        "_work",
     )
 
     # Lexer state, set by _clear(): which state, inside a frame or not.
@@ -134,6 +139,7 @@ class Framer:
         self._base = 0
         self._pos = 0
         self._nofast = -1
+        self._work = 0
         self._clear(START)
 
     # -- public ---------------------------------------------------------
@@ -166,6 +172,7 @@ class Framer:
             # The usual case: one whole reply or event in one read.  (Inside
             # a frame being skipped for a limit nothing is held either.)
             if type(data) is bytes and data[-1:] == b"\n" and data.find(b"\n", 0, -1) < 0:
+                self._work += len(data)
                 buf += data
                 if self._fast_line(buf, 0, out):
                     self._base += len(buf)
@@ -176,13 +183,15 @@ class Framer:
         buf += data
         n = len(buf)
         pos = self._pos
+        self._work += len(data)
         while pos < n:
+            self._work += 1
             state = self._state
             c = buf[pos]
             if state == START:
                 cls = _CLASS[c]
                 if cls == rules.C_WS:
-                    pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+                    pos = self._run(_WS, buf, pos)
                     continue
                 if not self._in_frame and pos > self._nofast and not (self.raw or self.strict):
                     nxt = self._fast_line(buf, pos, out)
@@ -221,7 +230,7 @@ class Framer:
                     self._error(pos, out)
                     pos += 1
             elif state == DQ or state == SQ:
-                pos = (_DQ_RUN if state == DQ else _SQ_RUN).match(buf, pos).end()  # type: ignore[union-attr]
+                pos = self._run(_DQ_RUN if state == DQ else _SQ_RUN, buf, pos)
                 if pos >= n:
                     break
                 c = buf[pos]
@@ -243,7 +252,7 @@ class Framer:
                     self._error(pos, out)
                     pos += 1
             elif state == RECOVERY:
-                pos = _RECOVERY_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+                pos = self._run(_RECOVERY_RUN, buf, pos)
                 if pos < n:
                     self._state = START
             else:
@@ -254,15 +263,21 @@ class Framer:
 
     # -- scanning -------------------------------------------------------
 
+    def _run(self, pattern: re.Pattern[bytes], buf: bytearray, pos: int) -> int:
+        """The end of the run ``pattern`` matches at ``pos``."""
+        end = pattern.match(buf, pos).end()  # type: ignore[union-attr]
+        self._work += end - pos
+        return end
+
     def _number_or_keyword(self, buf: bytearray, pos: int, n: int, state: int, out: list[Any]) -> int:
         c = buf[pos]
         if state == KEYWORD:
-            pos = _KEYWORD_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            pos = self._run(_KEYWORD_RUN, buf, pos)
             if pos < n:
                 self._end_value(pos, out)
             return pos
         if state in (DIGITS, MANT_DIGITS, EXP_DIGITS):
-            pos = _DIGIT_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            pos = self._run(_DIGIT_RUN, buf, pos)
             if pos >= n:
                 return pos
             c = buf[pos]
@@ -317,6 +332,7 @@ class Framer:
         the line, or 0.
         """
         nl = buf.find(b"\n", pos)
+        self._work += (nl if nl >= 0 else len(buf)) - pos + 1
         if nl < 0:
             self._nofast = len(buf) - 1  # no line ends in what is held: not before more comes
             return 0
@@ -324,6 +340,7 @@ class Framer:
         seg = bytes(buf[pos : nl + 1])
         if len(seg) > self.max_frame_size or len(seg) > self.max_tokens:
             return 0
+        self._work += 3 * len(seg)  # orjson, plain_line's passes
         try:
             value = orjson.loads(seg)
         except orjson.JSONDecodeError:
@@ -386,6 +403,7 @@ class Framer:
             self._clear(START)
 
     def _emit(self, frame: bytearray, out: list[Any]) -> None:
+        self._work += len(frame)
         if self.raw:
             out.append(bytes(frame))
             return
@@ -405,6 +423,7 @@ class Framer:
             token = buf[self._tok : pos + 1]
         else:
             token = buf[pos : pos + 1]
+        self._work += len(token)
         if buf[pos] == 0xFF:
             if self.strict:
                 push(out, FrameError(_stray(token), self._base + pos, sync=True), True)
@@ -431,6 +450,7 @@ class Framer:
             if keep == n:
                 self._buf = bytearray()  # give the memory back
             else:
+                self._work += n - keep
                 del buf[:keep]
                 if buf.__alloc__() > rules.SHRINK_RATIO * max(len(buf), rules.MIN_CAPACITY):
                     self._buf = bytearray(buf)
