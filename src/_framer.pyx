@@ -499,6 +499,8 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                         i += 1
                 if isint and nd >= LONG_INT:
                     r.flags |= F_LONG
+                    if nd > 640 and max_digits < 0:  # (no limit below 640 digits)
+                        max_digits = _max_digits()
                     if 0 < max_digits < nd:  # Python reads no such text; QEMU makes it a double
                         _rewrite(r, p, d0, "1e999", 5, i)
                         r.flags |= F_SPECIAL
@@ -561,6 +563,7 @@ cdef class Framer:
     cdef Py_ssize_t _bracket
     cdef Py_ssize_t _ntok
     cdef Py_ssize_t _nofast    # a line already known not to be one plain frame
+    cdef int _why              # _decode_prepared(): the grammar error found
 
     # The error run not yet output (reason is None when there is none):
     # its sync flag, how many errors, and the stream offsets it spans.
@@ -747,6 +750,9 @@ cdef class Framer:
                     if nxt:
                         pos = nxt
                         continue
+                if not self._in_frame and not self.raw and (cls == C_OTHER or (cls == C_STRUCT and c != 0x7B and c != 0x5B)):
+                    pos = self._garbage(pos, out)
+                    continue
                 if cls == C_STRUCT:
                     self._begin(pos)
                     self._token_done(pos + 1, c, out)
@@ -883,6 +889,47 @@ cdef class Framer:
                     self._error(pos, out)
                 pos += 1
         return 0
+
+    cdef Py_ssize_t _garbage(self, Py_ssize_t pos, list out) except -1:
+        """Between frames, a byte no frame starts with: a lone , : ] or }
+        (its own frame: "expecting value"), or a lexical error.  Errors the
+        same byte would repeat are joined here, a run at a time, with exactly
+        the items byte-by-byte scanning gives; returns where scanning resumes."""
+        cdef const unsigned char *p = self._p
+        cdef Py_ssize_t n = self._n
+        cdef Py_ssize_t q, last, k
+        cdef unsigned char c = p[pos], d
+        if CLASS[c] == C_STRUCT:
+            self._err(_EXPECTING, 0, 0, self._base + pos, 1, False, out)
+            q = pos + 1
+            last = -1
+            k = 0
+            while q < n:
+                d = p[q]
+                if d == 0x2C or d == 0x3A or d == 0x5D or d == 0x7D:
+                    last = q
+                    k += 1
+                elif CLASS[d] != C_WS:
+                    break
+                q += 1
+            if k:
+                self._pc += k
+                self._pe = self._base + last + 1
+            return q
+        # A lexical error; bytes recovery would stop at again (control
+        # bytes, 0xFE, 0xFF) repeat it exactly.
+        self._error(pos, out)
+        q = pos + 1
+        if not RECOVER_SKIP[c]:
+            while q < n and p[q] == c:
+                q += 1
+            if q > pos + 1:
+                if c == 0xFF and not self.strict:
+                    pass  # one SYNC stands for the run
+                else:
+                    self._pc += q - pos - 1
+                    self._pe = self._base + q
+        return q
 
     cdef bint _one_line(self, const unsigned char *p, Py_ssize_t n, object data,
                         list out) except -1:
@@ -1142,9 +1189,10 @@ cdef class Framer:
             else:
                 self._put(value, out)
                 return 0
+        self._why = 0
         value = self._decode_prepared(start, end, tried)
-        if type(value) is tuple:
-            self._err((<tuple>value)[0], 0, 0, self._base + start, end - start, False, out)
+        if self._why:
+            self._err(_GRAMMAR_REASONS[self._why], 0, 0, self._base + start, end - start, False, out)
             return 0
         if value is not _NO:
             self._put(value, out)
@@ -1159,14 +1207,15 @@ cdef class Framer:
         return 0
 
     cdef object _decode_prepared(self, Py_ssize_t start, Py_ssize_t end, bint tried):
-        """Decode ``p[start:end]`` after _prepare(): the value; QEMU's words
-        (a str in a 1-tuple) when the frame surely is not valid; or _NO when
-        QEMU's parser must decide.  ``tried``: orjson refused these very bytes."""
+        """Decode ``p[start:end]`` after _prepare(): the value, or _NO with
+        _why set to QEMU's words (an index of _GRAMMAR_REASONS) when the frame
+        surely is not valid, or _NO alone when QEMU's parser must decide.
+        ``tried``: orjson refused these very bytes."""
         cdef Prep r
         cdef object doc, value
         cdef const unsigned char *p = self._p + start
         cdef Py_ssize_t n = end - start
-        cdef Py_ssize_t limit = _max_digits()
+        cdef Py_ssize_t limit = -1  # sys.get_int_max_str_digits(), read when needed
         cdef unsigned char levels[64]
         r.buf = NULL
         r.len = r.cap = r.copied = r.colons = r.depth = 0
@@ -1185,7 +1234,7 @@ cdef class Framer:
             _prepare(p, n, self.strict, limit, &r)
             if r.flags & F_BAD:
                 if r.reason and not (r.flags & F_HI or (self.strict and r.flags & (F_NONCHAR | F_MEMBERS))):
-                    return (_GRAMMAR_REASONS[r.reason],)  # nothing before it QEMU would refuse first
+                    self._why = r.reason  # nothing before it QEMU would refuse first
                 return _NO
             if self.strict and r.flags & F_NONCHAR:
                 return _NO

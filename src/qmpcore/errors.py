@@ -57,7 +57,7 @@ class FrameError(QMPError):
     def __init__(
         self, reason: str, offset: int = 0, sync: bool = False, count: int = 1, nbytes: int | None = None
     ) -> None:
-        super().__init__(reason, offset)
+        self.args = (reason, offset)  # what super().__init__ would set, for less per error
         self.reason = reason
         self.offset = offset
         self.sync = sync
