@@ -409,3 +409,33 @@ def test_compiled_framer_needs_no_python_per_byte(name, strict):
         assert len(items) <= 3 * len(chunks)
     if name in ("commas", "closers"):
         assert sum(i.count for i in items if isinstance(i, FrameError)) == len(data) - 9
+
+
+# -- 7. the bench's hostile and dialect workloads ------------------------------
+
+
+@pytest.mark.parametrize("kind", ["commas", "ff", "control", "frames"])
+def test_bench_garbage_workloads(Framer, kind):
+    from qmpcore.bench import _framing, _workloads
+
+    wl = _workloads.garbage(kind, 4096)
+    assert wl.hostile and wl.nbytes == sum(map(len, wl.chunks)) > 4096
+    assert _framing.prepare(_framing.framer, wl, Framer)() == 2  # the two replies around the garbage
+    with pytest.raises(_framing.NotApplicable):
+        _framing.orjson_floor(wl)
+
+
+@pytest.mark.parametrize("kind", ["escapes", "single-quotes", "long-integers"])
+def test_bench_dialect_workloads_decode_exactly(Framer, kind):
+    from qmpcore.bench import _workloads
+
+    wl = _workloads.dialect(kind, 4096)
+    (frame,) = wl.frames
+    (value,) = feed_all(Framer(), wl.chunks)
+    assert value["id"] == "dialect" and len(value["return"]) > 50
+    if kind == "long-integers":
+        assert value["return"][0] == -123456789012345678901234567890
+    elif kind == "escapes":
+        assert value["return"][:2] == ['a"b\n\u00e9', 12345678901234567890]
+    else:
+        assert value["return"][:2] == ["abc", "it's"]
