@@ -200,7 +200,7 @@ def _parse_tokens(tokens: list[tuple[str, bytes]], strict: bool) -> Any:
         return tokens[pos - 1]
 
     # Each open container: [container, key-or-None, expecting_key]
-    stack: list[list] = []
+    stack: list[list[Any]] = []
     while True:
         # Parse one value (or open a container and go parse its first one).
         tok = pop()
