@@ -49,6 +49,8 @@ from qmpcore.errors import FrameError
 cdef extern from "Python.h":
     object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
     int PyBUF_READ
+    object PyUnicode_FromKindAndData(int kind, const void *buffer, Py_ssize_t size)
+    int PyUnicode_4BYTE_KIND
 
 cdef object _loads = orjson.loads
 cdef object _json_loads = json.JSONDecoder().decode
@@ -60,6 +62,7 @@ cdef object _FrameError = FrameError
 cdef object _ParseError = ParseError
 cdef object _decode_frame = decode_frame
 cdef object _stray_reason = stray_reason
+cdef long[5] _MIN_CP = [0x80, 0x800, 0x10000, 0x200000, 0x4000000]
 cdef object _TOO_BIG = TOO_BIG
 cdef object _TOO_DEEP = TOO_DEEP
 cdef object _TOO_MANY = TOO_MANY
@@ -149,6 +152,67 @@ def _tables():
         "SHRINK_RATIO": SHRINK_RATIO,
         "classes": (C_OTHER, C_WS, C_STRUCT, C_DQUOTE, C_SQUOTE, C_ZERO, C_DIGIT, C_MINUS, C_LOWER),
     }
+
+
+cdef object _display(const unsigned char *s, Py_ssize_t n):
+    """:func:`qmpcore.framing.qemu_json.display` in C: a bad token as QEMU
+    shows it (up to the first NUL, invalid modified UTF-8 as U+FFFD)."""
+    cdef const unsigned char *z = <const unsigned char *>memchr(s, 0, n)
+    cdef Py_ssize_t i = 0, k = 0, length
+    cdef long cp
+    cdef unsigned char byte, nxt, mask
+    cdef Py_UCS4 *out
+    if z != NULL:
+        n = z - s
+    out = <Py_UCS4 *>PyMem_Malloc((n + 1) * sizeof(Py_UCS4))
+    if out == NULL:
+        raise MemoryError()
+    try:
+        while i < n:
+            byte = s[i]
+            i += 1
+            if byte < 0x80:
+                cp = byte
+            elif byte >= 0xFE or not byte & 0x40:
+                cp = -1
+            else:
+                length = 0
+                mask = 0x80
+                while byte & mask:
+                    length += 1
+                    mask >>= 1
+                cp = byte & (mask - 1)
+                while length > 1:
+                    nxt = s[i] if i < n else 0
+                    if nxt & 0xC0 != 0x80:
+                        cp = -2
+                        break
+                    i += 1
+                    cp = (cp << 6) | (nxt & 0x3F)
+                    length -= 1
+                if cp == -2:
+                    cp = -1
+                else:
+                    length = 0
+                    mask = 0x80
+                    while byte & mask:
+                        length += 1
+                        mask >>= 1
+                    if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF or _nonchar(cp):
+                        cp = -1
+                    elif cp < _MIN_CP[length - 2] and not (cp == 0 and length == 2):
+                        cp = -1
+            out[k] = 0xFFFD if cp < 0 else <Py_UCS4>cp
+            k += 1
+        return PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out, k)
+    finally:
+        PyMem_Free(out)
+
+
+def _display_bytes(token):
+    """The compiled form of :func:`qmpcore.framing.qemu_json.display` (for tests)."""
+    cdef bytes b = bytes(token)
+    return _display(<const unsigned char *>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
 
 
 def _plain_line(line, Py_ssize_t max_depth):
@@ -1091,7 +1155,7 @@ cdef class Framer:
         """QEMU's message for the bad token ``p[first:pos + 1]``."""
         if first == pos:
             return _STRAY1[self._p[pos]]
-        return _stray_reason(PyBytes_FromStringAndSize(<const char *>self._p + first, pos + 1 - first))
+        return "JSON parse error, stray '" + _display(self._p + first, pos + 1 - first) + "'"
 
     cdef int _err(self, object reason, Py_ssize_t first, Py_ssize_t pos, long long offset,
                   Py_ssize_t nbytes, bint sync, list out) except -1:

@@ -439,3 +439,40 @@ def test_bench_dialect_workloads_decode_exactly(Framer, kind):
         assert value["return"][:2] == ['a"b\n\u00e9', 12345678901234567890]
     else:
         assert value["return"][:2] == ["abc", "it's"]
+
+
+@needs_compiled
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=4),
+            st.sampled_from([b"\xc0\x80", b"\xef\xb7\x90", b"\xef\xbf\xbe", b"\xf4\x8f\xbf\xbf", b"\xed\xa0\x80"]),
+            st.sampled_from(
+                [b"\xe0\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xfc\x84\x80\x80\x80\x80", b"\xf4\x90\x80\x80"]
+            ),
+            st.text(max_size=3).map(lambda t: t.encode("utf-8", "surrogatepass")),
+        ),
+        max_size=8,
+    )
+)
+def test_compiled_display_is_qemus(parts):
+    from qmpcore.framing import _framer
+    from qmpcore.framing.qemu_json import display
+
+    token = b"".join(parts)
+    assert _framer._display_bytes(token) == display(token)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_long_bad_token_is_worded_in_c(Framer, strict):
+    # A string of 192 KiB of non-ASCII bytes ended by a control byte: one
+    # error, whose words (the whole token, as QEMU shows it) are built at C
+    # speed by the compiled framer.
+    n = 1 << 16
+    data = b'"' + b"\xc3\xa9\x80" * n + b"\x01"
+    f = Framer(strict=strict)
+    calls, (err,) = _python_calls(lambda: f.feed(data))
+    assert err.reason == "JSON parse error, stray '\"" + "\u00e9\ufffd" * n + "\x01'"
+    if type(f).__module__.endswith("_framer"):
+        assert calls <= 2  # FrameError.__init__ only
