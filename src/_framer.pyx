@@ -309,6 +309,8 @@ cdef struct Prep:
     Py_ssize_t depth
     Py_ssize_t max_depth
     unsigned char *levels  # L_* per open container
+    Py_ssize_t levels_cap
+    unsigned char *fixed   # the caller's small array levels starts in
 
 
 cdef int _rewrite(Prep *r, const unsigned char *p, Py_ssize_t at, const char *text,
@@ -383,6 +385,27 @@ cdef inline bint _complete(Prep *r, bint is_string) noexcept:
     return True
 
 
+cdef bint _grow_levels(Prep *r) noexcept:
+    """Room for one more open container, up to max_depth (doubling)."""
+    cdef Py_ssize_t cap = r.levels_cap * 2
+    cdef unsigned char *mem
+    if r.depth >= r.max_depth:
+        return False
+    if cap > r.max_depth:
+        cap = r.max_depth
+    if r.levels == r.fixed:
+        mem = <unsigned char *>PyMem_Malloc(cap)
+        if mem != NULL:
+            memcpy(mem, r.levels, r.depth)
+    else:
+        mem = <unsigned char *>PyMem_Realloc(r.levels, cap)
+    if mem == NULL:
+        return False
+    r.levels = mem
+    r.levels_cap = cap
+    return True
+
+
 cdef inline bint _close(Prep *r) noexcept:
     r.depth -= 1
     return _complete(r, False)
@@ -402,8 +425,8 @@ cdef bint _grammar(Prep *r, unsigned char c) noexcept:
         r.state = G_VALUE
     if state == G_VALUE:
         if c == 0x7B or c == 0x5B:
-            if r.depth >= r.max_depth:
-                r.flags |= F_BAD  # deeper than this pass keeps track of
+            if r.depth >= r.levels_cap and not _grow_levels(r):
+                r.flags |= F_BAD  # (cannot happen within max_depth but for lack of memory)
                 return False
             r.levels[r.depth] = L_KEY if c == 0x7B else L_ARR
             r.depth += 1
@@ -1285,15 +1308,9 @@ cdef class Framer:
         r.len = r.cap = r.copied = r.colons = r.depth = 0
         r.flags = r.reason = 0
         r.state = G_VALUE
-        r.levels = levels
-        r.max_depth = 64
-        if self.max_depth < 64:
-            r.max_depth = self.max_depth
-        else:
-            r.levels = <unsigned char *>PyMem_Malloc(self.max_depth + 1)
-            if r.levels == NULL:
-                raise MemoryError()
-            r.max_depth = self.max_depth + 1
+        r.levels = r.fixed = levels
+        r.levels_cap = 64
+        r.max_depth = self.max_depth + 1
         try:
             _prepare(p, n, self.strict, limit, &r)
             if r.flags & F_BAD:
@@ -1309,7 +1326,7 @@ cdef class Framer:
                 doc = PyBytes_FromStringAndSize(<const char *>p, n)
         finally:
             PyMem_Free(r.buf)
-            if r.levels != levels:
+            if r.levels != r.fixed:
                 PyMem_Free(r.levels)
         value = _NO
         if not r.flags & (F_LONG | F_SPECIAL) and not (tried and not r.flags & F_CHANGED):

@@ -476,3 +476,14 @@ def test_long_bad_token_is_worded_in_c(Framer, strict):
     assert err.reason == "JSON parse error, stray '\"" + "\u00e9\ufffd" * n + "\x01'"
     if type(f).__module__.endswith("_framer"):
         assert calls <= 2  # FrameError.__init__ only
+
+
+@pytest.mark.parametrize("max_depth", [3, 64, 65, 10**12])
+def test_grammar_check_at_any_depth_limit(Framer, max_depth):
+    # The C pass keeps one byte per open container, grown as needed: a huge
+    # max_depth costs nothing up front.
+    depth = min(max_depth, 3000)
+    data = b"[" * depth + b"1 2" + b"]" * depth + b'{"a": 1}\n'
+    items = Framer(max_depth=max_depth).feed(data)
+    reason = "JSON parse error, expected separator in list"
+    assert items == [FrameError(reason, 0, nbytes=2 * depth + 3), {"a": 1}]
