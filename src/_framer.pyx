@@ -109,6 +109,7 @@ cdef unsigned char DQ_PLAIN[256]    # bytes that continue a "..." string
 cdef unsigned char SQ_PLAIN[256]    # bytes that continue a '...' string
 cdef unsigned char RECOVER_SKIP[256]  # bytes skipped after a lexical error
 cdef unsigned char PLAIN_KIND[256]    # for _plain(): what a byte of valid JSON starts
+cdef unsigned char VALUE_START[256]   # bytes a JSON value can start with
 
 DEF K_BORING = 0
 DEF K_DIGIT = 1
@@ -126,6 +127,7 @@ cdef void _init_tables():
         RECOVER_SKIP[i] = _rules.RECOVER_SKIP[i]
     for i in range(256):
         PLAIN_KIND[i] = K_BORING
+        VALUE_START[i] = i in b'{["-0123456789tfn'  # (orjson refuses QMP's single quotes)
     for i in range(ord("0"), ord("9") + 1):
         PLAIN_KIND[i] = K_DIGIT
     PLAIN_KIND[ord('"')] = K_QUOTE
@@ -294,6 +296,7 @@ cdef tuple _GRAMMAR_REASONS = (
     "JSON parse error, expected separator in dict",
     "JSON parse error, key is not a string in object",
     "JSON parse error, premature EOI",
+    None,  # 7: invalid keyword (worded with the keyword)
 )
 
 
@@ -304,6 +307,8 @@ cdef struct Prep:
     Py_ssize_t copied   # input bytes accounted for in buf
     int flags
     int reason          # index into _GRAMMAR_REASONS when the automaton failed
+    Py_ssize_t kw_at    # (reason 7: the invalid keyword's place)
+    Py_ssize_t kw_len
     Py_ssize_t colons   # ":" outside strings: object members, for valid JSON
     int state           # G_*
     Py_ssize_t depth
@@ -563,7 +568,10 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                     _rewrite(r, p, s, "NaN", 3, i)  # -nan is nan too
                     r.flags |= F_SPECIAL
                 else:
-                    r.flags |= F_BAD  # QEMU: invalid keyword
+                    r.reason = 7  # QEMU: invalid keyword
+                    r.kw_at = s
+                    r.kw_len = i - s
+                    r.flags |= F_BAD
                     return 0
             else:
                 d0 = i
@@ -650,7 +658,7 @@ cdef class Framer:
     cdef Py_ssize_t _bracket
     cdef Py_ssize_t _ntok
     cdef Py_ssize_t _nofast    # a line already known not to be one plain frame
-    cdef int _why              # _decode_prepared(): the grammar error found
+    cdef object _why           # _decode_prepared(): QEMU's words for the error found
 
     # The error run not yet output (reason is None when there is none):
     # its sync flag, how many errors, and the stream offsets it spans.
@@ -832,7 +840,9 @@ cdef class Framer:
                     while pos < n and CLASS[p[pos]] == C_WS:
                         pos += 1
                     continue
-                if not self._in_frame and pos > self._nofast and not self.raw and not self.strict:
+                if (not self._in_frame and pos > self._nofast and not self.raw and not self.strict
+                        and self._pr is None and VALUE_START[c]):
+                    # (not amid garbage, nor for a line no value starts like)
                     nxt = self._fast_line(pos, out)
                     if nxt:
                         pos = nxt
@@ -1276,10 +1286,10 @@ cdef class Framer:
             else:
                 self._put(value, out)
                 return 0
-        self._why = 0
+        self._why = None
         value = self._decode_prepared(start, end, tried)
-        if self._why:
-            self._err(_GRAMMAR_REASONS[self._why], 0, 0, self._base + start, end - start, False, out)
+        if self._why is not None:
+            self._err(self._why, 0, 0, self._base + start, end - start, False, out)
             return 0
         if value is not _NO:
             self._put(value, out)
@@ -1295,8 +1305,8 @@ cdef class Framer:
 
     cdef object _decode_prepared(self, Py_ssize_t start, Py_ssize_t end, bint tried):
         """Decode ``p[start:end]`` after _prepare(): the value, or _NO with
-        _why set to QEMU's words (an index of _GRAMMAR_REASONS) when the frame
-        surely is not valid, or _NO alone when QEMU's parser must decide.
+        _why set to QEMU's words when the frame surely is not valid, or _NO
+        alone when QEMU's parser must decide.
         ``tried``: orjson refused these very bytes."""
         cdef Prep r
         cdef object doc, value
@@ -1315,7 +1325,12 @@ cdef class Framer:
             _prepare(p, n, self.strict, limit, &r)
             if r.flags & F_BAD:
                 if r.reason and not (r.flags & F_HI or (self.strict and r.flags & (F_NONCHAR | F_MEMBERS))):
-                    self._why = r.reason  # nothing before it QEMU would refuse first
+                    # nothing before it QEMU would refuse first: its words
+                    if r.reason == 7:
+                        self._why = "JSON parse error, invalid keyword '" + \
+                            (<const char *>p)[r.kw_at:r.kw_at + r.kw_len].decode("ascii") + "'"
+                    else:
+                        self._why = _GRAMMAR_REASONS[r.reason]
                 return _NO
             if self.strict and r.flags & F_NONCHAR:
                 return _NO
