@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import ConnectionLost, ProtocolError, StateError, TimeoutError
+from ..errors import ConnectionLost, FrameError, ProtocolError, StateError, TimeoutError
 from ..protocol.events import (
     ConnectionClosed,
     ErrorReply,
@@ -187,7 +187,7 @@ class ClientCore:
             self._router.deliver_all(batch)
 
     def _fault(self, ev: ProtocolFault) -> None:
-        self._protocol_errors += 1
+        self._protocol_errors += getattr(ev.item, "count", 1) if type(ev.item) is FrameError else 1  # a joined run
         self.last_protocol_error = ev.error
         log.warning("%s: %s", self.address, ev.error)
         waiter = self._waiters.pop(Greeting, None)  # garbage instead of a greeting
