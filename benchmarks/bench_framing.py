@@ -26,6 +26,13 @@ WORKLOAD_NAMES = [
     "libvirt-7.2.0-compact",
     "big-64KiB",
     "big-1B",
+    "dialect-escapes",
+    "dialect-single-quotes",
+    "dialect-long-integers",
+    "garbage-commas",
+    "garbage-ff",
+    "garbage-control",
+    "garbage-frames",
 ]
 FRAMERS = ["cython", "python"]
 #: A prepared run slower than this gets a few pedantic rounds instead of

@@ -25,6 +25,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 SUITES = [
     "tests/test_framer.py",
     "tests/test_framer_properties.py",
+    "tests/test_framer_rules.py",
     "tests/test_fuzz.py::test_seeds[framer]",
 ]
 FLAGS = "-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer"

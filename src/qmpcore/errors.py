@@ -60,44 +60,60 @@ class QMPError(Exception):
 
 
 class FrameError(QMPError):
-    """A malformed, oversized or undecodable frame.
+    """A malformed, oversized or undecodable frame, or a run of them.
 
     ``reason`` uses QEMU's own wording (``"JSON parse error, expecting
     value"``, ``"JSON nesting depth limit exceeded"``, ...), so a server can
     answer exactly as QEMU does.  ``offset`` is the byte offset in the stream
     where the problem was found.  ``sync`` is true when the error is the one
     a 0xFF byte produces (only reported by a framer in ``strict`` mode).
+
+    Framers report consecutive errors as one: ``count`` says how many errors
+    it stands for and ``nbytes`` how many bytes of the stream they cover,
+    from ``offset`` to the end of the last one (a lexical error covers its
+    bad byte, an undecodable frame the whole frame).  In ``strict`` mode only
+    errors QEMU would answer identically are joined, so a server answers
+    ``count`` times; see :mod:`qmpcore.framing.rules`.
     """
 
-    __slots__ = ("reason", "offset", "sync")
+    __slots__ = ("reason", "offset", "sync", "count", "nbytes")
 
-    def __init__(self, reason: str, offset: int = 0, sync: bool = False) -> None:
-        super().__init__(reason, offset)
+    def __init__(
+        self, reason: str, offset: int = 0, sync: bool = False, count: int = 1, nbytes: int | None = None
+    ) -> None:
+        self.args = (reason, offset)  # what super().__init__ would set, for less per error
         self.reason = reason
         self.offset = offset
         self.sync = sync
+        self.count = count
+        self.nbytes = count if nbytes is None else nbytes
 
     def __str__(self) -> str:
-        return f"{self.reason} (at byte {self.offset})"
+        if self.count == 1:
+            return f"{self.reason} (at byte {self.offset})"
+        return f"{self.reason} (at byte {self.offset}; {self.count} errors in {self.nbytes} bytes)"
 
     def __repr__(self) -> str:
         extra = ", sync=True" if self.sync else ""
+        if self.count != 1:
+            extra += f", count={self.count}"
+        if self.nbytes != self.count:
+            extra += f", nbytes={self.nbytes}"
         return f"FrameError({self.reason!r}, {self.offset}{extra})"
+
+    def _key(self) -> tuple[str, int, bool, int, int]:
+        return (self.reason, self.offset, self.sync, self.count, self.nbytes)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FrameError):
             return NotImplemented
-        return (self.reason, self.offset, self.sync) == (
-            other.reason,
-            other.offset,
-            other.sync,
-        )
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.reason, self.offset, self.sync))
+        return hash(self._key())
 
     def __reduce__(self) -> Any:
-        return (FrameError, (self.reason, self.offset, self.sync))
+        return (FrameError, self._key())
 
 
 class ProtocolError(QMPError):

@@ -68,10 +68,13 @@ class Workload:
     """Report time per message (small frames) rather than per stream."""
     synthetic: bool = False
     """True when generated because the recorded data was not found."""
+    hostile: bool = False
+    """True when the stream also holds garbage (``frames`` are its valid
+    frames only): what a misbehaving peer sends, which no baseline frames."""
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "nbytes", sum(len(f) for f in self.frames))
+        object.__setattr__(self, "nbytes", sum(len(c) for c in self.chunks))  # the frames' bytes, and any garbage
 
     @property
     def nframes(self) -> int:
@@ -231,6 +234,44 @@ def big_frame(size: int = 10 << 20, read_size: int = READ_SIZE) -> Workload:
     )
 
 
+def _one_frame(name: str, title: str, frame: bytes) -> Workload:
+    return Workload(name, title, chunks=_chunked(frame, READ_SIZE), frames=[frame], per_message=False)
+
+
+def dialect(kind: str, size: int = 1 << 20) -> Workload:
+    """One ``size``-byte reply in QEMU's dialect, which orjson alone cannot
+    decode exactly: escapes beside 19-digit integers, single quotes, or
+    integers beyond 64 bits."""
+    item, title = {
+        "escapes": (b'"a\\"b\\n\\u00e9", 12345678901234567890', "escapes + 20-digit integers"),
+        "single-quotes": (b"'abc', 'it\\'s'", "single-quoted strings"),
+        "long-integers": (b"-123456789012345678901234567890", "30-digit integers"),
+    }[kind]
+    body = b", ".join([item] * (size // (len(item) + 2)))
+    frame = b'{"return": [' + body + b'], "id": "dialect"}\r\n'
+    return _one_frame(f"dialect-{kind}", f"{len(frame) / (1 << 20):.0f} MiB reply, {title}", frame)
+
+
+def garbage(kind: str, size: int = 1 << 20) -> Workload:
+    """What a hostile peer sends: a reply, then ``size`` bytes of garbage
+    (stray commas, 0xFF, control bytes, undecodable frames), then a reply."""
+    unit, title = {
+        "commas": (b",", "stray commas"),
+        "ff": (b"\xff", "0xFF bytes"),
+        "control": (b"\x01", "control bytes"),
+        "frames": (b"{1}", "undecodable frames {1}"),
+    }[kind]
+    stream = SMALL_REPLY + unit * (size // len(unit)) + SMALL_REPLY
+    return Workload(
+        f"garbage-{kind}",
+        f"{size >> 20} MiB of {title}",
+        chunks=_chunked(stream, READ_SIZE),
+        frames=[SMALL_REPLY, SMALL_REPLY],
+        per_message=False,
+        hostile=True,
+    )
+
+
 def framing_workloads(*, quick: bool = False, names: Iterable[str] | None = None) -> list[Workload]:
     """Every framing workload (a smaller big frame when ``quick``).
 
@@ -248,6 +289,13 @@ def framing_workloads(*, quick: bool = False, names: Iterable[str] | None = None
         "libvirt-7.2.0-compact": lambda: libvirt(LIBVIRT_FILES[1], compact=True),
         "big-64KiB": lambda: big_frame(big, READ_SIZE),
         "big-1B": lambda: big_frame(big, 1),
+        "dialect-escapes": lambda: dialect("escapes"),
+        "dialect-single-quotes": lambda: dialect("single-quotes"),
+        "dialect-long-integers": lambda: dialect("long-integers"),
+        "garbage-commas": lambda: garbage("commas"),
+        "garbage-ff": lambda: garbage("ff"),
+        "garbage-control": lambda: garbage("control"),
+        "garbage-frames": lambda: garbage("frames"),
     }
     wanted: tuple[str, ...] = tuple(names or ())
     built = (build() for name, build in builders.items() if not wanted or name.startswith(wanted))

@@ -24,8 +24,20 @@ class Framer:
     @property
     def buffered(self) -> int:
         """Bytes held for an unfinished frame."""
+    @property
+    def capacity(self) -> int:
+        """Bytes allocated for the buffer (given back after a large frame)."""
     def reset(self) -> None:
         """Forget any partial frame and start afresh."""
     def feed(self, data: _Bytes) -> list[Any]:
         """Add bytes from the stream; return the items they complete:
         decoded values, ``SYNC``, or ``FrameError`` instances."""
+
+def _tables() -> dict[str, Any]:
+    """The tables and constants the compiled framer runs on."""
+
+def _plain_line(line: _Bytes, max_depth: int) -> bool:
+    """The compiled form of :func:`qmpcore.framing.rules.plain_line`."""
+
+def _display_bytes(token: _Bytes) -> str:
+    """The compiled form of :func:`qmpcore.framing.qemu_json.display`."""

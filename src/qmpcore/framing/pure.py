@@ -19,6 +19,10 @@ Framing follows QEMU 7.2's JSON lexer and message splitter
   next ``{ } [ ] : ,``, control byte other than tab, or 0xFE/0xFF.
   A 0xFF yields :data:`SYNC` instead of the error (``strict`` framers yield
   both, so a server can answer it exactly as QEMU does).
+* Consecutive errors are reported as one ``FrameError`` with a ``count``
+  (in ``strict`` mode only those QEMU answers identically; see
+  :mod:`qmpcore.framing.rules`, which also states the byte classes and the
+  one-line shortcut both framers use).
 * ``{``/``}`` and ``[``/``]`` are counted separately; after each token, when
   both counts are zero or either is negative, the tokens since the frame
   started are one frame.  A scalar at top level is a frame of its own.
@@ -29,7 +33,8 @@ Framing follows QEMU 7.2's JSON lexer and message splitter
   such a discarded frame silently.
 
 Complete frames are decoded by :func:`qmpcore.framing.wire.decode_frame` (orjson,
-with QEMU's dialect as the fallback) unless ``raw`` is set.
+with QEMU's dialect as the fallback) unless ``raw`` is set.  After a large
+frame the buffer is given back (``capacity`` tells what is allocated).
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from typing import Any
 import orjson
 
 from ..errors import FrameError
-from .wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, long_digits, zero_exponent
+from . import rules
+from .rules import push
+from .wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame
 from .wire import stray_reason as _stray
 
 __all__ = ["Framer"]
@@ -62,42 +69,17 @@ EXP_DIGITS = 12
 KEYWORD = 13
 RECOVERY = 14
 
-_WS = re.compile(rb"[ \t\r\n]*")
-_DQ_RUN = re.compile(rb'[^"\\\x00-\x1f\xfe\xff]*')
-_SQ_RUN = re.compile(rb"[^'\\\x00-\x1f\xfe\xff]*")
+_CLASS = rules.BYTE_CLASS
+_WS = rules.run_pattern(bytes(int(k == rules.C_WS) for k in _CLASS))
+_DQ_RUN = rules.run_pattern(rules.DQ_PLAIN)
+_SQ_RUN = rules.run_pattern(rules.SQ_PLAIN)
 _DIGIT_RUN = re.compile(rb"[0-9]*")
-_KEYWORD_RUN = re.compile(rb"[a-z]*")
-# Bytes skipped in recovery: everything but structural characters, control
-# bytes other than tab, and 0xFE/0xFF.
-_RECOVERY_RUN = re.compile(rb"[^\x00-\x08\x0a-\x1f\xfe\xff\[\]{}:,]*")
+_KEYWORD_RUN = rules.run_pattern(bytes(int(k == rules.C_LOWER) for k in _CLASS))
+_RECOVERY_RUN = rules.run_pattern(rules.RECOVER_SKIP)
 
 _OPEN = frozenset(b"{[")
-_STRUCTURAL = frozenset(b"{}[]:,")
-_WHITESPACE = frozenset(b" \t\r\n")
 _DIGIT = frozenset(b"0123456789")
-_LOWER = frozenset(b"abcdefghijklmnopqrstuvwxyz")
 _VALUE_STATES = frozenset(range(DQ, KEYWORD + 1))
-
-
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_INNERMOST = re.compile(rb"\[\]|\{\}")
-_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'[]{}"\\')
-
-
-def _too_deep(doc: bytes, max_depth: int) -> bool:
-    """For valid JSON ``doc``: is it nested deeper than ``max_depth``?"""
-    if doc.count(b"[") + doc.count(b"{") <= max_depth:
-        return False
-    # Keep brackets, quotes and backslashes; drop the strings; then each
-    # pass removes the innermost level (valid JSON is balanced).
-    brackets = doc.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
-    if b'"' in brackets:
-        brackets = _STRINGS.sub(b"", brackets)
-    for _ in range(max_depth):
-        brackets = _INNERMOST.sub(b"", brackets)
-        if not brackets:
-            return False
-    return True
 
 
 class Framer:
@@ -106,6 +88,10 @@ class Framer:
     ``feed(data)`` takes ``bytes``, ``bytearray`` or ``memoryview`` and returns
     the list of items completed so far: decoded values, :data:`SYNC` for a
     0xFF byte, or :class:`FrameError` instances (returned, never raised).
+
+    ``_work`` counts the bytes every step examines (scans, copies, decodes):
+    the fuzz targets check that it stays within a fixed multiple of the
+    bytes fed, i.e. that no input makes the algorithm rescan.
     """
 
     __slots__ = (
@@ -126,6 +112,7 @@ class Framer:
         "_ntok",
         "_skip",
         "_nofast",
+        "_work",
     )
 
     # Lexer state, set by _clear(): which state, inside a frame or not.
@@ -152,6 +139,7 @@ class Framer:
         self._base = 0
         self._pos = 0
         self._nofast = -1
+        self._work = 0
         self._clear(START)
 
     # -- public ---------------------------------------------------------
@@ -160,6 +148,11 @@ class Framer:
     def buffered(self) -> int:
         """Bytes held for an unfinished frame."""
         return len(self._buf)
+
+    @property
+    def capacity(self) -> int:
+        """Bytes allocated for the buffer (given back after a large frame)."""
+        return self._buf.__alloc__()
 
     def reset(self) -> None:
         """Forget any partial frame and start afresh (offsets keep counting)."""
@@ -179,6 +172,7 @@ class Framer:
             # The usual case: one whole reply or event in one read.  (Inside
             # a frame being skipped for a limit nothing is held either.)
             if type(data) is bytes and data[-1:] == b"\n" and data.find(b"\n", 0, -1) < 0:
+                self._work += len(data)
                 buf += data
                 if self._fast_line(buf, 0, out):
                     self._base += len(buf)
@@ -189,19 +183,22 @@ class Framer:
         buf += data
         n = len(buf)
         pos = self._pos
+        self._work += len(data)
         while pos < n:
+            self._work += 1
             state = self._state
             c = buf[pos]
             if state == START:
-                if c in _WHITESPACE:
-                    pos = _WS.match(buf, pos).end()  # type: ignore[union-attr]
+                cls = _CLASS[c]
+                if cls == rules.C_WS:
+                    pos = self._run(_WS, buf, pos)
                     continue
                 if not self._in_frame and pos > self._nofast and not (self.raw or self.strict):
                     nxt = self._fast_line(buf, pos, out)
                     if nxt:
                         pos = nxt
                         continue
-                if c in _STRUCTURAL:
+                if cls == rules.C_STRUCT:
                     self._begin(pos)
                     self._token_done(pos + 1, c, out)
                     pos += 1
@@ -217,7 +214,7 @@ class Framer:
                     self._begin(pos)
                     self._state = ZERO
                     pos += 1
-                elif c in _DIGIT:
+                elif cls == rules.C_DIGIT:
                     self._begin(pos)
                     self._state = DIGITS
                     pos += 1
@@ -225,7 +222,7 @@ class Framer:
                     self._begin(pos)
                     self._state = SIGN
                     pos += 1
-                elif c in _LOWER:
+                elif cls == rules.C_LOWER:
                     self._begin(pos)
                     self._state = KEYWORD
                     pos += 1
@@ -233,7 +230,7 @@ class Framer:
                     self._error(pos, out)
                     pos += 1
             elif state == DQ or state == SQ:
-                pos = (_DQ_RUN if state == DQ else _SQ_RUN).match(buf, pos).end()  # type: ignore[union-attr]
+                pos = self._run(_DQ_RUN if state == DQ else _SQ_RUN, buf, pos)
                 if pos >= n:
                     break
                 c = buf[pos]
@@ -255,7 +252,7 @@ class Framer:
                     self._error(pos, out)
                     pos += 1
             elif state == RECOVERY:
-                pos = _RECOVERY_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+                pos = self._run(_RECOVERY_RUN, buf, pos)
                 if pos < n:
                     self._state = START
             else:
@@ -266,15 +263,21 @@ class Framer:
 
     # -- scanning -------------------------------------------------------
 
+    def _run(self, pattern: re.Pattern[bytes], buf: bytearray, pos: int) -> int:
+        """The end of the run ``pattern`` matches at ``pos``."""
+        end = pattern.match(buf, pos).end()  # type: ignore[union-attr]
+        self._work += end - pos
+        return end
+
     def _number_or_keyword(self, buf: bytearray, pos: int, n: int, state: int, out: list[Any]) -> int:
         c = buf[pos]
         if state == KEYWORD:
-            pos = _KEYWORD_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            pos = self._run(_KEYWORD_RUN, buf, pos)
             if pos < n:
                 self._end_value(pos, out)
             return pos
         if state in (DIGITS, MANT_DIGITS, EXP_DIGITS):
-            pos = _DIGIT_RUN.match(buf, pos).end()  # type: ignore[union-attr]
+            pos = self._run(_DIGIT_RUN, buf, pos)
             if pos >= n:
                 return pos
             c = buf[pos]
@@ -300,7 +303,7 @@ class Framer:
                 self._state = ZERO
             elif c in _DIGIT:
                 self._state = DIGITS
-            elif c in _LOWER and not self.strict:  # QEMU's output: -inf, -nan
+            elif _CLASS[c] == rules.C_LOWER and not self.strict:  # QEMU's output: -inf, -nan
                 self._state = KEYWORD
             else:
                 self._error(pos, out)
@@ -329,17 +332,20 @@ class Framer:
         the line, or 0.
         """
         nl = buf.find(b"\n", pos)
+        self._work += (nl if nl >= 0 else len(buf)) - pos + 1
         if nl < 0:
+            self._nofast = len(buf) - 1  # no line ends in what is held: not before more comes
             return 0
         self._nofast = nl  # whatever happens, do not try this line again
         seg = bytes(buf[pos : nl + 1])
         if len(seg) > self.max_frame_size or len(seg) > self.max_tokens:
             return 0
+        self._work += 3 * len(seg)  # orjson, plain_line's passes
         try:
             value = orjson.loads(seg)
         except orjson.JSONDecodeError:
             return 0
-        if long_digits(seg) or _too_deep(seg, self.max_depth) or zero_exponent(seg):
+        if not rules.plain_line(seg, self.max_depth):
             return 0
         out.append(value)
         return nl + 1
@@ -368,7 +374,7 @@ class Framer:
         self._token_done(end, 0, out)
 
     def _limit(self, reason: str, offset: int, out: list[Any]) -> None:
-        out.append(FrameError(reason, offset))
+        push(out, FrameError(reason, offset), self.strict)
         self._skip = True
 
     def _token_done(self, end: int, c: int, out: list[Any]) -> None:
@@ -397,13 +403,14 @@ class Framer:
             self._clear(START)
 
     def _emit(self, frame: bytearray, out: list[Any]) -> None:
+        self._work += len(frame)
         if self.raw:
             out.append(bytes(frame))
             return
         try:
-            out.append(decode_frame(bytes(frame), self.strict))
+            push(out, decode_frame(bytes(frame), self.strict), self.strict)
         except ParseError as exc:
-            out.append(FrameError(exc.args[0], self._base + self._start))
+            push(out, FrameError(exc.args[0], self._base + self._start, nbytes=len(frame)), self.strict)
 
     def _error(self, pos: int, out: list[Any]) -> None:
         """Lexical error at ``pos`` (that byte is consumed)."""
@@ -416,12 +423,13 @@ class Framer:
             token = buf[self._tok : pos + 1]
         else:
             token = buf[pos : pos + 1]
+        self._work += len(token)
         if buf[pos] == 0xFF:
             if self.strict:
-                out.append(FrameError(_stray(token), self._base + pos, sync=True))
-            out.append(SYNC)
+                push(out, FrameError(_stray(token), self._base + pos, sync=True), True)
+            push(out, SYNC, self.strict)
         elif not self._skip:
-            out.append(FrameError(_stray(token), self._base + pos))
+            push(out, FrameError(_stray(token), self._base + pos), self.strict)
         self._clear(RECOVERY)
 
     def _compact(self, out: list[Any]) -> None:
@@ -439,7 +447,13 @@ class Framer:
         else:
             keep = n
         if keep:
-            del buf[:keep]
+            if keep == n:
+                self._buf = bytearray()  # give the memory back
+            else:
+                self._work += n - keep
+                del buf[:keep]
+                if buf.__alloc__() > rules.SHRINK_RATIO * max(len(buf), rules.MIN_CAPACITY):
+                    self._buf = bytearray(buf)
             self._base += keep
             self._pos -= keep
             self._start -= keep
