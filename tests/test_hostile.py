@@ -18,7 +18,7 @@ import pytest
 
 import qmpcore
 from fake_server import FakeServer, Peer
-from qmpcore.client import aio
+from qmpcore.client import transport
 from qmpcore.client.core import Stats
 from qmpcore.client.eventqueue import EVENT_QUEUE_BYTES
 from qmpcore.client.peerlog import PeerLog
@@ -182,7 +182,7 @@ async def test_garbage_flood_is_logged_at_most_once_a_second(tmp_path, caplog):
             await asyncio.sleep(0.01)
         elapsed = loop.time() - started
         # Fair share: while it sends garbage, the peer's reads are small.
-        assert len(qmp._transport.get_protocol().get_buffer(-1)) == aio._SUSPECT_READ_SIZE == 4 << 10
+        assert len(qmp._transport.get_protocol().get_buffer(-1)) == transport._SUSPECT_READ_SIZE == 4 << 10
         await qmp.close()
     lines = [r for r in caplog.records if r.name.startswith("qmpcore") and r.levelno >= logging.WARNING]
     assert len(lines) <= 2 + int(elapsed)  # the first, one a second, the count at close

@@ -1,0 +1,486 @@
+"""The asyncio plumbing both asyncio clients share.
+
+One :class:`asyncio.BufferedProtocol` per connection reads straight into a
+buffer the sans-IO protocol consumes; :class:`_AsyncClient` opens the socket
+(TLS included), runs the handshake within its deadline, writes (batched per
+loop turn), keeps one timer over a heap of command deadlines, and ends every
+pending command when the connection goes.  :mod:`.aio` builds the QMP and
+guest agent clients on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConnectionLost, TimeoutError, TLSError
+from ._log import log, tracing
+from .address import Address
+from .core import ClientCore, QMPInfo, scm_rights
+from .diagnose import connect_error
+from .tls import LastByteRecords, is_server_context
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+#: Default time allowed to connect, read the greeting and negotiate.
+CONNECT_TIMEOUT = 10.0
+#: Default time :meth:`QMPClient.close` lets buffered writes drain.
+CLOSE_TIMEOUT = 5.0
+
+
+def _expire_future(fut: asyncio.Future[Any], what: str) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError(what))
+
+
+# The loop reads into one buffer per thread (not a fresh 256 KiB bytes
+# object per read): the framer consumes each read before the next one, so
+# every connection of a loop can share it.
+_READ_SIZE = 1 << 18
+#: What one read of a new peer, or of one that sent malformed frames in its
+#: last read, may take: garbage costs more per byte than valid frames, so
+#: such a peer gets a smaller slice of the loop until it sends clean data.
+_SUSPECT_READ_SIZE = 1 << 12
+_buffers = threading.local()
+
+
+_NEVER = float("inf")
+#: The loop may run a timer this much before its time (clock resolution).
+_EARLY = 1e-6
+
+
+def _read_buffer() -> memoryview:
+    view = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(_READ_SIZE))
+    return view
+
+
+class _Transport(asyncio.BufferedProtocol):
+    """Feeds the client from the event loop's callbacks."""
+
+    __slots__ = ("_client", "_view", "_full", "_small")
+
+    def __init__(self, client: _AsyncClient) -> None:
+        self._client = client
+        self._full = _read_buffer()
+        # Small reads until the peer sent clean data once.
+        self._view = self._small = self._full[:_SUSPECT_READ_SIZE]
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        client = self._client
+        faults = client._protocol_errors
+        client._received(self._view[:nbytes])
+        # Fair share: a peer whose read held malformed frames reads less next time.
+        self._view = self._full if client._protocol_errors == faults else self._small
+
+    def eof_received(self) -> bool:
+        return False  # let the transport close; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client._lost(exc)
+
+    def resume_writing(self) -> None:
+        self._client._wake_drainers(None)
+
+
+class _AsyncClient(ClientCore):
+    """Socket plumbing shared by the QMP and guest agent clients."""
+
+    def __init__(
+        self,
+        proto: Any,
+        address: Address,
+        event_queue: int,
+        command_timeout: float | None,
+    ) -> None:
+        super().__init__(proto, address, event_queue, command_timeout)
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = None  # unix only, for SCM_RIGHTS
+        self._batch: list[bytes] | None = None
+        self._batch_hold = 0  # >0 while an fd send owns the socket
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._read_paused = False
+        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+        # Command deadlines: a heap of (when, seq, id, command, timeout) and
+        # one timer for the earliest, instead of a timer per command.
+        # Entries of answered commands are dropped lazily.
+        self._deadlines: list[tuple[float, int, Any, str, float]] = []
+        self._deadline_seq = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at = _NEVER
+
+    # -- connection ---------------------------------------------------------
+
+    async def _open(self, sock: socket.socket | None) -> None:
+        """Connect to :attr:`address`, or take over ``sock`` (connected already)."""
+        loop = self._loop
+        addr = self.address
+        if self._ssl is not None:
+            await self._open_tls(sock)
+            return
+        if sock is None and not addr.is_unix:
+            host, port = addr.sockaddr
+            self._transport, _ = await loop.create_connection(lambda: _Transport(self), host, port)
+            return
+        try:
+            if sock is None:
+                sock = socket.socket(addr.family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                await loop.sock_connect(sock, addr.sockaddr)
+            else:
+                sock.setblocking(False)
+            if addr.is_unix:
+                self._transport, _ = await loop.create_unix_connection(lambda: _Transport(self), sock=sock)
+            else:
+                self._transport, _ = await loop.create_connection(lambda: _Transport(self), sock=sock)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        if addr.is_unix:
+            self._sock = sock
+
+    async def _open_tls(self, sock: socket.socket | None) -> None:
+        """Connect over TLS (TCP only), to :attr:`address` or over ``sock``.
+
+        With a server-side context (``PROTOCOL_TLS_SERVER``) and ``sock``
+        accepted from a listening socket, this end runs the handshake as
+        the server: QEMU connected to us (``server=off``, ``endpoint=client``).
+        """
+        loop = self._loop
+        if sock is not None and is_server_context(self._ssl):
+            sock.setblocking(False)
+            transport, _ = await loop.connect_accepted_socket(lambda: _Transport(self), sock, ssl=self._ssl)
+        else:
+            options: dict[str, Any] = {"ssl": self._ssl, "server_hostname": self._server_hostname}
+            if sock is not None:
+                sock.setblocking(False)
+                options["sock"] = sock
+            else:
+                options["host"], options["port"] = self.address.sockaddr
+            transport, _ = await loop.create_connection(lambda: _Transport(self), **options)
+        self._transport = LastByteRecords(transport)
+
+    async def _handshake(
+        self,
+        timeout: float | None,
+        sock: socket.socket | None,
+        steps: Callable[[], Any],
+    ) -> None:
+        """Open the socket and run ``steps`` within ``timeout``; clean up on failure."""
+        if tracing():
+            log.debug("%s: connecting", self.address)
+        try:
+            await asyncio.wait_for(self._connect_and(sock, steps), timeout)
+        except BaseException as exc:
+            connected = self._transport is not None or self._closed  # closed: it was open
+            self.abort()
+            if sock is not None:
+                sock.close()  # it may not have reached a transport yet
+            if not isinstance(exc, Exception):  # cancelled, interrupted
+                raise
+            if isinstance(exc, TLSError):  # named as such already
+                raise
+            failure = self._tls_failure(exc)
+            if failure is not exc:  # a TLS failure, named as such
+                log.debug("%s: connect failed: %s", self.address, failure)
+                raise failure from exc
+            error = connect_error(
+                exc,
+                self.address,
+                agent=not isinstance(self, QMPInfo),
+                timeout=timeout,
+                connected=connected,
+                greeted=getattr(self._proto, "greeting", None) is not None,
+            )
+            log.debug("%s: connect failed: %s", self.address, error.detail)
+            raise error from exc
+        if tracing():
+            log.debug("%s: connected", self.address)
+
+    async def _connect_and(self, sock: socket.socket | None, steps: Callable[[], Any]) -> None:
+        await self._open(sock)
+        await steps()
+
+    def _received(self, data: memoryview) -> None:
+        proto = self._proto
+        self._receive(data)
+        out = proto.data_to_send()
+        if out:
+            self._write(out)
+        if self._router.blocked and not self._read_paused:
+            self._read_paused = True
+            self._transport.pause_reading()  # type: ignore[union-attr]
+
+    def _lost(self, exc: BaseException | None) -> None:
+        self._transport = None
+        self._shutdown(exc)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self._deadlines.clear()
+        self._wake_drainers(ConnectionLost("the connection was closed"))
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+
+    def _resume_reading(self) -> None:
+        """A blocking consumer caught up: read again."""
+        if self._read_paused and not self._router.blocked:
+            self._read_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
+
+    # -- writing ------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        """Write now when idle; batch writes issued while commands are in flight."""
+        if tracing():
+            self._trace_out(data)
+        if self._batch is not None:
+            self._batch.append(data)
+        elif len(self._waiters) <= 1 and not self._batch_hold:
+            if self._transport is not None:
+                self._transport.write(data)
+        else:
+            self._batch = [data]
+            if not self._batch_hold:
+                self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        if batch and self._transport is not None:
+            self._transport.write(b"".join(batch) if len(batch) > 1 else batch[0])
+
+    def _wake_drainers(self, exc: BaseException | None) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
+
+    async def _drain_all(self) -> None:
+        """Wait until the transport has written every buffered byte."""
+        transport = self._transport
+        if transport is None:
+            raise ConnectionLost("the connection was closed")
+        if not transport.get_write_buffer_size():
+            return
+        transport.set_write_buffer_limits(high=0, low=0)  # resume_writing once empty
+        try:
+            while transport.get_write_buffer_size():
+                fut = self._loop.create_future()
+                self._drain_waiters.append(fut)
+                await fut
+        finally:
+            if self._transport is not None:
+                self._transport.set_write_buffer_limits()
+
+    async def _send_fds(self, data: bytes, fds: Sequence[int]) -> None:
+        """Write ``data`` with ``fds`` attached (SCM_RIGHTS), in stream order."""
+        sock = self._sock
+        assert sock is not None  # _check_fds: unix sockets only
+        ancillary = scm_rights(fds)
+        if tracing():
+            self._trace_out(data, fds)
+        self._batch_hold += 1  # later writes wait behind this one
+        try:
+            self._flush()
+            await self._drain_all()
+            while True:
+                try:
+                    sent = sock.sendmsg([data], ancillary)
+                    break
+                except (BlockingIOError, InterruptedError):
+                    writable = self._loop.create_future()
+                    self._loop.add_writer(sock.fileno(), _set_done, writable)
+                    try:
+                        await writable
+                    finally:
+                        self._loop.remove_writer(sock.fileno())
+            if sent < len(data) and self._transport is not None:
+                self._transport.write(data[sent:])
+        finally:
+            self._batch_hold -= 1
+            if not self._batch_hold and self._batch is not None:
+                self._flush()
+
+    def _send_fds_now(self, data: bytes, fds: Sequence[int]) -> None:
+        """Write ``data`` with ``fds`` attached before returning, or raise.
+
+        Only possible when nothing written earlier still waits in the
+        transport's buffer (the bytes would otherwise overtake it).
+        """
+        sock = self._sock
+        assert sock is not None  # _check_fds: unix sockets only
+        if not self._batch_hold:
+            self._flush()
+        transport = self._transport
+        if self._batch_hold or transport is None or transport.get_write_buffer_size():
+            raise BlockingIOError("earlier writes are still buffered: use send_fd() to wait for them")
+        try:
+            sent = sock.sendmsg([data], scm_rights(fds))
+        except BlockingIOError:
+            raise BlockingIOError("the socket is full: use send_fd() to wait until it drains") from None
+        except OSError as exc:
+            raise ConnectionLost(f"connection lost: {exc}") from exc
+        if sent < len(data):
+            transport.write(data[sent:])
+
+    # -- commands -----------------------------------------------------------
+
+    async def _command(
+        self,
+        cid: Any,
+        data: bytes,
+        command: str,
+        timeout: float | None,
+        fds: Sequence[int] | None = None,
+    ) -> Any:
+        fut = self._expect(cid, command, timeout)
+        try:
+            if fds:
+                await self._send_fds(data, fds)
+            elif data:
+                self._write(data)
+            return await fut
+        except asyncio.CancelledError:
+            out = self._abandon(cid)
+            if out:
+                self._write(out)
+            raise
+        except BaseException:
+            if not fut.done():  # the fd send failed: the command never went out
+                fut.cancel()
+                self._abandon(cid)
+            raise
+
+    def _expect(self, cid: Any, command: str, timeout: float | None) -> asyncio.Future[Any]:
+        """A future for the reply to ``cid``, failed with TimeoutError after ``timeout``."""
+        fut = self._loop.create_future()
+        waiters = self._waiters
+        waiters[cid] = fut
+        if timeout is None:
+            timeout = self.command_timeout
+        if timeout is not None:
+            heap = self._deadlines
+            if len(heap) > 64 and len(heap) > 2 * len(waiters):
+                # Mostly answered commands: keep the heap as small as what is pending.
+                heap[:] = [entry for entry in heap if entry[2] in waiters]
+                heapq.heapify(heap)
+            when = self._loop.time() + timeout
+            self._deadline_seq += 1
+            heapq.heappush(heap, (when, self._deadline_seq, cid, command, timeout))
+            if when < self._sweep_at:
+                self._arm(when)
+        return fut
+
+    def _arm(self, when: float) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweep_at = when
+        self._sweeper = self._loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail the commands whose time is up; wake again for the next one."""
+        self._sweeper = None
+        self._sweep_at = _NEVER
+        heap = self._deadlines
+        waiters = self._waiters
+        now = self._loop.time() + _EARLY
+        while heap and heap[0][0] <= now:
+            _, _, cid, command, timeout = heapq.heappop(heap)
+            if cid in waiters:
+                out = self._expire(cid, command, timeout)
+                if out:
+                    self._write(out)
+        while heap and heap[0][2] not in waiters:  # answered meanwhile
+            heapq.heappop(heap)
+        if heap:
+            self._arm(heap[0][0])
+
+    async def _wait(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
+        """Await ``fut``, failing it with TimeoutError after ``timeout`` seconds."""
+        if timeout is None:
+            return await fut
+        timer = self._loop.call_later(timeout, _expire_future, fut, f"{what} within {timeout:g} s")
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
+    # -- closing ------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Close the connection at once, without flushing pending writes."""
+        self._closing = True
+        transport = self._transport
+        if transport is not None:
+            transport.abort()
+        elif self._sock is not None:
+            self._sock.close()
+        if transport is None:
+            self._lost(None)
+
+    async def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Close the connection; commands still waiting fail with ConnectionLost.
+
+        Writes still buffered are sent first, for up to ``timeout`` seconds
+        (None: as long as it takes); after that, or if the server stopped
+        reading, the connection is aborted and the rest is dropped.
+        """
+        transport = self._transport
+        if transport is not None and not self._closing:
+            self._closing = True
+            self._flush()
+            transport.close()
+        elif transport is None:
+            self._closing = True
+            self._lost(None)
+        if self._closed_fut.done():
+            return
+        timer = None if timeout is None else self._loop.call_later(timeout, self.abort)
+        try:
+            await asyncio.shield(self._closed_fut)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def fileno(self) -> int:
+        """The socket's file descriptor, or -1 once closed.
+
+        For inspection (``getsockopt``, ``fstat``, logging); reading or
+        writing it directly corrupts the stream.
+        """
+        transport = self._transport
+        sock = None if transport is None else transport.get_extra_info("socket")
+        return -1 if sock is None else sock.fileno()
+
+    async def wait_closed(self) -> None:
+        """Return once the connection has ended, for whatever reason.
+
+        :attr:`connection_error` then says whether that was an error.
+        """
+        await asyncio.shield(self._closed_fut)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
