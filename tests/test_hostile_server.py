@@ -27,7 +27,7 @@ STATUS = {"status": "running", "singlestep": False, "running": True}
 STRAY_FF = b'{"error": {"class": "GenericError", "desc": "JSON parse error, stray \'\\uFFFD\'"}}\r\n'
 EXPECTING = b'{"error": {"class": "GenericError", "desc": "JSON parse error, expecting value"}}\r\n'
 DEADLINE = 120.0
-# docs/notes/server.md: one turn of the loop produces at most a slice
+# README "Limits": one turn of the loop produces at most a slice
 # (1 MiB) plus one step of error answers (64 KiB) for one client.
 SLICE_BOUND = (1 << 20) + (64 << 10) + 100
 
