@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import warnings
 from typing import Any
 
@@ -225,6 +226,13 @@ def test_malformed_schemas_raise_not_hang() -> None:
     nested.append({"name": "999", "meta-type": "builtin", "json-type": "int"})
     with pytest.raises(SchemaPathError):
         Schema.from_reply(nested).query("c/arg-type/!int")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))  # the bound is the schema's, not the interpreter's
+    try:
+        with pytest.raises(SchemaPathError):
+            Schema.from_reply(nested).query("c/arg-type/!int")
+    finally:
+        sys.setrecursionlimit(limit)
     dangling = Schema.from_reply([{"name": "c", "meta-type": "command", "arg-type": "9"}])
     with pytest.raises(SchemaPathError):
         dangling.query("c/arg-type/x")

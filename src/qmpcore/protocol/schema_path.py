@@ -30,6 +30,9 @@ __all__ = ["resolve"]
 # component followed by more components, another error.
 _FOUND, _MISSING, _BAD_SCHEMA, _NOT_LAST, _ERROR = 1, 0, -2, -3, -1
 _MAX_DEPTH = 1000
+#: Alternates inside alternates (QEMU nests them a level or two); past this a
+#: schema is taken as hostile, whatever the interpreter's recursion limit.
+_MAX_ALTERNATE_NESTING = 64
 
 
 class _Next:
@@ -44,7 +47,7 @@ class _Next:
 class _Walk:
     """One traversal: the components left and the entry found."""
 
-    __slots__ = ("types", "parts", "at", "prev", "found", "depth")
+    __slots__ = ("types", "parts", "at", "prev", "found", "depth", "alternates")
 
     def __init__(self, types: Mapping[str, Mapping[str, Any]], parts: list[str]) -> None:
         self.types = types
@@ -53,6 +56,7 @@ class _Walk:
         self.prev: str | None = parts[0]
         self.found: Mapping[str, Any] | None = None
         self.depth = 0
+        self.alternates = 0  # alternates being tried, one inside another
 
     def more(self) -> bool:
         return self.at < len(self.parts)
@@ -180,16 +184,22 @@ def _alternate(entry: Mapping[str, Any], walk: _Walk) -> int | _Next:
     members = entry.get("members")
     if not isinstance(members, list):
         return _BAD_SCHEMA
+    if walk.alternates >= _MAX_ALTERNATE_NESTING:
+        return _BAD_SCHEMA
     start = walk.save()
-    for member in members:
-        branch = member.get("type") if isinstance(member, Mapping) else None
-        if not isinstance(branch, str):
-            continue
-        walk.restore(start)
-        result = _traverse(branch, walk)
-        if result != _MISSING:
-            return result
-    return _MISSING
+    walk.alternates += 1
+    try:
+        for member in members:
+            branch = member.get("type") if isinstance(member, Mapping) else None
+            if not isinstance(branch, str):
+                continue
+            walk.restore(start)
+            result = _traverse(branch, walk)
+            if result != _MISSING:
+                return result
+        return _MISSING
+    finally:
+        walk.alternates -= 1
 
 
 _BY_META: dict[str, Callable[[Mapping[str, Any], _Walk], int | _Next]] = {
