@@ -76,6 +76,24 @@ def _wait_for_socket(path: pathlib.Path, proc: subprocess.Popen, log: pathlib.Pa
     raise RuntimeError(f"{path} did not appear within {START_TIMEOUT} s")
 
 
+def _wait_until_started(path: pathlib.Path, argv: list[str]) -> None:
+    """Wait until QEMU has started its machine (or, with ``-S``, created it).
+
+    QEMU greets from its monitor thread while its main thread may still be
+    initialising: a test's session could then see the RESUME event of the
+    machine starting.  One short session first waits that out.
+    """
+    import qmpcore
+
+    paused = "-S" in argv
+    deadline = time.monotonic() + START_TIMEOUT
+    with qmpcore.connect_sync(str(path), timeout=START_TIMEOUT) as qmp:
+        while not paused and qmp.execute("query-status", timeout=START_TIMEOUT)["status"] == "prelaunch":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"QEMU at {path} did not start its machine within {START_TIMEOUT} s")
+            time.sleep(0.01)
+
+
 class Process:
     """One running QEMU or qemu-ga, with its socket path."""
 
@@ -94,6 +112,8 @@ class Process:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         _wait_for_socket(self.path, self.proc, self.log)
+        if self.argv[0] == QEMU:
+            _wait_until_started(self.path, self.argv)
 
     @property
     def pid(self) -> int:
