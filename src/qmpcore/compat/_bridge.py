@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import stat
+from collections import deque
 from collections.abc import Callable, Mapping
 from ssl import SSLContext
 from typing import Any, cast
@@ -297,3 +298,34 @@ def split_address(address: str, bad_port: type) -> str | tuple[str, int]:
         return (host, int(port))
     except ValueError:
         raise bad_port(f"Bad port: '{port}' in '{address}'.") from None
+
+
+class LateReplies:
+    """Commands an adapter gave up on, to log their late replies as qemu.qmp does.
+
+    qmpcore drops a reply to an abandoned command and counts it
+    (``counters["late_replies"]``); qemu.qmp logs ``Unknown ID '...', message
+    dropped.`` at WARNING instead.  The adapters note each abandoned id here
+    and, when they next look at the client, log one line per late reply.
+    """
+
+    __slots__ = ("abandoned", "seen")
+
+    #: Abandoned ids remembered (the oldest are forgotten first).
+    kept = 1000
+
+    def __init__(self) -> None:
+        self.abandoned: deque[object] = deque(maxlen=self.kept)
+        self.seen = 0  # late replies already logged
+
+    def reset(self) -> None:
+        """A new connection: nothing abandoned, nothing seen."""
+        self.abandoned.clear()
+        self.seen = 0
+
+    def note(self, logger: logging.Logger, late_replies: int) -> None:
+        """Log the late replies counted since the last call."""
+        abandoned = self.abandoned
+        while self.seen < late_replies and abandoned:
+            self.seen += 1
+            logger.warning("Unknown ID '%s', message dropped.", abandoned.popleft())

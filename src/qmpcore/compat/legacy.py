@@ -21,7 +21,6 @@ import asyncio
 import logging
 import socket
 import time
-from collections import deque
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -31,6 +30,7 @@ from ..errors import StateError as _CoreStateError
 from ..errors import TimeoutError as _CoreTimeoutError
 from ._bridge import (
     MAX_FRAME_SIZE,
+    LateReplies,
     RawCommand,
     broken_send,
     connect_error,
@@ -66,7 +66,6 @@ QMPObject = dict[str, object]
 #: How long connecting, the greeting and negotiation may take.
 CONNECT_TIMEOUT = sync.CONNECT_TIMEOUT
 #: Ids of abandoned commands remembered for the "Unknown ID" warning.
-_ABANDONED_KEPT = 1000
 
 _T = TypeVar("_T")
 
@@ -99,8 +98,7 @@ class QEMUMonitorProtocol:
         self._qmpcore_state = Runstate.IDLE
         self._qmpcore_greeting: QMPMessage | None = None
         self._qmpcore_exec_number = 0  # numbers the "__qmp#" ids of cmd()
-        self._qmpcore_abandoned: deque[object] = deque(maxlen=_ABANDONED_KEPT)
-        self._qmpcore_late_seen = 0
+        self._qmpcore_late = LateReplies()
         if nickname:
             self.logger = logging.getLogger(__name__).getChild(nickname)
         if server:
@@ -199,8 +197,7 @@ class QEMUMonitorProtocol:
                 log_connect_failure(self.logger, error)
                 raise error from exc
         self._qmpcore_client = client
-        self._qmpcore_abandoned.clear()
-        self._qmpcore_late_seen = 0
+        self._qmpcore_late.reset()
         self._qmpcore_state = Runstate.RUNNING
         return self._qmpcore_greeting
 
@@ -221,7 +218,7 @@ class QEMUMonitorProtocol:
         except CommandError as err:
             return raw.reply(error=err)
         except _CoreTimeoutError:
-            self._qmpcore_abandoned.append(raw.id if raw.has_id else None)
+            self._qmpcore_late.abandoned.append(raw.id if raw.has_id else None)
             raise asyncio.TimeoutError() from None
         except (ConnectionLost, _CoreStateError):
             raise self._qmpcore_interrupted() from None
@@ -250,7 +247,7 @@ class QEMUMonitorProtocol:
         except CommandError as err:
             raise execute_error(err, cmd, kwds, False, exec_id(number)) from None
         except _CoreTimeoutError:
-            self._qmpcore_abandoned.append(exec_id(number))
+            self._qmpcore_late.abandoned.append(exec_id(number))
             raise asyncio.TimeoutError() from None
         except (ConnectionLost, _CoreStateError):
             raise self._qmpcore_interrupted() from None
@@ -395,12 +392,7 @@ class QEMUMonitorProtocol:
             return None
 
     def _qmpcore_note_late(self) -> None:
-        """Log the replies to abandoned commands dropped since the last look,
-        as qemu.qmp logs replies it cannot route."""
+        """Log the replies to abandoned commands dropped since the last look."""
         client = self._qmpcore_client
-        if not self._qmpcore_abandoned or client is None:
-            return
-        late = client.counters["late_replies"]
-        while self._qmpcore_late_seen < late and self._qmpcore_abandoned:
-            self._qmpcore_late_seen += 1
-            self.logger.warning("Unknown ID '%s', message dropped.", self._qmpcore_abandoned.popleft())
+        if client is not None:
+            self._qmpcore_late.note(self.logger, client.counters["late_replies"])

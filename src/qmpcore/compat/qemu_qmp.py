@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from ssl import SSLContext
 from typing import Any
@@ -33,6 +32,7 @@ from ..errors import CommandError, ConnectionLost
 from ..errors import StateError as _CoreStateError
 from ._bridge import (
     MAX_FRAME_SIZE,
+    LateReplies,
     RawCommand,
     broken_send,
     command_message,
@@ -101,7 +101,6 @@ CONNECT_TIMEOUT = aio.CONNECT_TIMEOUT
 #: How long disconnect() lets buffered writes drain before aborting.
 CLOSE_TIMEOUT = aio.CLOSE_TIMEOUT
 #: Ids of abandoned commands remembered for the "Unknown ID" warning.
-_ABANDONED_KEPT = 1000
 
 
 class QMPClient(AsyncProtocol[Message], Events):
@@ -137,8 +136,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         self._qmpcore_closing = False  # disconnect() in progress
         self._qmpcore_lost: BaseException | None = None  # why the server side ended
         self._qmpcore_ids_in_use: set[object] = set()  # caller ids of _raw() in flight
-        self._qmpcore_abandoned: deque[object] = deque(maxlen=_ABANDONED_KEPT)
-        self._qmpcore_late_seen = 0
+        self._qmpcore_late = LateReplies()
         self._qmpcore_server_ssl: SSLContext | None = None  # start_server(ssl=): QEMU connects as the TLS client
         Events.__init__(self)
 
@@ -227,8 +225,7 @@ class QMPClient(AsyncProtocol[Message], Events):
                 error = connect_error(exc)
                 raise error from error.exc
             self._qmpcore_client = client
-            self._qmpcore_abandoned.clear()
-            self._qmpcore_late_seen = 0
+            self._qmpcore_late.reset()
             if self.await_greeting or negotiate:
                 self._greeting = greeting_or_error(client.greeting)
             if self._qmpcore_hooked:
@@ -295,7 +292,7 @@ class QMPClient(AsyncProtocol[Message], Events):
 
     def _qmpcore_on_event(self, event: aio.Event) -> None:
         self._qmpcore_deliver(event.raw)
-        if self._qmpcore_abandoned:
+        if self._qmpcore_late.abandoned:
             self._qmpcore_note_late()
 
     def _qmpcore_on_close(self, error: BaseException | None) -> None:
@@ -317,18 +314,13 @@ class QMPClient(AsyncProtocol[Message], Events):
 
     def _qmpcore_gave_up(self, wire_id: object) -> None:
         """A command was abandoned: its reply, if it comes, is dropped."""
-        self._qmpcore_abandoned.append(wire_id)
+        self._qmpcore_late.abandoned.append(wire_id)
 
     def _qmpcore_note_late(self) -> None:
-        """Log the replies to abandoned commands dropped since the last look,
-        as qemu.qmp logs replies it cannot route."""
+        """Log the replies to abandoned commands dropped since the last look."""
         client = self._qmpcore_client
-        if not self._qmpcore_abandoned or client is None:
-            return
-        late = client.counters["late_replies"]
-        while self._qmpcore_late_seen < late and self._qmpcore_abandoned:
-            self._qmpcore_late_seen += 1
-            self.logger.warning("Unknown ID '%s', message dropped.", self._qmpcore_abandoned.popleft())
+        if client is not None:
+            self._qmpcore_late.note(self.logger, client.counters["late_replies"])
 
     # -- commands -------------------------------------------------------------
 
@@ -364,7 +356,7 @@ class QMPClient(AsyncProtocol[Message], Events):
         except asyncio.CancelledError:
             self._qmpcore_gave_up(exec_id(number))
             raise
-        if self._qmpcore_abandoned:
+        if self._qmpcore_late.abandoned:
             self._qmpcore_note_late()
         return value
 
