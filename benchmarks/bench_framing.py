@@ -1,4 +1,4 @@
-"""Framer speed beside its baselines (issue "Speed"), one group per workload.
+"""Framer speed beside its baselines, one group per workload.
 
 Each group holds qmpcore's framers (compiled and pure, decoding and raw)
 and, from the same run, the orjson floor on pre-split frames, ``json.loads``,
