@@ -22,7 +22,6 @@ import functools
 import logging
 import os
 import socket
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ssl import SSLContext
@@ -31,6 +30,7 @@ from typing import Any
 from ..client.address import AddressLike, parse_address
 from ..client.aio import QMPClient, connect
 from ..client.fleet import Backoff
+from ..client.peerlog import PeerLog
 from ..errors import CommandError, ConnectionLost, QMPError
 from ..protocol._qapi import CommandInfo
 from ..protocol._qemu_output import encode_qmp
@@ -333,7 +333,7 @@ class Proxy:
         self._events = 0
         self._slow = 0
         self._reconnects = 0
-        self._last_warning = 0.0
+        self._slow_log = PeerLog(log, "proxy", interval=_WARN_INTERVAL)
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -473,12 +473,9 @@ class Proxy:
         self._slow += 1
         session.closed = True  # nothing more is queued for it
         session.transport.abort()
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_INTERVAL:
-            self._last_warning = now
-            log.warning(
-                "proxy: client %d read too slowly (more than %d bytes unread); disconnected it (%d so far)",
-                session.number,
-                self.client_buffer,
-                self._slow,
-            )
+        self._slow_log.warning(
+            "client %d read too slowly (more than %d bytes unread); disconnected it (%d so far)",
+            session.number,
+            self.client_buffer,
+            self._slow,
+        )
