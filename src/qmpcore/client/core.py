@@ -327,7 +327,7 @@ class ClientCore:
             self._router.deliver_all(batch, share, first, n == 1 and n == len(events))
 
     def _fault(self, ev: ProtocolFault) -> None:
-        self._protocol_errors += getattr(ev.item, "count", 1) if type(ev.item) is FrameError else 1  # a joined run
+        self._protocol_errors += ev.item.count if type(ev.item) is FrameError else 1  # a joined run
         self.last_protocol_error = ev.error
         self._peerlog.warning("%s", ev.error)
         waiter = self._waiters.pop(Greeting, None)  # garbage instead of a greeting

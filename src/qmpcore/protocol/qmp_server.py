@@ -198,7 +198,7 @@ class ServerProtocolBase:
                         self._ready.append(request)
                     continue
             elif isinstance(item, FrameError):
-                count = getattr(item, "count", 1)
+                count = item.count
                 last = queue[-1] if queue else None
                 if type(last) is _Repeat and last.reason == item.reason:
                     last.count += count
