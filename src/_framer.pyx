@@ -12,7 +12,7 @@ input, however it is split.  Differences are in the machinery only:
   memory (or the chunk object itself when it holds exactly one frame), so
   decoding does not copy them first.
 * The scan knows exactly which frames need the exact (slow) decoder: those
-  with single-quoted strings or integers of 19 or more characters.
+  with single-quoted strings or integers outside [-2**63, 2**64).
 * Consecutive errors are counted in C fields and become one ``FrameError``
   when anything else is output or the feed() ends (the rules for joining
   them are :mod:`qmpcore.framing.rules`); only the first error of a run
@@ -227,10 +227,43 @@ cdef inline bint _is_digit(unsigned char c):
     return 0x30 <= c <= 0x39
 
 
+cdef bint _exact_token(const unsigned char *t, Py_ssize_t n) noexcept:
+    """Does orjson decode the integer token ``t[:n]`` (``-?[0-9]+``) exactly,
+    i.e. is it within [-2**63, 2**64)?  (:func:`qmpcore.framing.rules.exact_int`)"""
+    cdef bint neg = n > 0 and t[0] == 0x2D
+    if neg:
+        t += 1
+        n -= 1
+    if n < LONG_INT:
+        return True
+    if n == 19:
+        return not neg or memcmp(t, b"9223372036854775808", 19) <= 0
+    if n == 20:
+        return not neg and memcmp(t, b"18446744073709551615", 20) <= 0
+    return False
+
+
+cdef bint _plain_long(const unsigned char *p, Py_ssize_t start, Py_ssize_t end, Py_ssize_t n) noexcept:
+    """``p[start:end]`` is a whole run of LONG_INT or more digits in valid
+    JSON: is it an integer orjson keeps exact (not part of a float)?"""
+    cdef unsigned char b
+    if end < n and (p[end] == 0x2E or p[end] == 0x65 or p[end] == 0x45):
+        return False  # the integer part of a float
+    if start > 0:
+        b = p[start - 1]
+        if b == 0x2D:
+            if start > 1 and (p[start - 2] == 0x65 or p[start - 2] == 0x45):
+                return False  # an exponent
+            start -= 1
+        elif b == 0x2E or b == 0x65 or b == 0x45 or b == 0x2B:
+            return False  # a fraction or an exponent
+    return _exact_token(p + start, end - start)
+
+
 cdef bint _plain(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth) noexcept:
     """``p[:n]`` is valid JSON: does :func:`qmpcore.framing.rules.plain_line`
-    hold (within max_depth, no run of LONG_INT digits outside strings, no
-    ``0e``/``0E`` starting a digit run)?"""
+    hold (within max_depth, outside strings every run of LONG_INT digits a
+    whole integer orjson keeps exact, no ``0e``/``0E`` starting a digit run)?"""
     cdef Py_ssize_t i = 0, depth = 0, run = 0
     cdef unsigned char k
     while i < n:
@@ -243,7 +276,7 @@ cdef bint _plain(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth) noe
             if run == 0 and p[i - 1] == 0x30 and i < n and (p[i] == 0x65 or p[i] == 0x45):
                 return False
             run += 1
-            if run >= LONG_INT:
+            if run >= LONG_INT and (i >= n or PLAIN_KIND[p[i]] != K_DIGIT) and not _plain_long(p, i - run, i, n):
                 return False
         elif k == K_QUOTE:
             run = 0
@@ -592,7 +625,7 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                         i += 1
                     while i < n and _is_digit(p[i]):
                         i += 1
-                if isint and nd >= LONG_INT:
+                if isint and nd >= LONG_INT and not _exact_token(p + s, i - s):
                     r.flags |= F_LONG
                     if nd > 640 and max_digits < 0:  # (no limit below 640 digits)
                         max_digits = _max_digits()
@@ -945,7 +978,7 @@ cdef class Framer:
                     self._state = MANT
                     pos += 1
                 else:
-                    if state == DIGITS and pos - self._tok >= LONG_INT:
+                    if state == DIGITS and pos - self._tok >= LONG_INT and not _exact_token(p + self._tok, pos - self._tok):
                         self._slow = True
                     self._state = START
                     self._token_done(pos, 0, out)
@@ -1105,7 +1138,7 @@ cdef class Framer:
                         q += 1
                     if q < n and (p[q] == 0x2E or p[q] == 0x65 or p[q] == 0x45):
                         break  # a float: the general path
-                    if q - pos >= LONG_INT:
+                    if q - pos >= LONG_INT and not _exact_token(p + pos, q - pos):
                         self._slow = True
                 if q >= n or q > last:
                     break

@@ -66,6 +66,9 @@ def test_rule_tables_say_what_the_docs_say():
 # Lines orjson accepts, rich in what the shortcut must refuse.
 _atoms = st.sampled_from(
     ["0", "1", "-0", "0e5", "0E1", "10e5", "1.0e5", "0.5", "9" * 18, "9" * 19, "-" + "1" * 19, "1" * 30 + ".5", "true"]
+    # the edges of what orjson reads exactly, and long runs in floats
+    + [str(2**64 - 1), str(2**64), str(-(2**63)), str(-(2**63) - 1), "9" * 20, "1" * 21]
+    + ["1e-" + "0" * 18 + "1", "1E+" + "0" * 18 + "2", "0." + "3" * 19, "4" * 19 + "e1"]
 )
 _strings = st.sampled_from(['""', '"0e5"', '"' + "7" * 25 + '"', '"a\\"0e1"', '"\\\\"', '"[[[["', '"x\\u0030e"'])
 
@@ -105,13 +108,31 @@ def test_compiled_shortcut_check_is_the_rule(line, max_depth):
         (b"[0e5]\n", 4, False),
         (b"[10e5, 1.5e3]\n", 4, True),
         (b'["0e5"]\n', 4, True),
-        (b"[1234567890123456789]\n", 4, False),
+        (b"[1234567890123456789]\n", 4, True),
         (b"[123456789012345678]\n", 4, True),
+        # integers orjson reads exactly: [-2**63, 2**64)
+        (b"[18446744073709551615, -9223372036854775808]\n", 4, True),
+        (b"[18446744073709551616]\n", 4, False),
+        (b"[-9223372036854775809]\n", 4, False),
+        (b"[123456789012345678901]\n", 4, False),
+        # long digit runs in floats are never taken as integers
+        (b"[1.1234567890123456789]\n", 4, False),
+        (b"[1234567890123456789.5]\n", 4, False),
+        (b"[1234567890123456789e2]\n", 4, False),
+        (b"[1e-1234567890123456789]\n", 4, False),
+        (b"[1E+1234567890123456789]\n", 4, False),
         (b'["1234567890123456789"]\n', 4, True),
     ],
 )
 def test_plain_line_examples(line, depth, ok):
     assert rules.plain_line(line, depth) is ok
+
+
+@pytest.mark.parametrize("value", [2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**19, -(10**18), 10**25])
+def test_long_integers_decode_exactly(value):
+    line = b'{"return": [%d, "x\\"y", %d]}\n' % (value, value)
+    for name, cls in IMPLEMENTATIONS.items():
+        assert cls().feed(line) == [{"return": [value, 'x"y', value]}], name
 
 
 # -- 2. FrameError count and nbytes ----------------------------------------

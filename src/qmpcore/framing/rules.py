@@ -54,6 +54,9 @@ __all__ = [
     "SQ_PLAIN",
     "RECOVER_SKIP",
     "LONG_INT",
+    "EXACT_INT_MIN",
+    "EXACT_INT_END",
+    "exact_int",
     "WHOLE_SLACK",
     "MIN_CAPACITY",
     "SHRINK_RATIO",
@@ -78,9 +81,13 @@ C_LOWER = 8
 WHITESPACE = b" \t\r\n"
 STRUCTURAL = b"{}[]:,"
 
-#: Integers with this many characters may be outside what orjson keeps
-#: exact (it reads integers outside [-2**63, 2**64) as floats).
+#: Integers with this many digits may be outside what orjson keeps exact
+#: (it reads integers outside [-2**63, 2**64) as floats): such an integer
+#: is checked against that range (:func:`exact_int`).
 LONG_INT = 19
+#: The range of integers orjson decodes exactly.
+EXACT_INT_MIN = -(2**63)
+EXACT_INT_END = 2**64
 #: Whitespace around a lone frame that still lets the chunk go to orjson whole.
 WHOLE_SLACK = 8
 #: The compiled framer's smallest buffer, and how empty a larger one must be
@@ -132,19 +139,48 @@ def run_pattern(table: bytes) -> re.Pattern[bytes]:
 # -- the one-line shortcut ---------------------------------------------------
 
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_LONG_RUN = re.compile(b"[0-9]{%d}" % LONG_INT)
+# A whole run of LONG_INT or more digits.
+_LONG_RUN = re.compile(rb"(?<![0-9])[0-9]{%d,}" % LONG_INT)
 _ZERO_EXPONENT = re.compile(rb"(?<![0-9])0[eE]")
 _INNERMOST = re.compile(rb"\[\]|\{\}")
 _NOT_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
 
 
+def exact_int(token: bytes) -> bool:
+    """Does orjson decode the integer token ``token`` (``-?[0-9]+``) exactly?"""
+    return EXACT_INT_MIN <= int(token) < EXACT_INT_END
+
+
+def _long_runs_exact(rest: bytes) -> bool:
+    """Is every run of :data:`LONG_INT` digits in ``rest`` (valid JSON, strings
+    blanked) a whole integer that orjson keeps exact?  Runs in fractions and
+    exponents, and integer parts of floats, are not."""
+    for m in _LONG_RUN.finditer(rest):
+        start, end = m.span()
+        if end < len(rest) and rest[end] in b".eE":
+            return False  # the integer part of a float
+        if end - start > 20:
+            return False
+        before = rest[start - 1 : start]
+        if before == b"-":
+            if start > 1 and rest[start - 2] in b"eE":
+                return False  # an exponent
+            start -= 1
+        elif before and before in b".eE+":
+            return False  # a fraction or an exponent
+        if not exact_int(rest[start:end]):
+            return False
+    return True
+
+
 def plain_line(line: bytes, max_depth: int) -> bool:
     """For ``line`` that orjson accepted as one value: may its value stand
     for the frame QEMU's lexer would make of it?  True when it nests at most
-    ``max_depth`` deep and, outside strings, holds no run of
-    :data:`LONG_INT` digits and no ``0e``/``0E`` at the start of a digit run."""
+    ``max_depth`` deep and, outside strings, every run of :data:`LONG_INT`
+    digits is a whole integer orjson keeps exact (:func:`exact_int`) and no
+    ``0e``/``0E`` starts a digit run."""
     rest = _STRINGS.sub(b'""', line) if b'"' in line else line
-    if _LONG_RUN.search(rest) or _ZERO_EXPONENT.search(rest):
+    if _ZERO_EXPONENT.search(rest) or (_LONG_RUN.search(rest) and not _long_runs_exact(rest)):
         return False
     brackets = rest.translate(None, _NOT_BRACKET)
     if len(brackets) <= max_depth:
