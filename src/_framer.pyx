@@ -305,7 +305,7 @@ DEF F_SPECIAL = 2   # inf/nan or an integer too long for text: json module
 DEF F_BAD = 4       # not valid: Prep.reason says why, or QEMU's parser must
 DEF F_NONCHAR = 8   # a Unicode noncharacter (an error in strict mode)
 DEF F_CHANGED = 16  # the text was rewritten into Prep.buf
-DEF F_HI = 32       # a string with bytes >= 0x80 (UTF-8 not checked here)
+DEF F_HI = 32       # a string with bytes >= 0x80 (checked as UTF-8 here)
 DEF F_MEMBERS = 64  # an object got a second member (strict: maybe a duplicate)
 
 # QEMU's parser as a pushdown automaton over tokens: what comes next.
@@ -330,6 +330,9 @@ cdef tuple _GRAMMAR_REASONS = (
     "JSON parse error, key is not a string in object",
     "JSON parse error, premature EOI",
     None,  # 7: invalid keyword (worded with the keyword)
+    "JSON parse error, invalid UTF-8 sequence in string",
+    None,  # 9: an escape that is not a valid character (worded with it)
+    "JSON parse error, invalid escape sequence in string",
 )
 
 
@@ -340,7 +343,7 @@ cdef struct Prep:
     Py_ssize_t copied   # input bytes accounted for in buf
     int flags
     int reason          # index into _GRAMMAR_REASONS when the automaton failed
-    Py_ssize_t kw_at    # (reason 7: the invalid keyword's place)
+    Py_ssize_t kw_at    # (reasons 7 and 9: the invalid keyword's or escape's place)
     Py_ssize_t kw_len
     Py_ssize_t colons   # ":" outside strings: object members, for valid JSON
     int state           # G_*
@@ -393,6 +396,35 @@ cdef inline long _hex4(const unsigned char *p, Py_ssize_t i, Py_ssize_t n) noexc
         else:
             return -1
     return v
+
+
+cdef inline Py_ssize_t _utf8_len(const unsigned char *p, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """Length of the well-formed UTF-8 sequence starting at ``p[i]`` (a byte
+    >= 0x80), or 0 when it is not one (what Python's strict decoder refuses)."""
+    cdef unsigned char c = p[i], lo = 0x80, hi = 0xBF
+    cdef Py_ssize_t k, size
+    if 0xC2 <= c <= 0xDF:
+        size = 2
+    elif 0xE0 <= c <= 0xEF:
+        size = 3
+        if c == 0xE0:
+            lo = 0xA0
+        elif c == 0xED:
+            hi = 0x9F
+    elif 0xF0 <= c <= 0xF4:
+        size = 4
+        if c == 0xF0:
+            lo = 0x90
+        elif c == 0xF4:
+            hi = 0x8F
+    else:
+        return 0
+    if i + size > n or not lo <= p[i + 1] <= hi:
+        return 0
+    for k in range(i + 2, i + size):
+        if not 0x80 <= p[k] <= 0xBF:
+            return 0
+    return size
 
 
 cdef inline bint _nonchar(long cp) noexcept:
@@ -545,13 +577,18 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                             if j + 1 < n and p[j] == 0x5C and p[j + 1] == 0x75:
                                 lo = _hex4(p, j + 2, n)
                             if not 0xDC00 <= lo <= 0xDFFF:
-                                r.flags |= F_BAD
-                                return 0
-                            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
-                            j += 6
-                        elif cp < 0 or 0xDC00 <= cp <= 0xDFFF:
-                            r.flags |= F_BAD
-                            return 0
+                                cp = -1
+                            else:
+                                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                                j += 6
+                        if cp < 0 or 0xDC00 <= cp <= 0xDFFF or (strict and _nonchar(cp)):
+                            r.kw_at = i  # QEMU names the escape (a pair when both halves were read)
+                            r.kw_len = j - i
+                            for s in range(i + 2, i + 6):  # (\u12" : the string ends first)
+                                if s >= n or p[s] == q:
+                                    r.kw_len = s + 1 - i if s < n else s - i
+                                    break
+                            return _fail(r, 9)
                         if _nonchar(cp):
                             r.flags |= F_NONCHAR
                         i = j
@@ -559,8 +596,7 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                             or e == 0x72 or e == 0x74:
                         i += 2
                     else:
-                        r.flags |= F_BAD
-                        return 0
+                        return _fail(r, 10)
                 elif c == 0x22:  # a bare " inside '...'
                     _rewrite(r, p, i, '\\"', 2, i + 1)
                     i += 1
@@ -570,13 +606,18 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                         _rewrite(r, p, i, "\\u0000", 6, i + 2)
                         i += 2
                         continue
-                    if c == 0xEF and i + 2 < n:
-                        if (p[i + 1] == 0xB7 and 0x90 <= p[i + 2] <= 0xAF) or (p[i + 1] == 0xBF and p[i + 2] >= 0xBE):
-                            r.flags |= F_NONCHAR
-                    elif 0xF0 <= c <= 0xF4 and i + 3 < n:
-                        if (p[i + 1] & 0x0F) == 0x0F and p[i + 2] == 0xBF and p[i + 3] >= 0xBE:
-                            r.flags |= F_NONCHAR
-                    i += 1
+                    # Checked here, in token order, so that an error later in
+                    # the frame is QEMU's first one without its parser.
+                    j = _utf8_len(p, i, n)
+                    if j == 0:
+                        return _fail(r, 8)
+                    if (j == 3 and c == 0xEF and ((p[i + 1] == 0xB7 and 0x90 <= p[i + 2] <= 0xAF)
+                                                  or (p[i + 1] == 0xBF and p[i + 2] >= 0xBE))) \
+                            or (j == 4 and (p[i + 1] & 0x0F) == 0x0F and p[i + 2] == 0xBF and p[i + 3] >= 0xBE):
+                        if strict:
+                            return _fail(r, 8)
+                        r.flags |= F_NONCHAR
+                    i += j
                 else:
                     i += 1
             if not _complete(r, True):
@@ -1357,11 +1398,16 @@ cdef class Framer:
         try:
             _prepare(p, n, self.strict, limit, &r)
             if r.flags & F_BAD:
-                if r.reason and not (r.flags & F_HI or (self.strict and r.flags & (F_NONCHAR | F_MEMBERS))):
-                    # nothing before it QEMU would refuse first: its words
+                if r.reason and not (self.strict and r.flags & F_MEMBERS):
+                    # nothing before it QEMU would refuse first (strings before
+                    # it were checked; a duplicate key is not known here): its words
                     if r.reason == 7:
                         self._why = "JSON parse error, invalid keyword '" + \
                             (<const char *>p)[r.kw_at:r.kw_at + r.kw_len].decode("ascii") + "'"
+                    elif r.reason == 9:
+                        self._why = "JSON parse error, " + \
+                            (<const char *>p)[r.kw_at:r.kw_at + r.kw_len].decode("latin-1") + \
+                            " is not a valid Unicode character"
                     else:
                         self._why = _GRAMMAR_REASONS[r.reason]
                 return _NO

@@ -389,6 +389,10 @@ _HOSTILE = {
     "invalid keywords": b"abc\n" * (MIB // 4),
     "dialect frame": _DIALECT + b"]}\n",
     "long integers": b"[" + b", ".join([b"-" + b"9" * 30] * (MIB // 32)) + b"]\n",
+    # invalid frames with non-ASCII strings before the error: the words are
+    # QEMU's first error, found in C (strings checked as UTF-8 in order)
+    "bad frame after UTF-8": b'[["' + b'\xc3\xa9x\\n", "' * (MIB // 16) + b'x" 2]]\n',
+    "lone surrogate after UTF-8": b'["' + b"\xc3\xa9\\n" * (MIB // 8) + b'\\ud800", 1]\n',
 }
 
 
