@@ -38,12 +38,15 @@ from cpython.object cimport PyObject
 from libc.string cimport memchr, memcmp, memcpy, memmove
 
 import json
+import os
 import sys
 
 import orjson
 
 from qmpcore.framing import rules as _rules
-from qmpcore.framing.wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, stray_reason
+from qmpcore.framing.wire import (
+    NOT_YET, SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, PendingFrame, decode_frame, stray_reason,
+)
 from qmpcore.errors import FrameError
 
 cdef extern from "Python.h":
@@ -58,6 +61,12 @@ cdef object _max_digits = getattr(sys, "get_int_max_str_digits", lambda: 0)
 cdef object _NO = object()  # "not decoded here"
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 cdef object _SYNC = SYNC
+cdef object _NOT_YET = NOT_YET
+cdef object _PendingFrame = PendingFrame
+# The key that stands for an open object member's when a segment of a
+# deferred frame is decoded on its own: unguessable, so no frame holds it.
+cdef str _STAND_IN = "\x00qmpcore-" + os.urandom(8).hex()
+cdef bytes _STAND_IN_TEXT = b'"\\u0000' + _STAND_IN[1:].encode() + b'":'
 cdef object _FrameError = FrameError
 cdef object _ParseError = ParseError
 cdef object _decode_frame = decode_frame
@@ -352,6 +361,75 @@ cdef struct Prep:
     unsigned char *levels  # L_* per open container
     Py_ssize_t levels_cap
     unsigned char *fixed   # the caller's small array levels starts in
+    Py_ssize_t pos         # where the next _prepare() call resumes
+    # Stepwise decoding only (PendingFrame): commas to cut the text at.
+    Py_ssize_t cut_every   # output bytes between cuts at least
+    Py_ssize_t last_cut    # output position of the last cut
+    Py_ssize_t *keys       # per open object: its current key's output span
+    Py_ssize_t keys_cap    # (in levels)
+
+
+cdef void _prep_init(Prep *r, unsigned char *levels, Py_ssize_t max_depth) noexcept:
+    """A fresh Prep over a frame, its level stack starting in ``levels`` (64)."""
+    r.buf = NULL
+    r.len = r.cap = r.copied = r.colons = r.depth = 0
+    r.flags = r.reason = 0
+    r.kw_at = r.kw_len = 0
+    r.state = G_VALUE
+    r.levels = r.fixed = levels
+    r.levels_cap = 64
+    r.max_depth = max_depth + 1
+    r.pos = r.last_cut = r.cut_every = 0
+    r.keys = NULL
+    r.keys_cap = 0
+
+
+cdef void _prep_free(Prep *r) noexcept:
+    PyMem_Free(r.buf)
+    r.buf = NULL
+    if r.levels != r.fixed:
+        PyMem_Free(r.levels)
+        r.levels = r.fixed
+    PyMem_Free(r.keys)
+    r.keys = NULL
+
+
+cdef inline Py_ssize_t _out(Prep *r, Py_ssize_t i) noexcept:
+    """Where input byte ``i`` lands in the output (no rewrite since r.copied)."""
+    return r.len + (i - r.copied)
+
+
+cdef int _keep_key(Prep *r, Py_ssize_t start, Py_ssize_t end) except -1:
+    """The key just read is the current one of the innermost object."""
+    cdef Py_ssize_t cap
+    cdef Py_ssize_t *mem
+    if r.depth > r.keys_cap:
+        cap = r.keys_cap * 2 if r.keys_cap else 64
+        while cap < r.depth:
+            cap *= 2
+        mem = <Py_ssize_t *>PyMem_Realloc(r.keys, 2 * cap * sizeof(Py_ssize_t))
+        if mem == NULL:
+            raise MemoryError()
+        r.keys = mem
+        r.keys_cap = cap
+    r.keys[2 * (r.depth - 1)] = start
+    r.keys[2 * (r.depth - 1) + 1] = end
+    return 0
+
+
+cdef int _cut(Prep *r, Py_ssize_t at, list cuts) except -1:
+    """Record a cut at the comma at output position ``at``: the comma, the
+    kinds of the open containers and the keys of the open objects' members."""
+    cdef list keys = []
+    cdef Py_ssize_t d
+    for d in range(r.depth - 1):
+        if r.levels[d] != L_ARR:
+            keys.append((r.keys[2 * d], r.keys[2 * d + 1]))
+        else:
+            keys.append(None)
+    cuts.append((at, PyBytes_FromStringAndSize(<const char *>r.levels, r.depth), keys))
+    r.last_cut = at
+    return 0
 
 
 cdef int _rewrite(Prep *r, const unsigned char *p, Py_ssize_t at, const char *text,
@@ -532,15 +610,22 @@ cdef bint _grammar(Prep *r, unsigned char c) noexcept:
 
 
 cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t max_digits,
-                  Prep *r) except -1:
+                  Prep *r, Py_ssize_t stop, list cuts) except -1:
     """One pass over a complete frame (its tokens are lexically valid):
     check it with QEMU's grammar, rewrite QEMU's dialect as plain JSON, flag
-    what needs more than orjson.  Stops at the first error (F_BAD)."""
-    cdef Py_ssize_t i = 0, j, s, d0, nd
+    what needs more than orjson.  Stops at the first error (F_BAD).
+
+    Resumable: it starts at r.pos and, given ``stop`` < n, returns at the
+    first token boundary from ``stop`` on (r.pos < n: call again).  With
+    ``cuts`` (a list), records commas to cut the output at (_cut)."""
+    cdef Py_ssize_t i = r.pos, j, s, d0, nd, ks = 0
     cdef unsigned char c, q, e, k
     cdef long cp, lo
     cdef bint isint, neg
     while i < n:
+        if i >= stop:
+            r.pos = i
+            return 0
         c = p[i]
         k = CLASS[c]
         if k == C_WS:
@@ -551,9 +636,12 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
         if k == C_STRUCT:
             if c == 0x3A:
                 r.colons += 1
+            elif c == 0x2C and cuts is not None and _out(r, i) - r.last_cut >= r.cut_every:
+                _cut(r, _out(r, i), cuts)
             i += 1
         elif k == C_DQUOTE or k == C_SQUOTE:
             q = c
+            ks = _out(r, i)
             if q == 0x27:
                 _rewrite(r, p, i, '"', 1, i + 1)
             i += 1
@@ -622,6 +710,8 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                     i += 1
             if not _complete(r, True):
                 return 0
+            if cuts is not None and r.state == G_COLON:
+                _keep_key(r, ks, _out(r, i))
         elif k == C_MINUS or k == C_ZERO or k == C_DIGIT or k == C_LOWER:
             s = i
             neg = c == 0x2D
@@ -678,9 +768,24 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
         else:
             r.flags |= F_BAD
             return 0
+    r.pos = n
     if r.state != G_DONE:
         _fail(r, 6)
     return 0
+
+
+cdef object _words(Prep *r, const unsigned char *p, bint strict):
+    """QEMU's words for the error _prepare() found, or None when QEMU's
+    parser must say (it may find another error first)."""
+    if not r.reason or (strict and r.flags & F_MEMBERS):
+        return None  # (strings before it were checked; a duplicate key is not known here)
+    if r.reason == 7:
+        return "JSON parse error, invalid keyword '" + \
+            (<const char *>p)[r.kw_at:r.kw_at + r.kw_len].decode("ascii") + "'"
+    if r.reason == 9:
+        return "JSON parse error, " + (<const char *>p)[r.kw_at:r.kw_at + r.kw_len].decode("latin-1") + \
+            " is not a valid Unicode character"
+    return _GRAMMAR_REASONS[r.reason]
 
 
 cdef Py_ssize_t _entries(object value) except -1:
@@ -702,6 +807,182 @@ cdef Py_ssize_t _entries(object value) except -1:
     return count
 
 
+cdef bytes _reopen(tuple cut):
+    """Text that opens again the containers open at ``cut``, inside the
+    member (a stand-in key) or last item of each outer one."""
+    cdef bytes kinds = cut[1]
+    cdef Py_ssize_t d, depth = len(kinds)
+    cdef list parts = []
+    for d in range(depth):
+        if kinds[d] == L_ARR:
+            parts.append(b"[")
+        elif d < depth - 1:
+            parts.append(b"{" + _STAND_IN_TEXT)
+        else:
+            parts.append(b"{")
+    return b"".join(parts)
+
+
+cdef bytes _close_all(tuple cut):
+    """Text that closes the containers open at ``cut``."""
+    cdef bytes kinds = cut[1]
+    cdef Py_ssize_t d
+    return bytes([0x5D if kinds[d] == L_ARR else 0x7D for d in range(len(kinds) - 1, -1, -1)])
+
+
+cdef int _merge(object root, object part, tuple cut, object doc) except -1:
+    """Join ``part`` (a segment decoded after _reopen(cut)) into ``root``:
+    down the containers open at the cut, the first item (or the stand-in
+    member) continues the open one; the rest follow it."""
+    cdef bytes kinds = cut[1]
+    cdef list keys = cut[2]
+    cdef list later = []
+    cdef Py_ssize_t d, depth = len(kinds)
+    cdef object target = root, child
+    for d in range(depth - 1):
+        if kinds[d] == L_ARR:
+            child = (<list>part)[0]
+            del (<list>part)[0]
+            later.append(part)
+            later.append(target)
+            target = (<list>target)[len(<list>target) - 1]
+        else:
+            child = (<dict>part).pop(_STAND_IN)
+            later.append(part)
+            later.append(target)
+            target = (<dict>target)[_loads(doc[keys[d][0]:keys[d][1]])]
+        part = child
+    later.append(part)
+    later.append(target)
+    # (the innermost first; order does not matter: each is a different
+    # container, and a later member with the open member's key replaces it)
+    for d in range(len(later) - 2, -1, -2):
+        target = later[d + 1]
+        if type(target) is list:
+            (<list>target).extend(<list>later[d])
+        else:
+            (<dict>target).update(<dict>later[d])
+    return 0
+
+
+@cython.final
+cdef class _Steps:
+    """The steps of a compiled PendingFrame.
+
+    First _prepare() over ``step`` bytes at a time, which checks the frame,
+    rewrites QEMU's dialect as plain JSON and records a cut at a comma every
+    ``step`` bytes or so.  Then one segment (between two cuts) at a time:
+    the containers open at its first cut opened again, its text, those open
+    at its last cut closed; decoded by one C call and joined into the value.
+    Anything unexpected decodes the whole frame the way Framer does.
+    """
+
+    cdef bytes frame
+    cdef Py_ssize_t offset
+    cdef Py_ssize_t step
+    cdef bint slow
+    cdef Prep r
+    cdef unsigned char levels[64]
+    cdef bint checked
+    cdef bint use_json   # exact integers, NaN/Infinity: the json module
+    cdef list cuts
+    cdef object doc      # the plain JSON text
+    cdef object root
+    cdef Py_ssize_t seg  # next segment
+
+    def __cinit__(self, bytes frame, Py_ssize_t offset, Py_ssize_t max_depth, Py_ssize_t step, bint slow):
+        self.frame = frame
+        self.offset = offset
+        self.step = step if step > 0 else 1
+        self.slow = slow
+        _prep_init(&self.r, self.levels, max_depth)
+        self.r.cut_every = self.step
+        self.cuts = []
+
+    def __dealloc__(self):
+        _prep_free(&self.r)
+
+    def __call__(self):
+        if not self.checked:
+            return self._check()
+        return self._segment()
+
+    cdef object _check(self):
+        cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.frame)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.frame)
+        cdef object why
+        _prepare(p, n, False, -1, &self.r, self.r.pos + self.step, self.cuts)
+        if self.r.flags & F_BAD:
+            why = _words(&self.r, p, False)
+            _prep_free(&self.r)
+            self.cuts = None
+            if why is not None:
+                return _FrameError(why, self.offset, False, 1, n)
+            return self._whole()  # QEMU's parser decides
+        if self.r.pos < n:
+            return _NOT_YET
+        if self.r.flags & F_CHANGED:
+            _rewrite(&self.r, p, n, "", 0, n)
+            self.doc = PyBytes_FromStringAndSize(self.r.buf, self.r.len)
+        else:
+            self.doc = self.frame
+        self.use_json = (self.r.flags & (F_LONG | F_SPECIAL)) != 0
+        _prep_free(&self.r)
+        self.checked = True
+        return _NOT_YET
+
+    cdef object _segment(self):
+        cdef list cuts = self.cuts
+        cdef Py_ssize_t i = self.seg, start = 0, end = len(self.doc)
+        cdef list parts = []
+        cdef object text, value
+        if i:
+            start = cuts[i - 1][0] + 1
+            parts.append(_reopen(cuts[i - 1]))
+        if i < len(cuts):
+            end = cuts[i][0]
+        parts.append(memoryview(self.doc)[start:end])
+        if i < len(cuts):
+            parts.append(_close_all(cuts[i]))
+        text = b"".join(parts)
+        try:
+            if self.use_json:
+                value = _json_loads(text.decode("utf-8"))
+            else:
+                value = _loads(text)
+            if i:
+                _merge(self.root, value, cuts[i - 1], self.doc)
+            else:
+                self.root = value
+        except (ValueError, RecursionError, LookupError, TypeError):
+            return self._whole()  # (cannot happen for text _prepare() passed)
+        self.seg = i + 1
+        if self.seg <= len(cuts):
+            return _NOT_YET
+        value = self.root
+        self.root = self.doc = self.cuts = None
+        return value
+
+    cdef object _whole(self):
+        """The frame decoded at once, as Framer decodes it."""
+        cdef object doc = self.doc
+        self.root = self.doc = self.cuts = None
+        if doc is not None:
+            if not self.use_json:
+                try:
+                    return _loads(doc)
+                except _JSONDecodeError:
+                    pass
+            try:
+                return _json_loads(doc.decode("utf-8"))
+            except (ValueError, RecursionError):
+                pass
+        try:
+            return _decode_frame(self.frame, False, self.slow)
+        except _ParseError as exc:
+            return _FrameError(exc.args[0], self.offset, False, 1, len(self.frame))
+
+
 @cython.final
 cdef class Framer:
     """Split a byte stream into QMP frames and decode them (compiled).
@@ -714,6 +995,8 @@ cdef class Framer:
     cdef readonly Py_ssize_t max_tokens
     cdef readonly bint raw
     cdef readonly bint strict
+    cdef public Py_ssize_t defer       # frames over this come out as PendingFrame (0: never)
+    cdef public Py_ssize_t defer_step  # bytes per PendingFrame step
 
     # Held bytes of an unfinished frame.
     cdef char *_buf
@@ -753,9 +1036,13 @@ cdef class Framer:
         self._cap = 0
 
     def __init__(self, max_frame_size=64 << 20, max_depth=1024, *, max_tokens=2 << 20,
-                 raw=False, strict=False):
+                 raw=False, strict=False, defer=0):
         if max_frame_size < 1 or max_depth < 1 or max_tokens < 1:
             raise ValueError("limits must be positive")
+        if defer < 0:
+            raise ValueError("defer must be 0 (off) or a size in bytes")
+        self.defer = defer
+        self.defer_step = _rules.DEFER_STEP
         self.max_frame_size = max_frame_size
         self.max_depth = max_depth
         self.max_tokens = max_tokens
@@ -1107,7 +1394,7 @@ cdef class Framer:
         """Take ``data`` whole when it is exactly one line holding one plain frame."""
         if n == 0 or p[n - 1] != 0x0A or memchr(p, 0x0A, n - 1) != NULL:
             return False
-        if n > self.max_frame_size or n > self.max_tokens or CLASS[p[0]] == C_WS:
+        if n > self.max_frame_size or n > self.max_tokens or CLASS[p[0]] == C_WS or (self.defer and n > self.defer):
             return False
         try:
             value = _loads(data)
@@ -1208,7 +1495,7 @@ cdef class Framer:
             return 0
         end = nl - p + 1
         self._nofast = end - 1  # whatever happens, do not try this line again
-        if end - pos > self.max_frame_size or end - pos > self.max_tokens:
+        if end - pos > self.max_frame_size or end - pos > self.max_tokens or (self.defer and end - pos > self.defer):
             return 0
         if pos == 0 and end == self._n and self._chunk is not None:
             frame = self._chunk
@@ -1335,6 +1622,11 @@ cdef class Framer:
             # A lone , : ] or } (after a frame, say): no value can start so.
             self._err(_EXPECTING, 0, 0, self._base + start, 1, False, out)
             return 0
+        if self.defer and end - start > self.defer and not self.strict:
+            frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
+            self._put(_PendingFrame(_Steps(frame, self._base + start, self.max_depth, self.defer_step, self._slow),
+                                    self._base + start, end - start), out)
+            return 0
         # orjson first, unless the frame needs more or is small garbage
         # amid garbage (then the C pass says why without an exception).
         tried = not self._slow and not self.strict and not (self._pr is not None and end - start < 4096)
@@ -1388,28 +1680,11 @@ cdef class Framer:
         cdef Py_ssize_t n = end - start
         cdef Py_ssize_t limit = -1  # sys.get_int_max_str_digits(), read when needed
         cdef unsigned char levels[64]
-        r.buf = NULL
-        r.len = r.cap = r.copied = r.colons = r.depth = 0
-        r.flags = r.reason = 0
-        r.state = G_VALUE
-        r.levels = r.fixed = levels
-        r.levels_cap = 64
-        r.max_depth = self.max_depth + 1
+        _prep_init(&r, levels, self.max_depth)
         try:
-            _prepare(p, n, self.strict, limit, &r)
+            _prepare(p, n, self.strict, limit, &r, n, None)
             if r.flags & F_BAD:
-                if r.reason and not (self.strict and r.flags & F_MEMBERS):
-                    # nothing before it QEMU would refuse first (strings before
-                    # it were checked; a duplicate key is not known here): its words
-                    if r.reason == 7:
-                        self._why = "JSON parse error, invalid keyword '" + \
-                            (<const char *>p)[r.kw_at:r.kw_at + r.kw_len].decode("ascii") + "'"
-                    elif r.reason == 9:
-                        self._why = "JSON parse error, " + \
-                            (<const char *>p)[r.kw_at:r.kw_at + r.kw_len].decode("latin-1") + \
-                            " is not a valid Unicode character"
-                    else:
-                        self._why = _GRAMMAR_REASONS[r.reason]
+                self._why = _words(&r, p, self.strict)
                 return _NO
             if self.strict and r.flags & F_NONCHAR:
                 return _NO
@@ -1419,9 +1694,7 @@ cdef class Framer:
             else:
                 doc = PyBytes_FromStringAndSize(<const char *>p, n)
         finally:
-            PyMem_Free(r.buf)
-            if r.levels != r.fixed:
-                PyMem_Free(r.levels)
+            _prep_free(&r)
         value = _NO
         if not r.flags & (F_LONG | F_SPECIAL) and not (tried and not r.flags & F_CHANGED):
             try:

@@ -632,3 +632,71 @@ async def test_fleet_backoff_resets_after_healthy_after_seconds_up(tmp_path):
             # Every connection counted as healthy: the schedule restarts each time.
             assert fleet._members["flap"].attempt <= 1
             assert fleet.stats().reconnects >= 4
+
+
+# -- large valid frames: a slice of the loop per turn ------------------------------
+
+
+ESCAPED_UNIT = b'"\\n\\"\\u00e9\\\\", 1234567890123456789, '
+
+
+def escaped_event(size: int) -> bytes:
+    """A valid event of about ``size`` bytes: escapes next to 19-digit integers."""
+    return event("BIG", {"a": "@"}).replace(b'"@"', b"[" + ESCAPED_UNIT * (size // len(ESCAPED_UNIT)) + b"0]")
+
+
+async def test_large_frame_is_decoded_a_slice_per_turn_of_the_loop(tmp_path):
+    big = escaped_event(4 << 20)
+    sent = asyncio.Event()
+
+    async def big_vm(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        framer, pending = qmpcore.Framer(), []
+        writer.write(GREETING)
+        writer.write(reply(await read_command(reader, framer, pending)))
+        writer.write(big)
+        await writer.drain()
+        sent.set()
+        await reader.read()
+
+    async with peers(tmp_path) as p:
+        hostile_path, good_path = await p.add("big", big_vm), await p.add("good", good_vm)
+        async with qmpcore.connect(good_path) as good, qmpcore.connect(hostile_path) as hostile:
+            events = hostile.events()
+            proto = hostile._proto
+            await asyncio.wait_for(sent.wait(), GUARD)
+            for _ in range(100_000):  # the whole frame arrives (16 KiB a read), its decoding begins
+                if proto.decoding:
+                    break
+                await asyncio.sleep(0)
+            assert proto.decoding
+            pending = proto._stalled
+            before = pending.steps
+            for _ in range(5):
+                assert await good.execute("query-status") == {}
+            # Five round trips took a few turns of the loop, each turn one
+            # step of the large frame; it needs hundreds of them.
+            assert pending.steps - before < 100 and proto.decoding
+            ev = await asyncio.wait_for(events.get(), GUARD)
+            assert ev.name == "BIG" and len(ev.data["a"]) == 2 * ((4 << 20) // len(ESCAPED_UNIT)) + 1
+            assert pending.steps > 400  # 4 MiB checked, then decoded, 16 KiB a step
+            assert ev.data["a"][:2] == ['\n"\u00e9\\', 1234567890123456789]
+            assert hostile.counters["protocol_errors"] == 0
+
+
+async def test_fleet_good_vm_answers_while_another_floods_large_escaped_frames(tmp_path):
+    async with peers(tmp_path) as p:
+        vms = {
+            "hostile": await p.add("hostile", garbage_vm(escaped_event(1 << 20))),
+            "good": await p.add("good", good_vm),
+        }
+        async with Fleet(vms, connect_timeout=GUARD, command_timeout=GUARD, event_maxsize=4) as fleet:
+            stream = fleet.events()  # never read
+            assert await fleet.wait_connected(timeout=GUARD)
+            for _ in range(20):
+                assert await fleet.execute("good", "query-status") == {}
+            received = fleet.stats().events_received
+            for _ in range(20):
+                assert await fleet.execute("good", "query-status") == {}
+            assert fleet.stats().events_received >= received
+            assert len(stream._queue) <= 4
+            assert fleet.client("hostile").counters["protocol_errors"] == 0

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionLost, TimeoutError, TLSError
+from ..framing.rules import DEFER_STEP
 from ._log import log, tracing
 from .address import Address
 from .core import ClientCore, QMPInfo, scm_rights
@@ -46,6 +47,11 @@ _READ_SIZE = 1 << 18
 #: last read, may take: garbage costs more per byte than valid frames, so
 #: such a peer gets a smaller slice of the loop until it sends clean data.
 _SUSPECT_READ_SIZE = 1 << 12
+#: Frames over a read's worth of bytes are decoded a step (DEFER_STEP
+#: bytes) per turn of the loop, and their peer reads this much at a time
+#: while it sends one: a large frame costs each turn a small slice.
+_DEFER_SIZE = _READ_SIZE
+_LARGE_READ_SIZE = DEFER_STEP
 _buffers = threading.local()
 
 
@@ -64,13 +70,14 @@ def _read_buffer() -> memoryview:
 class _Transport(asyncio.BufferedProtocol):
     """Feeds the client from the event loop's callbacks."""
 
-    __slots__ = ("_client", "_view", "_full", "_small")
+    __slots__ = ("_client", "_view", "_full", "_small", "_large")
 
     def __init__(self, client: _AsyncClient) -> None:
         self._client = client
         self._full = _read_buffer()
         # Small reads until the peer sent clean data once.
         self._view = self._small = self._full[:_SUSPECT_READ_SIZE]
+        self._large = self._full[:_LARGE_READ_SIZE]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -79,8 +86,14 @@ class _Transport(asyncio.BufferedProtocol):
         client = self._client
         faults = client._protocol_errors
         client._received(self._view[:nbytes])
-        # Fair share: a peer whose read held malformed frames reads less next time.
-        self._view = self._full if client._protocol_errors == faults else self._small
+        # Fair share: a peer whose read held malformed frames reads less
+        # next time; one sending a frame over a read's worth too.
+        if client._protocol_errors != faults:
+            self._view = self._small
+        elif client._proto.buffered > _LARGE_READ_SIZE or client._proto.decoding:
+            self._view = self._large
+        else:
+            self._view = self._full
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
@@ -103,6 +116,8 @@ class _AsyncClient(ClientCore):
         command_timeout: float | None,
     ) -> None:
         super().__init__(proto, address, event_queue, command_timeout)
+        proto.defer_frames(_DEFER_SIZE)
+        self._stepping = False  # a step of a large frame's decoding is scheduled
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None  # unix only, for SCM_RIGHTS
@@ -218,11 +233,43 @@ class _AsyncClient(ClientCore):
         out = proto.data_to_send()
         if out:
             self._write(out)
-        if self._router.blocked and not self._read_paused:
+        if proto.decoding and not self._stepping:
+            self._stepping = True
+            self._loop.call_soon(self._step)
+        if (self._router.blocked or self._stepping) and not self._read_paused:
             self._read_paused = True
             self._transport.pause_reading()  # type: ignore[union-attr]
 
+    def _step(self) -> None:
+        """One slice of a large frame's decoding per turn of the loop; reading
+        waits until it is done (the bytes after it wait in the socket)."""
+        proto = self._proto
+        nbytes = proto.decoding_bytes
+        events = proto.step()
+        if events:
+            self._process(events, nbytes)
+            out = proto.data_to_send()
+            if out:
+                self._write(out)
+        if proto.decoding and self._transport is not None:
+            self._loop.call_soon(self._step)
+            return
+        self._stepping = False
+        self._resume_reading()
+
+    def _finish_steps(self) -> None:
+        """Decode what is held at once (the connection ended: nothing that
+        arrived intact is lost)."""
+        proto = self._proto
+        while proto.decoding:
+            nbytes = proto.decoding_bytes
+            events = proto.step()
+            if events:
+                self._process(events, nbytes)
+
     def _lost(self, exc: BaseException | None) -> None:
+        if self._proto.decoding:
+            self._finish_steps()
         self._transport = None
         self._shutdown(exc)
         if self._sweeper is not None:
@@ -235,7 +282,7 @@ class _AsyncClient(ClientCore):
 
     def _resume_reading(self) -> None:
         """A blocking consumer caught up: read again."""
-        if self._read_paused and not self._router.blocked:
+        if self._read_paused and not self._router.blocked and not self._stepping:
             self._read_paused = False
             if self._transport is not None:
                 self._transport.resume_reading()

@@ -35,11 +35,15 @@ Framing follows QEMU 7.2's JSON lexer and message splitter
 Complete frames are decoded by :func:`qmpcore.framing.wire.decode_frame` (orjson,
 with QEMU's dialect as the fallback) unless ``raw`` is set.  After a large
 frame the buffer is given back (``capacity`` tells what is allocated).
+With ``defer`` set, a complete frame over that many bytes comes out as a
+:class:`~qmpcore.framing.wire.PendingFrame` whose steps decode it (client
+role only; a strict framer decodes every frame at once).
 """
 
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 import orjson
@@ -47,7 +51,7 @@ import orjson
 from ..errors import FrameError
 from . import rules
 from .rules import push
-from .wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame
+from .wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, PendingFrame, decode_frame
 from .wire import stray_reason as _stray
 
 __all__ = ["Framer"]
@@ -82,6 +86,14 @@ _DIGIT = frozenset(b"0123456789")
 _VALUE_STATES = frozenset(range(DQ, KEYWORD + 1))
 
 
+def _decoded(frame: bytes, offset: int, strict: bool) -> Any:
+    """The item a complete frame makes: its value, or a FrameError."""
+    try:
+        return decode_frame(frame, strict)
+    except ParseError as exc:
+        return FrameError(exc.args[0], offset, nbytes=len(frame))
+
+
 class Framer:
     """Split a byte stream into QMP frames and decode them.
 
@@ -100,6 +112,8 @@ class Framer:
         "max_tokens",
         "raw",
         "strict",
+        "defer",
+        "defer_step",
         "_buf",
         "_base",
         "_pos",
@@ -127,14 +141,21 @@ class Framer:
         max_tokens: int = 2 << 20,
         raw: bool = False,
         strict: bool = False,
+        defer: int = 0,
     ) -> None:
         if max_frame_size < 1 or max_depth < 1 or max_tokens < 1:
             raise ValueError("limits must be positive")
+        if defer < 0:
+            raise ValueError("defer must be 0 (off) or a size in bytes")
         self.max_frame_size = int(max_frame_size)
         self.max_depth = int(max_depth)
         self.max_tokens = int(max_tokens)
         self.raw = bool(raw)
         self.strict = bool(strict)
+        #: Frames over this many bytes come out as PendingFrame (0: never).
+        self.defer = int(defer)
+        #: Bytes decoded per PendingFrame step.
+        self.defer_step = rules.DEFER_STEP
         self._buf = bytearray()
         self._base = 0
         self._pos = 0
@@ -338,7 +359,7 @@ class Framer:
             return 0
         self._nofast = nl  # whatever happens, do not try this line again
         seg = bytes(buf[pos : nl + 1])
-        if len(seg) > self.max_frame_size or len(seg) > self.max_tokens:
+        if len(seg) > self.max_frame_size or len(seg) > self.max_tokens or (self.defer and len(seg) > self.defer):
             return 0
         self._work += 3 * len(seg)  # orjson, plain_line's passes
         try:
@@ -407,10 +428,12 @@ class Framer:
         if self.raw:
             out.append(bytes(frame))
             return
-        try:
-            push(out, decode_frame(bytes(frame), self.strict), self.strict)
-        except ParseError as exc:
-            push(out, FrameError(exc.args[0], self._base + self._start, nbytes=len(frame)), self.strict)
+        offset = self._base + self._start
+        if self.defer and len(frame) > self.defer and not self.strict:
+            # (decoded at the first step here: this twin is about behaviour)
+            out.append(PendingFrame(partial(_decoded, bytes(frame), offset, False), offset, len(frame)))
+            return
+        push(out, _decoded(bytes(frame), offset, self.strict), self.strict)
 
     def _error(self, pos: int, out: list[Any]) -> None:
         """Lexical error at ``pos`` (that byte is consumed)."""

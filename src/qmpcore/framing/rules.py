@@ -60,6 +60,7 @@ __all__ = [
     "WHOLE_SLACK",
     "MIN_CAPACITY",
     "SHRINK_RATIO",
+    "DEFER_STEP",
     "plain_line",
     "joinable",
     "push",
@@ -94,6 +95,8 @@ WHOLE_SLACK = 8
 #: before it gives memory back (see :func:`capacity_after`).
 MIN_CAPACITY = 4096
 SHRINK_RATIO = 4
+#: Bytes a deferred frame (``Framer(defer=)``) is decoded by per step.
+DEFER_STEP = 16 << 10
 
 
 def _table(pick: Any) -> bytes:

@@ -9,7 +9,7 @@ import orjson
 
 from .qemu_json import ParseError, display, parse, transcode
 
-__all__ = ["SYNC", "encode", "decode_frame", "stray_reason", "ParseError"]
+__all__ = ["SYNC", "PendingFrame", "NOT_YET", "encode", "decode_frame", "stray_reason", "ParseError"]
 
 #: FrameError reasons for the limits, in QEMU's words.
 TOO_BIG = "JSON token size limit exceeded"
@@ -37,6 +37,59 @@ class _Sync:
 
 #: Item a framer yields for a 0xFF byte on the stream (QGA's resync marker).
 SYNC = _Sync()
+
+#: What a :class:`PendingFrame`'s step function returns until it is done.
+NOT_YET: Any = object()
+
+
+class PendingFrame:
+    """A complete frame larger than the framer's ``defer`` size, in the
+    place of its value: decoded a slice at a time, so that one large frame
+    never holds an event loop for longer than a slice takes.
+
+    Call :meth:`step` until it returns True; :attr:`result` is then what
+    ``feed()`` would have returned in its place (the value, or a
+    :class:`~qmpcore.errors.FrameError`).  The items after it in the same
+    list come after it on the stream.
+    """
+
+    __slots__ = ("offset", "nbytes", "result", "steps", "_next")
+
+    def __init__(self, next_step: Any, offset: int, nbytes: int) -> None:
+        self._next = next_step  # () -> NOT_YET, or the result
+        #: Stream offset and size of the frame.
+        self.offset = offset
+        self.nbytes = nbytes
+        #: Steps taken so far.
+        self.steps = 0
+        self.result: Any = NOT_YET
+
+    @property
+    def done(self) -> bool:
+        """Has the last step been taken?"""
+        return self.result is not NOT_YET
+
+    def step(self) -> bool:
+        """Decode one more slice; True when :attr:`result` is ready."""
+        if self.result is NOT_YET:
+            self.steps += 1
+            result = self._next()
+            if result is NOT_YET:
+                return False
+            self.result = result
+            self._next = None
+        return True
+
+    def finish(self) -> Any:
+        """Take every remaining step at once; the result."""
+        while not self.step():
+            pass
+        return self.result
+
+    def __repr__(self) -> str:
+        state = "done" if self.done else f"{self.steps} steps"
+        return f"<PendingFrame of {self.nbytes} bytes at {self.offset}, {state}>"
+
 
 _loads = orjson.loads
 _dumps = orjson.dumps

@@ -15,12 +15,14 @@ from typing import Any
 
 from ..errors import FrameError, ProtocolError, StateError
 from ..framing import Framer
-from ..framing.wire import SYNC
+from ..framing.wire import SYNC, PendingFrame
 from .events import ConnectionClosed, ErrorReply, ProtocolEvent, ProtocolFault, Return
 
 __all__ = ["ClientProtocolBase", "check_command", "describe", "text_of", "MAX_FRAME_SIZE", "MAX_DEPTH", "MAX_TOKENS"]
 
 _MISS: Any = object()
+#: Stands for the end of the stream among items held behind a PendingFrame.
+_END: Any = object()
 #: QEMU refuses messages over 64 MiB; such a command could never be answered.
 MAX_COMMAND_SIZE = 64 << 20
 #: Default framer limits for what a server may send (QEMU's own for its input):
@@ -87,6 +89,9 @@ class ClientProtocolBase:
         self._out: list[bytes] = []  # frames released from _held
         self._eof = False
         self._ready: deque[ProtocolEvent] = deque()  # for next_event()
+        # A large frame decoded a step at a time, and the items after it.
+        self._stalled: PendingFrame | None = None
+        self._after: list[Any] = []
         #: Replies dropped because their caller had given up.
         self.late_replies = 0
 
@@ -120,7 +125,74 @@ class ClientProtocolBase:
         return out
 
     def _receive(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """The events ``data`` completes; ``b""`` (the end of the stream)
+        gives ``[ConnectionClosed(...)]``, once."""
+        if self._stalled is not None:  # they wait for the frame being decoded
+            self._after.extend(self._framer.feed(data) if data else (_END,))
+            return []
+        if not data:
+            return self._closed_now()
+        return self._handle(self._framer.feed(data))
+
+    def _handle(self, items: list[Any]) -> list[Any]:
+        """The events framer items make (a subclass's dispatch)."""
         raise NotImplementedError
+
+    def _closed_now(self) -> list[Any]:
+        """The stream ended: the state says so, the events report it."""
+        raise NotImplementedError
+
+    def _special(self, item: Any, items: list[Any], out: list[Any]) -> bool:
+        """Items that are not frames: a PendingFrame stops ``items`` there
+        until it is decoded (True: stop); the end of the stream, when it
+        came while one was decoded."""
+        if type(item) is PendingFrame:
+            self._stalled = item
+            at = items.index(item)  # (by identity first: one list scan)
+            self._after = items[at + 1 :]
+            return True
+        out.extend(self._closed_now())  # _END
+        return False
+
+    # -- large frames, a step at a time ------------------------------------
+
+    def defer_frames(self, size: int) -> None:
+        """Decode frames over ``size`` bytes a step at a time (0: never).
+
+        While such a frame is decoded, :attr:`decoding` is true and each
+        :meth:`step` call does a bounded slice of the work (about
+        ``qmpcore.framing.rules.DEFER_STEP`` bytes); the events of that
+        frame and of any bytes received meanwhile come from the step that
+        finishes it, in stream order.  An event loop calls :meth:`step`
+        once per turn so that one large frame never holds it for long.
+        """
+        self._framer.defer = size
+
+    @property
+    def decoding(self) -> bool:
+        """True while a large frame is decoded: call :meth:`step`."""
+        return self._stalled is not None
+
+    @property
+    def decoding_bytes(self) -> int:
+        """The size of the frame being decoded (0 when none)."""
+        stalled = self._stalled
+        return stalled.nbytes if stalled is not None else 0
+
+    def step(self) -> list[Any]:
+        """Decode one more slice of the large frame (see :meth:`defer_frames`);
+        the events completed when it is done (and those after it)."""
+        stalled = self._stalled
+        if stalled is None or not stalled.step():
+            return []
+        items = self._after
+        items.insert(0, stalled.result)
+        self._stalled = None
+        self._after = []
+        out = self._handle(items)
+        if self._ready:
+            out[:0] = self.events()
+        return out
 
     # -- introspection ----------------------------------------------------
 

@@ -31,8 +31,8 @@ import random
 from typing import Any
 
 from ..errors import ProtocolError, StateError
-from ..framing.wire import SYNC, encode
-from ._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS, ClientProtocolBase, check_command
+from ..framing.wire import SYNC, PendingFrame, encode
+from ._client import _END, MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS, ClientProtocolBase, check_command
 from .events import ConnectionClosed, ErrorReply, ProtocolFault, Return, Synced
 
 __all__ = [
@@ -203,15 +203,17 @@ class QGAClientProtocol(ClientProtocolBase):
         """``"guest-shutdown"`` once it was sent, else None."""
         return "guest-shutdown" if self._shutdown_sent else None
 
-    def _receive(self, data: bytes | bytearray | memoryview) -> list[Any]:
-        """The events ``data`` completes; ``b""`` (the end of the stream)
-        gives ``[ConnectionClosed(...)]``, once."""
-        if not data:
-            self.state = State.CLOSED
-            return self._end(self._shutdown_sent)
+    def _closed_now(self) -> list[Any]:
+        self.state = State.CLOSED
+        return self._end(self._shutdown_sent)
+
+    def _handle(self, items: list[Any]) -> list[Any]:
         out: list[Any] = []
-        for item in self._framer.feed(data):
-            if self.state is State.SYNCING:
+        for item in items:
+            if type(item) is PendingFrame or item is _END:
+                if self._special(item, items, out):
+                    break
+            elif self.state is State.SYNCING:
                 self._syncing(item, out)
             elif type(item) is dict and ("return" in item or "error" in item):
                 self._reply(item, out)

@@ -34,8 +34,8 @@ import enum
 from typing import Any
 
 from ..errors import StateError
-from ..framing.wire import encode
-from ._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS, ClientProtocolBase, check_command
+from ..framing.wire import PendingFrame, encode
+from ._client import _END, MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS, ClientProtocolBase, check_command
 from .events import (
     ConnectionClosed,
     ErrorReply,
@@ -164,14 +164,13 @@ class QMPClientProtocol(ClientProtocolBase):
 
     # -- receiving --------------------------------------------------------
 
-    def _receive(self, data: bytes | bytearray | memoryview) -> list[Any]:
-        """The events ``data`` completes; ``b""`` (the end of the stream)
-        gives ``[ConnectionClosed(...)]``, once."""
-        if not data:
-            self.state = State.CLOSED
-            return self._end(self._quit_sent or self._shutdown_seen)
+    def _closed_now(self) -> list[Any]:
+        self.state = State.CLOSED
+        return self._end(self._quit_sent or self._shutdown_seen)
+
+    def _handle(self, items: list[Any]) -> list[Any]:
         out: list[Any] = []
-        for item in self._framer.feed(data):
+        for item in items:
             if type(item) is dict:
                 if "event" in item:
                     out.append(self._event(item))
@@ -184,6 +183,9 @@ class QMPClientProtocol(ClientProtocolBase):
                     self._greeting(item, out)
                 else:
                     out.append(self._fault_for(item))
+            elif type(item) is PendingFrame or item is _END:
+                if self._special(item, items, out):
+                    break
             else:
                 out.append(self._fault_for(item))
         return out

@@ -1,0 +1,147 @@
+"""Frames over ``Framer(defer=)`` come out as PendingFrame and are decoded a
+step at a time: the result is exactly what ``feed()`` gives without defer,
+on both framers, however small the steps."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qmpcore import FrameError
+from qmpcore.framing.wire import PendingFrame
+from qmpcore.protocol import QMPClientProtocol
+from qmpcore.protocol.events import Event, Return
+
+
+def decode_all(framer, data: bytes) -> tuple[list, list[int]]:
+    """Items of ``data``, each PendingFrame stepped to its result; and the
+    steps each one took."""
+    out, steps = [], []
+    for item in framer.feed(data):
+        if type(item) is PendingFrame:
+            assert not item.done
+            item.finish()
+            steps.append(item.steps)
+            out.append(item.result)
+        else:
+            out.append(item)
+    return out, steps
+
+
+_scalars = st.one_of(
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=12),
+)
+_keys = st.sampled_from(["a", "b", "", "k\\", 'q"', "\u00e9", "x y"])
+
+
+def _values(depth: int = 0) -> st.SearchStrategy:
+    if depth > 4:
+        return _scalars
+    return st.one_of(
+        _scalars,
+        st.lists(st.deferred(lambda: _values(depth + 1)), max_size=8),
+        st.lists(st.tuples(_keys, st.deferred(lambda: _values(depth + 1))), max_size=6),  # members, duplicates kept
+    )
+
+
+def _text(value) -> str:
+    """JSON text of ``value``; a list of pairs is an object (keys may repeat)."""
+    if isinstance(value, list) and value and all(isinstance(v, tuple) for v in value):
+        return "{" + ", ".join(orjson.dumps(k).decode() + ": " + _text(v) for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return orjson.dumps(value).decode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.lists(_values(), min_size=1, max_size=6), step=st.sampled_from([1, 2, 5, 17, 64]))
+def test_deferred_frames_decode_as_feed_does(Framer, value, step):
+    frame = ('{"return": ' + _text(value) + ', "id": 1}\n').encode()
+    (expected,) = Framer().feed(frame)
+    f = Framer(defer=8)
+    f.defer_step = step
+    (got,), (steps,) = decode_all(f, frame)
+    assert got == expected
+    assert steps >= 1
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        # QEMU's dialect: single quotes, \', inf, exact integers, modified UTF-8
+        b"{'return': ["
+        + b", ".join([b'"a\\"b\\n\\u00e9", 12345678901234567890, \'it\\\'s\', inf, "\xc0\x80"'] * 40)
+        + b"]}",
+        b'{"a": {"k": [' + b"1, " * 40 + b'2], "k": 5, "z": [' + b"[3, 4], " * 20 + b'5]}, "": 1, "a": {"k": 2}}',
+        b'{"event": "X", "data": {"deep": ' + b'{"d": [' * 30 + b"1, 2, 3" + b"]}" * 30 + b"}}",
+        # invalid: QEMU's words, as without defer
+        b"[" + b"1, " * 60 + b"1 2]",
+        b'["' + "\u00e9".encode() * 60 + b'", "\\ud800", 1]',
+        b"{" + b'"a": 1, ' * 30 + b"}",
+        b"[" + b"tru, " * 30 + b"1]",
+    ],
+)
+@pytest.mark.parametrize("step", [1, 3, 32, 1 << 20])
+def test_deferred_dialect_and_invalid_frames(Framer, frame, step):
+    expected = Framer().feed(frame + b"\n")
+    f = Framer(defer=16)
+    f.defer_step = step
+    got, steps = decode_all(f, frame + b"\n")
+    assert got == expected
+    if isinstance(expected[0], FrameError):
+        assert got[0].offset == expected[0].offset and got[0].nbytes == expected[0].nbytes
+
+
+def test_compiled_steps_are_bounded_by_the_step_size(Framer):
+    frame = b'{"return": [' + b", ".join([b'"a\\"b\\n\\u00e9", 12345678901234567890'] * 3000) + b"]}\n"
+    f = Framer(defer=1024)
+    f.defer_step = 1024
+    (item,) = f.feed(frame)
+    assert type(item) is PendingFrame and item.nbytes == len(frame) - 1 and item.offset == 0
+    item.finish()
+    assert item.result == orjson.loads(frame)
+    if Framer.__module__.endswith("_framer"):
+        # a check pass and a decode pass, about one step per step size each
+        assert 2 * len(frame) // 1024 - 4 <= item.steps <= 2 * len(frame) // 1024 + 4
+    else:
+        assert item.steps == 1  # the twin is about behaviour: one step
+
+
+def test_small_frames_and_strict_framers_are_not_deferred(Framer):
+    f = Framer(defer=64)
+    assert f.feed(b'{"return": {}}\n') == [{"return": {}}]
+    strict = Framer(defer=8, strict=True)
+    assert strict.feed(b'{"execute": "query-status"}\n') == [{"execute": "query-status"}]
+    with pytest.raises(ValueError):
+        Framer(defer=-1)
+
+
+def test_items_after_a_pending_frame_wait_for_it():
+    proto = QMPClientProtocol()
+    proto.defer_frames(64)
+    proto.receive_data(b'{"QMP": {"version": {}, "capabilities": []}}\n')
+    proto.next_event()
+    cid, data = proto.send_command("qmp_capabilities")
+    big = b'{"event": "BIG", "data": {"x": "' + b"y" * 500 + b'"}, "timestamp": {"seconds": 1, "microseconds": 0}}\n'
+    # the reply comes after the large event, in the same read, then more bytes
+    events = proto.feed(big + b'{"return": {}, "id": %d}\n' % cid)
+    assert events == [] and proto.decoding and proto.decoding_bytes == len(big) - 1
+    assert proto.feed(b'{"event": "AFTER", "timestamp": {"seconds": 2, "microseconds": 0}}\n') == []
+    assert proto.feed(b"") == []  # the end of the stream waits too
+    done = []
+    while proto.decoding:
+        done.extend(proto.step())
+    kinds = [type(ev).__name__ for ev in done]
+    assert kinds == ["Event", "Negotiated", "Return", "Event", "ConnectionClosed"]
+    assert isinstance(done[0], Event) and done[0].data == {"x": "y" * 500}
+    assert isinstance(done[2], Return) and done[2].id == cid
+    assert done[3].name == "AFTER"
+    assert proto.step() == []
