@@ -342,6 +342,7 @@ cdef tuple _GRAMMAR_REASONS = (
     "JSON parse error, invalid UTF-8 sequence in string",
     None,  # 9: an escape that is not a valid character (worded with it)
     "JSON parse error, invalid escape sequence in string",
+    "JSON parse error, duplicate key",  # 11: found only when _prepare() tracks keys
 )
 
 
@@ -609,20 +610,60 @@ cdef bint _grammar(Prep *r, unsigned char c) noexcept:
     return False
 
 
+cdef object _key_text(Prep *r, const unsigned char *p, Py_ssize_t out_start, Py_ssize_t start, Py_ssize_t end):
+    """The key token ``p[start:end]`` just read (``out_start`` in the
+    output), as a str: QEMU's reading of it."""
+    cdef Py_ssize_t k
+    cdef bint simple = p[start] == 0x22
+    if simple:
+        for k in range(start + 1, end - 1):
+            if p[k] == 0x5C or p[k] >= 0x80:
+                simple = False
+                break
+    if simple:
+        return (<const char *>p)[start + 1:end - 1].decode("ascii")
+    # Its plain JSON text: what was rewritten of it, then what was not.
+    if out_start >= r.len:
+        return _loads(PyBytes_FromStringAndSize(<const char *>p + start, end - start))
+    return _loads(PyBytes_FromStringAndSize(r.buf + out_start, r.len - out_start)
+                  + PyBytes_FromStringAndSize(<const char *>p + r.copied, end - r.copied))
+
+
+cdef int _member_done(Prep *r, list dups) except -1:
+    """A member was completed: QEMU's "duplicate key" if its object had
+    that key already (``dups``: per open container, None or [keys, the
+    current member's key])."""
+    cdef list entry = dups[r.depth - 1]
+    if entry[1] in <set>entry[0]:
+        _fail(r, 11)
+    else:
+        (<set>entry[0]).add(entry[1])
+    return 0
+
+
 cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t max_digits,
-                  Prep *r, Py_ssize_t stop, list cuts) except -1:
+                  Prep *r, Py_ssize_t stop, list cuts, list dups=None) except -1:
     """One pass over a complete frame (its tokens are lexically valid):
     check it with QEMU's grammar, rewrite QEMU's dialect as plain JSON, flag
     what needs more than orjson.  Stops at the first error (F_BAD).
 
     Resumable: it starts at r.pos and, given ``stop`` < n, returns at the
     first token boundary from ``stop`` on (r.pos < n: call again).  With
-    ``cuts`` (a list), records commas to cut the output at (_cut)."""
-    cdef Py_ssize_t i = r.pos, j, s, d0, nd, ks = 0
+    ``cuts`` (a list), records commas to cut the output at (_cut).  With
+    ``dups`` (an empty list), finds duplicate keys too (_track_members)."""
+    cdef Py_ssize_t i = r.pos, j, s, d0, nd, ks = 0, ks_in = 0, depth_before = r.depth
     cdef unsigned char c, q, e, k
     cdef long cp, lo
     cdef bint isint, neg
+    cdef int state_before = r.state
     while i < n:
+        if dups is not None:
+            if r.state == G_OBJ_NEXT and (state_before != G_OBJ_NEXT or depth_before != r.depth):
+                _member_done(r, dups)
+                if r.flags & F_BAD:
+                    return 0
+            depth_before = r.depth
+            state_before = r.state
         if i >= stop:
             r.pos = i
             return 0
@@ -638,10 +679,15 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                 r.colons += 1
             elif c == 0x2C and cuts is not None and _out(r, i) - r.last_cut >= r.cut_every:
                 _cut(r, _out(r, i), cuts)
+            elif c == 0x7B and dups is not None:  # a new object: no keys yet
+                while len(dups) < r.depth:
+                    dups.append(None)
+                dups[r.depth - 1] = [set(), None]
             i += 1
         elif k == C_DQUOTE or k == C_SQUOTE:
             q = c
             ks = _out(r, i)
+            ks_in = i
             if q == 0x27:
                 _rewrite(r, p, i, '"', 1, i + 1)
             i += 1
@@ -712,6 +758,8 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                 return 0
             if cuts is not None and r.state == G_COLON:
                 _keep_key(r, ks, _out(r, i))
+            if dups is not None and r.state == G_COLON:
+                (<list>dups[r.depth - 1])[1] = _key_text(r, p, ks, ks_in, i)
         elif k == C_MINUS or k == C_ZERO or k == C_DIGIT or k == C_LOWER:
             s = i
             neg = c == 0x2D
@@ -774,11 +822,11 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
     return 0
 
 
-cdef object _words(Prep *r, const unsigned char *p, bint strict):
+cdef object _words(Prep *r, const unsigned char *p, bint strict, bint keys_tracked=False):
     """QEMU's words for the error _prepare() found, or None when QEMU's
     parser must say (it may find another error first)."""
-    if not r.reason or (strict and r.flags & F_MEMBERS):
-        return None  # (strings before it were checked; a duplicate key is not known here)
+    if not r.reason or (strict and r.flags & F_MEMBERS and not keys_tracked):
+        return None  # (strings before it were checked; a duplicate key was not looked for)
     if r.reason == 7:
         return "JSON parse error, invalid keyword '" + \
             (<const char *>p)[r.kw_at:r.kw_at + r.kw_len].decode("ascii") + "'"
@@ -1685,6 +1733,8 @@ cdef class Framer:
             _prepare(p, n, self.strict, limit, &r, n, None)
             if r.flags & F_BAD:
                 self._why = _words(&r, p, self.strict)
+                if self._why is None and self.strict and r.flags & F_MEMBERS:
+                    self._why = self._with_keys(p, n)  # a duplicate key may come first
                 return _NO
             if self.strict and r.flags & F_NONCHAR:
                 return _NO
@@ -1710,8 +1760,21 @@ cdef class Framer:
             except (ValueError, RecursionError):
                 return _NO
         if self.strict and r.colons != _entries(value):
-            return _NO  # a duplicate key: QEMU refuses it
+            self._why = self._with_keys(p, n)  # a duplicate key: QEMU refuses it
+            return _NO
         return value
+
+    cdef object _with_keys(self, const unsigned char *p, Py_ssize_t n):
+        """QEMU's words for the first error of a frame, duplicate keys
+        included: _prepare() again, keeping the keys of every object."""
+        cdef Prep r
+        cdef unsigned char levels[64]
+        _prep_init(&r, levels, self.max_depth)
+        try:
+            _prepare(p, n, self.strict, -1, &r, n, None, [])
+            return _words(&r, p, self.strict, True)
+        finally:
+            _prep_free(&r)
 
     cdef int _error(self, Py_ssize_t pos, list out) except -1:
         """Lexical error at ``pos`` (that byte is consumed)."""

@@ -374,6 +374,30 @@ def test_compiled_errors_in_token_soup_match_the_twin(tokens, sep, strict):
 
 # -- 6. throughput, counted: no Python per byte ---------------------------------
 
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"a": 1, "a": 2 3}',
+        b'{"a": {"x": 1, "x": 2}, "b" 1}',
+        b'{"a": 1, "b": [1, {"c": 1, "c": 2}], }',
+        b'{"a": 1, "b": [1, {"c": 1, "d": 2}], }',
+        b'[{"a": 1, "b": 1}, {"a": 2, "b": 2}, 1 2]',
+        b"{'it\\'s': 1, \"it's\": 2}",
+        b'{"\\u0061": 1, "a": 2}',
+        b'{"\xc3\xa9": 1, "\\u00e9": 2}',
+        b'{"a": 1, "b": 2, "a": {"x" 1}}',
+        b'{"a": [{"a": 1, "b": []}, {"a": 1}], "b": 2, "a": 3}',
+        b'{"a": 1, "a"}',
+    ],
+)
+def test_strict_duplicate_keys_and_errors_in_qemus_order(frame):
+    # QEMU checks a key when its member is complete: a duplicate before a
+    # grammar error is the error, one after it is not.
+    items = {name: cls(strict=True).feed(frame + b"\n") for name, cls in IMPLEMENTATIONS.items()}
+    assert len({repr(v) for v in items.values()}) == 1, items
+
+
 MIB = 1 << 20
 _DIALECT = b"{'return': [" + b", ".join(
     [b'"a\\"b\\n\\u00e9", 12345678901234567890, \'it\\\'s\', inf, "\xc3\xa9"'] * 20000
@@ -393,6 +417,10 @@ _HOSTILE = {
     # QEMU's first error, found in C (strings checked as UTF-8 in order)
     "bad frame after UTF-8": b'[["' + b'\xc3\xa9x\\n", "' * (MIB // 16) + b'x" 2]]\n',
     "lone surrogate after UTF-8": b'["' + b"\xc3\xa9\\n" * (MIB // 8) + b'\\ud800", 1]\n',
+    # many members, then an error or a duplicate key: which comes first is
+    # found in C (strict framers keep each object's keys for that)
+    "members then an error": b"{" + b",".join(b'"k%d": 1' % i for i in range(MIB // 12)) + b", }\n",
+    "members then a duplicate": b"{" + b",".join(b'"k%d": 1' % i for i in range(MIB // 12)) + b', "k7": 2}\n',
 }
 
 
