@@ -368,6 +368,10 @@ cdef struct Prep:
     Py_ssize_t last_cut    # output position of the last cut
     Py_ssize_t *keys       # per open object: its current key's output span
     Py_ssize_t keys_cap    # (in levels)
+    unsigned char in_str   # paused inside a string: its quote
+    bint str_key           # (that string is an object's key)
+    Py_ssize_t str_out     # (where it starts, in the output and the input)
+    Py_ssize_t str_in
 
 
 cdef void _prep_init(Prep *r, unsigned char *levels, Py_ssize_t max_depth) noexcept:
@@ -383,6 +387,9 @@ cdef void _prep_init(Prep *r, unsigned char *levels, Py_ssize_t max_depth) noexc
     r.pos = r.last_cut = r.cut_every = 0
     r.keys = NULL
     r.keys_cap = 0
+    r.in_str = 0
+    r.str_key = False
+    r.str_out = r.str_in = 0
 
 
 cdef void _prep_free(Prep *r) noexcept:
@@ -418,17 +425,18 @@ cdef int _keep_key(Prep *r, Py_ssize_t start, Py_ssize_t end) except -1:
     return 0
 
 
-cdef int _cut(Prep *r, Py_ssize_t at, list cuts) except -1:
-    """Record a cut at the comma at output position ``at``: the comma, the
+cdef int _cut(Prep *r, Py_ssize_t at, list cuts, Py_ssize_t string) except -1:
+    """Record a cut at output position ``at``: at a comma (``string`` -1) or
+    inside the value string that starts at input position ``string``; the
     kinds of the open containers and the keys of the open objects' members."""
     cdef list keys = []
     cdef Py_ssize_t d
-    for d in range(r.depth - 1):
-        if r.levels[d] != L_ARR:
+    for d in range(r.depth):
+        if r.levels[d] == L_MEMBER:
             keys.append((r.keys[2 * d], r.keys[2 * d + 1]))
         else:
             keys.append(None)
-    cuts.append((at, PyBytes_FromStringAndSize(<const char *>r.levels, r.depth), keys))
+    cuts.append((at, PyBytes_FromStringAndSize(<const char *>r.levels, r.depth), keys, string))
     r.last_cut = at
     return 0
 
@@ -641,6 +649,101 @@ cdef int _member_done(Prep *r, list dups) except -1:
     return 0
 
 
+cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, unsigned char q, bint strict,
+                             Prep *r, Py_ssize_t stop) except -2:
+    """The rest of a string from ``p[i]`` (after its opening quote ``q``):
+    the position after its closing quote, or -1 when it is invalid (F_BAD).
+    From ``stop`` on it may pause: r.in_str set, the position returned."""
+    cdef Py_ssize_t j, s
+    cdef unsigned char c, e
+    cdef long cp, lo
+    while i < n:
+        if i >= stop:
+            r.in_str = q
+            return i
+        c = p[i]
+        if c == q:
+            if q == 0x27:
+                _rewrite(r, p, i, '"', 1, i + 1)
+            i += 1
+            break
+        if c == 0x5C:  # backslash
+            e = p[i + 1] if i + 1 < n else 0
+            if e == 0x27:  # \' : QMP's escape, not JSON's
+                _rewrite(r, p, i, "'", 1, i + 2)
+                i += 2
+            elif e == 0x75:  # \u
+                cp = _hex4(p, i + 2, n)
+                j = i + 6
+                if 0xD800 <= cp <= 0xDBFF:
+                    lo = -1
+                    if j + 1 < n and p[j] == 0x5C and p[j + 1] == 0x75:
+                        lo = _hex4(p, j + 2, n)
+                    if not 0xDC00 <= lo <= 0xDFFF:
+                        cp = -1
+                    else:
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                        j += 6
+                if cp < 0 or 0xDC00 <= cp <= 0xDFFF or (strict and _nonchar(cp)):
+                    r.kw_at = i  # QEMU names the escape (a pair when both halves were read)
+                    r.kw_len = j - i
+                    for s in range(i + 2, i + 6):  # (\u12" : the string ends first)
+                        if s >= n or p[s] == q:
+                            r.kw_len = s + 1 - i if s < n else s - i
+                            break
+                    _fail(r, 9)
+                    return -1
+                if _nonchar(cp):
+                    r.flags |= F_NONCHAR
+                i = j
+            elif e == 0x22 or e == 0x5C or e == 0x2F or e == 0x62 or e == 0x66 or e == 0x6E \
+                    or e == 0x72 or e == 0x74:
+                i += 2
+            else:
+                _fail(r, 10)
+                return -1
+        elif c == 0x22:  # a bare " inside '...'
+            _rewrite(r, p, i, '\\"', 2, i + 1)
+            i += 1
+        elif c >= 0x80:
+            r.flags |= F_HI
+            if c == 0xC0 and i + 1 < n and p[i + 1] == 0x80:  # modified UTF-8 NUL
+                _rewrite(r, p, i, "\\u0000", 6, i + 2)
+                i += 2
+                continue
+            # Checked here, in token order, so that an error later in
+            # the frame is QEMU's first one without its parser.
+            j = _utf8_len(p, i, n)
+            if j == 0:
+                _fail(r, 8)
+                return -1
+            if (j == 3 and c == 0xEF and ((p[i + 1] == 0xB7 and 0x90 <= p[i + 2] <= 0xAF)
+                                          or (p[i + 1] == 0xBF and p[i + 2] >= 0xBE))) \
+                    or (j == 4 and (p[i + 1] & 0x0F) == 0x0F and p[i + 2] == 0xBF and p[i + 3] >= 0xBE):
+                if strict:
+                    _fail(r, 8)
+                    return -1
+                r.flags |= F_NONCHAR
+            i += j
+        else:
+            i += 1
+    return i
+
+
+cdef bint _string_done(Prep *r, const unsigned char *p, Py_ssize_t out_start, Py_ssize_t start, Py_ssize_t end,
+                       list cuts, list dups) except -1:
+    """The string ``p[start:end]`` is complete: hand it to its container
+    (False: the frame is invalid there); keep it if it is a key."""
+    if not _complete(r, True):
+        return False
+    if r.state == G_COLON:
+        if cuts is not None:
+            _keep_key(r, out_start, _out(r, end))
+        if dups is not None:
+            (<list>dups[r.depth - 1])[1] = _key_text(r, p, out_start, start, end)
+    return True
+
+
 cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t max_digits,
                   Prep *r, Py_ssize_t stop, list cuts, list dups=None) except -1:
     """One pass over a complete frame (its tokens are lexically valid):
@@ -649,13 +752,26 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
 
     Resumable: it starts at r.pos and, given ``stop`` < n, returns at the
     first token boundary from ``stop`` on (r.pos < n: call again).  With
-    ``cuts`` (a list), records commas to cut the output at (_cut).  With
-    ``dups`` (an empty list), finds duplicate keys too (_track_members)."""
+    ``cuts`` (a list), records cuts (at commas, and inside long value
+    strings, where it may then pause too) to decode the output by (_cut).
+    With ``dups`` (an empty list), finds duplicate keys too (_member_done)."""
     cdef Py_ssize_t i = r.pos, j, s, d0, nd, ks = 0, ks_in = 0, depth_before = r.depth
     cdef unsigned char c, q, e, k
-    cdef long cp, lo
     cdef bint isint, neg
     cdef int state_before = r.state
+    if r.in_str:  # resume inside a string
+        q = r.in_str
+        r.in_str = 0
+        i = _string_body(p, n, i, q, strict, r, stop)
+        if i < 0:
+            return 0
+        if r.in_str:
+            r.pos = i
+            if not r.str_key and _out(r, i) - r.last_cut >= r.cut_every:
+                _cut(r, _out(r, i), cuts, r.str_in)
+            return 0
+        if not _string_done(r, p, r.str_out, r.str_in, i, cuts, dups):
+            return 0
     while i < n:
         if dups is not None:
             if r.state == G_OBJ_NEXT and (state_before != G_OBJ_NEXT or depth_before != r.depth):
@@ -678,7 +794,7 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
             if c == 0x3A:
                 r.colons += 1
             elif c == 0x2C and cuts is not None and _out(r, i) - r.last_cut >= r.cut_every:
-                _cut(r, _out(r, i), cuts)
+                _cut(r, _out(r, i), cuts, -1)
             elif c == 0x7B and dups is not None:  # a new object: no keys yet
                 while len(dups) < r.depth:
                     dups.append(None)
@@ -691,75 +807,20 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
             if q == 0x27:
                 _rewrite(r, p, i, '"', 1, i + 1)
             i += 1
-            while i < n:
-                c = p[i]
-                if c == q:
-                    if q == 0x27:
-                        _rewrite(r, p, i, '"', 1, i + 1)
-                    i += 1
-                    break
-                if c == 0x5C:  # backslash
-                    e = p[i + 1] if i + 1 < n else 0
-                    if e == 0x27:  # \' : QMP's escape, not JSON's
-                        _rewrite(r, p, i, "'", 1, i + 2)
-                        i += 2
-                    elif e == 0x75:  # \u
-                        cp = _hex4(p, i + 2, n)
-                        j = i + 6
-                        if 0xD800 <= cp <= 0xDBFF:
-                            lo = -1
-                            if j + 1 < n and p[j] == 0x5C and p[j + 1] == 0x75:
-                                lo = _hex4(p, j + 2, n)
-                            if not 0xDC00 <= lo <= 0xDFFF:
-                                cp = -1
-                            else:
-                                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
-                                j += 6
-                        if cp < 0 or 0xDC00 <= cp <= 0xDFFF or (strict and _nonchar(cp)):
-                            r.kw_at = i  # QEMU names the escape (a pair when both halves were read)
-                            r.kw_len = j - i
-                            for s in range(i + 2, i + 6):  # (\u12" : the string ends first)
-                                if s >= n or p[s] == q:
-                                    r.kw_len = s + 1 - i if s < n else s - i
-                                    break
-                            return _fail(r, 9)
-                        if _nonchar(cp):
-                            r.flags |= F_NONCHAR
-                        i = j
-                    elif e == 0x22 or e == 0x5C or e == 0x2F or e == 0x62 or e == 0x66 or e == 0x6E \
-                            or e == 0x72 or e == 0x74:
-                        i += 2
-                    else:
-                        return _fail(r, 10)
-                elif c == 0x22:  # a bare " inside '...'
-                    _rewrite(r, p, i, '\\"', 2, i + 1)
-                    i += 1
-                elif c >= 0x80:
-                    r.flags |= F_HI
-                    if c == 0xC0 and i + 1 < n and p[i + 1] == 0x80:  # modified UTF-8 NUL
-                        _rewrite(r, p, i, "\\u0000", 6, i + 2)
-                        i += 2
-                        continue
-                    # Checked here, in token order, so that an error later in
-                    # the frame is QEMU's first one without its parser.
-                    j = _utf8_len(p, i, n)
-                    if j == 0:
-                        return _fail(r, 8)
-                    if (j == 3 and c == 0xEF and ((p[i + 1] == 0xB7 and 0x90 <= p[i + 2] <= 0xAF)
-                                                  or (p[i + 1] == 0xBF and p[i + 2] >= 0xBE))) \
-                            or (j == 4 and (p[i + 1] & 0x0F) == 0x0F and p[i + 2] == 0xBF and p[i + 3] >= 0xBE):
-                        if strict:
-                            return _fail(r, 8)
-                        r.flags |= F_NONCHAR
-                    i += j
-                else:
-                    i += 1
-            if not _complete(r, True):
+            if cuts is not None:
+                r.str_key = r.depth > 0 and r.levels[r.depth - 1] == L_KEY
+            i = _string_body(p, n, i, q, strict, r, stop if cuts is not None else n)
+            if i < 0:
                 return 0
-            if cuts is not None and r.state == G_COLON:
-                _keep_key(r, ks, _out(r, i))
-            if dups is not None and r.state == G_COLON:
-                (<list>dups[r.depth - 1])[1] = _key_text(r, p, ks, ks_in, i)
+            if r.in_str:  # paused inside it (stepwise): resume there
+                r.str_out = ks
+                r.str_in = ks_in
+                r.pos = i
+                if not r.str_key and _out(r, i) - r.last_cut >= r.cut_every:
+                    _cut(r, _out(r, i), cuts, ks_in)
+                return 0
+            if not _string_done(r, p, ks, ks_in, i, cuts, dups):
+                return 0
         elif k == C_MINUS or k == C_ZERO or k == C_DIGIT or k == C_LOWER:
             s = i
             neg = c == 0x2D
@@ -836,6 +897,25 @@ cdef object _words(Prep *r, const unsigned char *p, bint strict, bint keys_track
     return _GRAMMAR_REASONS[r.reason]
 
 
+cdef object _exact(bytes doc):
+    """Plain JSON decoded with exact integers, NaN and Infinity: the json
+    module's C scanner, on text decoded strictly (json.loads(bytes) would
+    let UTF-8 surrogates through).  Its recursion counts against Python's
+    limit: a frame nested deeper than that (but within max_depth) gets the
+    room it needs rather than QEMU's parser in Python."""
+    cdef str text = doc.decode("utf-8")
+    cdef int limit
+    try:
+        return _json_loads(text)
+    except RecursionError:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + doc.count(b"[") + doc.count(b"{") + 64)
+        try:
+            return _json_loads(text)
+        finally:
+            sys.setrecursionlimit(limit)
+
+
 cdef Py_ssize_t _entries(object value) except -1:
     """Object members in ``value`` at any depth (no recursion)."""
     cdef list stack = [value]
@@ -856,61 +936,32 @@ cdef Py_ssize_t _entries(object value) except -1:
 
 
 cdef bytes _reopen(tuple cut):
-    """Text that opens again the containers open at ``cut``, inside the
-    member (a stand-in key) or last item of each outer one."""
+    """Text that opens again the containers open at ``cut``: inside the
+    member (a stand-in key) or the last item of each one that goes on
+    (every one at a string cut, the string included), before the next
+    member or item of the innermost one (at a comma)."""
     cdef bytes kinds = cut[1]
     cdef Py_ssize_t d, depth = len(kinds)
+    cdef bint string = cut[3] >= 0
     cdef list parts = []
     for d in range(depth):
         if kinds[d] == L_ARR:
             parts.append(b"[")
-        elif d < depth - 1:
+        elif string or d < depth - 1:
             parts.append(b"{" + _STAND_IN_TEXT)
         else:
             parts.append(b"{")
+    if string:
+        parts.append(b'"')
     return b"".join(parts)
 
 
 cdef bytes _close_all(tuple cut):
-    """Text that closes the containers open at ``cut``."""
+    """Text that closes the containers open at ``cut`` (and its string)."""
     cdef bytes kinds = cut[1]
     cdef Py_ssize_t d
-    return bytes([0x5D if kinds[d] == L_ARR else 0x7D for d in range(len(kinds) - 1, -1, -1)])
-
-
-cdef int _merge(object root, object part, tuple cut, object doc) except -1:
-    """Join ``part`` (a segment decoded after _reopen(cut)) into ``root``:
-    down the containers open at the cut, the first item (or the stand-in
-    member) continues the open one; the rest follow it."""
-    cdef bytes kinds = cut[1]
-    cdef list keys = cut[2]
-    cdef list later = []
-    cdef Py_ssize_t d, depth = len(kinds)
-    cdef object target = root, child
-    for d in range(depth - 1):
-        if kinds[d] == L_ARR:
-            child = (<list>part)[0]
-            del (<list>part)[0]
-            later.append(part)
-            later.append(target)
-            target = (<list>target)[len(<list>target) - 1]
-        else:
-            child = (<dict>part).pop(_STAND_IN)
-            later.append(part)
-            later.append(target)
-            target = (<dict>target)[_loads(doc[keys[d][0]:keys[d][1]])]
-        part = child
-    later.append(part)
-    later.append(target)
-    # (the innermost first; order does not matter: each is a different
-    # container, and a later member with the open member's key replaces it)
-    for d in range(len(later) - 2, -1, -2):
-        target = later[d + 1]
-        if type(target) is list:
-            (<list>target).extend(<list>later[d])
-        else:
-            (<dict>target).update(<dict>later[d])
-    return 0
+    cdef bytes closers = bytes([0x5D if kinds[d] == L_ARR else 0x7D for d in range(len(kinds) - 1, -1, -1)])
+    return b'"' + closers if cut[3] >= 0 else closers
 
 
 @cython.final
@@ -937,6 +988,7 @@ cdef class _Steps:
     cdef object doc      # the plain JSON text
     cdef object root
     cdef Py_ssize_t seg  # next segment
+    cdef list pieces     # of a string cut more than once, until it ends
 
     def __cinit__(self, bytes frame, Py_ssize_t offset, Py_ssize_t max_depth, Py_ssize_t step, bint slow):
         self.frame = frame
@@ -985,7 +1037,7 @@ cdef class _Steps:
         cdef list parts = []
         cdef object text, value
         if i:
-            start = cuts[i - 1][0] + 1
+            start = cuts[i - 1][0] + (0 if cuts[i - 1][3] >= 0 else 1)  # (a comma is left out)
             parts.append(_reopen(cuts[i - 1]))
         if i < len(cuts):
             end = cuts[i][0]
@@ -995,11 +1047,11 @@ cdef class _Steps:
         text = b"".join(parts)
         try:
             if self.use_json:
-                value = _json_loads(text.decode("utf-8"))
+                value = _exact(text)
             else:
                 value = _loads(text)
             if i:
-                _merge(self.root, value, cuts[i - 1], self.doc)
+                self._join(value, cuts[i - 1], i < len(cuts) and cuts[i][3] == cuts[i - 1][3] >= 0)
             else:
                 self.root = value
         except (ValueError, RecursionError, LookupError, TypeError):
@@ -1010,6 +1062,56 @@ cdef class _Steps:
         value = self.root
         self.root = self.doc = self.cuts = None
         return value
+
+    cdef int _join(self, object part, tuple cut, bint string_goes_on) except -1:
+        """Join ``part`` (a segment decoded after _reopen(cut)) into the
+        value: down the containers open at the cut, the first item (or the
+        stand-in member) continues the open one, the rest follow it; at a
+        string cut, the string's next piece is kept until it ends, then
+        the pieces are joined in its place."""
+        cdef bytes kinds = cut[1]
+        cdef list keys = cut[2]
+        cdef list later = []
+        cdef bint string = cut[3] >= 0
+        cdef Py_ssize_t d, inner = len(kinds) if string else len(kinds) - 1
+        cdef object target = self.root, child, parent = None, slot = None
+        for d in range(inner):
+            later.append(part)
+            later.append(target)
+            parent = target
+            if kinds[d] == L_ARR:
+                child = (<list>part)[0]
+                del (<list>part)[0]
+                slot = len(<list>target) - 1
+            else:
+                child = (<dict>part).pop(_STAND_IN)
+                slot = _loads(self.doc[keys[d][0]:keys[d][1]])
+            target = target[slot]
+            part = child
+        if string:
+            # target: the string's first piece; part: its next
+            if self.pieces is None:
+                self.pieces = [target]
+            self.pieces.append(part)
+            if not string_goes_on:
+                part = "".join(self.pieces)
+                self.pieces = None
+                if parent is None:
+                    self.root = part
+                else:
+                    parent[slot] = part
+        else:
+            later.append(part)
+            later.append(target)
+        # (each a different container; a later member with the open
+        # member's key replaces it, as it would in one decode)
+        for d in range(len(later) - 2, -1, -2):
+            target = later[d + 1]
+            if type(target) is list:
+                (<list>target).extend(<list>later[d])
+            else:
+                (<dict>target).update(<dict>later[d])
+        return 0
 
     cdef object _whole(self):
         """The frame decoded at once, as Framer decodes it."""
@@ -1022,7 +1124,7 @@ cdef class _Steps:
                 except _JSONDecodeError:
                     pass
             try:
-                return _json_loads(doc.decode("utf-8"))
+                return _exact(doc)
             except (ValueError, RecursionError):
                 pass
         try:
@@ -1756,7 +1858,7 @@ cdef class Framer:
             # refuses 1e400): the json module's C scanner, on text decoded
             # strictly (json.loads(bytes) would let UTF-8 surrogates through).
             try:
-                value = _json_loads(doc.decode("utf-8"))
+                value = _exact(doc)
             except (ValueError, RecursionError):
                 return _NO
         if self.strict and r.colons != _entries(value):

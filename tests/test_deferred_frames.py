@@ -36,6 +36,7 @@ _scalars = st.one_of(
     st.booleans(),
     st.none(),
     st.text(max_size=12),
+    st.text(alphabet=st.sampled_from('ab"\\\n\u00e9\U0001f600\x00'), min_size=20, max_size=80),
 )
 _keys = st.sampled_from(["a", "b", "", "k\\", 'q"', "\u00e9", "x y"])
 
@@ -87,6 +88,20 @@ def test_deferred_frames_decode_as_feed_does(Framer, value, step):
         b'["' + "\u00e9".encode() * 60 + b'", "\\ud800", 1]',
         b"{" + b'"a": 1, ' * 30 + b"}",
         b"[" + b"tru, " * 30 + b"1]",
+        # long strings, cut inside: top level, in a list, as a member, as a key
+        b'"' + b"abc\\n\xc3\xa9\\u00e9\\ud83d\\ude00" * 20 + b'"',
+        b'["' + b"x" * 200 + b'", 1, {"k": "' + b"y\\u00e9" * 40 + b'"}, "z"]',
+        b'{"a": "'
+        + b"q" * 200
+        + b'", "a": "'
+        + b"r" * 200
+        + b'", "b": {"'
+        + b"k" * 300
+        + b'": ["'
+        + b"s" * 200
+        + b'"]}}',
+        b"{'a': '" + b"it\\'s " * 40 + b"', 'b': [['" + b"x" * 100 + b"']]}",
+        b'["' + b"x" * 200 + b'\\ud800"]',
     ],
 )
 @pytest.mark.parametrize("step", [1, 3, 32, 1 << 20])

@@ -8,6 +8,8 @@ the same fleet:
 * ``garbage``: greets, then writes stray ``,]}:`` bytes without end;
 * ``escaped``: greets, then sends 1 MiB events of escapes next to 19-digit
   integers, again and again (valid frames, the costly kind to decode);
+* ``string``: greets, then sends 1 MiB events holding one string of
+  escapes and non-ASCII text, again and again;
 * ``silent``: accepts and never greets;
 * ``flapping``: greets, negotiates and hangs up at once, every time.
 
@@ -33,7 +35,7 @@ from ._timing import percentile
 
 __all__ = ["hostile_section", "ATTACKS"]
 
-ATTACKS = ("garbage", "escaped", "silent", "flapping")
+ATTACKS = ("garbage", "escaped", "string", "silent", "flapping")
 #: Good and hostile VMs (full run, --quick).
 GOOD = {False: 50, True: 20}
 HOSTILE = {False: 5, True: 2}
@@ -72,6 +74,7 @@ def _behaviour(attack: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWri
 
     flood = b",]}:" * (1 << 14)
     big = escaped_frame(1 << 20)
+    text = b'{"event": "X-HOSTILE", "data": {"s": "' + b"a\\n\\u00e9\xc3\xa9 " * ((1 << 20) // 16) + b'"}}\r\n'
 
     async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _negotiate(reader, writer)
@@ -85,13 +88,20 @@ def _behaviour(attack: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWri
             writer.write(big)
             await writer.drain()
 
+    async def string(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _negotiate(reader, writer)
+        while True:
+            writer.write(text)
+            await writer.drain()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read()
 
     async def flapping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _negotiate(reader, writer)  # then hang up
 
-    return {"garbage": garbage, "escaped": escaped, "silent": silent, "flapping": flapping}[attack]
+    behaviours = {"garbage": garbage, "escaped": escaped, "string": string, "silent": silent, "flapping": flapping}
+    return behaviours[attack]
 
 
 async def _serve_hostile(attack: str, paths: Sequence[str]) -> None:

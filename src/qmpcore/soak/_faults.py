@@ -130,7 +130,7 @@ class FaultInjector:
         elif kind == "garbage-flood":
             vm.send_raw(rnd.choice(FLOOD_GARBAGE) * rnd.randrange(1 << 10, 4 << 10))
         elif kind == "escaped-frame":
-            vm.send_raw(escaped_frame(rnd.randrange(16 << 10, 64 << 10)))
+            vm.send_raw(escaped_frame(rnd.randrange(16 << 10, 512 << 10)))  # (some decoded a step at a time)
         elif kind == "flapping":
             self.tasks.append(asyncio.ensure_future(_flap(vm, rnd.uniform(0.2, 1.0))))
         else:
