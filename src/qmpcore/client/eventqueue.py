@@ -67,6 +67,10 @@ CloseCallback = Callable[[BaseException | None], None]
 #: Default byte budget of each event queue (backlog and subscriptions).
 EVENT_QUEUE_BYTES = 16 << 20
 
+# What a queue of size 0 holds instead of two deques (about 600 bytes each):
+# it never holds an event, and a fleet's connections all have such a backlog.
+_NO_ITEMS: Any = ()
+
 
 def event_cost(ev: Event) -> int:
     """What ``ev`` costs in a queue: the length of its frame, re-encoded.
@@ -177,8 +181,12 @@ class EventQueue:
         self.dropped = 0
         self.waiter: Any = None
         # A bounded deque drops its oldest item by itself on append.
-        self._items: deque[Event] = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
-        self._costs: deque[int] = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
+        if maxsize == 0:
+            self._items: deque[Event] = _NO_ITEMS
+            self._costs: deque[int] = _NO_ITEMS
+        else:
+            self._items = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
+            self._costs = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
         self._failure: BaseException | None = None  # raised once by the next read
         self._overflow = 0
         self._closed = False
@@ -227,6 +235,11 @@ class EventQueue:
 
     def put_all(self, events: list[Event], costs: list[int] | None = None) -> None:
         """:meth:`put` each of ``events`` (costing ``costs``, 0 each if None), in one go."""
+        if not self.maxsize:  # keeps nothing
+            self.dropped += len(events)
+            if self.waiter is not None:
+                self._wake()
+            return
         if costs is None:
             costs = [0] * len(events)
         items = self._items
@@ -328,6 +341,19 @@ class EventRouter:
     Listeners (``add_listener``) are plain callbacks, called with each event
     before it is queued and once more when the router closes.
     """
+
+    __slots__ = (
+        "max_bytes",
+        "backlog",
+        "_subs",
+        "_waiters",
+        "_dropped_gone",
+        "_listeners",
+        "_error",
+        "_closed",
+        "received",
+        "callback_errors",
+    )
 
     def __init__(self, backlog_maxsize: int = 1000, max_bytes: int = EVENT_QUEUE_BYTES) -> None:
         #: Byte budget of the backlog and the default of each subscription.

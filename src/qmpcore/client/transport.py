@@ -95,6 +95,21 @@ class _Transport(asyncio.BufferedProtocol):
 class _AsyncClient(ClientCore):
     """Socket plumbing shared by the QMP and guest agent clients."""
 
+    __slots__ = (
+        "_loop",
+        "_transport",
+        "_sock",
+        "_batch",
+        "_batch_hold",
+        "_drain_waiters",
+        "_read_paused",
+        "_closed_fut",
+        "_deadlines",
+        "_deadline_seq",
+        "_sweeper",
+        "_sweep_at",
+    )
+
     def __init__(
         self,
         proto: Any,
@@ -110,7 +125,8 @@ class _AsyncClient(ClientCore):
         self._batch_hold = 0  # >0 while an fd send owns the socket
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._read_paused = False
-        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+        # Made by whoever waits for the end first (see _closed_future).
+        self._closed_fut: asyncio.Future[None] | None = None
         # Command deadlines: a heap of (when, seq, id, command, timeout) and
         # one timer for the earliest, instead of a timer per command.
         # Entries of answered commands are dropped lazily.
@@ -229,9 +245,19 @@ class _AsyncClient(ClientCore):
             self._sweeper.cancel()
             self._sweeper = None
         self._deadlines.clear()
-        self._wake_drainers(ConnectionLost("the connection was closed"))
-        if not self._closed_fut.done():
+        if self._drain_waiters:
+            self._wake_drainers(ConnectionLost("the connection was closed"))
+        if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(None)
+
+    def _closed_future(self) -> asyncio.Future[None]:
+        """A future done once the connection has ended."""
+        fut = self._closed_fut
+        if fut is None:
+            fut = self._closed_fut = self._loop.create_future()
+            if self._closed:
+                fut.set_result(None)
+        return fut
 
     def _resume_reading(self) -> None:
         """A blocking consumer caught up: read again."""
@@ -448,11 +474,12 @@ class _AsyncClient(ClientCore):
         elif transport is None:
             self._closing = True
             self._lost(None)
-        if self._closed_fut.done():
+        closed = self._closed_future()
+        if closed.done():
             return
         timer = None if timeout is None else self._loop.call_later(timeout, self.abort)
         try:
-            await asyncio.shield(self._closed_fut)
+            await asyncio.shield(closed)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -472,7 +499,7 @@ class _AsyncClient(ClientCore):
 
         :attr:`connection_error` then says whether that was an error.
         """
-        await asyncio.shield(self._closed_fut)
+        await asyncio.shield(self._closed_future())
 
     async def __aenter__(self) -> Self:
         return self
