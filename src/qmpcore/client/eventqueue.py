@@ -26,6 +26,7 @@ connection goes on.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -443,11 +444,12 @@ class EventRouter:
             listener.closed(self._error)
             return _nothing
         self._listeners += (listener,)
+        # Bound when asked for, not kept: a caller that never removes the
+        # listener (a Fleet) pays nothing per connection for it.
+        return functools.partial(self._remove, listener)
 
-        def remove() -> None:
-            self._listeners = tuple(x for x in self._listeners if x is not listener)
-
-        return remove
+    def _remove(self, listener: _Listener) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
 
     def _notify(self, events: Iterable[Event], costs: list[int]) -> None:
         listeners = self._listeners

@@ -235,6 +235,7 @@ class _Member:
     """
 
     __slots__ = (
+        "fleet",
         "name",
         "address",
         "client",
@@ -249,7 +250,8 @@ class _Member:
         "base",
     )
 
-    def __init__(self, name: str, address: Address) -> None:
+    def __init__(self, name: str, address: Address, fleet: Fleet | None = None) -> None:
+        self.fleet = fleet
         self.name = name
         self.address = address
         self.client: Any = None
@@ -262,6 +264,17 @@ class _Member:
         self.timer: asyncio.TimerHandle | None = None  # the next attempt
         self.connected_at = 0.0  # loop time the live connection was made
         self.base = 0  # commands the live connection had issued when it was made
+
+    def on_event(self, event: Any, cost: int) -> None:
+        """The live client's listener: forward ``event`` (``cost`` bytes) to the fleet."""
+        assert self.fleet is not None
+        self.fleet._deliver(self.name, event, cost)
+
+    def on_close(self, error: BaseException | None) -> None:
+        """The live client's close listener (only one client listened to at a time)."""
+        assert self.fleet is not None
+        if self.client is not None:
+            self.fleet._lost(self, self.client)
 
     @property
     def attempt(self) -> int:
@@ -391,7 +404,7 @@ class Fleet:
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._changed = asyncio.Event()
         for name, address in self._pairs:
-            member = self._members[name] = _Member(name, address)
+            member = self._members[name] = _Member(name, address, self)
             self._launch(member)
         if wait:
             await self._wait_until(lambda: self._untried == 0, None)
@@ -538,12 +551,7 @@ class Fleet:
         The client calls these back while it routes received bytes: no task
         and no queue per connection.
         """
-        name = member.name
-        client._router.add_listener(
-            lambda event, cost: self._deliver(name, event, cost),
-            lambda _error: self._lost(member, client),
-            with_cost=True,
-        )
+        client._router.add_listener(member.on_event, member.on_close, with_cost=True)
 
     def _tried(self, member: _Member) -> None:
         if not member.tried:

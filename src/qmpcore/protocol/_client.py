@@ -71,12 +71,28 @@ class ClientProtocolBase:
     batch form for the hot path: bytes in, the list of events out.
     """
 
-    #: In-band commands sent ahead of their replies; the rest are held.
-    max_in_flight = 8
+    # Subclasses list their own attributes in __slots__ too (a protocol
+    # object per connection: no per-instance dict).
+    __slots__ = (
+        "max_in_flight",
+        "_framer",
+        "_next_id",
+        "_pending",
+        "_pending_oob",
+        "_held",
+        "_abandoned",
+        "_in_flight",
+        "_out",
+        "_eof",
+        "_ready",
+        "late_replies",
+    )
 
     def __init__(
         self, *, max_frame_size: int = MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_tokens: int = MAX_TOKENS
     ) -> None:
+        #: In-band commands sent ahead of their replies; the rest are held.
+        self.max_in_flight = 8
         self._framer = Framer(max_frame_size, max_depth, max_tokens=max_tokens)
         self._next_id = 0
         self._pending: dict[Any, str] = {}  # sent in-band, awaiting reply
@@ -86,7 +102,7 @@ class ClientProtocolBase:
         self._in_flight = 0  # in-band slots in use, abandoned ones included
         self._out: list[bytes] = []  # frames released from _held
         self._eof = False
-        self._ready: deque[ProtocolEvent] = deque()  # for next_event()
+        self._ready: deque[ProtocolEvent] | None = None  # for next_event(), made on first use
         #: Replies dropped because their caller had given up.
         self.late_replies = 0
 
@@ -97,7 +113,11 @@ class ClientProtocolBase:
 
         The events they complete are then returned by :meth:`next_event`.
         """
-        self._ready.extend(self._receive(data))
+        events = self._receive(data)
+        if self._ready is None:
+            self._ready = deque(events)
+        else:
+            self._ready.extend(events)
 
     def next_event(self) -> ProtocolEvent | None:
         """The next event completed by :meth:`receive_data`, or None when
@@ -107,6 +127,8 @@ class ClientProtocolBase:
 
     def events(self) -> list[ProtocolEvent]:
         """Every event :meth:`next_event` would return, at once."""
+        if not self._ready:
+            return []
         out = list(self._ready)
         self._ready.clear()
         return out
