@@ -79,9 +79,9 @@ _GREETINGS: dict[tuple[VersionInfo, tuple[str, ...]], Greeting] = {}
 _MAX_GREETINGS = 64
 _MAX_GREETING_TEXT = 256
 
-#: ``{"execute":NAME,"id":`` per command name, for commands without
-#: arguments: their frame is this, the id and ``}``.
-_PREFIXES: dict[str, bytes] = {}
+#: ``{"execute":NAME,"id":`` per command name (as text), for commands
+#: without arguments: their frame is this, the id and ``}``, encoded.
+_PREFIXES: dict[str, str] = {}
 _MAX_PREFIXES = 1024
 _MAX_NAME = 128
 
@@ -110,11 +110,11 @@ def _plain_greeting(version: VersionInfo, caps: tuple[str, ...]) -> dict[str, An
     return {"QMP": {"version": {"qemu": qemu, "package": version.package}, "capabilities": list(caps)}}
 
 
-def _prefix(command: str) -> bytes:
+def _prefix(command: str) -> str:
     """The start of the frame of ``command`` without arguments, up to its id."""
     prefix = _PREFIXES.get(command)
     if prefix is None:
-        prefix = encode({"execute": command, "id": 0})[: -len(b"0}\r\n")]
+        prefix = encode({"execute": command, "id": 0})[: -len(b"0}\r\n")].decode()
         if len(_PREFIXES) < _MAX_PREFIXES:
             _PREFIXES[command] = prefix
     return prefix
@@ -198,7 +198,8 @@ class QMPClientProtocol(ClientProtocolBase):
                 raise StateError("out-of-band execution was not negotiated")
         elif arguments is None and len(command) <= _MAX_NAME:  # the usual command: no dict, no encoder call
             cid = self._next_id = self._next_id + 1
-            frame = b"%b%d}\r\n" % (_PREFIXES.get(command) or _prefix(command), cid)
+            prefix = _PREFIXES.get(command) or _prefix(command)
+            frame = f"{prefix}{cid}}}\r\n".encode()
             if command == "quit":
                 self._quit_sent = True
             if self._in_flight < self.max_in_flight:  # _submit(), inline
