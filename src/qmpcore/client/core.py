@@ -9,6 +9,7 @@ logged, and the end of the stream fails whatever still waits.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import ssl
@@ -43,6 +44,12 @@ log = logging.getLogger("qmpcore")
 
 #: Default size of each event queue.
 EVENT_QUEUE_SIZE = 1000
+
+# The trace logger's own cache of level checks: one dict lookup tells that
+# DEBUG is off (the usual case) without a call per read or write; anything
+# else (a level changed, the cache cleared) asks the logger.
+# Hot paths test ``_LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG)``.
+_LEVELS: dict[int, bool] = getattr(trace_log, "_cache", {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +327,7 @@ class ClientCore:
         ``first`` what the protocol had buffered before it (events' sizes
         for the byte budgets of the queues).
         """
-        if _isEnabledFor(_DEBUG):
+        if _LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG):  # tracing(), without a call
             self._trace_in(events)
         waiters = self._waiters
         batch = None
@@ -513,9 +520,12 @@ class QMPInfo:
 
     @property
     def greeting(self) -> dict[str, Any] | None:
-        """The server's greeting message as received (``{"QMP": {...}}``)."""
+        """The server's greeting message as received (``{"QMP": {...}}``).
+
+        A copy: connections that received identical greetings share one.
+        """
         g = self._proto.greeting
-        return g.raw if g is not None else None
+        return copy.deepcopy(g.raw) if g is not None else None
 
     @property
     def version(self) -> VersionInfo | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConnectionLost, TimeoutError, TLSError
 from ._log import _DEBUG, _isEnabledFor, log, tracing
 from .address import Address
-from .core import ClientCore, QMPInfo, scm_rights
+from .core import _LEVELS, ClientCore, QMPInfo, scm_rights
 from .diagnose import connect_error
 from .tls import LastByteRecords, is_server_context
 
@@ -270,7 +270,7 @@ class _AsyncClient(ClientCore):
 
     def _write(self, data: bytes) -> None:
         """Write now when idle; batch writes issued while commands are in flight."""
-        if _isEnabledFor(_DEBUG):  # tracing(), without a call per write
+        if _LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG):  # tracing(), without a call per write
             self._trace_out(data)
         if self._batch is not None:
             self._batch.append(data)
