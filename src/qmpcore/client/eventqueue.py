@@ -68,8 +68,9 @@ CloseCallback = Callable[[BaseException | None], None]
 #: Default byte budget of each event queue (backlog and subscriptions).
 EVENT_QUEUE_BYTES = 16 << 20
 
-# What a queue of size 0 holds instead of two deques (about 600 bytes each):
-# it never holds an event, and a fleet's connections all have such a backlog.
+# What a queue holds instead of its two deques (about 600 bytes each) until
+# its first event: most connections' backlogs never get one (a fleet's are
+# of size 0 and never do).
 _NO_ITEMS: Any = ()
 
 
@@ -181,13 +182,9 @@ class EventQueue:
         self.once = once
         self.dropped = 0
         self.waiter: Any = None
-        # A bounded deque drops its oldest item by itself on append.
-        if maxsize == 0:
-            self._items: deque[Event] = _NO_ITEMS
-            self._costs: deque[int] = _NO_ITEMS
-        else:
-            self._items = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
-            self._costs = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
+        # Made by the first event (see _grow).
+        self._items: deque[Event] = _NO_ITEMS
+        self._costs: deque[int] = _NO_ITEMS
         self._failure: BaseException | None = None  # raised once by the next read
         self._overflow = 0
         self._closed = False
@@ -216,6 +213,8 @@ class EventQueue:
                     self._wake()
                 return
         if self.maxsize:
+            if items is _NO_ITEMS:
+                items = self._grow()
             items.append(ev)
             self._costs.append(cost)
             self.nbytes += cost
@@ -225,6 +224,14 @@ class EventQueue:
             self.dropped += 1
         if self.waiter is not None:
             self._wake()
+
+    def _grow(self) -> deque[Event]:
+        """The deques of a queue that gets its first event."""
+        maxsize = self.maxsize
+        # A bounded deque drops its oldest item by itself on append.
+        self._items = deque(maxlen=maxsize) if self.policy is DROP_OLDEST else deque()
+        self._costs = deque(maxlen=maxsize) if self.policy is DROP_OLDEST else deque()
+        return self._items
 
     def _shed(self) -> None:
         """Drop the oldest events until the rest fit the byte budget (the newest stays)."""
@@ -260,6 +267,8 @@ class EventQueue:
                 self.nbytes -= sum(islice(self._costs, old))
             if gone > old:
                 total -= sum(costs[: gone - old])
+        if items is _NO_ITEMS:
+            items = self._grow()
         items.extend(events)
         self._costs.extend(costs)
         self.nbytes += total
