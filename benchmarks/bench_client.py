@@ -170,7 +170,7 @@ def case_fleet() -> Callable[[], Any]:
         for client in clients:
             client._received(memoryview(REPLY % client._proto._next_id))
         ok = sum([(await fut)["running"] for fut in futures])
-        await asyncio.sleep(0)  # the fleet's done-callbacks
+        await asyncio.sleep(0)  # a loop turn after the replies (the fleet's done-callbacks ran here once)
         return ok
 
     return batch

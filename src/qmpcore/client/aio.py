@@ -130,9 +130,14 @@ class EventStream:
 class QMPClient(QMPInfo, _AsyncClient):
     """One QMP connection (see :func:`connect`)."""
 
+    __slots__ = ("_schema", "_validator")
+
     _proto: QMPClientProtocol
-    _schema: Schema | None = None  # fetched by schema()
-    _validator: Callable[[str, Any], None] | None = None  # Schema.check, with validate=True
+
+    def __init__(self, proto: QMPClientProtocol, *args: Any) -> None:
+        super().__init__(proto, *args)
+        self._schema: Schema | None = None  # fetched by schema()
+        self._validator: Callable[[str, Any], None] | None = None  # Schema.check, with validate=True
 
     async def schema(self, *, refresh: bool = False, timeout: float | None = None) -> Schema:
         """QEMU's schema (``query-qmp-schema``) as a :class:`~qmpcore.Schema`.
@@ -378,8 +383,13 @@ class GuestAgentClient(_AsyncClient):
     :meth:`add_event_listener` remains for its ``on_close`` notification.
     """
 
+    __slots__ = ("_sync_id",)
+
     _proto: QGAClientProtocol
-    _sync_id = 0  # the resync in progress
+
+    def __init__(self, proto: QGAClientProtocol, *args: Any) -> None:
+        super().__init__(proto, *args)
+        self._sync_id = 0  # the resync in progress
 
     async def execute(
         self,

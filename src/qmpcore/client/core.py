@@ -9,6 +9,7 @@ logged, and the end of the stream fails whatever still waits.
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import ssl
@@ -30,7 +31,7 @@ from ..protocol.events import (
     Synced,
     VersionInfo,
 )
-from ._log import abbreviate, tracing
+from ._log import _DEBUG, _isEnabledFor, abbreviate, tracing
 from ._log import log as trace_log
 from .address import Address, AddressLike, parse_address
 from .eventqueue import EVENT_QUEUE_BYTES, CloseCallback, EventCallback, EventRouter
@@ -43,6 +44,12 @@ log = logging.getLogger("qmpcore")
 
 #: Default size of each event queue.
 EVENT_QUEUE_SIZE = 1000
+
+# The trace logger's own cache of level checks: one dict lookup tells that
+# DEBUG is off (the usual case) without a call per read or write; anything
+# else (a level changed, the cache cleared) asks the logger.
+# Hot paths test ``_LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG)``.
+_LEVELS: dict[int, bool] = getattr(trace_log, "_cache", {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +133,26 @@ class ClientCore:
     ``set_result()`` and ``set_exception()``.
     """
 
-    #: TLS settings of a TCP connection (see :meth:`_use_tls`).
-    _ssl: ssl.SSLContext | None = None
-    _server_hostname: str | None = None
+    __slots__ = (
+        "_proto",
+        "address",
+        "command_timeout",
+        "_event_queue_size",
+        "_waiters",
+        "_router",
+        "_peerlog",
+        "_closing",
+        "_closed",
+        "connection_error",
+        "last_protocol_error",
+        "_protocol_errors",
+        "_timeouts",
+        "_answered",
+        "_last_outcome",
+        "_wrong_protocol",
+        "_ssl",
+        "_server_hostname",
+    )
 
     def __init__(
         self,
@@ -146,7 +170,8 @@ class ClientCore:
         self._event_queue_size = event_queue or EVENT_QUEUE_SIZE  # default subscription size
         self._waiters: dict[Any, Any] = {}
         self._router = EventRouter(event_queue, event_queue_bytes)
-        self._peerlog = PeerLog(log, address)  # warnings about the peer, rate-limited
+        # Warnings about the peer, rate-limited; made at the first one.
+        self._peerlog: PeerLog | None = None
         self._closing = False  # close() was called
         self._closed = False
         #: Why the connection ended: None while open or after a clean close
@@ -157,9 +182,17 @@ class ClientCore:
         self.last_protocol_error: ProtocolError | None = None
         self._protocol_errors = 0
         self._timeouts = 0
+        # Replies that completed a waiting command, and what the last command
+        # to finish ended with (None: a result; else its exception): what a
+        # Fleet reads instead of a callback per command.
+        self._answered = 0
+        self._last_outcome: BaseException | None = None
         # Set when a QMP greeting reached a guest agent client: it is connected
         # to a monitor, and no resync can succeed.
         self._wrong_protocol: ProtocolError | None = None
+        # TLS settings of a TCP connection (see :meth:`_use_tls`).
+        self._ssl: ssl.SSLContext | None = None
+        self._server_hostname: str | None = None
 
     @property
     def closed(self) -> bool:
@@ -282,45 +315,59 @@ class ClientCore:
         before = proto.buffered
         events = proto.feed(data)
         if events:
-            self._process(events, before + len(data) - proto.buffered, before)
+            self._process(events, len(data), before)
 
     def _process(self, events: list[Any], nbytes: int = 0, first: int = 0) -> None:
         """Act on the events one chunk of received bytes produced.
 
-        QMP events go to the router together at the end: nobody can look
-        between two items of one chunk, and a batch is far cheaper in a flood.
-        ``nbytes`` is what the chunk's complete frames cost, ``first`` the
-        part of it the first frame had buffered before (events' sizes for
-        the byte budgets of the queues).
+        Replies complete their waiters right here, in the loop over the
+        protocol's output.  QMP events go to the router together at the
+        end: nobody can look between two items of one chunk, and a batch is
+        far cheaper in a flood.  ``nbytes`` is the length of the chunk,
+        ``first`` what the protocol had buffered before it (events' sizes
+        for the byte budgets of the queues).
         """
-        if tracing():
+        if _LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG):  # tracing(), without a call
             self._trace_in(events)
         waiters = self._waiters
         batch = None
+        answered = 0
+        outcome: BaseException | None = None
         for ev in events:
             t = type(ev)
-            if t is Event:
+            if t is Return:
+                waiter = waiters.pop(ev.id, None)
+                if waiter is None or waiter.done():
+                    continue
+                waiter.set_result(ev.value)
+                answered += 1
+                outcome = None
+            elif t is Event:
                 if batch is None:
                     batch = [ev]
                 else:
                     batch.append(ev)
-            elif t is Return or t is ErrorReply:
+            elif t is ErrorReply:
                 waiter = waiters.pop(ev.id, None)
                 if waiter is None or waiter.done():
                     continue
-                if t is Return:
-                    waiter.set_result(ev.value)
-                else:
-                    waiter.set_exception(ev.exception())
+                outcome = ev.exception()
+                waiter.set_exception(outcome)
+                answered += 1
             elif t is ProtocolFault:
                 self._fault(ev)
             elif t is not ConnectionClosed:  # Greeting, Negotiated, Synced
                 waiter = waiters.pop(t, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(ev)
+        if answered:
+            self._answered += answered
+            self._last_outcome = outcome
         if batch is not None:
             n = len(batch)
-            share = nbytes - first
+            # What the chunk's complete frames cost, less the part the first
+            # had buffered before (the chunk's tail stays buffered).
+            share = nbytes - self._proto.buffered if nbytes else 0
             if n != len(events):  # replies and faults took their part of the read
                 share = share * n // len(events)
                 first = first if type(events[0]) is Event else 0
@@ -329,6 +376,8 @@ class ClientCore:
     def _fault(self, ev: ProtocolFault) -> None:
         self._protocol_errors += ev.item.count if type(ev.item) is FrameError else 1  # a joined run
         self.last_protocol_error = ev.error
+        if self._peerlog is None:
+            self._peerlog = PeerLog(log, self.address)
         self._peerlog.warning("%s", ev.error)
         waiter = self._waiters.pop(Greeting, None)  # garbage instead of a greeting
         if waiter is not None and not waiter.done():
@@ -359,12 +408,11 @@ class ClientCore:
         cid, command = dropped
         waiter = self._waiters.pop(cid, None)
         if waiter is not None and not waiter.done():
-            waiter.set_exception(
-                ProtocolError(
-                    f"{command}: the server's reply was dropped: it is larger than "
-                    f"max_frame_size={proto.max_frame_size} bytes; connect with a larger max_frame_size= to receive it"
-                )
+            error = self._last_outcome = ProtocolError(
+                f"{command}: the server's reply was dropped: it is larger than "
+                f"max_frame_size={proto.max_frame_size} bytes; connect with a larger max_frame_size= to receive it"
             )
+            waiter.set_exception(error)
 
     # -- tracing (DEBUG records, only when enabled) ---------------------------
 
@@ -410,7 +458,8 @@ class ClientCore:
         self._proto.abandon(cid)
         self._timeouts += 1
         if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError(f"{command}: no reply within {timeout:g} s"))
+            error = self._last_outcome = TimeoutError(f"{command}: no reply within {timeout:g} s")
+            waiter.set_exception(error)
         out: bytes = self._proto.data_to_send()
         return out
 
@@ -426,7 +475,8 @@ class ClientCore:
         if self._closed:
             return
         self._closed = True
-        self._peerlog.flush()
+        if self._peerlog is not None:
+            self._peerlog.flush()
         ended = self._proto.feed(b"")
         truncated = ended[0].truncated if ended else 0
         expected = self._closing or bool(ended and ended[0].expected)
@@ -464,13 +514,18 @@ class ClientCore:
 class QMPInfo:
     """Greeting-derived attributes of a QMP client."""
 
+    __slots__ = ()
+
     _proto: Any
 
     @property
     def greeting(self) -> dict[str, Any] | None:
-        """The server's greeting message as received (``{"QMP": {...}}``)."""
+        """The server's greeting message as received (``{"QMP": {...}}``).
+
+        A copy: connections that received identical greetings share one.
+        """
         g = self._proto.greeting
-        return g.raw if g is not None else None
+        return copy.deepcopy(g.raw) if g is not None else None
 
     @property
     def version(self) -> VersionInfo | None:

@@ -26,6 +26,7 @@ connection goes on.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -66,6 +67,11 @@ CloseCallback = Callable[[BaseException | None], None]
 
 #: Default byte budget of each event queue (backlog and subscriptions).
 EVENT_QUEUE_BYTES = 16 << 20
+
+# What a queue holds instead of its two deques (about 600 bytes each) until
+# its first event: most connections' backlogs never get one (a fleet's are
+# of size 0 and never do).
+_NO_ITEMS: Any = ()
 
 
 def event_cost(ev: Event) -> int:
@@ -176,9 +182,9 @@ class EventQueue:
         self.once = once
         self.dropped = 0
         self.waiter: Any = None
-        # A bounded deque drops its oldest item by itself on append.
-        self._items: deque[Event] = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
-        self._costs: deque[int] = deque(maxlen=maxsize) if policy is DROP_OLDEST else deque()
+        # Made by the first event (see _grow).
+        self._items: deque[Event] = _NO_ITEMS
+        self._costs: deque[int] = _NO_ITEMS
         self._failure: BaseException | None = None  # raised once by the next read
         self._overflow = 0
         self._closed = False
@@ -207,6 +213,8 @@ class EventQueue:
                     self._wake()
                 return
         if self.maxsize:
+            if items is _NO_ITEMS:
+                items = self._grow()
             items.append(ev)
             self._costs.append(cost)
             self.nbytes += cost
@@ -216,6 +224,14 @@ class EventQueue:
             self.dropped += 1
         if self.waiter is not None:
             self._wake()
+
+    def _grow(self) -> deque[Event]:
+        """The deques of a queue that gets its first event."""
+        maxsize = self.maxsize
+        # A bounded deque drops its oldest item by itself on append.
+        self._items = deque(maxlen=maxsize) if self.policy is DROP_OLDEST else deque()
+        self._costs = deque(maxlen=maxsize) if self.policy is DROP_OLDEST else deque()
+        return self._items
 
     def _shed(self) -> None:
         """Drop the oldest events until the rest fit the byte budget (the newest stays)."""
@@ -227,6 +243,11 @@ class EventQueue:
 
     def put_all(self, events: list[Event], costs: list[int] | None = None) -> None:
         """:meth:`put` each of ``events`` (costing ``costs``, 0 each if None), in one go."""
+        if not self.maxsize:  # keeps nothing
+            self.dropped += len(events)
+            if self.waiter is not None:
+                self._wake()
+            return
         if costs is None:
             costs = [0] * len(events)
         items = self._items
@@ -246,6 +267,8 @@ class EventQueue:
                 self.nbytes -= sum(islice(self._costs, old))
             if gone > old:
                 total -= sum(costs[: gone - old])
+        if items is _NO_ITEMS:
+            items = self._grow()
         items.extend(events)
         self._costs.extend(costs)
         self.nbytes += total
@@ -328,6 +351,19 @@ class EventRouter:
     Listeners (``add_listener``) are plain callbacks, called with each event
     before it is queued and once more when the router closes.
     """
+
+    __slots__ = (
+        "max_bytes",
+        "backlog",
+        "_subs",
+        "_waiters",
+        "_dropped_gone",
+        "_listeners",
+        "_error",
+        "_closed",
+        "received",
+        "callback_errors",
+    )
 
     def __init__(self, backlog_maxsize: int = 1000, max_bytes: int = EVENT_QUEUE_BYTES) -> None:
         #: Byte budget of the backlog and the default of each subscription.
@@ -417,11 +453,12 @@ class EventRouter:
             listener.closed(self._error)
             return _nothing
         self._listeners += (listener,)
+        # Bound when asked for, not kept: a caller that never removes the
+        # listener (a Fleet) pays nothing per connection for it.
+        return functools.partial(self._remove, listener)
 
-        def remove() -> None:
-            self._listeners = tuple(x for x in self._listeners if x is not listener)
-
-        return remove
+    def _remove(self, listener: _Listener) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
 
     def _notify(self, events: Iterable[Event], costs: list[int]) -> None:
         listeners = self._listeners

@@ -235,29 +235,64 @@ class _Member:
     """
 
     __slots__ = (
+        "fleet",
         "name",
         "address",
         "client",
         "last_error",
         "tried",
         "ever_connected",
-        "attempt",
+        "_attempt",
+        "_answered",
         "task",
         "timer",
         "connected_at",
+        "base",
     )
 
-    def __init__(self, name: str, address: Address) -> None:
+    def __init__(self, name: str, address: Address, fleet: Fleet | None = None) -> None:
+        self.fleet = fleet
         self.name = name
         self.address = address
         self.client: Any = None
         self.last_error: BaseException | None = None
         self.tried = False  # the first attempt has finished
         self.ever_connected = False
-        self.attempt = 0  # attempts since a connection last proved healthy
+        self._attempt = 0  # attempts since a connection last proved healthy
+        self._answered = 0  # the live client's replies when _attempt was set
         self.task: asyncio.Task[None] | None = None  # a connection attempt under way
         self.timer: asyncio.TimerHandle | None = None  # the next attempt
         self.connected_at = 0.0  # loop time the live connection was made
+        self.base = 0  # commands the live connection had issued when it was made
+
+    def on_event(self, event: Any, cost: int) -> None:
+        """The live client's listener: forward ``event`` (``cost`` bytes) to the fleet."""
+        assert self.fleet is not None
+        self.fleet._deliver(self.name, event, cost)
+
+    def on_close(self, error: BaseException | None) -> None:
+        """The live client's close listener (only one client listened to at a time)."""
+        assert self.fleet is not None
+        if self.client is not None:
+            self.fleet._lost(self, self.client)
+
+    @property
+    def attempt(self) -> int:
+        """Connection attempts since a connection last proved healthy.
+
+        0 once the live connection answered a command (read from the
+        client's reply count: no callback per command).
+        """
+        client = self.client
+        if client is not None and client._answered != self._answered:
+            return 0
+        return self._attempt
+
+    @attempt.setter
+    def attempt(self, value: int) -> None:
+        self._attempt = value
+        client = self.client
+        self._answered = 0 if client is None else client._answered
 
 
 class Fleet:
@@ -369,7 +404,7 @@ class Fleet:
         self._slots = asyncio.Semaphore(self.max_concurrency)
         self._changed = asyncio.Event()
         for name, address in self._pairs:
-            member = self._members[name] = _Member(name, address)
+            member = self._members[name] = _Member(name, address, self)
             self._launch(member)
         if wait:
             await self._wait_until(lambda: self._untried == 0, None)
@@ -502,7 +537,9 @@ class Fleet:
             self._reconnects += 1
         member.ever_connected = True
         member.connected_at = asyncio.get_running_loop().time()
+        member.base = client._proto.commands_issued
         member.client = client
+        member.attempt = member._attempt  # counts the client's replies from here on
         member.last_error = None
         self._connected += 1
         self._tried(member)
@@ -514,12 +551,7 @@ class Fleet:
         The client calls these back while it routes received bytes: no task
         and no queue per connection.
         """
-        name = member.name
-        client._router.add_listener(
-            lambda event, cost: self._deliver(name, event, cost),
-            lambda _error: self._lost(member, client),
-            with_cost=True,
-        )
+        client._router.add_listener(member.on_event, member.on_close, with_cost=True)
 
     def _tried(self, member: _Member) -> None:
         if not member.tried:
@@ -532,6 +564,11 @@ class Fleet:
         if member.client is client:
             member.client = None
             self._connected -= 1
+            if not self.guest_agent:  # its counters become the fleet's
+                self._commands += self._finished_on(member, client)
+                self._timeouts += client._timeouts
+                if client._answered != member._answered:
+                    member.attempt = 0  # a command was answered: the connection proved healthy
             backoff = self.backoff
             if backoff is not None and asyncio.get_running_loop().time() - member.connected_at >= backoff.healthy_after:
                 member.attempt = 0  # it stayed up long enough to count as healthy
@@ -583,7 +620,14 @@ class Fleet:
         :meth:`execute` without a coroutine per command, for starting many
         at once; the future fails as :meth:`execute` would raise.
         """
-        return self._submit(self._member(vm), command, _arguments(arguments, args), self._timeout(timeout))
+        member = self._members.get(vm)
+        if member is None:
+            member = self._member(vm)  # raises
+        if args is not _UNSET:
+            arguments = _arguments(arguments, args)
+        return self._submit(
+            member, command, arguments, self.command_timeout if timeout is None else self._timeout(timeout)
+        )
 
     def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
@@ -596,18 +640,32 @@ class Fleet:
         self, member: _Member, command: str, arguments: dict[str, Any] | None, timeout: float
     ) -> asyncio.Future[Any]:
         client = member.client
-        if client is None or client.closed:
+        if client is None or client._closed:
             return _failed(ConnectionLost(f"{member.name}: not connected ({member.last_error})"))
-        if self.guest_agent:  # one command at a time, with resyncs: no shortcut
-            fut: asyncio.Future[Any] = asyncio.ensure_future(client.execute(command, arguments, timeout=timeout))
-        else:
-            fut = client.submit(command, arguments, timeout=timeout)
+        if not self.guest_agent:
+            # No callback per command: the client's own counters (commands
+            # issued, waiters, timeouts, replies, last outcome) are the
+            # fleet's bookkeeping, read by stats() and added up when the
+            # connection ends.
+            fut: asyncio.Future[Any] = client.submit(command, arguments, timeout=timeout)
+            if fut.done():  # refused before it was sent (validate=True)
+                self._commands += 1
+                client._last_outcome = fut.exception()
+            return fut
+        # One command at a time, with resyncs: no shortcut.
+        fut = asyncio.ensure_future(client.execute(command, arguments, timeout=timeout))
         self._in_flight += 1
         fut.add_done_callback(functools.partial(self._finished, member, client))
         return fut
 
+    @staticmethod
+    def _finished_on(member: _Member, client: Any) -> int:
+        """Commands of the fleet's QMP ``client`` that have finished (answered, failed, given up)."""
+        finished: int = client._proto.commands_issued - len(client._waiters) - member.base
+        return finished
+
     def _finished(self, member: _Member, client: Any, fut: asyncio.Future[Any]) -> None:
-        """Bookkeeping when a command's future is done (its result is left alone)."""
+        """Bookkeeping when a guest agent command's future is done (its result is left alone)."""
         self._in_flight -= 1
         self._commands += 1
         exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
@@ -715,21 +773,32 @@ class Fleet:
         members = self._members.values()
         retrying = 0 if self.backoff is None or self._closing else len(self._members) - self._connected
         protocol_errors = callback_errors = late = held = 0
+        in_flight, commands, timeouts = self._in_flight, self._commands, self._timeouts
+        last_errors = {}
+        qmp = not self.guest_agent
         for m in members:
             client = m.client
+            error = m.last_error
             if client is not None:
                 protocol_errors += client._protocol_errors
                 callback_errors += client._router.callback_errors
                 late += client._proto.late_replies
                 held += client._proto.held
+                if qmp:  # the fleet's bookkeeping is the client's counters
+                    in_flight += len(client._waiters)
+                    commands += self._finished_on(m, client)
+                    timeouts += client._timeouts
+                    error = client._last_outcome
+            if error is not None:
+                last_errors[m.name] = error
         return Stats(
             vms=len(self._pairs),
             connected=self._connected,
             reconnecting=retrying,
-            in_flight=self._in_flight,
+            in_flight=in_flight,
             held=held,
-            commands=self._commands,
-            timeouts=self._timeouts,
+            commands=commands,
+            timeouts=timeouts,
             late_replies=late,
             reconnects=self._reconnects,
             events_received=self._events_received,
@@ -738,7 +807,7 @@ class Fleet:
             events_queued_bytes=self._event_bytes,
             protocol_errors=protocol_errors,
             callback_errors=callback_errors,
-            last_errors={m.name: m.last_error for m in members if m.last_error is not None},
+            last_errors=last_errors,
         )
 
     def is_connected(self, vm: str) -> bool:

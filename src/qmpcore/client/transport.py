@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConnectionLost, TimeoutError, TLSError
 from ..framing.rules import DEFER_STEP
-from ._log import log, tracing
+from ..protocol.events import Event
+from ._log import _DEBUG, _isEnabledFor, log, tracing
 from .address import Address
-from .core import ClientCore, QMPInfo, scm_rights
+from .core import _LEVELS, ClientCore, QMPInfo, scm_rights
 from .diagnose import connect_error
+from .eventqueue import event_cost
 from .tls import LastByteRecords, is_server_context
 
 if TYPE_CHECKING:
@@ -60,24 +62,24 @@ _NEVER = float("inf")
 _EARLY = 1e-6
 
 
-def _read_buffer() -> memoryview:
-    view = getattr(_buffers, "view", None)
-    if view is None:
-        view = _buffers.view = memoryview(bytearray(_READ_SIZE))
-    return view
+def _read_views() -> tuple[memoryview, memoryview, memoryview]:
+    """This thread's read buffer: whole, and its first 4 KiB and 16 KiB."""
+    views: tuple[memoryview, memoryview, memoryview] | None = getattr(_buffers, "views", None)
+    if views is None:
+        full = memoryview(bytearray(_READ_SIZE))
+        views = _buffers.views = (full, full[:_SUSPECT_READ_SIZE], full[:_LARGE_READ_SIZE])
+    return views
 
 
 class _Transport(asyncio.BufferedProtocol):
     """Feeds the client from the event loop's callbacks."""
 
-    __slots__ = ("_client", "_view", "_full", "_small", "_large")
+    __slots__ = ("_client", "_view", "_views")
 
     def __init__(self, client: _AsyncClient) -> None:
         self._client = client
-        self._full = _read_buffer()
-        # Small reads until the peer sent clean data once.
-        self._view = self._small = self._full[:_SUSPECT_READ_SIZE]
-        self._large = self._full[:_LARGE_READ_SIZE]
+        self._views = _read_views()
+        self._view = self._views[1]  # small reads until the peer sent clean data once
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
@@ -89,11 +91,11 @@ class _Transport(asyncio.BufferedProtocol):
         # Fair share: a peer whose read held malformed frames reads less
         # next time; one sending a frame over a read's worth too.
         if client._protocol_errors != faults:
-            self._view = self._small
+            self._view = self._views[1]
         elif client._proto.buffered > _LARGE_READ_SIZE or client._proto.decoding:
-            self._view = self._large
+            self._view = self._views[2]
         else:
-            self._view = self._full
+            self._view = self._views[0]
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
@@ -107,6 +109,22 @@ class _Transport(asyncio.BufferedProtocol):
 
 class _AsyncClient(ClientCore):
     """Socket plumbing shared by the QMP and guest agent clients."""
+
+    __slots__ = (
+        "_loop",
+        "_transport",
+        "_sock",
+        "_batch",
+        "_batch_hold",
+        "_drain_waiters",
+        "_read_paused",
+        "_stepping",
+        "_closed_fut",
+        "_deadlines",
+        "_deadline_seq",
+        "_sweeper",
+        "_sweep_at",
+    )
 
     def __init__(
         self,
@@ -125,7 +143,8 @@ class _AsyncClient(ClientCore):
         self._batch_hold = 0  # >0 while an fd send owns the socket
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._read_paused = False
-        self._closed_fut: asyncio.Future[None] = self._loop.create_future()
+        # Made by whoever waits for the end first (see _closed_future).
+        self._closed_fut: asyncio.Future[None] | None = None
         # Command deadlines: a heap of (when, seq, id, command, timeout) and
         # one timer for the earliest, instead of a timer per command.
         # Entries of answered commands are dropped lazily.
@@ -247,7 +266,7 @@ class _AsyncClient(ClientCore):
         nbytes = proto.decoding_bytes
         events = proto.step()
         if events:
-            self._process(events, nbytes)
+            self._process_decoded(events, nbytes)
             out = proto.data_to_send()
             if out:
                 self._write(out)
@@ -265,7 +284,17 @@ class _AsyncClient(ClientCore):
             nbytes = proto.decoding_bytes
             events = proto.step()
             if events:
-                self._process(events, nbytes)
+                self._process_decoded(events, nbytes)
+
+    def _process_decoded(self, events: list[Any], nbytes: int) -> None:
+        """Act on what a large frame's last step completed: its own event
+        costs the queues its ``nbytes``, those after it what their frames
+        re-encoded take (their bytes came in reads already counted)."""
+        held = self._proto.buffered
+        self._process(events[:1], nbytes + held)
+        rest = events[1:]
+        if rest:
+            self._process(rest, held + sum(event_cost(ev) for ev in rest if type(ev) is Event))
 
     def _lost(self, exc: BaseException | None) -> None:
         if self._proto.decoding:
@@ -276,9 +305,19 @@ class _AsyncClient(ClientCore):
             self._sweeper.cancel()
             self._sweeper = None
         self._deadlines.clear()
-        self._wake_drainers(ConnectionLost("the connection was closed"))
-        if not self._closed_fut.done():
+        if self._drain_waiters:
+            self._wake_drainers(ConnectionLost("the connection was closed"))
+        if self._closed_fut is not None and not self._closed_fut.done():
             self._closed_fut.set_result(None)
+
+    def _closed_future(self) -> asyncio.Future[None]:
+        """A future done once the connection has ended."""
+        fut = self._closed_fut
+        if fut is None:
+            fut = self._closed_fut = self._loop.create_future()
+            if self._closed:
+                fut.set_result(None)
+        return fut
 
     def _resume_reading(self) -> None:
         """A blocking consumer caught up: read again."""
@@ -291,7 +330,7 @@ class _AsyncClient(ClientCore):
 
     def _write(self, data: bytes) -> None:
         """Write now when idle; batch writes issued while commands are in flight."""
-        if tracing():
+        if _LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG):  # tracing(), without a call per write
             self._trace_out(data)
         if self._batch is not None:
             self._batch.append(data)
@@ -495,11 +534,12 @@ class _AsyncClient(ClientCore):
         elif transport is None:
             self._closing = True
             self._lost(None)
-        if self._closed_fut.done():
+        closed = self._closed_future()
+        if closed.done():
             return
         timer = None if timeout is None else self._loop.call_later(timeout, self.abort)
         try:
-            await asyncio.shield(self._closed_fut)
+            await asyncio.shield(closed)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -519,7 +559,7 @@ class _AsyncClient(ClientCore):
 
         :attr:`connection_error` then says whether that was an error.
         """
-        await asyncio.shield(self._closed_fut)
+        await asyncio.shield(self._closed_future())
 
     async def __aenter__(self) -> Self:
         return self

@@ -23,6 +23,9 @@ __all__ = ["ClientProtocolBase", "check_command", "describe", "text_of", "MAX_FR
 _MISS: Any = object()
 #: Stands for the end of the stream among items held behind a PendingFrame.
 _END: Any = object()
+#: Items held behind no PendingFrame (shared, never changed: stalling gives
+#: a connection a list of its own).
+_NO_ITEMS: list[Any] = []
 #: QEMU refuses messages over 64 MiB; such a command could never be answered.
 MAX_COMMAND_SIZE = 64 << 20
 #: Default framer limits for what a server may send (QEMU's own for its input):
@@ -73,12 +76,30 @@ class ClientProtocolBase:
     batch form for the hot path: bytes in, the list of events out.
     """
 
-    #: In-band commands sent ahead of their replies; the rest are held.
-    max_in_flight = 8
+    # Subclasses list their own attributes in __slots__ too (a protocol
+    # object per connection: no per-instance dict).
+    __slots__ = (
+        "max_in_flight",
+        "_framer",
+        "_next_id",
+        "_pending",
+        "_pending_oob",
+        "_held",
+        "_abandoned",
+        "_in_flight",
+        "_out",
+        "_eof",
+        "_ready",
+        "_stalled",
+        "_after",
+        "late_replies",
+    )
 
     def __init__(
         self, *, max_frame_size: int = MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_tokens: int = MAX_TOKENS
     ) -> None:
+        #: In-band commands sent ahead of their replies; the rest are held.
+        self.max_in_flight = 8
         self._framer = Framer(max_frame_size, max_depth, max_tokens=max_tokens)
         self._next_id = 0
         self._pending: dict[Any, str] = {}  # sent in-band, awaiting reply
@@ -88,10 +109,10 @@ class ClientProtocolBase:
         self._in_flight = 0  # in-band slots in use, abandoned ones included
         self._out: list[bytes] = []  # frames released from _held
         self._eof = False
-        self._ready: deque[ProtocolEvent] = deque()  # for next_event()
+        self._ready: deque[ProtocolEvent] | None = None  # for next_event(), made on first use
         # A large frame decoded a step at a time, and the items after it.
         self._stalled: PendingFrame | None = None
-        self._after: list[Any] = []
+        self._after: list[Any] = _NO_ITEMS
         #: Replies dropped because their caller had given up.
         self.late_replies = 0
 
@@ -102,7 +123,11 @@ class ClientProtocolBase:
 
         The events they complete are then returned by :meth:`next_event`.
         """
-        self._ready.extend(self._receive(data))
+        events = self._receive(data)
+        if self._ready is None:
+            self._ready = deque(events)
+        else:
+            self._ready.extend(events)
 
     def next_event(self) -> ProtocolEvent | None:
         """The next event completed by :meth:`receive_data`, or None when
@@ -112,6 +137,8 @@ class ClientProtocolBase:
 
     def events(self) -> list[ProtocolEvent]:
         """Every event :meth:`next_event` would return, at once."""
+        if not self._ready:
+            return []
         out = list(self._ready)
         self._ready.clear()
         return out
@@ -188,7 +215,7 @@ class ClientProtocolBase:
         items = self._after
         items.insert(0, stalled.result)
         self._stalled = None
-        self._after = []
+        self._after = _NO_ITEMS
         out = self._handle(items)
         if self._ready:
             out[:0] = self.events()

@@ -74,12 +74,13 @@ class QGAClientProtocol(ClientProtocolBase):
     The limits bound what the agent may send, as for the QMP protocol.
     """
 
-    max_in_flight = 1
+    __slots__ = ("state", "sync_id", "_sync_wanted", "_saw_sync", "_no_reply", "_shutdown_sent")
 
     def __init__(
         self, *, max_frame_size: int = MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_tokens: int = MAX_TOKENS
     ) -> None:
         super().__init__(max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
+        self.max_in_flight = 1
         self.state = State.UNSYNCED
         #: The id of the resync in progress (or last completed).
         self.sync_id: int | None = None

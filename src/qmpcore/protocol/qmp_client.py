@@ -73,6 +73,52 @@ _AWAITING_GREETING = State.AWAITING_GREETING
 _NEGOTIATION = State.NEGOTIATION
 _READY = State.READY
 
+#: Greetings shared by every connection that receives an identical one (a
+#: fleet of QEMUs of one version holds one); only plain, small ones are kept.
+_GREETINGS: dict[tuple[VersionInfo, tuple[str, ...]], Greeting] = {}
+_MAX_GREETINGS = 64
+_MAX_GREETING_TEXT = 256
+
+#: ``{"execute":NAME,"id":`` per command name (as text), for commands
+#: without arguments: their frame is this, the id and ``}``, encoded.
+_PREFIXES: dict[str, str] = {}
+_MAX_PREFIXES = 1024
+_MAX_NAME = 128
+
+
+def _shared_greeting(msg: dict[str, Any], version: VersionInfo, caps: tuple[str, ...]) -> Greeting:
+    """The greeting ``msg`` as a :class:`Greeting`, shared when an identical one was seen."""
+    key = (version, caps)
+    known = _GREETINGS.get(key)
+    if known is not None and known.raw == msg:
+        return known
+    greeting = Greeting(version, caps, msg)
+    if (
+        len(_GREETINGS) < _MAX_GREETINGS
+        and max(version[:3]) < 1 << 31
+        and len(version.package) <= _MAX_GREETING_TEXT
+        and len(caps) <= 16
+        and all(len(c) <= 64 for c in caps)
+        and msg == _plain_greeting(version, caps)  # nothing else in it: bounded
+    ):
+        _GREETINGS[key] = greeting
+    return greeting
+
+
+def _plain_greeting(version: VersionInfo, caps: tuple[str, ...]) -> dict[str, Any]:
+    qemu = {"major": version.major, "minor": version.minor, "micro": version.micro}
+    return {"QMP": {"version": {"qemu": qemu, "package": version.package}, "capabilities": list(caps)}}
+
+
+def _prefix(command: str) -> str:
+    """The start of the frame of ``command`` without arguments, up to its id."""
+    prefix = _PREFIXES.get(command)
+    if prefix is None:
+        prefix = encode({"execute": command, "id": 0})[: -len(b"0}\r\n")].decode()
+        if len(_PREFIXES) < _MAX_PREFIXES:
+            _PREFIXES[command] = prefix
+    return prefix
+
 
 class QMPClientProtocol(ClientProtocolBase):
     """The client side of one QMP connection, without I/O.
@@ -81,16 +127,20 @@ class QMPClientProtocol(ClientProtocolBase):
     server may send (QEMU's own limits by default).
     """
 
+    __slots__ = ("state", "greeting", "enabled", "_caps_requests", "_quit_sent", "_shutdown_seen")
+
     def __init__(
         self, *, max_frame_size: int = MAX_FRAME_SIZE, max_depth: int = MAX_DEPTH, max_tokens: int = MAX_TOKENS
     ) -> None:
         super().__init__(max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
         self.state = State.AWAITING_GREETING
-        #: The :class:`Greeting`, once received.
+        #: The :class:`Greeting`, once received (connections that receive
+        #: identical greetings share one: do not modify it).
         self.greeting: Greeting | None = None
         #: Capabilities enabled by negotiation.
         self.enabled: tuple[str, ...] = ()
-        self._caps_requests: dict[int, tuple[str, ...]] = {}  # id -> enable
+        # id -> capabilities it enables; made by the first qmp_capabilities.
+        self._caps_requests: dict[int, tuple[str, ...]] | None = None
         self._quit_sent = False
         self._shutdown_seen = False
 
@@ -128,30 +178,52 @@ class QMPClientProtocol(ClientProtocolBase):
         even when the server's queue is full (for a frame that must go out
         together with file descriptors).
         """
-        check_command(command, arguments)
+        if type(command) is not str or (arguments is not None and type(arguments) is not dict):
+            check_command(command, arguments)  # raises, unless str or dict subclasses
         state = self.state
-        if state is not _READY and state is not _NEGOTIATION:
-            if state is State.CLOSED:
-                raise StateError("the connection is closed")
-            raise StateError("no greeting received yet")
-        if oob and "oob" not in self.enabled:
-            raise StateError("out-of-band execution was not negotiated")
-        cid = self._allocate()
-        if arguments is None:
-            msg = {"exec-oob" if oob else "execute": command, "id": cid}
-        else:
-            msg = {"exec-oob" if oob else "execute": command, "arguments": arguments, "id": cid}
-        frame = encode(msg)
-        if command == "qmp_capabilities" and state is _NEGOTIATION:
-            enable = (arguments or {}).get("enable") or ()
-            self._caps_requests[cid] = tuple(enable) if isinstance(enable, (list, tuple)) else ()
-        elif command == "quit":
+        if state is not _READY:
+            if state is not _NEGOTIATION:
+                if state is State.CLOSED:
+                    raise StateError("the connection is closed")
+                raise StateError("no greeting received yet")
+            if command == "qmp_capabilities" and not oob:
+                cid, frame = self._encode(command, arguments, oob)
+                enable = (arguments or {}).get("enable") or ()
+                if self._caps_requests is None:
+                    self._caps_requests = {}
+                self._caps_requests[cid] = tuple(enable) if isinstance(enable, (list, tuple)) else ()
+                return cid, self._submit(cid, command, frame, hold)
+        if oob:
+            if "oob" not in self.enabled:
+                raise StateError("out-of-band execution was not negotiated")
+        elif arguments is None and len(command) <= _MAX_NAME:  # the usual command: no dict, no encoder call
+            cid = self._next_id = self._next_id + 1
+            prefix = _PREFIXES.get(command) or _prefix(command)
+            frame = f"{prefix}{cid}}}\r\n".encode()
+            if command == "quit":
+                self._quit_sent = True
+            if self._in_flight < self.max_in_flight:  # _submit(), inline
+                self._in_flight += 1
+                self._pending[cid] = command
+                return cid, frame
+            return cid, self._submit(cid, command, frame, hold)
+        cid, frame = self._encode(command, arguments, oob)
+        if command == "quit":
             self._quit_sent = True
         if oob:
             self._check_size(command, frame)
             self._pending_oob[cid] = command
             return cid, frame
         return cid, self._submit(cid, command, frame, hold)
+
+    def _encode(self, command: str, arguments: dict[str, Any] | None, oob: bool) -> tuple[int, bytes]:
+        """A new id and the frame of the command."""
+        cid = self._allocate()
+        if arguments is None:
+            msg = {"exec-oob" if oob else "execute": command, "id": cid}
+        else:
+            msg = {"exec-oob" if oob else "execute": command, "arguments": arguments, "id": cid}
+        return cid, encode(msg)
 
     def negotiate(self, oob: bool = False) -> tuple[int, bytes]:
         """Send ``qmp_capabilities``, enabling ``oob`` if wanted and offered."""
@@ -170,9 +242,23 @@ class QMPClientProtocol(ClientProtocolBase):
 
     def _handle(self, items: list[Any]) -> list[Any]:
         out: list[Any] = []
+        pending = self._pending
         for item in items:
             if type(item) is dict:
-                if "event" in item:
+                if "return" in item and "event" not in item and not self._caps_requests:
+                    # The hot path, straight from the framer's output: the
+                    # reply to a pending in-band command (_reply, inline).
+                    mid = item.get("id")
+                    if type(mid) is int:
+                        command = pending.pop(mid, None)
+                        if command is not None:
+                            self._in_flight -= 1
+                            if self._held:
+                                self._release()
+                            out.append(Return(mid, command, item["return"]))
+                            continue
+                    self._reply(item, out)
+                elif "event" in item:
                     out.append(self._event(item))
                 elif "return" in item or "error" in item:
                     if not self._caps_requests:
@@ -205,8 +291,8 @@ class QMPClientProtocol(ClientProtocolBase):
             return
         caps = body.get("capabilities")
         version = VersionInfo.from_qmp(body.get("version"))
-        greeting = Greeting(
-            version, tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else (), msg
+        greeting = _shared_greeting(
+            msg, version, tuple(c for c in caps if isinstance(c, str)) if isinstance(caps, list) else ()
         )
         self.greeting = greeting
         self.state = State.NEGOTIATION
@@ -221,9 +307,10 @@ class QMPClientProtocol(ClientProtocolBase):
         reply = out[-1]
         if type(reply) is not Return and type(reply) is not ErrorReply:
             return
+        assert self._caps_requests is not None
         enable = self._caps_requests.pop(reply.id, None)
         if enable is not None and type(reply) is Return:
-            self._caps_requests.clear()
+            self._caps_requests = None  # negotiation ended
             self.state = State.READY
             self.enabled = enable
             if "oob" not in enable:
