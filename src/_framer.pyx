@@ -980,6 +980,8 @@ cdef class _Steps:
     cdef Py_ssize_t offset
     cdef Py_ssize_t step
     cdef bint slow
+    cdef bint strict
+    cdef list dups       # strict: each open object's keys (duplicates are errors)
     cdef Prep r
     cdef unsigned char levels[64]
     cdef bint checked
@@ -990,11 +992,14 @@ cdef class _Steps:
     cdef Py_ssize_t seg  # next segment
     cdef list pieces     # of a string cut more than once, until it ends
 
-    def __cinit__(self, bytes frame, Py_ssize_t offset, Py_ssize_t max_depth, Py_ssize_t step, bint slow):
+    def __cinit__(self, bytes frame, Py_ssize_t offset, Py_ssize_t max_depth, Py_ssize_t step, bint slow,
+                  bint strict):
         self.frame = frame
         self.offset = offset
         self.step = step if step > 0 else 1
         self.slow = slow
+        self.strict = strict
+        self.dups = [] if strict else None
         _prep_init(&self.r, self.levels, max_depth)
         self.r.cut_every = self.step
         self.cuts = []
@@ -1011,9 +1016,9 @@ cdef class _Steps:
         cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.frame)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(self.frame)
         cdef object why
-        _prepare(p, n, False, -1, &self.r, self.r.pos + self.step, self.cuts)
+        _prepare(p, n, self.strict, -1, &self.r, self.r.pos + self.step, self.cuts, self.dups)
         if self.r.flags & F_BAD:
-            why = _words(&self.r, p, False)
+            why = _words(&self.r, p, self.strict, True)
             _prep_free(&self.r)
             self.cuts = None
             if why is not None:
@@ -1128,7 +1133,7 @@ cdef class _Steps:
             except (ValueError, RecursionError):
                 pass
         try:
-            return _decode_frame(self.frame, False, self.slow)
+            return _decode_frame(self.frame, self.strict, self.slow)
         except _ParseError as exc:
             return _FrameError(exc.args[0], self.offset, False, 1, len(self.frame))
 
@@ -1772,9 +1777,10 @@ cdef class Framer:
             # A lone , : ] or } (after a frame, say): no value can start so.
             self._err(_EXPECTING, 0, 0, self._base + start, 1, False, out)
             return 0
-        if self.defer and end - start > self.defer and not self.strict:
+        if self.defer and end - start > self.defer:
             frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
-            self._put(_PendingFrame(_Steps(frame, self._base + start, self.max_depth, self.defer_step, self._slow),
+            self._put(_PendingFrame(_Steps(frame, self._base + start, self.max_depth, self.defer_step, self._slow,
+                                           self.strict),
                                     self._base + start, end - start), out)
             return 0
         # orjson first, unless the frame needs more or is small garbage

@@ -63,11 +63,11 @@ def _text(value) -> str:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(value=st.lists(_values(), min_size=1, max_size=6), step=st.sampled_from([1, 2, 5, 17, 64]))
-def test_deferred_frames_decode_as_feed_does(Framer, value, step):
+@given(value=st.lists(_values(), min_size=1, max_size=6), step=st.sampled_from([1, 2, 5, 17, 64]), strict=st.booleans())
+def test_deferred_frames_decode_as_feed_does(Framer, value, step, strict):
     frame = ('{"return": ' + _text(value) + ', "id": 1}\n').encode()
-    (expected,) = Framer().feed(frame)
-    f = Framer(defer=8)
+    (expected,) = Framer(strict=strict).feed(frame)
+    f = Framer(defer=8, strict=strict)
     f.defer_step = step
     (got,), (steps,) = decode_all(f, frame)
     assert got == expected
@@ -88,6 +88,9 @@ def test_deferred_frames_decode_as_feed_does(Framer, value, step):
         b'["' + "\u00e9".encode() * 60 + b'", "\\ud800", 1]',
         b"{" + b'"a": 1, ' * 30 + b"}",
         b"[" + b"tru, " * 30 + b"1]",
+        # duplicate keys (strict: QEMU's first error), across steps
+        b'{"a": 1, ' + b'"b": [1, 2, 3], ' * 10 + b'"a": 2, "c" 3}',
+        b'{"k": {' + b'"x": "' + b"y" * 100 + b'", ' + b'"z": 1, ' * 10 + b'"x": 2}, "k": 1}',
         # long strings, cut inside: top level, in a list, as a member, as a key
         b'"' + b"abc\\n\xc3\xa9\\u00e9\\ud83d\\ude00" * 20 + b'"',
         b'["' + b"x" * 200 + b'", 1, {"k": "' + b"y\\u00e9" * 40 + b'"}, "z"]',
@@ -105,9 +108,10 @@ def test_deferred_frames_decode_as_feed_does(Framer, value, step):
     ],
 )
 @pytest.mark.parametrize("step", [1, 3, 32, 1 << 20])
-def test_deferred_dialect_and_invalid_frames(Framer, frame, step):
-    expected = Framer().feed(frame + b"\n")
-    f = Framer(defer=16)
+@pytest.mark.parametrize("strict", [False, True])
+def test_deferred_dialect_and_invalid_frames(Framer, frame, step, strict):
+    expected = Framer(strict=strict).feed(frame + b"\n")
+    f = Framer(defer=16, strict=strict)
     f.defer_step = step
     got, steps = decode_all(f, frame + b"\n")
     assert got == expected
@@ -130,10 +134,10 @@ def test_compiled_steps_are_bounded_by_the_step_size(Framer):
         assert item.steps == 1  # the twin is about behaviour: one step
 
 
-def test_small_frames_and_strict_framers_are_not_deferred(Framer):
+def test_small_frames_are_not_deferred(Framer):
     f = Framer(defer=64)
     assert f.feed(b'{"return": {}}\n') == [{"return": {}}]
-    strict = Framer(defer=8, strict=True)
+    strict = Framer(defer=64, strict=True)
     assert strict.feed(b'{"execute": "query-status"}\n') == [{"execute": "query-status"}]
     with pytest.raises(ValueError):
         Framer(defer=-1)

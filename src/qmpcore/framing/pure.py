@@ -37,7 +37,7 @@ with QEMU's dialect as the fallback) unless ``raw`` is set.  After a large
 frame the buffer is given back (``capacity`` tells what is allocated).
 With ``defer`` set, a complete frame over that many bytes comes out as a
 :class:`~qmpcore.framing.wire.PendingFrame` whose steps decode it (client
-role only; a strict framer decodes every frame at once).
+and server roles).
 """
 
 from __future__ import annotations
@@ -429,9 +429,9 @@ class Framer:
             out.append(bytes(frame))
             return
         offset = self._base + self._start
-        if self.defer and len(frame) > self.defer and not self.strict:
+        if self.defer and len(frame) > self.defer:
             # (decoded at the first step here: this twin is about behaviour)
-            out.append(PendingFrame(partial(_decoded, bytes(frame), offset, False), offset, len(frame)))
+            out.append(PendingFrame(partial(_decoded, bytes(frame), offset, self.strict), offset, len(frame)))
             return
         push(out, _decoded(bytes(frame), offset, self.strict), self.strict)
 
