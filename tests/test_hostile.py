@@ -476,6 +476,17 @@ async def test_fleet_good_vm_answers_while_another_floods_garbage(tmp_path, capl
     assert len([r for r in caplog.records if r.levelno >= logging.WARNING]) < 100
 
 
+async def good_vm_answers(fleet: Fleet) -> int:
+    """20 commands to the good VM, then 20 more; the fleet's events received
+    in between (a flood going on meanwhile raises it)."""
+    for _ in range(20):
+        assert await fleet.execute("good", "query-status") == {}
+    received = fleet.stats().events_received
+    for _ in range(20):
+        assert await fleet.execute("good", "query-status") == {}
+    return received
+
+
 async def test_fleet_good_vm_answers_while_another_floods_events(tmp_path):
     flood = b"".join(event("FLOOD", {"n": i}) for i in range(1000))
     async with peers(tmp_path) as p:
@@ -483,11 +494,7 @@ async def test_fleet_good_vm_answers_while_another_floods_events(tmp_path):
         async with Fleet(vms, connect_timeout=GUARD, command_timeout=GUARD, event_maxsize=100) as fleet:
             stream = fleet.events()  # never read: it stays within its bounds
             assert await fleet.wait_connected(timeout=GUARD)
-            for _ in range(20):
-                assert await fleet.execute("good", "query-status") == {}
-            received = fleet.stats().events_received
-            for _ in range(20):
-                assert await fleet.execute("good", "query-status") == {}
+            received = await good_vm_answers(fleet)
             stats = fleet.stats()
             assert stats.events_received > received > 0  # the flood went on all along
             assert len(stream._queue) == 100 and stats.events_dropped == stats.events_received - 100
@@ -692,11 +699,7 @@ async def test_fleet_good_vm_answers_while_another_floods_large_escaped_frames(t
         async with Fleet(vms, connect_timeout=GUARD, command_timeout=GUARD, event_maxsize=4) as fleet:
             stream = fleet.events()  # never read
             assert await fleet.wait_connected(timeout=GUARD)
-            for _ in range(20):
-                assert await fleet.execute("good", "query-status") == {}
-            received = fleet.stats().events_received
-            for _ in range(20):
-                assert await fleet.execute("good", "query-status") == {}
+            received = await good_vm_answers(fleet)
             assert fleet.stats().events_received >= received
             assert len(stream._queue) <= 4
             assert fleet.client("hostile").counters["protocol_errors"] == 0
