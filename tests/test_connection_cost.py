@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import pytest
+
 from conftest import REPO
 from qmpcore.framing import encode
 from qmpcore.protocol.qmp_client import QMPClientProtocol
@@ -103,3 +105,32 @@ async def test_idle_connection_holds_no_event_deques():
     assert type(backlog._items) is tuple and type(client._proto._ready) is type(None)
     client._received(memoryview(b'{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}\r\n'))
     assert len(backlog) == 1 and backlog.get_nowait().name == "STOP"
+
+
+async def test_execute_all_waits_with_one_callback_not_one_per_vm():
+    fleet = _fleet(50)
+    fleet._started = True
+    clients = [fleet.client(vm) for vm in fleet.vms]
+    task = asyncio.ensure_future(fleet.execute_all("query-status"))
+    await asyncio.sleep(0)  # the task submits every command, then waits
+    pending = [fut for client in clients for fut in client._waiters.values()]
+    assert len(pending) == 50
+    assert sum(len(fut._callbacks or ()) for fut in pending) == 1  # type: ignore[attr-defined]
+    for client in reversed(clients):  # the watched future answered last
+        client._received(memoryview(REPLY % client._proto._next_id))
+    results = await task
+    assert list(results) == fleet.vms and all(r["running"] for r in results.values())
+
+
+async def test_cancelled_execute_all_cancels_what_is_pending():
+    fleet = _fleet(3)
+    fleet._started = True
+    first = fleet.client(fleet.vms[0])
+    task = asyncio.ensure_future(fleet.execute_all("query-status"))
+    await asyncio.sleep(0)
+    first._received(memoryview(REPLY % first._proto._next_id))
+    futures = [fut for vm in fleet.vms[1:] for fut in fleet.client(vm)._waiters.values()]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert all(fut.cancelled() for fut in futures)
