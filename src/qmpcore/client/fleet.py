@@ -118,6 +118,44 @@ def _failed(exc: BaseException) -> asyncio.Future[Any]:
     return fut
 
 
+def _release(waiter: asyncio.Future[None], _done: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _all_done(futures: list[asyncio.Future[Any]]) -> None:
+    """Wait until every one of ``futures`` is done.
+
+    Not ``gather``'s callback and loop handle per future: one callback on the
+    first future still pending, and when it fires, on the next one still
+    pending; replies that come together cost one wake-up.  Cancelled, it
+    cancels the futures still pending (as ``gather`` does).
+    """
+    loop = asyncio.get_running_loop()
+    i, n = 0, len(futures)
+    try:
+        while True:
+            while i < n and futures[i].done():
+                i += 1
+            if i == n:
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            futures[i].add_done_callback(functools.partial(_release, waiter))
+            await waiter
+    except asyncio.CancelledError:
+        for fut in futures:
+            fut.cancel()
+        raise
+
+
+def _outcome(fut: asyncio.Future[Any]) -> Result:
+    """A done future's result, or the exception it failed with (``gather(return_exceptions=True)``)."""
+    if fut.cancelled():
+        return asyncio.CancelledError()
+    exc = fut.exception()
+    return fut.result() if exc is None else exc
+
+
 async def _open_socket(address: Address) -> socket.socket:
     """A connected non-blocking stream socket to ``address``."""
     addr = parse_address(address)
@@ -702,8 +740,8 @@ class Fleet:
                 futures.append(self._submit(member, command, arguments, limit))
             except Exception as exc:
                 futures.append(_failed(exc))
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        return {m.name: r for m, r in zip(members, results)}
+        await _all_done(futures)
+        return {m.name: _outcome(fut) for m, fut in zip(members, futures)}
 
     async def poll(
         self,
