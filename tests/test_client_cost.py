@@ -101,4 +101,4 @@ def test_memory_per_connection_tool_runs():
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "bytes per connection (5 connections)" in done.stdout
-    assert "qmpcore/protocol/qmp_client.py" in done.stdout  # the lines that allocated are named
+    assert "qmpcore/protocol/_client.py:" in done.stdout  # the lines that allocated are named
