@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -530,3 +531,124 @@ def test_event_listener_runs_on_the_reading_thread(tmp_path):
             qmp.execute("cont")
             assert heard == [("STOP", "reader")]
         assert ends == []  # removed before the end
+
+
+# -- queued bytes always have a thread that writes them ---------------------------
+
+
+def run_in_thread(results: dict, key: str, fn: Callable[[], object]) -> threading.Thread:
+    def run() -> None:
+        try:
+            results[key] = fn()
+        except BaseException as exc:
+            results[key] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for_state(qmp: sync.SyncQMPClient, reached: Callable[[sync.SyncQMPClient], bool]) -> None:
+    """Wait until the threads using ``qmp`` bring it to a state (checked under its lock)."""
+    guard = time.monotonic() + WAIT  # only against a hang: the state comes from the threads' progress
+    while True:
+        with qmp._cond:
+            if reached(qmp):
+                return
+        assert time.monotonic() < guard, "the client's threads never reached the expected state"
+        time.sleep(0.001)
+
+
+def reading_without_writing(qmp: sync.SyncQMPClient) -> bool:
+    return qmp._reading and not qmp._writing and not qmp._out
+
+
+def test_bytes_left_by_a_writer_whose_wait_ended_are_written_by_the_reader(tmp_path, monkeypatch):
+    """A writer that is done once its bytes are out leaves the next command to the thread reading.
+
+    That thread began reading while the writer wrote, so it took nothing to
+    write and sits on the socket; the command behind the writer's bytes
+    must still go out (the server answers nothing until it has it).
+    """
+    go = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        assert go.wait(WAIT)
+        peer.send(event_frame("STOP"))
+        peer.serve()
+        for fd in peer.fds:
+            os.close(fd)
+
+    entered, release = threading.Event(), threading.Event()
+    send_nowait = sync._SyncClient._send_nowait
+
+    def gated(self: sync._SyncClient, entry: sync._Out) -> int:
+        if entry.ancillary is not None and not release.is_set():  # the send_fd byte: hold the writer here
+            entered.set()
+            assert release.wait(WAIT)
+        return send_nowait(self, entry)
+
+    monkeypatch.setattr(sync._SyncClient, "_send_nowait", gated)
+    results: dict = {}
+    r, w = os.pipe()
+    try:
+        with FakeServer(tmp_path, script) as server:
+            with qmpcore.connect_sync(server.address, timeout=WAIT) as qmp:
+                reader = run_in_thread(results, "event", lambda: qmp.pull_event(timeout=WAIT))
+                wait_for_state(qmp, reading_without_writing)
+                writer = run_in_thread(results, "fd", lambda: qmp.send_fd(r, timeout=WAIT))
+                assert entered.wait(WAIT)  # writing the fd's byte, the lock released
+                command = run_in_thread(results, "t", lambda: qmp.execute("t", {"n": 1}, timeout=WAIT))
+                wait_for_state(qmp, lambda qmp: qmp._sleepers == 1 and len(qmp._out) == 2)
+                go.set()  # the event ends the reader's wait; the command's thread reads next
+                reader.join(WAIT)
+                wait_for_state(qmp, lambda qmp: qmp._reading and qmp._writing and len(qmp._out) == 2)
+                release.set()  # the writer's byte goes out, its wait ends, it leaves
+                writer.join(WAIT)
+                command.join(WAIT * 2)
+                assert results["event"].name == "STOP" and results["fd"] is None
+                assert results["t"] == {"echo": {"n": 1}}
+                assert qmp.counters["timeouts"] == 0
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_bytes_of_a_command_that_timed_out_are_written_by_the_reader(tmp_path):
+    """A command that gives up at once leaves its bytes queued; the thread reading writes them."""
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        first = peer.recv_command()
+        gone = peer.recv_command()  # answered last: the first reply waits for it
+        peer.reply(first, "first")
+        peer.reply(gone, "late")
+        peer.serve()
+
+    results: dict = {}
+    with FakeServer(tmp_path, script) as server:
+        with qmpcore.connect_sync(server.address, timeout=WAIT) as qmp:
+            first = run_in_thread(results, "first", lambda: qmp.execute("first", timeout=WAIT))
+            wait_for_state(qmp, lambda qmp: reading_without_writing(qmp) and qmp._written == qmp._queued)
+            with pytest.raises(qmpcore.TimeoutError):
+                qmp.execute("gone", timeout=0)  # another thread reads: nothing is written here
+            first.join(WAIT * 2)
+            assert results["first"] == "first"
+            assert qmp.execute("after") == {}
+            assert qmp.counters["timeouts"] == 1 and qmp.counters["late_replies"] == 1
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_close_releases_every_descriptor(tmp_path):
+    before = open_fds()
+    with FakeServer(tmp_path, serve_plain) as server:
+        qmp = qmpcore.connect_sync(server.address, timeout=WAIT)
+        assert qmp.execute("x") == {}
+        assert open_fds() > before
+        qmp.close()
+    assert open_fds() == before  # the server's end is closed too once it has stopped

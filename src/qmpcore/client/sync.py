@@ -15,6 +15,7 @@ condition), so replies and events reach the right thread in any order.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import threading
@@ -56,7 +57,7 @@ CLOSE_TIMEOUT = 5.0
 _RECV_SIZE = 1 << 16
 _monotonic = time.monotonic
 # Where sockets take a per-call non-blocking flag, the socket stays in
-# blocking mode: an untimed wait is then one plain recv (no poll first).
+# blocking mode and every call passes the flag; elsewhere it is non-blocking.
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
@@ -91,38 +92,98 @@ def _deadline(timeout: float | None) -> float | None:
     return None if timeout is None else _monotonic() + timeout
 
 
-_R, _W = 1, 2  # what a _Poller waits for / found ready
+_R, _W, _K = 1, 2, 4  # what a _Poller waits for / found ready (_K: its waker)
+
+
+class _Waker:
+    """A descriptor that polls readable once :meth:`wake` was called, until :meth:`clear`.
+
+    An eventfd where there is one, else a socket pair (which ``select``
+    takes everywhere).  Called with the client's lock held.
+    """
+
+    __slots__ = ("_fd", "_pair")
+
+    def __init__(self) -> None:
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        if hasattr(os, "eventfd"):
+            self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - not Linux
+            self._pair = socket.socketpair()
+            for end in self._pair:
+                end.setblocking(False)
+            self._fd = self._pair[0].fileno()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def wake(self) -> None:
+        if self._pair is None:
+            os.eventfd_write(self._fd, 1)
+        else:  # pragma: no cover - not Linux
+            self._pair[1].send(b"\0")
+
+    def clear(self) -> None:
+        """Undo :meth:`wake` (called once per wake)."""
+        try:
+            if self._pair is None:
+                os.eventfd_read(self._fd)
+            else:  # pragma: no cover - not Linux
+                self._pair[0].recv(64)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        if self._pair is None:
+            if self._fd >= 0:
+                os.close(self._fd)
+        else:  # pragma: no cover - not Linux
+            for end in self._pair:
+                end.close()
+        self._fd = -1
 
 
 class _Poller:
-    """Waits for one socket to become readable and/or writable (poll where available)."""
+    """Waits for one socket to become readable and/or writable (poll where available).
 
-    __slots__ = ("_poll", "_sock", "_mask")
+    With a ``waker``, a wait also ends when it is woken (the ``_K`` bit).
+    """
 
-    def __init__(self, sock: socket.socket, mask: int) -> None:
+    __slots__ = ("_poll", "_sock", "_mask", "_waker")
+
+    def __init__(self, sock: socket.socket, mask: int, waker: _Waker | None = None) -> None:
         self._sock = sock
         self._mask = mask
+        self._waker = waker
         if hasattr(select, "poll"):
             events = (select.POLLIN if mask & _R else 0) | (select.POLLOUT if mask & _W else 0)
             self._poll: Any = select.poll()
             self._poll.register(sock, events)
+            if waker is not None:
+                self._poll.register(waker.fileno(), select.POLLIN)
         else:  # pragma: no cover - Windows
             self._poll = None
 
     def wait(self, timeout: float | None) -> int:
-        """``_R``/``_W`` bits of what is ready (0 when the timeout ran out)."""
+        """``_R``/``_W``/``_K`` bits of what is ready (0 when the timeout ran out)."""
         mask = self._mask
+        waker = self._waker
         if self._poll is not None:
-            ready = self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000.0)
-            if not ready:
-                return 0
-            revents = ready[0][1]
-            if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                return mask  # the next recv or send reports what happened
-            return (_R if revents & select.POLLIN else 0) | (_W if revents & select.POLLOUT else 0)
+            found = 0
+            for fd, revents in self._poll.poll(None if timeout is None else max(0.0, timeout) * 1000.0):
+                if waker is not None and fd == waker.fileno():
+                    found |= _K
+                elif revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    found |= mask  # the next recv or send reports what happened
+                else:
+                    found |= (_R if revents & select.POLLIN else 0) | (_W if revents & select.POLLOUT else 0)
+            return found
         sock = self._sock  # pragma: no cover - Windows
-        r, w, _ = select.select([sock] if mask & _R else [], [sock] if mask & _W else [], [], timeout)
-        return (_R if r else 0) | (_W if w else 0)
+        rlist: list[Any] = [sock] if mask & _R else []
+        if waker is not None:
+            rlist.append(waker)
+        r, w, _ = select.select(rlist, [sock] if mask & _W else [], [], timeout)
+        return (_R if sock in r else 0) | (_W if w else 0) | (_K if waker is not None and waker in r else 0)
 
 
 class _Out:
@@ -152,6 +213,12 @@ class _SyncClient(ClientCore):
         self._cond = threading.Condition(threading.RLock())
         self._reading = False  # a thread is reading the socket
         self._writing = False  # a thread is writing the head of _out
+        # The reading thread writes nothing (it started while _out was empty
+        # or another thread wrote): bytes queued or left behind meanwhile
+        # wake it through _waker (see _kick), so that it writes them.
+        self._blind = False
+        self._kicked = False  # _waker was woken and not yet cleared
+        self._waker = _Waker()
         self._sleepers = 0  # threads waiting for the reader
         # Bytes to write, in stream order.  Nobody blocks on a write while
         # holding the lock: whichever thread waits (within its own deadline)
@@ -159,7 +226,7 @@ class _SyncClient(ClientCore):
         self._out: deque[_Out] = deque()
         self._queued = 0  # bytes ever queued
         self._written = 0  # bytes ever written
-        self._rpoll = _Poller(sock, _R)
+        self._rpoll = _Poller(sock, _R, self._waker)
         self._wpoll = _Poller(sock, _W)
         self._rwpoll = _Poller(sock, _R | _W)
         self._rbuf = bytearray(_RECV_SIZE)
@@ -177,19 +244,34 @@ class _SyncClient(ClientCore):
         writing, outlasts the deadline.
         """
         last = False
-        while not done() and not self._closed:
-            remaining = None if deadline is None else deadline - _monotonic()
-            if remaining is not None and remaining <= 0:
-                if last or self._reading or self._router.blocked:
-                    return False
-                last, remaining = True, 0.0
-            if not self._reading and not self._router.blocked:
-                self._read_once(remaining)
-            elif self._out and not self._writing:
-                self._flush_once(remaining)
-            else:
-                self._sleep(remaining)
-        return True
+        try:
+            while not done() and not self._closed:
+                remaining = None if deadline is None else deadline - _monotonic()
+                if remaining is not None and remaining <= 0:
+                    if last or self._reading or self._router.blocked:
+                        return False
+                    last, remaining = True, 0.0
+                if not self._reading and not self._router.blocked:
+                    self._read_once(remaining)
+                elif self._out and not self._writing:
+                    self._flush_once(remaining)
+                else:
+                    self._sleep(remaining)
+            return True
+        finally:
+            self._kick()  # this thread writes no more: hand what is queued to the reader
+
+    def _kick(self) -> None:
+        """Wake the reading thread if it writes nothing while bytes wait and nobody writes them.
+
+        Call with ``_cond`` held, wherever a thread stops waiting or queues
+        bytes it will not write itself: a thread that reads without having
+        taken the head of ``_out`` would otherwise sit on its socket (up to
+        its own deadline) while the server waits for those bytes.
+        """
+        if self._out and self._blind and not self._writing and not self._kicked and not self._sock_closed:
+            self._kicked = True
+            self._waker.wake()
 
     def _sleep(self, timeout: float | None) -> None:
         """Wait (``_cond`` held) for the reading thread to report progress."""
@@ -235,6 +317,7 @@ class _SyncClient(ClientCore):
             entry = self._out[0]
             self._writing = True
         self._reading = True
+        self._blind = entry is None
         cond.release()
         error: BaseException | None = None
         n = -1
@@ -248,15 +331,16 @@ class _SyncClient(ClientCore):
                         sent = self._send_nowait(entry)
                     if ready & _R:
                         n = self._recv_nowait()
-            elif timeout is None and _DONTWAIT:
-                n = self._sock.recv_into(self._rbuf)
-            elif self._rpoll.wait(timeout):
+            elif self._rpoll.wait(timeout) & _R:  # or woken (_kick): n stays -1
                 n = self._recv_nowait()
         except OSError as exc:
             error, n = exc, 0
         finally:
             cond.acquire()
-            self._reading = False
+            self._reading = self._blind = False
+            if self._kicked:
+                self._kicked = False
+                self._waker.clear()
             if entry is not None:
                 self._writing = False
                 self._wrote(entry, sent)
@@ -350,6 +434,7 @@ class _SyncClient(ClientCore):
                 out = self._expire(cid, command, timeout)  # type: ignore[arg-type]
                 if out:
                     self._queue(out)
+                    self._kick()
         return slot.result()
 
     def send_fd(self, fd: int, *, timeout: float | None = None) -> None:
@@ -446,6 +531,7 @@ class _SyncClient(ClientCore):
             self._shutdown(None)
             self._sock_closed = True
             self._sock.close()
+            self._waker.close()
             self._cond.notify_all()
 
     def __enter__(self) -> Self:
@@ -458,6 +544,9 @@ class _SyncClient(ClientCore):
         sock = getattr(self, "_sock", None)
         if sock is not None and not getattr(self, "_sock_closed", True):
             sock.close()
+            waker = getattr(self, "_waker", None)
+            if waker is not None:
+                waker.close()
 
 
 def _open_socket(addr: Address, timeout: float | None) -> socket.socket:
@@ -752,6 +841,7 @@ class SyncGuestAgentClient(_SyncClient):
                     out = self._abandon(sid)
                     if out:
                         self._queue(out)
+                        self._kick()
                 raise TimeoutError(f"no guest-sync-delimited reply within {timeout:g} s")
         slot.result()
         return sid
