@@ -134,7 +134,7 @@ class QMPClient(QMPInfo, _AsyncClient):
 
     _proto: QMPClientProtocol
 
-    def __init__(self, proto: QMPClientProtocol, *args: Any) -> None:
+    def __init__(self, proto: Any, *args: Any) -> None:  # (a QMPClientProtocol: see _proto)
         super().__init__(proto, *args)
         self._schema: Schema | None = None  # fetched by schema()
         self._validator: Callable[[str, Any], None] | None = None  # Schema.check, with validate=True
@@ -387,7 +387,7 @@ class GuestAgentClient(_AsyncClient):
 
     _proto: QGAClientProtocol
 
-    def __init__(self, proto: QGAClientProtocol, *args: Any) -> None:
+    def __init__(self, proto: Any, *args: Any) -> None:  # (a QGAClientProtocol: see _proto)
         super().__init__(proto, *args)
         self._sync_id = 0  # the resync in progress
 
