@@ -156,13 +156,55 @@ def _tables():
     }
 
 
+cdef Py_ssize_t _next_cp(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, long *out) noexcept:
+    """Decode the character of a bad token at ``s[i]`` as QEMU shows it
+    (invalid modified UTF-8 is U+FFFD) into ``out``; return where the next
+    one starts."""
+    cdef Py_ssize_t length
+    cdef long cp
+    cdef unsigned char byte = s[i], nxt, mask
+    i += 1
+    if byte < 0x80:
+        cp = byte
+    elif byte >= 0xFE or not byte & 0x40:
+        cp = -1
+    else:
+        length = 0
+        mask = 0x80
+        while byte & mask:
+            length += 1
+            mask >>= 1
+        cp = byte & (mask - 1)
+        while length > 1:
+            nxt = s[i] if i < n else 0
+            if nxt & 0xC0 != 0x80:
+                cp = -2
+                break
+            i += 1
+            cp = (cp << 6) | (nxt & 0x3F)
+            length -= 1
+        if cp == -2:
+            cp = -1
+        else:
+            length = 0
+            mask = 0x80
+            while byte & mask:
+                length += 1
+                mask >>= 1
+            if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF or _nonchar(cp):
+                cp = -1
+            elif cp < _MIN_CP[length - 2] and not (cp == 0 and length == 2):
+                cp = -1
+    out[0] = 0xFFFD if cp < 0 else cp
+    return i
+
+
 cdef object _display(const unsigned char *s, Py_ssize_t n):
     """:func:`qmpcore.framing.qemu_json.display` in C: a bad token as QEMU
     shows it (up to the first NUL, invalid modified UTF-8 as U+FFFD)."""
     cdef const unsigned char *z = <const unsigned char *>memchr(s, 0, n)
-    cdef Py_ssize_t i = 0, k = 0, length
+    cdef Py_ssize_t i = 0, k = 0
     cdef long cp
-    cdef unsigned char byte, nxt, mask
     cdef Py_UCS4 *out
     if z != NULL:
         n = z - s
@@ -171,40 +213,8 @@ cdef object _display(const unsigned char *s, Py_ssize_t n):
         raise MemoryError()
     try:
         while i < n:
-            byte = s[i]
-            i += 1
-            if byte < 0x80:
-                cp = byte
-            elif byte >= 0xFE or not byte & 0x40:
-                cp = -1
-            else:
-                length = 0
-                mask = 0x80
-                while byte & mask:
-                    length += 1
-                    mask >>= 1
-                cp = byte & (mask - 1)
-                while length > 1:
-                    nxt = s[i] if i < n else 0
-                    if nxt & 0xC0 != 0x80:
-                        cp = -2
-                        break
-                    i += 1
-                    cp = (cp << 6) | (nxt & 0x3F)
-                    length -= 1
-                if cp == -2:
-                    cp = -1
-                else:
-                    length = 0
-                    mask = 0x80
-                    while byte & mask:
-                        length += 1
-                        mask >>= 1
-                    if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF or _nonchar(cp):
-                        cp = -1
-                    elif cp < _MIN_CP[length - 2] and not (cp == 0 and length == 2):
-                        cp = -1
-            out[k] = 0xFFFD if cp < 0 else <Py_UCS4>cp
+            i = _next_cp(s, n, i, &cp)
+            out[k] = <Py_UCS4>cp
             k += 1
         return PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out, k)
     finally:
@@ -215,6 +225,214 @@ def _display_bytes(token):
     """The compiled form of :func:`qmpcore.framing.qemu_json.display` (for tests)."""
     cdef bytes b = bytes(token)
     return _display(<const unsigned char *>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+
+# -- answers to errors (strict mode, Framer.answer_errors) -------------------
+#
+# A strict framer told how its server answers errors records a run of them
+# in one C buffer, an entry per run of identical errors: a header (AHead),
+# then the bad token's bytes or the reason as QEMU's JSON text.  The run
+# leaves feed() as one Answers item, which builds the replies in C as the
+# server takes them (so a few bytes of garbage never sit as kilobytes of
+# replies, and no error costs a Python object).  The twin is
+# qmpcore.framing.rules.Answers.
+
+cdef struct Buf:
+    char *p
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef int _buf_room(Buf *b, Py_ssize_t extra) except -1:
+    """Room for ``extra`` more bytes in ``b`` (doubling)."""
+    cdef Py_ssize_t need = b.len + extra
+    cdef Py_ssize_t cap
+    cdef char *mem
+    if need <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 256
+    while cap < need:
+        cap *= 2
+    mem = <char *>PyMem_Realloc(b.p, cap)
+    if mem == NULL:
+        raise MemoryError()
+    b.p = mem
+    b.cap = cap
+    return 0
+
+
+cdef int _buf_add(Buf *b, const char *s, Py_ssize_t n) except -1:
+    _buf_room(b, n)
+    memcpy(b.p + b.len, s, n)
+    b.len += n
+    return 0
+
+
+# What an entry answers.
+DEF A_STRAY = 0       # data: the bad token (QEMU: stray '<token>')
+DEF A_TEXT = 1        # data: the reason as QEMU's JSON text
+DEF A_EXPECTING = 2   # "JSON parse error, expecting value"
+DEF A_NOT_OBJECT = 3  # the server's words for a frame that is not an object
+
+
+cdef struct AHead:
+    Py_ssize_t count
+    Py_ssize_t len    # bytes of data after the header
+    Py_ssize_t kind
+
+
+cdef const char *_HEX = "0123456789ABCDEF"
+cdef object _NOT_OBJECT = object()  # _answer(): "the frame is not an object"
+cdef object _ANSWERING = object()   # Framer._pr while answers are recorded
+
+
+cdef inline Py_ssize_t _esc_u(char *o, long v) noexcept:
+    o[0] = 0x5C
+    o[1] = 0x75
+    o[2] = _HEX[(v >> 12) & 15]
+    o[3] = _HEX[(v >> 8) & 15]
+    o[4] = _HEX[(v >> 4) & 15]
+    o[5] = _HEX[v & 15]
+    return 6
+
+
+cdef inline Py_ssize_t _esc_cp(char *o, long cp) noexcept:
+    """Character ``cp`` as QEMU writes it in a JSON string (at most 12
+    bytes): printable ASCII as is but ``"`` and ``\\``, the short escapes,
+    everything else ``\\uXXXX`` in uppercase (astral: a surrogate pair)."""
+    if 0x20 <= cp < 0x7F:
+        if cp == 0x22 or cp == 0x5C:
+            o[0] = 0x5C
+            o[1] = <char>cp
+            return 2
+        o[0] = <char>cp
+        return 1
+    if cp == 0x08 or cp == 0x0C or cp == 0x0A or cp == 0x0D or cp == 0x09:
+        o[0] = 0x5C
+        o[1] = b"b" if cp == 0x08 else b"f" if cp == 0x0C else b"n" if cp == 0x0A else b"r" if cp == 0x0D else b"t"
+        return 2
+    if cp >= 0x10000:
+        cp -= 0x10000
+        _esc_u(o, 0xD800 + (cp >> 10))
+        return 6 + _esc_u(o + 6, 0xDC00 + (cp & 0x3FF))
+    return _esc_u(o, cp)
+
+
+cdef int _esc_token(Buf *b, const unsigned char *s, Py_ssize_t n) except -1:
+    """Append QEMU's JSON text of ``display(s[:n])`` (see _display)."""
+    cdef const unsigned char *z = <const unsigned char *>memchr(s, 0, n)
+    cdef Py_ssize_t i = 0
+    cdef long cp
+    if z != NULL:
+        n = z - s
+    _buf_room(b, 12 * n)
+    while i < n:
+        if 0x20 <= s[i] < 0x7F and s[i] != 0x22 and s[i] != 0x5C:
+            b.p[b.len] = <char>s[i]
+            b.len += 1
+            i += 1
+            continue
+        i = _next_cp(s, n, i, &cp)
+        b.len += _esc_cp(b.p + b.len, cp)
+    return 0
+
+
+cdef int _esc_text(Buf *b, str text) except -1:
+    """Append QEMU's JSON text of the string ``text`` (no quotes)."""
+    cdef Py_UCS4 ch
+    _buf_room(b, 12 * len(text))
+    for ch in text:
+        b.len += _esc_cp(b.p + b.len, ch)
+    return 0
+
+
+cdef bytes _STRAY_HEAD = b"JSON parse error, stray '"
+cdef bytes _EXPECTING_TEXT = b"JSON parse error, expecting value"
+
+
+@cython.final
+cdef class Answers:
+    """QEMU's replies to a run of errors, produced as they are taken.
+
+    Items of a strict framer after :meth:`Framer.answer_errors`: ``count``
+    errors (every one owed its own reply, in order) found from stream byte
+    ``offset`` on, over ``nbytes`` bytes.  :meth:`take` gives the replies'
+    bytes; ``remaining`` says how many are still owed.
+    """
+
+    cdef char *_rec
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _at       # the entry being answered
+    cdef Py_ssize_t _left     # replies that entry still owes
+    cdef bytes _prefix
+    cdef bytes _suffix
+    cdef bytes _not_object
+    cdef readonly Py_ssize_t count
+    cdef readonly Py_ssize_t remaining
+    cdef readonly long long offset
+    cdef readonly long long nbytes
+
+    def __cinit__(self):
+        self._rec = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self._rec)
+
+    def __repr__(self):
+        return f"Answers(count={self.count}, offset={self.offset}, nbytes={self.nbytes}, remaining={self.remaining})"
+
+    def take(self, limit=None):
+        """The next replies as bytes: all of them (``limit`` None), or
+        replies until at least ``limit`` bytes are given (one at least)."""
+        cdef Py_ssize_t lim = -1 if limit is None else max(<Py_ssize_t>limit, 1)
+        cdef Buf out, one
+        cdef AHead head
+        cdef Py_ssize_t times, size, done
+        cdef const unsigned char *data
+        out.p = one.p = NULL
+        out.len = out.cap = one.len = one.cap = 0
+        try:
+            while self.remaining and (lim < 0 or out.len < lim):
+                memcpy(&head, self._rec + self._at, sizeof(AHead))
+                data = <const unsigned char *>self._rec + self._at + sizeof(AHead)
+                one.len = 0
+                _buf_add(&one, PyBytes_AS_STRING(self._prefix), PyBytes_GET_SIZE(self._prefix))
+                if head.kind == A_STRAY:
+                    _buf_add(&one, PyBytes_AS_STRING(_STRAY_HEAD), PyBytes_GET_SIZE(_STRAY_HEAD))
+                    _esc_token(&one, data, head.len)
+                    _buf_add(&one, "'", 1)
+                elif head.kind == A_TEXT:
+                    _buf_add(&one, <const char *>data, head.len)
+                elif head.kind == A_EXPECTING:
+                    _buf_add(&one, PyBytes_AS_STRING(_EXPECTING_TEXT), PyBytes_GET_SIZE(_EXPECTING_TEXT))
+                else:
+                    _buf_add(&one, PyBytes_AS_STRING(self._not_object), PyBytes_GET_SIZE(self._not_object))
+                _buf_add(&one, PyBytes_AS_STRING(self._suffix), PyBytes_GET_SIZE(self._suffix))
+                size = one.len
+                times = self._left
+                if lim >= 0 and (lim - out.len + size - 1) // size < times:
+                    times = (lim - out.len + size - 1) // size
+                _buf_room(&out, size * times)
+                memcpy(out.p + out.len, one.p, size)
+                done = size
+                while done < size * times:  # (doubling copies)
+                    memcpy(out.p + out.len + done, out.p + out.len, min(done, size * times - done))
+                    done += min(done, size * times - done)
+                out.len += size * times
+                self._left -= times
+                self.remaining -= times
+                if not self._left and self.remaining:
+                    self._at += <Py_ssize_t>sizeof(AHead) + head.len
+                    memcpy(&head, self._rec + self._at, sizeof(AHead))
+                    self._left = head.count
+            if not self.remaining:
+                PyMem_Free(self._rec)
+                self._rec = NULL
+                self._len = 0
+            return PyBytes_FromStringAndSize(out.p, out.len)
+        finally:
+            PyMem_Free(out.p)
+            PyMem_Free(one.p)
 
 
 def _plain_line(line, Py_ssize_t max_depth):
@@ -668,6 +886,18 @@ cdef class Framer:
     cdef long long _po
     cdef long long _pe
 
+    # Answers being recorded (strict mode after answer_errors()): the
+    # entries, the pending one (its count is _pc), the replies owed by the
+    # entries before it, where the run starts, and the server's template.
+    cdef bint _answering
+    cdef Buf _rec
+    cdef Py_ssize_t _alast
+    cdef Py_ssize_t _acount
+    cdef long long _ao
+    cdef bytes _aprefix
+    cdef bytes _asuffix
+    cdef bytes _anot
+
     # The buffer of the feed() in progress.
     cdef const unsigned char *_p
     cdef Py_ssize_t _n
@@ -677,6 +907,9 @@ cdef class Framer:
         self._buf = NULL
         self._len = 0
         self._cap = 0
+        self._rec.p = NULL
+        self._rec.len = self._rec.cap = 0
+        self._alast = -1
 
     def __init__(self, max_frame_size=64 << 20, max_depth=1024, *, max_tokens=2 << 20,
                  raw=False, strict=False):
@@ -695,6 +928,29 @@ cdef class Framer:
 
     def __dealloc__(self):
         PyMem_Free(self._buf)
+        PyMem_Free(self._rec.p)
+
+    def answer_errors(self, prefix, suffix, not_object=None):
+        """Strict mode: report errors as :class:`Answers` items, the replies
+        a server owes for them (``prefix``, the reason as JSON text,
+        ``suffix``).  With ``not_object``, a valid frame that is not a JSON
+        object is answered so too, with those words.  Errors of the limits
+        stay :class:`~qmpcore.errors.FrameError` items; no ``SYNC`` items."""
+        if not self.strict:
+            raise ValueError("answer_errors() is for strict (server) framers")
+        cdef Buf text
+        self._aprefix = bytes(prefix)
+        self._asuffix = bytes(suffix)
+        self._anot = None
+        if not_object is not None:
+            text.p = NULL
+            text.len = text.cap = 0
+            try:
+                _esc_text(&text, str(not_object))
+                self._anot = PyBytes_FromStringAndSize(text.p, text.len)
+            finally:
+                PyMem_Free(text.p)
+        self._answering = True
 
     @property
     def buffered(self):
@@ -1174,10 +1430,91 @@ cdef class Framer:
         out.append(item)
         return 0
 
+    cdef int _value(self, object value, Py_ssize_t start, Py_ssize_t end, list out) except -1:
+        """Output a decoded frame (answered when it is not an object and
+        the server said how: answer_errors())."""
+        if self._answering and self._anot is not None and type(value) is not dict:
+            return self._answer(_NOT_OBJECT, 0, 0, self._base + start, end - start)
+        return self._put(value, out)
+
+    cdef int _answer(self, object reason, Py_ssize_t first, Py_ssize_t pos, long long offset,
+                     Py_ssize_t nbytes) except -1:
+        """Record one error (see _err) as an entry of the run of answers,
+        or count it in the pending entry when it is the same."""
+        cdef Buf *rec = &self._rec
+        cdef Py_ssize_t at = rec.len
+        cdef AHead head, last
+        head.count = 0
+        head.len = 0
+        _buf_room(rec, sizeof(AHead))
+        rec.len += sizeof(AHead)
+        if reason is None:
+            head.kind = A_STRAY
+            head.len = pos + 1 - first
+            _buf_add(rec, <const char *>self._p + first, head.len)
+        elif reason is _EXPECTING:
+            head.kind = A_EXPECTING
+        elif reason is _NOT_OBJECT:
+            head.kind = A_NOT_OBJECT
+        else:
+            head.kind = A_TEXT
+            _esc_text(rec, reason)
+            head.len = rec.len - at - <Py_ssize_t>sizeof(AHead)
+        memcpy(rec.p + at, &head, sizeof(AHead))
+        if self._pr is not None:
+            memcpy(&last, rec.p + self._alast, sizeof(AHead))
+            if (last.kind == head.kind and last.len == head.len
+                    and memcmp(rec.p + self._alast + sizeof(AHead), rec.p + at + sizeof(AHead), head.len) == 0):
+                rec.len = at  # the same reply again
+                self._pc += 1
+                self._pe = offset + nbytes
+                return 0
+            last.count = self._pc
+            memcpy(rec.p + self._alast, &last, sizeof(AHead))
+            self._acount += self._pc
+        else:
+            self._pr = _ANSWERING
+            self._ao = offset
+        self._alast = at
+        self._pc = 1
+        self._pe = offset + nbytes
+        return 0
+
+    cdef int _flush_answers(self, list out) except -1:
+        """Output the recorded run as one Answers item."""
+        cdef Buf *rec = &self._rec
+        cdef AHead last
+        cdef Answers a = Answers.__new__(Answers)
+        cdef char *mem
+        memcpy(&last, rec.p + self._alast, sizeof(AHead))
+        last.count = self._pc
+        memcpy(rec.p + self._alast, &last, sizeof(AHead))
+        mem = <char *>PyMem_Realloc(rec.p, rec.len)  # (no slack kept)
+        a._rec = mem if mem != NULL else rec.p
+        a._len = rec.len
+        rec.p = NULL
+        rec.len = rec.cap = 0
+        memcpy(&last, a._rec, sizeof(AHead))
+        a._at = 0
+        a._left = last.count
+        a._prefix = self._aprefix
+        a._suffix = self._asuffix
+        a._not_object = self._anot
+        a.count = a.remaining = self._acount + self._pc
+        a.offset = self._ao
+        a.nbytes = self._pe - self._ao
+        self._pr = None
+        self._alast = -1
+        self._acount = 0
+        out.append(a)
+        return 0
+
     cdef int _flush(self, list out) except -1:
         """Output the error run held in C fields, if any."""
         if self._pr is None:
             return 0
+        if self._answering:
+            return self._flush_answers(out)
         out.append(_FrameError(self._pr, self._po, self._ps, self._pc, self._pe - self._po))
         if self._ps:
             out.append(_SYNC)  # strict 0xFF: the SYNC follows its error run
@@ -1194,6 +1531,8 @@ cdef class Framer:
                   Py_ssize_t nbytes, bint sync, list out) except -1:
         """One error: ``reason``, or (when None) a stray token ``p[first:pos + 1]``.
         Joined with the run before it when qmpcore.framing.rules.joinable allows."""
+        if self._answering:
+            return self._answer(reason, first, pos, offset, nbytes)
         if self._pr is not None and self._ps == sync:
             if self.strict:
                 if reason is None:
@@ -1284,7 +1623,7 @@ cdef class Framer:
             except _JSONDecodeError:
                 pass
             else:
-                self._put(value, out)
+                self._value(value, start, end, out)
                 return 0
         self._why = None
         value = self._decode_prepared(start, end, tried)
@@ -1292,7 +1631,7 @@ cdef class Framer:
             self._err(self._why, 0, 0, self._base + start, end - start, False, out)
             return 0
         if value is not _NO:
-            self._put(value, out)
+            self._value(value, start, end, out)
             return 0
         frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
         try:
@@ -1300,7 +1639,7 @@ cdef class Framer:
         except _ParseError as exc:
             self._err(exc.args[0], 0, 0, self._base + start, end - start, False, out)
         else:
-            self._put(value, out)
+            self._value(value, start, end, out)
         return 0
 
     cdef object _decode_prepared(self, Py_ssize_t start, Py_ssize_t end, bint tried):

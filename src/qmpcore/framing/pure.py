@@ -80,6 +80,7 @@ _RECOVERY_RUN = rules.run_pattern(rules.RECOVER_SKIP)
 _OPEN = frozenset(b"{[")
 _DIGIT = frozenset(b"0123456789")
 _VALUE_STATES = frozenset(range(DQ, KEYWORD + 1))
+_LIMITS = frozenset((TOO_BIG, TOO_DEEP, TOO_MANY))
 
 
 class Framer:
@@ -113,6 +114,7 @@ class Framer:
         "_skip",
         "_nofast",
         "_work",
+        "_answers",
     )
 
     # Lexer state, set by _clear(): which state, inside a frame or not.
@@ -140,6 +142,7 @@ class Framer:
         self._pos = 0
         self._nofast = -1
         self._work = 0
+        self._answers: tuple[bytes, bytes, str | None] | None = None
         self._clear(START)
 
     # -- public ---------------------------------------------------------
@@ -161,6 +164,16 @@ class Framer:
         self._pos = 0
         self._nofast = -1
         self._clear(START)
+
+    def answer_errors(self, prefix: bytes, suffix: bytes, not_object: str | None = None) -> None:
+        """Strict mode: report errors as :class:`~qmpcore.framing.rules.Answers`
+        items, the replies a server owes for them (``prefix``, the reason as
+        JSON text, ``suffix``).  With ``not_object``, a valid frame that is
+        not a JSON object is answered so too, with those words.  Errors of
+        the limits stay :class:`FrameError` items; no ``SYNC`` items."""
+        if not self.strict:
+            raise ValueError("answer_errors() is for strict (server) framers")
+        self._answers = (bytes(prefix), bytes(suffix), None if not_object is None else str(not_object))
 
     def feed(self, data: Any) -> list[Any]:
         """Add bytes from the stream; return the items they complete."""
@@ -374,7 +387,7 @@ class Framer:
         self._token_done(end, 0, out)
 
     def _limit(self, reason: str, offset: int, out: list[Any]) -> None:
-        push(out, FrameError(reason, offset), self.strict)
+        self._push(out, FrameError(reason, offset))
         self._skip = True
 
     def _token_done(self, end: int, c: int, out: list[Any]) -> None:
@@ -408,9 +421,14 @@ class Framer:
             out.append(bytes(frame))
             return
         try:
-            push(out, decode_frame(bytes(frame), self.strict), self.strict)
+            value = decode_frame(bytes(frame), self.strict)
         except ParseError as exc:
-            push(out, FrameError(exc.args[0], self._base + self._start, nbytes=len(frame)), self.strict)
+            value = FrameError(exc.args[0], self._base + self._start, nbytes=len(frame))
+        else:
+            answers = self._answers
+            if answers is not None and answers[2] is not None and type(value) is not dict:
+                value = FrameError(answers[2], self._base + self._start, nbytes=len(frame))
+        self._push(out, value)
 
     def _error(self, pos: int, out: list[Any]) -> None:
         """Lexical error at ``pos`` (that byte is consumed)."""
@@ -426,11 +444,28 @@ class Framer:
         self._work += len(token)
         if buf[pos] == 0xFF:
             if self.strict:
-                push(out, FrameError(_stray(token), self._base + pos, sync=True), True)
-            push(out, SYNC, self.strict)
+                self._push(out, FrameError(_stray(token), self._base + pos, sync=True))
+            self._push(out, SYNC)
         elif not self._skip:
-            push(out, FrameError(_stray(token), self._base + pos), self.strict)
+            self._push(out, FrameError(_stray(token), self._base + pos))
         self._clear(RECOVERY)
+
+    def _push(self, out: list[Any], item: Any) -> None:
+        """Output an item: :func:`~qmpcore.framing.rules.push`, or, when
+        answering errors, one more error of the run's Answers."""
+        answers = self._answers
+        if answers is None:
+            push(out, item, self.strict)
+        elif item is SYNC:
+            return
+        elif type(item) is FrameError and item.reason not in _LIMITS:
+            last = out[-1] if out else None
+            if type(last) is not rules.Answers:
+                last = rules.Answers(answers[0], answers[1], item.offset)
+                out.append(last)
+            last.add(item.reason, item.offset + item.nbytes)
+        else:
+            out.append(item)
 
     def _compact(self, out: list[Any]) -> None:
         """Drop bytes no unfinished frame needs; check the size limit."""

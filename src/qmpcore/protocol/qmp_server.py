@@ -14,10 +14,12 @@ running a command is answered here, in QEMU's words and order:
 * the greeting, capabilities negotiation (``qmp_capabilities`` is handled
   here) and negotiation mode, where every other command is
   ``CommandNotFound`` and no events are delivered;
-* JSON errors (one ``GenericError`` per error QEMU's parser reports; a
-  :class:`~qmpcore.FrameError` whose ``count`` says it stands for N
-  identical errors is answered with the same reply N times, built once),
-  ``QMP input must be a JSON object`` and the other envelope checks, in the
+* JSON errors (one ``GenericError`` per error QEMU's parser reports) and
+  ``QMP input must be a JSON object``: the strict framer is told the
+  reply's words (``Framer.answer_errors``) and hands over each run of such
+  errors, of any mix of kinds, as one answers item whose replies are built
+  in C as they are taken (a run of identical ones by repeating one reply),
+  so no error costs a Python object; the other envelope checks, in the
   order QEMU iterates the request's members;
 * unknown and disabled commands, ``exec-oob`` rules, and argument errors
   from the command's :class:`~qmpcore.protocol._qapi.CommandInfo`.
@@ -46,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import CommandError, FrameError, StateError
-from ..framing import Framer
+from ..framing import ANSWERS, Framer
 from ..framing.wire import SYNC
 from ._qapi import CommandInfo, Schema
 from ._qemu_output import encode_qmp, qdict_order, to_json
@@ -80,6 +82,8 @@ DEFAULT_VERSION: dict[str, Any] = {
     "qemu": {"major": 7, "minor": 2, "micro": 0},
     "package": "",
 }
+
+_NOT_OBJECT = "QMP input must be a JSON object"
 
 # How many in-band requests QEMU queues before it stops reading (monitor/qmp.c).
 _QUEUE_OOB = 8
@@ -169,6 +173,10 @@ class ServerProtocolBase:
     ) -> None:
         self.commands: Mapping[str, CommandInfo] = commands if commands is not None else {}
         self._framer = Framer(max_frame_size, max_depth, max_tokens=max_tokens, strict=True)
+        # Errors and frames that are not objects come as answers items.
+        template = self._error_bytes(NO_ID, "GenericError", "|")
+        cut = template.index(b"|")
+        self._framer.answer_errors(template[:cut], template[cut + 1 :], _NOT_OBJECT)
         #: Bytes of self-produced answers after which queued input waits
         #: for the next :meth:`next_event` call (None: no limit).
         self.output_limit = output_limit
@@ -197,6 +205,8 @@ class ServerProtocolBase:
                         self._oob_open.add(request)
                         self._ready.append(request)
                     continue
+            elif isinstance(item, ANSWERS):
+                pass  # answered in turn by _pump
             elif isinstance(item, FrameError):
                 count = item.count
                 last = queue[-1] if queue else None
@@ -316,6 +326,14 @@ class ServerProtocolBase:
             if limit is not None and self._out_size >= limit:
                 return
             item = queue[0]
+            if isinstance(item, ANSWERS):
+                # (at least one reply, then until the limit is reached)
+                data = item.take(None if limit is None else limit - self._out_size)
+                out.append(data)
+                self._out_size += len(data)
+                if not item.remaining:
+                    queue.popleft()
+                continue
             if type(item) is _Repeat:
                 reply = item.reply
                 times = item.count
@@ -337,7 +355,7 @@ class ServerProtocolBase:
     def _dispatch(self, message: Any) -> Request | None:
         """QEMU's ``qmp_dispatch`` up to the command's own code."""
         if type(message) is not dict:
-            self._write_error(NO_ID, "GenericError", "QMP input must be a JSON object")
+            self._write_error(NO_ID, "GenericError", _NOT_OBJECT)
             return None
         request_id = message.get("id", NO_ID)
         oob_allowed = self._oob_allowed()
@@ -491,6 +509,7 @@ class QMPServerProtocol(ServerProtocolBase):
         max_tokens: int = 2 << 20,
         output_limit: int | None = None,
     ) -> None:
+        self.pretty = bool(pretty)  # (before the base class words its error replies)
         super().__init__(
             commands,
             max_frame_size=max_frame_size,
@@ -498,7 +517,6 @@ class QMPServerProtocol(ServerProtocolBase):
             max_tokens=max_tokens,
             output_limit=output_limit,
         )
-        self.pretty = bool(pretty)
         self.version = dict(version if version is not None else DEFAULT_VERSION)
         self.offered = tuple(capabilities)
         self.enabled: Sequence[str] = ()
