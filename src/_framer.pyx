@@ -110,6 +110,7 @@ cdef unsigned char SQ_PLAIN[256]    # bytes that continue a '...' string
 cdef unsigned char RECOVER_SKIP[256]  # bytes skipped after a lexical error
 cdef unsigned char PLAIN_KIND[256]    # for _plain(): what a byte of valid JSON starts
 cdef unsigned char VALUE_START[256]   # bytes a JSON value can start with
+cdef unsigned char STRAY_RUN[256]     # for _garbage(): 1 for , : ] }, 2 for whitespace
 
 DEF K_BORING = 0
 DEF K_DIGIT = 1
@@ -128,6 +129,7 @@ cdef void _init_tables():
     for i in range(256):
         PLAIN_KIND[i] = K_BORING
         VALUE_START[i] = i in b'{["-0123456789tfn'  # (orjson refuses QMP's single quotes)
+        STRAY_RUN[i] = 1 if i in b",:]}" else 2 if CLASS[i] == C_WS else 0
     for i in range(ord("0"), ord("9") + 1):
         PLAIN_KIND[i] = K_DIGIT
     PLAIN_KIND[ord('"')] = K_QUOTE
@@ -230,12 +232,17 @@ def _display_bytes(token):
 # -- answers to errors (strict mode, Framer.answer_errors) -------------------
 #
 # A strict framer told how its server answers errors records a run of them
-# in one C buffer, an entry per run of identical errors: a header (AHead),
-# then the bad token's bytes or the reason as QEMU's JSON text.  The run
-# leaves feed() as one Answers item, which builds the replies in C as the
-# server takes them (so a few bytes of garbage never sit as kilobytes of
-# replies, and no error costs a Python object).  The twin is
-# qmpcore.framing.rules.Answers.
+# in one C buffer, an entry per run of identical errors:
+#
+#     kind (1 byte) [length (varint) data]   count (varint)
+#
+# data is the bad token (A_STRAY), the reason as QEMU's JSON text (A_TEXT)
+# or the invalid keyword (A_KEYWORD); the other kinds are replies of the
+# server's _Template.  The count is written when the next entry starts (the
+# pending entry is always the last).  The run leaves feed() as one Answers
+# item, which builds the replies as the server takes them: a few bytes of
+# garbage never sit as kilobytes of replies, and no error costs a Python
+# object.  The twin is qmpcore.framing.rules.Answers.
 
 cdef struct Buf:
     char *p
@@ -261,24 +268,50 @@ cdef int _buf_room(Buf *b, Py_ssize_t extra) except -1:
     return 0
 
 
-cdef int _buf_add(Buf *b, const char *s, Py_ssize_t n) except -1:
-    _buf_room(b, n)
+cdef inline int _buf_add(Buf *b, const char *s, Py_ssize_t n) except -1:
+    if b.len + n > b.cap:
+        _buf_room(b, n)
     memcpy(b.p + b.len, s, n)
     b.len += n
     return 0
 
 
-# What an entry answers.
+cdef inline int _buf_varint(Buf *b, Py_ssize_t v) except -1:
+    if b.len + 10 > b.cap:
+        _buf_room(b, 10)
+    while v >= 0x80:
+        b.p[b.len] = <char>((v & 0x7F) | 0x80)
+        b.len += 1
+        v >>= 7
+    b.p[b.len] = <char>v
+    b.len += 1
+    return 0
+
+
+cdef inline Py_ssize_t _varint(const unsigned char *p, Py_ssize_t *at) noexcept:
+    cdef Py_ssize_t v = 0, i = at[0]
+    cdef int shift = 0
+    while p[i] & 0x80:
+        v |= <Py_ssize_t>(p[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+    v |= <Py_ssize_t>p[i] << shift
+    at[0] = i + 1
+    return v
+
+
+# Entry kinds.
 DEF A_STRAY = 0       # data: the bad token (QEMU: stray '<token>')
 DEF A_TEXT = 1        # data: the reason as QEMU's JSON text
-DEF A_EXPECTING = 2   # "JSON parse error, expecting value"
-DEF A_NOT_OBJECT = 3  # the server's words for a frame that is not an object
-
-
-cdef struct AHead:
-    Py_ssize_t count
-    Py_ssize_t len    # bytes of data after the header
-    Py_ssize_t kind
+DEF A_KEYWORD = 2     # data: the keyword (QEMU: invalid keyword '<keyword>')
+DEF A_FIXED = 3       # + i: the template's reply T_FIXED + i (no data)
+# The template's replies: one per stray byte, then these.
+DEF T_EXPECTING = 256
+DEF T_GRAMMAR = 256   # + i (1..6): _GRAMMAR_REASONS[i]
+DEF T_NOT_OBJECT = 263
+DEF T_NO_EXECUTE = 264
+DEF T_FIXED = 256
+DEF T_COUNT = 265
 
 
 cdef const char *_HEX = "0123456789ABCDEF"
@@ -347,7 +380,100 @@ cdef int _esc_text(Buf *b, str text) except -1:
 
 
 cdef bytes _STRAY_HEAD = b"JSON parse error, stray '"
-cdef bytes _EXPECTING_TEXT = b"JSON parse error, expecting value"
+cdef bytes _KEYWORD_HEAD = b"JSON parse error, invalid keyword '"
+
+
+@cython.final
+cdef class _Template:
+    """How a server words an error reply (``prefix`` + reason as JSON text
+    + ``suffix``), with the replies most errors get built once: one per
+    stray byte, then the fixed ones (T_*)."""
+
+    cdef bytes prefix
+    cdef bytes suffix
+    cdef bytes blob
+    cdef Py_ssize_t starts[T_COUNT + 1]
+    # (envelope) the words around an unexpected member's name, as JSON
+    # text, and the names that are not unexpected
+    cdef bytes member_head
+    cdef bytes member_tail
+    cdef tuple known
+
+    cdef int reply(self, Buf *b, int kind, const unsigned char *data, Py_ssize_t n) except -1:
+        """Append the reply to an error of ``kind`` with ``data[:n]``."""
+        _buf_add(b, PyBytes_AS_STRING(self.prefix), PyBytes_GET_SIZE(self.prefix))
+        if kind == A_STRAY:
+            _buf_add(b, PyBytes_AS_STRING(_STRAY_HEAD), PyBytes_GET_SIZE(_STRAY_HEAD))
+            _esc_token(b, data, n)
+            _buf_add(b, "'", 1)
+        elif kind == A_KEYWORD:
+            _buf_add(b, PyBytes_AS_STRING(_KEYWORD_HEAD), PyBytes_GET_SIZE(_KEYWORD_HEAD))
+            _buf_add(b, <const char *>data, n)  # (lowercase letters, maybe a minus)
+            _buf_add(b, "'", 1)
+        else:  # A_TEXT
+            _buf_add(b, <const char *>data, n)
+        _buf_add(b, PyBytes_AS_STRING(self.suffix), PyBytes_GET_SIZE(self.suffix))
+        return 0
+
+
+# Templates by (prefix, suffix, not_object): servers share a few.
+cdef dict _TEMPLATES = {}
+
+
+cdef bytes _escaped(str text):
+    cdef Buf b
+    b.p = NULL
+    b.len = b.cap = 0
+    try:
+        _esc_text(&b, text)
+        return PyBytes_FromStringAndSize(b.p, b.len)
+    finally:
+        PyMem_Free(b.p)
+
+
+cdef _Template _template(bytes prefix, bytes suffix, object not_object, object envelope):
+    cdef object key = (prefix, suffix, not_object, envelope)
+    cdef _Template t = _TEMPLATES.get(key)
+    cdef Buf b, text
+    cdef unsigned char c
+    cdef int i
+    if t is not None:
+        return t
+    t = _Template.__new__(_Template)
+    t.prefix = prefix
+    t.suffix = suffix
+    t.known = None
+    if envelope is not None:
+        head, tail = envelope[1].split("{}")
+        t.member_head = _escaped(head)
+        t.member_tail = _escaped(tail)
+        t.known = tuple(name.encode("ascii") for name in envelope[2])
+    b.p = text.p = NULL
+    b.len = b.cap = text.len = text.cap = 0
+    try:
+        for i in range(T_COUNT):
+            t.starts[i] = b.len
+            text.len = 0
+            if i < 256:
+                c = <unsigned char>i
+                t.reply(&b, A_STRAY, &c, 1)
+                continue
+            if i == T_NOT_OBJECT:
+                _esc_text(&text, "" if not_object is None else not_object)
+            elif i == T_NO_EXECUTE:
+                _esc_text(&text, "" if envelope is None else envelope[0])
+            else:
+                _esc_text(&text, _EXPECTING if i == T_EXPECTING else _GRAMMAR_REASONS[i - T_GRAMMAR])
+            t.reply(&b, A_TEXT, <const unsigned char *>text.p, text.len)
+        t.starts[T_COUNT] = b.len
+        t.blob = PyBytes_FromStringAndSize(b.p, b.len)
+    finally:
+        PyMem_Free(b.p)
+        PyMem_Free(text.p)
+    if len(_TEMPLATES) >= 16:
+        _TEMPLATES.clear()
+    _TEMPLATES[key] = t
+    return t
 
 
 @cython.final
@@ -362,11 +488,12 @@ cdef class Answers:
 
     cdef char *_rec
     cdef Py_ssize_t _len
-    cdef Py_ssize_t _at       # the entry being answered
-    cdef Py_ssize_t _left     # replies that entry still owes
-    cdef bytes _prefix
-    cdef bytes _suffix
-    cdef bytes _not_object
+    cdef Py_ssize_t _next     # where the entry after the current one starts
+    cdef int _kind            # the current entry
+    cdef Py_ssize_t _data
+    cdef Py_ssize_t _size
+    cdef Py_ssize_t _left     # replies it still owes
+    cdef _Template _tpl
     cdef readonly Py_ssize_t count
     cdef readonly Py_ssize_t remaining
     cdef readonly long long offset
@@ -381,58 +508,84 @@ cdef class Answers:
     def __repr__(self):
         return f"Answers(count={self.count}, offset={self.offset}, nbytes={self.nbytes}, remaining={self.remaining})"
 
+    cdef void _enter(self) noexcept:
+        """Make the entry at _next the current one."""
+        cdef const unsigned char *p = <const unsigned char *>self._rec
+        cdef Py_ssize_t at = self._next
+        self._kind = p[at]
+        at += 1
+        self._size = 0
+        if self._kind < A_FIXED:
+            self._size = _varint(p, &at)
+        self._data = at
+        at += self._size
+        self._left = _varint(p, &at)
+        self._next = at
+
     def take(self, limit=None):
         """The next replies as bytes: all of them (``limit`` None), or
         replies until at least ``limit`` bytes are given (one at least)."""
         cdef Py_ssize_t lim = -1 if limit is None else max(<Py_ssize_t>limit, 1)
-        cdef Buf out, one
-        cdef AHead head
-        cdef Py_ssize_t times, size, done
-        cdef const unsigned char *data
-        out.p = one.p = NULL
-        out.len = out.cap = one.len = one.cap = 0
+        cdef Buf built, plan  # replies built here; (built?, start, size, times) per entry
+        cdef _Template tpl = self._tpl
+        cdef char *blob = PyBytes_AS_STRING(tpl.blob)
+        cdef const unsigned char *rec = <const unsigned char *>self._rec
+        cdef Py_ssize_t total = 0, size, times, done, k, part, t
+        cdef Py_ssize_t step[4]
+        cdef Py_ssize_t *steps
+        cdef const char *src
+        cdef char *dst
+        cdef bytes result
+        built.p = plan.p = NULL
+        built.len = built.cap = plan.len = plan.cap = 0
         try:
-            while self.remaining and (lim < 0 or out.len < lim):
-                memcpy(&head, self._rec + self._at, sizeof(AHead))
-                data = <const unsigned char *>self._rec + self._at + sizeof(AHead)
-                one.len = 0
-                _buf_add(&one, PyBytes_AS_STRING(self._prefix), PyBytes_GET_SIZE(self._prefix))
-                if head.kind == A_STRAY:
-                    _buf_add(&one, PyBytes_AS_STRING(_STRAY_HEAD), PyBytes_GET_SIZE(_STRAY_HEAD))
-                    _esc_token(&one, data, head.len)
-                    _buf_add(&one, "'", 1)
-                elif head.kind == A_TEXT:
-                    _buf_add(&one, <const char *>data, head.len)
-                elif head.kind == A_EXPECTING:
-                    _buf_add(&one, PyBytes_AS_STRING(_EXPECTING_TEXT), PyBytes_GET_SIZE(_EXPECTING_TEXT))
+            while self.remaining and (lim < 0 or total < lim):
+                if not self._left:
+                    self._enter()
+                t = -1
+                if self._kind >= A_FIXED:
+                    t = T_FIXED + self._kind - A_FIXED
+                elif self._kind == A_STRAY and self._size == 1:
+                    t = rec[self._data]
+                if t >= 0:
+                    step[0] = 0
+                    step[1] = tpl.starts[t]
+                    size = tpl.starts[t + 1] - step[1]
                 else:
-                    _buf_add(&one, PyBytes_AS_STRING(self._not_object), PyBytes_GET_SIZE(self._not_object))
-                _buf_add(&one, PyBytes_AS_STRING(self._suffix), PyBytes_GET_SIZE(self._suffix))
-                size = one.len
+                    step[0] = 1
+                    step[1] = built.len
+                    tpl.reply(&built, self._kind, rec + self._data, self._size)
+                    size = built.len - step[1]
                 times = self._left
-                if lim >= 0 and (lim - out.len + size - 1) // size < times:
-                    times = (lim - out.len + size - 1) // size
-                _buf_room(&out, size * times)
-                memcpy(out.p + out.len, one.p, size)
-                done = size
-                while done < size * times:  # (doubling copies)
-                    memcpy(out.p + out.len + done, out.p + out.len, min(done, size * times - done))
-                    done += min(done, size * times - done)
-                out.len += size * times
+                if lim >= 0 and (lim - total + size - 1) // size < times:
+                    times = (lim - total + size - 1) // size
+                step[2] = size
+                step[3] = times
+                _buf_add(&plan, <const char *>step, sizeof(step))
+                total += size * times
                 self._left -= times
                 self.remaining -= times
-                if not self._left and self.remaining:
-                    self._at += <Py_ssize_t>sizeof(AHead) + head.len
-                    memcpy(&head, self._rec + self._at, sizeof(AHead))
-                    self._left = head.count
+            result = PyBytes_FromStringAndSize(NULL, total)
+            dst = PyBytes_AS_STRING(result)
+            steps = <Py_ssize_t *>plan.p
+            for k in range(0, plan.len // <Py_ssize_t>sizeof(Py_ssize_t), 4):
+                src = (built.p if steps[k] else blob) + steps[k + 1]
+                size = steps[k + 2]
+                part = size * steps[k + 3]
+                memcpy(dst, src, size)
+                done = size
+                while done < part:  # (doubling copies)
+                    memcpy(dst + done, dst, min(done, part - done))
+                    done += min(done, part - done)
+                dst += part
             if not self.remaining:
                 PyMem_Free(self._rec)
                 self._rec = NULL
                 self._len = 0
-            return PyBytes_FromStringAndSize(out.p, out.len)
+            return result
         finally:
-            PyMem_Free(out.p)
-            PyMem_Free(one.p)
+            PyMem_Free(built.p)
+            PyMem_Free(plan.p)
 
 
 def _plain_line(line, Py_ssize_t max_depth):
@@ -887,16 +1040,19 @@ cdef class Framer:
     cdef long long _pe
 
     # Answers being recorded (strict mode after answer_errors()): the
-    # entries, the pending one (its count is _pc), the replies owed by the
-    # entries before it, where the run starts, and the server's template.
+    # entries; the pending one's kind, data and size (its count is _pc);
+    # replies owed by the entries before it; where the run starts; the
+    # server's template, and whether frames not objects are answered.
     cdef bint _answering
     cdef Buf _rec
-    cdef Py_ssize_t _alast
+    cdef int _akind
+    cdef Py_ssize_t _adata
+    cdef Py_ssize_t _asize
     cdef Py_ssize_t _acount
     cdef long long _ao
-    cdef bytes _aprefix
-    cdef bytes _asuffix
-    cdef bytes _anot
+    cdef _Template _tpl
+    cdef bint _anot
+    cdef Buf _tmp
 
     # The buffer of the feed() in progress.
     cdef const unsigned char *_p
@@ -907,9 +1063,8 @@ cdef class Framer:
         self._buf = NULL
         self._len = 0
         self._cap = 0
-        self._rec.p = NULL
-        self._rec.len = self._rec.cap = 0
-        self._alast = -1
+        self._rec.p = self._tmp.p = NULL
+        self._rec.len = self._rec.cap = self._tmp.len = self._tmp.cap = 0
 
     def __init__(self, max_frame_size=64 << 20, max_depth=1024, *, max_tokens=2 << 20,
                  raw=False, strict=False):
@@ -929,27 +1084,19 @@ cdef class Framer:
     def __dealloc__(self):
         PyMem_Free(self._buf)
         PyMem_Free(self._rec.p)
+        PyMem_Free(self._tmp.p)
 
-    def answer_errors(self, prefix, suffix, not_object=None):
-        """Strict mode: report errors as :class:`Answers` items, the replies
-        a server owes for them (``prefix``, the reason as JSON text,
-        ``suffix``).  With ``not_object``, a valid frame that is not a JSON
-        object is answered so too, with those words.  Errors of the limits
-        stay :class:`~qmpcore.errors.FrameError` items; no ``SYNC`` items."""
+    def answer_errors(self, prefix, suffix, not_object=None, envelope=None):
+        """Strict mode: report errors as :class:`Answers` items (see
+        :meth:`qmpcore.framing.pure.Framer.answer_errors`)."""
         if not self.strict:
             raise ValueError("answer_errors() is for strict (server) framers")
-        cdef Buf text
-        self._aprefix = bytes(prefix)
-        self._asuffix = bytes(suffix)
-        self._anot = None
-        if not_object is not None:
-            text.p = NULL
-            text.len = text.cap = 0
-            try:
-                _esc_text(&text, str(not_object))
-                self._anot = PyBytes_FromStringAndSize(text.p, text.len)
-            finally:
-                PyMem_Free(text.p)
+        if envelope is not None:
+            envelope = (str(envelope[0]), str(envelope[1]), tuple(map(str, envelope[2])))
+            if envelope[1].count("{}") != 1 or not all(name.isascii() for name in envelope[2]):
+                raise ValueError("envelope: (words for {}, words with {} for the member's name, known names)")
+        self._tpl = _template(bytes(prefix), bytes(suffix), None if not_object is None else str(not_object), envelope)
+        self._anot = not_object is not None
         self._answering = True
 
     @property
@@ -1258,12 +1405,12 @@ cdef class Framer:
             last = -1
             k = 0
             while q < n:
-                d = p[q]
-                if d == 0x2C or d == 0x3A or d == 0x5D or d == 0x7D:
-                    last = q
-                    k += 1
-                elif CLASS[d] != C_WS:
+                d = STRAY_RUN[p[q]]
+                if not d:
                     break
+                if d == 1:
+                    last = q
+                k += d & 1
                 q += 1
             if k:
                 self._pc += k
@@ -1433,80 +1580,153 @@ cdef class Framer:
     cdef int _value(self, object value, Py_ssize_t start, Py_ssize_t end, list out) except -1:
         """Output a decoded frame (answered when it is not an object and
         the server said how: answer_errors())."""
-        if self._answering and self._anot is not None and type(value) is not dict:
+        if self._answering and self._anot and type(value) is not dict:
             return self._answer(_NOT_OBJECT, 0, 0, self._base + start, end - start)
         return self._put(value, out)
 
     cdef int _answer(self, object reason, Py_ssize_t first, Py_ssize_t pos, long long offset,
                      Py_ssize_t nbytes) except -1:
-        """Record one error (see _err) as an entry of the run of answers,
-        or count it in the pending entry when it is the same."""
-        cdef Buf *rec = &self._rec
-        cdef Py_ssize_t at = rec.len
-        cdef AHead head, last
-        head.count = 0
-        head.len = 0
-        _buf_room(rec, sizeof(AHead))
-        rec.len += sizeof(AHead)
+        """Record one error (see _err) in the run of answers."""
         if reason is None:
-            head.kind = A_STRAY
-            head.len = pos + 1 - first
-            _buf_add(rec, <const char *>self._p + first, head.len)
-        elif reason is _EXPECTING:
-            head.kind = A_EXPECTING
-        elif reason is _NOT_OBJECT:
-            head.kind = A_NOT_OBJECT
-        else:
-            head.kind = A_TEXT
-            _esc_text(rec, reason)
-            head.len = rec.len - at - <Py_ssize_t>sizeof(AHead)
-        memcpy(rec.p + at, &head, sizeof(AHead))
+            return self._record(A_STRAY, <const char *>self._p + first, pos + 1 - first, offset, nbytes)
+        if reason is _EXPECTING:
+            return self._record(A_FIXED + T_EXPECTING - T_FIXED, NULL, 0, offset, nbytes)
+        if reason is _NOT_OBJECT:
+            return self._record(A_FIXED + T_NOT_OBJECT - T_FIXED, NULL, 0, offset, nbytes)
+        self._tmp.len = 0
+        _esc_text(&self._tmp, reason)
+        return self._record(A_TEXT, self._tmp.p, self._tmp.len, offset, nbytes)
+
+    cdef int _record(self, int kind, const char *data, Py_ssize_t size, long long offset,
+                     Py_ssize_t nbytes) except -1:
+        """Record an error of ``kind`` with ``data[:size]``: counted in the
+        pending entry when it is the same, else the new pending entry."""
+        cdef Buf *rec = &self._rec
+        cdef Py_ssize_t i
         if self._pr is not None:
-            memcpy(&last, rec.p + self._alast, sizeof(AHead))
-            if (last.kind == head.kind and last.len == head.len
-                    and memcmp(rec.p + self._alast + sizeof(AHead), rec.p + at + sizeof(AHead), head.len) == 0):
-                rec.len = at  # the same reply again
+            if kind == self._akind and size == self._asize and (
+                    (size == 1 and rec.p[self._adata] == data[0])
+                    or (size != 1 and memcmp(rec.p + self._adata, data, size) == 0)):
                 self._pc += 1
                 self._pe = offset + nbytes
                 return 0
-            last.count = self._pc
-            memcpy(rec.p + self._alast, &last, sizeof(AHead))
+            _buf_varint(rec, self._pc)  # the pending entry's count
             self._acount += self._pc
         else:
             self._pr = _ANSWERING
             self._ao = offset
-        self._alast = at
+        if rec.len + size + 11 > rec.cap:
+            _buf_room(rec, size + 11)
+        rec.p[rec.len] = <char>kind
+        rec.len += 1
+        if kind < A_FIXED:
+            _buf_varint(rec, size)
+        self._adata = rec.len
+        if size <= 8:
+            for i in range(size):
+                rec.p[rec.len + i] = data[i]
+        else:
+            memcpy(rec.p + rec.len, data, size)
+        rec.len += size
+        self._akind = kind
+        self._asize = size
         self._pc = 1
         self._pe = offset + nbytes
         return 0
 
+    cdef bint _answer_frame(self, Py_ssize_t start, Py_ssize_t end) except -1:
+        """Answering errors, a frame that does not start with ``{``: answer
+        it here when _prepare() alone decides it, as _decode_prepared()
+        would (QEMU's words for its first error, or not an object when it
+        is valid).  False: decode it."""
+        cdef Prep r
+        cdef const unsigned char *p = self._p + start
+        cdef Py_ssize_t n = end - start
+        cdef unsigned char levels[64]
+        r.buf = NULL
+        r.len = r.cap = r.copied = r.colons = r.depth = 0
+        r.flags = r.reason = 0
+        r.state = G_VALUE
+        r.levels = r.fixed = levels
+        r.levels_cap = 64
+        r.max_depth = self.max_depth + 1
+        try:
+            _prepare(p, n, True, -1, &r)
+        finally:
+            PyMem_Free(r.buf)
+            if r.levels != r.fixed:
+                PyMem_Free(r.levels)
+        if r.flags & (F_HI | F_NONCHAR | F_MEMBERS):
+            return False  # QEMU's parser must decide
+        if not r.flags & F_BAD:
+            if p[0] == 0x7B:
+                return self._answer_object(p, n, r.colons, self._base + start)
+            if not self._anot:
+                return False
+            self._record(A_FIXED + T_NOT_OBJECT - T_FIXED, NULL, 0, self._base + start, n)
+        elif r.reason == 7:
+            self._record(A_KEYWORD, <const char *>p + r.kw_at, r.kw_len, self._base + start, n)
+        elif r.reason:
+            self._record(A_FIXED + T_GRAMMAR + r.reason - T_FIXED, NULL, 0, self._base + start, n)
+        else:
+            return False
+        return True
+
+    cdef bint _answer_object(self, const unsigned char *p, Py_ssize_t n, Py_ssize_t colons,
+                             long long offset) except -1:
+        """A valid object frame ``p[:n]`` whose objects have one member at
+        most: answer the envelope errors that need no state (no member;
+        one member with an ASCII name that is unexpected)."""
+        cdef _Template tpl = self._tpl
+        cdef Py_ssize_t i = 1, k
+        cdef unsigned char q
+        cdef bytes name
+        if colons == 0:
+            self._record(A_FIXED + T_NO_EXECUTE - T_FIXED, NULL, 0, offset, n)
+            return True
+        while CLASS[p[i]] == C_WS:
+            i += 1
+        q = p[i]
+        i += 1
+        k = i
+        while p[k] != q:
+            if p[k] == 0x5C:
+                return False  # (an escape: the dispatcher reads the name)
+            k += 1
+        for name in tpl.known:
+            if PyBytes_GET_SIZE(name) == k - i and memcmp(PyBytes_AS_STRING(name), p + i, k - i) == 0:
+                return False
+        self._tmp.len = 0
+        _buf_add(&self._tmp, PyBytes_AS_STRING(tpl.member_head), PyBytes_GET_SIZE(tpl.member_head))
+        _esc_token(&self._tmp, p + i, k - i)
+        _buf_add(&self._tmp, PyBytes_AS_STRING(tpl.member_tail), PyBytes_GET_SIZE(tpl.member_tail))
+        self._record(A_TEXT, self._tmp.p, self._tmp.len, offset, n)
+        return True
+
     cdef int _flush_answers(self, list out) except -1:
         """Output the recorded run as one Answers item."""
         cdef Buf *rec = &self._rec
-        cdef AHead last
         cdef Answers a = Answers.__new__(Answers)
         cdef char *mem
-        memcpy(&last, rec.p + self._alast, sizeof(AHead))
-        last.count = self._pc
-        memcpy(rec.p + self._alast, &last, sizeof(AHead))
+        _buf_varint(rec, self._pc)
         mem = <char *>PyMem_Realloc(rec.p, rec.len)  # (no slack kept)
         a._rec = mem if mem != NULL else rec.p
         a._len = rec.len
         rec.p = NULL
         rec.len = rec.cap = 0
-        memcpy(&last, a._rec, sizeof(AHead))
-        a._at = 0
-        a._left = last.count
-        a._prefix = self._aprefix
-        a._suffix = self._asuffix
-        a._not_object = self._anot
+        a._next = 0
+        a._left = 0
+        a._tpl = self._tpl
         a.count = a.remaining = self._acount + self._pc
         a.offset = self._ao
         a.nbytes = self._pe - self._ao
         self._pr = None
-        self._alast = -1
         self._acount = 0
         out.append(a)
+        if self._tmp.cap > 4096:
+            PyMem_Free(self._tmp.p)
+            self._tmp.p = NULL
+            self._tmp.len = self._tmp.cap = 0
         return 0
 
     cdef int _flush(self, list out) except -1:
@@ -1599,6 +1819,8 @@ cdef class Framer:
         if end - start == 1 and CLASS[self._p[start]] == C_STRUCT:
             # A lone , : ] or } (after a frame, say): no value can start so.
             self._err(_EXPECTING, 0, 0, self._base + start, 1, False, out)
+            return 0
+        if self._answering and (self._p[start] != 0x7B or self._tpl.known is not None) and self._answer_frame(start, end):
             return 0
         # orjson first, unless the frame needs more or is small garbage
         # amid garbage (then the C pass says why without an exception).

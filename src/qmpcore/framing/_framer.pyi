@@ -27,7 +27,13 @@ class Framer:
     @property
     def capacity(self) -> int:
         """Bytes allocated for the buffer (given back after a large frame)."""
-    def answer_errors(self, prefix: bytes, suffix: bytes, not_object: str | None = None) -> None:
+    def answer_errors(
+        self,
+        prefix: bytes,
+        suffix: bytes,
+        not_object: str | None = None,
+        envelope: tuple[str, str, tuple[str, ...]] | None = None,
+    ) -> None:
         """Strict mode: report errors as :class:`Answers` items."""
     def reset(self) -> None:
         """Forget any partial frame and start afresh."""

@@ -40,6 +40,7 @@ frame the buffer is given back (``capacity`` tells what is allocated).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -81,6 +82,29 @@ _OPEN = frozenset(b"{[")
 _DIGIT = frozenset(b"0123456789")
 _VALUE_STATES = frozenset(range(DQ, KEYWORD + 1))
 _LIMITS = frozenset((TOO_BIG, TOO_DEEP, TOO_MANY))
+
+
+def _envelope_error(frame: bytes, value: dict[str, Any], envelope: tuple[str, str, tuple[str, ...]]) -> str | None:
+    """The server's words for the object ``value`` decoded from ``frame``
+    when they need no state (see :meth:`Framer.answer_errors`), or None."""
+    if len(value) > 1 or not frame.isascii():
+        return None
+    stack: list[Any] = [value]
+    while stack:  # no object in it may have two members
+        item = stack.pop()
+        if type(item) is dict:
+            if len(item) > 1:
+                return None
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    if not value:
+        return envelope[0]
+    head = frame.lstrip()[1:].lstrip()
+    name = head[1 : head.index(head[:1], 1)]  # (as written: no escape in it)
+    if b"\\" in name or name.decode("ascii") in envelope[2]:
+        return None
+    return envelope[1].replace("{}", name.decode("ascii"))
 
 
 class Framer:
@@ -142,7 +166,7 @@ class Framer:
         self._pos = 0
         self._nofast = -1
         self._work = 0
-        self._answers: tuple[bytes, bytes, str | None] | None = None
+        self._answers: tuple[bytes, bytes, str | None, tuple[str, str, tuple[str, ...]] | None] | None = None
         self._clear(START)
 
     # -- public ---------------------------------------------------------
@@ -165,15 +189,34 @@ class Framer:
         self._nofast = -1
         self._clear(START)
 
-    def answer_errors(self, prefix: bytes, suffix: bytes, not_object: str | None = None) -> None:
+    def answer_errors(
+        self,
+        prefix: bytes,
+        suffix: bytes,
+        not_object: str | None = None,
+        envelope: tuple[str, str, Sequence[str]] | None = None,
+    ) -> None:
         """Strict mode: report errors as :class:`~qmpcore.framing.rules.Answers`
         items, the replies a server owes for them (``prefix``, the reason as
-        JSON text, ``suffix``).  With ``not_object``, a valid frame that is
-        not a JSON object is answered so too, with those words.  Errors of
-        the limits stay :class:`FrameError` items; no ``SYNC`` items."""
+        JSON text, ``suffix``).  Errors of the limits stay
+        :class:`FrameError` items; no ``SYNC`` items.
+
+        Valid frames are answered so too, with the server's words, when
+        their answer needs no state: with ``not_object``, any frame that is
+        not a JSON object; with ``envelope`` = (words for an object without
+        members, words with ``{}`` standing for the name of an unexpected
+        member, names that are not unexpected), an object that has no
+        member, or one member whose name is not one of those (when the
+        frame is ASCII, no object in it has two members, and the name is
+        written without escapes: else the frame is output for the server).
+        """
         if not self.strict:
             raise ValueError("answer_errors() is for strict (server) framers")
-        self._answers = (bytes(prefix), bytes(suffix), None if not_object is None else str(not_object))
+        if envelope is not None:
+            envelope = (str(envelope[0]), str(envelope[1]), tuple(map(str, envelope[2])))
+            if envelope[1].count("{}") != 1 or not all(name.isascii() for name in envelope[2]):
+                raise ValueError("envelope: (words for {}, words with {} for the member's name, known names)")
+        self._answers = (bytes(prefix), bytes(suffix), None if not_object is None else str(not_object), envelope)
 
     def feed(self, data: Any) -> list[Any]:
         """Add bytes from the stream; return the items they complete."""
@@ -426,8 +469,15 @@ class Framer:
             value = FrameError(exc.args[0], self._base + self._start, nbytes=len(frame))
         else:
             answers = self._answers
-            if answers is not None and answers[2] is not None and type(value) is not dict:
-                value = FrameError(answers[2], self._base + self._start, nbytes=len(frame))
+            reason = None
+            if answers is None:
+                pass
+            elif type(value) is not dict:
+                reason = answers[2]
+            elif answers[3] is not None:
+                reason = _envelope_error(bytes(frame), value, answers[3])
+            if reason is not None:
+                value = FrameError(reason, self._base + self._start, nbytes=len(frame))
         self._push(out, value)
 
     def _error(self, pos: int, out: list[Any]) -> None:

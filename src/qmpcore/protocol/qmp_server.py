@@ -84,6 +84,11 @@ DEFAULT_VERSION: dict[str, Any] = {
 }
 
 _NOT_OBJECT = "QMP input must be a JSON object"
+_NO_EXECUTE = "QMP input lacks member 'execute'"
+_UNEXPECTED = "QMP input member '{}' is unexpected"
+# Members qmp_dispatch reads; an object with one other member is refused
+# before any state matters (the framer answers it: Framer.answer_errors).
+_ENVELOPE = (_NO_EXECUTE, _UNEXPECTED, ("execute", "exec-oob", "arguments", "id"))
 
 # How many in-band requests QEMU queues before it stops reading (monitor/qmp.c).
 _QUEUE_OOB = 8
@@ -176,7 +181,7 @@ class ServerProtocolBase:
         # Errors and frames that are not objects come as answers items.
         template = self._error_bytes(NO_ID, "GenericError", "|")
         cut = template.index(b"|")
-        self._framer.answer_errors(template[:cut], template[cut + 1 :], _NOT_OBJECT)
+        self._framer.answer_errors(template[:cut], template[cut + 1 :], _NOT_OBJECT, _ENVELOPE)
         #: Bytes of self-produced answers after which queued input waits
         #: for the next :meth:`next_event` call (None: no limit).
         self.output_limit = output_limit
@@ -375,10 +380,10 @@ class ServerProtocolBase:
                     self._fail(request_id, "QMP input member 'arguments' must be an object")
                     return None
             elif key != "id":
-                self._fail(request_id, f"QMP input member '{key}' is unexpected")
+                self._fail(request_id, _UNEXPECTED.format(key))
                 return None
         if exec_key is None:
-            self._fail(request_id, "QMP input lacks member 'execute'")
+            self._fail(request_id, _NO_EXECUTE)
             return None
         name = message[exec_key]
         oob = exec_key == "exec-oob"
