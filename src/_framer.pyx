@@ -526,20 +526,17 @@ cdef class Answers:
         """The next replies as bytes: all of them (``limit`` None), or
         replies until at least ``limit`` bytes are given (one at least)."""
         cdef Py_ssize_t lim = -1 if limit is None else max(<Py_ssize_t>limit, 1)
-        cdef Buf built, plan  # replies built here; (built?, start, size, times) per entry
+        cdef Buf out
         cdef _Template tpl = self._tpl
-        cdef char *blob = PyBytes_AS_STRING(tpl.blob)
+        cdef const char *blob = PyBytes_AS_STRING(tpl.blob)
         cdef const unsigned char *rec = <const unsigned char *>self._rec
-        cdef Py_ssize_t total = 0, size, times, done, k, part, t
-        cdef Py_ssize_t step[4]
-        cdef Py_ssize_t *steps
-        cdef const char *src
-        cdef char *dst
-        cdef bytes result
-        built.p = plan.p = NULL
-        built.len = built.cap = plan.len = plan.cap = 0
+        cdef Py_ssize_t size, times, done, part, t, at
+        out.p = NULL
+        out.len = out.cap = 0
         try:
-            while self.remaining and (lim < 0 or total < lim):
+            if lim > 0:
+                _buf_room(&out, min(lim, 1 << 16) + 256)
+            while self.remaining and (lim < 0 or out.len < lim):
                 if not self._left:
                     self._enter()
                 t = -1
@@ -547,45 +544,33 @@ cdef class Answers:
                     t = T_FIXED + self._kind - A_FIXED
                 elif self._kind == A_STRAY and self._size == 1:
                     t = rec[self._data]
+                at = out.len
                 if t >= 0:
-                    step[0] = 0
-                    step[1] = tpl.starts[t]
-                    size = tpl.starts[t + 1] - step[1]
+                    size = tpl.starts[t + 1] - tpl.starts[t]
+                    _buf_add(&out, blob + tpl.starts[t], size)
                 else:
-                    step[0] = 1
-                    step[1] = built.len
-                    tpl.reply(&built, self._kind, rec + self._data, self._size)
-                    size = built.len - step[1]
+                    tpl.reply(&out, self._kind, rec + self._data, self._size)
+                    size = out.len - at
                 times = self._left
-                if lim >= 0 and (lim - total + size - 1) // size < times:
-                    times = (lim - total + size - 1) // size
-                step[2] = size
-                step[3] = times
-                _buf_add(&plan, <const char *>step, sizeof(step))
-                total += size * times
+                if lim >= 0 and (lim - at + size - 1) // size < times:
+                    times = (lim - at + size - 1) // size
+                if times > 1:  # the same reply again: doubling copies
+                    part = size * times
+                    _buf_room(&out, part - size)
+                    done = size
+                    while done < part:
+                        memcpy(out.p + at + done, out.p + at, min(done, part - done))
+                        done += min(done, part - done)
+                    out.len = at + part
                 self._left -= times
                 self.remaining -= times
-            result = PyBytes_FromStringAndSize(NULL, total)
-            dst = PyBytes_AS_STRING(result)
-            steps = <Py_ssize_t *>plan.p
-            for k in range(0, plan.len // <Py_ssize_t>sizeof(Py_ssize_t), 4):
-                src = (built.p if steps[k] else blob) + steps[k + 1]
-                size = steps[k + 2]
-                part = size * steps[k + 3]
-                memcpy(dst, src, size)
-                done = size
-                while done < part:  # (doubling copies)
-                    memcpy(dst + done, dst, min(done, part - done))
-                    done += min(done, part - done)
-                dst += part
             if not self.remaining:
                 PyMem_Free(self._rec)
                 self._rec = NULL
                 self._len = 0
-            return result
+            return PyBytes_FromStringAndSize(out.p, out.len)
         finally:
-            PyMem_Free(built.p)
-            PyMem_Free(plan.p)
+            PyMem_Free(out.p)
 
 
 def _plain_line(line, Py_ssize_t max_depth):
@@ -1399,6 +1384,8 @@ cdef class Framer:
         cdef Py_ssize_t n = self._n
         cdef Py_ssize_t q, last, k
         cdef unsigned char c = p[pos], d
+        if self._answering:
+            return self._answer_garbage(pos)
         if CLASS[c] == C_STRUCT:
             self._err(_EXPECTING, 0, 0, self._base + pos, 1, False, out)
             q = pos + 1
@@ -1633,6 +1620,49 @@ cdef class Framer:
         self._pc = 1
         self._pe = offset + nbytes
         return 0
+
+    cdef Py_ssize_t _answer_garbage(self, Py_ssize_t pos) except -1:
+        """_garbage() when answering errors: the errors between frames one
+        after another (a lexical error and the bytes recovery skips, a lone
+        , : ] or }, whitespace), recorded in one loop with the same entries
+        byte-by-byte scanning makes; returns where scanning resumes."""
+        cdef const unsigned char *p = self._p
+        cdef Py_ssize_t n = self._n
+        cdef long long base = self._base
+        cdef unsigned char c = p[pos]
+        cdef unsigned char k = CLASS[c]
+        cdef int state = START
+        while True:
+            if k == C_STRUCT:  # , : ] or }: a frame of its own
+                if self._pr is not None and self._akind == A_FIXED + T_EXPECTING - T_FIXED:
+                    self._pc += 1
+                    self._pe = base + pos + 1
+                else:
+                    self._record(A_FIXED + T_EXPECTING - T_FIXED, NULL, 0, base + pos, 1)
+                pos += 1
+            else:  # a lexical error, then recovery
+                if (self._pr is not None and self._akind == A_STRAY and self._asize == 1
+                        and <unsigned char>self._rec.p[self._adata] == c):
+                    self._pc += 1
+                    self._pe = base + pos + 1
+                else:
+                    self._record(A_STRAY, <const char *>p + pos, 1, base + pos, 1)
+                pos += 1
+                while pos < n and RECOVER_SKIP[p[pos]]:
+                    pos += 1
+                if pos >= n:
+                    state = RECOVERY
+                    break
+            while pos < n and CLASS[p[pos]] == C_WS:
+                pos += 1
+            if pos >= n:
+                break
+            c = p[pos]
+            k = CLASS[c]
+            if not (k == C_OTHER or (k == C_STRUCT and c != 0x7B and c != 0x5B)):
+                break
+        self._clear(state)
+        return pos
 
     cdef bint _answer_frame(self, Py_ssize_t start, Py_ssize_t end) except -1:
         """Answering errors, a frame that does not start with ``{``: answer

@@ -263,18 +263,17 @@ class Answers:
         self.nbytes = 0
         self._prefix = prefix
         self._suffix = suffix
-        # [reason as JSON text, replies owed], a run of identical ones each
+        # [reason as JSON text, replies owed, reason], a run of identical ones each
         self._runs: list[list[Any]] = []
         self._at = 0  # the run being answered
 
     def add(self, reason: str, end: int) -> None:
         """One more error, with QEMU's words ``reason``, ending at stream byte ``end``."""
-        text = qemu_string(reason)[1:-1].encode("ascii")
         runs = self._runs
-        if runs and runs[-1][0] == text:
+        if runs and runs[-1][2] == reason:
             runs[-1][1] += 1
         else:
-            runs.append([text, 1])
+            runs.append([qemu_string(reason)[1:-1].encode("ascii"), 1, reason])
         self.count += 1
         self.remaining += 1
         self.nbytes = end - self.offset

@@ -178,10 +178,7 @@ class ServerProtocolBase:
     ) -> None:
         self.commands: Mapping[str, CommandInfo] = commands if commands is not None else {}
         self._framer = Framer(max_frame_size, max_depth, max_tokens=max_tokens, strict=True)
-        # Errors and frames that are not objects come as answers items.
-        template = self._error_bytes(NO_ID, "GenericError", "|")
-        cut = template.index(b"|")
-        self._framer.answer_errors(template[:cut], template[cut + 1 :], _NOT_OBJECT, _ENVELOPE)
+        self._answer_with(self._framer)
         #: Bytes of self-produced answers after which queued input waits
         #: for the next :meth:`next_event` call (None: no limit).
         self.output_limit = output_limit
@@ -191,6 +188,13 @@ class ServerProtocolBase:
         self._ready: deque[Request] = deque()
         self._current: Request | None = None
         self._oob_open: set[Request] = set()
+
+    def _answer_with(self, framer: Any) -> None:
+        """Have the strict ``framer`` report errors, and frames refused
+        before any state matters, as answers items in this server's words."""
+        template = self._error_bytes(NO_ID, "GenericError", "|")
+        cut = template.index(b"|")
+        framer.answer_errors(template[:cut], template[cut + 1 :], _NOT_OBJECT, _ENVELOPE)
 
     # -- input ------------------------------------------------------------
 
