@@ -379,6 +379,13 @@ cdef int _esc_text(Buf *b, str text) except -1:
     return 0
 
 
+# Short frames QEMU's parser (in Python) refused, and its words, for
+# strict framers answering errors: a flood of one such frame costs a dict
+# lookup each.  Bounded: VERDICTS_MAX frames of VERDICT_FRAME bytes at most.
+DEF VERDICT_FRAME = 64
+DEF VERDICTS_MAX = 1024
+cdef dict _VERDICTS = {}
+
 cdef bytes _STRAY_HEAD = b"JSON parse error, stray '"
 cdef bytes _KEYWORD_HEAD = b"JSON parse error, invalid keyword '"
 
@@ -1886,9 +1893,17 @@ cdef class Framer:
             self._value(value, start, end, out)
             return 0
         frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
+        if self._answering and end - start <= VERDICT_FRAME:
+            reason = _VERDICTS.get(frame)
+            if reason is not None:  # (a short frame QEMU's parser refused already)
+                return self._answer(reason, 0, 0, self._base + start, end - start)
         try:
             value = _decode_frame(frame, self.strict, self._slow)
         except _ParseError as exc:
+            if self._answering and end - start <= VERDICT_FRAME:
+                if len(_VERDICTS) >= VERDICTS_MAX:
+                    _VERDICTS.clear()
+                _VERDICTS[frame] = exc.args[0]
             self._err(exc.args[0], 0, 0, self._base + start, end - start, False, out)
         else:
             self._value(value, start, end, out)
