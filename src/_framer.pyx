@@ -307,11 +307,11 @@ DEF A_KEYWORD = 2     # data: the keyword (QEMU: invalid keyword '<keyword>')
 DEF A_FIXED = 3       # + i: the template's reply T_FIXED + i (no data)
 # The template's replies: one per stray byte, then these.
 DEF T_EXPECTING = 256
-DEF T_GRAMMAR = 256   # + i (1..6): _GRAMMAR_REASONS[i]
-DEF T_NOT_OBJECT = 263
-DEF T_NO_EXECUTE = 264
+DEF T_GRAMMAR = 256   # + i (1..8): _GRAMMAR_REASONS[i] (7 unused)
+DEF T_NOT_OBJECT = 265
+DEF T_NO_EXECUTE = 266
 DEF T_FIXED = 256
-DEF T_COUNT = 265
+DEF T_COUNT = 267
 
 
 cdef const char *_HEX = "0123456789ABCDEF"
@@ -470,7 +470,7 @@ cdef _Template _template(bytes prefix, bytes suffix, object not_object, object e
             elif i == T_NO_EXECUTE:
                 _esc_text(&text, "" if envelope is None else envelope[0])
             else:
-                _esc_text(&text, _EXPECTING if i == T_EXPECTING else _GRAMMAR_REASONS[i - T_GRAMMAR])
+                _esc_text(&text, _EXPECTING if i == T_EXPECTING else _GRAMMAR_REASONS[i - T_GRAMMAR] or "")
             t.reply(&b, A_TEXT, <const unsigned char *>text.p, text.len)
         t.starts[T_COUNT] = b.len
         t.blob = PyBytes_FromStringAndSize(b.p, b.len)
@@ -515,7 +515,7 @@ cdef class Answers:
     def __repr__(self):
         return f"Answers(count={self.count}, offset={self.offset}, nbytes={self.nbytes}, remaining={self.remaining})"
 
-    cdef void _enter(self) noexcept:
+    cdef inline void _enter(self) noexcept:
         """Make the entry at _next the current one."""
         cdef const unsigned char *p = <const unsigned char *>self._rec
         cdef Py_ssize_t at = self._next
@@ -559,7 +559,7 @@ cdef class Answers:
                     tpl.reply(&out, self._kind, rec + self._data, self._size)
                     size = out.len - at
                 times = self._left
-                if lim >= 0 and (lim - at + size - 1) // size < times:
+                if times > 1 and lim >= 0 and (lim - at + size - 1) // size < times:
                     times = (lim - at + size - 1) // size
                 if times > 1:  # the same reply again: doubling copies
                     part = size * times
@@ -660,6 +660,7 @@ cdef tuple _GRAMMAR_REASONS = (
     "JSON parse error, key is not a string in object",
     "JSON parse error, premature EOI",
     None,  # 7: invalid keyword (worded with the keyword)
+    "JSON parse error, invalid escape sequence in string",
 )
 
 
@@ -889,7 +890,7 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                             or e == 0x72 or e == 0x74:
                         i += 2
                     else:
-                        r.flags |= F_BAD
+                        _fail(r, 8)  # QEMU's words, unless an earlier string decides
                         return 0
                 elif c == 0x22:  # a bare " inside '...'
                     _rewrite(r, p, i, '\\"', 2, i + 1)
