@@ -1598,10 +1598,17 @@ cdef class Framer:
         pending entry when it is the same, else the new pending entry."""
         cdef Buf *rec = &self._rec
         cdef Py_ssize_t i
+        cdef bint same
         if self._pr is not None:
-            if kind == self._akind and size == self._asize and (
-                    (size == 1 and rec.p[self._adata] == data[0])
-                    or (size != 1 and memcmp(rec.p + self._adata, data, size) == 0)):
+            same = kind == self._akind and size == self._asize
+            if same and size <= 16:  # (most are: no call)
+                for i in range(size):
+                    if rec.p[self._adata + i] != data[i]:
+                        same = False
+                        break
+            elif same:
+                same = memcmp(rec.p + self._adata, data, size) == 0
+            if same:
                 self._pc += 1
                 self._pe = offset + nbytes
                 return 0
