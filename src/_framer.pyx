@@ -545,6 +545,16 @@ cdef class Answers:
                 _buf_room(&out, min(lim, 1 << 16) + 256)
             while self.remaining and (lim < 0 or out.len < lim):
                 if not self._left:
+                    # Entries of one stray byte owed once: copied in a row.
+                    while (self.remaining and (lim < 0 or out.len < lim) and self._next + 4 <= self._len
+                           and rec[self._next] == A_STRAY and rec[self._next + 1] == 1
+                           and rec[self._next + 3] == 1):
+                        t = rec[self._next + 2]
+                        _buf_add(&out, blob + tpl.starts[t], tpl.starts[t + 1] - tpl.starts[t])
+                        self._next += 4
+                        self.remaining -= 1
+                    if not self.remaining or (lim >= 0 and out.len >= lim):
+                        break
                     self._enter()
                 t = -1
                 if self._kind >= A_FIXED:
@@ -1647,6 +1657,7 @@ cdef class Framer:
         cdef unsigned char c = p[pos]
         cdef unsigned char k = CLASS[c]
         cdef int state = START
+        cdef char *rec
         while True:
             if k == C_STRUCT:  # , : ] or }: a frame of its own
                 if self._pr is not None and self._akind == A_FIXED + T_EXPECTING - T_FIXED:
@@ -1659,9 +1670,23 @@ cdef class Framer:
                 if (self._pr is not None and self._akind == A_STRAY and self._asize == 1
                         and <unsigned char>self._rec.p[self._adata] == c):
                     self._pc += 1
-                    self._pe = base + pos + 1
+                elif self._pr is not None and self._pc < 0x80 and self._rec.len + 4 <= self._rec.cap:
+                    # (_record() inlined for the usual case: the pending
+                    # entry's one-byte count, then kind, size 1, the byte)
+                    rec = self._rec.p + self._rec.len
+                    rec[0] = <char>self._pc
+                    rec[1] = A_STRAY
+                    rec[2] = 1
+                    rec[3] = <char>c
+                    self._acount += self._pc
+                    self._adata = self._rec.len + 3
+                    self._rec.len += 4
+                    self._akind = A_STRAY
+                    self._asize = 1
+                    self._pc = 1
                 else:
                     self._record(A_STRAY, <const char *>p + pos, 1, base + pos, 1)
+                self._pe = base + pos + 1
                 pos += 1
                 while pos < n and RECOVER_SKIP[p[pos]]:
                     pos += 1
