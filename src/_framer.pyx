@@ -48,6 +48,10 @@ from qmpcore.errors import FrameError
 
 cdef extern from "Python.h":
     object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
+    PyObject *_new_bytes "PyBytes_FromStringAndSize"(const char *s, Py_ssize_t size)  # (a new reference)
+    char *_bytes_of "PyBytes_AS_STRING"(PyObject *o)
+    int _PyBytes_Resize(PyObject **string, Py_ssize_t newsize) except -1
+    void Py_XDECREF(PyObject *o)
     int PyBUF_READ
     object PyUnicode_FromKindAndData(int kind, const void *buffer, Py_ssize_t size)
     int PyUnicode_4BYTE_KIND
@@ -271,6 +275,27 @@ cdef int _buf_room(Buf *b, Py_ssize_t extra) except -1:
 cdef inline int _buf_add(Buf *b, const char *s, Py_ssize_t n) except -1:
     if b.len + n > b.cap:
         _buf_room(b, n)
+    memcpy(b.p + b.len, s, n)
+    b.len += n
+    return 0
+
+
+cdef int _out_room(PyObject **obj, Buf *b, Py_ssize_t extra) except -1:
+    """Room for ``extra`` more bytes in ``b``, the storage of the bytes
+    object ``obj[0]`` being filled (which may move)."""
+    cdef Py_ssize_t cap
+    if b.len + extra <= b.cap:
+        return 0
+    cap = max(b.cap * 2, b.len + extra)
+    _PyBytes_Resize(obj, cap)
+    b.p = _bytes_of(obj[0])
+    b.cap = cap
+    return 0
+
+
+cdef inline int _out_add(PyObject **obj, Buf *b, const char *s, Py_ssize_t n) except -1:
+    if b.len + n > b.cap:
+        _out_room(obj, b, n)
     memcpy(b.p + b.len, s, n)
     b.len += n
     return 0
@@ -533,16 +558,22 @@ cdef class Answers:
         """The next replies as bytes: all of them (``limit`` None), or
         replies until at least ``limit`` bytes are given (one at least)."""
         cdef Py_ssize_t lim = -1 if limit is None else max(<Py_ssize_t>limit, 1)
-        cdef Buf out
+        cdef Buf out, one  # out: the storage of ``obj``; one: a reply built here
+        cdef PyObject *obj = NULL
+        cdef object result
         cdef _Template tpl = self._tpl
         cdef const char *blob = PyBytes_AS_STRING(tpl.blob)
         cdef const unsigned char *rec = <const unsigned char *>self._rec
         cdef Py_ssize_t size, times, done, part, t, at
-        out.p = NULL
-        out.len = out.cap = 0
+        one.p = NULL
+        one.len = one.cap = 0
+        out.len = 0
+        out.cap = min(lim, 1 << 16) + 256 if lim > 0 else 4096
+        obj = _new_bytes(NULL, out.cap)
+        if obj == NULL:
+            raise MemoryError()
+        out.p = _bytes_of(obj)
         try:
-            if lim > 0:
-                _buf_room(&out, min(lim, 1 << 16) + 256)
             while self.remaining and (lim < 0 or out.len < lim):
                 if not self._left:
                     # Entries of one stray byte owed once: copied in a row.
@@ -550,7 +581,7 @@ cdef class Answers:
                            and rec[self._next] == A_STRAY and rec[self._next + 1] == 1
                            and rec[self._next + 3] == 1):
                         t = rec[self._next + 2]
-                        _buf_add(&out, blob + tpl.starts[t], tpl.starts[t + 1] - tpl.starts[t])
+                        _out_add(&obj, &out, blob + tpl.starts[t], tpl.starts[t + 1] - tpl.starts[t])
                         self._next += 4
                         self.remaining -= 1
                     if not self.remaining or (lim >= 0 and out.len >= lim):
@@ -564,16 +595,18 @@ cdef class Answers:
                 at = out.len
                 if t >= 0:
                     size = tpl.starts[t + 1] - tpl.starts[t]
-                    _buf_add(&out, blob + tpl.starts[t], size)
+                    _out_add(&obj, &out, blob + tpl.starts[t], size)
                 else:
-                    tpl.reply(&out, self._kind, rec + self._data, self._size)
-                    size = out.len - at
+                    one.len = 0
+                    tpl.reply(&one, self._kind, rec + self._data, self._size)
+                    size = one.len
+                    _out_add(&obj, &out, one.p, size)
                 times = self._left
                 if times > 1 and lim >= 0 and (lim - at + size - 1) // size < times:
                     times = (lim - at + size - 1) // size
                 if times > 1:  # the same reply again: doubling copies
                     part = size * times
-                    _buf_room(&out, part - size)
+                    _out_room(&obj, &out, part - size)
                     done = size
                     while done < part:
                         memcpy(out.p + at + done, out.p + at, min(done, part - done))
@@ -585,9 +618,12 @@ cdef class Answers:
                 PyMem_Free(self._rec)
                 self._rec = NULL
                 self._len = 0
-            return PyBytes_FromStringAndSize(out.p, out.len)
+            _PyBytes_Resize(&obj, out.len)  # (in place: smaller)
+            result = <object>obj
+            return result
         finally:
-            PyMem_Free(out.p)
+            Py_XDECREF(obj)
+            PyMem_Free(one.p)
 
 
 def _plain_line(line, Py_ssize_t max_depth):
