@@ -51,6 +51,10 @@ from qmpcore.errors import FrameError
 
 cdef extern from "Python.h":
     object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
+    PyObject *_new_bytes "PyBytes_FromStringAndSize"(const char *s, Py_ssize_t size)  # (a new reference)
+    char *_bytes_of "PyBytes_AS_STRING"(PyObject *o)
+    int _PyBytes_Resize(PyObject **string, Py_ssize_t newsize) except -1
+    void Py_XDECREF(PyObject *o)
     int PyBUF_READ
     object PyUnicode_FromKindAndData(int kind, const void *buffer, Py_ssize_t size)
     int PyUnicode_4BYTE_KIND
@@ -119,6 +123,7 @@ cdef unsigned char SQ_PLAIN[256]    # bytes that continue a '...' string
 cdef unsigned char RECOVER_SKIP[256]  # bytes skipped after a lexical error
 cdef unsigned char PLAIN_KIND[256]    # for _plain(): what a byte of valid JSON starts
 cdef unsigned char VALUE_START[256]   # bytes a JSON value can start with
+cdef unsigned char STRAY_RUN[256]     # for _garbage(): 1 for , : ] }, 2 for whitespace
 
 DEF K_BORING = 0
 DEF K_DIGIT = 1
@@ -137,6 +142,7 @@ cdef void _init_tables():
     for i in range(256):
         PLAIN_KIND[i] = K_BORING
         VALUE_START[i] = i in b'{["-0123456789tfn'  # (orjson refuses QMP's single quotes)
+        STRAY_RUN[i] = 1 if i in b",:]}" else 2 if CLASS[i] == C_WS else 0
     for i in range(ord("0"), ord("9") + 1):
         PLAIN_KIND[i] = K_DIGIT
     PLAIN_KIND[ord('"')] = K_QUOTE
@@ -165,13 +171,55 @@ def _tables():
     }
 
 
+cdef Py_ssize_t _next_cp(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, long *out) noexcept:
+    """Decode the character of a bad token at ``s[i]`` as QEMU shows it
+    (invalid modified UTF-8 is U+FFFD) into ``out``; return where the next
+    one starts."""
+    cdef Py_ssize_t length
+    cdef long cp
+    cdef unsigned char byte = s[i], nxt, mask
+    i += 1
+    if byte < 0x80:
+        cp = byte
+    elif byte >= 0xFE or not byte & 0x40:
+        cp = -1
+    else:
+        length = 0
+        mask = 0x80
+        while byte & mask:
+            length += 1
+            mask >>= 1
+        cp = byte & (mask - 1)
+        while length > 1:
+            nxt = s[i] if i < n else 0
+            if nxt & 0xC0 != 0x80:
+                cp = -2
+                break
+            i += 1
+            cp = (cp << 6) | (nxt & 0x3F)
+            length -= 1
+        if cp == -2:
+            cp = -1
+        else:
+            length = 0
+            mask = 0x80
+            while byte & mask:
+                length += 1
+                mask >>= 1
+            if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF or _nonchar(cp):
+                cp = -1
+            elif cp < _MIN_CP[length - 2] and not (cp == 0 and length == 2):
+                cp = -1
+    out[0] = 0xFFFD if cp < 0 else cp
+    return i
+
+
 cdef object _display(const unsigned char *s, Py_ssize_t n):
     """:func:`qmpcore.framing.qemu_json.display` in C: a bad token as QEMU
     shows it (up to the first NUL, invalid modified UTF-8 as U+FFFD)."""
     cdef const unsigned char *z = <const unsigned char *>memchr(s, 0, n)
-    cdef Py_ssize_t i = 0, k = 0, length
+    cdef Py_ssize_t i = 0, k = 0
     cdef long cp
-    cdef unsigned char byte, nxt, mask
     cdef Py_UCS4 *out
     if z != NULL:
         n = z - s
@@ -180,40 +228,8 @@ cdef object _display(const unsigned char *s, Py_ssize_t n):
         raise MemoryError()
     try:
         while i < n:
-            byte = s[i]
-            i += 1
-            if byte < 0x80:
-                cp = byte
-            elif byte >= 0xFE or not byte & 0x40:
-                cp = -1
-            else:
-                length = 0
-                mask = 0x80
-                while byte & mask:
-                    length += 1
-                    mask >>= 1
-                cp = byte & (mask - 1)
-                while length > 1:
-                    nxt = s[i] if i < n else 0
-                    if nxt & 0xC0 != 0x80:
-                        cp = -2
-                        break
-                    i += 1
-                    cp = (cp << 6) | (nxt & 0x3F)
-                    length -= 1
-                if cp == -2:
-                    cp = -1
-                else:
-                    length = 0
-                    mask = 0x80
-                    while byte & mask:
-                        length += 1
-                        mask >>= 1
-                    if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF or _nonchar(cp):
-                        cp = -1
-                    elif cp < _MIN_CP[length - 2] and not (cp == 0 and length == 2):
-                        cp = -1
-            out[k] = 0xFFFD if cp < 0 else <Py_UCS4>cp
+            i = _next_cp(s, n, i, &cp)
+            out[k] = <Py_UCS4>cp
             k += 1
         return PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out, k)
     finally:
@@ -224,6 +240,399 @@ def _display_bytes(token):
     """The compiled form of :func:`qmpcore.framing.qemu_json.display` (for tests)."""
     cdef bytes b = bytes(token)
     return _display(<const unsigned char *>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+
+# -- answers to errors (strict mode, Framer.answer_errors) -------------------
+#
+# A strict framer told how its server answers errors records a run of them
+# in one C buffer, an entry per run of identical errors:
+#
+#     kind (1 byte) [length (varint) data]   count (varint)
+#
+# data is the bad token (A_STRAY), the reason as QEMU's JSON text (A_TEXT)
+# or the invalid keyword (A_KEYWORD); the other kinds are replies of the
+# server's _Template.  The count is written when the next entry starts (the
+# pending entry is always the last).  The run leaves feed() as one Answers
+# item, which builds the replies as the server takes them: a few bytes of
+# garbage never sit as kilobytes of replies, and no error costs a Python
+# object.  The twin is qmpcore.framing.rules.Answers.
+
+cdef struct Buf:
+    char *p
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef int _buf_room(Buf *b, Py_ssize_t extra) except -1:
+    """Room for ``extra`` more bytes in ``b`` (doubling)."""
+    cdef Py_ssize_t need = b.len + extra
+    cdef Py_ssize_t cap
+    cdef char *mem
+    if need <= b.cap:
+        return 0
+    cap = b.cap * 2 if b.cap else 256
+    while cap < need:
+        cap *= 2
+    mem = <char *>PyMem_Realloc(b.p, cap)
+    if mem == NULL:
+        raise MemoryError()
+    b.p = mem
+    b.cap = cap
+    return 0
+
+
+cdef inline int _buf_add(Buf *b, const char *s, Py_ssize_t n) except -1:
+    if b.len + n > b.cap:
+        _buf_room(b, n)
+    memcpy(b.p + b.len, s, n)
+    b.len += n
+    return 0
+
+
+cdef int _out_room(PyObject **obj, Buf *b, Py_ssize_t extra) except -1:
+    """Room for ``extra`` more bytes in ``b``, the storage of the bytes
+    object ``obj[0]`` being filled (which may move)."""
+    cdef Py_ssize_t cap
+    if b.len + extra <= b.cap:
+        return 0
+    cap = max(b.cap * 2, b.len + extra)
+    _PyBytes_Resize(obj, cap)
+    b.p = _bytes_of(obj[0])
+    b.cap = cap
+    return 0
+
+
+cdef inline int _out_add(PyObject **obj, Buf *b, const char *s, Py_ssize_t n) except -1:
+    if b.len + n > b.cap:
+        _out_room(obj, b, n)
+    memcpy(b.p + b.len, s, n)
+    b.len += n
+    return 0
+
+
+cdef inline int _buf_varint(Buf *b, Py_ssize_t v) except -1:
+    if b.len + 10 > b.cap:
+        _buf_room(b, 10)
+    while v >= 0x80:
+        b.p[b.len] = <char>((v & 0x7F) | 0x80)
+        b.len += 1
+        v >>= 7
+    b.p[b.len] = <char>v
+    b.len += 1
+    return 0
+
+
+cdef inline Py_ssize_t _varint(const unsigned char *p, Py_ssize_t *at) noexcept:
+    cdef Py_ssize_t v = 0, i = at[0]
+    cdef int shift = 0
+    while p[i] & 0x80:
+        v |= <Py_ssize_t>(p[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+    v |= <Py_ssize_t>p[i] << shift
+    at[0] = i + 1
+    return v
+
+
+# Entry kinds.
+DEF A_STRAY = 0       # data: the bad token (QEMU: stray '<token>')
+DEF A_TEXT = 1        # data: the reason as QEMU's JSON text
+DEF A_KEYWORD = 2     # data: the keyword (QEMU: invalid keyword '<keyword>')
+DEF A_FIXED = 3       # + i: the template's reply T_FIXED + i (no data)
+# The template's replies: one per stray byte, then these.
+DEF T_EXPECTING = 256
+DEF T_GRAMMAR = 256   # + i (1..11): _GRAMMAR_REASONS[i] (7 and 9 unused: worded with their token)
+DEF T_NOT_OBJECT = 268
+DEF T_NO_EXECUTE = 269
+DEF T_FIXED = 256
+DEF T_COUNT = 270
+
+
+cdef const char *_HEX = "0123456789ABCDEF"
+cdef object _NOT_OBJECT = object()  # _answer(): "the frame is not an object"
+cdef object _ANSWERING = object()   # Framer._pr while answers are recorded
+
+
+cdef inline Py_ssize_t _esc_u(char *o, long v) noexcept:
+    o[0] = 0x5C
+    o[1] = 0x75
+    o[2] = _HEX[(v >> 12) & 15]
+    o[3] = _HEX[(v >> 8) & 15]
+    o[4] = _HEX[(v >> 4) & 15]
+    o[5] = _HEX[v & 15]
+    return 6
+
+
+cdef inline Py_ssize_t _esc_cp(char *o, long cp) noexcept:
+    """Character ``cp`` as QEMU writes it in a JSON string (at most 12
+    bytes): printable ASCII as is but ``"`` and ``\\``, the short escapes,
+    everything else ``\\uXXXX`` in uppercase (astral: a surrogate pair)."""
+    if 0x20 <= cp < 0x7F:
+        if cp == 0x22 or cp == 0x5C:
+            o[0] = 0x5C
+            o[1] = <char>cp
+            return 2
+        o[0] = <char>cp
+        return 1
+    if cp == 0x08 or cp == 0x0C or cp == 0x0A or cp == 0x0D or cp == 0x09:
+        o[0] = 0x5C
+        o[1] = b"b" if cp == 0x08 else b"f" if cp == 0x0C else b"n" if cp == 0x0A else b"r" if cp == 0x0D else b"t"
+        return 2
+    if cp >= 0x10000:
+        cp -= 0x10000
+        _esc_u(o, 0xD800 + (cp >> 10))
+        return 6 + _esc_u(o + 6, 0xDC00 + (cp & 0x3FF))
+    return _esc_u(o, cp)
+
+
+cdef int _esc_token(Buf *b, const unsigned char *s, Py_ssize_t n) except -1:
+    """Append QEMU's JSON text of ``display(s[:n])`` (see _display)."""
+    cdef const unsigned char *z = <const unsigned char *>memchr(s, 0, n)
+    cdef Py_ssize_t i = 0
+    cdef long cp
+    if z != NULL:
+        n = z - s
+    _buf_room(b, 12 * n)
+    while i < n:
+        if 0x20 <= s[i] < 0x7F and s[i] != 0x22 and s[i] != 0x5C:
+            b.p[b.len] = <char>s[i]
+            b.len += 1
+            i += 1
+            continue
+        i = _next_cp(s, n, i, &cp)
+        b.len += _esc_cp(b.p + b.len, cp)
+    return 0
+
+
+cdef int _esc_text(Buf *b, str text) except -1:
+    """Append QEMU's JSON text of the string ``text`` (no quotes)."""
+    cdef Py_UCS4 ch
+    _buf_room(b, 12 * len(text))
+    for ch in text:
+        b.len += _esc_cp(b.p + b.len, ch)
+    return 0
+
+
+# Short frames QEMU's parser (in Python) refused, and its words, for
+# strict framers answering errors: a flood of one such frame costs a dict
+# lookup each.  Bounded: VERDICTS_MAX frames of VERDICT_FRAME bytes at most.
+DEF VERDICT_FRAME = 64
+DEF VERDICTS_MAX = 1024
+cdef dict _VERDICTS = {}
+
+cdef bytes _STRAY_HEAD = b"JSON parse error, stray '"
+cdef bytes _KEYWORD_HEAD = b"JSON parse error, invalid keyword '"
+
+
+@cython.final
+cdef class _Template:
+    """How a server words an error reply (``prefix`` + reason as JSON text
+    + ``suffix``), with the replies most errors get built once: one per
+    stray byte, then the fixed ones (T_*)."""
+
+    cdef bytes prefix
+    cdef bytes suffix
+    cdef bytes blob
+    cdef Py_ssize_t starts[T_COUNT + 1]
+    # (envelope) the words around an unexpected member's name, as JSON
+    # text, and the names that are not unexpected
+    cdef bytes member_head
+    cdef bytes member_tail
+    cdef tuple known
+
+    cdef int reply(self, Buf *b, int kind, const unsigned char *data, Py_ssize_t n) except -1:
+        """Append the reply to an error of ``kind`` with ``data[:n]``."""
+        _buf_add(b, PyBytes_AS_STRING(self.prefix), PyBytes_GET_SIZE(self.prefix))
+        if kind == A_STRAY:
+            _buf_add(b, PyBytes_AS_STRING(_STRAY_HEAD), PyBytes_GET_SIZE(_STRAY_HEAD))
+            _esc_token(b, data, n)
+            _buf_add(b, "'", 1)
+        elif kind == A_KEYWORD:
+            _buf_add(b, PyBytes_AS_STRING(_KEYWORD_HEAD), PyBytes_GET_SIZE(_KEYWORD_HEAD))
+            _buf_add(b, <const char *>data, n)  # (lowercase letters, maybe a minus)
+            _buf_add(b, "'", 1)
+        else:  # A_TEXT
+            _buf_add(b, <const char *>data, n)
+        _buf_add(b, PyBytes_AS_STRING(self.suffix), PyBytes_GET_SIZE(self.suffix))
+        return 0
+
+
+# Templates by (prefix, suffix, not_object): servers share a few.
+cdef dict _TEMPLATES = {}
+
+
+cdef bytes _escaped(str text):
+    cdef Buf b
+    b.p = NULL
+    b.len = b.cap = 0
+    try:
+        _esc_text(&b, text)
+        return PyBytes_FromStringAndSize(b.p, b.len)
+    finally:
+        PyMem_Free(b.p)
+
+
+cdef _Template _template(bytes prefix, bytes suffix, object not_object, object envelope):
+    cdef object key = (prefix, suffix, not_object, envelope)
+    cdef _Template t = _TEMPLATES.get(key)
+    cdef Buf b, text
+    cdef unsigned char c
+    cdef int i
+    if t is not None:
+        return t
+    t = _Template.__new__(_Template)
+    t.prefix = prefix
+    t.suffix = suffix
+    t.known = None
+    if envelope is not None:
+        head, tail = envelope[1].split("{}")
+        t.member_head = _escaped(head)
+        t.member_tail = _escaped(tail)
+        t.known = tuple(name.encode("ascii") for name in envelope[2])
+    b.p = text.p = NULL
+    b.len = b.cap = text.len = text.cap = 0
+    try:
+        for i in range(T_COUNT):
+            t.starts[i] = b.len
+            text.len = 0
+            if i < 256:
+                c = <unsigned char>i
+                t.reply(&b, A_STRAY, &c, 1)
+                continue
+            if i == T_NOT_OBJECT:
+                _esc_text(&text, "" if not_object is None else not_object)
+            elif i == T_NO_EXECUTE:
+                _esc_text(&text, "" if envelope is None else envelope[0])
+            else:
+                _esc_text(&text, _EXPECTING if i == T_EXPECTING else _GRAMMAR_REASONS[i - T_GRAMMAR] or "")
+            t.reply(&b, A_TEXT, <const unsigned char *>text.p, text.len)
+        t.starts[T_COUNT] = b.len
+        t.blob = PyBytes_FromStringAndSize(b.p, b.len)
+    finally:
+        PyMem_Free(b.p)
+        PyMem_Free(text.p)
+    if len(_TEMPLATES) >= 16:
+        _TEMPLATES.clear()
+    _TEMPLATES[key] = t
+    return t
+
+
+@cython.final
+cdef class Answers:
+    """QEMU's replies to a run of errors, produced as they are taken.
+
+    Items of a strict framer after :meth:`Framer.answer_errors`: ``count``
+    errors (every one owed its own reply, in order) found from stream byte
+    ``offset`` on, over ``nbytes`` bytes.  :meth:`take` gives the replies'
+    bytes; ``remaining`` says how many are still owed.
+    """
+
+    cdef char *_rec
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _next     # where the entry after the current one starts
+    cdef int _kind            # the current entry
+    cdef Py_ssize_t _data
+    cdef Py_ssize_t _size
+    cdef Py_ssize_t _left     # replies it still owes
+    cdef _Template _tpl
+    cdef readonly Py_ssize_t count
+    cdef readonly Py_ssize_t remaining
+    cdef readonly long long offset
+    cdef readonly long long nbytes
+
+    def __cinit__(self):
+        self._rec = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self._rec)
+
+    def __repr__(self):
+        return f"Answers(count={self.count}, offset={self.offset}, nbytes={self.nbytes}, remaining={self.remaining})"
+
+    cdef inline void _enter(self) noexcept:
+        """Make the entry at _next the current one."""
+        cdef const unsigned char *p = <const unsigned char *>self._rec
+        cdef Py_ssize_t at = self._next
+        self._kind = p[at]
+        at += 1
+        self._size = 0
+        if self._kind < A_FIXED:
+            self._size = _varint(p, &at)
+        self._data = at
+        at += self._size
+        self._left = _varint(p, &at)
+        self._next = at
+
+    def take(self, limit=None):
+        """The next replies as bytes: all of them (``limit`` None), or
+        replies until at least ``limit`` bytes are given (one at least)."""
+        cdef Py_ssize_t lim = -1 if limit is None else max(<Py_ssize_t>limit, 1)
+        cdef Buf out, one  # out: the storage of ``obj``; one: a reply built here
+        cdef PyObject *obj = NULL
+        cdef object result
+        cdef _Template tpl = self._tpl
+        cdef const char *blob = PyBytes_AS_STRING(tpl.blob)
+        cdef const unsigned char *rec = <const unsigned char *>self._rec
+        cdef Py_ssize_t size, times, done, part, t, at
+        one.p = NULL
+        one.len = one.cap = 0
+        out.len = 0
+        out.cap = min(lim, 1 << 16) + 256 if lim > 0 else 4096
+        obj = _new_bytes(NULL, out.cap)
+        if obj == NULL:
+            raise MemoryError()
+        out.p = _bytes_of(obj)
+        try:
+            while self.remaining and (lim < 0 or out.len < lim):
+                if not self._left:
+                    # Entries of one stray byte owed once: copied in a row.
+                    while (self.remaining and (lim < 0 or out.len < lim) and self._next + 4 <= self._len
+                           and rec[self._next] == A_STRAY and rec[self._next + 1] == 1
+                           and rec[self._next + 3] == 1):
+                        t = rec[self._next + 2]
+                        _out_add(&obj, &out, blob + tpl.starts[t], tpl.starts[t + 1] - tpl.starts[t])
+                        self._next += 4
+                        self.remaining -= 1
+                    if not self.remaining or (lim >= 0 and out.len >= lim):
+                        break
+                    self._enter()
+                t = -1
+                if self._kind >= A_FIXED:
+                    t = T_FIXED + self._kind - A_FIXED
+                elif self._kind == A_STRAY and self._size == 1:
+                    t = rec[self._data]
+                at = out.len
+                if t >= 0:
+                    size = tpl.starts[t + 1] - tpl.starts[t]
+                    _out_add(&obj, &out, blob + tpl.starts[t], size)
+                else:
+                    one.len = 0
+                    tpl.reply(&one, self._kind, rec + self._data, self._size)
+                    size = one.len
+                    _out_add(&obj, &out, one.p, size)
+                times = self._left
+                if times > 1 and lim >= 0 and (lim - at + size - 1) // size < times:
+                    times = (lim - at + size - 1) // size
+                if times > 1:  # the same reply again: doubling copies
+                    part = size * times
+                    _out_room(&obj, &out, part - size)
+                    done = size
+                    while done < part:
+                        memcpy(out.p + at + done, out.p + at, min(done, part - done))
+                        done += min(done, part - done)
+                    out.len = at + part
+                self._left -= times
+                self.remaining -= times
+            if not self.remaining:
+                PyMem_Free(self._rec)
+                self._rec = NULL
+                self._len = 0
+            _PyBytes_Resize(&obj, out.len)  # (in place: smaller)
+            result = <object>obj
+            return result
+        finally:
+            Py_XDECREF(obj)
+            PyMem_Free(one.p)
 
 
 def _plain_line(line, Py_ssize_t max_depth):
@@ -1180,6 +1589,21 @@ cdef class Framer:
     cdef long long _po
     cdef long long _pe
 
+    # Answers being recorded (strict mode after answer_errors()): the
+    # entries; the pending one's kind, data and size (its count is _pc);
+    # replies owed by the entries before it; where the run starts; the
+    # server's template, and whether frames not objects are answered.
+    cdef bint _answering
+    cdef Buf _rec
+    cdef int _akind
+    cdef Py_ssize_t _adata
+    cdef Py_ssize_t _asize
+    cdef Py_ssize_t _acount
+    cdef long long _ao
+    cdef _Template _tpl
+    cdef bint _anot
+    cdef Buf _tmp
+
     # The buffer of the feed() in progress.
     cdef const unsigned char *_p
     cdef Py_ssize_t _n
@@ -1189,6 +1613,8 @@ cdef class Framer:
         self._buf = NULL
         self._len = 0
         self._cap = 0
+        self._rec.p = self._tmp.p = NULL
+        self._rec.len = self._rec.cap = self._tmp.len = self._tmp.cap = 0
 
     def __init__(self, max_frame_size=64 << 20, max_depth=1024, *, max_tokens=2 << 20,
                  raw=False, strict=False, defer=0):
@@ -1211,6 +1637,21 @@ cdef class Framer:
 
     def __dealloc__(self):
         PyMem_Free(self._buf)
+        PyMem_Free(self._rec.p)
+        PyMem_Free(self._tmp.p)
+
+    def answer_errors(self, prefix, suffix, not_object=None, envelope=None):
+        """Strict mode: report errors as :class:`Answers` items (see
+        :meth:`qmpcore.framing.pure.Framer.answer_errors`)."""
+        if not self.strict:
+            raise ValueError("answer_errors() is for strict (server) framers")
+        if envelope is not None:
+            envelope = (str(envelope[0]), str(envelope[1]), tuple(map(str, envelope[2])))
+            if envelope[1].count("{}") != 1 or not all(name.isascii() for name in envelope[2]):
+                raise ValueError("envelope: (words for {}, words with {} for the member's name, known names)")
+        self._tpl = _template(bytes(prefix), bytes(suffix), None if not_object is None else str(not_object), envelope)
+        self._anot = not_object is not None
+        self._answering = True
 
     @property
     def buffered(self):
@@ -1512,18 +1953,20 @@ cdef class Framer:
         cdef Py_ssize_t n = self._n
         cdef Py_ssize_t q, last, k
         cdef unsigned char c = p[pos], d
+        if self._answering:
+            return self._answer_garbage(pos)
         if CLASS[c] == C_STRUCT:
             self._err(_EXPECTING, 0, 0, self._base + pos, 1, False, out)
             q = pos + 1
             last = -1
             k = 0
             while q < n:
-                d = p[q]
-                if d == 0x2C or d == 0x3A or d == 0x5D or d == 0x7D:
-                    last = q
-                    k += 1
-                elif CLASS[d] != C_WS:
+                d = STRAY_RUN[p[q]]
+                if not d:
                     break
+                if d == 1:
+                    last = q
+                k += d & 1
                 q += 1
             if k:
                 self._pc += k
@@ -1690,10 +2133,221 @@ cdef class Framer:
         out.append(item)
         return 0
 
+    cdef int _value(self, object value, Py_ssize_t start, Py_ssize_t end, list out) except -1:
+        """Output a decoded frame (answered when it is not an object and
+        the server said how: answer_errors())."""
+        if self._answering and self._anot and type(value) is not dict:
+            return self._answer(_NOT_OBJECT, 0, 0, self._base + start, end - start)
+        return self._put(value, out)
+
+    cdef int _answer(self, object reason, Py_ssize_t first, Py_ssize_t pos, long long offset,
+                     Py_ssize_t nbytes) except -1:
+        """Record one error (see _err) in the run of answers."""
+        if reason is None:
+            return self._record(A_STRAY, <const char *>self._p + first, pos + 1 - first, offset, nbytes)
+        if reason is _EXPECTING:
+            return self._record(A_FIXED + T_EXPECTING - T_FIXED, NULL, 0, offset, nbytes)
+        if reason is _NOT_OBJECT:
+            return self._record(A_FIXED + T_NOT_OBJECT - T_FIXED, NULL, 0, offset, nbytes)
+        self._tmp.len = 0
+        _esc_text(&self._tmp, reason)
+        return self._record(A_TEXT, self._tmp.p, self._tmp.len, offset, nbytes)
+
+    cdef int _record(self, int kind, const char *data, Py_ssize_t size, long long offset,
+                     Py_ssize_t nbytes) except -1:
+        """Record an error of ``kind`` with ``data[:size]``: counted in the
+        pending entry when it is the same, else the new pending entry."""
+        cdef Buf *rec = &self._rec
+        cdef Py_ssize_t i
+        cdef bint same
+        if self._pr is not None:
+            same = kind == self._akind and size == self._asize
+            if same and size <= 16:  # (most are: no call)
+                for i in range(size):
+                    if rec.p[self._adata + i] != data[i]:
+                        same = False
+                        break
+            elif same:
+                same = memcmp(rec.p + self._adata, data, size) == 0
+            if same:
+                self._pc += 1
+                self._pe = offset + nbytes
+                return 0
+            _buf_varint(rec, self._pc)  # the pending entry's count
+            self._acount += self._pc
+        else:
+            self._pr = _ANSWERING
+            self._ao = offset
+        if rec.len + size + 11 > rec.cap:
+            _buf_room(rec, size + 11)
+        rec.p[rec.len] = <char>kind
+        rec.len += 1
+        if kind < A_FIXED:
+            _buf_varint(rec, size)
+        self._adata = rec.len
+        if size <= 8:
+            for i in range(size):
+                rec.p[rec.len + i] = data[i]
+        else:
+            memcpy(rec.p + rec.len, data, size)
+        rec.len += size
+        self._akind = kind
+        self._asize = size
+        self._pc = 1
+        self._pe = offset + nbytes
+        return 0
+
+    cdef Py_ssize_t _answer_garbage(self, Py_ssize_t pos) except -1:
+        """_garbage() when answering errors: the errors between frames one
+        after another (a lexical error and the bytes recovery skips, a lone
+        , : ] or }, whitespace), recorded in one loop with the same entries
+        byte-by-byte scanning makes; returns where scanning resumes."""
+        cdef const unsigned char *p = self._p
+        cdef Py_ssize_t n = self._n
+        cdef long long base = self._base
+        cdef unsigned char c = p[pos]
+        cdef unsigned char k = CLASS[c]
+        cdef int state = START
+        cdef char *rec
+        while True:
+            if k == C_STRUCT:  # , : ] or }: a frame of its own
+                if self._pr is not None and self._akind == A_FIXED + T_EXPECTING - T_FIXED:
+                    self._pc += 1
+                    self._pe = base + pos + 1
+                else:
+                    self._record(A_FIXED + T_EXPECTING - T_FIXED, NULL, 0, base + pos, 1)
+                pos += 1
+            else:  # a lexical error, then recovery
+                if (self._pr is not None and self._akind == A_STRAY and self._asize == 1
+                        and <unsigned char>self._rec.p[self._adata] == c):
+                    self._pc += 1
+                elif self._pr is not None and self._pc < 0x80 and self._rec.len + 4 <= self._rec.cap:
+                    # (_record() inlined for the usual case: the pending
+                    # entry's one-byte count, then kind, size 1, the byte)
+                    rec = self._rec.p + self._rec.len
+                    rec[0] = <char>self._pc
+                    rec[1] = A_STRAY
+                    rec[2] = 1
+                    rec[3] = <char>c
+                    self._acount += self._pc
+                    self._adata = self._rec.len + 3
+                    self._rec.len += 4
+                    self._akind = A_STRAY
+                    self._asize = 1
+                    self._pc = 1
+                else:
+                    self._record(A_STRAY, <const char *>p + pos, 1, base + pos, 1)
+                self._pe = base + pos + 1
+                pos += 1
+                while pos < n and RECOVER_SKIP[p[pos]]:
+                    pos += 1
+                if pos >= n:
+                    state = RECOVERY
+                    break
+            while pos < n and CLASS[p[pos]] == C_WS:
+                pos += 1
+            if pos >= n:
+                break
+            c = p[pos]
+            k = CLASS[c]
+            if not (k == C_OTHER or (k == C_STRUCT and c != 0x7B and c != 0x5B)):
+                break
+        self._clear(state)
+        return pos
+
+    cdef bint _answer_frame(self, Py_ssize_t start, Py_ssize_t end) except -1:
+        """Answering errors, a frame that does not start with ``{``: answer
+        it here when _prepare() alone decides it, as _decode_prepared()
+        would (QEMU's words for its first error, or not an object when it
+        is valid).  False: decode it."""
+        cdef Prep r
+        cdef const unsigned char *p = self._p + start
+        cdef Py_ssize_t n = end - start
+        cdef unsigned char levels[64]
+        _prep_init(&r, levels, self.max_depth)
+        try:
+            _prepare(p, n, True, -1, &r, n, None)
+        finally:
+            _prep_free(&r)
+        if r.flags & F_MEMBERS or r.reason == 9:
+            return False  # a duplicate key may come first; an escape worded with its text
+        if not r.flags & F_BAD:
+            if p[0] == 0x7B:
+                return self._answer_object(p, n, r.colons, self._base + start)
+            if not self._anot:
+                return False
+            self._record(A_FIXED + T_NOT_OBJECT - T_FIXED, NULL, 0, self._base + start, n)
+        elif r.reason == 7:
+            self._record(A_KEYWORD, <const char *>p + r.kw_at, r.kw_len, self._base + start, n)
+        elif r.reason:
+            self._record(A_FIXED + T_GRAMMAR + r.reason - T_FIXED, NULL, 0, self._base + start, n)
+        else:
+            return False
+        return True
+
+    cdef bint _answer_object(self, const unsigned char *p, Py_ssize_t n, Py_ssize_t colons,
+                             long long offset) except -1:
+        """A valid object frame ``p[:n]`` whose objects have one member at
+        most: answer the envelope errors that need no state (no member;
+        one member with an ASCII name that is unexpected)."""
+        cdef _Template tpl = self._tpl
+        cdef Py_ssize_t i = 1, k
+        cdef unsigned char q
+        cdef bytes name
+        if colons == 0:
+            self._record(A_FIXED + T_NO_EXECUTE - T_FIXED, NULL, 0, offset, n)
+            return True
+        while CLASS[p[i]] == C_WS:
+            i += 1
+        q = p[i]
+        i += 1
+        k = i
+        while p[k] != q:
+            if p[k] == 0x5C:
+                return False  # (an escape: the dispatcher reads the name)
+            k += 1
+        for name in tpl.known:
+            if PyBytes_GET_SIZE(name) == k - i and memcmp(PyBytes_AS_STRING(name), p + i, k - i) == 0:
+                return False
+        self._tmp.len = 0
+        _buf_add(&self._tmp, PyBytes_AS_STRING(tpl.member_head), PyBytes_GET_SIZE(tpl.member_head))
+        _esc_token(&self._tmp, p + i, k - i)
+        _buf_add(&self._tmp, PyBytes_AS_STRING(tpl.member_tail), PyBytes_GET_SIZE(tpl.member_tail))
+        self._record(A_TEXT, self._tmp.p, self._tmp.len, offset, n)
+        return True
+
+    cdef int _flush_answers(self, list out) except -1:
+        """Output the recorded run as one Answers item."""
+        cdef Buf *rec = &self._rec
+        cdef Answers a = Answers.__new__(Answers)
+        cdef char *mem
+        _buf_varint(rec, self._pc)
+        mem = <char *>PyMem_Realloc(rec.p, rec.len)  # (no slack kept)
+        a._rec = mem if mem != NULL else rec.p
+        a._len = rec.len
+        rec.p = NULL
+        rec.len = rec.cap = 0
+        a._next = 0
+        a._left = 0
+        a._tpl = self._tpl
+        a.count = a.remaining = self._acount + self._pc
+        a.offset = self._ao
+        a.nbytes = self._pe - self._ao
+        self._pr = None
+        self._acount = 0
+        out.append(a)
+        if self._tmp.cap > 4096:
+            PyMem_Free(self._tmp.p)
+            self._tmp.p = NULL
+            self._tmp.len = self._tmp.cap = 0
+        return 0
+
     cdef int _flush(self, list out) except -1:
         """Output the error run held in C fields, if any."""
         if self._pr is None:
             return 0
+        if self._answering:
+            return self._flush_answers(out)
         out.append(_FrameError(self._pr, self._po, self._ps, self._pc, self._pe - self._po))
         if self._ps:
             out.append(_SYNC)  # strict 0xFF: the SYNC follows its error run
@@ -1710,6 +2364,8 @@ cdef class Framer:
                   Py_ssize_t nbytes, bint sync, list out) except -1:
         """One error: ``reason``, or (when None) a stray token ``p[first:pos + 1]``.
         Joined with the run before it when qmpcore.framing.rules.joinable allows."""
+        if self._answering:
+            return self._answer(reason, first, pos, offset, nbytes)
         if self._pr is not None and self._ps == sync:
             if self.strict:
                 if reason is None:
@@ -1777,7 +2433,9 @@ cdef class Framer:
             # A lone , : ] or } (after a frame, say): no value can start so.
             self._err(_EXPECTING, 0, 0, self._base + start, 1, False, out)
             return 0
-        if self.defer and end - start > self.defer:
+        if self._answering and (self._p[start] != 0x7B or self._tpl.known is not None) and self._answer_frame(start, end):
+            return 0
+        if self.defer and end - start > self.defer and not self._answering:
             frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
             self._put(_PendingFrame(_Steps(frame, self._base + start, self.max_depth, self.defer_step, self._slow,
                                            self.strict),
@@ -1806,7 +2464,7 @@ cdef class Framer:
             except _JSONDecodeError:
                 pass
             else:
-                self._put(value, out)
+                self._value(value, start, end, out)
                 return 0
         self._why = None
         value = self._decode_prepared(start, end, tried)
@@ -1814,15 +2472,23 @@ cdef class Framer:
             self._err(self._why, 0, 0, self._base + start, end - start, False, out)
             return 0
         if value is not _NO:
-            self._put(value, out)
+            self._value(value, start, end, out)
             return 0
         frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
+        if self._answering and end - start <= VERDICT_FRAME:
+            reason = _VERDICTS.get(frame)
+            if reason is not None:  # (a short frame QEMU's parser refused already)
+                return self._answer(reason, 0, 0, self._base + start, end - start)
         try:
             value = _decode_frame(frame, self.strict, self._slow)
         except _ParseError as exc:
+            if self._answering and end - start <= VERDICT_FRAME:
+                if len(_VERDICTS) >= VERDICTS_MAX:
+                    _VERDICTS.clear()
+                _VERDICTS[frame] = exc.args[0]
             self._err(exc.args[0], 0, 0, self._base + start, end - start, False, out)
         else:
-            self._put(value, out)
+            self._value(value, start, end, out)
         return 0
 
     cdef object _decode_prepared(self, Py_ssize_t start, Py_ssize_t end, bint tried):

@@ -18,7 +18,14 @@ import os
 import orjson
 import pytest
 
+from conftest import IMPLEMENTATIONS
+from qmpcore.bench._garbage import KINDS, chunks, garbage
+from qmpcore.errors import FrameError
+from qmpcore.framing import ANSWERS
+from qmpcore.framing import pure as pure_framer
 from qmpcore.protocol import _qemu_output
+from qmpcore.protocol.qga_server import QGAServerProtocol
+from qmpcore.protocol.qmp_server import QMPServerProtocol
 from qmpcore.server import _STEP_OUTPUT, OUTPUT_CAP, serve_vms
 from qmpcore.server._simulated import MAX_FDS
 from server_support import Peer
@@ -251,6 +258,137 @@ async def test_garbage_flood_from_a_client_that_never_reads(tmp_path, client, ga
             flood.stop()
         attacker.close()
         await still_served(vms.qmp_paths[0])
+
+
+# -- garbage of every kind mixed, sans-IO --------------------------------------------------
+
+PROTOCOLS = {"qmp": QMPServerProtocol, "qga": QGAServerProtocol}
+MIXES = [[kind] for kind in KINDS] + [list(KINDS)]
+
+
+class CountingFramer:
+    """A framer that records the items each feed() returns."""
+
+    def __init__(self, framer) -> None:
+        self.framer = framer
+        self.feeds: list[list] = []
+
+    def feed(self, data):
+        items = self.framer.feed(data)
+        self.feeds.append(items)
+        return items
+
+    @property
+    def buffered(self) -> int:
+        return self.framer.buffered
+
+
+def serve(protocol, reads) -> tuple[bytes, int]:
+    """Feed ``reads`` as the server does; (all answers, the largest step
+    of answers the protocol produced on its own)."""
+    out = [protocol.data_to_send()]
+    largest = 0
+    for data in reads:
+        protocol.receive_data(data)
+        while True:
+            step = protocol.data_to_send()
+            largest = max(largest, len(step))
+            out.append(step)
+            if not protocol.can_progress:
+                break
+            request = protocol.next_event()
+            if request is not None:
+                out.append(protocol.send(request, {}))
+    return b"".join(out), largest
+
+
+def reference(cls):
+    """The same server with the pure framer reporting every error as a
+    FrameError and every frame as its value: QEMU's answers the slow way
+    (one reply per error, the dispatcher for every frame)."""
+    protocol = cls(output_limit=_STEP_OUTPUT)
+    protocol._framer = pure_framer.Framer(strict=True)
+    return protocol
+
+
+def answering(cls, Framer):
+    """A server whose framer is ``Framer``, counting what it outputs."""
+    protocol = cls(output_limit=_STEP_OUTPUT)
+    framer = Framer(strict=True)
+    protocol._answer_with(framer)
+    protocol._framer = CountingFramer(framer)
+    return protocol
+
+
+@pytest.mark.parametrize("proto", sorted(PROTOCOLS))
+@pytest.mark.parametrize("kinds", MIXES, ids=["+".join(mix) if len(mix) < 2 else "mixed" for mix in MIXES])
+def test_mixed_garbage_gets_qemus_answers_at_bounded_work(Framer, proto, kinds):
+    """Garbage of any kind or mix gets, byte for byte, the answers the
+    error-by-error path gives (one reply per error QEMU's parser reports,
+    the dispatcher's for frames that are not requests), however it is
+    split; and the framer outputs one answers item per read, never a
+    FrameError or value per error, whatever the mix."""
+    cls = PROTOCOLS[proto]
+    data = garbage(kinds, 80_000, seed=len(kinds))
+    want, _ = serve(reference(cls), chunks(data))
+    assert want.count(b"GenericError") > 3000
+    for size in (1 << 16, 4093):
+        protocol = answering(cls, Framer)
+        got, largest = serve(protocol, chunks(data, size))
+        assert got == want
+        feeds = protocol._framer.feeds
+        assert len(feeds) == -(-len(data) // size)
+        assert all(len(items) <= 1 for items in feeds), max(map(len, feeds))
+        assert all(isinstance(item, ANSWERS) for items in feeds for item in items)
+        replies = sum(item.count for items in feeds for item in items)
+        assert replies == got.count(b"GenericError")
+        # Each step is bounded by the output limit plus one reply.
+        assert largest <= _STEP_OUTPUT + 200
+
+
+@pytest.mark.parametrize("proto", sorted(PROTOCOLS))
+def test_requests_amid_garbage_are_dispatched_in_order(Framer, proto):
+    """Requests between errors reach the dispatcher, in order with the
+    answers to the errors around them; only they cost Python objects."""
+    cls = PROTOCOLS[proto]
+    data = garbage(list(KINDS), 100_000, seed=3, requests=True)
+    want, _ = serve(reference(cls), chunks(data))
+    protocol = answering(cls, Framer)
+    got, _ = serve(protocol, chunks(data))
+    assert got == want
+    items = [item for items in protocol._framer.feeds for item in items]
+    requests = sum(type(item) is dict for item in items)
+    assert requests > 100
+    assert not any(isinstance(item, FrameError) for item in items)
+    # Between two requests (or feeds), one answers item at most.
+    assert len(items) - requests <= requests + len(protocol._framer.feeds)
+
+
+def test_compiled_answers_match_the_twin():
+    """The compiled framer's answers items are the pure twin's: the same
+    counts, offsets, spans and replies, taken in the same steps."""
+    if "cython" not in IMPLEMENTATIONS:
+        pytest.skip("compiled framer not built")
+
+    def items(cls, reads, limit):
+        protocol = QMPServerProtocol()
+        framer = cls(strict=True, max_frame_size=300, max_depth=6)
+        protocol._answer_with(framer)
+        out = []
+        for data in reads:
+            for item in framer.feed(data):
+                if isinstance(item, ANSWERS):
+                    out.append((item.count, item.offset, item.nbytes))
+                    while item.remaining:
+                        out.append(item.take(limit))
+                else:
+                    out.append(item)
+        return out
+
+    data = garbage(list(KINDS), 50_000, seed=5, requests=True) + b"[" * 10 + b'"' + b"x" * 400
+    for size, limit in ((1 << 16, _STEP_OUTPUT), (777, 1), (5000, None)):
+        reads = chunks(data, size)
+        assert items(IMPLEMENTATIONS["cython"], reads, limit) == items(IMPLEMENTATIONS["python"], reads, limit)
 
 
 # -- big replies, never read ----------------------------------------------------------------

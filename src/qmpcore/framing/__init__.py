@@ -11,22 +11,29 @@ higher layer.
 from __future__ import annotations
 
 import os as _os
+from typing import Any
 
+from .rules import Answers as _PyAnswers
 from .wire import SYNC, encode
 
 implementation: str
+#: The classes of answer items (``Framer.answer_errors``): the twin's, and
+#: the compiled framer's when it is built.
+ANSWERS: tuple[type[Any], ...] = (_PyAnswers,)
 if _os.environ.get("QMPCORE_NO_EXTENSIONS", "") not in ("", "0"):
     from .pure import Framer
 
     implementation = "python"
 else:
     try:
+        from ._framer import Answers as _CAnswers
         from ._framer import Framer  # type: ignore[assignment]  # the same interface, compiled
 
         implementation = "cython"
+        ANSWERS = (_CAnswers, _PyAnswers)
     except ImportError:  # no compiler at install time: the twin serves
         from .pure import Framer
 
         implementation = "python"
 
-__all__ = ["Framer", "SYNC", "encode", "implementation"]
+__all__ = ["Framer", "SYNC", "ANSWERS", "encode", "implementation"]

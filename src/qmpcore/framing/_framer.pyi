@@ -12,6 +12,8 @@ class Framer:
     max_tokens: int
     raw: bool
     strict: bool
+    defer: int
+    defer_step: int
     def __init__(
         self,
         max_frame_size: int = ...,
@@ -20,6 +22,7 @@ class Framer:
         max_tokens: int = ...,
         raw: bool = ...,
         strict: bool = ...,
+        defer: int = ...,
     ) -> None: ...
     @property
     def buffered(self) -> int:
@@ -27,11 +30,29 @@ class Framer:
     @property
     def capacity(self) -> int:
         """Bytes allocated for the buffer (given back after a large frame)."""
+    def answer_errors(
+        self,
+        prefix: bytes,
+        suffix: bytes,
+        not_object: str | None = None,
+        envelope: tuple[str, str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """Strict mode: report errors as :class:`Answers` items."""
     def reset(self) -> None:
         """Forget any partial frame and start afresh."""
     def feed(self, data: _Bytes) -> list[Any]:
         """Add bytes from the stream; return the items they complete:
         decoded values, ``SYNC``, or ``FrameError`` instances."""
+
+class Answers:
+    """QEMU's replies to a run of errors, produced as they are taken (compiled)."""
+
+    count: int
+    remaining: int
+    offset: int
+    nbytes: int
+    def take(self, limit: int | None = None) -> bytes:
+        """The next replies: all, or until at least ``limit`` bytes (one at least)."""
 
 def _tables() -> dict[str, Any]:
     """The tables and constants the compiled framer runs on."""

@@ -43,6 +43,7 @@ and server roles).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -84,6 +85,30 @@ _RECOVERY_RUN = rules.run_pattern(rules.RECOVER_SKIP)
 _OPEN = frozenset(b"{[")
 _DIGIT = frozenset(b"0123456789")
 _VALUE_STATES = frozenset(range(DQ, KEYWORD + 1))
+_LIMITS = frozenset((TOO_BIG, TOO_DEEP, TOO_MANY))
+
+
+def _envelope_error(frame: bytes, value: dict[str, Any], envelope: tuple[str, str, tuple[str, ...]]) -> str | None:
+    """The server's words for the object ``value`` decoded from ``frame``
+    when they need no state (see :meth:`Framer.answer_errors`), or None."""
+    if len(value) > 1 or not frame.isascii():
+        return None
+    stack: list[Any] = [value]
+    while stack:  # no object in it may have two members
+        item = stack.pop()
+        if type(item) is dict:
+            if len(item) > 1:
+                return None
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    if not value:
+        return envelope[0]
+    head = frame.lstrip()[1:].lstrip()
+    name = head[1 : head.index(head[:1], 1)]  # (as written: no escape in it)
+    if b"\\" in name or name.decode("ascii") in envelope[2]:
+        return None
+    return envelope[1].replace("{}", name.decode("ascii"))
 
 
 def _decoded(frame: bytes, offset: int, strict: bool) -> Any:
@@ -127,6 +152,7 @@ class Framer:
         "_skip",
         "_nofast",
         "_work",
+        "_answers",
     )
 
     # Lexer state, set by _clear(): which state, inside a frame or not.
@@ -161,6 +187,7 @@ class Framer:
         self._pos = 0
         self._nofast = -1
         self._work = 0
+        self._answers: tuple[bytes, bytes, str | None, tuple[str, str, tuple[str, ...]] | None] | None = None
         self._clear(START)
 
     # -- public ---------------------------------------------------------
@@ -182,6 +209,35 @@ class Framer:
         self._pos = 0
         self._nofast = -1
         self._clear(START)
+
+    def answer_errors(
+        self,
+        prefix: bytes,
+        suffix: bytes,
+        not_object: str | None = None,
+        envelope: tuple[str, str, Sequence[str]] | None = None,
+    ) -> None:
+        """Strict mode: report errors as :class:`~qmpcore.framing.rules.Answers`
+        items, the replies a server owes for them (``prefix``, the reason as
+        JSON text, ``suffix``).  Errors of the limits stay
+        :class:`FrameError` items; no ``SYNC`` items.
+
+        Valid frames are answered so too, with the server's words, when
+        their answer needs no state: with ``not_object``, any frame that is
+        not a JSON object; with ``envelope`` = (words for an object without
+        members, words with ``{}`` standing for the name of an unexpected
+        member, names that are not unexpected), an object that has no
+        member, or one member whose name is not one of those (when the
+        frame is ASCII, no object in it has two members, and the name is
+        written without escapes: else the frame is output for the server).
+        """
+        if not self.strict:
+            raise ValueError("answer_errors() is for strict (server) framers")
+        if envelope is not None:
+            envelope = (str(envelope[0]), str(envelope[1]), tuple(map(str, envelope[2])))
+            if envelope[1].count("{}") != 1 or not all(name.isascii() for name in envelope[2]):
+                raise ValueError("envelope: (words for {}, words with {} for the member's name, known names)")
+        self._answers = (bytes(prefix), bytes(suffix), None if not_object is None else str(not_object), envelope)
 
     def feed(self, data: Any) -> list[Any]:
         """Add bytes from the stream; return the items they complete."""
@@ -395,7 +451,7 @@ class Framer:
         self._token_done(end, 0, out)
 
     def _limit(self, reason: str, offset: int, out: list[Any]) -> None:
-        push(out, FrameError(reason, offset), self.strict)
+        self._push(out, FrameError(reason, offset))
         self._skip = True
 
     def _token_done(self, end: int, c: int, out: list[Any]) -> None:
@@ -429,11 +485,23 @@ class Framer:
             out.append(bytes(frame))
             return
         offset = self._base + self._start
-        if self.defer and len(frame) > self.defer:
+        if self.defer and len(frame) > self.defer and self._answers is None:
             # (decoded at the first step here: this twin is about behaviour)
             out.append(PendingFrame(partial(_decoded, bytes(frame), offset, self.strict), offset, len(frame)))
             return
-        push(out, _decoded(bytes(frame), offset, self.strict), self.strict)
+        value = _decoded(bytes(frame), offset, self.strict)
+        if type(value) is not FrameError:
+            answers = self._answers
+            reason = None
+            if answers is None:
+                pass
+            elif type(value) is not dict:
+                reason = answers[2]
+            elif answers[3] is not None:
+                reason = _envelope_error(bytes(frame), value, answers[3])
+            if reason is not None:
+                value = FrameError(reason, offset, nbytes=len(frame))
+        self._push(out, value)
 
     def _error(self, pos: int, out: list[Any]) -> None:
         """Lexical error at ``pos`` (that byte is consumed)."""
@@ -449,11 +517,28 @@ class Framer:
         self._work += len(token)
         if buf[pos] == 0xFF:
             if self.strict:
-                push(out, FrameError(_stray(token), self._base + pos, sync=True), True)
-            push(out, SYNC, self.strict)
+                self._push(out, FrameError(_stray(token), self._base + pos, sync=True))
+            self._push(out, SYNC)
         elif not self._skip:
-            push(out, FrameError(_stray(token), self._base + pos), self.strict)
+            self._push(out, FrameError(_stray(token), self._base + pos))
         self._clear(RECOVERY)
+
+    def _push(self, out: list[Any], item: Any) -> None:
+        """Output an item: :func:`~qmpcore.framing.rules.push`, or, when
+        answering errors, one more error of the run's Answers."""
+        answers = self._answers
+        if answers is None:
+            push(out, item, self.strict)
+        elif item is SYNC:
+            return
+        elif type(item) is FrameError and item.reason not in _LIMITS:
+            last = out[-1] if out else None
+            if type(last) is not rules.Answers:
+                last = rules.Answers(answers[0], answers[1], item.offset)
+                out.append(last)
+            last.add(item.reason, item.offset + item.nbytes)
+        else:
+            out.append(item)
 
     def _compact(self, out: list[Any]) -> None:
         """Drop bytes no unfinished frame needs; check the size limit."""

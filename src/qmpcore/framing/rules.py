@@ -34,6 +34,16 @@ Anything else is lexed byte by byte; the shortcut only ever saves time.
   are one (a 0xFF run is one resynchronisation).
 * Limit errors (size, depth, token count) are never joined.
 
+**Answers** (:class:`Answers`): a strict framer told how its server words
+an error reply (``Framer.answer_errors(prefix, suffix, not_object)``)
+reports every run of errors, of any kinds, with nothing but errors between
+them, as one :class:`Answers` item: the replies QEMU owes, one per error
+(``prefix`` + the reason as QEMU's JSON text + ``suffix``), produced only
+as the server takes them.  With ``not_object``, a frame that decodes to
+anything but a JSON object is one more error with those words.  Limit
+errors stay :class:`~qmpcore.errors.FrameError` items, and no :data:`SYNC`
+is reported.  A run ends with the ``feed()`` that found it.
+
 Joining happens within the items of one ``feed()``; items already returned
 are never changed, so splitting a stream differently can only split a run:
 :func:`coalesce` applied to the concatenated items of any split gives the
@@ -43,6 +53,7 @@ items of the whole stream fed at once.
 from __future__ import annotations
 
 import re
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
 
 from ..errors import FrameError
@@ -66,6 +77,8 @@ __all__ = [
     "push",
     "coalesce",
     "capacity_after",
+    "qemu_string",
+    "Answers",
 ]
 
 # Byte classes (the compiled framer's C_* constants have these values).
@@ -247,3 +260,81 @@ def capacity_after(capacity: int, held: int) -> int:
     while cap > MIN_CAPACITY and held * 2 <= cap // 2:
         cap //= 2
     return cap
+
+
+# -- answers -----------------------------------------------------------------
+
+# An escaped backslash, or a \u escape whose hex QEMU prints in uppercase.
+_ESCAPE = re.compile(r"\\\\|\\u[0-9a-f]{4}")
+
+
+def _upper_hex(match: re.Match[str]) -> str:
+    text = match.group(0)
+    return text if text == "\\\\" else "\\u" + text[2:].upper()
+
+
+def qemu_string(text: str) -> str:
+    """``text`` as a JSON string literal the way QEMU prints it: pure
+    ASCII, short escapes for ``\\b \\f \\n \\r \\t \\" \\\\``, every other
+    control character, 0x7F and above as ``\\uXXXX`` in uppercase hex
+    (astral characters as surrogate pairs)."""
+    out = _json_string(text)
+    if "\\u" in out:
+        out = _ESCAPE.sub(_upper_hex, out)
+    return out
+
+
+class Answers:
+    """QEMU's replies to a run of errors (see "Answers" above), produced as
+    they are taken: the readable twin of the compiled framer's ``Answers``.
+
+    ``count`` errors found from stream byte ``offset`` on, over ``nbytes``
+    bytes; :meth:`take` gives the replies' bytes, ``remaining`` says how
+    many are still owed.
+    """
+
+    __slots__ = ("count", "remaining", "offset", "nbytes", "_prefix", "_suffix", "_runs", "_at")
+
+    def __init__(self, prefix: bytes, suffix: bytes, offset: int) -> None:
+        self.count = 0
+        self.remaining = 0
+        self.offset = offset
+        self.nbytes = 0
+        self._prefix = prefix
+        self._suffix = suffix
+        # [reason as JSON text, replies owed, reason], a run of identical ones each
+        self._runs: list[list[Any]] = []
+        self._at = 0  # the run being answered
+
+    def add(self, reason: str, end: int) -> None:
+        """One more error, with QEMU's words ``reason``, ending at stream byte ``end``."""
+        runs = self._runs
+        if runs and runs[-1][2] == reason:
+            runs[-1][1] += 1
+        else:
+            runs.append([qemu_string(reason)[1:-1].encode("ascii"), 1, reason])
+        self.count += 1
+        self.remaining += 1
+        self.nbytes = end - self.offset
+
+    def take(self, limit: int | None = None) -> bytes:
+        """The next replies as bytes: all of them (``limit`` None), or
+        replies until at least ``limit`` bytes are given (one at least)."""
+        lim = -1 if limit is None else max(limit, 1)
+        out = bytearray()
+        runs = self._runs
+        while self.remaining and (lim < 0 or len(out) < lim):
+            run = runs[self._at]
+            reply = self._prefix + run[0] + self._suffix
+            times = run[1]
+            if lim >= 0:
+                times = min(times, -(-(lim - len(out)) // len(reply)))
+            out += reply * times
+            run[1] -= times
+            self.remaining -= times
+            if not run[1]:
+                self._at += 1
+        return bytes(out)
+
+    def __repr__(self) -> str:
+        return f"Answers(count={self.count}, offset={self.offset}, nbytes={self.nbytes}, remaining={self.remaining})"

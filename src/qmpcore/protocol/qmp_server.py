@@ -14,10 +14,12 @@ running a command is answered here, in QEMU's words and order:
 * the greeting, capabilities negotiation (``qmp_capabilities`` is handled
   here) and negotiation mode, where every other command is
   ``CommandNotFound`` and no events are delivered;
-* JSON errors (one ``GenericError`` per error QEMU's parser reports; a
-  :class:`~qmpcore.FrameError` whose ``count`` says it stands for N
-  identical errors is answered with the same reply N times, built once),
-  ``QMP input must be a JSON object`` and the other envelope checks, in the
+* JSON errors (one ``GenericError`` per error QEMU's parser reports) and
+  ``QMP input must be a JSON object``: the strict framer is told the
+  reply's words (``Framer.answer_errors``) and hands over each run of such
+  errors, of any mix of kinds, as one answers item whose replies are built
+  in C as they are taken (a run of identical ones by repeating one reply),
+  so no error costs a Python object; the other envelope checks, in the
   order QEMU iterates the request's members;
 * unknown and disabled commands, ``exec-oob`` rules, and argument errors
   from the command's :class:`~qmpcore.protocol._qapi.CommandInfo`.
@@ -46,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import CommandError, FrameError, StateError
-from ..framing import Framer
+from ..framing import ANSWERS, Framer
 from ..framing.wire import SYNC
 from ._qapi import CommandInfo, Schema
 from ._qemu_output import encode_qmp, qdict_order, to_json
@@ -80,6 +82,13 @@ DEFAULT_VERSION: dict[str, Any] = {
     "qemu": {"major": 7, "minor": 2, "micro": 0},
     "package": "",
 }
+
+_NOT_OBJECT = "QMP input must be a JSON object"
+_NO_EXECUTE = "QMP input lacks member 'execute'"
+_UNEXPECTED = "QMP input member '{}' is unexpected"
+# Members qmp_dispatch reads; an object with one other member is refused
+# before any state matters (the framer answers it: Framer.answer_errors).
+_ENVELOPE = (_NO_EXECUTE, _UNEXPECTED, ("execute", "exec-oob", "arguments", "id"))
 
 # How many in-band requests QEMU queues before it stops reading (monitor/qmp.c).
 _QUEUE_OOB = 8
@@ -169,6 +178,7 @@ class ServerProtocolBase:
     ) -> None:
         self.commands: Mapping[str, CommandInfo] = commands if commands is not None else {}
         self._framer = Framer(max_frame_size, max_depth, max_tokens=max_tokens, strict=True)
+        self._answer_with(self._framer)
         #: Bytes of self-produced answers after which queued input waits
         #: for the next :meth:`next_event` call (None: no limit).
         self.output_limit = output_limit
@@ -178,6 +188,13 @@ class ServerProtocolBase:
         self._ready: deque[Request] = deque()
         self._current: Request | None = None
         self._oob_open: set[Request] = set()
+
+    def _answer_with(self, framer: Any) -> None:
+        """Have the strict ``framer`` report errors, and frames refused
+        before any state matters, as answers items in this server's words."""
+        template = self._error_bytes(NO_ID, "GenericError", "|")
+        cut = template.index(b"|")
+        framer.answer_errors(template[:cut], template[cut + 1 :], _NOT_OBJECT, _ENVELOPE)
 
     # -- input ------------------------------------------------------------
 
@@ -197,6 +214,8 @@ class ServerProtocolBase:
                         self._oob_open.add(request)
                         self._ready.append(request)
                     continue
+            elif isinstance(item, ANSWERS):
+                pass  # answered in turn by _pump
             elif isinstance(item, FrameError):
                 count = item.count
                 last = queue[-1] if queue else None
@@ -316,6 +335,14 @@ class ServerProtocolBase:
             if limit is not None and self._out_size >= limit:
                 return
             item = queue[0]
+            if isinstance(item, ANSWERS):
+                # (at least one reply, then until the limit is reached)
+                data = item.take(None if limit is None else limit - self._out_size)
+                out.append(data)
+                self._out_size += len(data)
+                if not item.remaining:
+                    queue.popleft()
+                continue
             if type(item) is _Repeat:
                 reply = item.reply
                 times = item.count
@@ -337,7 +364,7 @@ class ServerProtocolBase:
     def _dispatch(self, message: Any) -> Request | None:
         """QEMU's ``qmp_dispatch`` up to the command's own code."""
         if type(message) is not dict:
-            self._write_error(NO_ID, "GenericError", "QMP input must be a JSON object")
+            self._write_error(NO_ID, "GenericError", _NOT_OBJECT)
             return None
         request_id = message.get("id", NO_ID)
         oob_allowed = self._oob_allowed()
@@ -357,10 +384,10 @@ class ServerProtocolBase:
                     self._fail(request_id, "QMP input member 'arguments' must be an object")
                     return None
             elif key != "id":
-                self._fail(request_id, f"QMP input member '{key}' is unexpected")
+                self._fail(request_id, _UNEXPECTED.format(key))
                 return None
         if exec_key is None:
-            self._fail(request_id, "QMP input lacks member 'execute'")
+            self._fail(request_id, _NO_EXECUTE)
             return None
         name = message[exec_key]
         oob = exec_key == "exec-oob"
@@ -491,6 +518,7 @@ class QMPServerProtocol(ServerProtocolBase):
         max_tokens: int = 2 << 20,
         output_limit: int | None = None,
     ) -> None:
+        self.pretty = bool(pretty)  # (before the base class words its error replies)
         super().__init__(
             commands,
             max_frame_size=max_frame_size,
@@ -498,7 +526,6 @@ class QMPServerProtocol(ServerProtocolBase):
             max_tokens=max_tokens,
             output_limit=output_limit,
         )
-        self.pretty = bool(pretty)
         self.version = dict(version if version is not None else DEFAULT_VERSION)
         self.offered = tuple(capabilities)
         self.enabled: Sequence[str] = ()

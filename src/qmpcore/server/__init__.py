@@ -38,8 +38,10 @@ more than its share:
   and a slice of work for a client (128 steps or 1 MiB of output, a step
   being one request or 64 KiB of error answers); the rest waits for the
   loop's next turn, with reading paused, so other clients run in between.
-* **Garbage** is answered as QEMU does, one reply per parse error, but the
-  reply is built once per run of identical errors and repeated.
+* **Garbage** is answered as QEMU does, one reply per parse error: the
+  parser records a read's errors of any kinds in C, a few bytes each, and
+  the replies are built as they are sent (one reply repeated for a run of
+  identical errors), so no error costs a Python object.
 * **Descriptors**: a VM holds at most ``max_fds`` (default
   :data:`MAX_FDS`, 128) descriptors from its clients (``getfd``,
   ``add-fd``); past it those commands fail with a ``GenericError`` naming
