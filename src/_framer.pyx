@@ -46,6 +46,15 @@ from qmpcore.framing import rules as _rules
 from qmpcore.framing.wire import SYNC, TOO_BIG, TOO_DEEP, TOO_MANY, ParseError, decode_frame, stray_reason
 from qmpcore.errors import FrameError
 
+cdef extern from "_scan.h":
+    # Block scanning (AVX2, SSE2 or portable): see src/_scan.h.
+    const char *qc_impl_name
+    void qc_choose(const char *want) noexcept nogil
+    Py_ssize_t qc_blocks(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t last,
+                         Py_ssize_t max_depth, Py_ssize_t max_tokens, Py_ssize_t long_int,
+                         Py_ssize_t *brace, Py_ssize_t *bracket, Py_ssize_t *ntok,
+                         Py_ssize_t *stop) noexcept nogil
+
 cdef extern from "Python.h":
     object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
     int PyBUF_READ
@@ -138,6 +147,18 @@ cdef void _init_tables():
 
 
 _init_tables()
+qc_choose(NULL)
+
+
+def _scan_impl(name=None):
+    """The block scan in use (``avx2``, ``sse2`` or ``portable``); with
+    ``name``, use that one if this CPU has it, else the best it has (for
+    tests and measurements).  Every variant gives the same items."""
+    cdef bytes want
+    if name is not None:
+        want = name.encode("ascii")
+        qc_choose(want)
+    return qc_impl_name.decode("ascii")
 
 
 def _tables():
@@ -658,6 +679,7 @@ cdef class Framer:
     cdef Py_ssize_t _bracket
     cdef Py_ssize_t _ntok
     cdef Py_ssize_t _nofast    # a line already known not to be one plain frame
+    cdef Py_ssize_t _blocks_at  # _inside(): no block scan before here (a block refused it)
     cdef object _why           # _decode_prepared(): QEMU's words for the error found
 
     # The error run not yet output (reason is None when there is none):
@@ -690,6 +712,7 @@ cdef class Framer:
         self._base = 0
         self._len = 0
         self._nofast = -1
+        self._blocks_at = 0
         self._pr = None
         self._clear(START)
 
@@ -711,6 +734,7 @@ cdef class Framer:
         self._base += self._len
         self._len = 0
         self._nofast = -1
+        self._blocks_at = 0
         self._clear(START)
 
     cdef inline void _clear(self, int state) noexcept:
@@ -791,6 +815,7 @@ cdef class Framer:
             self._start -= keep
             self._tok -= keep
             self._nofast -= keep
+            self._blocks_at -= keep
             self._flush(out)
             self._shrink()
         finally:
@@ -1052,16 +1077,24 @@ cdef class Framer:
 
         Counters live in locals here; anything else (a frame that may end,
         a limit, an escape, a float, the end of the chunk) stops the loop
-        and the general state machine takes over at that byte.
+        and the general state machine takes over at that byte.  Whole
+        64-byte blocks go to qc_blocks() (src/_scan.h), which crosses them
+        with bitmasks and stops at a token boundary before any block this
+        loop would stop in; a block it refused is then crossed here first.
         """
         cdef const unsigned char *p = self._p
         cdef Py_ssize_t n = self._n
         cdef Py_ssize_t brace = self._brace, bracket = self._bracket, ntok = self._ntok
         cdef Py_ssize_t last = self._start + self.max_frame_size  # last allowed token end
         cdef Py_ssize_t max_depth = self.max_depth, max_tokens = self.max_tokens
-        cdef Py_ssize_t q
+        cdef Py_ssize_t q, blocks_at = self._blocks_at
         cdef unsigned char c, k
         while pos < n:
+            if pos >= blocks_at and n - pos >= 64:
+                pos = qc_blocks(p, pos, n, last, max_depth, max_tokens, LONG_INT,
+                                &brace, &bracket, &ntok, &blocks_at)
+                if pos >= n:
+                    break
             c = p[pos]
             k = CLASS[c]
             if k == C_WS:
@@ -1116,6 +1149,7 @@ cdef class Framer:
         self._brace = brace
         self._bracket = bracket
         self._ntok = ntok
+        self._blocks_at = blocks_at
         return pos
 
     cdef Py_ssize_t _fast_line(self, Py_ssize_t pos, list out) except -1:
