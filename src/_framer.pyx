@@ -767,30 +767,44 @@ cdef class Framer:
         """Add bytes from the stream; return the items they complete."""
         cdef Py_buffer view
         cdef list out = []
-        cdef Py_ssize_t keep, pos
+        if type(data) is bytes:
+            # bytes cannot change under us: read them in place, no buffer
+            # request (one-byte feeds cost per call, not per byte held).
+            if (self._len == 0 and self._state == START and not self._in_frame
+                    and not self.raw and not self.strict):
+                # The usual case: one whole reply or event in one read.  (Inside
+                # a frame being skipped for a limit nothing is held either.)
+                if self._one_line(<const unsigned char *>PyBytes_AS_STRING(data),
+                                  PyBytes_GET_SIZE(data), data, out):
+                    return out
+            self._feed(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), data, out)
+            return out
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"Framer.feed() takes bytes, bytearray or memoryview, not {type(data).__name__}")
-        if (type(data) is bytes and self._len == 0 and self._state == START
-                and not self._in_frame and not self.raw and not self.strict):
-            # The usual case: one whole reply or event in one read.  (Inside
-            # a frame being skipped for a limit nothing is held either.)
-            if self._one_line(<const unsigned char *>PyBytes_AS_STRING(data),
-                              PyBytes_GET_SIZE(data), data, out):
-                return out
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._feed(<const unsigned char *>view.buf, view.len, data, out)
+        finally:
+            PyBuffer_Release(&view)
+        return out
+
+    cdef int _feed(self, const unsigned char *buf, Py_ssize_t size, object data, list out) except -1:
+        """feed() on the bytes ``buf[:size]`` of ``data``."""
+        cdef Py_ssize_t keep, pos
         try:
             if self._len == 0:
                 # Nothing held: scan the chunk where it lies.
-                self._p = <const unsigned char *>view.buf
-                self._n = view.len
+                self._p = buf
+                self._n = size
                 self._chunk = data
                 pos = 0
             else:
-                self._reserve(self._len + view.len)
-                memcpy(self._buf + self._len, view.buf, view.len)
+                if self._len + size > self._cap:
+                    self._reserve(self._len + size)
+                memcpy(self._buf + self._len, buf, size)
                 pos = self._len
-                self._len += view.len
+                self._len += size
                 self._p = <const unsigned char *>self._buf
                 self._n = self._len
                 self._chunk = None
@@ -816,13 +830,14 @@ cdef class Framer:
             self._tok -= keep
             self._nofast -= keep
             self._blocks_at -= keep
-            self._flush(out)
-            self._shrink()
+            if self._pr is not None:
+                self._flush(out)
+            if self._len == 0 or self._len * SHRINK_RATIO <= self._cap:
+                self._shrink()
         finally:
             self._chunk = None
             self._p = NULL
-            PyBuffer_Release(&view)
-        return out
+        return 0
 
     cdef void _shrink(self) noexcept:
         """Give memory back: all of it when nothing is held, half of it
