@@ -54,6 +54,8 @@ cdef extern from "_scan.h":
                          Py_ssize_t max_depth, Py_ssize_t max_tokens, Py_ssize_t long_int,
                          Py_ssize_t *brace, Py_ssize_t *bracket, Py_ssize_t *ntok,
                          Py_ssize_t *stop) noexcept nogil
+    Py_ssize_t qc_plain(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t max_depth,
+                        Py_ssize_t long_int, Py_ssize_t *depth, Py_ssize_t *stop) noexcept nogil
 
 cdef extern from "Python.h":
     object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
@@ -252,9 +254,16 @@ cdef bint _plain(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth) noe
     """``p[:n]`` is valid JSON: does :func:`qmpcore.framing.rules.plain_line`
     hold (within max_depth, no run of LONG_INT digits outside strings, no
     ``0e``/``0E`` starting a digit run)?"""
-    cdef Py_ssize_t i = 0, depth = 0, run = 0
+    cdef Py_ssize_t i = 0, depth = 0, run = 0, stop = 0
     cdef unsigned char k
     while i < n:
+        if run == 0 and i >= stop and n - i >= 64:
+            # whole blocks at a time (src/_scan.h), from a token boundary
+            i = qc_plain(p, i, n, max_depth, LONG_INT, &depth, &stop)
+            if i < 0:
+                return False
+            if i >= n:
+                break
         k = PLAIN_KIND[p[i]]
         i += 1
         if k == K_BORING:

@@ -271,32 +271,38 @@ QC_INLINE uint64_t qc_bytes_eq(const unsigned char *p, uint64_t among, unsigned 
 #define QC_TEMPLATE 1
 #ifdef QC_AVX2
 #define QC_NAME qc_blocks_avx2
+#define QC_PLAIN_NAME qc_plain_avx2
 #define QC_CLASSIFY qc_classify_avx2
 #define QC_POPCNT QC_POPCNT_AVX2
 #define QC_TARGET QC_AVX2_TARGET
 #include "_scan.h"
 #undef QC_NAME
+#undef QC_PLAIN_NAME
 #undef QC_CLASSIFY
 #undef QC_POPCNT
 #undef QC_TARGET
 #endif
 #ifdef QC_SSE2
 #define QC_NAME qc_blocks_sse2
+#define QC_PLAIN_NAME qc_plain_sse2
 #define QC_CLASSIFY qc_classify_sse2
 #define QC_POPCNT QC_POPCNT_SSE2
 #define QC_TARGET
 #include "_scan.h"
 #undef QC_NAME
+#undef QC_PLAIN_NAME
 #undef QC_CLASSIFY
 #undef QC_POPCNT
 #undef QC_TARGET
 #endif
 #define QC_NAME qc_blocks_portable
+#define QC_PLAIN_NAME qc_plain_portable
 #define QC_CLASSIFY qc_classify_portable
 #define QC_POPCNT QC_POPCNT_PORTABLE
 #define QC_TARGET
 #include "_scan.h"
 #undef QC_NAME
+#undef QC_PLAIN_NAME
 #undef QC_CLASSIFY
 #undef QC_POPCNT
 #undef QC_TARGET
@@ -304,7 +310,10 @@ QC_INLINE uint64_t qc_bytes_eq(const unsigned char *p, uint64_t among, unsigned 
 
 typedef void (*qc_blocks_fn)(const unsigned char *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                              Py_ssize_t, qc_state *);
+typedef Py_ssize_t (*qc_plain_fn)(const unsigned char *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                                  Py_ssize_t *, Py_ssize_t *);
 static qc_blocks_fn qc_impl = NULL;
+static qc_plain_fn qc_plain_impl = NULL;
 static const char *qc_impl_name = "portable";
 
 /* Choose the variant for this CPU (QMPCORE_SCAN=portable|sse2|avx2 forces a
@@ -312,10 +321,12 @@ static const char *qc_impl_name = "portable";
 static void qc_choose(const char *want) {
     qc_init_kinds();
     qc_impl = qc_blocks_portable;
+    qc_plain_impl = qc_plain_portable;
     qc_impl_name = "portable";
     if (want && want[0] && strcmp(want, "portable") == 0) return;
 #ifdef QC_SSE2
     qc_impl = qc_blocks_sse2;
+    qc_plain_impl = qc_plain_sse2;
     qc_impl_name = "sse2";
     if (want && want[0] && strcmp(want, "sse2") == 0) return;
 #endif
@@ -323,6 +334,7 @@ static void qc_choose(const char *want) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) {
         qc_impl = qc_blocks_avx2;
+        qc_plain_impl = qc_plain_avx2;
         qc_impl_name = "avx2";
     }
 #endif
@@ -351,6 +363,18 @@ static inline Py_ssize_t qc_blocks(const unsigned char *p, Py_ssize_t pos, Py_ss
     *ntok = s.at_nt;
     *stop = s.stop;
     return s.at;
+}
+
+/* For Framer._plain(): p[pos:n] is valid JSON and pos a token boundary
+ * outside strings, not inside a number.  Returns -1 when plain_line()
+ * surely fails (nesting deeper than max_depth, a run of long_int digits
+ * outside strings, 0e or 0E starting a number), else the token boundary
+ * where the byte loop resumes, *depth the nesting there and *stop the end
+ * of the block that stopped the scan (a backslash: escapes are the byte
+ * loop's). */
+static inline Py_ssize_t qc_plain(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t max_depth,
+                                  Py_ssize_t long_int, Py_ssize_t *depth, Py_ssize_t *stop) {
+    return qc_plain_impl(p, pos, n, max_depth, long_int, depth, stop);
 }
 
 #endif /* QMPCORE_SCAN_H */
@@ -462,6 +486,78 @@ QC_TARGET static void QC_NAME(const unsigned char *p, Py_ssize_t b, Py_ssize_t e
         drun = pending_di ? (~di ? (Py_ssize_t)QC_CLZ(~di) : drun + 64) : 0;
     }
     s->stop = b + 64;
+}
+
+QC_TARGET static Py_ssize_t QC_PLAIN_NAME(const unsigned char *p, Py_ssize_t b, Py_ssize_t n, Py_ssize_t max_depth,
+                                          Py_ssize_t long_int, Py_ssize_t *depth, Py_ssize_t *stop) {
+    Py_ssize_t d = *depth, at = b, at_d = d, drun = 0;
+    uint64_t in_str = 0, prev_digit = 0;
+    qc_masks m;
+    while (b + 64 <= n) {
+        uint64_t instr, outside, di, ds = 0, opens, closes, keep;
+        Py_ssize_t nopen;
+        int cut, last, pending_str, pending_di;
+        QC_CLASSIFY(p + b, &m);
+        cut = m.hard ? QC_CTZ(m.hard) : 64;  /* (in valid JSON: a backslash) */
+        keep = cut == 64 ? ~(uint64_t)0 : ((uint64_t)1 << cut) - 1;
+        instr = qc_prefix_xor(m.quote) ^ in_str;
+        outside = ~instr & ~m.quote;
+        di = m.digit & outside & keep;
+        if (di | drun) {
+            uint64_t z;
+            ds = di & ~((di << 1) | prev_digit);
+            if (drun && drun + (~di ? (Py_ssize_t)QC_CTZ(~di) : 64) >= long_int) return -1;
+            if (qc_runs(di, long_int)) return -1;
+            z = ds ? qc_bytes_eq(p + b, ds, '0') : 0;
+            while (z) {  /* 0e5 is 0 then e5 to QEMU's lexer */
+                Py_ssize_t i = b + QC_CTZ(z) + 1;
+                if (i < n && (p[i] | 0x20) == 'e') return -1;
+                z &= z - 1;
+            }
+        }
+        opens = m.open & outside & keep;
+        closes = m.close & outside & keep;
+        nopen = QC_POPCNT(opens);
+        if (d + nopen > max_depth) {
+            uint64_t o = opens;
+            while (o) {
+                int i = QC_CTZ(o);
+                uint64_t below = ((uint64_t)1 << i) - 1;
+                if (d + QC_POPCNT(opens & below) - QC_POPCNT(closes & below) + 1 > max_depth) return -1;
+                o &= o - 1;
+            }
+        }
+        last = cut - 1;
+        if (last >= 0) {
+            pending_str = (int)((instr >> last) & 1);
+            pending_di = (int)((di >> last) & 1);
+        } else {
+            pending_str = in_str != 0;
+            pending_di = (int)prev_digit;
+        }
+        if (pending_str | pending_di) {
+            uint64_t first = (pending_str ? (m.quote & instr) : ds) & keep;
+            if (first) {
+                int from = 63 - QC_CLZ(first);
+                uint64_t below = ((uint64_t)1 << from) - 1;
+                at = b + from;
+                at_d = d + QC_POPCNT(opens & below) - QC_POPCNT(closes & below);
+            }
+        }
+        d += nopen - QC_POPCNT(closes);
+        if (!(pending_str | pending_di)) {
+            at = b + cut;
+            at_d = d;
+        }
+        if (cut < 64) break;
+        b += 64;
+        in_str = pending_str ? ~(uint64_t)0 : 0;
+        prev_digit = (uint64_t)pending_di;
+        drun = pending_di ? (~di ? (Py_ssize_t)QC_CLZ(~di) : drun + 64) : 0;
+    }
+    *stop = b + 64;
+    *depth = at_d;
+    return at;
 }
 
 #endif /* QC_TEMPLATE */

@@ -229,3 +229,38 @@ def test_frames_ending_in_blocks(variant):
     for sizes in ([len(stream)], [64], [65536], [1000, 3]):
         items = _compare(_split(stream, sizes))
         assert len(items) == 300
+
+
+# -- the one-line shortcut's check (Framer._plain) -----------------------------
+
+_ATOMS = ["0", "1", "-0", "0e5", "0E1", "10e5", "1.0e5", "0.5", "9" * 18, "9" * 19, "1" * 30 + ".5", "true", "null"]
+_STRINGS = ['""', '"0e5"', '"' + "7" * 25 + '"', '"a\\"0e1"', '"\\\\"', '"[[[["', '"x\\u0030e"', '"' + "s" * 70 + '"']
+
+
+@st.composite
+def _long_lines(draw):
+    def value(depth):
+        kind = draw(st.integers(0, 3 if depth < 9 else 1))
+        if kind == 0:
+            return draw(st.sampled_from(_ATOMS))
+        if kind == 1:
+            return draw(st.sampled_from(_STRINGS))
+        items = [value(depth + 1) for _ in range(draw(st.integers(0, 4)))]
+        sep = draw(st.sampled_from([",", ", ", ",\n  "]))
+        if kind == 2:
+            return "[" + sep.join(items) + "]"
+        return "{" + sep.join(f'"k{i}": {v}' for i, v in enumerate(items)) + "}"
+
+    pad = '"' + "p" * draw(st.integers(0, 70)) + '"'
+    return ("[" + pad + ", " + value(0) + "]\n").encode()
+
+
+@settings(max_examples=400, deadline=None)
+@given(line=_long_lines(), max_depth=st.integers(1, 12))
+def test_shortcut_check_is_the_rule_on_long_lines(variant, line, max_depth):
+    import orjson
+
+    from qmpcore.framing import rules
+
+    orjson.loads(line)  # the rule is stated for lines orjson accepts
+    assert _framer._plain_line(line, max_depth) == rules.plain_line(line, max_depth)
