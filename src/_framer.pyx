@@ -153,9 +153,10 @@ qc_choose(NULL)
 
 
 def _scan_impl(name=None):
-    """The block scan in use (``avx2``, ``sse2`` or ``portable``); with
-    ``name``, use that one if this CPU has it, else the best it has (for
-    tests and measurements).  Every variant gives the same items."""
+    """The block scan in use (``avx2``, ``sse2``, or ``none``: the byte loops
+    alone); with ``name`` (those or ``portable``), use that one if this CPU
+    has it, else the best it has (for tests and measurements).  Every
+    variant gives the same items."""
     cdef bytes want
     if name is not None:
         want = name.encode("ascii")
@@ -1111,10 +1112,12 @@ cdef class Framer:
         cdef Py_ssize_t brace = self._brace, bracket = self._bracket, ntok = self._ntok
         cdef Py_ssize_t last = self._start + self.max_frame_size  # last allowed token end
         cdef Py_ssize_t max_depth = self.max_depth, max_tokens = self.max_tokens
-        cdef Py_ssize_t q, blocks_at = self._blocks_at
+        cdef Py_ssize_t q, blocks_at = self._blocks_at, start = self._start
         cdef unsigned char c, k
         while pos < n:
-            if pos >= blocks_at and n - pos >= 64:
+            if pos >= blocks_at and n - pos >= 64 and pos - start >= 128:
+                # (small frames, such as replies and events, end in the first
+                # blocks: the byte loop is as fast there)
                 pos = qc_blocks(p, pos, n, last, max_depth, max_tokens, LONG_INT,
                                 &brace, &bracket, &ntok, &blocks_at)
                 if pos >= n:

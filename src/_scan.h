@@ -3,7 +3,9 @@
  * Inside a frame, most bytes are string contents, whitespace, short keys and
  * the structural bytes between them.  qc_blocks() takes 64 bytes at a time:
  * it classifies them into bitmasks (AVX2 when the CPU has it, else SSE2, the
- * x86-64 baseline; a portable byte loop on other CPUs), finds the bytes
+ * x86-64 baseline; other CPUs keep the byte loops: the portable variant,
+ * one table lookup per byte, is slower than they are and serves to test
+ * the mask logic everywhere), finds the bytes
  * inside strings with a prefix XOR of the quote mask, and counts tokens and
  * depth with popcounts.  It accepts a block only when the byte loop of
  * _inside() would cross it without stopping: no backslash, no single quote,
@@ -314,21 +316,29 @@ typedef Py_ssize_t (*qc_plain_fn)(const unsigned char *, Py_ssize_t, Py_ssize_t,
                                   Py_ssize_t *, Py_ssize_t *);
 static qc_blocks_fn qc_impl = NULL;
 static qc_plain_fn qc_plain_impl = NULL;
-static const char *qc_impl_name = "portable";
+static const char *qc_impl_name = "none";
 
-/* Choose the variant for this CPU (QMPCORE_SCAN=portable|sse2|avx2 forces a
- * slower one, for tests and measurements). */
+/* Choose the variant: the best this CPU has, or ``want`` if it has it
+ * ("none": the byte loops alone; "portable" is slower than they are and is
+ * only chosen when asked for, so that tests check its masks everywhere). */
 static void qc_choose(const char *want) {
+    int asked = want && want[0];
     qc_init_kinds();
-    qc_impl = qc_blocks_portable;
-    qc_plain_impl = qc_plain_portable;
-    qc_impl_name = "portable";
-    if (want && want[0] && strcmp(want, "portable") == 0) return;
+    qc_impl = NULL;
+    qc_plain_impl = NULL;
+    qc_impl_name = "none";
+    if (asked && strcmp(want, "none") == 0) return;
+    if (asked && strcmp(want, "portable") == 0) {
+        qc_impl = qc_blocks_portable;
+        qc_plain_impl = qc_plain_portable;
+        qc_impl_name = "portable";
+        return;
+    }
 #ifdef QC_SSE2
     qc_impl = qc_blocks_sse2;
     qc_plain_impl = qc_plain_sse2;
     qc_impl_name = "sse2";
-    if (want && want[0] && strcmp(want, "sse2") == 0) return;
+    if (asked && strcmp(want, "sse2") == 0) return;
 #endif
 #ifdef QC_AVX2
     __builtin_cpu_init();
@@ -355,6 +365,10 @@ static inline Py_ssize_t qc_blocks(const unsigned char *p, Py_ssize_t pos, Py_ss
     s.nt = s.at_nt = *ntok;
     s.at = pos;
     s.stop = pos + 64;
+    if (qc_impl == NULL) {
+        *stop = n + 64;  /* not in this buffer */
+        return pos;
+    }
     if (max_tokens - s.nt > 64) {  /* (near the token limit the byte loop counts) */
         qc_impl(p, pos, end, max_depth, max_tokens, long_int, &s);
     }
@@ -374,6 +388,10 @@ static inline Py_ssize_t qc_blocks(const unsigned char *p, Py_ssize_t pos, Py_ss
  * loop's). */
 static inline Py_ssize_t qc_plain(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t max_depth,
                                   Py_ssize_t long_int, Py_ssize_t *depth, Py_ssize_t *stop) {
+    if (qc_plain_impl == NULL) {
+        *stop = n + 64;
+        return pos;
+    }
     return qc_plain_impl(p, pos, n, max_depth, long_int, depth, stop);
 }
 
