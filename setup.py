@@ -56,6 +56,8 @@ def extensions():
     ext = Extension(
         "qmpcore.framing._framer",
         ["src/_framer.pyx"],
+        include_dirs=["src"],
+        depends=["src/_scan.h"],
         define_macros=macros,
         extra_compile_args=cflags if os.name != "nt" else [],
         extra_link_args=os.environ.get("QMPCORE_LDFLAGS", "").split(),

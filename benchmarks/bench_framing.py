@@ -4,6 +4,9 @@ Each group holds qmpcore's framers (compiled and pure, decoding and raw)
 and, from the same run, the orjson floor on pre-split frames, ``json.loads``,
 line splitting + ``json.loads``, and qemu.qmp's receive path.  Compare the
 rows of a group; pytest-benchmark's relative column gives the ratios.
+``test_scan_variant`` times the compiled framer's raw framing with each block
+scan this CPU has (none: the byte loops alone, portable, SSE2, AVX2: see
+src/_scan.h).
 """
 
 from __future__ import annotations
@@ -79,3 +82,19 @@ def test_qmpcore(benchmark, name, impl, raw):
 @pytest.mark.parametrize("name", WORKLOAD_NAMES)
 def test_baseline(benchmark, name, baseline):
     measure(benchmark, name, contenders.BASELINES[baseline])
+
+
+SCAN_WORKLOADS = ["schema", "libvirt-7.2.0", "libvirt-7.2.0-compact", "big-64KiB", "events-1000"]
+
+
+@pytest.mark.parametrize("variant", ["none", "portable", "sse2", "avx2"])
+@pytest.mark.parametrize("name", SCAN_WORKLOADS)
+def test_scan_variant(benchmark, name, variant):
+    if variant not in contenders.scan_variants():
+        pytest.skip(f"block scan {variant} not available here")
+    cls = contenders.framer_classes()["cython"]
+    wl = workload(name)
+    benchmark.group = f"{wl.title}: raw framing by block scan"
+    benchmark.extra_info.update(bytes=wl.nbytes, frames=wl.nframes, reads=len(wl.chunks))
+    run = contenders.with_scan(variant, contenders.prepare(contenders.framer, wl, cls, raw=True))
+    assert benchmark(run) == wl.nframes

@@ -49,6 +49,17 @@ from qmpcore.framing.wire import (
 )
 from qmpcore.errors import FrameError
 
+cdef extern from "_scan.h":
+    # Block scanning (AVX2, SSE2 or portable): see src/_scan.h.
+    const char *qc_impl_name
+    void qc_choose(const char *want) noexcept nogil
+    Py_ssize_t qc_blocks(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t last,
+                         Py_ssize_t max_depth, Py_ssize_t max_tokens, Py_ssize_t long_int,
+                         Py_ssize_t *brace, Py_ssize_t *bracket, Py_ssize_t *ntok,
+                         Py_ssize_t *stop) noexcept nogil
+    Py_ssize_t qc_plain(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n, Py_ssize_t max_depth,
+                        Py_ssize_t long_int, Py_ssize_t *depth, Py_ssize_t *stop) noexcept nogil
+
 cdef extern from "Python.h":
     object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
     PyObject *_new_bytes "PyBytes_FromStringAndSize"(const char *s, Py_ssize_t size)  # (a new reference)
@@ -153,6 +164,19 @@ cdef void _init_tables():
 
 
 _init_tables()
+qc_choose(NULL)
+
+
+def _scan_impl(name=None):
+    """The block scan in use (``avx2``, ``sse2``, or ``none``: the byte loops
+    alone); with ``name`` (those or ``portable``), use that one if this CPU
+    has it, else the best it has (for tests and measurements).  Every
+    variant gives the same items."""
+    cdef bytes want
+    if name is not None:
+        want = name.encode("ascii")
+        qc_choose(want)
+    return qc_impl_name.decode("ascii")
 
 
 def _tables():
@@ -682,9 +706,16 @@ cdef bint _plain(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth) noe
     """``p[:n]`` is valid JSON: does :func:`qmpcore.framing.rules.plain_line`
     hold (within max_depth, outside strings every run of LONG_INT digits a
     whole integer orjson keeps exact, no ``0e``/``0E`` starting a digit run)?"""
-    cdef Py_ssize_t i = 0, depth = 0, run = 0
+    cdef Py_ssize_t i = 0, depth = 0, run = 0, stop = 0
     cdef unsigned char k
     while i < n:
+        if run == 0 and i >= stop and n - i >= 64:
+            # whole blocks at a time (src/_scan.h), from a token boundary
+            i = qc_plain(p, i, n, max_depth, LONG_INT, &depth, &stop)
+            if i < 0:
+                return False
+            if i >= n:
+                break
         k = PLAIN_KIND[p[i]]
         i += 1
         if k == K_BORING:
@@ -1579,6 +1610,7 @@ cdef class Framer:
     cdef Py_ssize_t _bracket
     cdef Py_ssize_t _ntok
     cdef Py_ssize_t _nofast    # a line already known not to be one plain frame
+    cdef Py_ssize_t _blocks_at  # _inside(): no block scan before here (a block refused it)
     cdef object _why           # _decode_prepared(): QEMU's words for the error found
 
     # The error run not yet output (reason is None when there is none):
@@ -1632,6 +1664,7 @@ cdef class Framer:
         self._base = 0
         self._len = 0
         self._nofast = -1
+        self._blocks_at = 0
         self._pr = None
         self._clear(START)
 
@@ -1668,6 +1701,7 @@ cdef class Framer:
         self._base += self._len
         self._len = 0
         self._nofast = -1
+        self._blocks_at = 0
         self._clear(START)
 
     cdef inline void _clear(self, int state) noexcept:
@@ -1700,30 +1734,44 @@ cdef class Framer:
         """Add bytes from the stream; return the items they complete."""
         cdef Py_buffer view
         cdef list out = []
-        cdef Py_ssize_t keep, pos
+        if type(data) is bytes:
+            # bytes cannot change under us: read them in place, no buffer
+            # request (one-byte feeds cost per call, not per byte held).
+            if (self._len == 0 and self._state == START and not self._in_frame
+                    and not self.raw and not self.strict):
+                # The usual case: one whole reply or event in one read.  (Inside
+                # a frame being skipped for a limit nothing is held either.)
+                if self._one_line(<const unsigned char *>PyBytes_AS_STRING(data),
+                                  PyBytes_GET_SIZE(data), data, out):
+                    return out
+            self._feed(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), data, out)
+            return out
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"Framer.feed() takes bytes, bytearray or memoryview, not {type(data).__name__}")
-        if (type(data) is bytes and self._len == 0 and self._state == START
-                and not self._in_frame and not self.raw and not self.strict):
-            # The usual case: one whole reply or event in one read.  (Inside
-            # a frame being skipped for a limit nothing is held either.)
-            if self._one_line(<const unsigned char *>PyBytes_AS_STRING(data),
-                              PyBytes_GET_SIZE(data), data, out):
-                return out
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._feed(<const unsigned char *>view.buf, view.len, data, out)
+        finally:
+            PyBuffer_Release(&view)
+        return out
+
+    cdef int _feed(self, const unsigned char *buf, Py_ssize_t size, object data, list out) except -1:
+        """feed() on the bytes ``buf[:size]`` of ``data``."""
+        cdef Py_ssize_t keep, pos
         try:
             if self._len == 0:
                 # Nothing held: scan the chunk where it lies.
-                self._p = <const unsigned char *>view.buf
-                self._n = view.len
+                self._p = buf
+                self._n = size
                 self._chunk = data
                 pos = 0
             else:
-                self._reserve(self._len + view.len)
-                memcpy(self._buf + self._len, view.buf, view.len)
+                if self._len + size > self._cap:
+                    self._reserve(self._len + size)
+                memcpy(self._buf + self._len, buf, size)
                 pos = self._len
-                self._len += view.len
+                self._len += size
                 self._p = <const unsigned char *>self._buf
                 self._n = self._len
                 self._chunk = None
@@ -1748,13 +1796,15 @@ cdef class Framer:
             self._start -= keep
             self._tok -= keep
             self._nofast -= keep
-            self._flush(out)
-            self._shrink()
+            self._blocks_at -= keep
+            if self._pr is not None:
+                self._flush(out)
+            if self._len == 0 or self._len * SHRINK_RATIO <= self._cap:
+                self._shrink()
         finally:
             self._chunk = None
             self._p = NULL
-            PyBuffer_Release(&view)
-        return out
+        return 0
 
     cdef void _shrink(self) noexcept:
         """Give memory back: all of it when nothing is held, half of it
@@ -2011,16 +2061,26 @@ cdef class Framer:
 
         Counters live in locals here; anything else (a frame that may end,
         a limit, an escape, a float, the end of the chunk) stops the loop
-        and the general state machine takes over at that byte.
+        and the general state machine takes over at that byte.  Whole
+        64-byte blocks go to qc_blocks() (src/_scan.h), which crosses them
+        with bitmasks and stops at a token boundary before any block this
+        loop would stop in; a block it refused is then crossed here first.
         """
         cdef const unsigned char *p = self._p
         cdef Py_ssize_t n = self._n
         cdef Py_ssize_t brace = self._brace, bracket = self._bracket, ntok = self._ntok
         cdef Py_ssize_t last = self._start + self.max_frame_size  # last allowed token end
         cdef Py_ssize_t max_depth = self.max_depth, max_tokens = self.max_tokens
-        cdef Py_ssize_t q
+        cdef Py_ssize_t q, blocks_at = self._blocks_at, start = self._start
         cdef unsigned char c, k
         while pos < n:
+            if pos >= blocks_at and n - pos >= 64 and pos - start >= 128:
+                # (small frames, such as replies and events, end in the first
+                # blocks: the byte loop is as fast there)
+                pos = qc_blocks(p, pos, n, last, max_depth, max_tokens, LONG_INT,
+                                &brace, &bracket, &ntok, &blocks_at)
+                if pos >= n:
+                    break
             c = p[pos]
             k = CLASS[c]
             if k == C_WS:
@@ -2075,6 +2135,7 @@ cdef class Framer:
         self._brace = brace
         self._bracket = bracket
         self._ntok = ntok
+        self._blocks_at = blocks_at
         return pos
 
     cdef Py_ssize_t _fast_line(self, Py_ssize_t pos, list out) except -1:

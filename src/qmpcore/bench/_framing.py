@@ -30,6 +30,8 @@ __all__ = [
     "lines_json",
     "qemu_qmp_recv",
     "framer_classes",
+    "scan_variants",
+    "with_scan",
     "BASELINES",
     "prepare",
     "contender_runs",
@@ -52,6 +54,37 @@ def framer_classes() -> dict[str, type]:
     classes: dict[str, type] = {implementation: Framer}
     classes["python"] = pure.Framer
     return classes
+
+
+def scan_variants() -> list[str]:
+    """The compiled framer's block scans this CPU runs (``none``: its byte
+    loops alone, ``portable``, ``sse2``, ``avx2``); empty without it."""
+    from ..framing import implementation
+
+    if implementation != "cython":
+        return []
+    from ..framing import _framer
+
+    best = _framer._scan_impl()
+    try:
+        return [name for name in ("none", "portable", "sse2", "avx2") if _framer._scan_impl(name) == name]
+    finally:
+        _framer._scan_impl(best)
+
+
+def with_scan(variant: str, run: Run) -> Run:
+    """``run`` with the compiled framer's block scan set to ``variant`` while it runs."""
+    from ..framing import _framer
+
+    def scanned() -> int:
+        best = _framer._scan_impl()
+        _framer._scan_impl(variant)
+        try:
+            return run()
+        finally:
+            _framer._scan_impl(best)
+
+    return scanned
 
 
 def framer(workload: Workload, cls: type, *, raw: bool = False) -> Run:

@@ -62,3 +62,6 @@ def _plain_line(line: _Bytes, max_depth: int) -> bool:
 
 def _display_bytes(token: _Bytes) -> str:
     """The compiled form of :func:`qmpcore.framing.qemu_json.display`."""
+
+def _scan_impl(name: str | None = None) -> str:
+    """The block scan in use (``avx2``, ``sse2`` or ``none``); with ``name`` (or ``portable``), use that one if this CPU has it."""
