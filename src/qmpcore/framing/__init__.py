@@ -24,6 +24,12 @@ if _os.environ.get("QMPCORE_NO_EXTENSIONS", "") not in ("", "0"):
     from .pure import Framer
 
     implementation = "python"
+    try:  # (a compiled framer made by hand still gets its answers taken)
+        from ._framer import Answers as _CAnswers
+
+        ANSWERS = (_CAnswers, _PyAnswers)
+    except ImportError:
+        pass
 else:
     try:
         from ._framer import Answers as _CAnswers
