@@ -416,3 +416,20 @@ async def test_twenty_real_qemus_killed_frozen_restarted(qemus):
         stats = fleet.stats()
         assert stats.reconnects == 1 and stats.timeouts == 1 and stats.connected == 19
         assert os.path.exists(qemus.paths[2])
+
+
+async def test_wait_sees_a_change_made_before_it_starts_waiting(tmp_path):
+    # A VM's state changing in the same turn as the wait begins (here: a
+    # callback queued before it) must wake the waiter, not leave it to its
+    # timeout: wait_connected() once returned False with every VM connected.
+    async with serve_vms(tmp_path, 1) as vms:
+        async with Fleet(vms.qmp_paths, reconnect=False) as fleet:
+            assert await fleet.wait_connected(timeout=30)  # from here on nothing changes by itself
+            changed = []
+
+            def change() -> None:
+                changed.append(True)
+                fleet._pulse()
+
+            asyncio.get_running_loop().call_soon(change)
+            assert await fleet._wait_until(lambda: bool(changed), timeout=5)

@@ -408,7 +408,8 @@ class Fleet:
         self.validate = validate and not guest_agent
         self._subscribers: set[FleetEvents] = set()
         self._slots: asyncio.Semaphore | None = None
-        self._changed: Any = None  # asyncio.Event, pulsed on every VM state change
+        # Futures of the callers in _wait_until, woken on every VM state change.
+        self._wakers: list[asyncio.Future[None]] = []
         self._untried = len(pairs)
         self._connected = 0
         self._started = False
@@ -440,7 +441,6 @@ class Fleet:
         ensure_fd_limit(len(self._pairs))
         self._started = True
         self._slots = asyncio.Semaphore(self.max_concurrency)
-        self._changed = asyncio.Event()
         for name, address in self._pairs:
             member = self._members[name] = _Member(name, address, self)
             self._launch(member)
@@ -469,16 +469,26 @@ class Fleet:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
                 return False
+            # (a future registered before yielding: a change between the
+            # check above and the wait is not missed, as it could be with
+            # an Event set and cleared in one go)
+            waker = loop.create_future()
+            self._wakers.append(waker)
             try:
-                await asyncio.wait_for(self._changed.wait(), left)
+                await asyncio.wait_for(waker, left)
             except asyncio.TimeoutError:
                 return False
+            finally:
+                if waker in self._wakers:
+                    self._wakers.remove(waker)
         return True
 
     def _pulse(self) -> None:
         """Wake everyone in :meth:`_wait_until` to recheck."""
-        self._changed.set()
-        self._changed.clear()
+        wakers, self._wakers = self._wakers, []
+        for waker in wakers:
+            if not waker.done():
+                waker.set_result(None)
 
     async def close(self) -> None:
         """Stop reconnecting, close every connection and end event streams."""
@@ -498,8 +508,7 @@ class Fleet:
         await asyncio.sleep(0)  # let the aborted transports report their end
         for subscriber in list(self._subscribers):
             subscriber.close()
-        if self._changed is not None:
-            self._pulse()
+        self._pulse()
 
     async def __aenter__(self) -> Fleet:
         await self.start()
