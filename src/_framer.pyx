@@ -287,22 +287,27 @@ cdef struct Buf:
     Py_ssize_t cap
 
 
-cdef int _buf_room(Buf *b, Py_ssize_t extra) except -1:
-    """Room for ``extra`` more bytes in ``b`` (doubling)."""
-    cdef Py_ssize_t need = b.len + extra
-    cdef Py_ssize_t cap
-    cdef char *mem
-    if need <= b.cap:
+cdef int _grow(char **mem, Py_ssize_t *cap, Py_ssize_t need, Py_ssize_t first) except -1:
+    """Make the allocation ``*mem`` of ``*cap`` bytes hold ``need``: doubling
+    from ``first`` bytes, so that appending costs amortised linear time."""
+    cdef Py_ssize_t size
+    cdef char *grown
+    if need <= cap[0]:
         return 0
-    cap = b.cap * 2 if b.cap else 256
-    while cap < need:
-        cap *= 2
-    mem = <char *>PyMem_Realloc(b.p, cap)
-    if mem == NULL:
+    size = cap[0] * 2 if cap[0] else first
+    while size < need:
+        size *= 2
+    grown = <char *>PyMem_Realloc(mem[0], size)
+    if grown == NULL:
         raise MemoryError()
-    b.p = mem
-    b.cap = cap
+    mem[0] = grown
+    cap[0] = size
     return 0
+
+
+cdef inline int _buf_room(Buf *b, Py_ssize_t extra) except -1:
+    """Room for ``extra`` more bytes in ``b``."""
+    return _grow(&b.p, &b.cap, b.len + extra, 256)
 
 
 cdef inline int _buf_add(Buf *b, const char *s, Py_ssize_t n) except -1:
@@ -884,18 +889,7 @@ cdef int _cut(Prep *r, Py_ssize_t at, list cuts, Py_ssize_t string) except -1:
 cdef int _rewrite(Prep *r, const unsigned char *p, Py_ssize_t at, const char *text,
                   Py_ssize_t size, Py_ssize_t resume) except -1:
     """Output p[r.copied:at], then ``text`` instead of p[at:resume]."""
-    cdef Py_ssize_t need = r.len + (at - r.copied) + size
-    cdef Py_ssize_t cap
-    cdef char *mem
-    if need > r.cap:
-        cap = r.cap * 2 if r.cap else 256
-        while cap < need:
-            cap *= 2
-        mem = <char *>PyMem_Realloc(r.buf, cap)
-        if mem == NULL:
-            raise MemoryError()
-        r.buf = mem
-        r.cap = cap
+    _grow(&r.buf, &r.cap, r.len + (at - r.copied) + size, 256)
     memcpy(r.buf + r.len, p + r.copied, at - r.copied)
     r.len += at - r.copied
     memcpy(r.buf + r.len, text, size)
@@ -1716,19 +1710,7 @@ cdef class Framer:
         self._ntok = 0
 
     cdef int _reserve(self, Py_ssize_t size) except -1:
-        cdef Py_ssize_t cap
-        cdef char *mem
-        if size <= self._cap:
-            return 0
-        cap = self._cap * 2 if self._cap else 4096
-        while cap < size:
-            cap *= 2
-        mem = <char *>PyMem_Realloc(self._buf, cap)
-        if mem == NULL:
-            raise MemoryError()
-        self._buf = mem
-        self._cap = cap
-        return 0
+        return _grow(&self._buf, &self._cap, size, MIN_CAPACITY)
 
     def feed(self, data):
         """Add bytes from the stream; return the items they complete."""
