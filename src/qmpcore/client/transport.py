@@ -263,10 +263,7 @@ class _AsyncClient(ClientCore):
         """One slice of a large frame's decoding per turn of the loop; reading
         waits until it is done (the bytes after it wait in the socket)."""
         proto = self._proto
-        nbytes = proto.decoding_bytes
-        events = proto.step()
-        if events:
-            self._process_decoded(events, nbytes)
+        if self._decode_step():
             out = proto.data_to_send()
             if out:
                 self._write(out)
@@ -279,22 +276,25 @@ class _AsyncClient(ClientCore):
     def _finish_steps(self) -> None:
         """Decode what is held at once (the connection ended: nothing that
         arrived intact is lost)."""
-        proto = self._proto
-        while proto.decoding:
-            nbytes = proto.decoding_bytes
-            events = proto.step()
-            if events:
-                self._process_decoded(events, nbytes)
+        while self._proto.decoding:
+            self._decode_step()
 
-    def _process_decoded(self, events: list[Any], nbytes: int) -> None:
-        """Act on what a large frame's last step completed: its own event
-        costs the queues its ``nbytes``, those after it what their frames
-        re-encoded take (their bytes came in reads already counted)."""
-        held = self._proto.buffered
+    def _decode_step(self) -> bool:
+        """Take one step of the large frame being decoded; act on what the
+        last step completes: the frame's own event costs the queues its
+        size, those after it what their frames re-encoded take (their bytes
+        came in reads already counted).  True when events came."""
+        proto = self._proto
+        nbytes = proto.decoding_bytes
+        events = proto.step()
+        if not events:
+            return False
+        held = proto.buffered
         self._process(events[:1], nbytes + held)
         rest = events[1:]
         if rest:
             self._process(rest, held + sum(event_cost(ev) for ev in rest if type(ev) is Event))
+        return True
 
     def _lost(self, exc: BaseException | None) -> None:
         if self._proto.decoding:
