@@ -2476,13 +2476,15 @@ cdef class Framer:
             # A lone , : ] or } (after a frame, say): no value can start so.
             self._err(_EXPECTING, 0, 0, self._base + start, 1, False, out)
             return 0
-        if self._answering and (self._p[start] != 0x7B or self._tpl.known is not None) and self._answer_frame(start, end):
-            return 0
-        if self.defer and end - start > self.defer and not self._answering:
+        if self.defer and end - start > self.defer:
+            # (answering errors too: its result is the value, which the
+            # server's dispatcher answers when it is not a request)
             frame = PyBytes_FromStringAndSize(<const char *>self._p + start, end - start)
             self._put(_PendingFrame(_Steps(frame, self._base + start, self.max_depth, self.defer_step, self._slow,
                                            self.strict),
                                     self._base + start, end - start), out)
+            return 0
+        if self._answering and (self._p[start] != 0x7B or self._tpl.known is not None) and self._answer_frame(start, end):
             return 0
         # orjson first, unless the frame needs more or is small garbage
         # amid garbage (then the C pass says why without an exception).

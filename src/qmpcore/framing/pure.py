@@ -230,6 +230,9 @@ class Framer:
         member, or one member whose name is not one of those (when the
         frame is ASCII, no object in it has two members, and the name is
         written without escapes: else the frame is output for the server).
+        A frame over ``defer`` bytes is not answered so: its
+        :class:`~qmpcore.framing.wire.PendingFrame` gives the value (or the
+        :class:`FrameError`), and the server answers it.
         """
         if not self.strict:
             raise ValueError("answer_errors() is for strict (server) framers")
@@ -485,8 +488,9 @@ class Framer:
             out.append(bytes(frame))
             return
         offset = self._base + self._start
-        if self.defer and len(frame) > self.defer and self._answers is None:
-            # (decoded at the first step here: this twin is about behaviour)
+        if self.defer and len(frame) > self.defer:
+            # (decoded at the first step here: this twin is about behaviour;
+            # answering errors too, the result is the value, not its answer)
             out.append(PendingFrame(partial(_decoded, bytes(frame), offset, self.strict), offset, len(frame)))
             return
         value = _decoded(bytes(frame), offset, self.strict)

@@ -38,6 +38,12 @@ calls :meth:`~ServerProtocolBase.next_event` again.  An I/O layer that caps
 a client's unread output checks that cap between calls, so a client that
 sends garbage and never reads cannot make the server produce more than the
 cap plus one chunk.
+
+Large requests: with :meth:`~ServerProtocolBase.defer_frames`, a request
+over that many bytes is decoded a slice at a time (:meth:`step`, one call
+per turn of the I/O layer's loop), so one client's 64 MiB request never
+holds the loop that serves the others; what the client sent after it
+waits its turn, and reading pauses meanwhile (``reading_paused``).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from typing import Any
 
 from ..errors import CommandError, FrameError, StateError
 from ..framing import ANSWERS, Framer
-from ..framing.wire import SYNC
+from ..framing.wire import SYNC, PendingFrame
 from ._qapi import CommandInfo, Schema
 from ._qemu_output import encode_qmp, qdict_order, to_json
 
@@ -188,6 +194,8 @@ class ServerProtocolBase:
         self._ready: deque[Request] = deque()
         self._current: Request | None = None
         self._oob_open: set[Request] = set()
+        self._stalled: PendingFrame | None = None  # a large request being decoded
+        self._after: list[Any] = []  # framer items behind it
 
     def _answer_with(self, framer: Any) -> None:
         """Have the strict ``framer`` report errors, and frames refused
@@ -200,10 +208,18 @@ class ServerProtocolBase:
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed bytes from the client; answers and requests become available."""
+        items = self._framer.feed(data)
+        if self._stalled is not None:
+            self._after.extend(items)  # (behind the request being decoded)
+            return
+        self._take(items)
+        self._pump()
+
+    def _take(self, items: list[Any]) -> None:
+        """Queue framer items in stream order; stop at a PendingFrame and
+        hold what follows it until it is decoded."""
         queue = self._queue
-        for item in self._framer.feed(data):
-            if item is SYNC:
-                continue  # the strict framer already reported 0xFF as an error
+        for item in items:
             if type(item) is dict:
                 if self._skips_queue(item):
                     # Out-of-band: dispatched now, even while an in-band
@@ -214,6 +230,8 @@ class ServerProtocolBase:
                         self._oob_open.add(request)
                         self._ready.append(request)
                     continue
+            elif item is SYNC:
+                continue  # the strict framer already reported 0xFF as an error
             elif isinstance(item, ANSWERS):
                 pass  # answered in turn by _pump
             elif isinstance(item, FrameError):
@@ -223,8 +241,44 @@ class ServerProtocolBase:
                     last.count += count
                     continue
                 item = _Repeat(item.reason, self._error_bytes(NO_ID, "GenericError", item.reason), count)
+            elif type(item) is PendingFrame:
+                self._stalled = item
+                self._after = items[items.index(item) + 1 :]
+                return
             queue.append(item)
+
+    # -- large requests, a step at a time ----------------------------------
+
+    def defer_frames(self, size: int) -> None:
+        """Decode requests over ``size`` bytes a step at a time (0: never).
+
+        While one is decoded, :attr:`decoding` and :attr:`reading_paused`
+        are true; each :meth:`step` does a bounded slice of the work (about
+        ``qmpcore.framing.rules.DEFER_STEP`` bytes), and the last one queues
+        the request and what came after it, in stream order.
+        """
+        self._framer.defer = size
+
+    @property
+    def decoding(self) -> bool:
+        """True while a large request is decoded: call :meth:`step`."""
+        return self._stalled is not None
+
+    def step(self) -> bool:
+        """Decode one more slice of the large request (see
+        :meth:`defer_frames`); True when none is left to decode."""
+        stalled = self._stalled
+        if stalled is None:
+            return True
+        if not stalled.step():
+            return False
+        items = self._after
+        items.insert(0, stalled.result)
+        self._stalled = None
+        self._after = []
+        self._take(items)
         self._pump()
+        return self._stalled is None
 
     def next_event(self) -> Request | None:
         """The next :class:`Request` to run, or ``None``.
@@ -247,8 +301,9 @@ class ServerProtocolBase:
 
     @property
     def reading_paused(self) -> bool:
-        """True while the in-band queue is full: stop reading until it drains."""
-        return len(self._queue) >= self._queue_limit()
+        """True while the in-band queue is full or a large request is
+        decoded: stop reading until it drains."""
+        return self._stalled is not None or len(self._queue) >= self._queue_limit()
 
     @property
     def buffered(self) -> int:
@@ -439,6 +494,8 @@ class ServerProtocolBase:
         self._current = None
         self._oob_open.clear()
         self._queue.clear()
+        self._stalled = None
+        self._after = []
         self._ready.clear()
         self._out.clear()
         self._out_size = 0

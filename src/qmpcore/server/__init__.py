@@ -98,6 +98,8 @@ _STEP_OUTPUT = 64 << 10
 # Fair share of the loop: steps (one request run, or one chunk of error
 # answers) and bytes of output per turn before other clients run.
 _SLICE_STEPS = 128
+# Requests over this many bytes are decoded a slice per turn of the loop.
+_DEFER_SIZE = 256 << 10
 _SLICE_BYTES = 1 << 20
 # Replies are gathered and written together up to this many bytes.
 _WRITE_BATCH = 256 << 10
@@ -124,6 +126,8 @@ class _Session(asyncio.Protocol):
         #: Bytes of replies and protocol output handed to the transport so far.
         self.written = 0
         self._continuation: asyncio.Handle | None = None
+        self._stepping: asyncio.Handle | None = None  # a large request's next slice
+        protocol.defer_frames(_DEFER_SIZE)
         self._loop = asyncio.get_running_loop()
         self._lost = self._loop.create_future()
 
@@ -174,6 +178,9 @@ class _Session(asyncio.Protocol):
         if self._continuation is not None:
             self._continuation.cancel()
             self._continuation = None
+        if self._stepping is not None:
+            self._stepping.cancel()
+            self._stepping = None
         self._pending = []
         self._pending_size = 0
         for task in self._tasks:
@@ -227,7 +234,23 @@ class _Session(asyncio.Protocol):
         finally:
             self._batching = False
         self._flush()
+        if protocol.decoding and self._stepping is None and not self.closed:
+            self._stepping = self._loop.call_soon(self._step)
         self._update_reading()
+
+    def _step(self) -> None:
+        """One slice of a large request's decoding per turn of the loop
+        (reading stays paused meanwhile: ``reading_paused``)."""
+        self._stepping = None
+        if self.closed:
+            return
+        try:
+            self.protocol.step()
+        except Exception:
+            logger.exception("internal error while parsing client input; closing the connection")
+            self.drop()
+            return
+        self._serve()
 
     def _update_reading(self) -> None:
         """Read while the request queue has room, no slice waits for its
