@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import qmpcore
-from fake_server import FakeServer, Peer, event_frame
+from fake_server import FakeServer, Peer, event_frame, events_before_replies, numbered_events
 from qmpcore import aio
 
 WAIT = 10.0  # upper bound for anything that should happen at once
@@ -459,14 +459,7 @@ async def test_event_flood_with_slow_consumer_is_bounded(tmp_path):
 
 
 async def test_backlog_is_bounded(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(1000)))
-        peer.reply(cmd)
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, events_before_replies(numbered_events(1000))) as server:
         async with await qmpcore.connect(server.address, event_queue=10) as qmp:
             await qmp.execute("go")
             assert qmp.counters["events_queued"] == 10 and qmp.counters["backlog_dropped"] == 990
@@ -477,14 +470,7 @@ async def test_backlog_is_bounded(tmp_path):
 async def test_block_policy_pauses_reading(tmp_path):
     total = 5000
 
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(total)))
-        peer.reply(cmd)
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, events_before_replies(numbered_events(total))) as server:
         async with await qmpcore.connect(server.address) as qmp:
             stream = qmp.events(maxsize=10, policy="block")
             reply = asyncio.ensure_future(qmp.execute("flood"))
@@ -497,14 +483,7 @@ async def test_block_policy_pauses_reading(tmp_path):
 
 
 async def test_raise_policy(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(30)))
-        peer.reply(cmd)
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, events_before_replies(numbered_events(30))) as server:
         async with await qmpcore.connect(server.address) as qmp:
             stream = qmp.events(maxsize=10, policy="raise")
             await qmp.execute("flood")
@@ -827,13 +806,7 @@ async def test_close_gives_up_on_a_server_that_stopped_reading(tmp_path):
 async def test_event_listener_sees_every_event_in_order(tmp_path):
     names = [f"E{i}" for i in range(50)]
 
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame(name) for name in names))
-        peer.reply(cmd)
-        peer.serve()
-
+    script = events_before_replies(b"".join(event_frame(name) for name in names))
     async with FakeServer(tmp_path, script) as server:
         qmp = await qmpcore.connect(server.address, event_queue=3)
         heard, ends = [], []
