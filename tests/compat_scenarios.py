@@ -440,6 +440,14 @@ async def _watch_runstates(client: Any, seen: list[str]) -> None:
         seen.append((await client.runstate_changed()).name)
 
 
+async def _connected_client(api: ModuleType, lab: Lab) -> tuple[Qemu, Any]:
+    """A new QEMU and a ``QMPClient("vm")`` connected to it."""
+    vm = lab.qemu()
+    q = api.QMPClient("vm")
+    await within(q.connect(vm.address))
+    return vm, q
+
+
 @scenario("qemu_qmp")
 async def connect_unix(api: ModuleType, lab: Lab) -> dict:
     vm = lab.qemu()
@@ -494,9 +502,7 @@ async def connect_tcp(api: ModuleType, lab: Lab) -> dict:
 async def connect_failures(api: ModuleType, lab: Lab) -> dict:
     q = api.QMPClient("nowhere")
     rec = {"missing": await aoutcome(q.connect(lab.path("missing.sock")), api), "runstate": q.runstate.name}
-    with socket.socket() as s:  # a TCP port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_tcp_port()  # a TCP port nobody listens on
     refused = await aoutcome(q.connect(("127.0.0.1", port)), api)
     rec["refused"] = _mask(refused, str(port), "<port>")
     rec["execute_idle"] = await aoutcome(q.execute("query-status"), api)
@@ -508,9 +514,7 @@ async def connect_failures(api: ModuleType, lab: Lab) -> dict:
 
 @scenario("qemu_qmp")
 async def execute_commands(api: ModuleType, lab: Lab) -> dict:
-    vm = lab.qemu()
-    q = api.QMPClient("vm")
-    await within(q.connect(vm.address))
+    _, q = await _connected_client(api, lab)
     rec: dict[str, Any] = {}
     for cmd in (
         "query-status",
@@ -546,9 +550,7 @@ async def execute_commands(api: ModuleType, lab: Lab) -> dict:
 
 @scenario("qemu_qmp")
 async def execute_errors(api: ModuleType, lab: Lab) -> dict:
-    vm = lab.qemu()
-    q = api.QMPClient("vm")
-    await within(q.connect(vm.address))
+    _, q = await _connected_client(api, lab)
     rec: dict[str, Any] = {}
     rec["not_found"] = await aoutcome(q.execute("no-such-command"), api)
     rec["bad_argument"] = await aoutcome(q.execute("query-status", {"bogus": 1}), api)
@@ -577,9 +579,7 @@ def _event_names(events: Any) -> list[str]:
 
 @scenario("qemu_qmp")
 async def events(api: ModuleType, lab: Lab) -> dict:
-    vm = lab.qemu()
-    q = api.QMPClient("vm")
-    await within(q.connect(vm.address))
+    _, q = await _connected_client(api, lab)
     await within(q.execute("cont"))  # -S: start paused, then run
     q.events.clear()
     rec: dict[str, Any] = {
@@ -690,9 +690,7 @@ async def disconnect_reconnect(api: ModuleType, lab: Lab) -> dict:
 
 @scenario("qemu_qmp")
 async def interrupted_execute(api: ModuleType, lab: Lab) -> dict:
-    vm = lab.qemu()
-    q = api.QMPClient("vm")
-    await within(q.connect(vm.address))
+    vm, q = await _connected_client(api, lab)
     vm.pause_process()
     pending = asyncio.ensure_future(q.execute("query-status"))
     await asyncio.sleep(0.05)  # let the command reach the socket
@@ -709,9 +707,7 @@ async def interrupted_execute(api: ModuleType, lab: Lab) -> dict:
 
 @scenario("qemu_qmp")
 async def fd_passing(api: ModuleType, lab: Lab) -> dict:
-    vm = lab.qemu()
-    q = api.QMPClient("vm")
-    await within(q.connect(vm.address))
+    _, q = await _connected_client(api, lab)
     rec: dict[str, Any] = {}
     rec["getfd_without_fd"] = await aoutcome(q.execute("getfd", {"fdname": "fd1"}), api)
     with open(lab.path("passed.txt"), "w") as f:
@@ -840,16 +836,12 @@ def legacy_events(api: ModuleType, lab: Lab) -> dict:
 
 @scenario("legacy")
 def legacy_negotiation(api: ModuleType, lab: Lab) -> dict:
-    vm = lab.qemu()
     rec: dict[str, Any] = {}
-    mon = api.QEMUMonitorProtocol(vm.address)
-    try:
+    with contextlib.closing(api.QEMUMonitorProtocol(lab.qemu().address)) as mon:
         rec["connect"] = outcome(lambda: mon.connect(negotiate=False), api)
         rec["before_caps"] = outcome(lambda: mon.cmd("query-status"), api)
         rec["caps"] = outcome(lambda: mon.cmd("qmp_capabilities"), api)
         rec["after_caps"] = outcome(lambda: mon.cmd("query-status"), api)
-    finally:
-        mon.close()
     return rec
 
 
@@ -1097,6 +1089,14 @@ def machine_lifecycle(api: ModuleType, lab: Lab) -> dict:
     return rec
 
 
+def _kill_qemu(vm: Machine) -> None:
+    """QEMU dies under a launched machine's connection (SIGKILL, reaped)."""
+    assert vm.proc is not None
+    vm.proc.kill()
+    vm.proc.wait(TIMEOUT)
+    time.sleep(0.1)  # the hangup reaches the monitor's socket
+
+
 @scenario("legacy")
 def machine_vm_dies(api: ModuleType, lab: Lab) -> dict:
     """QEMU is killed under the connection: QEMUMachine's next calls."""
@@ -1105,10 +1105,7 @@ def machine_vm_dies(api: ModuleType, lab: Lab) -> dict:
     with logged(rec):
         vm.launch()
         vm.command("query-status")
-        assert vm.proc is not None
-        vm.proc.kill()
-        vm.proc.wait(TIMEOUT)
-        time.sleep(0.1)
+        _kill_qemu(vm)
         rec["first"] = outcome(lambda: vm.qmp("query-status"), api)
         rec["second"] = outcome(lambda: vm.command("query-status"), api)
         rec["event"] = outcome(lambda: vm.get_qmp_event(wait=False), api)
@@ -1128,10 +1125,7 @@ def machine_vm_dies_idle(api: ModuleType, lab: Lab) -> dict:
     vm = Machine(api, lab)
     with logged(rec):
         vm.launch()
-        assert vm.proc is not None
-        vm.proc.kill()
-        vm.proc.wait(TIMEOUT)
-        time.sleep(0.1)
+        _kill_qemu(vm)
         rec["event"] = outcome(lambda: vm.get_qmp_event(wait=False), api)
         rec["command"] = outcome(lambda: vm.command("query-status"), api)
         rec["close"] = vm.close_connection()
@@ -1306,10 +1300,8 @@ async def tui_calls(api: ModuleType, lab: Lab) -> dict:
 
 @scenario("qmp")
 def old_commands(api: ModuleType, lab: Lab) -> dict:
-    vm = lab.qemu()
     rec: dict[str, Any] = {}
-    mon = api.QEMUMonitorProtocol(vm.address)
-    try:
+    with contextlib.closing(api.QEMUMonitorProtocol(lab.qemu().address)) as mon:
         rec["connect"] = outcome(mon.connect, api)
         rec["cmd"] = outcome(lambda: mon.cmd("query-status"), api)
         rec["cmd_id"] = outcome(lambda: mon.cmd("query-status", cmd_id=USER_ID + "1"), api)
@@ -1329,8 +1321,6 @@ def old_commands(api: ModuleType, lab: Lab) -> dict:
         mon.settimeout(TIMEOUT)
         rec["with_timeout"] = outcome(lambda: mon.cmd("query-name"), api)
         mon.settimeout(None)
-    finally:
-        mon.close()
     return rec
 
 
@@ -1373,10 +1363,8 @@ def old_fd_via_sock_fd(api: ModuleType, lab: Lab) -> dict:
     """Old callers pass fds themselves, on the socket from get_sock_fd()."""
     import array
 
-    vm = lab.qemu()
     rec: dict[str, Any] = {}
-    mon = api.QEMUMonitorProtocol(vm.address)
-    try:
+    with contextlib.closing(api.QEMUMonitorProtocol(lab.qemu().address)) as mon:
         mon.connect()
         with open(lab.path("passed.txt"), "w") as f:
             helper = socket.socket(fileno=os.dup(mon.get_sock_fd()))
@@ -1386,8 +1374,6 @@ def old_fd_via_sock_fd(api: ModuleType, lab: Lab) -> dict:
                 helper.detach()
             rec["getfd"] = outcome(lambda: mon.cmd("getfd", {"fdname": "fd1"}), api)
             rec["closefd"] = outcome(lambda: mon.command("closefd", fdname="fd1"), api)
-    finally:
-        mon.close()
     return rec
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -28,6 +30,20 @@ IN_CI = bool(os.environ.get("CI"))
 IMPLEMENTATIONS = {"python": _framer_py.Framer}
 if _framer_c is not None:
     IMPLEMENTATIONS["cython"] = _framer_c.Framer
+
+
+def run_in_thread(results: dict, key: str, fn: Callable[[], object]) -> threading.Thread:
+    """Start ``fn`` in a daemon thread; its result, or what it raised, goes to ``results[key]``."""
+
+    def run() -> None:
+        try:
+            results[key] = fn()
+        except BaseException as exc:
+            results[key] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 @pytest.fixture(params=["cython", "python"])

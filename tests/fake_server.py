@@ -33,6 +33,31 @@ def event_frame(name: str, data: dict | None = None, seconds: int = 1795584128, 
     return qmpcore.encode(msg)
 
 
+def handshake_then_serve(peer: Peer) -> None:
+    """The script of a well-behaved server: the handshake, then :meth:`Peer.serve`."""
+    peer.handshake()
+    peer.serve()
+
+
+def numbered_events(count: int) -> bytes:
+    """``count`` events ``E`` whose data are ``{"n": 0}`` up to ``{"n": count - 1}``."""
+    return b"".join(event_frame("E", {"n": i}) for i in range(count))
+
+
+def events_before_replies(*chunks: bytes) -> Callable[[Peer], None]:
+    """A script that sends ``chunks[i]`` just before its reply to the i-th command, then serves."""
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        for chunk in chunks:
+            cmd = peer.recv_command()
+            peer.send(chunk)
+            peer.reply(cmd)
+        peer.serve()
+
+    return script
+
+
 class Peer:
     """The server end of one connection."""
 

@@ -159,7 +159,8 @@ def qemu_argv(path: pathlib.Path, pretty: bool = False) -> list[str]:
     return argv
 
 
-def qga_argv(directory: pathlib.Path, path: pathlib.Path) -> list[str]:
+def qga_argv(directory: pathlib.Path, path: pathlib.Path, blocked: str = QGA_BLOCKED) -> list[str]:
+    """qemu-ga listening on ``path``, its state in ``directory``, ``blocked`` commands refused."""
     state = directory / "state"
     state.mkdir(exist_ok=True)
     return [
@@ -173,7 +174,7 @@ def qga_argv(directory: pathlib.Path, path: pathlib.Path) -> list[str]:
         "-f",
         str(directory / "qemu-ga.pid"),
         "-b",
-        QGA_BLOCKED,
+        blocked,
     ]
 
 

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import qmpcore
-from fake_server import FakeServer, Peer, event_frame
+from fake_server import FakeServer, Peer, event_frame, events_before_replies, handshake_then_serve, numbered_events
 from qmpcore import aio
 
 WAIT = 10.0  # upper bound for anything that should happen at once
@@ -62,11 +62,7 @@ async def test_connect_with_oob(tmp_path):
 
 
 async def test_tcp_address(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        peer.serve()
-
-    async with FakeServer(tmp_path, script, tcp=True) as server:
+    async with FakeServer(tmp_path, handshake_then_serve, tcp=True) as server:
         host, port = server.address
         async with await qmpcore.connect((host, port)) as qmp:
             assert await qmp.execute("x") == {}
@@ -160,11 +156,7 @@ async def test_command_error(tmp_path):
 
 
 async def test_oob_without_negotiation_is_refused(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, handshake_then_serve) as server:
         async with await qmpcore.connect(server.address) as qmp:
             with pytest.raises(qmpcore.StateError):
                 await qmp.execute_oob("query-yank")
@@ -237,11 +229,7 @@ async def test_submit_returns_futures_and_withdraws_a_cancelled_held_command(tmp
 
 
 async def test_many_pipelined_commands(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, handshake_then_serve) as server:
         async with await qmpcore.connect(server.address) as qmp:
             results = await until(asyncio.gather(*(qmp.execute("echo", {"n": i}) for i in range(500))))
             assert results == [{"echo": {"n": i}} for i in range(500)]
@@ -459,14 +447,7 @@ async def test_event_flood_with_slow_consumer_is_bounded(tmp_path):
 
 
 async def test_backlog_is_bounded(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(1000)))
-        peer.reply(cmd)
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, events_before_replies(numbered_events(1000))) as server:
         async with await qmpcore.connect(server.address, event_queue=10) as qmp:
             await qmp.execute("go")
             assert qmp.counters["events_queued"] == 10 and qmp.counters["backlog_dropped"] == 990
@@ -477,14 +458,7 @@ async def test_backlog_is_bounded(tmp_path):
 async def test_block_policy_pauses_reading(tmp_path):
     total = 5000
 
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(total)))
-        peer.reply(cmd)
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, events_before_replies(numbered_events(total))) as server:
         async with await qmpcore.connect(server.address) as qmp:
             stream = qmp.events(maxsize=10, policy="block")
             reply = asyncio.ensure_future(qmp.execute("flood"))
@@ -497,14 +471,7 @@ async def test_block_policy_pauses_reading(tmp_path):
 
 
 async def test_raise_policy(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(30)))
-        peer.reply(cmd)
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, events_before_replies(numbered_events(30))) as server:
         async with await qmpcore.connect(server.address) as qmp:
             stream = qmp.events(maxsize=10, policy="raise")
             await qmp.execute("flood")
@@ -515,11 +482,7 @@ async def test_raise_policy(tmp_path):
 
 
 async def test_bad_event_options(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, handshake_then_serve) as server:
         async with await qmpcore.connect(server.address) as qmp:
             with pytest.raises(ValueError):
                 qmp.events(policy="sometimes")
@@ -827,13 +790,7 @@ async def test_close_gives_up_on_a_server_that_stopped_reading(tmp_path):
 async def test_event_listener_sees_every_event_in_order(tmp_path):
     names = [f"E{i}" for i in range(50)]
 
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame(name) for name in names))
-        peer.reply(cmd)
-        peer.serve()
-
+    script = events_before_replies(b"".join(event_frame(name) for name in names))
     async with FakeServer(tmp_path, script) as server:
         qmp = await qmpcore.connect(server.address, event_queue=3)
         heard, ends = [], []
@@ -884,22 +841,14 @@ async def test_event_listener_hears_the_end_and_survives_a_failing_callback(tmp_
 
 
 async def test_connect_is_an_async_context_manager_and_a_coroutine(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, handshake_then_serve) as server:
         async with qmpcore.connect(server.address, timeout=WAIT) as qmp:  # no await
             assert isinstance(qmp, aio.QMPClient) and await until(qmp.execute("x")) == {}
         assert qmp.closed and qmp.connection_error is None  # closed by the block
 
 
 async def test_connect_runs_as_a_task(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        peer.serve()
-
-    async with FakeServer(tmp_path, script) as server:
+    async with FakeServer(tmp_path, handshake_then_serve) as server:
         task = asyncio.get_running_loop().create_task(qmpcore.connect(server.address, timeout=WAIT))
         async with await until(task) as qmp:
             assert await until(qmp.execute("x")) == {}

@@ -17,6 +17,7 @@ import warnings
 import pytest
 
 import qmpcore
+from conftest import run_in_thread
 from fake_server import FakeServer, Peer
 from qmpcore.client import transport
 from qmpcore.client.core import Stats
@@ -212,18 +213,6 @@ def _stop_reading_after(handshake) -> tuple[socket.socket, threading.Event, thre
     return client_sock, done, thread
 
 
-def _in_thread(results: dict, key: str, fn) -> threading.Thread:  # type: ignore[no-untyped-def]
-    def run() -> None:
-        try:
-            results[key] = fn()
-        except BaseException as exc:
-            results[key] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 BIG = {"data": "x" * (4 << 20)}  # far more than the socket buffers hold
 
 
@@ -234,8 +223,8 @@ def test_sync_qmp_oob_peer_stops_reading():
     results: dict = {}
     # A has no deadline at all; B and a crowd of later ones (some held back:
     # more than 8 in flight) have theirs, and must get them.
-    a = _in_thread(results, "a", lambda: qmp.execute("a", BIG))
-    crowd = [_in_thread(results, f"b{i}", lambda: qmp.execute("b", BIG, timeout=0.3)) for i in range(12)]
+    a = run_in_thread(results, "a", lambda: qmp.execute("a", BIG))
+    crowd = [run_in_thread(results, f"b{i}", lambda: qmp.execute("b", BIG, timeout=0.3)) for i in range(12)]
     for thread in crowd:
         thread.join(GUARD)
     assert all(isinstance(results[f"b{i}"], qmpcore.TimeoutError) for i in range(12))
@@ -256,8 +245,8 @@ def test_sync_guest_agent_peer_stops_reading():
     sock, done, server = _stop_reading_after(handshake)
     qga = qmpcore.connect_guest_agent_sync(sock=sock, timeout=GUARD)
     results: dict = {}
-    a = _in_thread(results, "a", lambda: qga.execute("guest-file-write", BIG))
-    b = _in_thread(results, "b", lambda: qga.execute("guest-ping", timeout=0.3))
+    a = run_in_thread(results, "a", lambda: qga.execute("guest-file-write", BIG))
+    b = run_in_thread(results, "b", lambda: qga.execute("guest-ping", timeout=0.3))
     b.join(GUARD)
     assert isinstance(results["b"], qmpcore.TimeoutError)
     qga.close(timeout=0.3)
@@ -277,7 +266,9 @@ def test_sync_released_commands_are_written_by_waiting_callers(tmp_path):
     with FakeServer(tmp_path, script) as server:
         qmp = qmpcore.connect_sync(server.address, oob=True, timeout=GUARD)
         results: dict = {}
-        threads = [_in_thread(results, str(i), lambda: qmp.execute("echo", {"n": 1}, timeout=GUARD)) for i in range(30)]
+        threads = [
+            run_in_thread(results, str(i), lambda: qmp.execute("echo", {"n": 1}, timeout=GUARD)) for i in range(30)
+        ]
         for thread in threads:
             thread.join(GUARD)
         assert all(results[str(i)] == {"echo": {"n": 1}} for i in range(30))
@@ -301,10 +292,10 @@ def test_sync_reply_over_the_limit_fails_its_command_without_timeout(tmp_path):
     with FakeServer(tmp_path, script) as server:
         qmp = qmpcore.connect_sync(server.address, max_frame_size=16 * 1024, timeout=GUARD)
         results: dict = {}
-        big = _in_thread(results, "big", lambda: qmp.execute("big"))  # no timeout anywhere
+        big = run_in_thread(results, "big", lambda: qmp.execute("big"))  # no timeout anywhere
         while qmp.counters["in_flight"] < 1:
             qmp.poll()
-        small = _in_thread(results, "small", lambda: qmp.execute("small"))
+        small = run_in_thread(results, "small", lambda: qmp.execute("small"))
         big.join(GUARD)
         small.join(GUARD)
         assert results["small"] == "small"
@@ -438,15 +429,15 @@ def test_sync_raising_match_surfaces_only_in_its_own_thread(tmp_path):
         stream = qmp.events("E", match=boom, timeout=GUARD)
         results: dict = {}
         # The command's thread reads the event the subscription's filter fails on.
-        _in_thread(results, "cmd", lambda: qmp.execute("emit", timeout=GUARD)).join(GUARD)
+        run_in_thread(results, "cmd", lambda: qmp.execute("emit", timeout=GUARD)).join(GUARD)
         assert results["cmd"] == {}
         with pytest.raises(Boom):
             next(stream)  # raised here, where the filter was supplied
         assert qmp.pull_event(timeout=0).name == "E"  # the backlog is empty again
-        waiter = _in_thread(results, "wait", lambda: qmp.wait_event("E", match=boom, timeout=GUARD))
+        waiter = run_in_thread(results, "wait", lambda: qmp.wait_event("E", match=boom, timeout=GUARD))
         while not qmp._router._waiters and waiter.is_alive():
             qmp.poll()
-        others = [_in_thread(results, f"cmd{i}", lambda: qmp.execute("emit", timeout=GUARD)) for i in range(4)]
+        others = [run_in_thread(results, f"cmd{i}", lambda: qmp.execute("emit", timeout=GUARD)) for i in range(4)]
         for thread in [waiter, *others]:
             thread.join(GUARD)
         assert isinstance(results["wait"], Boom)

@@ -22,7 +22,7 @@ import pytest
 
 import corpus_support
 from conftest import QEMU_CORPUS
-from qemu_support import QEMU_GA, launcher, require  # noqa: F401 - fixture
+from qemu_support import QEMU_GA, launcher, qga_argv, require  # noqa: F401 - fixture
 from qmpcore.server import GuestAgentServer, SimulatedGuestAgent, SimulatedVM, serve_vm
 from server_support import Peer, normalize
 
@@ -267,21 +267,7 @@ def real_qga(tmp_path):
     """qemu-ga 7.2 as the corpus recorded it, on a unix socket."""
     require(QEMU_GA)
     path = tmp_path / "qga.sock"
-    state = tmp_path / "state"
-    state.mkdir()
-    argv = [
-        QEMU_GA,
-        "-m",
-        "unix-listen",
-        "-p",
-        str(path),
-        "-t",
-        str(state),
-        "-f",
-        str(tmp_path / "qga.pid"),
-        "-b",
-        CORPUS_QGA_BLOCKED,
-    ]
+    argv = qga_argv(tmp_path, path, CORPUS_QGA_BLOCKED)
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield str(path)

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import pytest
 
 import qmpcore
-from fake_server import FakeServer, Peer, event_frame
+from conftest import run_in_thread
+from fake_server import FakeServer, Peer, event_frame, events_before_replies, numbered_events
 from qmpcore import sync
 
 WAIT = 10.0
@@ -144,20 +145,6 @@ def test_timeout_then_late_reply_is_dropped(tmp_path):
             assert qmp.counters["late_replies"] == 1 and qmp.counters["timeouts"] == 1
 
 
-def events_before_replies(*chunks: bytes) -> Callable[[Peer], None]:
-    """A script that sends ``chunks[i]`` just before its reply to the i-th command, then serves."""
-
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        for chunk in chunks:
-            cmd = peer.recv_command()
-            peer.send(chunk)
-            peer.reply(cmd)
-        peer.serve()
-
-    return script
-
-
 def test_events(tmp_path):
     script = events_before_replies(
         event_frame("STOP") + event_frame("JOB", {"id": "a"}) + event_frame("JOB", {"id": "b"}),
@@ -221,15 +208,8 @@ def test_event_flood_is_bounded(tmp_path):
 def test_block_policy_with_a_consumer_thread(tmp_path):
     total = 3000
 
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(total)))
-        peer.reply(cmd)
-        peer.serve()
-
     seen = []
-    with FakeServer(tmp_path, script) as server:
+    with FakeServer(tmp_path, events_before_replies(numbered_events(total))) as server:
         with qmpcore.connect_sync(server.address) as qmp:
             stream = qmp.events(maxsize=5, policy="block", timeout=WAIT)
 
@@ -248,14 +228,7 @@ def test_block_policy_with_a_consumer_thread(tmp_path):
 
 
 def test_raise_policy(tmp_path):
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        cmd = peer.recv_command()
-        peer.send(b"".join(event_frame("E", {"n": i}) for i in range(25)))
-        peer.reply(cmd)
-        peer.serve()
-
-    with FakeServer(tmp_path, script) as server:
+    with FakeServer(tmp_path, events_before_replies(numbered_events(25))) as server:
         with qmpcore.connect_sync(server.address) as qmp:
             stream = qmp.events(maxsize=5, policy="raise")
             qmp.execute("flood")
@@ -534,18 +507,6 @@ def test_event_listener_runs_on_the_reading_thread(tmp_path):
 
 
 # -- queued bytes always have a thread that writes them ---------------------------
-
-
-def run_in_thread(results: dict, key: str, fn: Callable[[], object]) -> threading.Thread:
-    def run() -> None:
-        try:
-            results[key] = fn()
-        except BaseException as exc:
-            results[key] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
 
 
 def wait_for_state(qmp: sync.SyncQMPClient, reached: Callable[[sync.SyncQMPClient], bool]) -> None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import ssl
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 from . import EXIT_CONNECTION, EXIT_OK, UsageError, parse_address
+from ._serve import stop_on_signals
 
 __all__ = ["add_tls_arguments", "tls_options", "add_proxy_parser", "run_proxy", "add_replay_argument", "serve_tls"]
 
@@ -155,11 +155,7 @@ def _listeners(args: argparse.Namespace) -> list[Any]:
 
 
 async def _run(args: argparse.Namespace, proxy: Any) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with proxy:
         lines = []
         for address in proxy.addresses:

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from . import EXIT_OK, EXIT_USAGE, UsageError
 from ._output import one_line
 
-__all__ = ["run_serve", "socket_paths", "check_free"]
+__all__ = ["run_serve", "socket_paths", "check_free", "stop_on_signals"]
 
 # connect() errors that mean "something is there": it accepted, or its
 # backlog is full (a non-blocking unix connect says EAGAIN then).
@@ -112,12 +112,18 @@ async def _serving(args: argparse.Namespace) -> AsyncIterator[list[str]]:
             yield vms.qmp_paths
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT and SIGTERM set (where the loop can handle signals)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    stop = stop_on_signals()
     async with _serving(args) as paths:
         sys.stdout.write("".join(f"{path}\n" for path in paths))
         sys.stdout.flush()

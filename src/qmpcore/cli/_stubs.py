@@ -209,15 +209,18 @@ class _Generator:
     ) -> list[tuple[str, str]]:
         fields = []
         for member in members:
-            wire = member["name"]
-            if wire == tag and tag_value is not None:
-                annotation = tag_value
-            else:
-                annotation = self.expr(member["type"], owner + _camel(wire))
+            annotation = self._annotation(member, owner, tag_value, tag)
             if "default" in member:
                 annotation = f"NotRequired[{annotation}]"
-            fields.append((wire, annotation))
+            fields.append((member["name"], annotation))
         return fields
+
+    def _annotation(self, member: Mapping[str, Any], owner: str, tag_value: str | None, tag: str | None) -> str:
+        """A member's annotation: ``tag_value`` for a flat union's tag, else its type's."""
+        wire = member["name"]
+        if wire == tag and tag_value is not None:
+            return tag_value
+        return self.expr(member["type"], owner + _camel(wire))
 
     def _object(self, entry: Mapping[str, Any], name: str) -> None:
         members = list(entry.get("members", ()))
@@ -286,39 +289,32 @@ class _Generator:
                         params = self._params(members, literal, arg_entry["tag"], camel)
                         out.append(f"    @overload\n    {kind}def {method}(self, *{params}) -> {returns}: ...\n")
                     call = f"self._execute({_quote(command)}, _wire(arguments, {rename!r}))"
-                    call = f"await {call}" if kind else call
-                    body = f"return cast({_quote(returns)}, {call})"
-                    out.append(
-                        f"    {kind}def {method}(self, **arguments: Any) -> {returns}:\n"
-                        f'        """{doc}"""\n        {body}\n'
-                    )
+                    out.append(_method(kind, method, ", **arguments: Any", returns, doc, call))
                 continue
             members = list(arg_entry.get("members", ())) if arg_entry is not None else []
             params = self._params(members, None, None, camel + "Arguments")
             values = ", ".join(f"{_quote(m['name'])}: {_identifier(m['name'])}" for m in members)
             for kind, out in (("async ", asynchronous), ("", blocking)):
                 call = f"self._execute({_quote(command)}, {{{values}}})"
-                call = f"await {call}" if kind else call
-                body = f"return cast({_quote(returns)}, {call})"
-                out.append(
-                    f"    {kind}def {method}(self{', *' if params else ''}{params}) -> {returns}:\n"
-                    f'        """{doc}"""\n        {body}\n'
-                )
+                out.append(_method(kind, method, f"{', *' if params else ''}{params}", returns, doc, call))
         return asynchronous, blocking
 
     def _params(self, members: list[Mapping[str, Any]], literal: str | None, tag: str | None, owner: str) -> str:
         params = []
         for member in members:
-            wire = member["name"]
-            if wire == tag and literal is not None:
-                annotation = literal
-            else:
-                annotation = self.expr(member["type"], owner + _camel(wire))
+            annotation = self._annotation(member, owner, literal, tag)
             if "default" in member:
-                params.append(f"{_identifier(wire)}: {annotation} | Omit = OMIT")
+                params.append(f"{_identifier(member['name'])}: {annotation} | Omit = OMIT")
             else:
-                params.append(f"{_identifier(wire)}: {annotation}")
+                params.append(f"{_identifier(member['name'])}: {annotation}")
         return "".join(", " + p for p in params)
+
+
+def _method(kind: str, name: str, params: str, returns: str, doc: str, call: str) -> str:
+    """One wrapper method: ``kind`` is ``"async "`` or ``""``, ``params`` what
+    follows ``self``, ``call`` the ``_execute`` call whose result it returns."""
+    call = f"await {call}" if kind else call
+    return f'    {kind}def {name}(self{params}) -> {returns}:\n        """{doc}"""\n        return cast({_quote(returns)}, {call})\n'
 
 
 def _quote(text: str) -> str:

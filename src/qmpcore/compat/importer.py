@@ -39,19 +39,7 @@ MODULES = {
     "qemu.qmp.util": "qmpcore.compat._util",
 }
 _PACKAGE = "qemu.qmp"
-#: What ``qemu.qmp`` itself exports.
-_PACKAGE_NAMES = (
-    "QMPClient",
-    "Message",
-    "EventListener",
-    "Runstate",
-    "QMPError",
-    "StateError",
-    "ConnectError",
-    "ExecuteError",
-    "ExecInterruptedError",
-    "SocketAddrT",
-)
+#: The adapter of ``qemu.qmp.qmp_client``; it also names what ``qemu.qmp`` exports.
 _ADAPTER = "qmpcore.compat.qemu_qmp"
 
 
@@ -65,9 +53,10 @@ class _Loader(importlib.abc.Loader):
         name = module.__name__
         if name == _PACKAGE:
             adapter = importlib.import_module(_ADAPTER)
-            for key in _PACKAGE_NAMES:
+            names = adapter._PACKAGE_NAMES
+            for key in names:
                 setattr(module, key, getattr(adapter, key))
-            module.__all__ = _PACKAGE_NAMES  # type: ignore[attr-defined]
+            module.__all__ = names  # type: ignore[attr-defined]
             module.__doc__ = adapter.__doc__
             # As qemu.qmp's __init__, which imports them: qemu.qmp.protocol works.
             for sub in MODULES:

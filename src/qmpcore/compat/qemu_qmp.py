@@ -65,8 +65,7 @@ from ._models import ErrorInfo, ErrorResponse, Greeting, QMPGreeting
 from ._protocol import AsyncProtocol, InternetAddrT, Runstate, SocketAddrT, UnixAddrT, check_state
 from ._util import exception_summary
 
-__all__ = (
-    # the names qemu.qmp exports
+__all__ = [
     "QMPClient",
     "Message",
     "EventListener",
@@ -77,7 +76,12 @@ __all__ = (
     "ExecuteError",
     "ExecInterruptedError",
     "SocketAddrT",
-    # and those of its submodules that callers import
+]
+#: The names the ``qemu.qmp`` package itself exports (its ``__all__`` when
+#: :mod:`qmpcore.compat.importer` maps it here).
+_PACKAGE_NAMES = tuple(__all__)
+# and those of its submodules that callers import
+__all__ += [
     "ProtocolError",
     "ListenerError",
     "GreetingError",
@@ -94,7 +98,7 @@ __all__ = (
     "EventFilter",
     "InternetAddrT",
     "UnixAddrT",
-)
+]
 
 #: How long the greeting and negotiation may take.
 CONNECT_TIMEOUT = aio.CONNECT_TIMEOUT
