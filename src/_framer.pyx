@@ -2611,3 +2611,76 @@ cdef class Framer:
             self._err(None, first, pos, self._base + pos, 1, False, out)
         self._clear(RECOVERY)
         return 0
+
+
+# -- QEMU's QDict member order --------------------------------------------------
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+    const void *PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+
+from qmpcore.framing import qdict as _qdict
+
+DEF QD_BUCKETS = 512
+assert QD_BUCKETS == _qdict.BUCKETS
+
+
+cdef inline unsigned int _tdb_hash(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """QEMU's tdb_hash (qobject/qdict.c) of p[:n]."""
+    cdef unsigned int value = <unsigned int>(0x238F13AF * <unsigned long long>n)
+    cdef Py_ssize_t i
+    cdef unsigned int shift = 0
+    for i in range(n):
+        value += (<unsigned int>p[i]) << shift
+        shift += 5
+        if shift >= 24:
+            shift -= 24
+    return 1103515243u * value + 12345u
+
+
+def qdict_order(tuple keys):
+    """The order in which QEMU iterates a QDict whose keys were inserted in
+    the order ``keys``: by hash bucket, newest first within a bucket (a
+    counting sort: linear in the keys' bytes).  The twin of
+    :func:`qmpcore.framing.qdict.qdict_order`."""
+    cdef Py_ssize_t n = len(keys), i, b
+    cdef Py_ssize_t starts[QD_BUCKETS]
+    cdef unsigned short *bucket_of
+    cdef object key, data
+    cdef tuple out
+    if n < 2:
+        return keys
+    bucket_of = <unsigned short *>PyMem_Malloc(n * sizeof(unsigned short))
+    if bucket_of == NULL:
+        raise MemoryError()
+    try:
+        for b in range(QD_BUCKETS):
+            starts[b] = 0
+        for i in range(n):
+            key = keys[i]
+            if type(key) is not str:
+                raise TypeError(f"member names are str, not {type(key).__name__}")
+            if PyUnicode_IS_ASCII(key):
+                b = _tdb_hash(<const unsigned char *>PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key)) % QD_BUCKETS
+            else:
+                data = (<str>key).encode("utf-8", "surrogatepass")
+                b = _tdb_hash(<const unsigned char *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)) % QD_BUCKETS
+            bucket_of[i] = <unsigned short>b
+            starts[b] += 1
+        # (each bucket's first slot; the newest key of a bucket comes first)
+        i = 0
+        for b in range(QD_BUCKETS):
+            i, starts[b] = i + starts[b], i
+        out = PyTuple_New(n)
+        for i in range(n - 1, -1, -1):
+            key = keys[i]
+            Py_INCREF(key)
+            PyTuple_SET_ITEM(out, starts[bucket_of[i]], key)
+            starts[bucket_of[i]] += 1
+        return out
+    finally:
+        PyMem_Free(bucket_of)

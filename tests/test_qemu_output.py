@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import orjson
 import pytest
@@ -250,8 +251,33 @@ def _tdb_hash_byte_by_byte(key: str) -> int:
 
 @pytest.mark.parametrize("length", [0, 1, 7, 23, 24, 25, 48, 49, 1000, 70_001])
 def test_tdb_hash_matches_qemus_loop_for_every_length(length):
-    from qmpcore.protocol._qemu_output import _tdb_hash
+    from qmpcore.framing.qdict import tdb_hash as _tdb_hash
 
     for alphabet in ("abcxyz", "a\u00e9\U0001f600\x7f\x00"):
         key = "".join(alphabet[(i * 7 + length) % len(alphabet)] for i in range(length))
         assert _tdb_hash(key) == _tdb_hash_byte_by_byte(key)
+
+
+def test_compiled_qdict_order_matches_the_twin():
+    """The compiled QDict order (a counting sort in C, what the server
+    uses) is the pure twin's for keys of any length and alphabet, surrogates
+    and NUL included, and both are QEMU's: by bucket, newest first."""
+    from qmpcore.framing import qdict
+
+    compiled = pytest.importorskip("qmpcore.framing._framer").qdict_order
+    rng = random.Random(5)
+    alphabet = "abcxyz\u00e9\U0001f600\x7f\x00\udc80"
+    for _ in range(2000):
+        count = rng.randrange(0, 40)
+        # (the members of one object: distinct names)
+        keys = tuple(
+            dict.fromkeys("".join(rng.choice(alphabet) for _ in range(rng.randrange(60))) for _ in range(count))
+        )
+        ranked = sorted(range(len(keys)), key=lambda i: (_tdb_hash_byte_by_byte(keys[i]) % qdict.BUCKETS, -i))
+        want = tuple(keys[i] for i in ranked)
+        assert qdict.qdict_order(keys) == want
+        assert compiled(keys) == want
+    many = tuple(f"k{i}" for i in range(100_000))
+    assert compiled(many) == qdict.qdict_order(many)
+    with pytest.raises(TypeError, match="member names are str"):
+        compiled(("a", 1))

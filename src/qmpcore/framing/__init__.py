@@ -13,6 +13,7 @@ from __future__ import annotations
 import os as _os
 from typing import Any
 
+from .qdict import qdict_order
 from .rules import Answers as _PyAnswers
 from .wire import SYNC, encode
 
@@ -34,6 +35,7 @@ else:
     try:
         from ._framer import Answers as _CAnswers
         from ._framer import Framer  # type: ignore[assignment]  # the same interface, compiled
+        from ._framer import qdict_order as qdict_order  # (its compiled twin)
 
         implementation = "cython"
         ANSWERS = (_CAnswers, _PyAnswers)
@@ -42,4 +44,4 @@ else:
 
         implementation = "python"
 
-__all__ = ["Framer", "SYNC", "ANSWERS", "encode", "implementation"]
+__all__ = ["Framer", "SYNC", "ANSWERS", "encode", "implementation", "qdict_order"]

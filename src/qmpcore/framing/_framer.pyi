@@ -65,3 +65,6 @@ def _display_bytes(token: _Bytes) -> str:
 
 def _scan_impl(name: str | None = None) -> str:
     """The block scan in use (``avx2``, ``sse2`` or ``none``); with ``name`` (or ``portable``), use that one if this CPU has it."""
+
+def qdict_order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """QEMU's QDict iteration order of ``keys`` (see :mod:`qmpcore.framing.qdict`)."""

@@ -28,13 +28,14 @@ through the exact encoder below, which gives identical bytes.
 from __future__ import annotations
 
 import math
-import operator
 import re
 import sys
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any
 
 import orjson
+
+from ..framing import qdict_order as _qdict_order
 
 __all__ = [
     "Encoded",
@@ -48,7 +49,6 @@ __all__ = [
 
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 64) - 1
-_BUCKETS = 512
 # orjson gives up at 255 levels; deeper values take the exact encoder.
 _FAST_DEPTH = 200
 # Printable ASCII except ',' and ':', so that orjson's compact output can be
@@ -75,24 +75,6 @@ class _Slow(Exception):
     """Raised by the fast path when the value needs the exact encoder."""
 
 
-# tdb_hash shifts byte i left by i * 5 % 24 bits: the shifts repeat every
-# 24 bytes, so a long key is hashed as 24 sums of every 24th byte (C speed).
-_TDB_PERIOD = 24
-_TDB_SHIFTS = tuple(i * 5 % _TDB_PERIOD for i in range(_TDB_PERIOD))
-
-
-def _tdb_hash(key: str) -> int:
-    """QEMU's ``tdb_hash`` of ``key`` (qobject/qdict.c), as unsigned 32-bit."""
-    data = key.encode("utf-8", "surrogatepass")
-    value = 0x238F13AF * len(data)
-    if len(data) <= _TDB_PERIOD:
-        value += sum(map(operator.lshift, data, _TDB_SHIFTS))
-    else:
-        for start, shift in enumerate(_TDB_SHIFTS):
-            value += sum(data[start::_TDB_PERIOD]) << shift
-    return (1103515243 * (value & 0xFFFFFFFF) + 12345) & 0xFFFFFFFF
-
-
 # Member orders already worked out, bounded in entries and in bytes (a
 # client chooses the keys of its requests); key tuples larger than
 # _ORDER_ENTRY_MAX bytes are not kept.  Full: cleared and filled again.
@@ -101,6 +83,7 @@ _ORDER_CACHE_MAX = 8192
 _ORDER_CACHE_BYTES = 4 << 20
 _ORDER_ENTRY_MAX = 4096
 _order_cache_bytes = 0
+_STR_SIZE_MIN = sys.getsizeof("")
 
 
 def _order_size(keys: tuple[str, ...]) -> int:
@@ -114,10 +97,11 @@ def qdict_order(keys: tuple[str, ...]) -> tuple[str, ...]:
     global _order_cache_bytes
     if len(keys) < 2:
         return keys
+    if len(keys) * _STR_SIZE_MIN > _ORDER_ENTRY_MAX:
+        return _qdict_order(keys)  # never cached (nor hashed, nor sized)
     order = _ORDER_CACHE.get(keys)
     if order is None:
-        ranked = sorted(range(len(keys)), key=lambda i: (_tdb_hash(keys[i]) % _BUCKETS, -i))
-        order = tuple(keys[i] for i in ranked)
+        order = _qdict_order(keys)
         size = _order_size(keys)
         if size <= _ORDER_ENTRY_MAX:
             if len(_ORDER_CACHE) >= _ORDER_CACHE_MAX or _order_cache_bytes + size > _ORDER_CACHE_BYTES:
