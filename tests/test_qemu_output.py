@@ -281,3 +281,29 @@ def test_compiled_qdict_order_matches_the_twin():
     assert compiled(many) == qdict.qdict_order(many)
     with pytest.raises(TypeError, match="member names are str"):
         compiled(("a", 1))
+
+
+def test_the_server_uses_the_compiled_qdict_order_when_built():
+    import qmpcore.framing as framing
+
+    if framing.implementation == "cython":
+        from qmpcore.framing import _framer
+
+        assert framing.qdict_order is _framer.qdict_order
+    else:
+        from qmpcore.framing import qdict
+
+        assert framing.qdict_order is qdict.qdict_order
+
+
+def test_many_unexpected_members_are_answered_in_qdict_order():
+    """A request with 200,000 members: QEMU names the first one left over in
+    its QDict order (bucket, newest first); the check finds it without
+    building the order of the members it visits."""
+    from qmpcore.framing import qdict
+    from qmpcore.protocol._qapi import Schema
+
+    members = {f"k{i}": i for i in range(200_000)}
+    first = qdict.qdict_order(tuple(members))[0]
+    problem = Schema.qemu_7_2().check_arguments("query-status", members)
+    assert problem == f"Parameter '{first}' is unexpected"
