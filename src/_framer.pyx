@@ -35,7 +35,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, PyBuffer_Release
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
-from libc.string cimport memchr, memcmp, memcpy, memmove
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 import json
 import os
@@ -711,16 +711,31 @@ cdef bint _plain(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth) noe
     """``p[:n]`` is valid JSON: does :func:`qmpcore.framing.rules.plain_line`
     hold (within max_depth, outside strings every run of LONG_INT digits a
     whole integer orjson keeps exact, no ``0e``/``0E`` starting a digit run)?"""
-    cdef Py_ssize_t i = 0, depth = 0, run = 0, stop = 0
+    cdef Py_ssize_t i = 0, depth = 0, run = 0, stop = 0, j, m
     cdef unsigned char k
+    cdef unsigned char pad[256]
     while i < n:
-        if run == 0 and i >= stop and n - i >= 64:
-            # whole blocks at a time (src/_scan.h), from a token boundary
-            i = qc_plain(p, i, n, max_depth, LONG_INT, &depth, &stop)
-            if i < 0:
-                return False
-            if i >= n:
-                break
+        if run == 0 and i >= stop:
+            if n - i > 192:
+                # whole blocks at a time (src/_scan.h), from a token boundary
+                i = qc_plain(p, i, n, max_depth, LONG_INT, &depth, &stop)
+                if i < 0:
+                    return False
+                if i >= n:
+                    break
+            elif n - i >= 8:
+                # the rest (a short frame, or the tail of a long one) padded
+                # with spaces to whole blocks: blocks too, not the byte loop
+                m = (n - i + 63) & ~63
+                memset(pad, 0x20, sizeof(pad))  # (a constant size: a few stores)
+                memcpy(pad, p + i, n - i)
+                j = qc_plain(pad, 0, m, max_depth, LONG_INT, &depth, &stop)
+                if j < 0:
+                    return False
+                if j >= n - i:
+                    break
+                stop += i
+                i += j
         k = PLAIN_KIND[p[i]]
         i += 1
         if k == K_BORING:
