@@ -620,6 +620,23 @@ def test_bench_hostile_section_rows(monkeypatch):
     assert rows[1].extra["hostile connects"] >= 2
 
 
+def test_bench_hostile_section_client_rows(monkeypatch):
+    """The attacks on the good VMs' own server: hostile clients of two more
+    of its VMs (garbage, large requests), reading every answer."""
+    import argparse
+
+    from qmpcore.bench import _hostile
+
+    monkeypatch.setattr(_hostile, "ATTACKS", _hostile.CLIENT_ATTACKS)
+    opts = argparse.Namespace(quick=True, vms=3, rounds=3)
+    rows = _hostile.hostile_section(opts, lambda text: None)
+    assert [row.case for row in rows] == ["2 client-garbage + 3 good VMs", "2 client-requests + 3 good VMs"]
+    for row in rows:
+        assert isinstance(row.value, float) and row.ratio("quiet fleet") is not None, row
+        assert row.extra["cmd/s"] > 0 and not row.note
+        assert row.extra["hostile connects"] == 2  # each client connected once: none was cut off
+
+
 async def test_fleet_backoff_resets_after_healthy_after_seconds_up(tmp_path):
     schedule = Backoff(initial=0.01, maximum=0.16, factor=2.0, jitter=0.0, healthy_after=0.0)
     async with peers(tmp_path) as p:

@@ -36,8 +36,8 @@ STRAY_FF = b'{"error": {"class": "GenericError", "desc": "JSON parse error, stra
 EXPECTING = b'{"error": {"class": "GenericError", "desc": "JSON parse error, expecting value"}}\r\n'
 DEADLINE = 120.0
 # README "Limits": one turn of the loop produces at most a slice
-# (1 MiB) plus one step of error answers (64 KiB) for one client.
-SLICE_BOUND = (1 << 20) + (64 << 10) + 100
+# (256 KiB) plus one step of error answers (64 KiB) for one client.
+SLICE_BOUND = (256 << 10) + (64 << 10) + 100
 
 
 async def wait_until(predicate, timeout=DEADLINE):

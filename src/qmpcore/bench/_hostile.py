@@ -13,6 +13,14 @@ the same fleet:
 * ``silent``: accepts and never greets;
 * ``flapping``: greets, negotiates and hangs up at once, every time.
 
+Two more attack the embedded server that serves the good VMs, from K
+hostile clients of K more of its VMs (the same process, the same loop):
+
+* ``client-garbage``: writes stray ``,]}:`` bytes without end and reads
+  every answer (one error reply per byte);
+* ``client-requests``: sends 1 MiB requests of escapes next to 19-digit
+  integers, again and again, and reads every answer.
+
 One row per attack: the good VMs' p99 latency beside the quiet fleet's
 (the ratio is the slowdown), with their commands/s, p50, the client's
 resident memory growth and the hostile VMs' reconnects.
@@ -35,7 +43,9 @@ from ._timing import percentile
 
 __all__ = ["hostile_section", "ATTACKS"]
 
-ATTACKS = ("garbage", "escaped", "string", "silent", "flapping")
+ATTACKS = ("garbage", "escaped", "string", "silent", "flapping", "client-garbage", "client-requests")
+#: Attacks made by clients of the server that serves the good VMs.
+CLIENT_ATTACKS = ("client-garbage", "client-requests")
 #: Good and hostile VMs (full run, --quick).
 GOOD = {False: 50, True: 20}
 HOSTILE = {False: 5, True: 2}
@@ -104,20 +114,71 @@ def _behaviour(attack: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWri
     return behaviours[attack]
 
 
+def _client_payload(attack: str) -> bytes:
+    from ..soak._faults import escaped_frame
+
+    if attack == "client-garbage":
+        return b",]}:" * (1 << 14)
+    event = escaped_frame(1 << 20)
+    items = event[event.index(b"[") : event.rindex(b"]") + 1]
+    return b'{"execute": "query-status", "arguments": {"a": ' + items + b"}}"
+
+
+async def _attack_server(attack: str, path: str, connects: list[int], first: asyncio.Event) -> None:
+    """A hostile client of one VM of the server: negotiate, then write
+    ``attack``'s payload without end while reading every answer."""
+    payload = _client_payload(attack)
+    while True:
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        connects[0] += 1
+        first.set()
+
+        async def drain(reader: asyncio.StreamReader = reader) -> None:
+            while await reader.read(1 << 20):
+                pass
+
+        reading = asyncio.ensure_future(drain())
+        try:
+            writer.write(b'{"execute": "qmp_capabilities"}')
+            while not reading.done():
+                writer.write(payload)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            reading.cancel()
+            writer.close()
+
+
 async def _serve_hostile(attack: str, paths: Sequence[str]) -> None:
-    behaviour = _behaviour(attack)
+    behaviour = _behaviour(attack) if attack not in CLIENT_ATTACKS else None
     accepted = [0]
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted[0] += 1
         try:
+            assert behaviour is not None
             await behaviour(reader, writer)
         except (ConnectionError, OSError):
             pass
         finally:
             writer.close()
 
-    servers = [await asyncio.start_unix_server(on_connect, path) for path in paths]
+    servers = []
+    clients = []
+    if behaviour is None:
+        firsts = [asyncio.Event() for _ in paths]
+        clients = [
+            asyncio.ensure_future(_attack_server(attack, path, accepted, first)) for path, first in zip(paths, firsts)
+        ]
+        # (ready once every client is connected and attacking)
+        await asyncio.wait_for(asyncio.gather(*(first.wait() for first in firsts)), 30)
+    else:
+        servers = [await asyncio.start_unix_server(on_connect, path) for path in paths]
     loop = asyncio.get_running_loop()
     stdin_closed = loop.create_future()
 
@@ -132,6 +193,9 @@ async def _serve_hostile(attack: str, paths: Sequence[str]) -> None:
     loop.remove_reader(sys.stdin.fileno())
     for server in servers:
         server.close()
+    for client in clients:
+        client.cancel()
+    await asyncio.gather(*clients, return_exceptions=True)
     sys.stdout.write(json.dumps({"accepted": accepted[0]}) + "\n")
     sys.stdout.flush()
 
@@ -142,7 +206,8 @@ def _hostile_main() -> None:
 
 
 class _HostileVMs:
-    """K hostile VMs of one attack in a child process."""
+    """K hostile VMs of one attack in a child process (or K hostile
+    clients, for :data:`CLIENT_ATTACKS`, of the VMs at ``paths``)."""
 
     def __init__(self, attack: str, paths: Sequence[str]) -> None:
         from ..server._process import child_environment
@@ -261,16 +326,22 @@ def hostile_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="qmpcore-bench-") as directory:
         progress(f"hostile: starting {count} good VMs")
-        with start_in_subprocess(directory, count) as server:
-            good = server.qmp_paths
+        # (and k more, whose hostile clients attack the server of the good ones)
+        with start_in_subprocess(directory, count + k) as server:
+            good = server.qmp_paths[:count]
             progress("hostile: the quiet fleet")
             quiet = asyncio.run(_measure(good, [], rounds))
             for attack in ATTACKS:
-                progress(f"hostile: {k} {attack} VMs beside {count} good ones")
-                paths = [os.path.join(directory, f"{attack}{i}.sock") for i in range(k)]
+                if attack in CLIENT_ATTACKS:
+                    progress(f"hostile: {k} {attack} beside {count} good VMs, on their server")
+                    paths = server.qmp_paths[count:]
+                    in_fleet = []
+                else:
+                    progress(f"hostile: {k} {attack} VMs beside {count} good ones")
+                    paths = in_fleet = [os.path.join(directory, f"{attack}{i}.sock") for i in range(k)]
                 vms = _HostileVMs(attack, paths)
                 try:
-                    result: dict[str, Any] = asyncio.run(_measure(good, paths, rounds))
+                    result: dict[str, Any] = asyncio.run(_measure(good, in_fleet, rounds))
                 except Exception as exc:
                     result = {"error": f"{type(exc).__name__}: {exc}"}
                 finally:

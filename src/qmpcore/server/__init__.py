@@ -100,7 +100,7 @@ _STEP_OUTPUT = 64 << 10
 _SLICE_STEPS = 128
 # Requests over this many bytes are decoded a slice per turn of the loop.
 _DEFER_SIZE = 256 << 10
-_SLICE_BYTES = 1 << 20
+_SLICE_BYTES = 256 << 10
 # Replies are gathered and written together up to this many bytes.
 _WRITE_BATCH = 256 << 10
 
@@ -360,7 +360,10 @@ class _Session(asyncio.Protocol):
     def _write_pending(self) -> None:
         pending = self._pending
         if pending and self.transport is not None:
-            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            if len(pending) == 1:
+                self.transport.write(pending[0])
+            else:
+                self.transport.writelines(pending)  # (no joined copy)
             self.written += self._pending_size
         pending.clear()
         self._pending_size = 0

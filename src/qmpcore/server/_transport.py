@@ -28,7 +28,9 @@ import ssl
 import stat
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 from ..client.address import AddressLike as Address
@@ -44,6 +46,7 @@ _buffers = threading.local()
 _MAX_FDS = 16  # QEMU's TCP_MAX_FDS: more in one message are closed
 _ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 _HIGH_WATER = 256 * 1024
+_SEND_PIECES = 64  # (sendmsg's vector, well under IOV_MAX)
 _LOW_WATER = 64 * 1024
 _RETRY = (BlockingIOError, InterruptedError)
 _HANGUP_POLL = 0.1
@@ -81,7 +84,11 @@ class Connection:
         self._fd = sock.fileno()
         self._protocol = protocol
         self._unix = sock.family == socket.AF_UNIX
-        self._buffer = bytearray()
+        # Unsent output, in the pieces it was written in: no piece is copied
+        # into a growing buffer (a client that reads slowly would make each
+        # write copy all that waits), sendmsg() takes several at once.
+        self._buffer: deque[memoryview] = deque()
+        self._buffer_size = 0
         self._reading = True
         self._writer = False
         self._closing = False
@@ -107,27 +114,60 @@ class Connection:
         return self._closing or self._closed
 
     def get_write_buffer_size(self) -> int:
-        return len(self._buffer)
+        return self._buffer_size
 
     def write(self, data: bytes | memoryview) -> None:
         """Send ``data`` now if the socket takes it, else buffer it."""
         if self._closing or self._closed or not data:
             return
+        sent = 0
         if not self._buffer:
             try:
                 sent = self._sock.send(data)
             except _RETRY:
-                sent = 0
+                pass
             except OSError as exc:
                 self._abort(exc)
                 return
             if sent == len(data):
                 return
-            data = memoryview(data)[sent:]
+        self._hold(memoryview(data if type(data) is bytes else bytes(data))[sent:])
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        """Write ``pieces`` in order, with one system call when the socket
+        takes them (no joined copy)."""
+        if self._closing or self._closed:
+            return
+        if self._buffer or len(pieces) > _SEND_PIECES:
+            for data in pieces:
+                self.write(data)
+            return
+        sent = 0
+        try:
+            sent = self._sock.sendmsg(pieces)
+        except _RETRY:
+            pass
+        except OSError as exc:
+            self._abort(exc)
+            return
+        for data in pieces:
+            if sent < len(data):
+                self._hold(memoryview(data)[sent:])
+                sent = 0
+            else:
+                sent -= len(data)
+
+    def _hold(self, piece: memoryview) -> None:
+        """Keep ``piece`` until the socket takes it (the protocol pauses
+        past the high-water mark)."""
+        if not piece:
+            return
+        if not self._writer:
             self._loop.add_writer(self._fd, self._on_writable)
             self._writer = True
-        self._buffer += data
-        if not self._paused_protocol and len(self._buffer) > _HIGH_WATER:
+        self._buffer.append(piece)
+        self._buffer_size += len(piece)
+        if not self._paused_protocol and self._buffer_size > _HIGH_WATER:
             self._paused_protocol = True
             self._protocol.pause_writing()
 
@@ -222,15 +262,26 @@ class Connection:
             handler(fds)
 
     def _on_writable(self) -> None:
+        buffer = self._buffer
         try:
-            sent = self._sock.send(self._buffer)
+            if len(buffer) == 1:
+                sent = self._sock.send(buffer[0])
+            else:
+                sent = self._sock.sendmsg(list(islice(buffer, _SEND_PIECES)))
         except _RETRY:
             return
         except OSError as exc:
             self._abort(exc)
             return
-        del self._buffer[:sent]
-        if self._paused_protocol and len(self._buffer) <= _LOW_WATER:
+        self._buffer_size -= sent
+        while sent:
+            piece = buffer[0]
+            if sent < len(piece):
+                buffer[0] = piece[sent:]
+                break
+            sent -= len(piece)
+            buffer.popleft()
+        if self._paused_protocol and self._buffer_size <= _LOW_WATER:
             self._paused_protocol = False
             self._protocol.resume_writing()
         if not self._buffer:
@@ -256,7 +307,8 @@ class Connection:
         if self._writer:
             self._loop.remove_writer(self._fd)
             self._writer = False
-        self._buffer = bytearray()
+        self._buffer.clear()
+        self._buffer_size = 0
         try:
             self._sock.close()
         finally:
@@ -483,6 +535,12 @@ class TLSLayer:
         if not data or self._transport.is_closing():
             return
         self._obj.write(data)
+        self._push()
+
+    def writelines(self, pieces: list[bytes]) -> None:
+        for data in pieces:
+            if data and not self._transport.is_closing():
+                self._obj.write(data)
         self._push()
 
     def close(self) -> None:
