@@ -2327,6 +2327,14 @@ cdef class Framer:
             _prepare(p, n, True, -1, &r, n, None)
         finally:
             _prep_free(&r)
+        if r.flags & F_BAD and r.flags & F_MEMBERS:
+            # A duplicate key may come first: the pass that keeps keys
+            # words it (as _decode_prepared() would, one pass sooner).
+            why = self._with_keys(p, n)
+            if why is None:
+                return False
+            self._answer(why, 0, 0, self._base + start, n)
+            return True
         if r.flags & F_MEMBERS or r.reason == 9:
             return False  # a duplicate key may come first; an escape worded with its text
         if not r.flags & F_BAD:
