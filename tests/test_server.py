@@ -574,3 +574,53 @@ async def test_descriptor_limit_is_per_vm_and_settable(sock_path):
                 },
             }
             assert sorted(vm.fds) == ["f0", "f1"]
+
+
+# -- the server's transport: output a slow reader has not taken ------------------------------
+
+
+async def test_unsent_output_is_held_as_written_and_sent_in_order():
+    """A client that reads slowly: what the socket does not take is held as
+    the pieces written (views of the very objects, never copied into one
+    growing buffer that each write would copy again), sent in order with
+    several pieces per system call, and the protocol is paused and resumed
+    around the high-water mark."""
+    from qmpcore.server._transport import _HIGH_WATER, Connection
+
+    class Recorder(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.paused = self.resumed = 0
+
+        def pause_writing(self) -> None:
+            self.paused += 1
+
+        def resume_writing(self) -> None:
+            self.resumed += 1
+
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    loop = asyncio.get_running_loop()
+    recorder = Recorder()
+    conn = Connection(loop, ours, recorder)
+    try:
+        pieces = [bytes([65 + i % 26]) * (50_000 + i) for i in range(40)]
+        for piece in pieces[:20]:
+            conn.write(piece)
+        conn.writelines(pieces[20:])
+        total = sum(map(len, pieces))
+        held = list(conn._buffer)
+        assert conn.get_write_buffer_size() == sum(map(len, held)) > _HIGH_WATER
+        assert all(view.obj is piece for view, piece in zip(reversed(held), reversed(pieces)))
+        assert recorder.paused == 1
+        received = bytearray()
+        while len(received) < total:
+            try:
+                received += theirs.recv(1 << 16)
+            except BlockingIOError:
+                await asyncio.sleep(0)
+        assert bytes(received) == b"".join(pieces)
+        await asyncio.sleep(0)
+        assert conn.get_write_buffer_size() == 0 and not conn._buffer and recorder.resumed == 1
+    finally:
+        conn.abort()
+        theirs.close()
