@@ -321,3 +321,50 @@ async def test_hostile_client_input_is_bounded(served, tmp_path):
         assert reply["return"] == {}
         assert (await good.execute("query-status"))["status"] == "running"
         writer.close()
+
+
+async def test_large_request_is_decoded_a_slice_per_turn(served, tmp_path, monkeypatch):
+    """A request of 900 KiB (inside the proxy's 1 MiB frame limit) is
+    decoded 16 KiB a turn of the proxy's loop, its client's reading paused:
+    another client's commands go through meanwhile; then it is forwarded
+    and answered, and so is the one sent after it."""
+    from qmpcore.proxy._proxy import _ProxyServerProtocol
+
+    seen = []
+    step = _ProxyServerProtocol.step
+
+    def first_step(self):
+        if not seen:
+            seen.append(self._stalled)
+        return step(self)
+
+    monkeypatch.setattr(_ProxyServerProtocol, "step", first_step)
+    vm, proxy = served
+    path = str(tmp_path / "proxy.sock")
+    compiled = qmpcore.implementation == "cython"
+    async with await qmpcore.connect(path) as good:
+        reader, writer, _ = await raw_client(path)
+        unit = b'"\\n\\"\\u00e9\\\\", 1234567890123456789, '
+        items = unit * ((900 << 10) // len(unit)) + b"0"
+        writer.write(b'{"execute": "query-status", "arguments": {"data": [' + items + b']}, "id": 1}')
+        writer.write(b'{"execute": "query-name", "id": 2}\n')
+
+        async def decoding() -> None:
+            while not seen:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(decoding(), WAIT)
+        pending = seen[0]
+        before = pending.steps
+        for _ in range(3):
+            assert (await good.execute("query-status"))["status"] == "running"
+        if compiled:
+            # Three round trips took a few turns of the loop, a step each;
+            # the request needs more than a hundred.
+            assert not pending.done and pending.steps - before < 60
+        reply = orjson.loads(await asyncio.wait_for(reader.readline(), WAIT))
+        assert reply["id"] == 1 and reply["error"]["desc"] == "Parameter 'data' is unexpected"
+        after = orjson.loads(await asyncio.wait_for(reader.readline(), WAIT))
+        assert after["id"] == 2 and "return" in after
+        assert pending.steps > 100 if compiled else pending.steps == 1
+        writer.close()

@@ -607,11 +607,19 @@ async def test_unsent_output_is_held_as_written_and_sent_in_order():
         for piece in pieces[:20]:
             conn.write(piece)
         conn.writelines(pieces[20:])
-        total = sum(map(len, pieces))
         held = list(conn._buffer)
         assert conn.get_write_buffer_size() == sum(map(len, held)) > _HIGH_WATER
-        assert all(view.obj is piece for view, piece in zip(reversed(held), reversed(pieces)))
+        # (the first held may be the rest of a piece the socket took part of)
+        assert all(view.obj is piece for view, piece in zip(reversed(held[1:]), reversed(pieces)))
         assert recorder.paused == 1
+        # Small pieces (events, say) are copied together: a system call
+        # sends many of them.
+        small = [b"%05d," % i for i in range(10_000)]
+        for piece in small:
+            conn.write(piece)
+        assert len(conn._buffer) <= len(held) + 1
+        pieces += small
+        total = sum(map(len, pieces))
         received = bytearray()
         while len(received) < total:
             try:

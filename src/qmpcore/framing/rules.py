@@ -72,6 +72,7 @@ __all__ = [
     "MIN_CAPACITY",
     "SHRINK_RATIO",
     "DEFER_STEP",
+    "DEFER_SIZE",
     "plain_line",
     "joinable",
     "push",
@@ -110,6 +111,10 @@ MIN_CAPACITY = 4096
 SHRINK_RATIO = 4
 #: Bytes a deferred frame (``Framer(defer=)``) is decoded by per step.
 DEFER_STEP = 16 << 10
+#: Frames over this many bytes are decoded a step at a time by the servers
+#: of :mod:`qmpcore.server` and :mod:`qmpcore.proxy` (a read's worth or two:
+#: QEMU's 207 KB schema is decoded at once).
+DEFER_SIZE = 256 << 10
 
 
 def _table(pick: Any) -> bytes:

@@ -32,6 +32,7 @@ from ..client.aio import QMPClient, connect
 from ..client.fleet import Backoff
 from ..client.peerlog import PeerLog
 from ..errors import CommandError, ConnectionLost, QMPError
+from ..framing.rules import DEFER_SIZE
 from ..protocol._qapi import CommandInfo
 from ..protocol._qemu_output import encode_qmp
 from ..protocol.events import Event
@@ -128,11 +129,13 @@ class _Session:
             capabilities=proxy._capabilities,
             max_frame_size=proxy.max_frame_size,
         )
+        self.proto.defer_frames(DEFER_SIZE)  # (large requests: a slice per turn of the loop)
         self.transport: Any = None
         self.closed = False
         self._fds: list[int] = []
         self._paused = False
         self._oob_pending = 0
+        self._stepping: asyncio.Handle | None = None
 
     # -- protocol interface (called by the transport) ---------------------------
 
@@ -169,6 +172,9 @@ class _Session:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
+        if self._stepping is not None:
+            self._stepping.cancel()
+            self._stepping = None
         self.proxy._sessions.discard(self)
         _close_fds(self._fds)
         self._fds = []
@@ -184,6 +190,8 @@ class _Session:
         while self._oob_pending < _MAX_OOB and (request := proto.next_event()) is not None:
             self._forward(request)
         self._flush()
+        if proto.decoding and self._stepping is None and not self.closed:
+            self._stepping = asyncio.get_running_loop().call_soon(self._step)
         paused = proto.reading_paused or self._oob_pending >= _MAX_OOB
         if paused != self._paused and self.transport is not None:
             self._paused = paused
@@ -191,6 +199,19 @@ class _Session:
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
+
+    def _step(self) -> None:
+        """One slice of a large request's decoding per turn of the loop."""
+        self._stepping = None
+        if self.closed:
+            return
+        try:
+            self.proto.step()
+        except Exception:  # pragma: no cover - a bug, not the client's input
+            log.exception("client %d: internal error while parsing its input; disconnecting it", self.number)
+            self.transport.abort()
+            return
+        self._run()
 
     def _forward(self, request: Request) -> None:
         upstream = self.proxy._upstream

@@ -61,6 +61,7 @@ from typing import Any
 
 from ..client.limits import ensure_fd_limit
 from ..errors import CommandError
+from ..framing.rules import DEFER_SIZE
 from ..protocol._qemu_output import to_json
 from ..protocol.qga_server import QGAServerProtocol
 from ..protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, event_head
@@ -98,8 +99,6 @@ _STEP_OUTPUT = 64 << 10
 # Fair share of the loop: steps (one request run, or one chunk of error
 # answers) and bytes of output per turn before other clients run.
 _SLICE_STEPS = 128
-# Requests over this many bytes are decoded a slice per turn of the loop.
-_DEFER_SIZE = 256 << 10
 _SLICE_BYTES = 256 << 10
 # Replies are gathered and written together up to this many bytes.
 _WRITE_BATCH = 256 << 10
@@ -127,7 +126,7 @@ class _Session(asyncio.Protocol):
         self.written = 0
         self._continuation: asyncio.Handle | None = None
         self._stepping: asyncio.Handle | None = None  # a large request's next slice
-        protocol.defer_frames(_DEFER_SIZE)
+        protocol.defer_frames(DEFER_SIZE)
         self._loop = asyncio.get_running_loop()
         self._lost = self._loop.create_future()
 

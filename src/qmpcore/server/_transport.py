@@ -47,6 +47,10 @@ _MAX_FDS = 16  # QEMU's TCP_MAX_FDS: more in one message are closed
 _ANC_SIZE = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 _HIGH_WATER = 256 * 1024
 _SEND_PIECES = 64  # (sendmsg's vector, well under IOV_MAX)
+# Unsent pieces under _SMALL_PIECE bytes are copied together into pieces of
+# up to about _JOINED_PIECE bytes; larger ones are held as they are.
+_SMALL_PIECE = 16 * 1024
+_JOINED_PIECE = 256 * 1024
 _LOW_WATER = 64 * 1024
 _RETRY = (BlockingIOError, InterruptedError)
 _HANGUP_POLL = 0.1
@@ -87,7 +91,7 @@ class Connection:
         # Unsent output, in the pieces it was written in: no piece is copied
         # into a growing buffer (a client that reads slowly would make each
         # write copy all that waits), sendmsg() takes several at once.
-        self._buffer: deque[memoryview] = deque()
+        self._buffer: deque[memoryview | bytearray] = deque()
         self._buffer_size = 0
         self._reading = True
         self._writer = False
@@ -131,7 +135,7 @@ class Connection:
                 return
             if sent == len(data):
                 return
-        self._hold(memoryview(data if type(data) is bytes else bytes(data))[sent:])
+        self._hold(memoryview(data)[sent:])
 
     def writelines(self, pieces: list[bytes]) -> None:
         """Write ``pieces`` in order, with one system call when the socket
@@ -159,14 +163,25 @@ class Connection:
 
     def _hold(self, piece: memoryview) -> None:
         """Keep ``piece`` until the socket takes it (the protocol pauses
-        past the high-water mark)."""
-        if not piece:
+        past the high-water mark): a large one as a view of the bytes
+        written, small ones copied together (a system call sends a
+        buffer's worth, not a few events' worth)."""
+        size = len(piece)
+        if not size:
             return
         if not self._writer:
             self._loop.add_writer(self._fd, self._on_writable)
             self._writer = True
-        self._buffer.append(piece)
-        self._buffer_size += len(piece)
+        buffer = self._buffer
+        if size < _SMALL_PIECE or type(piece.obj) is not bytes:
+            tail = buffer[-1] if buffer else None
+            if type(tail) is bytearray and len(tail) < _JOINED_PIECE:
+                tail += piece
+            else:
+                buffer.append(bytearray(piece))
+        else:
+            buffer.append(piece)
+        self._buffer_size += size
         if not self._paused_protocol and self._buffer_size > _HIGH_WATER:
             self._paused_protocol = True
             self._protocol.pause_writing()
@@ -277,7 +292,10 @@ class Connection:
         while sent:
             piece = buffer[0]
             if sent < len(piece):
-                buffer[0] = piece[sent:]
+                if type(piece) is bytearray:
+                    del piece[:sent]  # (bytearray drops its head in place)
+                else:
+                    buffer[0] = piece[sent:]
                 break
             sent -= len(piece)
             buffer.popleft()
