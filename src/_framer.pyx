@@ -817,6 +817,12 @@ cdef struct Prep:
     bint str_key           # (that string is an object's key)
     Py_ssize_t str_out     # (where it starts, in the output and the input)
     Py_ssize_t str_in
+    Py_ssize_t str_extra   # input bytes of the string so far beyond one per character
+    long str_max           # its largest character so far (by kind: 0x7F, 0xFF, 0xFFFF or more)
+    bint str_cut           # the string was cut (stepwise)
+    Py_ssize_t sep_out     # output position of the last "{" or "," (stepwise)
+    unsigned char sep_c
+    Py_ssize_t key_close   # a long key was cut: output position of its closing quote, else -1
 
 
 cdef void _prep_init(Prep *r, unsigned char *levels, Py_ssize_t max_depth) noexcept:
@@ -835,6 +841,11 @@ cdef void _prep_init(Prep *r, unsigned char *levels, Py_ssize_t max_depth) noexc
     r.in_str = 0
     r.str_key = False
     r.str_out = r.str_in = 0
+    r.str_extra = r.str_max = 0
+    r.str_cut = False
+    r.sep_out = 0
+    r.sep_c = 0
+    r.key_close = -1
 
 
 cdef void _prep_free(Prep *r) noexcept:
@@ -870,19 +881,71 @@ cdef int _keep_key(Prep *r, Py_ssize_t start, Py_ssize_t end) except -1:
     return 0
 
 
-cdef int _cut(Prep *r, Py_ssize_t at, list cuts, Py_ssize_t string) except -1:
-    """Record a cut at output position ``at``: at a comma (``string`` -1) or
-    inside the value string that starts at input position ``string``; the
-    kinds of the open containers and the keys of the open objects' members."""
+# Kinds of cut (_Steps): at a comma; inside a value string; before a long
+# key (at the comma before it, or after its "{"); inside it; after its ":".
+DEF CUT_COMMA = 0
+DEF CUT_STR = 1
+DEF CUT_KEY_OPEN = 2
+DEF CUT_KEY_MID = 3
+DEF CUT_KEY_CLOSE = 4
+
+
+cdef int _cut(Prep *r, Py_ssize_t at, list cuts, Py_ssize_t string, int kind=CUT_COMMA,
+              Py_ssize_t extra=0) except -1:
+    """Record a cut of ``kind`` at output position ``at``: ``string`` is the
+    input position of the string it is in or next to (-1: none), ``extra``
+    a long key's opening (CUT_KEY_OPEN) or closing (CUT_KEY_CLOSE) quote;
+    with the kinds of the open containers and the keys of the open objects'
+    members (none inside a key: its pieces are decoded on their own)."""
     cdef list keys = []
     cdef Py_ssize_t d
+    if kind == CUT_KEY_MID:
+        cuts.append((at, None, None, string, kind, extra))
+        r.last_cut = at
+        return 0
     for d in range(r.depth):
         if r.levels[d] == L_MEMBER:
             keys.append((r.keys[2 * d], r.keys[2 * d + 1]))
         else:
             keys.append(None)
-    cuts.append((at, PyBytes_FromStringAndSize(<const char *>r.levels, r.depth), keys, string))
+    cuts.append((at, PyBytes_FromStringAndSize(<const char *>r.levels, r.depth), keys, string, kind, extra))
     r.last_cut = at
+    return 0
+
+
+cdef int _pause_cut(Prep *r, Py_ssize_t i, list cuts) except -1:
+    """_prepare() pauses inside a string at input position ``i``: cut there
+    when a step's worth of output has passed since the last cut.  A key is
+    cut too: first before it (its pieces are decoded apart from the text
+    around them), then at each pause inside it."""
+    cdef Py_ssize_t out = _out(r, i), at
+    cdef tuple last
+    if out - r.last_cut < r.cut_every:
+        return 0
+    if not r.str_key:
+        _cut(r, out, cuts, r.str_in, CUT_STR)
+        r.str_cut = True
+        return 0
+    if not r.str_cut:
+        at = r.sep_out if r.sep_c == 0x2C else r.sep_out + 1  # (a comma is left out)
+        last = cuts[len(cuts) - 1] if cuts else None
+        if last is not None and last[0] == at and last[4] == CUT_COMMA:
+            cuts.pop()  # (the same cut, now before the key)
+        elif last is not None and last[0] > at:
+            return 0  # (cannot happen: no cut between a key and the "{" or "," before it)
+        _cut(r, at, cuts, r.str_in, CUT_KEY_OPEN, r.str_out)
+        r.str_cut = True
+    _cut(r, out, cuts, r.str_in, CUT_KEY_MID)
+    return 0
+
+
+cdef int _cut_string_done(Prep *r, Py_ssize_t end, dict sizes) except -1:
+    """A string that was cut ends at input position ``end``: its length and
+    largest character, to build it in place (_Steps._build)."""
+    sizes[r.str_in] = (end - r.str_in - 2 - r.str_extra, r.str_max)
+    r.str_cut = False
+    if r.str_key:
+        r.key_close = _out(r, end) - 1
     return 0
 
 
@@ -1105,6 +1168,7 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
             e = p[i + 1] if i + 1 < n else 0
             if e == 0x27:  # \' : QMP's escape, not JSON's
                 _rewrite(r, p, i, "'", 1, i + 2)
+                r.str_extra += 1
                 i += 2
             elif e == 0x75:  # \u
                 cp = _hex4(p, i + 2, n)
@@ -1129,9 +1193,13 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
                     return -1
                 if _nonchar(cp):
                     r.flags |= F_NONCHAR
+                r.str_extra += j - i - 1
+                if cp > r.str_max:
+                    r.str_max = cp
                 i = j
             elif e == 0x22 or e == 0x5C or e == 0x2F or e == 0x62 or e == 0x66 or e == 0x6E \
                     or e == 0x72 or e == 0x74:
+                r.str_extra += 1
                 i += 2
             else:
                 _fail(r, 10)
@@ -1143,6 +1211,7 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
             r.flags |= F_HI
             if c == 0xC0 and i + 1 < n and p[i + 1] == 0x80:  # modified UTF-8 NUL
                 _rewrite(r, p, i, "\\u0000", 6, i + 2)
+                r.str_extra += 1
                 i += 2
                 continue
             # Checked here, in token order, so that an error later in
@@ -1158,6 +1227,11 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
                     _fail(r, 8)
                     return -1
                 r.flags |= F_NONCHAR
+            r.str_extra += j - 1
+            # (the kind of str the character needs: latin-1, UCS-2 or UCS-4)
+            cp = 0xFF if c <= 0xC3 else (0xFFFF if j < 4 else 0x10FFFF)
+            if cp > r.str_max:
+                r.str_max = cp
             i += j
         else:
             i += 1
@@ -1179,7 +1253,7 @@ cdef bint _string_done(Prep *r, const unsigned char *p, Py_ssize_t out_start, Py
 
 
 cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t max_digits,
-                  Prep *r, Py_ssize_t stop, list cuts, list dups=None) except -1:
+                  Prep *r, Py_ssize_t stop, list cuts, list dups=None, dict sizes=None) except -1:
     """One pass over a complete frame (its tokens are lexically valid):
     check it with QEMU's grammar, rewrite QEMU's dialect as plain JSON, flag
     what needs more than orjson.  Stops at the first error (F_BAD).
@@ -1187,8 +1261,10 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
     Resumable: it starts at r.pos and, given ``stop`` < n, returns at the
     first token boundary from ``stop`` on (r.pos < n: call again).  With
     ``cuts`` (a list), records cuts (at commas, and inside long value
-    strings, where it may then pause too) to decode the output by (_cut).
-    With ``dups`` (an empty list), finds duplicate keys too (_member_done)."""
+    strings, where it may then pause too) to decode the output by (_cut);
+    then ``sizes`` gets the length and largest character of each string
+    that was cut (_cut_string_done).  With ``dups`` (an empty list), finds
+    duplicate keys too (_member_done)."""
     cdef Py_ssize_t i = r.pos, j, s, d0, nd, ks = 0, ks_in = 0, depth_before = r.depth
     cdef unsigned char c, q, e, k
     cdef bint isint, neg
@@ -1201,9 +1277,10 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
             return 0
         if r.in_str:
             r.pos = i
-            if not r.str_key and _out(r, i) - r.last_cut >= r.cut_every:
-                _cut(r, _out(r, i), cuts, r.str_in)
+            _pause_cut(r, i, cuts)
             return 0
+        if r.str_cut:
+            _cut_string_done(r, i, sizes)
         if not _string_done(r, p, r.str_out, r.str_in, i, cuts, dups):
             return 0
     while i < n:
@@ -1227,12 +1304,18 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
         if k == C_STRUCT:
             if c == 0x3A:
                 r.colons += 1
+                if r.key_close >= 0:  # after a long key: its member goes on
+                    _cut(r, _out(r, i) + 1, cuts, -1, CUT_KEY_CLOSE, r.key_close)
+                    r.key_close = -1
             elif c == 0x2C and cuts is not None and _out(r, i) - r.last_cut >= r.cut_every:
                 _cut(r, _out(r, i), cuts, -1)
             elif c == 0x7B and dups is not None:  # a new object: no keys yet
                 while len(dups) < r.depth:
                     dups.append(None)
                 dups[r.depth - 1] = [set(), None]
+            if cuts is not None and (c == 0x2C or c == 0x7B):
+                r.sep_out = _out(r, i)
+                r.sep_c = c
             i += 1
         elif k == C_DQUOTE or k == C_SQUOTE:
             q = c
@@ -1243,6 +1326,7 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
             i += 1
             if cuts is not None:
                 r.str_key = r.depth > 0 and r.levels[r.depth - 1] == L_KEY
+                r.str_extra = r.str_max = 0
             i = _string_body(p, n, i, q, strict, r, stop if cuts is not None else n)
             if i < 0:
                 return 0
@@ -1250,8 +1334,7 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                 r.str_out = ks
                 r.str_in = ks_in
                 r.pos = i
-                if not r.str_key and _out(r, i) - r.last_cut >= r.cut_every:
-                    _cut(r, _out(r, i), cuts, ks_in)
+                _pause_cut(r, i, cuts)
                 return 0
             if not _string_done(r, p, ks, ks_in, i, cuts, dups):
                 return 0
@@ -1370,22 +1453,21 @@ cdef Py_ssize_t _entries(object value) except -1:
 
 
 cdef bytes _reopen(tuple cut):
-    """Text that opens again the containers open at ``cut``: inside the
-    member (a stand-in key) or the last item of each one that goes on
-    (every one at a string cut, the string included), before the next
-    member or item of the innermost one (at a comma)."""
+    """Text that opens again the containers open at ``cut``: each array
+    before its next item; each object inside its open member (a stand-in
+    key, the member's value to follow: after a long key's ":" too) or
+    before its next member (at a comma); at a string cut, the string."""
     cdef bytes kinds = cut[1]
-    cdef Py_ssize_t d, depth = len(kinds)
-    cdef bint string = cut[3] >= 0
+    cdef Py_ssize_t d
     cdef list parts = []
-    for d in range(depth):
+    for d in range(len(kinds)):
         if kinds[d] == L_ARR:
             parts.append(b"[")
-        elif string or d < depth - 1:
+        elif kinds[d] == L_MEMBER:
             parts.append(b"{" + _STAND_IN_TEXT)
         else:
             parts.append(b"{")
-    if string:
+    if cut[4] == CUT_STR:
         parts.append(b'"')
     return b"".join(parts)
 
@@ -1395,7 +1477,16 @@ cdef bytes _close_all(tuple cut):
     cdef bytes kinds = cut[1]
     cdef Py_ssize_t d
     cdef bytes closers = bytes([0x5D if kinds[d] == L_ARR else 0x7D for d in range(len(kinds) - 1, -1, -1)])
-    return b'"' + closers if cut[3] >= 0 else closers
+    return b'"' + closers if cut[4] == CUT_STR else closers
+
+
+cdef extern from "Python.h":
+    # A string cut into pieces is built in place (_Steps._build_*).
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    Py_ssize_t PyUnicode_CopyCharacters(PyObject *to, Py_ssize_t to_start, PyObject *src, Py_ssize_t from_start,
+                                        Py_ssize_t how_many) except -1
+    Py_UCS4 PyUnicode_MAX_CHAR_VALUE(object o)
+    int PyUnicode_KIND(object o)
 
 
 @cython.final
@@ -1403,10 +1494,15 @@ cdef class _Steps:
     """The steps of a compiled PendingFrame.
 
     First _prepare() over ``step`` bytes at a time, which checks the frame,
-    rewrites QEMU's dialect as plain JSON and records a cut at a comma every
-    ``step`` bytes or so.  Then one segment (between two cuts) at a time:
-    the containers open at its first cut opened again, its text, those open
-    at its last cut closed; decoded by one C call and joined into the value.
+    rewrites QEMU's dialect as plain JSON and records a cut at a comma, or
+    inside a long string, every ``step`` bytes or so.  Then one segment
+    (between two cuts) at a time: the containers open at its first cut
+    opened again, its text, those open at its last cut closed; decoded by
+    one C call and joined into the value.  A string cut into pieces is
+    built in place, a piece a step, in a str made at its full size (its
+    length and largest character are known from the first pass).  A long
+    key's pieces are segments of their own; the member after it is opened
+    with a stand-in key, replaced by the key when it is joined.
     Anything unexpected decodes the whole frame the way Framer does.
     """
 
@@ -1421,10 +1517,17 @@ cdef class _Steps:
     cdef bint checked
     cdef bint use_json   # exact integers, NaN/Infinity: the json module
     cdef list cuts
+    cdef dict sizes      # length and largest character of each string cut (by its input position)
     cdef object doc      # the plain JSON text
     cdef object root
     cdef Py_ssize_t seg  # next segment
-    cdef list pieces     # of a string cut more than once, until it ends
+    cdef object built    # the str being built of a cut string's pieces (None: none)
+    cdef Py_ssize_t built_at    # (characters in it so far)
+    cdef Py_UCS4 built_max      # (the widest kind of character among its pieces)
+    cdef object long_key # a long key built, for the member after it
+    cdef list slots      # per depth: (output position, key) of the last key decoded there
+    cdef Py_ssize_t work  # bytes decoded, copied or checked by the step in progress
+    cdef readonly Py_ssize_t _most_work  # the most any step did (tests assert it is bounded)
 
     def __cinit__(self, bytes frame, Py_ssize_t offset, Py_ssize_t max_depth, Py_ssize_t step, bint slow,
                   bint strict):
@@ -1437,20 +1540,29 @@ cdef class _Steps:
         _prep_init(&self.r, self.levels, max_depth)
         self.r.cut_every = self.step
         self.cuts = []
+        self.sizes = {}
+        self.slots = []
 
     def __dealloc__(self):
         _prep_free(&self.r)
 
     def __call__(self):
+        cdef object result
+        self.work = 0
         if not self.checked:
-            return self._check()
-        return self._segment()
+            result = self._check()
+        else:
+            result = self._segment()
+        if self.work > self._most_work:
+            self._most_work = self.work
+        return result
 
     cdef object _check(self):
         cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.frame)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.frame)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.frame), pos = self.r.pos
         cdef object why
-        _prepare(p, n, self.strict, -1, &self.r, self.r.pos + self.step, self.cuts, self.dups)
+        _prepare(p, n, self.strict, -1, &self.r, self.r.pos + self.step, self.cuts, self.dups, self.sizes)
+        self.work += self.r.pos - pos
         if self.r.flags & F_BAD:
             why = _words(&self.r, p, self.strict, True)
             _prep_free(&self.r)
@@ -1461,6 +1573,7 @@ cdef class _Steps:
         if self.r.pos < n:
             return _NOT_YET
         if self.r.flags & F_CHANGED:
+            self.work += n - self.r.copied + self.r.len
             _rewrite(&self.r, p, n, "", 0, n)
             self.doc = PyBytes_FromStringAndSize(self.r.buf, self.r.len)
         else:
@@ -1473,45 +1586,69 @@ cdef class _Steps:
     cdef object _segment(self):
         cdef list cuts = self.cuts
         cdef Py_ssize_t i = self.seg, start = 0, end = len(self.doc)
+        cdef tuple prev = None, nxt = None
+        cdef int pk = -1, nk = -1
         cdef list parts = []
         cdef object text, value
         if i:
-            start = cuts[i - 1][0] + (0 if cuts[i - 1][3] >= 0 else 1)  # (a comma is left out)
-            parts.append(_reopen(cuts[i - 1]))
+            prev = cuts[i - 1]
+            pk = prev[4]
         if i < len(cuts):
-            end = cuts[i][0]
-        parts.append(memoryview(self.doc)[start:end])
-        if i < len(cuts):
-            parts.append(_close_all(cuts[i]))
-        text = b"".join(parts)
+            nxt = cuts[i]
+            nk = nxt[4]
         try:
-            if self.use_json:
-                value = _exact(text)
-            else:
+            if nk == CUT_KEY_MID or nk == CUT_KEY_CLOSE:  # a piece of a long key
+                start = prev[5] + 1 if pk == CUT_KEY_OPEN else prev[0]
+                end = nxt[0] if nk == CUT_KEY_MID else nxt[5]
+                text = b"".join([b'"', memoryview(self.doc)[start:end], b'"'])
+                self.work += len(text)
                 value = _loads(text)
-            if i:
-                self._join(value, cuts[i - 1], i < len(cuts) and cuts[i][3] == cuts[i - 1][3] >= 0)
+                if pk == CUT_KEY_OPEN:
+                    self._build_start(prev[3], value)
+                else:
+                    self._build_add(value)
+                if nk == CUT_KEY_CLOSE:
+                    self.long_key = self._build_end()
             else:
-                self.root = value
+                if i:
+                    start = prev[0] + 1 if pk == CUT_COMMA else prev[0]  # (a comma is left out)
+                    parts.append(_reopen(prev))
+                if nxt is not None:
+                    end = nxt[0]
+                parts.append(memoryview(self.doc)[start:end])
+                if nxt is not None:
+                    parts.append(_close_all(nxt))
+                text = b"".join(parts)
+                self.work += len(text)
+                if self.use_json:
+                    value = _exact(text)
+                else:
+                    value = _loads(text)
+                if i:
+                    self._join(value, prev, nk == CUT_STR and pk == CUT_STR and nxt[3] == prev[3])
+                else:
+                    self.root = value
         except (ValueError, RecursionError, LookupError, TypeError):
             return self._whole()  # (cannot happen for text _prepare() passed)
         self.seg = i + 1
         if self.seg <= len(cuts):
             return _NOT_YET
         value = self.root
-        self.root = self.doc = self.cuts = None
+        self.root = self.doc = self.cuts = self.sizes = None
         return value
 
     cdef int _join(self, object part, tuple cut, bint string_goes_on) except -1:
         """Join ``part`` (a segment decoded after _reopen(cut)) into the
         value: down the containers open at the cut, the first item (or the
         stand-in member) continues the open one, the rest follow it; at a
-        string cut, the string's next piece is kept until it ends, then
-        the pieces are joined in its place."""
+        string cut, the string's next piece is copied into it (_build_*),
+        put in its place when it ends; after a long key, the stand-in
+        member is the key's."""
         cdef bytes kinds = cut[1]
         cdef list keys = cut[2]
         cdef list later = []
-        cdef bint string = cut[3] >= 0
+        cdef int kind = cut[4]
+        cdef bint string = kind == CUT_STR
         cdef Py_ssize_t d, inner = len(kinds) if string else len(kinds) - 1
         cdef object target = self.root, child, parent = None, slot = None
         for d in range(inner):
@@ -1524,22 +1661,27 @@ cdef class _Steps:
                 slot = len(<list>target) - 1
             else:
                 child = (<dict>part).pop(_STAND_IN)
-                slot = _loads(self.doc[keys[d][0]:keys[d][1]])
+                slot = self._key(d, keys[d])
             target = target[slot]
             part = child
         if string:
-            # target: the string's first piece; part: its next
-            if self.pieces is None:
-                self.pieces = [target]
-            self.pieces.append(part)
+            # target: the string's first piece (or the str it is built in); part: its next
+            if self.built is None:
+                self._build_start(cut[3], target)
+            self._build_add(part)
             if not string_goes_on:
-                part = "".join(self.pieces)
-                self.pieces = None
+                part = self._build_end()
                 if parent is None:
                     self.root = part
                 else:
                     parent[slot] = part
         else:
+            if kind == CUT_KEY_CLOSE:  # the member of a long key, then the members after it
+                d = len(kinds) - 1
+                child = (<dict>part).pop(_STAND_IN)
+                (<dict>target)[self.long_key] = child
+                self._keep_slot(d, keys[d][0], self.long_key)
+                self.long_key = None
             later.append(part)
             later.append(target)
         # (each a different container; a later member with the open
@@ -1552,10 +1694,62 @@ cdef class _Steps:
                 (<dict>target).update(<dict>later[d])
         return 0
 
+    cdef object _key(self, Py_ssize_t d, tuple span):
+        """The key of the member open at depth ``d`` (its output span):
+        decoded once, kept while that member is open."""
+        cdef tuple kept
+        if d < len(self.slots):
+            kept = self.slots[d]
+            if kept is not None and kept[0] == span[0]:
+                return kept[1]
+        self.work += <Py_ssize_t>span[1] - <Py_ssize_t>span[0]
+        key = _loads(self.doc[span[0]:span[1]])
+        self._keep_slot(d, span[0], key)
+        return key
+
+    cdef int _keep_slot(self, Py_ssize_t d, object at, object key) except -1:
+        while len(self.slots) <= d:
+            self.slots.append(None)
+        self.slots[d] = (at, key)
+        return 0
+
+    cdef int _build_start(self, Py_ssize_t string, str first) except -1:
+        """A str for the cut string at input position ``string``, at its
+        full size, its first piece copied in."""
+        cdef tuple size = self.sizes[string]
+        self.built = PyUnicode_New(size[0], size[1])
+        self.built_at = 0
+        self.built_max = 0x7F
+        return self._build_add(first)
+
+    cdef int _build_add(self, str piece) except -1:
+        """Copy the next piece into the str being built."""
+        cdef Py_ssize_t n = len(piece)
+        cdef Py_UCS4 most = PyUnicode_MAX_CHAR_VALUE(piece)
+        if self.built_at + n > len(<str>self.built) or most > PyUnicode_MAX_CHAR_VALUE(self.built):
+            raise ValueError("a piece does not fit the string it was measured for")
+        if n:
+            # (self.built is its only reference: it is not yet in the value)
+            PyUnicode_CopyCharacters(<PyObject *>self.built, self.built_at, <PyObject *>piece, 0, n)
+        self.built_at += n
+        if most > self.built_max:
+            self.built_max = most
+        self.work += n * PyUnicode_KIND(self.built)
+        return 0
+
+    cdef str _build_end(self):
+        """The str built, every character in place, exactly the str one
+        decode makes (its kind is the widest of its pieces')."""
+        cdef str done = self.built
+        self.built = None
+        if self.built_at != len(done) or self.built_max != PyUnicode_MAX_CHAR_VALUE(done):
+            raise ValueError("a string's pieces do not make the string it was measured for")
+        return done
+
     cdef object _whole(self):
         """The frame decoded at once, as Framer decodes it."""
         cdef object doc = self.doc
-        self.root = self.doc = self.cuts = None
+        self.root = self.doc = self.cuts = self.sizes = self.built = self.long_key = self.slots = None
         if doc is not None:
             if not self.use_json:
                 try:
