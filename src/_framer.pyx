@@ -37,6 +37,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from libc.string cimport memchr, memcmp, memcpy, memmove
 
+import hashlib
 import json
 import os
 import sys
@@ -75,6 +76,7 @@ cdef object _json_loads = json.JSONDecoder().decode
 cdef object _max_digits = getattr(sys, "get_int_max_str_digits", lambda: 0)
 cdef object _NO = object()  # "not decoded here"
 cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef object _blake2b = hashlib.blake2b
 cdef object _SYNC = SYNC
 cdef object _NOT_YET = NOT_YET
 cdef object _PendingFrame = PendingFrame
@@ -823,6 +825,10 @@ cdef struct Prep:
     Py_ssize_t sep_out     # output position of the last "{" or "," (stepwise)
     unsigned char sep_c
     Py_ssize_t key_close   # a long key was cut: output position of its closing quote, else -1
+    Py_ssize_t work        # bytes copied or decoded besides the scan (counted for _Steps)
+    Py_ssize_t base        # stepwise: buf holds the output from here on (before it: the input)
+    bint key_paused        # stepwise, strict: the key being read paused (its pieces are in an accumulator)
+    Py_ssize_t piece_out   # (where its next piece starts, in the output)
 
 
 cdef void _prep_init(Prep *r, unsigned char *levels, Py_ssize_t max_depth) noexcept:
@@ -846,6 +852,10 @@ cdef void _prep_init(Prep *r, unsigned char *levels, Py_ssize_t max_depth) noexc
     r.sep_out = 0
     r.sep_c = 0
     r.key_close = -1
+    r.work = 0
+    r.base = 0
+    r.key_paused = False
+    r.piece_out = 0
 
 
 cdef void _prep_free(Prep *r) noexcept:
@@ -951,11 +961,16 @@ cdef int _cut_string_done(Prep *r, Py_ssize_t end, dict sizes) except -1:
 
 cdef int _rewrite(Prep *r, const unsigned char *p, Py_ssize_t at, const char *text,
                   Py_ssize_t size, Py_ssize_t resume) except -1:
-    """Output p[r.copied:at], then ``text`` instead of p[at:resume]."""
-    _grow(&r.buf, &r.cap, r.len + (at - r.copied) + size, 256)
-    memcpy(r.buf + r.len, p + r.copied, at - r.copied)
+    """Output p[r.copied:at], then ``text`` instead of p[at:resume].
+    Stepwise (_Steps), the text before the first rewrite is not copied: it
+    is the output too (r.base)."""
+    if r.cut_every and not r.flags & F_CHANGED:
+        r.base = r.len = r.copied = at
+    _grow(&r.buf, &r.cap, r.len - r.base + (at - r.copied) + size, 256)
+    r.work += at - r.copied + size
+    memcpy(r.buf + r.len - r.base, p + r.copied, at - r.copied)
     r.len += at - r.copied
-    memcpy(r.buf + r.len, text, size)
+    memcpy(r.buf + r.len - r.base, text, size)
     r.len += size
     r.copied = resume
     r.flags |= F_CHANGED
@@ -1125,13 +1140,65 @@ cdef object _key_text(Prep *r, const unsigned char *p, Py_ssize_t out_start, Py_
             if p[k] == 0x5C or p[k] >= 0x80:
                 simple = False
                 break
+    r.work += end - start
     if simple:
         return (<const char *>p)[start + 1:end - 1].decode("ascii")
-    # Its plain JSON text: what was rewritten of it, then what was not.
-    if out_start >= r.len:
-        return _loads(PyBytes_FromStringAndSize(<const char *>p + start, end - start))
-    return _loads(PyBytes_FromStringAndSize(r.buf + out_start, r.len - out_start)
-                  + PyBytes_FromStringAndSize(<const char *>p + r.copied, end - r.copied))
+    return _loads(_out_text(r, p, out_start, _out(r, end)))
+
+
+cdef bytes _out_text(Prep *r, const unsigned char *p, Py_ssize_t a, Py_ssize_t b):
+    """The output from position ``a`` to ``b`` (<= where _prepare() is):
+    before r.base the input, then what was rewritten, then what was not."""
+    cdef list parts = []
+    cdef Py_ssize_t upto
+    if a < r.base:
+        upto = b if b < r.base else r.base
+        parts.append(PyBytes_FromStringAndSize(<const char *>p + a, upto - a))
+        a = upto
+    if a < r.len and a < b:
+        upto = b if b < r.len else r.len
+        parts.append(PyBytes_FromStringAndSize(r.buf + a - r.base, upto - a))
+        a = upto
+    if a < b:
+        parts.append(PyBytes_FromStringAndSize(<const char *>p + r.copied + (a - r.len), b - a))
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+DEF KEY_ID_CHARS = 256  # (stepwise, strict) longer keys are told apart by length and digest
+
+
+cdef object _key_id(str key, object digest):
+    """What tells a key from the others of its object (stepwise, strict):
+    the key, or for a long one its length and a digest of its text."""
+    if len(key) <= KEY_ID_CHARS and digest is None:
+        return key
+    if digest is None:
+        digest = _blake2b(digest_size=32)
+        digest.update(key.encode("utf-8"))
+    return (len(key), digest.digest())
+
+
+cdef int _key_piece(Prep *r, const unsigned char *p, Py_ssize_t b, list acc) except -1:
+    """The next piece of a key that pauses (stepwise, strict), up to output
+    position ``b``, into ``acc``: [its length so far, its pieces while it
+    is short (else None), a digest of its text once it is long]."""
+    cdef str piece = _loads(b'"' + _out_text(r, p, r.piece_out, b) + b'"')
+    r.work += b - r.piece_out
+    r.piece_out = b
+    if not r.key_paused:
+        r.key_paused = True
+        acc[:] = [0, [], None]
+    acc[0] += len(piece)
+    if acc[1] is not None:
+        (<list>acc[1]).append(piece)
+        if acc[0] > KEY_ID_CHARS:
+            acc[2] = _blake2b(digest_size=32)
+            for piece in acc[1]:
+                acc[2].update(piece.encode("utf-8"))
+            acc[1] = None
+    else:
+        acc[2].update(piece.encode("utf-8"))
+    return 0
 
 
 cdef int _member_done(Prep *r, list dups) except -1:
@@ -1239,21 +1306,31 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
 
 
 cdef bint _string_done(Prep *r, const unsigned char *p, Py_ssize_t out_start, Py_ssize_t start, Py_ssize_t end,
-                       list cuts, list dups) except -1:
+                       list cuts, list dups, list acc) except -1:
     """The string ``p[start:end]`` is complete: hand it to its container
-    (False: the frame is invalid there); keep it if it is a key."""
+    (False: the frame is invalid there); keep it if it is a key (``acc``:
+    its pieces when it paused, see _key_piece)."""
+    cdef object key
     if not _complete(r, True):
         return False
     if r.state == G_COLON:
         if cuts is not None:
             _keep_key(r, out_start, _out(r, end))
         if dups is not None:
-            (<list>dups[r.depth - 1])[1] = _key_text(r, p, out_start, start, end)
+            if cuts is None:
+                key = _key_text(r, p, out_start, start, end)
+            elif r.key_paused:
+                _key_piece(r, p, _out(r, end) - 1, acc)
+                r.key_paused = False
+                key = _key_id("".join(acc[1]), None) if acc[1] is not None else (acc[0], acc[2].digest())
+            else:
+                key = _key_id(_key_text(r, p, out_start, start, end), None)
+            (<list>dups[r.depth - 1])[1] = key
     return True
 
 
 cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t max_digits,
-                  Prep *r, Py_ssize_t stop, list cuts, list dups=None, dict sizes=None) except -1:
+                  Prep *r, Py_ssize_t stop, list cuts, list dups=None, dict sizes=None, list acc=None) except -1:
     """One pass over a complete frame (its tokens are lexically valid):
     check it with QEMU's grammar, rewrite QEMU's dialect as plain JSON, flag
     what needs more than orjson.  Stops at the first error (F_BAD).
@@ -1264,7 +1341,8 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
     strings, where it may then pause too) to decode the output by (_cut);
     then ``sizes`` gets the length and largest character of each string
     that was cut (_cut_string_done).  With ``dups`` (an empty list), finds
-    duplicate keys too (_member_done)."""
+    duplicate keys too (_member_done); stepwise, long keys are read a piece
+    at a time into ``acc`` (_key_piece)."""
     cdef Py_ssize_t i = r.pos, j, s, d0, nd, ks = 0, ks_in = 0, depth_before = r.depth
     cdef unsigned char c, q, e, k
     cdef bint isint, neg
@@ -1278,10 +1356,12 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
         if r.in_str:
             r.pos = i
             _pause_cut(r, i, cuts)
+            if dups is not None and r.str_key:
+                _key_piece(r, p, _out(r, i), acc)
             return 0
         if r.str_cut:
             _cut_string_done(r, i, sizes)
-        if not _string_done(r, p, r.str_out, r.str_in, i, cuts, dups):
+        if not _string_done(r, p, r.str_out, r.str_in, i, cuts, dups, acc):
             return 0
     while i < n:
         if dups is not None:
@@ -1327,6 +1407,7 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
             if cuts is not None:
                 r.str_key = r.depth > 0 and r.levels[r.depth - 1] == L_KEY
                 r.str_extra = r.str_max = 0
+                r.piece_out = _out(r, i)
             i = _string_body(p, n, i, q, strict, r, stop if cuts is not None else n)
             if i < 0:
                 return 0
@@ -1335,8 +1416,10 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                 r.str_in = ks_in
                 r.pos = i
                 _pause_cut(r, i, cuts)
+                if dups is not None and r.str_key:
+                    _key_piece(r, p, _out(r, i), acc)
                 return 0
-            if not _string_done(r, p, ks, ks_in, i, cuts, dups):
+            if not _string_done(r, p, ks, ks_in, i, cuts, dups, acc):
                 return 0
         elif k == C_MINUS or k == C_ZERO or k == C_DIGIT or k == C_LOWER:
             s = i
@@ -1518,7 +1601,11 @@ cdef class _Steps:
     cdef bint use_json   # exact integers, NaN/Infinity: the json module
     cdef list cuts
     cdef dict sizes      # length and largest character of each string cut (by its input position)
-    cdef object doc      # the plain JSON text
+    cdef list acc        # strict: the pieces of a long key (_key_piece)
+    cdef bint has_doc    # the plain JSON text is known: the frame up to base, then docbuf
+    cdef Py_ssize_t doc_len
+    cdef Py_ssize_t base
+    cdef char *docbuf    # (the rewritten output of the first pass, owned)
     cdef object root
     cdef Py_ssize_t seg  # next segment
     cdef object built    # the str being built of a cut string's pieces (None: none)
@@ -1542,9 +1629,12 @@ cdef class _Steps:
         self.cuts = []
         self.sizes = {}
         self.slots = []
+        self.acc = [0, None, None]
+        self.docbuf = NULL
 
     def __dealloc__(self):
         _prep_free(&self.r)
+        PyMem_Free(self.docbuf)
 
     def __call__(self):
         cdef object result
@@ -1559,10 +1649,16 @@ cdef class _Steps:
 
     cdef object _check(self):
         cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.frame)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.frame), pos = self.r.pos
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.frame), pos = self.r.pos, work = self.r.work
         cdef object why
-        _prepare(p, n, self.strict, -1, &self.r, self.r.pos + self.step, self.cuts, self.dups, self.sizes)
-        self.work += self.r.pos - pos
+        _prepare(p, n, self.strict, -1, &self.r, self.r.pos + self.step, self.cuts, self.dups, self.sizes, self.acc)
+        if self.r.flags & F_CHANGED and not self.r.flags & F_BAD:
+            if self.r.cap - (self.r.len - self.r.base) < n - self.r.copied:
+                # (room for the rest at once: the buffer grows no more unless rewrites make the text longer)
+                _grow(&self.r.buf, &self.r.cap, self.r.len - self.r.base + n - self.r.copied + 64, 256)
+                self.work += self.r.len - self.r.base
+            _rewrite(&self.r, p, self.r.pos, "", 0, self.r.pos)  # (a step's worth at a time)
+        self.work += self.r.pos - pos + self.r.work - work
         if self.r.flags & F_BAD:
             why = _words(&self.r, p, self.strict, True)
             _prep_free(&self.r)
@@ -1573,19 +1669,37 @@ cdef class _Steps:
         if self.r.pos < n:
             return _NOT_YET
         if self.r.flags & F_CHANGED:
-            self.work += n - self.r.copied + self.r.len
-            _rewrite(&self.r, p, n, "", 0, n)
-            self.doc = PyBytes_FromStringAndSize(self.r.buf, self.r.len)
+            self.doc_len = self.r.len
+            self.base = self.r.base
+            self.docbuf = self.r.buf  # (kept, not copied)
+            self.r.buf = NULL
         else:
-            self.doc = self.frame
+            self.doc_len = self.base = n
+        self.has_doc = True
         self.use_json = (self.r.flags & (F_LONG | F_SPECIAL)) != 0
         _prep_free(&self.r)
         self.checked = True
         return _NOT_YET
 
+    cdef int _text(self, list parts, Py_ssize_t start, Py_ssize_t end) except -1:
+        """Add the plain JSON text from ``start`` to ``end`` to ``parts``."""
+        cdef Py_ssize_t upto
+        if start < self.base:
+            upto = end if end < self.base else self.base
+            parts.append(memoryview(self.frame)[start:upto])
+            start = upto
+        if start < end:
+            parts.append(PyMemoryView_FromMemory(self.docbuf + start - self.base, end - start, PyBUF_READ))
+        return 0
+
+    cdef bytes _text_of(self, Py_ssize_t start, Py_ssize_t end):
+        cdef list parts = []
+        self._text(parts, start, end)
+        return b"".join(parts)
+
     cdef object _segment(self):
         cdef list cuts = self.cuts
-        cdef Py_ssize_t i = self.seg, start = 0, end = len(self.doc)
+        cdef Py_ssize_t i = self.seg, start = 0, end = self.doc_len
         cdef tuple prev = None, nxt = None
         cdef int pk = -1, nk = -1
         cdef list parts = []
@@ -1600,7 +1714,10 @@ cdef class _Steps:
             if nk == CUT_KEY_MID or nk == CUT_KEY_CLOSE:  # a piece of a long key
                 start = prev[5] + 1 if pk == CUT_KEY_OPEN else prev[0]
                 end = nxt[0] if nk == CUT_KEY_MID else nxt[5]
-                text = b"".join([b'"', memoryview(self.doc)[start:end], b'"'])
+                parts.append(b'"')
+                self._text(parts, start, end)
+                parts.append(b'"')
+                text = b"".join(parts)
                 self.work += len(text)
                 value = _loads(text)
                 if pk == CUT_KEY_OPEN:
@@ -1615,7 +1732,7 @@ cdef class _Steps:
                     parts.append(_reopen(prev))
                 if nxt is not None:
                     end = nxt[0]
-                parts.append(memoryview(self.doc)[start:end])
+                self._text(parts, start, end)
                 if nxt is not None:
                     parts.append(_close_all(nxt))
                 text = b"".join(parts)
@@ -1634,8 +1751,14 @@ cdef class _Steps:
         if self.seg <= len(cuts):
             return _NOT_YET
         value = self.root
-        self.root = self.doc = self.cuts = self.sizes = None
+        self.root = self.cuts = self.sizes = None
+        self._drop_doc()
         return value
+
+    cdef void _drop_doc(self) noexcept:
+        self.has_doc = False
+        PyMem_Free(self.docbuf)
+        self.docbuf = NULL
 
     cdef int _join(self, object part, tuple cut, bint string_goes_on) except -1:
         """Join ``part`` (a segment decoded after _reopen(cut)) into the
@@ -1703,7 +1826,7 @@ cdef class _Steps:
             if kept is not None and kept[0] == span[0]:
                 return kept[1]
         self.work += <Py_ssize_t>span[1] - <Py_ssize_t>span[0]
-        key = _loads(self.doc[span[0]:span[1]])
+        key = _loads(self._text_of(span[0], span[1]))
         self._keep_slot(d, span[0], key)
         return key
 
@@ -1748,8 +1871,10 @@ cdef class _Steps:
 
     cdef object _whole(self):
         """The frame decoded at once, as Framer decodes it."""
-        cdef object doc = self.doc
-        self.root = self.doc = self.cuts = self.sizes = self.built = self.long_key = self.slots = None
+        cdef object doc = self._text_of(0, self.doc_len) if self.has_doc else None
+        self.work += len(self.frame)  # (at least: every byte again)
+        self._drop_doc()
+        self.root = self.cuts = self.sizes = self.built = self.long_key = self.slots = None
         if doc is not None:
             if not self.use_json:
                 try:
