@@ -219,7 +219,11 @@ _long_text = st.lists(
     min_size=0,
     max_size=60,
 ).map("".join)
-_long_keys = st.one_of(_long_text, st.sampled_from(["a", "\u00e9", "k" * 40]))
+_long_keys = st.one_of(
+    _long_text,
+    _long_text.map(lambda t: "x" * 250 + t),  # (over 256 characters: strict tells them apart by digest)
+    st.sampled_from(["a", "\u00e9", "k" * 40, "x" * 250 + "\u00e9" * 7, "x" * 250 + "\u00e9" * 6 + "\u00e9"]),
+)
 
 
 def _long_values(depth: int = 0) -> st.SearchStrategy:
@@ -284,8 +288,21 @@ _MiB = 1 << 20
         b'{"return": "' + b"ab\\n\\u00e9\\ud83d\\ude00" * (_MiB // 2) + b'"}',
         b'{"return": {"' + b"k" * (4 * _MiB) + b'": {"a": [' + b"1, " * 100_000 + b'2], "b": "c"}}}',
         b'{"return": {"' + "\u00e9".encode() * (2 * _MiB) + b'": 1, "' + "\u00e9".encode() * (2 * _MiB) + b'": 2}}',
+        # QEMU's dialect, rewritten as the frame is checked: from the start, late, in a key
+        b"{'return': '" + b"x" * (16 * _MiB) + b"'}",
+        b'{"return": "' + b"x" * (16 * _MiB) + b"\", 'b': inf}",
+        b"{'return': {'" + b"k\\'\xc3\xa9" * _MiB + b"': 1}}",
     ],
-    ids=["16MiB-ascii-value", "16MiB-ucs4-value", "escaped-value", "4MiB-key", "duplicate-keys"],
+    ids=[
+        "16MiB-ascii-value",
+        "16MiB-ucs4-value",
+        "escaped-value",
+        "4MiB-key",
+        "duplicate-keys",
+        "single-quotes",
+        "late-rewrite",
+        "dialect-key",
+    ],
 )
 @pytest.mark.parametrize("strict", [False, True])
 def test_no_step_does_more_than_a_few_steps_worth(frame, strict):
@@ -299,3 +316,29 @@ def test_no_step_does_more_than_a_few_steps_worth(frame, strict):
     assert result == framer_c.Framer(strict=strict).feed(frame + b"\n")[0]
     assert item.steps >= len(frame) // step
     assert steps._most_work <= 4 * step
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ("x" * 300 + "\\u00e9", "x" * 300 + "\u00e9"),  # the same key, written two ways
+        ("x" * 300 + "b", "x" * 300 + "c"),
+        ("x" * 300, "x" * 301),
+        ("\\ud83d\\ude00" * 200, "\U0001f600" * 200),
+        ("y" * 256, "y" * 255 + "\\u0079"),
+    ],
+)
+@pytest.mark.parametrize("step", [1, 5, 64, 1 << 20])
+@pytest.mark.parametrize("strict", [False, True])
+def test_long_keys_that_repeat(Framer, keys, step, strict):
+    """Long keys equal or not, whatever their escapes: the same members, or
+    in strict mode the same "duplicate key" error, as without defer."""
+    a, b = (k.encode() for k in keys)
+    frame = b'{"return": {"' + a + b'": [1, 2], "c": 3, "' + b + b'": {"d": 4}}, "id": 1}\n'
+    expected = Framer(strict=strict).feed(frame)
+    f = Framer(defer=8, strict=strict)
+    f.defer_step = step
+    got, _ = decode_all(f, frame)
+    assert got == expected
+    if strict:
+        assert isinstance(got[0], FrameError) == (orjson.loads(b'"' + a + b'"') == orjson.loads(b'"' + b + b'"'))
