@@ -1570,6 +1570,93 @@ cdef extern from "Python.h":
                                         Py_ssize_t how_many) except -1
     Py_UCS4 PyUnicode_MAX_CHAR_VALUE(object o)
     int PyUnicode_KIND(object o)
+    void *PyUnicode_DATA(object o)
+
+
+cdef extern from *:
+    """
+    /* str's hash (SipHash-1-3 over its characters, as CPython computes it
+       where sys.hash_info says so), taken 8 bytes at a time as a long key
+       is built, so that no step hashes the whole key (_Steps._build_*). */
+    #include <stdint.h>
+    #include <string.h>
+    typedef struct { uint64_t v0, v1, v2, v3; Py_ssize_t done; } qc_sip;
+    #define QC_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+    #define QC_SIPROUND(s) do { \
+        (s)->v0 += (s)->v1; (s)->v1 = QC_ROTL((s)->v1, 13); (s)->v1 ^= (s)->v0; (s)->v0 = QC_ROTL((s)->v0, 32); \
+        (s)->v2 += (s)->v3; (s)->v3 = QC_ROTL((s)->v3, 16); (s)->v3 ^= (s)->v2; \
+        (s)->v0 += (s)->v3; (s)->v3 = QC_ROTL((s)->v3, 21); (s)->v3 ^= (s)->v0; \
+        (s)->v2 += (s)->v1; (s)->v1 = QC_ROTL((s)->v1, 17); (s)->v1 ^= (s)->v2; (s)->v2 = QC_ROTL((s)->v2, 32); \
+    } while (0)
+    static void qc_sip_init(qc_sip *s) {
+        uint64_t k0 = _Py_HashSecret.siphash.k0, k1 = _Py_HashSecret.siphash.k1;
+        s->v0 = k0 ^ 0x736f6d6570736575ULL;
+        s->v1 = k1 ^ 0x646f72616e646f6dULL;
+        s->v2 = k0 ^ 0x6c7967656e657261ULL;
+        s->v3 = k1 ^ 0x7465646279746573ULL;
+        s->done = 0;
+    }
+    /* The whole 8-byte words of data[s->done:upto] (little-endian only). */
+    static void qc_sip_blocks(qc_sip *s, const unsigned char *data, Py_ssize_t upto) {
+        uint64_t m;
+        while (s->done + 8 <= upto) {
+            memcpy(&m, data + s->done, 8);
+            s->v3 ^= m;
+            QC_SIPROUND(s);
+            s->v0 ^= m;
+            s->done += 8;
+        }
+    }
+    static Py_hash_t qc_sip_end(qc_sip *s, const unsigned char *data, Py_ssize_t size) {
+        uint64_t b = (uint64_t)size << 56, t = 0;
+        Py_hash_t h;
+        if (size == 0)
+            return 0;
+        qc_sip_blocks(s, data, size);
+        memcpy(&t, data + s->done, (size_t)(size - s->done));
+        b |= t;
+        s->v3 ^= b;
+        QC_SIPROUND(s);
+        s->v0 ^= b;
+        s->v2 ^= 0xff;
+        QC_SIPROUND(s);
+        QC_SIPROUND(s);
+        QC_SIPROUND(s);
+        h = (Py_hash_t)((s->v0 ^ s->v1) ^ (s->v2 ^ s->v3));
+        return h == -1 ? -2 : h;
+    }
+    static void qc_set_hash(PyObject *o, Py_hash_t h) { ((PyASCIIObject *)o)->hash = h; }
+    """
+    ctypedef struct qc_sip:
+        Py_ssize_t done
+    void qc_sip_init(qc_sip *s) noexcept
+    void qc_sip_blocks(qc_sip *s, const unsigned char *data, Py_ssize_t upto) noexcept
+    Py_hash_t qc_sip_end(qc_sip *s, const unsigned char *data, Py_ssize_t size) noexcept
+    void qc_set_hash(PyObject *o, Py_hash_t h) noexcept
+
+
+cdef bint _hash_as_built():
+    """Does qc_sip_* give str's own hash here?  (CPython with SipHash-1-3
+    and no small-string cutoff, little-endian: checked on strings of each
+    kind and of lengths around the word size.)"""
+    cdef qc_sip h
+    cdef str text
+    cdef Py_ssize_t size
+    info = sys.hash_info
+    if sys.implementation.name != "cpython" or info.algorithm != "siphash13" or info.cutoff != 0 \
+            or info.width != 64 or sys.byteorder != "little":
+        return False
+    for text in ["", "a", "abcdefg", "abcdefgh", "abcdefghi", "\u00e9" * 9, "\u20ac" * 5, "\U0001f600" * 3,
+                 "k" * 100 + "\u00e9", "".join(map(chr, range(40, 300)))]:
+        size = len(text) * PyUnicode_KIND(text)
+        qc_sip_init(&h)
+        qc_sip_blocks(&h, <const unsigned char *>PyUnicode_DATA(text), size // 2)
+        if qc_sip_end(&h, <const unsigned char *>PyUnicode_DATA(text), size) != hash(text):
+            return False
+    return True
+
+
+cdef bint _HASH_AS_BUILT = _hash_as_built()
 
 
 @cython.final
@@ -1611,6 +1698,8 @@ cdef class _Steps:
     cdef object built    # the str being built of a cut string's pieces (None: none)
     cdef Py_ssize_t built_at    # (characters in it so far)
     cdef Py_UCS4 built_max      # (the widest kind of character among its pieces)
+    cdef bint built_hash        # (a key: its hash is taken as it is built)
+    cdef qc_sip sip
     cdef object long_key # a long key built, for the member after it
     cdef list slots      # per depth: (output position, key) of the last key decoded there
     cdef Py_ssize_t work  # bytes decoded, copied or checked by the step in progress
@@ -1721,7 +1810,7 @@ cdef class _Steps:
                 self.work += len(text)
                 value = _loads(text)
                 if pk == CUT_KEY_OPEN:
-                    self._build_start(prev[3], value)
+                    self._build_start(prev[3], value, _HASH_AS_BUILT)
                 else:
                     self._build_add(value)
                 if nk == CUT_KEY_CLOSE:
@@ -1790,7 +1879,7 @@ cdef class _Steps:
         if string:
             # target: the string's first piece (or the str it is built in); part: its next
             if self.built is None:
-                self._build_start(cut[3], target)
+                self._build_start(cut[3], target, False)
             self._build_add(part)
             if not string_goes_on:
                 part = self._build_end()
@@ -1836,13 +1925,17 @@ cdef class _Steps:
         self.slots[d] = (at, key)
         return 0
 
-    cdef int _build_start(self, Py_ssize_t string, str first) except -1:
+    cdef int _build_start(self, Py_ssize_t string, str first, bint hashed) except -1:
         """A str for the cut string at input position ``string``, at its
-        full size, its first piece copied in."""
+        full size, its first piece copied in (``hashed``: its hash taken
+        as it is built, for a key)."""
         cdef tuple size = self.sizes[string]
         self.built = PyUnicode_New(size[0], size[1])
         self.built_at = 0
         self.built_max = 0x7F
+        self.built_hash = hashed
+        if hashed:
+            qc_sip_init(&self.sip)
         return self._build_add(first)
 
     cdef int _build_add(self, str piece) except -1:
@@ -1858,6 +1951,9 @@ cdef class _Steps:
         if most > self.built_max:
             self.built_max = most
         self.work += n * PyUnicode_KIND(self.built)
+        if self.built_hash:
+            qc_sip_blocks(&self.sip, <const unsigned char *>PyUnicode_DATA(self.built),
+                          self.built_at * PyUnicode_KIND(self.built))
         return 0
 
     cdef str _build_end(self):
@@ -1867,6 +1963,9 @@ cdef class _Steps:
         self.built = None
         if self.built_at != len(done) or self.built_max != PyUnicode_MAX_CHAR_VALUE(done):
             raise ValueError("a string's pieces do not make the string it was measured for")
+        if self.built_hash:  # (its hash, cached as hash() would cache it)
+            qc_set_hash(<PyObject *>done, qc_sip_end(&self.sip, <const unsigned char *>PyUnicode_DATA(done),
+                                                       len(done) * PyUnicode_KIND(done)))
         return done
 
     cdef object _whole(self):

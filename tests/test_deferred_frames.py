@@ -194,6 +194,7 @@ def _same_strings(got, expected) -> None:
         elif isinstance(g, dict):
             assert list(g) == list(e)
             stack.extend((k, ek) for k, ek in zip(g, e))
+            assert all(hash(k) == hash(ek) for k, ek in zip(g, e))  # (a long key's hash is taken as it is built)
             stack.extend((g[k], e[k]) for k in g)
 
 
