@@ -1834,8 +1834,8 @@ cdef class _Steps:
                     self._join(value, prev, nk == CUT_STR and pk == CUT_STR and nxt[3] == prev[3])
                 else:
                     self.root = value
-        except (ValueError, RecursionError, LookupError, TypeError):
-            return self._whole()  # (cannot happen for text _prepare() passed)
+        except (ValueError, RecursionError, LookupError, TypeError, SystemError):
+            return self._whole()  # (cannot happen for text _prepare() passed; SystemError: a str not ours alone)
         self.seg = i + 1
         if self.seg <= len(cuts):
             return _NOT_YET
