@@ -37,6 +37,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
+import hashlib
 import json
 import os
 import sys
@@ -75,6 +76,7 @@ cdef object _json_loads = json.JSONDecoder().decode
 cdef object _max_digits = getattr(sys, "get_int_max_str_digits", lambda: 0)
 cdef object _NO = object()  # "not decoded here"
 cdef object _JSONDecodeError = orjson.JSONDecodeError
+cdef object _blake2b = hashlib.blake2b
 cdef object _SYNC = SYNC
 cdef object _NOT_YET = NOT_YET
 cdef object _PendingFrame = PendingFrame
@@ -832,6 +834,16 @@ cdef struct Prep:
     bint str_key           # (that string is an object's key)
     Py_ssize_t str_out     # (where it starts, in the output and the input)
     Py_ssize_t str_in
+    Py_ssize_t str_extra   # input bytes of the string so far beyond one per character
+    long str_max           # its largest character so far (by kind: 0x7F, 0xFF, 0xFFFF or more)
+    bint str_cut           # the string was cut (stepwise)
+    Py_ssize_t sep_out     # output position of the last "{" or "," (stepwise)
+    unsigned char sep_c
+    Py_ssize_t key_close   # a long key was cut: output position of its closing quote, else -1
+    Py_ssize_t work        # bytes copied or decoded besides the scan (counted for _Steps)
+    Py_ssize_t base        # stepwise: buf holds the output from here on (before it: the input)
+    bint key_paused        # stepwise, strict: the key being read paused (its pieces are in an accumulator)
+    Py_ssize_t piece_out   # (where its next piece starts, in the output)
 
 
 cdef void _prep_init(Prep *r, unsigned char *levels, Py_ssize_t max_depth) noexcept:
@@ -850,6 +862,15 @@ cdef void _prep_init(Prep *r, unsigned char *levels, Py_ssize_t max_depth) noexc
     r.in_str = 0
     r.str_key = False
     r.str_out = r.str_in = 0
+    r.str_extra = r.str_max = 0
+    r.str_cut = False
+    r.sep_out = 0
+    r.sep_c = 0
+    r.key_close = -1
+    r.work = 0
+    r.base = 0
+    r.key_paused = False
+    r.piece_out = 0
 
 
 cdef void _prep_free(Prep *r) noexcept:
@@ -885,29 +906,86 @@ cdef int _keep_key(Prep *r, Py_ssize_t start, Py_ssize_t end) except -1:
     return 0
 
 
-cdef int _cut(Prep *r, Py_ssize_t at, list cuts, Py_ssize_t string) except -1:
-    """Record a cut at output position ``at``: at a comma (``string`` -1) or
-    inside the value string that starts at input position ``string``; the
-    kinds of the open containers and the keys of the open objects' members."""
+# Kinds of cut (_Steps): at a comma; inside a value string; before a long
+# key (at the comma before it, or after its "{"); inside it; after its ":".
+DEF CUT_COMMA = 0
+DEF CUT_STR = 1
+DEF CUT_KEY_OPEN = 2
+DEF CUT_KEY_MID = 3
+DEF CUT_KEY_CLOSE = 4
+
+
+cdef int _cut(Prep *r, Py_ssize_t at, list cuts, Py_ssize_t string, int kind=CUT_COMMA,
+              Py_ssize_t extra=0) except -1:
+    """Record a cut of ``kind`` at output position ``at``: ``string`` is the
+    input position of the string it is in or next to (-1: none), ``extra``
+    a long key's opening (CUT_KEY_OPEN) or closing (CUT_KEY_CLOSE) quote;
+    with the kinds of the open containers and the keys of the open objects'
+    members (none inside a key: its pieces are decoded on their own)."""
     cdef list keys = []
     cdef Py_ssize_t d
+    if kind == CUT_KEY_MID:
+        cuts.append((at, None, None, string, kind, extra))
+        r.last_cut = at
+        return 0
     for d in range(r.depth):
         if r.levels[d] == L_MEMBER:
             keys.append((r.keys[2 * d], r.keys[2 * d + 1]))
         else:
             keys.append(None)
-    cuts.append((at, PyBytes_FromStringAndSize(<const char *>r.levels, r.depth), keys, string))
+    cuts.append((at, PyBytes_FromStringAndSize(<const char *>r.levels, r.depth), keys, string, kind, extra))
     r.last_cut = at
+    return 0
+
+
+cdef int _pause_cut(Prep *r, Py_ssize_t i, list cuts) except -1:
+    """_prepare() pauses inside a string at input position ``i``: cut there
+    when a step's worth of output has passed since the last cut.  A key is
+    cut too: first before it (its pieces are decoded apart from the text
+    around them), then at each pause inside it."""
+    cdef Py_ssize_t out = _out(r, i), at
+    cdef tuple last
+    if out - r.last_cut < r.cut_every:
+        return 0
+    if not r.str_key:
+        _cut(r, out, cuts, r.str_in, CUT_STR)
+        r.str_cut = True
+        return 0
+    if not r.str_cut:
+        at = r.sep_out if r.sep_c == 0x2C else r.sep_out + 1  # (a comma is left out)
+        last = cuts[len(cuts) - 1] if cuts else None
+        if last is not None and last[0] == at and last[4] == CUT_COMMA:
+            cuts.pop()  # (the same cut, now before the key)
+        elif last is not None and last[0] > at:
+            return 0  # (cannot happen: no cut between a key and the "{" or "," before it)
+        _cut(r, at, cuts, r.str_in, CUT_KEY_OPEN, r.str_out)
+        r.str_cut = True
+    _cut(r, out, cuts, r.str_in, CUT_KEY_MID)
+    return 0
+
+
+cdef int _cut_string_done(Prep *r, Py_ssize_t end, dict sizes) except -1:
+    """A string that was cut ends at input position ``end``: its length and
+    largest character, to build it in place (_Steps._build)."""
+    sizes[r.str_in] = (end - r.str_in - 2 - r.str_extra, r.str_max)
+    r.str_cut = False
+    if r.str_key:
+        r.key_close = _out(r, end) - 1
     return 0
 
 
 cdef int _rewrite(Prep *r, const unsigned char *p, Py_ssize_t at, const char *text,
                   Py_ssize_t size, Py_ssize_t resume) except -1:
-    """Output p[r.copied:at], then ``text`` instead of p[at:resume]."""
-    _grow(&r.buf, &r.cap, r.len + (at - r.copied) + size, 256)
-    memcpy(r.buf + r.len, p + r.copied, at - r.copied)
+    """Output p[r.copied:at], then ``text`` instead of p[at:resume].
+    Stepwise (_Steps), the text before the first rewrite is not copied: it
+    is the output too (r.base)."""
+    if r.cut_every and not r.flags & F_CHANGED:
+        r.base = r.len = r.copied = at
+    _grow(&r.buf, &r.cap, r.len - r.base + (at - r.copied) + size, 256)
+    r.work += at - r.copied + size
+    memcpy(r.buf + r.len - r.base, p + r.copied, at - r.copied)
     r.len += at - r.copied
-    memcpy(r.buf + r.len, text, size)
+    memcpy(r.buf + r.len - r.base, text, size)
     r.len += size
     r.copied = resume
     r.flags |= F_CHANGED
@@ -1077,13 +1155,65 @@ cdef object _key_text(Prep *r, const unsigned char *p, Py_ssize_t out_start, Py_
             if p[k] == 0x5C or p[k] >= 0x80:
                 simple = False
                 break
+    r.work += end - start
     if simple:
         return (<const char *>p)[start + 1:end - 1].decode("ascii")
-    # Its plain JSON text: what was rewritten of it, then what was not.
-    if out_start >= r.len:
-        return _loads(PyBytes_FromStringAndSize(<const char *>p + start, end - start))
-    return _loads(PyBytes_FromStringAndSize(r.buf + out_start, r.len - out_start)
-                  + PyBytes_FromStringAndSize(<const char *>p + r.copied, end - r.copied))
+    return _loads(_out_text(r, p, out_start, _out(r, end)))
+
+
+cdef bytes _out_text(Prep *r, const unsigned char *p, Py_ssize_t a, Py_ssize_t b):
+    """The output from position ``a`` to ``b`` (<= where _prepare() is):
+    before r.base the input, then what was rewritten, then what was not."""
+    cdef list parts = []
+    cdef Py_ssize_t upto
+    if a < r.base:
+        upto = b if b < r.base else r.base
+        parts.append(PyBytes_FromStringAndSize(<const char *>p + a, upto - a))
+        a = upto
+    if a < r.len and a < b:
+        upto = b if b < r.len else r.len
+        parts.append(PyBytes_FromStringAndSize(r.buf + a - r.base, upto - a))
+        a = upto
+    if a < b:
+        parts.append(PyBytes_FromStringAndSize(<const char *>p + r.copied + (a - r.len), b - a))
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+DEF KEY_ID_CHARS = 256  # (stepwise, strict) longer keys are told apart by length and digest
+
+
+cdef object _key_id(str key, object digest):
+    """What tells a key from the others of its object (stepwise, strict):
+    the key, or for a long one its length and a digest of its text."""
+    if len(key) <= KEY_ID_CHARS and digest is None:
+        return key
+    if digest is None:
+        digest = _blake2b(digest_size=32)
+        digest.update(key.encode("utf-8"))
+    return (len(key), digest.digest())
+
+
+cdef int _key_piece(Prep *r, const unsigned char *p, Py_ssize_t b, list acc) except -1:
+    """The next piece of a key that pauses (stepwise, strict), up to output
+    position ``b``, into ``acc``: [its length so far, its pieces while it
+    is short (else None), a digest of its text once it is long]."""
+    cdef str piece = _loads(b'"' + _out_text(r, p, r.piece_out, b) + b'"')
+    r.work += b - r.piece_out
+    r.piece_out = b
+    if not r.key_paused:
+        r.key_paused = True
+        acc[:] = [0, [], None]
+    acc[0] += len(piece)
+    if acc[1] is not None:
+        (<list>acc[1]).append(piece)
+        if acc[0] > KEY_ID_CHARS:
+            acc[2] = _blake2b(digest_size=32)
+            for piece in acc[1]:
+                acc[2].update(piece.encode("utf-8"))
+            acc[1] = None
+    else:
+        acc[2].update(piece.encode("utf-8"))
+    return 0
 
 
 cdef int _member_done(Prep *r, list dups) except -1:
@@ -1120,6 +1250,7 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
             e = p[i + 1] if i + 1 < n else 0
             if e == 0x27:  # \' : QMP's escape, not JSON's
                 _rewrite(r, p, i, "'", 1, i + 2)
+                r.str_extra += 1
                 i += 2
             elif e == 0x75:  # \u
                 cp = _hex4(p, i + 2, n)
@@ -1144,9 +1275,13 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
                     return -1
                 if _nonchar(cp):
                     r.flags |= F_NONCHAR
+                r.str_extra += j - i - 1
+                if cp > r.str_max:
+                    r.str_max = cp
                 i = j
             elif e == 0x22 or e == 0x5C or e == 0x2F or e == 0x62 or e == 0x66 or e == 0x6E \
                     or e == 0x72 or e == 0x74:
+                r.str_extra += 1
                 i += 2
             else:
                 _fail(r, 10)
@@ -1158,6 +1293,7 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
             r.flags |= F_HI
             if c == 0xC0 and i + 1 < n and p[i + 1] == 0x80:  # modified UTF-8 NUL
                 _rewrite(r, p, i, "\\u0000", 6, i + 2)
+                r.str_extra += 1
                 i += 2
                 continue
             # Checked here, in token order, so that an error later in
@@ -1173,6 +1309,11 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
                     _fail(r, 8)
                     return -1
                 r.flags |= F_NONCHAR
+            r.str_extra += j - 1
+            # (the kind of str the character needs: latin-1, UCS-2 or UCS-4)
+            cp = 0xFF if c <= 0xC3 else (0xFFFF if j < 4 else 0x10FFFF)
+            if cp > r.str_max:
+                r.str_max = cp
             i += j
         else:
             i += 1
@@ -1180,21 +1321,31 @@ cdef Py_ssize_t _string_body(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
 
 
 cdef bint _string_done(Prep *r, const unsigned char *p, Py_ssize_t out_start, Py_ssize_t start, Py_ssize_t end,
-                       list cuts, list dups) except -1:
+                       list cuts, list dups, list acc) except -1:
     """The string ``p[start:end]`` is complete: hand it to its container
-    (False: the frame is invalid there); keep it if it is a key."""
+    (False: the frame is invalid there); keep it if it is a key (``acc``:
+    its pieces when it paused, see _key_piece)."""
+    cdef object key
     if not _complete(r, True):
         return False
     if r.state == G_COLON:
         if cuts is not None:
             _keep_key(r, out_start, _out(r, end))
         if dups is not None:
-            (<list>dups[r.depth - 1])[1] = _key_text(r, p, out_start, start, end)
+            if cuts is None:
+                key = _key_text(r, p, out_start, start, end)
+            elif r.key_paused:
+                _key_piece(r, p, _out(r, end) - 1, acc)
+                r.key_paused = False
+                key = _key_id("".join(acc[1]), None) if acc[1] is not None else (acc[0], acc[2].digest())
+            else:
+                key = _key_id(_key_text(r, p, out_start, start, end), None)
+            (<list>dups[r.depth - 1])[1] = key
     return True
 
 
 cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t max_digits,
-                  Prep *r, Py_ssize_t stop, list cuts, list dups=None) except -1:
+                  Prep *r, Py_ssize_t stop, list cuts, list dups=None, dict sizes=None, list acc=None) except -1:
     """One pass over a complete frame (its tokens are lexically valid):
     check it with QEMU's grammar, rewrite QEMU's dialect as plain JSON, flag
     what needs more than orjson.  Stops at the first error (F_BAD).
@@ -1202,8 +1353,11 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
     Resumable: it starts at r.pos and, given ``stop`` < n, returns at the
     first token boundary from ``stop`` on (r.pos < n: call again).  With
     ``cuts`` (a list), records cuts (at commas, and inside long value
-    strings, where it may then pause too) to decode the output by (_cut).
-    With ``dups`` (an empty list), finds duplicate keys too (_member_done)."""
+    strings, where it may then pause too) to decode the output by (_cut);
+    then ``sizes`` gets the length and largest character of each string
+    that was cut (_cut_string_done).  With ``dups`` (an empty list), finds
+    duplicate keys too (_member_done); stepwise, long keys are read a piece
+    at a time into ``acc`` (_key_piece)."""
     cdef Py_ssize_t i = r.pos, j, s, d0, nd, ks = 0, ks_in = 0, depth_before = r.depth
     cdef unsigned char c, q, e, k
     cdef bint isint, neg
@@ -1216,10 +1370,13 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
             return 0
         if r.in_str:
             r.pos = i
-            if not r.str_key and _out(r, i) - r.last_cut >= r.cut_every:
-                _cut(r, _out(r, i), cuts, r.str_in)
+            _pause_cut(r, i, cuts)
+            if dups is not None and r.str_key:
+                _key_piece(r, p, _out(r, i), acc)
             return 0
-        if not _string_done(r, p, r.str_out, r.str_in, i, cuts, dups):
+        if r.str_cut:
+            _cut_string_done(r, i, sizes)
+        if not _string_done(r, p, r.str_out, r.str_in, i, cuts, dups, acc):
             return 0
     while i < n:
         if dups is not None:
@@ -1242,12 +1399,18 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
         if k == C_STRUCT:
             if c == 0x3A:
                 r.colons += 1
+                if r.key_close >= 0:  # after a long key: its member goes on
+                    _cut(r, _out(r, i) + 1, cuts, -1, CUT_KEY_CLOSE, r.key_close)
+                    r.key_close = -1
             elif c == 0x2C and cuts is not None and _out(r, i) - r.last_cut >= r.cut_every:
                 _cut(r, _out(r, i), cuts, -1)
             elif c == 0x7B and dups is not None:  # a new object: no keys yet
                 while len(dups) < r.depth:
                     dups.append(None)
                 dups[r.depth - 1] = [set(), None]
+            if cuts is not None and (c == 0x2C or c == 0x7B):
+                r.sep_out = _out(r, i)
+                r.sep_c = c
             i += 1
         elif k == C_DQUOTE or k == C_SQUOTE:
             q = c
@@ -1258,6 +1421,8 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
             i += 1
             if cuts is not None:
                 r.str_key = r.depth > 0 and r.levels[r.depth - 1] == L_KEY
+                r.str_extra = r.str_max = 0
+                r.piece_out = _out(r, i)
             i = _string_body(p, n, i, q, strict, r, stop if cuts is not None else n)
             if i < 0:
                 return 0
@@ -1265,10 +1430,11 @@ cdef int _prepare(const unsigned char *p, Py_ssize_t n, bint strict, Py_ssize_t 
                 r.str_out = ks
                 r.str_in = ks_in
                 r.pos = i
-                if not r.str_key and _out(r, i) - r.last_cut >= r.cut_every:
-                    _cut(r, _out(r, i), cuts, ks_in)
+                _pause_cut(r, i, cuts)
+                if dups is not None and r.str_key:
+                    _key_piece(r, p, _out(r, i), acc)
                 return 0
-            if not _string_done(r, p, ks, ks_in, i, cuts, dups):
+            if not _string_done(r, p, ks, ks_in, i, cuts, dups, acc):
                 return 0
         elif k == C_MINUS or k == C_ZERO or k == C_DIGIT or k == C_LOWER:
             s = i
@@ -1385,22 +1551,21 @@ cdef Py_ssize_t _entries(object value) except -1:
 
 
 cdef bytes _reopen(tuple cut):
-    """Text that opens again the containers open at ``cut``: inside the
-    member (a stand-in key) or the last item of each one that goes on
-    (every one at a string cut, the string included), before the next
-    member or item of the innermost one (at a comma)."""
+    """Text that opens again the containers open at ``cut``: each array
+    before its next item; each object inside its open member (a stand-in
+    key, the member's value to follow: after a long key's ":" too) or
+    before its next member (at a comma); at a string cut, the string."""
     cdef bytes kinds = cut[1]
-    cdef Py_ssize_t d, depth = len(kinds)
-    cdef bint string = cut[3] >= 0
+    cdef Py_ssize_t d
     cdef list parts = []
-    for d in range(depth):
+    for d in range(len(kinds)):
         if kinds[d] == L_ARR:
             parts.append(b"[")
-        elif string or d < depth - 1:
+        elif kinds[d] == L_MEMBER:
             parts.append(b"{" + _STAND_IN_TEXT)
         else:
             parts.append(b"{")
-    if string:
+    if cut[4] == CUT_STR:
         parts.append(b'"')
     return b"".join(parts)
 
@@ -1410,7 +1575,103 @@ cdef bytes _close_all(tuple cut):
     cdef bytes kinds = cut[1]
     cdef Py_ssize_t d
     cdef bytes closers = bytes([0x5D if kinds[d] == L_ARR else 0x7D for d in range(len(kinds) - 1, -1, -1)])
-    return b'"' + closers if cut[3] >= 0 else closers
+    return b'"' + closers if cut[4] == CUT_STR else closers
+
+
+cdef extern from "Python.h":
+    # A string cut into pieces is built in place (_Steps._build_*).
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    Py_ssize_t PyUnicode_CopyCharacters(PyObject *to, Py_ssize_t to_start, PyObject *src, Py_ssize_t from_start,
+                                        Py_ssize_t how_many) except -1
+    Py_UCS4 PyUnicode_MAX_CHAR_VALUE(object o)
+    int PyUnicode_KIND(object o)
+    void *PyUnicode_DATA(object o)
+
+
+cdef extern from *:
+    """
+    /* str's hash (SipHash-1-3 over its characters, as CPython computes it
+       where sys.hash_info says so), taken 8 bytes at a time as a long key
+       is built, so that no step hashes the whole key (_Steps._build_*). */
+    #include <stdint.h>
+    #include <string.h>
+    typedef struct { uint64_t v0, v1, v2, v3; Py_ssize_t done; } qc_sip;
+    #define QC_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+    #define QC_SIPROUND(s) do { \
+        (s)->v0 += (s)->v1; (s)->v1 = QC_ROTL((s)->v1, 13); (s)->v1 ^= (s)->v0; (s)->v0 = QC_ROTL((s)->v0, 32); \
+        (s)->v2 += (s)->v3; (s)->v3 = QC_ROTL((s)->v3, 16); (s)->v3 ^= (s)->v2; \
+        (s)->v0 += (s)->v3; (s)->v3 = QC_ROTL((s)->v3, 21); (s)->v3 ^= (s)->v0; \
+        (s)->v2 += (s)->v1; (s)->v1 = QC_ROTL((s)->v1, 17); (s)->v1 ^= (s)->v2; (s)->v2 = QC_ROTL((s)->v2, 32); \
+    } while (0)
+    static void qc_sip_init(qc_sip *s) {
+        uint64_t k0 = _Py_HashSecret.siphash.k0, k1 = _Py_HashSecret.siphash.k1;
+        s->v0 = k0 ^ 0x736f6d6570736575ULL;
+        s->v1 = k1 ^ 0x646f72616e646f6dULL;
+        s->v2 = k0 ^ 0x6c7967656e657261ULL;
+        s->v3 = k1 ^ 0x7465646279746573ULL;
+        s->done = 0;
+    }
+    /* The whole 8-byte words of data[s->done:upto] (little-endian only). */
+    static void qc_sip_blocks(qc_sip *s, const unsigned char *data, Py_ssize_t upto) {
+        uint64_t m;
+        while (s->done + 8 <= upto) {
+            memcpy(&m, data + s->done, 8);
+            s->v3 ^= m;
+            QC_SIPROUND(s);
+            s->v0 ^= m;
+            s->done += 8;
+        }
+    }
+    static Py_hash_t qc_sip_end(qc_sip *s, const unsigned char *data, Py_ssize_t size) {
+        uint64_t b = (uint64_t)size << 56, t = 0;
+        Py_hash_t h;
+        if (size == 0)
+            return 0;
+        qc_sip_blocks(s, data, size);
+        memcpy(&t, data + s->done, (size_t)(size - s->done));
+        b |= t;
+        s->v3 ^= b;
+        QC_SIPROUND(s);
+        s->v0 ^= b;
+        s->v2 ^= 0xff;
+        QC_SIPROUND(s);
+        QC_SIPROUND(s);
+        QC_SIPROUND(s);
+        h = (Py_hash_t)((s->v0 ^ s->v1) ^ (s->v2 ^ s->v3));
+        return h == -1 ? -2 : h;
+    }
+    static void qc_set_hash(PyObject *o, Py_hash_t h) { ((PyASCIIObject *)o)->hash = h; }
+    """
+    ctypedef struct qc_sip:
+        Py_ssize_t done
+    void qc_sip_init(qc_sip *s) noexcept
+    void qc_sip_blocks(qc_sip *s, const unsigned char *data, Py_ssize_t upto) noexcept
+    Py_hash_t qc_sip_end(qc_sip *s, const unsigned char *data, Py_ssize_t size) noexcept
+    void qc_set_hash(PyObject *o, Py_hash_t h) noexcept
+
+
+cdef bint _hash_as_built():
+    """Does qc_sip_* give str's own hash here?  (CPython with SipHash-1-3
+    and no small-string cutoff, little-endian: checked on strings of each
+    kind and of lengths around the word size.)"""
+    cdef qc_sip h
+    cdef str text
+    cdef Py_ssize_t size
+    info = sys.hash_info
+    if sys.implementation.name != "cpython" or info.algorithm != "siphash13" or info.cutoff != 0 \
+            or info.width != 64 or sys.byteorder != "little":
+        return False
+    for text in ["", "a", "abcdefg", "abcdefgh", "abcdefghi", "\u00e9" * 9, "\u20ac" * 5, "\U0001f600" * 3,
+                 "k" * 100 + "\u00e9", "".join(map(chr, range(40, 300)))]:
+        size = len(text) * PyUnicode_KIND(text)
+        qc_sip_init(&h)
+        qc_sip_blocks(&h, <const unsigned char *>PyUnicode_DATA(text), size // 2)
+        if qc_sip_end(&h, <const unsigned char *>PyUnicode_DATA(text), size) != hash(text):
+            return False
+    return True
+
+
+cdef bint _HASH_AS_BUILT = _hash_as_built()
 
 
 @cython.final
@@ -1418,10 +1679,15 @@ cdef class _Steps:
     """The steps of a compiled PendingFrame.
 
     First _prepare() over ``step`` bytes at a time, which checks the frame,
-    rewrites QEMU's dialect as plain JSON and records a cut at a comma every
-    ``step`` bytes or so.  Then one segment (between two cuts) at a time:
-    the containers open at its first cut opened again, its text, those open
-    at its last cut closed; decoded by one C call and joined into the value.
+    rewrites QEMU's dialect as plain JSON and records a cut at a comma, or
+    inside a long string, every ``step`` bytes or so.  Then one segment
+    (between two cuts) at a time: the containers open at its first cut
+    opened again, its text, those open at its last cut closed; decoded by
+    one C call and joined into the value.  A string cut into pieces is
+    built in place, a piece a step, in a str made at its full size (its
+    length and largest character are known from the first pass).  A long
+    key's pieces are segments of their own; the member after it is opened
+    with a stand-in key, replaced by the key when it is joined.
     Anything unexpected decodes the whole frame the way Framer does.
     """
 
@@ -1436,10 +1702,23 @@ cdef class _Steps:
     cdef bint checked
     cdef bint use_json   # exact integers, NaN/Infinity: the json module
     cdef list cuts
-    cdef object doc      # the plain JSON text
+    cdef dict sizes      # length and largest character of each string cut (by its input position)
+    cdef list acc        # strict: the pieces of a long key (_key_piece)
+    cdef bint has_doc    # the plain JSON text is known: the frame up to base, then docbuf
+    cdef Py_ssize_t doc_len
+    cdef Py_ssize_t base
+    cdef char *docbuf    # (the rewritten output of the first pass, owned)
     cdef object root
     cdef Py_ssize_t seg  # next segment
-    cdef list pieces     # of a string cut more than once, until it ends
+    cdef object built    # the str being built of a cut string's pieces (None: none)
+    cdef Py_ssize_t built_at    # (characters in it so far)
+    cdef Py_UCS4 built_max      # (the widest kind of character among its pieces)
+    cdef bint built_hash        # (a key: its hash is taken as it is built)
+    cdef qc_sip sip
+    cdef object long_key # a long key built, for the member after it
+    cdef list slots      # per depth: (output position, key) of the last key decoded there
+    cdef Py_ssize_t work  # bytes decoded, copied or checked by the step in progress
+    cdef readonly Py_ssize_t _most_work  # the most any step did (tests assert it is bounded)
 
     def __cinit__(self, bytes frame, Py_ssize_t offset, Py_ssize_t max_depth, Py_ssize_t step, bint slow,
                   bint strict):
@@ -1452,20 +1731,38 @@ cdef class _Steps:
         _prep_init(&self.r, self.levels, max_depth)
         self.r.cut_every = self.step
         self.cuts = []
+        self.sizes = {}
+        self.slots = []
+        self.acc = [0, None, None]
+        self.docbuf = NULL
 
     def __dealloc__(self):
         _prep_free(&self.r)
+        PyMem_Free(self.docbuf)
 
     def __call__(self):
+        cdef object result
+        self.work = 0
         if not self.checked:
-            return self._check()
-        return self._segment()
+            result = self._check()
+        else:
+            result = self._segment()
+        if self.work > self._most_work:
+            self._most_work = self.work
+        return result
 
     cdef object _check(self):
         cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(self.frame)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.frame)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(self.frame), pos = self.r.pos, work = self.r.work
         cdef object why
-        _prepare(p, n, self.strict, -1, &self.r, self.r.pos + self.step, self.cuts, self.dups)
+        _prepare(p, n, self.strict, -1, &self.r, self.r.pos + self.step, self.cuts, self.dups, self.sizes, self.acc)
+        if self.r.flags & F_CHANGED and not self.r.flags & F_BAD:
+            if self.r.cap - (self.r.len - self.r.base) < n - self.r.copied:
+                # (room for the rest at once: the buffer grows no more unless rewrites make the text longer)
+                _grow(&self.r.buf, &self.r.cap, self.r.len - self.r.base + n - self.r.copied + 64, 256)
+                self.work += self.r.len - self.r.base
+            _rewrite(&self.r, p, self.r.pos, "", 0, self.r.pos)  # (a step's worth at a time)
+        self.work += self.r.pos - pos + self.r.work - work
         if self.r.flags & F_BAD:
             why = _words(&self.r, p, self.strict, True)
             _prep_free(&self.r)
@@ -1476,57 +1773,109 @@ cdef class _Steps:
         if self.r.pos < n:
             return _NOT_YET
         if self.r.flags & F_CHANGED:
-            _rewrite(&self.r, p, n, "", 0, n)
-            self.doc = PyBytes_FromStringAndSize(self.r.buf, self.r.len)
+            self.doc_len = self.r.len
+            self.base = self.r.base
+            self.docbuf = self.r.buf  # (kept, not copied)
+            self.r.buf = NULL
         else:
-            self.doc = self.frame
+            self.doc_len = self.base = n
+        self.has_doc = True
         self.use_json = (self.r.flags & (F_LONG | F_SPECIAL)) != 0
         _prep_free(&self.r)
         self.checked = True
         return _NOT_YET
 
+    cdef int _text(self, list parts, Py_ssize_t start, Py_ssize_t end) except -1:
+        """Add the plain JSON text from ``start`` to ``end`` to ``parts``."""
+        cdef Py_ssize_t upto
+        if start < self.base:
+            upto = end if end < self.base else self.base
+            parts.append(memoryview(self.frame)[start:upto])
+            start = upto
+        if start < end:
+            parts.append(PyMemoryView_FromMemory(self.docbuf + start - self.base, end - start, PyBUF_READ))
+        return 0
+
+    cdef bytes _text_of(self, Py_ssize_t start, Py_ssize_t end):
+        cdef list parts = []
+        self._text(parts, start, end)
+        return b"".join(parts)
+
     cdef object _segment(self):
         cdef list cuts = self.cuts
-        cdef Py_ssize_t i = self.seg, start = 0, end = len(self.doc)
+        cdef Py_ssize_t i = self.seg, start = 0, end = self.doc_len
+        cdef tuple prev = None, nxt = None
+        cdef int pk = -1, nk = -1
         cdef list parts = []
         cdef object text, value
         if i:
-            start = cuts[i - 1][0] + (0 if cuts[i - 1][3] >= 0 else 1)  # (a comma is left out)
-            parts.append(_reopen(cuts[i - 1]))
+            prev = cuts[i - 1]
+            pk = prev[4]
         if i < len(cuts):
-            end = cuts[i][0]
-        parts.append(memoryview(self.doc)[start:end])
-        if i < len(cuts):
-            parts.append(_close_all(cuts[i]))
-        text = b"".join(parts)
+            nxt = cuts[i]
+            nk = nxt[4]
         try:
-            if self.use_json:
-                value = _exact(text)
-            else:
+            if nk == CUT_KEY_MID or nk == CUT_KEY_CLOSE:  # a piece of a long key
+                start = prev[5] + 1 if pk == CUT_KEY_OPEN else prev[0]
+                end = nxt[0] if nk == CUT_KEY_MID else nxt[5]
+                parts.append(b'"')
+                self._text(parts, start, end)
+                parts.append(b'"')
+                text = b"".join(parts)
+                self.work += len(text)
                 value = _loads(text)
-            if i:
-                self._join(value, cuts[i - 1], i < len(cuts) and cuts[i][3] == cuts[i - 1][3] >= 0)
+                if pk == CUT_KEY_OPEN:
+                    self._build_start(prev[3], value, _HASH_AS_BUILT)
+                else:
+                    self._build_add(value)
+                if nk == CUT_KEY_CLOSE:
+                    self.long_key = self._build_end()
             else:
-                self.root = value
-        except (ValueError, RecursionError, LookupError, TypeError):
-            return self._whole()  # (cannot happen for text _prepare() passed)
+                if i:
+                    start = prev[0] + 1 if pk == CUT_COMMA else prev[0]  # (a comma is left out)
+                    parts.append(_reopen(prev))
+                if nxt is not None:
+                    end = nxt[0]
+                self._text(parts, start, end)
+                if nxt is not None:
+                    parts.append(_close_all(nxt))
+                text = b"".join(parts)
+                self.work += len(text)
+                if self.use_json:
+                    value = _exact(text)
+                else:
+                    value = _loads(text)
+                if i:
+                    self._join(value, prev, nk == CUT_STR and pk == CUT_STR and nxt[3] == prev[3])
+                else:
+                    self.root = value
+        except (ValueError, RecursionError, LookupError, TypeError, SystemError):
+            return self._whole()  # (cannot happen for text _prepare() passed; SystemError: a str not ours alone)
         self.seg = i + 1
         if self.seg <= len(cuts):
             return _NOT_YET
         value = self.root
-        self.root = self.doc = self.cuts = None
+        self.root = self.cuts = self.sizes = None
+        self._drop_doc()
         return value
+
+    cdef void _drop_doc(self) noexcept:
+        self.has_doc = False
+        PyMem_Free(self.docbuf)
+        self.docbuf = NULL
 
     cdef int _join(self, object part, tuple cut, bint string_goes_on) except -1:
         """Join ``part`` (a segment decoded after _reopen(cut)) into the
         value: down the containers open at the cut, the first item (or the
         stand-in member) continues the open one, the rest follow it; at a
-        string cut, the string's next piece is kept until it ends, then
-        the pieces are joined in its place."""
+        string cut, the string's next piece is copied into it (_build_*),
+        put in its place when it ends; after a long key, the stand-in
+        member is the key's."""
         cdef bytes kinds = cut[1]
         cdef list keys = cut[2]
         cdef list later = []
-        cdef bint string = cut[3] >= 0
+        cdef int kind = cut[4]
+        cdef bint string = kind == CUT_STR
         cdef Py_ssize_t d, inner = len(kinds) if string else len(kinds) - 1
         cdef object target = self.root, child, parent = None, slot = None
         for d in range(inner):
@@ -1539,22 +1888,27 @@ cdef class _Steps:
                 slot = len(<list>target) - 1
             else:
                 child = (<dict>part).pop(_STAND_IN)
-                slot = _loads(self.doc[keys[d][0]:keys[d][1]])
+                slot = self._key(d, keys[d])
             target = target[slot]
             part = child
         if string:
-            # target: the string's first piece; part: its next
-            if self.pieces is None:
-                self.pieces = [target]
-            self.pieces.append(part)
+            # target: the string's first piece (or the str it is built in); part: its next
+            if self.built is None:
+                self._build_start(cut[3], target, False)
+            self._build_add(part)
             if not string_goes_on:
-                part = "".join(self.pieces)
-                self.pieces = None
+                part = self._build_end()
                 if parent is None:
                     self.root = part
                 else:
                     parent[slot] = part
         else:
+            if kind == CUT_KEY_CLOSE:  # the member of a long key, then the members after it
+                d = len(kinds) - 1
+                child = (<dict>part).pop(_STAND_IN)
+                (<dict>target)[self.long_key] = child
+                self._keep_slot(d, keys[d][0], self.long_key)
+                self.long_key = None
             later.append(part)
             later.append(target)
         # (each a different container; a later member with the open
@@ -1567,10 +1921,74 @@ cdef class _Steps:
                 (<dict>target).update(<dict>later[d])
         return 0
 
+    cdef object _key(self, Py_ssize_t d, tuple span):
+        """The key of the member open at depth ``d`` (its output span):
+        decoded once, kept while that member is open."""
+        cdef tuple kept
+        if d < len(self.slots):
+            kept = self.slots[d]
+            if kept is not None and kept[0] == span[0]:
+                return kept[1]
+        self.work += <Py_ssize_t>span[1] - <Py_ssize_t>span[0]
+        key = _loads(self._text_of(span[0], span[1]))
+        self._keep_slot(d, span[0], key)
+        return key
+
+    cdef int _keep_slot(self, Py_ssize_t d, object at, object key) except -1:
+        while len(self.slots) <= d:
+            self.slots.append(None)
+        self.slots[d] = (at, key)
+        return 0
+
+    cdef int _build_start(self, Py_ssize_t string, str first, bint hashed) except -1:
+        """A str for the cut string at input position ``string``, at its
+        full size, its first piece copied in (``hashed``: its hash taken
+        as it is built, for a key)."""
+        cdef tuple size = self.sizes[string]
+        self.built = PyUnicode_New(size[0], size[1])
+        self.built_at = 0
+        self.built_max = 0x7F
+        self.built_hash = hashed
+        if hashed:
+            qc_sip_init(&self.sip)
+        return self._build_add(first)
+
+    cdef int _build_add(self, str piece) except -1:
+        """Copy the next piece into the str being built."""
+        cdef Py_ssize_t n = len(piece)
+        cdef Py_UCS4 most = PyUnicode_MAX_CHAR_VALUE(piece)
+        if self.built_at + n > len(<str>self.built) or most > PyUnicode_MAX_CHAR_VALUE(self.built):
+            raise ValueError("a piece does not fit the string it was measured for")
+        if n:
+            # (self.built is its only reference: it is not yet in the value)
+            PyUnicode_CopyCharacters(<PyObject *>self.built, self.built_at, <PyObject *>piece, 0, n)
+        self.built_at += n
+        if most > self.built_max:
+            self.built_max = most
+        self.work += n * PyUnicode_KIND(self.built)
+        if self.built_hash:
+            qc_sip_blocks(&self.sip, <const unsigned char *>PyUnicode_DATA(self.built),
+                          self.built_at * PyUnicode_KIND(self.built))
+        return 0
+
+    cdef str _build_end(self):
+        """The str built, every character in place, exactly the str one
+        decode makes (its kind is the widest of its pieces')."""
+        cdef str done = self.built
+        self.built = None
+        if self.built_at != len(done) or self.built_max != PyUnicode_MAX_CHAR_VALUE(done):
+            raise ValueError("a string's pieces do not make the string it was measured for")
+        if self.built_hash:  # (its hash, cached as hash() would cache it)
+            qc_set_hash(<PyObject *>done, qc_sip_end(&self.sip, <const unsigned char *>PyUnicode_DATA(done),
+                                                       len(done) * PyUnicode_KIND(done)))
+        return done
+
     cdef object _whole(self):
         """The frame decoded at once, as Framer decodes it."""
-        cdef object doc = self.doc
-        self.root = self.doc = self.cuts = None
+        cdef object doc = self._text_of(0, self.doc_len) if self.has_doc else None
+        self.work += len(self.frame)  # (at least: every byte again)
+        self._drop_doc()
+        self.root = self.cuts = self.sizes = self.built = self.long_key = self.slots = None
         if doc is not None:
             if not self.use_json:
                 try:

@@ -4,6 +4,9 @@ on both framers, however small the steps."""
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -164,3 +167,179 @@ def test_items_after_a_pending_frame_wait_for_it():
     assert isinstance(done[2], Return) and done[2].id == cid
     assert done[3].name == "AFTER"
     assert proto.step() == []
+
+
+def _str_kind(s: str) -> tuple[int, int]:
+    """How CPython stores ``s``: its kind (bytes per character) and its
+    ASCII flag, read from the object's state bits (after refcount, type,
+    length and hash)."""
+    state = ctypes.c_uint32.from_address(id(s) + 4 * ctypes.sizeof(ctypes.c_ssize_t)).value
+    kind = (state >> 2) & 7
+    assert kind in (1, 2, 4)
+    return kind, (state >> 6) & 1
+
+
+def _same_strings(got, expected) -> None:
+    """``got`` equals ``expected`` and each str in it is stored as one
+    decode stores it (the same kind, ASCII or not: an ordinary str)."""
+    assert got == expected
+    stack = [(got, expected)]
+    while stack:
+        g, e = stack.pop()
+        assert type(g) is type(e)
+        if isinstance(g, str) and sys.implementation.name == "cpython":
+            assert _str_kind(g) == _str_kind(e)
+        elif isinstance(g, list):
+            stack.extend(zip(g, e))
+        elif isinstance(g, dict):
+            assert list(g) == list(e)
+            stack.extend((k, ek) for k, ek in zip(g, e))
+            assert all(hash(k) == hash(ek) for k, ek in zip(g, e))  # (a long key's hash is taken as it is built)
+            stack.extend((g[k], e[k]) for k in g)
+
+
+# Text of long strings: each alphabet makes another kind of str (ASCII,
+# latin-1, UCS-2, UCS-4), as characters or as escapes.
+_long_text = st.lists(
+    st.sampled_from(
+        [
+            "a",
+            "bc",
+            "\\n",
+            '\\"',
+            "\u00e9",
+            "\\u00e9",
+            "\u20ac",
+            "\\u20ac",
+            "\U0001f600",
+            "\\ud83d\\ude00",
+            "\\u0000",
+            " ",
+        ]
+    ),
+    min_size=0,
+    max_size=60,
+).map("".join)
+_long_keys = st.one_of(
+    _long_text,
+    _long_text.map(lambda t: "x" * 250 + t),  # (over 256 characters: strict tells them apart by digest)
+    st.sampled_from(["a", "\u00e9", "k" * 40, "x" * 250 + "\u00e9" * 7, "x" * 250 + "\u00e9" * 6 + "\u00e9"]),
+)
+
+
+def _long_values(depth: int = 0) -> st.SearchStrategy:
+    leaf = st.one_of(_long_text.map(lambda t: ("s", t)), st.integers(-5, 5).map(lambda i: ("n", i)))
+    if depth > 2:
+        return leaf
+    inner = st.deferred(lambda: _long_values(depth + 1))
+    return st.one_of(
+        leaf,
+        st.lists(inner, max_size=4).map(lambda v: ("a", v)),
+        st.lists(st.tuples(_long_keys, inner), max_size=4).map(lambda v: ("o", v)),
+    )
+
+
+def _long_json(value) -> str:
+    kind, v = value
+    if kind == "s":
+        return '"' + v + '"'
+    if kind == "n":
+        return str(v)
+    if kind == "a":
+        return "[" + ", ".join(_long_json(x) for x in v) + "]"
+    return "{" + ", ".join('"' + k + '": ' + _long_json(x) for k, x in v) + "}"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    value=_long_values(),
+    step=st.sampled_from([1, 2, 3, 7, 16, 40]),
+    strict=st.booleans(),
+    quotes=st.booleans(),
+)
+def test_long_strings_and_keys_decode_as_feed_does(Framer, value, step, strict, quotes):
+    """Strings and keys cut into many pieces (at any character), of every
+    kind of str, duplicate keys and keys that are the start of others."""
+    text = _long_json(("o", [("return", value), ("id", ("n", 1))]))
+    frame = text.encode()
+    if quotes:  # QEMU's single quotes: the same value, rewritten first
+        frame = frame.replace(b'\\"', b"\x01").replace(b'"', b"'").replace(b"\x01", b'"')
+    (expected,) = Framer(strict=strict).feed(frame + b"\n")
+    f = Framer(defer=8, strict=strict)
+    f.defer_step = step
+    (got,), _ = decode_all(f, frame + b"\n")
+    _same_strings(got, expected)
+
+
+def _steps_of(framer, frame: bytes):
+    """The PendingFrame of ``frame`` and its compiled steps object."""
+    (item,) = framer.feed(frame + b"\n")
+    assert type(item) is PendingFrame
+    return item, item._next
+
+
+_MiB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"return": "' + b"x" * (16 * _MiB) + b'"}',
+        b'{"return": ["' + "\U0001f600".encode() * (4 * _MiB) + b'", 1]}',
+        b'{"return": "' + b"ab\\n\\u00e9\\ud83d\\ude00" * (_MiB // 2) + b'"}',
+        b'{"return": {"' + b"k" * (4 * _MiB) + b'": {"a": [' + b"1, " * 100_000 + b'2], "b": "c"}}}',
+        b'{"return": {"' + "\u00e9".encode() * (2 * _MiB) + b'": 1, "' + "\u00e9".encode() * (2 * _MiB) + b'": 2}}',
+        # QEMU's dialect, rewritten as the frame is checked: from the start, late, in a key
+        b"{'return': '" + b"x" * (16 * _MiB) + b"'}",
+        b'{"return": "' + b"x" * (16 * _MiB) + b"\", 'b': inf}",
+        b"{'return': {'" + b"k\\'\xc3\xa9" * _MiB + b"': 1}}",
+    ],
+    ids=[
+        "16MiB-ascii-value",
+        "16MiB-ucs4-value",
+        "escaped-value",
+        "4MiB-key",
+        "duplicate-keys",
+        "single-quotes",
+        "late-rewrite",
+        "dialect-key",
+    ],
+)
+@pytest.mark.parametrize("strict", [False, True])
+def test_no_step_does_more_than_a_few_steps_worth(frame, strict):
+    """Each step of a frame with long strings and keys decodes, copies and
+    checks a bounded number of bytes (counted by the compiled steps)."""
+    framer_c = pytest.importorskip("qmpcore.framing._framer")
+    f = framer_c.Framer(defer=1024, strict=strict)
+    step = f.defer_step
+    item, steps = _steps_of(f, frame)
+    result = item.finish()
+    assert result == framer_c.Framer(strict=strict).feed(frame + b"\n")[0]
+    assert item.steps >= len(frame) // step
+    assert steps._most_work <= 4 * step
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [
+        ("x" * 300 + "\\u00e9", "x" * 300 + "\u00e9"),  # the same key, written two ways
+        ("x" * 300 + "b", "x" * 300 + "c"),
+        ("x" * 300, "x" * 301),
+        ("\\ud83d\\ude00" * 200, "\U0001f600" * 200),
+        ("y" * 256, "y" * 255 + "\\u0079"),
+    ],
+)
+@pytest.mark.parametrize("step", [1, 5, 64, 1 << 20])
+@pytest.mark.parametrize("strict", [False, True])
+def test_long_keys_that_repeat(Framer, keys, step, strict):
+    """Long keys equal or not, whatever their escapes: the same members, or
+    in strict mode the same "duplicate key" error, as without defer."""
+    a, b = (k.encode() for k in keys)
+    frame = b'{"return": {"' + a + b'": [1, 2], "c": 3, "' + b + b'": {"d": 4}}, "id": 1}\n'
+    expected = Framer(strict=strict).feed(frame)
+    f = Framer(defer=8, strict=strict)
+    f.defer_step = step
+    got, _ = decode_all(f, frame)
+    assert got == expected
+    if strict:
+        assert isinstance(got[0], FrameError) == (orjson.loads(b'"' + a + b'"') == orjson.loads(b'"' + b + b'"'))
