@@ -310,14 +310,28 @@ class ClientCore:
     # -- protocol events ----------------------------------------------------
 
     def _receive(self, data: Any) -> None:
-        """Feed one read to the protocol and act on what it completes."""
-        proto = self._proto
-        before = proto.buffered
-        events = proto.feed(data)
-        if events:
-            self._process(events, len(data), before)
+        """Feed one read to the protocol and act on what it completes.
 
-    def _process(self, events: list[Any], nbytes: int = 0, first: int = 0) -> None:
+        Replies at the head of the read settle their waiters inside the
+        protocol's loop over the framer's output (no event object each);
+        with DEBUG tracing on, every reply comes as an event to be logged.
+        """
+        proto = self._proto
+        if _LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG):  # tracing(), without a call
+            before = proto.buffered
+            events = proto.feed(data)
+            if events:
+                self._process(events, len(data), before)
+            return
+        events = proto.feed_resolving(data, self._waiters)
+        resolved = proto.resolved
+        if resolved:
+            self._answered += resolved
+            self._last_outcome = None
+        if events:
+            self._process(events, len(data), proto.buffered_before, resolved)
+
+    def _process(self, events: list[Any], nbytes: int = 0, first: int = 0, resolved: int = 0) -> None:
         """Act on the events one chunk of received bytes produced.
 
         Replies complete their waiters right here, in the loop over the
@@ -325,7 +339,8 @@ class ClientCore:
         end: nobody can look between two items of one chunk, and a batch is
         far cheaper in a flood.  ``nbytes`` is the length of the chunk,
         ``first`` what the protocol had buffered before it (events' sizes
-        for the byte budgets of the queues).
+        for the byte budgets of the queues); ``resolved`` replies came
+        before ``events`` in the chunk and settled their waiters already.
         """
         if _LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG):  # tracing(), without a call
             self._trace_in(events)
@@ -368,10 +383,11 @@ class ClientCore:
             # What the chunk's complete frames cost, less the part the first
             # had buffered before (the chunk's tail stays buffered).
             share = nbytes - self._proto.buffered if nbytes else 0
-            if n != len(events):  # replies and faults took their part of the read
-                share = share * n // len(events)
-                first = first if type(events[0]) is Event else 0
-            self._router.deliver_all(batch, share, first, n == 1 and n == len(events))
+            total = len(events) + resolved
+            if n != total:  # replies and faults took their part of the read
+                share = share * n // total
+                first = first if not resolved and type(events[0]) is Event else 0
+            self._router.deliver_all(batch, share, first, n == 1 and n == total)
 
     def _fault(self, ev: ProtocolFault) -> None:
         self._protocol_errors += ev.item.count if type(ev.item) is FrameError else 1  # a joined run

@@ -85,17 +85,7 @@ class _Transport(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        client = self._client
-        faults = client._protocol_errors
-        client._received(self._view[:nbytes])
-        # Fair share: a peer whose read held malformed frames reads less
-        # next time; one sending a frame over a read's worth too.
-        if client._protocol_errors != faults:
-            self._view = self._views[1]
-        elif client._proto.buffered > _LARGE_READ_SIZE or client._proto.decoding:
-            self._view = self._views[2]
-        else:
-            self._view = self._views[0]
+        self._view = self._client._received(self._view[:nbytes], self._views)
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
@@ -246,18 +236,32 @@ class _AsyncClient(ClientCore):
         await self._open(sock)
         await steps()
 
-    def _received(self, data: memoryview) -> None:
-        proto = self._proto
+    def _received(self, data: memoryview, views: tuple[memoryview, ...] | None = None) -> memoryview:
+        """Act on one read; return where the next one goes (one of ``views``).
+
+        Fair share: a peer whose read held malformed frames reads less next
+        time; one sending a frame over a read's worth too.
+        """
+        faults = self._protocol_errors
         self._receive(data)
-        out = proto.data_to_send()
-        if out:
-            self._write(out)
-        if proto.decoding and not self._stepping:
+        proto = self._proto
+        if proto._out:  # held commands whose turn came (data_to_send(), without a call per read)
+            self._write(proto.data_to_send())
+        decoding = proto._stalled is not None
+        if decoding and not self._stepping:
             self._stepping = True
             self._loop.call_soon(self._step)
-        if (self._router.blocked or self._stepping) and not self._read_paused:
+        router = self._router
+        if ((router._subs and router.blocked) or self._stepping) and not self._read_paused:
             self._read_paused = True
             self._transport.pause_reading()  # type: ignore[union-attr]
+        if views is None:
+            views = _read_views()
+        if self._protocol_errors != faults:
+            return views[1]
+        if decoding or proto._framer.buffered > _LARGE_READ_SIZE:
+            return views[2]
+        return views[0]
 
     def _step(self) -> None:
         """One slice of a large frame's decoding per turn of the loop; reading
