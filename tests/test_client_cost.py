@@ -148,3 +148,27 @@ async def test_replies_settled_in_the_protocol_loop_match_the_event_path(caplog)
     assert outcomes[1][1].startswith("GenericError") and outcomes[2][1] == "None"
     assert settled[3].startswith("GenericError") and settled[5] == {}
     assert backlog == ["STOP"] * 3 and in_flight == 0
+
+
+async def test_deadlines_stay_bounded_behind_a_waiting_command_and_fire_in_order():
+    import qmpcore
+
+    client = bench_client.ready_client()
+    hung = client.submit("query-status", timeout=0.3)
+    for _ in range(500):  # answered behind the one that waits: their deadlines go
+        fut = client.submit("query-status", timeout=0.3)
+        client._received(memoryview(REPLY % client._proto._next_id))
+        assert fut.done()
+        assert len(client._deadlines) <= 2 * len(client._waiters) + 65
+    later = client.submit("query-status", timeout=0.3)
+    sooner = client.submit("query-status", timeout=0.05)  # before the others: kept apart
+    assert len(client._late) == 1
+    order = []
+    for fut in (hung, later, sooner):
+        fut.add_done_callback(order.append)
+    await asyncio.wait([hung, later, sooner])
+    assert order == [sooner, hung, later]
+    assert all(isinstance(fut.exception(), qmpcore.TimeoutError) for fut in order)
+    assert "query-status: no reply within 0.05 s" in str(sooner.exception())
+    assert client._deadlines == [] and not client._late and client._sweeper is None
+    assert client.counters["timeouts"] == 3
