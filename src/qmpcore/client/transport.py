@@ -11,6 +11,7 @@ guest agent clients on it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import socket
 import threading
@@ -72,6 +73,18 @@ def _read_views() -> tuple[memoryview, memoryview, memoryview]:
     return views
 
 
+def _future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+    """``loop.create_future``; for asyncio's own loops the C future made
+    directly, without a Python call through the loop's method (one maker
+    per thread, for the loop it last served)."""
+    if type(loop).create_future is not asyncio.BaseEventLoop.create_future:
+        return loop.create_future
+    maker: functools.partial[asyncio.Future[Any]] | None = getattr(_buffers, "futures", None)
+    if maker is None or maker.keywords["loop"] is not loop:
+        maker = _buffers.futures = functools.partial(asyncio.Future, loop=loop)
+    return maker
+
+
 class _Transport(asyncio.BufferedProtocol):
     """Feeds the client from the event loop's callbacks."""
 
@@ -86,7 +99,7 @@ class _Transport(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._view = self._client._received(self._view[:nbytes], self._views)
+        self._view = self._views[self._client._received(self._view[:nbytes])]
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
@@ -114,6 +127,7 @@ class _AsyncClient(ClientCore):
         "_deadlines",
         "_late",
         "_clock",
+        "_new_future",
         "_sweeper",
         "_sweep_at",
     )
@@ -145,6 +159,7 @@ class _AsyncClient(ClientCore):
         # Entries of answered commands are dropped lazily.
         self._deadlines: list[tuple[float, Any, str, float]] = []
         self._late: list[tuple[float, Any, str, float]] | None = None
+        self._new_future = _future_maker(self._loop)
         # The loop's clock; asyncio's own is time.monotonic (no call through it).
         self._clock: Callable[[], float] = (
             time.monotonic if type(self._loop).time is asyncio.BaseEventLoop.time else self._loop.time
@@ -245,8 +260,9 @@ class _AsyncClient(ClientCore):
         await self._open(sock)
         await steps()
 
-    def _received(self, data: memoryview, views: tuple[memoryview, ...] | None = None) -> memoryview:
-        """Act on one read; return where the next one goes (one of ``views``).
+    def _received(self, data: memoryview) -> int:
+        """Act on one read; return where the next one goes (0: the whole read
+        buffer, 1: its small start, 2: a large frame's step; see _read_views).
 
         Fair share: a peer whose read held malformed frames reads less next
         time; one sending a frame over a read's worth too.
@@ -264,13 +280,11 @@ class _AsyncClient(ClientCore):
         if ((router._subs and router.blocked) or self._stepping) and not self._read_paused:
             self._read_paused = True
             self._transport.pause_reading()  # type: ignore[union-attr]
-        if views is None:
-            views = _read_views()
         if self._protocol_errors != faults:
-            return views[1]
+            return 1
         if decoding or proto._framer.buffered > _LARGE_READ_SIZE:
-            return views[2]
-        return views[0]
+            return 2
+        return 0
 
     def _step(self) -> None:
         """One slice of a large frame's decoding per turn of the loop; reading
@@ -468,7 +482,7 @@ class _AsyncClient(ClientCore):
 
     def _expect(self, cid: Any, command: str, timeout: float | None) -> asyncio.Future[Any]:
         """A future for the reply to ``cid``, failed with TimeoutError after ``timeout``."""
-        fut = self._loop.create_future()
+        fut = self._new_future()
         waiters = self._waiters
         waiters[cid] = fut
         if timeout is None:
@@ -478,7 +492,10 @@ class _AsyncClient(ClientCore):
             due = self._deadlines
             if due:
                 if due[0][1] not in waiters:  # answered: drop them from the head, at once
-                    _drop_answered(due, waiters)
+                    if len(due) == 1:  # one command at a time: the usual case
+                        due.clear()
+                    else:
+                        _drop_answered(due, waiters)
                 elif len(due) > 64 and len(due) > 2 * len(waiters):
                     # The head waits, those behind it were answered: keep the list as
                     # small as what is pending.
