@@ -10,13 +10,15 @@ logged, and the end of the stream fails whatever still waits.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 import socket
 import ssl
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from ..errors import ConnectionLost, FrameError, ProtocolError, StateError, TimeoutError
 from ..framing.wire import TOO_BIG
@@ -38,7 +40,7 @@ from .eventqueue import EVENT_QUEUE_BYTES, CloseCallback, EventCallback, EventRo
 from .peerlog import PeerLog
 from .tls import check_tls, is_server_context, refused_error, tls_error
 
-__all__ = ["ClientCore", "QMPInfo", "Stats", "log", "connect_target", "scm_rights"]
+__all__ = ["ClientCore", "QMPInfo", "Stats", "log", "connect_target", "scm_rights", "same_parameters", "check_validate"]
 
 log = logging.getLogger("qmpcore")
 
@@ -118,6 +120,41 @@ def connect_target(address: AddressLike | None, sock: socket.socket | None) -> A
     if sock.family == getattr(socket, "AF_UNIX", None):
         return Address(sock.family, peer or sock.getsockname() or "<socket>")
     return Address(sock.family, tuple(peer[:2]))
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def same_parameters(model: Callable[_P, Any]) -> Callable[[Callable[[dict[str, Any]], _R]], Callable[_P, _R]]:
+    """Give the decorated function the parameters of ``model`` (names, kinds,
+    defaults): it is called with them bound, defaults applied, as one dict.
+
+    For a blocking twin of an asyncio function (``connect_sync`` of
+    ``connect``): one list of parameters serves both, and ``help()`` and
+    type checkers show it on each.
+    """
+    signature = inspect.signature(model)
+
+    def decorate(body: Callable[[dict[str, Any]], _R]) -> Callable[_P, _R]:
+        @functools.wraps(body)
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return body(bound.arguments)
+
+        returns = inspect.signature(body).return_annotation
+        call.__signature__ = signature.replace(return_annotation=returns)  # type: ignore[attr-defined]
+        call.__annotations__ = {**model.__annotations__, "return": returns}
+        return call
+
+    return decorate
+
+
+def check_validate(validate: bool, negotiate: bool) -> None:
+    """``validate=True`` fetches the schema at connect: it needs negotiation."""
+    if validate and not negotiate:
+        raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
 
 
 def scm_rights(fds: Sequence[int]) -> list[tuple[int, int, array[int]]]:
