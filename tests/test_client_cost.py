@@ -102,3 +102,73 @@ def test_memory_per_connection_tool_runs():
     assert done.returncode == 0, done.stderr[-2000:]
     assert "bytes per connection (5 connections)" in done.stdout
     assert "qmpcore/protocol/_client.py:" in done.stdout  # the lines that allocated are named
+
+
+_STOP = b'{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}\r\n'
+_ERROR = b'{"error": {"class": "GenericError", "desc": "no"}, "id": %d}\r\n'
+
+
+def _reads(first: int) -> list[bytes]:
+    """Reads mixing replies settled in the protocol's loop with events after them."""
+    a, b, c, d, e, f = range(first, first + 6)
+    return [
+        REPLY % a + REPLY % b,  # replies only
+        REPLY % c + _STOP + _ERROR % d,  # a reply, then an event and an error reply
+        _STOP + REPLY % e + b'{"return": {}, "id"',  # an event first; a frame left incomplete
+        b": %d}\r\n" % f + _STOP,
+    ]
+
+
+async def test_replies_settled_in_the_protocol_loop_match_the_event_path(caplog):
+    # The same reads through the fast path (no tracing) and the event path
+    # (DEBUG tracing: every reply an event, logged): the same outcomes,
+    # counters and event costs.
+    results = []
+    for traced in (False, True):
+        client = bench_client.QMPClient(
+            bench_client.ready_protocol(), bench_client.Address(1, "/bench/vm.qmp"), 10, 10.0
+        )
+        client._transport = bench_client._NullTransport()
+        first = client._proto._next_id + 1
+        futures = [client.submit("query-status") for _ in range(6)]
+        caplog.set_level("DEBUG" if traced else "WARNING", logger="qmpcore.client")
+        outcomes = []
+        for data in _reads(first):
+            client._received(memoryview(data))
+            outcomes.append((client._answered, repr(client._last_outcome), client._router.queued_bytes))
+        caplog.set_level("WARNING", logger="qmpcore.client")
+        settled = [repr(fut.exception()) if fut.exception() else fut.result() for fut in futures]
+        backlog = [client._router.backlog.get_nowait().name for _ in range(len(client._router.backlog))]
+        results.append((outcomes, settled, backlog, client._proto.in_flight, dict(client.counters)))
+        assert traced == any("reply to query-status" in r.getMessage() for r in caplog.records)
+    fast, traced = results
+    assert fast == traced
+    outcomes, settled, backlog, in_flight, _ = fast
+    assert [answered for answered, _, _ in outcomes] == [2, 4, 5, 6]
+    assert outcomes[1][1].startswith("GenericError") and outcomes[2][1] == "None"
+    assert settled[3].startswith("GenericError") and settled[5] == {}
+    assert backlog == ["STOP"] * 3 and in_flight == 0
+
+
+async def test_deadlines_stay_bounded_behind_a_waiting_command_and_fire_in_order():
+    import qmpcore
+
+    client = bench_client.ready_client()
+    hung = client.submit("query-status", timeout=0.3)
+    for _ in range(500):  # answered behind the one that waits: their deadlines go
+        fut = client.submit("query-status", timeout=0.3)
+        client._received(memoryview(REPLY % client._proto._next_id))
+        assert fut.done()
+        assert len(client._deadlines) <= 2 * len(client._waiters) + 65
+    later = client.submit("query-status", timeout=0.3)
+    sooner = client.submit("query-status", timeout=0.05)  # before the others: kept apart
+    assert len(client._late) == 1
+    order = []
+    for fut in (hung, later, sooner):
+        fut.add_done_callback(order.append)
+    await asyncio.wait([hung, later, sooner])
+    assert order == [sooner, hung, later]
+    assert all(isinstance(fut.exception(), qmpcore.TimeoutError) for fut in order)
+    assert "query-status: no reply within 0.05 s" in str(sooner.exception())
+    assert client._deadlines == [] and not client._late and client._sweeper is None
+    assert client.counters["timeouts"] == 3

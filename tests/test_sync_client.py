@@ -613,3 +613,15 @@ def test_close_releases_every_descriptor(tmp_path):
         assert open_fds() > before
         qmp.close()
     assert open_fds() == before  # the server's end is closed too once it has stopped
+
+
+def test_blocking_connects_take_the_parameters_of_the_asyncio_ones():
+    import inspect
+
+    pairs = ((qmpcore.connect_sync, qmpcore.connect), (qmpcore.connect_guest_agent_sync, qmpcore.connect_guest_agent))
+    for blocking, asynchronous in pairs:
+        assert inspect.signature(blocking).parameters == inspect.signature(asynchronous).parameters
+    with pytest.raises(TypeError):
+        qmpcore.connect_sync("/nonexistent/qmp.sock", timout=1)  # a misspelt keyword, as before
+    with pytest.raises(ValueError, match="validate=True needs negotiate=True"):
+        qmpcore.connect_sync("/nonexistent/qmp.sock", validate=True, negotiate=False)

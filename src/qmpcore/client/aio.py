@@ -34,7 +34,7 @@ from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
 from ..protocol.schema import Schema, schema_for
 from .address import AddressLike
-from .core import EVENT_QUEUE_SIZE, QMPInfo, connect_target
+from .core import EVENT_QUEUE_SIZE, QMPInfo, check_validate, connect_target
 from .eventqueue import DROP_OLDEST, EventOverflow, EventQueue, Match, make_filter
 from .transport import CLOSE_TIMEOUT, CONNECT_TIMEOUT, _AsyncClient
 
@@ -356,8 +356,7 @@ def connect(
     Raises :class:`~qmpcore.ConnectError` (an :class:`OSError` too) naming
     the address and the likely cause when the connection cannot be set up.
     """
-    if validate and not negotiate:
-        raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
+    check_validate(validate, negotiate)
     target = connect_target(address, sock)
     proto = QMPClientProtocol(max_frame_size=max_frame_size, max_depth=max_depth, max_tokens=max_tokens)
 

@@ -10,13 +10,15 @@ logged, and the end of the stream fails whatever still waits.
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 import socket
 import ssl
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from ..errors import ConnectionLost, FrameError, ProtocolError, StateError, TimeoutError
 from ..framing.wire import TOO_BIG
@@ -38,7 +40,7 @@ from .eventqueue import EVENT_QUEUE_BYTES, CloseCallback, EventCallback, EventRo
 from .peerlog import PeerLog
 from .tls import check_tls, is_server_context, refused_error, tls_error
 
-__all__ = ["ClientCore", "QMPInfo", "Stats", "log", "connect_target", "scm_rights"]
+__all__ = ["ClientCore", "QMPInfo", "Stats", "log", "connect_target", "scm_rights", "same_parameters", "check_validate"]
 
 log = logging.getLogger("qmpcore")
 
@@ -118,6 +120,41 @@ def connect_target(address: AddressLike | None, sock: socket.socket | None) -> A
     if sock.family == getattr(socket, "AF_UNIX", None):
         return Address(sock.family, peer or sock.getsockname() or "<socket>")
     return Address(sock.family, tuple(peer[:2]))
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def same_parameters(model: Callable[_P, Any]) -> Callable[[Callable[[dict[str, Any]], _R]], Callable[_P, _R]]:
+    """Give the decorated function the parameters of ``model`` (names, kinds,
+    defaults): it is called with them bound, defaults applied, as one dict.
+
+    For a blocking twin of an asyncio function (``connect_sync`` of
+    ``connect``): one list of parameters serves both, and ``help()`` and
+    type checkers show it on each.
+    """
+    signature = inspect.signature(model)
+
+    def decorate(body: Callable[[dict[str, Any]], _R]) -> Callable[_P, _R]:
+        @functools.wraps(body)
+        def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return body(bound.arguments)
+
+        returns = inspect.signature(body).return_annotation
+        call.__signature__ = signature.replace(return_annotation=returns)  # type: ignore[attr-defined]
+        call.__annotations__ = {**model.__annotations__, "return": returns}
+        return call
+
+    return decorate
+
+
+def check_validate(validate: bool, negotiate: bool) -> None:
+    """``validate=True`` fetches the schema at connect: it needs negotiation."""
+    if validate and not negotiate:
+        raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
 
 
 def scm_rights(fds: Sequence[int]) -> list[tuple[int, int, array[int]]]:
@@ -310,14 +347,28 @@ class ClientCore:
     # -- protocol events ----------------------------------------------------
 
     def _receive(self, data: Any) -> None:
-        """Feed one read to the protocol and act on what it completes."""
-        proto = self._proto
-        before = proto.buffered
-        events = proto.feed(data)
-        if events:
-            self._process(events, len(data), before)
+        """Feed one read to the protocol and act on what it completes.
 
-    def _process(self, events: list[Any], nbytes: int = 0, first: int = 0) -> None:
+        Replies at the head of the read settle their waiters inside the
+        protocol's loop over the framer's output (no event object each);
+        with DEBUG tracing on, every reply comes as an event to be logged.
+        """
+        proto = self._proto
+        if _LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG):  # tracing(), without a call
+            before = proto.buffered
+            events = proto.feed(data)
+            if events:
+                self._process(events, len(data), before)
+            return
+        events = proto.feed_resolving(data, self._waiters)
+        resolved = proto.resolved
+        if resolved:
+            self._answered += resolved
+            self._last_outcome = None
+        if events:
+            self._process(events, len(data), proto.buffered_before, resolved)
+
+    def _process(self, events: list[Any], nbytes: int = 0, first: int = 0, resolved: int = 0) -> None:
         """Act on the events one chunk of received bytes produced.
 
         Replies complete their waiters right here, in the loop over the
@@ -325,7 +376,8 @@ class ClientCore:
         end: nobody can look between two items of one chunk, and a batch is
         far cheaper in a flood.  ``nbytes`` is the length of the chunk,
         ``first`` what the protocol had buffered before it (events' sizes
-        for the byte budgets of the queues).
+        for the byte budgets of the queues); ``resolved`` replies came
+        before ``events`` in the chunk and settled their waiters already.
         """
         if _LEVELS.get(_DEBUG) is not False and _isEnabledFor(_DEBUG):  # tracing(), without a call
             self._trace_in(events)
@@ -368,10 +420,11 @@ class ClientCore:
             # What the chunk's complete frames cost, less the part the first
             # had buffered before (the chunk's tail stays buffered).
             share = nbytes - self._proto.buffered if nbytes else 0
-            if n != len(events):  # replies and faults took their part of the read
-                share = share * n // len(events)
-                first = first if type(events[0]) is Event else 0
-            self._router.deliver_all(batch, share, first, n == 1 and n == len(events))
+            total = len(events) + resolved
+            if n != total:  # replies and faults took their part of the read
+                share = share * n // total
+                first = first if not resolved and type(events[0]) is Event else 0
+            self._router.deliver_all(batch, share, first, n == 1 and n == total)
 
     def _fault(self, ev: ProtocolFault) -> None:
         self._protocol_errors += ev.item.count if type(ev.item) is FrameError else 1  # a joined run

@@ -26,14 +26,14 @@ from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConnectionLost, TimeoutError, TLSError
-from ..protocol._client import MAX_DEPTH, MAX_FRAME_SIZE, MAX_TOKENS
 from ..protocol.events import Event, Greeting, Synced, VersionInfo
 from ..protocol.qga_client import QGAClientProtocol, expects_reply
 from ..protocol.qmp_client import QMPClientProtocol
 from ..protocol.schema import Schema, schema_for
 from ._log import log, tracing
 from .address import Address, AddressLike
-from .core import EVENT_QUEUE_SIZE, ClientCore, QMPInfo, connect_target, scm_rights
+from .aio import connect, connect_guest_agent
+from .core import ClientCore, QMPInfo, check_validate, connect_target, same_parameters, scm_rights
 from .diagnose import connect_error
 from .eventqueue import BLOCK, DROP_OLDEST, CloseCallback, EventCallback, EventOverflow, EventQueue, Match, make_filter
 from .tls import check_tls, handshake_sync
@@ -753,39 +753,27 @@ class SyncQMPClient(QMPInfo, _SyncClient):
             self._validator = self.schema(timeout=_remaining(deadline)).check
 
 
-def connect_sync(
-    address: AddressLike | None = None,
-    *,
-    sock: socket.socket | None = None,
-    timeout: float | None = CONNECT_TIMEOUT,
-    negotiate: bool = True,
-    oob: bool = False,
-    event_queue: int = EVENT_QUEUE_SIZE,
-    command_timeout: float | None = None,
-    max_frame_size: int = MAX_FRAME_SIZE,
-    max_depth: int = MAX_DEPTH,
-    max_tokens: int = MAX_TOKENS,
-    ssl: SSLContext | None = None,
-    server_hostname: str | None = None,
-    validate: bool = False,
-) -> SyncQMPClient:
+@same_parameters(connect)
+def connect_sync(options: dict[str, Any]) -> SyncQMPClient:
     """Connect to a QMP server and negotiate, blocking; see :func:`qmpcore.connect`.
 
-    ``sock`` hands over a connected socket instead of an ``address``;
-    ``ssl``/``server_hostname``: TLS over TCP, as for :func:`qmpcore.connect`.
-    ``validate=True`` checks commands against QEMU's schema before sending.
-    Raises :class:`~qmpcore.ConnectError` naming the address and the cause.
+    The same parameters as :func:`qmpcore.connect`: ``sock`` hands over a
+    connected socket instead of an ``address``; ``ssl``/``server_hostname``:
+    TLS over TCP; ``validate=True`` checks commands against QEMU's schema
+    before sending.  Raises :class:`~qmpcore.ConnectError` naming the
+    address and the cause.
     """
-    if validate and not negotiate:
-        raise ValueError("validate=True needs negotiate=True (the schema is asked for at connect)")
-    limits = {"max_frame_size": max_frame_size, "max_depth": max_depth, "max_tokens": max_tokens}
+    negotiate, oob, validate = options["negotiate"], options["oob"], options["validate"]
+    check_validate(validate, negotiate)
+    limits = {key: options[key] for key in ("max_frame_size", "max_depth", "max_tokens")}
+    event_queue, command_timeout = options["event_queue"], options["command_timeout"]
     return _connect(  # type: ignore[no-any-return]
-        address,
-        sock,
-        timeout,
+        options["address"],
+        options["sock"],
+        options["timeout"],
         lambda addr, conn: SyncQMPClient(QMPClientProtocol(**limits), addr, conn, event_queue, command_timeout),
         lambda client, deadline: client._greeted(deadline, negotiate, oob, validate),
-        (ssl, server_hostname),
+        (options["ssl"], options["server_hostname"]),
         agent=False,
     )
 
@@ -847,31 +835,22 @@ class SyncGuestAgentClient(_SyncClient):
         return sid
 
 
-def connect_guest_agent_sync(
-    path: AddressLike | None = None,
-    *,
-    sock: socket.socket | None = None,
-    timeout: float | None = CONNECT_TIMEOUT,
-    command_timeout: float | None = None,
-    max_frame_size: int = MAX_FRAME_SIZE,
-    max_depth: int = MAX_DEPTH,
-    max_tokens: int = MAX_TOKENS,
-    ssl: SSLContext | None = None,
-    server_hostname: str | None = None,
-) -> SyncGuestAgentClient:
+@same_parameters(connect_guest_agent)
+def connect_guest_agent_sync(options: dict[str, Any]) -> SyncGuestAgentClient:
     """Connect to a guest agent socket and resynchronise, blocking.
 
-    ``sock`` hands over a connected socket instead of a ``path``; limits and
-    errors as for :func:`connect_sync`; ``ssl``/``server_hostname``: TLS
-    over TCP, as for :func:`qmpcore.connect`.
+    The same parameters as :func:`qmpcore.connect_guest_agent`: ``sock``
+    hands over a connected socket instead of a ``path``; limits and errors
+    as for :func:`connect_sync`; ``ssl``/``server_hostname``: TLS over TCP.
     """
-    limits = {"max_frame_size": max_frame_size, "max_depth": max_depth, "max_tokens": max_tokens}
+    limits = {key: options[key] for key in ("max_frame_size", "max_depth", "max_tokens")}
+    command_timeout = options["command_timeout"]
     return _connect(  # type: ignore[no-any-return]
-        path,
-        sock,
-        timeout,
+        options["path"],
+        options["sock"],
+        options["timeout"],
         lambda addr, conn: SyncGuestAgentClient(QGAClientProtocol(**limits), addr, conn, 0, command_timeout),
         lambda client, deadline: client.sync(_remaining(deadline)),
-        (ssl, server_hostname),
+        (options["ssl"], options["server_hostname"]),
         agent=True,
     )

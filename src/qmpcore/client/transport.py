@@ -11,9 +11,11 @@ guest agent clients on it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,18 @@ def _read_views() -> tuple[memoryview, memoryview, memoryview]:
     return views
 
 
+def _future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+    """``loop.create_future``; for asyncio's own loops the C future made
+    directly, without a Python call through the loop's method (one maker
+    per thread, for the loop it last served)."""
+    if type(loop).create_future is not asyncio.BaseEventLoop.create_future:
+        return loop.create_future
+    maker: functools.partial[asyncio.Future[Any]] | None = getattr(_buffers, "futures", None)
+    if maker is None or maker.keywords["loop"] is not loop:
+        maker = _buffers.futures = functools.partial(asyncio.Future, loop=loop)
+    return maker
+
+
 class _Transport(asyncio.BufferedProtocol):
     """Feeds the client from the event loop's callbacks."""
 
@@ -85,17 +99,7 @@ class _Transport(asyncio.BufferedProtocol):
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        client = self._client
-        faults = client._protocol_errors
-        client._received(self._view[:nbytes])
-        # Fair share: a peer whose read held malformed frames reads less
-        # next time; one sending a frame over a read's worth too.
-        if client._protocol_errors != faults:
-            self._view = self._views[1]
-        elif client._proto.buffered > _LARGE_READ_SIZE or client._proto.decoding:
-            self._view = self._views[2]
-        else:
-            self._view = self._views[0]
+        self._view = self._views[self._client._received(self._view[:nbytes])]
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
@@ -121,7 +125,9 @@ class _AsyncClient(ClientCore):
         "_stepping",
         "_closed_fut",
         "_deadlines",
-        "_deadline_seq",
+        "_late",
+        "_clock",
+        "_new_future",
         "_sweeper",
         "_sweep_at",
     )
@@ -145,11 +151,19 @@ class _AsyncClient(ClientCore):
         self._read_paused = False
         # Made by whoever waits for the end first (see _closed_future).
         self._closed_fut: asyncio.Future[None] | None = None
-        # Command deadlines: a heap of (when, seq, id, command, timeout) and
-        # one timer for the earliest, instead of a timer per command.
+        # Command deadlines, (when, id, command, timeout), and one timer for
+        # the earliest instead of a timer per command.  Commands of one
+        # timeout come due in the order they were sent: a list in that
+        # order, appended to; a deadline earlier than the list's last (a
+        # shorter timeout) goes to a heap, made when first needed.
         # Entries of answered commands are dropped lazily.
-        self._deadlines: list[tuple[float, int, Any, str, float]] = []
-        self._deadline_seq = 0
+        self._deadlines: list[tuple[float, Any, str, float]] = []
+        self._late: list[tuple[float, Any, str, float]] | None = None
+        self._new_future = _future_maker(self._loop)
+        # The loop's clock; asyncio's own is time.monotonic (no call through it).
+        self._clock: Callable[[], float] = (
+            time.monotonic if type(self._loop).time is asyncio.BaseEventLoop.time else self._loop.time
+        )
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_at = _NEVER
 
@@ -246,18 +260,31 @@ class _AsyncClient(ClientCore):
         await self._open(sock)
         await steps()
 
-    def _received(self, data: memoryview) -> None:
-        proto = self._proto
+    def _received(self, data: memoryview) -> int:
+        """Act on one read; return where the next one goes (0: the whole read
+        buffer, 1: its small start, 2: a large frame's step; see _read_views).
+
+        Fair share: a peer whose read held malformed frames reads less next
+        time; one sending a frame over a read's worth too.
+        """
+        faults = self._protocol_errors
         self._receive(data)
-        out = proto.data_to_send()
-        if out:
-            self._write(out)
-        if proto.decoding and not self._stepping:
+        proto = self._proto
+        if proto._out:  # held commands whose turn came (data_to_send(), without a call per read)
+            self._write(proto.data_to_send())
+        decoding = proto._stalled is not None
+        if decoding and not self._stepping:
             self._stepping = True
             self._loop.call_soon(self._step)
-        if (self._router.blocked or self._stepping) and not self._read_paused:
+        router = self._router
+        if ((router._subs and router.blocked) or self._stepping) and not self._read_paused:
             self._read_paused = True
             self._transport.pause_reading()  # type: ignore[union-attr]
+        if self._protocol_errors != faults:
+            return 1
+        if decoding or proto._framer.buffered > _LARGE_READ_SIZE:
+            return 2
+        return 0
 
     def _step(self) -> None:
         """One slice of a large frame's decoding per turn of the loop; reading
@@ -305,6 +332,7 @@ class _AsyncClient(ClientCore):
             self._sweeper.cancel()
             self._sweeper = None
         self._deadlines.clear()
+        self._late = None
         if self._drain_waiters:
             self._wake_drainers(ConnectionLost("the connection was closed"))
         if self._closed_fut is not None and not self._closed_fut.done():
@@ -454,23 +482,44 @@ class _AsyncClient(ClientCore):
 
     def _expect(self, cid: Any, command: str, timeout: float | None) -> asyncio.Future[Any]:
         """A future for the reply to ``cid``, failed with TimeoutError after ``timeout``."""
-        fut = self._loop.create_future()
+        fut = self._new_future()
         waiters = self._waiters
         waiters[cid] = fut
         if timeout is None:
             timeout = self.command_timeout
         if timeout is not None:
-            heap = self._deadlines
-            if len(heap) > 64 and len(heap) > 2 * len(waiters):
-                # Mostly answered commands: keep the heap as small as what is pending.
-                heap[:] = [entry for entry in heap if entry[2] in waiters]
-                heapq.heapify(heap)
-            when = self._loop.time() + timeout
-            self._deadline_seq += 1
-            heapq.heappush(heap, (when, self._deadline_seq, cid, command, timeout))
+            when = self._clock() + timeout
+            due = self._deadlines
+            if due:
+                if due[0][1] not in waiters:  # answered: drop them from the head, at once
+                    if len(due) == 1:  # one command at a time: the usual case
+                        due.clear()
+                    else:
+                        _drop_answered(due, waiters)
+                elif len(due) > 64 and len(due) > 2 * len(waiters):
+                    # The head waits, those behind it were answered: keep the list as
+                    # small as what is pending.
+                    due[:] = [entry for entry in due if entry[1] in waiters]
+                if due and when < due[-1][0]:  # a shorter timeout than those before it
+                    self._late_deadline((when, cid, command, timeout))
+                    return fut
+            due.append((when, cid, command, timeout))
             if when < self._sweep_at:
                 self._arm(when)
         return fut
+
+    def _late_deadline(self, entry: tuple[float, Any, str, float]) -> None:
+        """Keep a deadline that comes before the last one in order: in the heap."""
+        late = self._late
+        if late is None:
+            late = self._late = []
+        elif len(late) > 64 and len(late) > 2 * len(self._waiters):
+            # Mostly answered commands: keep the heap as small as what is pending.
+            late[:] = [e for e in late if e[1] in self._waiters]
+            heapq.heapify(late)
+        heapq.heappush(late, entry)
+        if entry[0] < self._sweep_at:
+            self._arm(entry[0])
 
     def _arm(self, when: float) -> None:
         if self._sweeper is not None:
@@ -482,19 +531,33 @@ class _AsyncClient(ClientCore):
         """Fail the commands whose time is up; wake again for the next one."""
         self._sweeper = None
         self._sweep_at = _NEVER
-        heap = self._deadlines
+        due, late = self._deadlines, self._late
         waiters = self._waiters
-        now = self._loop.time() + _EARLY
-        while heap and heap[0][0] <= now:
-            _, _, cid, command, timeout = heapq.heappop(heap)
-            if cid in waiters:
-                out = self._expire(cid, command, timeout)
-                if out:
-                    self._write(out)
-        while heap and heap[0][2] not in waiters:  # answered meanwhile
-            heapq.heappop(heap)
-        if heap:
-            self._arm(heap[0][0])
+        now = self._clock() + _EARLY
+        expired = 0  # taken from the head of due
+        for entry in due:
+            if entry[0] > now:
+                break
+            expired += 1
+            while late and late[0] < entry:  # both in the order they come due
+                self._expire_entry(heapq.heappop(late))
+            self._expire_entry(entry)
+        del due[:expired]
+        while late and late[0][0] <= now:
+            self._expire_entry(heapq.heappop(late))
+        _drop_answered(due, waiters)
+        while late and late[0][1] not in waiters:  # answered meanwhile
+            heapq.heappop(late)
+        when = min(due[0][0] if due else _NEVER, late[0][0] if late else _NEVER)
+        if when != _NEVER:
+            self._arm(when)
+
+    def _expire_entry(self, entry: tuple[float, Any, str, float]) -> None:
+        _, cid, command, timeout = entry
+        if cid in self._waiters:
+            out = self._expire(cid, command, timeout)
+            if out:
+                self._write(out)
 
     async def _wait(self, fut: asyncio.Future[Any], timeout: float | None, what: str) -> Any:
         """Await ``fut``, failing it with TimeoutError after ``timeout`` seconds."""
@@ -566,6 +629,17 @@ class _AsyncClient(ClientCore):
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.close()
+
+
+def _drop_answered(due: list[tuple[float, Any, str, float]], waiters: dict[Any, Any]) -> None:
+    """Drop the deadlines of answered commands from the head of ``due``
+    (one slice for all of them: linear in what is dropped)."""
+    n = 0
+    for entry in due:
+        if entry[1] in waiters:
+            break
+        n += 1
+    del due[:n]
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:

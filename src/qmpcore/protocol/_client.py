@@ -93,6 +93,8 @@ class ClientProtocolBase:
         "_stalled",
         "_after",
         "late_replies",
+        "resolved",
+        "buffered_before",
     )
 
     def __init__(
@@ -115,6 +117,10 @@ class ClientProtocolBase:
         self._after: list[Any] = _NO_ITEMS
         #: Replies dropped because their caller had given up.
         self.late_replies = 0
+        #: Replies the last :meth:`feed_resolving` call settled itself.
+        self.resolved = 0
+        #: What was buffered before the last :meth:`feed_resolving` call.
+        self.buffered_before = 0
 
     # -- receiving, h11's shape ------------------------------------------
 
@@ -150,6 +156,20 @@ class ClientProtocolBase:
         if self._ready:
             out[:0] = self.events()
         return out
+
+    def feed_resolving(self, data: bytes | bytearray | memoryview, waiters: dict[Any, Any]) -> list[Any]:
+        """:meth:`feed` for a client that keeps a waiter per command id.
+
+        Replies that come first in ``data`` (before any other event) settle
+        their waiter in ``waiters`` right here (popped; ``set_result(value)``
+        unless it is done already) instead of becoming :class:`Return`
+        events; :attr:`resolved` then counts those settled.  What the rest
+        of ``data`` completes is returned, in order, as :meth:`feed` does.
+        A subclass that has no such shortcut returns everything as events.
+        """
+        self.resolved = 0
+        self.buffered_before = self._framer.buffered
+        return self.feed(data)
 
     def _receive(self, data: bytes | bytearray | memoryview) -> list[Any]:
         """The events ``data`` completes; ``b""`` (the end of the stream)

@@ -240,9 +240,18 @@ class QMPClientProtocol(ClientProtocolBase):
         self.state = State.CLOSED
         return self._end(self._quit_sent or self._shutdown_seen)
 
-    def _handle(self, items: list[Any]) -> list[Any]:
+    def feed_resolving(self, data: bytes | bytearray | memoryview, waiters: dict[Any, Any]) -> list[Any]:
+        framer = self._framer
+        self.buffered_before = framer.buffered
+        if self._stalled is not None or self._ready or not data:
+            self.resolved = 0
+            return self.feed(data)
+        return self._handle(framer.feed(data), waiters)
+
+    def _handle(self, items: list[Any], waiters: dict[Any, Any] | None = None) -> list[Any]:
         out: list[Any] = []
         pending = self._pending
+        resolved = 0
         for item in items:
             if type(item) is dict:
                 if "return" in item and "event" not in item and not self._caps_requests:
@@ -255,6 +264,15 @@ class QMPClientProtocol(ClientProtocolBase):
                             self._in_flight -= 1
                             if self._held:
                                 self._release()
+                            if waiters is not None and not out:
+                                # Nothing came before it: settle its waiter, no
+                                # event (a gone or done waiter: dropped, as the
+                                # client drops a Return nobody waits for).
+                                waiter = waiters.pop(mid, None)
+                                if waiter is not None and not waiter.done():
+                                    waiter.set_result(item["return"])
+                                    resolved += 1
+                                continue
                             out.append(Return(mid, command, item["return"]))
                             continue
                     self._reply(item, out)
@@ -274,6 +292,8 @@ class QMPClientProtocol(ClientProtocolBase):
                     break
             else:
                 out.append(self._fault_for(item))
+        if waiters is not None:
+            self.resolved = resolved
         return out
 
     def _event(self, msg: dict[str, Any]) -> Any:
