@@ -255,8 +255,13 @@ def _rss() -> int:
         return 0
 
 
-async def _measure(good: Sequence[str], hostile: Sequence[str], rounds: int) -> dict[str, Any]:
-    """Poll the good VMs of a fleet that also holds ``hostile`` ones."""
+async def _measure(good: Sequence[str], hostile: Sequence[str], rounds: int, *, greets: bool = True) -> dict[str, Any]:
+    """Poll the good VMs of a fleet that also holds ``hostile`` ones.
+
+    With ``greets``, the hostile VMs answer a connect at once: the polling
+    starts once each was tried, so the attack is under way from the first
+    round however loaded the machine (silent VMs are tried only when their
+    ``connect_timeout`` ends)."""
     from ..client.fleet import Backoff, Fleet
 
     addresses = {f"good{i}": p for i, p in enumerate(good)}
@@ -275,6 +280,11 @@ async def _measure(good: Sequence[str], hostile: Sequence[str], rounds: int) -> 
     try:
         if not await fleet.wait_connected(names, timeout=30):
             raise RuntimeError(f"only {fleet.stats().connected} VMs connected")
+        members = [fleet._members[f"hostile{i}"] for i in range(len(hostile))] if greets else []
+        while not all(member.tried for member in members):
+            if clock() - began > 30:
+                raise RuntimeError("the hostile VMs were not tried within 30 s")
+            await asyncio.sleep(0.01)
         connect_s = clock() - began
         latencies: list[float] = []
         failed = 0
@@ -341,7 +351,7 @@ def hostile_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
                     paths = in_fleet = [os.path.join(directory, f"{attack}{i}.sock") for i in range(k)]
                 vms = _HostileVMs(attack, paths)
                 try:
-                    result: dict[str, Any] = asyncio.run(_measure(good, in_fleet, rounds))
+                    result: dict[str, Any] = asyncio.run(_measure(good, in_fleet, rounds, greets=attack != "silent"))
                 except Exception as exc:
                     result = {"error": f"{type(exc).__name__}: {exc}"}
                 finally:
