@@ -2759,7 +2759,11 @@ cdef class Framer:
                 self._pc += 1
                 self._pe = offset + nbytes
                 return 0
-            _buf_varint(rec, self._pc)  # the pending entry's count
+            if self._pc < 0x80 and rec.len < rec.cap:  # the pending entry's count
+                rec.p[rec.len] = <char>self._pc
+                rec.len += 1
+            else:
+                _buf_varint(rec, self._pc)
             self._acount += self._pc
         else:
             self._pr = _ANSWERING
@@ -2769,7 +2773,11 @@ cdef class Framer:
         rec.p[rec.len] = <char>kind
         rec.len += 1
         if kind < A_FIXED:
-            _buf_varint(rec, size)
+            if size < 0x80:
+                rec.p[rec.len] = <char>size
+                rec.len += 1
+            else:
+                _buf_varint(rec, size)
         self._adata = rec.len
         if size <= 8:
             for i in range(size):
