@@ -70,6 +70,7 @@ cdef extern from "Python.h":
     int PyBUF_READ
     object PyUnicode_FromKindAndData(int kind, const void *buffer, Py_ssize_t size)
     int PyUnicode_4BYTE_KIND
+    Py_ssize_t PY_SSIZE_T_MAX
 
 cdef object _loads = orjson.loads
 cdef object _json_loads = json.JSONDecoder().decode
@@ -463,6 +464,8 @@ cdef class _Template:
 
     cdef bytes prefix
     cdef bytes suffix
+    cdef bytes kw_head   # prefix + _KEYWORD_HEAD
+    cdef bytes kw_tail   # "'" + suffix
     cdef bytes blob
     cdef Py_ssize_t starts[T_COUNT + 1]
     # (envelope) the words around an unexpected member's name, as JSON
@@ -514,6 +517,8 @@ cdef _Template _template(bytes prefix, bytes suffix, object not_object, object e
     t = _Template.__new__(_Template)
     t.prefix = prefix
     t.suffix = suffix
+    t.kw_head = prefix + _KEYWORD_HEAD
+    t.kw_tail = b"'" + suffix
     t.known = None
     if envelope is not None:
         head, tail = envelope[1].split("{}")
@@ -580,31 +585,24 @@ cdef class Answers:
     def __repr__(self):
         return f"Answers(count={self.count}, offset={self.offset}, nbytes={self.nbytes}, remaining={self.remaining})"
 
-    cdef inline void _enter(self) noexcept:
-        """Make the entry at _next the current one."""
-        cdef const unsigned char *p = <const unsigned char *>self._rec
-        cdef Py_ssize_t at = self._next
-        self._kind = p[at]
-        at += 1
-        self._size = 0
-        if self._kind < A_FIXED:
-            self._size = _varint(p, &at)
-        self._data = at
-        at += self._size
-        self._left = _varint(p, &at)
-        self._next = at
-
     def take(self, limit=None):
         """The next replies as bytes: all of them (``limit`` None), or
         replies until at least ``limit`` bytes are given (one at least)."""
         cdef Py_ssize_t lim = -1 if limit is None else max(<Py_ssize_t>limit, 1)
+        cdef Py_ssize_t stop = PY_SSIZE_T_MAX if lim < 0 else lim
         cdef Buf out, one  # out: the storage of ``obj``; one: a reply built here
         cdef PyObject *obj = NULL
         cdef object result
         cdef _Template tpl = self._tpl
         cdef const char *blob = PyBytes_AS_STRING(tpl.blob)
+        cdef const Py_ssize_t *starts = tpl.starts
         cdef const unsigned char *rec = <const unsigned char *>self._rec
-        cdef Py_ssize_t size, times, done, part, t, at
+        cdef Py_ssize_t size, times, done, part, t, at, head, tail
+        cdef bytes hb, tb
+        # The cursor, in locals while copying (written back at the end).
+        cdef Py_ssize_t remaining = self.remaining, left = self._left, nxt = self._next
+        cdef Py_ssize_t data = self._data, dsize = self._size, reclen = self._len
+        cdef int kind = self._kind
         one.p = NULL
         one.len = one.cap = 0
         out.len = 0
@@ -614,34 +612,60 @@ cdef class Answers:
             raise MemoryError()
         out.p = _bytes_of(obj)
         try:
-            while self.remaining and (lim < 0 or out.len < lim):
-                if not self._left:
+            while remaining and out.len < stop:
+                if not left:
                     # Entries of one stray byte owed once: copied in a row.
-                    while (self.remaining and (lim < 0 or out.len < lim) and self._next + 4 <= self._len
-                           and rec[self._next] == A_STRAY and rec[self._next + 1] == 1
-                           and rec[self._next + 3] == 1):
-                        t = rec[self._next + 2]
-                        _out_add(&obj, &out, blob + tpl.starts[t], tpl.starts[t + 1] - tpl.starts[t])
-                        self._next += 4
-                        self.remaining -= 1
-                    if not self.remaining or (lim >= 0 and out.len >= lim):
+                    while (nxt + 4 <= reclen and rec[nxt] == A_STRAY and rec[nxt + 1] == 1
+                           and rec[nxt + 3] == 1):
+                        t = rec[nxt + 2]
+                        size = starts[t + 1] - starts[t]
+                        if out.len + size > out.cap:
+                            _out_room(&obj, &out, size)
+                        memcpy(out.p + out.len, blob + starts[t], size)
+                        out.len += size
+                        nxt += 4
+                        remaining -= 1
+                        if not remaining or out.len >= stop:
+                            break
+                    if not remaining or out.len >= stop:
                         break
-                    self._enter()
+                    # The entry at nxt becomes the current one.
+                    kind = rec[nxt]
+                    at = nxt + 1
+                    dsize = 0
+                    if kind < A_FIXED:
+                        dsize = _varint(rec, &at)
+                    data = at
+                    at += dsize
+                    left = _varint(rec, &at)
+                    nxt = at
                 t = -1
-                if self._kind >= A_FIXED:
-                    t = T_FIXED + self._kind - A_FIXED
-                elif self._kind == A_STRAY and self._size == 1:
-                    t = rec[self._data]
+                if kind >= A_FIXED:
+                    t = T_FIXED + kind - A_FIXED
+                elif kind == A_STRAY and dsize == 1:
+                    t = rec[data]
                 at = out.len
                 if t >= 0:
-                    size = tpl.starts[t + 1] - tpl.starts[t]
-                    _out_add(&obj, &out, blob + tpl.starts[t], size)
-                else:
+                    size = starts[t + 1] - starts[t]
+                    _out_add(&obj, &out, blob + starts[t], size)
+                elif kind == A_STRAY:
                     one.len = 0
-                    tpl.reply(&one, self._kind, rec + self._data, self._size)
+                    tpl.reply(&one, kind, rec + data, dsize)
                     size = one.len
                     _out_add(&obj, &out, one.p, size)
-                times = self._left
+                else:  # the words around the data, then it, copied in place
+                    hb = tpl.kw_head if kind == A_KEYWORD else tpl.prefix
+                    tb = tpl.kw_tail if kind == A_KEYWORD else tpl.suffix
+                    head = PyBytes_GET_SIZE(hb)
+                    tail = PyBytes_GET_SIZE(tb)
+                    size = head + dsize + tail
+                    if out.len + size > out.cap:
+                        _out_room(&obj, &out, size)
+                    memcpy(out.p + at, PyBytes_AS_STRING(hb), head)
+                    memcpy(out.p + at + head, rec + data, dsize)
+                    memcpy(out.p + at + head + dsize, PyBytes_AS_STRING(tb), tail)
+                    out.len = at + size
+                times = left
                 if times > 1 and lim >= 0 and (lim - at + size - 1) // size < times:
                     times = (lim - at + size - 1) // size
                 if times > 1:  # the same reply again: doubling copies
@@ -652,9 +676,9 @@ cdef class Answers:
                         memcpy(out.p + at + done, out.p + at, min(done, part - done))
                         done += min(done, part - done)
                     out.len = at + part
-                self._left -= times
-                self.remaining -= times
-            if not self.remaining:
+                left -= times
+                remaining -= times
+            if not remaining:
                 PyMem_Free(self._rec)
                 self._rec = NULL
                 self._len = 0
@@ -662,6 +686,12 @@ cdef class Answers:
             result = <object>obj
             return result
         finally:
+            self.remaining = remaining
+            self._left = left
+            self._next = nxt
+            self._kind = kind
+            self._data = data
+            self._size = dsize
             Py_XDECREF(obj)
             PyMem_Free(one.p)
 
@@ -2005,6 +2035,74 @@ cdef class _Steps:
             return _FrameError(exc.args[0], self.offset, False, 1, len(self.frame))
 
 
+# Short frames answered (Framer._answer_frame) and their entries, per
+# framer: a flood of one such frame then costs a scan to its end, a hash and
+# a compare (Framer._answer_garbage) instead of the lexer's path per token
+# and _prepare().  A cached frame is one the lexer delimited from START; the
+# same bytes from START lex the same way, so a hit is that frame again.
+DEF VC_SLOTS = 64      # direct-mapped
+DEF VC_KEY = 32        # frames of at most this many bytes
+DEF VC_DATA = 200      # entries with at most this much data
+
+cdef struct Verdict:
+    unsigned char klen  # 0: empty slot
+    unsigned char kind
+    unsigned char dlen
+    unsigned char key[VC_KEY]
+    char data[VC_DATA]
+
+
+cdef inline unsigned int _vc_hash(const unsigned char *p, Py_ssize_t n) noexcept:
+    cdef unsigned int h = 2166136261u
+    cdef Py_ssize_t i
+    for i in range(n):
+        h = (h ^ p[i]) * 16777619u
+    return (h ^ (h >> 13)) & (VC_SLOTS - 1)
+
+
+cdef inline Py_ssize_t _frame_end(const unsigned char *p, Py_ssize_t pos, Py_ssize_t n) noexcept:
+    """Where the lexer ends the frame starting at ``p[pos]`` (a quote, an
+    opening bracket, a digit or a minus) if it ends one there with no
+    escape and within VC_KEY bytes; -1 when it may not."""
+    cdef Py_ssize_t q = pos + 1, lim = min(n, pos + VC_KEY), brace = 0, bracket = 0
+    cdef unsigned char c = p[pos], d
+    if c == 0x22 or c == 0x27:
+        while q < lim and (DQ_PLAIN[p[q]] if c == 0x22 else SQ_PLAIN[p[q]]):
+            q += 1
+        return q + 1 if q < lim and p[q] == c else -1
+    if c != 0x7B and c != 0x5B:  # a number: it ends before a byte no number holds
+        while q < lim and (_is_digit(p[q]) or p[q] == 0x2E or p[q] == 0x65 or p[q] == 0x45
+                           or p[q] == 0x2B or p[q] == 0x2D):
+            q += 1
+        return q if q < lim else -1
+    q = pos
+    while q < lim:
+        d = p[q]
+        q += 1
+        if d == 0x7B:
+            brace += 1
+        elif d == 0x7D:
+            brace -= 1
+        elif d == 0x5B:
+            bracket += 1
+        elif d == 0x5D:
+            bracket -= 1
+        elif d == 0x22 or d == 0x27:
+            while q < lim and (DQ_PLAIN[p[q]] if d == 0x22 else SQ_PLAIN[p[q]]):
+                q += 1
+            if q >= lim or p[q] != d:
+                return -1
+            q += 1
+            continue
+        elif d == 0x5C:
+            return -1
+        else:
+            continue
+        if brace < 0 or bracket < 0 or (brace == 0 and bracket == 0):
+            return q
+    return -1
+
+
 @cython.final
 cdef class Framer:
     """Split a byte stream into QMP frames and decode them (compiled).
@@ -2062,6 +2160,7 @@ cdef class Framer:
     cdef _Template _tpl
     cdef bint _anot
     cdef Buf _tmp
+    cdef Verdict *_vc          # short frames answered, and their entries (NULL: none yet)
 
     # The buffer of the feed() in progress.
     cdef const unsigned char *_p
@@ -2074,6 +2173,7 @@ cdef class Framer:
         self._cap = 0
         self._rec.p = self._tmp.p = NULL
         self._rec.len = self._rec.cap = self._tmp.len = self._tmp.cap = 0
+        self._vc = NULL
 
     def __init__(self, max_frame_size=64 << 20, max_depth=1024, *, max_tokens=2 << 20,
                  raw=False, strict=False, defer=0):
@@ -2099,6 +2199,7 @@ cdef class Framer:
         PyMem_Free(self._buf)
         PyMem_Free(self._rec.p)
         PyMem_Free(self._tmp.p)
+        PyMem_Free(self._vc)
 
     def answer_errors(self, prefix, suffix, not_object=None, envelope=None):
         """Strict mode: report errors as :class:`Answers` items (see
@@ -2112,6 +2213,8 @@ cdef class Framer:
         self._tpl = _template(bytes(prefix), bytes(suffix), None if not_object is None else str(not_object), envelope)
         self._anot = not_object is not None
         self._answering = True
+        PyMem_Free(self._vc)  # (its entries are in the old words)
+        self._vc = NULL
 
     @property
     def buffered(self):
@@ -2269,7 +2372,14 @@ cdef class Framer:
                     if nxt:
                         pos = nxt
                         continue
-                if not self._in_frame and not self.raw and (cls == C_OTHER or (cls == C_STRUCT and c != 0x7B and c != 0x5B)):
+                if self._answering and not self._in_frame and not self.raw:
+                    # Garbage, keywords and short frames answered before:
+                    # recorded in one loop (the general path takes the rest).
+                    nxt = self._answer_garbage(pos)
+                    if nxt > pos:
+                        pos = nxt
+                        continue
+                elif not self._in_frame and not self.raw and (cls == C_OTHER or (cls == C_STRUCT and c != 0x7B and c != 0x5B)):
                     pos = self._garbage(pos, out)
                     continue
                 if cls == C_STRUCT:
@@ -2649,7 +2759,11 @@ cdef class Framer:
                 self._pc += 1
                 self._pe = offset + nbytes
                 return 0
-            _buf_varint(rec, self._pc)  # the pending entry's count
+            if self._pc < 0x80 and rec.len < rec.cap:  # the pending entry's count
+                rec.p[rec.len] = <char>self._pc
+                rec.len += 1
+            else:
+                _buf_varint(rec, self._pc)
             self._acount += self._pc
         else:
             self._pr = _ANSWERING
@@ -2659,7 +2773,11 @@ cdef class Framer:
         rec.p[rec.len] = <char>kind
         rec.len += 1
         if kind < A_FIXED:
-            _buf_varint(rec, size)
+            if size < 0x80:
+                rec.p[rec.len] = <char>size
+                rec.len += 1
+            else:
+                _buf_varint(rec, size)
         self._adata = rec.len
         if size <= 8:
             for i in range(size):
@@ -2674,26 +2792,32 @@ cdef class Framer:
         return 0
 
     cdef Py_ssize_t _answer_garbage(self, Py_ssize_t pos) except -1:
-        """_garbage() when answering errors: the errors between frames one
-        after another (a lexical error and the bytes recovery skips, a lone
-        , : ] or }, whitespace), recorded in one loop with the same entries
-        byte-by-byte scanning makes; returns where scanning resumes."""
+        """Between frames when answering errors: the errors one after another
+        (a lexical error and the bytes recovery skips, a lone , : ] or },
+        an invalid keyword, a short frame answered before), recorded in one
+        loop with the same entries the lexer's path per token makes, and
+        whitespace; returns where scanning resumes (``pos`` itself when the
+        first token is not one of those)."""
         cdef const unsigned char *p = self._p
         cdef Py_ssize_t n = self._n
         cdef long long base = self._base
-        cdef unsigned char c = p[pos]
-        cdef unsigned char k = CLASS[c]
+        cdef unsigned char c
+        cdef unsigned char k
         cdef int state = START
         cdef char *rec
+        cdef Py_ssize_t q, m, i, end, reclen, cap, pc, acount, adata
+        cdef Verdict *v
         while True:
-            if k == C_STRUCT:  # , : ] or }: a frame of its own
+            c = p[pos]
+            k = CLASS[c]
+            if k == C_STRUCT and c != 0x7B and c != 0x5B:  # , : ] or }: a frame of its own
                 if self._pr is not None and self._akind == A_FIXED + T_EXPECTING - T_FIXED:
                     self._pc += 1
                     self._pe = base + pos + 1
                 else:
                     self._record(A_FIXED + T_EXPECTING - T_FIXED, NULL, 0, base + pos, 1)
                 pos += 1
-            else:  # a lexical error, then recovery
+            elif k == C_OTHER:  # a lexical error, then recovery
                 if (self._pr is not None and self._akind == A_STRAY and self._asize == 1
                         and <unsigned char>self._rec.p[self._adata] == c):
                     self._pc += 1
@@ -2713,23 +2837,102 @@ cdef class Framer:
                     self._pc = 1
                 else:
                     self._record(A_STRAY, <const char *>p + pos, 1, base + pos, 1)
-                self._pe = base + pos + 1
                 pos += 1
+                end = pos
                 while pos < n and RECOVER_SKIP[p[pos]]:
                     pos += 1
+                # More lexical errors right after it: the same in locals.
+                reclen = self._rec.len
+                cap = self._rec.cap
+                rec = self._rec.p
+                pc = self._pc
+                acount = self._acount
+                adata = self._adata
+                while pos < n:
+                    c = p[pos]
+                    if CLASS[c] != C_OTHER:
+                        break
+                    if <unsigned char>rec[adata] == c:
+                        pc += 1
+                    elif pc < 0x80 and reclen + 4 <= cap:
+                        rec[reclen] = <char>pc
+                        rec[reclen + 1] = A_STRAY
+                        rec[reclen + 2] = 1
+                        rec[reclen + 3] = <char>c
+                        acount += pc
+                        adata = reclen + 3
+                        reclen += 4
+                        pc = 1
+                    else:
+                        break  # (_record() at the top of the loop)
+                    pos += 1
+                    end = pos
+                    while pos < n and RECOVER_SKIP[p[pos]]:
+                        pos += 1
+                self._rec.len = reclen
+                self._pc = pc
+                self._acount = acount
+                self._adata = adata
+                self._pe = base + end
                 if pos >= n:
                     state = RECOVERY
                     break
+            else:
+                # A frame of its own, ending within this chunk and under
+                # every limit, as _emit() -> _answer_frame() would answer it.
+                if k == C_LOWER:
+                    q = pos + 1
+                    while q < n and CLASS[p[q]] == C_LOWER:
+                        q += 1
+                else:
+                    if self._vc == NULL:
+                        break
+                    q = _frame_end(p, pos, n)
+                if q < 0 or q >= n or q - pos > self.max_frame_size or (self.defer and q - pos > self.defer):
+                    break
+                m = q - pos
+                if k == C_LOWER:
+                    if ((m == 4 and (memcmp(p + pos, b"true", 4) == 0 or memcmp(p + pos, b"null", 4) == 0))
+                            or (m == 5 and memcmp(p + pos, b"false", 5) == 0)):
+                        if not self._anot:
+                            break  # (a value for the dispatcher)
+                        self._record(A_FIXED + T_NOT_OBJECT - T_FIXED, NULL, 0, base + pos, m)
+                    else:
+                        self._record(A_KEYWORD, <const char *>p + pos, m, base + pos, m)
+                else:
+                    v = self._vc + _vc_hash(p + pos, m)
+                    if v.klen != m:
+                        break
+                    i = 0
+                    while i < m and v.key[i] == p[pos + i]:
+                        i += 1
+                    if i < m:
+                        break
+                    self._record(v.kind, v.data, v.dlen, base + pos, m)
+                pos = q
             while pos < n and CLASS[p[pos]] == C_WS:
                 pos += 1
             if pos >= n:
                 break
-            c = p[pos]
-            k = CLASS[c]
-            if not (k == C_OTHER or (k == C_STRUCT and c != 0x7B and c != 0x5B)):
-                break
         self._clear(state)
         return pos
+
+    cdef int _vc_put(self, Py_ssize_t start, Py_ssize_t end) except -1:
+        """Remember the frame ``p[start:end]`` just answered and its entry."""
+        cdef Py_ssize_t m = end - start
+        cdef Verdict *v
+        if self._vc == NULL:
+            self._vc = <Verdict *>PyMem_Malloc(VC_SLOTS * sizeof(Verdict))
+            if self._vc == NULL:
+                raise MemoryError()
+            memset(self._vc, 0, VC_SLOTS * sizeof(Verdict))
+        v = self._vc + _vc_hash(self._p + start, m)
+        v.klen = <unsigned char>m
+        v.kind = <unsigned char>self._akind
+        v.dlen = <unsigned char>self._asize
+        memcpy(v.key, self._p + start, m)
+        memcpy(v.data, self._rec.p + self._adata, self._asize)
+        return 0
 
     cdef bint _answer_frame(self, Py_ssize_t start, Py_ssize_t end) except -1:
         """Answering errors, a frame that does not start with ``{``: answer
@@ -2926,6 +3129,8 @@ cdef class Framer:
                                     self._base + start, end - start), out)
             return 0
         if self._answering and (self._p[start] != 0x7B or self._tpl.known is not None) and self._answer_frame(start, end):
+            if end - start <= VC_KEY and self._asize <= VC_DATA:
+                self._vc_put(start, end)
             return 0
         # orjson first, unless the frame needs more or is small garbage
         # amid garbage (then the C pass says why without an exception).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 
 import orjson
 import pytest
@@ -391,6 +392,57 @@ def test_compiled_answers_match_the_twin():
     for size, limit in ((1 << 16, _STEP_OUTPUT), (777, 1), (5000, None)):
         reads = chunks(data, size)
         assert items(IMPLEMENTATIONS["cython"], reads, limit) == items(IMPLEMENTATIONS["python"], reads, limit)
+
+
+# Pieces that end, or seem to end, short frames and keywords in every way
+# the lexer can: numbers against a minus, brackets that do not match,
+# escapes, frames answered and frames dispatched, keywords valid or not.
+TRICKY = [
+    *b"1 - 2 0 01 1. e E + .5 -0.5e3 [ ] { } , : \" ' \\ x tru true null false nan".split(b" "),
+    *(b" ", b"\n", b'"x"', b"'y'", b'"\\n"', b"\x01", b"\xff", b"\xc3\xa9", b'"\xc3\xa9"', b"a" * 40),
+    *(b'{"x":1}', b"{}", b"[]", b'{"a" 1}', b"{1:2}", b"[,]", b'{"a":1,}', b"{'y': [true]}", b"[" * 5, b"]" * 5),
+    *(b'{"execute":"x"}', b'{"id":1}'),
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_repeated_frames_and_keywords_get_the_twins_answers(seed):
+    """Short frames answered once are answered again from what the
+    compiled framer remembers, and keywords without the lexer's path per
+    token: the same items as the pure twin, however the stream is split,
+    under any limit, when ``defer`` changes or the words change midway."""
+    if "cython" not in IMPLEMENTATIONS:
+        pytest.skip("compiled framer not built")
+    rng = random.Random(seed)
+    pieces = rng.sample(TRICKY, rng.randint(1, 12))
+    data = b"".join(rng.choice(pieces) for _ in range(rng.randint(10, 3000)))
+    reads = chunks(data, rng.choice([1, 3, 7, 64, 1000, 1 << 16]))
+    limits = rng.choice([{}, {"max_frame_size": 5}, {"max_depth": 2}, {"max_tokens": 3}, {"defer": 6}])
+    cls = rng.choice([QMPServerProtocol, QGAServerProtocol])
+    take = rng.choice([None, 1, 100, _STEP_OUTPUT])
+    defer_at = rng.choice([None, len(reads) // 2])
+    reword_at = rng.choice([None, len(reads) // 3])
+
+    def items(Framer):
+        protocol = cls()
+        framer = Framer(strict=True, **limits)
+        protocol._answer_with(framer)
+        out = []
+        for i, read in enumerate(reads):
+            if i == defer_at:
+                framer.defer = 7
+            if i == reword_at:
+                framer.answer_errors(b"<", b">\n")
+            for item in framer.feed(read):
+                if isinstance(item, ANSWERS):
+                    out.append((item.count, item.offset, item.nbytes))
+                    while item.remaining:
+                        out.append(item.take(take))
+                else:
+                    out.append(repr(item))
+        return out
+
+    assert items(IMPLEMENTATIONS["cython"]) == items(IMPLEMENTATIONS["python"])
 
 
 # -- big replies, never read ----------------------------------------------------------------
