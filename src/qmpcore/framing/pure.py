@@ -86,6 +86,7 @@ _OPEN = frozenset(b"{[")
 _DIGIT = frozenset(b"0123456789")
 _VALUE_STATES = frozenset(range(DQ, KEYWORD + 1))
 _LIMITS = frozenset((TOO_BIG, TOO_DEEP, TOO_MANY))
+_EXPECTING = "JSON parse error, expecting value"
 
 
 def _envelope_error(frame: bytes, value: dict[str, Any], envelope: tuple[str, str, tuple[str, ...]]) -> str | None:
@@ -279,8 +280,14 @@ class Framer:
                         pos = nxt
                         continue
                 if cls == rules.C_STRUCT:
-                    self._begin(pos)
-                    self._token_done(pos + 1, c, out)
+                    if c not in _OPEN and not self._in_frame and not self.raw:
+                        # A lone , : ] or }: a frame of its own, which QEMU's
+                        # parser refuses without looking further.
+                        self._work += 1
+                        self._push(out, FrameError(_EXPECTING, self._base + pos, nbytes=1))
+                    else:
+                        self._begin(pos)
+                        self._token_done(pos + 1, c, out)
                     pos += 1
                 elif c == 0x22:  # "
                     self._begin(pos)
