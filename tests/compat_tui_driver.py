@@ -7,7 +7,8 @@ typed into the TUI's editor and sent with alt+enter, as a user does; the
 history box (messages, and log records routed to it by the TUI's own log
 handler) is printed as JSON, one entry per line of the box.  The line
 ``@disconnected`` waits for the status bar to say so instead (after
-``quit``, say).  The statuses shown follow the history.
+``quit``, say), then for the reconnection attempt to fail.  The statuses
+shown follow the history.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 
 TIMEOUT = 20.0
@@ -33,6 +35,21 @@ async def drive(tui, address: str, lines: list[str]) -> list[str]:
         show_status(msg)
 
     app._set_status = record_status
+    connect_server = app.connect_server
+    connects = 0
+
+    async def connect_when_gone():
+        # QEMU closes the connection before it removes its socket on exit: a
+        # reconnect in between is refused rather than not finding the
+        # socket.  Reconnects wait for the socket to go, as a user's would
+        # come later, so both backends meet the same server state.
+        nonlocal connects
+        connects += 1
+        if connects > 1 and isinstance(address, str):
+            await until(lambda: not os.path.exists(address))
+        return await connect_server()
+
+    app.connect_server = connect_when_gone
     manager = asyncio.create_task(app.manage_connection())
     history = app.window.body.history.history  # the HistoryBox's list walker
     editor = app.window.body.editor_widget.original_widget
@@ -55,7 +72,8 @@ async def drive(tui, address: str, lines: list[str]) -> list[str]:
     for line in lines:
         if line == "@disconnected":  # wait for the status bar to say so
             await until(lambda: "[Disconnected]" in statuses)
-            await asyncio.sleep(0.3)  # let the reconnection attempt settle
+            # then for the reconnection attempt to fail
+            await until(lambda: any("Failed to establish connection" in e for e in shown()))
             continue
         before, answered = len(history), replies()
         editor.set_edit_text(line)
