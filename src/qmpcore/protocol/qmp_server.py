@@ -175,8 +175,6 @@ class ServerProtocolBase:
     """
 
     _terminator = b"\r\n"
-    #: Commands :meth:`_handle_locally` may answer.
-    _local_commands: frozenset[str] = frozenset()
     #: Bytes written just before the successful reply to these commands.
     _reply_prefixes: Mapping[str, bytes] = {}
     #: QEMU's ``pretty=on`` output (QMP monitors only).
@@ -490,7 +488,7 @@ class ServerProtocolBase:
                 self._fail(request_id, problem)
                 return None
         request = Request(name, arguments, request_id, oob, info)
-        if name in self._local_commands and self._handle_locally(request):
+        if self._handle_locally(request):
             return None
         return request
 
@@ -619,8 +617,6 @@ class QMPServerProtocol(ServerProtocolBase):
     ``query-version``'s value, ``capabilities`` what the greeting offers.
     The greeting is queued as soon as the object exists.
     """
-
-    _local_commands = frozenset({"qmp_capabilities"})
 
     def __init__(
         self,
