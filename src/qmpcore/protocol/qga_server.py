@@ -31,6 +31,7 @@ class QGAServerProtocol(ServerProtocolBase):
     """The guest agent side of a QGA channel (one object per agent)."""
 
     _terminator = b"\n"
+    _reply_prefixes = {"guest-sync-delimited": SYNC_BYTE}
 
     def connection_made(self) -> None:
         """A new client: forget the old one's requests, keep the parser."""
@@ -38,6 +39,3 @@ class QGAServerProtocol(ServerProtocolBase):
 
     def _skips_queue(self, message: dict[str, Any]) -> bool:
         return False  # qemu-ga dispatches everything in order
-
-    def _reply_prefix(self, request: Request) -> bytes:
-        return SYNC_BYTE if request.command == "guest-sync-delimited" else b""

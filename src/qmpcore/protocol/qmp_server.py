@@ -57,7 +57,7 @@ from ..errors import CommandError, FrameError, StateError
 from ..framing import ANSWERS, Framer
 from ..framing.wire import SYNC, PendingFrame
 from ._qapi import CommandInfo, Schema
-from ._qemu_output import encode_qmp, qdict_order, to_json
+from ._qemu_output import Encoded, encode_qmp, qdict_order, to_json
 
 __all__ = [
     "NO_ID",
@@ -88,6 +88,9 @@ DEFAULT_VERSION: dict[str, Any] = {
     "qemu": {"major": 7, "minor": 2, "micro": 0},
     "package": "",
 }
+
+_INT_MIN = -(1 << 63)
+_INT_MAX = (1 << 64) - 1  # (ids beyond int64 and uint64 print as doubles)
 
 _NOT_OBJECT = "QMP input must be a JSON object"
 _NO_EXECUTE = "QMP input lacks member 'execute'"
@@ -172,6 +175,10 @@ class ServerProtocolBase:
     """
 
     _terminator = b"\r\n"
+    #: Bytes written just before the successful reply to these commands.
+    _reply_prefixes: Mapping[str, bytes] = {}
+    #: QEMU's ``pretty=on`` output (QMP monitors only).
+    pretty = False
 
     def __init__(
         self,
@@ -212,6 +219,17 @@ class ServerProtocolBase:
         if self._stalled is not None:
             self._after.extend(items)  # (behind the request being decoded)
             return
+        if len(items) == 1 and self._current is None and not self._queue:
+            # One in-band request with nothing ahead of it (a polled VM's
+            # usual read): what _take and _pump would do, without the queue.
+            message = items[0]
+            limit = self.output_limit
+            if type(message) is dict and "execute" in message and (limit is None or self._out_size < limit):
+                request = self._dispatch(message)
+                if request is not None:
+                    self._current = request
+                    self._ready.append(request)
+                return
         self._take(items)
         self._pump()
 
@@ -303,7 +321,8 @@ class ServerProtocolBase:
     def reading_paused(self) -> bool:
         """True while the in-band queue is full or a large request is
         decoded: stop reading until it drains."""
-        return self._stalled is not None or len(self._queue) >= self._queue_limit()
+        queue = self._queue
+        return self._stalled is not None or (bool(queue) and len(queue) >= self._queue_limit())
 
     @property
     def buffered(self) -> int:
@@ -326,38 +345,51 @@ class ServerProtocolBase:
         caller writes everything in order.  The next in-band request is
         released for :meth:`next_event`, not answered here.
         """
+        current = request is self._current
+        if not (current and request._open):
+            self._check(request)
         if error is not None:
-            return self._answer(request, None, error.error_class, error.desc)
-        return self._answer(request, value)
-
-    def send_return(self, request: Request, value: Any = None) -> None:
-        """Like :meth:`send`, but queue the answer for :meth:`data_to_send`."""
-        self._out.append(self._answer(request, value))
-        self._pump()
-
-    def send_error(self, request: Request, error_class: str, desc: str) -> None:
-        """Like :meth:`send` with an error, but queue the answer for
-        :meth:`data_to_send`."""
-        self._out.append(self._answer(request, None, error_class, desc))
-        self._pump()
-
-    def _answer(self, request: Request, value: Any, error_class: str | None = None, desc: str = "") -> bytes:
-        self._check(request)
-        if error_class is not None:
-            reply = self._error_bytes(request.id, error_class, desc)
+            reply = self._error_bytes(request.id, error.error_class, error.desc)
         else:
             info = request.info
             reply = b""
             if info is None or info.success_response:
                 # Encode first: a value JSON cannot hold raises with the request
                 # still open, so the caller can answer with an error instead.
-                reply = self._reply_prefix(request) + self._return_bytes(request.id, {} if value is None else value)
-        self._close(request)
+                request_id = request.id
+                if (
+                    type(value) is Encoded
+                    and type(request_id) is int
+                    and _INT_MIN <= request_id <= _INT_MAX
+                    and not self.pretty
+                ):
+                    # (a canned value and a plain id: _return_bytes in one step)
+                    reply = b'{"return": %s, "id": %d}%s' % (value, request_id, self._terminator)
+                else:
+                    reply = self._return_bytes(request_id, {} if value is None else value)
+                if self._reply_prefixes:
+                    reply = self._reply_prefixes.get(request.command, b"") + reply
+        request._open = False
+        if current:
+            self._current = None
+        else:
+            self._oob_open.discard(request)
         out = self._out
         if not out:
             return reply
         out.append(reply)
         return self.data_to_send()
+
+    def send_return(self, request: Request, value: Any = None) -> None:
+        """Like :meth:`send`, but queue the answer for :meth:`data_to_send`."""
+        self._out.append(self.send(request, value))
+        self._pump()
+
+    def send_error(self, request: Request, error_class: str, desc: str) -> None:
+        """Like :meth:`send` with an error, but queue the answer for
+        :meth:`data_to_send`."""
+        self._out.append(self.send(request, error=CommandError(error_class, desc)))
+        self._pump()
 
     def send_raw(self, data: bytes) -> None:
         """Queue bytes verbatim (for tests that need malformed output)."""
@@ -422,6 +454,48 @@ class ServerProtocolBase:
             self._write_error(NO_ID, "GenericError", _NOT_OBJECT)
             return None
         request_id = message.get("id", NO_ID)
+        name = message.get("execute")
+        arguments = message.get("arguments")
+        oob = False
+        if not (
+            type(name) is str
+            and len(message) == 1 + (request_id is not NO_ID) + (arguments is not None)
+            and (arguments is None or type(arguments) is dict)
+        ):
+            # Not just a string "execute", an object "arguments" and an
+            # "id" (the members of an ordinary request, which no order of
+            # QEMU's checks can fail): check in QEMU's member order.
+            checked = self._check_envelope(message, request_id)
+            if checked is None:
+                return None
+            name, oob = checked
+            arguments = message.get("arguments")
+        info = self._lookup(name)
+        if info is None:
+            self._fail(request_id, f"The command {name} has not been found", "CommandNotFound")
+            return None
+        if not info.enabled:
+            self._fail(request_id, f"Command {name} has been disabled", "CommandNotFound")
+            return None
+        if oob and not info.allow_oob:
+            self._fail(request_id, f"The command {name} does not support OOB")
+            return None
+        if arguments is None:
+            arguments = {}
+        if info.check_arguments is not None:
+            problem = info.check_arguments(arguments)
+            if problem is not None:
+                self._fail(request_id, problem)
+                return None
+        request = Request(name, arguments, request_id, oob, info)
+        if self._handle_locally(request):
+            return None
+        return request
+
+    def _check_envelope(self, message: dict[str, Any], request_id: Any) -> tuple[str, bool] | None:
+        """The command's name and whether it came as ``exec-oob``; None
+        (and the error answered) when a member is wrong, the first one in
+        QDict order as QEMU reports it."""
         oob_allowed = self._oob_allowed()
         exec_key = None
         for key in _member_order(message):
@@ -444,30 +518,7 @@ class ServerProtocolBase:
         if exec_key is None:
             self._fail(request_id, _NO_EXECUTE)
             return None
-        name = message[exec_key]
-        oob = exec_key == "exec-oob"
-        info = self._lookup(name)
-        if info is None:
-            self._fail(request_id, f"The command {name} has not been found", "CommandNotFound")
-            return None
-        if not info.enabled:
-            self._fail(request_id, f"Command {name} has been disabled", "CommandNotFound")
-            return None
-        if oob and not info.allow_oob:
-            self._fail(request_id, f"The command {name} does not support OOB")
-            return None
-        arguments = message.get("arguments")
-        if arguments is None:
-            arguments = {}
-        if info.check_arguments is not None:
-            problem = info.check_arguments(arguments)
-            if problem is not None:
-                self._fail(request_id, problem)
-                return None
-        request = Request(name, arguments, request_id, oob, info)
-        if self._handle_locally(request):
-            return None
-        return request
+        return message[exec_key], exec_key == "exec-oob"
 
     def _fail(self, request_id: Any, desc: str, error_class: str = "GenericError") -> None:
         self._write_error(request_id, error_class, desc)
@@ -478,13 +529,6 @@ class ServerProtocolBase:
             raise StateError(f"{request!r} was already answered")
         if request is not self._current and request not in self._oob_open:
             raise StateError(f"{request!r} does not belong to this connection")
-
-    def _close(self, request: Request) -> None:
-        request._open = False
-        if request is self._current:
-            self._current = None
-        else:
-            self._oob_open.discard(request)
 
     def _drop_requests(self) -> None:
         """Forget queued and unanswered requests (the client went away)."""
@@ -519,10 +563,6 @@ class ServerProtocolBase:
         """Answer ``request`` here instead of handing it out; True if done."""
         return False
 
-    def _reply_prefix(self, request: Request) -> bytes:
-        """Bytes written just before the successful reply to ``request``."""
-        return b""
-
     # -- output -----------------------------------------------------------
 
     def _write_return(self, request_id: Any, value: Any) -> None:
@@ -536,16 +576,31 @@ class ServerProtocolBase:
         self._out.append(reply)
 
     def _return_bytes(self, request_id: Any, value: Any) -> bytes:
+        if self.pretty:
+            return _pretty_reply({"return": value}, request_id)
+        # (canned replies are spliced in as they are)
+        body = value if type(value) is Encoded else to_json(value)
         # QDict order puts "return" before "id" (and "id" before "error").
         if request_id is NO_ID:
-            return b'{"return": ' + to_json(value) + b"}" + self._terminator
-        return b'{"return": ' + to_json(value) + b', "id": ' + to_json(request_id) + b"}" + self._terminator
+            return b'{"return": %s}%s' % (body, self._terminator)
+        if type(request_id) is int and _INT_MIN <= request_id <= _INT_MAX:
+            return b'{"return": %s, "id": %d}%s' % (body, request_id, self._terminator)
+        return b'{"return": %s, "id": %s}%s' % (body, to_json(request_id), self._terminator)
 
     def _error_bytes(self, request_id: Any, error_class: str, desc: str) -> bytes:
+        if self.pretty:
+            return _pretty_reply({"error": {"class": error_class, "desc": desc}}, request_id)
         error = b'{"class": ' + to_json(error_class) + b', "desc": ' + to_json(desc) + b"}}"
         if request_id is NO_ID:
             return b'{"error": ' + error + self._terminator
         return b'{"id": ' + to_json(request_id) + b', "error": ' + error + self._terminator
+
+
+def _pretty_reply(message: dict[str, Any], request_id: Any) -> bytes:
+    """A reply as a ``pretty=on`` monitor writes it."""
+    if request_id is not NO_ID:
+        message["id"] = request_id
+    return encode_qmp(message, pretty=True)
 
 
 def _member_order(message: dict[str, Any]) -> Sequence[str]:
@@ -643,22 +698,6 @@ class QMPServerProtocol(ServerProtocolBase):
 
     def _send(self, message: Any) -> None:
         self._out.append(encode_qmp(message, pretty=self.pretty))
-
-    def _return_bytes(self, request_id: Any, value: Any) -> bytes:
-        if not self.pretty:
-            return super()._return_bytes(request_id, value)
-        message = {"return": value}
-        if request_id is not NO_ID:
-            message["id"] = request_id
-        return encode_qmp(message, pretty=True)
-
-    def _error_bytes(self, request_id: Any, error_class: str, desc: str) -> bytes:
-        if not self.pretty:
-            return super()._error_bytes(request_id, error_class, desc)
-        message: dict[str, Any] = {"error": {"class": error_class, "desc": desc}}
-        if request_id is not NO_ID:
-            message["id"] = request_id
-        return encode_qmp(message, pretty=True)
 
 
 def _split_timestamp(timestamp: float | None) -> tuple[int, int]:

@@ -62,7 +62,7 @@ from typing import Any
 from ..client.limits import ensure_fd_limit
 from ..errors import CommandError
 from ..framing.rules import DEFER_SIZE
-from ..protocol._qemu_output import to_json
+from ..protocol._qemu_output import Encoded, to_json
 from ..protocol.qga_server import QGAServerProtocol
 from ..protocol.qmp_server import NO_ID, QMPServerProtocol, Request, ServerProtocolBase, event_bytes, event_head
 from ._process import ServerProcess, start_in_subprocess
@@ -102,6 +102,8 @@ _SLICE_STEPS = 128
 _SLICE_BYTES = 256 << 10
 # Replies are gathered and written together up to this many bytes.
 _WRITE_BATCH = 256 << 10
+# Handler results that are not awaitable (no need to ask inspect).
+_PLAIN_RESULTS = frozenset({Encoded, dict, list, str, int, bool, float, type(None)})
 
 
 class _Session(asyncio.Protocol):
@@ -206,34 +208,39 @@ class _Session(asyncio.Protocol):
         self._continuation = None
         protocol = self.protocol
         transport = self.transport
-        next_event = protocol.next_event
-        take = protocol.data_to_send
+        # (the protocol's own queues, read here to skip calls that would
+        # find nothing to do: next_event, can_progress, data_to_send)
+        ready = protocol._ready
+        queue = protocol._queue
+        out = protocol._out
         unsent = transport.get_write_buffer_size
         cap = self.endpoint.output_cap
         steps = 0
         self._produced = 0
         self._batching = True
         try:
-            while not self.closed and not transport.is_closing():
+            while (ready or queue) and not self.closed and not transport.is_closing():
                 if unsent() + self._pending_size > cap:
                     break  # resume_writing() continues
                 if steps >= _SLICE_STEPS or self._produced >= _SLICE_BYTES:
                     if protocol.can_progress:
                         self._continuation = self._loop.call_soon(self._serve)
                     break
-                request = next_event()
+                request = ready.popleft() if ready else protocol.next_event()
                 if request is not None:
                     self._run(request)
                 elif not protocol.can_progress:
                     break
-                data = take()
-                if data:
-                    self._collect(data)
+                if out:
+                    self._collect(protocol.data_to_send())
                 steps += 1
         finally:
             self._batching = False
-        self._flush()
-        if protocol.decoding and self._stepping is None and not self.closed:
+        if out:
+            self._collect(protocol.data_to_send())
+        if self._pending:
+            self._write_pending()
+        if protocol._stalled is not None and self._stepping is None and not self.closed:
             self._stepping = self._loop.call_soon(self._step)
         self._update_reading()
 
@@ -259,8 +266,10 @@ class _Session(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closed:
             return
+        protocol = self.protocol
         if (
-            self.protocol.reading_paused
+            protocol._stalled is not None
+            or (protocol._queue and protocol.reading_paused)  # (an empty queue is never full)
             or self._continuation is not None
             or transport.get_write_buffer_size() > self.endpoint.output_cap
         ):
@@ -269,18 +278,20 @@ class _Session(asyncio.Protocol):
             transport.resume_reading()
 
     def _run(self, request: Request, faults: bool = True) -> None:
-        if faults:
-            fault = self.target.take_fault(request.command)
+        target = self.target
+        if faults and target._faults:
+            fault = target.take_fault(request.command)
             if fault is not None:
                 self._apply(fault, request)
                 return
-        call = Call(request.command, request.arguments, request.id, request.oob, self.target, self)
+        command = request.command
+        call = Call(command, request.arguments, request.id, request.oob, target, self)
         try:
-            result = self.target.handler(request.command)(call)
+            result = (target._handlers.get(command) or target.handler(command))(call)
         except Exception as exc:
             self._fail(request, exc)
             return
-        if inspect.isawaitable(result):
+        if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
             self._spawn(self._finish_later(request, call, result))
         else:
             self._answer(request, call, result)
@@ -332,7 +343,13 @@ class _Session(asyncio.Protocol):
         except TypeError as exc:  # the handler returned something JSON cannot hold
             logger.error("bad return value from %s handler: %s", request.command, exc)
             reply = self.protocol.send(request, error=CommandError("GenericError", f"internal error: {exc}"))
-        self._collect(reply)
+        if reply:  # (what _collect does)
+            size = len(reply)
+            self._pending.append(reply)
+            self._pending_size += size
+            self._produced += size
+            if self._pending_size >= _WRITE_BATCH:
+                self._write_pending()
         if call._after is not None:
             self._flush()
             call._after()
