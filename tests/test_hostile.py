@@ -695,7 +695,7 @@ async def test_large_frame_is_decoded_a_slice_per_turn_of_the_loop(tmp_path):
                 assert pending.steps - before < 100 and proto.decoding
             ev = await asyncio.wait_for(events.get(), GUARD)
             assert ev.name == "BIG" and len(ev.data["a"]) == 2 * ((4 << 20) // len(ESCAPED_UNIT)) + 1
-            # 4 MiB checked, then decoded, 16 KiB a step; the pure twin
+            # 4 MiB checked, then decoded, 4 KiB a step; the pure twin
             # (about behaviour) decodes in one step
             assert pending.steps > 400 if compiled else pending.steps == 1
             assert ev.data["a"][:2] == ['\n"\u00e9\\', 1234567890123456789]

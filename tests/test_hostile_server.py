@@ -685,7 +685,7 @@ def test_large_requests_decoded_in_steps_get_the_same_answers(Framer, proto, rea
     pending = [item for items in protocol._framer.feeds for item in items if type(item) is PendingFrame]
     assert len(pending) == 8  # every large frame, whatever it turned out to be
     compiled = Framer is IMPLEMENTATIONS.get("cython")
-    # The compiled framer checks and decodes 16 KiB a step; the pure twin
+    # The compiled framer checks and decodes 4 KiB a step; the pure twin
     # (about behaviour) decodes each frame at its first step.
     assert steps > 20 if compiled else steps == len(pending)
     assert not protocol.decoding and not protocol.reading_paused
@@ -708,7 +708,7 @@ def test_a_new_guest_agent_client_forgets_the_request_being_decoded(Framer):
 
 
 async def test_large_request_is_decoded_a_slice_per_turn_of_the_loop(tmp_path, client):
-    """A 4 MiB request to one VM is decoded 16 KiB a turn of the loop, with
+    """A 4 MiB request to one VM is decoded 4 KiB a turn of the loop, with
     the attacker's reading paused: another VM's client gets five answers
     while it is still decoding, then the request is answered as QEMU would
     (its argument is unexpected), and so is the one sent after it."""

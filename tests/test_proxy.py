@@ -325,7 +325,7 @@ async def test_hostile_client_input_is_bounded(served, tmp_path):
 
 async def test_large_request_is_decoded_a_slice_per_turn(served, tmp_path, monkeypatch):
     """A request of 900 KiB (inside the proxy's 1 MiB frame limit) is
-    decoded 16 KiB a turn of the proxy's loop, its client's reading paused:
+    decoded 4 KiB a turn of the proxy's loop, its client's reading paused:
     another client's commands go through meanwhile; then it is forwarded
     and answered, and so is the one sent after it."""
     from qmpcore.proxy._proxy import _ProxyServerProtocol

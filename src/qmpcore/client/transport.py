@@ -53,9 +53,10 @@ _READ_SIZE = 1 << 18
 _SUSPECT_READ_SIZE = 1 << 12
 #: Frames over a read's worth of bytes are decoded a step (DEFER_STEP
 #: bytes) per turn of the loop, and their peer reads this much at a time
-#: while it sends one: a large frame costs each turn a small slice.
+#: while it sends one: a large frame costs each turn a small slice.  (A
+#: read is only scanned, at memory speed: four decoding steps' worth.)
 _DEFER_SIZE = _READ_SIZE
-_LARGE_READ_SIZE = DEFER_STEP
+_LARGE_READ_SIZE = 4 * DEFER_STEP
 _buffers = threading.local()
 
 

@@ -110,7 +110,7 @@ WHOLE_SLACK = 8
 MIN_CAPACITY = 4096
 SHRINK_RATIO = 4
 #: Bytes a deferred frame (``Framer(defer=)``) is decoded by per step.
-DEFER_STEP = 16 << 10
+DEFER_STEP = 4 << 10
 #: Frames over this many bytes are decoded a step at a time by the servers
 #: of :mod:`qmpcore.server` and :mod:`qmpcore.proxy` (a read's worth or two:
 #: QEMU's 207 KB schema is decoded at once).
