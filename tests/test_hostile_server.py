@@ -223,6 +223,38 @@ async def test_garbage_flood_to_a_reader_leaves_others_their_share(tmp_path, cli
         await still_served(vms.qmp_paths[0])
 
 
+async def test_a_client_that_sent_garbage_is_read_4_kib_at_a_time(tmp_path, client):
+    """After a read that held malformed input the server reads that client
+    4 KiB at a time (its garbage costs an error reply per byte), and a full
+    read's worth again once it sends clean data."""
+    async with serve_vms(tmp_path, 1) as vms:
+        attacker = await client(vms.qmp_paths[0])
+        session = vms[0].endpoints[0]._session
+        reads: list[tuple[int, bool]] = []  # (bytes, malformed after it)
+        received = session.data_received
+
+        def record(data):
+            received(data)
+            reads.append((len(data), session.protocol.malformed))
+
+        session.data_received = record
+        flood = Flood(attacker, b"," * 65536, 1 << 20, read=True, reply=EXPECTING)
+        try:
+            await flood.writer
+            await wait_until(lambda: flood.received >= flood.sent * len(EXPECTING))
+            assert flood.received == flood.sent * len(EXPECTING) and flood.mismatch is None
+        finally:
+            flood.stop()
+        first = next(i for i, (_, malformed) in enumerate(reads) if malformed)
+        assert all(size <= 4096 for size, _ in reads[first + 1 :]), reads
+        assert len(reads) - first > 200  # 1 MiB in reads of 4 KiB
+        assert session.transport._small
+        # Clean data: the next request is answered and reads are full again.
+        reads.clear()
+        assert await attacker.execute("query-status", id="clean") == {"return": STATUS, "id": "clean"}
+        assert reads and not reads[-1][1] and not session.transport._small
+
+
 @pytest.mark.parametrize(("garbage", "reply"), [(b"\xff", STRAY_FF), (b",", EXPECTING)], ids=["0xff", "commas"])
 async def test_garbage_flood_from_a_client_that_never_reads(tmp_path, client, garbage, reply):
     """Answers to garbage pile up only to the output cap; then the client's

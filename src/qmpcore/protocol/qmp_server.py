@@ -203,6 +203,9 @@ class ServerProtocolBase:
         self._oob_open: set[Request] = set()
         self._stalled: PendingFrame | None = None  # a large request being decoded
         self._after: list[Any] = []  # framer items behind it
+        #: Whether the last :meth:`receive_data` held malformed input (the
+        #: server then reads such a client a little at a time).
+        self.malformed = False
 
     def _answer_with(self, framer: Any) -> None:
         """Have the strict ``framer`` report errors, and frames refused
@@ -225,18 +228,20 @@ class ServerProtocolBase:
             message = items[0]
             limit = self.output_limit
             if type(message) is dict and "execute" in message and (limit is None or self._out_size < limit):
+                self.malformed = False
                 request = self._dispatch(message)
                 if request is not None:
                     self._current = request
                     self._ready.append(request)
                 return
-        self._take(items)
+        self.malformed = self._take(items)
         self._pump()
 
-    def _take(self, items: list[Any]) -> None:
+    def _take(self, items: list[Any]) -> bool:
         """Queue framer items in stream order; stop at a PendingFrame and
-        hold what follows it until it is decoded."""
+        hold what follows it until it is decoded.  True if any was an error."""
         queue = self._queue
+        malformed = False
         for item in items:
             if type(item) is dict:
                 if self._skips_queue(item):
@@ -251,8 +256,9 @@ class ServerProtocolBase:
             elif item is SYNC:
                 continue  # the strict framer already reported 0xFF as an error
             elif isinstance(item, ANSWERS):
-                pass  # answered in turn by _pump
+                malformed = True  # (answered in turn by _pump)
             elif isinstance(item, FrameError):
+                malformed = True
                 count = item.count
                 last = queue[-1] if queue else None
                 if type(last) is _Repeat and last.reason == item.reason:
@@ -262,8 +268,9 @@ class ServerProtocolBase:
             elif type(item) is PendingFrame:
                 self._stalled = item
                 self._after = items[items.index(item) + 1 :]
-                return
+                return malformed
             queue.append(item)
+        return malformed
 
     # -- large requests, a step at a time ----------------------------------
 

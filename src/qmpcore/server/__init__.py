@@ -128,6 +128,7 @@ class _Session(asyncio.Protocol):
         self.written = 0
         self._continuation: asyncio.Handle | None = None
         self._stepping: asyncio.Handle | None = None  # a large request's next slice
+        self._small_reads = False
         protocol.defer_frames(DEFER_SIZE)
         self._loop = asyncio.get_running_loop()
         self._lost = self._loop.create_future()
@@ -139,12 +140,20 @@ class _Session(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
         try:
-            self.protocol.receive_data(data)
+            protocol.receive_data(data)
         except Exception:
             logger.exception("internal error while parsing client input; closing the connection")
             self.drop()
             return
+        if protocol.malformed is not self._small_reads:
+            # A client that sent malformed input is read 4 KiB at a time
+            # until it sends clean data (plain sockets; TLS reads records).
+            self._small_reads = protocol.malformed
+            read_small = getattr(self.transport, "read_small", None)
+            if read_small is not None:
+                read_small(self._small_reads)
         self._serve()
 
     def fds_received(self, fds: list[int]) -> None:

@@ -40,6 +40,10 @@ __all__ = ["Connection", "Listener", "bind_socket", "Address", "TLSLayer"]
 # Small enough that one read of garbage (an error reply per byte) cannot
 # produce much output before the output cap is checked again.
 _READ_SIZE = 64 * 1024
+# What one read of a client whose last read held malformed input takes:
+# garbage costs far more per byte than requests (an error reply each), so
+# such a client gets a smaller slice of the loop until it sends clean data.
+_SUSPECT_READ_SIZE = 4 * 1024
 # recv() of a fresh 256 KiB bytes object per read costs more than the
 # syscall itself; reads land in one reused buffer per thread instead.
 _buffers = threading.local()
@@ -99,6 +103,8 @@ class Connection:
         self._closed = False
         self._paused_protocol = False
         self._hangup_timer: asyncio.TimerHandle | None = None
+        #: Read at most 4 KiB at a time (see :meth:`read_small`).
+        self._small = False
         loop.add_reader(self._fd, self._on_readable)
         protocol.connection_made(self)
 
@@ -244,12 +250,19 @@ class Connection:
                 pass
         self._finish(None)
 
+    def read_small(self, small: bool) -> None:
+        """Read 4 KiB at a time (``small``) or a full read's worth."""
+        self._small = small
+
     # -- selector callbacks -------------------------------------------------
 
     def _on_readable(self) -> None:
         buffer = getattr(_buffers, "view", None)
         if buffer is None:
             buffer = _buffers.view = memoryview(bytearray(_READ_SIZE))
+            _buffers.small = buffer[:_SUSPECT_READ_SIZE]
+        if self._small:
+            buffer = _buffers.small
         try:
             if self._unix:
                 size, ancdata, _, _ = self._sock.recvmsg_into([buffer], _ANC_SIZE)
