@@ -50,7 +50,7 @@ CLIENT_ATTACKS = ("client-garbage", "client-requests")
 #: Good and hostile VMs (full run, --quick).
 GOOD = {False: 50, True: 20}
 HOSTILE = {False: 5, True: 2}
-ROUNDS = {False: 40, True: 10}
+ROUNDS = {False: 400, True: 50}
 #: Connect and command timeouts of the measuring fleet.  The pure-Python
 #: framer (QMPCORE_NO_EXTENSIONS=1, inherited by the server child) is tens of
 #: times slower and decodes a deferred request in one step, so a hostile
