@@ -23,7 +23,6 @@ collector off: instruction counts of two runs (``PYTHONHASHSEED=0``, 5 and
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
 import sys
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 import orjson
 import pytest
 
+from _counting import run_batches
 from qmpcore.client.address import Address
 from qmpcore.client.aio import QMPClient
 from qmpcore.client.fleet import Fleet, _Member
@@ -196,13 +196,6 @@ def prepared(name: str, loop: asyncio.AbstractEventLoop) -> Callable[[], int]:
     return lambda: run(batch())
 
 
-@pytest.fixture
-def loop():
-    made = asyncio.new_event_loop()
-    yield made
-    made.close()
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_client(benchmark, loop, name):
     benchmark.group = "client"
@@ -213,17 +206,7 @@ def test_client(benchmark, loop, name):
 
 
 def main(argv: list[str]) -> None:
-    name = argv[0] if argv else "aio-round-trip"
-    batches = int(argv[1]) if len(argv) > 1 else 100
-    made = asyncio.new_event_loop()
-    try:
-        run = prepared(name, made)
-        gc.disable()  # a collection landing in one run and not another would blur instruction counts
-        for _ in range(batches):
-            run()
-    finally:
-        gc.enable()
-        made.close()
+    run_batches(prepared, argv, "aio-round-trip", BATCH)
 
 
 if __name__ == "__main__":

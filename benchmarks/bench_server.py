@@ -22,13 +22,13 @@ then differ by the commands alone.
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from _counting import run_batches
 from qmpcore.protocol.qmp_server import QMPServerProtocol
 from qmpcore.server import QMPServer, SimulatedVM, _Session
 
@@ -132,13 +132,6 @@ def prepared(name: str, loop: asyncio.AbstractEventLoop) -> Callable[[], int]:
     return loop.run_until_complete(make())
 
 
-@pytest.fixture
-def loop():
-    made = asyncio.new_event_loop()
-    yield made
-    made.close()
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_server(benchmark, loop, name):
     benchmark.group = "server"
@@ -149,18 +142,7 @@ def test_server(benchmark, loop, name):
 
 
 def main(argv: list[str]) -> None:
-    name = argv[0] if argv else "session"
-    batches = int(argv[1]) if len(argv) > 1 else 100
-    made = asyncio.new_event_loop()
-    try:
-        run = prepared(name, made)
-        assert run() == BATCH
-        gc.disable()  # a collection landing in one run and not another would blur instruction counts
-        for _ in range(batches):
-            run()
-    finally:
-        gc.enable()
-        made.close()
+    run_batches(prepared, argv, "session", BATCH)
 
 
 if __name__ == "__main__":
