@@ -335,7 +335,9 @@ async def _measure(good: Sequence[str], hostile: Sequence[str], rounds: int, *, 
 
 
 def hostile_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
-    """The quiet fleet, then one run per attack; one row per attack."""
+    """Per attack, the quiet fleet and then the fleet beside the attack:
+    one row per attack, its ratio to the quiet run just before it (so that a
+    change in the machine's load between attacks does not move the ratio)."""
     from ..server import start_in_subprocess
 
     quick = bool(opts.quick)
@@ -348,9 +350,9 @@ def hostile_section(opts: Any, progress: Callable[[str], None]) -> list[Row]:
         # (and k more, whose hostile clients attack the server of the good ones)
         with start_in_subprocess(directory, count + k) as server:
             good = server.qmp_paths[:count]
-            progress("hostile: the quiet fleet")
-            quiet = asyncio.run(_measure(good, [], rounds))
             for attack in ATTACKS:
+                progress("hostile: the quiet fleet")
+                quiet = asyncio.run(_measure(good, [], rounds))
                 if attack in CLIENT_ATTACKS:
                     progress(f"hostile: {k} {attack} beside {count} good VMs, on their server")
                     paths = server.qmp_paths[count:]
