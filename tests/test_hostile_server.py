@@ -399,6 +399,24 @@ def test_requests_amid_garbage_are_dispatched_in_order(Framer, proto):
     assert len(items) - requests <= requests + len(protocol._framer.feeds)
 
 
+def fed(framer, reads, limit, before=None, show=lambda item: item):
+    """What ``framer`` makes of ``reads``: each answers item as (count,
+    offset, nbytes) and its replies taken ``limit`` bytes at a time, other
+    items through ``show``; ``before(i, framer)`` runs before read ``i``."""
+    out = []
+    for i, data in enumerate(reads):
+        if before is not None:
+            before(i, framer)
+        for item in framer.feed(data):
+            if isinstance(item, ANSWERS):
+                out.append((item.count, item.offset, item.nbytes))
+                while item.remaining:
+                    out.append(item.take(limit))
+            else:
+                out.append(show(item))
+    return out
+
+
 def test_compiled_answers_match_the_twin():
     """The compiled framer's answers items are the pure twin's: the same
     counts, offsets, spans and replies, taken in the same steps."""
@@ -406,19 +424,9 @@ def test_compiled_answers_match_the_twin():
         pytest.skip("compiled framer not built")
 
     def items(cls, reads, limit):
-        protocol = QMPServerProtocol()
         framer = cls(strict=True, max_frame_size=300, max_depth=6)
-        protocol._answer_with(framer)
-        out = []
-        for data in reads:
-            for item in framer.feed(data):
-                if isinstance(item, ANSWERS):
-                    out.append((item.count, item.offset, item.nbytes))
-                    while item.remaining:
-                        out.append(item.take(limit))
-                else:
-                    out.append(item)
-        return out
+        QMPServerProtocol()._answer_with(framer)
+        return fed(framer, reads, limit)
 
     data = garbage(list(KINDS), 50_000, seed=5, requests=True) + b"[" * 10 + b'"' + b"x" * 400
     for size, limit in ((1 << 16, _STEP_OUTPUT), (777, 1), (5000, None)):
@@ -455,24 +463,16 @@ def test_repeated_frames_and_keywords_get_the_twins_answers(seed):
     defer_at = rng.choice([None, len(reads) // 2])
     reword_at = rng.choice([None, len(reads) // 3])
 
+    def before(i, framer):
+        if i == defer_at:
+            framer.defer = 7
+        if i == reword_at:
+            framer.answer_errors(b"<", b">\n")
+
     def items(Framer):
-        protocol = cls()
         framer = Framer(strict=True, **limits)
-        protocol._answer_with(framer)
-        out = []
-        for i, read in enumerate(reads):
-            if i == defer_at:
-                framer.defer = 7
-            if i == reword_at:
-                framer.answer_errors(b"<", b">\n")
-            for item in framer.feed(read):
-                if isinstance(item, ANSWERS):
-                    out.append((item.count, item.offset, item.nbytes))
-                    while item.remaining:
-                        out.append(item.take(take))
-                else:
-                    out.append(repr(item))
-        return out
+        cls()._answer_with(framer)
+        return fed(framer, reads, take, before, show=repr)
 
     assert items(IMPLEMENTATIONS["cython"]) == items(IMPLEMENTATIONS["python"])
 
