@@ -13,6 +13,7 @@ No timing thresholds: waits have deadlines only so that a hang fails.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 
@@ -21,6 +22,7 @@ import pytest
 
 from conftest import IMPLEMENTATIONS
 from qmpcore.bench._garbage import KINDS, chunks, garbage
+from qmpcore.client import share
 from qmpcore.errors import FrameError
 from qmpcore.framing import ANSWERS
 from qmpcore.framing import pure as pure_framer
@@ -775,3 +777,81 @@ async def test_large_request_is_decoded_a_slice_per_turn_of_the_loop(tmp_path, c
         assert await attacker.read_message() == {"return": {"name": "vm0"}, "id": "next"}
         assert pending.steps > 400 if compiled else pending.steps == 1
         assert session.transport.is_reading()
+
+
+# -- a costly client's share of the loop -----------------------------------------------------
+
+
+REQUESTS = 24
+NEXT = b'{"execute": "query-name", "id": "next"}'
+
+
+@pytest.mark.parametrize("attack", ["garbage", "large requests"])
+async def test_a_costly_client_rests_its_work_time_per_busy_other_client(tmp_path, client, monkeypatch, attack):
+    """After costly work for one client (a read that held garbage, a slice
+    of its error answers, a step of a large request), the server holds that
+    client back for the work's time per other client that read meanwhile
+    (never longer than MAX_REST): its share of the loop while others are
+    busy, and no rest at all while they are idle.  Nothing it sent is lost.
+    The clock the session measures work with is a fake one, 1/1024 s a
+    reading (exact in binary, as are the rests it makes)."""
+    readings = itertools.count()
+    unit = 2.0**-10
+    step = [unit]
+    clock = [0.0]
+
+    def fake_clock() -> float:
+        next(readings)
+        clock[0] += step[0]
+        return clock[0]
+
+    monkeypatch.setattr(share, "clock", fake_clock)
+    async with serve_vms(tmp_path, 4) as vms:
+        goods = [await client(path) for path in vms.qmp_paths[1:]]
+        attacker = await client(vms.qmp_paths[0])
+        session = vms[0].endpoints[0]._session
+        loop = asyncio.get_running_loop()
+        rests: list[float] = []
+        call_later = loop.call_later
+
+        def spy(delay, callback, *args):
+            if callback == session._wake:
+                rests.append(delay)
+            return call_later(delay, callback, *args)
+
+        monkeypatch.setattr(loop, "call_later", spy)
+        if attack == "garbage":
+            flood = Flood(attacker, b"," * 8192, 1 << 30, read=True, reply=EXPECTING)
+            await wait_until(lambda: flood.received > 64 * 4096 * len(EXPECTING))
+        else:
+            # Requests over the deferring size, each decoded in steps (the
+            # pure twin takes each in one step): a writer that never stops.
+            requests = b"".join(big_request(300 << 10, i) for i in range(REQUESTS))
+            sending = asyncio.ensure_future(loop.sock_sendall(attacker.sock, requests + NEXT))
+            await wait_until(lambda: next(readings) > 20)  # (some steps taken)
+        # The other clients idle: the attacker is never held back.
+        assert rests == [] and next(readings) > 20
+        # Busy: each rest is the fake work's time per client that read.
+        await asyncio.gather(*(round_trips(good, 20) for good in goods))
+        assert rests and set(rests) <= {unit, 2 * unit, 3 * unit}, set(rests)
+        # Long work: a rest never exceeds MAX_REST.
+        step[0] = 8.0
+        rests.clear()
+        await asyncio.gather(*(round_trips(good, 20) for good in goods))
+        if attack == "garbage":
+            assert rests and max(rests) == share.MAX_REST
+            flood.stopping = True
+            await flood.writer
+            total = flood.sent * len(EXPECTING)
+            await wait_until(lambda: flood.received >= total)
+            assert flood.received == total and flood.mismatch is None
+            flood.stop()
+        else:
+            await asyncio.wait_for(sending, DEADLINE)
+            for i in range(REQUESTS):
+                answer = await attacker.read_message(timeout=DEADLINE)
+                assert answer == {"id": i, "error": {"class": "GenericError", "desc": "Parameter 'data' is unexpected"}}
+            assert await attacker.read_message() == {"return": {"name": "vm0"}, "id": "next"}
+        monkeypatch.undo()
+        attacker.close()
+        await still_served(vms.qmp_paths[0])

@@ -38,6 +38,11 @@ more than its share:
   and a slice of work for a client (128 steps or 1 MiB of output, a step
   being one request or 64 KiB of error answers); the rest waits for the
   loop's next turn, with reading paused, so other clients run in between.
+  Costly work (a read that held malformed input, a further slice of error
+  answers, a step of a large request) is followed by a rest: that client
+  is held back for the work's time per other client that read meanwhile
+  (at most ``qmpcore.client.share.MAX_REST``, 0.25 s), so it gets its share of the loop while others
+  are busy, and all of it while they are idle.
 * **Garbage** is answered as QEMU does, one reply per parse error: the
   parser records a read's errors of any kinds in C, a few bytes each, and
   the replies are built as they are sent (one reply repeated for a run of
@@ -59,7 +64,9 @@ from collections.abc import AsyncIterator
 from ssl import SSLContext
 from typing import Any
 
+from ..client import share
 from ..client.limits import ensure_fd_limit
+from ..client.share import load as _load
 from ..errors import CommandError
 from ..framing.rules import DEFER_SIZE
 from ..protocol._qemu_output import Encoded, to_json
@@ -129,6 +136,8 @@ class _Session(asyncio.Protocol):
         self._continuation: asyncio.Handle | None = None
         self._stepping: asyncio.Handle | None = None  # a large request's next slice
         self._small_reads = False
+        self._resting: asyncio.TimerHandle | None = None  # (see _rest)
+        self._reads_seen = 0
         protocol.defer_frames(DEFER_SIZE)
         self._loop = asyncio.get_running_loop()
         self._lost = self._loop.create_future()
@@ -137,10 +146,15 @@ class _Session(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        _load[0] += 1
+        self._reads_seen = _load[1]
         self._flush()
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol
+        _load[1] += 1
+        self._reads_seen += 1  # (its own: not another client's)
+        started = share.clock() if self._small_reads else 0.0
         try:
             protocol.receive_data(data)
         except Exception:
@@ -155,6 +169,8 @@ class _Session(asyncio.Protocol):
             if read_small is not None:
                 read_small(self._small_reads)
         self._serve()
+        if started:
+            self._rest(started)
 
     def fds_received(self, fds: list[int]) -> None:
         # As in QEMU's chardev: new descriptors replace unclaimed ones.
@@ -179,12 +195,17 @@ class _Session(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writable.set()
-        if self._continuation is None:
+        if self._continuation is None and self._resting is None:
             self._serve()  # requests held back by the output cap go on
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self.transport is not None and not self.closed:
+            _load[0] -= 1
         self.closed = True
         self._writable.set()
+        if self._resting is not None:
+            self._resting.cancel()
+            self._resting = None
         if self._continuation is not None:
             self._continuation.cancel()
             self._continuation = None
@@ -232,8 +253,8 @@ class _Session(asyncio.Protocol):
                 if unsent() + self._pending_size > cap:
                     break  # resume_writing() continues
                 if steps >= _SLICE_STEPS or self._produced >= _SLICE_BYTES:
-                    if protocol.can_progress:
-                        self._continuation = self._loop.call_soon(self._serve)
+                    if protocol.can_progress and self._resting is None:  # (else _wake goes on)
+                        self._continuation = self._loop.call_soon(self._continue)
                     break
                 request = ready.popleft() if ready else protocol.next_event()
                 if request is not None:
@@ -249,9 +270,15 @@ class _Session(asyncio.Protocol):
             self._collect(protocol.data_to_send())
         if self._pending:
             self._write_pending()
-        if protocol._stalled is not None and self._stepping is None and not self.closed:
+        if protocol._stalled is not None and self._stepping is None and self._resting is None and not self.closed:
             self._stepping = self._loop.call_soon(self._step)
         self._update_reading()
+
+    def _continue(self) -> None:
+        """The next slice of answers (see :meth:`_serve`)."""
+        started = share.clock()
+        self._serve()
+        self._rest(started)
 
     def _step(self) -> None:
         """One slice of a large request's decoding per turn of the loop
@@ -259,6 +286,7 @@ class _Session(asyncio.Protocol):
         self._stepping = None
         if self.closed:
             return
+        started = share.clock()
         try:
             self.protocol.step()
         except Exception:
@@ -266,6 +294,29 @@ class _Session(asyncio.Protocol):
             self.drop()
             return
         self._serve()
+        self._rest(started)
+
+    def _rest(self, started: float) -> None:
+        """After costly work begun at ``started``, hold this client's next
+        read or slice back for its rest (:mod:`qmpcore.client.share`)."""
+        delay, self._reads_seen = share.rest(started, self._reads_seen)
+        if not delay or self.closed:
+            return
+        for handle in (self._continuation, self._stepping):
+            if handle is not None:
+                handle.cancel()
+        self._continuation = self._stepping = None
+        self._resting = self._loop.call_later(delay, self._wake)
+        self.transport.pause_reading()
+
+    def _wake(self) -> None:
+        self._resting = None
+        if self.protocol._stalled is not None:
+            self._step()
+        elif self.protocol.can_progress:
+            self._continue()
+        else:
+            self._update_reading()
 
     def _update_reading(self) -> None:
         """Read while the request queue has room, no slice waits for its
@@ -280,6 +331,7 @@ class _Session(asyncio.Protocol):
             protocol._stalled is not None
             or (protocol._queue and protocol.reading_paused)  # (an empty queue is never full)
             or self._continuation is not None
+            or self._resting is not None
             or transport.get_write_buffer_size() > self.endpoint.output_cap
         ):
             transport.pause_reading()
