@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import socket
@@ -19,7 +20,7 @@ import pytest
 import qmpcore
 from conftest import run_in_thread
 from fake_server import FakeServer, Peer
-from qmpcore.client import transport
+from qmpcore.client import share, transport
 from qmpcore.client.core import Stats
 from qmpcore.client.eventqueue import EVENT_QUEUE_BYTES
 from qmpcore.client.peerlog import PeerLog
@@ -715,3 +716,75 @@ async def test_fleet_good_vm_answers_while_another_floods_large_escaped_frames(t
             assert fleet.stats().events_received >= received
             assert len(stream._queue) <= 4
             assert fleet.client("hostile").counters["protocol_errors"] == 0
+
+
+# -- a costly peer's share of the loop -----------------------------------------------------
+
+
+@pytest.mark.parametrize("attack", ["garbage", "large frames"])
+async def test_a_costly_peer_rests_its_work_time_per_busy_other_connection(tmp_path, monkeypatch, attack):
+    """After costly work for one peer (a read that held malformed frames, a
+    step of a large frame's decoding), its client holds that peer back for
+    the work's time per other connection that read meanwhile (never longer
+    than MAX_REST): its share of the loop while others are busy, and no
+    rest at all while they are idle.  The clock the work is measured with
+    is a fake one, 1/1024 s a reading (exact in binary, as are the rests)."""
+    readings = itertools.count()
+    unit = 2.0**-10
+    step = [unit]
+    clock = [0.0]
+
+    def fake_clock() -> float:
+        next(readings)
+        clock[0] += step[0]
+        return clock[0]
+
+    monkeypatch.setattr(share, "clock", fake_clock)
+    chunk = b",]}:" * 1024 if attack == "garbage" else escaped_event(300 << 10)
+    async with peers(tmp_path) as p:
+        goods = [await p.add(f"good{i}", good_vm) for i in range(2)]
+        hostile_path = await p.add("hostile", garbage_vm(chunk))
+        async with (
+            qmpcore.connect(goods[0]) as good0,
+            qmpcore.connect(goods[1]) as good1,
+            qmpcore.connect(hostile_path) as hostile,
+        ):
+            loop = asyncio.get_running_loop()
+            rests: list[float] = []
+            call_later = loop.call_later
+
+            def spy(delay, callback, *args):  # type: ignore[no-untyped-def]
+                if callback in (hostile._wake, hostile._step):
+                    rests.append(delay)
+                return call_later(delay, callback, *args)
+
+            monkeypatch.setattr(loop, "call_later", spy)
+            for _ in range(int(GUARD * 1000)):
+                if next(readings) > 40:  # (costly work done for the hostile peer)
+                    break
+                await asyncio.sleep(0.001)
+            # The other connections idle: the hostile peer is never held back.
+            assert rests == []
+
+            async def round_trips() -> None:
+                for _ in range(20):
+                    assert await good0.execute("query-status") == {}
+                    assert await good1.execute("query-status") == {}
+
+            # Busy: each rest is the fake work's time per connection that read.
+            await round_trips()
+            assert rests and set(rests) <= {unit, 2 * unit}, set(rests)
+            # Long work: a rest never exceeds MAX_REST.
+            step[0] = 8.0
+            rests.clear()
+            await round_trips()
+            assert rests and max(rests) == share.MAX_REST
+            monkeypatch.undo()
+            if attack == "garbage":
+                assert hostile.counters["protocol_errors"] > 0
+            else:  # the frames are decoded whole all the same
+                for _ in range(int(GUARD * 1000)):
+                    if hostile.stats().events_received:
+                        break
+                    await asyncio.sleep(0.001)
+                assert hostile.counters["protocol_errors"] == 0 and hostile.stats().events_received > 0

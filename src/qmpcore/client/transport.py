@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConnectionLost, TimeoutError, TLSError
 from ..framing.rules import DEFER_STEP
 from ..protocol.events import Event
+from . import share
 from ._log import _DEBUG, _isEnabledFor, log, tracing
 from .address import Address
 from .core import _LEVELS, ClientCore, QMPInfo, scm_rights
 from .diagnose import connect_error
 from .eventqueue import event_cost
+from .share import load as _load
 from .tls import LastByteRecords, is_server_context
 
 if TYPE_CHECKING:
@@ -96,16 +98,32 @@ class _Transport(asyncio.BufferedProtocol):
         self._views = _read_views()
         self._view = self._views[1]  # small reads until the peer sent clean data once
 
+    def connection_made(self, transport: Any) -> None:
+        _load[0] += 1
+        self._client._reads_seen = _load[1]
+
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._view = self._views[self._client._received(self._view[:nbytes])]
+        _load[1] += 1
+        client = self._client
+        client._reads_seen += 1  # (its own: not another connection's)
+        view = self._view
+        if view is not self._views[1]:
+            self._view = self._views[client._received(view[:nbytes])]
+            return
+        # A read of a peer whose last read held malformed frames: costly
+        # work, followed by its rest (see .share).
+        started = share.clock()
+        self._view = self._views[client._received(view[:nbytes])]
+        client._rest(started)
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        _load[0] -= 1
         self._client._lost(exc)
 
     def resume_writing(self) -> None:
@@ -124,6 +142,8 @@ class _AsyncClient(ClientCore):
         "_drain_waiters",
         "_read_paused",
         "_stepping",
+        "_resting",
+        "_reads_seen",
         "_closed_fut",
         "_deadlines",
         "_late",
@@ -143,6 +163,8 @@ class _AsyncClient(ClientCore):
         super().__init__(proto, address, event_queue, command_timeout)
         proto.defer_frames(_DEFER_SIZE)
         self._stepping = False  # a step of a large frame's decoding is scheduled
+        self._resting: asyncio.TimerHandle | None = None  # (see _rest)
+        self._reads_seen = 0
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None  # unix only, for SCM_RIGHTS
@@ -288,17 +310,41 @@ class _AsyncClient(ClientCore):
         return 0
 
     def _step(self) -> None:
-        """One slice of a large frame's decoding per turn of the loop; reading
-        waits until it is done (the bytes after it wait in the socket)."""
+        """One slice of a large frame's decoding per turn of the loop, each
+        followed by its rest (see .share); reading waits until it is done
+        (the bytes after it wait in the socket)."""
+        started = share.clock()
         proto = self._proto
         if self._decode_step():
             out = proto.data_to_send()
             if out:
                 self._write(out)
         if proto.decoding and self._transport is not None:
-            self._loop.call_soon(self._step)
+            delay, self._reads_seen = share.rest(started, self._reads_seen)
+            if delay:
+                self._loop.call_later(delay, self._step)
+            else:
+                self._loop.call_soon(self._step)
             return
         self._stepping = False
+        self._rest(started)
+        self._resume_reading()
+
+    def _rest(self, started: float) -> None:
+        """After costly work begun at ``started``, hold reading back for the
+        rest it owes (see .share)."""
+        delay, self._reads_seen = share.rest(started, self._reads_seen)
+        if not delay or self._transport is None:
+            return
+        if not self._read_paused:
+            self._read_paused = True
+            self._transport.pause_reading()
+        if self._resting is not None:
+            self._resting.cancel()
+        self._resting = self._loop.call_later(delay, self._wake)
+
+    def _wake(self) -> None:
+        self._resting = None
         self._resume_reading()
 
     def _finish_steps(self) -> None:
@@ -327,6 +373,9 @@ class _AsyncClient(ClientCore):
     def _lost(self, exc: BaseException | None) -> None:
         if self._proto.decoding:
             self._finish_steps()
+        if self._resting is not None:
+            self._resting.cancel()
+            self._resting = None
         self._transport = None
         self._shutdown(exc)
         if self._sweeper is not None:
@@ -350,7 +399,7 @@ class _AsyncClient(ClientCore):
 
     def _resume_reading(self) -> None:
         """A blocking consumer caught up: read again."""
-        if self._read_paused and not self._router.blocked and not self._stepping:
+        if self._read_paused and not self._router.blocked and not self._stepping and self._resting is None:
             self._read_paused = False
             if self._transport is not None:
                 self._transport.resume_reading()
