@@ -148,3 +148,47 @@ def test_a_synchronous_waiter_sees_every_event_of_a_big_batch():
     q.waiter = Drain()
     q.put_all(EVENTS)
     assert seen == EVENTS and q.dropped == 0
+
+
+async def test_a_large_dropped_event_is_let_go_a_slice_per_turn(monkeypatch):
+    """An event over DISPOSE_SIZE bytes that a queue drops is taken apart
+    STEP elements per turn of the loop (freeing it at once can take a large
+    part of a second), inner containers too; one that something else still
+    holds, or any part of it still held, is left as it is."""
+    import asyncio
+
+    from qmpcore.client import disposal
+
+    count = 10 * disposal.STEP
+    held_inner = [1, 2, 3]
+
+    def big(name: str) -> Event:
+        items = [[i] for i in range(count)]  # one container per element
+        items[5] = held_inner
+        return Event(name, {"event": name, "data": {"items": items}})
+
+    steps = []
+    step = disposal._step
+
+    def counted(stack):
+        steps.append(len(stack))
+        step(stack)
+
+    monkeypatch.setattr(disposal, "_step", counted)
+    cost = disposal.DISPOSE_SIZE
+    q = EventQueue(None, 100, DROP_OLDEST, max_bytes=cost)
+    kept = big("KEPT")  # (this test holds it: dropped, it stays whole)
+    q.put(kept, cost)
+    q.put(big("A"), cost)  # drops KEPT
+    q.put(big("B"), cost)  # drops A: taken apart
+    assert [ev.name for ev in q._items] == ["B"] and q.dropped == 2
+    for _ in range(1000):
+        if steps and not disposal._state.stack:
+            break
+        await asyncio.sleep(0)
+    # A's outer list and its `count` inner ones, STEP elements a turn.
+    assert len(steps) >= 2 * count // disposal.STEP, len(steps)
+    assert not disposal._state.stack
+    assert held_inner == [1, 2, 3]
+    assert len(kept.data["items"]) == count and kept.data["items"][7] == [7]
+    assert len(q.get_nowait().data["items"]) == count

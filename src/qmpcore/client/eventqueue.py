@@ -37,6 +37,7 @@ import orjson
 
 from ..errors import EventOverflow
 from ..protocol.events import Event
+from .disposal import discard
 
 __all__ = [
     "DROP_OLDEST",
@@ -237,9 +238,10 @@ class EventQueue:
         """Drop the oldest events until the rest fit the byte budget (the newest stays)."""
         items, costs = self._items, self._costs
         while self.nbytes > self.max_bytes and len(items) > 1:
-            items.popleft()
-            self.nbytes -= costs.popleft()
+            cost = costs.popleft()
+            self.nbytes -= cost
             self.dropped += 1
+            discard(items.popleft(), cost)  # (a large one: a slice per turn)
 
     def put_all(self, events: list[Event], costs: list[int] | None = None) -> None:
         """:meth:`put` each of ``events`` (costing ``costs``, 0 each if None), in one go."""

@@ -42,6 +42,7 @@ from ..errors import TimeoutError as QMPTimeoutError
 from .address import parse_address
 from .core import Stats
 from .diagnose import connect_error
+from .disposal import discard
 from .limits import ensure_fd_limit
 from .tls import check_tls
 
@@ -216,9 +217,10 @@ class FleetEvents:
         return dropped
 
     def _drop(self) -> int:
-        self._queue.popleft()
-        self._took(self._costs.popleft())
+        cost = self._costs.popleft()
+        self._took(cost)
         self.dropped += 1
+        discard(self._queue.popleft()[1], cost)  # (a large one: a slice per turn)
         return 1
 
     def _took(self, cost: int) -> None:
