@@ -110,11 +110,11 @@ class _Transport(asyncio.BufferedProtocol):
         client = self._client
         client._reads_seen += 1  # (its own: not another connection's)
         view = self._view
-        if view is not self._views[1]:
+        if view is self._views[0]:
             self._view = self._views[client._received(view[:nbytes])]
             return
-        # A read of a peer whose last read held malformed frames: costly
-        # work, followed by its rest (see .share).
+        # A read of a peer whose last read held malformed frames, or of one
+        # sending a large frame: costly work, followed by its rest (.share).
         started = share.clock()
         self._view = self._views[client._received(view[:nbytes])]
         client._rest(started)
