@@ -91,19 +91,23 @@ def _future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Futur
 class _Transport(asyncio.BufferedProtocol):
     """Feeds the client from the event loop's callbacks."""
 
-    __slots__ = ("_client", "_view", "_views")
+    __slots__ = ("_client", "_view", "_views", "_started")
 
     def __init__(self, client: _AsyncClient) -> None:
         self._client = client
         self._views = _read_views()
         self._view = self._views[1]  # small reads until the peer sent clean data once
+        self._started = 0.0
 
     def connection_made(self, transport: Any) -> None:
         _load[0] += 1
         self._client._reads_seen = _load[1]
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._view
+        view = self._view
+        if view is not self._views[0]:
+            self._started = share.clock()  # (a costly read: its system call counts too)
+        return view
 
     def buffer_updated(self, nbytes: int) -> None:
         _load[1] += 1
@@ -115,9 +119,8 @@ class _Transport(asyncio.BufferedProtocol):
             return
         # A read of a peer whose last read held malformed frames, or of one
         # sending a large frame: costly work, followed by its rest (.share).
-        started = share.clock()
         self._view = self._views[client._received(view[:nbytes])]
-        client._rest(started)
+        client._rest(self._started)
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
