@@ -61,3 +61,31 @@ def Framer(request):
 def corpus_dir() -> pathlib.Path:
     assert QEMU_CORPUS.is_dir(), f"the recorded sessions are part of the tests; missing at {CORPUS}"
     return CORPUS
+
+
+class WorkClock:
+    """A stand-in for ``qmpcore.client.share.clock``: each reading is
+    ``step`` seconds after the last (``unit``, 1/1024 s, unless changed: exact
+    in binary, as are the rests computed from it); ``readings`` counts them."""
+
+    unit = 2.0**-10
+
+    def __init__(self) -> None:
+        self.step = self.unit
+        self.now = 0.0
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        self.now += self.step
+        return self.now
+
+
+@pytest.fixture
+def work_clock(monkeypatch: pytest.MonkeyPatch) -> WorkClock:
+    """The clock costly work is measured with, faked (undone with ``monkeypatch``)."""
+    from qmpcore.client import share
+
+    clock = WorkClock()
+    monkeypatch.setattr(share, "clock", clock)
+    return clock

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import socket
@@ -722,24 +721,14 @@ async def test_fleet_good_vm_answers_while_another_floods_large_escaped_frames(t
 
 
 @pytest.mark.parametrize("attack", ["garbage", "large frames"])
-async def test_a_costly_peer_rests_its_work_time_per_busy_other_connection(tmp_path, monkeypatch, attack):
+async def test_a_costly_peer_rests_its_work_time_per_busy_other_connection(tmp_path, monkeypatch, work_clock, attack):
     """After costly work for one peer (a read that held malformed frames, a
     step of a large frame's decoding), its client holds that peer back for
     the work's time per other connection that read meanwhile (never longer
     than MAX_REST): its share of the loop while others are busy, and no
     rest at all while they are idle.  The clock the work is measured with
-    is a fake one, 1/1024 s a reading (exact in binary, as are the rests)."""
-    readings = itertools.count()
-    unit = 2.0**-10
-    step = [unit]
-    clock = [0.0]
-
-    def fake_clock() -> float:
-        next(readings)
-        clock[0] += step[0]
-        return clock[0]
-
-    monkeypatch.setattr(share, "clock", fake_clock)
+    is a fake one (work_clock)."""
+    unit = work_clock.unit
     chunk = b",]}:" * 1024 if attack == "garbage" else escaped_event(300 << 10)
     async with peers(tmp_path) as p:
         goods = [await p.add(f"good{i}", good_vm) for i in range(2)]
@@ -760,7 +749,7 @@ async def test_a_costly_peer_rests_its_work_time_per_busy_other_connection(tmp_p
 
             monkeypatch.setattr(loop, "call_later", spy)
             for _ in range(int(GUARD * 1000)):
-                if next(readings) > 40:  # (costly work done for the hostile peer)
+                if work_clock.readings > 40:  # (costly work done for the hostile peer)
                     break
                 await asyncio.sleep(0.001)
             # The other connections idle: the hostile peer is never held back.
@@ -775,7 +764,7 @@ async def test_a_costly_peer_rests_its_work_time_per_busy_other_connection(tmp_p
             await round_trips()
             assert rests and set(rests) <= {unit, 2 * unit}, set(rests)
             # Long work: a rest never exceeds MAX_REST.
-            step[0] = 8.0
+            work_clock.step = 8.0
             rests.clear()
             await round_trips()
             assert rests and max(rests) == share.MAX_REST

@@ -13,7 +13,6 @@ No timing thresholds: waits have deadlines only so that a hang fails.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import random
 
@@ -787,25 +786,16 @@ NEXT = b'{"execute": "query-name", "id": "next"}'
 
 
 @pytest.mark.parametrize("attack", ["garbage", "large requests"])
-async def test_a_costly_client_rests_its_work_time_per_busy_other_client(tmp_path, client, monkeypatch, attack):
+async def test_a_costly_client_rests_its_work_time_per_busy_other_client(
+    tmp_path, client, monkeypatch, work_clock, attack
+):
     """After costly work for one client (a read that held garbage, a slice
     of its error answers, a step of a large request), the server holds that
     client back for the work's time per other client that read meanwhile
     (never longer than MAX_REST): its share of the loop while others are
     busy, and no rest at all while they are idle.  Nothing it sent is lost.
-    The clock the session measures work with is a fake one, 1/1024 s a
-    reading (exact in binary, as are the rests it makes)."""
-    readings = itertools.count()
-    unit = 2.0**-10
-    step = [unit]
-    clock = [0.0]
-
-    def fake_clock() -> float:
-        next(readings)
-        clock[0] += step[0]
-        return clock[0]
-
-    monkeypatch.setattr(share, "clock", fake_clock)
+    The clock the work is measured with is a fake one (work_clock)."""
+    unit = work_clock.unit
     async with serve_vms(tmp_path, 4) as vms:
         goods = [await client(path) for path in vms.qmp_paths[1:]]
         attacker = await client(vms.qmp_paths[0])
@@ -828,14 +818,14 @@ async def test_a_costly_client_rests_its_work_time_per_busy_other_client(tmp_pat
             # pure twin takes each in one step): a writer that never stops.
             requests = b"".join(big_request(300 << 10, i) for i in range(REQUESTS))
             sending = asyncio.ensure_future(loop.sock_sendall(attacker.sock, requests + NEXT))
-            await wait_until(lambda: next(readings) > 20)  # (some steps taken)
+            await wait_until(lambda: work_clock.readings > 20)  # (some steps taken)
         # The other clients idle: the attacker is never held back.
-        assert rests == [] and next(readings) > 20
+        assert rests == [] and work_clock.readings > 20
         # Busy: each rest is the fake work's time per client that read.
         await asyncio.gather(*(round_trips(good, 20) for good in goods))
         assert rests and set(rests) <= {unit, 2 * unit, 3 * unit}, set(rests)
         # Long work: a rest never exceeds MAX_REST.
-        step[0] = 8.0
+        work_clock.step = 8.0
         rests.clear()
         await asyncio.gather(*(round_trips(good, 20) for good in goods))
         if attack == "garbage":
