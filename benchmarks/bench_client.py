@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 import pytest
 
-from _counting import run_batches
+from _counting import NullTransport, run_batches
 from qmpcore.client.address import Address
 from qmpcore.client.aio import QMPClient
 from qmpcore.client.fleet import Fleet, _Member
@@ -42,34 +42,6 @@ GREETING = (
     b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": ["oob"]}}\r\n'
 )
 REPLY = b'{"return": {"status": "running", "singlestep": false, "running": true}, "id": %d}\r\n'
-
-
-class _NullTransport(asyncio.Transport):
-    """Stands in for the socket: counts writes and bytes, keeps nothing."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes = 0
-        self.written = 0
-
-    def write(self, data: Any) -> None:
-        self.writes += 1
-        self.written += len(data)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
 
 
 def ready_protocol() -> QMPClientProtocol:
@@ -84,7 +56,7 @@ def ready_protocol() -> QMPClientProtocol:
 def ready_client() -> QMPClient:
     """A negotiated client on a null transport (call in a running loop)."""
     client = QMPClient(ready_protocol(), Address(socket.AF_UNIX, "/bench/vm.qmp"), 0, 10.0)
-    client._transport = _NullTransport()
+    client._transport = NullTransport()
     return client
 
 

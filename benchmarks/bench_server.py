@@ -24,50 +24,16 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from _counting import run_batches
+from _counting import NullTransport, run_batches
 from qmpcore.protocol.qmp_server import QMPServerProtocol
 from qmpcore.server import QMPServer, SimulatedVM, _Session
 
 BATCH = 100
 REQUEST = b'{"execute": "query-status", "id": %d}'
 REPLY = b'{"return": {"status": "running", "singlestep": false, "running": true}, "id": %d}\r\n'
-
-
-class _NullTransport:
-    """Stands in for the socket: counts writes and bytes, keeps nothing."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-        self.written = 0
-        self.last = b""
-
-    def write(self, data: Any) -> None:
-        self.writes += 1
-        self.written += len(data)
-        self.last = data
-
-    def writelines(self, pieces: list[bytes]) -> None:
-        for data in pieces:
-            self.write(data)
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def ready_protocol(vm: SimulatedVM) -> QMPServerProtocol:
@@ -101,7 +67,7 @@ def case_session() -> Callable[[], int]:
     vm = SimulatedVM("bench")
     endpoint = QMPServer(vm, "/bench/vm.qmp")
     session = _Session(endpoint, ready_protocol(vm))
-    transport = _NullTransport()
+    transport = NullTransport()
     session.connection_made(transport)
     requests = [REQUEST % i for i in range(BATCH)]
     expected = [REPLY % i for i in range(BATCH)]

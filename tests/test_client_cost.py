@@ -128,7 +128,7 @@ async def test_replies_settled_in_the_protocol_loop_match_the_event_path(caplog)
         client = bench_client.QMPClient(
             bench_client.ready_protocol(), bench_client.Address(1, "/bench/vm.qmp"), 10, 10.0
         )
-        client._transport = bench_client._NullTransport()
+        client._transport = bench_client.NullTransport()
         first = client._proto._next_id + 1
         futures = [client.submit("query-status") for _ in range(6)]
         caplog.set_level("DEBUG" if traced else "WARNING", logger="qmpcore.client")

@@ -100,7 +100,7 @@ async def test_greeting_property_is_a_copy():
 
 async def test_idle_connection_holds_no_event_deques():
     client = bench_client.QMPClient(bench_client.ready_protocol(), bench_client.Address(1, "/bench/vm.qmp"), 10, None)
-    client._transport = bench_client._NullTransport()
+    client._transport = bench_client.NullTransport()
     backlog = client._router.backlog
     assert type(backlog._items) is tuple and type(client._proto._ready) is type(None)
     client._received(memoryview(b'{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}\r\n'))

@@ -114,13 +114,11 @@ class _Transport(asyncio.BufferedProtocol):
         client = self._client
         client._reads_seen += 1  # (its own: not another connection's)
         view = self._view
-        if view is self._views[0]:
-            self._view = self._views[client._received(view[:nbytes])]
-            return
-        # A read of a peer whose last read held malformed frames, or of one
-        # sending a large frame: costly work, followed by its rest (.share).
         self._view = self._views[client._received(view[:nbytes])]
-        client._rest(self._started)
+        if view is not self._views[0]:
+            # A read of a peer whose last read held malformed frames, or of
+            # one sending a large frame: costly work, followed by its rest.
+            client._rest(self._started)
 
     def eof_received(self) -> bool:
         return False  # let the transport close; connection_lost follows
