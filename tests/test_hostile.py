@@ -482,8 +482,9 @@ async def test_fleet_good_vm_answers_while_another_floods_events(tmp_path):
     flood = b"".join(event("FLOOD", {"n": i}) for i in range(1000))
     async with peers(tmp_path) as p:
         vms = {"hostile": await p.add("hostile", garbage_vm(flood)), "good": await p.add("good", good_vm)}
-        async with Fleet(vms, connect_timeout=GUARD, command_timeout=GUARD, event_maxsize=100) as fleet:
-            stream = fleet.events()  # never read: it stays within its bounds
+        fleet = Fleet(vms, connect_timeout=GUARD, command_timeout=GUARD, event_maxsize=100)
+        stream = fleet.events()  # never read: it stays within its bounds (and sees every event)
+        async with fleet:
             assert await fleet.wait_connected(timeout=GUARD)
             received = await good_vm_answers(fleet)
             stats = fleet.stats()
